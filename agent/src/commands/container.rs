@@ -1,0 +1,73 @@
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use clap::Subcommand;
+use serde_json::json;
+
+use super::print_json;
+use crate::{container, host::Host, ipam::format_mac, state::ContainerSpec};
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCommand {
+    /// Create a container: a network namespace NAME (enter it with `ip netns exec NAME`)
+    /// with eth0 on the given network and a default route via its gateway.
+    Create {
+        name: String,
+        #[arg(long)]
+        network: String,
+        /// Address in the network's subnet; default: the lowest free one.
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+    },
+    /// List containers.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a container and its namespace.
+    #[command(alias = "remove")]
+    Rm { name: String },
+}
+
+pub fn describe(spec: &ContainerSpec) -> serde_json::Value {
+    json!({
+        "name": spec.name,
+        "network": spec.network,
+        "ip": spec.ip.to_string(),
+        "mac": format_mac(&spec.mac),
+        "netns": spec.name,
+        "host_interface": spec.host_interface,
+    })
+}
+
+pub async fn run(host: &mut Host, command: ContainerCommand) -> Result<()> {
+    match command {
+        ContainerCommand::Create { name, network, ip } => {
+            let spec = container::create(host, &name, &network, ip).await?;
+            println!("{} {}", spec.name, spec.ip);
+        }
+        ContainerCommand::Ls { json } => {
+            if json {
+                print_json(&host.state.containers.values().map(describe).collect::<Vec<_>>())?;
+            } else {
+                println!("{:<24} {:<20} {:<16} {:<18} HOST IFACE", "NAME", "NETWORK", "IP", "MAC");
+                for c in host.state.containers.values() {
+                    println!(
+                        "{:<24} {:<20} {:<16} {:<18} {}",
+                        c.name,
+                        c.network,
+                        c.ip.to_string(),
+                        format_mac(&c.mac),
+                        c.host_interface
+                    );
+                }
+            }
+        }
+        ContainerCommand::Rm { name } => {
+            container::remove(host, &name).await?;
+            println!("{name}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! One file per CLI verb.
+pub mod container;
+pub mod down;
+pub mod monitor;
+pub mod network;
+pub mod status;
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

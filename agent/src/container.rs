@@ -1,0 +1,158 @@
+//! Containers: a named network namespace with eth0, one end of a veth pair whose host-side end
+//! carries the endpoint_ingress program. Creating one either completes or is rolled back by
+//! `teardown`, which removes whatever part of it exists and is safe to run at any point.
+use std::{io::Read, net::Ipv4Addr};
+
+use anyhow::{bail, Context, Result};
+use datapath_common::{ipv4_be, Endpoint};
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::{
+    host::Host,
+    ipam, names, netns,
+    state::{ContainerSpec, NetworkSpec},
+};
+
+/// The container's interface, as Docker names it.
+pub const CONTAINER_IFNAME: &str = "eth0";
+
+pub async fn create(host: &mut Host, name: &str, network: &str, ip: Option<Ipv4Addr>) -> Result<ContainerSpec> {
+    names::validate("container", name)?;
+    if host.state.containers.contains_key(name) {
+        bail!("a container named {name:?} already exists; choose another name or remove it first");
+    }
+    if netns::exists(name) {
+        bail!("a network namespace named {name:?} already exists on this machine (not made by this bpfnet host); choose another name");
+    }
+    let net = host.state.network(network)?.clone();
+    let used: Vec<Ipv4Addr> = host.state.containers_of(network).map(|c| c.ip).collect();
+    let ip = match ip {
+        Some(ip) => {
+            ipam::check_host_address("--ip", ip, net.subnet)?;
+            if ip == net.gateway {
+                bail!("--ip {ip} is the gateway of network {network:?}; choose another address");
+            }
+            if let Some(owner) = host.state.containers_of(network).find(|c| c.ip == ip) {
+                bail!("--ip {ip} is already in use by container {:?}; choose another address", owner.name);
+            }
+            ip
+        }
+        None => ipam::allocate(net.subnet, net.gateway, &used)?,
+    };
+    let (host_interface, _) = names::host_interface(unused_seed(host).await?);
+    let spec = ContainerSpec {
+        name: name.to_owned(),
+        network: network.to_owned(),
+        ip,
+        mac: ipam::container_mac(ip),
+        host_interface,
+    };
+    if let Err(err) = apply(host, &spec, &net).await {
+        if let Err(cleanup) = teardown(host, &spec).await {
+            tracing::error!("rolling back container {name}: {cleanup:#}");
+        }
+        return Err(err.context(format!("creating container {name}")));
+    }
+    host.state.containers.insert(name.to_owned(), spec.clone());
+    host.save()?;
+    Ok(spec)
+}
+
+/// A random veth suffix not used by any interface of the host.
+async fn unused_seed(host: &Host) -> Result<u32> {
+    loop {
+        let mut bytes = [0u8; 4];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .context("reading /dev/urandom")?;
+        let seed = u32::from_ne_bytes(bytes);
+        let (host_if, peer) = names::host_interface(seed);
+        let taken = host.state.containers.values().any(|c| c.host_interface == host_if)
+            || host.netlink.link_by_name(&host_if).await?.is_some()
+            || host.netlink.link_by_name(&peer).await?.is_some();
+        if !taken {
+            return Ok(seed);
+        }
+    }
+}
+
+fn peer_interface(spec: &ContainerSpec) -> String {
+    spec.host_interface.replacen("bn", "bp", 1)
+}
+
+/// Builds the container in the kernel, in an order where every step can be undone by
+/// `teardown` and where the program sees the endpoint in its maps before its first packet.
+async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> Result<()> {
+    let peer = peer_interface(spec);
+    netns::create(&spec.name)?;
+    // bpfnet networks are IPv4 only; as Docker does for such networks, no IPv6 inside (no
+    // router solicitations or MLD reports that the datapath would only drop).
+    netns::run_in(&spec.name, || {
+        for conf in ["all", "default"] {
+            let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+            std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
+        }
+        Ok(())
+    })?;
+
+    let gateway_mac = ipam::gateway_mac(net.id);
+    host.netlink.create_veth(&spec.host_interface, gateway_mac, &peer, spec.mac, None).await?;
+    let ns_fd = netns::open(&spec.name)?;
+    host.netlink.move_to_netns(&peer, std::os::fd::AsFd::as_fd(&ns_fd)).await?;
+
+    let address = IpNet::V4(Ipv4Net::new(spec.ip, net.subnet.prefix_len())?);
+    let gateway = net.gateway;
+    netns::netlink_in(&spec.name, move |nl| async move {
+        nl.rename(&peer, CONTAINER_IFNAME).await?;
+        nl.set_up("lo").await?;
+        nl.add_address(CONTAINER_IFNAME, address).await?;
+        nl.set_up(CONTAINER_IFNAME).await?;
+        nl.replace_default_route(gateway, CONTAINER_IFNAME).await
+    })
+    .await
+    .with_context(|| format!("configuring eth0 in namespace {}", spec.name))?;
+
+    // The host reaches the container over its veth, from the gateway address, with no ARP.
+    host.netlink.set_up(&spec.host_interface).await?;
+    host.netlink.replace_neighbour(&spec.host_interface, spec.ip, spec.mac).await?;
+    host.netlink
+        .replace_route(Ipv4Net::new(spec.ip, 32)?, &spec.host_interface, Some(net.gateway))
+        .await?;
+
+    let ifindex = host
+        .netlink
+        .link_by_name(&spec.host_interface)
+        .await?
+        .with_context(|| format!("{} vanished while it was being set up", spec.host_interface))?
+        .index;
+    let datapath = host.datapath()?;
+    datapath.upsert_endpoint(&Endpoint {
+        host_ifindex: ifindex,
+        network_id: net.id,
+        ip: ipv4_be(spec.ip.octets()),
+        mac: spec.mac,
+        _pad: [0; 2],
+    })?;
+    datapath.attach_endpoint(&spec.host_interface)
+}
+
+/// Removes whatever exists of a container: link pin, map entries, veth pair (with its route
+/// and neighbour), namespace. Idempotent.
+pub async fn teardown(host: &mut Host, spec: &ContainerSpec) -> Result<()> {
+    if let Some(datapath) = host.existing_datapath()? {
+        datapath.detach_endpoint(&spec.host_interface)?;
+        datapath.remove_endpoint(ipv4_be(spec.ip.octets()))?;
+    }
+    host.netlink.delete_link(&spec.host_interface).await?;
+    // The peer is still in the host namespace if moving it failed.
+    host.netlink.delete_link(&peer_interface(spec)).await?;
+    netns::delete(&spec.name)?;
+    Ok(())
+}
+
+pub async fn remove(host: &mut Host, name: &str) -> Result<()> {
+    let spec = host.state.container(name)?.clone();
+    teardown(host, &spec).await.with_context(|| format!("removing container {name}"))?;
+    host.state.containers.remove(name);
+    host.save()
+}

@@ -1,0 +1,294 @@
+//! The eBPF datapath as the agent sees it: the embedded object, loaded once and pinned under
+//! the bpffs directory (programs, maps, and one tcx link per endpoint), so that it keeps
+//! forwarding whatever happens to the process that loaded it. Later runs adopt the pins.
+//!
+//! Pin layout under `<bpffs>/`:
+//!   progs/<program>   the loaded programs
+//!   maps/<MAP>        the maps (pinned by name by the loader)
+//!   links/<ifname>    the tcx ingress link of a container's host-side veth
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{HashMap, Map, MapData, PerCpuArray},
+    programs::{
+        links::FdLink,
+        tc::TcAttachOptions,
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
+    EbpfLoader,
+};
+use datapath_common::{
+    map_names, program_names, Counter, DropReason, Endpoint, Ipv4Be, Network,
+};
+
+/// The object built by build.rs from datapath-ebpf.
+static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.bpf.o"));
+
+/// bpffs magic number (statfs f_type), from linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// aya-log levels (aya-log-common): records above this level are compiled out by the verifier's
+/// dead-code elimination, so debug logging costs nothing on the per-packet path when off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathLogLevel {
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
+}
+
+pub struct Datapath {
+    pin_dir: PathBuf,
+    endpoint_ingress: SchedClassifier,
+    endpoints: HashMap<MapData, Ipv4Be, Endpoint>,
+    ifaces: HashMap<MapData, u32, Endpoint>,
+    networks: HashMap<MapData, u32, Network>,
+    drops: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// Sums of the per-CPU counters.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CounterSnapshot {
+    pub counters: Vec<(&'static str, u64)>,
+    pub drops: Vec<(&'static str, u64)>,
+}
+
+impl Datapath {
+    /// Opens the datapath pinned under `pin_dir`, loading and pinning it first if it is not
+    /// there yet. Must be called from a process that lives in the host network namespace.
+    pub fn open_or_load(pin_dir: &Path, log_level: DatapathLogLevel) -> Result<Self> {
+        if DATAPATH_OBJECT.is_empty() {
+            bail!(
+                "this bpfnet binary was built with BPFNET_SKIP_EBPF and has no eBPF programs; \
+                 rebuild it without that variable (cargo xtask build)"
+            );
+        }
+        ensure_on_bpffs(pin_dir)?;
+        for sub in ["progs", "maps", "links"] {
+            std::fs::create_dir_all(pin_dir.join(sub))
+                .with_context(|| format!("creating pin directory {}", pin_dir.join(sub).display()))?;
+        }
+        let prog_pin = pin_dir.join("progs").join(program_names::ENDPOINT_INGRESS);
+        let endpoint_ingress = if prog_pin.exists() {
+            SchedClassifier::from_pin(&prog_pin)
+                .with_context(|| format!("opening pinned program {}", prog_pin.display()))?
+        } else {
+            load_and_pin(pin_dir, &prog_pin, log_level)?
+        };
+        let maps = pin_dir.join("maps");
+        Ok(Self {
+            pin_dir: pin_dir.to_owned(),
+            endpoint_ingress,
+            endpoints: open_map(&maps, map_names::ENDPOINTS)?,
+            ifaces: open_map(&maps, map_names::IFACES)?,
+            networks: open_map(&maps, map_names::NETWORKS)?,
+            drops: open_map(&maps, map_names::DROPS)?,
+            counters: open_map(&maps, map_names::COUNTERS)?,
+        })
+    }
+
+    fn link_pin(&self, ifname: &str) -> PathBuf {
+        self.pin_dir.join("links").join(ifname)
+    }
+
+    /// Attaches `endpoint_ingress` to the tcx ingress of a host-side veth and pins the link.
+    /// Idempotent: an existing pinned link for the interface is kept.
+    pub fn attach_endpoint(&mut self, ifname: &str) -> Result<()> {
+        let pin = self.link_pin(ifname);
+        if pin.exists() {
+            return Ok(());
+        }
+        let link_id = self
+            .endpoint_ingress
+            .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .with_context(|| format!("attaching {} to tcx ingress of {ifname}", program_names::ENDPOINT_INGRESS))?;
+        let link: FdLink = self
+            .endpoint_ingress
+            .take_link(link_id)?
+            .try_into()
+            .context("a tcx attachment should be an fd link")?;
+        link.pin(&pin)
+            .with_context(|| format!("pinning the tcx link of {ifname} at {}", pin.display()))?;
+        Ok(())
+    }
+
+    /// Removes the pinned link of an interface, which detaches the program. Idempotent.
+    pub fn detach_endpoint(&self, ifname: &str) -> Result<()> {
+        remove_pin(&self.link_pin(ifname))
+    }
+
+    pub fn upsert_network(&mut self, id: u32, network: &Network) -> Result<()> {
+        self.networks.insert(id, network, 0).with_context(|| format!("writing network {id} to NETWORKS"))
+    }
+
+    pub fn remove_network(&mut self, id: u32) -> Result<()> {
+        ignore_missing_key(self.networks.remove(&id)).with_context(|| format!("removing network {id} from NETWORKS"))
+    }
+
+    pub fn upsert_endpoint(&mut self, endpoint: &Endpoint) -> Result<()> {
+        self.ifaces
+            .insert(endpoint.host_ifindex, endpoint, 0)
+            .context("writing endpoint to IFACES")?;
+        self.endpoints.insert(endpoint.ip, endpoint, 0).context("writing endpoint to ENDPOINTS")
+    }
+
+    /// Removes an endpoint's entries, whichever interface it was last attached to. Idempotent.
+    pub fn remove_endpoint(&mut self, ip: Ipv4Be) -> Result<()> {
+        let stale: Vec<u32> = self
+            .ifaces
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(_, endpoint)| endpoint.ip == ip)
+            .map(|(ifindex, _)| ifindex)
+            .collect();
+        for ifindex in stale {
+            ignore_missing_key(self.ifaces.remove(&ifindex)).context("removing endpoint from IFACES")?;
+        }
+        ignore_missing_key(self.endpoints.remove(&ip)).context("removing endpoint from ENDPOINTS")
+    }
+
+    pub fn snapshot(&self) -> Result<CounterSnapshot> {
+        let sum = |array: &PerCpuArray<MapData, u64>, index: u32| -> Result<u64> {
+            Ok(array.get(&index, 0).context("reading a per-CPU counter")?.iter().sum())
+        };
+        Ok(CounterSnapshot {
+            counters: Counter::ALL
+                .iter()
+                .map(|c| Ok((c.name(), sum(&self.counters, *c as u32)?)))
+                .collect::<Result<_>>()?,
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| Ok((r.name(), sum(&self.drops, *r as u32)?)))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// The kernel id of the loaded `endpoint_ingress` program.
+    pub fn program_id(&self) -> Result<u32> {
+        Ok(self.endpoint_ingress.info()?.id())
+    }
+}
+
+/// Removes every pin under `pin_dir` (links first, so programs detach) and the directory.
+/// The programs and maps are freed by the kernel once nothing refers to them. Idempotent.
+pub fn destroy(pin_dir: &Path) -> Result<()> {
+    for sub in ["links", "progs", "maps"] {
+        let dir = pin_dir.join(sub);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        for entry in entries {
+            remove_pin(&entry?.path())?;
+        }
+        remove_dir(&dir)?;
+    }
+    remove_dir(pin_dir)
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn remove_pin(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing pin {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn load_and_pin(pin_dir: &Path, prog_pin: &Path, log_level: DatapathLogLevel) -> Result<SchedClassifier> {
+    let level = log_level as u8;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir.join("maps"))
+        .override_global("AYA_LOG_LEVEL", &level, false)
+        .load(DATAPATH_OBJECT)
+        .context("loading the eBPF object (see the verifier log above, if any)")?;
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(program_names::ENDPOINT_INGRESS)
+        .context("the eBPF object has no endpoint_ingress program")?
+        .try_into()?;
+    program.load().context("loading endpoint_ingress into the kernel")?;
+    program
+        .pin(prog_pin)
+        .with_context(|| format!("pinning endpoint_ingress at {}", prog_pin.display()))?;
+    // Reopen from the pin so the returned handle is the same kind as on later runs.
+    SchedClassifier::from_pin(prog_pin).context("reopening the pinned program")
+}
+
+fn open_map<T>(maps_dir: &Path, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let path = maps_dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let map = Map::from_map_data(data).with_context(|| format!("reading map {}", path.display()))?;
+    T::try_from(map).with_context(|| format!("map {} has an unexpected type", path.display()))
+}
+
+fn ignore_missing_key(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// The pin directory must be on a bpffs. /sys/fs/bpf is mounted if it is not yet, as the
+/// kernel leaves it unmounted on some distributions; any other place must be bpffs already.
+fn ensure_on_bpffs(pin_dir: &Path) -> Result<()> {
+    let sys_fs_bpf = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(sys_fs_bpf) && !is_bpffs(sys_fs_bpf)? {
+        nix::mount::mount(
+            Some("bpf"),
+            sys_fs_bpf,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)")?;
+        tracing::info!("mounted bpffs at /sys/fs/bpf");
+    }
+    let mut probe = pin_dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    if !is_bpffs(&probe)? {
+        bail!(
+            "pin directory {} is not on a bpf filesystem; use a directory under /sys/fs/bpf \
+             (--bpffs) or mount one with `mount -t bpf bpf DIR`",
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> Result<bool> {
+    let stat = nix::sys::statfs::statfs(path).with_context(|| format!("statfs {}", path.display()))?;
+    Ok(stat.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+impl Datapath {
+    /// Whether a datapath is pinned under `pin_dir`.
+    pub fn is_pinned(pin_dir: &Path) -> bool {
+        pin_dir.join("progs").join(program_names::ENDPOINT_INGRESS).exists()
+    }
+}

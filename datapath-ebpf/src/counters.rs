@@ -1,0 +1,23 @@
+//! Drop reasons and event counters: every verdict other than "pass" is counted.
+use aya_ebpf::programs::TcContext;
+use aya_log_ebpf::debug;
+use datapath_common::{Counter, DropReason};
+
+use crate::maps::{COUNTERS, DROPS};
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_drop(ctx: &TcContext, reason: DropReason) {
+    if let Some(slot) = DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+    debug!(ctx, "drop reason={} ifindex={}", reason as u32, crate::packet::ingress_ifindex(ctx));
+}
