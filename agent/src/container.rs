@@ -1,5 +1,5 @@
 //! Containers: a named network namespace with eth0, one end of a veth pair whose host-side end
-//! carries the endpoint_ingress program. Creating one either completes or is rolled back by
+//! carries the from_endpoint program. Creating one either completes or is rolled back by
 //! `teardown`, which removes whatever part of it exists and is safe to run at any point.
 use std::{io::Read, net::Ipv4Addr};
 

@@ -46,7 +46,7 @@ pub enum DatapathLogLevel {
 
 pub struct Datapath {
     pin_dir: PathBuf,
-    endpoint_ingress: SchedClassifier,
+    from_endpoint: SchedClassifier,
     endpoints: HashMap<MapData, Ipv4Be, Endpoint>,
     ifaces: HashMap<MapData, u32, Endpoint>,
     networks: HashMap<MapData, u32, Network>,
@@ -76,8 +76,8 @@ impl Datapath {
             std::fs::create_dir_all(pin_dir.join(sub))
                 .with_context(|| format!("creating pin directory {}", pin_dir.join(sub).display()))?;
         }
-        let prog_pin = pin_dir.join("progs").join(program_names::ENDPOINT_INGRESS);
-        let endpoint_ingress = if prog_pin.exists() {
+        let prog_pin = pin_dir.join("progs").join(program_names::FROM_ENDPOINT);
+        let from_endpoint = if prog_pin.exists() {
             SchedClassifier::from_pin(&prog_pin)
                 .with_context(|| format!("opening pinned program {}", prog_pin.display()))?
         } else {
@@ -86,7 +86,7 @@ impl Datapath {
         let maps = pin_dir.join("maps");
         Ok(Self {
             pin_dir: pin_dir.to_owned(),
-            endpoint_ingress,
+            from_endpoint,
             endpoints: open_map(&maps, map_names::ENDPOINTS)?,
             ifaces: open_map(&maps, map_names::IFACES)?,
             networks: open_map(&maps, map_names::NETWORKS)?,
@@ -99,7 +99,7 @@ impl Datapath {
         self.pin_dir.join("links").join(ifname)
     }
 
-    /// Attaches `endpoint_ingress` to the tcx ingress of a host-side veth and pins the link.
+    /// Attaches `from_endpoint` to the tcx ingress of a host-side veth and pins the link.
     /// Idempotent: an existing pinned link for the interface is kept.
     pub fn attach_endpoint(&mut self, ifname: &str) -> Result<()> {
         let pin = self.link_pin(ifname);
@@ -107,11 +107,11 @@ impl Datapath {
             return Ok(());
         }
         let link_id = self
-            .endpoint_ingress
+            .from_endpoint
             .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-            .with_context(|| format!("attaching {} to tcx ingress of {ifname}", program_names::ENDPOINT_INGRESS))?;
+            .with_context(|| format!("attaching {} to tcx ingress of {ifname}", program_names::FROM_ENDPOINT))?;
         let link: FdLink = self
-            .endpoint_ingress
+            .from_endpoint
             .take_link(link_id)?
             .try_into()
             .context("a tcx attachment should be an fd link")?;
@@ -171,9 +171,9 @@ impl Datapath {
         })
     }
 
-    /// The kernel id of the loaded `endpoint_ingress` program.
+    /// The kernel id of the loaded `from_endpoint` program.
     pub fn program_id(&self) -> Result<u32> {
-        Ok(self.endpoint_ingress.info()?.id())
+        Ok(self.from_endpoint.info()?.id())
     }
 }
 
@@ -221,13 +221,13 @@ fn load_and_pin(pin_dir: &Path, prog_pin: &Path, log_level: DatapathLogLevel) ->
         .load(DATAPATH_OBJECT)
         .context("loading the eBPF object (see the verifier log above, if any)")?;
     let program: &mut SchedClassifier = ebpf
-        .program_mut(program_names::ENDPOINT_INGRESS)
-        .context("the eBPF object has no endpoint_ingress program")?
+        .program_mut(program_names::FROM_ENDPOINT)
+        .context("the eBPF object has no from_endpoint program")?
         .try_into()?;
-    program.load().context("loading endpoint_ingress into the kernel")?;
+    program.load().context("loading from_endpoint into the kernel")?;
     program
         .pin(prog_pin)
-        .with_context(|| format!("pinning endpoint_ingress at {}", prog_pin.display()))?;
+        .with_context(|| format!("pinning from_endpoint at {}", prog_pin.display()))?;
     // Reopen from the pin so the returned handle is the same kind as on later runs.
     SchedClassifier::from_pin(prog_pin).context("reopening the pinned program")
 }
@@ -289,6 +289,6 @@ fn is_bpffs(path: &Path) -> Result<bool> {
 impl Datapath {
     /// Whether a datapath is pinned under `pin_dir`.
     pub fn is_pinned(pin_dir: &Path) -> bool {
-        pin_dir.join("progs").join(program_names::ENDPOINT_INGRESS).exists()
+        pin_dir.join("progs").join(program_names::FROM_ENDPOINT).exists()
     }
 }

@@ -53,7 +53,7 @@ pub struct ContainerSpec {
     pub network: String,
     pub ip: Ipv4Addr,
     pub mac: [u8; 6],
-    /// The host-side veth end, where endpoint_ingress is attached.
+    /// The host-side veth end, where from_endpoint is attached.
     pub host_interface: String,
 }
 

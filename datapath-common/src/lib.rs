@@ -21,8 +21,9 @@ pub mod map_names {
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {
-    /// TC ingress of a container's host-side veth: packets the container sends.
-    pub const ENDPOINT_INGRESS: &str = "endpoint_ingress";
+    /// TC ingress of a container's host-side veth: packets the container sends. At most 15
+    /// bytes: the kernel truncates longer program names.
+    pub const FROM_ENDPOINT: &str = "from_endpoint";
 }
 
 /// An IPv4 address in network byte order, as read from a packet (`u32::from_ne_bytes(octets)`).

@@ -19,8 +19,8 @@ use network_types::eth::{EthHdr, EtherType};
 /// straight into it; the gateway and everything else goes to the host stack; the rest is
 /// dropped with a counted reason.
 #[classifier]
-pub fn endpoint_ingress(ctx: TcContext) -> i32 {
-    match try_endpoint_ingress(&ctx) {
+pub fn from_endpoint(ctx: TcContext) -> i32 {
+    match try_from_endpoint(&ctx) {
         Ok(action) => action,
         Err(reason) => {
             counters::count_drop(&ctx, reason);
@@ -29,7 +29,7 @@ pub fn endpoint_ingress(ctx: TcContext) -> i32 {
     }
 }
 
-fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
+fn try_from_endpoint(ctx: &TcContext) -> Result<i32, DropReason> {
     let source = forward::source_endpoint(ctx)?;
     let eth: *mut EthHdr = packet::ptr_at(ctx, 0)?;
     // SAFETY: `ptr_at` checked that the header lies inside the packet.

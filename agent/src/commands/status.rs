@@ -56,7 +56,7 @@ pub async fn run(host: &mut Host, json_output: bool) -> Result<()> {
     println!("networks: {}   containers: {}", networks.len(), containers.len());
     match (program_id, snapshot) {
         (Some(id), Some(snapshot)) => {
-            println!("datapath: endpoint_ingress program id {id}");
+            println!("datapath: from_endpoint program id {id}");
             for a in &attachments {
                 println!(
                     "  {} ({}): {}",

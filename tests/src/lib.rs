@@ -1,0 +1,326 @@
+//! Harness for bpfnet's black-box tests: each test gets a [`Sandbox`], a host network namespace
+//! of its own with its own state and pin directories, all named with a per-run prefix, and
+//! drives the real `bpfnet` binary against it. Dropping the sandbox removes everything it
+//! made, also when the test panicked. Traffic only ever goes to addresses inside the
+//! sandbox's namespaces.
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsFd,
+    path::PathBuf,
+    process::{Command, Output},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use nix::sched::{setns, CloneFlags};
+use serde_json::Value;
+
+/// Bound on every socket operation in the tests, so a broken datapath fails a test instead of
+/// hanging it.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a test server waits for its clients before it gives up, so that a sandbox never
+/// waits on a server whose clients were (rightly or wrongly) blocked.
+pub const SERVER_LIFETIME: Duration = Duration::from_secs(20);
+
+static SANDBOX_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The bpfnet binary under test: $BPFNET_BIN (set by `cargo xtask test`), else the one next to
+/// this test executable's target directory.
+pub fn bpfnet_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("BPFNET_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/bpfnet
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("bpfnet");
+    assert!(bin.exists(), "{} not found: build it (cargo build -p bpfnet) or set BPFNET_BIN", bin.display());
+    bin
+}
+
+pub struct Sandbox {
+    pub prefix: String,
+    pub host_netns: String,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    servers: Vec<JoinHandle<()>>,
+    /// Tells the servers to stop when the sandbox goes away.
+    stop_servers: Arc<AtomicBool>,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        assert!(nix::unistd::Uid::effective().is_root(), "the integration tests must run as root");
+        let n = SANDBOX_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("bt{:x}x{n}", std::process::id());
+        let sandbox = Sandbox {
+            host_netns: format!("{prefix}-host"),
+            state_dir: std::env::temp_dir().join(format!("{prefix}-state")),
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/{prefix}")),
+            prefix,
+            servers: Vec::new(),
+            stop_servers: Arc::new(AtomicBool::new(false)),
+        };
+        run("ip", &["netns", "add", &sandbox.host_netns]).expect("creating the sandbox host namespace");
+        run("ip", &["-n", &sandbox.host_netns, "link", "set", "lo", "up"]).expect("lo up");
+        sandbox
+    }
+
+    /// A name with this sandbox's prefix.
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.prefix)
+    }
+
+    /// Runs bpfnet against this sandbox's host.
+    pub fn bpfnet(&self, args: &[&str]) -> Output {
+        Command::new(bpfnet_bin())
+            .args(args)
+            .env("BPFNET_HOST_NETNS", &self.host_netns)
+            .env("BPFNET_STATE_DIR", &self.state_dir)
+            .env("BPFNET_BPFFS", &self.bpffs)
+            .env_remove("BPFNET_LOG")
+            .output()
+            .expect("running bpfnet")
+    }
+
+    /// Runs bpfnet, panics with its output unless it succeeded; returns stdout.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.bpfnet(args);
+        assert!(
+            out.status.success(),
+            "bpfnet {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs bpfnet, panics unless it failed; returns stderr.
+    #[track_caller]
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.bpfnet(args);
+        assert!(!out.status.success(), "bpfnet {args:?} should have failed:\n{}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    #[track_caller]
+    pub fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).expect("bpfnet printed invalid JSON")
+    }
+
+    /// The address bpfnet gave a container.
+    #[track_caller]
+    pub fn container_ip(&self, name: &str) -> Ipv4Addr {
+        let all = self.json(&["container", "ls", "--json"]);
+        let ip = all.as_array().unwrap().iter().find(|c| c["name"] == name).expect("container listed")["ip"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        ip
+    }
+
+    /// A drop or event counter from `bpfnet status --json`.
+    #[track_caller]
+    pub fn counter(&self, section: &str, name: &str) -> u64 {
+        self.json(&["status", "--json"])["datapath"][section][name].as_u64().unwrap_or_else(|| panic!("no {section}.{name} in status"))
+    }
+
+    /// Starts a TCP echo server in `netns` on `addr` that serves up to `connections`
+    /// connections, and gives up waiting for them after [`SERVER_LIFETIME`].
+    pub fn tcp_echo_server(&mut self, netns: &str, addr: SocketAddrV4, connections: usize) {
+        let listener = in_netns(netns, move || Ok(TcpListener::bind(addr)?)).expect("binding the TCP server");
+        listener.set_nonblocking(true).unwrap();
+        let stop = self.stop_servers.clone();
+        self.servers.push(std::thread::spawn(move || {
+            let deadline = Instant::now() + SERVER_LIFETIME;
+            let mut served = 0;
+            while served < connections && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                let mut stream = match listener.accept() {
+                    Ok((stream, _)) => stream,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                served += 1;
+                stream.set_nonblocking(false).ok();
+                stream.set_read_timeout(Some(IO_TIMEOUT)).ok();
+                let mut buf = [0u8; 1024];
+                if let Ok(n) = stream.read(&mut buf) {
+                    stream.write_all(&buf[..n]).ok();
+                }
+            }
+        }));
+    }
+
+    /// Starts a UDP echo server in `netns` on `addr` that answers up to `datagrams` datagrams
+    /// within [`SERVER_LIFETIME`].
+    pub fn udp_echo_server(&mut self, netns: &str, addr: SocketAddrV4, datagrams: usize) {
+        let socket = in_netns(netns, move || Ok(UdpSocket::bind(addr)?)).expect("binding the UDP server");
+        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let stop = self.stop_servers.clone();
+        self.servers.push(std::thread::spawn(move || {
+            let deadline = Instant::now() + SERVER_LIFETIME;
+            let mut buf = [0u8; 1500];
+            let mut answered = 0;
+            while answered < datagrams && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                let Ok((n, peer)) = socket.recv_from(&mut buf) else { continue };
+                socket.send_to(&buf[..n], peer).ok();
+                answered += 1;
+            }
+        }));
+    }
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Best effort at every step: cleanup must not stop at the first problem, and must
+        // never panic while a failed test is already unwinding.
+        let down = self.bpfnet(&["down"]);
+        if !down.status.success() {
+            eprintln!("sandbox cleanup: bpfnet down failed: {}", String::from_utf8_lossy(&down.stderr));
+        }
+        if let Ok(entries) = std::fs::read_dir("/run/netns") {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{}-", self.prefix)) {
+                    if let Err(e) = run("ip", &["netns", "delete", &name]) {
+                        eprintln!("sandbox cleanup: {e:#}");
+                    }
+                }
+            }
+        }
+        remove_tree(&self.bpffs);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+        self.stop_servers.store(true, Ordering::Relaxed);
+        for server in self.servers.drain(..) {
+            let _ = server.join();
+        }
+    }
+}
+
+/// Removes a bpffs directory tree (pins are removed with unlink, directories with rmdir).
+fn remove_tree(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            remove_tree(&path);
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Runs a command, failing with its output unless it succeeded; returns stdout.
+pub fn run(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!("{program} {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `f` on a throwaway thread inside network namespace `netns` (sockets it creates stay
+/// bound to that namespace); the calling thread never changes namespace.
+pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let ns = File::open(format!("/run/netns/{netns}")).with_context(|| format!("opening namespace {netns}"))?;
+    std::thread::spawn(move || {
+        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+}
+
+/// One ICMP echo from `netns` to `ip` with the real ping; true if answered.
+pub fn ping(netns: &str, ip: Ipv4Addr) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", netns, "ping", "-c", "1", "-W", "1", &ip.to_string()])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Sends `payload` over a new TCP connection from `netns` to `addr` and returns the answer.
+pub fn tcp_exchange(netns: &str, addr: SocketAddrV4, payload: &'static [u8]) -> Result<Vec<u8>> {
+    in_netns(netns, move || {
+        let mut stream = TcpStream::connect_timeout(&addr.into(), IO_TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.write_all(payload)?;
+        let mut answer = vec![0u8; payload.len()];
+        stream.read_exact(&mut answer).with_context(|| format!("reading the answer from {addr}"))?;
+        Ok(answer)
+    })
+}
+
+/// Sends one datagram from `netns` to `addr` and returns the answer.
+pub fn udp_exchange(netns: &str, addr: SocketAddrV4, payload: &'static [u8]) -> Result<Vec<u8>> {
+    in_netns(netns, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(IO_TIMEOUT))?;
+        socket.send_to(payload, addr)?;
+        let mut buf = [0u8; 1500];
+        let (n, from) = socket.recv_from(&mut buf).with_context(|| format!("waiting for the answer from {addr}"))?;
+        if from != addr.into() {
+            bail!("answer came from {from}, not {addr}");
+        }
+        Ok(buf[..n].to_vec())
+    })
+}
+
+/// Program ids the kernel reports on an interface's tcx ingress, asked from inside `netns`
+/// (BPF_PROG_QUERY: the kernel's view, not bpfnet's bookkeeping), with each program's name.
+pub fn tcx_ingress_programs(netns: &str, ifname: &str) -> Result<Vec<(u32, String)>> {
+    let ifname = ifname.to_owned();
+    in_netns(netns, move || {
+        let (_, programs) = aya::programs::SchedClassifier::query_tcx(&ifname, aya::programs::TcAttachType::Ingress)
+            .with_context(|| format!("querying tcx ingress of {ifname}"))?;
+        Ok(programs.iter().map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_owned())).collect())
+    })
+}
+
+/// Network namespaces whose names start with `prefix`.
+pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Names of links in `netns` (`ip -n NETNS -j link`).
+pub fn links_in(netns: &str) -> Vec<String> {
+    let out = run("ip", &["-n", netns, "-j", "link", "show"]).unwrap_or_default();
+    let links: Value = serde_json::from_str(&out).unwrap_or(Value::Array(vec![]));
+    links.as_array().into_iter().flatten().filter_map(|l| l["ifname"].as_str().map(str::to_owned)).collect()
+}
+
+/// Number of entries in a pinned map (bpftool's view of the kernel map).
+pub fn pinned_map_len(bpffs: &std::path::Path, map: &str) -> usize {
+    let path = bpffs.join("maps").join(map);
+    let out = run("bpftool", &["-j", "map", "dump", "pinned", path.to_str().unwrap()]).unwrap_or_else(|e| panic!("{e:#}"));
+    serde_json::from_str::<Value>(&out).unwrap().as_array().map(Vec::len).unwrap_or(0)
+}

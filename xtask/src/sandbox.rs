@@ -1,0 +1,307 @@
+//! Throwaway network namespaces for running bpfnet by hand (`demo`, later `bench`), and the
+//! guard that removes everything again: on success, on error, on panic and after Ctrl-C.
+//!
+//! Nothing here touches the root network namespace: a namespace `{prefix}-host` plays the
+//! host, bpfnet is told so with `--host-netns`, and every name carries a per-run prefix so
+//! cleanup removes only what this run made.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+use crate::command;
+
+const NETNS_DIR: &str = "/run/netns";
+const BPFFS: &str = "/sys/fs/bpf";
+/// Limit for one bpfnet or ip command during cleanup: a hung one must not keep the rest
+/// from running.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(30);
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Turn Ctrl-C and SIGTERM into a flag, so the guard gets to clean up. The foreground child
+/// gets the signal too and fails, which ends the current step.
+pub fn catch_interrupts() -> Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }
+            .with_context(|| format!("installing a {signal} handler"))?;
+    }
+    Ok(())
+}
+
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// A background process (a server in a container) and its piped stdout.
+struct Background {
+    label: String,
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// Handle for a process started with [`Sandbox::spawn`].
+#[derive(Clone, Copy, Debug)]
+pub struct BackgroundId(usize);
+
+pub struct Sandbox {
+    prefix: String,
+    bpfnet_bin: PathBuf,
+    state_dir: PathBuf,
+    bpffs_dir: PathBuf,
+    scratch_dir: PathBuf,
+    background: Vec<Option<Background>>,
+    torn_down: bool,
+}
+
+impl Sandbox {
+    /// Create the host namespace `{stem}xxxxx-host` (lo up) and a scratch folder.
+    pub fn create(stem: &str, bpfnet_bin: PathBuf) -> Result<Sandbox> {
+        let prefix = format!("{stem}{:05x}", run_id() & 0xf_ffff);
+        // Checked before the guard exists, whose cleanup would delete the other run's namespace.
+        let host = format!("{prefix}-host");
+        if Path::new(NETNS_DIR).join(&host).exists() {
+            bail!("network namespace {host} exists already: is another run using it? (if not: `ip netns delete {host}`)");
+        }
+        let sandbox = Sandbox {
+            state_dir: PathBuf::from(format!("/tmp/{prefix}-state")),
+            bpffs_dir: Path::new(BPFFS).join(&prefix),
+            scratch_dir: PathBuf::from(format!("/tmp/{prefix}-scratch")),
+            prefix,
+            bpfnet_bin,
+            background: Vec::new(),
+            torn_down: false,
+        };
+        // From here on the guard exists: whatever follows fails, Drop cleans up.
+        command::run(Command::new("ip").args(["netns", "add", &host]))?;
+        command::run(&mut sandbox.in_netns(&host, "ip", ["link", "set", "lo", "up"]))?;
+        fs::create_dir_all(&sandbox.scratch_dir)
+            .with_context(|| format!("creating {}", sandbox.scratch_dir.display()))?;
+        Ok(sandbox)
+    }
+
+    /// `{prefix}-{suffix}`: every namespace and bpfnet object of this run is named so.
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.prefix)
+    }
+
+    pub fn host_netns(&self) -> String {
+        self.name("host")
+    }
+
+    /// The bpfnet CLI aimed at this sandbox: its global flags come before the subcommand.
+    pub fn bpfnet(&self) -> Command {
+        let mut cmd = Command::new(&self.bpfnet_bin);
+        cmd.arg("--host-netns")
+            .arg(self.host_netns())
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--bpffs")
+            .arg(&self.bpffs_dir);
+        cmd
+    }
+
+    /// `ip netns exec NETNS PROGRAM ARGS`.
+    pub fn in_netns<I, S>(&self, netns: &str, program: &str, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, program]).args(args);
+        cmd
+    }
+
+    /// Write a file (a script for the containers to run) into the scratch folder.
+    pub fn write_scratch(&self, file: &str, contents: &str) -> Result<PathBuf> {
+        let path = self.scratch_dir.join(file);
+        fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Start a background process with piped stdout; the guard kills and reaps it.
+    pub fn spawn(&mut self, label: &str, mut cmd: Command) -> Result<BackgroundId> {
+        command::announce(&cmd);
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("could not start {label}: `{}`", command::display(&cmd)))?;
+        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        self.background.push(Some(Background {
+            label: label.to_string(),
+            child,
+            stdout,
+        }));
+        Ok(BackgroundId(self.background.len() - 1))
+    }
+
+    fn background(&mut self, id: BackgroundId) -> Result<&mut Background> {
+        self.background[id.0]
+            .as_mut()
+            .ok_or_else(|| anyhow!("background process #{} has finished already", id.0))
+    }
+
+    /// The next line the process prints (a server says when it listens).
+    pub fn read_line(&mut self, id: BackgroundId) -> Result<String> {
+        let process = self.background(id)?;
+        let mut line = String::new();
+        let read = process
+            .stdout
+            .read_line(&mut line)
+            .with_context(|| format!("reading the output of {}", process.label))?;
+        if read == 0 {
+            bail!(
+                "{} exited before it printed a line: see its errors above",
+                process.label
+            );
+        }
+        Ok(line.trim_end().to_string())
+    }
+
+    /// Wait (at most `limit`) for the process to exit 0, and return the rest of its output.
+    pub fn finish(&mut self, id: BackgroundId, limit: Duration) -> Result<String> {
+        let mut process = self.background[id.0]
+            .take()
+            .ok_or_else(|| anyhow!("background process #{} has finished already", id.0))?;
+        let status = command::wait_bounded(&mut process.child, limit)
+            .with_context(|| process.label.clone())?;
+        let mut rest = String::new();
+        process
+            .stdout
+            .read_to_string(&mut rest)
+            .with_context(|| format!("reading the output of {}", process.label))?;
+        if !status.success() {
+            bail!("{} failed ({status}); its output: {rest}", process.label);
+        }
+        Ok(rest)
+    }
+
+    /// Remove everything, and fail if bpfnet left anything behind or a step of the
+    /// removal failed.
+    pub fn teardown(mut self) -> Result<()> {
+        self.torn_down = true;
+        let errors = self.cleanup(true);
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = errors.iter().map(|err| format!("  - {err:#}")).collect();
+        bail!("teardown found problems:\n{}", list.join("\n"))
+    }
+
+    /// Every step runs, whatever failed before it; the errors are returned.
+    /// `strict`: also count what `bpfnet down` should have removed but left.
+    fn cleanup(&mut self, strict: bool) -> Vec<anyhow::Error> {
+        let mut errors = Vec::new();
+
+        for slot in &mut self.background {
+            if let Some(mut process) = slot.take() {
+                println!("stopping {}", process.label);
+                // It may have exited already: then kill fails and wait reaps it.
+                let _killed = process.child.kill();
+                if let Err(err) = process.child.wait() {
+                    errors.push(anyhow!("reaping {}: {err}", process.label));
+                }
+            }
+        }
+
+        let host = self.host_netns();
+        if Path::new(NETNS_DIR).join(&host).exists() {
+            let mut down = self.bpfnet();
+            down.arg("down");
+            if let Err(err) = command::run_bounded(&mut down, CLEANUP_LIMIT) {
+                errors.push(err.context("`bpfnet down` failed"));
+            }
+        }
+
+        // What bpfnet down should have removed; remove it anyway.
+        let mut own_netns = self.own_namespaces();
+        own_netns.sort_by_key(|netns| *netns == host); // the host namespace last
+        for netns in own_netns {
+            if strict && netns != host {
+                errors.push(anyhow!(
+                    "`bpfnet down` left network namespace {netns} behind"
+                ));
+            }
+            if let Err(err) = command::run_bounded(
+                Command::new("ip").args(["netns", "delete", &netns]),
+                CLEANUP_LIMIT,
+            ) {
+                errors.push(err);
+            }
+        }
+
+        if strict && dir_has_entries(&self.bpffs_dir) {
+            errors.push(anyhow!(
+                "`bpfnet down` left pins in {}",
+                self.bpffs_dir.display()
+            ));
+        }
+        for dir in [&self.bpffs_dir, &self.state_dir, &self.scratch_dir] {
+            if dir.exists() {
+                println!("$ rm -r {}", dir.display());
+                if let Err(err) = fs::remove_dir_all(dir) {
+                    errors.push(anyhow!("removing {}: {err}", dir.display()));
+                }
+            }
+        }
+        errors
+    }
+
+    /// Named namespaces of this run (`/run/netns/{prefix}-*`).
+    fn own_namespaces(&self) -> Vec<String> {
+        let own = format!("{}-", self.prefix);
+        let Ok(entries) = fs::read_dir(NETNS_DIR) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter(|name| name.starts_with(&own))
+            .collect()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        println!("\n==> cleaning up sandbox {}", self.prefix);
+        for err in self.cleanup(false) {
+            eprintln!("warning: cleanup: {err:#}");
+        }
+    }
+}
+
+fn dir_has_entries(dir: &Path) -> bool {
+    fs::read_dir(dir)
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false)
+}
+
+/// pid ^ time: distinct for runs that overlap on one machine.
+fn run_id() -> u32 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as u32)
+        .unwrap_or(0);
+    std::process::id() ^ nanos
+}

@@ -1,0 +1,282 @@
+//! `cargo xtask setup`: everything /work/shared/TOOLCHAIN.md asks for, installed and checked.
+//! Idempotent, and quick (a few probes) when all is there already.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, ensure, Context, Result};
+use nix::mount::{mount, MsFlags};
+use nix::sys::statfs::{statfs, BPF_FS_MAGIC};
+use nix::unistd::geteuid;
+
+use crate::{cargo_cmd, command};
+
+/// Debian packages, all checked with `apt-cache policy` on Debian 12 (bookworm + backports).
+const PACKAGES: &[&str] = &[
+    // The eBPF toolchain: rustc 1.96 with LLVM 22 as /usr/bin/rustc, a prebuilt core/alloc for
+    // bpfel-unknown-none, and the LLVM that bpf-linker links against.
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    // Namespaces, traffic, the bridge+iptables baseline and inspection.
+    "iproute2",
+    "iputils-ping",
+    "iperf3",
+    "sockperf",
+    "tcpdump",
+    "conntrack",
+    "iptables",
+    "bpftool",
+    "python3", // the demo's TCP/UDP peers
+    "linux-perf",
+];
+
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const MIN_RUSTC: (u32, u32) = (1, 96);
+const BPF_RUSTLIB: &str = "/usr/lib/rustlib/bpfel-unknown-none";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_SERIES: (u32, u32) = (0, 13);
+const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn run() -> Result<()> {
+    if !geteuid().is_root() {
+        bail!(
+            "must run as root: setup installs Debian packages and mounts bpffs at {BPFFS} \
+             (run `sudo -E cargo xtask setup`, or as root)"
+        );
+    }
+    debian_packages()?;
+    debian_rustc()?;
+    bpf_linker()?;
+    bpffs()?;
+    Ok(())
+}
+
+fn debian_packages() -> Result<()> {
+    let missing = missing_packages()?;
+    if missing.is_empty() {
+        println!("ok: {} Debian packages installed", PACKAGES.len());
+        return Ok(());
+    }
+    println!("installing: {}", missing.join(" "));
+    command::run(Command::new("apt-get").arg("update"))
+        .context("`apt-get update` failed: check the network and /etc/apt/sources.list*")?;
+    command::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("`apt-get install` failed: see apt's message above (another apt holding the lock?)")?;
+    let still_missing = missing_packages()?;
+    ensure!(
+        still_missing.is_empty(),
+        "apt-get install succeeded but these packages are still not installed: {}",
+        still_missing.join(" ")
+    );
+    println!("ok: installed {}", missing.join(" "));
+    Ok(())
+}
+
+fn missing_packages() -> Result<Vec<String>> {
+    let mut cmd = Command::new("dpkg-query");
+    cmd.args(["-W", "-f=${Package}\\t${Status}\\n"])
+        .args(PACKAGES);
+    command::announce(&cmd);
+    // dpkg-query exits 1 and complains on stderr about packages it has never heard of;
+    // those are simply missing, so only its stdout counts.
+    let out = cmd
+        .stderr(Stdio::null())
+        .output()
+        .context("could not run dpkg-query: is this a Debian system?")?;
+    let status = parse_dpkg_status(&String::from_utf8_lossy(&out.stdout));
+    Ok(PACKAGES
+        .iter()
+        .filter(|package| status.get(**package).map(String::as_str) != Some("install ok installed"))
+        .map(|package| package.to_string())
+        .collect())
+}
+
+/// `PACKAGE\tSTATUS` lines from dpkg-query; architecture qualifiers (`pkg:amd64`) dropped.
+fn parse_dpkg_status(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(package, status)| {
+            let package = package.split(':').next().unwrap_or(package);
+            (package.to_string(), status.trim().to_string())
+        })
+        .collect()
+}
+
+fn debian_rustc() -> Result<()> {
+    let out = command::output(Command::new(DEBIAN_RUSTC).arg("--version"))
+        .with_context(|| format!("{DEBIAN_RUSTC} does not run: reinstall it with `apt-get install --reinstall rustc-web`"))?;
+    let version = out.trim();
+    let found = parse_version(version, "rustc")
+        .with_context(|| format!("cannot read the version in `{version}` from {DEBIAN_RUSTC}"))?;
+    ensure!(
+        (found.0, found.1) >= MIN_RUSTC,
+        "{DEBIAN_RUSTC} is `{version}`, the eBPF crate needs >= {}.{}: is Debian's older `rustc` \
+         package installed instead of `rustc-web`? (`apt-get install rustc-web`)",
+        MIN_RUSTC.0,
+        MIN_RUSTC.1
+    );
+    ensure!(
+        Path::new(BPF_RUSTLIB).is_dir(),
+        "{BPF_RUSTLIB} is missing: the prebuilt core for eBPF comes with `libstd-rust-web-dev-bpf` \
+         (`apt-get install --reinstall libstd-rust-web-dev-bpf`)"
+    );
+    println!(
+        "ok: rustc-web {}.{}.{} with {BPF_RUSTLIB}",
+        found.0, found.1, found.2
+    );
+    Ok(())
+}
+
+/// `(major, minor, patch)` of the first word after `tool` in a `--version` line.
+fn parse_version(line: &str, tool: &str) -> Option<(u32, u32, u32)> {
+    let mut words = line.split_whitespace();
+    if words.next()? != tool {
+        return None;
+    }
+    let version = words.next()?;
+    // Drop pre-release or build suffixes such as "-nightly" or "+dfsg".
+    let version = version.split(['-', '+']).next()?;
+    let mut parts = version.split('.').map(|part| part.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
+fn bpf_linker() -> Result<()> {
+    if let Some(version) = bpf_linker_version()? {
+        println!("ok: bpf-linker {}.{}.{}", version.0, version.1, version.2);
+        return Ok(());
+    }
+    let series = format!("{}.{}", BPF_LINKER_SERIES.0, BPF_LINKER_SERIES.1);
+    println!("installing: bpf-linker {series} (takes a few minutes)");
+    let llvm_path = {
+        let mut dirs = vec![Path::new(LLVM_PREFIX).join("bin")];
+        dirs.extend(std::env::split_paths(&cargo_cmd::path_with_cargo_bin()));
+        std::env::join_paths(dirs).expect("PATH entries contain no ':'")
+    };
+    let mut install = cargo_cmd::cargo();
+    install
+        .args(["install", "bpf-linker", "--version", &format!("~{series}")])
+        .args(["--no-default-features", "--features", "llvm-22", "--locked"])
+        .env("PATH", llvm_path)
+        // Without it llvm-sys does not find -lLLVM.
+        .env("LLVM_PREFIX", LLVM_PREFIX);
+    command::run(&mut install).context(
+        "installing bpf-linker failed: it needs llvm-22-dev and libpolly-22-dev (setup installs \
+         them) and crates.io",
+    )?;
+    match bpf_linker_version()? {
+        Some(version) => {
+            println!(
+                "ok: installed bpf-linker {}.{}.{}",
+                version.0, version.1, version.2
+            );
+            Ok(())
+        }
+        None => bail!(
+            "bpf-linker {series} was installed but is not found with the right version: \
+             is another bpf-linker earlier on PATH than {}?",
+            cargo_cmd::cargo_home().join("bin").display()
+        ),
+    }
+}
+
+/// The version of the bpf-linker that the build would use, if it is of the wanted series.
+fn bpf_linker_version() -> Result<Option<(u32, u32, u32)>> {
+    let mut cmd = Command::new("bpf-linker");
+    cmd.arg("--version")
+        .env("PATH", cargo_cmd::path_with_cargo_bin());
+    command::announce(&cmd);
+    let out = match cmd.stderr(Stdio::null()).output() {
+        Ok(out) if out.status.success() => out,
+        Ok(_) => return Ok(None),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            println!("bpf-linker is not installed");
+            return Ok(None);
+        }
+        Err(err) => return Err(err).context("could not run `bpf-linker --version`"),
+    };
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match parse_version(&line, "bpf-linker") {
+        Some(version) if (version.0, version.1) == BPF_LINKER_SERIES => Ok(Some(version)),
+        _ => {
+            println!(
+                "bpf-linker reports `{line}`, want {}.{}.x",
+                BPF_LINKER_SERIES.0, BPF_LINKER_SERIES.1
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn bpffs() -> Result<()> {
+    if is_bpffs(BPFFS)? {
+        println!("ok: bpffs mounted at {BPFFS}");
+        return Ok(());
+    }
+    println!("$ mount -t bpf bpf {BPFFS}");
+    mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| {
+        format!("mounting bpffs at {BPFFS} failed: does this kernel have CONFIG_BPF_SYSCALL?")
+    })?;
+    ensure!(
+        is_bpffs(BPFFS)?,
+        "{BPFFS} is still not a bpffs after mounting one there"
+    );
+    println!("ok: mounted bpffs at {BPFFS}");
+    Ok(())
+}
+
+fn is_bpffs(path: &str) -> Result<bool> {
+    let stat = statfs(path)
+        .with_context(|| format!("statfs({path}) failed: is sysfs mounted at /sys?"))?;
+    Ok(stat.filesystem_type() == BPF_FS_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            parse_version(
+                "rustc 1.96.0 (ac68faa20 2026-05-25) (built from a source tarball)",
+                "rustc"
+            ),
+            Some((1, 96, 0))
+        );
+        assert_eq!(
+            parse_version("rustc 1.97.0-nightly (abc 2026-01-01)", "rustc"),
+            Some((1, 97, 0))
+        );
+        assert_eq!(
+            parse_version("bpf-linker 0.13.0", "bpf-linker"),
+            Some((0, 13, 0))
+        );
+        assert_eq!(parse_version("bpf-linker", "bpf-linker"), None);
+        assert_eq!(parse_version("cargo 1.95.0", "rustc"), None);
+    }
+
+    #[test]
+    fn dpkg_status() {
+        let status = parse_dpkg_status(
+            "iproute2\tinstall ok installed\nbpftool\tdeinstall ok config-files\nlibfoo:amd64\tinstall ok installed\n",
+        );
+        assert_eq!(status["iproute2"], "install ok installed");
+        assert_eq!(status["bpftool"], "deinstall ok config-files");
+        assert_eq!(status["libfoo"], "install ok installed");
+    }
+}
