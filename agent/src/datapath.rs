@@ -26,7 +26,7 @@ use datapath_common::{
 };
 
 /// The object built by build.rs from datapath-ebpf.
-static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.bpf.o"));
+pub(crate) static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.bpf.o"));
 
 /// bpffs magic number (statfs f_type), from linux/magic.h.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
