@@ -39,6 +39,7 @@ pub async fn create(host: &mut Host, name: &str, network: &str, ip: Option<Ipv4A
         }
         None => ipam::allocate(net.subnet, net.gateway, &used)?,
     };
+    host.sync_uplink().await?;
     let (host_interface, _) = names::host_interface(unused_seed(host).await?);
     let spec = ContainerSpec {
         name: name.to_owned(),
@@ -112,6 +113,10 @@ async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> Resu
     .await
     .with_context(|| format!("configuring eth0 in namespace {}", spec.name))?;
 
+    // bpf_fib_lookup answers for packets from this interface only if it may forward; the host
+    // stack itself never forwards them (the datapath redirects or hands over only the gateway's).
+    let forwarding = format!("/proc/sys/net/ipv4/conf/{}/forwarding", spec.host_interface);
+    std::fs::write(&forwarding, "1").with_context(|| format!("writing {forwarding}"))?;
     // The host reaches the container over its veth, from the gateway address, with no ARP.
     host.netlink.set_up(&spec.host_interface).await?;
     host.netlink.replace_neighbour(&spec.host_interface, spec.ip, spec.mac).await?;
@@ -131,7 +136,7 @@ async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> Resu
         network_id: net.id,
         ip: ipv4_be(spec.ip.octets()),
         mac: spec.mac,
-        _pad: [0; 2],
+        gateway_mac,
     })?;
     datapath.attach_endpoint(&spec.host_interface)
 }

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{
         links::FdLink,
         tc::TcAttachOptions,
@@ -22,7 +22,7 @@ use aya::{
     EbpfLoader,
 };
 use datapath_common::{
-    map_names, program_names, Counter, DropReason, Endpoint, Ipv4Be, Network,
+    map_names, program_names, Counter, CtEntry, CtKey, DropReason, Endpoint, HostConfig, Ipv4Be, Network,
 };
 
 /// The object built by build.rs from datapath-ebpf.
@@ -47,12 +47,22 @@ pub enum DatapathLogLevel {
 pub struct Datapath {
     pin_dir: PathBuf,
     from_endpoint: SchedClassifier,
+    from_uplink: SchedClassifier,
     endpoints: HashMap<MapData, Ipv4Be, Endpoint>,
     ifaces: HashMap<MapData, u32, Endpoint>,
     networks: HashMap<MapData, u32, Network>,
     drops: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
+    config: Array<MapData, HostConfig>,
+    pub(crate) ct: HashMap<MapData, CtKey, CtEntry>,
+    pub(crate) ct_fill: Array<MapData, u64>,
 }
+
+/// Programs in the object, all pinned under `progs/`.
+const PROGRAMS: [&str; 2] = [program_names::FROM_ENDPOINT, program_names::FROM_UPLINK];
+
+/// Conntrack entries (two per flow) when nothing else is said.
+pub const DEFAULT_CT_ENTRIES: u32 = 262_144;
 
 /// Sums of the per-CPU counters.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -65,6 +75,12 @@ impl Datapath {
     /// Opens the datapath pinned under `pin_dir`, loading and pinning it first if it is not
     /// there yet. Must be called from a process that lives in the host network namespace.
     pub fn open_or_load(pin_dir: &Path, log_level: DatapathLogLevel) -> Result<Self> {
+        Self::open_or_load_with(pin_dir, log_level, DEFAULT_CT_ENTRIES)
+    }
+
+    /// As `open_or_load`, sizing the conntrack table when the datapath is first loaded (a
+    /// pinned table keeps the size it was created with).
+    pub fn open_or_load_with(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> Result<Self> {
         if DATAPATH_OBJECT.is_empty() {
             bail!(
                 "this bpfnet binary was built with BPFNET_SKIP_EBPF and has no eBPF programs; \
@@ -76,22 +92,22 @@ impl Datapath {
             std::fs::create_dir_all(pin_dir.join(sub))
                 .with_context(|| format!("creating pin directory {}", pin_dir.join(sub).display()))?;
         }
-        let prog_pin = pin_dir.join("progs").join(program_names::FROM_ENDPOINT);
-        let from_endpoint = if prog_pin.exists() {
-            SchedClassifier::from_pin(&prog_pin)
-                .with_context(|| format!("opening pinned program {}", prog_pin.display()))?
-        } else {
-            load_and_pin(pin_dir, &prog_pin, log_level)?
-        };
+        if !Self::is_pinned(pin_dir) {
+            load_and_pin(pin_dir, log_level, ct_entries)?;
+        }
         let maps = pin_dir.join("maps");
         Ok(Self {
             pin_dir: pin_dir.to_owned(),
-            from_endpoint,
+            from_endpoint: open_program(pin_dir, program_names::FROM_ENDPOINT)?,
+            from_uplink: open_program(pin_dir, program_names::FROM_UPLINK)?,
             endpoints: open_map(&maps, map_names::ENDPOINTS)?,
             ifaces: open_map(&maps, map_names::IFACES)?,
             networks: open_map(&maps, map_names::NETWORKS)?,
             drops: open_map(&maps, map_names::DROPS)?,
             counters: open_map(&maps, map_names::COUNTERS)?,
+            config: open_map(&maps, map_names::CONFIG)?,
+            ct: open_map(&maps, map_names::CT)?,
+            ct_fill: open_map(&maps, map_names::CT_FILL)?,
         })
     }
 
@@ -103,26 +119,55 @@ impl Datapath {
     /// Idempotent: an existing pinned link for the interface is kept.
     pub fn attach_endpoint(&mut self, ifname: &str) -> Result<()> {
         let pin = self.link_pin(ifname);
-        if pin.exists() {
-            return Ok(());
-        }
-        let link_id = self
-            .from_endpoint
-            .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-            .with_context(|| format!("attaching {} to tcx ingress of {ifname}", program_names::FROM_ENDPOINT))?;
-        let link: FdLink = self
-            .from_endpoint
-            .take_link(link_id)?
-            .try_into()
-            .context("a tcx attachment should be an fd link")?;
-        link.pin(&pin)
-            .with_context(|| format!("pinning the tcx link of {ifname} at {}", pin.display()))?;
-        Ok(())
+        attach_pinned(&mut self.from_endpoint, program_names::FROM_ENDPOINT, ifname, &pin)
     }
 
     /// Removes the pinned link of an interface, which detaches the program. Idempotent.
     pub fn detach_endpoint(&self, ifname: &str) -> Result<()> {
         remove_pin(&self.link_pin(ifname))
+    }
+
+    fn uplink_pin(&self, ifname: &str) -> PathBuf {
+        self.pin_dir.join("links").join(format!("{UPLINK_PIN_PREFIX}{ifname}"))
+    }
+
+    /// Attaches `from_uplink` to the uplink's tcx ingress (idempotent), detaching it from any
+    /// interface that was the uplink before.
+    pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
+        for old in self.uplinks()? {
+            if old != ifname {
+                remove_pin(&self.uplink_pin(&old))?;
+            }
+        }
+        let pin = self.uplink_pin(ifname);
+        attach_pinned(&mut self.from_uplink, program_names::FROM_UPLINK, ifname, &pin)
+    }
+
+    /// Interfaces that carry `from_uplink` (at most one, unless a change was interrupted).
+    pub fn uplinks(&self) -> Result<Vec<String>> {
+        let dir = self.pin_dir.join("links");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(ifname) = name.strip_prefix(UPLINK_PIN_PREFIX) {
+                names.push(ifname.to_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    pub fn config(&self) -> Result<HostConfig> {
+        self.config.get(&0, 0).context("reading CONFIG")
+    }
+
+    pub fn set_config(&mut self, config: &HostConfig) -> Result<()> {
+        self.config.set(0, config, 0).context("writing CONFIG")
+    }
+
+    /// How many entries the conntrack table can hold.
+    pub fn ct_capacity(&self) -> Result<u32> {
+        let info = MapData::from_pin(self.pin_dir.join("maps").join(map_names::CT))?.info()?;
+        Ok(info.max_entries())
     }
 
     pub fn upsert_network(&mut self, id: u32, network: &Network) -> Result<()> {
@@ -171,9 +216,12 @@ impl Datapath {
         })
     }
 
-    /// The kernel id of the loaded `from_endpoint` program.
-    pub fn program_id(&self) -> Result<u32> {
-        Ok(self.from_endpoint.info()?.id())
+    /// The kernel ids of the loaded programs, by name.
+    pub fn program_ids(&self) -> Result<Vec<(&'static str, u32)>> {
+        Ok(vec![
+            (program_names::FROM_ENDPOINT, self.from_endpoint.info()?.id()),
+            (program_names::FROM_UPLINK, self.from_uplink.info()?.id()),
+        ])
     }
 }
 
@@ -213,23 +261,57 @@ fn remove_pin(path: &Path) -> Result<()> {
     }
 }
 
-fn load_and_pin(pin_dir: &Path, prog_pin: &Path, log_level: DatapathLogLevel) -> Result<SchedClassifier> {
+/// Links of the uplink are pinned as `links/uplink-<ifname>` (host veths are `bn...`; bpffs
+/// allows no `.` in names).
+const UPLINK_PIN_PREFIX: &str = "uplink-";
+
+fn attach_pinned(program: &mut SchedClassifier, name: &str, ifname: &str, pin: &Path) -> Result<()> {
+    if pin.exists() {
+        return Ok(());
+    }
+    let link_id = program
+        .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| format!("attaching {name} to tcx ingress of {ifname}"))?;
+    let link: FdLink = program
+        .take_link(link_id)?
+        .try_into()
+        .context("a tcx attachment should be an fd link")?;
+    link.pin(pin)
+        .with_context(|| format!("pinning the tcx link of {ifname} at {}", pin.display()))?;
+    Ok(())
+}
+
+fn open_program(pin_dir: &Path, name: &str) -> Result<SchedClassifier> {
+    let pin = pin_dir.join("progs").join(name);
+    SchedClassifier::from_pin(&pin).with_context(|| {
+        format!(
+            "opening pinned program {}; if an older bpfnet pinned this datapath, remove it \
+             with that version's `bpfnet down`",
+            pin.display()
+        )
+    })
+}
+
+fn load_and_pin(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> Result<()> {
     let level = log_level as u8;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir.join("maps"))
         .override_global("AYA_LOG_LEVEL", &level, false)
+        .map_max_entries(map_names::CT, ct_entries)
         .load(DATAPATH_OBJECT)
         .context("loading the eBPF object (see the verifier log above, if any)")?;
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(program_names::FROM_ENDPOINT)
-        .context("the eBPF object has no from_endpoint program")?
-        .try_into()?;
-    program.load().context("loading from_endpoint into the kernel")?;
-    program
-        .pin(prog_pin)
-        .with_context(|| format!("pinning from_endpoint at {}", prog_pin.display()))?;
-    // Reopen from the pin so the returned handle is the same kind as on later runs.
-    SchedClassifier::from_pin(prog_pin).context("reopening the pinned program")
+    // The from_endpoint pin is written last: its presence means the whole datapath is pinned.
+    for name in PROGRAMS.iter().rev() {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("the eBPF object has no {name} program"))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {name} into the kernel"))?;
+        let pin = pin_dir.join("progs").join(name);
+        remove_pin(&pin)?; // left by an interrupted load
+        program.pin(&pin).with_context(|| format!("pinning {name} at {}", pin.display()))?;
+    }
+    Ok(())
 }
 
 fn open_map<T>(maps_dir: &Path, name: &str) -> Result<T>

@@ -29,6 +29,33 @@ pub struct HostOptions {
     /// read them with `bpfnet monitor`).
     #[arg(long, global = true, env = "BPFNET_DATAPATH_LOG", value_enum, default_value = "info")]
     pub datapath_log: DatapathLogLevel,
+    /// The host's interface to the outside world: containers' traffic leaving through it is
+    /// masqueraded to its IPv4 address (and its replies translated back).
+    #[arg(long, global = true, env = "BPFNET_UPLINK", value_name = "IFACE")]
+    pub uplink: Option<String>,
+    /// Source ports for masquerading, inclusive.
+    #[arg(long, global = true, env = "BPFNET_NAT_PORTS", default_value = "32768-60999", value_parser = parse_port_range)]
+    pub nat_ports: (u16, u16),
+    /// Conntrack table size in entries (two per flow); takes effect when the datapath is
+    /// first loaded.
+    #[arg(long, global = true, env = "BPFNET_CT_SIZE", default_value_t = crate::datapath::DEFAULT_CT_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
+    pub ct_size: u32,
+    #[command(flatten)]
+    pub ct_timeouts: crate::conntrack::Timeouts,
+}
+
+/// Parses `LOW-HIGH` (e.g. 32768-60999) into an inclusive port range.
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not a port range; write it as LOW-HIGH, e.g. 32768-60999"))?;
+    let parse = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{p:?} in {text:?} is not a port (1-65535): {e}"));
+    let (low, high) = (parse(low)?, parse(high)?);
+    if low == 0 || low > high {
+        return Err(format!("{text:?}: the range must be LOW-HIGH with 1 <= LOW <= HIGH"));
+    }
+    Ok((low, high))
 }
 
 impl HostOptions {
@@ -68,9 +95,45 @@ impl Host {
     /// The pinned datapath, loaded and pinned if this host has none yet.
     pub fn datapath(&mut self) -> Result<&mut Datapath> {
         if self.datapath.is_none() {
-            self.datapath = Some(Datapath::open_or_load(&self.options.bpffs, self.options.datapath_log)?);
+            let options = &self.options;
+            self.datapath = Some(Datapath::open_or_load_with(&options.bpffs, options.datapath_log, options.ct_size)?);
         }
         Ok(self.datapath.as_mut().expect("just opened"))
+    }
+
+    /// Brings the uplink settings of the datapath in line with the options: the program on the
+    /// uplink, and the masquerade address (the uplink's current primary IPv4 address), port
+    /// range and conntrack limit in CONFIG. Without `--uplink`, what was set before stays.
+    pub async fn sync_uplink(&mut self) -> Result<()> {
+        let Some(uplink) = self.options.uplink.clone() else {
+            return Ok(());
+        };
+        let link = self.netlink.link_by_name(&uplink).await?.with_context(|| {
+            format!("the uplink {uplink:?} does not exist in the host namespace; check --uplink")
+        })?;
+        let address = self
+            .netlink
+            .addresses(&uplink)
+            .await?
+            .into_iter()
+            .find_map(|a| match a {
+                ipnet::IpNet::V4(v4) => Some(v4.addr()),
+                ipnet::IpNet::V6(_) => None,
+            })
+            .with_context(|| format!("the uplink {uplink} has no IPv4 address to masquerade to; add one first"))?;
+        let (nat_port_min, nat_port_max) = self.options.nat_ports;
+        let datapath = self.datapath()?;
+        let capacity = datapath.ct_capacity()?;
+        let config = datapath_common::HostConfig {
+            uplink_ifindex: link.index,
+            uplink_ip: datapath_common::ipv4_be(address.octets()),
+            nat_port_min,
+            nat_port_max,
+            // Headroom below the LRU's capacity, so that it never has to evict a live flow.
+            ct_limit: capacity - capacity / 16,
+        };
+        datapath.set_config(&config)?;
+        datapath.attach_uplink(&uplink)
     }
 
     /// The datapath if one is pinned, without loading one.

@@ -1,5 +1,6 @@
 //! bpfnet: container networking on eBPF, without a Linux bridge or iptables.
 mod commands;
+mod conntrack;
 mod container;
 mod datapath;
 mod host;
@@ -9,11 +10,13 @@ mod netlink;
 mod netns;
 mod network;
 mod state;
+mod testrun;
+#[cfg(test)] mod datapath_tests;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use commands::{container::ContainerCommand, network::NetworkCommand};
+use commands::{container::ContainerCommand, conntrack::ConntrackCommand, network::NetworkCommand};
 use host::{Host, HostOptions};
 use tracing_subscriber::EnvFilter;
 
@@ -37,6 +40,9 @@ enum Command {
     /// Manage containers (network namespaces attached to a network).
     #[command(subcommand)]
     Container(ContainerCommand),
+    /// Tracked flows and their translations.
+    #[command(subcommand)]
+    Conntrack(ConntrackCommand),
     /// Show networks, containers, attached programs, counters and drop reasons.
     Status {
         #[arg(long)]
@@ -78,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Network(cmd) => commands::network::run(&mut host, cmd).await,
             Command::Container(cmd) => commands::container::run(&mut host, cmd).await,
+            Command::Conntrack(cmd) => commands::conntrack::run(&mut host, cmd).await,
             Command::Status { json } => commands::status::run(&mut host, json).await,
             Command::Monitor { duration } => commands::monitor::run(&mut host, duration).await,
             Command::Down => commands::down::run(&mut host).await,

@@ -41,6 +41,7 @@ pub async fn create(host: &mut Host, name: &str, subnet: &str, gateway: Option<I
     let gateway = ipam::gateway(subnet, gateway)?;
     let id = host.state.networks.values().map(|n| n.id).max().unwrap_or(0) + 1;
     let spec = NetworkSpec { name: name.to_owned(), id, subnet, gateway };
+    host.sync_uplink().await?;
     if let Err(err) = apply(host, &spec).await {
         if let Err(cleanup) = teardown(host, &spec).await {
             tracing::error!("rolling back network {name}: {cleanup:#}");

@@ -17,6 +17,13 @@ pub mod map_names {
     pub const DROPS: &str = "DROPS";
     /// Per-CPU event counters indexed by [`Counter`](super::Counter).
     pub const COUNTERS: &str = "COUNTERS";
+    /// One [`HostConfig`](super::HostConfig): the uplink and the NAT settings.
+    pub const CONFIG: &str = "CONFIG";
+    /// Conntrack: [`CtKey`](super::CtKey) -> [`CtEntry`](super::CtEntry), one entry per
+    /// direction of a flow. LRU, sized by the agent.
+    pub const CT: &str = "CT";
+    /// Conntrack fill: see [`CtFill`](super::CtFill).
+    pub const CT_FILL: &str = "CT_FILL";
 }
 
 /// Names of the programs in the eBPF object.
@@ -24,6 +31,8 @@ pub mod program_names {
     /// TC ingress of a container's host-side veth: packets the container sends. At most 15
     /// bytes: the kernel truncates longer program names.
     pub const FROM_ENDPOINT: &str = "from_endpoint";
+    /// TC ingress of the host's uplink: replies to translated flows, and ICMP errors about them.
+    pub const FROM_UPLINK: &str = "from_uplink";
 }
 
 /// An IPv4 address in network byte order, as read from a packet (`u32::from_ne_bytes(octets)`).
@@ -46,7 +55,8 @@ pub struct Endpoint {
     pub ip: Ipv4Be,
     /// MAC of the container's eth0.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// MAC of the container's gateway, the source of what the datapath delivers to it.
+    pub gateway_mac: [u8; 6],
 }
 
 /// A network: a subnet with a gateway, whose members may talk to each other.
@@ -84,10 +94,21 @@ pub enum DropReason {
     UnknownNetwork = 7,
     /// A redirect helper failed (the target interface vanished).
     RedirectFailed = 8,
+    /// No free NAT port for this destination in the configured range.
+    NatPortsExhausted = 9,
+    /// The conntrack table holds as many flows as the agent allows; new flows are refused so
+    /// that established ones are never evicted.
+    ConntrackFull = 10,
+    /// A protocol that cannot be translated (only TCP, UDP and ICMP echo are).
+    UnsupportedL4 = 11,
+    /// A non-first IPv4 fragment on a translated path: it has no ports to translate by.
+    Fragment = 12,
+    /// A checksum helper or a packet rewrite failed.
+    RewriteFailed = 13,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 14;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Malformed,
         DropReason::UnsupportedL3,
@@ -98,6 +119,11 @@ impl DropReason {
         DropReason::ArpInvalid,
         DropReason::UnknownNetwork,
         DropReason::RedirectFailed,
+        DropReason::NatPortsExhausted,
+        DropReason::ConntrackFull,
+        DropReason::UnsupportedL4,
+        DropReason::Fragment,
+        DropReason::RewriteFailed,
     ];
 
     /// The name shown by `bpfnet status`.
@@ -112,6 +138,11 @@ impl DropReason {
             DropReason::ArpInvalid => "arp_invalid",
             DropReason::UnknownNetwork => "unknown_network",
             DropReason::RedirectFailed => "redirect_failed",
+            DropReason::NatPortsExhausted => "nat_ports_exhausted",
+            DropReason::ConntrackFull => "conntrack_full",
+            DropReason::UnsupportedL4 => "unsupported_l4",
+            DropReason::Fragment => "fragment",
+            DropReason::RewriteFailed => "rewrite_failed",
         }
     }
 }
@@ -128,12 +159,31 @@ pub enum Counter {
     ArpReplied = 2,
     /// ARP replies from a container passed to the host (answers to the host's own requests).
     ArpToHost = 3,
+    /// New flows source-translated to the uplink's address.
+    SnatNewFlow = 4,
+    /// Packets source-translated and sent out of the uplink.
+    SnatEgress = 5,
+    /// Replies on the uplink translated back and delivered to a container.
+    SnatReply = 6,
+    /// ICMP errors about a translated flow, translated back (inner header included).
+    IcmpErrorTranslated = 7,
+    /// Packets on the uplink that belong to no bpfnet flow, passed to the host untouched.
+    UplinkToHost = 8,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 4;
-    pub const ALL: [Counter; Self::COUNT as usize] =
-        [Counter::Forwarded, Counter::ToHost, Counter::ArpReplied, Counter::ArpToHost];
+    pub const COUNT: u32 = 9;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::Forwarded,
+        Counter::ToHost,
+        Counter::ArpReplied,
+        Counter::ArpToHost,
+        Counter::SnatNewFlow,
+        Counter::SnatEgress,
+        Counter::SnatReply,
+        Counter::IcmpErrorTranslated,
+        Counter::UplinkToHost,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -141,8 +191,91 @@ impl Counter {
             Counter::ToHost => "to_host",
             Counter::ArpReplied => "arp_replied",
             Counter::ArpToHost => "arp_to_host",
+            Counter::SnatNewFlow => "snat_new_flow",
+            Counter::SnatEgress => "snat_egress",
+            Counter::SnatReply => "snat_reply",
+            Counter::IcmpErrorTranslated => "icmp_error_translated",
+            Counter::UplinkToHost => "uplink_to_host",
         }
     }
+}
+
+/// Host-wide settings, the single entry of `CONFIG`. An `uplink_ifindex` of 0 means no
+/// uplink: traffic leaving the networks goes to the host stack untranslated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HostConfig {
+    pub uplink_ifindex: u32,
+    /// The address flows are masqueraded to (the uplink's primary IPv4 address).
+    pub uplink_ip: Ipv4Be,
+    /// NAT source ports, inclusive, host byte order.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    /// New flows are refused (`ConntrackFull`) once this many entries are in use.
+    pub ct_limit: u32,
+}
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// A conntrack key: one direction of a flow, as the packets of that direction carry it.
+/// Ports in network byte order; for ICMP echo the identifier stands in as a port (the
+/// source port of requests, the destination port of replies).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub saddr: Ipv4Be,
+    pub daddr: Ipv4Be,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Which direction of its flow a [`CtEntry`] describes.
+pub mod ct_direction {
+    /// Sent by a container (before translation).
+    pub const ORIGINAL: u8 = 0;
+    /// Received on the uplink (before translation back).
+    pub const REPLY: u8 = 1;
+}
+
+/// TCP flags a direction has seen, accumulated in [`CtEntry::tcp_flags`].
+pub mod ct_tcp_flags {
+    pub const SYN: u8 = 0x01;
+    pub const ACK: u8 = 0x02;
+    pub const FIN: u8 = 0x04;
+    pub const RST: u8 = 0x08;
+}
+
+/// One direction of a tracked flow. The agent pairs the two directions (each names the
+/// other's translated address) to derive the flow's state and expire it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtEntry {
+    /// bpf_ktime_get_ns() of the last packet (refreshed at most once a second).
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    /// The address and port (network order) this direction is translated to: the uplink's
+    /// for ORIGINAL, the container's for REPLY.
+    pub nat_addr: Ipv4Be,
+    pub nat_port: u16,
+    pub direction: u8,
+    pub tcp_flags: u8,
+    /// REPLY: the container's host-side veth, where translated replies are delivered.
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+
+/// Slots of `CT_FILL`: entries in use = INSERTED - REMOVED. The datapath adds to INSERTED
+/// atomically; only the agent writes REMOVED (when it expires entries, and to resynchronise
+/// with the real count, as LRU may have evicted entries on its own).
+pub mod ct_fill {
+    pub const INSERTED: u32 = 0;
+    pub const REMOVED: u32 = 1;
+    pub const SLOTS: u32 = 2;
 }
 
 #[cfg(feature = "user")]
@@ -150,4 +283,7 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` data with explicit padding fields, valid for any bit pattern.
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::Network {}
+    unsafe impl aya::Pod for super::HostConfig {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
 }

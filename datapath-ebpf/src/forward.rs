@@ -1,26 +1,28 @@
 //! Forwarding between endpoints: who sent the packet, where its destination lives, and the
-//! rewrite + redirect that delivers it straight into the destination container.
+//! rewrite + redirect that delivers a packet straight into a container.
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
+    bindings::TC_ACT_REDIRECT,
     helpers::generated::bpf_redirect_peer,
     programs::TcContext,
 };
-use datapath_common::{Counter, DropReason, Endpoint, Network};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use datapath_common::{DropReason, Endpoint, Network};
+use network_types::eth::EthHdr;
 
 use crate::{
-    counters::count,
     maps::{ENDPOINTS, IFACES, NETWORKS},
-    packet::{ingress_ifindex, ptr_at},
+    packet::{ingress_ifindex, ptr_at, Ipv4},
 };
 
 /// The endpoint whose host-side veth the packet came in on.
 #[inline(always)]
 pub fn source_endpoint(ctx: &TcContext) -> Result<Endpoint, DropReason> {
+    endpoint_on(ingress_ifindex(ctx)).ok_or(DropReason::UnknownInterface)
+}
+
+#[inline(always)]
+fn endpoint_on(ifindex: u32) -> Option<Endpoint> {
     // SAFETY: map values are plain data; copied out at once.
-    unsafe { IFACES.get(ingress_ifindex(ctx)) }
-        .copied()
-        .ok_or(DropReason::UnknownInterface)
+    unsafe { IFACES.get(ifindex) }.copied()
 }
 
 #[inline(always)]
@@ -29,7 +31,8 @@ pub fn network(id: u32) -> Result<Network, DropReason> {
     unsafe { NETWORKS.get(id) }.copied().ok_or(DropReason::UnknownNetwork)
 }
 
-/// A member of `network_id` with this address, if any.
+/// A member of `network_id` with this address, if any; a member of another network is an
+/// isolation violation.
 #[inline(always)]
 pub fn member(network_id: u32, ip: u32) -> Result<Option<Endpoint>, DropReason> {
     // SAFETY: as above.
@@ -40,51 +43,60 @@ pub fn member(network_id: u32, ip: u32) -> Result<Option<Endpoint>, DropReason> 
     }
 }
 
-/// IPv4 sent by a container: checked against its own addresses, then delivered to a peer of
-/// the same network or handed to the host stack.
+/// Anti-spoofing, as Cilium's source-IP check: a container speaks only for itself.
 #[inline(always)]
-pub fn ipv4_from_endpoint(
-    ctx: &TcContext,
-    eth: *mut EthHdr,
-    source: &Endpoint,
-) -> Result<i32, DropReason> {
-    let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
-    // SAFETY: both headers were bounds-checked by `ptr_at`.
-    let (src_mac, src_ip, dst_ip) = unsafe {
-        ((*eth).src_addr, u32::from_ne_bytes((*ip).src_addr), u32::from_ne_bytes((*ip).dst_addr))
-    };
-    // Anti-spoofing, as Cilium's source-IP check: a container speaks only for itself.
-    if src_ip != source.ip || src_mac != source.mac {
+pub fn check_source(eth: *const EthHdr, ip: &Ipv4, source: &Endpoint) -> Result<(), DropReason> {
+    // SAFETY: the caller bounds-checked the Ethernet header.
+    let src_mac = unsafe { (*eth).src_addr };
+    if ip.saddr != source.ip || src_mac != source.mac {
         return Err(DropReason::SpoofedSource);
     }
-    let net = network(source.network_id)?;
-    if dst_ip == net.gateway {
-        count(Counter::ToHost);
-        return Ok(TC_ACT_OK);
-    }
-    match member(source.network_id, dst_ip)? {
-        Some(dest) => deliver(eth, &net, &dest),
-        None => {
-            count(Counter::ToHost);
-            Ok(TC_ACT_OK)
-        }
-    }
+    Ok(())
 }
 
-/// Rewrites the Ethernet header as the gateway would and redirects into the destination
-/// container's namespace, skipping the host stack (`bpf_redirect_peer`).
+/// Where an IPv4 packet from a container goes.
+pub enum Route {
+    /// The gateway's address: the host stack.
+    Gateway,
+    /// Another container of the same network.
+    Member(Endpoint),
+    /// Anything else: out of the uplink (translated), or the host stack.
+    Outside,
+}
+
 #[inline(always)]
-fn deliver(eth: *mut EthHdr, net: &Network, dest: &Endpoint) -> Result<i32, DropReason> {
-    // SAFETY: `eth` was bounds-checked by the caller.
+pub fn route(ip: &Ipv4, source: &Endpoint) -> Result<Route, DropReason> {
+    if ip.daddr == network(source.network_id)?.gateway {
+        return Ok(Route::Gateway);
+    }
+    Ok(match member(source.network_id, ip.daddr)? {
+        Some(dest) => Route::Member(dest),
+        None => Route::Outside,
+    })
+}
+
+/// Rewrites the Ethernet header as the destination's gateway would and redirects into the
+/// destination container's namespace, skipping the host stack (`bpf_redirect_peer`).
+#[inline(always)]
+pub fn deliver(ctx: &TcContext, dest: &Endpoint) -> Result<i32, DropReason> {
+    // Re-derived here: checksum helpers called before invalidate earlier packet pointers.
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: bounds-checked by `ptr_at`.
     unsafe {
         (*eth).dst_addr = dest.mac;
-        (*eth).src_addr = net.gateway_mac;
+        (*eth).src_addr = dest.gateway_mac;
     }
     // SAFETY: helper call with plain integer arguments.
     let action = unsafe { bpf_redirect_peer(dest.host_ifindex, 0) };
     if action != TC_ACT_REDIRECT as i64 {
         return Err(DropReason::RedirectFailed);
     }
-    count(Counter::Forwarded);
     Ok(TC_ACT_REDIRECT)
+}
+
+/// Delivers to the container behind a host-side veth.
+#[inline(always)]
+pub fn deliver_to_ifindex(ctx: &TcContext, ifindex: u32) -> Result<i32, DropReason> {
+    let dest = endpoint_on(ifindex).ok_or(DropReason::UnknownInterface)?;
+    deliver(ctx, &dest)
 }

@@ -2,31 +2,37 @@
 //! one entry top to bottom to follow one packet.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 mod arp;
+mod conntrack;
 mod counters;
+mod csum;
+mod fib;
 mod forward;
+mod icmp;
 mod maps;
+mod nat;
 mod packet;
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
-use datapath_common::DropReason;
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+use datapath_common::{Counter, DropReason};
 use network_types::eth::{EthHdr, EtherType};
+
+use crate::forward::Route;
 
 /// TC ingress on a container's host-side veth: every packet the container sends.
 ///
 /// ARP is answered from the maps; IPv4 to another container of the same network is delivered
-/// straight into it; the gateway and everything else goes to the host stack; the rest is
-/// dropped with a counted reason.
+/// straight into it; the gateway goes to the host stack; what leaves through the uplink is
+/// source-translated; the rest is dropped with a counted reason.
 #[classifier]
 pub fn from_endpoint(ctx: TcContext) -> i32 {
-    match try_from_endpoint(&ctx) {
-        Ok(action) => action,
-        Err(reason) => {
-            counters::count_drop(&ctx, reason);
-            TC_ACT_SHOT
-        }
-    }
+    verdict(&ctx, try_from_endpoint(&ctx))
 }
 
 fn try_from_endpoint(ctx: &TcContext) -> Result<i32, DropReason> {
@@ -35,11 +41,61 @@ fn try_from_endpoint(ctx: &TcContext) -> Result<i32, DropReason> {
     // SAFETY: `ptr_at` checked that the header lies inside the packet.
     let ether_type = unsafe { (*eth).ether_type };
     if ether_type == EtherType::Arp as u16 {
-        arp::answer(ctx, eth, &source)
-    } else if ether_type == EtherType::Ipv4 as u16 {
-        forward::ipv4_from_endpoint(ctx, eth, &source)
-    } else {
-        Err(DropReason::UnsupportedL3)
+        return arp::answer(ctx, eth, &source);
+    }
+    if ether_type != EtherType::Ipv4 as u16 {
+        return Err(DropReason::UnsupportedL3);
+    }
+    let ip = packet::ipv4(ctx)?;
+    forward::check_source(eth, &ip, &source)?;
+    match forward::route(&ip, &source)? {
+        Route::Gateway => {
+            counters::count(Counter::ToHost);
+            Ok(TC_ACT_OK)
+        }
+        Route::Member(dest) => {
+            let action = forward::deliver(ctx, &dest)?;
+            counters::count(Counter::Forwarded);
+            Ok(action)
+        }
+        Route::Outside => nat::snat_egress(ctx, &ip),
+    }
+}
+
+/// TC ingress on the host's uplink: replies to translated flows (and ICMP errors about them)
+/// go straight into their container; everything else is the host's and passes untouched.
+#[classifier]
+pub fn from_uplink(ctx: TcContext) -> i32 {
+    verdict(&ctx, try_from_uplink(&ctx))
+}
+
+fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
+    let eth: *const EthHdr = packet::ptr_at(ctx, 0)?;
+    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+        return Ok(TC_ACT_OK);
+    }
+    let Ok(ip) = packet::ipv4(ctx) else {
+        return Ok(TC_ACT_OK); // not ours to judge: the host stack drops what is broken
+    };
+    if ip.daddr != maps::config().uplink_ip {
+        return Ok(nat::to_host());
+    }
+    if icmp::is_error(ctx, &ip) {
+        return icmp::error_to_container(ctx, &ip);
+    }
+    nat::snat_reply(ctx, &ip)
+}
+
+/// Maps a program's result to its TC verdict, counting drops by reason.
+#[inline(always)]
+fn verdict(ctx: &TcContext, result: Result<i32, DropReason>) -> i32 {
+    match result {
+        Ok(action) => action,
+        Err(reason) => {
+            counters::count_drop(ctx, reason);
+            TC_ACT_SHOT
+        }
     }
 }
 

@@ -2,13 +2,16 @@
 //! directory, so they outlive both the programs' loader and the agent process.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use datapath_common::{Counter, DropReason, Endpoint, Ipv4Be, Network};
+use datapath_common::{ct_fill, Counter, CtEntry, CtKey, DropReason, Endpoint, HostConfig, Ipv4Be, Network};
 
-/// Upper bound on containers per host; the agent may lower it at load time.
+/// Upper bound on containers per host.
 const MAX_ENDPOINTS: u32 = 65_536;
 const MAX_NETWORKS: u32 = 4_096;
+/// Conntrack entries (two per flow); the agent sets the real size when it first loads the
+/// programs (`--ct-size`).
+const DEFAULT_CT_ENTRIES: u32 = 262_144;
 
 #[map]
 pub static ENDPOINTS: HashMap<Ipv4Be, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
@@ -24,3 +27,18 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+#[map]
+pub static CONFIG: Array<HostConfig> = Array::pinned(1, 0);
+
+#[map]
+pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_CT_ENTRIES, 0);
+
+#[map]
+pub static CT_FILL: Array<u64> = Array::pinned(ct_fill::SLOTS, 0);
+
+/// The host's settings (all zero, i.e. no uplink, until the agent writes them).
+#[inline(always)]
+pub fn config() -> HostConfig {
+    CONFIG.get(0).copied().unwrap_or_default()
+}

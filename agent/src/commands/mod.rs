@@ -1,4 +1,5 @@
 //! One file per CLI verb.
+pub mod conntrack;
 pub mod container;
 pub mod down;
 pub mod monitor;

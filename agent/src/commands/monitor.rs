@@ -11,7 +11,8 @@ use crate::host::Host;
 /// loaded are compiled out and never appear.
 pub async fn run(host: &mut Host, duration: Option<u64>) -> Result<()> {
     let program_id = match host.existing_datapath()? {
-        Some(dp) => dp.program_id()?,
+        // Both programs log to the same ring buffer (one object, one AYA_LOGS map).
+        Some(dp) => dp.program_ids()?[0].1,
         None => anyhow::bail!("no datapath is loaded on this host yet; create a network first"),
     };
     let logger = EbpfLogger::init_from_id(program_id)

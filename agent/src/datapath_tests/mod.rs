@@ -1,0 +1,435 @@
+//! Datapath unit tests, as Cilium's bpf/tests: crafted packets through the real eBPF
+//! programs with `BPF_PROG_TEST_RUN`, with seeded maps, checking the verdict, every byte of
+//! the packet that comes out, and which drop reason or counter moved.
+//!
+//! Each test builds its own [`Fixture`]: a throwaway network namespace holding the veth pairs
+//! whose indexes the programs see as `__sk_buff.ifindex` (the kernel resolves a test run's
+//! ifindex in the caller's namespace, so the runs happen on a thread inside it), and a
+//! throwaway bpffs directory the datapath is loaded and pinned into, so every test has its
+//! own maps. Both are removed when the fixture drops, also on panic.
+//!
+//! New programs and maps need no fixture change: every pinned program is opened by name
+//! ([`Fixture::send`]) and every pinned hash map is emptied by [`Fixture::clear_maps`].
+mod arp;
+mod forward;
+mod packets;
+
+use std::{
+    collections::BTreeMap,
+    io,
+    mem::size_of,
+    net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{HashMap, Map, MapData, MapType, PerCpuArray},
+    programs::ProgramInfo,
+};
+use datapath_common::{map_names, program_names, Counter, DropReason, Endpoint, Network};
+
+use crate::{
+    datapath::{self, Datapath, DatapathLogLevel},
+    ipam,
+    netns::{self, tests::TestNamespaces},
+    testrun::{self, SkbContext, TestRunOutput},
+};
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// Host-side veths in the test namespace, one per endpoint, as the agent makes them; their
+/// container-side peers stay in the same namespace and serve as "not an endpoint" interfaces.
+const VETHS: usize = 3;
+
+/// The pinned datapath, its maps, and the namespace its test runs happen in.
+pub struct Fixture {
+    // Fields drop in order: handles on programs and maps close before the pins and the
+    // namespace they live in are removed.
+    programs: BTreeMap<String, Arc<OwnedFd>>,
+    pub networks: HashMap<MapData, u32, Network>,
+    pub endpoints: HashMap<MapData, u32, Endpoint>,
+    pub ifaces: HashMap<MapData, u32, Endpoint>,
+    drops: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Index of `h<i>`, the host side of veth pair `i`.
+    pub host_ifindex: [u32; VETHS],
+    /// Index of `c<i>`, the container side of veth pair `i` (never in IFACES).
+    pub peer_ifindex: [u32; VETHS],
+    pins: PinDir,
+    ns: TestNamespaces,
+}
+
+/// A bpffs directory removed with everything pinned under it on drop.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        // Never panic here: we may already be unwinding.
+        if let Err(e) = datapath::destroy(&self.0) {
+            eprintln!("test cleanup: removing pins under {}: {e:#}", self.0.display());
+        }
+    }
+}
+
+/// Two networks: `web` with members A and B, `db` with member C.
+pub struct Topology {
+    pub web: Network,
+    pub db: Network,
+    pub a: Endpoint,
+    pub b: Endpoint,
+    pub c: Endpoint,
+}
+
+pub const WEB: u32 = 1;
+pub const DB: u32 = 2;
+pub const WEB_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+pub const DB_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+pub const A_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 10);
+pub const B_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 11);
+pub const C_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 10);
+
+pub fn be(ip: Ipv4Addr) -> u32 {
+    datapath_common::ipv4_be(ip.octets())
+}
+
+fn network(id: u32, subnet: Ipv4Addr, gateway: Ipv4Addr) -> Network {
+    Network {
+        subnet: be(subnet),
+        gateway: be(gateway),
+        gateway_mac: ipam::gateway_mac(id),
+        prefix_len: 24,
+        _pad: 0,
+    }
+}
+
+fn endpoint(network_id: u32, ip: Ipv4Addr, host_ifindex: u32) -> Endpoint {
+    Endpoint { host_ifindex, network_id, ip: be(ip), mac: ipam::container_mac(ip), gateway_mac: ipam::gateway_mac(network_id) }
+}
+
+/// Sums of the per-CPU counters, indexed by `DropReason`/`Counter`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    drops: [u64; DropReason::COUNT as usize],
+    counters: [u64; Counter::COUNT as usize],
+}
+
+/// What one packet did: the program's verdict and output, and which counters moved.
+#[derive(Debug)]
+pub struct Outcome {
+    pub input: Vec<u8>,
+    pub retval: u32,
+    pub packet: Vec<u8>,
+    /// Per drop reason: how much its counter grew during the run.
+    pub drops: [u64; DropReason::COUNT as usize],
+    /// Per counter: how much it grew during the run.
+    pub counters: [u64; Counter::COUNT as usize],
+}
+
+impl Fixture {
+    /// A namespace with the veth pairs and a freshly loaded datapath with empty maps.
+    pub fn new() -> Self {
+        Self::try_new().unwrap_or_else(|e| panic!("setting up the datapath fixture: {e:#}"))
+    }
+
+    fn try_new() -> Result<Self> {
+        let ns = TestNamespaces::create(1);
+        let ns_name = ns.names[0].clone();
+        let (host_ifindex, peer_ifindex) = make_veths(&ns_name)?;
+        // The namespace's name is unique to this process and test; reuse it for the pins.
+        let pins = PinDir(Path::new("/sys/fs/bpf").join(&ns_name));
+        Datapath::open_or_load(&pins.0, DatapathLogLevel::Info)?;
+        let programs = open_programs(&pins.0.join("progs"))?;
+        if !programs.contains_key(program_names::FROM_ENDPOINT) {
+            bail!("no {} pinned under {}", program_names::FROM_ENDPOINT, pins.0.display());
+        }
+        let maps = pins.0.join("maps");
+        Ok(Fixture {
+            programs,
+            networks: open_map(&maps, map_names::NETWORKS)?,
+            endpoints: open_map(&maps, map_names::ENDPOINTS)?,
+            ifaces: open_map(&maps, map_names::IFACES)?,
+            drops: open_map(&maps, map_names::DROPS)?,
+            counters: open_map(&maps, map_names::COUNTERS)?,
+            host_ifindex,
+            peer_ifindex,
+            pins,
+            ns,
+        })
+    }
+
+    /// The fixture with the standard topology in the maps: networks `web` (A on `h0`, B on
+    /// `h1`) and `db` (C on `h2`).
+    pub fn with_topology() -> (Self, Topology) {
+        let mut fx = Self::new();
+        let topology = fx.topology();
+        fx.seed(&topology);
+        (fx, topology)
+    }
+
+    pub fn topology(&self) -> Topology {
+        Topology {
+            web: network(WEB, Ipv4Addr::new(10, 88, 0, 0), WEB_GATEWAY),
+            db: network(DB, Ipv4Addr::new(10, 99, 0, 0), DB_GATEWAY),
+            a: endpoint(WEB, A_IP, self.host_ifindex[0]),
+            b: endpoint(WEB, B_IP, self.host_ifindex[1]),
+            c: endpoint(DB, C_IP, self.host_ifindex[2]),
+        }
+    }
+
+    /// Writes the topology the way the agent does (`Datapath::upsert_*`).
+    pub fn seed(&mut self, t: &Topology) {
+        self.networks.insert(WEB, t.web, 0).unwrap();
+        self.networks.insert(DB, t.db, 0).unwrap();
+        for ep in [&t.a, &t.b, &t.c] {
+            self.add_endpoint(ep);
+        }
+    }
+
+    pub fn add_endpoint(&mut self, ep: &Endpoint) {
+        self.ifaces.insert(ep.host_ifindex, ep, 0).unwrap();
+        self.endpoints.insert(ep.ip, ep, 0).unwrap();
+    }
+
+    /// Empties every pinned hash map (per-CPU arrays keep counting: tests look at deltas).
+    pub fn clear_maps(&self) {
+        clear_hash_maps(&self.pins.0.join("maps")).unwrap_or_else(|e| panic!("clearing the maps: {e:#}"));
+    }
+
+    /// Runs `from_endpoint` on `packet` as if it came in on interface `ifindex`.
+    #[track_caller]
+    pub fn from_endpoint(&self, ifindex: u32, packet: &[u8]) -> Outcome {
+        self.send(program_names::FROM_ENDPOINT, ifindex, packet)
+            .unwrap_or_else(|e| panic!("test run of {}: {e:#}", program_names::FROM_ENDPOINT))
+    }
+
+    /// Runs the pinned tc program `program` on `packet` as if it came in on `ifindex` (an
+    /// interface of the test namespace), with the counter deltas of the run.
+    pub fn send(&self, program: &str, ifindex: u32, packet: &[u8]) -> Result<Outcome> {
+        let before = self.counts()?;
+        let out = self.run_skb(program, ifindex, packet)?;
+        let after = self.counts()?;
+        let delta = |a: u64, b: u64| a.checked_sub(b).expect("a counter went backwards");
+        Ok(Outcome {
+            input: packet.to_vec(),
+            retval: out.retval,
+            packet: out.packet_out,
+            drops: std::array::from_fn(|i| delta(after.drops[i], before.drops[i])),
+            counters: std::array::from_fn(|i| delta(after.counters[i], before.counters[i])),
+        })
+    }
+
+    /// The bare test run, on a thread inside the test namespace.
+    pub fn run_skb(&self, program: &str, ifindex: u32, packet: &[u8]) -> Result<TestRunOutput> {
+        let Some(fd) = self.programs.get(program).cloned() else {
+            bail!("no program {program} pinned (have: {:?})", self.programs.keys().collect::<Vec<_>>());
+        };
+        let packet = packet.to_vec();
+        netns::run_in(&self.ns.names[0], move || {
+            let ctx = SkbContext::received_on(ifindex);
+            Ok(testrun::run_skb(fd.as_fd(), &packet, Some(&ctx), 1)?)
+        })
+    }
+
+    fn counts(&self) -> Result<Counts> {
+        let sum = |array: &PerCpuArray<MapData, u64>, index: u32| -> Result<u64> {
+            Ok(array.get(&index, 0).with_context(|| format!("reading per-CPU counter {index}"))?.iter().sum())
+        };
+        let mut counts = Counts::default();
+        for reason in DropReason::ALL {
+            counts.drops[reason as usize] = sum(&self.drops, reason as u32)?;
+        }
+        for counter in Counter::ALL {
+            counts.counters[counter as usize] = sum(&self.counters, counter as u32)?;
+        }
+        Ok(counts)
+    }
+}
+
+impl Outcome {
+    fn moved(&self) -> String {
+        let drops = DropReason::ALL.iter().filter(|r| self.drops[**r as usize] != 0);
+        let counters = Counter::ALL.iter().filter(|c| self.counters[**c as usize] != 0);
+        let drops = drops.map(|r| format!("{}+{}", r.name(), self.drops[*r as usize]));
+        let counters = counters.map(|c| format!("{}+{}", c.name(), self.counters[*c as usize]));
+        let moved: Vec<String> = drops.chain(counters).collect();
+        format!("verdict {}, counters moved: [{}]", self.retval, moved.join(", "))
+    }
+
+    #[track_caller]
+    fn assert_only(&self, retval: u32, drop: Option<DropReason>, counter: Option<Counter>) {
+        let mut drops = [0; DropReason::COUNT as usize];
+        let mut counters = [0; Counter::COUNT as usize];
+        if let Some(reason) = drop {
+            drops[reason as usize] = 1;
+        }
+        if let Some(counter) = counter {
+            counters[counter as usize] = 1;
+        }
+        let ok = self.retval == retval && self.drops == drops && self.counters == counters;
+        assert!(
+            ok,
+            "expected verdict {retval} with only {:?} moving, got {}",
+            drop.map(DropReason::name).or(counter.map(Counter::name)),
+            self.moved()
+        );
+    }
+
+    /// TC_ACT_SHOT, exactly one count of `reason` and nothing else, the packet untouched.
+    #[track_caller]
+    pub fn assert_dropped(&self, reason: DropReason) {
+        self.assert_only(TC_ACT_SHOT, Some(reason), None);
+        assert_bytes(&self.packet, &self.input, "a dropped packet is not rewritten");
+    }
+
+    /// TC_ACT_OK (on to the host stack), exactly one count of `counter`, the packet untouched.
+    #[track_caller]
+    pub fn assert_passed(&self, counter: Counter) {
+        self.assert_only(TC_ACT_OK, None, Some(counter));
+        assert_bytes(&self.packet, &self.input, "a packet passed to the host is not rewritten");
+    }
+
+    /// TC_ACT_REDIRECT, exactly one count of `counter`, and the packet now `expected`.
+    #[track_caller]
+    pub fn assert_redirected(&self, counter: Counter, expected: &[u8]) {
+        self.assert_only(TC_ACT_REDIRECT, None, Some(counter));
+        assert_bytes(&self.packet, expected, "redirected packet");
+    }
+}
+
+/// Byte-for-byte equality, reporting every differing offset.
+#[track_caller]
+pub fn assert_bytes(got: &[u8], expected: &[u8], what: &str) {
+    if got == expected {
+        return;
+    }
+    let diffs: Vec<String> = (0..got.len().max(expected.len()))
+        .filter(|i| got.get(*i) != expected.get(*i))
+        .map(|i| format!("@{i}: {:02x?} != {:02x?}", got.get(i), expected.get(i)))
+        .collect();
+    panic!(
+        "{what}: {} bytes, expected {}; differing (got != expected): {}",
+        got.len(),
+        expected.len(),
+        diffs.join(", ")
+    );
+}
+
+fn make_veths(ns: &str) -> Result<([u32; VETHS], [u32; VETHS])> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(netns::netlink_in(ns, |nl| async move {
+        let mut host = [0; VETHS];
+        let mut peer = [0; VETHS];
+        for i in 0..VETHS {
+            let (h, c) = (format!("h{i}"), format!("c{i}"));
+            nl.create_veth(&h, ipam::gateway_mac(WEB), &c, [0x02, 0, 0, 0, 0, i as u8], None).await?;
+            let index = |name: String| {
+                let nl = &nl;
+                async move {
+                    match nl.link_by_name(&name).await? {
+                        Some(link) => Ok(link.index),
+                        None => bail!("veth {name} vanished right after it was created"),
+                    }
+                }
+            };
+            host[i] = index(h).await?;
+            peer[i] = index(c).await?;
+        }
+        Ok((host, peer))
+    }))
+}
+
+/// Every program pinned under `dir`, by pin name.
+fn open_programs(dir: &Path) -> Result<BTreeMap<String, Arc<OwnedFd>>> {
+    let mut programs = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        let info = ProgramInfo::from_pin(&path).with_context(|| format!("opening pinned program {}", path.display()))?;
+        let fd = info.fd()?.as_fd().try_clone_to_owned()?;
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        programs.insert(name, Arc::new(fd));
+    }
+    Ok(programs)
+}
+
+fn open_map<T>(dir: &Path, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    Ok(T::try_from(Map::from_map_data(data)?)?)
+}
+
+/// `BPF_MAP_*_ELEM`/`GET_NEXT_KEY` member of `union bpf_attr`.
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    next_key: u64,
+    flags: u64,
+}
+
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+
+fn map_syscall(cmd: libc::c_long, map: BorrowedFd<'_>, key: *const u8, next_key: *mut u8) -> io::Result<()> {
+    let attr = MapElemAttr { map_fd: map.as_raw_fd() as u32, _pad: 0, key: key as u64, next_key: next_key as u64, flags: 0 };
+    // SAFETY: a valid `bpf_attr` prefix; the key buffers are the map's key size (see callers).
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, &attr as *const MapElemAttr, size_of::<MapElemAttr>()) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Deletes every entry of every hash-like map pinned under `dir`, whatever its key type:
+/// "first key" (GET_NEXT_KEY from NULL) then delete it, until there is none.
+fn clear_hash_maps(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        let map = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+        let info = map.info()?;
+        if !matches!(
+            info.map_type()?,
+            MapType::Hash | MapType::LruHash | MapType::PerCpuHash | MapType::LruPerCpuHash | MapType::LpmTrie
+        ) {
+            continue;
+        }
+        let mut key = vec![0u8; info.key_size() as usize];
+        let fd = map.fd().as_fd();
+        loop {
+            match map_syscall(BPF_MAP_GET_NEXT_KEY, fd, std::ptr::null(), key.as_mut_ptr()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+                Err(e) => return Err(e).with_context(|| format!("first key of {}", path.display())),
+            }
+            map_syscall(BPF_MAP_DELETE_ELEM, fd, key.as_ptr(), std::ptr::null_mut())
+                .with_context(|| format!("deleting from {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fixture_loads_clears_and_cleans_up() {
+    if !netns::tests::is_root() {
+        return;
+    }
+    let (fx, t) = Fixture::with_topology();
+    let pins = fx.pins.0.clone();
+    let ns = fx.ns.names[0].clone();
+    assert_eq!(fx.endpoints.get(&t.b.ip, 0).unwrap(), t.b);
+    assert!(fx.host_ifindex.iter().chain(&fx.peer_ifindex).all(|i| *i > 1));
+    fx.clear_maps();
+    assert_eq!(fx.endpoints.keys().count() + fx.ifaces.keys().count() + fx.networks.keys().count(), 0);
+    drop(fx);
+    assert!(!pins.exists(), "{} left behind", pins.display());
+    assert!(!netns::exists(&ns), "namespace {ns} left behind");
+}

@@ -1,0 +1,92 @@
+//! The kernel's routing table and neighbours, asked from the datapath (bpf_fib_lookup), and the
+//! redirect out of the interface it names.
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as bpf_fib_lookup_params, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT},
+    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use datapath_common::{CtKey, DropReason};
+
+use crate::packet::ingress_ifindex;
+
+const AF_INET: u8 = 2;
+
+/// `struct bpf_fib_lookup` (uapi/linux/bpf.h) for IPv4, with its unions laid out flat.
+#[repr(C)]
+#[derive(Default)]
+struct FibParams {
+    family: u8,
+    l4_protocol: u8,
+    sport: u16,
+    dport: u16,
+    /// Input: packet length for the MTU check; 0 skips it (GSO packets exceed any MTU).
+    tot_len: u16,
+    ifindex: u32,
+    tos: u32,
+    ipv4_src: u32,
+    _ipv6_src_rest: [u32; 3],
+    ipv4_dst: u32,
+    _ipv6_dst_rest: [u32; 3],
+    vlan_or_tbid: u32,
+    /// Input: the first 4 bytes are the mark; output: source and destination MACs.
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+/// Where the routing table sends a packet.
+pub struct NextHop {
+    pub ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    /// The neighbour's MAC is known; otherwise the kernel resolves it on redirect.
+    resolved: bool,
+}
+
+/// Looks up the route for a packet that came in on this interface; None when the kernel would
+/// not forward it (a local address, no route, forwarding disabled): the host stack decides.
+#[inline(always)]
+pub fn lookup(ctx: &TcContext, key: &CtKey) -> Option<NextHop> {
+    let mut params = FibParams {
+        family: AF_INET,
+        l4_protocol: key.proto,
+        sport: key.sport,
+        dport: key.dport,
+        ifindex: ingress_ifindex(ctx),
+        ipv4_src: key.saddr,
+        ipv4_dst: key.daddr,
+        ..Default::default()
+    };
+    // SAFETY: `params` is a valid, writable struct bpf_fib_lookup of the size passed.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut params as *mut FibParams as *mut bpf_fib_lookup_params,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Some(NextHop { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac, resolved: true }),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Some(NextHop { ifindex: params.ifindex, smac: [0; 6], dmac: [0; 6], resolved: false }),
+        _ => None,
+    }
+}
+
+/// Sends the packet out of the next hop's interface, with the next hop's MACs.
+#[inline(always)]
+pub fn send(ctx: &TcContext, hop: &NextHop) -> Result<i32, DropReason> {
+    // SAFETY: helper calls with plain arguments; a null neighbour makes the kernel resolve it.
+    let action = unsafe {
+        if hop.resolved {
+            let macs: [[u8; 6]; 2] = [hop.dmac, hop.smac];
+            ctx.store(0, &macs, 0).map_err(|_| DropReason::RewriteFailed)?;
+            bpf_redirect(hop.ifindex, 0)
+        } else {
+            bpf_redirect_neigh(hop.ifindex, core::ptr::null_mut(), 0, 0)
+        }
+    };
+    if action != TC_ACT_REDIRECT as i64 {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(TC_ACT_REDIRECT)
+}
