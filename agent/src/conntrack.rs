@@ -13,25 +13,25 @@ use crate::datapath::Datapath;
 #[derive(clap::Args, Debug, Clone)]
 pub struct Timeouts {
     /// TCP flow in the opening handshake (nf_conntrack_tcp_timeout_syn_sent).
-    #[arg(long = "ct-timeout-tcp-syn", global = true, default_value_t = 120, value_name = "SECS")]
+    #[arg(long = "ct-timeout-tcp-syn", env = "BPFNET_CT_TIMEOUT_TCP_SYN", global = true, default_value_t = 120, value_name = "SECS")]
     pub tcp_syn: u64,
     /// Established TCP flow (nf_conntrack_tcp_timeout_established).
-    #[arg(long = "ct-timeout-tcp-established", global = true, default_value_t = 432_000, value_name = "SECS")]
+    #[arg(long = "ct-timeout-tcp-established", env = "BPFNET_CT_TIMEOUT_TCP_ESTABLISHED", global = true, default_value_t = 432_000, value_name = "SECS")]
     pub tcp_established: u64,
     /// TCP flow closing with FIN (nf_conntrack_tcp_timeout_fin_wait / time_wait).
-    #[arg(long = "ct-timeout-tcp-fin", global = true, default_value_t = 120, value_name = "SECS")]
+    #[arg(long = "ct-timeout-tcp-fin", env = "BPFNET_CT_TIMEOUT_TCP_FIN", global = true, default_value_t = 120, value_name = "SECS")]
     pub tcp_fin: u64,
     /// TCP flow reset (nf_conntrack_tcp_timeout_close).
-    #[arg(long = "ct-timeout-tcp-close", global = true, default_value_t = 10, value_name = "SECS")]
+    #[arg(long = "ct-timeout-tcp-close", env = "BPFNET_CT_TIMEOUT_TCP_CLOSE", global = true, default_value_t = 10, value_name = "SECS")]
     pub tcp_close: u64,
     /// UDP flow with no reply yet (nf_conntrack_udp_timeout).
-    #[arg(long = "ct-timeout-udp", global = true, default_value_t = 30, value_name = "SECS")]
+    #[arg(long = "ct-timeout-udp", env = "BPFNET_CT_TIMEOUT_UDP", global = true, default_value_t = 30, value_name = "SECS")]
     pub udp: u64,
     /// UDP flow that saw replies (nf_conntrack_udp_timeout_stream).
-    #[arg(long = "ct-timeout-udp-stream", global = true, default_value_t = 120, value_name = "SECS")]
+    #[arg(long = "ct-timeout-udp-stream", env = "BPFNET_CT_TIMEOUT_UDP_STREAM", global = true, default_value_t = 120, value_name = "SECS")]
     pub udp_stream: u64,
     /// ICMP echo (nf_conntrack_icmp_timeout).
-    #[arg(long = "ct-timeout-icmp", global = true, default_value_t = 30, value_name = "SECS")]
+    #[arg(long = "ct-timeout-icmp", env = "BPFNET_CT_TIMEOUT_ICMP", global = true, default_value_t = 30, value_name = "SECS")]
     pub icmp: u64,
 }
 

@@ -6,13 +6,13 @@
 use std::{
     fs::File,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsFd,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsFd, AsRawFd},
     path::PathBuf,
     process::{Command, Output},
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -45,12 +45,23 @@ pub fn bpfnet_bin() -> PathBuf {
     bin
 }
 
+/// Addresses of the uplink between the sandbox host and its outside namespace.
+pub const UPLINK_HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
+pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
+/// The uplink's name in the host namespace, and its peer's in the outside namespace.
+pub const UPLINK: &str = "up0";
+
 pub struct Sandbox {
     pub prefix: String,
     pub host_netns: String,
+    /// The "outside world" behind the uplink, when made with [`Sandbox::with_uplink`].
+    pub outside_netns: String,
+    /// Extra environment for every bpfnet invocation (settings such as BPFNET_CT_SIZE).
+    env: Vec<(String, String)>,
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
     servers: Vec<JoinHandle<()>>,
+    children: Vec<std::process::Child>,
     /// Tells the servers to stop when the sandbox goes away.
     stop_servers: Arc<AtomicBool>,
 }
@@ -62,15 +73,48 @@ impl Sandbox {
         let prefix = format!("bt{:x}x{n}", std::process::id());
         let sandbox = Sandbox {
             host_netns: format!("{prefix}-host"),
+            outside_netns: format!("{prefix}-out"),
+            env: Vec::new(),
             state_dir: std::env::temp_dir().join(format!("{prefix}-state")),
             bpffs: PathBuf::from(format!("/sys/fs/bpf/{prefix}")),
             prefix,
             servers: Vec::new(),
+            children: Vec::new(),
             stop_servers: Arc::new(AtomicBool::new(false)),
         };
         run("ip", &["netns", "add", &sandbox.host_netns]).expect("creating the sandbox host namespace");
         run("ip", &["-n", &sandbox.host_netns, "link", "set", "lo", "up"]).expect("lo up");
         sandbox
+    }
+
+    /// A sandbox whose host has an uplink veth (`up0`, 10.250.0.1/24) to an outside namespace
+    /// (10.250.0.2/24) and a default route through it; bpfnet is told to use it (BPFNET_UPLINK).
+    pub fn with_uplink() -> Self {
+        let mut sb = Self::new();
+        let (host, out) = (sb.host_netns.clone(), sb.outside_netns.clone());
+        let host_cidr = format!("{UPLINK_HOST_IP}/24");
+        let out_cidr = format!("{OUTSIDE_IP}/24");
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", &out],
+            &["-n", &out, "link", "set", "lo", "up"],
+            &["-n", &host, "link", "add", UPLINK, "type", "veth", "peer", "name", "up0o", "netns", &out],
+            &["-n", &host, "addr", "add", &host_cidr, "dev", UPLINK],
+            &["-n", &host, "link", "set", UPLINK, "up"],
+            &["-n", &out, "addr", "add", &out_cidr, "dev", "up0o"],
+            &["-n", &out, "link", "set", "up0o", "up"],
+            &["-n", &host, "route", "add", "default", "via", &OUTSIDE_IP.to_string()],
+        ];
+        for step in steps {
+            run("ip", step).expect("building the uplink");
+        }
+        sb.set_env("BPFNET_UPLINK", UPLINK);
+        sb
+    }
+
+    /// Sets an environment variable for every later bpfnet invocation.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// A name with this sandbox's prefix.
@@ -86,6 +130,7 @@ impl Sandbox {
             .env("BPFNET_STATE_DIR", &self.state_dir)
             .env("BPFNET_BPFFS", &self.bpffs)
             .env_remove("BPFNET_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("running bpfnet")
     }
@@ -135,51 +180,90 @@ impl Sandbox {
         self.json(&["status", "--json"])["datapath"][section][name].as_u64().unwrap_or_else(|| panic!("no {section}.{name} in status"))
     }
 
-    /// Starts a TCP echo server in `netns` on `addr` that serves up to `connections`
-    /// connections, and gives up waiting for them after [`SERVER_LIFETIME`].
-    pub fn tcp_echo_server(&mut self, netns: &str, addr: SocketAddrV4, connections: usize) {
+    /// Starts a TCP echo server in `netns` on `addr` that accepts up to `connections`
+    /// connections (each served on its own thread, echoing until the client closes), and gives
+    /// up waiting for them after [`SERVER_LIFETIME`]. Returns the peers it saw.
+    pub fn tcp_echo_server(&mut self, netns: &str, addr: SocketAddrV4, connections: usize) -> Peers {
         let listener = in_netns(netns, move || Ok(TcpListener::bind(addr)?)).expect("binding the TCP server");
         listener.set_nonblocking(true).unwrap();
         let stop = self.stop_servers.clone();
+        let peers = Peers::default();
+        let seen = peers.clone();
         self.servers.push(std::thread::spawn(move || {
             let deadline = Instant::now() + SERVER_LIFETIME;
-            let mut served = 0;
-            while served < connections && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-                let mut stream = match listener.accept() {
-                    Ok((stream, _)) => stream,
+            let mut handlers = Vec::new();
+            while handlers.len() < connections && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                let (mut stream, peer) = match listener.accept() {
+                    Ok(accepted) => accepted,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
+                        std::thread::sleep(Duration::from_millis(2));
                         continue;
                     }
-                    Err(_) => return,
+                    Err(_) => break,
                 };
-                served += 1;
-                stream.set_nonblocking(false).ok();
-                stream.set_read_timeout(Some(IO_TIMEOUT)).ok();
-                let mut buf = [0u8; 1024];
-                if let Ok(n) = stream.read(&mut buf) {
-                    stream.write_all(&buf[..n]).ok();
-                }
+                seen.0.lock().unwrap().push(peer);
+                handlers.push(std::thread::spawn(move || {
+                    stream.set_nonblocking(false).ok();
+                    stream.set_read_timeout(Some(SERVER_LIFETIME)).ok();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }));
+            }
+            for handler in handlers {
+                let _ = handler.join();
             }
         }));
+        peers
     }
 
     /// Starts a UDP echo server in `netns` on `addr` that answers up to `datagrams` datagrams
-    /// within [`SERVER_LIFETIME`].
-    pub fn udp_echo_server(&mut self, netns: &str, addr: SocketAddrV4, datagrams: usize) {
+    /// within [`SERVER_LIFETIME`]. Returns the peers it saw.
+    pub fn udp_echo_server(&mut self, netns: &str, addr: SocketAddrV4, datagrams: usize) -> Peers {
         let socket = in_netns(netns, move || Ok(UdpSocket::bind(addr)?)).expect("binding the UDP server");
         socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let stop = self.stop_servers.clone();
+        let peers = Peers::default();
+        let seen = peers.clone();
         self.servers.push(std::thread::spawn(move || {
             let deadline = Instant::now() + SERVER_LIFETIME;
             let mut buf = [0u8; 1500];
             let mut answered = 0;
             while answered < datagrams && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                 let Ok((n, peer)) = socket.recv_from(&mut buf) else { continue };
+                seen.0.lock().unwrap().push(peer);
                 socket.send_to(&buf[..n], peer).ok();
                 answered += 1;
             }
         }));
+        peers
+    }
+
+    /// Starts a process inside `netns` (`ip netns exec`); it is killed when the sandbox goes.
+    pub fn spawn(&mut self, netns: &str, program: &str, args: &[&str]) -> u32 {
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns, program])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program} in {netns}: {e}"));
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+}
+
+/// Peers a test server saw, in order.
+#[derive(Clone, Default)]
+pub struct Peers(Arc<Mutex<Vec<SocketAddr>>>);
+
+impl Peers {
+    pub fn get(&self) -> Vec<SocketAddr> {
+        self.0.lock().unwrap().clone()
     }
 }
 
@@ -193,6 +277,10 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         // Best effort at every step: cleanup must not stop at the first problem, and must
         // never panic while a failed test is already unwinding.
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let down = self.bpfnet(&["down"]);
         if !down.status.success() {
             eprintln!("sandbox cleanup: bpfnet down failed: {}", String::from_utf8_lossy(&down.stderr));
@@ -323,4 +411,36 @@ pub fn pinned_map_len(bpffs: &std::path::Path, map: &str) -> usize {
     let path = bpffs.join("maps").join(map);
     let out = run("bpftool", &["-j", "map", "dump", "pinned", path.to_str().unwrap()]).unwrap_or_else(|e| panic!("{e:#}"));
     serde_json::from_str::<Value>(&out).unwrap().as_array().map(Vec::len).unwrap_or(0)
+}
+
+/// Opens a TCP connection from a chosen local address and port (SO_REUSEADDR, as clients that
+/// pin their source port do); must run inside the client's namespace (see [`in_netns`]).
+pub fn tcp_connect_from(local: SocketAddrV4, remote: SocketAddrV4) -> Result<TcpStream> {
+    use nix::sys::socket::{bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(local)).with_context(|| format!("binding {local}"))?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(remote)).with_context(|| format!("connecting {local} -> {remote}"))?;
+    let stream = TcpStream::from(fd);
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
+/// A counter of the kernel's SNMP MIB in a namespace, e.g. ("Tcp", "InCsumErrors").
+pub fn snmp_counter(netns: &str, group: &str, field: &str) -> u64 {
+    let text = run("ip", &["netns", "exec", netns, "cat", "/proc/net/snmp"]).unwrap();
+    let mut lines = text.lines().filter(|l| l.starts_with(&format!("{group}:")));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let index = names.split_whitespace().position(|n| n == field).unwrap_or_else(|| panic!("no {group} {field}"));
+    values.split_whitespace().nth(index).unwrap().parse().unwrap()
+}
+
+/// Whether any iptables rule exists in a namespace.
+pub fn iptables_rules(netns: &str) -> Vec<String> {
+    run("ip", &["netns", "exec", netns, "iptables-save"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("-A"))
+        .map(str::to_owned)
+        .collect()
 }

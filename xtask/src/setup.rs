@@ -29,6 +29,7 @@ const PACKAGES: &[&str] = &[
     "conntrack",
     "iptables",
     "bpftool",
+    "ethtool", // checksum offload off in the SNAT checksum test, so receivers verify
     "python3", // the demo's TCP/UDP peers
     "linux-perf",
 ];

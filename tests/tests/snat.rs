@@ -1,0 +1,238 @@
+//! Containers reach the outside world through the uplink, masqueraded to the uplink's address
+//! by the eBPF datapath with its own conntrack: no iptables rule anywhere.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, SocketAddrV4, UdpSocket},
+    time::Duration,
+};
+
+use bpfnet_tests::{
+    in_netns, iptables_rules, ping, run, snmp_counter, tcp_connect_from, tcp_exchange, udp_exchange, Sandbox, IO_TIMEOUT,
+    OUTSIDE_IP, UPLINK_HOST_IP,
+};
+
+/// A sandbox with an uplink, one network and the given containers.
+fn sandbox_with(containers: &[&str], settings: &[(&str, &str)]) -> (Sandbox, Vec<String>) {
+    let mut sb = Sandbox::with_uplink();
+    for (key, value) in settings {
+        sb.set_env(key, value);
+    }
+    let net = sb.name("net");
+    sb.ok(&["network", "create", &net, "--subnet", "10.230.0.0/24"]);
+    let names: Vec<String> = containers.iter().map(|c| sb.name(c)).collect();
+    for name in &names {
+        sb.ok(&["container", "create", name, "--network", &net]);
+    }
+    (sb, names)
+}
+
+fn uplink_addr(peer: &SocketAddr) -> bool {
+    peer.ip() == std::net::IpAddr::V4(UPLINK_HOST_IP)
+}
+
+#[test]
+fn tcp_udp_and_ping_reach_the_outside_from_the_uplink_address() {
+    let (mut sb, c) = sandbox_with(&["c1", "c2"], &[]);
+    let tcp_peers = sb.tcp_echo_server(&sb.outside_netns.clone(), SocketAddrV4::new(OUTSIDE_IP, 8080), 2);
+    let udp_peers = sb.udp_echo_server(&sb.outside_netns.clone(), SocketAddrV4::new(OUTSIDE_IP, 5353), 2);
+    for name in &c {
+        assert!(ping(name, OUTSIDE_IP), "ping from {name}");
+        let request: &'static [u8] = b"GET / HTTP/1.0\r\n\r\n";
+        assert_eq!(tcp_exchange(name, SocketAddrV4::new(OUTSIDE_IP, 8080), request).unwrap(), request);
+        assert_eq!(udp_exchange(name, SocketAddrV4::new(OUTSIDE_IP, 5353), b"query").unwrap(), b"query");
+    }
+    let (tcp, udp) = (tcp_peers.get(), udp_peers.get());
+    assert_eq!((tcp.len(), udp.len()), (2, 2));
+    assert!(tcp.iter().chain(&udp).all(uplink_addr), "the server sees only the uplink address: {tcp:?} {udp:?}");
+
+    let flows = sb.json(&["conntrack", "ls", "--json"]);
+    let flows = flows.as_array().unwrap();
+    assert!(flows.iter().any(|f| f["protocol"] == "tcp" && f["state"] != "syn_sent"), "{flows:?}");
+    assert!(flows.iter().any(|f| f["protocol"] == "udp" && f["state"] == "replied"), "{flows:?}");
+    assert!(flows.iter().any(|f| f["protocol"] == "icmp"), "{flows:?}");
+    assert!(sb.counter("counters", "snat_new_flow") >= 6);
+    assert!(sb.counter("counters", "snat_reply") >= 6);
+
+    // Traffic inside the network and to the gateway is never translated.
+    let c2_ip = sb.container_ip(&c[1]);
+    let peers = sb.udp_echo_server(&c[1], SocketAddrV4::new(c2_ip, 7000), 1);
+    udp_exchange(&c[0], SocketAddrV4::new(c2_ip, 7000), b"local").unwrap();
+    assert_eq!(peers.get()[0].ip(), std::net::IpAddr::V4(sb.container_ip(&c[0])));
+
+    // The host's own traffic on the uplink still works (passed untouched by from_uplink).
+    assert!(ping(&sb.host_netns, OUTSIDE_IP));
+
+    for ns in [&sb.host_netns, &sb.outside_netns, &c[0], &c[1]] {
+        assert_eq!(iptables_rules(ns), Vec::<String>::new(), "no iptables rules in {ns}");
+    }
+}
+
+#[test]
+fn two_hundred_connections_with_colliding_source_ports_all_complete() {
+    let (mut sb, c) = sandbox_with(&["c1", "c2"], &[]);
+    const PER_CONTAINER: u16 = 100;
+    let server = SocketAddrV4::new(OUTSIDE_IP, 8080);
+    let peers = sb.tcp_echo_server(&sb.outside_netns.clone(), server, 2 * PER_CONTAINER as usize);
+    // Both containers open 100 connections from the same source ports 40000..40099: all 200
+    // are open at once, then each carries its own payload.
+    let mut streams = Vec::new();
+    for name in &c {
+        let ip = sb.container_ip(name);
+        let opened = in_netns(name, move || {
+            (0..PER_CONTAINER)
+                .map(|i| tcp_connect_from(SocketAddrV4::new(ip, 40_000 + i), server))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .unwrap();
+        streams.extend(opened.into_iter().map(|s| (name.clone(), s)));
+    }
+    assert_eq!(streams.len(), 200);
+    for (i, (name, stream)) in streams.iter_mut().enumerate() {
+        let payload = format!("{name} connection {i} from port {}", stream.local_addr().unwrap().port());
+        stream.write_all(payload.as_bytes()).unwrap();
+        let mut answer = vec![0u8; payload.len()];
+        stream.read_exact(&mut answer).unwrap_or_else(|e| panic!("connection {i} of {name}: {e}"));
+        assert_eq!(answer, payload.as_bytes());
+    }
+    let seen = peers.get();
+    assert_eq!(seen.len(), 200);
+    let mut ports: Vec<u16> = seen.iter().map(SocketAddr::port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 200, "every connection got its own uplink port");
+    assert!(seen.iter().all(uplink_addr));
+    assert_eq!(sb.counter("drops", "nat_ports_exhausted"), 0);
+}
+
+#[test]
+fn udp_to_a_closed_port_is_refused_through_the_translated_icmp_error() {
+    let (sb, c) = sandbox_with(&["c1"], &[]);
+    let refused = in_netns(&c[0], || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(IO_TIMEOUT))?;
+        socket.connect(SocketAddrV4::new(OUTSIDE_IP, 9))?;
+        socket.send(b"anyone?")?;
+        let mut buf = [0u8; 64];
+        Ok(socket.recv(&mut buf).map_err(|e| e.kind()))
+    })
+    .unwrap();
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
+    assert!(sb.counter("counters", "icmp_error_translated") >= 1);
+}
+
+/// Turns checksum offload off where it would hide a wrong checksum: the sender computes full
+/// checksums (so the NAT's incremental updates are exercised on them), and the receiver
+/// verifies them (veth would otherwise mark them as already checked).
+fn full_checksums(sender_ns: &str, sender_if: &str, receiver_ns: &str, receiver_if: &str) {
+    run("ip", &["netns", "exec", sender_ns, "ethtool", "-K", sender_if, "tx", "off"]).unwrap();
+    run("ip", &["netns", "exec", receiver_ns, "ethtool", "-K", receiver_if, "rx", "off"]).unwrap();
+}
+
+#[test]
+fn a_gigabyte_each_way_arrives_with_no_checksum_error() {
+    let (mut sb, c) = sandbox_with(&["c1"], &[]);
+    let out = sb.outside_netns.clone();
+    full_checksums(&c[0], "eth0", &out, "up0o");
+    full_checksums(&out, "up0o", &c[0], "eth0");
+    let errors = |ns: &str| snmp_counter(ns, "Tcp", "InCsumErrors") + snmp_counter(ns, "Tcp", "InErrs");
+    let (out_before, c_before) = (errors(&out), errors(&c[0]));
+    for reverse in [false, true] {
+        sb.spawn(&out, "iperf3", &["-s", "-1", "-B", &OUTSIDE_IP.to_string()]);
+        std::thread::sleep(Duration::from_millis(300));
+        let mut args = vec!["-c", "10.250.0.2", "-n", "1G", "-J", "--connect-timeout", "3000"];
+        if reverse {
+            args.push("-R");
+        }
+        let mut full = vec!["netns", "exec", c[0].as_str(), "timeout", "120", "iperf3"];
+        full.extend(args);
+        let report: serde_json::Value = serde_json::from_str(&run("ip", &full).unwrap()).unwrap();
+        let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
+        assert!(received >= 1 << 30, "reverse={reverse}: received {received} bytes");
+    }
+    assert_eq!(errors(&out), out_before, "checksum errors at the outside receiver");
+    assert_eq!(errors(&c[0]), c_before, "checksum errors in the container");
+    assert_eq!(sb.counter("drops", "rewrite_failed"), 0);
+}
+
+#[test]
+fn expired_flows_are_collected_and_their_ports_reused() {
+    let settings = [("BPFNET_NAT_PORTS", "41000-41003"), ("BPFNET_CT_TIMEOUT_UDP", "1"), ("BPFNET_CT_TIMEOUT_UDP_STREAM", "1")];
+    let (mut sb, c) = sandbox_with(&["c1"], &settings);
+    let server = SocketAddrV4::new(OUTSIDE_IP, 5353);
+    let peers = sb.udp_echo_server(&sb.outside_netns.clone(), server, 10);
+    // Four ports, four flows: the fifth finds no port and is dropped with a counted reason.
+    let sockets = in_netns(&c[0], move || {
+        (0..5)
+            .map(|_| {
+                let socket = UdpSocket::bind("0.0.0.0:0")?;
+                socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+                socket.connect(server)?;
+                Ok(socket)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+    .unwrap();
+    let exchange = |socket: &UdpSocket| {
+        socket.send(b"ping").unwrap();
+        let mut buf = [0u8; 16];
+        socket.recv(&mut buf).is_ok()
+    };
+    for socket in &sockets[..4] {
+        assert!(exchange(socket));
+    }
+    assert!(!exchange(&sockets[4]), "no port left for a fifth flow");
+    assert!(sb.counter("drops", "nat_ports_exhausted") >= 1);
+    let mut used: Vec<u16> = peers.get().iter().map(SocketAddr::port).collect();
+    used.sort_unstable();
+    assert_eq!(used, vec![41000, 41001, 41002, 41003]);
+    assert_eq!(sb.json(&["conntrack", "ls", "--json"]).as_array().unwrap().len(), 4);
+
+    std::thread::sleep(Duration::from_millis(2100));
+    let report = sb.json(&["conntrack", "gc", "--json"]);
+    assert_eq!(report["flows_expired"], 4, "{report}");
+    assert_eq!(report["entries_in_use"], 0, "{report}");
+    assert_eq!(sb.json(&["conntrack", "ls", "--json"]), serde_json::json!([]));
+    assert!(exchange(&sockets[4]), "a freed port serves the new flow");
+    let last = peers.get().last().unwrap().port();
+    assert!((41000..=41003).contains(&last));
+}
+
+#[test]
+fn a_full_table_refuses_new_flows_and_keeps_established_ones() {
+    // 64 entries, of which 60 may be used: 30 flows.
+    let (mut sb, c) = sandbox_with(&["c1"], &[("BPFNET_CT_SIZE", "64")]);
+    let out = sb.outside_netns.clone();
+    let tcp_server = SocketAddrV4::new(OUTSIDE_IP, 8080);
+    sb.tcp_echo_server(&out, tcp_server, 1);
+    let udp_server = SocketAddrV4::new(OUTSIDE_IP, 5353);
+    sb.udp_echo_server(&out, udp_server, 100);
+    let ip = sb.container_ip(&c[0]);
+    let mut established = in_netns(&c[0], move || tcp_connect_from(SocketAddrV4::new(ip, 45000), tcp_server)).unwrap();
+    let mut echo = |stream: &mut std::net::TcpStream, text: &[u8]| {
+        stream.write_all(text).unwrap();
+        let mut answer = vec![0u8; text.len()];
+        stream.read_exact(&mut answer).unwrap();
+        assert_eq!(answer, text);
+    };
+    echo(&mut established, b"before");
+    let answered = in_netns(&c[0], move || {
+        let mut answered = 0;
+        for _ in 0..40 {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(Some(Duration::from_millis(300)))?;
+            socket.connect(udp_server)?;
+            socket.send(b"x")?;
+            let mut buf = [0u8; 8];
+            if socket.recv(&mut buf).is_ok() {
+                answered += 1;
+            }
+        }
+        Ok(answered)
+    })
+    .unwrap();
+    assert_eq!(answered, 29, "30 flows fit, one of them the TCP connection");
+    assert!(sb.counter("drops", "conntrack_full") >= 11);
+    echo(&mut established, b"after the table filled up");
+    let status = sb.json(&["status", "--json"]);
+    assert_eq!(status["datapath"]["conntrack"]["entries"], 60, "{}", status["datapath"]["conntrack"]);
+}
