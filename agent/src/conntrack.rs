@@ -4,7 +4,7 @@
 use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context, Result};
-use datapath_common::{ct_direction, ct_fill, ct_tcp_flags, CtEntry, CtKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use datapath_common::{ct_direction, ct_fill, ct_kind, ct_tcp_flags, CtEntry, CtKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 use serde::Serialize;
 
 use crate::datapath::Datapath;
@@ -53,11 +53,14 @@ pub enum FlowState {
 #[derive(Debug, Clone, Serialize)]
 pub struct Flow {
     pub protocol: &'static str,
-    /// As the container sent it.
+    /// snat, dnat or hairpin.
+    pub kind: &'static str,
+    /// As the flow's first packet carried them.
     pub source: String,
     pub destination: String,
-    /// The source after translation.
+    /// After translation.
     pub translated_source: String,
+    pub translated_destination: String,
     pub state: FlowState,
     /// Seconds since the last packet in either direction.
     pub idle_seconds: u64,
@@ -82,35 +85,21 @@ fn protocol_name(proto: u8) -> &'static str {
     }
 }
 
+fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        ct_kind::SNAT => "snat",
+        ct_kind::DNAT => "dnat",
+        ct_kind::HAIRPIN => "hairpin",
+        _ => "unknown",
+    }
+}
+
 fn endpoint(addr: u32, port: u16, proto: u8) -> String {
     let ip = Ipv4Addr::from(addr.to_ne_bytes());
     if proto == IPPROTO_ICMP {
         format!("{ip} id {}", u16::from_be(port))
     } else {
         format!("{ip}:{}", u16::from_be(port))
-    }
-}
-
-/// The key of the ORIGINAL direction that a REPLY entry belongs to (see datapath's reply_key).
-fn original_of(reply_key: &CtKey, reply: &CtEntry) -> CtKey {
-    CtKey {
-        saddr: reply.nat_addr,
-        daddr: reply_key.saddr,
-        sport: reply.nat_port,
-        dport: reply_key.sport,
-        proto: reply_key.proto,
-        _pad: [0; 3],
-    }
-}
-
-fn reply_of(original_key: &CtKey, original: &CtEntry) -> CtKey {
-    CtKey {
-        saddr: original_key.daddr,
-        daddr: original.nat_addr,
-        sport: original_key.dport,
-        dport: original.nat_port,
-        proto: original_key.proto,
-        _pad: [0; 3],
     }
 }
 
@@ -171,9 +160,9 @@ pub fn flows(datapath: &Datapath) -> Result<Vec<Flow>> {
     let mut flows = Vec::new();
     for (key, entry) in &entries {
         let (original_key, reply_key) = if entry.direction == ct_direction::ORIGINAL {
-            (*key, reply_of(key, entry))
+            (*key, CtKey::counterpart(entry))
         } else {
-            let original_key = original_of(key, entry);
+            let original_key = CtKey::counterpart(entry);
             if entries.contains_key(&original_key) {
                 continue; // listed with its ORIGINAL entry
             }
@@ -182,15 +171,16 @@ pub fn flows(datapath: &Datapath) -> Result<Vec<Flow>> {
         let out = entries.get(&original_key);
         let back = entries.get(&reply_key);
         let last_seen_ns = out.map_or(0, |e| e.last_seen_ns).max(back.map_or(0, |e| e.last_seen_ns));
-        let translated = out.map(|o| endpoint(o.nat_addr, o.nat_port, key.proto)).unwrap_or_else(|| {
-            endpoint(reply_key.daddr, reply_key.dport, key.proto)
-        });
+        let translated = reply_key.reversed();
+        let proto = key.proto;
         flows.push(Flow {
-            protocol: protocol_name(key.proto),
-            source: endpoint(original_key.saddr, original_key.sport, key.proto),
-            destination: endpoint(original_key.daddr, original_key.dport, key.proto),
-            translated_source: translated,
-            state: state(key.proto, out, back),
+            protocol: protocol_name(proto),
+            kind: kind_name(entry.kind),
+            source: endpoint(original_key.saddr, original_key.sport, proto),
+            destination: endpoint(original_key.daddr, original_key.dport, proto),
+            translated_source: endpoint(translated.saddr, translated.sport, proto),
+            translated_destination: endpoint(translated.daddr, translated.dport, proto),
+            state: state(proto, out, back),
             idle_seconds: now.saturating_sub(last_seen_ns) / 1_000_000_000,
             packets_out: out.map_or(0, |e| e.packets),
             bytes_out: out.map_or(0, |e| e.bytes),

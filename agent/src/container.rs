@@ -10,13 +10,20 @@ use ipnet::{IpNet, Ipv4Net};
 use crate::{
     host::Host,
     ipam, names, netns,
+    publish::{PortMapping, Published},
     state::{ContainerSpec, NetworkSpec},
 };
 
 /// The container's interface, as Docker names it.
 pub const CONTAINER_IFNAME: &str = "eth0";
 
-pub async fn create(host: &mut Host, name: &str, network: &str, ip: Option<Ipv4Addr>) -> Result<ContainerSpec> {
+pub async fn create(
+    host: &mut Host,
+    name: &str,
+    network: &str,
+    ip: Option<Ipv4Addr>,
+    publish: Vec<PortMapping>,
+) -> Result<ContainerSpec> {
     names::validate("container", name)?;
     if host.state.containers.contains_key(name) {
         bail!("a container named {name:?} already exists; choose another name or remove it first");
@@ -39,6 +46,7 @@ pub async fn create(host: &mut Host, name: &str, network: &str, ip: Option<Ipv4A
         }
         None => ipam::allocate(net.subnet, net.gateway, &used)?,
     };
+    Published::of(&host.state).check_free(&publish)?;
     host.sync_uplink().await?;
     let (host_interface, _) = names::host_interface(unused_seed(host).await?);
     let spec = ContainerSpec {
@@ -47,6 +55,7 @@ pub async fn create(host: &mut Host, name: &str, network: &str, ip: Option<Ipv4A
         ip,
         mac: ipam::container_mac(ip),
         host_interface,
+        publish,
     };
     if let Err(err) = apply(host, &spec, &net).await {
         if let Err(cleanup) = teardown(host, &spec).await {
@@ -138,6 +147,9 @@ async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> Resu
         mac: spec.mac,
         gateway_mac,
     })?;
+    for mapping in &spec.publish {
+        datapath.publish(&mapping.service_key(), &mapping.backend(spec.ip))?;
+    }
     datapath.attach_endpoint(&spec.host_interface)
 }
 
@@ -145,6 +157,10 @@ async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> Resu
 /// and neighbour), namespace. Idempotent.
 pub async fn teardown(host: &mut Host, spec: &ContainerSpec) -> Result<()> {
     if let Some(datapath) = host.existing_datapath()? {
+        // Unpublished first: no new flow may be sent to a container that is going away.
+        for mapping in &spec.publish {
+            datapath.unpublish(&mapping.service_key())?;
+        }
         datapath.detach_endpoint(&spec.host_interface)?;
         datapath.remove_endpoint(ipv4_be(spec.ip.octets()))?;
     }
@@ -159,5 +175,41 @@ pub async fn remove(host: &mut Host, name: &str) -> Result<()> {
     let spec = host.state.container(name)?.clone();
     teardown(host, &spec).await.with_context(|| format!("removing container {name}"))?;
     host.state.containers.remove(name);
+    host.save()
+}
+
+/// Publishes more ports of a running container. Each is one map update.
+pub async fn publish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) -> Result<()> {
+    let spec = host.state.container(name)?.clone();
+    Published::of(&host.state).check_free(&mappings)?;
+    host.sync_uplink().await?;
+    let datapath = host.datapath()?;
+    for (done, mapping) in mappings.iter().enumerate() {
+        if let Err(err) = datapath.publish(&mapping.service_key(), &mapping.backend(spec.ip)) {
+            for undo in &mappings[..done] {
+                datapath.unpublish(&undo.service_key())?;
+            }
+            return Err(err.context(format!("publishing {mapping} for {name}")));
+        }
+    }
+    host.state.containers.get_mut(name).expect("checked above").publish.extend(mappings);
+    host.save()
+}
+
+/// Unpublishes ports of a container: new connections to them are refused at once; flows
+/// already established keep going until they end or expire (as with Docker's conntrack).
+pub async fn unpublish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) -> Result<()> {
+    let spec = host.state.container(name)?.clone();
+    if let Some(missing) = mappings.iter().find(|m| !spec.publish.contains(m)) {
+        bail!(
+            "container {name:?} does not publish {missing}; it publishes: {}",
+            if spec.publish.is_empty() { "nothing".to_owned() } else { spec.publish.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") }
+        );
+    }
+    let datapath = host.datapath()?;
+    for mapping in &mappings {
+        datapath.unpublish(&mapping.service_key())?;
+    }
+    host.state.containers.get_mut(name).expect("checked above").publish.retain(|m| !mappings.contains(m));
     host.save()
 }

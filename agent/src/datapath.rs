@@ -22,7 +22,8 @@ use aya::{
     EbpfLoader,
 };
 use datapath_common::{
-    map_names, program_names, Counter, CtEntry, CtKey, DropReason, Endpoint, HostConfig, Ipv4Be, Network,
+    map_names, program_names, Backend, Counter, CtEntry, CtKey, DropReason, Endpoint, HostConfig, Ipv4Be, Network,
+    ServiceKey,
 };
 
 /// The object built by build.rs from datapath-ebpf.
@@ -56,6 +57,7 @@ pub struct Datapath {
     config: Array<MapData, HostConfig>,
     pub(crate) ct: HashMap<MapData, CtKey, CtEntry>,
     pub(crate) ct_fill: Array<MapData, u64>,
+    services: HashMap<MapData, ServiceKey, Backend>,
 }
 
 /// Programs in the object, all pinned under `progs/`.
@@ -108,6 +110,7 @@ impl Datapath {
             config: open_map(&maps, map_names::CONFIG)?,
             ct: open_map(&maps, map_names::CT)?,
             ct_fill: open_map(&maps, map_names::CT_FILL)?,
+            services: open_map(&maps, map_names::SERVICES)?,
         })
     }
 
@@ -198,6 +201,16 @@ impl Datapath {
             ignore_missing_key(self.ifaces.remove(&ifindex)).context("removing endpoint from IFACES")?;
         }
         ignore_missing_key(self.endpoints.remove(&ip)).context("removing endpoint from ENDPOINTS")
+    }
+
+    /// Publishes a port: one map update, whatever the number already published.
+    pub fn publish(&mut self, key: &ServiceKey, backend: &Backend) -> Result<()> {
+        self.services.insert(key, backend, 0).context("writing a published port to SERVICES")
+    }
+
+    /// Unpublishes a port; new flows to it are no longer translated. Idempotent.
+    pub fn unpublish(&mut self, key: &ServiceKey) -> Result<()> {
+        ignore_missing_key(self.services.remove(key)).context("removing a published port from SERVICES")
     }
 
     pub fn snapshot(&self) -> Result<CounterSnapshot> {

@@ -9,6 +9,7 @@ mod names;
 mod netlink;
 mod netns;
 mod network;
+mod publish;
 mod state;
 mod testrun;
 #[cfg(test)] mod datapath_tests;
@@ -40,6 +41,19 @@ enum Command {
     /// Manage containers (network namespaces attached to a network).
     #[command(subcommand)]
     Container(ContainerCommand),
+    /// Publish ports of a running container (`[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]`).
+    Publish {
+        name: String,
+        #[arg(required = true, value_name = "SPEC")]
+        specs: Vec<String>,
+    },
+    /// Unpublish ports of a container: new connections are refused at once, established
+    /// ones keep going until they end.
+    Unpublish {
+        name: String,
+        #[arg(required = true, value_name = "SPEC")]
+        specs: Vec<String>,
+    },
     /// Tracked flows and their translations.
     #[command(subcommand)]
     Conntrack(ConntrackCommand),
@@ -84,6 +98,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Network(cmd) => commands::network::run(&mut host, cmd).await,
             Command::Container(cmd) => commands::container::run(&mut host, cmd).await,
+            Command::Publish { name, specs } => commands::publish::publish(&mut host, &name, &specs).await,
+            Command::Unpublish { name, specs } => commands::publish::unpublish(&mut host, &name, &specs).await,
             Command::Conntrack(cmd) => commands::conntrack::run(&mut host, cmd).await,
             Command::Status { json } => commands::status::run(&mut host, json).await,
             Command::Monitor { duration } => commands::monitor::run(&mut host, duration).await,

@@ -55,6 +55,9 @@ pub struct ContainerSpec {
     pub mac: [u8; 6],
     /// The host-side veth end, where from_endpoint is attached.
     pub host_interface: String,
+    /// Ports published on the host (`--publish`).
+    #[serde(default)]
+    pub publish: Vec<crate::publish::PortMapping>,
 }
 
 impl State {

@@ -115,7 +115,11 @@ impl SkbContext {
     /// The context of a packet received on `ifindex`, as tc ingress sees it: both
     /// `__sk_buff.ifindex` and `ingress_ifindex` are that interface.
     pub(crate) fn received_on(ifindex: u32) -> Self {
-        Self { ingress_ifindex: ifindex, ifindex, ..Self::default() }
+        Self {
+            ingress_ifindex: ifindex,
+            ifindex,
+            ..Self::default()
+        }
     }
 }
 
@@ -137,7 +141,10 @@ pub(crate) struct XdpContext {
 
 impl XdpContext {
     pub(crate) fn received_on(ifindex: u32) -> Self {
-        Self { ingress_ifindex: ifindex, ..Self::default() }
+        Self {
+            ingress_ifindex: ifindex,
+            ..Self::default()
+        }
     }
 }
 
@@ -186,7 +193,12 @@ fn test_run(
     ctx: Option<&[u8]>,
     repeat: u32,
 ) -> io::Result<TestRunOutput> {
-    let too_big = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{what} is larger than 4 GiB"));
+    let too_big = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} is larger than 4 GiB"),
+        )
+    };
     let mut out = vec![0u8; packet.len() + OUTPUT_HEADROOM];
     let mut attr = TestRunAttr {
         prog_fd: prog.as_raw_fd() as u32,
@@ -227,7 +239,11 @@ fn test_run(
         ));
     }
     out.truncate(attr.data_size_out as usize);
-    Ok(TestRunOutput { retval: attr.retval, packet_out: out, duration_ns: attr.duration })
+    Ok(TestRunOutput {
+        retval: attr.retval,
+        packet_out: out,
+        duration_ns: attr.duration,
+    })
 }
 
 fn as_bytes<T: Copy>(value: &T) -> &[u8] {
@@ -293,7 +309,12 @@ mod tests {
         };
         // SAFETY: a valid `bpf_attr` prefix; the pointers outlive the call.
         let fd = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, size_of::<ProgLoadAttr>())
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &attr as *const ProgLoadAttr,
+                size_of::<ProgLoadAttr>(),
+            )
         };
         assert!(fd >= 0, "BPF_PROG_LOAD: {}", io::Error::last_os_error());
         // SAFETY: a new fd the kernel just handed us.
@@ -318,7 +339,11 @@ mod tests {
         assert_eq!(out.packet_out, frame());
         let out = run_skb(prog.as_fd(), &frame(), None, 1000).unwrap();
         assert_eq!(out.retval, 7);
-        assert!(out.duration_ns < 1_000_000, "{} ns per run of a 2-instruction program", out.duration_ns);
+        assert!(
+            out.duration_ns < 1_000_000,
+            "{} ns per run of a 2-instruction program",
+            out.duration_ns
+        );
     }
 
     #[test]
@@ -331,11 +356,24 @@ mod tests {
         // No context: the kernel runs the packet as if received on loopback (ifindex 1).
         assert_eq!(run_skb(prog.as_fd(), &frame(), None, 1).unwrap().retval, 1);
         let ctx = SkbContext::received_on(1);
-        assert_eq!(run_skb(prog.as_fd(), &frame(), Some(&ctx), 1).unwrap().retval, 1);
+        assert_eq!(
+            run_skb(prog.as_fd(), &frame(), Some(&ctx), 1)
+                .unwrap()
+                .retval,
+            1
+        );
         let mark = offset_of!(SkbContext, mark) as i16;
         let prog = load(BPF_PROG_TYPE_SCHED_CLS, &return_ctx_field(mark));
-        let ctx = SkbContext { mark: 0xbeef, ..SkbContext::default() };
-        assert_eq!(run_skb(prog.as_fd(), &frame(), Some(&ctx), 1).unwrap().retval, 0xbeef);
+        let ctx = SkbContext {
+            mark: 0xbeef,
+            ..SkbContext::default()
+        };
+        assert_eq!(
+            run_skb(prog.as_fd(), &frame(), Some(&ctx), 1)
+                .unwrap()
+                .retval,
+            0xbeef
+        );
     }
 
     #[test]

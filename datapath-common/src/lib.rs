@@ -22,8 +22,10 @@ pub mod map_names {
     /// Conntrack: [`CtKey`](super::CtKey) -> [`CtEntry`](super::CtEntry), one entry per
     /// direction of a flow. LRU, sized by the agent.
     pub const CT: &str = "CT";
-    /// Conntrack fill: see [`CtFill`](super::CtFill).
+    /// Conntrack fill: see [`ct_fill`](super::ct_fill).
     pub const CT_FILL: &str = "CT_FILL";
+    /// Published ports: [`ServiceKey`](super::ServiceKey) -> [`Backend`](super::Backend).
+    pub const SERVICES: &str = "SERVICES";
 }
 
 /// Names of the programs in the eBPF object.
@@ -105,10 +107,12 @@ pub enum DropReason {
     Fragment = 12,
     /// A checksum helper or a packet rewrite failed.
     RewriteFailed = 13,
+    /// A new flow could not be tracked: its other direction's tuple is already taken.
+    ConntrackInsertFailed = 14,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Malformed,
         DropReason::UnsupportedL3,
@@ -124,6 +128,7 @@ impl DropReason {
         DropReason::UnsupportedL4,
         DropReason::Fragment,
         DropReason::RewriteFailed,
+        DropReason::ConntrackInsertFailed,
     ];
 
     /// The name shown by `bpfnet status`.
@@ -143,6 +148,7 @@ impl DropReason {
             DropReason::UnsupportedL4 => "unsupported_l4",
             DropReason::Fragment => "fragment",
             DropReason::RewriteFailed => "rewrite_failed",
+            DropReason::ConntrackInsertFailed => "conntrack_insert_failed",
         }
     }
 }
@@ -161,28 +167,34 @@ pub enum Counter {
     ArpToHost = 3,
     /// New flows source-translated to the uplink's address.
     SnatNewFlow = 4,
-    /// Packets source-translated and sent out of the uplink.
-    SnatEgress = 5,
-    /// Replies on the uplink translated back and delivered to a container.
-    SnatReply = 6,
+    /// Translated packets routed out of the uplink.
+    TranslatedOut = 5,
+    /// Translated packets delivered into a container.
+    TranslatedIn = 6,
     /// ICMP errors about a translated flow, translated back (inner header included).
     IcmpErrorTranslated = 7,
     /// Packets on the uplink that belong to no bpfnet flow, passed to the host untouched.
     UplinkToHost = 8,
+    /// New flows to a published port from outside.
+    DnatNewFlow = 9,
+    /// New flows from a container to a published port of the host.
+    HairpinNewFlow = 10,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Forwarded,
         Counter::ToHost,
         Counter::ArpReplied,
         Counter::ArpToHost,
         Counter::SnatNewFlow,
-        Counter::SnatEgress,
-        Counter::SnatReply,
+        Counter::TranslatedOut,
+        Counter::TranslatedIn,
         Counter::IcmpErrorTranslated,
         Counter::UplinkToHost,
+        Counter::DnatNewFlow,
+        Counter::HairpinNewFlow,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -192,10 +204,12 @@ impl Counter {
             Counter::ArpReplied => "arp_replied",
             Counter::ArpToHost => "arp_to_host",
             Counter::SnatNewFlow => "snat_new_flow",
-            Counter::SnatEgress => "snat_egress",
-            Counter::SnatReply => "snat_reply",
+            Counter::TranslatedOut => "translated_out",
+            Counter::TranslatedIn => "translated_in",
             Counter::IcmpErrorTranslated => "icmp_error_translated",
             Counter::UplinkToHost => "uplink_to_host",
+            Counter::DnatNewFlow => "dnat_new_flow",
+            Counter::HairpinNewFlow => "hairpin_new_flow",
         }
     }
 }
@@ -249,24 +263,69 @@ pub mod ct_tcp_flags {
     pub const RST: u8 = 0x08;
 }
 
-/// One direction of a tracked flow. The agent pairs the two directions (each names the
-/// other's translated address) to derive the flow's state and expire it.
+/// What started a flow, for listing.
+pub mod ct_kind {
+    /// A container's flow to the outside, masqueraded to the uplink's address.
+    pub const SNAT: u8 = 0;
+    /// A flow from outside to a published port, translated to the container.
+    pub const DNAT: u8 = 1;
+    /// A container's flow to a published port of the host (its own or another container's):
+    /// both destination and source are translated, so the replies come back the same way.
+    pub const HAIRPIN: u8 = 2;
+}
+
+/// One direction of a tracked flow: how its packets are translated and where they go.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtEntry {
-    /// bpf_ktime_get_ns() of the last packet (refreshed at most once a second).
+    /// bpf_ktime_get_ns() of the last packet.
     pub last_seen_ns: u64,
     pub packets: u64,
     pub bytes: u64,
-    /// The address and port (network order) this direction is translated to: the uplink's
-    /// for ORIGINAL, the container's for REPLY.
-    pub nat_addr: Ipv4Be,
-    pub nat_port: u16,
+    /// The packet's tuple after translation (equal to the key where nothing changes).
+    pub to: CtKey,
+    /// Deliver into the container behind this host-side veth; 0: route (out of the uplink).
+    pub ifindex: u32,
     pub direction: u8,
     pub tcp_flags: u8,
-    /// REPLY: the container's host-side veth, where translated replies are delivered.
-    pub ifindex: u32,
-    pub _pad: u32,
+    pub kind: u8,
+    pub _pad: u8,
+}
+
+impl CtKey {
+    /// The same flow seen from the other side: addresses and ports swapped.
+    pub const fn reversed(&self) -> CtKey {
+        CtKey { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport, proto: self.proto, _pad: [0; 3] }
+    }
+
+    /// The key of the other direction of the flow this key's `entry` belongs to: that
+    /// direction's packets carry the translated tuple, reversed. For ICMP echo the identifier
+    /// moves from the source-port slot (request) to the destination-port slot (reply).
+    pub const fn counterpart(entry: &CtEntry) -> CtKey {
+        entry.to.reversed()
+    }
+}
+
+/// A published port: (host address, port, protocol) -> container. `addr` 0 stands for the
+/// uplink's address (Docker's "all host addresses").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    pub addr: Ipv4Be,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Where a published port leads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    pub ip: Ipv4Be,
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: u16,
 }
 
 /// Slots of `CT_FILL`: entries in use = INSERTED - REMOVED. The datapath adds to INSERTED
@@ -286,4 +345,6 @@ mod pod {
     unsafe impl aya::Pod for super::HostConfig {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::Backend {}
 }

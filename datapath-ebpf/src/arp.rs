@@ -32,8 +32,11 @@ pub fn answer(ctx: &TcContext, eth: *mut EthHdr, source: &Endpoint) -> Result<i3
         return Err(DropReason::ArpInvalid);
     }
     let sender_ip = u32::from_ne_bytes(arp.spa);
-    // A container may only speak for its own address; 0.0.0.0 is an address probe (RFC 5227).
-    if (sender_ip != source.ip && sender_ip != 0) || arp.sha != source.mac {
+    // SAFETY: `eth` was bounds-checked by the caller.
+    let frame_source = unsafe { (*eth).src_addr };
+    // A container may only speak for its own addresses, in the ARP payload and in the frame;
+    // 0.0.0.0 is an address probe (RFC 5227).
+    if (sender_ip != source.ip && sender_ip != 0) || arp.sha != source.mac || frame_source != source.mac {
         return Err(DropReason::SpoofedSource);
     }
     match arp.oper() {

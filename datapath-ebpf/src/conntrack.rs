@@ -76,21 +76,6 @@ fn tcp_flags(raw: u8) -> u8 {
     flags
 }
 
-/// The key of the other direction of a flow whose packets in this direction are translated
-/// to (`nat_addr`, `nat_port`) at the source. For ICMP echo the identifier moves from the
-/// source-port slot (request) to the destination-port slot (reply).
-#[inline(always)]
-pub fn reply_key(original: &CtKey, nat_addr: u32, nat_port: u16) -> CtKey {
-    CtKey {
-        saddr: original.daddr,
-        daddr: nat_addr,
-        sport: original.dport,
-        dport: nat_port,
-        proto: original.proto,
-        _pad: [0; 3],
-    }
-}
-
 #[inline(always)]
 pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
     CT.get_ptr_mut(key)

@@ -3,7 +3,7 @@
 //! port, so both the outer destination and the quoted source are translated back, with every
 //! checksum (outer IP, ICMP, quoted IP, quoted L4) kept right, as iptables' RELATED does.
 use aya_ebpf::programs::TcContext;
-use datapath_common::{ct_direction, Counter, CtKey, DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use datapath_common::{Counter, CtKey, DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     conntrack::{self, ICMP_ECHO_REQUEST},
@@ -87,18 +87,21 @@ pub fn error_to_container(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason>
     let Ok(q) = quoted(ctx, ip) else {
         return Ok(to_host());
     };
-    // The quoted packet went out as (uplink:nat_port -> remote); its reply direction is the
-    // flow's REPLY entry.
-    let key = CtKey { saddr: q.daddr, daddr: q.saddr, sport: q.dport, dport: q.sport, proto: q.proto, _pad: [0; 3] };
+    // The quoted packet went out as translated; its reversal is the key of the flow's other
+    // direction.
+    let key = CtKey { saddr: q.saddr, daddr: q.daddr, sport: q.sport, dport: q.dport, proto: q.proto, _pad: [0; 3] }.reversed();
     let Some(entry) = conntrack::lookup(&key) else {
         return Ok(to_host());
     };
     // SAFETY: a live map value, copied out.
     let back = unsafe { *entry };
-    if back.direction != ct_direction::REPLY || ip.daddr != q.saddr {
+    // The quoted packet becomes the one the container sent: `back.to` reversed. Handled when
+    // only its source changes (the flows containers start); the error goes to the container.
+    let quoted_destination_kept = back.to.saddr == q.daddr && back.to.sport == q.dport;
+    if back.ifindex == 0 || !quoted_destination_kept || ip.daddr != q.saddr {
         return Ok(to_host());
     }
-    let (container_addr, container_port) = (back.nat_addr, back.nat_port);
+    let (container_addr, container_port) = (back.to.daddr, back.to.dport);
     let icmp = L4Csum::of(IPPROTO_ICMP, ip.l4_off)?;
 
     // Outer destination: only the IP checksum covers it (ICMP has no pseudo-header).

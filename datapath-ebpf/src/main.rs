@@ -14,6 +14,7 @@ mod icmp;
 mod maps;
 mod nat;
 mod packet;
+mod services;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -58,12 +59,13 @@ fn try_from_endpoint(ctx: &TcContext) -> Result<i32, DropReason> {
             counters::count(Counter::Forwarded);
             Ok(action)
         }
-        Route::Outside => nat::snat_egress(ctx, &ip),
+        Route::Outside => nat::from_container(ctx, &ip, &source),
     }
 }
 
 /// TC ingress on the host's uplink: replies to translated flows (and ICMP errors about them)
-/// go straight into their container; everything else is the host's and passes untouched.
+/// and flows to published ports go straight into their container; everything else is the
+/// host's and passes untouched.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
     verdict(&ctx, try_from_uplink(&ctx))
@@ -78,13 +80,10 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     let Ok(ip) = packet::ipv4(ctx) else {
         return Ok(TC_ACT_OK); // not ours to judge: the host stack drops what is broken
     };
-    if ip.daddr != maps::config().uplink_ip {
-        return Ok(nat::to_host());
-    }
     if icmp::is_error(ctx, &ip) {
         return icmp::error_to_container(ctx, &ip);
     }
-    nat::snat_reply(ctx, &ip)
+    nat::from_uplink(ctx, &ip)
 }
 
 /// Maps a program's result to its TC verdict, counting drops by reason.

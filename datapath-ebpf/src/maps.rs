@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use datapath_common::{ct_fill, Counter, CtEntry, CtKey, DropReason, Endpoint, HostConfig, Ipv4Be, Network};
+use datapath_common::{ct_fill, Backend, Counter, CtEntry, CtKey, DropReason, Endpoint, HostConfig, Ipv4Be, Network, ServiceKey};
 
 /// Upper bound on containers per host.
 const MAX_ENDPOINTS: u32 = 65_536;
@@ -12,6 +12,8 @@ const MAX_NETWORKS: u32 = 4_096;
 /// Conntrack entries (two per flow); the agent sets the real size when it first loads the
 /// programs (`--ct-size`).
 const DEFAULT_CT_ENTRIES: u32 = 262_144;
+/// Published ports per host.
+const MAX_SERVICES: u32 = 65_536;
 
 #[map]
 pub static ENDPOINTS: HashMap<Ipv4Be, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
@@ -33,6 +35,9 @@ pub static CONFIG: Array<HostConfig> = Array::pinned(1, 0);
 
 #[map]
 pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_CT_ENTRIES, 0);
+
+#[map]
+pub static SERVICES: HashMap<ServiceKey, Backend> = HashMap::pinned(MAX_SERVICES, 0);
 
 #[map]
 pub static CT_FILL: Array<u64> = Array::pinned(ct_fill::SLOTS, 0);

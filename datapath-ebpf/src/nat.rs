@@ -1,27 +1,176 @@
-//! Source NAT (masquerade) to the uplink's address: flows leaving through the uplink get the
-//! uplink's address and a free port from the configured range; their replies are translated
-//! back and delivered straight into the container.
+//! Address translation. Every tracked flow has two conntrack entries, one per direction, each
+//! holding the tuple its packets are rewritten to and where they go next (into a container, or
+//! routed out of the uplink). One mechanism serves all three kinds of flow:
+//! - SNAT: a container's flow to the outside gets the uplink's address and a free port;
+//! - DNAT: a flow from outside to a published port is sent to the container behind it;
+//! - hairpin: a container's flow to a published port of the host gets both, so the replies
+//!   come back through the datapath rather than straight from the other container.
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_OK},
     helpers::bpf_get_prandom_u32,
     programs::TcContext,
 };
-use datapath_common::{ct_direction, Counter, CtEntry, CtKey, DropReason, HostConfig, IPPROTO_ICMP};
+use datapath_common::{ct_direction, ct_kind, Counter, CtEntry, CtKey, DropReason, Endpoint, HostConfig, IPPROTO_ICMP};
 
 use crate::{
-    conntrack::{self, key_of, reply_key},
+    conntrack::{self, key_of},
     counters::count,
     csum::{self, L4Csum},
     fib,
     forward::deliver_to_ifindex,
     maps::{config, CT},
-    packet::{ingress_ifindex, Ipv4, IP_DADDR_OFF, IP_SADDR_OFF},
+    packet::{Ipv4, IP_DADDR_OFF, IP_SADDR_OFF},
+    services,
 };
 
 /// How many ports are tried, from a random start, before a new flow is refused.
 const NAT_PORT_PROBES: u32 = 32;
 
-/// Offset of the field a translation rewrites: the port, or the ICMP echo identifier.
+/// A container's packet for a destination outside its network (the gateway and its own
+/// network's members were handled before).
+#[inline(always)]
+pub fn from_container(ctx: &TcContext, ip: &Ipv4, source: &Endpoint) -> Result<i32, DropReason> {
+    let cfg = config();
+    // TTL 1 must not be forwarded: the host stack answers with ICMP time exceeded. Without an
+    // uplink, bpfnet translates nothing and the host decides.
+    if cfg.uplink_ifindex == 0 || ip.ttl <= 1 {
+        count(Counter::ToHost);
+        return Ok(TC_ACT_OK);
+    }
+    let (key, tcp_flags) = key_of(ctx, ip)?;
+    if let Some(entry) = conntrack::lookup(&key) {
+        return forward_tracked(ctx, ip, &key, entry, tcp_flags);
+    }
+    let entry = if let Some(backend) = services::lookup(&cfg, &key) {
+        let to = CtKey { saddr: cfg.uplink_ip, daddr: backend.ip, dport: backend.port, ..key };
+        new_flow(&cfg, &key, to, backend.host_ifindex, source.host_ifindex, ct_kind::HAIRPIN, tcp_flags)?
+    } else {
+        match fib::lookup(ctx, &key) {
+            Some(hop) if hop.ifindex == cfg.uplink_ifindex => {}
+            // Not leaving through the uplink: not bpfnet's to translate.
+            _ => {
+                count(Counter::ToHost);
+                return Ok(TC_ACT_OK);
+            }
+        }
+        let to = CtKey { saddr: cfg.uplink_ip, ..key };
+        new_flow(&cfg, &key, to, 0, source.host_ifindex, ct_kind::SNAT, tcp_flags)?
+    };
+    forward_tracked(ctx, ip, &key, entry, tcp_flags)
+}
+
+/// A packet on the uplink: a packet of a tracked flow (a reply to a container's flow, or more
+/// of a flow to a published port) is translated and delivered; a new flow to a published port
+/// is tracked first; anything else is the host's and passes untouched.
+#[inline(always)]
+pub fn from_uplink(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
+    let Ok((key, tcp_flags)) = key_of(ctx, ip) else {
+        return Ok(to_host());
+    };
+    if let Some(entry) = conntrack::lookup(&key) {
+        return forward_tracked(ctx, ip, &key, entry, tcp_flags);
+    }
+    let cfg = config();
+    let Some(backend) = services::lookup(&cfg, &key) else {
+        return Ok(to_host());
+    };
+    // The client's address is kept: the container sees who is calling.
+    let to = CtKey { daddr: backend.ip, dport: backend.port, ..key };
+    let entry = new_flow(&cfg, &key, to, backend.host_ifindex, 0, ct_kind::DNAT, tcp_flags)?;
+    forward_tracked(ctx, ip, &key, entry, tcp_flags)
+}
+
+#[inline(always)]
+pub fn to_host() -> i32 {
+    count(Counter::UplinkToHost);
+    TC_ACT_OK
+}
+
+/// Tracks a new flow: the entry of this direction (`key` -> `to`, sent on to `ifindex`) and of
+/// the other (`to` reversed -> `key` reversed, sent on to `reply_ifindex`). Where the source is
+/// translated, its port is chosen so that the other direction's key is unique, which the
+/// NOEXIST insert checks atomically: two CPUs can never get the same port.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn new_flow(
+    cfg: &HostConfig,
+    key: &CtKey,
+    to: CtKey,
+    ifindex: u32,
+    reply_ifindex: u32,
+    kind: u8,
+    tcp_flags: u8,
+) -> Result<*mut CtEntry, DropReason> {
+    conntrack::reserve(cfg)?;
+    let now = conntrack::now();
+    let allocate = to.saddr != key.saddr;
+    let span = (cfg.nat_port_max as u32).saturating_sub(cfg.nat_port_min as u32) + 1;
+    // SAFETY: helper without arguments.
+    let start = unsafe { bpf_get_prandom_u32() } % span;
+    let probes = if allocate { NAT_PORT_PROBES } else { 1 };
+    for probe in 0..probes {
+        let mut to = to;
+        if allocate {
+            to.sport = ((cfg.nat_port_min as u32 + (start + probe) % span) as u16).to_be();
+        }
+        let reply_key = to.reversed();
+        let reply = CtEntry {
+            last_seen_ns: now,
+            to: key.reversed(),
+            ifindex: reply_ifindex,
+            direction: ct_direction::REPLY,
+            kind,
+            ..Default::default()
+        };
+        if CT.insert(&reply_key, &reply, BPF_NOEXIST as u64).is_err() {
+            continue;
+        }
+        let entry = CtEntry { last_seen_ns: now, to, ifindex, direction: ct_direction::ORIGINAL, kind, tcp_flags, ..Default::default() };
+        if CT.insert(key, &entry, BPF_NOEXIST as u64).is_err() {
+            // Another CPU tracked this flow meanwhile: give the tuple back, use its entry.
+            let _ = CT.remove(&reply_key);
+            return conntrack::lookup(key).ok_or(DropReason::ConntrackInsertFailed);
+        }
+        conntrack::account_inserted(2);
+        count(match kind {
+            ct_kind::SNAT => Counter::SnatNewFlow,
+            ct_kind::DNAT => Counter::DnatNewFlow,
+            _ => Counter::HairpinNewFlow,
+        });
+        return conntrack::lookup(key).ok_or(DropReason::ConntrackInsertFailed);
+    }
+    Err(if allocate { DropReason::NatPortsExhausted } else { DropReason::ConntrackInsertFailed })
+}
+
+/// Rewrites a packet of a tracked flow to its entry's tuple and sends it on.
+#[inline(always)]
+fn forward_tracked(ctx: &TcContext, ip: &Ipv4, key: &CtKey, entry: *mut CtEntry, tcp_flags: u8) -> Result<i32, DropReason> {
+    conntrack::touch(entry, ctx.len(), tcp_flags);
+    // SAFETY: a live map value, copied out.
+    let entry = unsafe { *entry };
+    rewrite(ctx, ip, key, &entry.to)?;
+    if ip.ttl > 1 {
+        csum::decrement_ttl(ctx, ip)?;
+    }
+    if entry.ifindex != 0 {
+        count(Counter::TranslatedIn);
+        return deliver_to_ifindex(ctx, entry.ifindex);
+    }
+    match fib::lookup(ctx, &entry.to) {
+        Some(hop) => {
+            count(Counter::TranslatedOut);
+            fib::send(ctx, &hop)
+        }
+        None => {
+            count(Counter::ToHost);
+            Ok(TC_ACT_OK)
+        }
+    }
+}
+
+/// Offset of the field that carries a port: TCP/UDP's source or destination port, or the
+/// ICMP echo identifier (which the key keeps in the source slot for requests and in the
+/// destination slot for replies; the other slot is 0 and never changes).
 #[inline(always)]
 fn port_offset(proto: u8, l4_off: usize, source: bool) -> usize {
     match (proto, source) {
@@ -31,114 +180,12 @@ fn port_offset(proto: u8, l4_off: usize, source: bool) -> usize {
     }
 }
 
-/// A container's packet for a destination outside its network: translated and sent out of
-/// the uplink when the routing table says it leaves that way; otherwise the host decides.
+/// Rewrites addresses and ports from `from` to `to`, with their checksums.
 #[inline(always)]
-pub fn snat_egress(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
-    let cfg = config();
-    // TTL 1 must not be forwarded: the host stack answers with ICMP time exceeded.
-    if cfg.uplink_ifindex == 0 || ip.ttl <= 1 {
-        count(Counter::ToHost);
-        return Ok(TC_ACT_OK);
-    }
-    let (key, tcp_flags) = key_of(ctx, ip)?;
-    let hop = match fib::lookup(ctx, &key) {
-        Some(hop) if hop.ifindex == cfg.uplink_ifindex => hop,
-        _ => {
-            count(Counter::ToHost);
-            return Ok(TC_ACT_OK);
-        }
-    };
-    let (nat_addr, nat_port) = translation(ctx, &cfg, &key, tcp_flags)?;
-    let l4 = L4Csum::of(key.proto, ip.l4_off)?;
-    csum::set_addr(ctx, IP_SADDR_OFF, key.saddr, nat_addr, &l4)?;
-    csum::set_l4_u16(ctx, port_offset(key.proto, ip.l4_off, true), key.sport, nat_port, &l4)?;
-    csum::decrement_ttl(ctx, ip)?;
-    count(Counter::SnatEgress);
-    fib::send(ctx, &hop)
-}
-
-/// The uplink address and port of a flow: its entry's, or a new pair of entries.
-#[inline(always)]
-fn translation(ctx: &TcContext, cfg: &HostConfig, key: &CtKey, tcp_flags: u8) -> Result<(u32, u16), DropReason> {
-    let len = ctx.len();
-    if let Some(entry) = conntrack::lookup(key) {
-        conntrack::touch(entry, len, tcp_flags);
-        // SAFETY: a live map value.
-        return Ok(unsafe { ((*entry).nat_addr, (*entry).nat_port) });
-    }
-    conntrack::reserve(cfg)?;
-    let now = conntrack::now();
-    let span = (cfg.nat_port_max as u32).saturating_sub(cfg.nat_port_min as u32) + 1;
-    // SAFETY: helper without arguments.
-    let start = unsafe { bpf_get_prandom_u32() } % span;
-    for probe in 0..NAT_PORT_PROBES {
-        let port = ((cfg.nat_port_min as u32 + (start + probe) % span) as u16).to_be();
-        let reply = reply_key(key, cfg.uplink_ip, port);
-        let back = CtEntry {
-            last_seen_ns: now,
-            nat_addr: key.saddr,
-            nat_port: key.sport,
-            direction: ct_direction::REPLY,
-            ifindex: ingress_ifindex(ctx),
-            ..Default::default()
-        };
-        // NOEXIST makes the port claim atomic: two CPUs can never get the same one.
-        if CT.insert(&reply, &back, BPF_NOEXIST as u64).is_err() {
-            continue;
-        }
-        let forth = CtEntry {
-            last_seen_ns: now,
-            packets: 1,
-            bytes: len as u64,
-            nat_addr: cfg.uplink_ip,
-            nat_port: port,
-            direction: ct_direction::ORIGINAL,
-            tcp_flags,
-            ..Default::default()
-        };
-        if CT.insert(key, &forth, BPF_NOEXIST as u64).is_err() {
-            // Another CPU created this flow meanwhile: give the port back, use its translation.
-            let _ = CT.remove(&reply);
-            let entry = conntrack::lookup(key).ok_or(DropReason::ConntrackFull)?;
-            // SAFETY: a live map value.
-            return Ok(unsafe { ((*entry).nat_addr, (*entry).nat_port) });
-        }
-        conntrack::account_inserted(2);
-        count(Counter::SnatNewFlow);
-        return Ok((cfg.uplink_ip, port));
-    }
-    Err(DropReason::NatPortsExhausted)
-}
-
-/// A packet on the uplink addressed to the uplink: a reply of a translated flow is translated
-/// back and delivered to its container; anything else is the host's.
-#[inline(always)]
-pub fn snat_reply(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
-    let Ok((key, tcp_flags)) = key_of(ctx, ip) else {
-        return Ok(to_host());
-    };
-    let Some(entry) = conntrack::lookup(&key) else {
-        return Ok(to_host());
-    };
-    // SAFETY: a live map value, copied out.
-    let back = unsafe { *entry };
-    if back.direction != ct_direction::REPLY {
-        return Ok(to_host());
-    }
-    conntrack::touch(entry, ctx.len(), tcp_flags);
-    let l4 = L4Csum::of(key.proto, ip.l4_off)?;
-    csum::set_addr(ctx, IP_DADDR_OFF, key.daddr, back.nat_addr, &l4)?;
-    csum::set_l4_u16(ctx, port_offset(key.proto, ip.l4_off, false), key.dport, back.nat_port, &l4)?;
-    if ip.ttl > 1 {
-        csum::decrement_ttl(ctx, ip)?;
-    }
-    count(Counter::SnatReply);
-    deliver_to_ifindex(ctx, back.ifindex)
-}
-
-#[inline(always)]
-pub fn to_host() -> i32 {
-    count(Counter::UplinkToHost);
-    TC_ACT_OK
+fn rewrite(ctx: &TcContext, ip: &Ipv4, from: &CtKey, to: &CtKey) -> Result<(), DropReason> {
+    let l4 = L4Csum::of(from.proto, ip.l4_off)?;
+    csum::set_addr(ctx, IP_SADDR_OFF, from.saddr, to.saddr, &l4)?;
+    csum::set_addr(ctx, IP_DADDR_OFF, from.daddr, to.daddr, &l4)?;
+    csum::set_l4_u16(ctx, port_offset(from.proto, ip.l4_off, true), from.sport, to.sport, &l4)?;
+    csum::set_l4_u16(ctx, port_offset(from.proto, ip.l4_off, false), from.dport, to.dport, &l4)
 }

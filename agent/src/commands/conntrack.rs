@@ -30,14 +30,16 @@ pub async fn run(host: &mut Host, command: ConntrackCommand) -> Result<()> {
             if json {
                 return print_json(&flows);
             }
-            println!("{:<5} {:<22} {:<22} {:<22} {:<12} {:>6} {:>10} {:>10}", "PROTO", "SOURCE", "DESTINATION", "TRANSLATED SOURCE", "STATE", "IDLE", "PKTS OUT", "PKTS IN");
+            println!("{:<5} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:>6} {:>9} {:>9}", "PROTO", "KIND", "SOURCE", "DESTINATION", "TRANSLATED SOURCE", "TRANSLATED DEST", "STATE", "IDLE", "PKTS OUT", "PKTS IN");
             for f in flows {
                 println!(
-                    "{:<5} {:<22} {:<22} {:<22} {:<12} {:>5}s {:>10} {:>10}",
+                    "{:<5} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:>5}s {:>9} {:>9}",
                     f.protocol,
+                    f.kind,
                     f.source,
                     f.destination,
                     f.translated_source,
+                    f.translated_destination,
                     serde_json::to_value(f.state)?.as_str().unwrap_or_default(),
                     f.idle_seconds,
                     f.packets_out,

@@ -4,6 +4,7 @@ pub mod container;
 pub mod down;
 pub mod monitor;
 pub mod network;
+pub mod publish;
 pub mod status;
 
 /// Prints a value as pretty JSON on stdout.

@@ -71,7 +71,10 @@ impl Drop for PinDir {
     fn drop(&mut self) {
         // Never panic here: we may already be unwinding.
         if let Err(e) = datapath::destroy(&self.0) {
-            eprintln!("test cleanup: removing pins under {}: {e:#}", self.0.display());
+            eprintln!(
+                "test cleanup: removing pins under {}: {e:#}",
+                self.0.display()
+            );
         }
     }
 }
@@ -108,7 +111,13 @@ fn network(id: u32, subnet: Ipv4Addr, gateway: Ipv4Addr) -> Network {
 }
 
 fn endpoint(network_id: u32, ip: Ipv4Addr, host_ifindex: u32) -> Endpoint {
-    Endpoint { host_ifindex, network_id, ip: be(ip), mac: ipam::container_mac(ip), gateway_mac: ipam::gateway_mac(network_id) }
+    Endpoint {
+        host_ifindex,
+        network_id,
+        ip: be(ip),
+        mac: ipam::container_mac(ip),
+        gateway_mac: ipam::gateway_mac(network_id),
+    }
 }
 
 /// Sums of the per-CPU counters, indexed by `DropReason`/`Counter`.
@@ -145,7 +154,11 @@ impl Fixture {
         Datapath::open_or_load(&pins.0, DatapathLogLevel::Info)?;
         let programs = open_programs(&pins.0.join("progs"))?;
         if !programs.contains_key(program_names::FROM_ENDPOINT) {
-            bail!("no {} pinned under {}", program_names::FROM_ENDPOINT, pins.0.display());
+            bail!(
+                "no {} pinned under {}",
+                program_names::FROM_ENDPOINT,
+                pins.0.display()
+            );
         }
         let maps = pins.0.join("maps");
         Ok(Fixture {
@@ -197,12 +210,13 @@ impl Fixture {
 
     /// Empties every pinned hash map (per-CPU arrays keep counting: tests look at deltas).
     pub fn clear_maps(&self) {
-        clear_hash_maps(&self.pins.0.join("maps")).unwrap_or_else(|e| panic!("clearing the maps: {e:#}"));
+        clear_hash_maps(&self.pins.0.join("maps"))
+            .unwrap_or_else(|e| panic!("clearing the maps: {e:#}"));
     }
 
     /// Runs `from_endpoint` on `packet` as if it came in on interface `ifindex`.
     #[track_caller]
-    pub fn from_endpoint(&self, ifindex: u32, packet: &[u8]) -> Outcome {
+    pub fn run_from_endpoint(&self, ifindex: u32, packet: &[u8]) -> Outcome {
         self.send(program_names::FROM_ENDPOINT, ifindex, packet)
             .unwrap_or_else(|e| panic!("test run of {}: {e:#}", program_names::FROM_ENDPOINT))
     }
@@ -211,7 +225,7 @@ impl Fixture {
     /// interface of the test namespace), with the counter deltas of the run.
     pub fn send(&self, program: &str, ifindex: u32, packet: &[u8]) -> Result<Outcome> {
         let before = self.counts()?;
-        let out = self.run_skb(program, ifindex, packet)?;
+        let out = self.run_skb(program, ifindex, packet, 1)?;
         let after = self.counts()?;
         let delta = |a: u64, b: u64| a.checked_sub(b).expect("a counter went backwards");
         Ok(Outcome {
@@ -224,20 +238,33 @@ impl Fixture {
     }
 
     /// The bare test run, on a thread inside the test namespace.
-    pub fn run_skb(&self, program: &str, ifindex: u32, packet: &[u8]) -> Result<TestRunOutput> {
+    pub fn run_skb(
+        &self,
+        program: &str,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutput> {
         let Some(fd) = self.programs.get(program).cloned() else {
-            bail!("no program {program} pinned (have: {:?})", self.programs.keys().collect::<Vec<_>>());
+            bail!(
+                "no program {program} pinned (have: {:?})",
+                self.programs.keys().collect::<Vec<_>>()
+            );
         };
         let packet = packet.to_vec();
         netns::run_in(&self.ns.names[0], move || {
             let ctx = SkbContext::received_on(ifindex);
-            Ok(testrun::run_skb(fd.as_fd(), &packet, Some(&ctx), 1)?)
+            Ok(testrun::run_skb(fd.as_fd(), &packet, Some(&ctx), repeat)?)
         })
     }
 
     fn counts(&self) -> Result<Counts> {
         let sum = |array: &PerCpuArray<MapData, u64>, index: u32| -> Result<u64> {
-            Ok(array.get(&index, 0).with_context(|| format!("reading per-CPU counter {index}"))?.iter().sum())
+            Ok(array
+                .get(&index, 0)
+                .with_context(|| format!("reading per-CPU counter {index}"))?
+                .iter()
+                .sum())
         };
         let mut counts = Counts::default();
         for reason in DropReason::ALL {
@@ -252,12 +279,20 @@ impl Fixture {
 
 impl Outcome {
     fn moved(&self) -> String {
-        let drops = DropReason::ALL.iter().filter(|r| self.drops[**r as usize] != 0);
-        let counters = Counter::ALL.iter().filter(|c| self.counters[**c as usize] != 0);
+        let drops = DropReason::ALL
+            .iter()
+            .filter(|r| self.drops[**r as usize] != 0);
+        let counters = Counter::ALL
+            .iter()
+            .filter(|c| self.counters[**c as usize] != 0);
         let drops = drops.map(|r| format!("{}+{}", r.name(), self.drops[*r as usize]));
         let counters = counters.map(|c| format!("{}+{}", c.name(), self.counters[*c as usize]));
         let moved: Vec<String> = drops.chain(counters).collect();
-        format!("verdict {}, counters moved: [{}]", self.retval, moved.join(", "))
+        format!(
+            "verdict {}, counters moved: [{}]",
+            self.retval,
+            moved.join(", ")
+        )
     }
 
     #[track_caller]
@@ -283,14 +318,22 @@ impl Outcome {
     #[track_caller]
     pub fn assert_dropped(&self, reason: DropReason) {
         self.assert_only(TC_ACT_SHOT, Some(reason), None);
-        assert_bytes(&self.packet, &self.input, "a dropped packet is not rewritten");
+        assert_bytes(
+            &self.packet,
+            &self.input,
+            "a dropped packet is not rewritten",
+        );
     }
 
     /// TC_ACT_OK (on to the host stack), exactly one count of `counter`, the packet untouched.
     #[track_caller]
     pub fn assert_passed(&self, counter: Counter) {
         self.assert_only(TC_ACT_OK, None, Some(counter));
-        assert_bytes(&self.packet, &self.input, "a packet passed to the host is not rewritten");
+        assert_bytes(
+            &self.packet,
+            &self.input,
+            "a packet passed to the host is not rewritten",
+        );
     }
 
     /// TC_ACT_REDIRECT, exactly one count of `counter`, and the packet now `expected`.
@@ -320,13 +363,22 @@ pub fn assert_bytes(got: &[u8], expected: &[u8], what: &str) {
 }
 
 fn make_veths(ns: &str) -> Result<([u32; VETHS], [u32; VETHS])> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(netns::netlink_in(ns, |nl| async move {
         let mut host = [0; VETHS];
         let mut peer = [0; VETHS];
         for i in 0..VETHS {
             let (h, c) = (format!("h{i}"), format!("c{i}"));
-            nl.create_veth(&h, ipam::gateway_mac(WEB), &c, [0x02, 0, 0, 0, 0, i as u8], None).await?;
+            nl.create_veth(
+                &h,
+                ipam::gateway_mac(WEB),
+                &c,
+                [0x02, 0, 0, 0, 0, i as u8],
+                None,
+            )
+            .await?;
             let index = |name: String| {
                 let nl = &nl;
                 async move {
@@ -348,7 +400,8 @@ fn open_programs(dir: &Path) -> Result<BTreeMap<String, Arc<OwnedFd>>> {
     let mut programs = BTreeMap::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let path = entry?.path();
-        let info = ProgramInfo::from_pin(&path).with_context(|| format!("opening pinned program {}", path.display()))?;
+        let info = ProgramInfo::from_pin(&path)
+            .with_context(|| format!("opening pinned program {}", path.display()))?;
         let fd = info.fd()?.as_fd().try_clone_to_owned()?;
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         programs.insert(name, Arc::new(fd));
@@ -361,7 +414,8 @@ where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
     let path = dir.join(name);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
     Ok(T::try_from(Map::from_map_data(data)?)?)
 }
 
@@ -378,10 +432,28 @@ struct MapElemAttr {
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 
-fn map_syscall(cmd: libc::c_long, map: BorrowedFd<'_>, key: *const u8, next_key: *mut u8) -> io::Result<()> {
-    let attr = MapElemAttr { map_fd: map.as_raw_fd() as u32, _pad: 0, key: key as u64, next_key: next_key as u64, flags: 0 };
+fn map_syscall(
+    cmd: libc::c_long,
+    map: BorrowedFd<'_>,
+    key: *const u8,
+    next_key: *mut u8,
+) -> io::Result<()> {
+    let attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key as u64,
+        next_key: next_key as u64,
+        flags: 0,
+    };
     // SAFETY: a valid `bpf_attr` prefix; the key buffers are the map's key size (see callers).
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, &attr as *const MapElemAttr, size_of::<MapElemAttr>()) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            &attr as *const MapElemAttr,
+            size_of::<MapElemAttr>(),
+        )
+    };
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -394,11 +466,16 @@ fn map_syscall(cmd: libc::c_long, map: BorrowedFd<'_>, key: *const u8, next_key:
 fn clear_hash_maps(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let path = entry?.path();
-        let map = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+        let map = MapData::from_pin(&path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
         let info = map.info()?;
         if !matches!(
             info.map_type()?,
-            MapType::Hash | MapType::LruHash | MapType::PerCpuHash | MapType::LruPerCpuHash | MapType::LpmTrie
+            MapType::Hash
+                | MapType::LruHash
+                | MapType::PerCpuHash
+                | MapType::LruPerCpuHash
+                | MapType::LpmTrie
         ) {
             continue;
         }
@@ -408,7 +485,9 @@ fn clear_hash_maps(dir: &Path) -> Result<()> {
             match map_syscall(BPF_MAP_GET_NEXT_KEY, fd, std::ptr::null(), key.as_mut_ptr()) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-                Err(e) => return Err(e).with_context(|| format!("first key of {}", path.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("first key of {}", path.display()))
+                }
             }
             map_syscall(BPF_MAP_DELETE_ELEM, fd, key.as_ptr(), std::ptr::null_mut())
                 .with_context(|| format!("deleting from {}", path.display()))?;
@@ -426,10 +505,74 @@ fn fixture_loads_clears_and_cleans_up() {
     let pins = fx.pins.0.clone();
     let ns = fx.ns.names[0].clone();
     assert_eq!(fx.endpoints.get(&t.b.ip, 0).unwrap(), t.b);
-    assert!(fx.host_ifindex.iter().chain(&fx.peer_ifindex).all(|i| *i > 1));
+    assert!(fx
+        .host_ifindex
+        .iter()
+        .chain(&fx.peer_ifindex)
+        .all(|i| *i > 1));
     fx.clear_maps();
-    assert_eq!(fx.endpoints.keys().count() + fx.ifaces.keys().count() + fx.networks.keys().count(), 0);
+    assert_eq!(
+        fx.endpoints.keys().count() + fx.ifaces.keys().count() + fx.networks.keys().count(),
+        0
+    );
     drop(fx);
     assert!(!pins.exists(), "{} left behind", pins.display());
     assert!(!netns::exists(&ns), "namespace {ns} left behind");
+}
+
+/// What the benchmark must know about `repeat`: the program runs again on its own output,
+/// so a rewriting path is measured once and then whatever its output does.
+#[test]
+fn repeated_runs_see_their_own_output() {
+    if !netns::tests::is_root() {
+        return;
+    }
+    let (fx, t) = Fixture::with_topology();
+    let request =
+        packets::Arp::request(t.a.mac, A_IP, WEB_GATEWAY).frame(packets::BROADCAST, t.a.mac);
+    let before = fx.counts().unwrap();
+    let out = fx
+        .run_skb(program_names::FROM_ENDPOINT, t.a.host_ifindex, &request, 2)
+        .unwrap();
+    let after = fx.counts().unwrap();
+    // Run 1 turns the request into the gateway's reply; run 2 sees a frame whose sender is
+    // the gateway, not A, and drops it as spoofed.
+    assert_eq!(out.retval, TC_ACT_SHOT);
+    let moved = |a: &Counts, b: &Counts| {
+        (
+            a.counters[Counter::ArpReplied as usize] - b.counters[Counter::ArpReplied as usize],
+            a.drops[DropReason::SpoofedSource as usize]
+                - b.drops[DropReason::SpoofedSource as usize],
+        )
+    };
+    assert_eq!(moved(&after, &before), (1, 1));
+    // Forwarding rewrites the Ethernet source to the gateway's MAC, so from run 2 on the
+    // packet looks spoofed: `repeat` measures one forward and N-1 drops. A benchmark of the
+    // forwarding path must use repeat = 1 per call (and average over calls), or a path that
+    // leaves the packet as it found it, like this one to the gateway:
+    let datagram = packets::udp(A_IP, B_IP, 1, 2, b"x");
+    let ip = packets::ipv4(A_IP, B_IP, packets::IPPROTO_UDP, &[], &datagram);
+    let frame = packets::eth(t.b.mac, t.a.mac, packets::ETHERTYPE_IPV4, &ip);
+    let before = fx.counts().unwrap();
+    let out = fx
+        .run_skb(program_names::FROM_ENDPOINT, t.a.host_ifindex, &frame, 100)
+        .unwrap();
+    let after = fx.counts().unwrap();
+    assert_eq!(out.retval, TC_ACT_SHOT);
+    let forwarded = |c: &Counts| c.counters[Counter::Forwarded as usize];
+    let spoofed = |c: &Counts| c.drops[DropReason::SpoofedSource as usize];
+    assert_eq!(forwarded(&after) - forwarded(&before), 1);
+    assert_eq!(spoofed(&after) - spoofed(&before), 99);
+
+    let datagram = packets::udp(A_IP, WEB_GATEWAY, 1, 2, b"x");
+    let ip = packets::ipv4(A_IP, WEB_GATEWAY, packets::IPPROTO_UDP, &[], &datagram);
+    let frame = packets::eth(t.web.gateway_mac, t.a.mac, packets::ETHERTYPE_IPV4, &ip);
+    let before = fx.counts().unwrap();
+    let out = fx
+        .run_skb(program_names::FROM_ENDPOINT, t.a.host_ifindex, &frame, 100)
+        .unwrap();
+    let after = fx.counts().unwrap();
+    assert_eq!((out.retval, out.packet_out), (TC_ACT_OK, frame));
+    let to_host = |c: &Counts| c.counters[Counter::ToHost as usize];
+    assert_eq!(to_host(&after) - to_host(&before), 100);
 }
