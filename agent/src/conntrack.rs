@@ -241,6 +241,21 @@ pub fn collect_garbage(datapath: &mut Datapath, timeouts: &Timeouts) -> Result<G
     Ok(GcReport { flows_expired, entries_removed, entries_in_use: in_use, capacity: datapath.ct_capacity()? })
 }
 
+/// Nodes the kernel's LRU hash keeps on each CPU's local free list (LOCAL_FREE_TARGET in
+/// kernel/bpf/bpf_lru_list.h). A CPU that finds its list empty refills it, evicting live
+/// entries if the global list is short: up to this many per CPU before the map is full.
+const LRU_LOCAL_FREE_TARGET: u32 = 128;
+
+/// How many entries new flows may fill before they are refused: enough below the table's
+/// capacity that the LRU never evicts a live flow to make room.
+pub fn fill_limit(capacity: u32) -> Result<u32> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))? as u32;
+    let headroom = (capacity / 16).max(2 * LRU_LOCAL_FREE_TARGET * cpus);
+    capacity.checked_sub(headroom).filter(|limit| *limit >= 2).with_context(|| {
+        format!("a conntrack table of {capacity} entries is too small for {cpus} CPUs; use a larger --ct-size")
+    })
+}
+
 /// Entries in use as the datapath counts them (INSERTED - REMOVED).
 pub fn fill(datapath: &Datapath) -> Result<u64> {
     let inserted = datapath.ct_fill.get(&ct_fill::INSERTED, 0)?;

@@ -39,7 +39,7 @@ pub struct HostOptions {
     /// Conntrack table size in entries (two per flow); takes effect when the datapath is
     /// first loaded.
     #[arg(long, global = true, env = "BPFNET_CT_SIZE", default_value_t = crate::datapath::DEFAULT_CT_ENTRIES,
-          value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
+          value_parser = clap::value_parser!(u32).range(4_096..=16_777_216))]
     pub ct_size: u32,
     #[command(flatten)]
     pub ct_timeouts: crate::conntrack::Timeouts,
@@ -123,14 +123,13 @@ impl Host {
             .with_context(|| format!("the uplink {uplink} has no IPv4 address to masquerade to; add one first"))?;
         let (nat_port_min, nat_port_max) = self.options.nat_ports;
         let datapath = self.datapath()?;
-        let capacity = datapath.ct_capacity()?;
+        let ct_limit = crate::conntrack::fill_limit(datapath.ct_capacity()?)?;
         let config = datapath_common::HostConfig {
             uplink_ifindex: link.index,
             uplink_ip: datapath_common::ipv4_be(address.octets()),
             nat_port_min,
             nat_port_max,
-            // Headroom below the LRU's capacity, so that it never has to evict a live flow.
-            ct_limit: capacity - capacity / 16,
+            ct_limit,
         };
         datapath.set_config(&config)?;
         datapath.attach_uplink(&uplink)

@@ -203,13 +203,16 @@ fn expired_flows_are_collected_and_their_ports_reused() {
 
 #[test]
 fn a_full_table_refuses_new_flows_and_keeps_established_ones() {
-    // 64 entries, of which 60 may be used: 30 flows.
-    let (mut sb, c) = sandbox_with(&["c1"], &[("BPFNET_CT_SIZE", "64")]);
+    // The smallest table bpfnet accepts; new flows are refused at the limit it reports.
+    let (mut sb, c) = sandbox_with(&["c1"], &[("BPFNET_CT_SIZE", "4096")]);
+    let limit = sb.json(&["status", "--json"])["datapath"]["conntrack"]["limit"].as_u64().unwrap();
+    assert!(limit > 1000 && limit < 4096, "limit {limit}");
     let out = sb.outside_netns.clone();
     let tcp_server = SocketAddrV4::new(OUTSIDE_IP, 8080);
     sb.tcp_echo_server(&out, tcp_server, 1);
     let udp_server = SocketAddrV4::new(OUTSIDE_IP, 5353);
-    sb.udp_echo_server(&out, udp_server, 100);
+    let flows_that_fit = limit / 2 - 1; // one flow is the TCP connection
+    sb.udp_echo_server(&out, udp_server, flows_that_fit as usize + 20);
     let ip = sb.container_ip(&c[0]);
     let mut established = in_netns(&c[0], move || tcp_connect_from(SocketAddrV4::new(ip, 45000), tcp_server)).unwrap();
     let mut echo = |stream: &mut std::net::TcpStream, text: &[u8]| {
@@ -219,24 +222,31 @@ fn a_full_table_refuses_new_flows_and_keeps_established_ones() {
         assert_eq!(answer, text);
     };
     echo(&mut established, b"before");
-    let answered = in_netns(&c[0], move || {
-        let mut answered = 0;
-        for _ in 0..40 {
-            let socket = UdpSocket::bind("0.0.0.0:0")?;
-            socket.set_read_timeout(Some(Duration::from_millis(300)))?;
+    // One UDP flow per source port (the socket is closed after its exchange; its conntrack
+    // entries stay), until the table is full, and ten more that must be refused.
+    let (answered, refused) = in_netns(&c[0], move || {
+        let (mut answered, mut refused) = (0u64, 0u64);
+        for source_port in 20_000u16.. {
+            if refused == 10 || answered > flows_that_fit {
+                break;
+            }
+            let socket = UdpSocket::bind(SocketAddrV4::new(ip, source_port))?;
+            let wait = if answered < flows_that_fit { 1000 } else { 200 };
+            socket.set_read_timeout(Some(Duration::from_millis(wait)))?;
             socket.connect(udp_server)?;
             socket.send(b"x")?;
             let mut buf = [0u8; 8];
-            if socket.recv(&mut buf).is_ok() {
-                answered += 1;
+            match socket.recv(&mut buf) {
+                Ok(_) => answered += 1,
+                Err(_) => refused += 1,
             }
         }
-        Ok(answered)
+        Ok((answered, refused))
     })
     .unwrap();
-    assert_eq!(answered, 29, "30 flows fit, one of them the TCP connection");
-    assert!(sb.counter("drops", "conntrack_full") >= 11);
+    assert_eq!((answered, refused), (flows_that_fit, 10), "flows that fit, then refusals");
+    assert_eq!(sb.counter("drops", "conntrack_full"), 10);
     echo(&mut established, b"after the table filled up");
     let status = sb.json(&["status", "--json"]);
-    assert_eq!(status["datapath"]["conntrack"]["entries"], 60, "{}", status["datapath"]["conntrack"]);
+    assert_eq!(status["datapath"]["conntrack"]["entries"].as_u64(), Some(limit), "{}", status["datapath"]["conntrack"]);
 }
