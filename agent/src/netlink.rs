@@ -20,7 +20,7 @@ use rtnetlink::packet_route::link::LinkInfo as NlLinkInfo;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{RouteProtocol, RouteScope, RouteType};
-use rtnetlink::{AddressMessageBuilder, Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{AddressMessageBuilder, Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// Linux limit for interface names (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
@@ -221,38 +221,29 @@ impl Netlink {
     pub async fn rename(&self, name: &str, new_name: &str) -> Result<()> {
         let what = || format!("renaming link {name} to {new_name}{}", self.place());
         check_ifname(new_name).with_context(what)?;
-        let index = self.index_of(name).await.with_context(what)?;
-        let msg = LinkUnspec::new_with_index(index).name(new_name).build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .with_context(what)
+        self.set_link(name, what, |link| link.name(new_name)).await
+    }
+
+    /// Changes attributes of an existing link.
+    async fn set_link(
+        &self,
+        name: &str,
+        what: impl Fn() -> String,
+        change: impl FnOnce(LinkMessageBuilder<LinkUnspec>) -> LinkMessageBuilder<LinkUnspec>,
+    ) -> Result<()> {
+        let index = self.index_of(name).await.with_context(&what)?;
+        let msg = change(LinkUnspec::new_with_index(index)).build();
+        self.handle.link().set(msg).execute().await.with_context(what)
     }
 
     pub async fn set_up(&self, name: &str) -> Result<()> {
         let what = || format!("setting link {name} up{}", self.place());
-        let index = self.index_of(name).await.with_context(what)?;
-        let msg = LinkUnspec::new_with_index(index).up().build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .with_context(what)
+        self.set_link(name, what, |link| link.up()).await
     }
 
     pub async fn set_mtu(&self, name: &str, mtu: u32) -> Result<()> {
         let what = || format!("setting MTU {mtu} on link {name}{}", self.place());
-        let index = self.index_of(name).await.with_context(what)?;
-        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .with_context(what)
+        self.set_link(name, what, |link| link.mtu(mtu)).await
     }
 
     /// Deletes a link; Ok(false) when it does not exist (idempotent).

@@ -73,144 +73,93 @@ pub struct Network {
     pub _pad: u8,
 }
 
-/// Why the datapath dropped a packet. Each reason has a per-CPU counter in `DROPS`.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
-    /// A header was cut short or inconsistent.
-    Malformed = 0,
-    /// Neither IPv4 nor ARP (IPv6, VLAN tags, ...): bpfnet networks are IPv4 only.
-    UnsupportedL3 = 1,
-    /// The packet came in on an interface that is not (or no longer) a bpfnet endpoint.
-    UnknownInterface = 2,
-    /// The source IPv4 or MAC address is not the sending container's own.
-    SpoofedSource = 3,
-    /// The destination is a container of another network: networks are isolated.
-    CrossNetwork = 4,
-    /// An ARP request for an address that is neither the gateway nor a member of the network.
-    ArpUnknownTarget = 5,
-    /// An ARP packet that is not an Ethernet/IPv4 request or reply, or a reply claiming an
-    /// address that is not the sender's.
-    ArpInvalid = 6,
-    /// The endpoint's network is not in `NETWORKS` (a control-plane inconsistency).
-    UnknownNetwork = 7,
-    /// A redirect helper failed (the target interface vanished).
-    RedirectFailed = 8,
-    /// No free NAT port for this destination in the configured range.
-    NatPortsExhausted = 9,
-    /// The conntrack table holds as many flows as the agent allows; new flows are refused so
-    /// that established ones are never evicted.
-    ConntrackFull = 10,
-    /// A protocol that cannot be translated (only TCP, UDP and ICMP echo are).
-    UnsupportedL4 = 11,
-    /// A non-first IPv4 fragment on a translated path: it has no ports to translate by.
-    Fragment = 12,
-    /// A checksum helper or a packet rewrite failed.
-    RewriteFailed = 13,
-    /// A new flow could not be tracked: its other direction's tuple is already taken.
-    ConntrackInsertFailed = 14,
+/// Declares a `#[repr(u32)]` enum whose values index a counter array, with its `COUNT`, every
+/// variant in order (`ALL`) and the names `bpfnet status` shows, from one list.
+macro_rules! indexed_enum {
+    ($(#[$meta:meta])* $enum:ident { $($(#[$vmeta:meta])* $variant:ident = $value:literal => $name:literal,)* }) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $enum {
+            $($(#[$vmeta])* $variant = $value,)*
+        }
+
+        impl $enum {
+            pub const COUNT: u32 = [$(stringify!($variant)),*].len() as u32;
+            pub const ALL: [$enum; Self::COUNT as usize] = [$($enum::$variant,)*];
+
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($enum::$variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
-impl DropReason {
-    pub const COUNT: u32 = 15;
-    pub const ALL: [DropReason; Self::COUNT as usize] = [
-        DropReason::Malformed,
-        DropReason::UnsupportedL3,
-        DropReason::UnknownInterface,
-        DropReason::SpoofedSource,
-        DropReason::CrossNetwork,
-        DropReason::ArpUnknownTarget,
-        DropReason::ArpInvalid,
-        DropReason::UnknownNetwork,
-        DropReason::RedirectFailed,
-        DropReason::NatPortsExhausted,
-        DropReason::ConntrackFull,
-        DropReason::UnsupportedL4,
-        DropReason::Fragment,
-        DropReason::RewriteFailed,
-        DropReason::ConntrackInsertFailed,
-    ];
-
-    /// The name shown by `bpfnet status`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            DropReason::Malformed => "malformed",
-            DropReason::UnsupportedL3 => "unsupported_l3",
-            DropReason::UnknownInterface => "unknown_interface",
-            DropReason::SpoofedSource => "spoofed_source",
-            DropReason::CrossNetwork => "cross_network",
-            DropReason::ArpUnknownTarget => "arp_unknown_target",
-            DropReason::ArpInvalid => "arp_invalid",
-            DropReason::UnknownNetwork => "unknown_network",
-            DropReason::RedirectFailed => "redirect_failed",
-            DropReason::NatPortsExhausted => "nat_ports_exhausted",
-            DropReason::ConntrackFull => "conntrack_full",
-            DropReason::UnsupportedL4 => "unsupported_l4",
-            DropReason::Fragment => "fragment",
-            DropReason::RewriteFailed => "rewrite_failed",
-            DropReason::ConntrackInsertFailed => "conntrack_insert_failed",
-        }
+indexed_enum! {
+    /// Why the datapath dropped a packet. Each reason has a per-CPU counter in `DROPS`.
+    DropReason {
+        /// A header was cut short or inconsistent.
+        Malformed = 0 => "malformed",
+        /// Neither IPv4 nor ARP (IPv6, VLAN tags, ...): bpfnet networks are IPv4 only.
+        UnsupportedL3 = 1 => "unsupported_l3",
+        /// The packet came in on an interface that is not (or no longer) a bpfnet endpoint.
+        UnknownInterface = 2 => "unknown_interface",
+        /// The source IPv4 or MAC address is not the sending container's own.
+        SpoofedSource = 3 => "spoofed_source",
+        /// The destination is a container of another network: networks are isolated.
+        CrossNetwork = 4 => "cross_network",
+        /// An ARP request for an address that is neither the gateway nor a member of the network.
+        ArpUnknownTarget = 5 => "arp_unknown_target",
+        /// An ARP packet that is not an Ethernet/IPv4 request or reply, or a reply claiming an
+        /// address that is not the sender's.
+        ArpInvalid = 6 => "arp_invalid",
+        /// The endpoint's network is not in `NETWORKS` (a control-plane inconsistency).
+        UnknownNetwork = 7 => "unknown_network",
+        /// A redirect helper failed (the target interface vanished).
+        RedirectFailed = 8 => "redirect_failed",
+        /// No free NAT port for this destination in the configured range.
+        NatPortsExhausted = 9 => "nat_ports_exhausted",
+        /// The conntrack table holds as many flows as the agent allows; new flows are refused so
+        /// that established ones are never evicted.
+        ConntrackFull = 10 => "conntrack_full",
+        /// A protocol that cannot be translated (only TCP, UDP and ICMP echo are).
+        UnsupportedL4 = 11 => "unsupported_l4",
+        /// A non-first IPv4 fragment on a translated path: it has no ports to translate by.
+        Fragment = 12 => "fragment",
+        /// A checksum helper or a packet rewrite failed.
+        RewriteFailed = 13 => "rewrite_failed",
+        /// A new flow could not be tracked: its other direction's tuple is already taken.
+        ConntrackInsertFailed = 14 => "conntrack_insert_failed",
     }
 }
 
-/// What the datapath did with packets it did not drop. Per-CPU counters in `COUNTERS`.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    /// Delivered straight into another container of the same network.
-    Forwarded = 0,
-    /// Handed to the host's stack (the gateway, or anything not for a container).
-    ToHost = 1,
-    /// ARP requests answered from the maps.
-    ArpReplied = 2,
-    /// ARP replies from a container passed to the host (answers to the host's own requests).
-    ArpToHost = 3,
-    /// New flows source-translated to the uplink's address.
-    SnatNewFlow = 4,
-    /// Translated packets routed out of the uplink.
-    TranslatedOut = 5,
-    /// Translated packets delivered into a container.
-    TranslatedIn = 6,
-    /// ICMP errors about a translated flow, translated back (inner header included).
-    IcmpErrorTranslated = 7,
-    /// Packets on the uplink that belong to no bpfnet flow, passed to the host untouched.
-    UplinkToHost = 8,
-    /// New flows to a published port from outside.
-    DnatNewFlow = 9,
-    /// New flows from a container to a published port of the host.
-    HairpinNewFlow = 10,
-}
-
-impl Counter {
-    pub const COUNT: u32 = 11;
-    pub const ALL: [Counter; Self::COUNT as usize] = [
-        Counter::Forwarded,
-        Counter::ToHost,
-        Counter::ArpReplied,
-        Counter::ArpToHost,
-        Counter::SnatNewFlow,
-        Counter::TranslatedOut,
-        Counter::TranslatedIn,
-        Counter::IcmpErrorTranslated,
-        Counter::UplinkToHost,
-        Counter::DnatNewFlow,
-        Counter::HairpinNewFlow,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::Forwarded => "forwarded",
-            Counter::ToHost => "to_host",
-            Counter::ArpReplied => "arp_replied",
-            Counter::ArpToHost => "arp_to_host",
-            Counter::SnatNewFlow => "snat_new_flow",
-            Counter::TranslatedOut => "translated_out",
-            Counter::TranslatedIn => "translated_in",
-            Counter::IcmpErrorTranslated => "icmp_error_translated",
-            Counter::UplinkToHost => "uplink_to_host",
-            Counter::DnatNewFlow => "dnat_new_flow",
-            Counter::HairpinNewFlow => "hairpin_new_flow",
-        }
+indexed_enum! {
+    /// What the datapath did with packets it did not drop. Per-CPU counters in `COUNTERS`.
+    Counter {
+        /// Delivered straight into another container of the same network.
+        Forwarded = 0 => "forwarded",
+        /// Handed to the host's stack (the gateway, or anything not for a container).
+        ToHost = 1 => "to_host",
+        /// ARP requests answered from the maps.
+        ArpReplied = 2 => "arp_replied",
+        /// ARP replies from a container passed to the host (answers to the host's own requests).
+        ArpToHost = 3 => "arp_to_host",
+        /// New flows source-translated to the uplink's address.
+        SnatNewFlow = 4 => "snat_new_flow",
+        /// Translated packets routed out of the uplink.
+        TranslatedOut = 5 => "translated_out",
+        /// Translated packets delivered into a container.
+        TranslatedIn = 6 => "translated_in",
+        /// ICMP errors about a translated flow, translated back (inner header included).
+        IcmpErrorTranslated = 7 => "icmp_error_translated",
+        /// Packets on the uplink that belong to no bpfnet flow, passed to the host untouched.
+        UplinkToHost = 8 => "uplink_to_host",
+        /// New flows to a published port from outside.
+        DnatNewFlow = 9 => "dnat_new_flow",
+        /// New flows from a container to a published port of the host.
+        HairpinNewFlow = 10 => "hairpin_new_flow",
     }
 }
 
