@@ -2,6 +2,7 @@
 //!
 //! Every external command is printed as `$ cmd args` before it runs.
 
+mod bench;
 mod cargo_cmd;
 mod command;
 mod demo;
@@ -45,6 +46,12 @@ enum Task {
         #[arg(long, value_name = "PATH", conflicts_with = "release")]
         bpfnet: Option<PathBuf>,
     },
+    /// Setup, build bpfnet (release), then benchmark it against bridge+iptables and the bare
+    /// veth floor in throwaway namespaces; writes results.json, table.txt and chart.svg.
+    Bench(bench::BenchArgs),
+    /// The benchmark's traffic tools, run by `bench` inside its namespaces.
+    #[command(hide = true, subcommand)]
+    Loadgen(bench::loadgen::LoadgenCommand),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +77,8 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Test(args) => test::run(args),
         Task::Demo { release, bpfnet } => demo::run(Profile::from_release_flag(release), bpfnet),
+        Task::Bench(args) => bench::run(args),
+        Task::Loadgen(command) => bench::loadgen::run(command),
     }
 }
 

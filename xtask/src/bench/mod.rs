@@ -1,0 +1,428 @@
+//! `cargo xtask bench [--quick] [--out DIR]`: bpfnet against Docker's bridge+iptables path
+//! and against the bare veth floor, on identical sandbox topologies, in one run.
+//!
+//! - [`topology`]: the three datapaths' namespaces and which scenario each supports;
+//! - [`docker_rules`]: the iptables rule shapes Docker installs, with their source;
+//! - [`workload`]: iperf3 and our own [`loadgen`] between two namespaces, pinned to CPUs;
+//! - [`report`]: summaries and ratios, the table, results.json (schema there) and chart.svg.
+//!
+//! Method: for each N (other published ports), each repetition, scenario and workload, the
+//! datapaths run back to back (A/B/C, then C/B/A in the next repetition, so neither goes
+//! first every time); figures are medians over the repetitions with their spread, and every
+//! one is also a ratio to the floor and to bridge+iptables measured in this same run.
+
+mod docker_rules;
+pub mod loadgen;
+mod report;
+mod stats;
+mod topology;
+mod workload;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use self::report::{Collected, Key};
+use self::topology::{Datapath, Scenario, Support, Topologies, MEASURED_PORTS};
+use self::workload::{Durations, Metric, Pinning, Runner, Workload};
+use crate::cargo_cmd::{self, Profile};
+use crate::sandbox::{self, Sandbox};
+use crate::{command, setup};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// About a minute: one repetition, short runs, N=1 only (what `cargo xtask demo` uses).
+    #[arg(long)]
+    quick: bool,
+    /// Where results.json, chart.svg and table.txt go [default: bench-results/<UTC time>/
+    /// in the workspace].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Run this bpfnet binary instead of building one (release profile).
+    #[arg(long, value_name = "PATH")]
+    bpfnet: Option<PathBuf>,
+}
+
+/// What a run does; fixed by --quick.
+#[derive(Debug)]
+struct Plan {
+    quick: bool,
+    repetitions: u32,
+    durations: Durations,
+    /// The N values: published ports of another container ahead of the measured ones.
+    other_ports: Vec<u32>,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                repetitions: 1,
+                durations: Durations {
+                    stream_secs: 2,
+                    short_secs: 1.5,
+                },
+                other_ports: vec![1],
+            }
+        } else {
+            Plan {
+                quick,
+                repetitions: 3,
+                durations: Durations {
+                    stream_secs: 4,
+                    short_secs: 2.5,
+                },
+                other_ports: vec![1, 100, 1_000, 10_000],
+            }
+        }
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let started = unix_now();
+    section("setup");
+    setup::run()?;
+    let bpfnet_bin = match &args.bpfnet {
+        Some(bin) => fs::canonicalize(bin)
+            .with_context(|| format!("--bpfnet {}: no such file", bin.display()))?,
+        None => {
+            section("build bpfnet (release)");
+            cargo_cmd::build(Profile::Release, &["bpfnet"])?;
+            cargo_cmd::bpfnet_bin(Profile::Release)?
+        }
+    };
+    let out = match args.out.clone() {
+        Some(dir) => dir,
+        None => cargo_cmd::workspace_root()
+            .join("bench-results")
+            .join(report::utc_stamp(started)),
+    };
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let plan = Plan::new(args.quick);
+    let pinning = Pinning::for_this_machine();
+
+    sandbox::catch_interrupts()?;
+    section("sandbox");
+    let mut sandbox = Sandbox::create("bnb", bpfnet_bin)?;
+    // A copy of this binary for `loadgen`: a rebuild of xtask during the run cannot swap it.
+    let loadgen = sandbox.write_scratch("loadgen", "")?;
+    let this = std::env::current_exe().context("finding the xtask binary for `loadgen`")?;
+    fs::copy(&this, &loadgen)
+        .with_context(|| format!("copying {} to {}", this.display(), loadgen.display()))?;
+
+    let mut topologies = Topologies::new(&sandbox);
+    let outcome = measure(&mut sandbox, &mut topologies, &plan, pinning, &loadgen);
+    section("teardown");
+    let removed = topologies.remove();
+    let teardown = sandbox.teardown();
+    let collected = match (outcome, removed, teardown) {
+        (Ok(collected), Ok(()), Ok(())) => collected,
+        (outcome, removed, teardown) => {
+            for err in [removed.err(), teardown.err()].into_iter().flatten() {
+                eprintln!("error: {err:#}");
+            }
+            return Err(outcome
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("the run finished, but its cleanup failed"))
+                .context("bench failed (the sandbox was cleaned up)"));
+        }
+    };
+    write_results(&out, &plan, pinning, started, &collected)
+}
+
+fn measure(
+    sandbox: &mut Sandbox,
+    topologies: &mut Topologies,
+    plan: &Plan,
+    pinning: Pinning,
+    loadgen: &Path,
+) -> Result<Collected> {
+    section("topologies: floor, bridge+iptables (Docker's rules), bpfnet");
+    topologies.create(sandbox)?;
+    let runner = Runner {
+        loadgen,
+        pinning,
+        durations: plan.durations,
+    };
+    match (pinning.client_cpu, pinning.server_cpu) {
+        (Some(c), Some(s)) => println!("clients run on CPU {c}, servers on CPU {s} (taskset)"),
+        _ => println!("one CPU: clients and servers are not pinned"),
+    }
+
+    let first_n = plan.other_ports[0];
+    let total = count_runs(topologies, plan);
+    let mut done = 0;
+    let mut collected = Collected::default();
+    for &n in &plan.other_ports {
+        section(&format!(
+            "N = {n} other published ports (+{} measured)",
+            MEASURED_PORTS.len()
+        ));
+        topologies.set_other_ports(sandbox, n)?;
+        for rep in 0..plan.repetitions {
+            let order = datapath_order(rep);
+            for scenario in Scenario::ALL {
+                for workload in Workload::ALL {
+                    for &datapath in &order {
+                        let ends = match topologies.endpoints(datapath, scenario, n == first_n) {
+                            Support::Yes(ends) => ends,
+                            Support::NotApplicable => continue,
+                            Support::NotYet(reason) => {
+                                for metric in metrics(workload) {
+                                    collected.not_yet(
+                                        key(scenario.name(), n, metric, datapath),
+                                        reason.clone(),
+                                    );
+                                }
+                                continue;
+                            }
+                        };
+                        sandbox::check_interrupted()?;
+                        done += 1;
+                        let what = format!(
+                            "[{done:>3}/{total}] N={n} rep {}/{} {} {} {}",
+                            rep + 1,
+                            plan.repetitions,
+                            scenario.name(),
+                            workload.name(),
+                            datapath.name()
+                        );
+                        match runner.run(sandbox, &ends, workload) {
+                            Ok(figures) => {
+                                let shown: Vec<String> = figures
+                                    .iter()
+                                    .map(|(m, v)| format!("{} {}", m.label(), report::figure(*v)))
+                                    .collect();
+                                progress(&format!("{what}: {}", shown.join(", ")));
+                                for (metric, value) in figures {
+                                    collected
+                                        .sample(key(scenario.name(), n, metric, datapath), value);
+                                }
+                            }
+                            Err(err) => {
+                                sandbox::check_interrupted()?;
+                                progress(&format!("{what}: FAILED: {err:#}"));
+                                for metric in metrics(workload) {
+                                    collected.fail(
+                                        key(scenario.name(), n, metric, datapath),
+                                        format!("{err:#}"),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for &datapath in &order {
+                let key = key("control-plane", n, Metric::PublishMs, datapath);
+                match topologies.publish_one_more(datapath) {
+                    Ok(Support::Yes(took)) => {
+                        let ms = took.as_secs_f64() * 1e3;
+                        progress(&format!(
+                            "N={n} rep {} publish one more port on {}: {} ms",
+                            rep + 1,
+                            datapath.name(),
+                            report::figure(ms)
+                        ));
+                        collected.sample(key, ms);
+                    }
+                    Ok(Support::NotYet(reason)) => collected.not_yet(key, reason),
+                    Ok(Support::NotApplicable) => {}
+                    Err(err) => collected.fail(key, format!("{err:#}")),
+                }
+            }
+        }
+    }
+    Ok(collected)
+}
+
+/// A → B → C in even repetitions, C → B → A in odd ones.
+fn datapath_order(rep: u32) -> Vec<Datapath> {
+    let mut order = Datapath::ALL.to_vec();
+    if rep % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+fn metrics(workload: Workload) -> Vec<Metric> {
+    match workload {
+        Workload::TcpStream => vec![Metric::TcpGbps],
+        Workload::UdpRate => vec![Metric::UdpPps],
+        Workload::TcpRr => vec![Metric::RrP50Us, Metric::RrP99Us],
+        Workload::TcpCrr => vec![Metric::CrrPerSec],
+    }
+}
+
+fn key(scenario: &'static str, other_ports: u32, metric: Metric, datapath: Datapath) -> Key {
+    Key {
+        scenario,
+        other_ports,
+        metric,
+        datapath,
+    }
+}
+
+/// The measurements the plan makes (for the progress counter).
+fn count_runs(topologies: &Topologies, plan: &Plan) -> usize {
+    let mut runs = 0;
+    for &n in &plan.other_ports {
+        for scenario in Scenario::ALL {
+            for datapath in Datapath::ALL {
+                if let Support::Yes(_) =
+                    topologies.endpoints(datapath, scenario, n == plan.other_ports[0])
+                {
+                    runs += Workload::ALL.len();
+                }
+            }
+        }
+    }
+    runs * plan.repetitions as usize
+}
+
+fn write_results(
+    out: &Path,
+    plan: &Plan,
+    pinning: Pinning,
+    started: u64,
+    collected: &Collected,
+) -> Result<()> {
+    let rows = report::rows(collected, plan.other_ports[0]);
+    let table = report::table(&rows);
+    let command_line = if plan.quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    let pinned = match (pinning.client_cpu, pinning.server_cpu) {
+        (Some(c), Some(s)) => format!("client on CPU {c}, server on CPU {s} (taskset)"),
+        _ => "not pinned (one CPU)".to_string(),
+    };
+    let header = format!(
+        "{command_line}: {} repetition(s), iperf3 {} s, udp/rr/crr {} s each; {pinned}.\n\
+         N = published ports of another container ahead of the 3 measured ones in every Docker chain.\n\
+         UDP: 64-byte frames (18-byte payload), datagrams received per second.\n\
+         x floor / x bridge: median / the floor's c2c median / bridge+iptables's median (same scenario and N), same run.\n\
+         Above 1 is better for rates, worse for latencies and times.\n",
+        plan.repetitions, plan.durations.stream_secs, plan.durations.short_secs
+    );
+    section("results");
+    println!("{header}\n{table}");
+
+    let results = json!({
+        "schema": report::SCHEMA,
+        "command": command_line,
+        "started_unix": started,
+        "finished_unix": unix_now(),
+        "host": host_info(),
+        "settings": {
+            "quick": plan.quick,
+            "repetitions": plan.repetitions,
+            "durations": plan.durations,
+            "other_published_ports": plan.other_ports,
+            "measured_published_ports": MEASURED_PORTS.iter().map(|(p, port)| format!("{}/{port}", p.as_str())).collect::<Vec<_>>(),
+            "pinning": pinning,
+            "udp_payload_bytes": loadgen::UDP_PAYLOAD_64B_FRAME,
+            "udp_frame_bytes_with_fcs": 64,
+            "order": "per N, repetition, scenario and workload the datapaths run back to back: floor, bridge, bpfnet; reversed in odd repetitions",
+        },
+        "rows": rows,
+    });
+    let files = [
+        (
+            "results.json",
+            serde_json::to_string_pretty(&results)? + "\n",
+        ),
+        ("table.txt", format!("{header}\n{table}")),
+        (
+            "chart.svg",
+            report::chart_svg(
+                &rows,
+                &format!("{command_line}: bpfnet vs bridge+iptables vs floor"),
+            ),
+        ),
+        ("docker-rules-n1.iptables", Topologies::docker_rules_text(1)),
+    ];
+    for (name, text) in files {
+        let path = out.join(name);
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "\nresults in {}: results.json, table.txt, chart.svg, docker-rules-n1.iptables",
+        out.display()
+    );
+    let failed = rows
+        .iter()
+        .filter(|r| r.status == "failed" || (r.status == "measured" && r.note.is_some()))
+        .count();
+    if failed > 0 {
+        bail!(
+            "{failed} figure(s) had failed repetitions: see the notes in {}",
+            out.join("results.json").display()
+        );
+    }
+    Ok(())
+}
+
+fn host_info() -> serde_json::Value {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .ok();
+    let iptables =
+        command::output_bounded(Command::new("iptables").arg("-V"), Duration::from_secs(10))
+            .map(|s| s.trim().to_string())
+            .ok();
+    json!({
+        "kernel": kernel,
+        "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "iptables": iptables,
+    })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn section(title: &str) {
+    println!("\n==> {title}");
+}
+
+fn progress(line: &str) {
+    println!("==> {line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repetitions_alternate_the_order() {
+        assert_eq!(
+            datapath_order(0),
+            [Datapath::Floor, Datapath::Bridge, Datapath::Bpfnet]
+        );
+        assert_eq!(
+            datapath_order(1),
+            [Datapath::Bpfnet, Datapath::Bridge, Datapath::Floor]
+        );
+    }
+
+    #[test]
+    fn plans() {
+        let quick = Plan::new(true);
+        assert_eq!(
+            (quick.repetitions, quick.other_ports.as_slice()),
+            (1, &[1][..])
+        );
+        let full = Plan::new(false);
+        assert_eq!(full.other_ports, [1, 100, 1_000, 10_000]);
+        assert!(full.repetitions >= 3);
+    }
+}

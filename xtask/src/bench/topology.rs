@@ -1,0 +1,524 @@
+//! The three datapaths on identical sandbox topologies, and which scenario each supports.
+//!
+//! Every datapath gets the same addresses, in its own namespaces (all named with the run's
+//! prefix, so the sandbox guard removes them):
+//!
+//! ```text
+//!  client 10.202.0.2/24 ─┐                                   ┌ uplink veth ┐
+//!  server 10.202.0.3/24 ─┴─ "host" ns, gateway 10.202.0.1 ───┤ 10.203.0.1  ├── outside ns 10.203.0.2/24
+//! ```
+//!
+//! - floor: the client and server namespaces joined by one veth pair (no host, no outside);
+//! - bridge: Docker's path: a bridge `docker0` holding the gateway address, a veth per container
+//!   enslaved to it, `ip_forward`, and Docker's iptables rules ([`super::docker_rules`]);
+//! - bpfnet: the real binary, `--host-netns` the sandbox's host namespace.
+//!
+//! The outside namespace has no route to the container subnet: container -> outside works
+//! only through SNAT. Published ports use the same port on the host as in the container.
+//! Nothing here touches the root namespace: links are created with `ip -n NS`, sysctls and
+//! iptables run under `ip netns exec NS`.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::docker_rules::{self, PortMapping, Proto};
+use crate::command;
+use crate::sandbox::Sandbox;
+
+pub const SUBNET: &str = "10.202.0.0/24";
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 202, 0, 1);
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 202, 0, 2);
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 202, 0, 3);
+pub const UPLINK_HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 1);
+pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 2);
+const LEN: &str = "24";
+const BRIDGE: &str = "docker0";
+const UPLINK: &str = "up0";
+/// The other published ports (see [`Topologies::publish`]) start here.
+const OTHER_PORTS_BASE: u16 = 30000;
+/// Limit for one setup command.
+const STEP_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Datapath {
+    Floor,
+    Bridge,
+    Bpfnet,
+}
+
+impl Datapath {
+    pub const ALL: [Datapath; 3] = [Datapath::Floor, Datapath::Bridge, Datapath::Bpfnet];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Datapath::Floor => "floor",
+            Datapath::Bridge => "bridge",
+            Datapath::Bpfnet => "bpfnet",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Client container -> server container on the same network.
+    ContainerToContainer,
+    /// Client container -> server in the outside namespace (SNAT on the way out).
+    Snat,
+    /// Client in the outside namespace -> the host's uplink address, a published port
+    /// (DNAT to the server container).
+    Dnat,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 3] = [
+        Scenario::ContainerToContainer,
+        Scenario::Snat,
+        Scenario::Dnat,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::ContainerToContainer => "c2c",
+            Scenario::Snat => "snat",
+            Scenario::Dnat => "dnat",
+        }
+    }
+}
+
+/// Where one workload runs: the client's namespace and the address it aims at, the server's
+/// namespace and the address it binds. Ports come from the workload (same on both sides).
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub client_netns: String,
+    pub target: Ipv4Addr,
+    pub server_netns: String,
+    pub server_bind: Ipv4Addr,
+}
+
+/// Whether a datapath runs something.
+pub enum Support<T> {
+    Yes(T),
+    /// Not built yet: the reason, shown in the table and results.json instead of a figure.
+    NotYet(String),
+    /// Meaningless for this datapath (the floor has no NAT and no ports to publish).
+    NotApplicable,
+}
+
+/// The ports the workloads use, published on the server container (host port = container
+/// port). They come after the N other published ports in every chain.
+pub const MEASURED_PORTS: [(Proto, u16); 3] =
+    [(Proto::Tcp, 5201), (Proto::Udp, 5301), (Proto::Tcp, 5401)];
+
+/// What bpfnet can do yet, probed from its `--help`: the scenarios it lacks are reported
+/// as not supported; when a probe turns true, the reason says where to wire it up.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BpfnetFeatures {
+    pub uplink: bool,
+    pub publish: bool,
+}
+
+pub struct Topologies {
+    floor: [String; 2],
+    bridge: BridgeNames,
+    bpfnet: BpfnetNames,
+    bpfnet_features: BpfnetFeatures,
+}
+
+struct BridgeNames {
+    host: String,
+    client: String,
+    server: String,
+    outside: String,
+}
+
+struct BpfnetNames {
+    network: String,
+    client: String,
+    server: String,
+    outside: String,
+}
+
+impl Topologies {
+    pub fn new(sandbox: &Sandbox) -> Topologies {
+        Topologies {
+            floor: [sandbox.name("fl-a"), sandbox.name("fl-b")],
+            bridge: BridgeNames {
+                host: sandbox.name("br-host"),
+                client: sandbox.name("br-c1"),
+                server: sandbox.name("br-c2"),
+                outside: sandbox.name("br-out"),
+            },
+            bpfnet: BpfnetNames {
+                network: sandbox.name("net"),
+                client: sandbox.name("bn-c1"),
+                server: sandbox.name("bn-c2"),
+                outside: sandbox.name("bn-out"),
+            },
+            bpfnet_features: BpfnetFeatures::default(),
+        }
+    }
+
+    /// The namespaces this module creates itself (bpfnet's containers are bpfnet's to remove).
+    fn own_namespaces(&self) -> Vec<&String> {
+        let mut all: Vec<&String> = self.floor.iter().collect();
+        let b = &self.bridge;
+        all.extend([
+            &b.host,
+            &b.client,
+            &b.server,
+            &b.outside,
+            &self.bpfnet.outside,
+        ]);
+        all
+    }
+
+    pub fn create(&mut self, sandbox: &Sandbox) -> Result<()> {
+        self.create_floor(sandbox)?;
+        self.create_bridge(sandbox)?;
+        self.create_bpfnet(sandbox)?;
+        Ok(())
+    }
+
+    fn create_floor(&self, sandbox: &Sandbox) -> Result<()> {
+        let [a, b] = &self.floor;
+        add_netns(sandbox, a)?;
+        add_netns(sandbox, b)?;
+        ip(
+            a,
+            &[
+                "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b,
+            ],
+        )?;
+        for (netns, addr) in [(a, CLIENT_IP), (b, SERVER_IP)] {
+            address_up(netns, "eth0", addr)?;
+        }
+        Ok(())
+    }
+
+    fn create_bridge(&self, sandbox: &Sandbox) -> Result<()> {
+        let n = &self.bridge;
+        for netns in [&n.host, &n.client, &n.server, &n.outside] {
+            add_netns(sandbox, netns)?;
+        }
+        ip(&n.host, &["link", "add", BRIDGE, "type", "bridge"])?;
+        address_up(&n.host, BRIDGE, GATEWAY)?;
+        for (veth, container, addr) in [
+            ("vethc1", &n.client, CLIENT_IP),
+            ("vethc2", &n.server, SERVER_IP),
+        ] {
+            ip(
+                &n.host,
+                &[
+                    "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", container,
+                ],
+            )?;
+            ip(&n.host, &["link", "set", veth, "master", BRIDGE, "up"])?;
+            address_up(container, "eth0", addr)?;
+            ip(
+                container,
+                &["route", "add", "default", "via", &GATEWAY.to_string()],
+            )?;
+        }
+        add_uplink(&n.host, &n.outside)?;
+        sysctl(sandbox, &n.host, "net.ipv4.ip_forward=1")?;
+        // Docker needs br_netfilter: bridged traffic then walks filter/FORWARD. The sysctl is
+        // per namespace (it exists once the module is loaded; this tool loads no modules).
+        sysctl(sandbox, &n.host, "net.bridge.bridge-nf-call-iptables=1")
+            .context("br_netfilter is not loaded (Docker loads it): `modprobe br_netfilter` on this machine, then run again")?;
+        self.load_docker_rules(sandbox, 0)
+    }
+
+    fn create_bpfnet(&mut self, sandbox: &Sandbox) -> Result<()> {
+        let n = &self.bpfnet;
+        bpfnet(
+            sandbox,
+            &[
+                "network",
+                "create",
+                &n.network,
+                "--subnet",
+                SUBNET,
+                "--gateway",
+                &GATEWAY.to_string(),
+            ],
+        )?;
+        for (name, addr) in [(&n.client, CLIENT_IP), (&n.server, SERVER_IP)] {
+            bpfnet(
+                sandbox,
+                &[
+                    "container",
+                    "create",
+                    name,
+                    "--network",
+                    &n.network,
+                    "--ip",
+                    &addr.to_string(),
+                ],
+            )?;
+        }
+        add_netns(sandbox, &n.outside)?;
+        add_uplink(&sandbox.host_netns(), &n.outside)?;
+        self.bpfnet_features = probe_bpfnet(sandbox)?;
+        Ok(())
+    }
+
+    /// Delete the namespaces this module made (bounded; every one is tried).
+    pub fn remove(&self) -> Result<()> {
+        let mut failed = Vec::new();
+        for netns in self.own_namespaces() {
+            if std::path::Path::new("/run/netns").join(netns).exists() {
+                if let Err(err) = command::run_bounded(
+                    Command::new("ip").args(["netns", "delete", netns]),
+                    STEP_LIMIT,
+                ) {
+                    failed.push(format!("{err:#}"));
+                }
+            }
+        }
+        anyhow::ensure!(
+            failed.is_empty(),
+            "removing the namespaces failed: {}",
+            failed.join("; ")
+        );
+        Ok(())
+    }
+
+    /// The port mappings for `other` other published ports followed by the measured ones.
+    pub fn mappings(other: u32) -> Vec<PortMapping> {
+        let others = (0..other).map(|i| PortMapping {
+            proto: Proto::Tcp,
+            host_port: OTHER_PORTS_BASE + i as u16,
+            container: CLIENT_IP,
+            container_port: OTHER_PORTS_BASE + i as u16,
+        });
+        let measured = MEASURED_PORTS.iter().map(|&(proto, port)| PortMapping {
+            proto,
+            host_port: port,
+            container: SERVER_IP,
+            container_port: port,
+        });
+        others.chain(measured).collect()
+    }
+
+    fn docker_network() -> docker_rules::Network {
+        docker_rules::Network {
+            bridge: BRIDGE.into(),
+            subnet: SUBNET.into(),
+        }
+    }
+
+    fn load_docker_rules(&self, sandbox: &Sandbox, other: u32) -> Result<()> {
+        let text = docker_rules::restore_input(&Self::docker_network(), &Self::mappings(other));
+        let file = sandbox.write_scratch("docker-rules.iptables", &text)?;
+        command::run_bounded(
+            &mut sandbox.in_netns(&self.bridge.host, "iptables-restore", [&file]),
+            STEP_LIMIT,
+        )
+    }
+
+    /// The Docker rules for the bridge topology at N other published ports (the full rule
+    /// text, to keep with the results).
+    pub fn docker_rules_text(other: u32) -> String {
+        docker_rules::restore_input(&Self::docker_network(), &Self::mappings(other))
+    }
+
+    /// Publish `other` ports ahead of the measured ones, on every datapath that can.
+    pub fn set_other_ports(&self, sandbox: &Sandbox, other: u32) -> Result<()> {
+        self.load_docker_rules(sandbox, other)
+    }
+
+    /// Where a workload of `scenario` runs on `datapath` with N other ports published.
+    /// Adding a scenario to a datapath is a change here (and in [`Self::publish_one_more`]).
+    pub fn endpoints(
+        &self,
+        datapath: Datapath,
+        scenario: Scenario,
+        first_n: bool,
+    ) -> Support<Endpoints> {
+        use Scenario::*;
+        let ends = |client: &String, target, server: &String, bind| Endpoints {
+            client_netns: client.clone(),
+            target,
+            server_netns: server.clone(),
+            server_bind: bind,
+        };
+        match datapath {
+            Datapath::Floor => match (scenario, first_n) {
+                (ContainerToContainer, true) => {
+                    Support::Yes(ends(&self.floor[0], SERVER_IP, &self.floor[1], SERVER_IP))
+                }
+                // The floor has no ports to publish and no outside: it is measured once, and
+                // its figures are the reference of every row.
+                _ => Support::NotApplicable,
+            },
+            Datapath::Bridge => {
+                let n = &self.bridge;
+                Support::Yes(match scenario {
+                    ContainerToContainer => ends(&n.client, SERVER_IP, &n.server, SERVER_IP),
+                    Snat => ends(&n.client, OUTSIDE_IP, &n.outside, OUTSIDE_IP),
+                    Dnat => ends(&n.outside, UPLINK_HOST_IP, &n.server, SERVER_IP),
+                })
+            }
+            Datapath::Bpfnet => {
+                let n = &self.bpfnet;
+                match scenario {
+                    _ if !first_n => Support::NotYet(
+                        self.bpfnet_missing("--publish", self.bpfnet_features.publish),
+                    ),
+                    ContainerToContainer => {
+                        Support::Yes(ends(&n.client, SERVER_IP, &n.server, SERVER_IP))
+                    }
+                    Snat => Support::NotYet(
+                        self.bpfnet_missing("--uplink", self.bpfnet_features.uplink),
+                    ),
+                    Dnat => Support::NotYet(
+                        self.bpfnet_missing("--publish", self.bpfnet_features.publish),
+                    ),
+                }
+            }
+        }
+    }
+
+    fn bpfnet_missing(&self, flag: &str, probed: bool) -> String {
+        if probed {
+            format!(
+                "not wired up yet: bpfnet has {flag} now (add it in xtask/src/bench/topology.rs)"
+            )
+        } else {
+            format!("not supported yet (bpfnet has no {flag})")
+        }
+    }
+
+    /// Control-plane cost: the time to publish one more port with N published already,
+    /// the way the datapath's manager does it. The port is removed again (not timed).
+    pub fn publish_one_more(&self, datapath: Datapath) -> Result<Support<Duration>> {
+        match datapath {
+            Datapath::Floor => Ok(Support::NotApplicable),
+            Datapath::Bpfnet => Ok(Support::NotYet(
+                self.bpfnet_missing("--publish", self.bpfnet_features.publish),
+            )),
+            Datapath::Bridge => {
+                let mapping = PortMapping {
+                    proto: Proto::Tcp,
+                    host_port: OTHER_PORTS_BASE - 1,
+                    container: CLIENT_IP,
+                    container_port: OTHER_PORTS_BASE - 1,
+                };
+                let commands = mapping.append_commands(&Self::docker_network());
+                // Docker runs one `iptables` process per rule (after an `-C` check per rule,
+                // which is left out here: this is a lower bound). nsenter instead of
+                // `ip netns exec`, whose /sys remount would be timed too.
+                let started = Instant::now();
+                for (table, rule) in &commands {
+                    command::run_bounded(&mut self.iptables(table, "-A", rule), STEP_LIMIT)?;
+                }
+                let took = started.elapsed();
+                for (table, rule) in &commands {
+                    command::run_bounded(&mut self.iptables(table, "-D", rule), STEP_LIMIT)?;
+                }
+                Ok(Support::Yes(took))
+            }
+        }
+    }
+
+    fn iptables(&self, table: &str, op: &str, rule: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.bridge.host))
+            .args(["iptables", "-w", "-t", table, op])
+            .args(rule.split_whitespace());
+        cmd
+    }
+}
+
+/// `ip -n NETNS ARGS`: runs in the namespace, never in the root one.
+fn ip(netns: &str, args: &[&str]) -> Result<()> {
+    command::run_bounded(
+        Command::new("ip").arg("-n").arg(netns).args(args),
+        STEP_LIMIT,
+    )
+}
+
+fn address_up(netns: &str, link: &str, addr: Ipv4Addr) -> Result<()> {
+    ip(
+        netns,
+        &["addr", "add", &format!("{addr}/{LEN}"), "dev", link],
+    )?;
+    ip(netns, &["link", "set", link, "up"])
+}
+
+fn sysctl(sandbox: &Sandbox, netns: &str, setting: &str) -> Result<()> {
+    command::run_bounded(
+        &mut sandbox.in_netns(netns, "sysctl", ["-qw", setting]),
+        STEP_LIMIT,
+    )
+}
+
+/// A namespace with lo up and IPv6 off (no router solicitations or DAD during a run; bpfnet
+/// turns IPv6 off in its containers too).
+fn add_netns(sandbox: &Sandbox, netns: &str) -> Result<()> {
+    command::run_bounded(Command::new("ip").args(["netns", "add", netns]), STEP_LIMIT)?;
+    ip(netns, &["link", "set", "lo", "up"])?;
+    sysctl(sandbox, netns, "net.ipv6.conf.all.disable_ipv6=1")?;
+    sysctl(sandbox, netns, "net.ipv6.conf.default.disable_ipv6=1")
+}
+
+/// The uplink veth: `up0` in the host namespace, `eth0` in the outside one.
+fn add_uplink(host: &str, outside: &str) -> Result<()> {
+    ip(
+        host,
+        &[
+            "link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", outside,
+        ],
+    )?;
+    address_up(host, UPLINK, UPLINK_HOST_IP)?;
+    address_up(outside, "eth0", OUTSIDE_IP)
+}
+
+fn bpfnet(sandbox: &Sandbox, args: &[&str]) -> Result<()> {
+    command::run_bounded(sandbox.bpfnet().args(args), STEP_LIMIT)
+}
+
+/// Which of the coming flags this bpfnet binary has.
+fn probe_bpfnet(sandbox: &Sandbox) -> Result<BpfnetFeatures> {
+    let global = command::output_bounded(sandbox.bpfnet().arg("--help"), STEP_LIMIT)?;
+    let create = command::output_bounded(
+        sandbox.bpfnet().args(["container", "create", "--help"]),
+        STEP_LIMIT,
+    )?;
+    Ok(BpfnetFeatures {
+        uplink: global.contains("--uplink"),
+        publish: create.contains("--publish"),
+    })
+}
+
+/// A target address and port as the tools take it.
+pub fn socket(addr: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(addr, port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measured_ports_come_after_the_others() {
+        let mappings = Topologies::mappings(100);
+        assert_eq!(mappings.len(), 103);
+        assert_eq!(mappings[0].host_port, OTHER_PORTS_BASE);
+        assert_eq!(mappings[99].container, CLIENT_IP);
+        let measured: Vec<u16> = mappings[100..].iter().map(|m| m.host_port).collect();
+        assert_eq!(measured, [5201, 5301, 5401]);
+        assert!(mappings[100..]
+            .iter()
+            .all(|m| m.container == SERVER_IP && m.host_port == m.container_port));
+        // 10,000 others stay below the highest port and clear of the measured ones.
+        let last = Topologies::mappings(10_000)[9_999].host_port;
+        assert!(last > 5401 && last == OTHER_PORTS_BASE + 9_999);
+    }
+}

@@ -1,0 +1,403 @@
+//! The workloads: a server in one namespace, a client in another, each pinned to its own CPU
+//! when there are two, each bounded in time; and the figures parsed from their JSON.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::loadgen::{TransactionReport, UdpFloodReport, UdpSinkReport, UDP_PAYLOAD_64B_FRAME};
+use super::topology::{socket, Endpoints, MEASURED_PORTS};
+use crate::command;
+use crate::sandbox::{BackgroundId, Sandbox};
+
+/// Beyond its own duration, how long a client may take (connect, start-up, report).
+const CLIENT_SLACK: Duration = Duration::from_secs(15);
+/// How long a server may take to exit after its client finished (idle period + report).
+const SERVER_LIMIT: Duration = Duration::from_secs(10);
+/// Lines a server may print before it says that it listens.
+const MAX_BANNER_LINES: usize = 5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// iperf3, one TCP stream.
+    TcpStream,
+    /// loadgen udp-flood -> udp-sink, 64-byte frames.
+    UdpRate,
+    /// loadgen tcp-rr -> tcp-server, 1-byte ping-pong.
+    TcpRr,
+    /// loadgen tcp-crr -> tcp-server, one connection per transaction.
+    TcpCrr,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 4] = [
+        Workload::TcpStream,
+        Workload::UdpRate,
+        Workload::TcpRr,
+        Workload::TcpCrr,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::TcpStream => "tcp-stream",
+            Workload::UdpRate => "udp-64B",
+            Workload::TcpRr => "tcp-rr",
+            Workload::TcpCrr => "tcp-crr",
+        }
+    }
+
+    fn port(self) -> u16 {
+        match self {
+            Workload::TcpStream => MEASURED_PORTS[0].1,
+            Workload::UdpRate => MEASURED_PORTS[1].1,
+            Workload::TcpRr | Workload::TcpCrr => MEASURED_PORTS[2].1,
+        }
+    }
+}
+
+/// One figure of a measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    TcpGbps,
+    UdpPps,
+    RrP50Us,
+    RrP99Us,
+    CrrPerSec,
+    PublishMs,
+}
+
+impl Metric {
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::TcpGbps => "TCP stream Gbit/s",
+            Metric::UdpPps => "UDP 64B Mpps rx",
+            Metric::RrP50Us => "TCP RR p50 us",
+            Metric::RrP99Us => "TCP RR p99 us",
+            Metric::CrrPerSec => "TCP CRR conn/s",
+            Metric::PublishMs => "publish +1 port ms",
+        }
+    }
+
+    /// The unit of the stored values (results.json keeps base units except for pps -> Mpps).
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::TcpGbps => "Gbit/s",
+            Metric::UdpPps => "Mpps",
+            Metric::RrP50Us | Metric::RrP99Us => "us",
+            Metric::CrrPerSec => "1/s",
+            Metric::PublishMs => "ms",
+        }
+    }
+
+    pub fn higher_is_better(self) -> bool {
+        matches!(self, Metric::TcpGbps | Metric::UdpPps | Metric::CrrPerSec)
+    }
+}
+
+/// Which CPU the client and the server run on (`taskset -c`), if pinned.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Pinning {
+    pub client_cpu: Option<usize>,
+    pub server_cpu: Option<usize>,
+}
+
+impl Pinning {
+    /// Client on CPU 0, server on CPU 1 when there are at least two.
+    pub fn for_this_machine() -> Pinning {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus >= 2 {
+            Pinning {
+                client_cpu: Some(0),
+                server_cpu: Some(1),
+            }
+        } else {
+            Pinning {
+                client_cpu: None,
+                server_cpu: None,
+            }
+        }
+    }
+}
+
+/// Durations of one run of each workload.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Durations {
+    /// iperf3 -t (whole seconds).
+    pub stream_secs: u32,
+    /// udp, rr and crr.
+    pub short_secs: f64,
+}
+
+pub struct Runner<'a> {
+    pub loadgen: &'a Path,
+    pub pinning: Pinning,
+    pub durations: Durations,
+}
+
+impl Runner<'_> {
+    /// Run `workload` once between `ends`; its figures.
+    pub fn run(
+        &self,
+        sandbox: &mut Sandbox,
+        ends: &Endpoints,
+        workload: Workload,
+    ) -> Result<Vec<(Metric, f64)>> {
+        let port = workload.port();
+        let bind = socket(ends.server_bind, port).to_string();
+        let target = socket(ends.target, port).to_string();
+        let short = format!("{}", self.durations.short_secs);
+        let max = format!("{}", self.durations.short_secs + 20.0);
+        let loadgen = self
+            .loadgen
+            .as_os_str()
+            .to_str()
+            .context("the loadgen path is not UTF-8")?;
+        match workload {
+            Workload::TcpStream => {
+                let port = port.to_string();
+                let bind_ip = ends.server_bind.to_string();
+                let server = self.server(
+                    sandbox,
+                    ends,
+                    "iperf3",
+                    &[
+                        "-s",
+                        "-1",
+                        "-B",
+                        &bind_ip,
+                        "-p",
+                        &port,
+                        "--forceflush",
+                        "--idle-timeout",
+                        "30",
+                    ],
+                )?;
+                let json = self.client(
+                    sandbox,
+                    ends,
+                    "iperf3",
+                    &[
+                        "-c",
+                        &ends.target.to_string(),
+                        "-p",
+                        &port,
+                        "-t",
+                        &self.durations.stream_secs.to_string(),
+                        "-J",
+                        "--connect-timeout",
+                        "3000",
+                    ],
+                    f64::from(self.durations.stream_secs),
+                );
+                // Reap the server whatever the client did.
+                let server_done = sandbox.finish(server, SERVER_LIMIT);
+                let gbps = parse_iperf3(&json?)?;
+                server_done?;
+                Ok(vec![(Metric::TcpGbps, gbps)])
+            }
+            Workload::UdpRate => {
+                let server = self.server(
+                    sandbox,
+                    ends,
+                    loadgen,
+                    &["loadgen", "udp-sink", "--bind", &bind, "--max-secs", &max],
+                )?;
+                let flood = self.client(
+                    sandbox,
+                    ends,
+                    loadgen,
+                    &[
+                        "loadgen",
+                        "udp-flood",
+                        "--to",
+                        &target,
+                        "--secs",
+                        &short,
+                        "--payload",
+                        &UDP_PAYLOAD_64B_FRAME.to_string(),
+                    ],
+                    self.durations.short_secs,
+                );
+                let sink = sandbox.finish(server, SERVER_LIMIT);
+                let flood: UdpFloodReport = parse_report(&flood?, "udp-flood")?;
+                let sink: UdpSinkReport = parse_report(&sink?, "udp-sink")?;
+                if sink.received == 0 {
+                    bail!(
+                        "udp-sink received none of the {} datagrams sent to {target}",
+                        flood.sent
+                    );
+                }
+                Ok(vec![(Metric::UdpPps, sink.pps / 1e6)])
+            }
+            Workload::TcpRr | Workload::TcpCrr => {
+                let server = self.server(
+                    sandbox,
+                    ends,
+                    loadgen,
+                    &["loadgen", "tcp-server", "--bind", &bind, "--max-secs", &max],
+                )?;
+                let tool = if workload == Workload::TcpRr {
+                    "tcp-rr"
+                } else {
+                    "tcp-crr"
+                };
+                let report = self.client(
+                    sandbox,
+                    ends,
+                    loadgen,
+                    &["loadgen", tool, "--to", &target, "--secs", &short],
+                    self.durations.short_secs,
+                );
+                let server_done = sandbox.finish(server, SERVER_LIMIT);
+                let report: TransactionReport = parse_report(&report?, tool)?;
+                server_done?;
+                if workload == Workload::TcpRr {
+                    Ok(vec![
+                        (Metric::RrP50Us, report.p50_us),
+                        (Metric::RrP99Us, report.p99_us),
+                    ])
+                } else {
+                    if report.errors * 100 > report.transactions {
+                        bail!(
+                            "tcp-crr: {} of {} connections failed",
+                            report.errors,
+                            report.transactions + report.errors
+                        );
+                    }
+                    Ok(vec![(Metric::CrrPerSec, report.per_sec)])
+                }
+            }
+        }
+    }
+
+    /// `ip netns exec NETNS [taskset -c CPU] PROGRAM ARGS`.
+    fn pinned(
+        &self,
+        sandbox: &Sandbox,
+        netns: &str,
+        cpu: Option<usize>,
+        program: &str,
+        args: &[&str],
+    ) -> std::process::Command {
+        match cpu {
+            Some(cpu) => {
+                let mut all = vec!["-c".to_string(), cpu.to_string(), program.to_string()];
+                all.extend(args.iter().map(|a| a.to_string()));
+                sandbox.in_netns(netns, "taskset", all)
+            }
+            None => sandbox.in_netns(netns, program, args),
+        }
+    }
+
+    /// Start the server and wait for its line that says it listens.
+    fn server(
+        &self,
+        sandbox: &mut Sandbox,
+        ends: &Endpoints,
+        program: &str,
+        args: &[&str],
+    ) -> Result<BackgroundId> {
+        let cmd = self.pinned(
+            sandbox,
+            &ends.server_netns,
+            self.pinning.server_cpu,
+            program,
+            args,
+        );
+        let label = format!("{program} server in {}", ends.server_netns);
+        let id = sandbox.spawn(&label, cmd)?;
+        // Each server exits on its own within its time limit, so these reads end.
+        for _ in 0..MAX_BANNER_LINES {
+            let line = sandbox.read_line(id)?;
+            if line.contains("listening") {
+                return Ok(id);
+            }
+        }
+        bail!("{label} did not say that it listens within {MAX_BANNER_LINES} lines")
+    }
+
+    fn client(
+        &self,
+        sandbox: &Sandbox,
+        ends: &Endpoints,
+        program: &str,
+        args: &[&str],
+        secs: f64,
+    ) -> Result<String> {
+        let mut cmd = self.pinned(
+            sandbox,
+            &ends.client_netns,
+            self.pinning.client_cpu,
+            program,
+            args,
+        );
+        command::output_bounded(&mut cmd, Duration::from_secs_f64(secs) + CLIENT_SLACK)
+    }
+}
+
+fn parse_report<T: serde::de::DeserializeOwned>(output: &str, tool: &str) -> Result<T> {
+    // The last line is the report (a server prints its `listening` line first).
+    let line = output
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .ok_or_else(|| anyhow!("{tool} printed nothing"))?;
+    serde_json::from_str(line)
+        .with_context(|| format!("{tool} printed {line:?}, not its JSON report"))
+}
+
+/// Received throughput in Gbit/s from `iperf3 -J` of the client.
+pub fn parse_iperf3(json: &str) -> Result<f64> {
+    let value: Value = serde_json::from_str(json).context("iperf3 -J did not print JSON")?;
+    if let Some(error) = value.get("error").and_then(Value::as_str) {
+        bail!("iperf3: {error}");
+    }
+    let bps = value
+        .pointer("/end/sum_received/bits_per_second")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| anyhow!("iperf3 -J has no end.sum_received.bits_per_second"))?;
+    Ok(bps / 1e9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iperf3_received_rate() {
+        let json = r#"{"start":{},"intervals":[],"end":{"sum_sent":{"bits_per_second":3.1e10},
+                      "sum_received":{"bits_per_second":3.0e10,"bytes":1}}}"#;
+        assert_eq!(parse_iperf3(json).unwrap(), 30.0);
+    }
+
+    #[test]
+    fn iperf3_errors_are_reported() {
+        let json = r#"{"start":{},"intervals":[],"end":{},"error":"unable to connect to server: Connection refused"}"#;
+        let err = parse_iperf3(json).unwrap_err();
+        assert!(format!("{err}").contains("Connection refused"));
+        assert!(parse_iperf3(r#"{"end":{}}"#).is_err());
+        assert!(parse_iperf3("Connecting to host").is_err());
+    }
+
+    #[test]
+    fn loadgen_report_is_the_last_line() {
+        let out =
+            "{\"listening\":\"10.202.0.3:5301\"}\n{\"received\":10,\"secs\":0.5,\"pps\":18.0}\n\n";
+        let sink: UdpSinkReport = parse_report(out, "udp-sink").unwrap();
+        assert_eq!(sink.received, 10);
+        assert!(parse_report::<UdpSinkReport>("", "udp-sink").is_err());
+        assert!(parse_report::<UdpSinkReport>("garbage", "udp-sink").is_err());
+    }
+
+    #[test]
+    fn metrics_know_their_direction() {
+        assert!(Metric::UdpPps.higher_is_better());
+        assert!(!Metric::RrP99Us.higher_is_better());
+        assert!(!Metric::PublishMs.higher_is_better());
+    }
+}
