@@ -11,7 +11,7 @@ use crate::{
     host::Host,
     ipam, names, netns,
     publish::{PortMapping, Published},
-    state::{ContainerSpec, NetworkSpec},
+    state::{ContainerSpec, NetworkSpec, Pending},
 };
 
 /// The container's interface, as Docker names it.
@@ -56,14 +56,22 @@ pub async fn create(
         mac: ipam::container_mac(ip),
         host_interface,
         publish,
+        pending: Some(Pending::Create),
     };
+    host.state.containers.insert(name.to_owned(), spec.clone());
+    host.save()?;
     if let Err(err) = apply(host, &spec, &net).await {
         if let Err(cleanup) = teardown(host, &spec).await {
             tracing::error!("rolling back container {name}: {cleanup:#}");
+            return Err(err.context(format!("creating container {name} (the agent finishes the roll-back when it restarts)")));
         }
+        host.state.containers.remove(name);
+        host.save()?;
         return Err(err.context(format!("creating container {name}")));
     }
-    host.state.containers.insert(name.to_owned(), spec.clone());
+    let done = host.state.containers.get_mut(name).expect("inserted above");
+    done.pending = None;
+    let spec = done.clone();
     host.save()?;
     Ok(spec)
 }
@@ -92,7 +100,7 @@ fn peer_interface(spec: &ContainerSpec) -> String {
 
 /// Builds the container in the kernel, in an order where every step can be undone by
 /// `teardown` and where the program sees the endpoint in its maps before its first packet.
-async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> Result<()> {
+pub async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> Result<()> {
     let peer = peer_interface(spec);
     netns::create(&spec.name)?;
     // bpfnet networks are IPv4 only; as Docker does for such networks, no IPv6 inside (no
@@ -107,6 +115,7 @@ async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> Resu
 
     let gateway_mac = ipam::gateway_mac(net.id);
     host.netlink.create_veth(&spec.host_interface, gateway_mac, &peer, spec.mac, None).await?;
+    crate::failpoint::hit("container-create:veth");
     let ns_fd = netns::open(&spec.name)?;
     host.netlink.move_to_netns(&peer, std::os::fd::AsFd::as_fd(&ns_fd)).await?;
 
@@ -133,6 +142,12 @@ async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> Resu
         .replace_route(Ipv4Net::new(spec.ip, 32)?, &spec.host_interface, Some(net.gateway))
         .await?;
 
+    register(host, spec, net).await
+}
+
+/// Puts a container into the datapath: its endpoint entries, its published ports, and the
+/// program on its veth. Idempotent: a restarted agent runs it again for every container.
+pub async fn register(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> Result<()> {
     let ifindex = host
         .netlink
         .link_by_name(&spec.host_interface)
@@ -145,7 +160,7 @@ async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> Resu
         network_id: net.id,
         ip: ipv4_be(spec.ip.octets()),
         mac: spec.mac,
-        gateway_mac,
+        gateway_mac: ipam::gateway_mac(net.id),
     })?;
     for mapping in &spec.publish {
         datapath.publish(&mapping.service_key(), &mapping.backend(spec.ip))?;
@@ -172,7 +187,11 @@ pub async fn teardown(host: &mut Host, spec: &ContainerSpec) -> Result<()> {
 }
 
 pub async fn remove(host: &mut Host, name: &str) -> Result<()> {
-    let spec = host.state.container(name)?.clone();
+    host.state.container(name)?;
+    let spec = host.state.containers.get_mut(name).expect("checked above");
+    spec.pending = Some(Pending::Remove);
+    let spec = spec.clone();
+    host.save()?;
     teardown(host, &spec).await.with_context(|| format!("removing container {name}"))?;
     host.state.containers.remove(name);
     host.save()

@@ -60,6 +60,14 @@ pub struct Datapath {
     services: HashMap<MapData, ServiceKey, Backend>,
 }
 
+/// See [`Datapath::contents`].
+pub struct DatapathContents {
+    pub endpoint_ips: Vec<Ipv4Be>,
+    pub networks: Vec<u32>,
+    pub services: Vec<ServiceKey>,
+    pub linked_interfaces: Vec<String>,
+}
+
 /// Programs in the object, all pinned under `progs/`.
 const PROGRAMS: [&str; 2] = [program_names::FROM_ENDPOINT, program_names::FROM_UPLINK];
 
@@ -76,6 +84,7 @@ pub struct CounterSnapshot {
 impl Datapath {
     /// Opens the datapath pinned under `pin_dir`, loading and pinning it first if it is not
     /// there yet. Must be called from a process that lives in the host network namespace.
+    #[cfg(test)]
     pub fn open_or_load(pin_dir: &Path, log_level: DatapathLogLevel) -> Result<Self> {
         Self::open_or_load_with(pin_dir, log_level, DEFAULT_CT_ENTRIES)
     }
@@ -201,6 +210,20 @@ impl Datapath {
             ignore_missing_key(self.ifaces.remove(&ifindex)).context("removing endpoint from IFACES")?;
         }
         ignore_missing_key(self.endpoints.remove(&ip)).context("removing endpoint from ENDPOINTS")
+    }
+
+    /// What the maps hold, for reconciliation with the state: endpoint addresses, network
+    /// ids, published ports, and the interfaces with a pinned endpoint link.
+    pub fn contents(&self) -> Result<DatapathContents> {
+        Ok(DatapathContents {
+            endpoint_ips: self.endpoints.keys().collect::<Result<_, _>>().context("listing ENDPOINTS")?,
+            networks: self.networks.keys().collect::<Result<_, _>>().context("listing NETWORKS")?,
+            services: self.services.keys().collect::<Result<_, _>>().context("listing SERVICES")?,
+            linked_interfaces: std::fs::read_dir(self.pin_dir.join("links"))?
+                .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+                .filter(|name: &Result<String>| name.as_ref().map_or(true, |n| !n.starts_with(UPLINK_PIN_PREFIX)))
+                .collect::<Result<_>>()?,
+        })
     }
 
     /// Publishes a port: one map update, whatever the number already published.

@@ -1,8 +1,17 @@
 //! bpfnet: container networking on eBPF, without a Linux bridge or iptables.
+//!
+//! `bpfnet agent` is the service that owns a host's datapath; every other command is a client
+//! of its API (a Unix socket), as `docker` is of dockerd.
+mod agent;
+mod api;
+mod client;
 mod commands;
 mod conntrack;
 mod container;
 mod datapath;
+#[cfg(test)]
+mod datapath_tests;
+mod failpoint;
 mod host;
 mod ipam;
 mod names;
@@ -10,22 +19,26 @@ mod netlink;
 mod netns;
 mod network;
 mod publish;
+mod reconcile;
+mod server;
+mod service;
 mod state;
 mod testrun;
-#[cfg(test)] mod datapath_tests;
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use commands::{container::ContainerCommand, conntrack::ConntrackCommand, network::NetworkCommand};
-use host::{Host, HostOptions};
 use tracing_subscriber::EnvFilter;
+
+use crate::api::{Call, PortSpecs};
 
 #[derive(Parser, Debug)]
 #[command(name = "bpfnet", version, about = "Container networking on eBPF: no bridge, no iptables")]
 struct Cli {
-    #[command(flatten)]
-    host: HostOptions,
+    /// The agent's API socket.
+    #[arg(long, global = true, env = "BPFNET_SOCKET", default_value = api::DEFAULT_SOCKET, value_name = "PATH")]
+    socket: PathBuf,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `bpfnet=debug`.
     #[arg(long, global = true, env = "BPFNET_LOG", default_value = "warn")]
     log: String,
@@ -35,6 +48,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the agent: the service that owns this host's datapath and serves the API.
+    Agent(Box<agent::AgentArgs>),
     /// Manage networks.
     #[command(subcommand)]
     Network(NetworkCommand),
@@ -57,53 +72,91 @@ enum Command {
     /// Tracked flows and their translations.
     #[command(subcommand)]
     Conntrack(ConntrackCommand),
-    /// Show networks, containers, attached programs, counters and drop reasons.
+    /// Show networks, containers, attached programs, conntrack fill, counters and drop reasons.
     Status {
         #[arg(long)]
         json: bool,
-    },
-    /// Stream the eBPF programs' log records.
-    Monitor {
-        /// Stop after this many seconds (default: until Ctrl-C).
-        #[arg(long)]
-        duration: Option<u64>,
     },
     /// Remove everything bpfnet created on this host: containers, networks, pinned programs and maps.
     Down,
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "agent") {
+        if let Err(err) = agent::load_config_into_env(&args) {
+            eprintln!("bpfnet: error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
         eprintln!("bpfnet: invalid --log {:?} ({e}); using `warn`", cli.log);
         EnvFilter::new("warn")
     });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    if let Err(err) = run(cli) {
+    let result = match cli.command {
+        Command::Agent(args) => run_agent(*args, cli.socket),
+        command => run_client(command, cli.socket),
+    };
+    if let Err(err) = result {
         eprintln!("bpfnet: error: {err:#}");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run_agent(args: agent::AgentArgs, socket: PathBuf) -> anyhow::Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
-        anyhow::bail!("bpfnet manages network namespaces and eBPF programs and must run as root");
+        anyhow::bail!("the bpfnet agent manages network namespaces and eBPF programs and must run as root");
     }
     // Before the runtime exists: every thread of the process then lives in the host namespace.
-    cli.host.enter_host_netns()?;
+    args.host.enter_host_netns()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(agent::run(args, socket))
+}
+
+fn run_client(command: Command, socket: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let mut host = Host::open(&cli.host).await?;
-        match cli.command {
-            Command::Network(cmd) => commands::network::run(&mut host, cmd).await,
-            Command::Container(cmd) => commands::container::run(&mut host, cmd).await,
-            Command::Publish { name, specs } => commands::publish::publish(&mut host, &name, &specs).await,
-            Command::Unpublish { name, specs } => commands::publish::unpublish(&mut host, &name, &specs).await,
-            Command::Conntrack(cmd) => commands::conntrack::run(&mut host, cmd).await,
-            Command::Status { json } => commands::status::run(&mut host, json).await,
-            Command::Monitor { duration } => commands::monitor::run(&mut host, duration).await,
-            Command::Down => commands::down::run(&mut host).await,
+        match command {
+            Command::Agent(_) => unreachable!("handled by run_agent"),
+            Command::Network(cmd) => {
+                let answer = client::call(&socket, &cmd.call()).await?;
+                cmd.print(&answer)
+            }
+            Command::Container(cmd) => {
+                let answer = client::call(&socket, &cmd.call()).await?;
+                cmd.print(&answer)
+            }
+            Command::Publish { name, specs } => {
+                let answer = client::call(&socket, &Call::Publish(name, PortSpecs { specs })).await?;
+                commands::publish::print(&answer);
+                Ok(())
+            }
+            Command::Unpublish { name, specs } => {
+                let answer = client::call(&socket, &Call::Unpublish(name, PortSpecs { specs })).await?;
+                commands::publish::print(&answer);
+                Ok(())
+            }
+            Command::Conntrack(cmd) => {
+                let answer = client::call(&socket, &cmd.call()).await?;
+                cmd.print(&answer)
+            }
+            Command::Status { json } => {
+                let answer = client::call(&socket, &Call::Status).await?;
+                if json {
+                    commands::print_json(&answer)
+                } else {
+                    commands::status::print_text(&answer);
+                    Ok(())
+                }
+            }
+            Command::Down => {
+                let answer = client::call(&socket, &Call::Down).await?;
+                println!("{}", answer["removed"].as_str().unwrap_or("removed"));
+                Ok(())
+            }
         }
     })
 }

@@ -37,6 +37,13 @@ pub fn host_interface(seed: u32) -> (String, String) {
     (format!("bn{seed:08x}"), format!("bp{seed:08x}"))
 }
 
+/// Whether an interface name has the shape of bpfnet's veth ends (`bn`/`bp` + 8 hex digits).
+pub fn is_host_interface(name: &str) -> bool {
+    (name.starts_with("bn") || name.starts_with("bp"))
+        && name.len() == 10
+        && name[2..].chars().all(|c| c.is_ascii_hexdigit())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +59,7 @@ mod tests {
         let (host, peer) = host_interface(0xdeadbeef);
         assert_eq!((host.as_str(), peer.as_str()), ("bndeadbeef", "bpdeadbeef"));
         assert!(host.len() <= 15);
+        assert!(is_host_interface(&host) && is_host_interface(&peer));
+        assert!(!is_host_interface("eth0") && !is_host_interface("bnxyz12345"));
     }
 }

@@ -19,7 +19,9 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkInfo as NlLinkInfo;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::neighbour::NeighbourState;
-use rtnetlink::packet_route::route::{RouteProtocol, RouteScope, RouteType};
+use rtnetlink::packet_route::route::RouteScope;
+#[cfg(test)]
+use rtnetlink::packet_route::route::{RouteProtocol, RouteType};
 use rtnetlink::{AddressMessageBuilder, Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// Linux limit for interface names (IFNAMSIZ - 1).
@@ -241,6 +243,7 @@ impl Netlink {
         self.set_link(name, what, |link| link.up()).await
     }
 
+    #[cfg(test)] // only the tests need it so far
     pub async fn set_mtu(&self, name: &str, mtu: u32) -> Result<()> {
         let what = || format!("setting MTU {mtu} on link {name}{}", self.place());
         self.set_link(name, what, |link| link.mtu(mtu)).await
@@ -389,6 +392,7 @@ impl Netlink {
             .with_context(what)
     }
 
+    #[cfg(test)] // only the tests need it so far
     /// `ip route del DEST dev NAME` in the main table; Ok(false) when there is
     /// no such route (or no such link).
     pub async fn del_route(&self, dest: Ipv4Net, name: &str) -> Result<bool> {

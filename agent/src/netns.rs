@@ -185,6 +185,7 @@ pub fn exists(name: &str) -> bool {
     check_name(name).is_ok() && fs::symlink_metadata(path_of(name)).is_ok()
 }
 
+#[cfg(test)] // only the tests need it so far
 /// Names of all named network namespaces, sorted.
 pub fn list() -> Result<Vec<String>> {
     let entries = match fs::read_dir(NETNS_RUN_DIR) {

@@ -10,7 +10,7 @@ use ipnet::{IpNet, Ipv4Net};
 use crate::{
     host::Host,
     ipam, names,
-    state::NetworkSpec,
+    state::{NetworkSpec, Pending},
 };
 
 const GATEWAY_DEVICE: &str = "lo";
@@ -40,15 +40,22 @@ pub async fn create(host: &mut Host, name: &str, subnet: &str, gateway: Option<I
     }
     let gateway = ipam::gateway(subnet, gateway)?;
     let id = host.state.networks.values().map(|n| n.id).max().unwrap_or(0) + 1;
-    let spec = NetworkSpec { name: name.to_owned(), id, subnet, gateway };
+    let spec = NetworkSpec { name: name.to_owned(), id, subnet, gateway, pending: Some(Pending::Create) };
     host.sync_uplink().await?;
+    host.state.networks.insert(name.to_owned(), spec.clone());
+    host.save()?;
     if let Err(err) = apply(host, &spec).await {
         if let Err(cleanup) = teardown(host, &spec).await {
             tracing::error!("rolling back network {name}: {cleanup:#}");
+            return Err(err.context(format!("creating network {name} (the agent finishes the roll-back when it restarts)")));
         }
+        host.state.networks.remove(name);
+        host.save()?;
         return Err(err.context(format!("creating network {name}")));
     }
-    host.state.networks.insert(name.to_owned(), spec.clone());
+    let done = host.state.networks.get_mut(name).expect("inserted above");
+    done.pending = None;
+    let spec = done.clone();
     host.save()?;
     Ok(spec)
 }
@@ -78,6 +85,8 @@ pub async fn remove(host: &mut Host, name: &str) -> Result<()> {
             members.join(", ")
         );
     }
+    host.state.networks.get_mut(name).expect("checked above").pending = Some(Pending::Remove);
+    host.save()?;
     teardown(host, &spec).await.with_context(|| format!("removing network {name}"))?;
     host.state.networks.remove(name);
     host.save()

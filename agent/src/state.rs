@@ -35,6 +35,16 @@ impl Default for State {
     }
 }
 
+/// An operation that was started and not yet finished: written before the kernel is touched,
+/// cleared once it completed, so that an agent killed in the middle finishes it (removal) or
+/// rolls it back (creation) when it starts again.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Pending {
+    Create,
+    Remove,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
@@ -43,6 +53,8 @@ pub struct NetworkSpec {
     pub id: u32,
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -58,6 +70,8 @@ pub struct ContainerSpec {
     /// Ports published on the host (`--publish`).
     #[serde(default)]
     pub publish: Vec<crate::publish::PortMapping>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
 }
 
 impl State {
@@ -85,7 +99,8 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    /// Creates the directory if needed and takes its lock, waiting for another holder.
+    /// Creates the directory if needed and takes its lock; refuses when another process (an
+    /// agent) holds it.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating state directory {}", dir.display()))?;
@@ -96,9 +111,15 @@ impl StateStore {
             .write(true)
             .open(&lock_path)
             .with_context(|| format!("opening {}", lock_path.display()))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| errno)
-            .with_context(|| format!("locking {}", lock_path.display()))?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
+                "another bpfnet agent is running with the state directory {}; stop it first, or \
+                 give this one its own --state-dir",
+                dir.display()
+            ),
+            Err((_, errno)) => return Err(errno).with_context(|| format!("locking {}", lock_path.display())),
+        };
         Ok(Self { dir: dir.to_owned(), _lock: lock })
     }
 
@@ -172,7 +193,7 @@ mod tests {
         let mut state = State::default();
         state.networks.insert(
             "n".into(),
-            NetworkSpec { name: "n".into(), id: 1, subnet: "10.1.0.0/24".parse().unwrap(), gateway: "10.1.0.1".parse().unwrap() },
+            NetworkSpec { name: "n".into(), id: 1, subnet: "10.1.0.0/24".parse().unwrap(), gateway: "10.1.0.1".parse().unwrap(), pending: None },
         );
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), state);
@@ -184,6 +205,9 @@ mod tests {
         std::fs::write(dir.join(STATE_FILE), r#"{"version": 99}"#).unwrap();
         let err = format!("{:#}", store.load().unwrap_err());
         assert!(err.contains("version 99"), "{err}");
+
+        let second = StateStore::open(&dir).err().expect("a second holder is refused");
+        assert!(second.to_string().contains("another bpfnet agent"), "{second}");
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -56,8 +56,12 @@ pub struct Sandbox {
     pub host_netns: String,
     /// The "outside world" behind the uplink, when made with [`Sandbox::with_uplink`].
     pub outside_netns: String,
-    /// Extra environment for every bpfnet invocation (settings such as BPFNET_CT_SIZE).
+    /// Extra environment of the agent (settings such as BPFNET_UPLINK, BPFNET_CT_SIZE).
     env: Vec<(String, String)>,
+    /// The sandbox's agent, started on first use.
+    agent: std::cell::RefCell<Option<std::process::Child>>,
+    pub socket: PathBuf,
+    agent_log: PathBuf,
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
     servers: Vec<JoinHandle<()>>,
@@ -75,6 +79,9 @@ impl Sandbox {
             host_netns: format!("{prefix}-host"),
             outside_netns: format!("{prefix}-out"),
             env: Vec::new(),
+            agent: std::cell::RefCell::new(None),
+            socket: std::env::temp_dir().join(format!("{prefix}.sock")),
+            agent_log: std::env::temp_dir().join(format!("{prefix}-agent.log")),
             state_dir: std::env::temp_dir().join(format!("{prefix}-state")),
             bpffs: PathBuf::from(format!("/sys/fs/bpf/{prefix}")),
             prefix,
@@ -111,10 +118,69 @@ impl Sandbox {
         sb
     }
 
-    /// Sets an environment variable for every later bpfnet invocation.
+    /// Sets an environment variable of the agent (it takes effect when the agent next starts).
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// The agent command line for this sandbox.
+    pub fn agent_command(&self) -> Command {
+        let mut cmd = Command::new(bpfnet_bin());
+        cmd.arg("agent")
+            .env("BPFNET_HOST_NETNS", &self.host_netns)
+            .env("BPFNET_STATE_DIR", &self.state_dir)
+            .env("BPFNET_BPFFS", &self.bpffs)
+            .env("BPFNET_SOCKET", &self.socket)
+            .env("BPFNET_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// Starts the agent unless it runs, and waits until it answers on its socket.
+    pub fn ensure_agent(&self) {
+        let mut agent = self.agent.borrow_mut();
+        if let Some(child) = agent.as_mut() {
+            if child.try_wait().ok().flatten().is_none() {
+                return;
+            }
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.agent_log).expect("agent log");
+        let mut child = self
+            .agent_command()
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting bpfnet agent");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("bpfnet agent exited ({status}) before serving:\n{}", self.agent_log_text());
+            }
+            assert!(Instant::now() < deadline, "bpfnet agent did not serve within 20 s:\n{}", self.agent_log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        *agent = Some(child);
+    }
+
+    /// Stops the agent: SIGTERM (a clean stop) or SIGKILL; the datapath stays either way.
+    pub fn stop_agent(&self, signal: nix::sys::signal::Signal) {
+        if let Some(mut child) = self.agent.borrow_mut().take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn agent_log_text(&self) -> String {
+        std::fs::read_to_string(&self.agent_log).unwrap_or_default()
     }
 
     /// A name with this sandbox's prefix.
@@ -122,15 +188,18 @@ impl Sandbox {
         format!("{}-{suffix}", self.prefix)
     }
 
-    /// Runs bpfnet against this sandbox's host.
+    /// Runs a bpfnet command against this sandbox's agent (started if needed).
     pub fn bpfnet(&self, args: &[&str]) -> Output {
+        self.ensure_agent();
+        self.client(args)
+    }
+
+    /// Runs a bpfnet command against this sandbox's socket, whether an agent runs or not.
+    pub fn client(&self, args: &[&str]) -> Output {
         Command::new(bpfnet_bin())
             .args(args)
-            .env("BPFNET_HOST_NETNS", &self.host_netns)
-            .env("BPFNET_STATE_DIR", &self.state_dir)
-            .env("BPFNET_BPFFS", &self.bpffs)
+            .env("BPFNET_SOCKET", &self.socket)
             .env_remove("BPFNET_LOG")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("running bpfnet")
     }
@@ -281,10 +350,20 @@ impl Drop for Sandbox {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let down = self.bpfnet(&["down"]);
-        if !down.status.success() {
-            eprintln!("sandbox cleanup: bpfnet down failed: {}", String::from_utf8_lossy(&down.stderr));
+        if std::thread::panicking() {
+            eprintln!("--- agent log of {} ---\n{}", self.prefix, self.agent_log_text());
         }
+        // `down` needs an agent: the test's own, or a new one if it died (a new agent also
+        // reconciles whatever the test left half-done).
+        let down = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.bpfnet(&["down"])));
+        match down {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!("sandbox cleanup: bpfnet down failed: {}", String::from_utf8_lossy(&out.stderr)),
+            Err(_) => eprintln!("sandbox cleanup: no agent could be started for bpfnet down"),
+        }
+        self.stop_agent(nix::sys::signal::Signal::SIGTERM);
+        let _ = std::fs::remove_file(&self.agent_log);
+        let _ = std::fs::remove_file(&self.socket);
         if let Ok(entries) = std::fs::read_dir("/run/netns") {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();

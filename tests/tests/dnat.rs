@@ -104,7 +104,7 @@ fn unpublished_ports_are_unreachable_and_established_flows_survive_unpublish() {
         Ok(stream)
     })
     .unwrap();
-    let mut echo = |stream: &mut TcpStream, text: &[u8]| {
+    let echo = |stream: &mut TcpStream, text: &[u8]| {
         stream.write_all(text).unwrap();
         let mut answer = vec![0u8; text.len()];
         stream.read_exact(&mut answer).unwrap();

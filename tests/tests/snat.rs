@@ -160,7 +160,13 @@ fn a_gigabyte_each_way_arrives_with_no_checksum_error() {
 
 #[test]
 fn expired_flows_are_collected_and_their_ports_reused() {
-    let settings = [("BPFNET_NAT_PORTS", "41000-41003"), ("BPFNET_CT_TIMEOUT_UDP", "1"), ("BPFNET_CT_TIMEOUT_UDP_STREAM", "1")];
+    // The agent's own periodic collection is pushed out of the way: this test collects itself.
+    let settings = [
+        ("BPFNET_NAT_PORTS", "41000-41003"),
+        ("BPFNET_CT_TIMEOUT_UDP", "1"),
+        ("BPFNET_CT_TIMEOUT_UDP_STREAM", "1"),
+        ("BPFNET_GC_INTERVAL", "3600"),
+    ];
     let (mut sb, c) = sandbox_with(&["c1"], &settings);
     let server = SocketAddrV4::new(OUTSIDE_IP, 5353);
     let peers = sb.udp_echo_server(&sb.outside_netns.clone(), server, 10);
@@ -215,7 +221,7 @@ fn a_full_table_refuses_new_flows_and_keeps_established_ones() {
     sb.udp_echo_server(&out, udp_server, flows_that_fit as usize + 20);
     let ip = sb.container_ip(&c[0]);
     let mut established = in_netns(&c[0], move || tcp_connect_from(SocketAddrV4::new(ip, 45000), tcp_server)).unwrap();
-    let mut echo = |stream: &mut std::net::TcpStream, text: &[u8]| {
+    let echo = |stream: &mut std::net::TcpStream, text: &[u8]| {
         stream.write_all(text).unwrap();
         let mut answer = vec![0u8; text.len()];
         stream.read_exact(&mut answer).unwrap();

@@ -1,8 +1,7 @@
-use anyhow::Result;
 use clap::Subcommand;
+use serde_json::Value;
 
-use super::print_json;
-use crate::{conntrack, host::Host};
+use crate::api::Call;
 
 #[derive(Subcommand, Debug)]
 pub enum ConntrackCommand {
@@ -12,51 +11,51 @@ pub enum ConntrackCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Expire idle flows now (by the --ct-timeout-* settings) and free their NAT ports.
+    /// Expire idle flows now (by the agent's --ct-timeout-* settings) and free their NAT ports.
     Gc {
         #[arg(long)]
         json: bool,
     },
 }
 
-pub async fn run(host: &mut Host, command: ConntrackCommand) -> Result<()> {
-    let timeouts = host.options.ct_timeouts.clone();
-    let Some(datapath) = host.existing_datapath()? else {
-        anyhow::bail!("no datapath is loaded on this host yet; create a network first");
-    };
-    match command {
-        ConntrackCommand::Ls { json } => {
-            let flows = conntrack::flows(datapath)?;
-            if json {
-                return print_json(&flows);
-            }
-            println!("{:<5} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:>6} {:>9} {:>9}", "PROTO", "KIND", "SOURCE", "DESTINATION", "TRANSLATED SOURCE", "TRANSLATED DEST", "STATE", "IDLE", "PKTS OUT", "PKTS IN");
-            for f in flows {
-                println!(
-                    "{:<5} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:>5}s {:>9} {:>9}",
-                    f.protocol,
-                    f.kind,
-                    f.source,
-                    f.destination,
-                    f.translated_source,
-                    f.translated_destination,
-                    serde_json::to_value(f.state)?.as_str().unwrap_or_default(),
-                    f.idle_seconds,
-                    f.packets_out,
-                    f.packets_in
-                );
-            }
-        }
-        ConntrackCommand::Gc { json } => {
-            let report = conntrack::collect_garbage(datapath, &timeouts)?;
-            if json {
-                return print_json(&report);
-            }
-            println!(
-                "expired {} flows ({} entries); {} of {} entries in use",
-                report.flows_expired, report.entries_removed, report.entries_in_use, report.capacity
-            );
+impl ConntrackCommand {
+    pub fn call(&self) -> Call {
+        match self {
+            ConntrackCommand::Ls { .. } => Call::ListConntrack,
+            ConntrackCommand::Gc { .. } => Call::CollectConntrack,
         }
     }
-    Ok(())
+
+    pub fn print(&self, answer: &Value) -> anyhow::Result<()> {
+        match self {
+            ConntrackCommand::Ls { json: true } | ConntrackCommand::Gc { json: true } => super::print_json(answer)?,
+            ConntrackCommand::Ls { json: false } => {
+                println!(
+                    "{:<5} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:>6} {:>9} {:>9}",
+                    "PROTO", "KIND", "SOURCE", "DESTINATION", "TRANSLATED SOURCE", "TRANSLATED DEST", "STATE", "IDLE", "PKTS OUT", "PKTS IN"
+                );
+                for f in answer.as_array().into_iter().flatten() {
+                    let s = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
+                    println!(
+                        "{:<5} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:>5}s {:>9} {:>9}",
+                        s("protocol"),
+                        s("kind"),
+                        s("source"),
+                        s("destination"),
+                        s("translated_source"),
+                        s("translated_destination"),
+                        s("state"),
+                        f["idle_seconds"],
+                        f["packets_out"],
+                        f["packets_in"]
+                    );
+                }
+            }
+            ConntrackCommand::Gc { json: false } => println!(
+                "expired {} flows ({} entries); {} of {} entries in use",
+                answer["flows_expired"], answer["entries_removed"], answer["entries_in_use"], answer["capacity"]
+            ),
+        }
+        Ok(())
+    }
 }

@@ -1,13 +1,11 @@
 use std::net::Ipv4Addr;
 
-use anyhow::Result;
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::Value;
 
-use super::print_json;
-use crate::{container, host::Host, ipam::format_mac, state::ContainerSpec};
+use crate::api::{Call, CreateContainer};
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum ContainerCommand {
     /// Create a container: a network namespace NAME (enter it with `ip netns exec NAME`)
     /// with eth0 on the given network and a default route via its gateway.
@@ -34,60 +32,49 @@ pub enum ContainerCommand {
     Rm { name: String },
 }
 
-/// Parses every `--publish` value.
-pub fn parse_all(specs: &[String]) -> Result<Vec<crate::publish::PortMapping>> {
-    let mut all = Vec::new();
-    for spec in specs {
-        all.extend(crate::publish::parse(spec)?);
-    }
-    Ok(all)
-}
-
-pub fn describe(spec: &ContainerSpec) -> serde_json::Value {
-    json!({
-        "name": spec.name,
-        "network": spec.network,
-        "ip": spec.ip.to_string(),
-        "mac": format_mac(&spec.mac),
-        "netns": spec.name,
-        "host_interface": spec.host_interface,
-        "ports": spec.publish.iter().map(ToString::to_string).collect::<Vec<_>>(),
-    })
-}
-
-pub async fn run(host: &mut Host, command: ContainerCommand) -> Result<()> {
-    match command {
-        ContainerCommand::Create { name, network, ip, publish } => {
-            let mappings = parse_all(&publish)?;
-            let spec = container::create(host, &name, &network, ip, mappings).await?;
-            println!("{} {}", spec.name, spec.ip);
+impl ContainerCommand {
+    pub fn call(&self) -> Call {
+        match self.clone() {
+            ContainerCommand::Create { name, network, ip, publish } => {
+                Call::CreateContainer(CreateContainer { name, network, ip, publish })
+            }
+            ContainerCommand::Ls { .. } => Call::ListContainers,
+            ContainerCommand::Rm { name } => Call::RemoveContainer(name),
         }
-        ContainerCommand::Ls { json } => {
-            if json {
-                print_json(&host.state.containers.values().map(describe).collect::<Vec<_>>())?;
-            } else {
+    }
+
+    pub fn print(&self, answer: &Value) -> anyhow::Result<()> {
+        match self {
+            ContainerCommand::Create { .. } => {
+                println!("{} {}", answer["name"].as_str().unwrap_or_default(), answer["ip"].as_str().unwrap_or_default())
+            }
+            ContainerCommand::Rm { name } => println!("{name}"),
+            ContainerCommand::Ls { json: true } => super::print_json(answer)?,
+            ContainerCommand::Ls { json: false } => {
                 println!("{:<24} {:<20} {:<16} {:<18} {:<11} PORTS", "NAME", "NETWORK", "IP", "MAC", "HOST IFACE");
-                for c in host.state.containers.values() {
-                    let ports = match c.publish.as_slice() {
-                        [] => String::new(),
-                        few @ [_, _, _] | few @ [_, _] | few @ [_] => few.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-                        many => format!("{}, ... ({} ports)", many[0], many.len()),
-                    };
+                for c in answer.as_array().into_iter().flatten() {
+                    let field = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
                     println!(
-                        "{:<24} {:<20} {:<16} {:<18} {:<11} {ports}",
-                        c.name,
-                        c.network,
-                        c.ip.to_string(),
-                        format_mac(&c.mac),
-                        c.host_interface
+                        "{:<24} {:<20} {:<16} {:<18} {:<11} {}",
+                        field("name"),
+                        field("network"),
+                        field("ip"),
+                        field("mac"),
+                        field("host_interface"),
+                        ports_summary(&c["ports"])
                     );
                 }
             }
         }
-        ContainerCommand::Rm { name } => {
-            container::remove(host, &name).await?;
-            println!("{name}");
-        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// A few ports in full, many as the first and a count.
+fn ports_summary(ports: &Value) -> String {
+    let ports: Vec<&str> = ports.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    match ports.len() {
+        0..=3 => ports.join(", "),
+        n => format!("{}, ... ({n} ports)", ports[0]),
+    }
 }

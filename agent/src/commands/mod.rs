@@ -1,8 +1,6 @@
-//! One file per CLI verb.
+//! The CLI's verbs: each turns into one API call to the agent and prints its answer.
 pub mod conntrack;
 pub mod container;
-pub mod down;
-pub mod monitor;
 pub mod network;
 pub mod publish;
 pub mod status;

@@ -1,13 +1,11 @@
 use std::net::Ipv4Addr;
 
-use anyhow::Result;
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::Value;
 
-use super::print_json;
-use crate::{host::Host, network, state::NetworkSpec};
+use crate::api::{Call, CreateNetwork};
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum NetworkCommand {
     /// Create a network: a subnet whose containers reach each other and their gateway.
     Create {
@@ -32,48 +30,34 @@ pub enum NetworkCommand {
     Rm { name: String },
 }
 
-fn describe(host: &Host, spec: &NetworkSpec) -> serde_json::Value {
-    let containers: Vec<_> = host.state.containers_of(&spec.name).map(|c| c.name.clone()).collect();
-    json!({
-        "name": spec.name,
-        "id": spec.id,
-        "subnet": spec.subnet.to_string(),
-        "gateway": spec.gateway.to_string(),
-        "containers": containers,
-    })
-}
-
-pub async fn run(host: &mut Host, command: NetworkCommand) -> Result<()> {
-    match command {
-        NetworkCommand::Create { name, subnet, gateway } => {
-            let spec = network::create(host, &name, &subnet, gateway).await?;
-            println!("{}", spec.name);
+impl NetworkCommand {
+    pub fn call(&self) -> Call {
+        match self.clone() {
+            NetworkCommand::Create { name, subnet, gateway } => Call::CreateNetwork(CreateNetwork { name, subnet, gateway }),
+            NetworkCommand::Ls { .. } => Call::ListNetworks,
+            NetworkCommand::Inspect { name } => Call::InspectNetwork(name),
+            NetworkCommand::Rm { name } => Call::RemoveNetwork(name),
         }
-        NetworkCommand::Ls { json } => {
-            let all: Vec<_> = host.state.networks.values().map(|n| describe(host, n)).collect();
-            if json {
-                print_json(&all)?;
-            } else {
+    }
+
+    /// Prints the agent's answer: JSON where asked for, else text.
+    pub fn print(&self, answer: &Value) -> anyhow::Result<()> {
+        match self {
+            NetworkCommand::Create { name, .. } | NetworkCommand::Rm { name } => println!("{name}"),
+            NetworkCommand::Ls { json: false } => {
                 println!("{:<24} {:<20} {:<16} CONTAINERS", "NAME", "SUBNET", "GATEWAY");
-                for n in host.state.networks.values() {
+                for n in answer.as_array().into_iter().flatten() {
                     println!(
                         "{:<24} {:<20} {:<16} {}",
-                        n.name,
-                        n.subnet.to_string(),
-                        n.gateway.to_string(),
-                        host.state.containers_of(&n.name).count()
+                        n["name"].as_str().unwrap_or_default(),
+                        n["subnet"].as_str().unwrap_or_default(),
+                        n["gateway"].as_str().unwrap_or_default(),
+                        n["containers"].as_array().map_or(0, Vec::len)
                     );
                 }
             }
+            NetworkCommand::Ls { json: true } | NetworkCommand::Inspect { .. } => super::print_json(answer)?,
         }
-        NetworkCommand::Inspect { name } => {
-            let spec = host.state.network(&name)?;
-            print_json(&describe(host, spec))?;
-        }
-        NetworkCommand::Rm { name } => {
-            network::remove(host, &name).await?;
-            println!("{name}");
-        }
+        Ok(())
     }
-    Ok(())
 }

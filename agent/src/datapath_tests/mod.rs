@@ -12,6 +12,9 @@
 //! ([`Fixture::send`]) and every pinned hash map is emptied by [`Fixture::clear_maps`].
 mod arp;
 mod forward;
+mod fuzz;
+mod icmp;
+mod nat;
 mod packets;
 
 use std::{
@@ -26,10 +29,13 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{HashMap, Map, MapData, MapType, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapType, PerCpuArray},
     programs::ProgramInfo,
 };
-use datapath_common::{map_names, program_names, Counter, DropReason, Endpoint, Network};
+use datapath_common::{
+    ct_fill, map_names, program_names, Backend, Counter, CtEntry, CtKey, DropReason, Endpoint,
+    HostConfig, Network, ServiceKey,
+};
 
 use crate::{
     datapath::{self, Datapath, DatapathLogLevel},
@@ -54,6 +60,10 @@ pub struct Fixture {
     pub networks: HashMap<MapData, u32, Network>,
     pub endpoints: HashMap<MapData, u32, Endpoint>,
     pub ifaces: HashMap<MapData, u32, Endpoint>,
+    pub config: Array<MapData, HostConfig>,
+    pub ct: HashMap<MapData, CtKey, CtEntry>,
+    pub ct_fill: Array<MapData, u64>,
+    pub services: HashMap<MapData, ServiceKey, Backend>,
     drops: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     /// Index of `h<i>`, the host side of veth pair `i`.
@@ -166,6 +176,10 @@ impl Fixture {
             networks: open_map(&maps, map_names::NETWORKS)?,
             endpoints: open_map(&maps, map_names::ENDPOINTS)?,
             ifaces: open_map(&maps, map_names::IFACES)?,
+            config: open_map(&maps, map_names::CONFIG)?,
+            ct: open_map(&maps, map_names::CT)?,
+            ct_fill: open_map(&maps, map_names::CT_FILL)?,
+            services: open_map(&maps, map_names::SERVICES)?,
             drops: open_map(&maps, map_names::DROPS)?,
             counters: open_map(&maps, map_names::COUNTERS)?,
             host_ifindex,
@@ -277,6 +291,169 @@ impl Fixture {
     }
 }
 
+
+/// The host's uplink in the test namespace: veth `up0` (its peer `up1` plays the upstream
+/// router) with an address, a default route via the router and a permanent neighbour entry
+/// for it, so `bpf_fib_lookup` answers SUCCESS with both MACs for anything routed through the
+/// router, and NO_NEIGH for an unresolved on-link address.
+pub struct Uplink {
+    pub ifindex: u32,
+    /// `up1`: the router's end; not an endpoint, not the uplink.
+    pub peer_ifindex: u32,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub router: Ipv4Addr,
+    pub router_mac: [u8; 6],
+}
+
+pub const UPLINK_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+pub const UPLINK_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 2];
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
+/// An on-link address of the uplink's subnet with no neighbour entry.
+pub const UNRESOLVED_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 77);
+/// A server out in the world, reached via the router.
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+pub const NAT_PORT_MIN: u16 = 20000;
+pub const NAT_PORT_MAX: u16 = 20099;
+pub const CT_LIMIT: u32 = 1000;
+
+impl Fixture {
+    /// The standard topology plus an uplink, forwarding enabled on every host-side veth (as the
+    /// agent does for real ones) and CONFIG naming the uplink.
+    pub fn with_uplink() -> (Self, Topology, Uplink) {
+        let (mut fx, t) = Self::with_topology();
+        let uplink = fx
+            .make_uplink()
+            .unwrap_or_else(|e| panic!("setting up the uplink: {e:#}"));
+        fx.set_config(&fx.host_config(&uplink));
+        (fx, t, uplink)
+    }
+
+    fn make_uplink(&self) -> Result<Uplink> {
+        let ns = self.ns.names[0].clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (ifindex, peer_ifindex) =
+            runtime.block_on(netns::netlink_in(&ns, |nl| async move {
+                nl.create_veth("up0", UPLINK_MAC, "up1", ROUTER_MAC, None)
+                    .await?;
+                nl.set_up("up0").await?;
+                nl.set_up("up1").await?;
+                nl.add_address(
+                    "up0",
+                    ipnet::IpNet::V4(ipnet::Ipv4Net::new(UPLINK_IP, 24)?),
+                )
+                .await?;
+                nl.replace_default_route(ROUTER_IP, "up0").await?;
+                nl.replace_neighbour("up0", ROUTER_IP, ROUTER_MAC).await?;
+                let up0 = nl.link_by_name("up0").await?.context("up0 vanished")?;
+                let up1 = nl.link_by_name("up1").await?.context("up1 vanished")?;
+                Ok((up0.index, up1.index))
+            }))?;
+        netns::run_in(&ns, || {
+            for i in 0..VETHS {
+                let path = format!("/proc/sys/net/ipv4/conf/h{i}/forwarding");
+                std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
+            }
+            Ok(())
+        })?;
+        Ok(Uplink {
+            ifindex,
+            peer_ifindex,
+            ip: UPLINK_IP,
+            mac: UPLINK_MAC,
+            router: ROUTER_IP,
+            router_mac: ROUTER_MAC,
+        })
+    }
+
+    pub fn host_config(&self, uplink: &Uplink) -> HostConfig {
+        HostConfig {
+            uplink_ifindex: uplink.ifindex,
+            uplink_ip: be(uplink.ip),
+            nat_port_min: NAT_PORT_MIN,
+            nat_port_max: NAT_PORT_MAX,
+            ct_limit: CT_LIMIT,
+        }
+    }
+
+    pub fn set_config(&mut self, config: &HostConfig) {
+        self.config.set(0, config, 0).unwrap();
+    }
+
+    /// Every conntrack entry.
+    pub fn ct_entries(&self) -> BTreeMap<(u32, u32, u16, u16, u8), (CtKey, CtEntry)> {
+        self.ct
+            .iter()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                ((k.saddr, k.daddr, k.sport, k.dport, k.proto), (k, v))
+            })
+            .collect()
+    }
+
+    /// Empties CT and zeroes CT_FILL, leaving the other maps as they are.
+    pub fn clear_ct(&mut self) {
+        let keys: Vec<CtKey> = self.ct.keys().map(|k| k.unwrap()).collect();
+        for key in keys {
+            // An entry may be gone already (LRU); only "not there" is fine.
+            match self.ct.remove(&key) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => panic!("deleting a CT entry: {e}"),
+            }
+        }
+        for slot in 0..ct_fill::SLOTS {
+            self.ct_fill.set(slot, 0, 0).unwrap();
+        }
+    }
+
+    pub fn ct_inserted(&self) -> u64 {
+        self.ct_fill.get(&ct_fill::INSERTED, 0).unwrap()
+    }
+
+    /// Runs `from_uplink` on `packet` as if it came in on interface `ifindex`.
+    #[track_caller]
+    pub fn run_from_uplink(&self, ifindex: u32, packet: &[u8]) -> Outcome {
+        self.send(program_names::FROM_UPLINK, ifindex, packet)
+            .unwrap_or_else(|e| panic!("test run of {}: {e:#}", program_names::FROM_UPLINK))
+    }
+
+    /// Many test runs (repeat 1 each) on one thread inside the test namespace: `(program,
+    /// ifindex, packet)` in, each run's result out, in order. No counters are read.
+    pub fn run_batch(
+        &self,
+        runs: Vec<(&'static str, u32, Vec<u8>)>,
+    ) -> Result<Vec<io::Result<TestRunOutput>>> {
+        let mut fds = BTreeMap::new();
+        for (program, _, _) in &runs {
+            if !fds.contains_key(program) {
+                let Some(fd) = self.programs.get(*program).cloned() else {
+                    bail!("no program {program} pinned");
+                };
+                fds.insert(*program, fd);
+            }
+        }
+        netns::run_in(&self.ns.names[0], move || {
+            Ok(runs
+                .into_iter()
+                .map(|(program, ifindex, packet)| {
+                    let ctx = SkbContext::received_on(ifindex);
+                    testrun::run_skb(fds[program].as_fd(), &packet, Some(&ctx), 1)
+                })
+                .collect())
+        })
+    }
+
+    /// Totals of every drop reason and counter (summed over CPUs).
+    pub fn totals(&self) -> ([u64; DropReason::COUNT as usize], [u64; Counter::COUNT as usize]) {
+        let c = self.counts().unwrap();
+        (c.drops, c.counters)
+    }
+}
+
 impl Outcome {
     fn moved(&self) -> String {
         let drops = DropReason::ALL
@@ -310,6 +487,27 @@ impl Outcome {
             ok,
             "expected verdict {retval} with only {:?} moving, got {}",
             drop.map(DropReason::name).or(counter.map(Counter::name)),
+            self.moved()
+        );
+    }
+
+    /// `retval`, and exactly one count of each of `drops` and `counters`, nothing else.
+    #[track_caller]
+    pub fn assert_moved(&self, retval: u32, drops: &[DropReason], counters: &[Counter]) {
+        let mut want_drops = [0; DropReason::COUNT as usize];
+        let mut want_counters = [0; Counter::COUNT as usize];
+        for d in drops {
+            want_drops[*d as usize] += 1;
+        }
+        for c in counters {
+            want_counters[*c as usize] += 1;
+        }
+        let ok = self.retval == retval && self.drops == want_drops && self.counters == want_counters;
+        assert!(
+            ok,
+            "expected verdict {retval} with {:?} {:?} moving once, got {}",
+            drops.iter().map(|d| d.name()).collect::<Vec<_>>(),
+            counters.iter().map(|c| c.name()).collect::<Vec<_>>(),
             self.moved()
         );
     }

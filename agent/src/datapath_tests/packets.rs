@@ -97,6 +97,19 @@ impl Arp {
 
 /// An IPv4 header (options allowed) followed by `payload`, with a valid header checksum.
 pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    ipv4_with(src, dst, protocol, options, payload, 64, 0x4000)
+}
+
+/// As [`ipv4`], with the TTL and the flags/fragment-offset word given.
+pub fn ipv4_with(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    options: &[u8],
+    payload: &[u8],
+    ttl: u8,
+    frag: u16,
+) -> Vec<u8> {
     assert!(
         options.len().is_multiple_of(4) && options.len() <= 40,
         "IPv4 options are 0..=40 bytes in 4-byte words"
@@ -108,8 +121,8 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, options: &[u8], payload:
     p.push(0); // DSCP/ECN
     p.extend(total.to_be_bytes());
     p.extend(0x1234u16.to_be_bytes()); // identification
-    p.extend(0x4000u16.to_be_bytes()); // DF, fragment offset 0
-    p.push(64); // TTL
+    p.extend(frag.to_be_bytes()); // flags, fragment offset
+    p.push(ttl);
     p.push(protocol);
     p.extend([0, 0]); // checksum, filled in below
     p.extend(src.octets());
@@ -163,9 +176,27 @@ pub fn tcp(
 }
 
 pub fn icmp_echo_request(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
-    let mut m = vec![8, 0, 0, 0];
-    m.extend(id.to_be_bytes());
-    m.extend(seq.to_be_bytes());
+    icmp_message(8, 0, [id.to_be_bytes(), seq.to_be_bytes()].concat().try_into().unwrap(), payload)
+}
+
+pub fn icmp_echo_reply(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    icmp_message(0, 0, [id.to_be_bytes(), seq.to_be_bytes()].concat().try_into().unwrap(), payload)
+}
+
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PORT_UNREACH: u8 = 3;
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+
+/// An ICMP error quoting `quoted` (an IPv4 packet, as much of it as the sender includes);
+/// `rest` is the second word of the header (the next-hop MTU of "fragmentation needed").
+pub fn icmp_error(icmp_type: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    icmp_message(icmp_type, code, rest, quoted)
+}
+
+fn icmp_message(icmp_type: u8, code: u8, rest: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![icmp_type, code, 0, 0];
+    m.extend(rest);
     m.extend(payload);
     let sum = checksum(&[&m]);
     m[2..4].copy_from_slice(&sum.to_be_bytes());
@@ -197,22 +228,33 @@ fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, len: usize) -> [u8;
     ph
 }
 
-fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u8]) -> u16 {
+pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u8]) -> u16 {
     checksum(&[&pseudo_header(src, dst, protocol, segment.len()), segment])
 }
 
 /// Checks an Ethernet/IPv4 frame: header length and total length consistent with the frame,
-/// header checksum valid, and the UDP/TCP/ICMP checksum valid.
+/// header checksum valid, and the UDP/TCP/ICMP checksum valid. Never panics, whatever the
+/// frame.
 pub fn verify_ipv4_checksums(frame: &[u8]) -> Result<(), String> {
+    if frame.len() < ETH_HLEN {
+        return Err(format!("{}-byte frame", frame.len()));
+    }
     let ether_type = u16::from_be_bytes([frame[12], frame[13]]);
     if ether_type != ETHERTYPE_IPV4 {
         return Err(format!("ether type {ether_type:#06x} is not IPv4"));
     }
-    let ip = &frame[ETH_HLEN..];
+    verify_ipv4_packet(&frame[ETH_HLEN..])
+}
+
+/// The checks of [`verify_ipv4_checksums`] on an IPv4 packet (no Ethernet header).
+pub fn verify_ipv4_packet(ip: &[u8]) -> Result<(), String> {
+    if ip.len() < 20 {
+        return Err(format!("{}-byte IPv4 packet", ip.len()));
+    }
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     if ip[0] >> 4 != 4 || ihl < 20 || total < ihl || total > ip.len() {
-        return Err(format!("inconsistent IPv4 header: version/ihl {:#04x}, total length {total}, {} bytes after Ethernet", ip[0], ip.len()));
+        return Err(format!("inconsistent IPv4 header: version/ihl {:#04x}, total length {total}, {} bytes", ip[0], ip.len()));
     }
     if checksum(&[&ip[..ihl]]) != 0 {
         return Err("IPv4 header checksum is wrong".into());
@@ -220,11 +262,19 @@ pub fn verify_ipv4_checksums(frame: &[u8]) -> Result<(), String> {
     let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
     let l4 = &ip[ihl..total];
+    let min = match ip[9] {
+        IPPROTO_UDP => 8,
+        IPPROTO_TCP => 20,
+        IPPROTO_ICMP => 4,
+        other => return Err(format!("no checksum check for IP protocol {other}")),
+    };
+    if l4.len() < min {
+        return Err(format!("{}-byte protocol {} header", l4.len(), ip[9]));
+    }
     let valid = match ip[9] {
         IPPROTO_UDP if u16::from_be_bytes([l4[6], l4[7]]) == 0 => true,
         IPPROTO_UDP | IPPROTO_TCP => l4_checksum(src, dst, ip[9], l4) == 0,
-        IPPROTO_ICMP => checksum(&[l4]) == 0,
-        other => return Err(format!("no checksum check for IP protocol {other}")),
+        _ => checksum(&[l4]) == 0,
     };
     if valid {
         Ok(())

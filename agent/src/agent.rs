@@ -1,0 +1,162 @@
+//! `bpfnet agent`: the service. It owns one host (state directory lock, pinned datapath),
+//! reconciles the kernel with the state when it starts, serves the API, expires idle flows,
+//! follows the uplink's address, and relays the programs' log records. The datapath never
+//! depends on it: stopped (SIGTERM) or killed, it leaves everything forwarding, and the next
+//! agent adopts it.
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use aya_log::EbpfLogger;
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::Mutex};
+
+use crate::{conntrack, host::HostOptions, reconcile, server};
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub host: HostOptions,
+    /// TOML file with the agent's settings (the keys are the long flags with `_` for `-`, e.g.
+    /// `uplink = "eth0"`); flags and environment variables win over it.
+    #[arg(long, env = "BPFNET_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Seconds between conntrack garbage collections.
+    #[arg(long, env = "BPFNET_GC_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub gc_interval: u64,
+}
+
+/// Reads the config file named by `--config`/BPFNET_CONFIG (if any) into environment
+/// variables, for the settings that neither a flag nor the environment sets: clap then sees
+/// them as it sees BPFNET_* variables, and flags still win. Runs before any thread exists.
+pub fn load_config_into_env(args: &[String]) -> Result<()> {
+    let path = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| args.iter().find_map(|a| a.strip_prefix("--config=").map(str::to_owned)))
+        .or_else(|| std::env::var("BPFNET_CONFIG").ok());
+    let Some(path) = path else { return Ok(()) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading the config file {path}"))?;
+    let table: BTreeMap<String, toml::Value> =
+        toml::from_str(&text).with_context(|| format!("the config file {path} is not valid TOML"))?;
+    for (key, value) in table {
+        if !CONFIG_KEYS.contains(&key.as_str()) {
+            anyhow::bail!("unknown setting {key:?} in {path}; known settings: {}", CONFIG_KEYS.join(", "));
+        }
+        let var = format!("BPFNET_{}", key.to_uppercase());
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            other => anyhow::bail!("setting {key} in {path} must be a string or an integer, not {other}"),
+        };
+        let flag = format!("--{}", key.replace('_', "-"));
+        let given_as_flag = args.iter().any(|a| *a == flag || a.starts_with(&format!("{flag}=")));
+        if !given_as_flag && std::env::var_os(&var).is_none() {
+            // SAFETY (edition 2021: safe fn): single-threaded, before the runtime starts.
+            std::env::set_var(var, value);
+        }
+    }
+    Ok(())
+}
+
+/// Settings a config file may hold (each maps to BPFNET_<KEY> and --<key>).
+const CONFIG_KEYS: &[&str] = &[
+    "host_netns", "state_dir", "bpffs", "socket", "uplink", "nat_ports", "ct_size", "datapath_log", "log", "gc_interval",
+    "ct_timeout_tcp_syn", "ct_timeout_tcp_established", "ct_timeout_tcp_fin", "ct_timeout_tcp_close",
+    "ct_timeout_udp", "ct_timeout_udp_stream", "ct_timeout_icmp",
+];
+
+pub async fn run(args: AgentArgs, socket: PathBuf) -> Result<()> {
+    let mut host = crate::host::Host::open(&args.host).await?;
+    let report = reconcile::reconcile(&mut host).await.context("reconciling the kernel with the saved state")?;
+    tracing::info!(
+        rolled_back = ?report.rolled_back,
+        recreated = ?report.recreated,
+        removed = ?report.removed_leftovers,
+        "reconciled {} networks and {} containers",
+        host.state.networks.len(),
+        host.state.containers.len()
+    );
+    let (listener, _socket_file) = server::bind(&socket).await?;
+    let host = Arc::new(Mutex::new(host));
+    tokio::spawn(collect_garbage(host.clone(), Duration::from_secs(args.gc_interval)));
+    tokio::spawn(follow_uplink(host.clone()));
+    tokio::spawn(relay_datapath_logs(host.clone()));
+    tracing::info!("serving the API on {}", socket.display());
+    axum::serve(listener, server::router(host))
+        .with_graceful_shutdown(stop_signal())
+        .await
+        .context("serving the API")?;
+    tracing::info!("stopped; the datapath keeps running (`bpfnet down` removes it)");
+    Ok(())
+}
+
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Expires idle flows and frees their ports, every `interval`.
+async fn collect_garbage(host: server::SharedHost, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let mut host = host.lock().await;
+        let timeouts = host.options.ct_timeouts.clone();
+        let result = match host.existing_datapath() {
+            Ok(Some(dp)) => conntrack::collect_garbage(dp, &timeouts).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(Some(report)) if report.flows_expired > 0 => tracing::debug!(?report, "conntrack garbage collected"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("conntrack garbage collection failed: {e:#}"),
+        }
+    }
+}
+
+/// Masquerading follows the uplink's address: re-read every few seconds.
+async fn follow_uplink(host: server::SharedHost) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut host = host.lock().await;
+        if host.options.uplink.is_none() || host.existing_datapath().ok().flatten().is_none() {
+            continue;
+        }
+        if let Err(e) = host.sync_uplink().await {
+            tracing::warn!("updating the uplink settings: {e:#}");
+        }
+    }
+}
+
+/// The programs' aya-log records, into the agent's log (their own levels: drops are debug).
+async fn relay_datapath_logs(host: server::SharedHost) {
+    let program_id = loop {
+        let id = host.lock().await.existing_datapath().ok().flatten().and_then(|dp| dp.program_ids().ok()).map(|ids| ids[0].1);
+        if let Some(id) = id {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    // Both programs log to one ring buffer (one object, one AYA_LOGS map).
+    let logger = match EbpfLogger::init_from_id(program_id) {
+        Ok(logger) => logger,
+        Err(e) => return tracing::warn!("the datapath's log records are not relayed: {e}"),
+    };
+    // SAFETY: the AsyncFd owns the logger, so its ring buffer fd stays open while registered.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => return tracing::warn!("watching the datapath's log ring buffer: {}", e.into_parts().1),
+    };
+    loop {
+        match fd.readable_mut().await {
+            Ok(mut guard) => {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            Err(e) => return tracing::warn!("reading the datapath's log records: {e}"),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The control API between the CLI and `bpfnet agent`: HTTP/1.1 with JSON bodies on a Unix
+//! socket, as dockerd's. One [`Call`] per operation, so client and server agree on every route
+//! from one definition.
+//!
+//! | call | route | body |
+//! |---|---|---|
+//! | create a network | `POST /v1/networks` | [`CreateNetwork`] |
+//! | list networks | `GET /v1/networks` | |
+//! | inspect a network | `GET /v1/networks/{name}` | |
+//! | remove a network | `DELETE /v1/networks/{name}` | |
+//! | create a container | `POST /v1/containers` | [`CreateContainer`] |
+//! | list containers | `GET /v1/containers` | |
+//! | remove a container | `DELETE /v1/containers/{name}` | |
+//! | publish ports | `POST /v1/containers/{name}/publish` | [`PortSpecs`] |
+//! | unpublish ports | `POST /v1/containers/{name}/unpublish` | [`PortSpecs`] |
+//! | status | `GET /v1/status` | |
+//! | list tracked flows | `GET /v1/conntrack` | |
+//! | expire idle flows now | `POST /v1/conntrack/gc` | |
+//! | remove everything | `POST /v1/down` | |
+//!
+//! Answers are JSON; errors are `{"error": "..."}` with a 4xx/5xx status.
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// Default path of the API socket.
+pub const DEFAULT_SOCKET: &str = "/run/bpfnet/bpfnet.sock";
+/// Largest request body the agent reads.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNetwork {
+    pub name: String,
+    pub subnet: String,
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateContainer {
+    pub name: String,
+    pub network: String,
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// `--publish` values, Docker's syntax.
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpecs {
+    pub specs: Vec<String>,
+}
+
+/// One API call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    CreateNetwork(CreateNetwork),
+    ListNetworks,
+    InspectNetwork(String),
+    RemoveNetwork(String),
+    CreateContainer(CreateContainer),
+    ListContainers,
+    RemoveContainer(String),
+    Publish(String, PortSpecs),
+    Unpublish(String, PortSpecs),
+    Status,
+    ListConntrack,
+    CollectConntrack,
+    Down,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Delete,
+}
+
+impl Call {
+    /// The HTTP method, path and JSON body of this call.
+    pub fn request(&self) -> (Method, String, Option<serde_json::Value>) {
+        let body = |value: &dyn erased::ToJson| Some(value.to_json());
+        match self {
+            Call::CreateNetwork(c) => (Method::Post, "/v1/networks".into(), body(c)),
+            Call::ListNetworks => (Method::Get, "/v1/networks".into(), None),
+            Call::InspectNetwork(n) => (Method::Get, format!("/v1/networks/{}", encode(n)), None),
+            Call::RemoveNetwork(n) => (Method::Delete, format!("/v1/networks/{}", encode(n)), None),
+            Call::CreateContainer(c) => (Method::Post, "/v1/containers".into(), body(c)),
+            Call::ListContainers => (Method::Get, "/v1/containers".into(), None),
+            Call::RemoveContainer(n) => (Method::Delete, format!("/v1/containers/{}", encode(n)), None),
+            Call::Publish(n, s) => (Method::Post, format!("/v1/containers/{}/publish", encode(n)), body(s)),
+            Call::Unpublish(n, s) => (Method::Post, format!("/v1/containers/{}/unpublish", encode(n)), body(s)),
+            Call::Status => (Method::Get, "/v1/status".into(), None),
+            Call::ListConntrack => (Method::Get, "/v1/conntrack".into(), None),
+            Call::CollectConntrack => (Method::Post, "/v1/conntrack/gc".into(), None),
+            Call::Down => (Method::Post, "/v1/down".into(), None),
+        }
+    }
+}
+
+/// Names are `[A-Za-z0-9_.-]` when valid; anything else is percent-encoded so that an invalid
+/// name still reaches the agent, which refuses it with a proper message.
+fn encode(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+mod erased {
+    /// Serializes any body type behind one reference type.
+    pub trait ToJson {
+        fn to_json(&self) -> serde_json::Value;
+    }
+
+    impl<T: serde::Serialize> ToJson for T {
+        fn to_json(&self) -> serde_json::Value {
+            serde_json::to_value(self).expect("API bodies always serialize")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let (method, path, body) = Call::Publish("web".into(), PortSpecs { specs: vec!["8080:80".into()] }).request();
+        assert_eq!((method, path.as_str()), (Method::Post, "/v1/containers/web/publish"));
+        assert_eq!(body.unwrap(), serde_json::json!({"specs": ["8080:80"]}));
+        assert_eq!(Call::RemoveNetwork("a b/c".into()).request().1, "/v1/networks/a%20b%2Fc");
+    }
+}

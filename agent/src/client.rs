@@ -1,0 +1,52 @@
+//! The CLI's side of the API: one HTTP request on the agent's Unix socket per command.
+use std::{io::ErrorKind, path::Path};
+
+use anyhow::{anyhow, bail, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::UnixStream;
+
+use crate::api::{Call, Method};
+
+pub async fn call(socket: &Path, call: &Call) -> Result<Value> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| match e.kind() {
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused => anyhow!(
+            "no bpfnet agent is running at {}: start it with `bpfnet agent` (see README), or point \
+             --socket / BPFNET_SOCKET at its socket",
+            socket.display()
+        ),
+        ErrorKind::PermissionDenied => anyhow!(
+            "permission denied on {}: the bpfnet API is for root only (run as root)",
+            socket.display()
+        ),
+        _ => anyhow!(e).context(format!("connecting to the bpfnet agent at {}", socket.display())),
+    })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("talking to the bpfnet agent")?;
+    tokio::spawn(connection);
+    let (method, path, body) = call.request();
+    let method = match method {
+        Method::Get => hyper::Method::GET,
+        Method::Post => hyper::Method::POST,
+        Method::Delete => hyper::Method::DELETE,
+    };
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(&path)
+        .header(hyper::header::HOST, "bpfnet")
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let response = sender.send_request(request).await.context("sending the request to the bpfnet agent")?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await.context("reading the agent's answer")?.to_bytes();
+    let answer: Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("the agent answered {status} with invalid JSON: {}", String::from_utf8_lossy(&bytes)))?;
+    if !status.is_success() {
+        bail!("{}", answer["error"].as_str().unwrap_or("the agent refused the request without saying why"));
+    }
+    Ok(answer)
+}

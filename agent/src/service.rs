@@ -1,0 +1,185 @@
+//! What the agent does for each API call: the operations of network.rs, container.rs and
+//! conntrack.rs on the host it owns, answered as JSON.
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use aya::programs::{SchedClassifier, TcAttachType};
+use datapath_common::program_names;
+use serde_json::{json, Value};
+
+use crate::{
+    api::Call,
+    conntrack, container, datapath,
+    datapath::Datapath,
+    host::Host,
+    ipam::format_mac,
+    network, publish,
+    state::{ContainerSpec, NetworkSpec},
+};
+
+pub async fn execute(host: &mut Host, call: Call) -> Result<Value> {
+    match call {
+        Call::CreateNetwork(c) => {
+            let spec = network::create(host, &c.name, &c.subnet, c.gateway).await?;
+            Ok(describe_network(host, &spec))
+        }
+        Call::ListNetworks => Ok(Value::Array(host.state.networks.values().map(|n| describe_network(host, n)).collect())),
+        Call::InspectNetwork(name) => Ok(describe_network(host, host.state.network(&name)?)),
+        Call::RemoveNetwork(name) => {
+            network::remove(host, &name).await?;
+            Ok(json!({ "removed": name }))
+        }
+        Call::CreateContainer(c) => {
+            let mappings = parse_specs(&c.publish)?;
+            let spec = container::create(host, &c.name, &c.network, c.ip, mappings).await?;
+            Ok(describe_container(&spec))
+        }
+        Call::ListContainers => Ok(Value::Array(host.state.containers.values().map(describe_container).collect())),
+        Call::RemoveContainer(name) => {
+            container::remove(host, &name).await?;
+            Ok(json!({ "removed": name }))
+        }
+        Call::Publish(name, specs) => {
+            container::publish(host, &name, parse_specs(&specs.specs)?).await?;
+            Ok(describe_container(host.state.container(&name)?))
+        }
+        Call::Unpublish(name, specs) => {
+            container::unpublish(host, &name, parse_specs(&specs.specs)?).await?;
+            Ok(describe_container(host.state.container(&name)?))
+        }
+        Call::Status => status(host),
+        Call::ListConntrack => Ok(serde_json::to_value(conntrack::flows(loaded(host)?)?)?),
+        Call::CollectConntrack => {
+            let timeouts = host.options.ct_timeouts.clone();
+            Ok(serde_json::to_value(conntrack::collect_garbage(loaded(host)?, &timeouts)?)?)
+        }
+        Call::Down => down(host).await,
+    }
+}
+
+fn loaded(host: &mut Host) -> Result<&mut Datapath> {
+    host.existing_datapath()?.context("no datapath is loaded on this host yet; create a network first")
+}
+
+/// Parses every `--publish` value.
+fn parse_specs(specs: &[String]) -> Result<Vec<publish::PortMapping>> {
+    let mut all = Vec::new();
+    for spec in specs {
+        all.extend(publish::parse(spec)?);
+    }
+    Ok(all)
+}
+
+fn describe_network(host: &Host, spec: &NetworkSpec) -> Value {
+    let containers: Vec<_> = host.state.containers_of(&spec.name).map(|c| c.name.clone()).collect();
+    json!({
+        "name": spec.name,
+        "id": spec.id,
+        "subnet": spec.subnet.to_string(),
+        "gateway": spec.gateway.to_string(),
+        "containers": containers,
+    })
+}
+
+fn describe_container(spec: &ContainerSpec) -> Value {
+    json!({
+        "name": spec.name,
+        "network": spec.network,
+        "ip": spec.ip.to_string(),
+        "mac": format_mac(&spec.mac),
+        "netns": spec.name,
+        "host_interface": spec.host_interface,
+        "ports": spec.publish.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+}
+
+/// What the kernel says is attached to an interface's tcx ingress (program ids).
+fn attached_program_ids(ifname: &str) -> Vec<u32> {
+    SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+        .map(|(_, programs)| programs.iter().map(|p| p.id()).collect())
+        .unwrap_or_default()
+}
+
+/// One attachment: whether the kernel has `program` on the interface's tcx ingress.
+fn attachment(ifname: &str, role: &str, program_id: u32) -> Value {
+    let ids = attached_program_ids(ifname);
+    json!({ "interface": ifname, "role": role, "attached": ids.contains(&program_id), "program_ids": ids })
+}
+
+fn datapath_status(host_containers: &[(String, String)], dp: &Datapath) -> Result<Value> {
+    let ids: serde_json::Map<String, Value> = dp.program_ids()?.into_iter().map(|(n, id)| (n.to_owned(), json!(id))).collect();
+    let id_of = |name: &str| ids[name].as_u64().unwrap_or_default() as u32;
+    let mut attachments: Vec<Value> = host_containers
+        .iter()
+        .map(|(ifname, container)| attachment(ifname, &format!("container {container}"), id_of(program_names::FROM_ENDPOINT)))
+        .collect();
+    for uplink in dp.uplinks()? {
+        attachments.push(attachment(&uplink, "uplink", id_of(program_names::FROM_UPLINK)));
+    }
+    let snapshot = dp.snapshot()?;
+    let as_object = |pairs: &[(&str, u64)]| -> serde_json::Map<String, Value> {
+        pairs.iter().map(|(k, v)| (k.to_string(), json!(v))).collect()
+    };
+    let config = dp.config()?;
+    Ok(json!({
+        "loaded": true,
+        "program_ids": ids,
+        "attachments": attachments,
+        "uplink": {
+            "ifindex": config.uplink_ifindex,
+            "masquerade_address": (config.uplink_ifindex != 0).then(|| Ipv4Addr::from(config.uplink_ip.to_ne_bytes()).to_string()),
+            "nat_ports": [config.nat_port_min, config.nat_port_max],
+        },
+        "conntrack": { "entries": conntrack::fill(dp)?, "limit": config.ct_limit, "capacity": dp.ct_capacity()? },
+        "counters": as_object(&snapshot.counters),
+        "drops": as_object(&snapshot.drops),
+    }))
+}
+
+fn status(host: &mut Host) -> Result<Value> {
+    let networks: Vec<_> = host.state.networks.values().cloned().collect();
+    let containers: Vec<_> = host.state.containers.values().cloned().collect();
+    let veths: Vec<_> = containers.iter().map(|c| (c.host_interface.clone(), c.name.clone())).collect();
+    let datapath = match host.existing_datapath()? {
+        Some(dp) => datapath_status(&veths, dp)?,
+        None => json!({ "loaded": false }),
+    };
+    Ok(json!({
+        "host_netns": host.options.host_netns,
+        "state_dir": host.options.state_dir,
+        "bpffs": host.options.bpffs,
+        "networks": networks.iter().map(|n| json!({"name": n.name, "subnet": n.subnet.to_string(), "gateway": n.gateway.to_string()})).collect::<Vec<_>>(),
+        "containers": containers.iter().map(describe_container).collect::<Vec<_>>(),
+        "datapath": datapath,
+    }))
+}
+
+/// Removes everything this bpfnet host created: containers, networks, pins, state. Goes on
+/// past a failing item so that one broken object does not keep the rest alive.
+async fn down(host: &mut Host) -> Result<Value> {
+    let mut failures = Vec::new();
+    for spec in host.state.containers.values().cloned().collect::<Vec<_>>() {
+        match container::teardown(host, &spec).await {
+            Ok(()) => {
+                host.state.containers.remove(&spec.name);
+            }
+            Err(e) => failures.push(format!("container {}: {e:#}", spec.name)),
+        }
+    }
+    for spec in host.state.networks.values().cloned().collect::<Vec<_>>() {
+        match network::teardown(host, &spec).await {
+            Ok(()) => {
+                host.state.networks.remove(&spec.name);
+            }
+            Err(e) => failures.push(format!("network {}: {e:#}", spec.name)),
+        }
+    }
+    if !failures.is_empty() {
+        host.save()?;
+        anyhow::bail!("bpfnet down could not remove everything:\n  {}", failures.join("\n  "));
+    }
+    host.clear()?;
+    datapath::destroy(&host.options.bpffs)
+        .with_context(|| format!("removing pins under {}", host.options.bpffs.display()))?;
+    Ok(json!({ "removed": "all networks, containers and pins" }))
+}
