@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use aya_log::EbpfLogger;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::Mutex};
 
-use crate::{conntrack, host::HostOptions, reconcile, server};
+use crate::{conntrack, datapath::Datapath, host::HostOptions, reconcile, server};
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
@@ -19,6 +19,10 @@ pub struct AgentArgs {
     /// `uplink = "eth0"`); flags and environment variables win over it.
     #[arg(long, env = "BPFNET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Replace the pinned programs with this binary's even if their code is the same (e.g. to
+    /// apply a new --datapath-log); they are replaced anyway when it differs. Atomic per link.
+    #[arg(long, env = "BPFNET_RELOAD_PROGRAMS", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub reload_programs: bool,
     /// Seconds between conntrack garbage collections.
     #[arg(long, env = "BPFNET_GC_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub gc_interval: u64,
@@ -60,13 +64,20 @@ pub fn load_config_into_env(args: &[String]) -> Result<()> {
 
 /// Settings a config file may hold (each maps to BPFNET_<KEY> and --<key>).
 const CONFIG_KEYS: &[&str] = &[
-    "host_netns", "state_dir", "bpffs", "socket", "uplink", "nat_ports", "ct_size", "datapath_log", "log", "gc_interval",
+    "host_netns", "state_dir", "bpffs", "socket", "uplink", "nat_ports", "ct_size", "datapath_log", "log", "gc_interval", "reload_programs",
     "ct_timeout_tcp_syn", "ct_timeout_tcp_established", "ct_timeout_tcp_fin", "ct_timeout_tcp_close",
     "ct_timeout_udp", "ct_timeout_udp_stream", "ct_timeout_icmp",
 ];
 
 pub async fn run(args: AgentArgs, socket: PathBuf) -> Result<()> {
     let mut host = crate::host::Host::open(&args.host).await?;
+    if Datapath::is_pinned(&args.host.bpffs) {
+        let replaced = Datapath::replace_programs(&args.host.bpffs, args.host.datapath_log, args.reload_programs)
+            .context("replacing the datapath's programs")?;
+        if !replaced.is_empty() {
+            tracing::info!(?replaced, "replaced the running programs (atomic link update)");
+        }
+    }
     let report = reconcile::reconcile(&mut host).await.context("reconciling the kernel with the saved state")?;
     tracing::info!(
         rolled_back = ?report.rolled_back,

@@ -15,7 +15,8 @@ use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{
-        links::FdLink,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
         tc::TcAttachOptions,
         LinkOrder, SchedClassifier, TcAttachType,
     },
@@ -106,6 +107,44 @@ impl Datapath {
         if !Self::is_pinned(pin_dir) {
             load_and_pin(pin_dir, log_level, ct_entries)?;
         }
+        Self::open_pinned(pin_dir)
+    }
+
+    /// Replaces the pinned programs with this binary's, in every link at once (BPF link
+    /// update: no moment without a program), when their code differs (the kernel's tag) or
+    /// when `always` (e.g. to apply a new --datapath-log). Maps, conntrack and counters stay.
+    /// Returns the names of the programs replaced.
+    pub fn replace_programs(pin_dir: &Path, log_level: DatapathLogLevel, always: bool) -> Result<Vec<&'static str>> {
+        let mut ebpf = loader(pin_dir, log_level, DEFAULT_CT_ENTRIES)
+            .load(DATAPATH_OBJECT)
+            .context("loading the eBPF object (see the verifier log above, if any)")?;
+        let mut replaced = Vec::new();
+        for name in PROGRAMS {
+            let new: &mut SchedClassifier = ebpf.program_mut(name).with_context(|| format!("no {name} in the object"))?.try_into()?;
+            new.load().with_context(|| format!("loading {name} into the kernel"))?;
+            let old = open_program(pin_dir, name)?;
+            if !always && new.info()?.tag() == old.info()?.tag() {
+                continue;
+            }
+            for link_pin in link_pins_of(pin_dir, name)? {
+                let pinned = PinnedLink::from_pin(&link_pin)
+                    .with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
+                // The link (and its pin) stays; only the program behind it changes, atomically.
+                let id = new
+                    .attach_to_link(link)
+                    .with_context(|| format!("replacing {name} behind {}", link_pin.display()))?;
+                drop(new.take_link(id)?);
+            }
+            let pin = pin_dir.join("progs").join(name);
+            remove_pin(&pin)?;
+            new.pin(&pin).with_context(|| format!("pinning the new {name} at {}", pin.display()))?;
+            replaced.push(name);
+        }
+        Ok(replaced)
+    }
+
+    fn open_pinned(pin_dir: &Path) -> Result<Self> {
         let maps = pin_dir.join("maps");
         Ok(Self {
             pin_dir: pin_dir.to_owned(),
@@ -328,12 +367,37 @@ fn open_program(pin_dir: &Path, name: &str) -> Result<SchedClassifier> {
     })
 }
 
-fn load_and_pin(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> Result<()> {
-    let level = log_level as u8;
-    let mut ebpf = EbpfLoader::new()
+/// AYA_LOG_LEVEL values, static because the loader borrows the value it writes.
+static LOG_LEVELS: [u8; 6] = [0, 1, 2, 3, 4, 5];
+
+/// The loader of the embedded object: maps pinned by name under `maps/` (an existing pin is
+/// reused, so a second load shares the first one's maps).
+fn loader<'a>(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    loader
         .default_map_pin_directory(pin_dir.join("maps"))
-        .override_global("AYA_LOG_LEVEL", &level, false)
-        .map_max_entries(map_names::CT, ct_entries)
+        .override_global("AYA_LOG_LEVEL", &LOG_LEVELS[log_level as usize], false)
+        .map_max_entries(map_names::CT, ct_entries);
+    loader
+}
+
+/// Pins of the links a program is attached through: the uplink's for from_uplink, the
+/// containers' for from_endpoint.
+fn link_pins_of(pin_dir: &Path, program: &str) -> Result<Vec<PathBuf>> {
+    let dir = pin_dir.join("links");
+    let mut pins = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        let is_uplink = entry.file_name().to_string_lossy().starts_with(UPLINK_PIN_PREFIX);
+        if is_uplink == (program == program_names::FROM_UPLINK) {
+            pins.push(entry.path());
+        }
+    }
+    Ok(pins)
+}
+
+fn load_and_pin(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> Result<()> {
+    let mut ebpf = loader(pin_dir, log_level, ct_entries)
         .load(DATAPATH_OBJECT)
         .context("loading the eBPF object (see the verifier log above, if any)")?;
     // The from_endpoint pin is written last: its presence means the whole datapath is pinned.

@@ -92,6 +92,21 @@ fn flows_keep_going_while_the_agent_is_killed_and_restarted() {
     sb.ensure_agent();
     eprintln!("agent was down for {:?}", dead_since.elapsed());
     std::thread::sleep(Duration::from_millis(500));
+    let ids_adopted = sb.json(&["status", "--json"])["datapath"]["program_ids"].clone();
+
+    // A new agent that replaces the programs (as a new version does): links updated in place.
+    sb.stop_agent(Signal::SIGTERM);
+    sb.set_env("BPFNET_RELOAD_PROGRAMS", "1");
+    sb.ensure_agent();
+    assert!(sb.agent_log_text().contains("replaced the running programs"), "{}", sb.agent_log_text());
+    std::thread::sleep(Duration::from_millis(500));
+    let status_replaced = sb.json(&["status", "--json"]);
+    assert_ne!(status_replaced["datapath"]["program_ids"], ids_adopted, "new programs");
+    assert!(
+        status_replaced["datapath"]["attachments"].as_array().unwrap().iter().all(|a| a["attached"] == true),
+        "every link carries the new program: {}",
+        status_replaced["datapath"]["attachments"]
+    );
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.join().unwrap();
@@ -105,7 +120,7 @@ fn flows_keep_going_while_the_agent_is_killed_and_restarted() {
     for key in ["networks", "containers"] {
         assert_eq!(status_after[key], status_before[key], "{key}");
     }
-    assert_eq!(status_after["datapath"]["program_ids"], status_before["datapath"]["program_ids"]);
+    assert_eq!(ids_adopted, status_before["datapath"]["program_ids"], "adopted, not reloaded");
     let translated = |s: &serde_json::Value| s["datapath"]["counters"]["translated_in"].as_u64().unwrap();
     assert!(translated(&status_after) > translated(&status_before), "counters kept counting");
     let flows_after = sb.json(&["conntrack", "ls", "--json"]);
