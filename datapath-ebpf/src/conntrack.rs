@@ -22,8 +22,10 @@ pub fn key_of(ctx: &TcContext, ip: &Ipv4) -> Result<(CtKey, u8), DropReason> {
     let mut key = CtKey { saddr: ip.saddr, daddr: ip.daddr, proto: ip.proto, ..Default::default() };
     let mut flags = 0;
     match ip.proto {
+        // Whole headers (through the checksum fields) are checked here, before any flow is
+        // tracked: a cut-short header must not take a NAT port and then fail half-rewritten.
         IPPROTO_TCP => {
-            let tcp: *const [u8; 14] = ptr_at(ctx, ip.l4_off)?;
+            let tcp: *const [u8; 20] = ptr_at(ctx, ip.l4_off)?;
             // SAFETY: bounds-checked by `ptr_at`.
             let tcp = unsafe { &*tcp };
             key.sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
@@ -31,9 +33,9 @@ pub fn key_of(ctx: &TcContext, ip: &Ipv4) -> Result<(CtKey, u8), DropReason> {
             flags = tcp_flags(tcp[13]);
         }
         IPPROTO_UDP => {
-            let ports: *const [u16; 2] = ptr_at(ctx, ip.l4_off)?;
+            let udp: *const [u16; 4] = ptr_at(ctx, ip.l4_off)?;
             // SAFETY: bounds-checked by `ptr_at`.
-            let ports = unsafe { *ports };
+            let ports = unsafe { *udp };
             key.sport = ports[0];
             key.dport = ports[1];
         }

@@ -144,5 +144,9 @@ fn fix_quoted_l4_csum(ctx: &TcContext, q: &Quoted, addr: u32, port: u16, icmp: &
     if q.proto != IPPROTO_ICMP {
         new = csum::update32(new, q.saddr, addr);
     }
+    // A UDP checksum that computes to 0 is sent as 0xffff: 0 means "no checksum".
+    if q.proto == IPPROTO_UDP && new == 0 {
+        new = 0xffff;
+    }
     csum::set_l4_u16(ctx, csum_off, old, new, icmp)
 }

@@ -41,6 +41,13 @@ pub fn from_container(ctx: &TcContext, ip: &Ipv4, source: &Endpoint) -> Result<i
     if let Some(entry) = conntrack::lookup(&key) {
         return forward_tracked(ctx, ip, &key, entry, tcp_flags);
     }
+    // Broadcast, multicast and addresses that are never routed are the host's business, as on
+    // a bridge: nothing of them leaves through the uplink. Nor does an echo reply with no flow
+    // (a container can only answer pings that reached it through a tracked flow).
+    if !routable(key.daddr) || (key.proto == IPPROTO_ICMP && key.sport == 0) {
+        count(Counter::ToHost);
+        return Ok(TC_ACT_OK);
+    }
     let entry = if let Some(backend) = services::lookup(&cfg, &key) {
         let to = CtKey { saddr: cfg.uplink_ip, daddr: backend.ip, dport: backend.port, ..key };
         new_flow(&cfg, &key, to, backend.host_ifindex, source.host_ifindex, ct_kind::HAIRPIN, tcp_flags)?
@@ -78,6 +85,14 @@ pub fn from_uplink(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     let to = CtKey { daddr: backend.ip, dport: backend.port, ..key };
     let entry = new_flow(&cfg, &key, to, backend.host_ifindex, 0, ct_kind::DNAT, tcp_flags)?;
     forward_tracked(ctx, ip, &key, entry, tcp_flags)
+}
+
+/// Whether a destination can be routed to another host: not 0.0.0.0/8, loopback, link-local,
+/// multicast, or the limited broadcast (what Linux refuses to forward as martian or local).
+#[inline(always)]
+fn routable(daddr: u32) -> bool {
+    let first = daddr.to_ne_bytes();
+    !(first[0] == 0 || first[0] == 127 || (first[0] == 169 && first[1] == 254) || first[0] >= 224)
 }
 
 #[inline(always)]

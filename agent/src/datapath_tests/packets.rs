@@ -176,11 +176,27 @@ pub fn tcp(
 }
 
 pub fn icmp_echo_request(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
-    icmp_message(8, 0, [id.to_be_bytes(), seq.to_be_bytes()].concat().try_into().unwrap(), payload)
+    icmp_message(
+        8,
+        0,
+        [id.to_be_bytes(), seq.to_be_bytes()]
+            .concat()
+            .try_into()
+            .unwrap(),
+        payload,
+    )
 }
 
 pub fn icmp_echo_reply(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
-    icmp_message(0, 0, [id.to_be_bytes(), seq.to_be_bytes()].concat().try_into().unwrap(), payload)
+    icmp_message(
+        0,
+        0,
+        [id.to_be_bytes(), seq.to_be_bytes()]
+            .concat()
+            .try_into()
+            .unwrap(),
+        payload,
+    )
 }
 
 pub const ICMP_DEST_UNREACH: u8 = 3;
@@ -254,7 +270,11 @@ pub fn verify_ipv4_packet(ip: &[u8]) -> Result<(), String> {
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     if ip[0] >> 4 != 4 || ihl < 20 || total < ihl || total > ip.len() {
-        return Err(format!("inconsistent IPv4 header: version/ihl {:#04x}, total length {total}, {} bytes", ip[0], ip.len()));
+        return Err(format!(
+            "inconsistent IPv4 header: version/ihl {:#04x}, total length {total}, {} bytes",
+            ip[0],
+            ip.len()
+        ));
     }
     if checksum(&[&ip[..ihl]]) != 0 {
         return Err("IPv4 header checksum is wrong".into());
