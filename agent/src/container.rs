@@ -49,12 +49,16 @@ pub async fn create(
     Published::of(&host.state).check_free(&publish)?;
     host.sync_uplink().await?;
     let (host_interface, _) = names::host_interface(unused_seed(host).await?);
+    let stats_slot = (0..datapath_common::MAX_ENDPOINTS)
+        .find(|slot| !host.state.containers.values().any(|c| c.stats_slot == *slot))
+        .context("no counter slot left: this host has as many containers as bpfnet supports")?;
     let spec = ContainerSpec {
         name: name.to_owned(),
         network: network.to_owned(),
         ip,
         mac: ipam::container_mac(ip),
         host_interface,
+        stats_slot,
         publish,
         pending: Some(Pending::Create),
     };
@@ -116,6 +120,7 @@ pub async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> 
     let gateway_mac = ipam::gateway_mac(net.id);
     host.netlink.create_veth(&spec.host_interface, gateway_mac, &peer, spec.mac, None).await?;
     crate::failpoint::hit("container-create:veth");
+    host.datapath()?.reset_endpoint_stats(spec.stats_slot)?;
     let ns_fd = netns::open(&spec.name)?;
     host.netlink.move_to_netns(&peer, std::os::fd::AsFd::as_fd(&ns_fd)).await?;
 
@@ -161,6 +166,7 @@ pub async fn register(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) 
         ip: ipv4_be(spec.ip.octets()),
         mac: spec.mac,
         gateway_mac: ipam::gateway_mac(net.id),
+        stats_slot: spec.stats_slot,
     })?;
     for mapping in &spec.publish {
         datapath.publish(&mapping.service_key(), &mapping.backend(spec.ip))?;

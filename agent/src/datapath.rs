@@ -23,7 +23,8 @@ use aya::{
     EbpfLoader,
 };
 use datapath_common::{
-    map_names, program_names, Backend, Counter, CtEntry, CtKey, DropReason, Endpoint, HostConfig, Ipv4Be, Network,
+    map_names, program_names, Backend, Counter, CtEntry, CtKey, DropReason, Endpoint, EndpointStats, HostConfig, Ipv4Be,
+    Network,
     ServiceKey,
 };
 
@@ -59,6 +60,7 @@ pub struct Datapath {
     pub(crate) ct: HashMap<MapData, CtKey, CtEntry>,
     pub(crate) ct_fill: Array<MapData, u64>,
     services: HashMap<MapData, ServiceKey, Backend>,
+    endpoint_stats: PerCpuArray<MapData, EndpointStats>,
 }
 
 /// See [`Datapath::contents`].
@@ -159,6 +161,7 @@ impl Datapath {
             ct: open_map(&maps, map_names::CT)?,
             ct_fill: open_map(&maps, map_names::CT_FILL)?,
             services: open_map(&maps, map_names::SERVICES)?,
+            endpoint_stats: open_map(&maps, map_names::ENDPOINT_STATS)?,
         })
     }
 
@@ -263,6 +266,24 @@ impl Datapath {
                 .filter(|name: &Result<String>| name.as_ref().map_or(true, |n| !n.starts_with(UPLINK_PIN_PREFIX)))
                 .collect::<Result<_>>()?,
         })
+    }
+
+    /// Traffic of an endpoint, summed over the CPUs.
+    pub fn endpoint_stats(&self, slot: u32) -> Result<EndpointStats> {
+        let per_cpu = self.endpoint_stats.get(&slot, 0).context("reading ENDPOINT_STATS")?;
+        Ok(per_cpu.iter().fold(EndpointStats::default(), |sum, s| EndpointStats {
+            sent_packets: sum.sent_packets + s.sent_packets,
+            sent_bytes: sum.sent_bytes + s.sent_bytes,
+            received_packets: sum.received_packets + s.received_packets,
+            received_bytes: sum.received_bytes + s.received_bytes,
+        }))
+    }
+
+    /// Zeroes an endpoint's counters (its slot may have served a removed container).
+    pub fn reset_endpoint_stats(&mut self, slot: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![EndpointStats::default(); cpus])?;
+        self.endpoint_stats.set(slot, zeros, 0).context("resetting ENDPOINT_STATS")
     }
 
     /// Publishes a port: one map update, whatever the number already published.

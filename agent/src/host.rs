@@ -43,6 +43,9 @@ pub struct HostOptions {
     pub ct_size: u32,
     #[command(flatten)]
     pub ct_timeouts: crate::conntrack::Timeouts,
+    /// Let containers reach the host's own addresses (its services), not only their gateway.
+    #[arg(long, global = true, env = "BPFNET_ALLOW_HOST_ACCESS", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub allow_host_access: bool,
 }
 
 /// Parses `LOW-HIGH` (e.g. 32768-60999) into an inclusive port range.
@@ -122,6 +125,7 @@ impl Host {
             })
             .with_context(|| format!("the uplink {uplink} has no IPv4 address to masquerade to; add one first"))?;
         let (nat_port_min, nat_port_max) = self.options.nat_ports;
+        let flags = if self.options.allow_host_access { datapath_common::host_config_flags::ALLOW_HOST_ACCESS } else { 0 };
         let datapath = self.datapath()?;
         let ct_limit = crate::conntrack::fill_limit(datapath.ct_capacity()?)?;
         let config = datapath_common::HostConfig {
@@ -130,6 +134,7 @@ impl Host {
             nat_port_min,
             nat_port_max,
             ct_limit,
+            flags,
         };
         datapath.set_config(&config)?;
         datapath.attach_uplink(&uplink)

@@ -136,6 +136,22 @@ fn datapath_status(host_containers: &[(String, String)], dp: &Datapath) -> Resul
     }))
 }
 
+fn host_stats(host: &mut Host, spec: &ContainerSpec) -> Option<datapath_common::EndpointStats> {
+    host.existing_datapath().ok().flatten().and_then(|dp| dp.endpoint_stats(spec.stats_slot).ok())
+}
+
+/// A container with its traffic counters.
+fn container_status(spec: &ContainerSpec, stats: Option<datapath_common::EndpointStats>) -> Value {
+    let mut value = describe_container(spec);
+    if let Some(s) = stats {
+        value["traffic"] = json!({
+            "sent_packets": s.sent_packets, "sent_bytes": s.sent_bytes,
+            "received_packets": s.received_packets, "received_bytes": s.received_bytes,
+        });
+    }
+    value
+}
+
 fn status(host: &mut Host) -> Result<Value> {
     let networks: Vec<_> = host.state.networks.values().cloned().collect();
     let containers: Vec<_> = host.state.containers.values().cloned().collect();
@@ -149,7 +165,7 @@ fn status(host: &mut Host) -> Result<Value> {
         "state_dir": host.options.state_dir,
         "bpffs": host.options.bpffs,
         "networks": networks.iter().map(|n| json!({"name": n.name, "subnet": n.subnet.to_string(), "gateway": n.gateway.to_string()})).collect::<Vec<_>>(),
-        "containers": containers.iter().map(describe_container).collect::<Vec<_>>(),
+        "containers": containers.iter().map(|c| container_status(c, host_stats(host, c))).collect::<Vec<_>>(),
         "datapath": datapath,
     }))
 }

@@ -67,6 +67,9 @@ pub struct ContainerSpec {
     pub mac: [u8; 6],
     /// The host-side veth end, where from_endpoint is attached.
     pub host_interface: String,
+    /// Slot of the container's traffic counters in ENDPOINT_STATS.
+    #[serde(default)]
+    pub stats_slot: u32,
     /// Ports published on the host (`--publish`).
     #[serde(default)]
     pub publish: Vec<crate::publish::PortMapping>,

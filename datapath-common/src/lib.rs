@@ -26,6 +26,8 @@ pub mod map_names {
     pub const CT_FILL: &str = "CT_FILL";
     /// Published ports: [`ServiceKey`](super::ServiceKey) -> [`Backend`](super::Backend).
     pub const SERVICES: &str = "SERVICES";
+    /// Per-CPU [`EndpointStats`](super::EndpointStats), indexed by `Endpoint::stats_slot`.
+    pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -59,6 +61,20 @@ pub struct Endpoint {
     pub mac: [u8; 6],
     /// MAC of the container's gateway, the source of what the datapath delivers to it.
     pub gateway_mac: [u8; 6],
+    /// The endpoint's slot in `ENDPOINT_STATS`.
+    pub stats_slot: u32,
+}
+
+/// Traffic of one endpoint, per CPU, in `ENDPOINT_STATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointStats {
+    /// What the container sent (all of it, dropped or not).
+    pub sent_packets: u64,
+    pub sent_bytes: u64,
+    /// What the datapath delivered into the container.
+    pub received_packets: u64,
+    pub received_bytes: u64,
 }
 
 /// A network: a subnet with a gateway, whose members may talk to each other.
@@ -132,6 +148,8 @@ indexed_enum! {
         RewriteFailed = 13 => "rewrite_failed",
         /// A new flow could not be tracked: its other direction's tuple is already taken.
         ConntrackInsertFailed = 14 => "conntrack_insert_failed",
+        /// A container addressed the host itself (not its gateway), which is not allowed.
+        HostAccessDenied = 15 => "host_access_denied",
     }
 }
 
@@ -176,7 +194,17 @@ pub struct HostConfig {
     pub nat_port_max: u16,
     /// New flows are refused (`ConntrackFull`) once this many entries are in use.
     pub ct_limit: u32,
+    /// `host_config_flags` bits.
+    pub flags: u32,
 }
+
+pub mod host_config_flags {
+    /// Containers may reach the host's own addresses, not only their gateway.
+    pub const ALLOW_HOST_ACCESS: u32 = 1;
+}
+
+/// Most endpoints (containers) per host; also the size of `ENDPOINT_STATS`.
+pub const MAX_ENDPOINTS: u32 = 65_536;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -296,4 +324,5 @@ mod pod {
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::EndpointStats {}
 }

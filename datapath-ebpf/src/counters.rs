@@ -1,9 +1,9 @@
 //! Drop reasons and event counters: every verdict other than "pass" is counted.
 use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::debug;
-use datapath_common::{Counter, DropReason};
+use datapath_common::{Counter, DropReason, Endpoint};
 
-use crate::maps::{COUNTERS, DROPS};
+use crate::maps::{COUNTERS, DROPS, ENDPOINT_STATS};
 
 #[inline(always)]
 pub fn count(counter: Counter) {
@@ -20,4 +20,28 @@ pub fn count_drop(ctx: &TcContext, reason: DropReason) {
         unsafe { *slot += 1 };
     }
     debug!(ctx, "drop reason={} ifindex={}", reason as u32, crate::packet::ingress_ifindex(ctx));
+}
+
+/// Accounts a packet the endpoint sent.
+#[inline(always)]
+pub fn count_sent(ctx: &TcContext, endpoint: &Endpoint) {
+    if let Some(stats) = ENDPOINT_STATS.get_ptr_mut(endpoint.stats_slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            (*stats).sent_packets += 1;
+            (*stats).sent_bytes += ctx.len() as u64;
+        }
+    }
+}
+
+/// Accounts a packet delivered into the endpoint.
+#[inline(always)]
+pub fn count_received(ctx: &TcContext, endpoint: &Endpoint) {
+    if let Some(stats) = ENDPOINT_STATS.get_ptr_mut(endpoint.stats_slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            (*stats).received_packets += 1;
+            (*stats).received_bytes += ctx.len() as u64;
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! The kernel's routing table and neighbours, asked from the datapath (bpf_fib_lookup), and the
 //! redirect out of the interface it names.
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as bpf_fib_lookup_params, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT},
+    bindings::{bpf_fib_lookup as bpf_fib_lookup_params, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        TC_ACT_REDIRECT,
+    },
     helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -42,10 +44,18 @@ pub struct NextHop {
     resolved: bool,
 }
 
-/// Looks up the route for a packet that came in on this interface; None when the kernel would
-/// not forward it (a local address, no route, forwarding disabled): the host stack decides.
+/// What the routing table says about a destination.
+pub enum Route {
+    Forward(NextHop),
+    /// An address of the host itself.
+    Local,
+    /// No route, or forwarding is off: the host stack decides (and answers with ICMP).
+    Other,
+}
+
+/// Looks up the route for a packet that came in on this interface.
 #[inline(always)]
-pub fn lookup(ctx: &TcContext, key: &CtKey) -> Option<NextHop> {
+pub fn route(ctx: &TcContext, key: &CtKey) -> Route {
     let mut params = FibParams {
         family: AF_INET,
         l4_protocol: key.proto,
@@ -66,9 +76,19 @@ pub fn lookup(ctx: &TcContext, key: &CtKey) -> Option<NextHop> {
         )
     };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Some(NextHop { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac, resolved: true }),
-        BPF_FIB_LKUP_RET_NO_NEIGH => Some(NextHop { ifindex: params.ifindex, smac: [0; 6], dmac: [0; 6], resolved: false }),
-        _ => None,
+        BPF_FIB_LKUP_RET_SUCCESS => Route::Forward(NextHop { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac, resolved: true }),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Route::Forward(NextHop { ifindex: params.ifindex, smac: [0; 6], dmac: [0; 6], resolved: false }),
+        BPF_FIB_LKUP_RET_NOT_FWDED => Route::Local,
+        _ => Route::Other,
+    }
+}
+
+/// The next hop, when the packet is to be forwarded.
+#[inline(always)]
+pub fn lookup(ctx: &TcContext, key: &CtKey) -> Option<NextHop> {
+    match route(ctx, key) {
+        Route::Forward(hop) => Some(hop),
+        Route::Local | Route::Other => None,
     }
 }
 

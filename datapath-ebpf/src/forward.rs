@@ -91,6 +91,7 @@ pub fn deliver(ctx: &TcContext, dest: &Endpoint) -> Result<i32, DropReason> {
     if action != TC_ACT_REDIRECT as i64 {
         return Err(DropReason::RedirectFailed);
     }
+    crate::counters::count_received(ctx, dest);
     Ok(TC_ACT_REDIRECT)
 }
 

@@ -38,6 +38,7 @@ pub fn from_endpoint(ctx: TcContext) -> i32 {
 
 fn try_from_endpoint(ctx: &TcContext) -> Result<i32, DropReason> {
     let source = forward::source_endpoint(ctx)?;
+    counters::count_sent(ctx, &source);
     let eth: *mut EthHdr = packet::ptr_at(ctx, 0)?;
     // SAFETY: `ptr_at` checked that the header lies inside the packet.
     let ether_type = unsafe { (*eth).ether_type };

@@ -4,10 +4,11 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use datapath_common::{ct_fill, Backend, Counter, CtEntry, CtKey, DropReason, Endpoint, HostConfig, Ipv4Be, Network, ServiceKey};
+use datapath_common::{
+    ct_fill, Backend, Counter, CtEntry, CtKey, DropReason, Endpoint, EndpointStats, HostConfig, Ipv4Be, Network, ServiceKey,
+    MAX_ENDPOINTS,
+};
 
-/// Upper bound on containers per host.
-const MAX_ENDPOINTS: u32 = 65_536;
 const MAX_NETWORKS: u32 = 4_096;
 /// Conntrack entries (two per flow); the agent sets the real size when it first loads the
 /// programs (`--ct-size`).
@@ -38,6 +39,9 @@ pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_CT_ENTRIE
 
 #[map]
 pub static SERVICES: HashMap<ServiceKey, Backend> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map]
+pub static ENDPOINT_STATS: PerCpuArray<EndpointStats> = PerCpuArray::pinned(MAX_ENDPOINTS, 0);
 
 #[map]
 pub static CT_FILL: Array<u64> = Array::pinned(ct_fill::SLOTS, 0);

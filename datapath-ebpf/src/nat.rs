@@ -10,7 +10,9 @@ use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
     programs::TcContext,
 };
-use datapath_common::{ct_direction, ct_kind, Counter, CtEntry, CtKey, DropReason, Endpoint, HostConfig, IPPROTO_ICMP};
+use datapath_common::{
+    ct_direction, ct_kind, host_config_flags, Counter, CtEntry, CtKey, DropReason, Endpoint, HostConfig, IPPROTO_ICMP,
+};
 
 use crate::{
     conntrack::{self, key_of},
@@ -52,8 +54,13 @@ pub fn from_container(ctx: &TcContext, ip: &Ipv4, source: &Endpoint) -> Result<i
         let to = CtKey { saddr: cfg.uplink_ip, daddr: backend.ip, dport: backend.port, ..key };
         new_flow(&cfg, &key, to, backend.host_ifindex, source.host_ifindex, ct_kind::HAIRPIN, tcp_flags)?
     } else {
-        match fib::lookup(ctx, &key) {
-            Some(hop) if hop.ifindex == cfg.uplink_ifindex => {}
+        match fib::route(ctx, &key) {
+            fib::Route::Forward(hop) if hop.ifindex == cfg.uplink_ifindex => {}
+            // The host's own addresses (other than the gateway, handled before) are off limits
+            // unless the agent allows them.
+            fib::Route::Local if cfg.flags & host_config_flags::ALLOW_HOST_ACCESS == 0 => {
+                return Err(DropReason::HostAccessDenied);
+            }
             // Not leaving through the uplink: not bpfnet's to translate.
             _ => {
                 count(Counter::ToHost);

@@ -9,6 +9,16 @@ pub fn print_text(status: &Value) {
         status["networks"].as_array().map_or(0, Vec::len),
         status["containers"].as_array().map_or(0, Vec::len)
     );
+    for c in status["containers"].as_array().into_iter().flatten() {
+        let t = &c["traffic"];
+        if !t.is_null() {
+            println!(
+                "  {:<24} sent {} packets ({} bytes), received {} packets ({} bytes)",
+                c["name"].as_str().unwrap_or_default(),
+                t["sent_packets"], t["sent_bytes"], t["received_packets"], t["received_bytes"]
+            );
+        }
+    }
     if dp["loaded"] != json!(true) {
         println!("datapath: not loaded (no network or container created yet)");
         return;

@@ -127,6 +127,8 @@ fn endpoint(network_id: u32, ip: Ipv4Addr, host_ifindex: u32) -> Endpoint {
         ip: be(ip),
         mac: ipam::container_mac(ip),
         gateway_mac: ipam::gateway_mac(network_id),
+        // Interface indexes are small and unique in the test namespace.
+        stats_slot: host_ifindex,
     }
 }
 
@@ -376,6 +378,7 @@ impl Fixture {
             nat_port_min: NAT_PORT_MIN,
             nat_port_max: NAT_PORT_MAX,
             ct_limit: CT_LIMIT,
+            flags: 0,
         }
     }
 

@@ -800,11 +800,18 @@ fn without_an_uplink_or_a_route_out_of_it_nothing_is_translated() {
         flags: SYN,
         payload: b"",
     };
-    // The uplink's own address is local: the host's, untranslated.
+    // The uplink's own address is the host's: off limits by default, passed untranslated to
+    // the host when the agent allows host access.
     let to_uplink = from_container(&t.a, UPLINK_IP, &l4);
     fx.run_from_endpoint(t.a.host_ifindex, &to_uplink)
-        .assert_passed(Counter::ToHost);
+        .assert_dropped(DropReason::HostAccessDenied);
     let cfg = fx.host_config(&uplink);
+    fx.set_config(&datapath_common::HostConfig {
+        flags: datapath_common::host_config_flags::ALLOW_HOST_ACCESS,
+        ..cfg
+    });
+    fx.run_from_endpoint(t.a.host_ifindex, &to_uplink)
+        .assert_passed(Counter::ToHost);
     fx.set_config(&datapath_common::HostConfig {
         uplink_ifindex: 0,
         ..cfg
@@ -851,7 +858,9 @@ fn broadcast_multicast_and_martian_destinations_are_not_translated() {
         };
         let sent = from_container(&t.a, dst, &l4);
         let out = fx.run_from_endpoint(t.a.host_ifindex, &sent);
-        if out.retval != TC_ACT_OK || out.packet != sent {
+        // Passed to the host unchanged, or (the uplink subnet's broadcast, an address of the
+        // host) refused: never translated and redirected.
+        if out.retval == TC_ACT_REDIRECT || out.packet != sent {
             leaked.push(format!("{dst}: {}", describe(&out)));
         }
     }
