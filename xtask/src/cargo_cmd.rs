@@ -102,10 +102,20 @@ pub fn target_dir() -> Result<PathBuf> {
 
 /// The built `bpfnet` binary of `profile` (build it first).
 pub fn bpfnet_bin(profile: Profile) -> Result<PathBuf> {
-    let bin = target_dir()?.join(profile.output_dir()).join("bpfnet");
+    binary(profile, "bpfnet", "bpfnet")
+}
+
+/// The built `xtask` binary of `profile` (build it first): the bench runs its release build
+/// as the load generator.
+pub fn xtask_bin(profile: Profile) -> Result<PathBuf> {
+    binary(profile, "xtask", "xtask")
+}
+
+fn binary(profile: Profile, package: &str, name: &str) -> Result<PathBuf> {
+    let bin = target_dir()?.join(profile.output_dir()).join(name);
     if !bin.is_file() {
         bail!(
-            "{} does not exist after the build: does package `bpfnet` still have a binary named `bpfnet`?",
+            "{} does not exist after the build: does package `{package}` still have a binary named `{name}`?",
             bin.display()
         );
     }

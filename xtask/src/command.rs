@@ -1,6 +1,7 @@
 //! Printing and running external commands, with errors that name the command.
 
 use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -108,6 +109,62 @@ pub fn output_bounded(cmd: &mut Command, limit: Duration) -> Result<String> {
     String::from_utf8(text).with_context(|| format!("`{}` printed non-UTF-8", display(cmd)))
 }
 
+/// Like [`run_bounded`], and how long the command took from its start to its exit (process
+/// start included). Waits on a pidfd: [`wait_bounded`] polls every 20 ms, far too coarse for
+/// what takes a few milliseconds.
+pub fn run_timed(cmd: &mut Command, limit: Duration) -> Result<Duration> {
+    announce(cmd);
+    let started = Instant::now();
+    let mut child = spawn(cmd)?;
+    let status = wait_exactly(&mut child, limit).with_context(|| display(cmd))?;
+    let took = started.elapsed();
+    check(cmd, status)?;
+    Ok(took)
+}
+
+/// Wait for `child` to exit, woken by the kernel when it does; kill and reap it after `limit`.
+fn wait_exactly(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
+    // SAFETY: pidfd_open takes a pid and flags; the child is not reaped yet, so its pid is
+    // still ours.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    if raw < 0 {
+        let err = std::io::Error::last_os_error();
+        let _killed = child.kill();
+        let _reaped = child.wait();
+        return Err(err).context("pidfd_open (Linux 5.3 or later is needed)");
+    }
+    // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+    let mut poll = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timeout = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut poll, 1, timeout) };
+        if ready > 0 {
+            return child.wait().context("waiting for a child process");
+        }
+        let interrupted =
+            ready < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
+        if ready < 0 && !interrupted {
+            let err = std::io::Error::last_os_error();
+            let _killed = child.kill();
+            let _reaped = child.wait();
+            return Err(err).context("poll on a pidfd");
+        }
+        if Instant::now() >= deadline {
+            let _killed = child.kill();
+            let _reaped = child.wait();
+            bail!("timed out after {limit:?} and was killed");
+        }
+    }
+}
+
 /// Wait for `child` to exit; kill and reap it after `limit`.
 pub fn wait_bounded(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
     let deadline = Instant::now() + limit;
@@ -139,6 +196,19 @@ mod tests {
             display(&cmd),
             r"BPFNET_BIN=/t/bpfnet ip netns exec a-b sh -c 'echo '\''hi'\'' there'"
         );
+    }
+
+    #[test]
+    fn timed_run_is_exact_and_bounded() {
+        let took = run_timed(Command::new("sleep").arg("0.003"), Duration::from_secs(5)).unwrap();
+        assert!(
+            took >= Duration::from_millis(3) && took < Duration::from_secs(1),
+            "{took:?}"
+        );
+        let started = Instant::now();
+        assert!(run_timed(Command::new("sleep").arg("5"), Duration::from_millis(100)).is_err());
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(run_timed(&mut Command::new("false"), Duration::from_secs(5)).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `cargo xtask demo`: one network, three containers, and traffic between them (ping, a TCP
-//! exchange, a UDP echo), all in throwaway namespaces that are removed at the end.
+//! exchange, a UDP echo), all in throwaway namespaces that are removed at the end; then
+//! `cargo xtask bench --quick` (about a minute), whose table ends the demo.
 
 use std::collections::HashMap;
 use std::fs;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
+use crate::bench::{self, BenchArgs};
 use crate::cargo_cmd::{self, Profile};
 use crate::sandbox::{self, Sandbox};
 use crate::{command, setup};
@@ -24,8 +26,15 @@ const STEP_LIMIT: Duration = Duration::from_secs(60);
 /// How long a server may take to exit after its client has finished.
 const SERVER_LIMIT: Duration = Duration::from_secs(5);
 
-/// `bpfnet_bin`: a binary to run instead of building one.
+/// `bpfnet_bin`: a binary to run instead of building one (the bench's too).
 pub fn run(profile: Profile, bpfnet_bin: Option<PathBuf>) -> Result<()> {
+    containers(profile, bpfnet_bin.clone())?;
+    section("cargo xtask bench --quick");
+    bench::run(BenchArgs::quick(bpfnet_bin))
+}
+
+/// The three-container part, its sandbox removed before the bench starts.
+fn containers(profile: Profile, bpfnet_bin: Option<PathBuf>) -> Result<()> {
     section("setup");
     setup::run()?;
     let bpfnet_bin = match bpfnet_bin {
@@ -46,7 +55,7 @@ pub fn run(profile: Profile, bpfnet_bin: Option<PathBuf>) -> Result<()> {
     let teardown = sandbox.teardown();
     match (outcome, teardown) {
         (Ok(()), Ok(())) => {
-            println!("\ndemo passed");
+            println!("\ndemo: the containers passed");
             Ok(())
         }
         (Err(err), teardown) => {
@@ -60,6 +69,8 @@ pub fn run(profile: Profile, bpfnet_bin: Option<PathBuf>) -> Result<()> {
 }
 
 fn scenario(sandbox: &mut Sandbox) -> Result<()> {
+    section("the bpfnet agent, as a background service of the sandbox host");
+    sandbox.start_agent(&[])?;
     let network = sandbox.name("net");
     let names: Vec<String> = CONTAINERS
         .iter()

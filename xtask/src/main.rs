@@ -37,7 +37,8 @@ enum Task {
     },
     /// Setup, build bpfnet, then run the unit and integration tests of every workspace crate.
     Test(test::TestArgs),
-    /// Setup, build bpfnet, then run a three-container demo in throwaway network namespaces.
+    /// Setup, build bpfnet, run a three-container demo in throwaway network namespaces, then
+    /// `bench --quick` (about a minute).
     Demo {
         /// Use the release build of bpfnet.
         #[arg(long)]

@@ -10,7 +10,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::cell::RefCell;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -22,6 +23,8 @@ const BPFFS: &str = "/sys/fs/bpf";
 /// Limit for one bpfnet or ip command during cleanup: a hung one must not keep the rest
 /// from running.
 const CLEANUP_LIMIT: Duration = Duration::from_secs(30);
+/// How long a starting agent may take to serve (it loads and verifies the programs).
+const AGENT_START_LIMIT: Duration = Duration::from_secs(30);
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -70,6 +73,9 @@ pub struct Sandbox {
     bpffs_dir: PathBuf,
     scratch_dir: PathBuf,
     background: Vec<Option<Background>>,
+    /// The sandbox's `bpfnet agent`, once started; the CLI talks to it on `socket`.
+    agent: RefCell<Option<Child>>,
+    socket: PathBuf,
     torn_down: bool,
 }
 
@@ -86,6 +92,8 @@ impl Sandbox {
             state_dir: PathBuf::from(format!("/tmp/{prefix}-state")),
             bpffs_dir: Path::new(BPFFS).join(&prefix),
             scratch_dir: PathBuf::from(format!("/tmp/{prefix}-scratch")),
+            socket: PathBuf::from(format!("/tmp/{prefix}.sock")),
+            agent: RefCell::new(None),
             prefix,
             bpfnet_bin,
             background: Vec::new(),
@@ -104,19 +112,53 @@ impl Sandbox {
         format!("{}-{suffix}", self.prefix)
     }
 
+    /// Where this sandbox's bpfnet pins its programs and maps.
+    pub fn bpffs_dir(&self) -> &Path {
+        &self.bpffs_dir
+    }
+
     pub fn host_netns(&self) -> String {
         self.name("host")
     }
 
-    /// The bpfnet CLI aimed at this sandbox: its global flags come before the subcommand.
-    pub fn bpfnet(&self) -> Command {
+    /// Starts `bpfnet agent` for this sandbox (its host namespace, state and pin directories,
+    /// its own socket, and `extra` flags such as `--uplink up0`) and waits until it serves.
+    /// The guard stops it after `bpfnet down`.
+    pub fn start_agent(&self, extra: &[&str]) -> Result<()> {
         let mut cmd = Command::new(&self.bpfnet_bin);
-        cmd.arg("--host-netns")
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .arg("agent")
+            .arg("--host-netns")
             .arg(self.host_netns())
             .arg("--state-dir")
             .arg(&self.state_dir)
             .arg("--bpffs")
-            .arg(&self.bpffs_dir);
+            .arg(&self.bpffs_dir)
+            .args(extra)
+            .stdout(Stdio::null());
+        command::announce(&cmd);
+        let mut child = cmd.spawn().with_context(|| format!("could not start `{}`", command::display(&cmd)))?;
+        let deadline = Instant::now() + AGENT_START_LIMIT;
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = child.try_wait()? {
+                bail!("bpfnet agent exited ({status}) before serving: see its errors above");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("bpfnet agent did not serve on {} within {AGENT_START_LIMIT:?}", self.socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        *self.agent.borrow_mut() = Some(child);
+        Ok(())
+    }
+
+    /// The bpfnet CLI aimed at this sandbox's agent.
+    pub fn bpfnet(&self) -> Command {
+        let mut cmd = Command::new(&self.bpfnet_bin);
+        cmd.arg("--socket").arg(&self.socket);
         cmd
     }
 
@@ -212,6 +254,24 @@ impl Sandbox {
     fn cleanup(&mut self, strict: bool) -> Vec<anyhow::Error> {
         let mut errors = Vec::new();
 
+        // `bpfnet down` needs the agent; the agent is stopped after it (the datapath it
+        // leaves running is gone by then).
+        let agent = self.agent.borrow_mut().take();
+        if let Some(mut agent) = agent {
+            let mut down = self.bpfnet();
+            down.arg("down");
+            if let Err(err) = command::run_bounded(&mut down, CLEANUP_LIMIT) {
+                errors.push(err.context("`bpfnet down` failed"));
+            }
+            println!("stopping bpfnet agent");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), Signal::SIGTERM);
+            if command::wait_bounded(&mut agent, CLEANUP_LIMIT).is_err() {
+                let _ = agent.kill();
+                let _ = agent.wait();
+            }
+        }
+        let _ = fs::remove_file(&self.socket);
+
         for slot in &mut self.background {
             if let Some(mut process) = slot.take() {
                 println!("stopping {}", process.label);
@@ -224,13 +284,6 @@ impl Sandbox {
         }
 
         let host = self.host_netns();
-        if Path::new(NETNS_DIR).join(&host).exists() {
-            let mut down = self.bpfnet();
-            down.arg("down");
-            if let Err(err) = command::run_bounded(&mut down, CLEANUP_LIMIT) {
-                errors.push(err.context("`bpfnet down` failed"));
-            }
-        }
 
         // What bpfnet down should have removed; remove it anyway.
         let mut own_netns = self.own_namespaces();

@@ -4,6 +4,7 @@
 //! - [`topology`]: the three datapaths' namespaces and which scenario each supports;
 //! - [`docker_rules`]: the iptables rule shapes Docker installs, with their source;
 //! - [`workload`]: iperf3 and our own [`loadgen`] between two namespaces, pinned to CPUs;
+//! - [`pinned_map`]: bpfnet's map update alone, for the control-plane cost;
 //! - [`report`]: summaries and ratios, the table, results.json (schema there) and chart.svg.
 //!
 //! Method: for each N (other published ports), each repetition, scenario and workload, the
@@ -13,6 +14,7 @@
 
 mod docker_rules;
 pub mod loadgen;
+mod pinned_map;
 mod report;
 mod stats;
 mod topology;
@@ -42,9 +44,21 @@ pub struct BenchArgs {
     /// in the workspace].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Run this bpfnet binary instead of building one (release profile).
+    /// Run this bpfnet binary instead of building one (release profile). The load generator
+    /// is always this xtask's release build.
     #[arg(long, value_name = "PATH")]
     bpfnet: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    /// `--quick`, results in the default folder (what `cargo xtask demo` runs).
+    pub fn quick(bpfnet: Option<PathBuf>) -> BenchArgs {
+        BenchArgs {
+            quick: true,
+            out: None,
+            bpfnet,
+        }
+    }
 }
 
 /// What a run does; fixed by --quick.
@@ -96,6 +110,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             cargo_cmd::bpfnet_bin(Profile::Release)?
         }
     };
+    // A debug build of the load generator is itself the bottleneck of the 64-byte UDP rate.
+    section("build the load generator (xtask, release)");
+    cargo_cmd::build(Profile::Release, &["xtask"])?;
+    let loadgen_bin = cargo_cmd::xtask_bin(Profile::Release)?;
     let out = match args.out.clone() {
         Some(dir) => dir,
         None => cargo_cmd::workspace_root()
@@ -109,11 +127,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     sandbox::catch_interrupts()?;
     section("sandbox");
     let mut sandbox = Sandbox::create("bnb", bpfnet_bin)?;
-    // A copy of this binary for `loadgen`: a rebuild of xtask during the run cannot swap it.
+    // A copy of the release xtask for `loadgen`: a rebuild during the run cannot swap it.
     let loadgen = sandbox.write_scratch("loadgen", "")?;
-    let this = std::env::current_exe().context("finding the xtask binary for `loadgen`")?;
-    fs::copy(&this, &loadgen)
-        .with_context(|| format!("copying {} to {}", this.display(), loadgen.display()))?;
+    fs::copy(&loadgen_bin, &loadgen)
+        .with_context(|| format!("copying {} to {}", loadgen_bin.display(), loadgen.display()))?;
 
     let mut topologies = Topologies::new(&sandbox);
     let outcome = measure(&mut sandbox, &mut topologies, &plan, pinning, &loadgen);
@@ -172,17 +189,9 @@ fn measure(
                         let ends = match topologies.endpoints(datapath, scenario, n == first_n) {
                             Support::Yes(ends) => ends,
                             Support::NotApplicable => continue,
-                            Support::NotYet(reason) => {
-                                for metric in metrics(workload) {
-                                    collected.not_yet(
-                                        key(scenario.name(), n, metric, datapath),
-                                        reason.clone(),
-                                    );
-                                }
-                                continue;
-                            }
                         };
                         sandbox::check_interrupted()?;
+                        topologies.prepare(sandbox, datapath)?;
                         done += 1;
                         let what = format!(
                             "[{done:>3}/{total}] N={n} rep {}/{} {} {} {}",
@@ -219,21 +228,31 @@ fn measure(
                 }
             }
             for &datapath in &order {
-                let key = key("control-plane", n, Metric::PublishMs, datapath);
-                match topologies.publish_one_more(datapath) {
-                    Ok(Support::Yes(took)) => {
-                        let ms = took.as_secs_f64() * 1e3;
+                sandbox::check_interrupted()?;
+                match topologies.publish_one_more(sandbox, datapath) {
+                    Ok(Support::Yes(figures)) => {
+                        let shown: Vec<String> = figures
+                            .iter()
+                            .map(|(m, v)| format!("{} {}", m.label(), report::figure(*v)))
+                            .collect();
                         progress(&format!(
-                            "N={n} rep {} publish one more port on {}: {} ms",
+                            "N={n} rep {} publish one more port on {}: {}",
                             rep + 1,
                             datapath.name(),
-                            report::figure(ms)
+                            shown.join(", ")
                         ));
-                        collected.sample(key, ms);
+                        for (metric, value) in figures {
+                            collected.sample(key("control-plane", n, metric, datapath), value);
+                        }
                     }
-                    Ok(Support::NotYet(reason)) => collected.not_yet(key, reason),
                     Ok(Support::NotApplicable) => {}
-                    Err(err) => collected.fail(key, format!("{err:#}")),
+                    Err(err) => {
+                        sandbox::check_interrupted()?;
+                        collected.fail(
+                            key("control-plane", n, Metric::PublishMs, datapath),
+                            format!("{err:#}"),
+                        );
+                    }
                 }
             }
         }

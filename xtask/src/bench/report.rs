@@ -1,10 +1,10 @@
 //! The results: summaries with ratios, the terminal table, results.json and chart.svg.
 //!
-//! # results.json (schema `bpfnet-bench/1`)
+//! # results.json (schema `bpfnet-bench/2`)
 //!
 //! ```text
 //! {
-//!   "schema": "bpfnet-bench/1",
+//!   "schema": "bpfnet-bench/2",
 //!   "command": "cargo xtask bench --quick",
 //!   "started_unix": 1700000000, "finished_unix": 1700000060,    // seconds since the epoch
 //!   "host": { "kernel": "6.18.44", "cpus": 2, "iptables": "iptables v1.8.9 (nf_tables)" },
@@ -21,12 +21,14 @@
 //!   "rows": [ {
 //!     "scenario": "c2c" | "snat" | "dnat" | "control-plane",
 //!     "other_published_ports": 1,          // N
-//!     "metric": "tcp_gbps" | "udp_pps" | "rr_p50_us" | "rr_p99_us" | "crr_per_sec" | "publish_ms",
+//!     "metric": "tcp_gbps" | "udp_pps" | "rr_p50_us" | "rr_p99_us" | "crr_per_sec"
+//!             | "publish_ms"       // control plane: publish one more port, end to end
+//!             | "map_update_us",   // bpfnet only: its SERVICES map update alone
 //!     "unit": "Gbit/s" | "Mpps" | "us" | "1/s" | "ms",
 //!     "higher_is_better": true,
 //!     "datapath": "floor" | "bridge" | "bpfnet",
-//!     "status": "measured" | "not-supported-yet" | "failed",
-//!     "note": null | "why not measured, or the errors of failed repetitions",
+//!     "status": "measured" | "failed",
+//!     "note": null | "the errors of failed repetitions",
 //!     "samples": [1.0, ...],               // one per successful repetition, in run order
 //!     "median": 1.0, "min": 1.0, "max": 1.0, "spread_pct": 0.0,  // null unless measured
 //!     "ratio_to_floor": 1.0,               // median / the floor's c2c median at the first N
@@ -36,6 +38,9 @@
 //! ```
 //!
 //! Ratios are plain quotients: above 1 is better for rates, worse for latencies and times.
+//!
+//! Schema history: `/2` added `map_update_us` and dropped the status `not-supported-yet`
+//! (bpfnet runs every scenario since it has `--uplink` and `--publish`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -46,7 +51,7 @@ use super::stats::{ratio, Summary};
 use super::topology::Datapath;
 use super::workload::Metric;
 
-pub const SCHEMA: &str = "bpfnet-bench/1";
+pub const SCHEMA: &str = "bpfnet-bench/2";
 
 /// Which figure a sample belongs to: a row of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,7 +67,6 @@ pub struct Key {
 pub struct Collected {
     pub samples: BTreeMap<Key, Vec<f64>>,
     pub failures: BTreeMap<Key, Vec<String>>,
-    pub not_yet: BTreeMap<Key, String>,
 }
 
 impl Collected {
@@ -72,10 +76,6 @@ impl Collected {
 
     pub fn fail(&mut self, key: Key, error: String) {
         self.failures.entry(key).or_default().push(error);
-    }
-
-    pub fn not_yet(&mut self, key: Key, reason: String) {
-        self.not_yet.entry(key).or_insert(reason);
     }
 }
 
@@ -98,7 +98,7 @@ pub struct Row {
     pub ratio_to_bridge: Option<f64>,
 }
 
-/// One row per key (measured, failed or not supported yet), with ratios from the same run.
+/// One row per key (measured or failed), with ratios from the same run.
 /// `floor_ports`: the N at which the floor was measured (its figures are every row's reference).
 pub fn rows(collected: &Collected, floor_ports: u32) -> Vec<Row> {
     let median = |key: &Key| {
@@ -112,7 +112,6 @@ pub fn rows(collected: &Collected, floor_ports: u32) -> Vec<Row> {
         .samples
         .keys()
         .chain(collected.failures.keys())
-        .chain(collected.not_yet.keys())
         .copied()
         .collect();
     keys.sort_by_key(|k| {
@@ -139,10 +138,9 @@ pub fn rows(collected: &Collected, floor_ports: u32) -> Vec<Row> {
                 ..key
             });
             let failures = collected.failures.get(&key);
-            let (status, note) = match (summary, failures, collected.not_yet.get(&key)) {
-                (_, _, Some(reason)) => ("not-supported-yet", Some(reason.clone())),
-                (Some(_), None, None) => ("measured", None),
-                (Some(_), Some(errors), None) => (
+            let (status, note) = match (summary, failures) {
+                (Some(_), None) => ("measured", None),
+                (Some(_), Some(errors)) => (
                     "measured",
                     Some(format!(
                         "{} repetition(s) failed: {}",
@@ -150,7 +148,7 @@ pub fn rows(collected: &Collected, floor_ports: u32) -> Vec<Row> {
                         errors.join(" | ")
                     )),
                 ),
-                (None, errors, None) => (
+                (None, errors) => (
                     "failed",
                     Some(errors.map_or_else(|| "no samples".to_string(), |e| e.join(" | "))),
                 ),
@@ -233,7 +231,7 @@ pub fn table(rows: &[Row]) -> String {
             row.datapath.name()
         );
         match (row.status, row.median) {
-            ("not-supported-yet", _) | (_, None) => {
+            (_, None) => {
                 let _ = writeln!(out, "{lead} {}", row.note.as_deref().unwrap_or(row.status));
             }
             (_, Some(median)) => {
@@ -290,7 +288,10 @@ pub fn chart_svg(rows: &[Row], title: &str) -> String {
         (Datapath::Bpfnet, "#2f6db5"),
     ];
     let mut groups: BTreeMap<(&str, u32, Metric), Vec<&Row>> = BTreeMap::new();
-    for row in rows.iter().filter(|r| r.metric != Metric::PublishMs) {
+    for row in rows
+        .iter()
+        .filter(|r| !matches!(r.metric, Metric::PublishMs | Metric::MapUpdateUs))
+    {
         groups
             .entry((row.scenario, row.other_published_ports, row.metric))
             .or_default()
@@ -350,30 +351,17 @@ pub fn chart_svg(rows: &[Row], title: &str) -> String {
             let Some(row) = members.iter().find(|r| r.datapath == *datapath) else {
                 continue;
             };
-            match relative_to_floor(row) {
-                Some(value) => {
-                    let by = y(value);
-                    let _ = writeln!(
-                        svg,
-                        r#"<rect x="{x:.1}" y="{by:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{} {}: {:.2}</title></rect>"#,
-                        bar - 2.0,
-                        (top + plot_height - by).max(0.0),
-                        datapath.name(),
-                        escape(metric.label()),
-                        value
-                    );
-                }
-                None if row.status == "not-supported-yet" => {
-                    let _ = writeln!(
-                        svg,
-                        r#"<text x="{:.1}" y="{:.1}" font-size="8" fill="{color}" transform="rotate(-90 {:.1} {:.1})">not yet</text>"#,
-                        x + 10.0,
-                        top + plot_height - 4.0,
-                        x + 10.0,
-                        top + plot_height - 4.0
-                    );
-                }
-                None => {}
+            if let Some(value) = relative_to_floor(row) {
+                let by = y(value);
+                let _ = writeln!(
+                    svg,
+                    r#"<rect x="{x:.1}" y="{by:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{} {}: {:.2}</title></rect>"#,
+                    bar - 2.0,
+                    (top + plot_height - by).max(0.0),
+                    datapath.name(),
+                    escape(metric.label()),
+                    value
+                );
             }
         }
         let lx = x0 + bar * 1.5;
@@ -450,9 +438,10 @@ mod tests {
         c.sample(key("c2c", Datapath::Bridge, Metric::UdpPps), 5.5);
         c.sample(key("c2c", Datapath::Bpfnet, Metric::UdpPps), 8.25);
         c.sample(key("snat", Datapath::Bridge, Metric::UdpPps), 2.2);
-        c.not_yet(
-            key("snat", Datapath::Bpfnet, Metric::UdpPps),
-            "not supported yet".into(),
+        c.sample(key("snat", Datapath::Bpfnet, Metric::UdpPps), 4.4);
+        c.sample(
+            key("control-plane", Datapath::Bpfnet, Metric::MapUpdateUs),
+            3.0,
         );
         c.fail(key("dnat", Datapath::Bridge, Metric::UdpPps), "boom".into());
         let rows = rows(&c, 1);
@@ -474,11 +463,10 @@ mod tests {
         );
         // SNAT rows refer to the c2c floor.
         assert_eq!(find("snat", Datapath::Bridge).ratio_to_floor, Some(0.2));
-        let not_yet = find("snat", Datapath::Bpfnet);
-        assert_eq!(
-            (not_yet.status, not_yet.median),
-            ("not-supported-yet", None)
-        );
+        assert_eq!(find("snat", Datapath::Bpfnet).ratio_to_bridge, Some(2.0));
+        // Only bpfnet has a map update: no ratio to anything.
+        let map = find("control-plane", Datapath::Bpfnet);
+        assert_eq!((map.ratio_to_floor, map.ratio_to_bridge), (None, None));
         let failed = find("dnat", Datapath::Bridge);
         assert_eq!(
             (failed.status, failed.note.as_deref()),
@@ -486,7 +474,7 @@ mod tests {
         );
 
         let text = table(&rows);
-        assert!(text.contains("not supported yet"), "{text}");
+        assert!(text.contains("boom"), "the failure is shown: {text}");
         assert!(text.contains("0.50"), "{text}");
         let svg = chart_svg(&rows, "test <run>");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

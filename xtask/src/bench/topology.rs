@@ -11,7 +11,8 @@
 //! - floor: the client and server namespaces joined by one veth pair (no host, no outside);
 //! - bridge: Docker's path: a bridge `docker0` holding the gateway address, a veth per container
 //!   enslaved to it, `ip_forward`, and Docker's iptables rules ([`super::docker_rules`]);
-//! - bpfnet: the real binary, `--host-netns` the sandbox's host namespace.
+//! - bpfnet: the real binary; its agent runs with `--host-netns` the sandbox's host namespace, `--uplink up0`
+//!   (masquerade to 10.203.0.1, ports published on it).
 //!
 //! The outside namespace has no route to the container subnet: container -> outside works
 //! only through SNAT. Published ports use the same port on the host as in the container.
@@ -20,12 +21,15 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::docker_rules::{self, PortMapping, Proto};
+use super::pinned_map::{all_addresses_key, Services};
+use super::stats::Summary;
+use super::workload::Metric;
 use crate::command;
 use crate::sandbox::Sandbox;
 
@@ -42,6 +46,8 @@ const UPLINK: &str = "up0";
 const OTHER_PORTS_BASE: u16 = 30000;
 /// Limit for one setup command.
 const STEP_LIMIT: Duration = Duration::from_secs(60);
+/// Times the SERVICES update alone is measured per publish (its median is the sample).
+const MAP_UPDATE_SAMPLES: usize = 101;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -104,8 +110,6 @@ pub struct Endpoints {
 /// Whether a datapath runs something.
 pub enum Support<T> {
     Yes(T),
-    /// Not built yet: the reason, shown in the table and results.json instead of a figure.
-    NotYet(String),
     /// Meaningless for this datapath (the floor has no NAT and no ports to publish).
     NotApplicable,
 }
@@ -115,19 +119,12 @@ pub enum Support<T> {
 pub const MEASURED_PORTS: [(Proto, u16); 3] =
     [(Proto::Tcp, 5201), (Proto::Udp, 5301), (Proto::Tcp, 5401)];
 
-/// What bpfnet can do yet, probed from its `--help`: the scenarios it lacks are reported
-/// as not supported; when a probe turns true, the reason says where to wire it up.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct BpfnetFeatures {
-    pub uplink: bool,
-    pub publish: bool,
-}
-
 pub struct Topologies {
     floor: [String; 2],
     bridge: BridgeNames,
     bpfnet: BpfnetNames,
-    bpfnet_features: BpfnetFeatures,
+    /// The `--publish` spec of the other ports bpfnet has now (unpublished when N changes).
+    bpfnet_other_ports: Option<String>,
 }
 
 struct BridgeNames {
@@ -160,7 +157,7 @@ impl Topologies {
                 server: sandbox.name("bn-c2"),
                 outside: sandbox.name("bn-out"),
             },
-            bpfnet_features: BpfnetFeatures::default(),
+            bpfnet_other_ports: None,
         }
     }
 
@@ -234,8 +231,12 @@ impl Topologies {
         self.load_docker_rules(sandbox, 0)
     }
 
-    fn create_bpfnet(&mut self, sandbox: &Sandbox) -> Result<()> {
+    fn create_bpfnet(&self, sandbox: &Sandbox) -> Result<()> {
         let n = &self.bpfnet;
+        // The uplink first: `--uplink` makes the agent read its address (to masquerade to).
+        add_netns(sandbox, &n.outside)?;
+        add_uplink(&sandbox.host_netns(), &n.outside)?;
+        sandbox.start_agent(&["--uplink", UPLINK])?;
         bpfnet(
             sandbox,
             &[
@@ -248,24 +249,37 @@ impl Topologies {
                 &GATEWAY.to_string(),
             ],
         )?;
-        for (name, addr) in [(&n.client, CLIENT_IP), (&n.server, SERVER_IP)] {
-            bpfnet(
-                sandbox,
-                &[
-                    "container",
-                    "create",
-                    name,
-                    "--network",
-                    &n.network,
-                    "--ip",
-                    &addr.to_string(),
-                ],
-            )?;
+        let client_ip = CLIENT_IP.to_string();
+        bpfnet(
+            sandbox,
+            &[
+                "container",
+                "create",
+                &n.client,
+                "--network",
+                &n.network,
+                "--ip",
+                &client_ip,
+            ],
+        )?;
+        let server_ip = SERVER_IP.to_string();
+        let mut server = vec![
+            "container",
+            "create",
+            &n.server,
+            "--network",
+            &n.network,
+            "--ip",
+            &server_ip,
+        ];
+        let measured: Vec<String> = MEASURED_PORTS
+            .iter()
+            .map(|&(proto, port)| publish_spec(proto, port, 1).expect("one port"))
+            .collect();
+        for spec in &measured {
+            server.extend(["--publish", spec]);
         }
-        add_netns(sandbox, &n.outside)?;
-        add_uplink(&sandbox.host_netns(), &n.outside)?;
-        self.bpfnet_features = probe_bpfnet(sandbox)?;
-        Ok(())
+        bpfnet(sandbox, &server)
     }
 
     /// Delete the namespaces this module made (bounded; every one is tried).
@@ -328,9 +342,29 @@ impl Topologies {
         docker_rules::restore_input(&Self::docker_network(), &Self::mappings(other))
     }
 
-    /// Publish `other` ports ahead of the measured ones, on every datapath that can.
-    pub fn set_other_ports(&self, sandbox: &Sandbox, other: u32) -> Result<()> {
-        self.load_docker_rules(sandbox, other)
+    /// Publish `other` ports of the client container ahead of the measured ones: Docker's
+    /// rules for all of them, or one range spec for bpfnet (the previous N's unpublished).
+    pub fn set_other_ports(&mut self, sandbox: &Sandbox, other: u32) -> Result<()> {
+        self.load_docker_rules(sandbox, other)?;
+        let client = &self.bpfnet.client;
+        if let Some(old) = self.bpfnet_other_ports.take() {
+            bpfnet(sandbox, &["unpublish", client, &old])?;
+        }
+        if let Some(spec) = publish_spec(Proto::Tcp, OTHER_PORTS_BASE, other) {
+            bpfnet(sandbox, &["publish", client, &spec])?;
+            self.bpfnet_other_ports = Some(spec);
+        }
+        Ok(())
+    }
+
+    /// Before each bpfnet workload: expire the flows of the runs before (bpfnet's conntrack
+    /// is collected by the agent, not by the kernel; without this, connection-rate runs
+    /// would use up the masquerade ports). Not timed.
+    pub fn prepare(&self, sandbox: &Sandbox, datapath: Datapath) -> Result<()> {
+        match datapath {
+            Datapath::Bpfnet => bpfnet(sandbox, &["conntrack", "gc"]),
+            Datapath::Floor | Datapath::Bridge => Ok(()),
+        }
     }
 
     /// Where a workload of `scenario` runs on `datapath` with N other ports published.
@@ -357,72 +391,86 @@ impl Topologies {
                 // its figures are the reference of every row.
                 _ => Support::NotApplicable,
             },
-            Datapath::Bridge => {
-                let n = &self.bridge;
+            Datapath::Bridge | Datapath::Bpfnet => {
+                let (client, server, outside) = match datapath {
+                    Datapath::Bpfnet => {
+                        let n = &self.bpfnet;
+                        (&n.client, &n.server, &n.outside)
+                    }
+                    _ => {
+                        let n = &self.bridge;
+                        (&n.client, &n.server, &n.outside)
+                    }
+                };
                 Support::Yes(match scenario {
-                    ContainerToContainer => ends(&n.client, SERVER_IP, &n.server, SERVER_IP),
-                    Snat => ends(&n.client, OUTSIDE_IP, &n.outside, OUTSIDE_IP),
-                    Dnat => ends(&n.outside, UPLINK_HOST_IP, &n.server, SERVER_IP),
+                    ContainerToContainer => ends(client, SERVER_IP, server, SERVER_IP),
+                    Snat => ends(client, OUTSIDE_IP, outside, OUTSIDE_IP),
+                    Dnat => ends(outside, UPLINK_HOST_IP, server, SERVER_IP),
                 })
             }
-            Datapath::Bpfnet => {
-                let n = &self.bpfnet;
-                match scenario {
-                    _ if !first_n => Support::NotYet(
-                        self.bpfnet_missing("--publish", self.bpfnet_features.publish),
-                    ),
-                    ContainerToContainer => {
-                        Support::Yes(ends(&n.client, SERVER_IP, &n.server, SERVER_IP))
-                    }
-                    Snat => Support::NotYet(
-                        self.bpfnet_missing("--uplink", self.bpfnet_features.uplink),
-                    ),
-                    Dnat => Support::NotYet(
-                        self.bpfnet_missing("--publish", self.bpfnet_features.publish),
-                    ),
-                }
-            }
-        }
-    }
-
-    fn bpfnet_missing(&self, flag: &str, probed: bool) -> String {
-        if probed {
-            format!(
-                "not wired up yet: bpfnet has {flag} now (add it in xtask/src/bench/topology.rs)"
-            )
-        } else {
-            format!("not supported yet (bpfnet has no {flag})")
         }
     }
 
     /// Control-plane cost: the time to publish one more port with N published already,
-    /// the way the datapath's manager does it. The port is removed again (not timed).
-    pub fn publish_one_more(&self, datapath: Datapath) -> Result<Support<Duration>> {
+    /// the way the datapath's manager does it, end to end (process start included); for
+    /// bpfnet also its map update alone. The port is removed again (not timed).
+    pub fn publish_one_more(
+        &self,
+        sandbox: &Sandbox,
+        datapath: Datapath,
+    ) -> Result<Support<Vec<(Metric, f64)>>> {
+        let port = OTHER_PORTS_BASE - 1;
         match datapath {
             Datapath::Floor => Ok(Support::NotApplicable),
-            Datapath::Bpfnet => Ok(Support::NotYet(
-                self.bpfnet_missing("--publish", self.bpfnet_features.publish),
-            )),
+            Datapath::Bpfnet => {
+                let client = &self.bpfnet.client;
+                let spec = publish_spec(Proto::Tcp, port, 1).expect("one port");
+                let took = command::run_timed(
+                    &mut bpfnet_command(sandbox, &["publish", client, &spec]),
+                    STEP_LIMIT,
+                )?;
+                let pin = sandbox.bpffs_dir().join("maps").join("SERVICES");
+                let map_update = Services::open(&pin).and_then(|services| {
+                    services.time_reinserts(
+                        &all_addresses_key(port, datapath_common::IPPROTO_TCP),
+                        MAP_UPDATE_SAMPLES,
+                    )
+                });
+                bpfnet(sandbox, &["unpublish", client, &spec])?;
+                let map_update: Vec<f64> = map_update?
+                    .iter()
+                    .map(|took| took.as_secs_f64() * 1e6)
+                    .collect();
+                let map_update = Summary::of(&map_update)
+                    .context("no SERVICES update was timed")?
+                    .median;
+                Ok(Support::Yes(vec![
+                    (Metric::PublishMs, took.as_secs_f64() * 1e3),
+                    (Metric::MapUpdateUs, map_update),
+                ]))
+            }
             Datapath::Bridge => {
                 let mapping = PortMapping {
                     proto: Proto::Tcp,
-                    host_port: OTHER_PORTS_BASE - 1,
+                    host_port: port,
                     container: CLIENT_IP,
-                    container_port: OTHER_PORTS_BASE - 1,
+                    container_port: port,
                 };
                 let commands = mapping.append_commands(&Self::docker_network());
                 // Docker runs one `iptables` process per rule (after an `-C` check per rule,
                 // which is left out here: this is a lower bound). nsenter instead of
                 // `ip netns exec`, whose /sys remount would be timed too.
-                let started = Instant::now();
+                let mut took = Duration::ZERO;
                 for (table, rule) in &commands {
-                    command::run_bounded(&mut self.iptables(table, "-A", rule), STEP_LIMIT)?;
+                    took += command::run_timed(&mut self.iptables(table, "-A", rule), STEP_LIMIT)?;
                 }
-                let took = started.elapsed();
                 for (table, rule) in &commands {
                     command::run_bounded(&mut self.iptables(table, "-D", rule), STEP_LIMIT)?;
                 }
-                Ok(Support::Yes(took))
+                Ok(Support::Yes(vec![(
+                    Metric::PublishMs,
+                    took.as_secs_f64() * 1e3,
+                )]))
             }
         }
     }
@@ -480,21 +528,33 @@ fn add_uplink(host: &str, outside: &str) -> Result<()> {
     address_up(outside, "eth0", OUTSIDE_IP)
 }
 
-fn bpfnet(sandbox: &Sandbox, args: &[&str]) -> Result<()> {
-    command::run_bounded(sandbox.bpfnet().args(args), STEP_LIMIT)
+/// bpfnet aimed at the sandbox's agent.
+fn bpfnet_command(sandbox: &Sandbox, args: &[&str]) -> Command {
+    let mut cmd = sandbox.bpfnet();
+    cmd.args(args);
+    cmd
 }
 
-/// Which of the coming flags this bpfnet binary has.
-fn probe_bpfnet(sandbox: &Sandbox) -> Result<BpfnetFeatures> {
-    let global = command::output_bounded(sandbox.bpfnet().arg("--help"), STEP_LIMIT)?;
-    let create = command::output_bounded(
-        sandbox.bpfnet().args(["container", "create", "--help"]),
-        STEP_LIMIT,
-    )?;
-    Ok(BpfnetFeatures {
-        uplink: global.contains("--uplink"),
-        publish: create.contains("--publish"),
-    })
+fn bpfnet(sandbox: &Sandbox, args: &[&str]) -> Result<()> {
+    command::run_bounded(&mut bpfnet_command(sandbox, args), STEP_LIMIT)
+}
+
+/// bpfnet's `--publish` spec for `count` ports from `first`, the same port on the host as in
+/// the container (Docker's syntax: `P:P/proto`, or a range `A-B:A-B/proto`); None for none.
+pub fn publish_spec(proto: Proto, first: u16, count: u32) -> Option<String> {
+    let proto = proto.as_str();
+    match count {
+        0 => None,
+        1 => Some(format!("{first}:{first}/{proto}")),
+        _ => {
+            let last = u32::from(first) + count - 1;
+            assert!(
+                last <= u32::from(u16::MAX),
+                "ports {first}+{count} pass 65535"
+            );
+            Some(format!("{first}-{last}:{first}-{last}/{proto}"))
+        }
+    }
 }
 
 /// A target address and port as the tools take it.
@@ -520,5 +580,33 @@ mod tests {
         // 10,000 others stay below the highest port and clear of the measured ones.
         let last = Topologies::mappings(10_000)[9_999].host_port;
         assert!(last > 5401 && last == OTHER_PORTS_BASE + 9_999);
+    }
+
+    #[test]
+    fn bpfnet_publishes_the_same_ports_as_docker_rules() {
+        assert_eq!(publish_spec(Proto::Tcp, OTHER_PORTS_BASE, 0), None);
+        assert_eq!(
+            publish_spec(Proto::Udp, 5301, 1).as_deref(),
+            Some("5301:5301/udp")
+        );
+        let spec = publish_spec(Proto::Tcp, OTHER_PORTS_BASE, 10_000).unwrap();
+        assert_eq!(spec, "30000-39999:30000-39999/tcp");
+        let mappings = Topologies::mappings(10_000);
+        let (first, last) = (&mappings[0], &mappings[9_999]);
+        assert_eq!(
+            spec,
+            format!(
+                "{}-{}:{}-{}/tcp",
+                first.host_port, last.host_port, first.container_port, last.container_port
+            )
+        );
+        // The port published one more at each N is outside the range.
+        assert!(OTHER_PORTS_BASE - 1 > MEASURED_PORTS[2].1);
+    }
+
+    #[test]
+    #[should_panic(expected = "pass 65535")]
+    fn a_range_past_the_last_port_is_a_bug() {
+        publish_spec(Proto::Tcp, 60_000, 10_000);
     }
 }

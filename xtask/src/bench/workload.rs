@@ -68,7 +68,10 @@ pub enum Metric {
     RrP50Us,
     RrP99Us,
     CrrPerSec,
+    /// Publish one more port, end to end (process start included).
     PublishMs,
+    /// bpfnet's SERVICES map update alone (see [`super::pinned_map`]).
+    MapUpdateUs,
 }
 
 impl Metric {
@@ -80,6 +83,7 @@ impl Metric {
             Metric::RrP99Us => "TCP RR p99 us",
             Metric::CrrPerSec => "TCP CRR conn/s",
             Metric::PublishMs => "publish +1 port ms",
+            Metric::MapUpdateUs => "+1 map update us",
         }
     }
 
@@ -88,7 +92,7 @@ impl Metric {
         match self {
             Metric::TcpGbps => "Gbit/s",
             Metric::UdpPps => "Mpps",
-            Metric::RrP50Us | Metric::RrP99Us => "us",
+            Metric::RrP50Us | Metric::RrP99Us | Metric::MapUpdateUs => "us",
             Metric::CrrPerSec => "1/s",
             Metric::PublishMs => "ms",
         }
