@@ -83,7 +83,6 @@ pub enum Method {
 impl Call {
     /// The HTTP method, path and JSON body of this call.
     pub fn request(&self) -> (Method, String, Option<serde_json::Value>) {
-        let body = |value: &dyn erased::ToJson| Some(value.to_json());
         match self {
             Call::CreateNetwork(c) => (Method::Post, "/v1/networks".into(), body(c)),
             Call::ListNetworks => (Method::Get, "/v1/networks".into(), None),
@@ -113,17 +112,8 @@ fn encode(name: &str) -> String {
         .collect()
 }
 
-mod erased {
-    /// Serializes any body type behind one reference type.
-    pub trait ToJson {
-        fn to_json(&self) -> serde_json::Value;
-    }
-
-    impl<T: serde::Serialize> ToJson for T {
-        fn to_json(&self) -> serde_json::Value {
-            serde_json::to_value(self).expect("API bodies always serialize")
-        }
-    }
+fn body(value: &impl Serialize) -> Option<serde_json::Value> {
+    Some(serde_json::to_value(value).expect("API bodies always serialize"))
 }
 
 #[cfg(test)]

@@ -167,6 +167,7 @@ pub async fn register(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) 
         mac: spec.mac,
         gateway_mac: ipam::gateway_mac(net.id),
         stats_slot: spec.stats_slot,
+        gateway: ipv4_be(net.gateway.octets()),
     })?;
     for mapping in &spec.publish {
         datapath.publish(&mapping.service_key(), &mapping.backend(spec.ip))?;

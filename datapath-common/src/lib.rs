@@ -63,6 +63,9 @@ pub struct Endpoint {
     pub gateway_mac: [u8; 6],
     /// The endpoint's slot in `ENDPOINT_STATS`.
     pub stats_slot: u32,
+    /// The network's gateway address, kept here so that the per-packet path needs no
+    /// NETWORKS lookup to tell traffic for the gateway.
+    pub gateway: Ipv4Be,
 }
 
 /// Traffic of one endpoint, per CPU, in `ENDPOINT_STATS`.

@@ -66,7 +66,7 @@ pub enum Route {
 
 #[inline(always)]
 pub fn route(ip: &Ipv4, source: &Endpoint) -> Result<Route, DropReason> {
-    if ip.daddr == network(source.network_id)?.gateway {
+    if ip.daddr == source.gateway {
         return Ok(Route::Gateway);
     }
     Ok(match member(source.network_id, ip.daddr)? {

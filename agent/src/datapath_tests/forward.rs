@@ -6,10 +6,10 @@ use datapath_common::{Counter, DropReason, Endpoint};
 
 use super::{
     packets::{
-        eth, icmp_echo_request, ipv4, tcp, udp, verify_ipv4_checksums, ETHERTYPE_IPV4,
+        eth, icmp_echo_request, ipv4, tcp, udp, verify_ipv4_checksums, Arp, BROADCAST, ETHERTYPE_IPV4,
         ETHERTYPE_IPV6, ETHERTYPE_VLAN, ETH_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
     },
-    Fixture, Topology, A_IP, B_IP, C_IP, DB, WEB_GATEWAY,
+    Fixture, Topology, A_IP, B_IP, C_IP, DB, DB_GATEWAY, WEB_GATEWAY,
 };
 use crate::netns::tests::is_root;
 
@@ -203,11 +203,10 @@ fn endpoint_whose_network_is_missing_is_dropped() {
     }
     let (mut fx, t) = Fixture::with_topology();
     fx.networks.remove(&DB).unwrap();
-    fx.run_from_endpoint(
-        t.c.host_ifindex,
-        &udp_frame(&t.c, t.db.gateway_mac, Ipv4Addr::new(10, 99, 0, 1)),
-    )
-    .assert_dropped(DropReason::UnknownNetwork);
+    // IPv4 needs only the endpoint's own entry; answering ARP needs its network's.
+    let request = Arp::request(t.c.mac, C_IP, DB_GATEWAY).frame(BROADCAST, t.c.mac);
+    fx.run_from_endpoint(t.c.host_ifindex, &request)
+        .assert_dropped(DropReason::UnknownNetwork);
 }
 
 #[test]

@@ -121,6 +121,7 @@ fn network(id: u32, subnet: Ipv4Addr, gateway: Ipv4Addr) -> Network {
 }
 
 fn endpoint(network_id: u32, ip: Ipv4Addr, host_ifindex: u32) -> Endpoint {
+    let gateway = if network_id == WEB { WEB_GATEWAY } else { DB_GATEWAY };
     Endpoint {
         host_ifindex,
         network_id,
@@ -129,6 +130,7 @@ fn endpoint(network_id: u32, ip: Ipv4Addr, host_ifindex: u32) -> Endpoint {
         gateway_mac: ipam::gateway_mac(network_id),
         // Interface indexes are small and unique in the test namespace.
         stats_slot: host_ifindex,
+        gateway: be(gateway),
     }
 }
 
