@@ -87,6 +87,10 @@ pub async fn run(args: AgentArgs, socket: PathBuf) -> Result<()> {
         host.state.networks.len(),
         host.state.containers.len()
     );
+    // Uplink settings (address, ports, mode) as configured now, before the first request.
+    if host.options.uplink.is_some() && host.existing_datapath()?.is_some() {
+        host.sync_uplink().await.context("applying the uplink settings")?;
+    }
     let (listener, _socket_file) = server::bind(&socket).await?;
     let host = Arc::new(Mutex::new(host));
     tokio::spawn(collect_garbage(host.clone(), Duration::from_secs(args.gc_interval)));

@@ -172,7 +172,11 @@ pub async fn register(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) 
     for mapping in &spec.publish {
         datapath.publish(&mapping.service_key(), &mapping.backend(spec.ip))?;
     }
-    datapath.attach_endpoint(&spec.host_interface)
+    datapath.attach_endpoint(&spec.host_interface)?;
+    // The XDP uplink program can deliver into the container only if its end runs NAPI (see
+    // ethtool.rs). Set here, not at creation, so that containers of older agents get it too.
+    netns::run_in(&spec.name, || crate::ethtool::set_gro(CONTAINER_IFNAME, true))
+        .with_context(|| format!("preparing {CONTAINER_IFNAME} of {} for XDP delivery", spec.name))
 }
 
 /// Removes whatever exists of a container: link pin, map entries, veth pair (with its route

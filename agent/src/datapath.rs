@@ -6,6 +6,8 @@
 //!   progs/<program>   the loaded programs
 //!   maps/<MAP>        the maps (pinned by name by the loader)
 //!   links/<ifname>    the tcx ingress link of a container's host-side veth
+//!   links/uplink-<ifname> or links/uplinkxdp-<ifname>
+//!                     the uplink's link: tcx ingress (`--uplink-mode tc`) or XDP (`xdp`)
 use std::{
     io,
     path::{Path, PathBuf},
@@ -18,7 +20,8 @@ use aya::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
         tc::TcAttachOptions,
-        LinkOrder, SchedClassifier, TcAttachType,
+        xdp::XdpLink,
+        LinkOrder, Program, ProgramInfo, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     EbpfLoader,
 };
@@ -47,10 +50,46 @@ pub enum DatapathLogLevel {
     Trace = 5,
 }
 
+/// Where the uplink runs its program: at tcx ingress (on the skb), or at XDP (in the driver,
+/// before an skb exists). The same translation either way; the benchmark compares them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UplinkMode {
+    #[default]
+    Tc,
+    Xdp,
+}
+
+impl UplinkMode {
+    const ALL: [UplinkMode; 2] = [UplinkMode::Tc, UplinkMode::Xdp];
+
+    /// The program this mode attaches to the uplink.
+    pub fn program(self) -> &'static str {
+        match self {
+            UplinkMode::Tc => program_names::FROM_UPLINK,
+            UplinkMode::Xdp => program_names::FROM_UPLINK_XDP,
+        }
+    }
+
+    /// Prefix of the uplink's link pin (bpffs allows no `.` in names; host veths are `bn...`).
+    fn pin_prefix(self) -> &'static str {
+        match self {
+            UplinkMode::Tc => "uplink-",
+            UplinkMode::Xdp => "uplinkxdp-",
+        }
+    }
+
+    /// The mode whose link pin this is, if it is an uplink's.
+    fn of_pin(pin_name: &str) -> Option<(UplinkMode, &str)> {
+        Self::ALL.into_iter().find_map(|mode| pin_name.strip_prefix(mode.pin_prefix()).map(|ifname| (mode, ifname)))
+    }
+}
+
 pub struct Datapath {
     pin_dir: PathBuf,
     from_endpoint: SchedClassifier,
     from_uplink: SchedClassifier,
+    from_uplink_xdp: Xdp,
     endpoints: HashMap<MapData, Ipv4Be, Endpoint>,
     ifaces: HashMap<MapData, u32, Endpoint>,
     networks: HashMap<MapData, u32, Network>,
@@ -72,7 +111,7 @@ pub struct DatapathContents {
 }
 
 /// Programs in the object, all pinned under `progs/`.
-const PROGRAMS: [&str; 2] = [program_names::FROM_ENDPOINT, program_names::FROM_UPLINK];
+const PROGRAMS: [&str; 3] = [program_names::FROM_ENDPOINT, program_names::FROM_UPLINK, program_names::FROM_UPLINK_XDP];
 
 /// Conntrack entries (two per flow) when nothing else is said.
 pub const DEFAULT_CT_ENTRIES: u32 = 262_144;
@@ -122,23 +161,23 @@ impl Datapath {
             .context("loading the eBPF object (see the verifier log above, if any)")?;
         let mut replaced = Vec::new();
         for name in PROGRAMS {
-            let new: &mut SchedClassifier = ebpf.program_mut(name).with_context(|| format!("no {name} in the object"))?.try_into()?;
-            new.load().with_context(|| format!("loading {name} into the kernel"))?;
-            let old = open_program(pin_dir, name)?;
-            if !always && new.info()?.tag() == old.info()?.tag() {
-                continue;
+            let new = ebpf.program_mut(name).with_context(|| format!("no {name} in the object"))?;
+            load_program(new, name)?;
+            let pin = pin_dir.join("progs").join(name);
+            // A program that an older bpfnet did not have is simply pinned.
+            if pin.exists() {
+                let old = ProgramInfo::from_pin(&pin).with_context(|| format!("opening pinned program {}", pin.display()))?;
+                if !always && new.info()?.tag() == old.tag() {
+                    continue;
+                }
             }
             for link_pin in link_pins_of(pin_dir, name)? {
                 let pinned = PinnedLink::from_pin(&link_pin)
                     .with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
-                let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
                 // The link (and its pin) stays; only the program behind it changes, atomically.
-                let id = new
-                    .attach_to_link(link)
+                replace_behind_link(new, FdLink::from(pinned))
                     .with_context(|| format!("replacing {name} behind {}", link_pin.display()))?;
-                drop(new.take_link(id)?);
             }
-            let pin = pin_dir.join("progs").join(name);
             remove_pin(&pin)?;
             new.pin(&pin).with_context(|| format!("pinning the new {name} at {}", pin.display()))?;
             replaced.push(name);
@@ -152,6 +191,8 @@ impl Datapath {
             pin_dir: pin_dir.to_owned(),
             from_endpoint: open_program(pin_dir, program_names::FROM_ENDPOINT)?,
             from_uplink: open_program(pin_dir, program_names::FROM_UPLINK)?,
+            from_uplink_xdp: Xdp::from_pin(pin_dir.join("progs").join(program_names::FROM_UPLINK_XDP), aya_obj::programs::XdpAttachType::Interface)
+                .with_context(|| format!("opening pinned program {}", program_names::FROM_UPLINK_XDP))?,
             endpoints: open_map(&maps, map_names::ENDPOINTS)?,
             ifaces: open_map(&maps, map_names::IFACES)?,
             networks: open_map(&maps, map_names::NETWORKS)?,
@@ -181,33 +222,46 @@ impl Datapath {
         remove_pin(&self.link_pin(ifname))
     }
 
-    fn uplink_pin(&self, ifname: &str) -> PathBuf {
-        self.pin_dir.join("links").join(format!("{UPLINK_PIN_PREFIX}{ifname}"))
+    fn uplink_pin(&self, ifname: &str, mode: UplinkMode) -> PathBuf {
+        self.pin_dir.join("links").join(format!("{}{ifname}", mode.pin_prefix()))
     }
 
-    /// Attaches `from_uplink` to the uplink's tcx ingress (idempotent), detaching it from any
-    /// interface that was the uplink before.
-    pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
-        for old in self.uplinks()? {
-            if old != ifname {
-                remove_pin(&self.uplink_pin(&old))?;
+    /// Attaches the uplink program of `mode` to the uplink (idempotent), then detaches
+    /// whatever was attached before in another mode or to an interface that was the uplink
+    /// before: in that order, so that a mode change leaves no moment without a program.
+    pub fn attach_uplink(&mut self, ifname: &str, mode: UplinkMode) -> Result<()> {
+        let pin = self.uplink_pin(ifname, mode);
+        match mode {
+            UplinkMode::Tc => attach_pinned(&mut self.from_uplink, program_names::FROM_UPLINK, ifname, &pin)?,
+            UplinkMode::Xdp => attach_xdp_pinned(&mut self.from_uplink_xdp, ifname, &pin)?,
+        }
+        for (old, old_mode) in self.uplinks()? {
+            if old != ifname || old_mode != mode {
+                remove_pin(&self.uplink_pin(&old, old_mode))?;
             }
         }
-        let pin = self.uplink_pin(ifname);
-        attach_pinned(&mut self.from_uplink, program_names::FROM_UPLINK, ifname, &pin)
+        Ok(())
     }
 
-    /// Interfaces that carry `from_uplink` (at most one, unless a change was interrupted).
-    pub fn uplinks(&self) -> Result<Vec<String>> {
+    /// Interfaces that carry an uplink program, and in which mode (at most one, unless a
+    /// change was interrupted).
+    pub fn uplinks(&self) -> Result<Vec<(String, UplinkMode)>> {
         let dir = self.pin_dir.join("links");
-        let mut names = Vec::new();
+        let mut uplinks = Vec::new();
         for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            if let Some(ifname) = name.strip_prefix(UPLINK_PIN_PREFIX) {
-                names.push(ifname.to_owned());
+            if let Some((mode, ifname)) = UplinkMode::of_pin(&name) {
+                uplinks.push((ifname.to_owned(), mode));
             }
         }
-        Ok(names)
+        Ok(uplinks)
+    }
+
+    /// The id of the program behind the uplink's pinned link, as the kernel reports it.
+    pub fn uplink_link_program_id(&self, ifname: &str, mode: UplinkMode) -> Result<u32> {
+        let pin = self.uplink_pin(ifname, mode);
+        let link = FdLink::from(PinnedLink::from_pin(&pin).with_context(|| format!("opening the pinned link {}", pin.display()))?);
+        Ok(link.info().with_context(|| format!("reading the link behind {}", pin.display()))?.program_id())
     }
 
     pub fn config(&self) -> Result<HostConfig> {
@@ -263,7 +317,7 @@ impl Datapath {
             services: self.services.keys().collect::<Result<_, _>>().context("listing SERVICES")?,
             linked_interfaces: std::fs::read_dir(self.pin_dir.join("links"))?
                 .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
-                .filter(|name: &Result<String>| name.as_ref().map_or(true, |n| !n.starts_with(UPLINK_PIN_PREFIX)))
+                .filter(|name: &Result<String>| name.as_ref().map_or(true, |n| UplinkMode::of_pin(n).is_none()))
                 .collect::<Result<_>>()?,
         })
     }
@@ -317,6 +371,7 @@ impl Datapath {
         Ok(vec![
             (program_names::FROM_ENDPOINT, self.from_endpoint.info()?.id()),
             (program_names::FROM_UPLINK, self.from_uplink.info()?.id()),
+            (program_names::FROM_UPLINK_XDP, self.from_uplink_xdp.info()?.id()),
         ])
     }
 }
@@ -357,10 +412,6 @@ fn remove_pin(path: &Path) -> Result<()> {
     }
 }
 
-/// Links of the uplink are pinned as `links/uplink-<ifname>` (host veths are `bn...`; bpffs
-/// allows no `.` in names).
-const UPLINK_PIN_PREFIX: &str = "uplink-";
-
 fn attach_pinned(program: &mut SchedClassifier, name: &str, ifname: &str, pin: &Path) -> Result<()> {
     if pin.exists() {
         return Ok(());
@@ -374,6 +425,50 @@ fn attach_pinned(program: &mut SchedClassifier, name: &str, ifname: &str, pin: &
         .context("a tcx attachment should be an fd link")?;
     link.pin(pin)
         .with_context(|| format!("pinning the tcx link of {ifname} at {}", pin.display()))?;
+    Ok(())
+}
+
+/// Attaches the XDP uplink program to `ifname` (the driver's native XDP where it has one, as
+/// veth does) and pins the link. Idempotent, as `attach_pinned`.
+fn attach_xdp_pinned(program: &mut Xdp, ifname: &str, pin: &Path) -> Result<()> {
+    if pin.exists() {
+        return Ok(());
+    }
+    let link_id = program
+        .attach(ifname, XdpMode::Default)
+        .with_context(|| format!("attaching {} to XDP of {ifname}", program_names::FROM_UPLINK_XDP))?;
+    let link: FdLink = program
+        .take_link(link_id)?
+        .try_into()
+        .context("the kernel attached XDP without a BPF link (netlink fallback), which cannot be pinned")?;
+    link.pin(pin)
+        .with_context(|| format!("pinning the XDP link of {ifname} at {}", pin.display()))?;
+    Ok(())
+}
+
+/// Loads a program of the object into the kernel, whatever its type.
+fn load_program(program: &mut Program, name: &str) -> Result<()> {
+    match program {
+        Program::SchedClassifier(p) => p.load(),
+        Program::Xdp(p) => p.load(),
+        other => bail!("{name} has a program type bpfnet does not load: {:?}", other.prog_type()),
+    }
+    .with_context(|| format!("loading {name} into the kernel"))
+}
+
+/// Points an existing link at `program` (BPF link update).
+fn replace_behind_link(program: &mut Program, link: FdLink) -> Result<()> {
+    match program {
+        Program::SchedClassifier(p) => {
+            let id = p.attach_to_link(SchedClassifierLink::try_from(link)?)?;
+            drop(p.take_link(id)?);
+        }
+        Program::Xdp(p) => {
+            let id = p.attach_to_link(XdpLink::try_from(link)?)?;
+            drop(p.take_link(id)?);
+        }
+        other => bail!("no link update for a {:?} program", other.prog_type()),
+    }
     Ok(())
 }
 
@@ -402,15 +497,18 @@ fn loader<'a>(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> E
     loader
 }
 
-/// Pins of the links a program is attached through: the uplink's for from_uplink, the
-/// containers' for from_endpoint.
+/// Pins of the links a program is attached through: the uplink's (of its mode) for the
+/// uplink programs, the containers' for from_endpoint.
 fn link_pins_of(pin_dir: &Path, program: &str) -> Result<Vec<PathBuf>> {
     let dir = pin_dir.join("links");
     let mut pins = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
         let entry = entry?;
-        let is_uplink = entry.file_name().to_string_lossy().starts_with(UPLINK_PIN_PREFIX);
-        if is_uplink == (program == program_names::FROM_UPLINK) {
+        let carries = match UplinkMode::of_pin(&entry.file_name().to_string_lossy()) {
+            Some((mode, _)) => mode.program() == program,
+            None => program == program_names::FROM_ENDPOINT,
+        };
+        if carries {
             pins.push(entry.path());
         }
     }
@@ -423,11 +521,8 @@ fn load_and_pin(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) ->
         .context("loading the eBPF object (see the verifier log above, if any)")?;
     // The from_endpoint pin is written last: its presence means the whole datapath is pinned.
     for name in PROGRAMS.iter().rev() {
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .with_context(|| format!("the eBPF object has no {name} program"))?
-            .try_into()?;
-        program.load().with_context(|| format!("loading {name} into the kernel"))?;
+        let program = ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?;
+        load_program(program, name)?;
         let pin = pin_dir.join("progs").join(name);
         remove_pin(&pin)?; // left by an interrupted load
         program.pin(&pin).with_context(|| format!("pinning {name} at {}", pin.display()))?;

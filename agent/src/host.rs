@@ -33,6 +33,10 @@ pub struct HostOptions {
     /// masqueraded to its IPv4 address (and its replies translated back).
     #[arg(long, global = true, env = "BPFNET_UPLINK", value_name = "IFACE")]
     pub uplink: Option<String>,
+    /// Where the uplink's program runs: tcx ingress, or XDP (before the kernel allocates an
+    /// skb; replies and published-port traffic are redirected into containers from there).
+    #[arg(long, global = true, env = "BPFNET_UPLINK_MODE", value_enum, default_value = "tc")]
+    pub uplink_mode: crate::datapath::UplinkMode,
     /// Source ports for masquerading, inclusive.
     #[arg(long, global = true, env = "BPFNET_NAT_PORTS", default_value = "32768-60999", value_parser = parse_port_range)]
     pub nat_ports: (u16, u16),
@@ -125,6 +129,18 @@ impl Host {
             })
             .with_context(|| format!("the uplink {uplink} has no IPv4 address to masquerade to; add one first"))?;
         let (nat_port_min, nat_port_max) = self.options.nat_ports;
+        let mode = self.options.uplink_mode;
+        if mode == crate::datapath::UplinkMode::Xdp && link.kind.as_deref() == Some("veth") {
+            // Once per agent start is enough: the follower re-syncs every few seconds.
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "XDP uplink on veth {uplink}: its peer must send complete checksums \
+                     (`ethtool -K PEER tx off`), as a NIC delivers them; partial ones cannot be \
+                     recognized at XDP and would be rewritten wrong"
+                )
+            });
+        }
         let flags = if self.options.allow_host_access { datapath_common::host_config_flags::ALLOW_HOST_ACCESS } else { 0 };
         let datapath = self.datapath()?;
         let ct_limit = crate::conntrack::fill_limit(datapath.ct_capacity()?)?;
@@ -137,7 +153,7 @@ impl Host {
             flags,
         };
         datapath.set_config(&config)?;
-        datapath.attach_uplink(&uplink)
+        datapath.attach_uplink(&uplink, mode)
     }
 
     /// The datapath if one is pinned, without loading one.

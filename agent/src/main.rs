@@ -11,6 +11,7 @@ mod container;
 mod datapath;
 #[cfg(test)]
 mod datapath_tests;
+mod ethtool;
 mod failpoint;
 mod host;
 mod ipam;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::{
     api::Call,
     conntrack, container, datapath,
-    datapath::Datapath,
+    datapath::{Datapath, UplinkMode},
     host::Host,
     ipam::format_mac,
     network, publish,
@@ -113,8 +113,18 @@ fn datapath_status(host_containers: &[(String, String)], dp: &Datapath) -> Resul
         .iter()
         .map(|(ifname, container)| attachment(ifname, &format!("container {container}"), id_of(program_names::FROM_ENDPOINT)))
         .collect();
-    for uplink in dp.uplinks()? {
-        attachments.push(attachment(&uplink, "uplink", id_of(program_names::FROM_UPLINK)));
+    for (uplink, mode) in dp.uplinks()? {
+        let program_id = id_of(mode.program());
+        let mut entry = match mode {
+            UplinkMode::Tc => attachment(&uplink, "uplink", program_id),
+            // XDP has one program per interface, named by the link the agent pinned.
+            UplinkMode::Xdp => {
+                let linked = dp.uplink_link_program_id(&uplink, mode)?;
+                json!({ "interface": uplink, "role": "uplink", "attached": linked == program_id, "program_ids": [linked] })
+            }
+        };
+        entry["mode"] = json!(mode);
+        attachments.push(entry);
     }
     let snapshot = dp.snapshot()?;
     let as_object = |pairs: &[(&str, u64)]| -> serde_json::Map<String, Value> {

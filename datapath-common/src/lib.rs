@@ -37,6 +37,8 @@ pub mod program_names {
     pub const FROM_ENDPOINT: &str = "from_endpoint";
     /// TC ingress of the host's uplink: replies to translated flows, and ICMP errors about them.
     pub const FROM_UPLINK: &str = "from_uplink";
+    /// The same as FROM_UPLINK, as an XDP program on the uplink (`--uplink-mode xdp`).
+    pub const FROM_UPLINK_XDP: &str = "from_uplink_xdp";
 }
 
 /// An IPv4 address in network byte order, as read from a packet (`u32::from_ne_bytes(octets)`).

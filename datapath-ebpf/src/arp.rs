@@ -1,17 +1,13 @@
 //! ARP responder: a container's ARP requests for its gateway and for the other members of its
 //! network are answered from the maps, so nothing is ever flooded.
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
-    helpers::generated::bpf_redirect,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use datapath_common::{Counter, DropReason, Endpoint};
 use network_types::{arp::ArpHdr, eth::EthHdr};
 
 use crate::{
     counters::count,
     forward::{member, network},
-    packet::{ingress_ifindex, ptr_at},
+    packet::{ptr_at, redirect, Packet},
 };
 
 const ARP_HTYPE_ETHERNET: u16 = 1;
@@ -79,11 +75,7 @@ fn reply(
         (*eth).dst_addr = (*eth).src_addr;
         (*eth).src_addr = target_mac;
     }
-    // SAFETY: helper call with plain integer arguments.
-    let action = unsafe { bpf_redirect(ingress_ifindex(ctx), 0) };
-    if action != TC_ACT_REDIRECT as i64 {
-        return Err(DropReason::RedirectFailed);
-    }
+    let action = redirect::<TcContext>(ctx.ingress_ifindex())?;
     count(Counter::ArpReplied);
-    Ok(TC_ACT_REDIRECT)
+    Ok(action)
 }

@@ -1,12 +1,12 @@
 //! Connection tracking: the tuple of a packet, the entries of its flow (one per direction, in
 //! the LRU map `CT`), per-packet accounting, and the fill limit that keeps new flows from
 //! evicting established ones. Expiry (timeouts by TCP state) is the agent's job.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use datapath_common::{ct_fill, ct_tcp_flags, CtEntry, CtKey, DropReason, HostConfig, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     maps::{CT, CT_FILL},
-    packet::{ptr_at, Ipv4},
+    packet::{ptr_at, Ipv4, Packet},
 };
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
@@ -15,7 +15,7 @@ pub const ICMP_ECHO_REQUEST: u8 = 8;
 /// The conntrack key of a packet, as it travels, and the TCP flags it carries (as
 /// `ct_tcp_flags`). ICMP echo uses its identifier as the requester's port.
 #[inline(always)]
-pub fn key_of(ctx: &TcContext, ip: &Ipv4) -> Result<(CtKey, u8), DropReason> {
+pub fn key_of<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<(CtKey, u8), DropReason> {
     if ip.later_fragment {
         return Err(DropReason::Fragment);
     }

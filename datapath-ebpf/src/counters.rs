@@ -1,9 +1,11 @@
 //! Drop reasons and event counters: every verdict other than "pass" is counted.
-use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::debug;
 use datapath_common::{Counter, DropReason, Endpoint};
 
-use crate::maps::{COUNTERS, DROPS, ENDPOINT_STATS};
+use crate::{
+    maps::{COUNTERS, DROPS, ENDPOINT_STATS},
+    packet::Packet,
+};
 
 #[inline(always)]
 pub fn count(counter: Counter) {
@@ -14,17 +16,17 @@ pub fn count(counter: Counter) {
 }
 
 #[inline(always)]
-pub fn count_drop(ctx: &TcContext, reason: DropReason) {
+pub fn count_drop<P: Packet>(ctx: &P, reason: DropReason) {
     if let Some(slot) = DROPS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *slot += 1 };
     }
-    debug!(ctx, "drop reason={} ifindex={}", reason as u32, crate::packet::ingress_ifindex(ctx));
+    debug!(ctx, "drop reason={} ifindex={}", reason as u32, ctx.ingress_ifindex());
 }
 
 /// Accounts a packet the endpoint sent.
 #[inline(always)]
-pub fn count_sent(ctx: &TcContext, endpoint: &Endpoint) {
+pub fn count_sent<P: Packet>(ctx: &P, endpoint: &Endpoint) {
     if let Some(stats) = ENDPOINT_STATS.get_ptr_mut(endpoint.stats_slot) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe {
@@ -36,7 +38,7 @@ pub fn count_sent(ctx: &TcContext, endpoint: &Endpoint) {
 
 /// Accounts a packet delivered into the endpoint.
 #[inline(always)]
-pub fn count_received(ctx: &TcContext, endpoint: &Endpoint) {
+pub fn count_received<P: Packet>(ctx: &P, endpoint: &Endpoint) {
     if let Some(stats) = ENDPOINT_STATS.get_ptr_mut(endpoint.stats_slot) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe {

@@ -1,14 +1,11 @@
-//! Rewrites of addresses, ports and TTL with their checksums kept right. The kernel's helpers
-//! update the IP and L4 checksums incrementally and know about checksum offload
-//! (CHECKSUM_PARTIAL packets carry only the pseudo-header sum, which BPF_F_PSEUDO_HDR updates);
-//! UDP's "no checksum" zero is kept as it is (BPF_F_MARK_MANGLED_0).
-use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    programs::TcContext,
-};
+//! Rewrites of addresses, ports and TTL with their checksums kept right, incrementally: at TC
+//! by the kernel's helpers, which know about checksum offload (CHECKSUM_PARTIAL packets carry
+//! only the pseudo-header sum, which BPF_F_PSEUDO_HDR updates); at XDP by the RFC 1624 updates
+//! below (see `Packet`). UDP's "no checksum" zero is kept as it is (BPF_F_MARK_MANGLED_0).
+use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
 use datapath_common::{DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::packet::{Ipv4, IP_CSUM_OFF, IP_TTL_OFF};
+use crate::packet::{Ipv4, Packet, IP_CSUM_OFF, IP_TTL_OFF};
 
 /// Where a transport protocol keeps its checksum, and how a change of the IP addresses
 /// affects it.
@@ -37,36 +34,35 @@ impl L4Csum {
 /// Replaces an IPv4 address at `offset` (source or destination field) and fixes the IP
 /// checksum and, for TCP/UDP, the L4 checksum.
 #[inline(always)]
-pub fn set_addr(ctx: &TcContext, offset: usize, old: u32, new: u32, l4: &L4Csum) -> Result<(), DropReason> {
+pub fn set_addr<P: Packet>(ctx: &P, offset: usize, old: u32, new: u32, l4: &L4Csum) -> Result<(), DropReason> {
     if old == new {
         return Ok(());
     }
-    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4).map_err(|_| DropReason::RewriteFailed)?;
+    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)?;
     if l4.pseudo_header {
-        ctx.l4_csum_replace(l4.offset, old as u64, new as u64, l4.flags | BPF_F_PSEUDO_HDR as u64 | 4)
-            .map_err(|_| DropReason::RewriteFailed)?;
+        ctx.l4_csum_replace(l4.offset, old as u64, new as u64, l4.flags | BPF_F_PSEUDO_HDR as u64 | 4)?;
     }
-    ctx.store(offset, &new, 0).map_err(|_| DropReason::RewriteFailed)
+    ctx.store(offset, &new)
 }
 
 /// Replaces a 16-bit L4 field (a port, or the ICMP echo identifier) covered by the L4 checksum.
 #[inline(always)]
-pub fn set_l4_u16(ctx: &TcContext, offset: usize, old: u16, new: u16, l4: &L4Csum) -> Result<(), DropReason> {
+pub fn set_l4_u16<P: Packet>(ctx: &P, offset: usize, old: u16, new: u16, l4: &L4Csum) -> Result<(), DropReason> {
     if old == new {
         return Ok(());
     }
-    ctx.l4_csum_replace(l4.offset, old as u64, new as u64, l4.flags | 2).map_err(|_| DropReason::RewriteFailed)?;
-    ctx.store(offset, &new, 0).map_err(|_| DropReason::RewriteFailed)
+    ctx.l4_csum_replace(l4.offset, old as u64, new as u64, l4.flags | 2)?;
+    ctx.store(offset, &new)
 }
 
 /// Decrements the TTL of a forwarded packet (the caller checked it is above 1).
 #[inline(always)]
-pub fn decrement_ttl(ctx: &TcContext, ip: &Ipv4) -> Result<(), DropReason> {
+pub fn decrement_ttl<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<(), DropReason> {
     // The checksum is over 16-bit words: TTL shares its word with the protocol.
     let old = u16::from_be_bytes([ip.ttl, ip.proto]).to_be();
     let new = u16::from_be_bytes([ip.ttl - 1, ip.proto]).to_be();
-    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 2).map_err(|_| DropReason::RewriteFailed)?;
-    ctx.store(IP_TTL_OFF, &(ip.ttl - 1), 0).map_err(|_| DropReason::RewriteFailed)
+    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 2)?;
+    ctx.store(IP_TTL_OFF, &(ip.ttl - 1))
 }
 
 /// RFC 1624 incremental update of a ones'-complement checksum (network byte order as stored)
@@ -98,10 +94,10 @@ fn fold(mut sum: u32) -> u16 {
 /// Replaces a 32-bit field inside the L4 payload (e.g. an address in the packet an ICMP error
 /// quotes), keeping the L4 checksum right. Not for fields the pseudo-header covers.
 #[inline(always)]
-pub fn set_l4_u32(ctx: &TcContext, offset: usize, old: u32, new: u32, l4: &L4Csum) -> Result<(), DropReason> {
+pub fn set_l4_u32<P: Packet>(ctx: &P, offset: usize, old: u32, new: u32, l4: &L4Csum) -> Result<(), DropReason> {
     if old == new {
         return Ok(());
     }
-    ctx.l4_csum_replace(l4.offset, old as u64, new as u64, l4.flags | 4).map_err(|_| DropReason::RewriteFailed)?;
-    ctx.store(offset, &new, 0).map_err(|_| DropReason::RewriteFailed)
+    ctx.l4_csum_replace(l4.offset, old as u64, new as u64, l4.flags | 4)?;
+    ctx.store(offset, &new)
 }

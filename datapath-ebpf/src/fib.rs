@@ -1,15 +1,12 @@
 //! The kernel's routing table and neighbours, asked from the datapath (bpf_fib_lookup), and the
 //! redirect out of the interface it names.
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as bpf_fib_lookup_params, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        TC_ACT_REDIRECT,
-    },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
-    programs::TcContext,
+    bindings::{bpf_fib_lookup as bpf_fib_lookup_params, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    helpers::generated::bpf_fib_lookup,
 };
 use datapath_common::{CtKey, DropReason};
 
-use crate::packet::ingress_ifindex;
+use crate::packet::{redirect, Packet};
 
 const AF_INET: u8 = 2;
 
@@ -55,13 +52,13 @@ pub enum Route {
 
 /// Looks up the route for a packet that came in on this interface.
 #[inline(always)]
-pub fn route(ctx: &TcContext, key: &CtKey) -> Route {
+pub fn route<P: Packet>(ctx: &P, key: &CtKey) -> Route {
     let mut params = FibParams {
         family: AF_INET,
         l4_protocol: key.proto,
         sport: key.sport,
         dport: key.dport,
-        ifindex: ingress_ifindex(ctx),
+        ifindex: ctx.ingress_ifindex(),
         ipv4_src: key.saddr,
         ipv4_dst: key.daddr,
         ..Default::default()
@@ -69,7 +66,7 @@ pub fn route(ctx: &TcContext, key: &CtKey) -> Route {
     // SAFETY: `params` is a valid, writable struct bpf_fib_lookup of the size passed.
     let rc = unsafe {
         bpf_fib_lookup(
-            ctx.skb.skb as *mut _,
+            ctx.as_ptr(),
             &mut params as *mut FibParams as *mut bpf_fib_lookup_params,
             core::mem::size_of::<FibParams>() as i32,
             0,
@@ -85,7 +82,7 @@ pub fn route(ctx: &TcContext, key: &CtKey) -> Route {
 
 /// The next hop, when the packet is to be forwarded.
 #[inline(always)]
-pub fn lookup(ctx: &TcContext, key: &CtKey) -> Option<NextHop> {
+pub fn lookup<P: Packet>(ctx: &P, key: &CtKey) -> Option<NextHop> {
     match route(ctx, key) {
         Route::Forward(hop) => Some(hop),
         Route::Local | Route::Other => None,
@@ -94,19 +91,11 @@ pub fn lookup(ctx: &TcContext, key: &CtKey) -> Option<NextHop> {
 
 /// Sends the packet out of the next hop's interface, with the next hop's MACs.
 #[inline(always)]
-pub fn send(ctx: &TcContext, hop: &NextHop) -> Result<i32, DropReason> {
-    // SAFETY: helper calls with plain arguments; a null neighbour makes the kernel resolve it.
-    let action = unsafe {
-        if hop.resolved {
-            let macs: [[u8; 6]; 2] = [hop.dmac, hop.smac];
-            ctx.store(0, &macs, 0).map_err(|_| DropReason::RewriteFailed)?;
-            bpf_redirect(hop.ifindex, 0)
-        } else {
-            bpf_redirect_neigh(hop.ifindex, core::ptr::null_mut(), 0, 0)
-        }
-    };
-    if action != TC_ACT_REDIRECT as i64 {
-        return Err(DropReason::RedirectFailed);
+pub fn send<P: Packet>(ctx: &P, hop: &NextHop) -> Result<i32, DropReason> {
+    if !hop.resolved {
+        return ctx.redirect_to_unresolved(hop.ifindex);
     }
-    Ok(TC_ACT_REDIRECT)
+    let macs: [[u8; 6]; 2] = [hop.dmac, hop.smac];
+    ctx.store(0, &macs)?;
+    redirect::<P>(hop.ifindex)
 }

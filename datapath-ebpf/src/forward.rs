@@ -1,22 +1,18 @@
 //! Forwarding between endpoints: who sent the packet, where its destination lives, and the
 //! rewrite + redirect that delivers a packet straight into a container.
-use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT,
-    helpers::generated::bpf_redirect_peer,
-    programs::TcContext,
-};
+use aya_ebpf::programs::TcContext;
 use datapath_common::{DropReason, Endpoint, Network};
 use network_types::eth::EthHdr;
 
 use crate::{
     maps::{ENDPOINTS, IFACES, NETWORKS},
-    packet::{ingress_ifindex, ptr_at, Ipv4},
+    packet::{ptr_at, Ipv4, Packet},
 };
 
 /// The endpoint whose host-side veth the packet came in on.
 #[inline(always)]
 pub fn source_endpoint(ctx: &TcContext) -> Result<Endpoint, DropReason> {
-    endpoint_on(ingress_ifindex(ctx)).ok_or(DropReason::UnknownInterface)
+    endpoint_on(ctx.ingress_ifindex()).ok_or(DropReason::UnknownInterface)
 }
 
 #[inline(always)]
@@ -76,9 +72,9 @@ pub fn route(ip: &Ipv4, source: &Endpoint) -> Result<Route, DropReason> {
 }
 
 /// Rewrites the Ethernet header as the destination's gateway would and redirects into the
-/// destination container's namespace, skipping the host stack (`bpf_redirect_peer`).
+/// destination container's namespace, skipping the host stack.
 #[inline(always)]
-pub fn deliver(ctx: &TcContext, dest: &Endpoint) -> Result<i32, DropReason> {
+pub fn deliver<P: Packet>(ctx: &P, dest: &Endpoint) -> Result<i32, DropReason> {
     // Re-derived here: checksum helpers called before invalidate earlier packet pointers.
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds-checked by `ptr_at`.
@@ -86,18 +82,14 @@ pub fn deliver(ctx: &TcContext, dest: &Endpoint) -> Result<i32, DropReason> {
         (*eth).dst_addr = dest.mac;
         (*eth).src_addr = dest.gateway_mac;
     }
-    // SAFETY: helper call with plain integer arguments.
-    let action = unsafe { bpf_redirect_peer(dest.host_ifindex, 0) };
-    if action != TC_ACT_REDIRECT as i64 {
-        return Err(DropReason::RedirectFailed);
-    }
+    let action = ctx.redirect_into_container(dest.host_ifindex)?;
     crate::counters::count_received(ctx, dest);
-    Ok(TC_ACT_REDIRECT)
+    Ok(action)
 }
 
 /// Delivers to the container behind a host-side veth.
 #[inline(always)]
-pub fn deliver_to_ifindex(ctx: &TcContext, ifindex: u32) -> Result<i32, DropReason> {
+pub fn deliver_to_ifindex<P: Packet>(ctx: &P, ifindex: u32) -> Result<i32, DropReason> {
     let dest = endpoint_on(ifindex).ok_or(DropReason::UnknownInterface)?;
     deliver(ctx, &dest)
 }

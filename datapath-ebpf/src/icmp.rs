@@ -2,7 +2,6 @@
 //! about a translated flow: they quote the packet as it left, with the uplink's address and
 //! port, so both the outer destination and the quoted source are translated back, with every
 //! checksum (outer IP, ICMP, quoted IP, quoted L4) kept right, as iptables' RELATED does.
-use aya_ebpf::programs::TcContext;
 use datapath_common::{Counter, CtKey, DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
@@ -11,7 +10,7 @@ use crate::{
     csum::{self, L4Csum},
     forward::deliver_to_ifindex,
     nat::to_host,
-    packet::{ptr_at, Ipv4, IP_DADDR_OFF},
+    packet::{ptr_at, Ipv4, Packet, IP_DADDR_OFF},
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -21,13 +20,13 @@ const ICMP_HEADER_LEN: usize = 8;
 
 /// Whether the ICMP message at the packet's L4 offset is an error this module translates.
 #[inline(always)]
-pub fn is_error(ctx: &TcContext, ip: &Ipv4) -> bool {
+pub fn is_error<P: Packet>(ctx: &P, ip: &Ipv4) -> bool {
     if ip.proto != IPPROTO_ICMP || ip.later_fragment {
         return false;
     }
     // The whole header is bounds-checked: a one-byte check can be compiled into a form the
     // verifier reads as an empty range.
-    match ptr_at::<[u8; ICMP_HEADER_LEN]>(ctx, ip.l4_off) {
+    match ptr_at::<P, [u8; ICMP_HEADER_LEN]>(ctx, ip.l4_off) {
         // SAFETY: bounds-checked by `ptr_at`.
         Ok(header) => matches!(unsafe { (*header)[0] }, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED),
         Err(_) => false,
@@ -48,7 +47,7 @@ struct Quoted {
 }
 
 #[inline(always)]
-fn quoted(ctx: &TcContext, ip: &Ipv4) -> Result<Quoted, DropReason> {
+fn quoted<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<Quoted, DropReason> {
     let ip_off = ip.l4_off + ICMP_HEADER_LEN;
     let hdr: *const [u8; 20] = ptr_at(ctx, ip_off)?;
     // SAFETY: bounds-checked by `ptr_at`.
@@ -83,15 +82,15 @@ fn quoted(ctx: &TcContext, ip: &Ipv4) -> Result<Quoted, DropReason> {
 /// Translates an ICMP error that arrived on the uplink about a flow a container started, and
 /// delivers it to that container; errors about no known flow are the host's.
 #[inline(always)]
-pub fn error_to_container(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
+pub fn error_to_container<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<i32, DropReason> {
     let Ok(q) = quoted(ctx, ip) else {
-        return Ok(to_host());
+        return Ok(to_host::<P>());
     };
     // The quoted packet went out as translated; its reversal is the key of the flow's other
     // direction.
     let key = CtKey { saddr: q.saddr, daddr: q.daddr, sport: q.sport, dport: q.dport, proto: q.proto, _pad: [0; 3] }.reversed();
     let Some(entry) = conntrack::lookup(&key) else {
-        return Ok(to_host());
+        return Ok(to_host::<P>());
     };
     // SAFETY: a live map value, copied out.
     let back = unsafe { *entry };
@@ -99,7 +98,7 @@ pub fn error_to_container(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason>
     // only its source changes (the flows containers start); the error goes to the container.
     let quoted_destination_kept = back.to.saddr == q.daddr && back.to.sport == q.dport;
     if back.ifindex == 0 || !quoted_destination_kept || ip.daddr != q.saddr {
-        return Ok(to_host());
+        return Ok(to_host::<P>());
     }
     let (container_addr, container_port) = (back.to.daddr, back.to.dport);
     let icmp = L4Csum::of(IPPROTO_ICMP, ip.l4_off)?;
@@ -126,13 +125,13 @@ pub fn error_to_container(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason>
 /// ICMP echo checksum covers the identifier. Fixed when present in the quote (UDP's and
 /// ICMP's are in the 8 bytes every error carries; TCP's only when more was quoted).
 #[inline(always)]
-fn fix_quoted_l4_csum(ctx: &TcContext, q: &Quoted, addr: u32, port: u16, icmp: &L4Csum) -> Result<(), DropReason> {
+fn fix_quoted_l4_csum<P: Packet>(ctx: &P, q: &Quoted, addr: u32, port: u16, icmp: &L4Csum) -> Result<(), DropReason> {
     let csum_off = match q.proto {
         IPPROTO_TCP => q.l4_off + 16,
         IPPROTO_UDP => q.l4_off + 6,
         _ => q.l4_off + 2,
     };
-    let Ok(field) = ptr_at::<[u8; 2]>(ctx, csum_off) else {
+    let Ok(field) = ptr_at::<P, [u8; 2]>(ctx, csum_off) else {
         return Ok(());
     };
     // SAFETY: bounds-checked by `ptr_at`.

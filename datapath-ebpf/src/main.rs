@@ -17,14 +17,14 @@ mod packet;
 mod services;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    macros::classifier,
-    programs::TcContext,
+    bindings::TC_ACT_OK,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use datapath_common::{Counter, DropReason};
 use network_types::eth::{EthHdr, EtherType};
 
-use crate::forward::Route;
+use crate::{forward::Route, packet::Packet};
 
 /// TC ingress on a container's host-side veth: every packet the container sends.
 ///
@@ -72,14 +72,22 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
     verdict(&ctx, try_from_uplink(&ctx))
 }
 
-fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
+/// The same as `from_uplink`, at XDP on the uplink (`--uplink-mode xdp`): before the kernel
+/// allocates an skb. Delivery into a container is an XDP redirect to its host-side veth.
+#[xdp]
+pub fn from_uplink_xdp(ctx: XdpContext) -> u32 {
+    verdict(&ctx, try_from_uplink(&ctx)) as u32
+}
+
+#[inline(always)]
+fn try_from_uplink<P: Packet>(ctx: &P) -> Result<i32, DropReason> {
     let eth: *const EthHdr = packet::ptr_at(ctx, 0)?;
     // SAFETY: `ptr_at` checked that the header lies inside the packet.
     if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
-        return Ok(TC_ACT_OK);
+        return Ok(P::PASS);
     }
     let Ok(ip) = packet::ipv4(ctx) else {
-        return Ok(TC_ACT_OK); // not ours to judge: the host stack drops what is broken
+        return Ok(P::PASS); // not ours to judge: the host stack drops what is broken
     };
     if icmp::is_error(ctx, &ip) {
         return icmp::error_to_container(ctx, &ip);
@@ -87,14 +95,14 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     nat::from_uplink(ctx, &ip)
 }
 
-/// Maps a program's result to its TC verdict, counting drops by reason.
+/// Maps a program's result to its verdict, counting drops by reason.
 #[inline(always)]
-fn verdict(ctx: &TcContext, result: Result<i32, DropReason>) -> i32 {
+fn verdict<P: Packet>(ctx: &P, result: Result<i32, DropReason>) -> i32 {
     match result {
         Ok(action) => action,
         Err(reason) => {
             counters::count_drop(ctx, reason);
-            TC_ACT_SHOT
+            P::DROP
         }
     }
 }

@@ -6,9 +6,8 @@
 //! - hairpin: a container's flow to a published port of the host gets both, so the replies
 //!   come back through the datapath rather than straight from the other container.
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_OK},
+    bindings::BPF_NOEXIST,
     helpers::bpf_get_prandom_u32,
-    programs::TcContext,
 };
 use datapath_common::{
     ct_direction, ct_kind, host_config_flags, Counter, CtEntry, CtKey, DropReason, Endpoint, HostConfig, IPPROTO_ICMP,
@@ -21,7 +20,7 @@ use crate::{
     fib,
     forward::deliver_to_ifindex,
     maps::{config, CT},
-    packet::{Ipv4, IP_DADDR_OFF, IP_SADDR_OFF},
+    packet::{Ipv4, Packet, IP_DADDR_OFF, IP_SADDR_OFF},
     services,
 };
 
@@ -31,13 +30,13 @@ const NAT_PORT_PROBES: u32 = 32;
 /// A container's packet for a destination outside its network (the gateway and its own
 /// network's members were handled before).
 #[inline(always)]
-pub fn from_container(ctx: &TcContext, ip: &Ipv4, source: &Endpoint) -> Result<i32, DropReason> {
+pub fn from_container<P: Packet>(ctx: &P, ip: &Ipv4, source: &Endpoint) -> Result<i32, DropReason> {
     let cfg = config();
     // TTL 1 must not be forwarded: the host stack answers with ICMP time exceeded. Without an
     // uplink, bpfnet translates nothing and the host decides.
     if cfg.uplink_ifindex == 0 || ip.ttl <= 1 {
         count(Counter::ToHost);
-        return Ok(TC_ACT_OK);
+        return Ok(P::PASS);
     }
     let (key, tcp_flags) = key_of(ctx, ip)?;
     if let Some(entry) = conntrack::lookup(&key) {
@@ -48,7 +47,7 @@ pub fn from_container(ctx: &TcContext, ip: &Ipv4, source: &Endpoint) -> Result<i
     // (a container can only answer pings that reached it through a tracked flow).
     if !routable(key.daddr) || (key.proto == IPPROTO_ICMP && key.sport == 0) {
         count(Counter::ToHost);
-        return Ok(TC_ACT_OK);
+        return Ok(P::PASS);
     }
     let entry = if let Some(backend) = services::lookup(&cfg, &key) {
         let to = CtKey { saddr: cfg.uplink_ip, daddr: backend.ip, dport: backend.port, ..key };
@@ -64,7 +63,7 @@ pub fn from_container(ctx: &TcContext, ip: &Ipv4, source: &Endpoint) -> Result<i
             // Not leaving through the uplink: not bpfnet's to translate.
             _ => {
                 count(Counter::ToHost);
-                return Ok(TC_ACT_OK);
+                return Ok(P::PASS);
             }
         }
         let to = CtKey { saddr: cfg.uplink_ip, ..key };
@@ -77,16 +76,16 @@ pub fn from_container(ctx: &TcContext, ip: &Ipv4, source: &Endpoint) -> Result<i
 /// of a flow to a published port) is translated and delivered; a new flow to a published port
 /// is tracked first; anything else is the host's and passes untouched.
 #[inline(always)]
-pub fn from_uplink(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
+pub fn from_uplink<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<i32, DropReason> {
     let Ok((key, tcp_flags)) = key_of(ctx, ip) else {
-        return Ok(to_host());
+        return Ok(to_host::<P>());
     };
     if let Some(entry) = conntrack::lookup(&key) {
         return forward_tracked(ctx, ip, &key, entry, tcp_flags);
     }
     let cfg = config();
     let Some(backend) = services::lookup(&cfg, &key) else {
-        return Ok(to_host());
+        return Ok(to_host::<P>());
     };
     // The client's address is kept: the container sees who is calling.
     let to = CtKey { daddr: backend.ip, dport: backend.port, ..key };
@@ -103,9 +102,9 @@ fn routable(daddr: u32) -> bool {
 }
 
 #[inline(always)]
-pub fn to_host() -> i32 {
+pub fn to_host<P: Packet>() -> i32 {
     count(Counter::UplinkToHost);
-    TC_ACT_OK
+    P::PASS
 }
 
 /// Tracks a new flow: the entry of this direction (`key` -> `to`, sent on to `ifindex`) and of
@@ -166,7 +165,7 @@ fn new_flow(
 
 /// Rewrites a packet of a tracked flow to its entry's tuple and sends it on.
 #[inline(always)]
-fn forward_tracked(ctx: &TcContext, ip: &Ipv4, key: &CtKey, entry: *mut CtEntry, tcp_flags: u8) -> Result<i32, DropReason> {
+fn forward_tracked<P: Packet>(ctx: &P, ip: &Ipv4, key: &CtKey, entry: *mut CtEntry, tcp_flags: u8) -> Result<i32, DropReason> {
     conntrack::touch(entry, ctx.len(), tcp_flags);
     // SAFETY: a live map value, copied out.
     let entry = unsafe { *entry };
@@ -185,7 +184,7 @@ fn forward_tracked(ctx: &TcContext, ip: &Ipv4, key: &CtKey, entry: *mut CtEntry,
         }
         None => {
             count(Counter::ToHost);
-            Ok(TC_ACT_OK)
+            Ok(P::PASS)
         }
     }
 }
@@ -204,7 +203,7 @@ fn port_offset(proto: u8, l4_off: usize, source: bool) -> usize {
 
 /// Rewrites addresses and ports from `from` to `to`, with their checksums.
 #[inline(always)]
-fn rewrite(ctx: &TcContext, ip: &Ipv4, from: &CtKey, to: &CtKey) -> Result<(), DropReason> {
+fn rewrite<P: Packet>(ctx: &P, ip: &Ipv4, from: &CtKey, to: &CtKey) -> Result<(), DropReason> {
     let l4 = L4Csum::of(from.proto, ip.l4_off)?;
     csum::set_addr(ctx, IP_SADDR_OFF, from.saddr, to.saddr, &l4)?;
     csum::set_addr(ctx, IP_DADDR_OFF, from.daddr, to.daddr, &l4)?;

@@ -1,8 +1,19 @@
-//! Bounds-checked access to packet bytes (direct packet access, as the verifier demands), and
-//! the parsed view of an IPv4 header that the other modules share.
-use aya_ebpf::programs::TcContext;
+//! The packet as a program sees it, at either hook it runs at: TC (an skb, with the kernel's
+//! checksum and redirect helpers) or XDP (a bare buffer, before any skb exists). The other
+//! modules are written once against [`Packet`]; each hook says here how it stores bytes,
+//! replaces checksums, redirects and which verdicts mean what. Also bounds-checked access to
+//! packet bytes (direct packet access, as the verifier demands), and the parsed view of an
+//! IPv4 header that the other modules share.
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_F_HDR_FIELD_MASK, BPF_F_MARK_MANGLED_0, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::generated::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    programs::{TcContext, XdpContext},
+    EbpfContext,
+};
 use datapath_common::{DropReason, Ipv4Be};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::csum;
 
 /// Offsets of IPv4 header fields, from the start of the frame.
 pub const IP_OFF: usize = EthHdr::LEN;
@@ -11,23 +22,209 @@ pub const IP_CSUM_OFF: usize = IP_OFF + 10;
 pub const IP_SADDR_OFF: usize = IP_OFF + 12;
 pub const IP_DADDR_OFF: usize = IP_OFF + 16;
 
+/// What a hook gives its program: the bytes, where they came from, and the primitives that
+/// differ between an skb and an XDP buffer.
+pub trait Packet: EbpfContext {
+    /// Verdicts: on to the kernel's stack, dropped, or sent where a redirect helper said.
+    const PASS: i32;
+    const DROP: i32;
+    const REDIRECT: i32;
+
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// The length of the whole packet (an skb's may exceed its linear data).
+    fn len(&self) -> u32;
+    /// The interface the packet arrived on.
+    fn ingress_ifindex(&self) -> u32;
+    /// Writes `value` at `offset` bytes into the packet.
+    fn store<T: Copy>(&self, offset: usize, value: &T) -> Result<(), DropReason>;
+    /// `bpf_l3_csum_replace`: the checksum at `offset` follows a `size`-byte (2 or 4) field
+    /// changing from `old` to `new`.
+    fn l3_csum_replace(&self, offset: usize, old: u64, new: u64, size: u64) -> Result<(), DropReason>;
+    /// `bpf_l4_csum_replace`: as above, with the field size and BPF_F_* flags in `flags`.
+    fn l4_csum_replace(&self, offset: usize, old: u64, new: u64, flags: u64) -> Result<(), DropReason>;
+    /// Sends the packet into the container behind the host-side veth `host_ifindex`.
+    fn redirect_into_container(&self, host_ifindex: u32) -> Result<i32, DropReason>;
+    /// Sends the packet out of `ifindex` to a neighbour whose MAC is not known yet.
+    fn redirect_to_unresolved(&self, ifindex: u32) -> Result<i32, DropReason>;
+}
+
+/// Maps a redirect helper's return value to the verdict, or to a counted drop.
+#[inline(always)]
+fn redirected<P: Packet>(action: i64) -> Result<i32, DropReason> {
+    if action != P::REDIRECT as i64 {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(P::REDIRECT)
+}
+
+/// Sends the packet out of `ifindex` as it is (`bpf_redirect`, the same helper at both hooks).
+#[inline(always)]
+pub fn redirect<P: Packet>(ifindex: u32) -> Result<i32, DropReason> {
+    // SAFETY: helper call with plain integer arguments.
+    redirected::<P>(unsafe { bpf_redirect(ifindex, 0) })
+}
+
+impl Packet for TcContext {
+    const PASS: i32 = TC_ACT_OK;
+    const DROP: i32 = TC_ACT_SHOT;
+    const REDIRECT: i32 = TC_ACT_REDIRECT;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: `skb` is the context pointer the kernel passed to the program.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn store<T: Copy>(&self, offset: usize, value: &T) -> Result<(), DropReason> {
+        TcContext::store(self, offset, value, 0).map_err(|_| DropReason::RewriteFailed)
+    }
+
+    // The skb helpers know about checksum offload: a CHECKSUM_PARTIAL packet carries only the
+    // pseudo-header sum, which BPF_F_PSEUDO_HDR updates the right way.
+    #[inline(always)]
+    fn l3_csum_replace(&self, offset: usize, old: u64, new: u64, size: u64) -> Result<(), DropReason> {
+        TcContext::l3_csum_replace(self, offset, old, new, size).map_err(|_| DropReason::RewriteFailed)
+    }
+
+    #[inline(always)]
+    fn l4_csum_replace(&self, offset: usize, old: u64, new: u64, flags: u64) -> Result<(), DropReason> {
+        TcContext::l4_csum_replace(self, offset, old, new, flags).map_err(|_| DropReason::RewriteFailed)
+    }
+
+    /// `bpf_redirect_peer`: straight into the container's namespace, skipping the host-side
+    /// veth's transmit and the backlog queue.
+    #[inline(always)]
+    fn redirect_into_container(&self, host_ifindex: u32) -> Result<i32, DropReason> {
+        // SAFETY: helper call with plain integer arguments.
+        redirected::<Self>(unsafe { bpf_redirect_peer(host_ifindex, 0) })
+    }
+
+    /// `bpf_redirect_neigh`: the kernel resolves the neighbour, as the stack would.
+    #[inline(always)]
+    fn redirect_to_unresolved(&self, ifindex: u32) -> Result<i32, DropReason> {
+        // SAFETY: helper call with plain arguments; a null neighbour makes the kernel resolve it.
+        redirected::<Self>(unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) })
+    }
+}
+
+impl Packet for XdpContext {
+    const PASS: i32 = xdp_action::XDP_PASS as i32;
+    const DROP: i32 = xdp_action::XDP_DROP as i32;
+    const REDIRECT: i32 = xdp_action::XDP_REDIRECT as i32;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: `ctx` is the context pointer the kernel passed to the program.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn store<T: Copy>(&self, offset: usize, value: &T) -> Result<(), DropReason> {
+        let field: *mut T = ptr_at(self, offset)?;
+        // SAFETY: bounds-checked by `ptr_at`; packet fields need not be aligned.
+        unsafe { field.write_unaligned(*value) };
+        Ok(())
+    }
+
+    // A buffer at XDP has no checksum state: its checksums are complete (a NIC delivers what
+    // the wire carried), so they are updated in place as RFC 1624 says.
+    #[inline(always)]
+    fn l3_csum_replace(&self, offset: usize, old: u64, new: u64, size: u64) -> Result<(), DropReason> {
+        update_csum_at(self, offset, old, new, size, false)
+    }
+
+    #[inline(always)]
+    fn l4_csum_replace(&self, offset: usize, old: u64, new: u64, flags: u64) -> Result<(), DropReason> {
+        let size = flags & BPF_F_HDR_FIELD_MASK as u64;
+        update_csum_at(self, offset, old, new, size, flags & BPF_F_MARK_MANGLED_0 as u64 != 0)
+    }
+
+    /// `bpf_redirect` to the host-side veth: its transmit hands the frame to the container's
+    /// end, whose NAPI (the agent turns on GRO there) receives it.
+    #[inline(always)]
+    fn redirect_into_container(&self, host_ifindex: u32) -> Result<i32, DropReason> {
+        redirect::<Self>(host_ifindex)
+    }
+
+    /// XDP cannot resolve neighbours: the host stack routes the (already translated) packet.
+    #[inline(always)]
+    fn redirect_to_unresolved(&self, _ifindex: u32) -> Result<i32, DropReason> {
+        Ok(Self::PASS)
+    }
+}
+
+/// The XDP side of the checksum helpers. `mangled_0`: UDP's "no checksum" zero stays zero, and
+/// a sum that comes to zero is sent as 0xffff (as BPF_F_MARK_MANGLED_0 does).
+#[inline(always)]
+fn update_csum_at<P: Packet>(ctx: &P, offset: usize, old: u64, new: u64, size: u64, mangled_0: bool) -> Result<(), DropReason> {
+    let field: *mut u16 = ptr_at(ctx, offset)?;
+    // SAFETY: bounds-checked by `ptr_at`; packet fields need not be aligned.
+    let sum = unsafe { field.read_unaligned() };
+    if mangled_0 && sum == 0 {
+        return Ok(());
+    }
+    let mut updated = match size {
+        2 => csum::update16(sum, old as u16, new as u16),
+        4 => csum::update32(sum, old as u32, new as u32),
+        _ => return Err(DropReason::RewriteFailed),
+    };
+    if mangled_0 && updated == 0 {
+        updated = 0xffff;
+    }
+    // SAFETY: as above.
+    unsafe { field.write_unaligned(updated) };
+    Ok(())
+}
+
 /// A pointer to a `T` at `offset` bytes into the packet, or `Malformed` when the packet is
 /// too short to hold it.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*mut T, DropReason> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + core::mem::size_of::<T>() > end {
+pub fn ptr_at<P: Packet, T>(ctx: &P, offset: usize) -> Result<*mut T, DropReason> {
+    let mut field = ctx.data() + offset;
+    // The verifier learns a packet pointer's range from a comparison of that very pointer
+    // (plus a constant). Without this barrier (libbpf's barrier_var), LLVM may compute
+    // `data + (offset + size)` for the check and `data + offset` for the access, and with a
+    // variable offset (IP options) the access is then refused as unchecked.
+    // SAFETY: a register move onto itself; it only hides the value from the optimizer (an
+    // empty statement would leave two BTF line records on one instruction, which the kernel
+    // refuses).
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) field) };
+    if field + core::mem::size_of::<T>() > ctx.data_end() {
         return Err(DropReason::Malformed);
     }
-    Ok((start + offset) as *mut T)
-}
-
-/// The interface the packet arrived on.
-#[inline(always)]
-pub fn ingress_ifindex(ctx: &TcContext) -> u32 {
-    // SAFETY: `skb` is the context pointer the kernel passed to the program.
-    unsafe { (*ctx.skb.skb).ifindex }
+    Ok(field as *mut T)
 }
 
 /// What the datapath needs of an IPv4 header, read once per packet.
@@ -45,7 +242,7 @@ pub struct Ipv4 {
 
 /// Parses the IPv4 header after the Ethernet header.
 #[inline(always)]
-pub fn ipv4(ctx: &TcContext) -> Result<Ipv4, DropReason> {
+pub fn ipv4<P: Packet>(ctx: &P) -> Result<Ipv4, DropReason> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, IP_OFF)?;
     // SAFETY: bounds-checked by `ptr_at`.
     let ip = unsafe { &*ip };

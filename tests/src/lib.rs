@@ -514,6 +514,26 @@ pub fn snmp_counter(netns: &str, group: &str, field: &str) -> u64 {
     values.split_whitespace().nth(index).unwrap().parse().unwrap()
 }
 
+/// Turns checksum offload off where it would hide a wrong checksum: the sender computes full
+/// checksums (so the NAT's incremental updates are exercised on them), and the receiver
+/// verifies them (veth would otherwise mark them as already checked).
+pub fn full_checksums(sender_ns: &str, sender_if: &str, receiver_ns: &str, receiver_if: &str) {
+    run("ip", &["netns", "exec", sender_ns, "ethtool", "-K", sender_if, "tx", "off"]).unwrap();
+    run("ip", &["netns", "exec", receiver_ns, "ethtool", "-K", receiver_if, "rx", "off"]).unwrap();
+}
+
+/// Checksum and other receive errors of TCP in a namespace.
+pub fn tcp_receive_errors(netns: &str) -> u64 {
+    snmp_counter(netns, "Tcp", "InCsumErrors") + snmp_counter(netns, "Tcp", "InErrs")
+}
+
+/// The id of the XDP program on an interface, as `ip link` reports it (the kernel's view).
+pub fn xdp_program_on(netns: &str, ifname: &str) -> Option<u64> {
+    let out = run("ip", &["-n", netns, "-j", "-d", "link", "show", "dev", ifname]).unwrap_or_else(|e| panic!("{e:#}"));
+    let links: Value = serde_json::from_str(&out).unwrap();
+    links[0]["xdp"]["prog"]["id"].as_u64()
+}
+
 /// Whether any iptables rule exists in a namespace.
 pub fn iptables_rules(netns: &str) -> Vec<String> {
     run("ip", &["netns", "exec", netns, "iptables-save"])

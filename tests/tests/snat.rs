@@ -7,8 +7,8 @@ use std::{
 };
 
 use bpfnet_tests::{
-    in_netns, iptables_rules, ping, run, snmp_counter, tcp_connect_from, tcp_exchange, udp_exchange, Sandbox, IO_TIMEOUT,
-    OUTSIDE_IP, UPLINK_HOST_IP,
+    full_checksums, in_netns, iptables_rules, ping, run, tcp_connect_from, tcp_exchange, tcp_receive_errors, udp_exchange,
+    Sandbox, IO_TIMEOUT, OUTSIDE_IP, UPLINK_HOST_IP,
 };
 
 /// A sandbox with an uplink, one network and the given containers.
@@ -120,21 +120,13 @@ fn udp_to_a_closed_port_is_refused_through_the_translated_icmp_error() {
     assert!(sb.counter("counters", "icmp_error_translated") >= 1);
 }
 
-/// Turns checksum offload off where it would hide a wrong checksum: the sender computes full
-/// checksums (so the NAT's incremental updates are exercised on them), and the receiver
-/// verifies them (veth would otherwise mark them as already checked).
-fn full_checksums(sender_ns: &str, sender_if: &str, receiver_ns: &str, receiver_if: &str) {
-    run("ip", &["netns", "exec", sender_ns, "ethtool", "-K", sender_if, "tx", "off"]).unwrap();
-    run("ip", &["netns", "exec", receiver_ns, "ethtool", "-K", receiver_if, "rx", "off"]).unwrap();
-}
-
 #[test]
 fn a_gigabyte_each_way_arrives_with_no_checksum_error() {
     let (mut sb, c) = sandbox_with(&["c1"], &[]);
     let out = sb.outside_netns.clone();
     full_checksums(&c[0], "eth0", &out, "up0o");
     full_checksums(&out, "up0o", &c[0], "eth0");
-    let errors = |ns: &str| snmp_counter(ns, "Tcp", "InCsumErrors") + snmp_counter(ns, "Tcp", "InErrs");
+    let errors = tcp_receive_errors;
     let (out_before, c_before) = (errors(&out), errors(&c[0]));
     for reverse in [false, true] {
         sb.spawn(&out, "iperf3", &["-s", "-1", "-B", &OUTSIDE_IP.to_string()]);

@@ -448,7 +448,13 @@ fn phase(
                 if let Some(k) = may_start_flow(&p, None, t, published) {
                     allowed.insert(k);
                 }
-                runs.push((program_names::FROM_UPLINK, uplink_ifindex, p));
+                // Both uplink programs: the same code at tcx and at XDP.
+                let program = if rng.chance(50) {
+                    program_names::FROM_UPLINK
+                } else {
+                    program_names::FROM_UPLINK_XDP
+                };
+                runs.push((program, uplink_ifindex, p));
             }
         }
         let (drops_before, counters_before) = fx.totals();

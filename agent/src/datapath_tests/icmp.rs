@@ -17,6 +17,7 @@ use super::{
     Fixture, Topology, A_IP, ROUTER_IP, ROUTER_MAC, SERVER_IP, UPLINK_IP, UPLINK_MAC,
 };
 use crate::netns::tests::is_root;
+use super::uplink_test;
 
 /// The error kinds a router or the server sends: (type, code, second header word, sender).
 const ERRORS: [(u8, u8, [u8; 4], Ipv4Addr); 3] = [
@@ -71,33 +72,93 @@ fn verify_error_checksums(frame: &[u8], quote_len: usize) {
     }
 }
 
-#[test]
-fn errors_about_a_snat_flow_are_translated_back_with_every_checksum() {
-    if !is_root() {
-        return;
+uplink_test! {
+    fn errors_about_a_snat_flow_are_translated_back_with_every_checksum(program) {
+        if !is_root() {
+            return;
+        }
+        let (fx, t, uplink) = Fixture::with_uplink_program(program);
+        let flows = [
+            L4::Udp {
+                sport: 40000,
+                dport: 53,
+                payload: b"bpfnet query",
+            },
+            L4::Tcp {
+                sport: 40001,
+                dport: 443,
+                flags: SYN | ACK,
+                payload: b"some TCP payload",
+            },
+            L4::EchoRequest {
+                id: 0x4242,
+                seq: 3,
+                payload: &[0xa5; 40],
+            },
+        ];
+        for l4 in flows {
+            let sent = from_container(&t.a, SERVER_IP, &l4);
+            let (_, d) = l4.key_ports();
+            let port = snat_new_flow(&fx, &t, SERVER_IP, &l4, &sent, |port| {
+                frame(
+                    ROUTER_MAC,
+                    UPLINK_MAC,
+                    UPLINK_IP,
+                    SERVER_IP,
+                    63,
+                    &[],
+                    &l4.with_key_ports(port, u16::from_be(d)),
+                )
+            });
+            // What left (and is quoted), and what A sent (with the TTL it left with).
+            let left = ipv4_with(
+                UPLINK_IP,
+                SERVER_IP,
+                l4.proto(),
+                &[],
+                &l4.with_key_ports(port, u16::from_be(d))
+                    .bytes(UPLINK_IP, SERVER_IP),
+                63,
+                0x4000,
+            );
+            let original = ipv4_with(
+                A_IP,
+                SERVER_IP,
+                l4.proto(),
+                &[],
+                &l4.bytes(A_IP, SERVER_IP),
+                63,
+                0x4000,
+            );
+            // The whole packet quoted (as Linux does, up to 576 bytes), and the RFC 792 minimum.
+            for quote_len in [left.len(), 28] {
+                for (icmp_type, code, rest, sender) in ERRORS {
+                    eprintln!("case: {l4:?}, error {icmp_type}/{code}, {quote_len}-byte quote");
+                    let received = error_frame(sender, icmp_type, code, rest, &left[..quote_len]);
+                    let out = fx.run_from_uplink(uplink.ifindex, &received);
+                    let expected =
+                        delivered_error(&t, sender, icmp_type, code, rest, &original[..quote_len]);
+                    out.assert_redirected(Counter::IcmpErrorTranslated, &expected);
+                    verify_error_checksums(&out.packet, quote_len);
+                }
+            }
+        }
+        assert_eq!(fx.ct_entries().len(), 6, "errors create no entries");
     }
-    let (fx, t, uplink) = Fixture::with_uplink();
-    let flows = [
-        L4::Udp {
+}
+
+uplink_test! {
+    fn errors_about_unknown_flows_go_to_the_host_unchanged(program) {
+        if !is_root() {
+            return;
+        }
+        let (fx, t, uplink) = Fixture::with_uplink_program(program);
+        let l4 = L4::Udp {
             sport: 40000,
             dport: 53,
-            payload: b"bpfnet query",
-        },
-        L4::Tcp {
-            sport: 40001,
-            dport: 443,
-            flags: SYN | ACK,
-            payload: b"some TCP payload",
-        },
-        L4::EchoRequest {
-            id: 0x4242,
-            seq: 3,
-            payload: &[0xa5; 40],
-        },
-    ];
-    for l4 in flows {
+            payload: b"q",
+        };
         let sent = from_container(&t.a, SERVER_IP, &l4);
-        let (_, d) = l4.key_ports();
         let port = snat_new_flow(&fx, &t, SERVER_IP, &l4, &sent, |port| {
             frame(
                 ROUTER_MAC,
@@ -106,186 +167,129 @@ fn errors_about_a_snat_flow_are_translated_back_with_every_checksum() {
                 SERVER_IP,
                 63,
                 &[],
-                &l4.with_key_ports(port, u16::from_be(d)),
+                &l4.with_key_ports(port, 53),
             )
         });
-        // What left (and is quoted), and what A sent (with the TTL it left with).
+        let quote = |src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16| {
+            ipv4_with(
+                src,
+                dst,
+                17,
+                &[],
+                &udp(src, dst, sport, dport, b"q"),
+                63,
+                0x4000,
+            )
+        };
+        let other = if port == crate::datapath_tests::NAT_PORT_MAX {
+            port - 1
+        } else {
+            port + 1
+        };
+        for quoted in [
+            quote(UPLINK_IP, other, SERVER_IP, 53), // another NAT port
+            quote(UPLINK_IP, port, SERVER_IP, 54),  // another server port
+            quote(UPLINK_IP, port, Ipv4Addr::new(198, 51, 100, 8), 53), // another server
+            quote(Ipv4Addr::new(203, 0, 113, 9), port, SERVER_IP, 53), // not from the uplink
+            ipv4_with(UPLINK_IP, SERVER_IP, 47, &[], &[0; 8], 63, 0x4000), // GRE: nothing to look up
+            quote(UPLINK_IP, port, SERVER_IP, 53)[..24].to_vec(), // quote cut short
+        ] {
+            for (icmp_type, code, rest, sender) in ERRORS {
+                let received = error_frame(sender, icmp_type, code, rest, &quoted);
+                fx.run_from_uplink(uplink.ifindex, &received)
+                    .assert_passed(Counter::UplinkToHost);
+            }
+        }
+        // Addressed to another address than the quoted source: not about this flow's packet.
+        let quoted = quote(UPLINK_IP, port, SERVER_IP, 53);
+        let message = icmp_error(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4], &quoted);
+        let received = eth(
+            UPLINK_MAC,
+            ROUTER_MAC,
+            ETHERTYPE_IPV4,
+            &ipv4_with(
+                SERVER_IP,
+                Ipv4Addr::new(203, 0, 113, 3),
+                IPPROTO_ICMP,
+                &[],
+                &message,
+                64,
+                0,
+            ),
+        );
+        fx.run_from_uplink(uplink.ifindex, &received)
+            .assert_passed(Counter::UplinkToHost);
+        assert_eq!(fx.ct_entries().len(), 2);
+    }
+}
+
+uplink_test! {
+    /// A UDP datagram whose checksum computes to 0 is sent with 0xffff (RFC 768: 0 means "no
+    /// checksum"). The quote of such a datagram, translated back, must still say 0xffff: an
+    /// incremental update (RFC 1624) lands on 0x0000 there, which reads as "sent without a
+    /// checksum" — the quote no longer matches what the container sent.
+    fn quoted_udp_checksum_of_0xffff_is_not_turned_into_no_checksum(program) {
+        if !is_root() {
+            return;
+        }
+        let (fx, t, uplink) = Fixture::with_uplink_program(program);
+        // Two payload bytes chosen so that A's datagram checksums to 0, i.e. is sent as 0xffff.
+        let payload = (0..=u16::MAX)
+            .map(|x| x.to_be_bytes())
+            .find(|p| udp(A_IP, SERVER_IP, 40000, 53, p)[6..8] == [0xff, 0xff])
+            .expect("some payload checksums to zero");
+        let l4 = L4::Udp {
+            sport: 40000,
+            dport: 53,
+            payload: &payload,
+        };
+        let sent = from_container(&t.a, SERVER_IP, &l4);
+        let port = snat_new_flow(&fx, &t, SERVER_IP, &l4, &sent, |port| {
+            frame(
+                ROUTER_MAC,
+                UPLINK_MAC,
+                UPLINK_IP,
+                SERVER_IP,
+                63,
+                &[],
+                &l4.with_key_ports(port, 53),
+            )
+        });
         let left = ipv4_with(
             UPLINK_IP,
             SERVER_IP,
-            l4.proto(),
+            17,
             &[],
-            &l4.with_key_ports(port, u16::from_be(d))
-                .bytes(UPLINK_IP, SERVER_IP),
+            &l4.with_key_ports(port, 53).bytes(UPLINK_IP, SERVER_IP),
             63,
             0x4000,
         );
         let original = ipv4_with(
             A_IP,
             SERVER_IP,
-            l4.proto(),
+            17,
             &[],
             &l4.bytes(A_IP, SERVER_IP),
             63,
             0x4000,
         );
-        // The whole packet quoted (as Linux does, up to 576 bytes), and the RFC 792 minimum.
-        for quote_len in [left.len(), 28] {
-            for (icmp_type, code, rest, sender) in ERRORS {
-                eprintln!("case: {l4:?}, error {icmp_type}/{code}, {quote_len}-byte quote");
-                let received = error_frame(sender, icmp_type, code, rest, &left[..quote_len]);
-                let out = fx.run_from_uplink(uplink.ifindex, &received);
-                let expected =
-                    delivered_error(&t, sender, icmp_type, code, rest, &original[..quote_len]);
-                out.assert_redirected(Counter::IcmpErrorTranslated, &expected);
-                verify_error_checksums(&out.packet, quote_len);
-            }
-        }
-    }
-    assert_eq!(fx.ct_entries().len(), 6, "errors create no entries");
-}
-
-#[test]
-fn errors_about_unknown_flows_go_to_the_host_unchanged() {
-    if !is_root() {
-        return;
-    }
-    let (fx, t, uplink) = Fixture::with_uplink();
-    let l4 = L4::Udp {
-        sport: 40000,
-        dport: 53,
-        payload: b"q",
-    };
-    let sent = from_container(&t.a, SERVER_IP, &l4);
-    let port = snat_new_flow(&fx, &t, SERVER_IP, &l4, &sent, |port| {
-        frame(
-            ROUTER_MAC,
-            UPLINK_MAC,
-            UPLINK_IP,
+        assert_eq!(original[26..28], [0xff, 0xff]);
+        let received = error_frame(
             SERVER_IP,
-            63,
-            &[],
-            &l4.with_key_ports(port, 53),
-        )
-    });
-    let quote = |src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16| {
-        ipv4_with(
-            src,
-            dst,
-            17,
-            &[],
-            &udp(src, dst, sport, dport, b"q"),
-            63,
-            0x4000,
-        )
-    };
-    let other = if port == super::NAT_PORT_MAX {
-        port - 1
-    } else {
-        port + 1
-    };
-    for quoted in [
-        quote(UPLINK_IP, other, SERVER_IP, 53), // another NAT port
-        quote(UPLINK_IP, port, SERVER_IP, 54),  // another server port
-        quote(UPLINK_IP, port, Ipv4Addr::new(198, 51, 100, 8), 53), // another server
-        quote(Ipv4Addr::new(203, 0, 113, 9), port, SERVER_IP, 53), // not from the uplink
-        ipv4_with(UPLINK_IP, SERVER_IP, 47, &[], &[0; 8], 63, 0x4000), // GRE: nothing to look up
-        quote(UPLINK_IP, port, SERVER_IP, 53)[..24].to_vec(), // quote cut short
-    ] {
-        for (icmp_type, code, rest, sender) in ERRORS {
-            let received = error_frame(sender, icmp_type, code, rest, &quoted);
-            fx.run_from_uplink(uplink.ifindex, &received)
-                .assert_passed(Counter::UplinkToHost);
-        }
-    }
-    // Addressed to another address than the quoted source: not about this flow's packet.
-    let quoted = quote(UPLINK_IP, port, SERVER_IP, 53);
-    let message = icmp_error(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4], &quoted);
-    let received = eth(
-        UPLINK_MAC,
-        ROUTER_MAC,
-        ETHERTYPE_IPV4,
-        &ipv4_with(
+            ICMP_DEST_UNREACH,
+            ICMP_PORT_UNREACH,
+            [0; 4],
+            &left,
+        );
+        let out = fx.run_from_uplink(uplink.ifindex, &received);
+        let expected = delivered_error(
+            &t,
             SERVER_IP,
-            Ipv4Addr::new(203, 0, 113, 3),
-            IPPROTO_ICMP,
-            &[],
-            &message,
-            64,
-            0,
-        ),
-    );
-    fx.run_from_uplink(uplink.ifindex, &received)
-        .assert_passed(Counter::UplinkToHost);
-    assert_eq!(fx.ct_entries().len(), 2);
-}
-
-/// A UDP datagram whose checksum computes to 0 is sent with 0xffff (RFC 768: 0 means "no
-/// checksum"). The quote of such a datagram, translated back, must still say 0xffff: an
-/// incremental update (RFC 1624) lands on 0x0000 there, which reads as "sent without a
-/// checksum" — the quote no longer matches what the container sent.
-#[test]
-fn quoted_udp_checksum_of_0xffff_is_not_turned_into_no_checksum() {
-    if !is_root() {
-        return;
+            ICMP_DEST_UNREACH,
+            ICMP_PORT_UNREACH,
+            [0; 4],
+            &original,
+        );
+        out.assert_redirected(Counter::IcmpErrorTranslated, &expected);
     }
-    let (fx, t, uplink) = Fixture::with_uplink();
-    // Two payload bytes chosen so that A's datagram checksums to 0, i.e. is sent as 0xffff.
-    let payload = (0..=u16::MAX)
-        .map(|x| x.to_be_bytes())
-        .find(|p| udp(A_IP, SERVER_IP, 40000, 53, p)[6..8] == [0xff, 0xff])
-        .expect("some payload checksums to zero");
-    let l4 = L4::Udp {
-        sport: 40000,
-        dport: 53,
-        payload: &payload,
-    };
-    let sent = from_container(&t.a, SERVER_IP, &l4);
-    let port = snat_new_flow(&fx, &t, SERVER_IP, &l4, &sent, |port| {
-        frame(
-            ROUTER_MAC,
-            UPLINK_MAC,
-            UPLINK_IP,
-            SERVER_IP,
-            63,
-            &[],
-            &l4.with_key_ports(port, 53),
-        )
-    });
-    let left = ipv4_with(
-        UPLINK_IP,
-        SERVER_IP,
-        17,
-        &[],
-        &l4.with_key_ports(port, 53).bytes(UPLINK_IP, SERVER_IP),
-        63,
-        0x4000,
-    );
-    let original = ipv4_with(
-        A_IP,
-        SERVER_IP,
-        17,
-        &[],
-        &l4.bytes(A_IP, SERVER_IP),
-        63,
-        0x4000,
-    );
-    assert_eq!(original[26..28], [0xff, 0xff]);
-    let received = error_frame(
-        SERVER_IP,
-        ICMP_DEST_UNREACH,
-        ICMP_PORT_UNREACH,
-        [0; 4],
-        &left,
-    );
-    let out = fx.run_from_uplink(uplink.ifindex, &received);
-    let expected = delivered_error(
-        &t,
-        SERVER_IP,
-        ICMP_DEST_UNREACH,
-        ICMP_PORT_UNREACH,
-        [0; 4],
-        &original,
-    );
-    out.assert_redirected(Counter::IcmpErrorTranslated, &expected);
 }

@@ -10,6 +10,10 @@
 //!
 //! New programs and maps need no fixture change: every pinned program is opened by name
 //! ([`Fixture::send`]) and every pinned hash map is emptied by [`Fixture::clear_maps`].
+//!
+//! The uplink has two programs, the same code at two hooks (tcx and XDP). Tests of the uplink
+//! path are written once and run against both ([`uplink_test!`]); XDP verdicts are reported
+//! in TC terms ([`tc_verdict`]) so that one assertion serves both.
 mod arp;
 mod forward;
 mod fuzz;
@@ -41,12 +45,74 @@ use crate::{
     datapath::{self, Datapath, DatapathLogLevel},
     ipam,
     netns::{self, tests::TestNamespaces},
-    testrun::{self, SkbContext, TestRunOutput},
+    testrun::{self, SkbContext, TestRunOutput, XdpContext},
 };
 
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// XDP verdicts (uapi `enum xdp_action`).
+const XDP_ABORTED: u32 = 0;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+/// An XDP verdict in TC terms: drop, pass to the stack, redirect. XDP_ABORTED (and anything
+/// unknown) maps to a value no TC verdict has, so no assertion can mistake it for one.
+pub fn tc_verdict(xdp: u32) -> u32 {
+    match xdp {
+        XDP_DROP => TC_ACT_SHOT,
+        XDP_PASS => TC_ACT_OK,
+        XDP_REDIRECT => TC_ACT_REDIRECT,
+        XDP_ABORTED => u32::MAX,
+        other => 1_000 + other,
+    }
+}
+
+/// Writes a test of the uplink path once and runs it against each uplink program: the body
+/// gets the program's name as `$program` (for `Fixture::with_uplink_program`).
+macro_rules! uplink_test {
+    ($(#[$meta:meta])* fn $name:ident($program:ident) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($program: &'static str) $body
+
+            #[test]
+            fn tc() {
+                run(datapath_common::program_names::FROM_UPLINK)
+            }
+
+            #[test]
+            fn xdp() {
+                run(datapath_common::program_names::FROM_UPLINK_XDP)
+            }
+        }
+    };
+}
+pub(crate) use uplink_test;
+
+/// A pinned program, opened for test runs.
+#[derive(Clone)]
+struct TestProgram {
+    fd: Arc<OwnedFd>,
+    xdp: bool,
+}
+
+impl TestProgram {
+    /// One test run as if the packet came in on `ifindex`, the verdict in TC terms.
+    fn run(&self, ifindex: u32, packet: &[u8], repeat: u32) -> io::Result<TestRunOutput> {
+        if !self.xdp {
+            return testrun::run_skb(self.fd.as_fd(), packet, Some(&SkbContext::received_on(ifindex)), repeat);
+        }
+        let mut out = testrun::run_xdp(self.fd.as_fd(), packet, Some(&XdpContext::received_on(ifindex)), repeat)?;
+        out.retval = tc_verdict(out.retval);
+        Ok(out)
+    }
+}
 
 /// Host-side veths in the test namespace, one per endpoint, as the agent makes them; their
 /// container-side peers stay in the same namespace and serve as "not an endpoint" interfaces.
@@ -56,7 +122,9 @@ const VETHS: usize = 3;
 pub struct Fixture {
     // Fields drop in order: handles on programs and maps close before the pins and the
     // namespace they live in are removed.
-    programs: BTreeMap<String, Arc<OwnedFd>>,
+    programs: BTreeMap<String, TestProgram>,
+    /// What `run_from_uplink` runs: FROM_UPLINK unless a test chose otherwise.
+    uplink_program: &'static str,
     pub networks: HashMap<MapData, u32, Network>,
     pub endpoints: HashMap<MapData, u32, Endpoint>,
     pub ifaces: HashMap<MapData, u32, Endpoint>,
@@ -177,6 +245,7 @@ impl Fixture {
         let maps = pins.0.join("maps");
         Ok(Fixture {
             programs,
+            uplink_program: program_names::FROM_UPLINK,
             networks: open_map(&maps, map_names::NETWORKS)?,
             endpoints: open_map(&maps, map_names::ENDPOINTS)?,
             ifaces: open_map(&maps, map_names::IFACES)?,
@@ -263,7 +332,7 @@ impl Fixture {
         packet: &[u8],
         repeat: u32,
     ) -> Result<TestRunOutput> {
-        let Some(fd) = self.programs.get(program).cloned() else {
+        let Some(program) = self.programs.get(program).cloned() else {
             bail!(
                 "no program {program} pinned (have: {:?})",
                 self.programs.keys().collect::<Vec<_>>()
@@ -271,8 +340,7 @@ impl Fixture {
         };
         let packet = packet.to_vec();
         netns::run_in(&self.ns.names[0], move || {
-            let ctx = SkbContext::received_on(ifindex);
-            Ok(testrun::run_skb(fd.as_fd(), &packet, Some(&ctx), repeat)?)
+            Ok(program.run(ifindex, &packet, repeat)?)
         })
     }
 
@@ -329,7 +397,13 @@ impl Fixture {
     /// The standard topology plus an uplink, forwarding enabled on every host-side veth (as the
     /// agent does for real ones) and CONFIG naming the uplink.
     pub fn with_uplink() -> (Self, Topology, Uplink) {
+        Self::with_uplink_program(program_names::FROM_UPLINK)
+    }
+
+    /// As `with_uplink`, with `run_from_uplink` running `program` (one of the uplink's).
+    pub fn with_uplink_program(program: &'static str) -> (Self, Topology, Uplink) {
         let (mut fx, t) = Self::with_topology();
+        fx.uplink_program = program;
         let uplink = fx
             .make_uplink()
             .unwrap_or_else(|e| panic!("setting up the uplink: {e:#}"));
@@ -419,11 +493,12 @@ impl Fixture {
         self.ct_fill.get(&ct_fill::INSERTED, 0).unwrap()
     }
 
-    /// Runs `from_uplink` on `packet` as if it came in on interface `ifindex`.
+    /// Runs the uplink program (`from_uplink`, or the one the fixture was made with) on
+    /// `packet` as if it came in on interface `ifindex`.
     #[track_caller]
     pub fn run_from_uplink(&self, ifindex: u32, packet: &[u8]) -> Outcome {
-        self.send(program_names::FROM_UPLINK, ifindex, packet)
-            .unwrap_or_else(|e| panic!("test run of {}: {e:#}", program_names::FROM_UPLINK))
+        self.send(self.uplink_program, ifindex, packet)
+            .unwrap_or_else(|e| panic!("test run of {}: {e:#}", self.uplink_program))
     }
 
     /// Many test runs (repeat 1 each) on one thread inside the test namespace: `(program,
@@ -432,22 +507,19 @@ impl Fixture {
         &self,
         runs: Vec<(&'static str, u32, Vec<u8>)>,
     ) -> Result<Vec<io::Result<TestRunOutput>>> {
-        let mut fds = BTreeMap::new();
+        let mut programs = BTreeMap::new();
         for (program, _, _) in &runs {
-            if !fds.contains_key(program) {
-                let Some(fd) = self.programs.get(*program).cloned() else {
+            if !programs.contains_key(program) {
+                let Some(loaded) = self.programs.get(*program).cloned() else {
                     bail!("no program {program} pinned");
                 };
-                fds.insert(*program, fd);
+                programs.insert(*program, loaded);
             }
         }
         netns::run_in(&self.ns.names[0], move || {
             Ok(runs
                 .into_iter()
-                .map(|(program, ifindex, packet)| {
-                    let ctx = SkbContext::received_on(ifindex);
-                    testrun::run_skb(fds[program].as_fd(), &packet, Some(&ctx), 1)
-                })
+                .map(|(program, ifindex, packet)| programs[program].run(ifindex, &packet, 1))
                 .collect())
         })
     }
@@ -605,15 +677,16 @@ fn make_veths(ns: &str) -> Result<([u32; VETHS], [u32; VETHS])> {
 }
 
 /// Every program pinned under `dir`, by pin name.
-fn open_programs(dir: &Path) -> Result<BTreeMap<String, Arc<OwnedFd>>> {
+fn open_programs(dir: &Path) -> Result<BTreeMap<String, TestProgram>> {
     let mut programs = BTreeMap::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let path = entry?.path();
         let info = ProgramInfo::from_pin(&path)
             .with_context(|| format!("opening pinned program {}", path.display()))?;
+        let xdp = info.program_type() == aya_obj::generated::bpf_prog_type::BPF_PROG_TYPE_XDP;
         let fd = info.fd()?.as_fd().try_clone_to_owned()?;
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        programs.insert(name, Arc::new(fd));
+        programs.insert(name, TestProgram { fd: Arc::new(fd), xdp });
     }
     Ok(programs)
 }

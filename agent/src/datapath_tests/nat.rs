@@ -10,6 +10,7 @@ use datapath_common::{
     Endpoint, ServiceKey,
 };
 
+use super::uplink_test;
 use super::{
     be,
     packets::{
@@ -312,7 +313,7 @@ pub fn snat_new_flow(
         "two entries per flow"
     );
     assert_eq!(fx.ct_inserted(), inserted_before + 2, "CT_FILL counts both");
-    super::assert_bytes(&out.packet, &expected(port), "SNAT'd packet");
+    crate::datapath_tests::assert_bytes(&out.packet, &expected(port), "SNAT'd packet");
     verify_ipv4_checksums(&out.packet).unwrap();
     port
 }
@@ -393,48 +394,49 @@ fn snat_new_flows_are_translated_routed_and_tracked() {
     assert_eq!(fx.ct_entries().len(), 6);
 }
 
-#[test]
-fn snat_keeps_a_udp_datagram_without_checksum_without() {
-    if !is_root() {
-        return;
+uplink_test! {
+    fn snat_keeps_a_udp_datagram_without_checksum_without(program) {
+        if !is_root() {
+            return;
+        }
+        let (fx, t, uplink) = Fixture::with_uplink_program(program);
+        let l4 = L4::UdpNoCsum {
+            sport: 40000,
+            dport: 53,
+            payload: b"no checksum",
+        };
+        let sent = from_container(&t.a, SERVER_IP, &l4);
+        let port = snat_new_flow(
+            &fx,
+            &t,
+            SERVER_IP,
+            &l4,
+            &sent,
+            snat_expected(SERVER_IP, l4, ROUTER_MAC, UPLINK_MAC),
+        );
+        let out = fx.run_from_endpoint(t.a.host_ifindex, &sent);
+        assert_eq!(
+            &out.packet[ETH_HLEN + 20 + 6..ETH_HLEN + 20 + 8],
+            &[0, 0],
+            "UDP checksum stays 0"
+        );
+        // And the reply without one comes back without one.
+        let reply = L4::UdpNoCsum {
+            sport: 53,
+            dport: port,
+            payload: b"answer",
+        };
+        let out = fx.run_from_uplink(uplink.ifindex, &from_outside(SERVER_IP, UPLINK_IP, &reply));
+        let back = L4::UdpNoCsum {
+            sport: 53,
+            dport: 40000,
+            payload: b"answer",
+        };
+        out.assert_redirected(
+            Counter::TranslatedIn,
+            &frame(t.a.mac, t.a.gateway_mac, SERVER_IP, A_IP, 63, &[], &back),
+        );
     }
-    let (fx, t, uplink) = Fixture::with_uplink();
-    let l4 = L4::UdpNoCsum {
-        sport: 40000,
-        dport: 53,
-        payload: b"no checksum",
-    };
-    let sent = from_container(&t.a, SERVER_IP, &l4);
-    let port = snat_new_flow(
-        &fx,
-        &t,
-        SERVER_IP,
-        &l4,
-        &sent,
-        snat_expected(SERVER_IP, l4, ROUTER_MAC, UPLINK_MAC),
-    );
-    let out = fx.run_from_endpoint(t.a.host_ifindex, &sent);
-    assert_eq!(
-        &out.packet[ETH_HLEN + 20 + 6..ETH_HLEN + 20 + 8],
-        &[0, 0],
-        "UDP checksum stays 0"
-    );
-    // And the reply without one comes back without one.
-    let reply = L4::UdpNoCsum {
-        sport: 53,
-        dport: port,
-        payload: b"answer",
-    };
-    let out = fx.run_from_uplink(uplink.ifindex, &from_outside(SERVER_IP, UPLINK_IP, &reply));
-    let back = L4::UdpNoCsum {
-        sport: 53,
-        dport: 40000,
-        payload: b"answer",
-    };
-    out.assert_redirected(
-        Counter::TranslatedIn,
-        &frame(t.a.mac, t.a.gateway_mac, SERVER_IP, A_IP, 63, &[], &back),
-    );
 }
 
 #[test]
@@ -451,251 +453,254 @@ fn snat_to_an_unresolved_neighbour_is_left_to_redirect_neigh() {
     }
 }
 
-#[test]
-fn snat_path_respects_ip_options() {
-    if !is_root() {
-        return;
-    }
-    let (fx, t, _uplink) = Fixture::with_uplink();
-    // IHL 6: one word of options (router alert) before the L4 header.
-    let options = [0x94, 0x04, 0x00, 0x00];
-    for l4 in outbound_flows() {
-        let sent = frame(t.a.gateway_mac, t.a.mac, A_IP, SERVER_IP, 64, &options, &l4);
-        assert_eq!(sent[ETH_HLEN] & 0x0f, 6);
-        let expected = move |port: u16| {
-            let (_, d) = l4.key_ports();
-            frame(
-                ROUTER_MAC,
-                UPLINK_MAC,
-                UPLINK_IP,
-                SERVER_IP,
-                63,
-                &options,
-                &l4.with_key_ports(port, u16::from_be(d)),
-            )
-        };
-        let port = snat_new_flow(&fx, &t, SERVER_IP, &l4, &sent, expected);
-        // The reply, with options too.
-        let (s, _) = l4.key_ports();
-        let reply = match l4 {
-            L4::EchoRequest { seq, payload, .. } => L4::EchoReply {
-                id: port,
-                seq,
-                payload,
-            },
-            other => {
-                let (_, d) = other.key_ports();
-                other.with_key_ports(u16::from_be(d), port)
-            }
-        };
-        let out = fx.run_from_uplink(
-            _uplink.ifindex,
-            &frame(
-                UPLINK_MAC, ROUTER_MAC, SERVER_IP, UPLINK_IP, 64, &options, &reply,
-            ),
-        );
-        let back = match reply {
-            L4::EchoReply { seq, payload, .. } => L4::EchoReply {
-                id: u16::from_be(s),
-                seq,
-                payload,
-            },
-            other => {
-                let (s2, _) = other.key_ports();
-                other.with_key_ports(u16::from_be(s2), u16::from_be(s))
-            }
-        };
-        out.assert_redirected(
-            Counter::TranslatedIn,
-            &frame(
-                t.a.mac,
-                t.a.gateway_mac,
-                SERVER_IP,
-                A_IP,
-                63,
-                &options,
-                &back,
-            ),
-        );
-        verify_ipv4_checksums(&out.packet).unwrap();
+uplink_test! {
+    fn snat_path_respects_ip_options(program) {
+        if !is_root() {
+            return;
+        }
+        let (fx, t, _uplink) = Fixture::with_uplink_program(program);
+        // IHL 6: one word of options (router alert) before the L4 header.
+        let options = [0x94, 0x04, 0x00, 0x00];
+        for l4 in outbound_flows() {
+            let sent = frame(t.a.gateway_mac, t.a.mac, A_IP, SERVER_IP, 64, &options, &l4);
+            assert_eq!(sent[ETH_HLEN] & 0x0f, 6);
+            let expected = move |port: u16| {
+                let (_, d) = l4.key_ports();
+                frame(
+                    ROUTER_MAC,
+                    UPLINK_MAC,
+                    UPLINK_IP,
+                    SERVER_IP,
+                    63,
+                    &options,
+                    &l4.with_key_ports(port, u16::from_be(d)),
+                )
+            };
+            let port = snat_new_flow(&fx, &t, SERVER_IP, &l4, &sent, expected);
+            // The reply, with options too.
+            let (s, _) = l4.key_ports();
+            let reply = match l4 {
+                L4::EchoRequest { seq, payload, .. } => L4::EchoReply {
+                    id: port,
+                    seq,
+                    payload,
+                },
+                other => {
+                    let (_, d) = other.key_ports();
+                    other.with_key_ports(u16::from_be(d), port)
+                }
+            };
+            let out = fx.run_from_uplink(
+                _uplink.ifindex,
+                &frame(
+                    UPLINK_MAC, ROUTER_MAC, SERVER_IP, UPLINK_IP, 64, &options, &reply,
+                ),
+            );
+            let back = match reply {
+                L4::EchoReply { seq, payload, .. } => L4::EchoReply {
+                    id: u16::from_be(s),
+                    seq,
+                    payload,
+                },
+                other => {
+                    let (s2, _) = other.key_ports();
+                    other.with_key_ports(u16::from_be(s2), u16::from_be(s))
+                }
+            };
+            out.assert_redirected(
+                Counter::TranslatedIn,
+                &frame(
+                    t.a.mac,
+                    t.a.gateway_mac,
+                    SERVER_IP,
+                    A_IP,
+                    63,
+                    &options,
+                    &back,
+                ),
+            );
+            verify_ipv4_checksums(&out.packet).unwrap();
+        }
     }
 }
 
-#[test]
-fn replies_on_the_uplink_are_translated_back_into_the_container() {
-    if !is_root() {
-        return;
+uplink_test! {
+    fn replies_on_the_uplink_are_translated_back_into_the_container(program) {
+        if !is_root() {
+            return;
+        }
+        let (fx, t, uplink) = Fixture::with_uplink_program(program);
+        for l4 in outbound_flows() {
+            eprintln!("case: {l4:?}");
+            let sent = from_container(&t.a, SERVER_IP, &l4);
+            let port = snat_new_flow(
+                &fx,
+                &t,
+                SERVER_IP,
+                &l4,
+                &sent,
+                snat_expected(SERVER_IP, l4, ROUTER_MAC, UPLINK_MAC),
+            );
+            let (reply, back) = match l4 {
+                L4::Tcp { sport, dport, .. } => (
+                    L4::Tcp {
+                        sport: dport,
+                        dport: port,
+                        flags: SYN | ACK,
+                        payload: b"",
+                    },
+                    L4::Tcp {
+                        sport: dport,
+                        dport: sport,
+                        flags: SYN | ACK,
+                        payload: b"",
+                    },
+                ),
+                L4::Udp { sport, dport, .. } => (
+                    L4::Udp {
+                        sport: dport,
+                        dport: port,
+                        payload: b"bpfnet answer",
+                    },
+                    L4::Udp {
+                        sport: dport,
+                        dport: sport,
+                        payload: b"bpfnet answer",
+                    },
+                ),
+                L4::EchoRequest { id, seq, payload } => (
+                    L4::EchoReply {
+                        id: port,
+                        seq,
+                        payload,
+                    },
+                    L4::EchoReply { id, seq, payload },
+                ),
+                _ => unreachable!(),
+            };
+            let received = from_outside(SERVER_IP, UPLINK_IP, &reply);
+            let out = fx.run_from_uplink(uplink.ifindex, &received);
+            out.assert_redirected(
+                Counter::TranslatedIn,
+                &frame(t.a.mac, t.a.gateway_mac, SERVER_IP, A_IP, 63, &[], &back),
+            );
+            verify_ipv4_checksums(&out.packet).unwrap();
+            let reply_key = key(SERVER_IP, UPLINK_IP, reply.key_ports(), l4.proto());
+            let e = entry(&fx, &reply_key);
+            assert_eq!(
+                (e.packets, e.bytes, e.tcp_flags),
+                (1, received.len() as u64, tcp_flags_of(&reply))
+            );
+        }
+        assert_eq!(fx.ct_entries().len(), 6, "replies create no entries");
     }
-    let (fx, t, uplink) = Fixture::with_uplink();
-    for l4 in outbound_flows() {
-        eprintln!("case: {l4:?}");
-        let sent = from_container(&t.a, SERVER_IP, &l4);
+}
+
+uplink_test! {
+    fn unknown_flows_on_the_uplink_go_to_the_host_unchanged(program) {
+        if !is_root() {
+            return;
+        }
+        let (fx, t, uplink) = Fixture::with_uplink_program(program);
+        let l4 = L4::Udp {
+            sport: 40000,
+            dport: 53,
+            payload: b"q",
+        };
         let port = snat_new_flow(
             &fx,
             &t,
             SERVER_IP,
             &l4,
-            &sent,
+            &from_container(&t.a, SERVER_IP, &l4),
             snat_expected(SERVER_IP, l4, ROUTER_MAC, UPLINK_MAC),
         );
-        let (reply, back) = match l4 {
-            L4::Tcp { sport, dport, .. } => (
+        let other_port = if port == NAT_PORT_MAX {
+            port - 1
+        } else {
+            port + 1
+        };
+        for (src, l4) in [
+            // Wrong NAT port, wrong remote port, wrong remote address, wrong protocol.
+            (
+                SERVER_IP,
+                L4::Udp {
+                    sport: 53,
+                    dport: other_port,
+                    payload: b"a",
+                },
+            ),
+            (
+                SERVER_IP,
+                L4::Udp {
+                    sport: 54,
+                    dport: port,
+                    payload: b"a",
+                },
+            ),
+            (
+                Ipv4Addr::new(198, 51, 100, 8),
+                L4::Udp {
+                    sport: 53,
+                    dport: port,
+                    payload: b"a",
+                },
+            ),
+            (
+                SERVER_IP,
                 L4::Tcp {
-                    sport: dport,
+                    sport: 53,
                     dport: port,
                     flags: SYN | ACK,
                     payload: b"",
                 },
-                L4::Tcp {
-                    sport: dport,
-                    dport: sport,
-                    flags: SYN | ACK,
-                    payload: b"",
+            ),
+            (
+                SERVER_IP,
+                L4::EchoRequest {
+                    id: port,
+                    seq: 1,
+                    payload: b"ping",
                 },
             ),
-            L4::Udp { sport, dport, .. } => (
-                L4::Udp {
-                    sport: dport,
-                    dport: port,
-                    payload: b"bpfnet answer",
-                },
-                L4::Udp {
-                    sport: dport,
-                    dport: sport,
-                    payload: b"bpfnet answer",
-                },
-            ),
-            L4::EchoRequest { id, seq, payload } => (
+            (
+                SERVER_IP,
                 L4::EchoReply {
                     id: port,
-                    seq,
-                    payload,
+                    seq: 1,
+                    payload: b"pong",
                 },
-                L4::EchoReply { id, seq, payload },
             ),
-            _ => unreachable!(),
+        ] {
+            let received = from_outside(src, UPLINK_IP, &l4);
+            fx.run_from_uplink(uplink.ifindex, &received)
+                .assert_passed(Counter::UplinkToHost);
+        }
+        // Not IPv4 at all, and a non-first fragment of the flow: the host's.
+        let mut arp = from_outside(SERVER_IP, UPLINK_IP, &l4);
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        let out = fx.run_from_uplink(uplink.ifindex, &arp);
+        out.assert_moved(TC_ACT_OK, &[], &[]);
+        assert_eq!(out.packet, arp);
+        let reply = L4::Udp {
+            sport: 53,
+            dport: port,
+            payload: b"a",
         };
-        let received = from_outside(SERVER_IP, UPLINK_IP, &reply);
-        let out = fx.run_from_uplink(uplink.ifindex, &received);
-        out.assert_redirected(
-            Counter::TranslatedIn,
-            &frame(t.a.mac, t.a.gateway_mac, SERVER_IP, A_IP, 63, &[], &back),
+        let ip = ipv4_with(
+            SERVER_IP,
+            UPLINK_IP,
+            IPPROTO_UDP,
+            &[],
+            &reply.bytes(SERVER_IP, UPLINK_IP),
+            64,
+            0x0010,
         );
-        verify_ipv4_checksums(&out.packet).unwrap();
-        let reply_key = key(SERVER_IP, UPLINK_IP, reply.key_ports(), l4.proto());
-        let e = entry(&fx, &reply_key);
-        assert_eq!(
-            (e.packets, e.bytes, e.tcp_flags),
-            (1, received.len() as u64, tcp_flags_of(&reply))
-        );
-    }
-    assert_eq!(fx.ct_entries().len(), 6, "replies create no entries");
-}
-
-#[test]
-fn unknown_flows_on_the_uplink_go_to_the_host_unchanged() {
-    if !is_root() {
-        return;
-    }
-    let (fx, t, uplink) = Fixture::with_uplink();
-    let l4 = L4::Udp {
-        sport: 40000,
-        dport: 53,
-        payload: b"q",
-    };
-    let port = snat_new_flow(
-        &fx,
-        &t,
-        SERVER_IP,
-        &l4,
-        &from_container(&t.a, SERVER_IP, &l4),
-        snat_expected(SERVER_IP, l4, ROUTER_MAC, UPLINK_MAC),
-    );
-    let other_port = if port == NAT_PORT_MAX {
-        port - 1
-    } else {
-        port + 1
-    };
-    for (src, l4) in [
-        // Wrong NAT port, wrong remote port, wrong remote address, wrong protocol.
-        (
-            SERVER_IP,
-            L4::Udp {
-                sport: 53,
-                dport: other_port,
-                payload: b"a",
-            },
-        ),
-        (
-            SERVER_IP,
-            L4::Udp {
-                sport: 54,
-                dport: port,
-                payload: b"a",
-            },
-        ),
-        (
-            Ipv4Addr::new(198, 51, 100, 8),
-            L4::Udp {
-                sport: 53,
-                dport: port,
-                payload: b"a",
-            },
-        ),
-        (
-            SERVER_IP,
-            L4::Tcp {
-                sport: 53,
-                dport: port,
-                flags: SYN | ACK,
-                payload: b"",
-            },
-        ),
-        (
-            SERVER_IP,
-            L4::EchoRequest {
-                id: port,
-                seq: 1,
-                payload: b"ping",
-            },
-        ),
-        (
-            SERVER_IP,
-            L4::EchoReply {
-                id: port,
-                seq: 1,
-                payload: b"pong",
-            },
-        ),
-    ] {
-        let received = from_outside(src, UPLINK_IP, &l4);
-        fx.run_from_uplink(uplink.ifindex, &received)
+        let later = eth(UPLINK_MAC, ROUTER_MAC, ETHERTYPE_IPV4, &ip);
+        fx.run_from_uplink(uplink.ifindex, &later)
             .assert_passed(Counter::UplinkToHost);
+        assert_eq!(fx.ct_entries().len(), 2);
     }
-    // Not IPv4 at all, and a non-first fragment of the flow: the host's.
-    let mut arp = from_outside(SERVER_IP, UPLINK_IP, &l4);
-    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    let out = fx.run_from_uplink(uplink.ifindex, &arp);
-    out.assert_moved(TC_ACT_OK, &[], &[]);
-    assert_eq!(out.packet, arp);
-    let reply = L4::Udp {
-        sport: 53,
-        dport: port,
-        payload: b"a",
-    };
-    let ip = ipv4_with(
-        SERVER_IP,
-        UPLINK_IP,
-        IPPROTO_UDP,
-        &[],
-        &reply.bytes(SERVER_IP, UPLINK_IP),
-        64,
-        0x0010,
-    );
-    let later = eth(UPLINK_MAC, ROUTER_MAC, ETHERTYPE_IPV4, &ip);
-    fx.run_from_uplink(uplink.ifindex, &later)
-        .assert_passed(Counter::UplinkToHost);
-    assert_eq!(fx.ct_entries().len(), 2);
 }
 
 #[test]
@@ -730,7 +735,7 @@ fn snat_refuses_ttl_1_fragments_and_protocols_it_cannot_translate() {
     );
     fx.run_from_endpoint(t.a.host_ifindex, &gre)
         .assert_dropped(DropReason::UnsupportedL4);
-    let timestamp = super::packets::icmp_error(13, 0, [0, 1, 0, 1], &[0; 12]);
+    let timestamp = crate::datapath_tests::packets::icmp_error(13, 0, [0, 1, 0, 1], &[0; 12]);
     let ts = eth(
         t.a.gateway_mac,
         t.a.mac,
@@ -781,7 +786,7 @@ fn snat_refuses_ttl_1_fragments_and_protocols_it_cannot_translate() {
         63,
         0x2000,
     );
-    super::assert_bytes(
+    crate::datapath_tests::assert_bytes(
         &out.packet,
         &eth(ROUTER_MAC, UPLINK_MAC, ETHERTYPE_IPV4, &ip),
         "first fragment",
@@ -943,132 +948,133 @@ pub fn publish_b(fx: &mut Fixture) {
     }
 }
 
-#[test]
-fn dnat_to_a_published_port_and_the_containers_reply_back_out() {
-    if !is_root() {
-        return;
-    }
-    let (mut fx, t, uplink) = Fixture::with_uplink();
-    publish_b(&mut fx);
-    for (i, proto) in [IPPROTO_TCP, IPPROTO_UDP].into_iter().enumerate() {
-        let cport = 5555 + i as u16;
-        let (l4, reply) = if proto == IPPROTO_TCP {
-            (
-                L4::Tcp {
-                    sport: cport,
-                    dport: PUBLISHED_PORT,
-                    flags: SYN,
-                    payload: b"",
-                },
-                L4::Tcp {
-                    sport: B_PORT,
-                    dport: cport,
-                    flags: SYN | ACK,
-                    payload: b"",
-                },
-            )
-        } else {
-            (
-                L4::Udp {
-                    sport: cport,
-                    dport: PUBLISHED_PORT,
-                    payload: b"hello",
-                },
-                L4::Udp {
-                    sport: B_PORT,
-                    dport: cport,
-                    payload: b"hello yourself",
-                },
-            )
-        };
-        let received = from_outside(CLIENT_IP, UPLINK_IP, &l4);
-        let out = fx.run_from_uplink(uplink.ifindex, &received);
-        out.assert_moved(
-            TC_ACT_REDIRECT,
-            &[],
-            &[Counter::DnatNewFlow, Counter::TranslatedIn],
-        );
-        let inside = l4.with_key_ports(cport, B_PORT);
-        super::assert_bytes(
-            &out.packet,
-            &frame(t.b.mac, t.b.gateway_mac, CLIENT_IP, B_IP, 63, &[], &inside),
-            "DNAT'd packet",
-        );
-        verify_ipv4_checksums(&out.packet).unwrap();
-        let original = key(CLIENT_IP, UPLINK_IP, l4.key_ports(), proto);
-        let to = key(CLIENT_IP, B_IP, inside.key_ports(), proto);
-        assert_entry(
-            &entry(&fx, &original),
-            to,
-            t.b.host_ifindex,
-            ct_direction::ORIGINAL,
-            ct_kind::DNAT,
-            tcp_flags_of(&l4),
-            1,
-            received.len() as u64,
-        );
-        assert_entry(
-            &entry(&fx, &to.reversed()),
-            original.reversed(),
-            0,
-            ct_direction::REPLY,
-            ct_kind::DNAT,
-            0,
-            0,
-            0,
-        );
-
-        // B answers: source back to the published address and port, routed out of the uplink.
-        let sent = from_container(&t.b, CLIENT_IP, &reply);
-        let out = fx.run_from_endpoint(t.b.host_ifindex, &sent);
-        let outside = reply.with_key_ports(PUBLISHED_PORT, cport);
-        out.assert_redirected(
-            Counter::TranslatedOut,
-            &frame(
-                ROUTER_MAC,
-                UPLINK_MAC,
-                UPLINK_IP,
-                CLIENT_IP,
-                63,
+uplink_test! {
+    fn dnat_to_a_published_port_and_the_containers_reply_back_out(program) {
+        if !is_root() {
+            return;
+        }
+        let (mut fx, t, uplink) = Fixture::with_uplink_program(program);
+        publish_b(&mut fx);
+        for (i, proto) in [IPPROTO_TCP, IPPROTO_UDP].into_iter().enumerate() {
+            let cport = 5555 + i as u16;
+            let (l4, reply) = if proto == IPPROTO_TCP {
+                (
+                    L4::Tcp {
+                        sport: cport,
+                        dport: PUBLISHED_PORT,
+                        flags: SYN,
+                        payload: b"",
+                    },
+                    L4::Tcp {
+                        sport: B_PORT,
+                        dport: cport,
+                        flags: SYN | ACK,
+                        payload: b"",
+                    },
+                )
+            } else {
+                (
+                    L4::Udp {
+                        sport: cport,
+                        dport: PUBLISHED_PORT,
+                        payload: b"hello",
+                    },
+                    L4::Udp {
+                        sport: B_PORT,
+                        dport: cport,
+                        payload: b"hello yourself",
+                    },
+                )
+            };
+            let received = from_outside(CLIENT_IP, UPLINK_IP, &l4);
+            let out = fx.run_from_uplink(uplink.ifindex, &received);
+            out.assert_moved(
+                TC_ACT_REDIRECT,
                 &[],
-                &outside,
-            ),
-        );
-        verify_ipv4_checksums(&out.packet).unwrap();
-        let e = entry(&fx, &to.reversed());
-        assert_eq!((e.packets, e.tcp_flags), (1, tcp_flags_of(&reply)));
-    }
-    assert_eq!(fx.ct_entries().len(), 4);
-    assert_eq!(fx.ct_inserted(), 4);
-    // Not published: ICMP, another port, another address of the host (none is published).
-    for l4 in [
-        L4::Tcp {
-            sport: 5555,
-            dport: PUBLISHED_PORT + 1,
+                &[Counter::DnatNewFlow, Counter::TranslatedIn],
+            );
+            let inside = l4.with_key_ports(cport, B_PORT);
+            crate::datapath_tests::assert_bytes(
+                &out.packet,
+                &frame(t.b.mac, t.b.gateway_mac, CLIENT_IP, B_IP, 63, &[], &inside),
+                "DNAT'd packet",
+            );
+            verify_ipv4_checksums(&out.packet).unwrap();
+            let original = key(CLIENT_IP, UPLINK_IP, l4.key_ports(), proto);
+            let to = key(CLIENT_IP, B_IP, inside.key_ports(), proto);
+            assert_entry(
+                &entry(&fx, &original),
+                to,
+                t.b.host_ifindex,
+                ct_direction::ORIGINAL,
+                ct_kind::DNAT,
+                tcp_flags_of(&l4),
+                1,
+                received.len() as u64,
+            );
+            assert_entry(
+                &entry(&fx, &to.reversed()),
+                original.reversed(),
+                0,
+                ct_direction::REPLY,
+                ct_kind::DNAT,
+                0,
+                0,
+                0,
+            );
+
+            // B answers: source back to the published address and port, routed out of the uplink.
+            let sent = from_container(&t.b, CLIENT_IP, &reply);
+            let out = fx.run_from_endpoint(t.b.host_ifindex, &sent);
+            let outside = reply.with_key_ports(PUBLISHED_PORT, cport);
+            out.assert_redirected(
+                Counter::TranslatedOut,
+                &frame(
+                    ROUTER_MAC,
+                    UPLINK_MAC,
+                    UPLINK_IP,
+                    CLIENT_IP,
+                    63,
+                    &[],
+                    &outside,
+                ),
+            );
+            verify_ipv4_checksums(&out.packet).unwrap();
+            let e = entry(&fx, &to.reversed());
+            assert_eq!((e.packets, e.tcp_flags), (1, tcp_flags_of(&reply)));
+        }
+        assert_eq!(fx.ct_entries().len(), 4);
+        assert_eq!(fx.ct_inserted(), 4);
+        // Not published: ICMP, another port, another address of the host (none is published).
+        for l4 in [
+            L4::Tcp {
+                sport: 5555,
+                dport: PUBLISHED_PORT + 1,
+                flags: SYN,
+                payload: b"",
+            },
+            L4::EchoRequest {
+                id: PUBLISHED_PORT,
+                seq: 1,
+                payload: b"",
+            },
+        ] {
+            fx.run_from_uplink(uplink.ifindex, &from_outside(CLIENT_IP, UPLINK_IP, &l4))
+                .assert_passed(Counter::UplinkToHost);
+        }
+        let l4 = L4::Tcp {
+            sport: 5556,
+            dport: PUBLISHED_PORT,
             flags: SYN,
             payload: b"",
-        },
-        L4::EchoRequest {
-            id: PUBLISHED_PORT,
-            seq: 1,
-            payload: b"",
-        },
-    ] {
-        fx.run_from_uplink(uplink.ifindex, &from_outside(CLIENT_IP, UPLINK_IP, &l4))
-            .assert_passed(Counter::UplinkToHost);
+        };
+        fx.run_from_uplink(
+            uplink.ifindex,
+            &from_outside(CLIENT_IP, Ipv4Addr::new(203, 0, 113, 3), &l4),
+        )
+        .assert_passed(Counter::UplinkToHost);
+        assert_eq!(fx.ct_entries().len(), 4);
     }
-    let l4 = L4::Tcp {
-        sport: 5556,
-        dport: PUBLISHED_PORT,
-        flags: SYN,
-        payload: b"",
-    };
-    fx.run_from_uplink(
-        uplink.ifindex,
-        &from_outside(CLIENT_IP, Ipv4Addr::new(203, 0, 113, 3), &l4),
-    )
-    .assert_passed(Counter::UplinkToHost);
-    assert_eq!(fx.ct_entries().len(), 4);
 }
 
 #[test]
@@ -1116,7 +1122,7 @@ fn hairpin_from_a_container_to_a_published_port() {
         0,
     );
     let inside = l4.with_key_ports(port, B_PORT);
-    super::assert_bytes(
+    crate::datapath_tests::assert_bytes(
         &out.packet,
         &frame(t.b.mac, t.b.gateway_mac, UPLINK_IP, B_IP, 63, &[], &inside),
         "hairpinned packet",
@@ -1147,169 +1153,171 @@ fn hairpin_from_a_container_to_a_published_port() {
     assert_eq!(fx.ct_entries().len(), 2);
 }
 
-#[test]
-fn tcp_flags_accumulate_per_direction() {
-    if !is_root() {
-        return;
-    }
-    let (fx, t, uplink) = Fixture::with_uplink();
-    let l4 = L4::Tcp {
-        sport: 40001,
-        dport: 443,
-        flags: SYN,
-        payload: b"",
-    };
-    let port = snat_new_flow(
-        &fx,
-        &t,
-        SERVER_IP,
-        &l4,
-        &from_container(&t.a, SERVER_IP, &l4),
-        snat_expected(SERVER_IP, l4, ROUTER_MAC, UPLINK_MAC),
-    );
-    let original = key(A_IP, SERVER_IP, l4.key_ports(), IPPROTO_TCP);
-    let reply_key = key(
-        SERVER_IP,
-        UPLINK_IP,
-        (443u16.to_be(), port.to_be()),
-        IPPROTO_TCP,
-    );
-    let flags = |k: &CtKey| entry(&fx, k).tcp_flags;
-    assert_eq!(
-        (flags(&original), flags(&reply_key)),
-        (ct_tcp_flags::SYN, 0)
-    );
-    let reply = L4::Tcp {
-        sport: 443,
-        dport: port,
-        flags: SYN | ACK,
-        payload: b"",
-    };
-    let out = fx.run_from_uplink(uplink.ifindex, &from_outside(SERVER_IP, UPLINK_IP, &reply));
-    assert_eq!(out.retval, TC_ACT_REDIRECT);
-    assert_eq!(flags(&reply_key), ct_tcp_flags::SYN | ct_tcp_flags::ACK);
-    let mut want = ct_tcp_flags::SYN;
-    for (raw, flag) in [
-        (ACK, ct_tcp_flags::ACK),
-        (ACK | FIN, ct_tcp_flags::FIN),
-        (RST, ct_tcp_flags::RST),
-    ] {
-        let out = fx.run_from_endpoint(
-            t.a.host_ifindex,
-            &from_container(&t.a, SERVER_IP, &l4.with_flags(raw)),
-        );
-        out.assert_moved(TC_ACT_REDIRECT, &[], &[Counter::TranslatedOut]);
-        verify_ipv4_checksums(&out.packet).unwrap();
-        want |= flag;
-        assert_eq!(flags(&original), want, "after flags {raw:#04x}");
-        assert_eq!(
-            flags(&reply_key),
-            ct_tcp_flags::SYN | ct_tcp_flags::ACK,
-            "the other direction keeps its own"
-        );
-    }
-    let reply_fin = reply.with_flags(FIN | ACK);
-    fx.run_from_uplink(
-        uplink.ifindex,
-        &from_outside(SERVER_IP, UPLINK_IP, &reply_fin),
-    );
-    assert_eq!(
-        flags(&reply_key),
-        ct_tcp_flags::SYN | ct_tcp_flags::ACK | ct_tcp_flags::FIN
-    );
-    assert_eq!(entry(&fx, &original).packets, 4);
-}
-
-#[test]
-fn a_full_conntrack_table_refuses_new_flows_only() {
-    if !is_root() {
-        return;
-    }
-    let (mut fx, t, uplink) = Fixture::with_uplink();
-    let established = L4::Udp {
-        sport: 40000,
-        dport: 53,
-        payload: b"q",
-    };
-    let sent = from_container(&t.a, SERVER_IP, &established);
-    let port = snat_new_flow(
-        &fx,
-        &t,
-        SERVER_IP,
-        &established,
-        &sent,
-        snat_expected(SERVER_IP, established, ROUTER_MAC, UPLINK_MAC),
-    );
-    // One flow (two entries) below the limit: accepted.
-    fx.ct_fill
-        .set(ct_fill::INSERTED, u64::from(super::CT_LIMIT) - 2, 0)
-        .unwrap();
-    fx.ct_fill.set(ct_fill::REMOVED, 0, 0).unwrap();
-    let l4 = L4::Udp {
-        sport: 40001,
-        dport: 53,
-        payload: b"q",
-    };
-    let out = fx.run_from_endpoint(t.a.host_ifindex, &from_container(&t.a, SERVER_IP, &l4));
-    out.assert_moved(
-        TC_ACT_REDIRECT,
-        &[],
-        &[Counter::SnatNewFlow, Counter::TranslatedOut],
-    );
-    assert_eq!(fx.ct_inserted(), u64::from(super::CT_LIMIT));
-    // Full: a new flow is refused, nothing is created, established flows go on.
-    let entries = fx.ct_entries();
-    for l4 in [
-        L4::Tcp {
-            sport: 41001,
+uplink_test! {
+    fn tcp_flags_accumulate_per_direction(program) {
+        if !is_root() {
+            return;
+        }
+        let (fx, t, uplink) = Fixture::with_uplink_program(program);
+        let l4 = L4::Tcp {
+            sport: 40001,
             dport: 443,
             flags: SYN,
             payload: b"",
-        },
-        L4::Udp {
-            sport: 41000,
-            dport: 53,
-            payload: b"new",
-        },
-        L4::EchoRequest {
-            id: 0x4343,
-            seq: 1,
-            payload: b"new",
-        },
-    ] {
-        fx.run_from_endpoint(t.a.host_ifindex, &from_container(&t.a, SERVER_IP, &l4))
-            .assert_dropped(DropReason::ConntrackFull);
+        };
+        let port = snat_new_flow(
+            &fx,
+            &t,
+            SERVER_IP,
+            &l4,
+            &from_container(&t.a, SERVER_IP, &l4),
+            snat_expected(SERVER_IP, l4, ROUTER_MAC, UPLINK_MAC),
+        );
+        let original = key(A_IP, SERVER_IP, l4.key_ports(), IPPROTO_TCP);
+        let reply_key = key(
+            SERVER_IP,
+            UPLINK_IP,
+            (443u16.to_be(), port.to_be()),
+            IPPROTO_TCP,
+        );
+        let flags = |k: &CtKey| entry(&fx, k).tcp_flags;
+        assert_eq!(
+            (flags(&original), flags(&reply_key)),
+            (ct_tcp_flags::SYN, 0)
+        );
+        let reply = L4::Tcp {
+            sport: 443,
+            dport: port,
+            flags: SYN | ACK,
+            payload: b"",
+        };
+        let out = fx.run_from_uplink(uplink.ifindex, &from_outside(SERVER_IP, UPLINK_IP, &reply));
+        assert_eq!(out.retval, TC_ACT_REDIRECT);
+        assert_eq!(flags(&reply_key), ct_tcp_flags::SYN | ct_tcp_flags::ACK);
+        let mut want = ct_tcp_flags::SYN;
+        for (raw, flag) in [
+            (ACK, ct_tcp_flags::ACK),
+            (ACK | FIN, ct_tcp_flags::FIN),
+            (RST, ct_tcp_flags::RST),
+        ] {
+            let out = fx.run_from_endpoint(
+                t.a.host_ifindex,
+                &from_container(&t.a, SERVER_IP, &l4.with_flags(raw)),
+            );
+            out.assert_moved(TC_ACT_REDIRECT, &[], &[Counter::TranslatedOut]);
+            verify_ipv4_checksums(&out.packet).unwrap();
+            want |= flag;
+            assert_eq!(flags(&original), want, "after flags {raw:#04x}");
+            assert_eq!(
+                flags(&reply_key),
+                ct_tcp_flags::SYN | ct_tcp_flags::ACK,
+                "the other direction keeps its own"
+            );
+        }
+        let reply_fin = reply.with_flags(FIN | ACK);
+        fx.run_from_uplink(
+            uplink.ifindex,
+            &from_outside(SERVER_IP, UPLINK_IP, &reply_fin),
+        );
+        assert_eq!(
+            flags(&reply_key),
+            ct_tcp_flags::SYN | ct_tcp_flags::ACK | ct_tcp_flags::FIN
+        );
+        assert_eq!(entry(&fx, &original).packets, 4);
     }
-    let reply = L4::Udp {
-        sport: 53,
-        dport: port,
-        payload: b"a",
-    };
-    fx.run_from_uplink(uplink.ifindex, &from_outside(SERVER_IP, UPLINK_IP, &reply))
-        .assert_moved(TC_ACT_REDIRECT, &[], &[Counter::TranslatedIn]);
-    fx.run_from_endpoint(t.a.host_ifindex, &sent).assert_moved(
-        TC_ACT_REDIRECT,
-        &[],
-        &[Counter::TranslatedOut],
-    );
-    assert_eq!(
-        fx.ct_entries().keys().collect::<Vec<_>>(),
-        entries.keys().collect::<Vec<_>>()
-    );
-    assert_eq!(fx.ct_inserted(), u64::from(super::CT_LIMIT));
-    // The agent's garbage collection frees room (REMOVED): accepted again.
-    fx.ct_fill.set(ct_fill::REMOVED, 2, 0).unwrap();
-    let l4 = L4::Udp {
-        sport: 40002,
-        dport: 53,
-        payload: b"q",
-    };
-    fx.run_from_endpoint(t.a.host_ifindex, &from_container(&t.a, SERVER_IP, &l4))
-        .assert_moved(
+}
+
+uplink_test! {
+    fn a_full_conntrack_table_refuses_new_flows_only(program) {
+        if !is_root() {
+            return;
+        }
+        let (mut fx, t, uplink) = Fixture::with_uplink_program(program);
+        let established = L4::Udp {
+            sport: 40000,
+            dport: 53,
+            payload: b"q",
+        };
+        let sent = from_container(&t.a, SERVER_IP, &established);
+        let port = snat_new_flow(
+            &fx,
+            &t,
+            SERVER_IP,
+            &established,
+            &sent,
+            snat_expected(SERVER_IP, established, ROUTER_MAC, UPLINK_MAC),
+        );
+        // One flow (two entries) below the limit: accepted.
+        fx.ct_fill
+            .set(ct_fill::INSERTED, u64::from(crate::datapath_tests::CT_LIMIT) - 2, 0)
+            .unwrap();
+        fx.ct_fill.set(ct_fill::REMOVED, 0, 0).unwrap();
+        let l4 = L4::Udp {
+            sport: 40001,
+            dport: 53,
+            payload: b"q",
+        };
+        let out = fx.run_from_endpoint(t.a.host_ifindex, &from_container(&t.a, SERVER_IP, &l4));
+        out.assert_moved(
             TC_ACT_REDIRECT,
             &[],
             &[Counter::SnatNewFlow, Counter::TranslatedOut],
         );
+        assert_eq!(fx.ct_inserted(), u64::from(crate::datapath_tests::CT_LIMIT));
+        // Full: a new flow is refused, nothing is created, established flows go on.
+        let entries = fx.ct_entries();
+        for l4 in [
+            L4::Tcp {
+                sport: 41001,
+                dport: 443,
+                flags: SYN,
+                payload: b"",
+            },
+            L4::Udp {
+                sport: 41000,
+                dport: 53,
+                payload: b"new",
+            },
+            L4::EchoRequest {
+                id: 0x4343,
+                seq: 1,
+                payload: b"new",
+            },
+        ] {
+            fx.run_from_endpoint(t.a.host_ifindex, &from_container(&t.a, SERVER_IP, &l4))
+                .assert_dropped(DropReason::ConntrackFull);
+        }
+        let reply = L4::Udp {
+            sport: 53,
+            dport: port,
+            payload: b"a",
+        };
+        fx.run_from_uplink(uplink.ifindex, &from_outside(SERVER_IP, UPLINK_IP, &reply))
+            .assert_moved(TC_ACT_REDIRECT, &[], &[Counter::TranslatedIn]);
+        fx.run_from_endpoint(t.a.host_ifindex, &sent).assert_moved(
+            TC_ACT_REDIRECT,
+            &[],
+            &[Counter::TranslatedOut],
+        );
+        assert_eq!(
+            fx.ct_entries().keys().collect::<Vec<_>>(),
+            entries.keys().collect::<Vec<_>>()
+        );
+        assert_eq!(fx.ct_inserted(), u64::from(crate::datapath_tests::CT_LIMIT));
+        // The agent's garbage collection frees room (REMOVED): accepted again.
+        fx.ct_fill.set(ct_fill::REMOVED, 2, 0).unwrap();
+        let l4 = L4::Udp {
+            sport: 40002,
+            dport: 53,
+            payload: b"q",
+        };
+        fx.run_from_endpoint(t.a.host_ifindex, &from_container(&t.a, SERVER_IP, &l4))
+            .assert_moved(
+                TC_ACT_REDIRECT,
+                &[],
+                &[Counter::SnatNewFlow, Counter::TranslatedOut],
+            );
+    }
 }
 
 #[test]
