@@ -155,6 +155,16 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Stops the running agent (SIGTERM: the datapath keeps running) and starts it again with
+    /// `extra` flags, e.g. another `--uplink-mode`.
+    pub fn restart_agent(&self, extra: &[&str]) -> Result<()> {
+        if let Some(mut agent) = self.agent.borrow_mut().take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), Signal::SIGTERM);
+            command::wait_bounded(&mut agent, CLEANUP_LIMIT).context("stopping bpfnet agent for a restart")?;
+        }
+        self.start_agent(extra)
+    }
+
     /// The bpfnet CLI aimed at this sandbox's agent.
     pub fn bpfnet(&self) -> Command {
         let mut cmd = Command::new(&self.bpfnet_bin);

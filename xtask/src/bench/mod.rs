@@ -159,7 +159,7 @@ fn measure(
     pinning: Pinning,
     loadgen: &Path,
 ) -> Result<Collected> {
-    section("topologies: floor, bridge+iptables (Docker's rules), bpfnet");
+    section("topologies: floor, bridge+iptables (Docker's rules), bpfnet (tc and XDP uplink)");
     topologies.create(sandbox)?;
     let runner = Runner {
         loadgen,
@@ -260,7 +260,7 @@ fn measure(
     Ok(collected)
 }
 
-/// A → B → C in even repetitions, C → B → A in odd ones.
+/// A → B → C → D in even repetitions, D → C → B → A in odd ones.
 fn datapath_order(rep: u32) -> Vec<Datapath> {
     let mut order = Datapath::ALL.to_vec();
     if rep % 2 == 1 {
@@ -423,14 +423,9 @@ mod tests {
 
     #[test]
     fn repetitions_alternate_the_order() {
-        assert_eq!(
-            datapath_order(0),
-            [Datapath::Floor, Datapath::Bridge, Datapath::Bpfnet]
-        );
-        assert_eq!(
-            datapath_order(1),
-            [Datapath::Bpfnet, Datapath::Bridge, Datapath::Floor]
-        );
+        use Datapath::*;
+        assert_eq!(datapath_order(0), [Floor, Bridge, Bpfnet, BpfnetXdp]);
+        assert_eq!(datapath_order(1), [BpfnetXdp, Bpfnet, Bridge, Floor]);
     }
 
     #[test]

@@ -26,7 +26,7 @@
 //!             | "map_update_us",   // bpfnet only: its SERVICES map update alone
 //!     "unit": "Gbit/s" | "Mpps" | "us" | "1/s" | "ms",
 //!     "higher_is_better": true,
-//!     "datapath": "floor" | "bridge" | "bpfnet",
+//!     "datapath": "floor" | "bridge" | "bpfnet" | "bpfnet-xdp",
 //!     "status": "measured" | "failed",
 //!     "note": null | "the errors of failed repetitions",
 //!     "samples": [1.0, ...],               // one per successful repetition, in run order
@@ -205,7 +205,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:>6}  {:<19} {:<8} {:>10}  {:>21} {:>7} {:>8} {:>8}",
+        "{:<14} {:>6}  {:<19} {:<10} {:>10}  {:>21} {:>7} {:>8} {:>8}",
         "scenario",
         "N",
         "metric",
@@ -224,7 +224,7 @@ pub fn table(rows: &[Row]) -> String {
         }
         last_group = Some(group);
         let lead = format!(
-            "{:<14} {:>6}  {:<19} {:<8}",
+            "{:<14} {:>6}  {:<19} {:<10}",
             row.scenario,
             row.other_published_ports,
             row.metric.label(),
@@ -282,10 +282,11 @@ fn escape(text: &str) -> String {
 /// A grouped bar chart: per (scenario, N, metric), one bar per datapath, the height its
 /// performance relative to the floor (1.0 = the floor; higher is better).
 pub fn chart_svg(rows: &[Row], title: &str) -> String {
-    const COLORS: [(Datapath, &str); 3] = [
+    const COLORS: [(Datapath, &str); 4] = [
         (Datapath::Floor, "#9e9e9e"),
         (Datapath::Bridge, "#e07b39"),
         (Datapath::Bpfnet, "#2f6db5"),
+        (Datapath::BpfnetXdp, "#5aa469"),
     ];
     let mut groups: BTreeMap<(&str, u32, Metric), Vec<&Row>> = BTreeMap::new();
     for row in rows

@@ -12,7 +12,13 @@
 //! - bridge: Docker's path: a bridge `docker0` holding the gateway address, a veth per container
 //!   enslaved to it, `ip_forward`, and Docker's iptables rules ([`super::docker_rules`]);
 //! - bpfnet: the real binary; its agent runs with `--host-netns` the sandbox's host namespace, `--uplink up0`
-//!   (masquerade to 10.203.0.1, ports published on it).
+//!   (masquerade to 10.203.0.1, ports published on it);
+//! - bpfnet-xdp: the same topology with the agent restarted with `--uplink-mode xdp`: the
+//!   uplink's program at XDP instead of tcx (SNAT and DNAT only: nothing else differs).
+//!
+//! The outside's end of every uplink plays the wire, so it sends complete checksums (tx
+//! checksum offload off), as frames a NIC receives always have: XDP cannot handle the partial
+//! checksums of a local veth sender (README, "XDP uplink"), and all datapaths get the same.
 //!
 //! The outside namespace has no route to the container subnet: container -> outside works
 //! only through SNAT. Published ports use the same port on the host as in the container.
@@ -55,16 +61,27 @@ pub enum Datapath {
     Floor,
     Bridge,
     Bpfnet,
+    BpfnetXdp,
 }
 
 impl Datapath {
-    pub const ALL: [Datapath; 3] = [Datapath::Floor, Datapath::Bridge, Datapath::Bpfnet];
+    pub const ALL: [Datapath; 4] = [Datapath::Floor, Datapath::Bridge, Datapath::Bpfnet, Datapath::BpfnetXdp];
 
     pub fn name(self) -> &'static str {
         match self {
             Datapath::Floor => "floor",
             Datapath::Bridge => "bridge",
             Datapath::Bpfnet => "bpfnet",
+            Datapath::BpfnetXdp => "bpfnet-xdp",
+        }
+    }
+
+    /// The agent's `--uplink-mode` for a bpfnet datapath.
+    fn uplink_mode(self) -> Option<&'static str> {
+        match self {
+            Datapath::Bpfnet => Some("tc"),
+            Datapath::BpfnetXdp => Some("xdp"),
+            Datapath::Floor | Datapath::Bridge => None,
         }
     }
 }
@@ -125,6 +142,8 @@ pub struct Topologies {
     bpfnet: BpfnetNames,
     /// The `--publish` spec of the other ports bpfnet has now (unpublished when N changes).
     bpfnet_other_ports: Option<String>,
+    /// The `--uplink-mode` the agent runs with now.
+    uplink_mode: std::cell::Cell<&'static str>,
 }
 
 struct BridgeNames {
@@ -158,6 +177,7 @@ impl Topologies {
                 outside: sandbox.name("bn-out"),
             },
             bpfnet_other_ports: None,
+            uplink_mode: std::cell::Cell::new("tc"),
         }
     }
 
@@ -236,7 +256,7 @@ impl Topologies {
         // The uplink first: `--uplink` makes the agent read its address (to masquerade to).
         add_netns(sandbox, &n.outside)?;
         add_uplink(&sandbox.host_netns(), &n.outside)?;
-        sandbox.start_agent(&["--uplink", UPLINK])?;
+        sandbox.start_agent(&["--uplink", UPLINK, "--uplink-mode", self.uplink_mode.get()])?;
         bpfnet(
             sandbox,
             &[
@@ -357,14 +377,19 @@ impl Topologies {
         Ok(())
     }
 
-    /// Before each bpfnet workload: expire the flows of the runs before (bpfnet's conntrack
-    /// is collected by the agent, not by the kernel; without this, connection-rate runs
-    /// would use up the masquerade ports). Not timed.
+    /// Before each bpfnet workload: the agent in the datapath's uplink mode (restarted when
+    /// it changes; the datapath and its flows stay), and the flows of the runs before expired
+    /// (bpfnet's conntrack is collected by the agent, not by the kernel; without this,
+    /// connection-rate runs would use up the masquerade ports). Not timed.
     pub fn prepare(&self, sandbox: &Sandbox, datapath: Datapath) -> Result<()> {
-        match datapath {
-            Datapath::Bpfnet => bpfnet(sandbox, &["conntrack", "gc"]),
-            Datapath::Floor | Datapath::Bridge => Ok(()),
+        let Some(mode) = datapath.uplink_mode() else {
+            return Ok(());
+        };
+        if self.uplink_mode.get() != mode {
+            sandbox.restart_agent(&["--uplink", UPLINK, "--uplink-mode", mode])?;
+            self.uplink_mode.set(mode);
         }
+        bpfnet(sandbox, &["conntrack", "gc"])
     }
 
     /// Where a workload of `scenario` runs on `datapath` with N other ports published.
@@ -391,9 +416,11 @@ impl Topologies {
                 // its figures are the reference of every row.
                 _ => Support::NotApplicable,
             },
-            Datapath::Bridge | Datapath::Bpfnet => {
+            // The uplink's program does not see container-to-container traffic.
+            Datapath::BpfnetXdp if scenario == ContainerToContainer => Support::NotApplicable,
+            Datapath::Bridge | Datapath::Bpfnet | Datapath::BpfnetXdp => {
                 let (client, server, outside) = match datapath {
-                    Datapath::Bpfnet => {
+                    Datapath::Bpfnet | Datapath::BpfnetXdp => {
                         let n = &self.bpfnet;
                         (&n.client, &n.server, &n.outside)
                     }
@@ -421,7 +448,8 @@ impl Topologies {
     ) -> Result<Support<Vec<(Metric, f64)>>> {
         let port = OTHER_PORTS_BASE - 1;
         match datapath {
-            Datapath::Floor => Ok(Support::NotApplicable),
+            // One control plane for both bpfnet modes.
+            Datapath::Floor | Datapath::BpfnetXdp => Ok(Support::NotApplicable),
             Datapath::Bpfnet => {
                 let client = &self.bpfnet.client;
                 let spec = publish_spec(Proto::Tcp, port, 1).expect("one port");
@@ -516,7 +544,8 @@ fn add_netns(sandbox: &Sandbox, netns: &str) -> Result<()> {
     sysctl(sandbox, netns, "net.ipv6.conf.default.disable_ipv6=1")
 }
 
-/// The uplink veth: `up0` in the host namespace, `eth0` in the outside one.
+/// The uplink veth: `up0` in the host namespace, `eth0` in the outside one, which sends
+/// complete checksums (see the module documentation).
 fn add_uplink(host: &str, outside: &str) -> Result<()> {
     ip(
         host,
@@ -525,7 +554,11 @@ fn add_uplink(host: &str, outside: &str) -> Result<()> {
         ],
     )?;
     address_up(host, UPLINK, UPLINK_HOST_IP)?;
-    address_up(outside, "eth0", OUTSIDE_IP)
+    address_up(outside, "eth0", OUTSIDE_IP)?;
+    command::run_bounded(
+        Command::new("ip").args(["netns", "exec", outside, "ethtool", "-K", "eth0", "tx", "off"]),
+        STEP_LIMIT,
+    )
 }
 
 /// bpfnet aimed at the sandbox's agent.
