@@ -1,16 +1,16 @@
 //! ICMP errors (destination unreachable, including fragmentation needed, and time exceeded)
-//! about a translated flow: they quote the packet as it left, with the uplink's address and
-//! port, so both the outer destination and the quoted source are translated back, with every
-//! checksum (outer IP, ICMP, quoted IP, quoted L4) kept right, as iptables' RELATED does.
+//! about a translated flow, in either direction: they quote the packet as their sender got it,
+//! translated, so the quote and the outer header are translated back (see [`translate`]).
 use datapath_common::{Counter, CtKey, DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     conntrack::{self, ICMP_ECHO_REQUEST},
     counters::count,
     csum::{self, L4Csum},
+    fib,
     forward::deliver_to_ifindex,
     nat::to_host,
-    packet::{ptr_at, Ipv4, Packet, IP_DADDR_OFF},
+    packet::{ptr_at, Ipv4, Packet, IP_DADDR_OFF, IP_SADDR_OFF},
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -79,53 +79,96 @@ fn quoted<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<Quoted, DropReason> {
     })
 }
 
-/// Translates an ICMP error that arrived on the uplink about a flow a container started, and
-/// delivers it to that container; errors about no known flow are the host's.
+/// Where an error came from, which decides what it may be about.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The outside world, through the uplink: from the quoted packet's destination or from a
+    /// router on its way; about a flow into a container.
+    Uplink,
+    /// A container: only about a packet it received itself (containers route nothing).
+    Container,
+}
+
+/// Translates an ICMP error that arrived on the uplink about a tracked flow, and delivers it
+/// into the container it is for; errors about no known flow are the host's.
 #[inline(always)]
 pub fn error_to_container<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<i32, DropReason> {
+    Ok(match translate(ctx, ip, Origin::Uplink)? {
+        Some(action) => action,
+        None => to_host::<P>(),
+    })
+}
+
+/// Translates an ICMP error about a tracked flow, whichever side sent it (the outside world
+/// about a container's flow, or a container about a flow to its published port), and sends
+/// it on as the flow's packets go. `None`: not about a flow bpfnet tracks.
+///
+/// The error quotes the packet as its sender received it, i.e. translated; its reversal is the
+/// key of the flow's direction the error travels in, whose entry says what that direction's
+/// packets become (`to`). So the quote becomes `to` reversed (the packet as the error's
+/// receiver sent it), the outer destination `to`'s destination, and the outer source, when
+/// the error comes from the quoted destination itself (not from a router on the way), `to`'s
+/// source: every checksum (outer IP, ICMP, quoted IP, quoted L4) is kept right, as iptables'
+/// RELATED does.
+#[inline(always)]
+pub fn translate<P: Packet>(ctx: &P, ip: &Ipv4, origin: Origin) -> Result<Option<i32>, DropReason> {
     let Ok(q) = quoted(ctx, ip) else {
-        return Ok(to_host::<P>());
+        return Ok(None);
     };
-    // The quoted packet went out as translated; its reversal is the key of the flow's other
-    // direction.
     let key = CtKey { saddr: q.saddr, daddr: q.daddr, sport: q.sport, dport: q.dport, proto: q.proto, _pad: [0; 3] }.reversed();
+    // The error goes back to whoever sent the quoted packet.
+    if ip.daddr != q.saddr || (origin == Origin::Container && ip.saddr != q.daddr) {
+        return Ok(None);
+    }
     let Some(entry) = conntrack::lookup(&key) else {
-        return Ok(to_host::<P>());
+        return Ok(None);
     };
     // SAFETY: a live map value, copied out.
-    let back = unsafe { *entry };
-    // The quoted packet becomes the one the container sent: `back.to` reversed. Handled when
-    // only its source changes (the flows containers start); the error goes to the container.
-    let quoted_destination_kept = back.to.saddr == q.daddr && back.to.sport == q.dport;
-    if back.ifindex == 0 || !quoted_destination_kept || ip.daddr != q.saddr {
-        return Ok(to_host::<P>());
+    let entry = unsafe { *entry };
+    // What comes in on the uplink is only ever for a container.
+    if origin == Origin::Uplink && entry.ifindex == 0 {
+        return Ok(None);
     }
-    let (container_addr, container_port) = (back.to.daddr, back.to.dport);
+    let quote = entry.to.reversed();
+    let outer_saddr = if ip.saddr == q.daddr { entry.to.saddr } else { ip.saddr };
     let icmp = L4Csum::of(IPPROTO_ICMP, ip.l4_off)?;
 
-    // Outer destination: only the IP checksum covers it (ICMP has no pseudo-header).
-    csum::set_addr(ctx, IP_DADDR_OFF, ip.daddr, container_addr, &icmp)?;
-    // Quoted source address, and the quoted IP checksum that covers it.
-    csum::set_l4_u32(ctx, q.ip_off + 12, q.saddr, container_addr, &icmp)?;
-    let quoted_ip_csum = csum::update32(q.ip_csum, q.saddr, container_addr);
+    // Outer addresses: only the IP checksum covers them (ICMP has no pseudo-header).
+    csum::set_addr(ctx, IP_SADDR_OFF, ip.saddr, outer_saddr, &icmp)?;
+    csum::set_addr(ctx, IP_DADDR_OFF, ip.daddr, entry.to.daddr, &icmp)?;
+    // Quoted addresses, and the quoted IP checksum that covers them.
+    csum::set_l4_u32(ctx, q.ip_off + 12, q.saddr, quote.saddr, &icmp)?;
+    csum::set_l4_u32(ctx, q.ip_off + 16, q.daddr, quote.daddr, &icmp)?;
+    let quoted_ip_csum = csum::update32(csum::update32(q.ip_csum, q.saddr, quote.saddr), q.daddr, quote.daddr);
     csum::set_l4_u16(ctx, q.ip_off + 10, q.ip_csum, quoted_ip_csum, &icmp)?;
-    // Quoted source port (or echo identifier), and the quoted L4 checksum when it was quoted.
-    let port_off = if q.proto == IPPROTO_ICMP { q.l4_off + 4 } else { q.l4_off };
-    csum::set_l4_u16(ctx, port_off, q.sport, container_port, &icmp)?;
-    fix_quoted_l4_csum(ctx, &q, container_addr, container_port, &icmp)?;
+    // Quoted ports (an echo's identifier is its source port; its destination slot stays 0),
+    // and the quoted L4 checksum when it was quoted.
+    let (sport_off, dport_off) = if q.proto == IPPROTO_ICMP { (q.l4_off + 4, q.l4_off + 4) } else { (q.l4_off, q.l4_off + 2) };
+    csum::set_l4_u16(ctx, sport_off, q.sport, quote.sport, &icmp)?;
+    if q.proto != IPPROTO_ICMP {
+        csum::set_l4_u16(ctx, dport_off, q.dport, quote.dport, &icmp)?;
+    }
+    fix_quoted_l4_csum(ctx, &q, &quote, &icmp)?;
 
     if ip.ttl > 1 {
         csum::decrement_ttl(ctx, ip)?;
     }
     count(Counter::IcmpErrorTranslated);
-    deliver_to_ifindex(ctx, back.ifindex)
+    if entry.ifindex != 0 {
+        return deliver_to_ifindex(ctx, entry.ifindex).map(Some);
+    }
+    let outer = CtKey { saddr: outer_saddr, daddr: entry.to.daddr, proto: IPPROTO_ICMP, ..Default::default() };
+    Ok(Some(match fib::lookup(ctx, &outer) {
+        Some(hop) => fib::send(ctx, &hop)?,
+        None => P::PASS,
+    }))
 }
 
-/// The quoted TCP/UDP checksum covers the pseudo-header (the address) and the port; the quoted
-/// ICMP echo checksum covers the identifier. Fixed when present in the quote (UDP's and
+/// The quoted TCP/UDP checksum covers the pseudo-header (the addresses) and the ports; the
+/// quoted ICMP echo checksum covers the identifier. Fixed when present in the quote (UDP's and
 /// ICMP's are in the 8 bytes every error carries; TCP's only when more was quoted).
 #[inline(always)]
-fn fix_quoted_l4_csum<P: Packet>(ctx: &P, q: &Quoted, addr: u32, port: u16, icmp: &L4Csum) -> Result<(), DropReason> {
+fn fix_quoted_l4_csum<P: Packet>(ctx: &P, q: &Quoted, quote: &CtKey, icmp: &L4Csum) -> Result<(), DropReason> {
     let csum_off = match q.proto {
         IPPROTO_TCP => q.l4_off + 16,
         IPPROTO_UDP => q.l4_off + 6,
@@ -139,9 +182,11 @@ fn fix_quoted_l4_csum<P: Packet>(ctx: &P, q: &Quoted, addr: u32, port: u16, icmp
     if q.proto == IPPROTO_UDP && old == 0 {
         return Ok(()); // UDP sent without a checksum
     }
-    let mut new = csum::update16(old, q.sport, port);
+    let mut new = csum::update16(old, q.sport, quote.sport);
     if q.proto != IPPROTO_ICMP {
-        new = csum::update32(new, q.saddr, addr);
+        new = csum::update16(new, q.dport, quote.dport);
+        new = csum::update32(new, q.saddr, quote.saddr);
+        new = csum::update32(new, q.daddr, quote.daddr);
     }
     // A UDP checksum that computes to 0 is sent as 0xffff: 0 means "no checksum".
     if q.proto == IPPROTO_UDP && new == 0 {

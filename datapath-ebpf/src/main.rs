@@ -60,6 +60,12 @@ fn try_from_endpoint(ctx: &TcContext) -> Result<i32, DropReason> {
             counters::count(Counter::Forwarded);
             Ok(action)
         }
+        // An error about a flow to a published port (or a reply to the container's own flow)
+        // goes back the way the flow came.
+        Route::Outside if icmp::is_error(ctx, &ip) => match icmp::translate(ctx, &ip, icmp::Origin::Container)? {
+            Some(action) => Ok(action),
+            None => nat::from_container(ctx, &ip, &source),
+        },
         Route::Outside => nat::from_container(ctx, &ip, &source),
     }
 }

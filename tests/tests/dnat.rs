@@ -48,6 +48,27 @@ fn outside_clients_reach_the_right_container_with_their_own_address() {
     assert!(sb.counter("counters", "dnat_new_flow") >= 4);
 }
 
+/// The container's port unreachable, translated on its way out, refuses the client's
+/// connected UDP socket, as it would on Docker's path (iptables' RELATED).
+#[test]
+fn udp_to_a_published_port_nobody_listens_on_is_refused() {
+    let (sb, net) = sandbox();
+    let c = sb.name("silent");
+    sb.ok(&["container", "create", &c, "--network", &net, "--publish", "5354:53/udp"]);
+    let refused = in_netns(&sb.outside_netns, || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(IO_TIMEOUT))?;
+        socket.connect(published(5354))?;
+        socket.send(b"anyone?")?;
+        let mut buf = [0u8; 64];
+        Ok(socket.recv(&mut buf).map_err(|e| e.kind()))
+    })
+    .unwrap();
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
+    assert_eq!(sb.counter("counters", "icmp_error_translated"), 1);
+    assert_eq!(sb.counter("drops", "unsupported_l4"), 0);
+}
+
 #[test]
 fn a_published_range_reaches_every_port() {
     let (mut sb, net) = sandbox();

@@ -1,8 +1,9 @@
-//! ICMP errors on the uplink about a container's translated flow: destination unreachable
-//! (port unreachable, fragmentation needed) and time exceeded, quoting the packet as it left
-//! (the uplink's address and NAT port). Translated back, the error must read exactly as if it
-//! quoted what the container sent: outer destination, quoted source address and port (or echo
-//! identifier), and all four checksums (outer IP, ICMP, quoted IP, quoted L4) recomputed.
+//! ICMP errors about translated flows: on the uplink, about a container's flow: destination
+//! unreachable (port unreachable, fragmentation needed) and time exceeded, quoting the packet
+//! as it left (the uplink's address and NAT port). Translated back, the error must read exactly
+//! as if it quoted what the container sent: outer destination, quoted source address and port
+//! (or echo identifier), and all four checksums (outer IP, ICMP, quoted IP, quoted L4)
+//! recomputed. And the other way: a container's error about a flow to its published port.
 use std::net::Ipv4Addr;
 
 use datapath_common::Counter;
@@ -292,4 +293,40 @@ uplink_test! {
         );
         out.assert_redirected(Counter::IcmpErrorTranslated, &expected);
     }
+}
+
+/// A container's own error about a flow that came in through a published port (port
+/// unreachable for a UDP datagram nobody listens for): it quotes the datagram as the container
+/// got it (to its own address and port), so it leaves from the published address, quoting the
+/// published port, every checksum right; routed out of the uplink like the flow's replies.
+/// A container quoting a packet that another container got is not translated (and dropped, as
+/// any ICMP message a container sends out that is not about its own flow).
+#[test]
+fn a_containers_error_about_a_published_port_flow_leaves_from_the_published_address() {
+    use super::nat::{from_outside, publish_b, CLIENT_IP, B_PORT, PUBLISHED_PORT};
+    use super::{B_IP, TC_ACT_REDIRECT};
+    if !is_root() {
+        return;
+    }
+    let (mut fx, t, uplink) = Fixture::with_uplink();
+    publish_b(&mut fx);
+    let datagram = L4::Udp { sport: 5555, dport: PUBLISHED_PORT, payload: b"anyone?" };
+    let out = fx.run_from_uplink(uplink.ifindex, &from_outside(CLIENT_IP, UPLINK_IP, &datagram));
+    assert_eq!(out.retval, TC_ACT_REDIRECT);
+    // What B got (TTL 63 after the host), quoted whole, as Linux quotes a short datagram.
+    let got = ipv4_with(CLIENT_IP, B_IP, 17, &[], &udp(CLIENT_IP, B_IP, 5555, B_PORT, b"anyone?"), 63, 0x4000);
+    let message = icmp_error(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4], &got);
+    let sent = eth(t.b.gateway_mac, t.b.mac, ETHERTYPE_IPV4, &ipv4_with(B_IP, CLIENT_IP, IPPROTO_ICMP, &[], &message, 64, 0));
+    let out = fx.run_from_endpoint(t.b.host_ifindex, &sent);
+    // As the client sent it: to the published address and port.
+    let as_sent = ipv4_with(CLIENT_IP, UPLINK_IP, 17, &[], &udp(CLIENT_IP, UPLINK_IP, 5555, PUBLISHED_PORT, b"anyone?"), 63, 0x4000);
+    let message = icmp_error(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4], &as_sent);
+    let expected = eth(ROUTER_MAC, UPLINK_MAC, ETHERTYPE_IPV4, &ipv4_with(UPLINK_IP, CLIENT_IP, IPPROTO_ICMP, &[], &message, 63, 0));
+    out.assert_redirected(Counter::IcmpErrorTranslated, &expected);
+    verify_error_checksums(&out.packet, as_sent.len());
+
+    // A claims an error about what B got: A is not the quoted destination.
+    let message = icmp_error(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4], &got);
+    let sent = eth(t.a.gateway_mac, t.a.mac, ETHERTYPE_IPV4, &ipv4_with(A_IP, CLIENT_IP, IPPROTO_ICMP, &[], &message, 64, 0));
+    fx.run_from_endpoint(t.a.host_ifindex, &sent).assert_dropped(datapath_common::DropReason::UnsupportedL4);
 }
