@@ -522,6 +522,31 @@ pub fn full_checksums(sender_ns: &str, sender_if: &str, receiver_ns: &str, recei
     run("ip", &["netns", "exec", receiver_ns, "ethtool", "-K", receiver_if, "rx", "off"]).unwrap();
 }
 
+/// Sends `size` (iperf3's `-n`, e.g. "1G") over TCP from `client_ns` to `target`, where an
+/// iperf3 server in `server_ns` answers (directly or through a published port), then the same
+/// the other way (`-R`), each bounded in time; checks that each run completed and that the
+/// receiver got (nearly) everything.
+pub fn iperf3_each_way(sb: &mut Sandbox, server_ns: &str, client_ns: &str, target: Ipv4Addr, size: &str, min_bytes: u64) {
+    let target = target.to_string();
+    for reverse in [false, true] {
+        sb.spawn(server_ns, "iperf3", &["-s", "-1"]);
+        std::thread::sleep(Duration::from_millis(300));
+        let mut args = vec!["netns", "exec", client_ns, "timeout", "120", "iperf3", "-c", &target, "-n", size, "-J"];
+        args.extend(["--connect-timeout", "3000"]);
+        if reverse {
+            args.push("-R");
+        }
+        let report: Value = serde_json::from_str(&run("ip", &args).unwrap()).unwrap();
+        assert!(report["error"].is_null(), "iperf3: {}", report["error"]);
+        let sent = report["end"]["sum_sent"]["bytes"].as_u64().unwrap();
+        let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
+        assert!(sent >= min_bytes, "reverse={reverse}: sent {sent} bytes");
+        // TCP delivers every byte (callers check the error counters); iperf3's receiver total
+        // is sampled a little before the end.
+        assert!(received as f64 >= 0.95 * sent as f64, "reverse={reverse}: received {received} of {sent}");
+    }
+}
+
 /// Checksum and other receive errors of TCP in a namespace.
 pub fn tcp_receive_errors(netns: &str) -> u64 {
     snmp_counter(netns, "Tcp", "InCsumErrors") + snmp_counter(netns, "Tcp", "InErrs")

@@ -7,7 +7,7 @@ use std::{
 };
 
 use bpfnet_tests::{
-    full_checksums, in_netns, iptables_rules, ping, run, tcp_connect_from, tcp_exchange, tcp_receive_errors, udp_exchange,
+    full_checksums, in_netns, iperf3_each_way, iptables_rules, ping, tcp_connect_from, tcp_exchange, tcp_receive_errors, udp_exchange,
     Sandbox, IO_TIMEOUT, OUTSIDE_IP, UPLINK_HOST_IP,
 };
 
@@ -128,23 +128,7 @@ fn a_gigabyte_each_way_arrives_with_no_checksum_error() {
     full_checksums(&out, "up0o", &c[0], "eth0");
     let errors = tcp_receive_errors;
     let (out_before, c_before) = (errors(&out), errors(&c[0]));
-    for reverse in [false, true] {
-        sb.spawn(&out, "iperf3", &["-s", "-1", "-B", &OUTSIDE_IP.to_string()]);
-        std::thread::sleep(Duration::from_millis(300));
-        let mut args = vec!["-c", "10.250.0.2", "-n", "1G", "-J", "--connect-timeout", "3000"];
-        if reverse {
-            args.push("-R");
-        }
-        let mut full = vec!["netns", "exec", c[0].as_str(), "timeout", "120", "iperf3"];
-        full.extend(args);
-        let report: serde_json::Value = serde_json::from_str(&run("ip", &full).unwrap()).unwrap();
-        assert!(report["error"].is_null(), "iperf3: {}", report["error"]);
-        // TCP delivers every byte; iperf3's receiver total is sampled a little before the end.
-        let sent = report["end"]["sum_sent"]["bytes"].as_u64().unwrap();
-        let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
-        assert!(sent >= 1 << 30, "reverse={reverse}: sent {sent} bytes");
-        assert!(received as f64 >= 0.99 * sent as f64, "reverse={reverse}: received {received} of {sent}");
-    }
+    iperf3_each_way(&mut sb, &out, &c[0], OUTSIDE_IP, "1G", 1 << 30);
     assert_eq!(errors(&out), out_before, "checksum errors at the outside receiver");
     assert_eq!(errors(&c[0]), c_before, "checksum errors in the container");
     assert_eq!(sb.counter("drops", "rewrite_failed"), 0);

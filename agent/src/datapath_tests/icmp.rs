@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use datapath_common::Counter;
 
 use super::{
-    nat::{frame, from_container, snat_new_flow, ACK, L4, SYN},
+    nat::{snat_to_server, ACK, L4, SYN},
     packets::{
         checksum, eth, icmp_error, ipv4_with, udp, verify_ipv4_checksums, verify_ipv4_packet,
         ETHERTYPE_IPV4, ETH_HLEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH,
@@ -74,11 +74,7 @@ fn verify_error_checksums(frame: &[u8], quote_len: usize) {
 }
 
 uplink_test! {
-    fn errors_about_a_snat_flow_are_translated_back_with_every_checksum(program) {
-        if !is_root() {
-            return;
-        }
-        let (fx, t, uplink) = Fixture::with_uplink_program(program);
+    fn errors_about_a_snat_flow_are_translated_back_with_every_checksum(fx, t, uplink) {
         let flows = [
             L4::Udp {
                 sport: 40000,
@@ -98,19 +94,8 @@ uplink_test! {
             },
         ];
         for l4 in flows {
-            let sent = from_container(&t.a, SERVER_IP, &l4);
             let (_, d) = l4.key_ports();
-            let port = snat_new_flow(&fx, &t, SERVER_IP, &l4, &sent, |port| {
-                frame(
-                    ROUTER_MAC,
-                    UPLINK_MAC,
-                    UPLINK_IP,
-                    SERVER_IP,
-                    63,
-                    &[],
-                    &l4.with_key_ports(port, u16::from_be(d)),
-                )
-            });
+            let port = snat_to_server(&fx, &t, &l4);
             // What left (and is quoted), and what A sent (with the TTL it left with).
             let left = ipv4_with(
                 UPLINK_IP,
@@ -149,28 +134,13 @@ uplink_test! {
 }
 
 uplink_test! {
-    fn errors_about_unknown_flows_go_to_the_host_unchanged(program) {
-        if !is_root() {
-            return;
-        }
-        let (fx, t, uplink) = Fixture::with_uplink_program(program);
+    fn errors_about_unknown_flows_go_to_the_host_unchanged(fx, t, uplink) {
         let l4 = L4::Udp {
             sport: 40000,
             dport: 53,
             payload: b"q",
         };
-        let sent = from_container(&t.a, SERVER_IP, &l4);
-        let port = snat_new_flow(&fx, &t, SERVER_IP, &l4, &sent, |port| {
-            frame(
-                ROUTER_MAC,
-                UPLINK_MAC,
-                UPLINK_IP,
-                SERVER_IP,
-                63,
-                &[],
-                &l4.with_key_ports(port, 53),
-            )
-        });
+        let port = snat_to_server(&fx, &t, &l4);
         let quote = |src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16| {
             ipv4_with(
                 src,
@@ -229,11 +199,7 @@ uplink_test! {
     /// checksum"). The quote of such a datagram, translated back, must still say 0xffff: an
     /// incremental update (RFC 1624) lands on 0x0000 there, which reads as "sent without a
     /// checksum" — the quote no longer matches what the container sent.
-    fn quoted_udp_checksum_of_0xffff_is_not_turned_into_no_checksum(program) {
-        if !is_root() {
-            return;
-        }
-        let (fx, t, uplink) = Fixture::with_uplink_program(program);
+    fn quoted_udp_checksum_of_0xffff_is_not_turned_into_no_checksum(fx, t, uplink) {
         // Two payload bytes chosen so that A's datagram checksums to 0, i.e. is sent as 0xffff.
         let payload = (0..=u16::MAX)
             .map(|x| x.to_be_bytes())
@@ -244,18 +210,7 @@ uplink_test! {
             dport: 53,
             payload: &payload,
         };
-        let sent = from_container(&t.a, SERVER_IP, &l4);
-        let port = snat_new_flow(&fx, &t, SERVER_IP, &l4, &sent, |port| {
-            frame(
-                ROUTER_MAC,
-                UPLINK_MAC,
-                UPLINK_IP,
-                SERVER_IP,
-                63,
-                &[],
-                &l4.with_key_ports(port, 53),
-            )
-        });
+        let port = snat_to_server(&fx, &t, &l4);
         let left = ipv4_with(
             UPLINK_IP,
             SERVER_IP,

@@ -71,15 +71,21 @@ pub fn tc_verdict(xdp: u32) -> u32 {
 }
 
 /// Writes a test of the uplink path once and runs it against each uplink program: the body
-/// gets the program's name as `$program` (for `Fixture::with_uplink_program`).
+/// gets the fixture, topology and uplink of `Fixture::with_uplink_program` (as root only).
 macro_rules! uplink_test {
-    ($(#[$meta:meta])* fn $name:ident($program:ident) $body:block) => {
+    ($(#[$meta:meta])* fn $name:ident($fx:pat, $t:pat, $uplink:pat) $body:block) => {
         $(#[$meta])*
         mod $name {
             #[allow(unused_imports)]
             use super::*;
 
-            fn run($program: &'static str) $body
+            fn run(program: &'static str) {
+                if !crate::netns::tests::is_root() {
+                    return;
+                }
+                let ($fx, $t, $uplink) = crate::datapath_tests::Fixture::with_uplink_program(program);
+                $body
+            }
 
             #[test]
             fn tc() {

@@ -360,17 +360,25 @@ fn outbound_flows() -> [L4<'static>; 3] {
 }
 
 /// The packet a SNAT'd `l4` from A leaves as: router's MAC, uplink's address and port, TTL-1.
-fn snat_expected(
+fn snat_expected<'a>(
     dst: Ipv4Addr,
-    l4: L4<'static>,
+    l4: L4<'a>,
     eth_dst: [u8; 6],
     eth_src: [u8; 6],
-) -> impl Fn(u16) -> Vec<u8> {
+) -> impl Fn(u16) -> Vec<u8> + 'a {
     move |port| {
         let (_, d) = l4.key_ports();
         let l4 = l4.with_key_ports(port, u16::from_be(d));
         frame(eth_dst, eth_src, UPLINK_IP, dst, 63, &[], &l4)
     }
+}
+
+/// A's new flow to the server out in the world, translated and routed via the router (see
+/// `snat_new_flow`): its NAT port.
+#[track_caller]
+pub fn snat_to_server(fx: &Fixture, t: &Topology, l4: &L4) -> u16 {
+    let sent = from_container(&t.a, SERVER_IP, l4);
+    snat_new_flow(fx, t, SERVER_IP, l4, &sent, snat_expected(SERVER_IP, *l4, ROUTER_MAC, UPLINK_MAC))
 }
 
 #[test]
@@ -395,25 +403,14 @@ fn snat_new_flows_are_translated_routed_and_tracked() {
 }
 
 uplink_test! {
-    fn snat_keeps_a_udp_datagram_without_checksum_without(program) {
-        if !is_root() {
-            return;
-        }
-        let (fx, t, uplink) = Fixture::with_uplink_program(program);
+    fn snat_keeps_a_udp_datagram_without_checksum_without(fx, t, uplink) {
         let l4 = L4::UdpNoCsum {
             sport: 40000,
             dport: 53,
             payload: b"no checksum",
         };
         let sent = from_container(&t.a, SERVER_IP, &l4);
-        let port = snat_new_flow(
-            &fx,
-            &t,
-            SERVER_IP,
-            &l4,
-            &sent,
-            snat_expected(SERVER_IP, l4, ROUTER_MAC, UPLINK_MAC),
-        );
+        let port = snat_to_server(&fx, &t, &l4);
         let out = fx.run_from_endpoint(t.a.host_ifindex, &sent);
         assert_eq!(
             &out.packet[ETH_HLEN + 20 + 6..ETH_HLEN + 20 + 8],
@@ -454,11 +451,7 @@ fn snat_to_an_unresolved_neighbour_is_left_to_redirect_neigh() {
 }
 
 uplink_test! {
-    fn snat_path_respects_ip_options(program) {
-        if !is_root() {
-            return;
-        }
-        let (fx, t, _uplink) = Fixture::with_uplink_program(program);
+    fn snat_path_respects_ip_options(fx, t, _uplink) {
         // IHL 6: one word of options (router alert) before the L4 header.
         let options = [0x94, 0x04, 0x00, 0x00];
         for l4 in outbound_flows() {
@@ -525,22 +518,10 @@ uplink_test! {
 }
 
 uplink_test! {
-    fn replies_on_the_uplink_are_translated_back_into_the_container(program) {
-        if !is_root() {
-            return;
-        }
-        let (fx, t, uplink) = Fixture::with_uplink_program(program);
+    fn replies_on_the_uplink_are_translated_back_into_the_container(fx, t, uplink) {
         for l4 in outbound_flows() {
             eprintln!("case: {l4:?}");
-            let sent = from_container(&t.a, SERVER_IP, &l4);
-            let port = snat_new_flow(
-                &fx,
-                &t,
-                SERVER_IP,
-                &l4,
-                &sent,
-                snat_expected(SERVER_IP, l4, ROUTER_MAC, UPLINK_MAC),
-            );
+            let port = snat_to_server(&fx, &t, &l4);
             let (reply, back) = match l4 {
                 L4::Tcp { sport, dport, .. } => (
                     L4::Tcp {
@@ -597,24 +578,13 @@ uplink_test! {
 }
 
 uplink_test! {
-    fn unknown_flows_on_the_uplink_go_to_the_host_unchanged(program) {
-        if !is_root() {
-            return;
-        }
-        let (fx, t, uplink) = Fixture::with_uplink_program(program);
+    fn unknown_flows_on_the_uplink_go_to_the_host_unchanged(fx, t, uplink) {
         let l4 = L4::Udp {
             sport: 40000,
             dport: 53,
             payload: b"q",
         };
-        let port = snat_new_flow(
-            &fx,
-            &t,
-            SERVER_IP,
-            &l4,
-            &from_container(&t.a, SERVER_IP, &l4),
-            snat_expected(SERVER_IP, l4, ROUTER_MAC, UPLINK_MAC),
-        );
+        let port = snat_to_server(&fx, &t, &l4);
         let other_port = if port == NAT_PORT_MAX {
             port - 1
         } else {
@@ -949,11 +919,7 @@ pub fn publish_b(fx: &mut Fixture) {
 }
 
 uplink_test! {
-    fn dnat_to_a_published_port_and_the_containers_reply_back_out(program) {
-        if !is_root() {
-            return;
-        }
-        let (mut fx, t, uplink) = Fixture::with_uplink_program(program);
+    fn dnat_to_a_published_port_and_the_containers_reply_back_out(mut fx, t, uplink) {
         publish_b(&mut fx);
         for (i, proto) in [IPPROTO_TCP, IPPROTO_UDP].into_iter().enumerate() {
             let cport = 5555 + i as u16;
@@ -1154,25 +1120,14 @@ fn hairpin_from_a_container_to_a_published_port() {
 }
 
 uplink_test! {
-    fn tcp_flags_accumulate_per_direction(program) {
-        if !is_root() {
-            return;
-        }
-        let (fx, t, uplink) = Fixture::with_uplink_program(program);
+    fn tcp_flags_accumulate_per_direction(fx, t, uplink) {
         let l4 = L4::Tcp {
             sport: 40001,
             dport: 443,
             flags: SYN,
             payload: b"",
         };
-        let port = snat_new_flow(
-            &fx,
-            &t,
-            SERVER_IP,
-            &l4,
-            &from_container(&t.a, SERVER_IP, &l4),
-            snat_expected(SERVER_IP, l4, ROUTER_MAC, UPLINK_MAC),
-        );
+        let port = snat_to_server(&fx, &t, &l4);
         let original = key(A_IP, SERVER_IP, l4.key_ports(), IPPROTO_TCP);
         let reply_key = key(
             SERVER_IP,
@@ -1228,25 +1183,14 @@ uplink_test! {
 }
 
 uplink_test! {
-    fn a_full_conntrack_table_refuses_new_flows_only(program) {
-        if !is_root() {
-            return;
-        }
-        let (mut fx, t, uplink) = Fixture::with_uplink_program(program);
+    fn a_full_conntrack_table_refuses_new_flows_only(mut fx, t, uplink) {
         let established = L4::Udp {
             sport: 40000,
             dport: 53,
             payload: b"q",
         };
         let sent = from_container(&t.a, SERVER_IP, &established);
-        let port = snat_new_flow(
-            &fx,
-            &t,
-            SERVER_IP,
-            &established,
-            &sent,
-            snat_expected(SERVER_IP, established, ROUTER_MAC, UPLINK_MAC),
-        );
+        let port = snat_to_server(&fx, &t, &established);
         // One flow (two entries) below the limit: accepted.
         fx.ct_fill
             .set(ct_fill::INSERTED, u64::from(crate::datapath_tests::CT_LIMIT) - 2, 0)
