@@ -23,6 +23,7 @@ mod reconcile;
 mod server;
 mod service;
 mod state;
+mod testbed;
 mod testrun;
 
 use std::{path::PathBuf, process::ExitCode};
