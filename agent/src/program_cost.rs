@@ -521,9 +521,9 @@ fn measure(args: &ProgramCostArgs) -> Result<Report> {
     let mut costs = vec![meter.empty()?];
     let uplinks: Vec<String> = meter
         .bed
-        .program_names()
+        .program_names()?
+        .into_iter()
         .filter(|name| name.starts_with(program_names::FROM_UPLINK))
-        .map(str::to_owned)
         .collect();
     for path in paths() {
         let programs = if path.program == program_names::FROM_UPLINK {

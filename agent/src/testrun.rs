@@ -14,7 +14,7 @@
 //!   as `retval`, and the redirect target is not reported anywhere.
 //! - With `repeat > 1` the same buffer is fed back each time, so a program that rewrites the
 //!   packet sees its own output from the second run on.
-#![allow(dead_code)] // some context fields, and `run_xdp` until there is an XDP program
+#![allow(dead_code)] // context fields the kernel accepts but no caller sets yet
 
 use std::{
     io,

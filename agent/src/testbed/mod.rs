@@ -49,6 +49,8 @@ pub const VETHS: usize = 3;
 pub struct Testbed {
     // Fields drop in order: handles on programs and maps close before the pins and the
     // namespace they live in are removed.
+    /// Every program pinned at creation, opened once (the tests' runs use them).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) programs: BTreeMap<String, Arc<OwnedFd>>,
     pub networks: HashMap<MapData, u32, Network>,
     pub endpoints: HashMap<MapData, u32, Endpoint>,
@@ -254,22 +256,30 @@ impl Testbed {
         netns::run_in(self.netns(), f)
     }
 
-    /// Names of the pinned programs.
-    pub fn program_names(&self) -> impl Iterator<Item = &str> {
-        self.programs.keys().map(String::as_str)
+    /// Names of the programs pinned now.
+    pub fn program_names(&self) -> Result<Vec<String>> {
+        let dir = self.pin_dir().join("progs");
+        let mut names = Vec::new();
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
     }
 
-    /// The pinned program `name`, and how to run it (from its type in the kernel).
+    /// The program pinned as `name` now, and how to run it (from its type in the kernel).
     pub fn program(&self, name: &str) -> Result<Program> {
-        let Some(fd) = self.programs.get(name).cloned() else {
+        let pin = self.pin_dir().join("progs").join(name);
+        if !pin.exists() {
             bail!(
                 "no program {name} pinned (have: {:?})",
-                self.programs.keys().collect::<Vec<_>>()
+                self.program_names()?
             );
-        };
-        let pin = self.pin_dir().join("progs").join(name);
+        }
         let info = ProgramInfo::from_pin(&pin)
-            .with_context(|| format!("reading the type of program {}", pin.display()))?;
+            .with_context(|| format!("opening pinned program {}", pin.display()))?;
         let kind = if info.program_type() == ProgramType::Xdp.into() {
             ProgramKind::Xdp
         } else if info.program_type() == ProgramType::SchedClassifier.into() {
@@ -283,7 +293,7 @@ impl Testbed {
         Ok(Program {
             name: name.to_owned(),
             kind,
-            fd,
+            fd: Arc::new(info.fd()?.as_fd().try_clone_to_owned()?),
         })
     }
 
@@ -474,4 +484,67 @@ where
     let data = MapData::from_pin(&path)
         .with_context(|| format!("opening pinned map {}", path.display()))?;
     Ok(T::try_from(Map::from_map_data(data)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{ffi::CString, os::fd::AsRawFd, os::unix::ffi::OsStrExt};
+
+    use super::*;
+    use crate::testrun::{load_program, return_imm, BPF_PROG_TYPE_XDP};
+
+    /// `BPF_OBJ_PIN` of a program fd at `path`.
+    fn pin(fd: &OwnedFd, path: &Path) {
+        #[repr(C)]
+        struct ObjPinAttr {
+            pathname: u64,
+            bpf_fd: u32,
+            file_flags: u32,
+        }
+        const BPF_OBJ_PIN: libc::c_long = 6;
+        let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let attr = ObjPinAttr {
+            pathname: path.as_ptr() as u64,
+            bpf_fd: fd.as_raw_fd() as u32,
+            file_flags: 0,
+        };
+        // SAFETY: a valid `bpf_attr` prefix; the path outlives the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_PIN,
+                &attr as *const ObjPinAttr,
+                std::mem::size_of::<ObjPinAttr>(),
+            )
+        };
+        assert_eq!(ret, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    }
+
+    /// What `bpfnet debug program-cost` relies on to measure an XDP variant of the uplink
+    /// program: the type is read from the pin, and the run gets an XDP context on the uplink.
+    #[test]
+    fn a_program_pinned_as_xdp_is_run_as_xdp() {
+        if !crate::netns::tests::is_root() {
+            return;
+        }
+        let bed = Testbed::create("bnt", 4096).unwrap();
+        let uplink = bed.make_uplink().unwrap();
+        let tc = bed.program(program_names::FROM_UPLINK).unwrap();
+        assert_eq!(tc.kind, ProgramKind::Tc);
+        let xdp = load_program(BPF_PROG_TYPE_XDP, &return_imm(XDP_REDIRECT as i32)).unwrap();
+        pin(&xdp, &bed.pin_dir().join("progs").join("from_uplink_xdp"));
+        assert!(bed
+            .program_names()
+            .unwrap()
+            .contains(&"from_uplink_xdp".to_owned()));
+        let program = bed.program("from_uplink_xdp").unwrap();
+        assert_eq!(program.kind, ProgramKind::Xdp);
+        let frame = packets::eth(UPLINK_MAC, ROUTER_MAC, packets::ETHERTYPE_IPV4, &[0; 46]);
+        let out = bed
+            .run_in(move || Ok(program.run(uplink.ifindex, &frame, 1)?))
+            .unwrap();
+        assert_eq!(out.retval, XDP_REDIRECT);
+        let err = bed.program("from_nowhere").err().unwrap();
+        assert!(format!("{err:#}").contains("from_uplink_xdp"), "{err:#}");
+    }
 }
