@@ -319,7 +319,7 @@ pub fn summary(lines: &[Line], title: &str) -> String {
     }
     let _ = writeln!(out, "\ntop {TOP} symbols of the workload:");
     let mut top = workload.clone();
-    top.sort_by(|a, b| b.samples.cmp(&a.samples));
+    top.sort_by_key(|line| std::cmp::Reverse(line.samples));
     for line in top.iter().take(TOP) {
         let _ = writeln!(
             out,
