@@ -143,7 +143,11 @@ pub fn part(line: &Line) -> &'static str {
     }
     let s = line.symbol.as_str();
     let any = |prefixes: &[&str]| prefixes.iter().any(|p| s.starts_with(p));
-    if any(&["bpf_prog_"]) || line.dso.contains("bpf_prog") {
+    if any(&["bpf_lsm_", "__bpf_prog_enter", "__bpf_prog_exit", "bpf_trampoline"]) {
+        // The LSM hooks' stubs (in every socket call) and the fentry/fexit trampolines of
+        // tracing programs: not a datapath's.
+        "other kernel"
+    } else if any(&["bpf_prog_"]) || line.dso.contains("bpf_prog") {
         "eBPF programs (JIT code)"
     } else if any(&[
         "bpf_",
@@ -307,19 +311,31 @@ pub fn summary(lines: &[Line], title: &str) -> String {
         .collect();
     let _ = writeln!(out, "by process, of all samples: {}", shown.join(", "));
 
-    let mut parts: BTreeMap<&str, u64> = BTreeMap::new();
-    for line in &workload {
-        *parts.entry(part(line)).or_default() += line.samples;
-    }
-    let mut parts: Vec<(&str, u64)> = parts.into_iter().collect();
-    parts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let _ = writeln!(out, "\nwhere the workload's time goes:");
-    for (name, n) in &parts {
-        let _ = writeln!(out, "{:>6.1} %  {name}", pct(*n, ours));
-    }
-    let _ = writeln!(out, "\ntop {TOP} symbols of the workload:");
     let mut top = workload.clone();
     top.sort_by_key(|line| std::cmp::Reverse(line.samples));
+    // Per part: its samples and its symbols, most sampled first (top is sorted).
+    let mut parts: BTreeMap<&str, (u64, Vec<&str>)> = BTreeMap::new();
+    for line in &top {
+        let entry = parts.entry(part(line)).or_default();
+        entry.0 += line.samples;
+        entry.1.push(line.symbol.as_str());
+    }
+    let mut parts: Vec<(&str, (u64, Vec<&str>))> = parts.into_iter().collect();
+    parts.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(b.0)));
+    let _ = writeln!(
+        out,
+        "\nwhere the workload's time goes (the part's top symbols):"
+    );
+    for (name, (n, symbols)) in &parts {
+        let shown: Vec<&str> = symbols.iter().take(3).copied().collect();
+        let _ = writeln!(
+            out,
+            "{:>6.1} %  {name:<34} ({})",
+            pct(*n, ours),
+            shown.join(", ")
+        );
+    }
+    let _ = writeln!(out, "\ntop {TOP} symbols of the workload:");
     for line in top.iter().take(TOP) {
         let _ = writeln!(
             out,
@@ -378,6 +394,11 @@ mod tests {
     #[test]
     fn symbols_are_sorted_into_parts() {
         let lines = parse(REPORT);
+        let lsm = Line {
+            symbol: "bpf_lsm_socket_recvmsg".into(),
+            ..lines[0].clone()
+        };
+        assert_eq!(part(&lsm), "other kernel");
         let parts: Vec<&str> = lines[..6].iter().map(part).collect();
         assert_eq!(
             parts,
@@ -404,12 +425,24 @@ mod tests {
             summary.contains("loadgen 70.0 %, rustc 20.0 %, ksoftirqd/1 10.0 %"),
             "{summary}"
         );
-        assert!(summary.contains("37.5 %  veth"), "{summary}");
+        let veth = summary.lines().find(|l| l.contains("  veth ")).unwrap();
         assert!(
-            summary.contains("25.0 %  eBPF programs (JIT code)"),
-            "{summary}"
+            veth.starts_with("  37.5 %") && veth.ends_with("(veth_xmit)"),
+            "{veth}"
         );
-        let top = summary.lines().find(|l| l.contains("veth_xmit")).unwrap();
+        let ebpf = summary
+            .lines()
+            .find(|l| l.contains("eBPF programs"))
+            .unwrap();
+        assert!(
+            ebpf.starts_with("  25.0 %")
+                && ebpf.ends_with("(bpf_prog_3b185187f1855c4c_from_endpoint)"),
+            "{ebpf}"
+        );
+        let top = summary
+            .lines()
+            .find(|l| l.contains("[k]   loadgen      veth_xmit"))
+            .unwrap();
         assert!(
             top.starts_with("  37.5 %  [k]   loadgen      veth_xmit") && top.ends_with(" veth"),
             "{top}"
