@@ -125,14 +125,8 @@ pub struct CounterSnapshot {
 
 impl Datapath {
     /// Opens the datapath pinned under `pin_dir`, loading and pinning it first if it is not
-    /// there yet. Must be called from a process that lives in the host network namespace.
-    #[cfg(test)]
-    pub fn open_or_load(pin_dir: &Path, log_level: DatapathLogLevel) -> Result<Self> {
-        Self::open_or_load_with(pin_dir, log_level, DEFAULT_CT_ENTRIES)
-    }
-
-    /// As `open_or_load`, sizing the conntrack table when the datapath is first loaded (a
-    /// pinned table keeps the size it was created with).
+    /// there yet, with a conntrack table of `ct_entries` (a pinned table keeps the size it was
+    /// created with).
     pub fn open_or_load_with(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> Result<Self> {
         if DATAPATH_OBJECT.is_empty() {
             bail!(

@@ -19,11 +19,13 @@ mod names;
 mod netlink;
 mod netns;
 mod network;
+mod program_cost;
 mod publish;
 mod reconcile;
 mod server;
 mod service;
 mod state;
+mod testbed;
 mod testrun;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -80,6 +82,16 @@ enum Command {
     },
     /// Remove everything bpfnet created on this host: containers, networks, pinned programs and maps.
     Down,
+    /// Developer tools, not for production hosts (hidden from --help).
+    #[command(subcommand, hide = true)]
+    Debug(DebugCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugCommand {
+    /// Per-packet cost of each eBPF program on each path, in ns, timed by the kernel
+    /// (BPF_PROG_TEST_RUN) on a throwaway namespace and datapath of its own.
+    ProgramCost(program_cost::ProgramCostArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +110,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let result = match cli.command {
         Command::Agent(args) => run_agent(*args, cli.socket),
+        // No tokio runtime: the testbed drives its namespace from threads of its own.
+        Command::Debug(DebugCommand::ProgramCost(args)) => program_cost::run(args),
         command => run_client(command, cli.socket),
     };
     if let Err(err) = result {
@@ -122,6 +136,7 @@ fn run_client(command: Command, socket: PathBuf) -> anyhow::Result<()> {
     runtime.block_on(async {
         match command {
             Command::Agent(_) => unreachable!("handled by run_agent"),
+            Command::Debug(_) => unreachable!("handled without a client"),
             Command::Network(cmd) => {
                 let answer = client::call(&socket, &cmd.call()).await?;
                 cmd.print(&answer)

@@ -16,6 +16,7 @@ use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -301,6 +302,45 @@ where
     .with_context(|| format!("waiting for the netlink task in network namespace {name}"))?
 }
 
+/// Named namespaces unique to this process, deleted on drop (also on panic): for tests and
+/// for measurements that need interfaces of their own (`bpfnet debug program-cost`).
+pub(crate) struct ThrowawayNamespaces {
+    pub(crate) names: Vec<String>,
+}
+
+impl ThrowawayNamespaces {
+    /// Reserves `count` names `<stem><pid>x<n>`, unique to this process, without creating them.
+    pub(crate) fn reserve(stem: &str, count: usize) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let names = (0..count)
+            .map(|_| format!("{stem}{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)))
+            .collect();
+        ThrowawayNamespaces { names }
+    }
+
+    /// Reserves and creates `count` namespaces; those made before a failure are deleted.
+    pub(crate) fn try_create(stem: &str, count: usize) -> Result<Self> {
+        let mut guard = Self::reserve(stem, count);
+        let names = std::mem::take(&mut guard.names);
+        for name in names {
+            create(&name)?;
+            guard.names.push(name);
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for ThrowawayNamespaces {
+    fn drop(&mut self) {
+        for name in &self.names {
+            // Never panic here: we may already be unwinding.
+            if let Err(e) = delete(name) {
+                eprintln!("cleanup: deleting network namespace {name}: {e:#}");
+            }
+        }
+    }
+}
+
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -314,49 +354,16 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use std::os::unix::fs::MetadataExt;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
 
-    /// Named namespaces unique to this test run, deleted on drop (also on panic).
-    pub(crate) struct TestNamespaces {
-        pub(crate) names: Vec<String>,
-    }
+    /// The tests' throwaway namespaces: `bnt<pid>x<n>`.
+    pub(crate) type TestNamespaces = ThrowawayNamespaces;
 
-    impl TestNamespaces {
-        /// Reserves `count` unique names without creating them.
-        pub(crate) fn names(count: usize) -> Self {
-            static COUNTER: AtomicU32 = AtomicU32::new(0);
-            let names = (0..count)
-                .map(|_| {
-                    format!(
-                        "bnt{}x{}",
-                        std::process::id(),
-                        COUNTER.fetch_add(1, Ordering::Relaxed)
-                    )
-                })
-                .collect();
-            TestNamespaces { names }
-        }
-
-        /// Reserves and creates `count` namespaces.
+    impl ThrowawayNamespaces {
+        /// Reserves and creates `count` namespaces (panics if that fails).
         pub(crate) fn create(count: usize) -> Self {
-            let guard = Self::names(count);
-            for name in &guard.names {
-                create(name).unwrap();
-            }
-            guard
-        }
-    }
-
-    impl Drop for TestNamespaces {
-        fn drop(&mut self) {
-            for name in &self.names {
-                // Never panic here: we may already be unwinding.
-                if let Err(e) = delete(name) {
-                    eprintln!("test cleanup: deleting network namespace {name}: {e:#}");
-                }
-            }
+            Self::try_create("bnt", count).unwrap()
         }
     }
 

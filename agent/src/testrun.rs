@@ -14,12 +14,12 @@
 //!   as `retval`, and the redirect target is not reported anywhere.
 //! - With `repeat > 1` the same buffer is fed back each time, so a program that rewrites the
 //!   packet sees its own output from the second run on.
-#![allow(dead_code)] // `run_xdp` and some context fields wait for the XDP programs and the benchmark.
+#![allow(dead_code)] // context fields the kernel accepts but no caller sets yet
 
 use std::{
     io,
     mem::{offset_of, size_of},
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
 /// `enum bpf_cmd` value of `BPF_PROG_TEST_RUN` (uapi linux/bpf.h).
@@ -246,6 +246,75 @@ fn test_run(
     })
 }
 
+pub(crate) const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+pub(crate) const BPF_PROG_TYPE_XDP: u32 = 6;
+
+/// `enum bpf_cmd` value of `BPF_PROG_LOAD`.
+const BPF_PROG_LOAD: libc::c_long = 5;
+
+/// The `prog_load` member of `union bpf_attr`, up to `expected_attach_type`.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// `r0 = imm; exit`: the smallest program there is. Test-run, it shows what the kernel's
+/// own timing adds to every measured run.
+pub(crate) fn return_imm(imm: i32) -> Vec<u64> {
+    vec![insn(0xb7, 0, 0, 0, imm), insn(0x95, 0, 0, 0, 0)]
+}
+
+/// One eBPF instruction, encoded.
+pub(crate) fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    u64::from(code)
+        | u64::from(dst & 0xf) << 8
+        | u64::from(src & 0xf) << 12
+        | u64::from(off as u16) << 16
+        | u64::from(imm as u32) << 32
+}
+
+/// Loads raw instructions as a program of `prog_type` (GPL), unpinned: it lives as long as
+/// the returned fd.
+pub(crate) fn load_program(prog_type: u32, insns: &[u64]) -> io::Result<OwnedFd> {
+    let license = c"GPL";
+    let attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: insns.len().try_into().map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "too many instructions")
+        })?,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..ProgLoadAttr::default()
+    };
+    // SAFETY: a valid `bpf_attr` prefix; the pointers outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const ProgLoadAttr,
+            size_of::<ProgLoadAttr>(),
+        )
+    };
+    if fd < 0 {
+        let err = io::Error::last_os_error();
+        return Err(io::Error::new(err.kind(), format!("BPF_PROG_LOAD: {err}")));
+    }
+    // SAFETY: a new fd the kernel just handed us, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 fn as_bytes<T: Copy>(value: &T) -> &[u8] {
     // SAFETY: only used on the `#[repr(C)]` contexts above, which have explicit padding
     // fields, so every byte is initialized.
@@ -254,71 +323,17 @@ fn as_bytes<T: Copy>(value: &T) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsFd, OwnedFd};
 
     use super::*;
-
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-    const BPF_PROG_TYPE_XDP: u32 = 6;
-
-    /// The `prog_load` member of `union bpf_attr`, up to `expected_attach_type`.
-    #[repr(C)]
-    #[derive(Default)]
-    struct ProgLoadAttr {
-        prog_type: u32,
-        insn_cnt: u32,
-        insns: u64,
-        license: u64,
-        log_level: u32,
-        log_size: u32,
-        log_buf: u64,
-        kern_version: u32,
-        prog_flags: u32,
-        prog_name: [u8; 16],
-        prog_ifindex: u32,
-        expected_attach_type: u32,
-    }
-
-    /// `r0 = imm; exit`
-    fn return_imm(imm: i32) -> Vec<u64> {
-        vec![insn(0xb7, 0, 0, 0, imm), insn(0x95, 0, 0, 0, 0)]
-    }
 
     /// `r0 = *(u32 *)(r1 + off); exit`: returns a 32-bit context field.
     fn return_ctx_field(off: i16) -> Vec<u64> {
         vec![insn(0x61, 0, 1, off, 0), insn(0x95, 0, 0, 0, 0)]
     }
 
-    fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-        u64::from(code)
-            | u64::from(dst & 0xf) << 8
-            | u64::from(src & 0xf) << 12
-            | u64::from(off as u16) << 16
-            | u64::from(imm as u32) << 32
-    }
-
     fn load(prog_type: u32, insns: &[u64]) -> OwnedFd {
-        let license = c"GPL";
-        let attr = ProgLoadAttr {
-            prog_type,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            ..ProgLoadAttr::default()
-        };
-        // SAFETY: a valid `bpf_attr` prefix; the pointers outlive the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD,
-                &attr as *const ProgLoadAttr,
-                size_of::<ProgLoadAttr>(),
-            )
-        };
-        assert!(fd >= 0, "BPF_PROG_LOAD: {}", io::Error::last_os_error());
-        // SAFETY: a new fd the kernel just handed us.
-        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+        load_program(prog_type, insns).unwrap()
     }
 
     fn frame() -> Vec<u8> {

@@ -2,11 +2,10 @@
 //! programs with `BPF_PROG_TEST_RUN`, with seeded maps, checking the verdict, every byte of
 //! the packet that comes out, and which drop reason or counter moved.
 //!
-//! Each test builds its own [`Fixture`]: a throwaway network namespace holding the veth pairs
-//! whose indexes the programs see as `__sk_buff.ifindex` (the kernel resolves a test run's
-//! ifindex in the caller's namespace, so the runs happen on a thread inside it), and a
-//! throwaway bpffs directory the datapath is loaded and pinned into, so every test has its
-//! own maps. Both are removed when the fixture drops, also on panic.
+//! Each test builds its own [`Fixture`], a [`Testbed`] (a throwaway network namespace with the
+//! veth pairs, and a throwaway bpffs directory the datapath is loaded and pinned into, so every
+//! test has its own maps; see `crate::testbed`) with the tests' panicking shorthands and
+//! assertions. Both are removed when the fixture drops, also on panic.
 //!
 //! New programs and maps need no fixture change: every pinned program is opened by name
 //! ([`Fixture::send`]) and every pinned hash map is emptied by [`Fixture::clear_maps`].
@@ -19,44 +18,34 @@ mod forward;
 mod fuzz;
 mod icmp;
 mod nat;
-mod packets;
 
 use std::{
     collections::BTreeMap,
     io,
     mem::size_of,
-    net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
-    path::{Path, PathBuf},
-    sync::Arc,
+    ops::{Deref, DerefMut},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    path::Path,
 };
 
-use anyhow::{bail, Context, Result};
-use aya::{
-    maps::{Array, HashMap, Map, MapData, MapType, PerCpuArray},
-    programs::ProgramInfo,
-};
-use datapath_common::{
-    ct_fill, map_names, program_names, Backend, Counter, CtEntry, CtKey, DropReason, Endpoint,
-    HostConfig, Network, ServiceKey,
-};
+use anyhow::{Context, Result};
+use aya::maps::{MapData, MapType};
+use datapath_common::{ct_fill, program_names, Counter, CtEntry, CtKey, DropReason, HostConfig};
 
+pub use crate::testbed::{
+    be, packets, Counts, Topology, Uplink, A_IP, B_IP, C_IP, DB, DB_GATEWAY, ROUTER_IP, ROUTER_MAC,
+    SERVER_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UNRESOLVED_IP, UPLINK_IP, UPLINK_MAC, WEB,
+    WEB_GATEWAY,
+};
 use crate::{
-    datapath::{self, Datapath, DatapathLogLevel},
-    ipam,
-    netns::{self, tests::TestNamespaces},
-    testrun::{self, SkbContext, TestRunOutput, XdpContext},
+    datapath::DEFAULT_CT_ENTRIES,
+    netns,
+    testbed::{Program, ProgramKind, Testbed, XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    testrun::TestRunOutput,
 };
 
-pub const TC_ACT_OK: u32 = 0;
-pub const TC_ACT_SHOT: u32 = 2;
-pub const TC_ACT_REDIRECT: u32 = 7;
-
-/// XDP verdicts (uapi `enum xdp_action`).
+/// `XDP_ABORTED` (uapi `enum xdp_action`): what an XDP program returns on an error.
 const XDP_ABORTED: u32 = 0;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
 
 /// An XDP verdict in TC terms: drop, pass to the stack, redirect. XDP_ABORTED (and anything
 /// unknown) maps to a value no TC verdict has, so no assertion can mistake it for one.
@@ -68,6 +57,15 @@ pub fn tc_verdict(xdp: u32) -> u32 {
         XDP_ABORTED => u32::MAX,
         other => 1_000 + other,
     }
+}
+
+/// One test run of `program`, its verdict in TC terms. On a thread inside the testbed.
+fn run_as_tc(program: &Program, ifindex: u32, packet: &[u8], repeat: u32) -> io::Result<TestRunOutput> {
+    let mut out = program.run(ifindex, packet, repeat)?;
+    if program.kind == ProgramKind::Xdp {
+        out.retval = tc_verdict(out.retval);
+    }
+    Ok(out)
 }
 
 /// Writes a test of the uplink path once and runs it against each uplink program: the body
@@ -101,118 +99,25 @@ macro_rules! uplink_test {
 }
 pub(crate) use uplink_test;
 
-/// A pinned program, opened for test runs.
-#[derive(Clone)]
-struct TestProgram {
-    fd: Arc<OwnedFd>,
-    xdp: bool,
-}
-
-impl TestProgram {
-    /// One test run as if the packet came in on `ifindex`, the verdict in TC terms.
-    fn run(&self, ifindex: u32, packet: &[u8], repeat: u32) -> io::Result<TestRunOutput> {
-        if !self.xdp {
-            return testrun::run_skb(self.fd.as_fd(), packet, Some(&SkbContext::received_on(ifindex)), repeat);
-        }
-        let mut out = testrun::run_xdp(self.fd.as_fd(), packet, Some(&XdpContext::received_on(ifindex)), repeat)?;
-        out.retval = tc_verdict(out.retval);
-        Ok(out)
-    }
-}
-
-/// Host-side veths in the test namespace, one per endpoint, as the agent makes them; their
-/// container-side peers stay in the same namespace and serve as "not an endpoint" interfaces.
-const VETHS: usize = 3;
-
-/// The pinned datapath, its maps, and the namespace its test runs happen in.
+/// A [`Testbed`] with the tests' shorthands, which panic where the testbed returns errors.
 pub struct Fixture {
-    // Fields drop in order: handles on programs and maps close before the pins and the
-    // namespace they live in are removed.
-    programs: BTreeMap<String, TestProgram>,
+    bed: Testbed,
     /// What `run_from_uplink` runs: FROM_UPLINK unless a test chose otherwise.
     uplink_program: &'static str,
-    pub networks: HashMap<MapData, u32, Network>,
-    pub endpoints: HashMap<MapData, u32, Endpoint>,
-    pub ifaces: HashMap<MapData, u32, Endpoint>,
-    pub config: Array<MapData, HostConfig>,
-    pub ct: HashMap<MapData, CtKey, CtEntry>,
-    pub ct_fill: Array<MapData, u64>,
-    pub services: HashMap<MapData, ServiceKey, Backend>,
-    drops: PerCpuArray<MapData, u64>,
-    counters: PerCpuArray<MapData, u64>,
-    /// Index of `h<i>`, the host side of veth pair `i`.
-    pub host_ifindex: [u32; VETHS],
-    /// Index of `c<i>`, the container side of veth pair `i` (never in IFACES).
-    pub peer_ifindex: [u32; VETHS],
-    pins: PinDir,
-    ns: TestNamespaces,
 }
 
-/// A bpffs directory removed with everything pinned under it on drop.
-struct PinDir(PathBuf);
+impl Deref for Fixture {
+    type Target = Testbed;
 
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        // Never panic here: we may already be unwinding.
-        if let Err(e) = datapath::destroy(&self.0) {
-            eprintln!(
-                "test cleanup: removing pins under {}: {e:#}",
-                self.0.display()
-            );
-        }
+    fn deref(&self) -> &Testbed {
+        &self.bed
     }
 }
 
-/// Two networks: `web` with members A and B, `db` with member C.
-pub struct Topology {
-    pub web: Network,
-    pub db: Network,
-    pub a: Endpoint,
-    pub b: Endpoint,
-    pub c: Endpoint,
-}
-
-pub const WEB: u32 = 1;
-pub const DB: u32 = 2;
-pub const WEB_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
-pub const DB_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
-pub const A_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 10);
-pub const B_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 11);
-pub const C_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 10);
-
-pub fn be(ip: Ipv4Addr) -> u32 {
-    datapath_common::ipv4_be(ip.octets())
-}
-
-fn network(id: u32, subnet: Ipv4Addr, gateway: Ipv4Addr) -> Network {
-    Network {
-        subnet: be(subnet),
-        gateway: be(gateway),
-        gateway_mac: ipam::gateway_mac(id),
-        prefix_len: 24,
-        _pad: 0,
+impl DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut Testbed {
+        &mut self.bed
     }
-}
-
-fn endpoint(network_id: u32, ip: Ipv4Addr, host_ifindex: u32) -> Endpoint {
-    let gateway = if network_id == WEB { WEB_GATEWAY } else { DB_GATEWAY };
-    Endpoint {
-        host_ifindex,
-        network_id,
-        ip: be(ip),
-        mac: ipam::container_mac(ip),
-        gateway_mac: ipam::gateway_mac(network_id),
-        // Interface indexes are small and unique in the test namespace.
-        stats_slot: host_ifindex,
-        gateway: be(gateway),
-    }
-}
-
-/// Sums of the per-CPU counters, indexed by `DropReason`/`Counter`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Counts {
-    drops: [u64; DropReason::COUNT as usize],
-    counters: [u64; Counter::COUNT as usize],
 }
 
 /// What one packet did: the program's verdict and output, and which counters moved.
@@ -234,37 +139,9 @@ impl Fixture {
     }
 
     fn try_new() -> Result<Self> {
-        let ns = TestNamespaces::create(1);
-        let ns_name = ns.names[0].clone();
-        let (host_ifindex, peer_ifindex) = make_veths(&ns_name)?;
-        // The namespace's name is unique to this process and test; reuse it for the pins.
-        let pins = PinDir(Path::new("/sys/fs/bpf").join(&ns_name));
-        Datapath::open_or_load(&pins.0, DatapathLogLevel::Info)?;
-        let programs = open_programs(&pins.0.join("progs"))?;
-        if !programs.contains_key(program_names::FROM_ENDPOINT) {
-            bail!(
-                "no {} pinned under {}",
-                program_names::FROM_ENDPOINT,
-                pins.0.display()
-            );
-        }
-        let maps = pins.0.join("maps");
         Ok(Fixture {
-            programs,
+            bed: Testbed::create("bnt", DEFAULT_CT_ENTRIES)?,
             uplink_program: program_names::FROM_UPLINK,
-            networks: open_map(&maps, map_names::NETWORKS)?,
-            endpoints: open_map(&maps, map_names::ENDPOINTS)?,
-            ifaces: open_map(&maps, map_names::IFACES)?,
-            config: open_map(&maps, map_names::CONFIG)?,
-            ct: open_map(&maps, map_names::CT)?,
-            ct_fill: open_map(&maps, map_names::CT_FILL)?,
-            services: open_map(&maps, map_names::SERVICES)?,
-            drops: open_map(&maps, map_names::DROPS)?,
-            counters: open_map(&maps, map_names::COUNTERS)?,
-            host_ifindex,
-            peer_ifindex,
-            pins,
-            ns,
         })
     }
 
@@ -277,28 +154,10 @@ impl Fixture {
         (fx, topology)
     }
 
-    pub fn topology(&self) -> Topology {
-        Topology {
-            web: network(WEB, Ipv4Addr::new(10, 88, 0, 0), WEB_GATEWAY),
-            db: network(DB, Ipv4Addr::new(10, 99, 0, 0), DB_GATEWAY),
-            a: endpoint(WEB, A_IP, self.host_ifindex[0]),
-            b: endpoint(WEB, B_IP, self.host_ifindex[1]),
-            c: endpoint(DB, C_IP, self.host_ifindex[2]),
-        }
-    }
-
-    /// Writes the topology the way the agent does (`Datapath::upsert_*`).
     pub fn seed(&mut self, t: &Topology) {
-        self.networks.insert(WEB, t.web, 0).unwrap();
-        self.networks.insert(DB, t.db, 0).unwrap();
-        for ep in [&t.a, &t.b, &t.c] {
-            self.add_endpoint(ep);
-        }
-    }
-
-    pub fn add_endpoint(&mut self, ep: &Endpoint) {
-        self.ifaces.insert(ep.host_ifindex, ep, 0).unwrap();
-        self.endpoints.insert(ep.ip, ep, 0).unwrap();
+        self.bed
+            .try_seed(t)
+            .unwrap_or_else(|e| panic!("seeding the topology: {e:#}"));
     }
 
     /// Empties every pinned hash map (per-CPU arrays keep counting: tests look at deltas).
@@ -314,11 +173,11 @@ impl Fixture {
             .unwrap_or_else(|e| panic!("test run of {}: {e:#}", program_names::FROM_ENDPOINT))
     }
 
-    /// Runs the pinned tc program `program` on `packet` as if it came in on `ifindex` (an
+    /// Runs the pinned program `program` on `packet` as if it came in on `ifindex` (an
     /// interface of the test namespace), with the counter deltas of the run.
     pub fn send(&self, program: &str, ifindex: u32, packet: &[u8]) -> Result<Outcome> {
         let before = self.counts()?;
-        let out = self.run_skb(program, ifindex, packet, 1)?;
+        let out = self.run_program(program, ifindex, packet, 1)?;
         let after = self.counts()?;
         let delta = |a: u64, b: u64| a.checked_sub(b).expect("a counter went backwards");
         Ok(Outcome {
@@ -330,71 +189,23 @@ impl Fixture {
         })
     }
 
-    /// The bare test run, on a thread inside the test namespace.
-    pub fn run_skb(
+    /// The bare test run, on a thread inside the test namespace (the verdict in TC terms).
+    pub fn run_program(
         &self,
         program: &str,
         ifindex: u32,
         packet: &[u8],
         repeat: u32,
     ) -> Result<TestRunOutput> {
-        let Some(program) = self.programs.get(program).cloned() else {
-            bail!(
-                "no program {program} pinned (have: {:?})",
-                self.programs.keys().collect::<Vec<_>>()
-            );
-        };
+        let program = self.bed.program(program)?;
         let packet = packet.to_vec();
-        netns::run_in(&self.ns.names[0], move || {
-            Ok(program.run(ifindex, &packet, repeat)?)
-        })
+        self.run_in(move || Ok(run_as_tc(&program, ifindex, &packet, repeat)?))
     }
-
-    fn counts(&self) -> Result<Counts> {
-        let sum = |array: &PerCpuArray<MapData, u64>, index: u32| -> Result<u64> {
-            Ok(array
-                .get(&index, 0)
-                .with_context(|| format!("reading per-CPU counter {index}"))?
-                .iter()
-                .sum())
-        };
-        let mut counts = Counts::default();
-        for reason in DropReason::ALL {
-            counts.drops[reason as usize] = sum(&self.drops, reason as u32)?;
-        }
-        for counter in Counter::ALL {
-            counts.counters[counter as usize] = sum(&self.counters, counter as u32)?;
-        }
-        Ok(counts)
-    }
-}
-
-/// The host's uplink in the test namespace: veth `up0` (its peer `up1` plays the upstream
-/// router) with an address, a default route via the router and a permanent neighbour entry
-/// for it, so `bpf_fib_lookup` answers SUCCESS with both MACs for anything routed through the
-/// router, and NO_NEIGH for an unresolved on-link address.
-#[allow(dead_code)] // described for the tests to come; not all read yet
-pub struct Uplink {
-    pub ifindex: u32,
-    /// `up1`: the router's end; not an endpoint, not the uplink.
-    pub peer_ifindex: u32,
-    pub ip: Ipv4Addr,
-    pub mac: [u8; 6],
-    pub router: Ipv4Addr,
-    pub router_mac: [u8; 6],
 }
 
 /// A conntrack key as a sortable tuple: (saddr, daddr, sport, dport, proto).
 pub type CtTuple = (u32, u32, u16, u16, u8);
 
-pub const UPLINK_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
-pub const UPLINK_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 2];
-pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
-pub const ROUTER_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
-/// An on-link address of the uplink's subnet with no neighbour entry.
-pub const UNRESOLVED_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 77);
-/// A server out in the world, reached via the router.
-pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 pub const NAT_PORT_MIN: u16 = 20000;
 pub const NAT_PORT_MAX: u16 = 20099;
 pub const CT_LIMIT: u32 = 1000;
@@ -417,42 +228,6 @@ impl Fixture {
         (fx, t, uplink)
     }
 
-    fn make_uplink(&self) -> Result<Uplink> {
-        let ns = self.ns.names[0].clone();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (ifindex, peer_ifindex) =
-            runtime.block_on(netns::netlink_in(&ns, |nl| async move {
-                nl.create_veth("up0", UPLINK_MAC, "up1", ROUTER_MAC, None)
-                    .await?;
-                nl.set_up("up0").await?;
-                nl.set_up("up1").await?;
-                nl.add_address("up0", ipnet::IpNet::V4(ipnet::Ipv4Net::new(UPLINK_IP, 24)?))
-                    .await?;
-                nl.replace_default_route(ROUTER_IP, "up0").await?;
-                nl.replace_neighbour("up0", ROUTER_IP, ROUTER_MAC).await?;
-                let up0 = nl.link_by_name("up0").await?.context("up0 vanished")?;
-                let up1 = nl.link_by_name("up1").await?.context("up1 vanished")?;
-                Ok((up0.index, up1.index))
-            }))?;
-        netns::run_in(&ns, || {
-            for i in 0..VETHS {
-                let path = format!("/proc/sys/net/ipv4/conf/h{i}/forwarding");
-                std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
-            }
-            Ok(())
-        })?;
-        Ok(Uplink {
-            ifindex,
-            peer_ifindex,
-            ip: UPLINK_IP,
-            mac: UPLINK_MAC,
-            router: ROUTER_IP,
-            router_mac: ROUTER_MAC,
-        })
-    }
-
     pub fn host_config(&self, uplink: &Uplink) -> HostConfig {
         HostConfig {
             uplink_ifindex: uplink.ifindex,
@@ -465,7 +240,9 @@ impl Fixture {
     }
 
     pub fn set_config(&mut self, config: &HostConfig) {
-        self.config.set(0, config, 0).unwrap();
+        self.bed
+            .try_set_config(config)
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Every conntrack entry.
@@ -481,18 +258,9 @@ impl Fixture {
 
     /// Empties CT and zeroes CT_FILL, leaving the other maps as they are.
     pub fn clear_ct(&mut self) {
-        let keys: Vec<CtKey> = self.ct.keys().map(|k| k.unwrap()).collect();
-        for key in keys {
-            // An entry may be gone already (LRU); only "not there" is fine.
-            match self.ct.remove(&key) {
-                Ok(()) => {}
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => panic!("deleting a CT entry: {e}"),
-            }
-        }
-        for slot in 0..ct_fill::SLOTS {
-            self.ct_fill.set(slot, 0, 0).unwrap();
-        }
+        self.bed
+            .try_clear_ct()
+            .unwrap_or_else(|e| panic!("clearing conntrack: {e:#}"));
     }
 
     pub fn ct_inserted(&self) -> u64 {
@@ -516,16 +284,13 @@ impl Fixture {
         let mut programs = BTreeMap::new();
         for (program, _, _) in &runs {
             if !programs.contains_key(program) {
-                let Some(loaded) = self.programs.get(*program).cloned() else {
-                    bail!("no program {program} pinned");
-                };
-                programs.insert(*program, loaded);
+                programs.insert(*program, self.bed.program(program)?);
             }
         }
-        netns::run_in(&self.ns.names[0], move || {
+        self.run_in(move || {
             Ok(runs
                 .into_iter()
-                .map(|(program, ifindex, packet)| programs[program].run(ifindex, &packet, 1))
+                .map(|(program, ifindex, packet)| run_as_tc(&programs[program], ifindex, &packet, 1))
                 .collect())
         })
     }
@@ -649,64 +414,6 @@ pub fn assert_bytes(got: &[u8], expected: &[u8], what: &str) {
     );
 }
 
-fn make_veths(ns: &str) -> Result<([u32; VETHS], [u32; VETHS])> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(netns::netlink_in(ns, |nl| async move {
-        let mut host = [0; VETHS];
-        let mut peer = [0; VETHS];
-        for i in 0..VETHS {
-            let (h, c) = (format!("h{i}"), format!("c{i}"));
-            nl.create_veth(
-                &h,
-                ipam::gateway_mac(WEB),
-                &c,
-                [0x02, 0, 0, 0, 0, i as u8],
-                None,
-            )
-            .await?;
-            let index = |name: String| {
-                let nl = &nl;
-                async move {
-                    match nl.link_by_name(&name).await? {
-                        Some(link) => Ok(link.index),
-                        None => bail!("veth {name} vanished right after it was created"),
-                    }
-                }
-            };
-            host[i] = index(h).await?;
-            peer[i] = index(c).await?;
-        }
-        Ok((host, peer))
-    }))
-}
-
-/// Every program pinned under `dir`, by pin name.
-fn open_programs(dir: &Path) -> Result<BTreeMap<String, TestProgram>> {
-    let mut programs = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let path = entry?.path();
-        let info = ProgramInfo::from_pin(&path)
-            .with_context(|| format!("opening pinned program {}", path.display()))?;
-        let xdp = info.program_type() == aya_obj::generated::bpf_prog_type::BPF_PROG_TYPE_XDP;
-        let fd = info.fd()?.as_fd().try_clone_to_owned()?;
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        programs.insert(name, TestProgram { fd: Arc::new(fd), xdp });
-    }
-    Ok(programs)
-}
-
-fn open_map<T>(dir: &Path, name: &str) -> Result<T>
-where
-    T: TryFrom<Map, Error = aya::maps::MapError>,
-{
-    let path = dir.join(name);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {}", path.display()))?;
-    Ok(T::try_from(Map::from_map_data(data)?)?)
-}
-
 /// `BPF_MAP_*_ELEM`/`GET_NEXT_KEY` member of `union bpf_attr`.
 #[repr(C)]
 struct MapElemAttr {
@@ -820,7 +527,7 @@ fn repeated_runs_see_their_own_output() {
         packets::Arp::request(t.a.mac, A_IP, WEB_GATEWAY).frame(packets::BROADCAST, t.a.mac);
     let before = fx.counts().unwrap();
     let out = fx
-        .run_skb(program_names::FROM_ENDPOINT, t.a.host_ifindex, &request, 2)
+        .run_program(program_names::FROM_ENDPOINT, t.a.host_ifindex, &request, 2)
         .unwrap();
     let after = fx.counts().unwrap();
     // Run 1 turns the request into the gateway's reply; run 2 sees a frame whose sender is
@@ -843,7 +550,7 @@ fn repeated_runs_see_their_own_output() {
     let frame = packets::eth(t.b.mac, t.a.mac, packets::ETHERTYPE_IPV4, &ip);
     let before = fx.counts().unwrap();
     let out = fx
-        .run_skb(program_names::FROM_ENDPOINT, t.a.host_ifindex, &frame, 100)
+        .run_program(program_names::FROM_ENDPOINT, t.a.host_ifindex, &frame, 100)
         .unwrap();
     let after = fx.counts().unwrap();
     assert_eq!(out.retval, TC_ACT_SHOT);
@@ -857,7 +564,7 @@ fn repeated_runs_see_their_own_output() {
     let frame = packets::eth(t.web.gateway_mac, t.a.mac, packets::ETHERTYPE_IPV4, &ip);
     let before = fx.counts().unwrap();
     let out = fx
-        .run_skb(program_names::FROM_ENDPOINT, t.a.host_ifindex, &frame, 100)
+        .run_program(program_names::FROM_ENDPOINT, t.a.host_ifindex, &frame, 100)
         .unwrap();
     let after = fx.counts().unwrap();
     assert_eq!((out.retval, out.packet_out), (TC_ACT_OK, frame));

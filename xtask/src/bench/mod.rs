@@ -5,6 +5,8 @@
 //! - [`docker_rules`]: the iptables rule shapes Docker installs, with their source;
 //! - [`workload`]: iperf3 and our own [`loadgen`] between two namespaces, pinned to CPUs;
 //! - [`pinned_map`]: bpfnet's map update alone, for the control-plane cost;
+//! - [`program_cost`]: each eBPF program's own ns per packet (`bpfnet debug program-cost`);
+//! - [`profile`]: with `--perf`, where a packet's time goes (perf samples by part of the path);
 //! - [`report`]: summaries and ratios, the table, results.json (schema there) and chart.svg.
 //!
 //! Method: for each N (other published ports), each repetition, scenario and workload, the
@@ -15,6 +17,8 @@
 mod docker_rules;
 pub mod loadgen;
 mod pinned_map;
+mod profile;
+mod program_cost;
 mod report;
 mod stats;
 mod topology;
@@ -48,6 +52,10 @@ pub struct BenchArgs {
     /// is always this xtask's release build.
     #[arg(long, value_name = "PATH")]
     bpfnet: Option<PathBuf>,
+    /// Also profile one 64-byte UDP run (c2c) per datapath with `perf record` on the client's
+    /// and server's CPUs, and write where the time goes to perf-<datapath>.txt (about 10 s more).
+    #[arg(long)]
+    perf: bool,
 }
 
 impl BenchArgs {
@@ -57,6 +65,7 @@ impl BenchArgs {
             quick: true,
             out: None,
             bpfnet,
+            perf: false,
         }
     }
 }
@@ -65,6 +74,7 @@ impl BenchArgs {
 #[derive(Debug)]
 struct Plan {
     quick: bool,
+    perf: bool,
     repetitions: u32,
     durations: Durations,
     /// The N values: published ports of another container ahead of the measured ones.
@@ -72,10 +82,11 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(quick: bool) -> Plan {
+    fn new(quick: bool, perf: bool) -> Plan {
         if quick {
             Plan {
                 quick,
+                perf,
                 repetitions: 1,
                 durations: Durations {
                     stream_secs: 2,
@@ -86,6 +97,7 @@ impl Plan {
         } else {
             Plan {
                 quick,
+                perf,
                 repetitions: 3,
                 durations: Durations {
                     stream_secs: 4,
@@ -121,24 +133,31 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .join(report::utc_stamp(started)),
     };
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let plan = Plan::new(args.quick);
+    let plan = Plan::new(args.quick, args.perf);
     let pinning = Pinning::for_this_machine();
 
     sandbox::catch_interrupts()?;
     section("sandbox");
-    let mut sandbox = Sandbox::create("bnb", bpfnet_bin)?;
+    let mut sandbox = Sandbox::create("bnb", bpfnet_bin.clone())?;
     // A copy of the release xtask for `loadgen`: a rebuild during the run cannot swap it.
     let loadgen = sandbox.write_scratch("loadgen", "")?;
     fs::copy(&loadgen_bin, &loadgen)
         .with_context(|| format!("copying {} to {}", loadgen_bin.display(), loadgen.display()))?;
 
     let mut topologies = Topologies::new(&sandbox);
-    let outcome = measure(&mut sandbox, &mut topologies, &plan, pinning, &loadgen);
+    let outcome = measure(
+        &mut sandbox,
+        &mut topologies,
+        &plan,
+        pinning,
+        &loadgen,
+        &out,
+    );
     section("teardown");
     let removed = topologies.remove();
     let teardown = sandbox.teardown();
-    let collected = match (outcome, removed, teardown) {
-        (Ok(collected), Ok(()), Ok(())) => collected,
+    let (collected, profiles) = match (outcome, removed, teardown) {
+        (Ok(measured), Ok(()), Ok(())) => measured,
         (outcome, removed, teardown) => {
             for err in [removed.err(), teardown.err()].into_iter().flatten() {
                 eprintln!("error: {err:#}");
@@ -149,7 +168,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 .context("bench failed (the sandbox was cleaned up)"));
         }
     };
-    write_results(&out, &plan, pinning, started, &collected)
+    section("per-program cost (BPF_PROG_TEST_RUN, bpfnet debug program-cost)");
+    let program_cost = program_cost::measure(&bpfnet_bin);
+    write_results(
+        &out,
+        &plan,
+        pinning,
+        started,
+        &collected,
+        &program_cost,
+        &profiles,
+    )
 }
 
 fn measure(
@@ -158,7 +187,8 @@ fn measure(
     plan: &Plan,
     pinning: Pinning,
     loadgen: &Path,
-) -> Result<Collected> {
+    out: &Path,
+) -> Result<(Collected, Vec<serde_json::Value>)> {
     section("topologies: floor, bridge+iptables (Docker's rules), bpfnet (tc and XDP uplink)");
     topologies.create(sandbox)?;
     let runner = Runner {
@@ -257,7 +287,79 @@ fn measure(
             }
         }
     }
-    Ok(collected)
+    let profiles = if plan.perf {
+        section(&format!(
+            "perf: where a 64-byte UDP packet's time goes (c2c, N = {first_n})"
+        ));
+        if plan.other_ports.last() != Some(&first_n) {
+            topologies.set_other_ports(sandbox, first_n)?;
+        }
+        profile_udp(sandbox, topologies, &runner, plan, out)?
+    } else {
+        Vec::new()
+    };
+    Ok((collected, profiles))
+}
+
+/// One `perf record` of a UDP run per datapath (c2c, at the first N), each
+/// summarised into `perf-<datapath>.txt` in `out`. A failed profile is reported, not fatal.
+fn profile_udp(
+    sandbox: &mut Sandbox,
+    topologies: &Topologies,
+    runner: &Runner,
+    plan: &Plan,
+    out: &Path,
+) -> Result<Vec<serde_json::Value>> {
+    let cpus = match (runner.pinning.client_cpu, runner.pinning.server_cpu) {
+        (Some(c), Some(s)) => Some(format!("{c},{s}")),
+        _ => None,
+    };
+    let mut profiles = Vec::new();
+    for datapath in Datapath::ALL {
+        let Support::Yes(ends) =
+            topologies.endpoints(datapath, Scenario::ContainerToContainer, true)
+        else {
+            continue;
+        };
+        sandbox::check_interrupted()?;
+        topologies.prepare(sandbox, datapath)?;
+        let file = format!("perf-{}.txt", datapath.name());
+        let data = out.join(format!("perf-{}.data", datapath.name()));
+        let title = format!(
+            "perf record -F 999 on CPUs {} during a {} s 64-byte UDP run, c2c, {}",
+            cpus.as_deref().unwrap_or("all"),
+            plan.durations.short_secs,
+            datapath.name()
+        );
+        let profiled = profile::Recording::start(&data, cpus.as_deref(), plan.durations.short_secs)
+            .and_then(|recording| {
+                let run = runner.run(sandbox, &ends, Workload::UdpRate);
+                let lines = recording.finish();
+                let figures = run?;
+                Ok((figures, lines?))
+            });
+        match profiled {
+            Ok((figures, lines)) => {
+                let mpps = figures.first().map_or(0.0, |(_, v)| *v);
+                let text = profile::summary(&lines, &format!("{title}: {mpps:.3} Mpps received"));
+                fs::write(out.join(&file), &text)
+                    .with_context(|| format!("writing {}", out.join(&file).display()))?;
+                progress(&format!(
+                    "perf {}: {}",
+                    datapath.name(),
+                    out.join(&file).display()
+                ));
+                print!("{text}");
+                profiles.push(json!({ "datapath": datapath.name(), "scenario": "c2c", "file": file, "error": null }));
+            }
+            Err(err) => {
+                sandbox::check_interrupted()?;
+                progress(&format!("perf {}: FAILED: {err:#}", datapath.name()));
+                profiles.push(json!({ "datapath": datapath.name(), "scenario": "c2c", "file": null, "error": format!("{err:#}") }));
+            }
+        }
+    }
+    Ok(profiles)
 }
 
 /// A → B → C → D in even repetitions, D → C → B → A in odd ones.
@@ -310,14 +412,32 @@ fn write_results(
     pinning: Pinning,
     started: u64,
     collected: &Collected,
+    program_cost: &Result<program_cost::ProgramCost>,
+    profiles: &[serde_json::Value],
 ) -> Result<()> {
     let rows = report::rows(collected, plan.other_ports[0]);
     let table = report::table(&rows);
-    let command_line = if plan.quick {
-        "cargo xtask bench --quick"
-    } else {
-        "cargo xtask bench"
+    let (cost_table, cost_json) = match program_cost {
+        Ok(cost) => (
+            cost.table(),
+            json!({
+                "status": "measured",
+                "error": null,
+                "empty_median_ns": cost.empty_median_ns(),
+                "report": cost,
+            }),
+        ),
+        Err(err) => (
+            format!("per-program cost (BPF_PROG_TEST_RUN, ns/packet): FAILED: {err:#}\n"),
+            json!({ "status": "failed", "error": format!("{err:#}"), "report": null }),
+        ),
     };
+    let table = format!("{table}\n{cost_table}");
+    let command_line = format!(
+        "cargo xtask bench{}{}",
+        if plan.quick { " --quick" } else { "" },
+        if plan.perf { " --perf" } else { "" }
+    );
     let pinned = match (pinning.client_cpu, pinning.server_cpu) {
         (Some(c), Some(s)) => format!("client on CPU {c}, server on CPU {s} (taskset)"),
         _ => "not pinned (one CPU)".to_string(),
@@ -351,6 +471,8 @@ fn write_results(
             "order": "per N, repetition, scenario and workload the datapaths run back to back: floor, bridge, bpfnet; reversed in odd repetitions",
         },
         "rows": rows,
+        "program_cost": cost_json,
+        "perf_profiles": profiles,
     });
     let files = [
         (
@@ -371,14 +493,20 @@ fn write_results(
         let path = out.join(name);
         fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
+    let perf_files: Vec<&str> = profiles.iter().filter_map(|p| p["file"].as_str()).collect();
     println!(
-        "\nresults in {}: results.json, table.txt, chart.svg, docker-rules-n1.iptables",
-        out.display()
+        "\nresults in {}: results.json, table.txt, chart.svg, docker-rules-n1.iptables{}{}",
+        out.display(),
+        if perf_files.is_empty() { "" } else { ", " },
+        perf_files.join(", ")
     );
     let failed = rows
         .iter()
         .filter(|r| r.status == "failed" || (r.status == "measured" && r.note.is_some()))
         .count();
+    if let Err(err) = program_cost {
+        bail!("the per-program cost was not measured: {err:#}");
+    }
     if failed > 0 {
         bail!(
             "{failed} figure(s) had failed repetitions: see the notes in {}",
@@ -430,12 +558,13 @@ mod tests {
 
     #[test]
     fn plans() {
-        let quick = Plan::new(true);
+        let quick = Plan::new(true, false);
         assert_eq!(
             (quick.repetitions, quick.other_ports.as_slice()),
             (1, &[1][..])
         );
-        let full = Plan::new(false);
+        let full = Plan::new(false, true);
+        assert!(full.perf && !quick.perf);
         assert_eq!(full.other_ports, [1, 100, 1_000, 10_000]);
         assert!(full.repetitions >= 3);
     }

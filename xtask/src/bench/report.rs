@@ -1,10 +1,10 @@
 //! The results: summaries with ratios, the terminal table, results.json and chart.svg.
 //!
-//! # results.json (schema `bpfnet-bench/2`)
+//! # results.json (schema `bpfnet-bench/3`)
 //!
 //! ```text
 //! {
-//!   "schema": "bpfnet-bench/2",
+//!   "schema": "bpfnet-bench/3",
 //!   "command": "cargo xtask bench --quick",
 //!   "started_unix": 1700000000, "finished_unix": 1700000060,    // seconds since the epoch
 //!   "host": { "kernel": "6.18.44", "cpus": 2, "iptables": "iptables v1.8.9 (nf_tables)" },
@@ -33,6 +33,31 @@
 //!     "median": 1.0, "min": 1.0, "max": 1.0, "spread_pct": 0.0,  // null unless measured
 //!     "ratio_to_floor": 1.0,               // median / the floor's c2c median at the first N
 //!     "ratio_to_bridge": 1.0               // median / bridge's median, same scenario and N
+//!   } ],
+//!   "program_cost": {                      // each eBPF program's own cost, once per run
+//!     "status": "measured" | "failed",
+//!     "error": null | "why it failed",
+//!     "empty_median_ns": 100,              // the timer's share: a program that only returns
+//!     "report": null | {                   // `bpfnet debug program-cost --json`, as printed
+//!       "schema": "bpfnet-program-cost/1",
+//!       "method": "...",                   // how it was measured, in words
+//!       "runs_per_path": 20000, "kernel": "6.18.44",
+//!       "paths": [ {
+//!         "program": "empty" | "from_endpoint" | "from_uplink" | "from_uplink_xdp",
+//!         "program_type": "tc" | "xdp",
+//!         "path": "c2c-forward" | "arp-reply" | "snat-new-flow" | "snat-reply" | ...,
+//!         "what": "the packet and what the program does with it",
+//!         "verdict": "TC_ACT_REDIRECT",    // what every run returned (checked)
+//!         "counters": ["forwarded"],       // what each run moved once (checked per batch)
+//!         "runs": 20000,                   // fewer if the path hit its time limit
+//!         "median_ns": 251, "p90_ns": 341, "min_ns": 230   // kernel-timed ns of one run
+//!       } ]
+//!     }
+//!   },
+//!   "perf_profiles": [ {                   // only with --perf; else []
+//!     "datapath": "floor" | "bridge" | "bpfnet", "scenario": "c2c",
+//!     "file": "perf-bpfnet.txt" | null,    // the summary, next to results.json
+//!     "error": null | "why there is none"
 //!   } ]
 //! }
 //! ```
@@ -40,7 +65,8 @@
 //! Ratios are plain quotients: above 1 is better for rates, worse for latencies and times.
 //!
 //! Schema history: `/2` added `map_update_us` and dropped the status `not-supported-yet`
-//! (bpfnet runs every scenario since it has `--uplink` and `--publish`).
+//! (bpfnet runs every scenario since it has `--uplink` and `--publish`); `/3` added
+//! `program_cost` and `perf_profiles`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -51,7 +77,7 @@ use super::stats::{ratio, Summary};
 use super::topology::Datapath;
 use super::workload::Metric;
 
-pub const SCHEMA: &str = "bpfnet-bench/2";
+pub const SCHEMA: &str = "bpfnet-bench/3";
 
 /// Which figure a sample belongs to: a row of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
