@@ -1,11 +1,18 @@
-//! Rewrites of addresses, ports and TTL with their checksums kept right, incrementally: at TC
-//! by the kernel's helpers, which know about checksum offload (CHECKSUM_PARTIAL packets carry
-//! only the pseudo-header sum, which BPF_F_PSEUDO_HDR updates); at XDP by the RFC 1624 updates
-//! below (see `Packet`). UDP's "no checksum" zero is kept as it is (BPF_F_MARK_MANGLED_0).
+//! Rewrites of addresses, ports and TTL with their checksums kept right, incrementally
+//! (RFC 1624). A [`Rewrite`] writes the fields directly and sums their changes, then updates
+//! each checksum once ([`Rewrite::commit`]):
+//! - the IPv4 header checksum in place: it is always complete, offload or not;
+//! - the L4 checksum through the hook (`Packet::l4_csum_replace`): at TC by the kernel's helper,
+//!   which knows about checksum offload (a CHECKSUM_PARTIAL packet carries only the
+//!   pseudo-header sum, which BPF_F_PSEUDO_HDR updates, and no other field's); at XDP in place.
+//!   UDP's "no checksum" zero is kept as it is (BPF_F_MARK_MANGLED_0).
+//!
+//! One update per checksum rather than one per field: at TC, two helper calls per packet
+//! instead of up to a dozen (they were most of a translated packet's cost).
 use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
 use datapath_common::{DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::packet::{Ipv4, Packet, IP_CSUM_OFF, IP_TTL_OFF};
+use crate::packet::{ptr_at, store, Ipv4, Packet, IP_CSUM_OFF, IP_TTL_OFF};
 
 /// Where a transport protocol keeps its checksum, and how a change of the IP addresses
 /// affects it.
@@ -31,73 +38,172 @@ impl L4Csum {
     }
 }
 
-/// Replaces an IPv4 address at `offset` (source or destination field) and fixes the IP
-/// checksum and, for TCP/UDP, the L4 checksum.
-#[inline(always)]
-pub fn set_addr<P: Packet>(ctx: &P, offset: usize, old: u32, new: u32, l4: &L4Csum) -> Result<(), DropReason> {
-    if old == new {
-        return Ok(());
+/// A sum of changes of 16-bit words, RFC 1624's Σ(~m + m'), for fields in network byte order
+/// as stored.
+#[derive(Clone, Copy, Default)]
+pub struct Delta(u32);
+
+impl Delta {
+    /// A difference as `bpf_l4_csum_replace` takes it with size 0 (see `diff`).
+    #[inline(always)]
+    pub fn of_diff(diff: u32) -> Self {
+        Delta(u16::from_be(diff as u16) as u32)
     }
-    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)?;
-    if l4.pseudo_header {
-        ctx.l4_csum_replace(l4.offset, old as u64, new as u64, l4.flags | BPF_F_PSEUDO_HDR as u64 | 4)?;
+
+    #[inline(always)]
+    pub fn u16(&mut self, old: u16, new: u16) {
+        self.0 += (!u16::from_be(old)) as u32 + u16::from_be(new) as u32;
     }
-    ctx.store(offset, &new)
+
+    #[inline(always)]
+    pub fn u32(&mut self, old: u32, new: u32) {
+        let (old, new) = (u32::from_be(old), u32::from_be(new));
+        self.0 += (!(old >> 16) & 0xffff) + (!old & 0xffff) + (new >> 16) + (new & 0xffff);
+    }
+
+    #[inline(always)]
+    fn plus(self, other: Delta) -> Delta {
+        Delta(fold(self.0) as u32 + fold(other.0) as u32)
+    }
+
+    #[inline(always)]
+    fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Folded to 16 bits, as `bpf_l4_csum_replace` takes a difference: a sum of the packet's
+    /// words as they lie in memory (the kernel's csum_* functions read them natively), i.e.
+    /// in network byte order, while this sum is kept in host order.
+    #[inline(always)]
+    fn diff(self) -> u32 {
+        fold(self.0).to_be() as u32
+    }
+
+    /// A checksum (network byte order as stored) after the changes: HC' = ~(~HC + Σ).
+    #[inline(always)]
+    pub fn apply(self, csum: u16) -> u16 {
+        let sum = (!u16::from_be(csum)) as u32 + fold(self.0) as u32;
+        (!fold(sum)).to_be()
+    }
 }
 
-/// Replaces a 16-bit L4 field (a port, or the ICMP echo identifier) covered by the L4 checksum.
+/// Ones'-complement folding of a 32-bit sum to 16 bits.
 #[inline(always)]
-pub fn set_l4_u16<P: Packet>(ctx: &P, offset: usize, old: u16, new: u16, l4: &L4Csum) -> Result<(), DropReason> {
-    if old == new {
-        return Ok(());
-    }
-    ctx.l4_csum_replace(l4.offset, old as u64, new as u64, l4.flags | 2)?;
-    ctx.store(offset, &new)
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
 }
 
-/// Decrements the TTL of a forwarded packet (the caller checked it is above 1).
-#[inline(always)]
-pub fn decrement_ttl<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<(), DropReason> {
-    // The checksum is over 16-bit words: TTL shares its word with the protocol.
-    let old = u16::from_be_bytes([ip.ttl, ip.proto]).to_be();
-    let new = u16::from_be_bytes([ip.ttl - 1, ip.proto]).to_be();
-    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 2)?;
-    ctx.store(IP_TTL_OFF, &(ip.ttl - 1))
-}
-
-/// RFC 1624 incremental update of a ones'-complement checksum (network byte order as stored)
-/// for a 32-bit field changing from `old` to `new`: HC' = ~(~HC + ~m + m').
+/// RFC 1624 update of a checksum for one 32-bit field changing from `old` to `new`.
 #[inline(always)]
 pub fn update32(csum: u16, old: u32, new: u32) -> u16 {
-    let mut sum = (!u16::from_be(csum)) as u32;
-    let (old, new) = (u32::from_be(old), u32::from_be(new));
-    sum += (!(old >> 16) & 0xffff) + (!old & 0xffff);
-    sum += (new >> 16) + (new & 0xffff);
-    fold(sum)
+    let mut delta = Delta::default();
+    delta.u32(old, new);
+    delta.apply(csum)
 }
 
 /// The same for a 16-bit field.
 #[inline(always)]
 pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
-    let mut sum = (!u16::from_be(csum)) as u32;
-    sum += (!u16::from_be(old)) as u32 + u16::from_be(new) as u32;
-    fold(sum)
+    let mut delta = Delta::default();
+    delta.u16(old, new);
+    delta.apply(csum)
 }
 
+/// Applies `delta` to the checksum at `offset` in place. `mangled_0`: UDP's "no checksum" zero
+/// stays zero, and a sum that comes to zero is sent as 0xffff (as BPF_F_MARK_MANGLED_0 does).
 #[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be()
-}
-
-/// Replaces a 32-bit field inside the L4 payload (e.g. an address in the packet an ICMP error
-/// quotes), keeping the L4 checksum right. Not for fields the pseudo-header covers.
-#[inline(always)]
-pub fn set_l4_u32<P: Packet>(ctx: &P, offset: usize, old: u32, new: u32, l4: &L4Csum) -> Result<(), DropReason> {
-    if old == new {
+pub fn apply_at<P: Packet>(ctx: &P, offset: usize, delta: Delta, mangled_0: bool) -> Result<(), DropReason> {
+    let field: *mut u16 = ptr_at(ctx, offset)?;
+    // SAFETY: bounds-checked by `ptr_at`; packet fields need not be aligned.
+    let sum = unsafe { field.read_unaligned() };
+    if mangled_0 && sum == 0 {
         return Ok(());
     }
-    ctx.l4_csum_replace(l4.offset, old as u64, new as u64, l4.flags | 4)?;
-    ctx.store(offset, &new)
+    let mut updated = delta.apply(sum);
+    if mangled_0 && updated == 0 {
+        updated = 0xffff;
+    }
+    // SAFETY: as above.
+    unsafe { field.write_unaligned(updated) };
+    Ok(())
+}
+
+/// The fields of one packet being rewritten, and what their changes do to its checksums.
+pub struct Rewrite {
+    l4: L4Csum,
+    /// The IPv4 addresses: in the IP header checksum and, for TCP/UDP, the pseudo-header.
+    addresses: Delta,
+    /// The TTL: in the IP header checksum only.
+    ttl: Delta,
+    /// Fields inside the L4 checksum's coverage and not in the pseudo-header: ports, the
+    /// echo identifier, an ICMP error's quoted packet.
+    l4_fields: Delta,
+}
+
+impl Rewrite {
+    #[inline(always)]
+    pub fn new(l4: L4Csum) -> Self {
+        Rewrite { l4, addresses: Delta::default(), ttl: Delta::default(), l4_fields: Delta::default() }
+    }
+
+    /// The IPv4 source or destination address at `offset`.
+    #[inline(always)]
+    pub fn addr<P: Packet>(&mut self, ctx: &P, offset: usize, old: u32, new: u32) -> Result<(), DropReason> {
+        if old != new {
+            store(ctx, offset, &new)?;
+            self.addresses.u32(old, new);
+        }
+        Ok(())
+    }
+
+    /// A 16-bit field the L4 checksum covers (a port, the echo identifier, a quoted field).
+    #[inline(always)]
+    pub fn l4_u16<P: Packet>(&mut self, ctx: &P, offset: usize, old: u16, new: u16) -> Result<(), DropReason> {
+        if old != new {
+            store(ctx, offset, &new)?;
+            self.l4_fields.u16(old, new);
+        }
+        Ok(())
+    }
+
+    /// A 32-bit field the L4 checksum covers (a quoted address).
+    #[inline(always)]
+    pub fn l4_u32<P: Packet>(&mut self, ctx: &P, offset: usize, old: u32, new: u32) -> Result<(), DropReason> {
+        if old != new {
+            store(ctx, offset, &new)?;
+            self.l4_fields.u32(old, new);
+        }
+        Ok(())
+    }
+
+    /// Decrements the TTL of a forwarded packet (the caller checked it is above 1).
+    #[inline(always)]
+    pub fn decrement_ttl<P: Packet>(&mut self, ctx: &P, ip: &Ipv4) -> Result<(), DropReason> {
+        // The checksum is over 16-bit words: TTL shares its word with the protocol.
+        let old = u16::from_be_bytes([ip.ttl, ip.proto]).to_be();
+        let new = u16::from_be_bytes([ip.ttl - 1, ip.proto]).to_be();
+        store(ctx, IP_TTL_OFF, &(ip.ttl - 1))?;
+        self.ttl.u16(old, new);
+        Ok(())
+    }
+
+    /// Updates the checksums for everything written. The L4 update comes last: at TC it is a
+    /// helper call, after which packet pointers must be derived again.
+    #[inline(always)]
+    pub fn commit<P: Packet>(self, ctx: &P) -> Result<(), DropReason> {
+        let header = self.addresses.plus(self.ttl);
+        if !header.is_empty() {
+            apply_at(ctx, IP_CSUM_OFF, header, false)?;
+        }
+        if self.l4.pseudo_header && !self.addresses.is_empty() {
+            let flags = self.l4.flags | BPF_F_PSEUDO_HDR as u64;
+            ctx.l4_csum_replace(self.l4.offset, 0, self.addresses.diff() as u64, flags)?;
+        }
+        if !self.l4_fields.is_empty() {
+            ctx.l4_csum_replace(self.l4.offset, 0, self.l4_fields.diff() as u64, self.l4.flags)?;
+        }
+        Ok(())
+    }
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use datapath_common::{CtKey, DropReason};
 
-use crate::packet::{redirect, Packet};
+use crate::packet::{redirect, store, Packet};
 
 const AF_INET: u8 = 2;
 
@@ -96,6 +96,6 @@ pub fn send<P: Packet>(ctx: &P, hop: &NextHop) -> Result<i32, DropReason> {
         return ctx.redirect_to_unresolved(hop.ifindex);
     }
     let macs: [[u8; 6]; 2] = [hop.dmac, hop.smac];
-    ctx.store(0, &macs)?;
+    store(ctx, 0, &macs)?;
     redirect::<P>(hop.ifindex)
 }

@@ -6,7 +6,7 @@ use datapath_common::{Counter, CtKey, DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPP
 use crate::{
     conntrack::{self, ICMP_ECHO_REQUEST},
     counters::count,
-    csum::{self, L4Csum},
+    csum::{self, L4Csum, Rewrite},
     fib,
     forward::deliver_to_ifindex,
     nat::to_host,
@@ -131,28 +131,29 @@ pub fn translate<P: Packet>(ctx: &P, ip: &Ipv4, origin: Origin) -> Result<Option
     }
     let quote = entry.to.reversed();
     let outer_saddr = if ip.saddr == q.daddr { entry.to.saddr } else { ip.saddr };
-    let icmp = L4Csum::of(IPPROTO_ICMP, ip.l4_off)?;
+    let mut rewrite = Rewrite::new(L4Csum::of(IPPROTO_ICMP, ip.l4_off)?);
 
     // Outer addresses: only the IP checksum covers them (ICMP has no pseudo-header).
-    csum::set_addr(ctx, IP_SADDR_OFF, ip.saddr, outer_saddr, &icmp)?;
-    csum::set_addr(ctx, IP_DADDR_OFF, ip.daddr, entry.to.daddr, &icmp)?;
+    rewrite.addr(ctx, IP_SADDR_OFF, ip.saddr, outer_saddr)?;
+    rewrite.addr(ctx, IP_DADDR_OFF, ip.daddr, entry.to.daddr)?;
     // Quoted addresses, and the quoted IP checksum that covers them.
-    csum::set_l4_u32(ctx, q.ip_off + 12, q.saddr, quote.saddr, &icmp)?;
-    csum::set_l4_u32(ctx, q.ip_off + 16, q.daddr, quote.daddr, &icmp)?;
+    rewrite.l4_u32(ctx, q.ip_off + 12, q.saddr, quote.saddr)?;
+    rewrite.l4_u32(ctx, q.ip_off + 16, q.daddr, quote.daddr)?;
     let quoted_ip_csum = csum::update32(csum::update32(q.ip_csum, q.saddr, quote.saddr), q.daddr, quote.daddr);
-    csum::set_l4_u16(ctx, q.ip_off + 10, q.ip_csum, quoted_ip_csum, &icmp)?;
+    rewrite.l4_u16(ctx, q.ip_off + 10, q.ip_csum, quoted_ip_csum)?;
     // Quoted ports (an echo's identifier is its source port; its destination slot stays 0),
     // and the quoted L4 checksum when it was quoted.
     let (sport_off, dport_off) = if q.proto == IPPROTO_ICMP { (q.l4_off + 4, q.l4_off + 4) } else { (q.l4_off, q.l4_off + 2) };
-    csum::set_l4_u16(ctx, sport_off, q.sport, quote.sport, &icmp)?;
+    rewrite.l4_u16(ctx, sport_off, q.sport, quote.sport)?;
     if q.proto != IPPROTO_ICMP {
-        csum::set_l4_u16(ctx, dport_off, q.dport, quote.dport, &icmp)?;
+        rewrite.l4_u16(ctx, dport_off, q.dport, quote.dport)?;
     }
-    fix_quoted_l4_csum(ctx, &q, &quote, &icmp)?;
-
+    fix_quoted_l4_csum(ctx, &q, &quote, &mut rewrite)?;
     if ip.ttl > 1 {
-        csum::decrement_ttl(ctx, ip)?;
+        rewrite.decrement_ttl(ctx, ip)?;
     }
+    rewrite.commit(ctx)?;
+
     count(Counter::IcmpErrorTranslated);
     if entry.ifindex != 0 {
         return deliver_to_ifindex(ctx, entry.ifindex).map(Some);
@@ -168,7 +169,7 @@ pub fn translate<P: Packet>(ctx: &P, ip: &Ipv4, origin: Origin) -> Result<Option
 /// quoted ICMP echo checksum covers the identifier. Fixed when present in the quote (UDP's and
 /// ICMP's are in the 8 bytes every error carries; TCP's only when more was quoted).
 #[inline(always)]
-fn fix_quoted_l4_csum<P: Packet>(ctx: &P, q: &Quoted, quote: &CtKey, icmp: &L4Csum) -> Result<(), DropReason> {
+fn fix_quoted_l4_csum<P: Packet>(ctx: &P, q: &Quoted, quote: &CtKey, rewrite: &mut Rewrite) -> Result<(), DropReason> {
     let csum_off = match q.proto {
         IPPROTO_TCP => q.l4_off + 16,
         IPPROTO_UDP => q.l4_off + 6,
@@ -192,5 +193,5 @@ fn fix_quoted_l4_csum<P: Packet>(ctx: &P, q: &Quoted, quote: &CtKey, icmp: &L4Cs
     if q.proto == IPPROTO_UDP && new == 0 {
         new = 0xffff;
     }
-    csum::set_l4_u16(ctx, csum_off, old, new, icmp)
+    rewrite.l4_u16(ctx, csum_off, old, new)
 }

@@ -16,7 +16,7 @@ use datapath_common::{
 use crate::{
     conntrack::{self, key_of},
     counters::count,
-    csum::{self, L4Csum},
+    csum::{L4Csum, Rewrite},
     fib,
     forward::deliver_to_ifindex,
     maps::{config, CT},
@@ -170,9 +170,6 @@ fn forward_tracked<P: Packet>(ctx: &P, ip: &Ipv4, key: &CtKey, entry: *mut CtEnt
     // SAFETY: a live map value, copied out.
     let entry = unsafe { *entry };
     rewrite(ctx, ip, key, &entry.to)?;
-    if ip.ttl > 1 {
-        csum::decrement_ttl(ctx, ip)?;
-    }
     if entry.ifindex != 0 {
         count(Counter::TranslatedIn);
         return deliver_to_ifindex(ctx, entry.ifindex);
@@ -201,12 +198,17 @@ fn port_offset(proto: u8, l4_off: usize, source: bool) -> usize {
     }
 }
 
-/// Rewrites addresses and ports from `from` to `to`, with their checksums.
+/// Rewrites addresses and ports from `from` to `to` and decrements the TTL (unless it is 1:
+/// then the packet is not forwarded by the host anyway), with their checksums.
 #[inline(always)]
 fn rewrite<P: Packet>(ctx: &P, ip: &Ipv4, from: &CtKey, to: &CtKey) -> Result<(), DropReason> {
-    let l4 = L4Csum::of(from.proto, ip.l4_off)?;
-    csum::set_addr(ctx, IP_SADDR_OFF, from.saddr, to.saddr, &l4)?;
-    csum::set_addr(ctx, IP_DADDR_OFF, from.daddr, to.daddr, &l4)?;
-    csum::set_l4_u16(ctx, port_offset(from.proto, ip.l4_off, true), from.sport, to.sport, &l4)?;
-    csum::set_l4_u16(ctx, port_offset(from.proto, ip.l4_off, false), from.dport, to.dport, &l4)
+    let mut rewrite = Rewrite::new(L4Csum::of(from.proto, ip.l4_off)?);
+    rewrite.addr(ctx, IP_SADDR_OFF, from.saddr, to.saddr)?;
+    rewrite.addr(ctx, IP_DADDR_OFF, from.daddr, to.daddr)?;
+    rewrite.l4_u16(ctx, port_offset(from.proto, ip.l4_off, true), from.sport, to.sport)?;
+    rewrite.l4_u16(ctx, port_offset(from.proto, ip.l4_off, false), from.dport, to.dport)?;
+    if ip.ttl > 1 {
+        rewrite.decrement_ttl(ctx, ip)?;
+    }
+    rewrite.commit(ctx)
 }

@@ -36,12 +36,9 @@ pub trait Packet: EbpfContext {
     fn len(&self) -> u32;
     /// The interface the packet arrived on.
     fn ingress_ifindex(&self) -> u32;
-    /// Writes `value` at `offset` bytes into the packet.
-    fn store<T: Copy>(&self, offset: usize, value: &T) -> Result<(), DropReason>;
-    /// `bpf_l3_csum_replace`: the checksum at `offset` follows a `size`-byte (2 or 4) field
-    /// changing from `old` to `new`.
-    fn l3_csum_replace(&self, offset: usize, old: u64, new: u64, size: u64) -> Result<(), DropReason>;
-    /// `bpf_l4_csum_replace`: as above, with the field size and BPF_F_* flags in `flags`.
+    /// `bpf_l4_csum_replace`: the L4 checksum at `offset` follows a field changing from `old`
+    /// to `new`, with the field size (2 or 4; 0: `new` is a precomputed difference) and
+    /// BPF_F_* flags in `flags` (BPF_F_PSEUDO_HDR: a field of the pseudo-header).
     fn l4_csum_replace(&self, offset: usize, old: u64, new: u64, flags: u64) -> Result<(), DropReason>;
     /// Sends the packet into the container behind the host-side veth `host_ifindex`.
     fn redirect_into_container(&self, host_ifindex: u32) -> Result<i32, DropReason>;
@@ -91,18 +88,8 @@ impl Packet for TcContext {
         unsafe { (*self.skb.skb).ifindex }
     }
 
-    #[inline(always)]
-    fn store<T: Copy>(&self, offset: usize, value: &T) -> Result<(), DropReason> {
-        TcContext::store(self, offset, value, 0).map_err(|_| DropReason::RewriteFailed)
-    }
-
-    // The skb helpers know about checksum offload: a CHECKSUM_PARTIAL packet carries only the
-    // pseudo-header sum, which BPF_F_PSEUDO_HDR updates the right way.
-    #[inline(always)]
-    fn l3_csum_replace(&self, offset: usize, old: u64, new: u64, size: u64) -> Result<(), DropReason> {
-        TcContext::l3_csum_replace(self, offset, old, new, size).map_err(|_| DropReason::RewriteFailed)
-    }
-
+    // The skb helper knows about checksum offload: a CHECKSUM_PARTIAL packet carries only the
+    // pseudo-header sum, which BPF_F_PSEUDO_HDR updates the right way (and other fields not).
     #[inline(always)]
     fn l4_csum_replace(&self, offset: usize, old: u64, new: u64, flags: u64) -> Result<(), DropReason> {
         TcContext::l4_csum_replace(self, offset, old, new, flags).map_err(|_| DropReason::RewriteFailed)
@@ -150,25 +137,18 @@ impl Packet for XdpContext {
         unsafe { (*self.ctx).ingress_ifindex }
     }
 
-    #[inline(always)]
-    fn store<T: Copy>(&self, offset: usize, value: &T) -> Result<(), DropReason> {
-        let field: *mut T = ptr_at(self, offset)?;
-        // SAFETY: bounds-checked by `ptr_at`; packet fields need not be aligned.
-        unsafe { field.write_unaligned(*value) };
-        Ok(())
-    }
-
     // A buffer at XDP has no checksum state: its checksums are complete (a NIC delivers what
     // the wire carried), so they are updated in place as RFC 1624 says.
     #[inline(always)]
-    fn l3_csum_replace(&self, offset: usize, old: u64, new: u64, size: u64) -> Result<(), DropReason> {
-        update_csum_at(self, offset, old, new, size, false)
-    }
-
-    #[inline(always)]
     fn l4_csum_replace(&self, offset: usize, old: u64, new: u64, flags: u64) -> Result<(), DropReason> {
-        let size = flags & BPF_F_HDR_FIELD_MASK as u64;
-        update_csum_at(self, offset, old, new, size, flags & BPF_F_MARK_MANGLED_0 as u64 != 0)
+        let mut delta = csum::Delta::default();
+        match flags & BPF_F_HDR_FIELD_MASK as u64 {
+            0 => delta = csum::Delta::of_diff(new as u32),
+            2 => delta.u16(old as u16, new as u16),
+            4 => delta.u32(old as u32, new as u32),
+            _ => return Err(DropReason::RewriteFailed),
+        }
+        csum::apply_at(self, offset, delta, flags & BPF_F_MARK_MANGLED_0 as u64 != 0)
     }
 
     /// `bpf_redirect` to the host-side veth: its transmit hands the frame to the container's
@@ -185,26 +165,13 @@ impl Packet for XdpContext {
     }
 }
 
-/// The XDP side of the checksum helpers. `mangled_0`: UDP's "no checksum" zero stays zero, and
-/// a sum that comes to zero is sent as 0xffff (as BPF_F_MARK_MANGLED_0 does).
+/// Writes `value` at `offset` bytes into the packet, directly (at TC too: headers are in the
+/// skb's linear data, which the verifier lets a program write after unsharing it).
 #[inline(always)]
-fn update_csum_at<P: Packet>(ctx: &P, offset: usize, old: u64, new: u64, size: u64, mangled_0: bool) -> Result<(), DropReason> {
-    let field: *mut u16 = ptr_at(ctx, offset)?;
+pub fn store<P: Packet, T: Copy>(ctx: &P, offset: usize, value: &T) -> Result<(), DropReason> {
+    let field: *mut T = ptr_at(ctx, offset)?;
     // SAFETY: bounds-checked by `ptr_at`; packet fields need not be aligned.
-    let sum = unsafe { field.read_unaligned() };
-    if mangled_0 && sum == 0 {
-        return Ok(());
-    }
-    let mut updated = match size {
-        2 => csum::update16(sum, old as u16, new as u16),
-        4 => csum::update32(sum, old as u32, new as u32),
-        _ => return Err(DropReason::RewriteFailed),
-    };
-    if mangled_0 && updated == 0 {
-        updated = 0xffff;
-    }
-    // SAFETY: as above.
-    unsafe { field.write_unaligned(updated) };
+    unsafe { field.write_unaligned(*value) };
     Ok(())
 }
 

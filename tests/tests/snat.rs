@@ -134,6 +134,21 @@ fn a_gigabyte_each_way_arrives_with_no_checksum_error() {
     assert_eq!(sb.counter("drops", "rewrite_failed"), 0);
 }
 
+/// The container sends with checksum offload (CHECKSUM_PARTIAL: the checksum field holds only
+/// the pseudo-header sum, which the datapath must update for the new source address); the
+/// uplink has offload off, so the kernel completes the checksums (and segments) on the way
+/// out from that sum, and the outside verifies them.
+#[test]
+fn partial_checksums_from_a_container_are_completed_right_after_translation() {
+    let (mut sb, c) = sandbox_with(&["c1"], &[]);
+    let out = sb.outside_netns.clone();
+    full_checksums(&sb.host_netns.clone(), "up0", &out, "up0o");
+    let before = tcp_receive_errors(&out);
+    iperf3_each_way(&mut sb, &out, &c[0], OUTSIDE_IP, "200M", 200 << 20);
+    assert_eq!(tcp_receive_errors(&out), before, "checksum errors at the outside receiver");
+    assert_eq!(sb.counter("drops", "rewrite_failed"), 0);
+}
+
 #[test]
 fn expired_flows_are_collected_and_their_ports_reused() {
     // The agent's own periodic collection is pushed out of the way: this test collects itself.
