@@ -84,8 +84,8 @@ pub async fn run(args: AgentArgs, socket: PathBuf) -> Result<()> {
         recreated = ?report.recreated,
         removed = ?report.removed_leftovers,
         "reconciled {} networks and {} containers",
-        host.state.networks.len(),
-        host.state.containers.len()
+        host.state().networks.len(),
+        host.state().containers.len()
     );
     let (listener, _socket_file) = server::bind(&socket).await?;
     let host = Arc::new(Mutex::new(host));

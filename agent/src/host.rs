@@ -8,7 +8,7 @@ use crate::{
     datapath::{Datapath, DatapathLogLevel},
     netlink::Netlink,
     netns,
-    state::{State, StateStore},
+    state::{Change, State, StateStore},
 };
 
 /// Where a bpfnet host lives. Several hosts (each with its own namespace, state directory and
@@ -80,8 +80,8 @@ impl HostOptions {
 
 pub struct Host {
     pub options: HostOptions,
+    /// The state, changed only through [`Host::commit`].
     store: StateStore,
-    pub state: State,
     pub netlink: Netlink,
     datapath: Option<Datapath>,
 }
@@ -90,9 +90,8 @@ impl Host {
     /// Locks the state directory and reads the state. The datapath is opened on first use.
     pub async fn open(options: &HostOptions) -> Result<Self> {
         let store = StateStore::open(&options.state_dir)?;
-        let state = store.load()?;
         let netlink = Netlink::connect().context("opening a netlink socket in the host namespace")?;
-        Ok(Self { options: options.clone(), store, state, netlink, datapath: None })
+        Ok(Self { options: options.clone(), store, netlink, datapath: None })
     }
 
     /// The pinned datapath, loaded and pinned if this host has none yet.
@@ -148,14 +147,18 @@ impl Host {
         self.datapath().map(Some)
     }
 
-    pub fn save(&self) -> Result<()> {
-        self.store.save(&self.state)
+    pub fn state(&self) -> &State {
+        self.store.state()
+    }
+
+    /// Checks a change of the state, makes it durable, and applies it (see [`StateStore`]).
+    pub fn commit(&mut self, change: Change) -> Result<()> {
+        self.store.commit(change)
     }
 
     /// Forgets the datapath handles and the saved state (after `down` removed everything).
     pub fn clear(&mut self) -> Result<()> {
         self.datapath = None;
-        self.state = State::default();
         self.store.clear()
     }
 }

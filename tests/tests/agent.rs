@@ -13,8 +13,8 @@ use std::{
 };
 
 use bpfnet_tests::{
-    in_netns, links_in, namespaces_with_prefix, pinned_map_len, tcp_exchange, Sandbox, IO_TIMEOUT, OUTSIDE_IP,
-    UPLINK_HOST_IP,
+    in_netns, links_in, namespaces_with_prefix, pinned_map_len, tcp_exchange, Sandbox, IO_TIMEOUT,
+    OUTSIDE_IP, UPLINK_HOST_IP,
 };
 use nix::sys::signal::Signal;
 
@@ -205,10 +205,24 @@ fn post(path: &str, body: &str) -> Vec<u8> {
     format!("POST {path} HTTP/1.1\r\nHost: bpfnet\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
 }
 
+/// The saved state: the snapshot and the journal, every file of the state directory but its
+/// lock.
+fn saved_state(sb: &Sandbox) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(&sb.state_dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != "lock")
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
 #[test]
 fn bad_api_and_cli_input_is_refused_and_the_agent_stays_up() {
     let (sb, net) = sandbox_with_network();
-    let state_before = std::fs::read_to_string(sb.state_dir.join("state.json")).unwrap();
+    let state_before = saved_state(&sb);
+    assert!(state_before.iter().any(|(name, _)| name == "state.json"), "{state_before:?}");
     let err = sb.fails(&["container", "create", &sb.name("c"), "--network", "nosuchnet"]);
     assert!(err.contains("no network named"), "{err}");
     for (request, status, needle) in [
@@ -224,7 +238,7 @@ fn bad_api_and_cli_input_is_refused_and_the_agent_stays_up() {
         assert!(got.contains(status), "{got} {body}");
         assert!(body.contains(needle), "{got}: {body}");
     }
-    assert_eq!(std::fs::read_to_string(sb.state_dir.join("state.json")).unwrap(), state_before, "no state change");
+    assert_eq!(saved_state(&sb), state_before, "no state change");
     // A client that is not root cannot reach the API at all (the socket is root-only).
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
