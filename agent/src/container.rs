@@ -201,7 +201,7 @@ pub async fn publish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) ->
     let change = Change::Publish { container: name.to_owned(), ports: mappings.clone() };
     host.state().check(&change)?;
     let ip = host.state().container(name)?.ip;
-    host.sync_uplink().await?;
+    host.ensure_uplink().await?;
     let datapath = host.datapath()?;
     for (done, mapping) in mappings.iter().enumerate() {
         if let Err(err) = datapath.publish(&mapping.service_key(), &mapping.backend(ip)) {
@@ -211,6 +211,9 @@ pub async fn publish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) ->
             return Err(err.context(format!("publishing {mapping} for {name}")));
         }
     }
+    // Killed here, the agent removes these entries when it restarts (no record owns them):
+    // the client got no answer and may retry.
+    crate::failpoint::hit("publish:mapped");
     if let Err(err) = host.commit(change) {
         let datapath = host.datapath()?;
         for undo in &mappings {
@@ -218,6 +221,8 @@ pub async fn publish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) ->
         }
         return Err(err.context(format!("publishing ports of {name}")));
     }
+    // Killed here, the restarted agent keeps them: the record is durable.
+    crate::failpoint::hit("publish:journaled");
     Ok(())
 }
 

@@ -84,6 +84,9 @@ pub struct Host {
     store: StateStore,
     pub netlink: Netlink,
     datapath: Option<Datapath>,
+    /// Whether this agent has put the uplink settings in place at least once (they are then
+    /// kept current by the agent's uplink follower).
+    uplink_synced: bool,
 }
 
 impl Host {
@@ -91,7 +94,7 @@ impl Host {
     pub async fn open(options: &HostOptions) -> Result<Self> {
         let store = StateStore::open(&options.state_dir)?;
         let netlink = Netlink::connect().context("opening a netlink socket in the host namespace")?;
-        Ok(Self { options: options.clone(), store, netlink, datapath: None })
+        Ok(Self { options: options.clone(), store, netlink, datapath: None, uplink_synced: false })
     }
 
     /// The pinned datapath, loaded and pinned if this host has none yet.
@@ -136,7 +139,19 @@ impl Host {
             flags,
         };
         datapath.set_config(&config)?;
-        datapath.attach_uplink(&uplink)
+        datapath.attach_uplink(&uplink)?;
+        self.uplink_synced = true;
+        Ok(())
+    }
+
+    /// [`Host::sync_uplink`] unless this agent did it already: the uplink follower keeps the
+    /// settings current, so an operation that only needs them in place skips the netlink
+    /// round trips.
+    pub async fn ensure_uplink(&mut self) -> Result<()> {
+        if self.uplink_synced {
+            return Ok(());
+        }
+        self.sync_uplink().await
     }
 
     /// The datapath if one is pinned, without loading one.
@@ -159,6 +174,7 @@ impl Host {
     /// Forgets the datapath handles and the saved state (after `down` removed everything).
     pub fn clear(&mut self) -> Result<()> {
         self.datapath = None;
+        self.uplink_synced = false;
         self.store.clear()
     }
 }

@@ -40,12 +40,14 @@ pub async fn execute(host: &mut Host, call: Call) -> Result<Value> {
             Ok(json!({ "removed": name }))
         }
         Call::Publish(name, specs) => {
-            container::publish(host, &name, parse_specs(&specs.specs)?).await?;
-            Ok(describe_container(host.state().container(&name)?))
+            let mappings = parse_specs(&specs.specs)?;
+            container::publish(host, &name, mappings.clone()).await?;
+            describe_port_change(host, &name, "published", &mappings)
         }
         Call::Unpublish(name, specs) => {
-            container::unpublish(host, &name, parse_specs(&specs.specs)?).await?;
-            Ok(describe_container(host.state().container(&name)?))
+            let mappings = parse_specs(&specs.specs)?;
+            container::unpublish(host, &name, mappings.clone()).await?;
+            describe_port_change(host, &name, "unpublished", &mappings)
         }
         Call::Status => status(host),
         Call::ListConntrack => Ok(serde_json::to_value(conntrack::flows(loaded(host)?)?)?),
@@ -91,6 +93,16 @@ fn describe_container(spec: &ContainerSpec) -> Value {
         "host_interface": spec.host_interface,
         "ports": spec.publish.iter().map(ToString::to_string).collect::<Vec<_>>(),
     })
+}
+
+/// The answer to publish/unpublish: the ports it changed and how many the container now
+/// publishes (not the whole list, which may be thousands long: `container ls` has it).
+fn describe_port_change(host: &Host, name: &str, what: &str, mappings: &[publish::PortMapping]) -> Result<Value> {
+    Ok(json!({
+        "name": name,
+        what: mappings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "port_count": host.state().container(name)?.publish.len(),
+    }))
 }
 
 /// What the kernel says is attached to an interface's tcx ingress (program ids).
