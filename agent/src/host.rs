@@ -84,8 +84,7 @@ pub struct Host {
     store: StateStore,
     pub netlink: Netlink,
     datapath: Option<Datapath>,
-    /// Whether this agent has put the uplink settings in place at least once (they are then
-    /// kept current by the agent's uplink follower).
+    /// Whether [`Host::ensure_uplink`] put the uplink settings in place already.
     uplink_synced: bool,
 }
 
@@ -139,19 +138,18 @@ impl Host {
             flags,
         };
         datapath.set_config(&config)?;
-        datapath.attach_uplink(&uplink)?;
-        self.uplink_synced = true;
-        Ok(())
+        datapath.attach_uplink(&uplink)
     }
 
-    /// [`Host::sync_uplink`] unless this agent did it already: the uplink follower keeps the
-    /// settings current, so an operation that only needs them in place skips the netlink
-    /// round trips.
+    /// [`Host::sync_uplink`] the first time only: the agent's uplink follower keeps the
+    /// settings current, so an operation that only needs them in place (publish) skips the
+    /// netlink round trips.
     pub async fn ensure_uplink(&mut self) -> Result<()> {
-        if self.uplink_synced {
-            return Ok(());
+        if !self.uplink_synced {
+            self.sync_uplink().await?;
+            self.uplink_synced = true;
         }
-        self.sync_uplink().await
+        Ok(())
     }
 
     /// The datapath if one is pinned, without loading one.
