@@ -199,8 +199,7 @@ impl State {
             }
             Change::Unpublish { container, ports } => {
                 let gone: HashSet<PortMapping> = ports.into_iter().collect();
-                let gone: Vec<PortMapping> = gone.into_iter().collect();
-                self.ports.remove(&container, &gone);
+                self.ports.remove(&container, &gone.iter().copied().collect::<Vec<_>>());
                 // The container's own list (in publishing order): one pass over it.
                 self.containers.get_mut(&container).expect("checked").publish.retain(|m| !gone.contains(m));
             }
