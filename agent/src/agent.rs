@@ -84,8 +84,8 @@ pub async fn run(args: AgentArgs, socket: PathBuf) -> Result<()> {
         recreated = ?report.recreated,
         removed = ?report.removed_leftovers,
         "reconciled {} networks and {} containers",
-        host.state.networks.len(),
-        host.state.containers.len()
+        host.state().networks.len(),
+        host.state().containers.len()
     );
     // Uplink settings (address, ports, mode) as configured now, before the first request.
     if host.options.uplink.is_some() && host.existing_datapath()?.is_some() {

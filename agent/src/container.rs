@@ -10,8 +10,8 @@ use ipnet::{IpNet, Ipv4Net};
 use crate::{
     host::Host,
     ipam, names, netns,
-    publish::{PortMapping, Published},
-    state::{ContainerSpec, NetworkSpec, Pending},
+    publish::PortMapping,
+    state::{Change, ContainerSpec, NetworkSpec, Pending},
 };
 
 /// The container's interface, as Docker names it.
@@ -25,32 +25,32 @@ pub async fn create(
     publish: Vec<PortMapping>,
 ) -> Result<ContainerSpec> {
     names::validate("container", name)?;
-    if host.state.containers.contains_key(name) {
+    if host.state().containers.contains_key(name) {
         bail!("a container named {name:?} already exists; choose another name or remove it first");
     }
     if netns::exists(name) {
         bail!("a network namespace named {name:?} already exists on this machine (not made by this bpfnet host); choose another name");
     }
-    let net = host.state.network(network)?.clone();
-    let used: Vec<Ipv4Addr> = host.state.containers_of(network).map(|c| c.ip).collect();
+    let net = host.state().network(network)?.clone();
+    let used: Vec<Ipv4Addr> = host.state().containers_of(network).map(|c| c.ip).collect();
     let ip = match ip {
         Some(ip) => {
             ipam::check_host_address("--ip", ip, net.subnet)?;
             if ip == net.gateway {
                 bail!("--ip {ip} is the gateway of network {network:?}; choose another address");
             }
-            if let Some(owner) = host.state.containers_of(network).find(|c| c.ip == ip) {
+            if let Some(owner) = host.state().containers_of(network).find(|c| c.ip == ip) {
                 bail!("--ip {ip} is already in use by container {:?}; choose another address", owner.name);
             }
             ip
         }
         None => ipam::allocate(net.subnet, net.gateway, &used)?,
     };
-    Published::of(&host.state).check_free(&publish)?;
+    host.state().published().check_free(&publish)?;
     host.sync_uplink().await?;
     let (host_interface, _) = names::host_interface(unused_seed(host).await?);
     let stats_slot = (0..datapath_common::MAX_ENDPOINTS)
-        .find(|slot| !host.state.containers.values().any(|c| c.stats_slot == *slot))
+        .find(|slot| !host.state().containers.values().any(|c| c.stats_slot == *slot))
         .context("no counter slot left: this host has as many containers as bpfnet supports")?;
     let spec = ContainerSpec {
         name: name.to_owned(),
@@ -62,22 +62,17 @@ pub async fn create(
         publish,
         pending: Some(Pending::Create),
     };
-    host.state.containers.insert(name.to_owned(), spec.clone());
-    host.save()?;
+    host.commit(Change::AddContainer(spec.clone()))?;
     if let Err(err) = apply(host, &spec, &net).await {
         if let Err(cleanup) = teardown(host, &spec).await {
             tracing::error!("rolling back container {name}: {cleanup:#}");
             return Err(err.context(format!("creating container {name} (the agent finishes the roll-back when it restarts)")));
         }
-        host.state.containers.remove(name);
-        host.save()?;
+        host.commit(Change::RemoveContainer { name: name.to_owned() })?;
         return Err(err.context(format!("creating container {name}")));
     }
-    let done = host.state.containers.get_mut(name).expect("inserted above");
-    done.pending = None;
-    let spec = done.clone();
-    host.save()?;
-    Ok(spec)
+    host.commit(Change::SetContainerPending { name: name.to_owned(), pending: None })?;
+    Ok(ContainerSpec { pending: None, ..spec })
 }
 
 /// A random veth suffix not used by any interface of the host.
@@ -89,7 +84,7 @@ async fn unused_seed(host: &Host) -> Result<u32> {
             .context("reading /dev/urandom")?;
         let seed = u32::from_ne_bytes(bytes);
         let (host_if, peer) = names::host_interface(seed);
-        let taken = host.state.containers.values().any(|c| c.host_interface == host_if)
+        let taken = host.state().containers.values().any(|c| c.host_interface == host_if)
             || host.netlink.link_by_name(&host_if).await?.is_some()
             || host.netlink.link_by_name(&peer).await?.is_some();
         if !taken {
@@ -198,48 +193,60 @@ pub async fn teardown(host: &mut Host, spec: &ContainerSpec) -> Result<()> {
 }
 
 pub async fn remove(host: &mut Host, name: &str) -> Result<()> {
-    host.state.container(name)?;
-    let spec = host.state.containers.get_mut(name).expect("checked above");
-    spec.pending = Some(Pending::Remove);
-    let spec = spec.clone();
-    host.save()?;
+    host.commit(Change::SetContainerPending { name: name.to_owned(), pending: Some(Pending::Remove) })?;
+    let spec = host.state().container(name)?.clone();
     teardown(host, &spec).await.with_context(|| format!("removing container {name}"))?;
-    host.state.containers.remove(name);
-    host.save()
+    host.commit(Change::RemoveContainer { name: name.to_owned() })
 }
 
-/// Publishes more ports of a running container. Each is one map update.
+/// Publishes more ports of a running container: one map update each, then one journal
+/// record. Nothing here depends on how many ports the host publishes already.
 pub async fn publish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) -> Result<()> {
-    let spec = host.state.container(name)?.clone();
-    Published::of(&host.state).check_free(&mappings)?;
-    host.sync_uplink().await?;
+    let change = Change::Publish { container: name.to_owned(), ports: mappings.clone() };
+    host.state().check(&change)?;
+    let ip = host.state().container(name)?.ip;
+    host.ensure_uplink().await?;
     let datapath = host.datapath()?;
     for (done, mapping) in mappings.iter().enumerate() {
-        if let Err(err) = datapath.publish(&mapping.service_key(), &mapping.backend(spec.ip)) {
+        if let Err(err) = datapath.publish(&mapping.service_key(), &mapping.backend(ip)) {
             for undo in &mappings[..done] {
                 datapath.unpublish(&undo.service_key())?;
             }
             return Err(err.context(format!("publishing {mapping} for {name}")));
         }
     }
-    host.state.containers.get_mut(name).expect("checked above").publish.extend(mappings);
-    host.save()
+    // Killed here, the agent removes these entries when it restarts (no record owns them):
+    // the client got no answer and may retry.
+    crate::failpoint::hit("publish:mapped");
+    if let Err(err) = host.commit(change) {
+        let datapath = host.datapath()?;
+        for undo in &mappings {
+            datapath.unpublish(&undo.service_key())?;
+        }
+        return Err(err.context(format!("publishing ports of {name}")));
+    }
+    // Killed here, the restarted agent keeps them: the record is durable.
+    crate::failpoint::hit("publish:journaled");
+    Ok(())
 }
 
 /// Unpublishes ports of a container: new connections to them are refused at once; flows
 /// already established keep going until they end or expire (as with Docker's conntrack).
 pub async fn unpublish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) -> Result<()> {
-    let spec = host.state.container(name)?.clone();
-    if let Some(missing) = mappings.iter().find(|m| !spec.publish.contains(m)) {
-        bail!(
-            "container {name:?} does not publish {missing}; it publishes: {}",
-            if spec.publish.is_empty() { "nothing".to_owned() } else { spec.publish.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") }
-        );
-    }
+    let change = Change::Unpublish { container: name.to_owned(), ports: mappings.clone() };
+    host.state().check(&change)?;
+    let ip = host.state().container(name)?.ip;
     let datapath = host.datapath()?;
     for mapping in &mappings {
         datapath.unpublish(&mapping.service_key())?;
     }
-    host.state.containers.get_mut(name).expect("checked above").publish.retain(|m| !mappings.contains(m));
-    host.save()
+    // Killed before the record is written, the restarted agent publishes them again.
+    if let Err(err) = host.commit(change) {
+        let datapath = host.datapath()?;
+        for undo in &mappings {
+            datapath.publish(&undo.service_key(), &undo.backend(ip))?;
+        }
+        return Err(err.context(format!("unpublishing ports of {name}")));
+    }
+    Ok(())
 }

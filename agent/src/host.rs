@@ -8,7 +8,7 @@ use crate::{
     datapath::{Datapath, DatapathLogLevel},
     netlink::Netlink,
     netns,
-    state::{State, StateStore},
+    state::{Change, State, StateStore},
 };
 
 /// Where a bpfnet host lives. Several hosts (each with its own namespace, state directory and
@@ -84,19 +84,20 @@ impl HostOptions {
 
 pub struct Host {
     pub options: HostOptions,
+    /// The state, changed only through [`Host::commit`].
     store: StateStore,
-    pub state: State,
     pub netlink: Netlink,
     datapath: Option<Datapath>,
+    /// Whether [`Host::ensure_uplink`] put the uplink settings in place already.
+    uplink_synced: bool,
 }
 
 impl Host {
     /// Locks the state directory and reads the state. The datapath is opened on first use.
     pub async fn open(options: &HostOptions) -> Result<Self> {
         let store = StateStore::open(&options.state_dir)?;
-        let state = store.load()?;
         let netlink = Netlink::connect().context("opening a netlink socket in the host namespace")?;
-        Ok(Self { options: options.clone(), store, state, netlink, datapath: None })
+        Ok(Self { options: options.clone(), store, netlink, datapath: None, uplink_synced: false })
     }
 
     /// The pinned datapath, loaded and pinned if this host has none yet.
@@ -156,6 +157,17 @@ impl Host {
         datapath.attach_uplink(&uplink, mode)
     }
 
+    /// [`Host::sync_uplink`] the first time only: the agent's uplink follower keeps the
+    /// settings current, so an operation that only needs them in place (publish) skips the
+    /// netlink round trips.
+    pub async fn ensure_uplink(&mut self) -> Result<()> {
+        if !self.uplink_synced {
+            self.sync_uplink().await?;
+            self.uplink_synced = true;
+        }
+        Ok(())
+    }
+
     /// The datapath if one is pinned, without loading one.
     pub fn existing_datapath(&mut self) -> Result<Option<&mut Datapath>> {
         if self.datapath.is_none() && !Datapath::is_pinned(&self.options.bpffs) {
@@ -164,14 +176,19 @@ impl Host {
         self.datapath().map(Some)
     }
 
-    pub fn save(&self) -> Result<()> {
-        self.store.save(&self.state)
+    pub fn state(&self) -> &State {
+        self.store.state()
+    }
+
+    /// Checks a change of the state, makes it durable, and applies it (see [`StateStore`]).
+    pub fn commit(&mut self, change: Change) -> Result<()> {
+        self.store.commit(change)
     }
 
     /// Forgets the datapath handles and the saved state (after `down` removed everything).
     pub fn clear(&mut self) -> Result<()> {
         self.datapath = None;
-        self.state = State::default();
+        self.uplink_synced = false;
         self.store.clear()
     }
 }

@@ -10,7 +10,7 @@ use ipnet::{IpNet, Ipv4Net};
 use crate::{
     host::Host,
     ipam, names,
-    state::{NetworkSpec, Pending},
+    state::{Change, NetworkSpec, Pending},
 };
 
 const GATEWAY_DEVICE: &str = "lo";
@@ -31,33 +31,28 @@ fn datapath_network(spec: &NetworkSpec) -> Network {
 
 pub async fn create(host: &mut Host, name: &str, subnet: &str, gateway: Option<Ipv4Addr>) -> Result<NetworkSpec> {
     names::validate("network", name)?;
-    if host.state.networks.contains_key(name) {
+    if host.state().networks.contains_key(name) {
         bail!("a network named {name:?} already exists; choose another name or remove it first");
     }
     let subnet = ipam::parse_subnet(subnet)?;
-    if let Some(other) = host.state.networks.values().find(|n| n.subnet.contains(&subnet.network()) || subnet.contains(&n.subnet.network())) {
+    if let Some(other) = host.state().networks.values().find(|n| n.subnet.contains(&subnet.network()) || subnet.contains(&n.subnet.network())) {
         bail!("--subnet {subnet} overlaps network {:?} ({}); choose a subnet that does not", other.name, other.subnet);
     }
     let gateway = ipam::gateway(subnet, gateway)?;
-    let id = host.state.networks.values().map(|n| n.id).max().unwrap_or(0) + 1;
+    let id = host.state().networks.values().map(|n| n.id).max().unwrap_or(0) + 1;
     let spec = NetworkSpec { name: name.to_owned(), id, subnet, gateway, pending: Some(Pending::Create) };
     host.sync_uplink().await?;
-    host.state.networks.insert(name.to_owned(), spec.clone());
-    host.save()?;
+    host.commit(Change::AddNetwork(spec.clone()))?;
     if let Err(err) = apply(host, &spec).await {
         if let Err(cleanup) = teardown(host, &spec).await {
             tracing::error!("rolling back network {name}: {cleanup:#}");
             return Err(err.context(format!("creating network {name} (the agent finishes the roll-back when it restarts)")));
         }
-        host.state.networks.remove(name);
-        host.save()?;
+        host.commit(Change::RemoveNetwork { name: name.to_owned() })?;
         return Err(err.context(format!("creating network {name}")));
     }
-    let done = host.state.networks.get_mut(name).expect("inserted above");
-    done.pending = None;
-    let spec = done.clone();
-    host.save()?;
-    Ok(spec)
+    host.commit(Change::SetNetworkPending { name: name.to_owned(), pending: None })?;
+    Ok(NetworkSpec { pending: None, ..spec })
 }
 
 /// Puts a network into the kernel. Idempotent, so it also serves to repair.
@@ -77,17 +72,15 @@ pub async fn teardown(host: &mut Host, spec: &NetworkSpec) -> Result<()> {
 }
 
 pub async fn remove(host: &mut Host, name: &str) -> Result<()> {
-    let spec = host.state.network(name)?.clone();
-    let members: Vec<_> = host.state.containers_of(name).map(|c| c.name.clone()).collect();
+    let spec = host.state().network(name)?.clone();
+    let members: Vec<_> = host.state().containers_of(name).map(|c| c.name.clone()).collect();
     if !members.is_empty() {
         bail!(
             "network {name:?} still has containers ({}); remove them first (bpfnet container rm NAME)",
             members.join(", ")
         );
     }
-    host.state.networks.get_mut(name).expect("checked above").pending = Some(Pending::Remove);
-    host.save()?;
+    host.commit(Change::SetNetworkPending { name: name.to_owned(), pending: Some(Pending::Remove) })?;
     teardown(host, &spec).await.with_context(|| format!("removing network {name}"))?;
-    host.state.networks.remove(name);
-    host.save()
+    host.commit(Change::RemoveNetwork { name: name.to_owned() })
 }

@@ -7,8 +7,6 @@ use anyhow::{bail, Context, Result};
 use datapath_common::{ipv4_be, Backend, ServiceKey, IPPROTO_TCP, IPPROTO_UDP};
 use serde::{Deserialize, Serialize};
 
-use crate::state::State;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -133,20 +131,46 @@ pub fn parse(spec: &str) -> Result<Vec<PortMapping>> {
         .collect())
 }
 
-/// Who publishes what, indexed by (port, protocol) for constant-time conflict checks.
-pub struct Published<'a> {
-    by_port: HashMap<(u16, Protocol), Vec<(&'a PortMapping, &'a str)>>,
+/// Who publishes what, indexed by (port, protocol): a conflict check or an ownership check
+/// looks at one small bucket, whatever the number of ports published. Kept up to date by
+/// [`crate::state::State`] with every change, never rebuilt per request.
+#[derive(Debug, Clone, Default)]
+pub struct PublishedPorts {
+    by_port: HashMap<(u16, Protocol), Vec<(PortMapping, String)>>,
 }
 
-impl<'a> Published<'a> {
-    pub fn of(state: &'a State) -> Self {
-        let mut by_port: HashMap<_, Vec<_>> = HashMap::new();
-        for container in state.containers.values() {
-            for mapping in &container.publish {
-                by_port.entry((mapping.host_port, mapping.protocol)).or_default().push((mapping, container.name.as_str()));
+impl PublishedPorts {
+    pub fn add(&mut self, owner: &str, mappings: &[PortMapping]) {
+        for mapping in mappings {
+            self.by_port.entry((mapping.host_port, mapping.protocol)).or_default().push((*mapping, owner.to_owned()));
+        }
+    }
+
+    /// Forgets `owner`'s `mappings` (those it does not publish are skipped).
+    pub fn remove(&mut self, owner: &str, mappings: &[PortMapping]) {
+        for mapping in mappings {
+            let key = (mapping.host_port, mapping.protocol);
+            let Some(bucket) = self.by_port.get_mut(&key) else { continue };
+            if let Some(i) = bucket.iter().position(|(m, o)| m == mapping && o == owner) {
+                bucket.swap_remove(i);
+            }
+            if bucket.is_empty() {
+                self.by_port.remove(&key);
             }
         }
-        Self { by_port }
+    }
+
+    /// Whether `owner` publishes exactly `mapping`.
+    pub fn publishes(&self, owner: &str, mapping: &PortMapping) -> bool {
+        self.by_port
+            .get(&(mapping.host_port, mapping.protocol))
+            .is_some_and(|bucket| bucket.iter().any(|(m, o)| m == mapping && o == owner))
+    }
+
+    /// How many ports are published on this host.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_port.values().map(Vec::len).sum()
     }
 
     /// Fails, naming the owner, if any of `mappings` is published already (or twice in itself).

@@ -7,7 +7,12 @@ use std::collections::HashSet;
 use anyhow::Result;
 use datapath_common::ipv4_be;
 
-use crate::{container, host::Host, netns, network, state::Pending};
+use crate::{
+    container,
+    host::Host,
+    netns, network,
+    state::{Change, Pending},
+};
 
 /// What reconciliation changed, for the log.
 #[derive(Debug, Default)]
@@ -21,27 +26,26 @@ pub async fn reconcile(host: &mut Host) -> Result<Report> {
     let mut report = Report::default();
     // 1. Operations cut off: a pending creation is rolled back (the client got no answer and
     //    may retry it), a pending removal finished.
-    for spec in host.state.containers.values().filter(|c| c.pending.is_some()).cloned().collect::<Vec<_>>() {
+    for spec in host.state().containers.values().filter(|c| c.pending.is_some()).cloned().collect::<Vec<_>>() {
         container::teardown(host, &spec).await?;
-        host.state.containers.remove(&spec.name);
+        host.commit(Change::RemoveContainer { name: spec.name.clone() })?;
         report.rolled_back.push(format!("container {} ({:?})", spec.name, spec.pending.unwrap_or(Pending::Create)));
     }
-    for spec in host.state.networks.values().filter(|n| n.pending.is_some()).cloned().collect::<Vec<_>>() {
+    for spec in host.state().networks.values().filter(|n| n.pending.is_some()).cloned().collect::<Vec<_>>() {
         network::teardown(host, &spec).await?;
-        host.state.networks.remove(&spec.name);
+        host.commit(Change::RemoveNetwork { name: spec.name.clone() })?;
         report.rolled_back.push(format!("network {}", spec.name));
     }
-    host.save()?;
-    if host.state.networks.is_empty() && !crate::datapath::Datapath::is_pinned(&host.options.bpffs) {
+    if host.state().networks.is_empty() && !crate::datapath::Datapath::is_pinned(&host.options.bpffs) {
         return Ok(report);
     }
 
     // 2. Everything in the state, in the kernel (each step is idempotent).
-    for spec in host.state.networks.values().cloned().collect::<Vec<_>>() {
+    for spec in host.state().networks.values().cloned().collect::<Vec<_>>() {
         network::apply(host, &spec).await?;
     }
-    for spec in host.state.containers.values().cloned().collect::<Vec<_>>() {
-        let net = host.state.network(&spec.network)?.clone();
+    for spec in host.state().containers.values().cloned().collect::<Vec<_>>() {
+        let net = host.state().network(&spec.network)?.clone();
         let intact = netns::exists(&spec.name) && host.netlink.link_by_name(&spec.host_interface).await?.is_some();
         if intact {
             container::register(host, &spec, &net).await?;
@@ -53,7 +57,7 @@ pub async fn reconcile(host: &mut Host) -> Result<Report> {
     }
 
     // 3. Nothing else: entries, links and veths that no container or network of the state owns.
-    let state = host.state.clone();
+    let state = host.state().clone();
     let ips: HashSet<u32> = state.containers.values().map(|c| ipv4_be(c.ip.octets())).collect();
     let ids: HashSet<u32> = state.networks.values().map(|n| n.id).collect();
     let services: HashSet<_> = state.containers.values().flat_map(|c| c.publish.iter().map(|m| m.service_key())).collect();

@@ -14,7 +14,7 @@ use crate::{
     host::Host,
     ipam::format_mac,
     network, publish,
-    state::{ContainerSpec, NetworkSpec},
+    state::{Change, ContainerSpec, NetworkSpec},
 };
 
 pub async fn execute(host: &mut Host, call: Call) -> Result<Value> {
@@ -23,8 +23,8 @@ pub async fn execute(host: &mut Host, call: Call) -> Result<Value> {
             let spec = network::create(host, &c.name, &c.subnet, c.gateway).await?;
             Ok(describe_network(host, &spec))
         }
-        Call::ListNetworks => Ok(Value::Array(host.state.networks.values().map(|n| describe_network(host, n)).collect())),
-        Call::InspectNetwork(name) => Ok(describe_network(host, host.state.network(&name)?)),
+        Call::ListNetworks => Ok(Value::Array(host.state().networks.values().map(|n| describe_network(host, n)).collect())),
+        Call::InspectNetwork(name) => Ok(describe_network(host, host.state().network(&name)?)),
         Call::RemoveNetwork(name) => {
             network::remove(host, &name).await?;
             Ok(json!({ "removed": name }))
@@ -34,18 +34,20 @@ pub async fn execute(host: &mut Host, call: Call) -> Result<Value> {
             let spec = container::create(host, &c.name, &c.network, c.ip, mappings).await?;
             Ok(describe_container(&spec))
         }
-        Call::ListContainers => Ok(Value::Array(host.state.containers.values().map(describe_container).collect())),
+        Call::ListContainers => Ok(Value::Array(host.state().containers.values().map(describe_container).collect())),
         Call::RemoveContainer(name) => {
             container::remove(host, &name).await?;
             Ok(json!({ "removed": name }))
         }
         Call::Publish(name, specs) => {
-            container::publish(host, &name, parse_specs(&specs.specs)?).await?;
-            Ok(describe_container(host.state.container(&name)?))
+            let mappings = parse_specs(&specs.specs)?;
+            container::publish(host, &name, mappings.clone()).await?;
+            describe_port_change(host, &name, "published", &mappings)
         }
         Call::Unpublish(name, specs) => {
-            container::unpublish(host, &name, parse_specs(&specs.specs)?).await?;
-            Ok(describe_container(host.state.container(&name)?))
+            let mappings = parse_specs(&specs.specs)?;
+            container::unpublish(host, &name, mappings.clone()).await?;
+            describe_port_change(host, &name, "unpublished", &mappings)
         }
         Call::Status => status(host),
         Call::ListConntrack => Ok(serde_json::to_value(conntrack::flows(loaded(host)?)?)?),
@@ -71,7 +73,7 @@ fn parse_specs(specs: &[String]) -> Result<Vec<publish::PortMapping>> {
 }
 
 fn describe_network(host: &Host, spec: &NetworkSpec) -> Value {
-    let containers: Vec<_> = host.state.containers_of(&spec.name).map(|c| c.name.clone()).collect();
+    let containers: Vec<_> = host.state().containers_of(&spec.name).map(|c| c.name.clone()).collect();
     json!({
         "name": spec.name,
         "id": spec.id,
@@ -91,6 +93,16 @@ fn describe_container(spec: &ContainerSpec) -> Value {
         "host_interface": spec.host_interface,
         "ports": spec.publish.iter().map(ToString::to_string).collect::<Vec<_>>(),
     })
+}
+
+/// The answer to publish/unpublish: the ports it changed and how many the container now
+/// publishes (not the whole list, which may be thousands long: `container ls` has it).
+fn describe_port_change(host: &Host, name: &str, what: &str, mappings: &[publish::PortMapping]) -> Result<Value> {
+    Ok(json!({
+        "name": name,
+        what: mappings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "port_count": host.state().container(name)?.publish.len(),
+    }))
 }
 
 /// What the kernel says is attached to an interface's tcx ingress (program ids).
@@ -163,8 +175,8 @@ fn container_status(spec: &ContainerSpec, stats: Option<datapath_common::Endpoin
 }
 
 fn status(host: &mut Host) -> Result<Value> {
-    let networks: Vec<_> = host.state.networks.values().cloned().collect();
-    let containers: Vec<_> = host.state.containers.values().cloned().collect();
+    let networks: Vec<_> = host.state().networks.values().cloned().collect();
+    let containers: Vec<_> = host.state().containers.values().cloned().collect();
     let veths: Vec<_> = containers.iter().map(|c| (c.host_interface.clone(), c.name.clone())).collect();
     let datapath = match host.existing_datapath()? {
         Some(dp) => datapath_status(&veths, dp)?,
@@ -184,24 +196,19 @@ fn status(host: &mut Host) -> Result<Value> {
 /// past a failing item so that one broken object does not keep the rest alive.
 async fn down(host: &mut Host) -> Result<Value> {
     let mut failures = Vec::new();
-    for spec in host.state.containers.values().cloned().collect::<Vec<_>>() {
+    for spec in host.state().containers.values().cloned().collect::<Vec<_>>() {
         match container::teardown(host, &spec).await {
-            Ok(()) => {
-                host.state.containers.remove(&spec.name);
-            }
+            Ok(()) => host.commit(Change::RemoveContainer { name: spec.name.clone() })?,
             Err(e) => failures.push(format!("container {}: {e:#}", spec.name)),
         }
     }
-    for spec in host.state.networks.values().cloned().collect::<Vec<_>>() {
+    for spec in host.state().networks.values().cloned().collect::<Vec<_>>() {
         match network::teardown(host, &spec).await {
-            Ok(()) => {
-                host.state.networks.remove(&spec.name);
-            }
+            Ok(()) => host.commit(Change::RemoveNetwork { name: spec.name.clone() })?,
             Err(e) => failures.push(format!("network {}: {e:#}", spec.name)),
         }
     }
     if !failures.is_empty() {
-        host.save()?;
         anyhow::bail!("bpfnet down could not remove everything:\n  {}", failures.join("\n  "));
     }
     host.clear()?;

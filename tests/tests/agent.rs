@@ -13,8 +13,8 @@ use std::{
 };
 
 use bpfnet_tests::{
-    in_netns, links_in, namespaces_with_prefix, pinned_map_len, tcp_exchange, Sandbox, IO_TIMEOUT, OUTSIDE_IP,
-    UPLINK_HOST_IP,
+    in_netns, links_in, namespaces_with_prefix, pinned_map_len, tcp_exchange, udp_exchange, Sandbox, IO_TIMEOUT,
+    OUTSIDE_IP, UPLINK_HOST_IP,
 };
 use nix::sys::signal::Signal;
 
@@ -164,6 +164,69 @@ fn an_agent_killed_while_creating_a_container_leaves_nothing_once_restarted() {
 }
 
 #[test]
+fn published_ports_survive_restarts_and_a_publish_cut_off_by_a_crash_converges() {
+    let (mut sb, net) = sandbox_with_network();
+    let c = sb.name("many");
+    // 10,000 ports published already, as in the benchmark's largest N.
+    sb.ok(&["container", "create", &c, "--network", &net, "--publish", "20000-29999:20000-29999/udp"]);
+    let ip = sb.container_ip(&c);
+    sb.udp_echo_server(&c, SocketAddrV4::new(ip, 7), 10);
+    let out = sb.outside_netns.clone();
+    let reaches = |port: u16| udp_exchange(&out, SocketAddrV4::new(UPLINK_HOST_IP, port), b"ping").is_ok();
+    let ports_of = |sb: &Sandbox| -> Vec<String> {
+        let all = sb.json(&["container", "ls", "--json"]);
+        let ports = &all.as_array().unwrap().iter().find(|x| x["name"] == c.as_str()).unwrap()["ports"];
+        ports.as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_owned()).collect()
+    };
+    let udp = |port: u16, to: u16| format!("0.0.0.0:{port}->{to}/udp");
+
+    // One more and one fewer, then a SIGKILL: both kept by the restarted agent.
+    let answer = sb.ok(&["publish", &c, "30000:7/udp"]);
+    assert!(answer.contains("1 port(s) published, 10001 published in all"), "{answer}");
+    sb.ok(&["unpublish", &c, "20000:20000/udp"]);
+    sb.stop_agent(Signal::SIGKILL);
+    sb.ensure_agent();
+    let ports = ports_of(&sb);
+    assert_eq!(ports.len(), 10_000);
+    assert!(ports.contains(&udp(30000, 7)) && !ports.contains(&udp(20000, 20000)));
+    assert_eq!(pinned_map_len(&sb.bpffs, "SERVICES"), 10_000);
+    assert!(reaches(30000));
+
+    // Killed after the map update, before the state records it: rolled back when the agent
+    // restarts (the client got no answer), and the publish can be retried.
+    sb.stop_agent(Signal::SIGTERM);
+    sb.set_env("BPFNET_FAILPOINT", "publish:mapped");
+    assert!(!sb.bpfnet(&["publish", &c, "30001:7/udp"]).status.success(), "the agent died mid-request");
+    assert_eq!(pinned_map_len(&sb.bpffs, "SERVICES"), 10_001, "the crash left the map entry behind");
+    sb.stop_agent(Signal::SIGKILL);
+    sb.set_env("BPFNET_FAILPOINT", "");
+    sb.ensure_agent();
+    assert_eq!(pinned_map_len(&sb.bpffs, "SERVICES"), 10_000, "rolled back");
+    assert!(!ports_of(&sb).contains(&udp(30001, 7)));
+    sb.ok(&["publish", &c, "30001:7/udp"]);
+    assert!(reaches(30001));
+
+    // Killed once the state recorded it, before answering: kept.
+    sb.stop_agent(Signal::SIGTERM);
+    sb.set_env("BPFNET_FAILPOINT", "publish:journaled");
+    assert!(!sb.bpfnet(&["publish", &c, "30002:7/udp"]).status.success(), "the agent died mid-request");
+    sb.stop_agent(Signal::SIGKILL);
+    sb.set_env("BPFNET_FAILPOINT", "");
+    sb.ensure_agent();
+    assert!(ports_of(&sb).contains(&udp(30002, 7)));
+    assert_eq!(pinned_map_len(&sb.bpffs, "SERVICES"), 10_002);
+    assert!(reaches(30002));
+    let err = sb.fails(&["publish", &c, "30002:7/udp"]);
+    assert!(err.contains(&format!("already published by container \"{c}\"")), "{err}");
+
+    // A clean stop and start changes nothing either.
+    let before = ports_of(&sb);
+    sb.stop_agent(Signal::SIGTERM);
+    assert_eq!(ports_of(&sb), before);
+    assert_eq!(pinned_map_len(&sb.bpffs, "SERVICES"), 10_002);
+}
+
+#[test]
 fn a_corrupt_or_unknown_state_file_stops_the_agent_and_not_the_datapath() {
     let (mut sb, net) = sandbox_with_network();
     let (c1, c2) = (sb.name("c1"), sb.name("c2"));
@@ -205,10 +268,24 @@ fn post(path: &str, body: &str) -> Vec<u8> {
     format!("POST {path} HTTP/1.1\r\nHost: bpfnet\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
 }
 
+/// The saved state: the snapshot and the journal, every file of the state directory but its
+/// lock.
+fn saved_state(sb: &Sandbox) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(&sb.state_dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != "lock")
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
 #[test]
 fn bad_api_and_cli_input_is_refused_and_the_agent_stays_up() {
     let (sb, net) = sandbox_with_network();
-    let state_before = std::fs::read_to_string(sb.state_dir.join("state.json")).unwrap();
+    let state_before = saved_state(&sb);
+    assert!(state_before.iter().any(|(name, _)| name == "state.json"), "{state_before:?}");
     let err = sb.fails(&["container", "create", &sb.name("c"), "--network", "nosuchnet"]);
     assert!(err.contains("no network named"), "{err}");
     for (request, status, needle) in [
@@ -224,7 +301,7 @@ fn bad_api_and_cli_input_is_refused_and_the_agent_stays_up() {
         assert!(got.contains(status), "{got} {body}");
         assert!(body.contains(needle), "{got}: {body}");
     }
-    assert_eq!(std::fs::read_to_string(sb.state_dir.join("state.json")).unwrap(), state_before, "no state change");
+    assert_eq!(saved_state(&sb), state_before, "no state change");
     // A client that is not root cannot reach the API at all (the socket is root-only).
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])

@@ -117,6 +117,11 @@ impl Sandbox {
         &self.bpffs_dir
     }
 
+    /// The API socket of this sandbox's agent.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     pub fn host_netns(&self) -> String {
         self.name("host")
     }

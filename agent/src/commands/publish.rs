@@ -1,7 +1,13 @@
 use serde_json::Value;
 
-/// `bpfnet publish|unpublish NAME SPEC...`: prints the container's ports afterwards.
+/// `bpfnet publish|unpublish NAME SPEC...`: what changed, and how many ports the container
+/// publishes afterwards.
 pub fn print(answer: &Value) {
-    let ports = answer["ports"].as_array().map_or(0, Vec::len);
-    println!("{}: {ports} port(s) published", answer["name"].as_str().unwrap_or_default());
+    let name = answer["name"].as_str().unwrap_or_default();
+    let count = answer["port_count"].as_u64().unwrap_or_default();
+    for what in ["published", "unpublished"] {
+        if let Some(ports) = answer[what].as_array() {
+            println!("{name}: {} port(s) {what}, {count} published in all", ports.len());
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! - [`docker_rules`]: the iptables rule shapes Docker installs, with their source;
 //! - [`workload`]: iperf3 and our own [`loadgen`] between two namespaces, pinned to CPUs;
 //! - [`pinned_map`]: bpfnet's map update alone, for the control-plane cost;
+//! - [`api_request`]: bpfnet's publish through its API alone (no CLI process), likewise;
 //! - [`program_cost`]: each eBPF program's own ns per packet (`bpfnet debug program-cost`);
 //! - [`profile`]: with `--perf`, where a packet's time goes (perf samples by part of the path);
 //! - [`report`]: summaries and ratios, the table, results.json (schema there) and chart.svg.
@@ -14,6 +15,7 @@
 //! first every time); figures are medians over the repetitions with their spread, and every
 //! one is also a ratio to the floor and to bridge+iptables measured in this same run.
 
+mod api_request;
 mod docker_rules;
 pub mod loadgen;
 mod pinned_map;

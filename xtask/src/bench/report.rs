@@ -1,10 +1,10 @@
 //! The results: summaries with ratios, the terminal table, results.json and chart.svg.
 //!
-//! # results.json (schema `bpfnet-bench/3`)
+//! # results.json (schema `bpfnet-bench/4`)
 //!
 //! ```text
 //! {
-//!   "schema": "bpfnet-bench/3",
+//!   "schema": "bpfnet-bench/4",
 //!   "command": "cargo xtask bench --quick",
 //!   "started_unix": 1700000000, "finished_unix": 1700000060,    // seconds since the epoch
 //!   "host": { "kernel": "6.18.44", "cpus": 2, "iptables": "iptables v1.8.9 (nf_tables)" },
@@ -23,6 +23,7 @@
 //!     "other_published_ports": 1,          // N
 //!     "metric": "tcp_gbps" | "udp_pps" | "rr_p50_us" | "rr_p99_us" | "crr_per_sec"
 //!             | "publish_ms"       // control plane: publish one more port, end to end
+//!             | "publish_api_ms"   // bpfnet only: the same through its API alone (no CLI)
 //!             | "map_update_us",   // bpfnet only: its SERVICES map update alone
 //!     "unit": "Gbit/s" | "Mpps" | "us" | "1/s" | "ms",
 //!     "higher_is_better": true,
@@ -66,7 +67,7 @@
 //!
 //! Schema history: `/2` added `map_update_us` and dropped the status `not-supported-yet`
 //! (bpfnet runs every scenario since it has `--uplink` and `--publish`); `/3` added
-//! `program_cost` and `perf_profiles`.
+//! `program_cost` and `perf_profiles`; 4: `publish_api_ms`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -77,7 +78,7 @@ use super::stats::{ratio, Summary};
 use super::topology::Datapath;
 use super::workload::Metric;
 
-pub const SCHEMA: &str = "bpfnet-bench/3";
+pub const SCHEMA: &str = "bpfnet-bench/4";
 
 /// Which figure a sample belongs to: a row of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -315,10 +316,12 @@ pub fn chart_svg(rows: &[Row], title: &str) -> String {
         (Datapath::BpfnetXdp, "#5aa469"),
     ];
     let mut groups: BTreeMap<(&str, u32, Metric), Vec<&Row>> = BTreeMap::new();
-    for row in rows
-        .iter()
-        .filter(|r| !matches!(r.metric, Metric::PublishMs | Metric::MapUpdateUs))
-    {
+    for row in rows.iter().filter(|r| {
+        !matches!(
+            r.metric,
+            Metric::PublishMs | Metric::PublishApiMs | Metric::MapUpdateUs
+        )
+    }) {
         groups
             .entry((row.scenario, row.other_published_ports, row.metric))
             .or_default()

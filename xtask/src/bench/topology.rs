@@ -32,6 +32,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use super::api_request;
 use super::docker_rules::{self, PortMapping, Proto};
 use super::pinned_map::{all_addresses_key, Services};
 use super::stats::Summary;
@@ -54,6 +55,8 @@ const OTHER_PORTS_BASE: u16 = 30000;
 const STEP_LIMIT: Duration = Duration::from_secs(60);
 /// Times the SERVICES update alone is measured per publish (its median is the sample).
 const MAP_UPDATE_SAMPLES: usize = 101;
+/// Publishes through the agent's API alone per repetition (their median is the sample).
+const API_PUBLISH_SAMPLES: usize = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -472,8 +475,10 @@ impl Topologies {
                 let map_update = Summary::of(&map_update)
                     .context("no SERVICES update was timed")?
                     .median;
+                let api = api_publish_ms(sandbox, client, &spec)?;
                 Ok(Support::Yes(vec![
                     (Metric::PublishMs, took.as_secs_f64() * 1e3),
+                    (Metric::PublishApiMs, api),
                     (Metric::MapUpdateUs, map_update),
                 ]))
             }
@@ -559,6 +564,20 @@ fn add_uplink(host: &str, outside: &str) -> Result<()> {
         Command::new("ip").args(["netns", "exec", outside, "ethtool", "-K", "eth0", "tx", "off"]),
         STEP_LIMIT,
     )
+}
+
+/// The same publish through the agent's API alone (no CLI process), [`API_PUBLISH_SAMPLES`]
+/// times, each unpublished again (not timed): the median, in ms.
+fn api_publish_ms(sandbox: &Sandbox, container: &str, spec: &str) -> Result<f64> {
+    let mut samples = Vec::new();
+    for _ in 0..API_PUBLISH_SAMPLES {
+        let took = api_request::publish(sandbox.socket(), container, spec)?;
+        bpfnet(sandbox, &["unpublish", container, spec])?;
+        samples.push(took.as_secs_f64() * 1e3);
+    }
+    Ok(Summary::of(&samples)
+        .context("no API request was timed")?
+        .median)
 }
 
 /// bpfnet aimed at the sandbox's agent.

@@ -70,6 +70,9 @@ pub enum Metric {
     CrrPerSec,
     /// Publish one more port, end to end (process start included).
     PublishMs,
+    /// bpfnet only: the same through its API alone (agent work + HTTP, no CLI process; see
+    /// [`super::api_request`]).
+    PublishApiMs,
     /// bpfnet's SERVICES map update alone (see [`super::pinned_map`]).
     MapUpdateUs,
 }
@@ -83,6 +86,7 @@ impl Metric {
             Metric::RrP99Us => "TCP RR p99 us",
             Metric::CrrPerSec => "TCP CRR conn/s",
             Metric::PublishMs => "publish +1 port ms",
+            Metric::PublishApiMs => "+1 port via API ms",
             Metric::MapUpdateUs => "+1 map update us",
         }
     }
@@ -94,7 +98,7 @@ impl Metric {
             Metric::UdpPps => "Mpps",
             Metric::RrP50Us | Metric::RrP99Us | Metric::MapUpdateUs => "us",
             Metric::CrrPerSec => "1/s",
-            Metric::PublishMs => "ms",
+            Metric::PublishMs | Metric::PublishApiMs => "ms",
         }
     }
 
