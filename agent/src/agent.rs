@@ -64,12 +64,14 @@ pub fn load_config_into_env(args: &[String]) -> Result<()> {
 
 /// Settings a config file may hold (each maps to BPFNET_<KEY> and --<key>).
 const CONFIG_KEYS: &[&str] = &[
-    "host_netns", "state_dir", "bpffs", "socket", "uplink", "nat_ports", "ct_size", "datapath_log", "log", "gc_interval", "reload_programs",
+    "host_netns", "state_dir", "bpffs", "socket", "uplink", "nat_ports", "ct_size", "datapath_log", "log", "gc_interval", "reload_programs", "host_cgroup",
     "ct_timeout_tcp_syn", "ct_timeout_tcp_established", "ct_timeout_tcp_fin", "ct_timeout_tcp_close",
     "ct_timeout_udp", "ct_timeout_udp_stream", "ct_timeout_icmp",
 ];
 
 pub async fn run(args: AgentArgs, socket: PathBuf) -> Result<()> {
+    // A wrong --host-cgroup stops the agent before it changes anything.
+    args.host.open_host_cgroup()?;
     let mut host = crate::host::Host::open(&args.host).await?;
     if Datapath::is_pinned(&args.host.bpffs) {
         let replaced = Datapath::replace_programs(&args.host.bpffs, args.host.datapath_log, args.reload_programs)
@@ -90,6 +92,10 @@ pub async fn run(args: AgentArgs, socket: PathBuf) -> Result<()> {
     // Uplink settings (address, ports, mode) as configured now, before the first request.
     if host.options.uplink.is_some() && host.existing_datapath()?.is_some() {
         host.sync_uplink().await.context("applying the uplink settings")?;
+    }
+    // The socket hooks as configured now: attached to --host-cgroup, or detached without it.
+    if Datapath::is_pinned(&host.options.bpffs) {
+        host.sync_host_cgroup().context("applying --host-cgroup")?;
     }
     let (listener, _socket_file) = server::bind(&socket).await?;
     let host = Arc::new(Mutex::new(host));

@@ -8,8 +8,11 @@
 //!   links/<ifname>    the tcx ingress link of a container's host-side veth
 //!   links/uplink-<ifname> or links/uplinkxdp-<ifname>
 //!                     the uplink's link: tcx ingress (`--uplink-mode tc`) or XDP (`xdp`)
+//!   links/hostcg-<cgroup id>-<program>
+//!                     a socket hook's link on the host cgroup (`--host-cgroup`)
 use std::{
     io,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
@@ -17,19 +20,21 @@ use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{
-        links::{FdLink, PinnedLink},
+        links::{CgroupAttachMode, FdLink, PinnedLink},
         tc::SchedClassifierLink,
         tc::TcAttachOptions,
         xdp::XdpLink,
-        LinkOrder, Program, ProgramInfo, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupSockAddr, CgroupSockAddrAttachType, LinkOrder, Program, ProgramInfo, SchedClassifier, TcAttachType, Xdp,
+        XdpMode,
     },
     EbpfLoader,
 };
 use datapath_common::{
     map_names, program_names, Backend, Counter, CtEntry, CtKey, DropReason, Endpoint, EndpointStats, HostConfig, Ipv4Be,
-    Network,
-    ServiceKey,
+    Network, ServiceKey,
 };
+
+use crate::{bpf_syscall, host_cgroup::HostCgroup};
 
 /// The object built by build.rs from datapath-ebpf.
 pub(crate) static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.bpf.o"));
@@ -85,11 +90,80 @@ impl UplinkMode {
     }
 }
 
+/// The socket hooks of host processes (`--host-cgroup`), each with its cgroup attach point.
+pub const HOST_SOCKET_PROGRAMS: [(&str, CgroupSockAddrAttachType); 4] = [
+    (program_names::SOCK_CONNECT4, CgroupSockAddrAttachType::Connect4),
+    (program_names::SOCK_SENDMSG4, CgroupSockAddrAttachType::UDPSendMsg4),
+    (program_names::SOCK_RECVMSG4, CgroupSockAddrAttachType::UDPRecvMsg4),
+    (program_names::SOCK_GETPEER4, CgroupSockAddrAttachType::GetPeerName4),
+];
+
+/// The hook's name, as `status` shows it.
+pub fn hook_name(attach_type: CgroupSockAddrAttachType) -> &'static str {
+    match attach_type {
+        CgroupSockAddrAttachType::Connect4 => "connect4",
+        CgroupSockAddrAttachType::UDPSendMsg4 => "sendmsg4",
+        CgroupSockAddrAttachType::UDPRecvMsg4 => "recvmsg4",
+        CgroupSockAddrAttachType::GetPeerName4 => "getpeername4",
+        _ => "other",
+    }
+}
+
+/// Prefix of the host cgroup's link pins (bpffs allows no `.`; host veths are `bn...`).
+const HOST_CGROUP_PIN_PREFIX: &str = "hostcg-";
+
+/// What a pin under `links/` is, by its name.
+#[derive(Debug, PartialEq, Eq)]
+enum LinkPin<'a> {
+    /// A container's host-side veth (its interface name).
+    Endpoint(&'a str),
+    Uplink(UplinkMode, &'a str),
+    /// A socket hook on the host cgroup with this cgroup id.
+    HostCgroup { cgroup_id: u64, program: &'a str },
+}
+
+impl<'a> LinkPin<'a> {
+    fn parse(name: &'a str) -> Self {
+        if let Some((mode, ifname)) = UplinkMode::of_pin(name) {
+            return LinkPin::Uplink(mode, ifname);
+        }
+        let host_cgroup = name.strip_prefix(HOST_CGROUP_PIN_PREFIX).and_then(|rest| rest.split_once('-'));
+        if let Some((id, program)) = host_cgroup {
+            if let Ok(cgroup_id) = id.parse() {
+                return LinkPin::HostCgroup { cgroup_id, program };
+            }
+        }
+        LinkPin::Endpoint(name)
+    }
+
+    fn host_cgroup_name(cgroup_id: u64, program: &str) -> String {
+        format!("{HOST_CGROUP_PIN_PREFIX}{cgroup_id}-{program}")
+    }
+
+    /// The program the link runs.
+    fn program(&self) -> &str {
+        match self {
+            LinkPin::Endpoint(_) => program_names::FROM_ENDPOINT,
+            LinkPin::Uplink(mode, _) => mode.program(),
+            LinkPin::HostCgroup { program, .. } => program,
+        }
+    }
+}
+
+/// One socket hook on the host cgroup, as `status` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct HostCgroupLink {
+    pub cgroup_id: u64,
+    pub program: String,
+}
+
 pub struct Datapath {
     pin_dir: PathBuf,
     from_endpoint: SchedClassifier,
     from_uplink: SchedClassifier,
     from_uplink_xdp: Xdp,
+    /// HOST_SOCKET_PROGRAMS, in that order.
+    host_sockets: Vec<(&'static str, CgroupSockAddr)>,
     endpoints: HashMap<MapData, Ipv4Be, Endpoint>,
     ifaces: HashMap<MapData, u32, Endpoint>,
     networks: HashMap<MapData, u32, Network>,
@@ -111,7 +185,15 @@ pub struct DatapathContents {
 }
 
 /// Programs in the object, all pinned under `progs/`.
-const PROGRAMS: [&str; 3] = [program_names::FROM_ENDPOINT, program_names::FROM_UPLINK, program_names::FROM_UPLINK_XDP];
+const PROGRAMS: [&str; 7] = [
+    program_names::FROM_ENDPOINT,
+    program_names::FROM_UPLINK,
+    program_names::FROM_UPLINK_XDP,
+    program_names::SOCK_CONNECT4,
+    program_names::SOCK_SENDMSG4,
+    program_names::SOCK_RECVMSG4,
+    program_names::SOCK_GETPEER4,
+];
 
 /// Conntrack entries (two per flow) when nothing else is said.
 pub const DEFAULT_CT_ENTRIES: u32 = 262_144;
@@ -150,13 +232,33 @@ impl Datapath {
     /// when `always` (e.g. to apply a new --datapath-log). Maps, conntrack and counters stay.
     /// Returns the names of the programs replaced.
     pub fn replace_programs(pin_dir: &Path, log_level: DatapathLogLevel, always: bool) -> Result<Vec<&'static str>> {
-        let mut ebpf = loader(pin_dir, log_level, DEFAULT_CT_ENTRIES)
-            .load(DATAPATH_OBJECT)
-            .context("loading the eBPF object (see the verifier log above, if any)")?;
+        // Before the loader reuses the pinned maps: CONFIG in an older layout makes way for
+        // this version's, and is put back if anything fails before the first link update.
+        let outgrown = OutgrownConfig::take(pin_dir)?;
+        let loaded = load_object(pin_dir, log_level, DEFAULT_CT_ENTRIES).and_then(|mut ebpf| {
+            if let Some(old) = &outgrown {
+                old.copy_into(&mut ebpf)?;
+            }
+            Ok(ebpf)
+        });
+        let mut ebpf = match (loaded, &outgrown) {
+            (Ok(ebpf), _) => ebpf,
+            (Err(e), None) => return Err(e),
+            (Err(e), Some(old)) => {
+                if let Err(restore) = old.restore() {
+                    tracing::error!("putting the old CONFIG map back: {restore:#}");
+                }
+                return Err(e);
+            }
+        };
+        if outgrown.is_some() {
+            tracing::info!("CONFIG had an older layout: moved its settings to a new map, every program is replaced");
+        }
+        // The old programs use the old CONFIG: all of them move to the new one.
+        let always = always || outgrown.is_some();
         let mut replaced = Vec::new();
         for name in PROGRAMS {
             let new = ebpf.program_mut(name).with_context(|| format!("no {name} in the object"))?;
-            load_program(new, name)?;
             let pin = pin_dir.join("progs").join(name);
             // A program that an older bpfnet did not have is simply pinned.
             if pin.exists() {
@@ -166,11 +268,8 @@ impl Datapath {
                 }
             }
             for link_pin in link_pins_of(pin_dir, name)? {
-                let pinned = PinnedLink::from_pin(&link_pin)
-                    .with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
                 // The link (and its pin) stays; only the program behind it changes, atomically.
-                replace_behind_link(new, FdLink::from(pinned))
-                    .with_context(|| format!("replacing {name} behind {}", link_pin.display()))?;
+                replace_behind_link(new, &link_pin).with_context(|| format!("replacing {name} behind {}", link_pin.display()))?;
             }
             remove_pin(&pin)?;
             new.pin(&pin).with_context(|| format!("pinning the new {name} at {}", pin.display()))?;
@@ -187,6 +286,15 @@ impl Datapath {
             from_uplink: open_program(pin_dir, program_names::FROM_UPLINK)?,
             from_uplink_xdp: Xdp::from_pin(pin_dir.join("progs").join(program_names::FROM_UPLINK_XDP), aya_obj::programs::XdpAttachType::Interface)
                 .with_context(|| format!("opening pinned program {}", program_names::FROM_UPLINK_XDP))?,
+            host_sockets: HOST_SOCKET_PROGRAMS
+                .into_iter()
+                .map(|(name, attach_type)| {
+                    let pin = pin_dir.join("progs").join(name);
+                    let program = CgroupSockAddr::from_pin(&pin, attach_type)
+                        .with_context(|| format!("opening pinned program {}", pin.display()))?;
+                    Ok((name, program))
+                })
+                .collect::<Result<_>>()?,
             endpoints: open_map(&maps, map_names::ENDPOINTS)?,
             ifaces: open_map(&maps, map_names::IFACES)?,
             networks: open_map(&maps, map_names::NETWORKS)?,
@@ -244,7 +352,7 @@ impl Datapath {
         let mut uplinks = Vec::new();
         for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            if let Some((mode, ifname)) = UplinkMode::of_pin(&name) {
+            if let LinkPin::Uplink(mode, ifname) = LinkPin::parse(&name) {
                 uplinks.push((ifname.to_owned(), mode));
             }
         }
@@ -256,6 +364,66 @@ impl Datapath {
         let pin = self.uplink_pin(ifname, mode);
         let link = FdLink::from(PinnedLink::from_pin(&pin).with_context(|| format!("opening the pinned link {}", pin.display()))?);
         Ok(link.info().with_context(|| format!("reading the link behind {}", pin.display()))?.program_id())
+    }
+
+    /// Attaches the socket hooks to the host cgroup with pinned links (idempotent: existing
+    /// pins are kept), then detaches them from any other cgroup they were on (the option
+    /// changed). Either every hook is on `cgroup`, or, on error, none that this call attached.
+    pub fn attach_host_cgroup(&mut self, cgroup: &HostCgroup) -> Result<()> {
+        let links = self.pin_dir.join("links");
+        let mut made = Vec::new();
+        let mut attach_all = || -> Result<()> {
+            for (name, program) in &mut self.host_sockets {
+                let pin = links.join(LinkPin::host_cgroup_name(cgroup.id, name));
+                if pin.exists() {
+                    continue;
+                }
+                // A link on a cgroup always lets other programs run too (BPF_F_ALLOW_MULTI is
+                // implied; giving it explicitly is EINVAL), so bpfnet coexists with others'.
+                let link_id = program
+                    .attach(cgroup.fd(), CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching {name} to the cgroup {}", cgroup.path.display()))?;
+                let link: FdLink = program.take_link(link_id)?.try_into().context("a cgroup attachment should be an fd link")?;
+                link.pin(&pin).with_context(|| format!("pinning the link of {name} at {}", pin.display()))?;
+                made.push(pin);
+            }
+            Ok(())
+        };
+        if let Err(e) = attach_all() {
+            for pin in &made {
+                if let Err(cleanup) = remove_pin(pin) {
+                    tracing::error!("detaching a socket hook after a failed attach: {cleanup:#}");
+                }
+            }
+            return Err(e);
+        }
+        for link in self.host_cgroup_links()? {
+            if link.cgroup_id != cgroup.id {
+                remove_pin(&links.join(LinkPin::host_cgroup_name(link.cgroup_id, &link.program)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches the socket hooks from whatever cgroup they are on. Idempotent.
+    pub fn detach_host_cgroup(&self) -> Result<()> {
+        for link in self.host_cgroup_links()? {
+            remove_pin(&self.pin_dir.join("links").join(LinkPin::host_cgroup_name(link.cgroup_id, &link.program)))?;
+        }
+        Ok(())
+    }
+
+    /// The socket hooks' pinned links (normally all four on one cgroup, or none).
+    pub fn host_cgroup_links(&self) -> Result<Vec<HostCgroupLink>> {
+        let dir = self.pin_dir.join("links");
+        let mut links = Vec::new();
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let LinkPin::HostCgroup { cgroup_id, program } = LinkPin::parse(&name) {
+                links.push(HostCgroupLink { cgroup_id, program: program.to_owned() });
+            }
+        }
+        Ok(links)
     }
 
     pub fn config(&self) -> Result<HostConfig> {
@@ -311,7 +479,7 @@ impl Datapath {
             services: self.services.keys().collect::<Result<_, _>>().context("listing SERVICES")?,
             linked_interfaces: std::fs::read_dir(self.pin_dir.join("links"))?
                 .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
-                .filter(|name: &Result<String>| name.as_ref().map_or(true, |n| UplinkMode::of_pin(n).is_none()))
+                .filter(|name: &Result<String>| name.as_ref().map_or(true, |n| matches!(LinkPin::parse(n), LinkPin::Endpoint(_))))
                 .collect::<Result<_>>()?,
         })
     }
@@ -362,11 +530,15 @@ impl Datapath {
 
     /// The kernel ids of the loaded programs, by name.
     pub fn program_ids(&self) -> Result<Vec<(&'static str, u32)>> {
-        Ok(vec![
+        let mut ids = vec![
             (program_names::FROM_ENDPOINT, self.from_endpoint.info()?.id()),
             (program_names::FROM_UPLINK, self.from_uplink.info()?.id()),
             (program_names::FROM_UPLINK_XDP, self.from_uplink_xdp.info()?.id()),
-        ])
+        ];
+        for (name, program) in &self.host_sockets {
+            ids.push((*name, program.info()?.id()));
+        }
+        Ok(ids)
     }
 }
 
@@ -445,21 +617,31 @@ fn load_program(program: &mut Program, name: &str) -> Result<()> {
     match program {
         Program::SchedClassifier(p) => p.load(),
         Program::Xdp(p) => p.load(),
+        Program::CgroupSockAddr(p) => p.load(),
         other => bail!("{name} has a program type bpfnet does not load: {:?}", other.prog_type()),
     }
     .with_context(|| format!("loading {name} into the kernel"))
 }
 
-/// Points an existing link at `program` (BPF link update).
-fn replace_behind_link(program: &mut Program, link: FdLink) -> Result<()> {
+/// Points the link pinned at `link_pin` at `program` (BPF link update).
+fn replace_behind_link(program: &mut Program, link_pin: &Path) -> Result<()> {
+    let pinned = || -> Result<FdLink> {
+        let link = PinnedLink::from_pin(link_pin).with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
+        Ok(FdLink::from(link))
+    };
     match program {
         Program::SchedClassifier(p) => {
-            let id = p.attach_to_link(SchedClassifierLink::try_from(link)?)?;
+            let id = p.attach_to_link(SchedClassifierLink::try_from(pinned()?)?)?;
             drop(p.take_link(id)?);
         }
         Program::Xdp(p) => {
-            let id = p.attach_to_link(XdpLink::try_from(link)?)?;
+            let id = p.attach_to_link(XdpLink::try_from(pinned()?)?)?;
             drop(p.take_link(id)?);
+        }
+        // aya 0.14 has no link update for cgroup links.
+        Program::CgroupSockAddr(p) => {
+            let link = bpf_syscall::open_pinned(link_pin).with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
+            bpf_syscall::update_link(link.as_fd(), p.fd()?.as_fd()).context("BPF_LINK_UPDATE")?;
         }
         other => bail!("no link update for a {:?} program", other.prog_type()),
     }
@@ -492,36 +674,108 @@ fn loader<'a>(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> E
 }
 
 /// Pins of the links a program is attached through: the uplink's (of its mode) for the
-/// uplink programs, the containers' for from_endpoint.
+/// uplink programs, the containers' for from_endpoint, the host cgroup's for a socket hook.
 fn link_pins_of(pin_dir: &Path, program: &str) -> Result<Vec<PathBuf>> {
     let dir = pin_dir.join("links");
     let mut pins = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
         let entry = entry?;
-        let carries = match UplinkMode::of_pin(&entry.file_name().to_string_lossy()) {
-            Some((mode, _)) => mode.program() == program,
-            None => program == program_names::FROM_ENDPOINT,
-        };
-        if carries {
+        if LinkPin::parse(&entry.file_name().to_string_lossy()).program() == program {
             pins.push(entry.path());
         }
     }
     Ok(pins)
 }
 
-fn load_and_pin(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> Result<()> {
+/// The embedded object with its maps created or adopted (pinned by name) and every program
+/// loaded into the kernel (checked by the verifier), nothing pinned or attached yet.
+fn load_object(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> Result<aya::Ebpf> {
     let mut ebpf = loader(pin_dir, log_level, ct_entries)
         .load(DATAPATH_OBJECT)
         .context("loading the eBPF object (see the verifier log above, if any)")?;
+    for name in PROGRAMS {
+        let program = ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?;
+        load_program(program, name)?;
+    }
+    Ok(ebpf)
+}
+
+fn load_and_pin(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> Result<()> {
+    let mut ebpf = load_object(pin_dir, log_level, ct_entries)?;
     // The from_endpoint pin is written last: its presence means the whole datapath is pinned.
     for name in PROGRAMS.iter().rev() {
         let program = ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?;
-        load_program(program, name)?;
         let pin = pin_dir.join("progs").join(name);
         remove_pin(&pin)?; // left by an interrupted load
         program.pin(&pin).with_context(|| format!("pinning {name} at {}", pin.display()))?;
     }
     Ok(())
+}
+
+/// CONFIG as an older bpfnet pinned it: its `HostConfig` ended before `host_netns_cookie`.
+/// The agent rewrites CONFIG's settings whenever it starts, so instead of refusing to adopt
+/// such a datapath, a new version unpins the old map (the running programs keep using it),
+/// loads its own (a new pin) with the same settings, and moves every program to it.
+struct OutgrownConfig {
+    path: PathBuf,
+    /// The old map, to pin back if the new programs cannot be loaded.
+    old: MapData,
+    settings: HostConfig,
+}
+
+impl OutgrownConfig {
+    /// Size of `HostConfig` before the host cgroup's fields were added.
+    const OLD_SIZE: usize = std::mem::offset_of!(HostConfig, _pad);
+
+    /// If the pinned CONFIG has the old layout: reads its settings and unpins it.
+    fn take(pin_dir: &Path) -> Result<Option<Self>> {
+        let path = pin_dir.join("maps").join(map_names::CONFIG);
+        let old = match MapData::from_pin(&path) {
+            Ok(old) => old,
+            Err(_) if !path.exists() => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening pinned map {}", path.display())),
+        };
+        let value_size = old.info()?.value_size() as usize;
+        if value_size == std::mem::size_of::<HostConfig>() {
+            return Ok(None);
+        }
+        if value_size != Self::OLD_SIZE {
+            bail!(
+                "the pinned map {} has {value_size}-byte values, a layout this bpfnet cannot adopt; remove \
+                 the datapath with the bpfnet version that created it (`bpfnet down`)",
+                path.display()
+            );
+        }
+        let array: Array<MapData, [u8; Self::OLD_SIZE]> = open_map(&pin_dir.join("maps"), map_names::CONFIG)?;
+        let bytes = array.get(&0, 0).with_context(|| format!("reading {}", path.display()))?;
+        let u32_at = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let u16_at = |at: usize| u16::from_ne_bytes(bytes[at..at + 2].try_into().expect("2 bytes"));
+        let settings = HostConfig {
+            uplink_ifindex: u32_at(0),
+            uplink_ip: u32_at(4),
+            nat_port_min: u16_at(8),
+            nat_port_max: u16_at(10),
+            ct_limit: u32_at(12),
+            flags: u32_at(16),
+            _pad: 0,
+            host_netns_cookie: 0,
+        };
+        remove_pin(&path)?;
+        Ok(Some(Self { path, old, settings }))
+    }
+
+    /// Writes the old settings into the loaded object's (new) CONFIG.
+    fn copy_into(&self, ebpf: &mut aya::Ebpf) -> Result<()> {
+        let map = ebpf.map_mut(map_names::CONFIG).context("the eBPF object has no CONFIG map")?;
+        let mut config: Array<&mut MapData, HostConfig> = Array::try_from(map)?;
+        config.set(0, self.settings, 0).context("writing the settings into the new CONFIG")
+    }
+
+    /// Pins the old map back in place of the new one.
+    fn restore(&self) -> Result<()> {
+        remove_pin(&self.path)?;
+        self.old.pin(&self.path).with_context(|| format!("pinning the old CONFIG back at {}", self.path.display()))
+    }
 }
 
 fn open_map<T>(maps_dir: &Path, name: &str) -> Result<T>
@@ -582,5 +836,35 @@ impl Datapath {
     /// Whether a datapath is pinned under `pin_dir`.
     pub fn is_pinned(pin_dir: &Path) -> bool {
         pin_dir.join("progs").join(program_names::FROM_ENDPOINT).exists()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pins_are_told_apart_by_name() {
+        assert_eq!(LinkPin::parse("bn0a0b0c0d"), LinkPin::Endpoint("bn0a0b0c0d"));
+        assert_eq!(LinkPin::parse("uplink-eth0"), LinkPin::Uplink(UplinkMode::Tc, "eth0"));
+        assert_eq!(LinkPin::parse("uplinkxdp-eth0"), LinkPin::Uplink(UplinkMode::Xdp, "eth0"));
+        // An uplink whose name looks like a host cgroup pin is still the uplink.
+        assert_eq!(LinkPin::parse("uplink-hostcg-1-x"), LinkPin::Uplink(UplinkMode::Tc, "hostcg-1-x"));
+        for (program, _) in HOST_SOCKET_PROGRAMS {
+            let name = LinkPin::host_cgroup_name(4242, program);
+            assert!(!name.contains('.') && !name.contains('/'), "{name}: bpffs refuses it");
+            let pin = LinkPin::parse(&name);
+            assert_eq!(pin, LinkPin::HostCgroup { cgroup_id: 4242, program });
+            assert_eq!(pin.program(), program);
+        }
+        assert_eq!(LinkPin::parse("bn0a0b0c0d").program(), program_names::FROM_ENDPOINT);
+        assert_eq!(LinkPin::parse("uplinkxdp-eth0").program(), program_names::FROM_UPLINK_XDP);
+    }
+
+    #[test]
+    fn every_program_name_fits_the_kernel() {
+        for name in PROGRAMS {
+            assert!(name.len() <= 15, "{name}: the kernel keeps 15 bytes of a program name");
+        }
     }
 }

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     datapath::{Datapath, DatapathLogLevel},
+    host_cgroup::HostCgroup,
     netlink::Netlink,
     netns,
     state::{Change, State, StateStore},
@@ -50,6 +51,12 @@ pub struct HostOptions {
     /// Let containers reach the host's own addresses (its services), not only their gateway.
     #[arg(long, global = true, env = "BPFNET_ALLOW_HOST_ACCESS", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub allow_host_access: bool,
+    /// cgroup v2 directory whose processes (of the host namespace) reach published ports at
+    /// the uplink's address and 127.0.0.0/8, through socket hooks (connect4, sendmsg4,
+    /// recvmsg4, getpeername4). On a real host: the root of the cgroup v2 hierarchy
+    /// (/sys/fs/cgroup). Default: none (host processes do not reach published ports).
+    #[arg(long, global = true, env = "BPFNET_HOST_CGROUP", value_name = "DIR")]
+    pub host_cgroup: Option<PathBuf>,
 }
 
 /// Parses `LOW-HIGH` (e.g. 32768-60999) into an inclusive port range.
@@ -66,6 +73,12 @@ fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
 }
 
 impl HostOptions {
+    /// Opens the `--host-cgroup` directory, if one is given: the error says what is wrong
+    /// with it before anything is changed.
+    pub fn open_host_cgroup(&self) -> Result<Option<HostCgroup>> {
+        self.host_cgroup.as_deref().map(HostCgroup::open).transpose()
+    }
+
     /// Moves the whole process into the host namespace. Must run before any other thread
     /// exists (before the tokio runtime is built), so that every thread lives there.
     pub fn enter_host_netns(&self) -> Result<()> {
@@ -90,6 +103,8 @@ pub struct Host {
     datapath: Option<Datapath>,
     /// Whether [`Host::ensure_uplink`] put the uplink settings in place already.
     uplink_synced: bool,
+    /// Whether the socket hooks were synced with the options for the opened datapath.
+    host_cgroup_synced: bool,
 }
 
 impl Host {
@@ -97,16 +112,55 @@ impl Host {
     pub async fn open(options: &HostOptions) -> Result<Self> {
         let store = StateStore::open(&options.state_dir)?;
         let netlink = Netlink::connect().context("opening a netlink socket in the host namespace")?;
-        Ok(Self { options: options.clone(), store, netlink, datapath: None, uplink_synced: false })
+        Ok(Self { options: options.clone(), store, netlink, datapath: None, uplink_synced: false, host_cgroup_synced: false })
     }
 
-    /// The pinned datapath, loaded and pinned if this host has none yet.
+    /// The pinned datapath, loaded and pinned if this host has none yet. The socket hooks
+    /// are brought in line with `--host-cgroup` once per opened datapath (also one loaded
+    /// after `down`); a failure there does not stop the operation that needed the datapath
+    /// (the agent's start already checked the option): it is logged, shown by `status`, and
+    /// retried on the next use.
     pub fn datapath(&mut self) -> Result<&mut Datapath> {
+        self.open_datapath()?;
+        if !self.host_cgroup_synced {
+            if let Err(e) = self.sync_host_cgroup() {
+                tracing::warn!("applying --host-cgroup: {e:#}");
+            }
+        }
+        Ok(self.datapath.as_mut().expect("opened above"))
+    }
+
+    fn open_datapath(&mut self) -> Result<&mut Datapath> {
         if self.datapath.is_none() {
             let options = &self.options;
             self.datapath = Some(Datapath::open_or_load_with(&options.bpffs, options.datapath_log, options.ct_size)?);
+            self.host_cgroup_synced = false;
         }
         Ok(self.datapath.as_mut().expect("just opened"))
+    }
+
+    /// Brings the socket hooks in line with `--host-cgroup`: attached to that cgroup (and to
+    /// no other), with the host namespace's cookie in CONFIG so that they act for its sockets
+    /// only; or, without the option, detached. Idempotent.
+    pub fn sync_host_cgroup(&mut self) -> Result<()> {
+        let cgroup = self.options.open_host_cgroup()?;
+        let datapath = self.open_datapath()?;
+        let mut config = datapath.config()?;
+        match cgroup {
+            Some(cgroup) => {
+                // The agent lives in the host namespace (all its threads).
+                config.host_netns_cookie = crate::netns::own_cookie()?;
+                datapath.set_config(&config)?;
+                datapath.attach_host_cgroup(&cgroup)?;
+            }
+            None => {
+                datapath.detach_host_cgroup()?;
+                config.host_netns_cookie = 0;
+                datapath.set_config(&config)?;
+            }
+        }
+        self.host_cgroup_synced = true;
+        Ok(())
     }
 
     /// Brings the uplink settings of the datapath in line with the options: the program on the
@@ -152,6 +206,8 @@ impl Host {
             nat_port_max,
             ct_limit,
             flags,
+            // The host cgroup's setting (`sync_host_cgroup`) stays as it is.
+            ..datapath.config()?
         };
         datapath.set_config(&config)?;
         datapath.attach_uplink(&uplink, mode)

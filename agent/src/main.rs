@@ -4,6 +4,7 @@
 //! of its API (a Unix socket), as `docker` is of dockerd.
 mod agent;
 mod api;
+mod bpf_syscall;
 mod client;
 mod commands;
 mod conntrack;
@@ -14,6 +15,7 @@ mod datapath_tests;
 mod ethtool;
 mod failpoint;
 mod host;
+mod host_cgroup;
 mod ipam;
 mod names;
 mod netlink;

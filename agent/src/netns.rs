@@ -249,6 +249,33 @@ pub fn enter_process(name: &str) -> Result<()> {
     enter(name)
 }
 
+/// `SO_NETNS_COOKIE` (asm-generic/socket.h; Linux 5.14), not in the libc crate yet.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the calling thread's network namespace (what `bpf_get_netns_cookie` returns
+/// for its sockets), read from a throwaway socket.
+pub fn own_cookie() -> Result<u64> {
+    use std::os::fd::AsRawFd;
+    let socket = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("opening a socket to read the network namespace cookie")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `cookie`, which outlives the call.
+    let ret = unsafe {
+        libc::getsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &mut len)
+    };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("reading the network namespace cookie (SO_NETNS_COOKIE needs Linux 5.14 or later)");
+    }
+    Ok(cookie)
+}
+
 /// Runs `f` on a new thread inside the named namespace and returns its result.
 /// A panic in `f` is returned as an error.
 pub fn run_in<T: Send + 'static>(

@@ -507,7 +507,7 @@ fn measure(args: &ProgramCostArgs) -> Result<Report> {
         nat_port_min: NAT_PORTS.0,
         nat_port_max: NAT_PORTS.1,
         ct_limit: conntrack::fill_limit(DEFAULT_CT_ENTRIES)?,
-        flags: 0,
+        ..Default::default()
     })?;
     bed.services
         .insert(PUBLISHED.service_key(), PUBLISHED.backend(B_IP), 0)?;

@@ -7,8 +7,12 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use datapath_common::program_names;
 use serde_json::{json, Value};
 
+use aya_obj::generated::bpf_attach_type;
+
 use crate::{
     api::Call,
+    bpf_syscall,
+    host_cgroup::HostCgroup,
     conntrack, container, datapath,
     datapath::{Datapath, UplinkMode},
     host::Host,
@@ -118,7 +122,36 @@ fn attachment(ifname: &str, role: &str, program_id: u32) -> Value {
     json!({ "interface": ifname, "role": role, "attached": ids.contains(&program_id), "program_ids": ids })
 }
 
-fn datapath_status(host_containers: &[(String, String)], dp: &Datapath) -> Result<Value> {
+/// The socket hooks on the host cgroup (`--host-cgroup`): per hook, whether the kernel runs
+/// bpfnet's program on that cgroup (BPF_PROG_QUERY), and whether its link is pinned. Null
+/// when the option is off and nothing is attached.
+fn host_cgroup_status(option: Option<&std::path::Path>, dp: &Datapath, program_id: impl Fn(&str) -> u32) -> Result<Value> {
+    let links = dp.host_cgroup_links()?;
+    let Some(path) = option else {
+        return Ok(if links.is_empty() { Value::Null } else { json!({ "path": null, "links": links }) });
+    };
+    let cgroup = match HostCgroup::open(path) {
+        Ok(cgroup) => cgroup,
+        Err(e) => return Ok(json!({ "path": path, "error": format!("{e:#}"), "links": links })),
+    };
+    let hooks: Vec<Value> = datapath::HOST_SOCKET_PROGRAMS
+        .into_iter()
+        .map(|(name, attach_type)| {
+            let query = bpf_syscall::cgroup_program_ids(cgroup.fd(), bpf_attach_type::from(attach_type) as u32);
+            let pinned = links.iter().any(|l| l.cgroup_id == cgroup.id && l.program == name);
+            match query {
+                Ok(ids) => json!({
+                    "hook": datapath::hook_name(attach_type), "program": name, "pinned": pinned,
+                    "attached": ids.contains(&program_id(name)), "program_ids": ids,
+                }),
+                Err(e) => json!({ "hook": datapath::hook_name(attach_type), "program": name, "pinned": pinned, "attached": false, "error": e.to_string() }),
+            }
+        })
+        .collect();
+    Ok(json!({ "path": path, "cgroup_id": cgroup.id, "hooks": hooks }))
+}
+
+fn datapath_status(host_containers: &[(String, String)], host_cgroup: Option<&std::path::Path>, dp: &Datapath) -> Result<Value> {
     let ids: serde_json::Map<String, Value> = dp.program_ids()?.into_iter().map(|(n, id)| (n.to_owned(), json!(id))).collect();
     let id_of = |name: &str| ids[name].as_u64().unwrap_or_default() as u32;
     let mut attachments: Vec<Value> = host_containers
@@ -152,6 +185,7 @@ fn datapath_status(host_containers: &[(String, String)], dp: &Datapath) -> Resul
             "masquerade_address": (config.uplink_ifindex != 0).then(|| Ipv4Addr::from(config.uplink_ip.to_ne_bytes()).to_string()),
             "nat_ports": [config.nat_port_min, config.nat_port_max],
         },
+        "host_cgroup": host_cgroup_status(host_cgroup, dp, id_of)?,
         "conntrack": { "entries": conntrack::fill(dp)?, "limit": config.ct_limit, "capacity": dp.ct_capacity()? },
         "counters": as_object(&snapshot.counters),
         "drops": as_object(&snapshot.drops),
@@ -178,8 +212,9 @@ fn status(host: &mut Host) -> Result<Value> {
     let networks: Vec<_> = host.state().networks.values().cloned().collect();
     let containers: Vec<_> = host.state().containers.values().cloned().collect();
     let veths: Vec<_> = containers.iter().map(|c| (c.host_interface.clone(), c.name.clone())).collect();
+    let host_cgroup = host.options.host_cgroup.clone();
     let datapath = match host.existing_datapath()? {
-        Some(dp) => datapath_status(&veths, dp)?,
+        Some(dp) => datapath_status(&veths, host_cgroup.as_deref(), dp)?,
         None => json!({ "loaded": false }),
     };
     Ok(json!({

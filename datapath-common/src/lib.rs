@@ -28,6 +28,10 @@ pub mod map_names {
     pub const SERVICES: &str = "SERVICES";
     /// Per-CPU [`EndpointStats`](super::EndpointStats), indexed by `Endpoint::stats_slot`.
     pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
+    /// Host processes' sockets sent to a published port: [`SockRevNatKey`](super::SockRevNatKey)
+    /// -> [`SockRevNat`](super::SockRevNat), the published address to show for the container's.
+    /// LRU, filled by the connect4/sendmsg4 hooks, read by recvmsg4/getpeername4.
+    pub const SOCK_REV_NAT: &str = "SOCK_REV_NAT";
 }
 
 /// Names of the programs in the eBPF object.
@@ -39,6 +43,15 @@ pub mod program_names {
     pub const FROM_UPLINK: &str = "from_uplink";
     /// The same as FROM_UPLINK, as an XDP program on the uplink (`--uplink-mode xdp`).
     pub const FROM_UPLINK_XDP: &str = "from_uplink_xdp";
+    /// cgroup connect4 of the host cgroup (`--host-cgroup`): a host process's TCP or UDP
+    /// connect to a published port goes to the container's address and port instead.
+    pub const SOCK_CONNECT4: &str = "sock_connect4";
+    /// cgroup sendmsg4: the same for a datagram sent with an address (unconnected UDP).
+    pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
+    /// cgroup recvmsg4: a reply from the container shows the published address as its source.
+    pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
+    /// cgroup getpeername4: a connected socket's peer is the published address.
+    pub const SOCK_GETPEER4: &str = "sock_getpeer4";
 }
 
 /// An IPv4 address in network byte order, as read from a packet (`u32::from_ne_bytes(octets)`).
@@ -201,6 +214,10 @@ pub struct HostConfig {
     pub ct_limit: u32,
     /// `host_config_flags` bits.
     pub flags: u32,
+    pub _pad: u32,
+    /// The network namespace cookie (SO_NETNS_COOKIE) of the host namespace: the socket hooks
+    /// of `--host-cgroup` act only for sockets in it. 0: they act for none.
+    pub host_netns_cookie: u64,
 }
 
 pub mod host_config_flags {
@@ -310,6 +327,29 @@ pub struct Backend {
     pub _pad: u16,
 }
 
+/// A host process's socket talking to a container through a published port: the socket
+/// (`bpf_get_socket_cookie`) and the container's address and port it was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockRevNatKey {
+    pub socket_cookie: u64,
+    pub backend_ip: Ipv4Be,
+    /// Network byte order.
+    pub backend_port: u16,
+    pub _pad: u16,
+}
+
+/// The published address and port the process addressed, shown to it in place of the
+/// container's (recvfrom's source, getpeername).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRevNat {
+    pub addr: Ipv4Be,
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
 /// Slots of `CT_FILL`: entries in use = INSERTED - REMOVED. The datapath adds to INSERTED
 /// atomically; only the agent writes REMOVED (when it expires entries, and to resynchronise
 /// with the real count, as LRU may have evicted entries on its own).
@@ -330,4 +370,14 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::EndpointStats {}
+    unsafe impl aya::Pod for super::SockRevNatKey {}
+    unsafe impl aya::Pod for super::SockRevNat {}
 }
+
+// Layouts both sides rely on: no implicit padding anywhere (every byte is a named field).
+const _: () = {
+    assert!(core::mem::size_of::<HostConfig>() == 32);
+    assert!(core::mem::offset_of!(HostConfig, host_netns_cookie) == 24);
+    assert!(core::mem::size_of::<SockRevNatKey>() == 16);
+    assert!(core::mem::size_of::<SockRevNat>() == 8);
+};

@@ -15,11 +15,12 @@ mod maps;
 mod nat;
 mod packet;
 mod services;
+mod sock;
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use datapath_common::{Counter, DropReason};
 use network_types::eth::{EthHdr, EtherType};
@@ -99,6 +100,35 @@ fn try_from_uplink<P: Packet>(ctx: &P) -> Result<i32, DropReason> {
         return icmp::error_to_container(ctx, &ip);
     }
     nat::from_uplink(ctx, &ip)
+}
+
+/// cgroup connect4 of the host cgroup (`--host-cgroup`): a host process connecting (TCP, or
+/// UDP's connect) to a published port is connected to its container instead.
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::to_published_port(&ctx, &maps::config());
+    sock::ALLOW
+}
+
+/// cgroup sendmsg4: the same for a datagram sent with an address (unconnected UDP).
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_published_port(&ctx, &maps::config());
+    sock::ALLOW
+}
+
+/// cgroup recvmsg4: the container's reply shows the published address and port it was sent to.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::from_published_port(&ctx, &maps::config());
+    sock::ALLOW
+}
+
+/// cgroup getpeername4: a socket connected through a published port names that as its peer.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeer4(ctx: SockAddrContext) -> i32 {
+    sock::from_published_port(&ctx, &maps::config());
+    sock::ALLOW
 }
 
 /// Maps a program's result to its verdict, counting drops by reason.

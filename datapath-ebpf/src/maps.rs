@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use datapath_common::{
     ct_fill, Backend, Counter, CtEntry, CtKey, DropReason, Endpoint, EndpointStats, HostConfig, Ipv4Be, Network, ServiceKey,
-    MAX_ENDPOINTS,
+    SockRevNat, SockRevNatKey, MAX_ENDPOINTS,
 };
 
 const MAX_NETWORKS: u32 = 4_096;
@@ -15,6 +15,9 @@ const MAX_NETWORKS: u32 = 4_096;
 const DEFAULT_CT_ENTRIES: u32 = 262_144;
 /// Published ports per host.
 const MAX_SERVICES: u32 = 65_536;
+/// Host processes' sockets to published ports remembered at once (LRU: the oldest is
+/// forgotten first, and its replies then show the container's address).
+const SOCK_REV_NAT_ENTRIES: u32 = 65_536;
 
 #[map]
 pub static ENDPOINTS: HashMap<Ipv4Be, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
@@ -42,6 +45,9 @@ pub static SERVICES: HashMap<ServiceKey, Backend> = HashMap::pinned(MAX_SERVICES
 
 #[map]
 pub static ENDPOINT_STATS: PerCpuArray<EndpointStats> = PerCpuArray::pinned(MAX_ENDPOINTS, 0);
+
+#[map]
+pub static SOCK_REV_NAT: LruHashMap<SockRevNatKey, SockRevNat> = LruHashMap::pinned(SOCK_REV_NAT_ENTRIES, 0);
 
 #[map]
 pub static CT_FILL: Array<u64> = Array::pinned(ct_fill::SLOTS, 0);

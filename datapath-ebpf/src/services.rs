@@ -1,6 +1,6 @@
 //! Published ports (`--publish HOST_IP:HOST_PORT:PORT/PROTO`): one hash lookup, whatever the
 //! number of ports published.
-use datapath_common::{Backend, CtKey, HostConfig, ServiceKey, IPPROTO_TCP, IPPROTO_UDP};
+use datapath_common::{Backend, CtKey, HostConfig, Ipv4Be, ServiceKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::maps::{ENDPOINTS, SERVICES};
 
@@ -15,14 +15,22 @@ pub struct Target {
 /// very address, else one published on all host addresses (when daddr is the uplink's).
 #[inline(always)]
 pub fn lookup(cfg: &HostConfig, key: &CtKey) -> Option<Target> {
-    if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
+    target(key.daddr, key.dport, key.proto, key.daddr == cfg.uplink_ip)
+}
+
+/// The container (daddr, dport, proto) is published to: a port published on that very
+/// address, else, when `all_addresses` says daddr is one of the host's "all addresses", a
+/// port published without an address. Ports in network byte order.
+#[inline(always)]
+pub fn target(daddr: Ipv4Be, dport: u16, proto: u8, all_addresses: bool) -> Option<Target> {
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return None;
     }
-    let exact = ServiceKey { addr: key.daddr, port: key.dport, proto: key.proto, _pad: 0 };
+    let exact = ServiceKey { addr: daddr, port: dport, proto, _pad: 0 };
     // SAFETY: map values are plain data; copied out at once.
     let backend: Backend = match unsafe { SERVICES.get(exact) } {
         Some(backend) => *backend,
-        None if key.daddr == cfg.uplink_ip => *unsafe { SERVICES.get(ServiceKey { addr: 0, ..exact }) }?,
+        None if all_addresses => *unsafe { SERVICES.get(ServiceKey { addr: 0, ..exact }) }?,
         None => return None,
     };
     // SAFETY: as above.

@@ -68,6 +68,8 @@ pub struct Sandbox {
     children: Vec<std::process::Child>,
     /// Tells the servers to stop when the sandbox goes away.
     stop_servers: Arc<AtomicBool>,
+    /// The sandbox's own cgroup v2 directory, when made with [`Sandbox::cgroup`].
+    cgroup: Option<PathBuf>,
 }
 
 impl Sandbox {
@@ -88,6 +90,7 @@ impl Sandbox {
             servers: Vec::new(),
             children: Vec::new(),
             stop_servers: Arc::new(AtomicBool::new(false)),
+            cgroup: None,
         };
         run("ip", &["netns", "add", &sandbox.host_netns]).expect("creating the sandbox host namespace");
         run("ip", &["-n", &sandbox.host_netns, "link", "set", "lo", "up"]).expect("lo up");
@@ -122,6 +125,11 @@ impl Sandbox {
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Removes an environment variable of the agent (from its next start on).
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
     }
 
     /// The agent command line for this sandbox.
@@ -311,6 +319,20 @@ impl Sandbox {
         peers
     }
 
+    /// A cgroup v2 directory of this sandbox's own (`<cgroup2 mount>/<prefix>-cg`, made on
+    /// first use), for the clients of `--host-cgroup` tests; only processes the test starts
+    /// ever join it. Removed when the sandbox goes (after `down` detached everything from it).
+    pub fn cgroup(&mut self) -> PathBuf {
+        if let Some(dir) = &self.cgroup {
+            return dir.clone();
+        }
+        let mount = cgroup2_mount().expect("no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)");
+        let dir = mount.join(format!("{}-cg", self.prefix));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating the test cgroup {}: {e}", dir.display()));
+        self.cgroup = Some(dir.clone());
+        dir
+    }
+
     /// Starts a process inside `netns` (`ip netns exec`); it is killed when the sandbox goes.
     pub fn spawn(&mut self, netns: &str, program: &str, args: &[&str]) -> u32 {
         let child = Command::new("ip")
@@ -375,10 +397,49 @@ impl Drop for Sandbox {
             }
         }
         remove_tree(&self.bpffs);
+        if let Some(dir) = self.cgroup.take() {
+            remove_cgroup(&dir);
+        }
         let _ = std::fs::remove_dir_all(&self.state_dir);
         self.stop_servers.store(true, Ordering::Relaxed);
         for server in self.servers.drain(..) {
             let _ = server.join();
+        }
+    }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+/// hybrid host).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        if fs.split_whitespace().next() != Some("cgroup2") {
+            return None;
+        }
+        mount.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// Removes a test cgroup. Only the test's own client processes ever join one, and they have
+/// normally exited; any still in it (a test that failed mid-way) are killed first, by PID.
+fn remove_cgroup(dir: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if Instant::now() >= deadline => {
+                eprintln!("sandbox cleanup: removing cgroup {}: {e}", dir.display());
+                return;
+            }
+            Err(_) => {
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }

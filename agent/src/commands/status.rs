@@ -36,6 +36,23 @@ pub fn print_text(status: &Value) {
         Some(addr) => println!("masquerade: to {addr}, ports {}", dp["uplink"]["nat_ports"]),
         None => println!("masquerade: off (no --uplink given yet)"),
     }
+    let cg = &dp["host_cgroup"];
+    match cg["path"].as_str() {
+        None if cg.is_null() => println!("host processes: do not reach published ports (no --host-cgroup)"),
+        None => println!("host processes: socket hooks left on a cgroup no longer configured: {}", cg["links"]),
+        Some(path) if !cg["error"].is_null() => println!("host processes: cgroup {path}: {}", cg["error"].as_str().unwrap_or_default()),
+        Some(path) => {
+            println!("host processes: those in cgroup {path} reach published ports");
+            for h in cg["hooks"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<12} {:<28} {}",
+                    h["hook"].as_str().unwrap_or_default(),
+                    h["program"].as_str().unwrap_or_default(),
+                    if h["attached"] == json!(true) { "attached (cgroup)" } else { "NOT ATTACHED" }
+                );
+            }
+        }
+    }
     let ct = &dp["conntrack"];
     println!("conntrack: {} entries in use, limit {}, capacity {}", ct["entries"], ct["limit"], ct["capacity"]);
     for (title, section) in [("counters", "counters"), ("drops by reason", "drops")] {

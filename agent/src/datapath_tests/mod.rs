@@ -236,6 +236,8 @@ impl Fixture {
             nat_port_max: NAT_PORT_MAX,
             ct_limit: CT_LIMIT,
             flags: 0,
+            _pad: 0,
+            host_netns_cookie: 0,
         }
     }
 

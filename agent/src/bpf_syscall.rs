@@ -1,0 +1,105 @@
+//! The bpf(2) commands bpfnet needs and aya 0.14 has no API for: updating the program behind
+//! a pinned cgroup link, and asking the kernel which programs a cgroup runs (BPF_PROG_QUERY).
+//! Thin wrappers, as `testrun.rs` is for BPF_PROG_TEST_RUN.
+use std::{
+    ffi::CString,
+    io,
+    mem::size_of,
+    os::{
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+/// `enum bpf_cmd` values (uapi linux/bpf.h).
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+/// Programs a cgroup may run per hook that one query reports; more is an error (E2BIG).
+const QUERY_CAPACITY: usize = 64;
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is the `union bpf_attr` member of `cmd`, zero-padded, and lives for the
+    // call; the kernel reads (and for queries writes) at most size_of::<T>() bytes of it.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>() as u32) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret)
+}
+
+/// The `BPF_OBJ_GET` member of `union bpf_attr`.
+#[repr(C)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// Opens a pinned object (here: a link) by its bpffs path.
+pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = ObjGetAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The `link_update` member of `union bpf_attr`.
+#[repr(C)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+/// Points a link at another program, atomically (BPF_LINK_UPDATE).
+pub fn update_link(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr =
+        LinkUpdateAttr { link_fd: link.as_raw_fd() as u32, new_prog_fd: program.as_raw_fd() as u32, flags: 0, old_prog_fd: 0 };
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// The `query` member of `union bpf_attr`, up to `prog_cnt`.
+#[repr(C)]
+struct ProgQueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+}
+
+/// Ids of the programs attached to `cgroup` itself (not inherited) at `attach_type`.
+pub fn cgroup_program_ids(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+    let mut ids = [0u32; QUERY_CAPACITY];
+    let mut attr = ProgQueryAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        query_flags: 0,
+        attach_flags: 0,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: QUERY_CAPACITY as u32,
+        _pad: 0,
+    };
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    Ok(ids[..(attr.prog_cnt as usize).min(QUERY_CAPACITY)].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attrs_match_the_uapi_layout() {
+        assert_eq!(size_of::<ObjGetAttr>(), 16);
+        assert_eq!(size_of::<LinkUpdateAttr>(), 16);
+        assert_eq!(std::mem::offset_of!(ProgQueryAttr, prog_ids), 16);
+        assert_eq!(std::mem::offset_of!(ProgQueryAttr, prog_cnt), 24);
+    }
+}

@@ -1,0 +1,240 @@
+//! Processes of the host namespace reach published ports (`--host-cgroup`), as Docker's
+//! docker-proxy and OUTPUT rule let them: socket hooks on a cgroup send their connects and
+//! datagrams to the container, and show them the published address in replies and as peer.
+//!
+//! BPF_PROG_TEST_RUN does not run cgroup sock_addr programs (ENOTSUPP on Linux 6.18), so
+//! these are real sockets. Each sandbox has a cgroup of its own; the clients are processes of
+//! their own (`sockclient`) that join it, and the test process never does.
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use bpfnet_tests::{run, Sandbox, UPLINK_HOST_IP};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 241, 0, 1);
+const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// A sandbox with an uplink, a network, and the agent's socket hooks on the sandbox's cgroup.
+fn sandbox() -> (Sandbox, String, PathBuf) {
+    let mut sb = Sandbox::with_uplink();
+    let cgroup = sb.cgroup();
+    sb.set_env("BPFNET_HOST_CGROUP", cgroup.to_str().unwrap());
+    let net = sb.name("net");
+    sb.ok(&["network", "create", &net, "--subnet", "10.241.0.0/24"]);
+    (sb, net, cgroup)
+}
+
+/// One exchange by a client process in `netns` (and in `cgroup`, if given): what its socket
+/// saw, or the error it got.
+fn client(netns: &str, cgroup: Option<&Path>, mode: &str, addr: SocketAddrV4, payload: &str) -> Result<Value, Value> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sockclient"));
+    if let Some(dir) = cgroup {
+        cmd.arg("--cgroup").arg(dir);
+    }
+    let out = cmd.args(["--netns", netns, mode, &addr.to_string(), payload]).output().expect("running sockclient");
+    let seen: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("sockclient printed no JSON: {}", String::from_utf8_lossy(&out.stderr)));
+    if out.status.success() {
+        Ok(seen)
+    } else {
+        Err(seen)
+    }
+}
+
+/// The client's exchange succeeded with its own payload echoed; returns what it saw.
+#[track_caller]
+fn echoed(result: Result<Value, Value>, payload: &str) -> Value {
+    let seen = result.unwrap_or_else(|e| panic!("exchange failed: {e}"));
+    assert_eq!(seen["answer"], payload, "{seen}");
+    seen
+}
+
+#[track_caller]
+fn refused(result: Result<Value, Value>) {
+    let err = result.expect_err("the exchange should have failed");
+    assert!(err["kind"] == "ConnectionRefused", "{err}");
+}
+
+fn published(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+/// Programs the kernel runs on a cgroup, by name (bpftool's view).
+fn cgroup_programs(cgroup: &Path) -> Vec<String> {
+    let out = run("bpftool", &["-j", "cgroup", "show", cgroup.to_str().unwrap()]).unwrap();
+    let programs: Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
+    let mut names: Vec<String> = programs.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_owned()).collect();
+    names.sort();
+    names
+}
+
+const HOOKS: [&str; 4] = ["sock_connect4", "sock_getpeer4", "sock_recvmsg4", "sock_sendmsg4"];
+
+fn host_cgroup_pins(sb: &Sandbox) -> usize {
+    std::fs::read_dir(sb.bpffs.join("links"))
+        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("hostcg-")).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn host_processes_in_the_cgroup_reach_published_ports_over_tcp_and_udp() {
+    let (mut sb, net, cgroup) = sandbox();
+    let web = sb.name("web");
+    sb.ok(&["container", "create", &web, "--network", &net, "--publish", "8080:80", "-p", "5353:53/udp"]);
+    let ip = sb.container_ip(&web);
+    let tcp_peers = sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 80), 2);
+    let udp_peers = sb.udp_echo_server(&web, SocketAddrV4::new(ip, 53), 3);
+    let host = sb.host_netns.clone();
+    let cg = Some(cgroup.as_path());
+
+    // TCP at the uplink's address and at localhost (docker-proxy listens on all addresses);
+    // getpeername names the published address.
+    for addr in [published(UPLINK_HOST_IP, 8080), published(LOCALHOST, 8080)] {
+        let seen = echoed(client(&host, cg, "tcp", addr, "over tcp"), "over tcp");
+        assert_eq!(seen["peer"], addr.to_string(), "{seen}");
+    }
+    // UDP, unconnected and connected: the answer comes from the published address.
+    for (mode, addr) in [("udp", published(UPLINK_HOST_IP, 5353)), ("udp", published(LOCALHOST, 5353)), ("udp-connected", published(UPLINK_HOST_IP, 5353))] {
+        let seen = echoed(client(&host, cg, mode, addr, "over udp"), "over udp");
+        assert_eq!(seen["from"], addr.to_string(), "{mode}: {seen}");
+        if mode == "udp-connected" {
+            assert_eq!(seen["peer"], addr.to_string(), "{seen}");
+        }
+    }
+    // The container sees the host, from its network's gateway address, as for any host
+    // process that talks to it directly: the socket was connected to the container, so no
+    // packet needed translating and nothing was tracked.
+    for peer in tcp_peers.get().iter().chain(udp_peers.get().iter()) {
+        assert_eq!(peer.ip(), IpAddr::V4(GATEWAY), "{peer}");
+    }
+    assert_eq!((tcp_peers.get().len(), udp_peers.get().len()), (2, 3));
+    assert_eq!(sb.json(&["conntrack", "ls", "--json"]), serde_json::json!([]));
+
+    // The kernel runs the four hooks on the cgroup, each through one pinned link.
+    assert_eq!(cgroup_programs(&cgroup), HOOKS);
+    assert_eq!(host_cgroup_pins(&sb), 4);
+    let status = sb.json(&["status", "--json"]);
+    let hooks = &status["datapath"]["host_cgroup"];
+    assert_eq!(hooks["path"], cgroup.to_str().unwrap(), "{hooks}");
+    assert_eq!(hooks["hooks"].as_array().unwrap().len(), 4, "{hooks}");
+    assert!(hooks["hooks"].as_array().unwrap().iter().all(|h| h["attached"] == true && h["pinned"] == true), "{hooks}");
+    let text = sb.ok(&["status"]);
+    assert!(text.contains(&format!("those in cgroup {} reach published ports", cgroup.display())), "{text}");
+}
+
+#[test]
+fn only_host_namespace_sockets_in_the_cgroup_to_published_ports_are_rewritten() {
+    let (mut sb, net, cgroup) = sandbox();
+    let (web, other) = (sb.name("web"), sb.name("other"));
+    sb.ok(&["container", "create", &web, "--network", &net, "--publish", "8080:80", "-p", "10.250.0.1:8081:81"]);
+    sb.ok(&["container", "create", &other, "--network", &net]);
+    let ip = sb.container_ip(&web);
+    let web_peers = sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 80), 1);
+    sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 81), 1);
+    // A service of the host itself on a port nobody published.
+    let host_peers = sb.tcp_echo_server(&sb.host_netns.clone(), published(UPLINK_HOST_IP, 9090), 1);
+    let host = sb.host_netns.clone();
+    let cg = Some(cgroup.as_path());
+
+    // A host process outside the cgroup is left alone: its own address has no listener there.
+    refused(client(&host, None, "tcp", published(UPLINK_HOST_IP, 8080), "outside the cgroup"));
+    // An unpublished port is the host's own.
+    echoed(client(&host, cg, "tcp", published(UPLINK_HOST_IP, 9090), "host service"), "host service");
+    assert_eq!(host_peers.get().len(), 1);
+    // A port published on one address is there only, not at localhost.
+    echoed(client(&host, cg, "tcp", published(UPLINK_HOST_IP, 8081), "exact"), "exact");
+    refused(client(&host, cg, "tcp", published(LOCALHOST, 8081), "not at localhost"));
+    // A container in the cgroup is not the host (another network namespace): its connection
+    // to the published port is not rewritten and takes the hairpin through the datapath.
+    let seen = echoed(client(&other, cg, "tcp", published(UPLINK_HOST_IP, 8080), "hairpin"), "hairpin");
+    assert_eq!(seen["peer"], published(UPLINK_HOST_IP, 8080).to_string());
+    assert_eq!(web_peers.get().iter().map(|p| p.ip()).collect::<Vec<_>>(), [IpAddr::V4(UPLINK_HOST_IP)]);
+    assert_eq!(sb.counter("counters", "hairpin_new_flow"), 1);
+}
+
+#[test]
+fn restarting_without_the_option_detaches_the_hooks_and_with_it_attaches_them_again() {
+    let (mut sb, net, cgroup) = sandbox();
+    let web = sb.name("web");
+    sb.ok(&["container", "create", &web, "--network", &net, "--publish", "8080:80"]);
+    let ip = sb.container_ip(&web);
+    sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 80), 3);
+    let host = sb.host_netns.clone();
+    let cg = Some(cgroup.as_path());
+    let to_web = published(UPLINK_HOST_IP, 8080);
+    echoed(client(&host, cg, "tcp", to_web, "on"), "on");
+
+    sb.stop_agent(Signal::SIGTERM);
+    sb.remove_env("BPFNET_HOST_CGROUP");
+    sb.ensure_agent();
+    assert_eq!(cgroup_programs(&cgroup), Vec::<String>::new(), "the kernel runs nothing on the cgroup");
+    assert_eq!(host_cgroup_pins(&sb), 0);
+    assert_eq!(sb.json(&["status", "--json"])["datapath"]["host_cgroup"], Value::Null);
+    refused(client(&host, cg, "tcp", to_web, "off"));
+
+    // Back on, twice: the same four hooks, not eight.
+    for _ in 0..2 {
+        sb.stop_agent(Signal::SIGTERM);
+        sb.set_env("BPFNET_HOST_CGROUP", cgroup.to_str().unwrap());
+        sb.ensure_agent();
+        assert_eq!(cgroup_programs(&cgroup), HOOKS);
+        assert_eq!(host_cgroup_pins(&sb), 4);
+    }
+    echoed(client(&host, cg, "tcp", to_web, "on again"), "on again");
+
+    // A new version's programs (here: the same, reloaded) replace the old ones behind the
+    // cgroup links, as behind the others.
+    let ids_before = sb.json(&["status", "--json"])["datapath"]["program_ids"].clone();
+    sb.stop_agent(Signal::SIGTERM);
+    sb.set_env("BPFNET_RELOAD_PROGRAMS", "1");
+    sb.ensure_agent();
+    let status = sb.json(&["status", "--json"]);
+    assert_ne!(status["datapath"]["program_ids"]["sock_connect4"], ids_before["sock_connect4"]);
+    let hooks = &status["datapath"]["host_cgroup"]["hooks"];
+    assert!(hooks.as_array().unwrap().iter().all(|h| h["attached"] == true), "{hooks}");
+
+    // `down` detaches them with everything else.
+    sb.ok(&["down"]);
+    assert_eq!(cgroup_programs(&cgroup), Vec::<String>::new());
+}
+
+#[test]
+fn a_wrong_host_cgroup_stops_the_agent_before_it_changes_anything() {
+    let mut sb = Sandbox::with_uplink();
+    let cgroup = sb.cgroup();
+    let procs = cgroup.join("cgroup.procs");
+    for (dir, needle) in [
+        (Path::new("/nonexistent-bpfnet-cgroup"), "no such directory"),
+        (Path::new("/tmp"), "not a cgroup v2 directory"),
+        (procs.as_path(), "not a directory"),
+    ] {
+        let out = sb.agent_command().env("BPFNET_HOST_CGROUP", dir).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(&format!("--host-cgroup {}: {needle}", dir.display())), "{err}");
+        let mount = bpfnet_tests::cgroup2_mount().unwrap();
+        assert!(err.contains(&format!("give a cgroup v2 directory: {}", mount.display())), "{err}");
+        assert!(!sb.bpffs.exists() && !sb.state_dir.exists() && !sb.socket.exists(), "nothing created");
+    }
+    // The config file's `host_cgroup` is the same setting.
+    let config = std::env::temp_dir().join(format!("{}-agent.toml", sb.prefix));
+    std::fs::write(&config, "host_cgroup = \"/tmp\"\n").unwrap();
+    let out = sb.agent_command().arg("--config").arg(&config).output().unwrap();
+    std::fs::remove_file(&config).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--host-cgroup /tmp: not a cgroup v2 directory"), "{err}");
+
+    // With a datapath running, a wrong value leaves it (and the hooks it has) as it was.
+    sb.set_env("BPFNET_HOST_CGROUP", cgroup.to_str().unwrap());
+    sb.ok(&["network", "create", &sb.name("net"), "--subnet", "10.241.0.0/24"]);
+    assert_eq!(cgroup_programs(&cgroup), HOOKS);
+    sb.stop_agent(Signal::SIGTERM);
+    let out = sb.agent_command().env("BPFNET_HOST_CGROUP", "/tmp").output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(cgroup_programs(&cgroup), HOOKS);
+    assert_eq!(host_cgroup_pins(&sb), 4);
+}
