@@ -470,7 +470,7 @@ fn write_results(
             "pinning": pinning,
             "udp_payload_bytes": loadgen::UDP_PAYLOAD_64B_FRAME,
             "udp_frame_bytes_with_fcs": 64,
-            "order": "per N, repetition, scenario and workload the datapaths run back to back: floor, bridge, bpfnet; reversed in odd repetitions",
+            "order": "per N, repetition, scenario and workload the datapaths run back to back: floor, bridge, bpfnet, bpfnet-xdp; reversed in odd repetitions",
         },
         "rows": rows,
         "program_cost": cost_json,
