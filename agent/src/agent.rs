@@ -31,7 +31,7 @@ pub struct AgentArgs {
 /// Reads the config file named by `--config`/BPFNET_CONFIG (if any) into environment
 /// variables, for the settings that neither a flag nor the environment sets: clap then sees
 /// them as it sees BPFNET_* variables, and flags still win. Runs before any thread exists.
-pub fn load_config_into_env(args: &[String]) -> Result<()> {
+pub fn load_config_into_env(cli: &clap::Command, args: &[String]) -> Result<()> {
     let path = args
         .iter()
         .position(|a| a == "--config")
@@ -40,34 +40,57 @@ pub fn load_config_into_env(args: &[String]) -> Result<()> {
         .or_else(|| std::env::var("BPFNET_CONFIG").ok());
     let Some(path) = path else { return Ok(()) };
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading the config file {path}"))?;
-    let table: BTreeMap<String, toml::Value> =
-        toml::from_str(&text).with_context(|| format!("the config file {path} is not valid TOML"))?;
-    for (key, value) in table {
-        if !CONFIG_KEYS.contains(&key.as_str()) {
-            anyhow::bail!("unknown setting {key:?} in {path}; known settings: {}", CONFIG_KEYS.join(", "));
-        }
-        let var = format!("BPFNET_{}", key.to_uppercase());
-        let value = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            other => anyhow::bail!("setting {key} in {path} must be a string or an integer, not {other}"),
-        };
-        let flag = format!("--{}", key.replace('_', "-"));
-        let given_as_flag = args.iter().any(|a| *a == flag || a.starts_with(&format!("{flag}=")));
-        if !given_as_flag && std::env::var_os(&var).is_none() {
+    for setting in config_settings(cli, &text).with_context(|| format!("the config file {path}"))? {
+        let given_as_flag = args.iter().any(|a| *a == setting.flag || a.starts_with(&format!("{}=", setting.flag)));
+        if !given_as_flag && std::env::var_os(&setting.var).is_none() {
             // SAFETY (edition 2021: safe fn): single-threaded, before the runtime starts.
-            std::env::set_var(var, value);
+            std::env::set_var(setting.var, setting.value);
         }
     }
     Ok(())
 }
 
-/// Settings a config file may hold (each maps to BPFNET_<KEY> and --<key>).
-const CONFIG_KEYS: &[&str] = &[
-    "host_netns", "state_dir", "bpffs", "socket", "uplink", "nat_ports", "ct_size", "datapath_log", "log", "gc_interval", "reload_programs", "host_cgroup",
-    "ct_timeout_tcp_syn", "ct_timeout_tcp_established", "ct_timeout_tcp_fin", "ct_timeout_tcp_close",
-    "ct_timeout_udp", "ct_timeout_udp_stream", "ct_timeout_icmp",
-];
+/// One setting of the config file, as the flag and variable clap knows it by.
+#[derive(Debug, PartialEq)]
+struct ConfigSetting {
+    flag: String,
+    var: String,
+    value: String,
+}
+
+/// The settings of a config file. Its keys are the long flags of `cli` and of its `agent`
+/// subcommand that have a BPFNET_* variable, with `_` for `-`: every setting, and only
+/// settings, whatever is added later.
+fn config_settings(cli: &clap::Command, text: &str) -> Result<Vec<ConfigSetting>> {
+    let agent = cli.find_subcommand("agent").context("no agent subcommand")?;
+    let known: BTreeMap<String, &clap::Arg> = cli
+        .get_arguments()
+        .chain(agent.get_arguments())
+        .filter(|arg| arg.get_env().is_some() && arg.get_id() != "config")
+        .filter_map(|arg| Some((arg.get_long()?.replace('-', "_"), arg)))
+        .collect();
+    let table: BTreeMap<String, toml::Value> = toml::from_str(text).context("not valid TOML")?;
+    table
+        .into_iter()
+        .map(|(key, value)| {
+            let Some(arg) = known.get(&key) else {
+                let names: Vec<&str> = known.keys().map(String::as_str).collect();
+                anyhow::bail!("unknown setting {key:?}; known settings: {}", names.join(", "));
+            };
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => anyhow::bail!("setting {key} must be a string, an integer or a boolean, not {other}"),
+            };
+            Ok(ConfigSetting {
+                flag: format!("--{}", arg.get_long().expect("filtered on having one")),
+                var: arg.get_env().expect("filtered on having one").to_string_lossy().into_owned(),
+                value,
+            })
+        })
+        .collect()
+}
 
 pub async fn run(args: AgentArgs, socket: PathBuf) -> Result<()> {
     // A wrong --host-cgroup stops the agent before it changes anything.
@@ -179,5 +202,40 @@ async fn relay_datapath_logs(host: server::SharedHost) {
             }
             Err(e) => return tracing::warn!("reading the datapath's log records: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_key_of_the_example_config_is_a_setting() {
+        let example = include_str!("../systemd/agent.toml");
+        // Its commented-out settings too: `# key = value` lines.
+        let text: String = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("# ").filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let settings = config_settings(&crate::Cli::command(), &text).unwrap();
+        assert!(settings.len() >= 10, "{settings:?}");
+        let mode = settings.iter().find(|s| s.flag == "--uplink-mode").unwrap();
+        assert_eq!((mode.var.as_str(), mode.value.as_str()), ("BPFNET_UPLINK_MODE", "tc"));
+        let access = settings.iter().find(|s| s.flag == "--allow-host-access").unwrap();
+        assert_eq!((access.var.as_str(), access.value.as_str()), ("BPFNET_ALLOW_HOST_ACCESS", "false"));
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_named() {
+        let cli = crate::Cli::command();
+        let err = format!("{:#}", config_settings(&cli, "uplnk = \"eth0\"\n").unwrap_err());
+        assert!(err.starts_with("unknown setting \"uplnk\"; known settings: ") && err.contains("uplink,"), "{err}");
+        assert!(!err.contains("config"), "{err}");
+        let err = format!("{:#}", config_settings(&cli, "ct_size = [1]\n").unwrap_err());
+        assert!(err.contains("setting ct_size must be a string, an integer or a boolean"), "{err}");
+        assert!(config_settings(&cli, "uplink = ").is_err());
     }
 }

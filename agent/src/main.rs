@@ -32,7 +32,7 @@ mod testrun;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use commands::{container::ContainerCommand, conntrack::ConntrackCommand, network::NetworkCommand};
 use tracing_subscriber::EnvFilter;
 
@@ -99,7 +99,7 @@ enum DebugCommand {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "agent") {
-        if let Err(err) = agent::load_config_into_env(&args) {
+        if let Err(err) = agent::load_config_into_env(&Cli::command(), &args) {
             eprintln!("bpfnet: error: {err:#}");
             return ExitCode::FAILURE;
         }

@@ -151,9 +151,13 @@ fn the_host_is_reachable_only_through_the_gateway_unless_allowed() {
     assert!(tcp_exchange(&c, SocketAddrV4::new(UPLINK_HOST_IP, 9000), b"x").is_err(), "the host's uplink address is off limits");
     assert!(sb.counter("drops", "host_access_denied") >= 1);
     assert_eq!(tcp_exchange(&c, SocketAddrV4::new(Ipv4Addr::new(10, 247, 0, 1), 9001), b"gw").unwrap(), b"gw", "the gateway is not");
-    // Allowed by the agent's setting (applied when the agent next starts).
+    // Allowed by the agent's setting (applied when the agent next starts), here a boolean of
+    // its config file.
     sb.stop_agent(nix::sys::signal::Signal::SIGTERM);
-    sb.set_env("BPFNET_ALLOW_HOST_ACCESS", "true");
+    let config = std::env::temp_dir().join(format!("{}-agent.toml", sb.prefix));
+    std::fs::write(&config, "allow_host_access = true\n").unwrap();
+    sb.set_env("BPFNET_CONFIG", config.to_str().unwrap());
     sb.ok(&["container", "create", &sb.name("d"), "--network", &net]);
+    std::fs::remove_file(&config).unwrap();
     assert_eq!(tcp_exchange(&c, SocketAddrV4::new(UPLINK_HOST_IP, 9000), b"ok").unwrap(), b"ok");
 }

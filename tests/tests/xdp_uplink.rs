@@ -159,3 +159,29 @@ fn switching_the_uplink_mode_keeps_established_connections() {
     sb.ok(&["down"]);
     assert_eq!(xdp_program_on(&sb.host_netns, UPLINK), None, "XDP program left on the uplink after down");
 }
+
+/// The config file holds every setting of the agent, the uplink mode too; a key it does not
+/// know stops the agent with the list of those it does.
+#[test]
+fn the_config_file_sets_the_uplink_mode_and_names_unknown_keys() {
+    let (mut sb, _net) = sandbox("tc");
+    assert_uplink_runs(&sb, "tc");
+    sb.stop_agent(nix::sys::signal::Signal::SIGTERM);
+    sb.remove_env("BPFNET_UPLINK_MODE");
+    let config = std::env::temp_dir().join(format!("{}-agent.toml", sb.prefix));
+    std::fs::write(&config, "uplink_mode = \"xdp\"\ngc_interval = 5\n").unwrap();
+    sb.set_env("BPFNET_CONFIG", config.to_str().unwrap());
+    assert_uplink_runs(&sb, "xdp");
+    sb.stop_agent(nix::sys::signal::Signal::SIGTERM);
+    std::fs::write(&config, "uplink_mod = \"tc\"\n").unwrap();
+    let out = sb.agent_command().output().unwrap();
+    std::fs::remove_file(&config).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("unknown setting \"uplink_mod\""), "{err}");
+    for key in ["uplink_mode", "allow_host_access", "host_cgroup", "nat_ports", "ct_timeout_udp", "gc_interval"] {
+        assert!(err.contains(key), "{key} is among the known settings: {err}");
+    }
+    assert!(!err.contains("config,"), "the config file does not name itself: {err}");
+    assert!(xdp_program_on(&sb.host_netns, UPLINK).is_some(), "the datapath kept running");
+}
