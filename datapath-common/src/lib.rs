@@ -32,6 +32,10 @@ pub mod map_names {
     /// -> [`SockRevNat`](super::SockRevNat), the published address to show for the container's.
     /// LRU, filled by the connect4/sendmsg4 hooks, read by recvmsg4/getpeername4.
     pub const SOCK_REV_NAT: &str = "SOCK_REV_NAT";
+    /// Fragmented datagrams of tracked flows: [`FragKey`](super::FragKey) ->
+    /// [`FragPorts`](super::FragPorts), the ports of the first fragment for the later ones.
+    /// LRU, written and read by the datapath only.
+    pub const FRAGS: &str = "FRAGS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -160,8 +164,9 @@ indexed_enum! {
         ConntrackFull = 10 => "conntrack_full",
         /// A protocol that cannot be translated (only TCP, UDP and ICMP echo are).
         UnsupportedL4 = 11 => "unsupported_l4",
-        /// A non-first IPv4 fragment on a translated path: it has no ports to translate by.
-        Fragment = 12 => "fragment",
+        /// A non-first IPv4 fragment from a container whose first fragment was not seen (it
+        /// came later, or not at all): without it there are no ports to find the flow by.
+        FragmentWithoutFirst = 12 => "fragment_without_first",
         /// A checksum helper or a packet rewrite failed.
         RewriteFailed = 13 => "rewrite_failed",
         /// A new flow could not be tracked: its other direction's tuple is already taken.
@@ -350,6 +355,27 @@ pub struct SockRevNat {
     pub _pad: u16,
 }
 
+/// A fragmented IPv4 datagram, as its fragments travel: addresses, identification (network
+/// byte order) and protocol, which all its fragments share (RFC 791).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragKey {
+    pub saddr: Ipv4Be,
+    pub daddr: Ipv4Be,
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// The ports of a fragmented datagram's first fragment, as its [`CtKey`] has them: only the
+/// first fragment carries the L4 header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+}
+
 /// Slots of `CT_FILL`: entries in use = INSERTED - REMOVED. The datapath adds to INSERTED
 /// atomically; only the agent writes REMOVED (when it expires entries, and to resynchronise
 /// with the real count, as LRU may have evicted entries on its own).
@@ -372,6 +398,8 @@ mod pod {
     unsafe impl aya::Pod for super::EndpointStats {}
     unsafe impl aya::Pod for super::SockRevNatKey {}
     unsafe impl aya::Pod for super::SockRevNat {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragPorts {}
 }
 
 // Layouts both sides rely on: no implicit padding anywhere (every byte is a named field).
@@ -380,4 +408,6 @@ const _: () = {
     assert!(core::mem::offset_of!(HostConfig, host_netns_cookie) == 24);
     assert!(core::mem::size_of::<SockRevNatKey>() == 16);
     assert!(core::mem::size_of::<SockRevNat>() == 8);
+    assert!(core::mem::size_of::<FragKey>() == 12);
+    assert!(core::mem::size_of::<FragPorts>() == 4);
 };

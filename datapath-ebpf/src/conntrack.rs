@@ -5,6 +5,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use datapath_common::{ct_fill, ct_tcp_flags, CtEntry, CtKey, DropReason, HostConfig, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
+    fragment,
     maps::{CT, CT_FILL},
     packet::{ptr_at, Ipv4, Packet},
 };
@@ -13,13 +14,17 @@ pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 
 /// The conntrack key of a packet, as it travels, and the TCP flags it carries (as
-/// `ct_tcp_flags`). ICMP echo uses its identifier as the requester's port.
+/// `ct_tcp_flags`). ICMP echo uses its identifier as the requester's port. A later fragment
+/// has the ports its first fragment had (see `fragment`).
 #[inline(always)]
 pub fn key_of<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<(CtKey, u8), DropReason> {
-    if ip.later_fragment {
-        return Err(DropReason::Fragment);
-    }
     let mut key = CtKey { saddr: ip.saddr, daddr: ip.daddr, proto: ip.proto, ..Default::default() };
+    if ip.later_fragment {
+        let ports = fragment::ports_of_later(ip).ok_or(DropReason::FragmentWithoutFirst)?;
+        key.sport = ports.sport;
+        key.dport = ports.dport;
+        return Ok((key, 0));
+    }
     let mut flags = 0;
     match ip.proto {
         // Whole headers (through the checksum fields) are checked here, before any flow is

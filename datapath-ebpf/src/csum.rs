@@ -27,6 +27,9 @@ pub struct L4Csum {
 }
 
 impl L4Csum {
+    /// No L4 header in the packet (a later fragment): nothing but the IP header to update.
+    pub const ABSENT: L4Csum = L4Csum { offset: 0, flags: 0, pseudo_header: false };
+
     #[inline(always)]
     pub fn of(proto: u8, l4_off: usize) -> Result<Self, DropReason> {
         match proto {

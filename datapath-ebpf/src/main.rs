@@ -10,6 +10,7 @@ mod counters;
 mod csum;
 mod fib;
 mod forward;
+mod fragment;
 mod icmp;
 mod maps;
 mod nat;

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use datapath_common::{
-    ct_fill, Backend, Counter, CtEntry, CtKey, DropReason, Endpoint, EndpointStats, HostConfig, Ipv4Be, Network, ServiceKey,
+    ct_fill, Backend, Counter, CtEntry, CtKey, DropReason, Endpoint, EndpointStats, FragKey, FragPorts, HostConfig, Ipv4Be, Network, ServiceKey,
     SockRevNat, SockRevNatKey, MAX_ENDPOINTS,
 };
 
@@ -18,6 +18,9 @@ const MAX_SERVICES: u32 = 65_536;
 /// Host processes' sockets to published ports remembered at once (LRU: the oldest is
 /// forgotten first, and its replies then show the container's address).
 const SOCK_REV_NAT_ENTRIES: u32 = 65_536;
+/// Fragmented datagrams in flight at once (LRU: a datagram's fragments follow each other
+/// within moments, so the oldest entry is the one no longer needed).
+const FRAG_ENTRIES: u32 = 8_192;
 
 #[map]
 pub static ENDPOINTS: HashMap<Ipv4Be, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
@@ -48,6 +51,9 @@ pub static ENDPOINT_STATS: PerCpuArray<EndpointStats> = PerCpuArray::pinned(MAX_
 
 #[map]
 pub static SOCK_REV_NAT: LruHashMap<SockRevNatKey, SockRevNat> = LruHashMap::pinned(SOCK_REV_NAT_ENTRIES, 0);
+
+#[map]
+pub static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(FRAG_ENTRIES, 0);
 
 #[map]
 pub static CT_FILL: Array<u64> = Array::pinned(ct_fill::SLOTS, 0);

@@ -18,6 +18,7 @@ use crate::{
     counters::count,
     csum::{L4Csum, Rewrite},
     fib,
+    fragment,
     forward::deliver_to_ifindex,
     maps::{config, CT},
     packet::{Ipv4, Packet, IP_DADDR_OFF, IP_SADDR_OFF},
@@ -41,6 +42,10 @@ pub fn from_container<P: Packet>(ctx: &P, ip: &Ipv4, source: &Endpoint) -> Resul
     let (key, tcp_flags) = key_of(ctx, ip)?;
     if let Some(entry) = conntrack::lookup(&key) {
         return forward_tracked(ctx, ip, &key, entry, tcp_flags);
+    }
+    // Only a first fragment (or a whole datagram) starts a flow.
+    if ip.later_fragment {
+        return Err(DropReason::FragmentWithoutFirst);
     }
     // Broadcast, multicast and addresses that are never routed are the host's business, as on
     // a bridge: nothing of them leaves through the uplink. Nor does an echo reply with no flow
@@ -82,6 +87,9 @@ pub fn from_uplink<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<i32, DropReason> {
     };
     if let Some(entry) = conntrack::lookup(&key) {
         return forward_tracked(ctx, ip, &key, entry, tcp_flags);
+    }
+    if ip.later_fragment {
+        return Ok(to_host::<P>());
     }
     let cfg = config();
     let Some(backend) = services::lookup(&cfg, &key) else {
@@ -167,6 +175,7 @@ fn new_flow(
 #[inline(always)]
 fn forward_tracked<P: Packet>(ctx: &P, ip: &Ipv4, key: &CtKey, entry: *mut CtEntry, tcp_flags: u8) -> Result<i32, DropReason> {
     conntrack::touch(entry, ctx.len(), tcp_flags);
+    fragment::remember_ports(ip, key);
     // SAFETY: a live map value, copied out.
     let entry = unsafe { *entry };
     rewrite(ctx, ip, key, &entry.to)?;
@@ -199,14 +208,19 @@ fn port_offset(proto: u8, l4_off: usize, source: bool) -> usize {
 }
 
 /// Rewrites addresses and ports from `from` to `to` and decrements the TTL (unless it is 1:
-/// then the packet is not forwarded by the host anyway), with their checksums.
+/// then the packet is not forwarded by the host anyway), with their checksums. A later
+/// fragment has only addresses: its datagram's ports and L4 checksum (which covers the whole
+/// datagram) were rewritten in the first fragment.
 #[inline(always)]
 fn rewrite<P: Packet>(ctx: &P, ip: &Ipv4, from: &CtKey, to: &CtKey) -> Result<(), DropReason> {
-    let mut rewrite = Rewrite::new(L4Csum::of(from.proto, ip.l4_off)?);
+    let l4 = if ip.later_fragment { L4Csum::ABSENT } else { L4Csum::of(from.proto, ip.l4_off)? };
+    let mut rewrite = Rewrite::new(l4);
     rewrite.addr(ctx, IP_SADDR_OFF, from.saddr, to.saddr)?;
     rewrite.addr(ctx, IP_DADDR_OFF, from.daddr, to.daddr)?;
-    rewrite.l4_u16(ctx, port_offset(from.proto, ip.l4_off, true), from.sport, to.sport)?;
-    rewrite.l4_u16(ctx, port_offset(from.proto, ip.l4_off, false), from.dport, to.dport)?;
+    if !ip.later_fragment {
+        rewrite.l4_u16(ctx, port_offset(from.proto, ip.l4_off, true), from.sport, to.sport)?;
+        rewrite.l4_u16(ctx, port_offset(from.proto, ip.l4_off, false), from.dport, to.dport)?;
+    }
     if ip.ttl > 1 {
         rewrite.decrement_ttl(ctx, ip)?;
     }

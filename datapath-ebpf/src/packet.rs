@@ -203,6 +203,10 @@ pub struct Ipv4 {
     pub ttl: u8,
     /// Offset of the L4 header (IP options skipped).
     pub l4_off: usize,
+    /// The identification (network byte order): shared by the fragments of a datagram.
+    pub id: u16,
+    /// The first fragment of a fragmented datagram (more fragments follow, offset 0).
+    pub first_fragment: bool,
     /// A fragment other than the first: no L4 header in it.
     pub later_fragment: bool,
 }
@@ -217,6 +221,8 @@ pub fn ipv4<P: Packet>(ctx: &P) -> Result<Ipv4, DropReason> {
     if ip.vihl >> 4 != 4 || ihl < 5 {
         return Err(DropReason::Malformed);
     }
+    const MORE_FRAGMENTS: u16 = 0x2000;
+    const OFFSET: u16 = 0x1fff;
     let frag = u16::from_be_bytes(ip.frags);
     Ok(Ipv4 {
         saddr: u32::from_ne_bytes(ip.src_addr),
@@ -224,6 +230,8 @@ pub fn ipv4<P: Packet>(ctx: &P) -> Result<Ipv4, DropReason> {
         proto: ip.proto,
         ttl: ip.ttl,
         l4_off: IP_OFF + ihl * 4,
-        later_fragment: frag & 0x1fff != 0,
+        id: u16::from_ne_bytes(ip.id),
+        first_fragment: frag & (MORE_FRAGMENTS | OFFSET) == MORE_FRAGMENTS,
+        later_fragment: frag & OFFSET != 0,
     })
 }

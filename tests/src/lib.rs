@@ -307,7 +307,7 @@ impl Sandbox {
         let seen = peers.clone();
         self.servers.push(std::thread::spawn(move || {
             let deadline = Instant::now() + SERVER_LIFETIME;
-            let mut buf = [0u8; 1500];
+            let mut buf = vec![0u8; 65_536];
             let mut answered = 0;
             while answered < datagrams && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                 let Ok((n, peer)) = socket.recv_from(&mut buf) else { continue };
@@ -481,8 +481,13 @@ pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> Result<T> + 
 
 /// One ICMP echo from `netns` to `ip` with the real ping; true if answered.
 pub fn ping(netns: &str, ip: Ipv4Addr) -> bool {
+    ping_with_size(netns, ip, 56)
+}
+
+/// The same with `size` bytes of echo data (ping's `-s`; above the MTU it is fragmented).
+pub fn ping_with_size(netns: &str, ip: Ipv4Addr, size: usize) -> bool {
     Command::new("ip")
-        .args(["netns", "exec", netns, "ping", "-c", "1", "-W", "1", &ip.to_string()])
+        .args(["netns", "exec", netns, "ping", "-c", "1", "-W", "1", "-s", &size.to_string(), &ip.to_string()])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
@@ -506,7 +511,7 @@ pub fn udp_exchange(netns: &str, addr: SocketAddrV4, payload: &'static [u8]) -> 
         let socket = UdpSocket::bind("0.0.0.0:0")?;
         socket.set_read_timeout(Some(IO_TIMEOUT))?;
         socket.send_to(payload, addr)?;
-        let mut buf = [0u8; 1500];
+        let mut buf = vec![0u8; 65_536];
         let (n, from) = socket.recv_from(&mut buf).with_context(|| format!("waiting for the answer from {addr}"))?;
         if from != addr.into() {
             bail!("answer came from {from}, not {addr}");

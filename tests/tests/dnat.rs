@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use bpfnet_tests::{in_netns, tcp_exchange, udp_exchange, Sandbox, IO_TIMEOUT, OUTSIDE_IP, UPLINK_HOST_IP};
+use bpfnet_tests::{in_netns, snmp_counter, tcp_exchange, udp_exchange, Sandbox, IO_TIMEOUT, OUTSIDE_IP, UPLINK_HOST_IP};
 
 fn sandbox() -> (Sandbox, String) {
     let sb = Sandbox::with_uplink();
@@ -46,6 +46,25 @@ fn outside_clients_reach_the_right_container_with_their_own_address() {
     let web_ports = &ls.as_array().unwrap().iter().find(|c| c["name"] == web.as_str()).unwrap()["ports"];
     assert_eq!(web_ports, &serde_json::json!(["0.0.0.0:8080->80/tcp", "0.0.0.0:8443->443/tcp"]));
     assert!(sb.counter("counters", "dnat_new_flow") >= 4);
+}
+
+/// A datagram larger than the MTU to a published port arrives in fragments, only the first
+/// with the ports: the later ones follow it into the container, which reassembles it, and its
+/// answer goes back out in fragments the same way.
+#[test]
+fn fragmented_datagrams_reach_a_published_port_and_come_back() {
+    let (mut sb, net) = sandbox();
+    let dns = sb.name("dns");
+    sb.ok(&["container", "create", &dns, "--network", &net, "--publish", "5353:53/udp"]);
+    let peers = sb.udp_echo_server(&dns, SocketAddrV4::new(sb.container_ip(&dns), 53), 1);
+    let out = sb.outside_netns.clone();
+    let reassembled = |ns: &str| snmp_counter(ns, "Ip", "ReasmOKs");
+    let (out_before, dns_before) = (reassembled(&out), reassembled(&dns));
+    let datagram: &'static [u8] = Box::leak((0..6000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>().into_boxed_slice());
+    assert_eq!(udp_exchange(&out, published(5353), datagram).unwrap(), datagram);
+    assert_eq!(peers.get()[0].ip(), IpAddr::V4(OUTSIDE_IP), "the container sees the real client");
+    assert!(reassembled(&dns) > dns_before, "the container reassembled the datagram");
+    assert!(reassembled(&out) > out_before, "the client reassembled the answer");
 }
 
 /// The container's port unreachable, translated on its way out, refuses the client's

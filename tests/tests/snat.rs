@@ -7,7 +7,7 @@ use std::{
 };
 
 use bpfnet_tests::{
-    full_checksums, in_netns, iperf3_each_way, iptables_rules, ping, tcp_connect_from, tcp_exchange, tcp_receive_errors, udp_exchange,
+    full_checksums, in_netns, iperf3_each_way, iptables_rules, ping, ping_with_size, snmp_counter, tcp_connect_from, tcp_exchange, tcp_receive_errors, udp_exchange,
     Sandbox, IO_TIMEOUT, OUTSIDE_IP, UPLINK_HOST_IP,
 };
 
@@ -246,4 +246,25 @@ fn a_full_table_refuses_new_flows_and_keeps_established_ones() {
     echo(&mut established, b"after the table filled up");
     let status = sb.json(&["status", "--json"]);
     assert_eq!(status["datapath"]["conntrack"]["entries"].as_u64(), Some(limit), "{}", status["datapath"]["conntrack"]);
+}
+
+/// Datagrams larger than the MTU leave the container in fragments, and the replies come back
+/// in fragments: only the first of each carries the ports, the later ones are translated by
+/// the datagram they belong to. The receivers reassemble them (their ReasmOKs count it).
+#[test]
+fn fragmented_datagrams_and_large_pings_cross_the_nat_both_ways() {
+    let (mut sb, c) = sandbox_with(&["c1"], &[]);
+    let out = sb.outside_netns.clone();
+    let server = SocketAddrV4::new(OUTSIDE_IP, 5354);
+    let peers = sb.udp_echo_server(&out, server, 1);
+    let reassembled = |ns: &str| snmp_counter(ns, "Ip", "ReasmOKs");
+    let (out_before, c_before) = (reassembled(&out), reassembled(&c[0]));
+    let datagram: &'static [u8] = Box::leak((0..4000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into_boxed_slice());
+    assert_eq!(udp_exchange(&c[0], server, datagram).unwrap(), datagram);
+    let seen = peers.get();
+    assert!(seen.len() == 1 && uplink_addr(&seen[0]), "masqueraded to the uplink's address: {seen:?}");
+    assert!(ping_with_size(&c[0], OUTSIDE_IP, 3000), "a 3000-byte ping");
+    assert!(reassembled(&out) >= out_before + 2, "the outside reassembled the datagram and the ping");
+    assert!(reassembled(&c[0]) >= c_before + 2, "the container reassembled the echo and the ping reply");
+    assert_eq!(sb.counter("drops", "fragment_without_first"), 0);
 }

@@ -15,6 +15,7 @@
 //! in TC terms ([`tc_verdict`]) so that one assertion serves both.
 mod arp;
 mod forward;
+mod fragment;
 mod fuzz;
 mod icmp;
 mod nat;

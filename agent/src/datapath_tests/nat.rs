@@ -727,7 +727,7 @@ fn snat_refuses_ttl_1_fragments_and_protocols_it_cannot_translate() {
         );
         let f = eth(t.a.gateway_mac, t.a.mac, ETHERTYPE_IPV4, &ip);
         fx.run_from_endpoint(t.a.host_ifindex, &f)
-            .assert_dropped(DropReason::Fragment);
+            .assert_dropped(DropReason::FragmentWithoutFirst);
     }
     assert_eq!(fx.ct_entries().len(), 0, "nothing tracked");
     // The first fragment (MF, offset 0) has the ports: translated like any packet.
