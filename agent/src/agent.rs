@@ -1,15 +1,15 @@
 //! `bpfnet agent`: the service. It owns one host (state directory lock, pinned datapath),
 //! reconciles the kernel with the state when it starts, serves the API, expires idle flows,
-//! follows the uplink's address, and relays the programs' log records. The datapath never
-//! depends on it: stopped (SIGTERM) or killed, it leaves everything forwarding, and the next
-//! agent adopts it.
+//! follows the uplink (`uplink_follower`), and relays the programs' log records. The datapath
+//! never depends on it: stopped (SIGTERM) or killed, it leaves everything forwarding, and the
+//! next agent adopts it.
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use aya_log::EbpfLogger;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::Mutex};
 
-use crate::{conntrack, datapath::Datapath, host::HostOptions, reconcile, server};
+use crate::{conntrack, datapath::Datapath, host::HostOptions, reconcile, server, uplink_follower::UplinkFollower};
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
@@ -112,6 +112,8 @@ pub async fn run(args: AgentArgs, socket: PathBuf) -> Result<()> {
         host.state().networks.len(),
         host.state().containers.len()
     );
+    // Subscribed before the first sync, so that the follower sees every change after it.
+    let follower = host.options.uplink.as_deref().map(UplinkFollower::subscribe);
     // Uplink settings (address, ports, mode) as configured now, before the first request.
     if host.options.uplink.is_some() && host.existing_datapath()?.is_some() {
         host.sync_uplink().await.context("applying the uplink settings")?;
@@ -123,7 +125,9 @@ pub async fn run(args: AgentArgs, socket: PathBuf) -> Result<()> {
     let (listener, _socket_file) = server::bind(&socket).await?;
     let host = Arc::new(Mutex::new(host));
     tokio::spawn(collect_garbage(host.clone(), Duration::from_secs(args.gc_interval)));
-    tokio::spawn(follow_uplink(host.clone()));
+    if let Some(follower) = follower {
+        tokio::spawn(follower.run(host.clone()));
+    }
     tokio::spawn(relay_datapath_logs(host.clone()));
     tracing::info!("serving the API on {}", socket.display());
     axum::serve(listener, server::router(host))
@@ -157,20 +161,6 @@ async fn collect_garbage(host: server::SharedHost, interval: Duration) {
             Ok(Some(report)) if report.flows_expired > 0 => tracing::debug!(?report, "conntrack garbage collected"),
             Ok(_) => {}
             Err(e) => tracing::warn!("conntrack garbage collection failed: {e:#}"),
-        }
-    }
-}
-
-/// Masquerading follows the uplink's address: re-read every few seconds.
-async fn follow_uplink(host: server::SharedHost) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let mut host = host.lock().await;
-        if host.options.uplink.is_none() || host.existing_datapath().ok().flatten().is_none() {
-            continue;
-        }
-        if let Err(e) = host.sync_uplink().await {
-            tracing::warn!("updating the uplink settings: {e:#}");
         }
     }
 }

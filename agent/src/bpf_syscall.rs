@@ -1,6 +1,7 @@
 //! The bpf(2) commands bpfnet needs and aya 0.14 has no API for: updating the program behind
-//! a pinned cgroup link, and asking the kernel which programs a cgroup runs (BPF_PROG_QUERY).
-//! Thin wrappers, as `testrun.rs` is for BPF_PROG_TEST_RUN.
+//! a pinned cgroup link, asking the kernel which programs a cgroup runs (BPF_PROG_QUERY), and
+//! which interface a tcx or XDP link is on (aya's `LinkInfo` hides it). Thin wrappers, as
+//! `testrun.rs` is for BPF_PROG_TEST_RUN.
 use std::{
     ffi::CString,
     io,
@@ -14,6 +15,7 @@ use std::{
 
 /// `enum bpf_cmd` values (uapi linux/bpf.h).
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
@@ -63,6 +65,41 @@ pub fn update_link(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<
     bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
 }
 
+/// The `info` member of `union bpf_attr`.
+#[repr(C)]
+struct ObjInfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// `struct bpf_link_info` up to the interface of a tcx or XDP link: both union members start
+/// with `__u32 ifindex`, at offset 16 (the union is 8-byte aligned). The kernel fills only as
+/// much as `info_len` says.
+#[repr(C)]
+#[derive(Default)]
+struct NetLinkInfoHead {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+    _pad: u32,
+    ifindex: u32,
+    attach_type: u32,
+}
+
+/// The ifindex of the interface a tcx or XDP link is attached to: 0 once the kernel detached
+/// it because the interface went away (the link itself lives on while it is pinned).
+pub fn link_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info = NetLinkInfoHead::default();
+    let mut attr = ObjInfoAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: size_of::<NetLinkInfoHead>() as u32,
+        info: &raw mut info as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info.ifindex)
+}
+
 /// The `query` member of `union bpf_attr`, up to `prog_cnt`.
 #[repr(C)]
 struct ProgQueryAttr {
@@ -99,6 +136,8 @@ mod tests {
     fn attrs_match_the_uapi_layout() {
         assert_eq!(size_of::<ObjGetAttr>(), 16);
         assert_eq!(size_of::<LinkUpdateAttr>(), 16);
+        assert_eq!(size_of::<ObjInfoAttr>(), 16);
+        assert_eq!(std::mem::offset_of!(NetLinkInfoHead, ifindex), 16);
         assert_eq!(std::mem::offset_of!(ProgQueryAttr, prog_ids), 16);
         assert_eq!(std::mem::offset_of!(ProgQueryAttr, prog_cnt), 24);
     }

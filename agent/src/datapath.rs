@@ -578,8 +578,34 @@ fn remove_pin(path: &Path) -> Result<()> {
     }
 }
 
+/// Whether the link pinned at `pin` (a tcx or XDP link) still runs on the interface named
+/// `ifname`. A pin keeps its link when the interface goes away: the kernel detaches the link
+/// (its ifindex then reads 0), and an interface made again under the same name has a new
+/// ifindex and no program. Such a stale pin is removed here, so that the caller attaches anew.
+fn pin_still_attached(pin: &Path, ifname: &str) -> Result<bool> {
+    if !pin.exists() {
+        return Ok(false);
+    }
+    let link = bpf_syscall::open_pinned(pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
+    let attached_to = bpf_syscall::link_ifindex(link.as_fd())
+        .with_context(|| format!("reading which interface the link pinned at {} is on", pin.display()))?;
+    let current = nix::net::if_::if_nametoindex(ifname).with_context(|| format!("looking up interface {ifname}"))?;
+    if attached_to == current {
+        return Ok(true);
+    }
+    tracing::info!(
+        "the link pinned at {} is on ifindex {attached_to}, not on {ifname} (ifindex {current}): the interface \
+         was made again; attaching anew",
+        pin.display()
+    );
+    remove_pin(pin)?;
+    Ok(false)
+}
+
+/// Attaches a tcx program to the ingress of `ifname` and pins the link at `pin`. Idempotent:
+/// a pinned link that still runs on the interface is kept.
 fn attach_pinned(program: &mut SchedClassifier, name: &str, ifname: &str, pin: &Path) -> Result<()> {
-    if pin.exists() {
+    if pin_still_attached(pin, ifname)? {
         return Ok(());
     }
     let link_id = program
@@ -597,7 +623,7 @@ fn attach_pinned(program: &mut SchedClassifier, name: &str, ifname: &str, pin: &
 /// Attaches the XDP uplink program to `ifname` (the driver's native XDP where it has one, as
 /// veth does) and pins the link. Idempotent, as `attach_pinned`.
 fn attach_xdp_pinned(program: &mut Xdp, ifname: &str, pin: &Path) -> Result<()> {
-    if pin.exists() {
+    if pin_still_attached(pin, ifname)? {
         return Ok(());
     }
     let link_id = program

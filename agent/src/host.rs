@@ -186,7 +186,7 @@ impl Host {
         let (nat_port_min, nat_port_max) = self.options.nat_ports;
         let mode = self.options.uplink_mode;
         if mode == crate::datapath::UplinkMode::Xdp && link.kind.as_deref() == Some("veth") {
-            // Once per agent start is enough: the follower re-syncs every few seconds.
+            // Once per agent start is enough: the follower re-syncs on every change of the uplink.
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
                 tracing::warn!(

@@ -29,6 +29,7 @@ mod service;
 mod state;
 mod testbed;
 mod testrun;
+mod uplink_follower;
 
 use std::{path::PathBuf, process::ExitCode};
 

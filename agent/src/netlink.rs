@@ -13,16 +13,22 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use anyhow::{anyhow, bail, Context, Result};
-use futures::TryStreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::{StreamExt, TryStreamExt};
 use ipnet::{IpNet, Ipv4Net};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkInfo as NlLinkInfo;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::sys::{AsyncSocket, SocketAddr as NlSocketAddr};
 #[cfg(test)]
 use rtnetlink::packet_route::route::{RouteProtocol, RouteType};
-use rtnetlink::{AddressMessageBuilder, Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    AddressMessageBuilder, Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, MulticastGroup, RouteMessageBuilder,
+};
 
 /// Linux limit for interface names (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
@@ -106,6 +112,21 @@ fn link_info(msg: LinkMessage) -> LinkInfo {
     info
 }
 
+/// " in network namespace NAME", or "" for the caller's own namespace.
+fn place(netns: Option<&str>) -> String {
+    netns
+        .map(|ns| format!(" in network namespace {ns}"))
+        .unwrap_or_default()
+}
+
+/// A netlink connection is a task of the current tokio runtime: there must be one.
+fn require_runtime(label: &str) -> Result<()> {
+    tokio::runtime::Handle::try_current().map_err(|_| {
+        anyhow!("opening a netlink socket{label}: must be called inside a tokio runtime")
+    })?;
+    Ok(())
+}
+
 impl Netlink {
     /// Opens a netlink socket in the calling thread's current network
     /// namespace and spawns the connection task on the current tokio runtime.
@@ -115,12 +136,8 @@ impl Netlink {
 
     /// `connect`, remembering the namespace name for error messages.
     pub(crate) fn connect_labeled(netns: Option<&str>) -> Result<Self> {
-        let label = netns
-            .map(|ns| format!(" in network namespace {ns}"))
-            .unwrap_or_default();
-        tokio::runtime::Handle::try_current().map_err(|_| {
-            anyhow!("opening a netlink socket{label}: must be called inside a tokio runtime")
-        })?;
+        let label = place(netns);
+        require_runtime(&label)?;
         let (connection, handle, _) = rtnetlink::new_connection()
             .with_context(|| format!("opening a netlink route socket{label}"))?;
         tokio::spawn(connection);
@@ -132,10 +149,7 @@ impl Netlink {
 
     /// " in network namespace NAME", or "" for the caller's own namespace.
     fn place(&self) -> String {
-        self.netns
-            .as_deref()
-            .map(|ns| format!(" in network namespace {ns}"))
-            .unwrap_or_default()
+        place(self.netns.as_deref())
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>> {
@@ -438,6 +452,96 @@ impl Netlink {
     }
 }
 
+/// A change in a network namespace, as its rtnetlink notifications tell it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A link appeared, changed (state, name, ...) or went away. `name` is `None` when the
+    /// notification does not carry it.
+    Link { index: u32, name: Option<String> },
+    /// An IPv4 address was added to or removed from link `index`. `label` is the address's
+    /// label: the interface's name, or an alias such as `eth0:1`.
+    Ipv4Address { index: u32, label: Option<String> },
+    /// The kernel dropped notifications because the socket's receive buffer was full
+    /// (ENOBUFS): anything may have changed since the last one received.
+    Lost,
+}
+
+/// The notifications of link and IPv4 address changes in one network namespace (the
+/// rtnetlink multicast groups RTNLGRP_LINK and RTNLGRP_IPV4_IFADDR), on a socket of their own:
+/// a burst of notifications that overflows it must not cost a request's reply, nor a reply
+/// a notification.
+///
+/// Like [`Netlink`], the socket belongs to the namespace of the thread that subscribed.
+pub struct LinkEvents {
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, NlSocketAddr)>,
+    /// Name of the namespace, for error messages, as in [`Netlink`].
+    netns: Option<String>,
+}
+
+impl LinkEvents {
+    /// Subscribes in the calling thread's current network namespace, as [`Netlink::connect`]
+    /// connects there; the connection task runs on the current tokio runtime.
+    pub fn subscribe() -> Result<Self> {
+        Self::subscribe_labeled(None, None)
+    }
+
+    /// `subscribe`, remembering the namespace name for error messages, with a receive buffer
+    /// of `receive_buffer` bytes (`SO_RCVBUF`; `None`: the system's default).
+    pub(crate) fn subscribe_labeled(netns: Option<&str>, receive_buffer: Option<usize>) -> Result<Self> {
+        let label = place(netns);
+        require_runtime(&label)?;
+        let what = || format!("subscribing to link and IPv4 address notifications{label}");
+        let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr];
+        let (mut connection, _, messages) = rtnetlink::new_multicast_connection(&groups).with_context(what)?;
+        if let Some(bytes) = receive_buffer {
+            let bytes = libc::c_int::try_from(bytes).with_context(what)?;
+            connection.socket_mut().socket_mut().set_rx_buf_sz(bytes).with_context(what)?;
+        }
+        // netlink-proto turns ENOBUFS into an `Overrun` message and keeps reading (see
+        // `event_of`); the connection ends only on another socket error.
+        tokio::spawn(connection);
+        Ok(LinkEvents { messages, netns: netns.map(str::to_owned) })
+    }
+
+    /// The next change; an error once the socket is closed (after an error reading it).
+    pub async fn next(&mut self) -> Result<LinkEvent> {
+        loop {
+            let Some((message, _)) = self.messages.next().await else {
+                let label = place(self.netns.as_deref());
+                bail!("the netlink socket for link and address notifications{label} was closed");
+            };
+            if let Some(event) = event_of(message) {
+                return Ok(event);
+            }
+        }
+    }
+}
+
+/// What a notification tells; `None` for messages of no interest (other kinds, or of the
+/// subscribed groups' messages those bpfnet does not use).
+fn event_of(message: NetlinkMessage<RouteNetlinkMessage>) -> Option<LinkEvent> {
+    match message.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link)) => {
+            let name = link.attributes.into_iter().find_map(|attr| match attr {
+                LinkAttribute::IfName(name) => Some(name),
+                _ => None,
+            });
+            Some(LinkEvent::Link { index: link.header.index, name })
+        }
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(addr) | RouteNetlinkMessage::DelAddress(addr))
+            if addr.header.family == AddressFamily::Inet =>
+        {
+            let label = addr.attributes.into_iter().find_map(|attr| match attr {
+                AddressAttribute::Label(label) => Some(label),
+                _ => None,
+            });
+            Some(LinkEvent::Ipv4Address { index: addr.header.index, label })
+        }
+        NetlinkPayload::Overrun(_) => Some(LinkEvent::Lost),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::process::Command;
@@ -643,5 +747,103 @@ mod tests {
                 .unwrap();
             assert!(!st.success(), "{name} still usable by ip");
         }
+    }
+
+    /// Events until `stop` says so, each within 5 s (a test that hangs is a failure).
+    async fn events_until(events: &mut LinkEvents, mut stop: impl FnMut(&LinkEvent) -> bool) -> Result<Vec<LinkEvent>> {
+        let mut seen = Vec::new();
+        loop {
+            let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.next())
+                .await
+                .with_context(|| format!("no further event after {seen:?}"))??;
+            let done = stop(&event);
+            seen.push(event);
+            if done {
+                return Ok(seen);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn link_and_address_events_come_from_the_subscribed_namespace_only() {
+        if !is_root() {
+            return;
+        }
+        let ns = TestNamespaces::create(2);
+        let (ns_a, ns_b) = (ns.names[0].clone(), ns.names[1].clone());
+        netns::netlink_in(&ns_a.clone(), move |nl| async move {
+            let mut events = LinkEvents::subscribe_labeled(Some(&ns_a), None)?;
+            // A change in the other namespace first: its notification, were it delivered,
+            // would come before those of this one.
+            let veth = ["-n", &ns_b, "link", "add", "bnex", "type", "veth", "peer", "name", "bnexp"];
+            assert!(Command::new("ip").args(veth).status()?.success(), "making a link in {ns_b}");
+            nl.create_veth("bnea", MAC_A, "bneb", MAC_B, None).await?;
+            let index = nl.index_of("bnea").await?;
+            nl.add_address("bnea", "10.214.0.1/24".parse()?).await?;
+            let seen = events_until(&mut events, |e| matches!(e, LinkEvent::Ipv4Address { .. })).await?;
+            assert!(seen.contains(&LinkEvent::Link { index, name: Some("bnea".into()) }), "{seen:?}");
+            assert_eq!(seen.last(), Some(&LinkEvent::Ipv4Address { index, label: Some("bnea".into()) }));
+            let foreign = |e: &LinkEvent| matches!(e, LinkEvent::Link { name: Some(n), .. } if n.starts_with("bnex"));
+            assert!(!seen.iter().any(foreign), "{seen:?}");
+            // Deleting: a link event for it again.
+            nl.delete_link("bnea").await?;
+            let seen = events_until(&mut events, |e| matches!(e, LinkEvent::Link { index: i, .. } if *i == index)).await?;
+            assert_eq!(seen.last(), Some(&LinkEvent::Link { index, name: Some("bnea".into()) }));
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_receive_buffer_is_reported_as_lost_events_and_events_go_on() {
+        if !is_root() {
+            return;
+        }
+        let ns = TestNamespaces::create(1);
+        let name = ns.names[0].clone();
+        netns::netlink_in(&name.clone(), move |nl| async move {
+            // The smallest buffer the kernel allows holds a handful of notifications.
+            let mut events = LinkEvents::subscribe_labeled(Some(&name), Some(1))?;
+            // Made by another process while this runtime's only thread waits for it, so the
+            // connection task cannot read any of them: the buffer overflows (ENOBUFS).
+            let batch: String = (1..=200).map(|i| format!("address add 10.215.{}.{}/32 dev lo\n", i / 250, i % 250 + 1)).collect();
+            let mut ip = Command::new("ip")
+                .args(["-n", &name, "-batch", "-"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()?;
+            std::io::Write::write_all(&mut ip.stdin.take().context("ip's stdin")?, batch.as_bytes())?;
+            assert!(ip.wait()?.success(), "ip -batch");
+            let seen = events_until(&mut events, |e| *e == LinkEvent::Lost).await?;
+            assert!(seen.len() < 200, "{} events before the loss was reported", seen.len());
+            // The subscription goes on after the loss: a later change is notified.
+            nl.add_address("lo", "10.215.9.1/32".parse()?).await?;
+            let lo = nl.index_of("lo").await?;
+            events_until(&mut events, |e| matches!(e, LinkEvent::Ipv4Address { index, .. } if *index == lo)).await?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+
+    #[test]
+    fn notifications_become_events() {
+        use rtnetlink::packet_core::NetlinkHeader;
+        use rtnetlink::packet_route::{address::AddressMessage, link::LinkMessage};
+        let message = |payload| NetlinkMessage::new(NetlinkHeader::default(), payload);
+        let mut link = LinkMessage::default();
+        link.header.index = 7;
+        link.attributes.push(LinkAttribute::IfName("up0".into()));
+        let event = event_of(message(NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link))));
+        assert_eq!(event, Some(LinkEvent::Link { index: 7, name: Some("up0".into()) }));
+        let mut addr = AddressMessage::default();
+        addr.header.index = 7;
+        addr.header.family = AddressFamily::Inet6;
+        let v6 = message(NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(addr.clone())));
+        assert_eq!(event_of(v6), None, "IPv6 addresses are not followed");
+        addr.header.family = AddressFamily::Inet;
+        let v4 = message(NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(addr)));
+        assert_eq!(event_of(v4), Some(LinkEvent::Ipv4Address { index: 7, label: None }));
+        assert_eq!(event_of(message(NetlinkPayload::Overrun(Vec::new()))), Some(LinkEvent::Lost));
     }
 }
