@@ -651,6 +651,17 @@ fn load_program(program: &mut Program, name: &str) -> Result<()> {
 
 /// Points the link pinned at `link_pin` at `program` (BPF link update).
 fn replace_behind_link(program: &mut Program, link_pin: &Path) -> Result<()> {
+    // A tcx or XDP link whose interface went away (the kernel detached it; only its pin keeps
+    // it) has nothing to run a program for, and the kernel refuses to update it (ENOLINK):
+    // its pin goes, and the interface's next attach (the uplink follower, reconciliation)
+    // makes a new link if the interface comes back.
+    if matches!(program, Program::SchedClassifier(_) | Program::Xdp(_)) {
+        let link = bpf_syscall::open_pinned(link_pin).with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
+        if bpf_syscall::link_ifindex(link.as_fd()).with_context(|| format!("reading the link pinned at {}", link_pin.display()))? == 0 {
+            tracing::info!("the interface of the link pinned at {} is gone: its pin is removed", link_pin.display());
+            return remove_pin(link_pin);
+        }
+    }
     let pinned = || -> Result<FdLink> {
         let link = PinnedLink::from_pin(link_pin).with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
         Ok(FdLink::from(link))

@@ -210,3 +210,22 @@ fn an_uplink_made_again_gets_the_tc_program_back() {
 fn an_uplink_made_again_gets_the_xdp_program_back() {
     uplink_recreated_gets_its_program_back("xdp");
 }
+
+/// The uplink made again while no agent runs, and the next agent brings new programs (as an
+/// upgrade does; `--reload-programs` stands in for it): the link of the old interface has
+/// nothing to replace a program behind, so it is dropped, and the new interface gets one.
+#[test]
+fn an_uplink_made_again_while_the_agent_is_stopped_survives_an_upgrade() {
+    let (mut sb, c1) = sandbox("tc");
+    let (host, out) = (sb.host_netns.clone(), sb.outside_netns.clone());
+    let peers = sb.udp_echo_server(&out, UDP_SERVER, 50);
+    wait_for_masquerade(&sb, &c1, &peers, UPLINK_HOST_IP);
+    sb.stop_agent(nix::sys::signal::Signal::SIGTERM);
+    run("ip", &["-n", &host, "link", "del", UPLINK]).unwrap();
+    create_uplink(&sb, "tc");
+    sb.set_env("BPFNET_RELOAD_PROGRAMS", "true");
+    let ids = sb.json(&["status", "--json"])["datapath"]["program_ids"].clone();
+    let tcx = tcx_ingress_programs(&host, UPLINK).unwrap();
+    assert_eq!(tcx.iter().map(|(id, _)| u64::from(*id)).collect::<Vec<_>>(), vec![ids["from_uplink"].as_u64().unwrap()]);
+    wait_for_masquerade(&sb, &c1, &peers, UPLINK_HOST_IP);
+}
