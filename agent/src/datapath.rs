@@ -359,11 +359,19 @@ impl Datapath {
         Ok(uplinks)
     }
 
-    /// The id of the program behind the uplink's pinned link, as the kernel reports it.
-    pub fn uplink_link_program_id(&self, ifname: &str, mode: UplinkMode) -> Result<u32> {
+    /// The id of the program behind the uplink's pinned link, as the kernel reports it; none
+    /// when that link is not on the interface now called `ifname`.
+    pub fn uplink_link_program_id(&self, ifname: &str, mode: UplinkMode) -> Result<Option<u32>> {
         let pin = self.uplink_pin(ifname, mode);
+        // The pin outlives the interface (deleted, perhaps made again): then the link runs
+        // nothing on `ifname`.
+        let raw = bpf_syscall::open_pinned(&pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
+        let on = bpf_syscall::link_ifindex(raw.as_fd()).with_context(|| format!("reading the link behind {}", pin.display()))?;
+        if on == 0 || nix::net::if_::if_nametoindex(ifname).ok() != Some(on) {
+            return Ok(None);
+        }
         let link = FdLink::from(PinnedLink::from_pin(&pin).with_context(|| format!("opening the pinned link {}", pin.display()))?);
-        Ok(link.info().with_context(|| format!("reading the link behind {}", pin.display()))?.program_id())
+        Ok(Some(link.info().with_context(|| format!("reading the link behind {}", pin.display()))?.program_id()))
     }
 
     /// Attaches the socket hooks to the host cgroup with pinned links (idempotent: existing

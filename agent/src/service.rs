@@ -165,7 +165,7 @@ fn datapath_status(host_containers: &[(String, String)], host_cgroup: Option<&st
             // XDP has one program per interface, named by the link the agent pinned.
             UplinkMode::Xdp => {
                 let linked = dp.uplink_link_program_id(&uplink, mode)?;
-                json!({ "interface": uplink, "role": "uplink", "attached": linked == program_id, "program_ids": [linked] })
+                json!({ "interface": uplink, "role": "uplink", "attached": linked == Some(program_id), "program_ids": Vec::from_iter(linked) })
             }
         };
         entry["mode"] = json!(mode);

@@ -171,6 +171,9 @@ fn uplink_recreated_gets_its_program_back(mode: &str) {
         sb.agent_log_text().contains(&format!("the uplink {UPLINK:?} does not exist"))
     });
     assert_eq!(status_uplink(&sb)["ifindex"], old_index, "the last settings are kept");
+    let status = sb.json(&["status", "--json"]);
+    let attachment = status["datapath"]["attachments"].as_array().unwrap().iter().find(|a| a["role"] == "uplink").cloned().unwrap();
+    assert_eq!(attachment["attached"], false, "no program runs on a deleted uplink: {attachment}");
 
     create_uplink(&sb, mode);
     let new_index = ifindex(&host, UPLINK);
