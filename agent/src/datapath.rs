@@ -91,11 +91,17 @@ impl UplinkMode {
 }
 
 /// The socket hooks of host processes (`--host-cgroup`), each with its cgroup attach point.
-pub const HOST_SOCKET_PROGRAMS: [(&str, CgroupSockAddrAttachType); 4] = [
+/// AF_INET6 sockets have no sendmsg6 hook: their datagrams to IPv4-mapped addresses go
+/// through sendmsg4, and the kernel refuses the one rewrite it could make (see the datapath's
+/// `sock_connect6`).
+pub const HOST_SOCKET_PROGRAMS: [(&str, CgroupSockAddrAttachType); 7] = [
     (program_names::SOCK_CONNECT4, CgroupSockAddrAttachType::Connect4),
     (program_names::SOCK_SENDMSG4, CgroupSockAddrAttachType::UDPSendMsg4),
     (program_names::SOCK_RECVMSG4, CgroupSockAddrAttachType::UDPRecvMsg4),
     (program_names::SOCK_GETPEER4, CgroupSockAddrAttachType::GetPeerName4),
+    (program_names::SOCK_CONNECT6, CgroupSockAddrAttachType::Connect6),
+    (program_names::SOCK_RECVMSG6, CgroupSockAddrAttachType::UDPRecvMsg6),
+    (program_names::SOCK_GETPEER6, CgroupSockAddrAttachType::GetPeerName6),
 ];
 
 /// The hook's name, as `status` shows it.
@@ -105,6 +111,9 @@ pub fn hook_name(attach_type: CgroupSockAddrAttachType) -> &'static str {
         CgroupSockAddrAttachType::UDPSendMsg4 => "sendmsg4",
         CgroupSockAddrAttachType::UDPRecvMsg4 => "recvmsg4",
         CgroupSockAddrAttachType::GetPeerName4 => "getpeername4",
+        CgroupSockAddrAttachType::Connect6 => "connect6",
+        CgroupSockAddrAttachType::UDPRecvMsg6 => "recvmsg6",
+        CgroupSockAddrAttachType::GetPeerName6 => "getpeername6",
         _ => "other",
     }
 }
@@ -185,7 +194,7 @@ pub struct DatapathContents {
 }
 
 /// Programs in the object, all pinned under `progs/`.
-const PROGRAMS: [&str; 7] = [
+const PROGRAMS: [&str; 10] = [
     program_names::FROM_ENDPOINT,
     program_names::FROM_UPLINK,
     program_names::FROM_UPLINK_XDP,
@@ -193,6 +202,9 @@ const PROGRAMS: [&str; 7] = [
     program_names::SOCK_SENDMSG4,
     program_names::SOCK_RECVMSG4,
     program_names::SOCK_GETPEER4,
+    program_names::SOCK_CONNECT6,
+    program_names::SOCK_RECVMSG6,
+    program_names::SOCK_GETPEER6,
 ];
 
 /// Conntrack entries (two per flow) when nothing else is said.
@@ -421,7 +433,8 @@ impl Datapath {
         Ok(())
     }
 
-    /// The socket hooks' pinned links (normally all four on one cgroup, or none).
+    /// The socket hooks' pinned links (normally one per hook of HOST_SOCKET_PROGRAMS on one
+    /// cgroup, or none).
     pub fn host_cgroup_links(&self) -> Result<Vec<HostCgroupLink>> {
         let dir = self.pin_dir.join("links");
         let mut links = Vec::new();

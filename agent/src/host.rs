@@ -52,9 +52,10 @@ pub struct HostOptions {
     #[arg(long, global = true, env = "BPFNET_ALLOW_HOST_ACCESS", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub allow_host_access: bool,
     /// cgroup v2 directory whose processes (of the host namespace) reach published ports at
-    /// the uplink's address and 127.0.0.0/8, through socket hooks (connect4, sendmsg4,
-    /// recvmsg4, getpeername4). On a real host: the root of the cgroup v2 hierarchy
-    /// (/sys/fs/cgroup). Default: none (host processes do not reach published ports).
+    /// the uplink's address, 127.0.0.0/8 and ::1, also from IPv6 sockets by IPv4-mapped
+    /// addresses, through socket hooks (connect4/6, sendmsg4, recvmsg4/6, getpeername4/6). On a
+    /// real host: the root of the cgroup v2 hierarchy (/sys/fs/cgroup). Default: none (host
+    /// processes do not reach published ports).
     #[arg(long, global = true, env = "BPFNET_HOST_CGROUP", value_name = "DIR")]
     pub host_cgroup: Option<PathBuf>,
 }

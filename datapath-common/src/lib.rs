@@ -30,7 +30,8 @@ pub mod map_names {
     pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
     /// Host processes' sockets sent to a published port: [`SockRevNatKey`](super::SockRevNatKey)
     /// -> [`SockRevNat`](super::SockRevNat), the published address to show for the container's.
-    /// LRU, filled by the connect4/sendmsg4 hooks, read by recvmsg4/getpeername4.
+    /// LRU, filled by the connect4/sendmsg4/connect6 hooks, read by recvmsg4/getpeername4 and
+    /// recvmsg6/getpeername6.
     pub const SOCK_REV_NAT: &str = "SOCK_REV_NAT";
     /// Fragmented datagrams of tracked flows: [`FragKey`](super::FragKey) ->
     /// [`FragPorts`](super::FragPorts), the ports of the first fragment for the later ones.
@@ -50,12 +51,21 @@ pub mod program_names {
     /// cgroup connect4 of the host cgroup (`--host-cgroup`): a host process's TCP or UDP
     /// connect to a published port goes to the container's address and port instead.
     pub const SOCK_CONNECT4: &str = "sock_connect4";
-    /// cgroup sendmsg4: the same for a datagram sent with an address (unconnected UDP).
+    /// cgroup sendmsg4: the same for a datagram sent with an address (unconnected UDP), also
+    /// from an AF_INET6 socket to an IPv4-mapped address, which the kernel sends as IPv4.
     pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
     /// cgroup recvmsg4: a reply from the container shows the published address as its source.
     pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
     /// cgroup getpeername4: a connected socket's peer is the published address.
     pub const SOCK_GETPEER4: &str = "sock_getpeer4";
+    /// cgroup connect6: an AF_INET6 socket's connect to a published port, named by its
+    /// IPv4-mapped address (`::ffff:a.b.c.d`) or by `::1`, goes to the container's address
+    /// (IPv4-mapped) and port instead.
+    pub const SOCK_CONNECT6: &str = "sock_connect6";
+    /// cgroup recvmsg6: a reply from the container shows the address the socket sent to.
+    pub const SOCK_RECVMSG6: &str = "sock_recvmsg6";
+    /// cgroup getpeername6: a connected AF_INET6 socket's peer is the address it connected to.
+    pub const SOCK_GETPEER6: &str = "sock_getpeer6";
 }
 
 /// An IPv4 address in network byte order, as read from a packet (`u32::from_ne_bytes(octets)`).
@@ -352,7 +362,20 @@ pub struct SockRevNat {
     pub addr: Ipv4Be,
     /// Network byte order.
     pub port: u16,
-    pub _pad: u16,
+    /// How the process named `addr`: [`SockRevNat::ADDRESSED_AS_IPV4`] or
+    /// [`SockRevNat::ADDRESSED_AS_IPV6_LOOPBACK`]. It took a byte that was padding, so the
+    /// layout (and the pinned map) stays as older versions made it, and their entries read as
+    /// `ADDRESSED_AS_IPV4`.
+    pub addressed_as: u8,
+    pub _pad: u8,
+}
+
+impl SockRevNat {
+    /// `addr` itself: an AF_INET socket's address, or an AF_INET6 socket's IPv4-mapped one
+    /// (`::ffff:a.b.c.d`), shown back as it was given.
+    pub const ADDRESSED_AS_IPV4: u8 = 0;
+    /// An AF_INET6 socket's `::1`, taken as 127.0.0.1 (`addr`) and shown back as `::1`.
+    pub const ADDRESSED_AS_IPV6_LOOPBACK: u8 = 1;
 }
 
 /// A fragmented IPv4 datagram, as its fragments travel: addresses, identification (network
@@ -407,7 +430,9 @@ const _: () = {
     assert!(core::mem::size_of::<HostConfig>() == 32);
     assert!(core::mem::offset_of!(HostConfig, host_netns_cookie) == 24);
     assert!(core::mem::size_of::<SockRevNatKey>() == 16);
+    // The pinned map's value size: changing it would need a migration, as CONFIG has.
     assert!(core::mem::size_of::<SockRevNat>() == 8);
+    assert!(core::mem::offset_of!(SockRevNat, addressed_as) == 6);
     assert!(core::mem::size_of::<FragKey>() == 12);
     assert!(core::mem::size_of::<FragPorts>() == 4);
 };

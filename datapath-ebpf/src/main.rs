@@ -107,28 +107,56 @@ fn try_from_uplink<P: Packet>(ctx: &P) -> Result<i32, DropReason> {
 /// UDP's connect) to a published port is connected to its container instead.
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    sock::to_published_port(&ctx, &maps::config());
+    sock::to_published_port4(&ctx, &maps::config());
     sock::ALLOW
 }
 
-/// cgroup sendmsg4: the same for a datagram sent with an address (unconnected UDP).
+/// cgroup sendmsg4: the same for a datagram sent with an address (unconnected UDP), also from
+/// an AF_INET6 socket to an IPv4-mapped address (the kernel sends that one as IPv4).
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::to_published_port(&ctx, &maps::config());
+    sock::to_published_port4(&ctx, &maps::config());
     sock::ALLOW
 }
 
 /// cgroup recvmsg4: the container's reply shows the published address and port it was sent to.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::from_published_port(&ctx, &maps::config());
+    sock::from_published_port4(&ctx, &maps::config());
     sock::ALLOW
 }
 
 /// cgroup getpeername4: a socket connected through a published port names that as its peer.
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeer4(ctx: SockAddrContext) -> i32 {
-    sock::from_published_port(&ctx, &maps::config());
+    sock::from_published_port4(&ctx, &maps::config());
+    sock::ALLOW
+}
+
+/// cgroup connect6: an AF_INET6 socket (dual-stack, as Java's) connecting to a published port
+/// by its IPv4-mapped address, or by `::1`, is connected to its container instead.
+///
+/// There is no sendmsg6 hook: udpv6_sendmsg hands a datagram to an IPv4-mapped address to the
+/// IPv4 path (and its sendmsg4 hook) before its own hook runs, and refuses a sendmsg6 hook's
+/// rewrite to an IPv4-mapped address (ENOTSUPP), so one could only break `sendto([::1])`.
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock::to_published_port6(&ctx, &maps::config());
+    sock::ALLOW
+}
+
+/// cgroup recvmsg6: the container's reply shows the address the socket sent to.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::from_published_port6(&ctx, &maps::config());
+    sock::ALLOW
+}
+
+/// cgroup getpeername6: an AF_INET6 socket connected through a published port names the
+/// address it connected to as its peer.
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeer6(ctx: SockAddrContext) -> i32 {
+    sock::from_published_port6(&ctx, &maps::config());
     sock::ALLOW
 }
 

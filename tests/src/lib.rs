@@ -260,7 +260,8 @@ impl Sandbox {
     /// Starts a TCP echo server in `netns` on `addr` that accepts up to `connections`
     /// connections (each served on its own thread, echoing until the client closes), and gives
     /// up waiting for them after [`SERVER_LIFETIME`]. Returns the peers it saw.
-    pub fn tcp_echo_server(&mut self, netns: &str, addr: SocketAddrV4, connections: usize) -> Peers {
+    pub fn tcp_echo_server(&mut self, netns: &str, addr: impl Into<SocketAddr>, connections: usize) -> Peers {
+        let addr = addr.into();
         let listener = in_netns(netns, move || Ok(TcpListener::bind(addr)?)).expect("binding the TCP server");
         listener.set_nonblocking(true).unwrap();
         let stop = self.stop_servers.clone();
@@ -299,7 +300,8 @@ impl Sandbox {
 
     /// Starts a UDP echo server in `netns` on `addr` that answers up to `datagrams` datagrams
     /// within [`SERVER_LIFETIME`]. Returns the peers it saw.
-    pub fn udp_echo_server(&mut self, netns: &str, addr: SocketAddrV4, datagrams: usize) -> Peers {
+    pub fn udp_echo_server(&mut self, netns: &str, addr: impl Into<SocketAddr>, datagrams: usize) -> Peers {
+        let addr = addr.into();
         let socket = in_netns(netns, move || Ok(UdpSocket::bind(addr)?)).expect("binding the UDP server");
         socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let stop = self.stop_servers.clone();

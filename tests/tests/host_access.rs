@@ -6,7 +6,7 @@
 //! these are real sockets. Each sandbox has a cgroup of its own; the clients are processes of
 //! their own (`sockclient`) that join it, and the test process never does.
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -29,12 +29,22 @@ fn sandbox() -> (Sandbox, String, PathBuf) {
 }
 
 /// One exchange by a client process in `netns` (and in `cgroup`, if given): what its socket
-/// saw, or the error it got.
-fn client(netns: &str, cgroup: Option<&Path>, mode: &str, addr: SocketAddrV4, payload: &str) -> Result<Value, Value> {
+/// saw, or the error it got. An IPv6 address makes it use a dual-stack AF_INET6 socket.
+fn client(netns: &str, cgroup: Option<&Path>, mode: &str, addr: impl Into<SocketAddr>, payload: &str) -> Result<Value, Value> {
+    client_with(&[], netns, cgroup, mode, addr.into(), payload)
+}
+
+/// [`client`] with an AF_INET6 socket that is IPV6_V6ONLY.
+fn v6only_client(netns: &str, cgroup: Option<&Path>, mode: &str, addr: SocketAddr, payload: &str) -> Result<Value, Value> {
+    client_with(&["--v6only"], netns, cgroup, mode, addr, payload)
+}
+
+fn client_with(options: &[&str], netns: &str, cgroup: Option<&Path>, mode: &str, addr: SocketAddr, payload: &str) -> Result<Value, Value> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sockclient"));
     if let Some(dir) = cgroup {
         cmd.arg("--cgroup").arg(dir);
     }
+    cmd.args(options);
     let out = cmd.args(["--netns", netns, mode, &addr.to_string(), payload]).output().expect("running sockclient");
     let seen: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| panic!("sockclient printed no JSON: {}", String::from_utf8_lossy(&out.stderr)));
@@ -59,8 +69,24 @@ fn refused(result: Result<Value, Value>) {
     assert!(err["kind"] == "ConnectionRefused", "{err}");
 }
 
+/// The exchange failed with this errno.
+#[track_caller]
+fn failed_with(result: Result<Value, Value>, errno: i32) {
+    let err = result.expect_err("the exchange should have failed");
+    assert!(err["errno"] == errno, "expected errno {errno}: {err}");
+}
+
 fn published(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
+}
+
+/// A published port as an AF_INET6 socket names it: `[::ffff:a.b.c.d]:port` or `[::1]:port`.
+fn published6(ip: Ipv6Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(ip), port)
+}
+
+fn mapped(ip: Ipv4Addr) -> Ipv6Addr {
+    ip.to_ipv6_mapped()
 }
 
 /// Programs the kernel runs on a cgroup, by name (bpftool's view).
@@ -72,7 +98,7 @@ fn cgroup_programs(cgroup: &Path) -> Vec<String> {
     names
 }
 
-const HOOKS: [&str; 4] = ["sock_connect4", "sock_getpeer4", "sock_recvmsg4", "sock_sendmsg4"];
+const HOOKS: [&str; 7] = ["sock_connect4", "sock_connect6", "sock_getpeer4", "sock_getpeer6", "sock_recvmsg4", "sock_recvmsg6", "sock_sendmsg4"];
 
 fn host_cgroup_pins(sb: &Sandbox) -> usize {
     std::fs::read_dir(sb.bpffs.join("links"))
@@ -114,13 +140,16 @@ fn host_processes_in_the_cgroup_reach_published_ports_over_tcp_and_udp() {
     assert_eq!((tcp_peers.get().len(), udp_peers.get().len()), (2, 3));
     assert_eq!(sb.json(&["conntrack", "ls", "--json"]), serde_json::json!([]));
 
-    // The kernel runs the four hooks on the cgroup, each through one pinned link.
+    // The kernel runs the hooks on the cgroup, each through one pinned link.
     assert_eq!(cgroup_programs(&cgroup), HOOKS);
-    assert_eq!(host_cgroup_pins(&sb), 4);
+    assert_eq!(host_cgroup_pins(&sb), HOOKS.len());
     let status = sb.json(&["status", "--json"]);
     let hooks = &status["datapath"]["host_cgroup"];
     assert_eq!(hooks["path"], cgroup.to_str().unwrap(), "{hooks}");
-    assert_eq!(hooks["hooks"].as_array().unwrap().len(), 4, "{hooks}");
+    let mut hook_names: Vec<&str> = hooks["hooks"].as_array().unwrap().iter().map(|h| h["hook"].as_str().unwrap()).collect();
+    hook_names.sort();
+    let expected = ["connect4", "connect6", "getpeername4", "getpeername6", "recvmsg4", "recvmsg6", "sendmsg4"];
+    assert_eq!(hook_names, expected, "{hooks}");
     assert!(hooks["hooks"].as_array().unwrap().iter().all(|h| h["attached"] == true && h["pinned"] == true), "{hooks}");
     let text = sb.ok(&["status"]);
     assert!(text.contains(&format!("those in cgroup {} reach published ports", cgroup.display())), "{text}");
@@ -157,6 +186,95 @@ fn only_host_namespace_sockets_in_the_cgroup_to_published_ports_are_rewritten() 
 }
 
 #[test]
+fn ipv6_sockets_reach_published_ports_by_ipv4_mapped_address_and_at_ipv6_localhost() {
+    let (mut sb, net, cgroup) = sandbox();
+    let web = sb.name("web");
+    sb.ok(&["container", "create", &web, "--network", &net, "--publish", "8080:80", "-p", "5353:53/udp"]);
+    let ip = sb.container_ip(&web);
+    let tcp_peers = sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 80), 3);
+    let udp_peers = sb.udp_echo_server(&web, SocketAddrV4::new(ip, 53), 4);
+    let host = sb.host_netns.clone();
+    let cg = Some(cgroup.as_path());
+
+    // TCP from a dual-stack AF_INET6 socket (Java's default; `curl http://[::1]:8080`), by the
+    // uplink's and localhost's IPv4-mapped addresses and by ::1 (docker-proxy listens on
+    // [::]): getpeername names the address the process used.
+    for addr in [published6(mapped(UPLINK_HOST_IP), 8080), published6(mapped(LOCALHOST), 8080), published6(Ipv6Addr::LOCALHOST, 8080)] {
+        let seen = echoed(client(&host, cg, "tcp", addr, "over tcp6"), "over tcp6");
+        assert_eq!(seen["peer"], addr.to_string(), "{seen}");
+    }
+    // UDP: the answer comes from the address the datagram went to.
+    for (mode, addr) in [
+        ("udp", published6(mapped(UPLINK_HOST_IP), 5353)),
+        ("udp", published6(mapped(LOCALHOST), 5353)),
+        ("udp-connected", published6(mapped(UPLINK_HOST_IP), 5353)),
+        ("udp-connected", published6(Ipv6Addr::LOCALHOST, 5353)),
+    ] {
+        let seen = echoed(client(&host, cg, mode, addr, "over udp6"), "over udp6");
+        assert_eq!(seen["from"], addr.to_string(), "{mode}: {seen}");
+        if mode == "udp-connected" {
+            assert_eq!(seen["peer"], addr.to_string(), "{seen}");
+        }
+    }
+    // Not covered: a datagram sent to [::1] without connecting. The kernel refuses to let a
+    // sendmsg6 hook turn it into an IPv4-mapped address, so it goes to the host's own ::1,
+    // where nothing answers.
+    let err = client(&host, cg, "udp", published6(Ipv6Addr::LOCALHOST, 5353), "unconnected to ::1").expect_err("no answer");
+    assert_eq!(err["kind"], "WouldBlock", "{err}");
+    // As from AF_INET sockets: IPv4 between the host (its gateway address) and the container.
+    for peer in tcp_peers.get().iter().chain(udp_peers.get().iter()) {
+        assert_eq!(peer.ip(), IpAddr::V4(GATEWAY), "{peer}");
+    }
+    assert_eq!((tcp_peers.get().len(), udp_peers.get().len()), (3, 4));
+    assert_eq!(sb.json(&["conntrack", "ls", "--json"]), serde_json::json!([]));
+}
+
+#[test]
+fn ipv6_sockets_outside_the_cgroup_to_unpublished_ports_or_v6only_are_left_alone() {
+    let (mut sb, net, cgroup) = sandbox();
+    let (web, other) = (sb.name("web"), sb.name("other"));
+    sb.ok(&["container", "create", &web, "--network", &net, "--publish", "8080:80", "-p", "10.250.0.1:8081:81", "-p", "5353:53/udp"]);
+    sb.ok(&["container", "create", &other, "--network", &net]);
+    let ip = sb.container_ip(&web);
+    let web_peers = sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 80), 1);
+    sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 81), 1);
+    let udp_peers = sb.udp_echo_server(&web, SocketAddrV4::new(ip, 53), 1);
+    let host = sb.host_netns.clone();
+    // Services of the host itself on ports nobody published, at ::1 and at the uplink's address.
+    let host_v6_peers = sb.tcp_echo_server(&host, published6(Ipv6Addr::LOCALHOST, 9090), 1);
+    let host_v4_peers = sb.tcp_echo_server(&host, published(UPLINK_HOST_IP, 9091), 1);
+    let cg = Some(cgroup.as_path());
+
+    // Outside the cgroup: the host's own addresses, where nothing listens.
+    refused(client(&host, None, "tcp", published6(mapped(UPLINK_HOST_IP), 8080), "outside the cgroup"));
+    refused(client(&host, None, "tcp", published6(Ipv6Addr::LOCALHOST, 8080), "outside the cgroup"));
+    // Unpublished ports are the host's own, at ::1 as at an IPv4-mapped address.
+    echoed(client(&host, cg, "tcp", published6(Ipv6Addr::LOCALHOST, 9090), "host service"), "host service");
+    echoed(client(&host, cg, "tcp", published6(mapped(UPLINK_HOST_IP), 9091), "host service"), "host service");
+    assert_eq!((host_v6_peers.get().len(), host_v4_peers.get().len()), (1, 1));
+    // A port published on one address is there only: not at ::1 nor at ::ffff:127.0.0.1.
+    echoed(client(&host, cg, "tcp", published6(mapped(UPLINK_HOST_IP), 8081), "exact"), "exact");
+    refused(client(&host, cg, "tcp", published6(Ipv6Addr::LOCALHOST, 8081), "not at localhost"));
+    refused(client(&host, cg, "tcp", published6(mapped(LOCALHOST), 8081), "not at localhost"));
+    // An IPV6_V6ONLY socket cannot reach an IPv4-mapped address (the kernel refuses one with
+    // ENETUNREACH, bpfnet or not), and the hooks cannot tell such a socket from a dual-stack
+    // one: its connect to ::1 on a published port becomes one to the container's mapped
+    // address, which fails the same way instead of reaching the host's ::1 (where
+    // docker-proxy would answer).
+    for (mode, port) in [("tcp", 8080), ("udp-connected", 5353)] {
+        failed_with(v6only_client(&host, cg, mode, published6(Ipv6Addr::LOCALHOST, port), "v6only"), libc::ENETUNREACH);
+        failed_with(v6only_client(&host, cg, mode, published6(mapped(UPLINK_HOST_IP), port), "v6only"), libc::ENETUNREACH);
+    }
+    assert_eq!(udp_peers.get(), []);
+    // A container in the cgroup is not the host: its dual-stack socket takes the hairpin
+    // through the datapath.
+    let seen = echoed(client(&other, cg, "tcp", published6(mapped(UPLINK_HOST_IP), 8080), "hairpin"), "hairpin");
+    assert_eq!(seen["peer"], published6(mapped(UPLINK_HOST_IP), 8080).to_string());
+    assert_eq!(web_peers.get().iter().map(|p| p.ip()).collect::<Vec<_>>(), [IpAddr::V4(UPLINK_HOST_IP)]);
+    assert_eq!(sb.counter("counters", "hairpin_new_flow"), 1);
+}
+
+#[test]
 fn restarting_without_the_option_detaches_the_hooks_and_with_it_attaches_them_again() {
     let (mut sb, net, cgroup) = sandbox();
     let web = sb.name("web");
@@ -176,13 +294,13 @@ fn restarting_without_the_option_detaches_the_hooks_and_with_it_attaches_them_ag
     assert_eq!(sb.json(&["status", "--json"])["datapath"]["host_cgroup"], Value::Null);
     refused(client(&host, cg, "tcp", to_web, "off"));
 
-    // Back on, twice: the same four hooks, not eight.
+    // Back on, twice: each hook once, not twice.
     for _ in 0..2 {
         sb.stop_agent(Signal::SIGTERM);
         sb.set_env("BPFNET_HOST_CGROUP", cgroup.to_str().unwrap());
         sb.ensure_agent();
         assert_eq!(cgroup_programs(&cgroup), HOOKS);
-        assert_eq!(host_cgroup_pins(&sb), 4);
+        assert_eq!(host_cgroup_pins(&sb), HOOKS.len());
     }
     echoed(client(&host, cg, "tcp", to_web, "on again"), "on again");
 
@@ -193,13 +311,49 @@ fn restarting_without_the_option_detaches_the_hooks_and_with_it_attaches_them_ag
     sb.set_env("BPFNET_RELOAD_PROGRAMS", "1");
     sb.ensure_agent();
     let status = sb.json(&["status", "--json"]);
-    assert_ne!(status["datapath"]["program_ids"]["sock_connect4"], ids_before["sock_connect4"]);
+    for program in HOOKS {
+        assert_ne!(status["datapath"]["program_ids"][program], ids_before[program], "{program}");
+    }
     let hooks = &status["datapath"]["host_cgroup"]["hooks"];
     assert!(hooks.as_array().unwrap().iter().all(|h| h["attached"] == true), "{hooks}");
 
     // `down` detaches them with everything else.
     sb.ok(&["down"]);
     assert_eq!(cgroup_programs(&cgroup), Vec::<String>::new());
+}
+
+#[test]
+fn a_datapath_pinned_before_the_ipv6_hooks_gets_them_when_the_agent_starts() {
+    let (mut sb, net, cgroup) = sandbox();
+    let web = sb.name("web");
+    sb.ok(&["container", "create", &web, "--network", &net, "--publish", "8080:80"]);
+    let ip = sb.container_ip(&web);
+    sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 80), 2);
+    let host = sb.host_netns.clone();
+    let cg = Some(cgroup.as_path());
+    let to_web = published(UPLINK_HOST_IP, 8080);
+
+    // The pins as a bpfnet without the IPv6 hooks left them: its programs, and the IPv4 hooks
+    // on the cgroup.
+    sb.stop_agent(Signal::SIGTERM);
+    let ipv6_hook = |name: &str| ["sock_connect6", "sock_recvmsg6", "sock_getpeer6"].iter().any(|p| name.ends_with(p));
+    for dir in ["progs", "links"] {
+        for entry in std::fs::read_dir(sb.bpffs.join(dir)).unwrap().flatten() {
+            if ipv6_hook(&entry.file_name().to_string_lossy()) {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+    }
+    let ipv4_hooks: Vec<&str> = HOOKS.into_iter().filter(|h| !ipv6_hook(h)).collect();
+    assert_eq!(cgroup_programs(&cgroup), ipv4_hooks);
+    echoed(client(&host, cg, "tcp", to_web, "older"), "older");
+
+    // The agent pins the programs it did not find and attaches every hook once.
+    sb.ensure_agent();
+    assert_eq!(cgroup_programs(&cgroup), HOOKS);
+    assert_eq!(host_cgroup_pins(&sb), HOOKS.len());
+    let seen = echoed(client(&host, cg, "tcp", published6(Ipv6Addr::LOCALHOST, 8080), "newer"), "newer");
+    assert_eq!(seen["peer"], "[::1]:8080", "{seen}");
 }
 
 #[test]
@@ -236,5 +390,5 @@ fn a_wrong_host_cgroup_stops_the_agent_before_it_changes_anything() {
     let out = sb.agent_command().env("BPFNET_HOST_CGROUP", "/tmp").output().unwrap();
     assert!(!out.status.success());
     assert_eq!(cgroup_programs(&cgroup), HOOKS);
-    assert_eq!(host_cgroup_pins(&sb), 4);
+    assert_eq!(host_cgroup_pins(&sb), HOOKS.len());
 }
