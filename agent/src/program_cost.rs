@@ -49,7 +49,7 @@ use crate::{
 };
 
 /// Schema of the JSON report (`--json`); `cargo xtask bench` reads it.
-pub const SCHEMA: &str = "bpfnet-program-cost/1";
+pub const SCHEMA: &str = "bpfnet-program-cost/2";
 
 #[derive(clap::Args, Debug)]
 pub struct ProgramCostArgs {
@@ -63,7 +63,14 @@ pub struct ProgramCostArgs {
     /// (the report says how many).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
     max_secs_per_path: u64,
+    /// Publish this many more ports (TCP, host ports from 1 on, of container A) before
+    /// measuring, as the bench's N does: a path's cost must not depend on it.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=MAX_OTHER_PORTS as i64))]
+    other_ports: u32,
 }
+
+/// TCP host ports 1 to this: none of them is a measured path's (those are UDP).
+const MAX_OTHER_PORTS: u32 = 60_000;
 
 /// Runs between two checks of the counters (and of the time limit and signals); also the
 /// number of new flows conntrack holds at most.
@@ -446,6 +453,8 @@ pub struct Report {
     pub method: &'static str,
     pub runs_per_path: u32,
     pub max_secs_per_path: u64,
+    /// Ports published besides the measured one (`--other-ports`).
+    pub other_ports: u32,
     pub kernel: Option<String>,
     /// Where it ran (both removed before the report is printed).
     pub netns: String,
@@ -511,6 +520,10 @@ fn measure(args: &ProgramCostArgs) -> Result<Report> {
     })?;
     bed.services
         .insert(PUBLISHED.service_key(), PUBLISHED.backend(B_IP), 0)?;
+    for host_port in 1..=args.other_ports {
+        let other = PortMapping { host_ip: None, host_port: host_port as u16, container_port: 80, protocol: Protocol::Tcp };
+        bed.services.insert(other.service_key(), other.backend(A_IP), 0)?;
+    }
     let mut meter = Meter {
         bed,
         scene: Scene { t, flows: None },
@@ -546,6 +559,7 @@ fn measure(args: &ProgramCostArgs) -> Result<Report> {
         method: METHOD,
         runs_per_path: args.runs,
         max_secs_per_path: args.max_secs_per_path,
+        other_ports: args.other_ports,
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .ok()
             .map(|s| s.trim().to_owned()),
@@ -830,8 +844,8 @@ fn check_batch(
 /// The report as a terminal table.
 pub fn table(report: &Report) -> String {
     let mut out = format!(
-        "per-program cost (BPF_PROG_TEST_RUN, ns/packet), {} runs per path\n{:<16} {:<4} {:<20} {:<16} {:>7} {:>7} {:>7}\n",
-        report.runs_per_path, "program", "type", "path", "verdict", "median", "p90", "runs"
+        "per-program cost (BPF_PROG_TEST_RUN, ns/packet), {} runs per path, {} other ports published\n{:<16} {:<4} {:<20} {:<16} {:>7} {:>7} {:>7}\n",
+        report.runs_per_path, report.other_ports, "program", "type", "path", "verdict", "median", "p90", "runs"
     );
     for p in &report.paths {
         out.push_str(&format!(
@@ -896,6 +910,7 @@ mod tests {
             json: true,
             runs: 300,
             max_secs_per_path: 30,
+            other_ports: 100,
         };
         let report = measure(&args).unwrap();
         let names: Vec<&str> = report.paths.iter().map(|p| p.path).collect();

@@ -1,5 +1,6 @@
 //! `bpfnet debug program-cost`, the real binary: hidden from --help, a JSON report in which
-//! every path ran and returned its verdict, and nothing left behind.
+//! every path ran and returned its verdict (with 10,000 other ports published, as the bench's
+//! largest N), and nothing left behind.
 use std::process::Command;
 
 use bpfnet_tests::bpfnet_bin;
@@ -14,12 +15,13 @@ fn program_cost_reports_every_path_and_leaves_nothing() {
     assert!(!help.lines().any(|l| l.trim_start().starts_with("debug")), "debug is hidden: {help}");
 
     let out = Command::new(bpfnet_bin())
-        .args(["debug", "program-cost", "--json", "--runs", "200"])
+        .args(["debug", "program-cost", "--json", "--runs", "200", "--other-ports", "10000"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
-    assert_eq!(report["schema"], "bpfnet-program-cost/1");
+    assert_eq!(report["schema"], "bpfnet-program-cost/2");
+    assert_eq!(report["other_ports"], 10000);
     let paths = report["paths"].as_array().unwrap();
     let verdict = |path: &str, program: &str| {
         let p = paths
@@ -42,4 +44,8 @@ fn program_cost_reports_every_path_and_leaves_nothing() {
     assert!(!std::path::Path::new("/run/netns").join(netns).exists(), "{netns} left behind");
     let bpffs = report["bpffs"].as_str().unwrap();
     assert!(!std::path::Path::new(bpffs).exists(), "{bpffs} left behind");
+
+    let out = Command::new(bpfnet_bin()).args(["debug", "program-cost", "--other-ports", "70000"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--other-ports"), "{err}");
 }

@@ -171,7 +171,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     };
     section("per-program cost (BPF_PROG_TEST_RUN, bpfnet debug program-cost)");
-    let program_cost = program_cost::measure(&bpfnet_bin);
+    // At the smallest and the largest N: a path's cost must not depend on N.
+    let mut cost_ns: Vec<u32> = vec![plan.other_ports[0], *plan.other_ports.iter().max().expect("at least one N")];
+    cost_ns.dedup();
+    let program_cost = program_cost::measure(&bpfnet_bin, &cost_ns, plan.repetitions);
     write_results(
         &out,
         &plan,
@@ -414,24 +417,28 @@ fn write_results(
     pinning: Pinning,
     started: u64,
     collected: &Collected,
-    program_cost: &Result<program_cost::ProgramCost>,
+    program_cost: &Result<Vec<program_cost::ProgramCost>>,
     profiles: &[serde_json::Value],
 ) -> Result<()> {
     let rows = report::rows(collected, plan.other_ports[0]);
     let table = report::table(&rows);
     let (cost_table, cost_json) = match program_cost {
-        Ok(cost) => (
-            cost.table(),
-            json!({
-                "status": "measured",
-                "error": null,
-                "empty_median_ns": cost.empty_median_ns(),
-                "report": cost,
-            }),
-        ),
+        Ok(runs) => {
+            let combined = program_cost::combine(runs);
+            (
+                program_cost::table(&combined),
+                json!({
+                    "status": "measured",
+                    "error": null,
+                    "empty_median_ns": combined.first().and_then(|c| c.empty_median_ns()),
+                    "combined": combined,
+                    "reports": runs,
+                }),
+            )
+        }
         Err(err) => (
             format!("per-program cost (BPF_PROG_TEST_RUN, ns/packet): FAILED: {err:#}\n"),
-            json!({ "status": "failed", "error": format!("{err:#}"), "report": null }),
+            json!({ "status": "failed", "error": format!("{err:#}"), "combined": [], "reports": [] }),
         ),
     };
     let table = format!("{table}\n{cost_table}");

@@ -1,10 +1,10 @@
 //! The results: summaries with ratios, the terminal table, results.json and chart.svg.
 //!
-//! # results.json (schema `bpfnet-bench/4`)
+//! # results.json (schema `bpfnet-bench/5`)
 //!
 //! ```text
 //! {
-//!   "schema": "bpfnet-bench/4",
+//!   "schema": "bpfnet-bench/5",
 //!   "command": "cargo xtask bench --quick",
 //!   "started_unix": 1700000000, "finished_unix": 1700000060,    // seconds since the epoch
 //!   "host": { "kernel": "6.18.44", "cpus": 2, "iptables": "iptables v1.8.9 (nf_tables)" },
@@ -35,14 +35,19 @@
 //!     "ratio_to_floor": 1.0,               // median / the floor's c2c median at the first N
 //!     "ratio_to_bridge": 1.0               // median / bridge's median, same scenario and N
 //!   } ],
-//!   "program_cost": {                      // each eBPF program's own cost, once per run
+//!   "program_cost": {                      // each eBPF program's own cost, at two N
 //!     "status": "measured" | "failed",
 //!     "error": null | "why it failed",
 //!     "empty_median_ns": 100,              // the timer's share: a program that only returns
-//!     "report": null | {                   // `bpfnet debug program-cost --json`, as printed
-//!       "schema": "bpfnet-program-cost/1",
+//!     "combined": [ ... ],                 // one report per N (the smallest, then the
+//!                                          // largest), each path's median and p90 the medians
+//!                                          // of its runs, `runs` their sum
+//!     "reports": [ {                       // `bpfnet debug program-cost --json` as printed,
+//!                                          // every run (repetitions x N, alternating N)
+//!       "schema": "bpfnet-program-cost/2",
 //!       "method": "...",                   // how it was measured, in words
 //!       "runs_per_path": 20000, "kernel": "6.18.44",
+//!       "other_ports": 1,                  // ports published besides the measured one (N)
 //!       "paths": [ {
 //!         "program": "empty" | "from_endpoint" | "from_uplink" | "from_uplink_xdp",
 //!         "program_type": "tc" | "xdp",
@@ -53,7 +58,7 @@
 //!         "runs": 20000,                   // fewer if the path hit its time limit
 //!         "median_ns": 251, "p90_ns": 341, "min_ns": 230   // kernel-timed ns of one run
 //!       } ]
-//!     }
+//!     } ]
 //!   },
 //!   "perf_profiles": [ {                   // only with --perf; else []
 //!     "datapath": "floor" | "bridge" | "bpfnet", "scenario": "c2c",
@@ -67,7 +72,9 @@
 //!
 //! Schema history: `/2` added `map_update_us` and dropped the status `not-supported-yet`
 //! (bpfnet runs every scenario since it has `--uplink` and `--publish`); `/3` added
-//! `program_cost` and `perf_profiles`; 4: `publish_api_ms`.
+//! `program_cost` and `perf_profiles`; 4: `publish_api_ms`; 5: `program_cost.reports` (every
+//! run, at two N, each with `other_ports`) and `program_cost.combined` for
+//! `program_cost.report`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -78,7 +85,7 @@ use super::stats::{ratio, Summary};
 use super::topology::Datapath;
 use super::workload::Metric;
 
-pub const SCHEMA: &str = "bpfnet-bench/4";
+pub const SCHEMA: &str = "bpfnet-bench/5";
 
 /// Which figure a sample belongs to: a row of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
