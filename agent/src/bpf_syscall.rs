@@ -87,9 +87,16 @@ struct NetLinkInfoHead {
     attach_type: u32,
 }
 
-/// The ifindex of the interface a tcx or XDP link is attached to: 0 once the kernel detached
-/// it because the interface went away (the link itself lives on while it is pinned).
-pub fn link_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
+/// What a tcx or XDP link runs, and where.
+pub struct NetLink {
+    pub program_id: u32,
+    /// The interface it is attached to: 0 once the kernel detached it because the interface
+    /// went away (the link itself lives on while it is pinned).
+    pub ifindex: u32,
+}
+
+/// The program and interface of a tcx or XDP link (aya's LinkInfo hides the interface).
+pub fn net_link(link: BorrowedFd<'_>) -> io::Result<NetLink> {
     let mut info = NetLinkInfoHead::default();
     let mut attr = ObjInfoAttr {
         bpf_fd: link.as_raw_fd() as u32,
@@ -97,7 +104,7 @@ pub fn link_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
         info: &raw mut info as u64,
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info.ifindex)
+    Ok(NetLink { program_id: info.prog_id, ifindex: info.ifindex })
 }
 
 /// The `query` member of `union bpf_attr`, up to `prog_cnt`.

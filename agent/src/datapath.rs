@@ -374,16 +374,7 @@ impl Datapath {
     /// The id of the program behind the uplink's pinned link, as the kernel reports it; none
     /// when that link is not on the interface now called `ifname`.
     pub fn uplink_link_program_id(&self, ifname: &str, mode: UplinkMode) -> Result<Option<u32>> {
-        let pin = self.uplink_pin(ifname, mode);
-        // The pin outlives the interface (deleted, perhaps made again): then the link runs
-        // nothing on `ifname`.
-        let raw = bpf_syscall::open_pinned(&pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
-        let on = bpf_syscall::link_ifindex(raw.as_fd()).with_context(|| format!("reading the link behind {}", pin.display()))?;
-        if on == 0 || nix::net::if_::if_nametoindex(ifname).ok() != Some(on) {
-            return Ok(None);
-        }
-        let link = FdLink::from(PinnedLink::from_pin(&pin).with_context(|| format!("opening the pinned link {}", pin.display()))?);
-        Ok(Some(link.info().with_context(|| format!("reading the link behind {}", pin.display()))?.program_id()))
+        pinned_link_program_on(&self.uplink_pin(ifname, mode), ifname)
     }
 
     /// Attaches the socket hooks to the host cgroup with pinned links (idempotent: existing
@@ -599,24 +590,33 @@ fn remove_pin(path: &Path) -> Result<()> {
     }
 }
 
-/// Whether the link pinned at `pin` (a tcx or XDP link) still runs on the interface named
-/// `ifname`. A pin keeps its link when the interface goes away: the kernel detaches the link
-/// (its ifindex then reads 0), and an interface made again under the same name has a new
-/// ifindex and no program. Such a stale pin is removed here, so that the caller attaches anew.
+/// The tcx or XDP link pinned at `pin`, as the kernel reports it.
+fn pinned_net_link(pin: &Path) -> Result<bpf_syscall::NetLink> {
+    let link = bpf_syscall::open_pinned(pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
+    bpf_syscall::net_link(link.as_fd()).with_context(|| format!("reading the link pinned at {}", pin.display()))
+}
+
+/// The program the tcx or XDP link pinned at `pin` runs on the interface named `ifname`; none
+/// if it runs on no interface by that name. A pin keeps its link when the interface goes
+/// away: the kernel detaches the link (its ifindex then reads 0), and an interface made again
+/// under the same name has a new ifindex and no program.
+fn pinned_link_program_on(pin: &Path, ifname: &str) -> Result<Option<u32>> {
+    let link = pinned_net_link(pin)?;
+    let current = nix::net::if_::if_nametoindex(ifname).ok();
+    Ok((link.ifindex != 0 && Some(link.ifindex) == current).then_some(link.program_id))
+}
+
+/// Whether the link pinned at `pin` still runs on the interface named `ifname`. A stale pin
+/// (see [`pinned_link_program_on`]) is removed here, so that the caller attaches anew.
 fn pin_still_attached(pin: &Path, ifname: &str) -> Result<bool> {
     if !pin.exists() {
         return Ok(false);
     }
-    let link = bpf_syscall::open_pinned(pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
-    let attached_to = bpf_syscall::link_ifindex(link.as_fd())
-        .with_context(|| format!("reading which interface the link pinned at {} is on", pin.display()))?;
-    let current = nix::net::if_::if_nametoindex(ifname).with_context(|| format!("looking up interface {ifname}"))?;
-    if attached_to == current {
+    if pinned_link_program_on(pin, ifname)?.is_some() {
         return Ok(true);
     }
     tracing::info!(
-        "the link pinned at {} is on ifindex {attached_to}, not on {ifname} (ifindex {current}): the interface \
-         was made again; attaching anew",
+        "the link pinned at {} is not on {ifname}: the interface went away or was made again; attaching anew",
         pin.display()
     );
     remove_pin(pin)?;
@@ -676,12 +676,9 @@ fn replace_behind_link(program: &mut Program, link_pin: &Path) -> Result<()> {
     // it) has nothing to run a program for, and the kernel refuses to update it (ENOLINK):
     // its pin goes, and the interface's next attach (the uplink follower, reconciliation)
     // makes a new link if the interface comes back.
-    if matches!(program, Program::SchedClassifier(_) | Program::Xdp(_)) {
-        let link = bpf_syscall::open_pinned(link_pin).with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
-        if bpf_syscall::link_ifindex(link.as_fd()).with_context(|| format!("reading the link pinned at {}", link_pin.display()))? == 0 {
-            tracing::info!("the interface of the link pinned at {} is gone: its pin is removed", link_pin.display());
-            return remove_pin(link_pin);
-        }
+    if matches!(program, Program::SchedClassifier(_) | Program::Xdp(_)) && pinned_net_link(link_pin)?.ifindex == 0 {
+        tracing::info!("the interface of the link pinned at {} is gone: its pin is removed", link_pin.display());
+        return remove_pin(link_pin);
     }
     let pinned = || -> Result<FdLink> {
         let link = PinnedLink::from_pin(link_pin).with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
