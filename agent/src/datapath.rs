@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{
         links::{CgroupAttachMode, FdLink, PinnedLink},
         tc::SchedClassifierLink,
@@ -30,7 +30,7 @@ use aya::{
     EbpfLoader,
 };
 use datapath_common::{
-    map_names, program_names, Backend, Counter, CtEntry, CtKey, DropReason, Endpoint, EndpointStats, HostConfig, Ipv4Be,
+    map_names, program_names, Backend, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, HostConfig, Ipv4Be,
     Network, ServiceKey,
 };
 
@@ -179,8 +179,13 @@ pub struct Datapath {
     drops: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     config: Array<MapData, HostConfig>,
-    pub(crate) ct: HashMap<MapData, CtKey, CtEntry>,
+    /// Assured flows, then flows not assured yet, then those over their quota (see
+    /// `conntrack`), in the order `CtTable::ALL` names them.
+    pub(crate) ct_tables: [HashMap<MapData, CtKey, CtEntry>; 3],
     pub(crate) ct_fill: Array<MapData, u64>,
+    pub(crate) ct_quota: HashMap<MapData, CtQuotaKey, u64>,
+    pub(crate) ct_stats: Array<MapData, u64>,
+    ct_quota_hits: PerCpuArray<MapData, u64>,
     services: HashMap<MapData, ServiceKey, Backend>,
     endpoint_stats: PerCpuArray<MapData, EndpointStats>,
 }
@@ -207,8 +212,44 @@ const PROGRAMS: [&str; 10] = [
     program_names::SOCK_GETPEER6,
 ];
 
-/// Conntrack entries (two per flow) when nothing else is said.
+/// Conntrack entries (two per flow) of the assured table when nothing else is said.
 pub const DEFAULT_CT_ENTRIES: u32 = 262_144;
+
+/// The three conntrack tables (see datapath-ebpf/src/conntrack.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CtTable {
+    /// Assured flows, never evicted (`--ct-size` entries, kept below the fill limit).
+    Assured,
+    /// Flows not assured yet; when full, a new flow evicts the oldest (early drop).
+    Unassured,
+    /// New flows of a container or published port over its share of `Unassured`.
+    Overflow,
+}
+
+impl CtTable {
+    pub const ALL: [CtTable; 3] = [CtTable::Assured, CtTable::Unassured, CtTable::Overflow];
+
+    pub fn map_name(self) -> &'static str {
+        match self {
+            CtTable::Assured => map_names::CT,
+            CtTable::Unassured => map_names::CT_UNASSURED,
+            CtTable::Overflow => map_names::CT_OVERFLOW,
+        }
+    }
+
+    /// The table's size for an assured table of `ct_entries`: the unassured table is half as
+    /// large and the overflow an eighth (each at least 16,384 entries, so that a handshake
+    /// outlives a flood's churn through them: at 300,000 new entries a second, 55 ms).
+    pub fn entries_for(self, ct_entries: u32) -> u32 {
+        const SMALLEST_POOL: u32 = 16_384;
+        match self {
+            CtTable::Assured => ct_entries,
+            CtTable::Unassured => (ct_entries / 2).max(SMALLEST_POOL),
+            CtTable::Overflow => (ct_entries / 8).max(SMALLEST_POOL),
+        }
+    }
+}
 
 /// Sums of the per-CPU counters.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -247,18 +288,32 @@ impl Datapath {
         // Before the loader reuses the pinned maps: CONFIG in an older layout makes way for
         // this version's, and is put back if anything fails before the first link update.
         let outgrown = OutgrownConfig::take(pin_dir)?;
+        let outgrown_counters = match OutgrownCounters::take_all(pin_dir) {
+            Ok(taken) => taken,
+            Err(e) => {
+                if let Some(old) = &outgrown {
+                    old.restore_logged();
+                }
+                return Err(e);
+            }
+        };
         let loaded = load_object(pin_dir, log_level, DEFAULT_CT_ENTRIES).and_then(|mut ebpf| {
             if let Some(old) = &outgrown {
                 old.copy_into(&mut ebpf)?;
             }
+            for old in &outgrown_counters {
+                old.copy_into(&mut ebpf)?;
+            }
             Ok(ebpf)
         });
-        let mut ebpf = match (loaded, &outgrown) {
-            (Ok(ebpf), _) => ebpf,
-            (Err(e), None) => return Err(e),
-            (Err(e), Some(old)) => {
-                if let Err(restore) = old.restore() {
-                    tracing::error!("putting the old CONFIG map back: {restore:#}");
+        let mut ebpf = match loaded {
+            Ok(ebpf) => ebpf,
+            Err(e) => {
+                if let Some(old) = &outgrown {
+                    old.restore_logged();
+                }
+                for old in &outgrown_counters {
+                    old.restore_logged();
                 }
                 return Err(e);
             }
@@ -266,8 +321,11 @@ impl Datapath {
         if outgrown.is_some() {
             tracing::info!("CONFIG had an older layout: moved its settings to a new map, every program is replaced");
         }
-        // The old programs use the old CONFIG: all of them move to the new one.
-        let always = always || outgrown.is_some();
+        for old in &outgrown_counters {
+            tracing::info!("{} had {} slots: moved its counts to a new map of {}, every program is replaced", old.name, old.values.len(), old.slots);
+        }
+        // The old programs use the old maps: all of them move to the new ones.
+        let always = always || outgrown.is_some() || !outgrown_counters.is_empty();
         let mut replaced = Vec::new();
         for name in PROGRAMS {
             let new = ebpf.program_mut(name).with_context(|| format!("no {name} in the object"))?;
@@ -313,8 +371,15 @@ impl Datapath {
             drops: open_map(&maps, map_names::DROPS)?,
             counters: open_map(&maps, map_names::COUNTERS)?,
             config: open_map(&maps, map_names::CONFIG)?,
-            ct: open_map(&maps, map_names::CT)?,
+            ct_tables: [
+                open_map(&maps, map_names::CT)?,
+                open_map(&maps, map_names::CT_UNASSURED)?,
+                open_map(&maps, map_names::CT_OVERFLOW)?,
+            ],
             ct_fill: open_map(&maps, map_names::CT_FILL)?,
+            ct_quota: open_map(&maps, map_names::CT_QUOTA)?,
+            ct_stats: open_map(&maps, map_names::CT_STATS)?,
+            ct_quota_hits: open_map(&maps, map_names::CT_QUOTA_HITS)?,
             services: open_map(&maps, map_names::SERVICES)?,
             endpoint_stats: open_map(&maps, map_names::ENDPOINT_STATS)?,
         })
@@ -446,10 +511,16 @@ impl Datapath {
         self.config.set(0, config, 0).context("writing CONFIG")
     }
 
-    /// How many entries the conntrack table can hold.
-    pub fn ct_capacity(&self) -> Result<u32> {
-        let info = MapData::from_pin(self.pin_dir.join("maps").join(map_names::CT))?.info()?;
+    /// How many entries a conntrack table can hold.
+    pub fn ct_capacity(&self, table: CtTable) -> Result<u32> {
+        let info = MapData::from_pin(self.pin_dir.join("maps").join(table.map_name()))?.info()?;
         Ok(info.max_entries())
+    }
+
+    /// New flows of the container in `slot` (its own, or to its published ports) that were
+    /// over their share of the unassured table, summed over the CPUs.
+    pub fn ct_quota_hits(&self, slot: u32) -> Result<u64> {
+        Ok(self.ct_quota_hits.get(&slot, 0).context("reading CT_QUOTA_HITS")?.iter().sum())
     }
 
     pub fn upsert_network(&mut self, id: u32, network: &Network) -> Result<()> {
@@ -511,7 +582,9 @@ impl Datapath {
     pub fn reset_endpoint_stats(&mut self, slot: u32) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         let zeros = aya::maps::PerCpuValues::try_from(vec![EndpointStats::default(); cpus])?;
-        self.endpoint_stats.set(slot, zeros, 0).context("resetting ENDPOINT_STATS")
+        self.endpoint_stats.set(slot, zeros, 0).context("resetting ENDPOINT_STATS")?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?;
+        self.ct_quota_hits.set(slot, zeros, 0).context("resetting CT_QUOTA_HITS")
     }
 
     /// Publishes a port: one map update, whatever the number already published.
@@ -723,8 +796,10 @@ fn loader<'a>(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> E
     let mut loader = EbpfLoader::new();
     loader
         .default_map_pin_directory(pin_dir.join("maps"))
-        .override_global("AYA_LOG_LEVEL", &LOG_LEVELS[log_level as usize], false)
-        .map_max_entries(map_names::CT, ct_entries);
+        .override_global("AYA_LOG_LEVEL", &LOG_LEVELS[log_level as usize], false);
+    for table in CtTable::ALL {
+        loader.map_max_entries(table.map_name(), table.entries_for(ct_entries));
+    }
     loader
 }
 
@@ -780,7 +855,7 @@ struct OutgrownConfig {
 
 impl OutgrownConfig {
     /// Size of `HostConfig` before the host cgroup's fields were added.
-    const OLD_SIZE: usize = std::mem::offset_of!(HostConfig, _pad);
+    const OLD_SIZE: usize = std::mem::offset_of!(HostConfig, ct_unassured_quota);
 
     /// If the pinned CONFIG has the old layout: reads its settings and unpins it.
     fn take(pin_dir: &Path) -> Result<Option<Self>> {
@@ -812,7 +887,7 @@ impl OutgrownConfig {
             nat_port_max: u16_at(10),
             ct_limit: u32_at(12),
             flags: u32_at(16),
-            _pad: 0,
+            ct_unassured_quota: 0,
             host_netns_cookie: 0,
         };
         remove_pin(&path)?;
@@ -830,6 +905,89 @@ impl OutgrownConfig {
     fn restore(&self) -> Result<()> {
         remove_pin(&self.path)?;
         self.old.pin(&self.path).with_context(|| format!("pinning the old CONFIG back at {}", self.path.display()))
+    }
+}
+
+impl OutgrownConfig {
+    fn restore_logged(&self) {
+        if let Err(restore) = self.restore() {
+            tracing::error!("putting the old CONFIG map back: {restore:#}");
+        }
+    }
+}
+
+/// A per-CPU counter array (DROPS, COUNTERS) that an older bpfnet pinned with fewer slots than
+/// this version counts (a drop reason or a counter was added since). As for CONFIG, its
+/// counts move to a new map of the right size, and it is pinned back if the load fails.
+struct OutgrownCounters {
+    name: &'static str,
+    path: PathBuf,
+    old: MapData,
+    /// Each slot's per-CPU values.
+    values: Vec<PerCpuValues<u64>>,
+    slots: u32,
+}
+
+impl OutgrownCounters {
+    /// The counter arrays this version has, with the slots it needs.
+    const ARRAYS: [(&'static str, u32); 2] = [(map_names::DROPS, DropReason::COUNT), (map_names::COUNTERS, Counter::COUNT)];
+
+    /// Takes (reads and unpins) every pinned counter array that is too small; on error, pins
+    /// back what it took.
+    fn take_all(pin_dir: &Path) -> Result<Vec<Self>> {
+        let mut taken: Vec<Self> = Vec::new();
+        for (name, slots) in Self::ARRAYS {
+            match Self::take(pin_dir, name, slots) {
+                Ok(Some(old)) => taken.push(old),
+                Ok(None) => {}
+                Err(e) => {
+                    for old in &taken {
+                        old.restore_logged();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    fn take(pin_dir: &Path, name: &'static str, slots: u32) -> Result<Option<Self>> {
+        let path = pin_dir.join("maps").join(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let old = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+        let old_slots = old.info()?.max_entries();
+        if old_slots >= slots {
+            return Ok(None);
+        }
+        let array: PerCpuArray<MapData, u64> = open_map(&pin_dir.join("maps"), name)?;
+        let values = (0..old_slots)
+            .map(|slot| array.get(&slot, 0).with_context(|| format!("reading slot {slot} of {}", path.display())))
+            .collect::<Result<_>>()?;
+        remove_pin(&path)?;
+        Ok(Some(Self { name, path, old, values, slots }))
+    }
+
+    /// Writes the old counts into the loaded object's (new) map.
+    fn copy_into(&self, ebpf: &mut aya::Ebpf) -> Result<()> {
+        let map = ebpf.map_mut(self.name).with_context(|| format!("the eBPF object has no {} map", self.name))?;
+        let mut array: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(map)?;
+        for (slot, values) in self.values.iter().enumerate() {
+            let values = PerCpuValues::try_from(values.to_vec())?;
+            array.set(slot as u32, values, 0).with_context(|| format!("writing slot {slot} of the new {}", self.name))?;
+        }
+        Ok(())
+    }
+
+    /// Pins the old map back in place of the new one.
+    fn restore_logged(&self) {
+        let restored = remove_pin(&self.path).and_then(|()| {
+            self.old.pin(&self.path).with_context(|| format!("pinning the old {} back at {}", self.name, self.path.display()))
+        });
+        if let Err(e) = restored {
+            tracing::error!("putting the old {} map back: {e:#}", self.name);
+        }
     }
 }
 
@@ -897,6 +1055,38 @@ impl Datapath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A datapath pinned by an older bpfnet, whose DROPS had a slot less: an upgrade moves its
+    /// counts to a DROPS of this version's size, and every program to the new map.
+    #[test]
+    fn an_upgrade_grows_a_counter_array_and_keeps_its_counts() {
+        if !crate::netns::tests::is_root() {
+            return;
+        }
+        let bed = crate::testbed::Testbed::create("bnup", 4096).unwrap();
+        let path = bed.pin_dir().join("maps").join(map_names::DROPS);
+        let old_slots = DropReason::COUNT - 1;
+        let mut old: PerCpuArray<MapData, u64> = PerCpuArray::create(old_slots, 0).unwrap();
+        let cpus = aya::util::nr_cpus().unwrap();
+        for slot in 0..old_slots {
+            let values: Vec<u64> = (0..cpus).map(|cpu| u64::from(slot) * 100 + cpu as u64).collect();
+            old.set(slot, PerCpuValues::try_from(values).unwrap(), 0).unwrap();
+        }
+        remove_pin(&path).unwrap();
+        old.pin(&path).unwrap();
+        let replaced = Datapath::replace_programs(bed.pin_dir(), DatapathLogLevel::Info, false).unwrap();
+        assert_eq!(replaced.len(), PROGRAMS.len(), "every program moves to the new map");
+        let new = MapData::from_pin(&path).unwrap();
+        assert_eq!(new.info().unwrap().max_entries(), DropReason::COUNT);
+        let new: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(new)).unwrap();
+        for slot in 0..old_slots {
+            let want: Vec<u64> = (0..cpus).map(|cpu| u64::from(slot) * 100 + cpu as u64).collect();
+            assert_eq!(new.get(&slot, 0).unwrap().to_vec(), want, "slot {slot}");
+        }
+        assert_eq!(new.get(&old_slots, 0).unwrap().iter().sum::<u64>(), 0);
+        // Once grown, nothing more to move.
+        assert!(Datapath::replace_programs(bed.pin_dir(), DatapathLogLevel::Info, false).unwrap().is_empty());
+    }
 
     #[test]
     fn link_pins_are_told_apart_by_name() {

@@ -41,11 +41,19 @@ pub struct HostOptions {
     /// Source ports for masquerading, inclusive.
     #[arg(long, global = true, env = "BPFNET_NAT_PORTS", default_value = "32768-60999", value_parser = parse_port_range)]
     pub nat_ports: (u16, u16),
-    /// Conntrack table size in entries (two per flow); takes effect when the datapath is
-    /// first loaded.
+    /// Size of the conntrack table of assured flows, in entries (two per flow); the table of
+    /// flows not assured yet is half as large, its overflow an eighth (each at least 16,384).
+    /// Takes effect when the datapath is first loaded.
     #[arg(long, global = true, env = "BPFNET_CT_SIZE", default_value_t = crate::datapath::DEFAULT_CT_ENTRIES,
           value_parser = clap::value_parser!(u32).range(4_096..=16_777_216))]
     pub ct_size: u32,
+    /// Most of the unassured conntrack table (handshakes, unanswered datagrams) that one
+    /// container's new flows, or one published port's, may hold, in percent. Its further new
+    /// flows go to an overflow table where they compete only with each other: a flood from
+    /// one container or at one port cannot crowd out everyone else's new connections.
+    #[arg(long, global = true, env = "BPFNET_CT_UNASSURED_SHARE", default_value_t = 25, value_name = "PERCENT",
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub ct_unassured_share: u8,
     #[command(flatten)]
     pub ct_timeouts: crate::conntrack::Timeouts,
     /// Let containers reach the host's own addresses (its services), not only their gateway.
@@ -198,8 +206,13 @@ impl Host {
             });
         }
         let flags = if self.options.allow_host_access { datapath_common::host_config_flags::ALLOW_HOST_ACCESS } else { 0 };
+        let share = self.options.ct_unassured_share;
         let datapath = self.datapath()?;
-        let ct_limit = crate::conntrack::fill_limit(datapath.ct_capacity()?)?;
+        let ct_limit = crate::conntrack::fill_limit(datapath.ct_capacity(crate::datapath::CtTable::Assured)?)?;
+        let ct_unassured_quota = crate::conntrack::unassured_quota(
+            datapath.ct_capacity(crate::datapath::CtTable::Unassured)?,
+            share,
+        );
         let config = datapath_common::HostConfig {
             uplink_ifindex: link.index,
             uplink_ip: datapath_common::ipv4_be(address.octets()),
@@ -207,6 +220,7 @@ impl Host {
             nat_port_max,
             ct_limit,
             flags,
+            ct_unassured_quota,
             // The host cgroup's setting (`sync_host_cgroup`) stays as it is.
             ..datapath.config()?
         };

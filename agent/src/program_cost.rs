@@ -36,7 +36,7 @@ use serde::Serialize;
 
 use crate::{
     conntrack,
-    datapath::DEFAULT_CT_ENTRIES,
+    datapath::{CtTable, DEFAULT_CT_ENTRIES},
     publish::{PortMapping, Protocol},
     testbed::{
         be,
@@ -692,22 +692,12 @@ impl Meter {
             ),
         ];
         for (program, ingress, packet, counter) in firsts {
-            let before = self.bed.counts()?;
-            let out = self.run_batch(program, self.ifindex(ingress), vec![packet])?;
-            let moved = self.bed.counts()?.since(&before)?;
             let translated = if counter == DnatNewFlow || counter == HairpinNewFlow {
                 TranslatedIn
             } else {
                 TranslatedOut
             };
-            let expected = expected_counts(&[counter, translated], &[], 1);
-            ensure!(
-                out[0].retval == TC_ACT_REDIRECT && moved == expected,
-                "making the {} flow: verdict {}, counters moved: {}",
-                counter.name(),
-                out[0].retval,
-                describe(&moved)
-            );
+            self.untimed(program, ingress, packet, &[counter, translated])?;
         }
         let nat_port = |sport: u16, daddr: Ipv4Addr, dport: u16| -> Result<u16> {
             let key = CtKey {
@@ -718,10 +708,9 @@ impl Meter {
                 proto: IPPROTO_UDP,
                 _pad: [0; 3],
             };
-            let entry = self
+            let (_, entry) = self
                 .bed
-                .ct
-                .get(&key, 0)
+                .ct_get(&key)
                 .with_context(|| format!("no conntrack entry for {key:?}"))?;
             Ok(u16::from_be(entry.to.sport))
         };
@@ -729,6 +718,38 @@ impl Meter {
             snat_port: nat_port(SNAT_PORT, SERVER_IP, 53)?,
             hairpin_port: nat_port(HAIRPIN_PORT, UPLINK_IP, PUBLISHED.host_port)?,
         });
+        // An answer, then the originator again: each flow becomes assured and moves to CT,
+        // where an established flow's packets find it with the first lookup.
+        let s = &self.scene;
+        let paths = paths();
+        let path = |name: &str| paths.iter().find(|p| p.name == name).expect("a path of paths()");
+        for (answer, again) in [("snat-reply", "snat-established"), ("dnat-reply", "dnat-established"), ("hairpin-reply", "hairpin-established")] {
+            for step in [path(answer), path(again)] {
+                let program = if step.program == program_names::FROM_ENDPOINT { &endpoint } else { &uplink };
+                self.untimed(program, step.ingress, (step.packet)(s, 0), step.counters)?;
+            }
+        }
+        for (sport, daddr, dport) in [(SNAT_PORT, SERVER_IP, 53), (HAIRPIN_PORT, UPLINK_IP, PUBLISHED.host_port)] {
+            let key = CtKey { saddr: be(A_IP), daddr: be(daddr), sport: sport.to_be(), dport: dport.to_be(), proto: IPPROTO_UDP, _pad: [0; 3] };
+            ensure!(
+                matches!(self.bed.ct_get(&key), Some((CtTable::Assured, _))),
+                "the long-lived flow {key:?} did not become assured"
+            );
+        }
+        Ok(())
+    }
+
+    /// One untimed run of `packet` that must redirect and move exactly `counters`.
+    fn untimed(&self, program: &Program, ingress: Ingress, packet: Vec<u8>, counters: &[Counter]) -> Result<()> {
+        let before = self.bed.counts()?;
+        let out = self.run_batch(program, self.ifindex(ingress), vec![packet])?;
+        let moved = self.bed.counts()?.since(&before)?;
+        ensure!(
+            out[0].retval == TC_ACT_REDIRECT && moved == expected_counts(counters, &[], 1),
+            "making the long-lived flows ({counters:?}): verdict {}, counters moved: {}",
+            out[0].retval,
+            describe(&moved)
+        );
         Ok(())
     }
 

@@ -186,23 +186,26 @@ fn datapath_status(host_containers: &[(String, String)], host_cgroup: Option<&st
             "nat_ports": [config.nat_port_min, config.nat_port_max],
         },
         "host_cgroup": host_cgroup_status(host_cgroup, dp, id_of)?,
-        "conntrack": { "entries": conntrack::fill(dp)?, "limit": config.ct_limit, "capacity": dp.ct_capacity()? },
+        "conntrack": conntrack::status(dp)?,
         "counters": as_object(&snapshot.counters),
         "drops": as_object(&snapshot.drops),
     }))
 }
 
-fn host_stats(host: &mut Host, spec: &ContainerSpec) -> Option<datapath_common::EndpointStats> {
-    host.existing_datapath().ok().flatten().and_then(|dp| dp.endpoint_stats(spec.stats_slot).ok())
+/// A container's traffic counters, and its new flows that were over their conntrack quota.
+fn host_stats(host: &mut Host, spec: &ContainerSpec) -> Option<(datapath_common::EndpointStats, u64)> {
+    let dp = host.existing_datapath().ok().flatten()?;
+    Some((dp.endpoint_stats(spec.stats_slot).ok()?, dp.ct_quota_hits(spec.stats_slot).ok()?))
 }
 
 /// A container with its traffic counters.
-fn container_status(spec: &ContainerSpec, stats: Option<datapath_common::EndpointStats>) -> Value {
+fn container_status(spec: &ContainerSpec, stats: Option<(datapath_common::EndpointStats, u64)>) -> Value {
     let mut value = describe_container(spec);
-    if let Some(s) = stats {
+    if let Some((s, ct_quota_hits)) = stats {
         value["traffic"] = json!({
             "sent_packets": s.sent_packets, "sent_bytes": s.sent_bytes,
             "received_packets": s.received_packets, "received_bytes": s.received_bytes,
+            "ct_quota_hits": ct_quota_hits,
         });
     }
     value

@@ -19,11 +19,32 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     /// One [`HostConfig`](super::HostConfig): the uplink and the NAT settings.
     pub const CONFIG: &str = "CONFIG";
-    /// Conntrack: [`CtKey`](super::CtKey) -> [`CtEntry`](super::CtEntry), one entry per
-    /// direction of a flow. LRU, sized by the agent.
+    /// Conntrack of assured flows (a TCP handshake completed, a UDP flow answered and
+    /// continued): [`CtKey`](super::CtKey) -> [`CtEntry`](super::CtEntry), one entry per
+    /// direction of a flow. LRU, sized by the agent (`--ct-size`), and kept below its fill
+    /// limit so that the LRU never evicts an assured flow.
     pub const CT: &str = "CT";
-    /// Conntrack fill: see [`ct_fill`](super::ct_fill).
+    /// Conntrack fill of `CT`: see [`ct_fill`](super::ct_fill).
     pub const CT_FILL: &str = "CT_FILL";
+    /// Conntrack of flows not assured yet (handshakes, unanswered datagrams, ICMP echo), the
+    /// same keys and values as `CT`. LRU and allowed to fill: a new flow then evicts the
+    /// oldest unassured one, as nf_conntrack's early_drop does. A flow moves to `CT` when it
+    /// becomes assured.
+    pub const CT_UNASSURED: &str = "CT_UNASSURED";
+    /// Unassured flows of a container or published port that holds its share of
+    /// `CT_UNASSURED` already ([`CtQuotaKey`](super::CtQuotaKey)): they compete only with
+    /// each other here, so one flood cannot evict everyone else's handshakes. LRU.
+    pub const CT_OVERFLOW: &str = "CT_OVERFLOW";
+    /// [`CtQuotaKey`](super::CtQuotaKey) -> u64: unassured flows each holds in
+    /// `CT_UNASSURED`. The datapath adds and subtracts; the agent recounts at every garbage
+    /// collection (the LRU's own evictions are not seen by anyone).
+    pub const CT_QUOTA: &str = "CT_QUOTA";
+    /// Conntrack events: see [`ct_stats`](super::ct_stats).
+    pub const CT_STATS: &str = "CT_STATS";
+    /// Per-CPU u64, indexed by `Endpoint::stats_slot`: new flows of the container (its own,
+    /// or to its published ports) that went to `CT_OVERFLOW` because their quota key held
+    /// its share of `CT_UNASSURED`.
+    pub const CT_QUOTA_HITS: &str = "CT_QUOTA_HITS";
     /// Published ports: [`ServiceKey`](super::ServiceKey) -> [`Backend`](super::Backend).
     pub const SERVICES: &str = "SERVICES";
     /// Per-CPU [`EndpointStats`](super::EndpointStats), indexed by `Endpoint::stats_slot`.
@@ -169,8 +190,8 @@ indexed_enum! {
         RedirectFailed = 8 => "redirect_failed",
         /// No free NAT port for this destination in the configured range.
         NatPortsExhausted = 9 => "nat_ports_exhausted",
-        /// The conntrack table holds as many flows as the agent allows; new flows are refused so
-        /// that established ones are never evicted.
+        /// Retired: new flows are no longer refused when the conntrack table is full (they
+        /// take the place of the oldest unassured flow). The slot keeps the counters' indices.
         ConntrackFull = 10 => "conntrack_full",
         /// A protocol that cannot be translated (only TCP, UDP and ICMP echo are).
         UnsupportedL4 = 11 => "unsupported_l4",
@@ -183,6 +204,9 @@ indexed_enum! {
         ConntrackInsertFailed = 14 => "conntrack_insert_failed",
         /// A container addressed the host itself (not its gateway), which is not allowed.
         HostAccessDenied = 15 => "host_access_denied",
+        /// A TCP segment from a container that can start no flow and belongs to none: a
+        /// SYN-ACK or RST without a tracked flow (nf_conntrack calls it INVALID).
+        ConntrackInvalid = 16 => "conntrack_invalid",
     }
 }
 
@@ -229,7 +253,9 @@ pub struct HostConfig {
     pub ct_limit: u32,
     /// `host_config_flags` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// Most unassured flows one [`CtQuotaKey`] may hold in `CT_UNASSURED`; its further new
+    /// flows go to `CT_OVERFLOW`. 0: no quota (an older agent's CONFIG).
+    pub ct_unassured_quota: u32,
     /// The network namespace cookie (SO_NETNS_COOKIE) of the host namespace: the socket hooks
     /// of `--host-cgroup` act only for sockets in it. 0: they act for none.
     pub host_netns_cookie: u64,
@@ -269,12 +295,23 @@ pub mod ct_direction {
     pub const REPLY: u8 = 1;
 }
 
-/// TCP flags a direction has seen, accumulated in [`CtEntry::tcp_flags`].
+/// What a direction has seen, accumulated in [`CtEntry::tcp_flags`]: the TCP flags it sent,
+/// and the progress of the flow that the agent derives nf_conntrack's states from.
 pub mod ct_tcp_flags {
     pub const SYN: u8 = 0x01;
     pub const ACK: u8 = 0x02;
     pub const FIN: u8 = 0x04;
     pub const RST: u8 = 0x08;
+    /// The other direction sent a FIN (set by that direction's packet).
+    pub const PEER_FIN: u8 = 0x10;
+    /// This direction sent an ACK after the other's FIN: it acknowledged the close.
+    pub const FIN_ACKED: u8 = 0x20;
+    /// ORIGINAL only: the flow became assured (TCP: the originator's ACK completed the
+    /// handshake; UDP: the originator sent again after an answer). It then lives in `CT`,
+    /// unless that table was at its limit.
+    pub const ASSURED: u8 = 0x40;
+    /// The flags a TCP header contributes; the others are the flow's progress.
+    pub const FROM_HEADER: u8 = SYN | ACK | FIN | RST;
 }
 
 /// What started a flow, for listing.
@@ -399,6 +436,48 @@ pub struct FragPorts {
     pub dport: u16,
 }
 
+/// Whose share of the unassured table a new flow counts against: the container that opened
+/// it (`port` and `proto` 0), or, for a flow from outside to a published port, the container
+/// address, port and protocol it is published to. Ports in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct CtQuotaKey {
+    pub addr: Ipv4Be,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl CtQuotaKey {
+    /// The quota key of a flow, from its ORIGINAL key and entry.
+    pub const fn of_flow(original: &CtKey, entry: &CtEntry) -> CtQuotaKey {
+        if entry.kind == ct_kind::DNAT {
+            CtQuotaKey { addr: entry.to.daddr, port: entry.to.dport, proto: original.proto, _pad: 0 }
+        } else {
+            CtQuotaKey { addr: original.saddr, port: 0, proto: 0, _pad: 0 }
+        }
+    }
+}
+
+/// Slots of `CT_STATS`, u64 counters of conntrack's tables, written atomically by the datapath
+/// (but `GC_REMOVED`). The agent derives early drops (LRU evictions) from them.
+pub mod ct_stats {
+    /// Entries inserted into `CT_UNASSURED`.
+    pub const UNASSURED_INSERTED: u32 = 0;
+    /// Entries inserted into `CT_OVERFLOW`.
+    pub const OVERFLOW_INSERTED: u32 = 1;
+    /// Flows moved from an unassured table to `CT` (two entries each).
+    pub const PROMOTED: u32 = 2;
+    /// Flows that became assured while `CT` was at its limit: they stay where they are.
+    pub const PROMOTION_REFUSED: u32 = 3;
+    /// New flows over their quota key's share, sent to `CT_OVERFLOW`.
+    pub const QUOTA_HITS: u32 = 4;
+    /// Entries the agent's garbage collection removed from the two unassured tables (the
+    /// one slot the agent writes).
+    pub const GC_REMOVED: u32 = 5;
+    pub const SLOTS: u32 = 8;
+}
+
 /// Slots of `CT_FILL`: entries in use = INSERTED - REMOVED. The datapath adds to INSERTED
 /// atomically; only the agent writes REMOVED (when it expires entries, and to resynchronise
 /// with the real count, as LRU may have evicted entries on its own).
@@ -423,6 +502,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevNat {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragPorts {}
+    unsafe impl aya::Pod for super::CtQuotaKey {}
 }
 
 // Layouts both sides rely on: no implicit padding anywhere (every byte is a named field).
@@ -435,4 +515,6 @@ const _: () = {
     assert!(core::mem::offset_of!(SockRevNat, addressed_as) == 6);
     assert!(core::mem::size_of::<FragKey>() == 12);
     assert!(core::mem::size_of::<FragPorts>() == 4);
+    assert!(core::mem::size_of::<CtQuotaKey>() == 8);
+    assert!(core::mem::size_of::<CtEntry>() == 48);
 };

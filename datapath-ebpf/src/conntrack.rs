@@ -1,12 +1,28 @@
-//! Connection tracking: the tuple of a packet, the entries of its flow (one per direction, in
-//! the LRU map `CT`), per-packet accounting, and the fill limit that keeps new flows from
-//! evicting established ones. Expiry (timeouts by TCP state) is the agent's job.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use datapath_common::{ct_fill, ct_tcp_flags, CtEntry, CtKey, DropReason, HostConfig, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+//! Connection tracking: the tuple of a packet, the entries of its flow (one per direction),
+//! per-packet accounting, and the flow's progress towards "assured", as nf_conntrack has it.
+//!
+//! A flow lives in one of three LRU tables (names in `datapath_common::map_names`):
+//! - `CT`: assured flows (a TCP handshake completed, a UDP flow answered and continued). It is
+//!   kept below the agent's fill limit, so the LRU never evicts one: established flows are
+//!   never lost to a flood. A flow that becomes assured while it is at the limit stays
+//!   where it is.
+//! - `CT_UNASSURED`: every new flow starts here. It may fill: a new flow then takes the place
+//!   of the oldest unassured one (nf_conntrack's early_drop), so new connections are never
+//!   refused for lack of room.
+//! - `CT_OVERFLOW`: new flows of a container or published port that holds its share of
+//!   `CT_UNASSURED` already. A flood of one competes only with itself there.
+//!
+//! The established path looks up `CT` and finds its flow; the rest is for the first packets
+//! of a flow and its close. Expiry by nf_conntrack's state timeouts is the agent's job.
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::LruHashMap};
+use datapath_common::{
+    ct_direction, ct_fill, ct_stats, ct_tcp_flags, CtEntry, CtKey, CtQuotaKey, DropReason, HostConfig, IPPROTO_ICMP, IPPROTO_TCP,
+    IPPROTO_UDP,
+};
 
 use crate::{
     fragment,
-    maps::{CT, CT_FILL},
+    maps::{config, CT, CT_FILL, CT_OVERFLOW, CT_QUOTA, CT_QUOTA_HITS, CT_STATS, CT_UNASSURED},
     packet::{ptr_at, Ipv4, Packet},
 };
 
@@ -83,23 +99,251 @@ fn tcp_flags(raw: u8) -> u8 {
     flags
 }
 
-#[inline(always)]
-pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
-    CT.get_ptr_mut(key)
+/// The conntrack table a flow lives in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Assured,
+    Unassured,
+    Overflow,
 }
 
-/// Accounts one packet of `len` bytes to an entry.
+impl Table {
+    #[inline(always)]
+    fn map(self) -> &'static LruHashMap<CtKey, CtEntry> {
+        match self {
+            Table::Assured => &CT,
+            Table::Unassured => &CT_UNASSURED,
+            Table::Overflow => &CT_OVERFLOW,
+        }
+    }
+}
+
+/// A flow's entry for one direction, and where it lives.
+#[derive(Clone, Copy)]
+pub struct Tracked {
+    pub entry: *mut CtEntry,
+    pub table: Table,
+}
+
+/// The entry of a packet's direction, assured flows first.
 #[inline(always)]
-pub fn touch(entry: *mut CtEntry, len: u32, tcp_flags: u8) {
+pub fn lookup(key: &CtKey) -> Option<Tracked> {
+    if let Some(entry) = CT.get_ptr_mut(key) {
+        return Some(Tracked { entry, table: Table::Assured });
+    }
+    if let Some(entry) = CT_UNASSURED.get_ptr_mut(key) {
+        return Some(Tracked { entry, table: Table::Unassured });
+    }
+    CT_OVERFLOW.get_ptr_mut(key).map(|entry| Tracked { entry, table: Table::Overflow })
+}
+
+/// Whether a TCP segment may start a flow. A SYN-ACK or RST without a flow answers nothing
+/// bpfnet tracks (nf_conntrack calls it INVALID); a bare ACK may (nf_conntrack's loose
+/// pick-up of a flow already under way, e.g. after its entry expired).
+#[inline(always)]
+pub fn may_start(proto: u8, tcp_flags: u8) -> bool {
+    const SYN_ACK: u8 = ct_tcp_flags::SYN | ct_tcp_flags::ACK;
+    proto != IPPROTO_TCP || (tcp_flags & ct_tcp_flags::RST == 0 && tcp_flags & SYN_ACK != SYN_ACK)
+}
+
+/// Accounts one packet of `len` bytes to its entry and moves the flow along (its TCP close,
+/// assurance and the move to `CT`). Returns the entry as it was found, for the translation.
+#[inline(always)]
+pub fn account(key: &CtKey, found: Tracked, len: u32, tcp_flags: u8) -> CtEntry {
+    let entry = found.entry;
     // SAFETY: a live map value; concurrent updates from other CPUs may lose an increment,
     // which only makes the counters approximate.
-    unsafe {
+    let copy = unsafe {
         (*entry).packets += 1;
         (*entry).bytes += len as u64;
         (*entry).last_seen_ns = bpf_ktime_get_ns();
-        if (*entry).tcp_flags | tcp_flags != (*entry).tcp_flags {
-            (*entry).tcp_flags |= tcp_flags;
+        *entry
+    };
+    let seen = copy.tcp_flags;
+    // An established flow's packet ends here: nothing it says is new.
+    if found.table != Table::Assured || seen | tcp_flags != seen || tcp_flags & ct_tcp_flags::FIN != 0 || seen & ct_tcp_flags::PEER_FIN != 0 {
+        progress(key, found, &copy, tcp_flags);
+    }
+    copy
+}
+
+/// Records what a packet says about its flow: its TCP flags, the acknowledgement of the other
+/// side's FIN, the other side's PEER_FIN, assurance, and then the move to `CT`.
+#[inline(always)]
+fn progress(key: &CtKey, found: Tracked, entry: &CtEntry, tcp_flags: u8) {
+    let map = found.table.map();
+    let peer_key = entry.to.reversed();
+    let mut flags = entry.tcp_flags | tcp_flags;
+    if entry.tcp_flags & ct_tcp_flags::PEER_FIN != 0 && tcp_flags & ct_tcp_flags::ACK != 0 {
+        flags |= ct_tcp_flags::FIN_ACKED;
+    }
+    let needs_peer = tcp_flags & ct_tcp_flags::FIN != 0 && entry.tcp_flags & ct_tcp_flags::FIN == 0
+        || found.table != Table::Assured && entry.direction == ct_direction::ORIGINAL && key.proto != IPPROTO_ICMP;
+    let peer = if needs_peer { map.get_ptr_mut(&peer_key) } else { None };
+    if let Some(peer) = peer {
+        if tcp_flags & ct_tcp_flags::FIN != 0 {
+            // SAFETY: a live map value.
+            unsafe { (*peer).tcp_flags |= ct_tcp_flags::PEER_FIN };
         }
+        // SAFETY: as above, copied out.
+        let peer_entry = unsafe { *peer };
+        if found.table != Table::Assured && entry.direction == ct_direction::ORIGINAL && becomes_assured(key.proto, tcp_flags, &peer_entry) {
+            flags |= ct_tcp_flags::ASSURED;
+        }
+        if flags != entry.tcp_flags {
+            // SAFETY: a live map value.
+            unsafe { (*found.entry).tcp_flags = flags };
+        }
+        if found.table != Table::Assured && flags & ct_tcp_flags::ASSURED != 0 {
+            let newly = entry.tcp_flags & ct_tcp_flags::ASSURED == 0;
+            promote(key, &CtEntry { tcp_flags: flags, ..*entry }, &peer_key, &peer_entry, found.table, newly);
+        }
+        return;
+    }
+    if flags != entry.tcp_flags {
+        // SAFETY: a live map value.
+        unsafe { (*found.entry).tcp_flags = flags };
+    }
+}
+
+/// Whether an ORIGINAL packet makes its flow assured: for TCP, the originator's ACK after the
+/// other side's (the handshake's third packet, or a flow picked up under way); for UDP, the
+/// originator sending again after an answer. ICMP echo never is, as in nf_conntrack.
+#[inline(always)]
+fn becomes_assured(proto: u8, tcp_flags: u8, reply: &CtEntry) -> bool {
+    match proto {
+        IPPROTO_TCP => {
+            tcp_flags & ct_tcp_flags::ACK != 0
+                && tcp_flags & (ct_tcp_flags::SYN | ct_tcp_flags::RST) == 0
+                && reply.tcp_flags & ct_tcp_flags::ACK != 0
+        }
+        IPPROTO_UDP => reply.packets > 0,
+        _ => false,
+    }
+}
+
+/// Moves an assured flow's two entries into `CT`, unless `CT` is at its limit (then it stays,
+/// and is tried again with its next packet; counted once, when it `newly` became assured).
+/// Another CPU moving it at the same time makes one of the NOEXIST inserts fail: that one
+/// leaves it to the other.
+#[inline(always)]
+fn promote(key: &CtKey, entry: &CtEntry, peer_key: &CtKey, peer: &CtEntry, from: Table, newly: bool) {
+    if reserve(&config()).is_err() {
+        if newly {
+            add_stat(ct_stats::PROMOTION_REFUSED, 1);
+        }
+        return;
+    }
+    if CT.insert(peer_key, peer, BPF_NOEXIST as u64).is_err() {
+        return;
+    }
+    if CT.insert(key, entry, BPF_NOEXIST as u64).is_err() {
+        let _ = CT.remove(peer_key);
+        return;
+    }
+    account_inserted(2);
+    let map = from.map();
+    let _ = map.remove(key);
+    let _ = map.remove(peer_key);
+    if from == Table::Unassured {
+        quota_release(&CtQuotaKey::of_flow(key, entry));
+    }
+    add_stat(ct_stats::PROMOTED, 1);
+}
+
+/// Whose share of `CT_UNASSURED` a new flow counts against, and the container to count a
+/// quota hit for.
+pub struct Quota {
+    pub key: CtQuotaKey,
+    pub stats_slot: u32,
+}
+
+/// The table a new flow starts in: `CT_UNASSURED`, or `CT_OVERFLOW` when its quota key holds
+/// its share already (counted, also for the container).
+#[inline(always)]
+pub fn table_for_new(cfg: &HostConfig, quota: &Quota) -> Table {
+    if cfg.ct_unassured_quota == 0 {
+        return Table::Unassured;
+    }
+    // SAFETY: a plain u64 map value, read once.
+    let held = unsafe { CT_QUOTA.get(&quota.key) }.copied().unwrap_or(0);
+    if held < cfg.ct_unassured_quota as u64 {
+        return Table::Unassured;
+    }
+    add_stat(ct_stats::QUOTA_HITS, 1);
+    if let Some(slot) = CT_QUOTA_HITS.get_ptr_mut(quota.stats_slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+    Table::Overflow
+}
+
+/// Claims a tuple for a new flow's direction: inserts its entry into `table` unless the key is
+/// tracked anywhere already. The NOEXIST insert makes the claim atomic within the table; the
+/// lookups keep the other tables' flows' tuples theirs.
+#[inline(always)]
+pub fn claim(table: Table, key: &CtKey, entry: &CtEntry) -> bool {
+    let elsewhere = match table {
+        Table::Assured => CT_UNASSURED.get_ptr(key).is_some() || CT_OVERFLOW.get_ptr(key).is_some(),
+        Table::Unassured => CT.get_ptr(key).is_some() || CT_OVERFLOW.get_ptr(key).is_some(),
+        Table::Overflow => CT.get_ptr(key).is_some() || CT_UNASSURED.get_ptr(key).is_some(),
+    };
+    !elsewhere && table.map().insert(key, entry, BPF_NOEXIST as u64).is_ok()
+}
+
+/// Inserts the other direction of a flow whose reply tuple was claimed; on failure (another
+/// CPU tracked the same flow meanwhile) gives the claimed tuple back.
+#[inline(always)]
+pub fn complete(table: Table, key: &CtKey, entry: &CtEntry, claimed: &CtKey) -> bool {
+    if table.map().insert(key, entry, BPF_NOEXIST as u64).is_err() {
+        let _ = table.map().remove(claimed);
+        return false;
+    }
+    add_stat(if table == Table::Overflow { ct_stats::OVERFLOW_INSERTED } else { ct_stats::UNASSURED_INSERTED }, 2);
+    true
+}
+
+/// Counts a new flow against its quota key's share (`CT_UNASSURED` only).
+#[inline(always)]
+pub fn quota_take(table: Table, key: &CtQuotaKey) {
+    if table != Table::Unassured {
+        return;
+    }
+    if CT_QUOTA.get_ptr_mut(key).is_none() {
+        // A racing CPU may have created it: then this insert fails and its count is used.
+        let _ = CT_QUOTA.insert(key, &0, BPF_NOEXIST as u64);
+    }
+    if let Some(slot) = CT_QUOTA.get_ptr_mut(key) {
+        atomic_add(slot, 1);
+    }
+}
+
+/// Gives back a flow's place in its quota key's share. Never below 0 (the agent's recount may
+/// have left the count lower than the flows it saw being added since): an undercount lasts
+/// until the next recount, a wrapped count would block the key.
+#[inline(always)]
+fn quota_release(key: &CtQuotaKey) {
+    if let Some(slot) = CT_QUOTA.get_ptr_mut(key) {
+        // SAFETY: an aligned u64 map value.
+        if unsafe { *slot } > 0 {
+            atomic_add(slot, u64::MAX);
+        }
+    }
+}
+
+#[inline(always)]
+fn add_stat(slot: u32, n: u64) {
+    if let Some(slot) = CT_STATS.get_ptr_mut(slot) {
+        atomic_add(slot, n);
+    }
+}
+
+/// The BPF atomic add instruction (core's atomics are not available for the bpf target).
+#[inline(always)]
+fn atomic_add(slot: *mut u64, n: u64) {
+    // SAFETY: an aligned u64 map value.
+    unsafe {
+        core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) slot, in(reg) n);
     }
 }
 
@@ -109,9 +353,9 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Refuses a new flow when the table holds as many entries as the agent allows.
+/// Refuses a flow the assured table has no room for, by the agent's fill limit.
 #[inline(always)]
-pub fn reserve(cfg: &HostConfig) -> Result<(), DropReason> {
+fn reserve(cfg: &HostConfig) -> Result<(), DropReason> {
     let inserted = CT_FILL.get(ct_fill::INSERTED).copied().unwrap_or(0);
     let removed = CT_FILL.get(ct_fill::REMOVED).copied().unwrap_or(0);
     if inserted.saturating_sub(removed) + 2 > cfg.ct_limit as u64 {
@@ -120,14 +364,10 @@ pub fn reserve(cfg: &HostConfig) -> Result<(), DropReason> {
     Ok(())
 }
 
-/// Records `n` new entries.
+/// Records `n` new entries in `CT`.
 #[inline(always)]
-pub fn account_inserted(n: u64) {
+fn account_inserted(n: u64) {
     if let Some(slot) = CT_FILL.get_ptr_mut(ct_fill::INSERTED) {
-        // SAFETY: an aligned u64 map value. core's atomics are not available for the bpf
-        // target, so the BPF atomic add instruction is written out.
-        unsafe {
-            core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) slot, in(reg) n);
-        }
+        atomic_add(slot, n);
     }
 }

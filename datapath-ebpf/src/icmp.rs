@@ -120,11 +120,11 @@ pub fn translate<P: Packet>(ctx: &P, ip: &Ipv4, origin: Origin) -> Result<Option
     if ip.daddr != q.saddr || (origin == Origin::Container && ip.saddr != q.daddr) {
         return Ok(None);
     }
-    let Some(entry) = conntrack::lookup(&key) else {
+    let Some(found) = conntrack::lookup(&key) else {
         return Ok(None);
     };
     // SAFETY: a live map value, copied out.
-    let entry = unsafe { *entry };
+    let entry = unsafe { *found.entry };
     // What comes in on the uplink is only ever for a container.
     if origin == Origin::Uplink && entry.ifindex == 0 {
         return Ok(None);

@@ -5,14 +5,18 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use datapath_common::{
-    ct_fill, Backend, Counter, CtEntry, CtKey, DropReason, Endpoint, EndpointStats, FragKey, FragPorts, HostConfig, Ipv4Be, Network, ServiceKey,
+    ct_fill, ct_stats, Backend, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, FragKey, FragPorts, HostConfig, Ipv4Be, Network, ServiceKey,
     SockRevNat, SockRevNatKey, MAX_ENDPOINTS,
 };
 
 const MAX_NETWORKS: u32 = 4_096;
-/// Conntrack entries (two per flow); the agent sets the real size when it first loads the
-/// programs (`--ct-size`).
+/// Conntrack entries (two per flow) of each table; the agent sets the real sizes when it first
+/// loads the programs (`--ct-size`).
 const DEFAULT_CT_ENTRIES: u32 = 262_144;
+const DEFAULT_CT_UNASSURED_ENTRIES: u32 = 131_072;
+const DEFAULT_CT_OVERFLOW_ENTRIES: u32 = 32_768;
+/// Quota keys: a container or a published port each.
+const CT_QUOTA_KEYS: u32 = MAX_ENDPOINTS + MAX_SERVICES;
 /// Published ports per host.
 const MAX_SERVICES: u32 = 65_536;
 /// Host processes' sockets to published ports remembered at once (LRU: the oldest is
@@ -57,6 +61,21 @@ pub static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(FRAG_ENTRI
 
 #[map]
 pub static CT_FILL: Array<u64> = Array::pinned(ct_fill::SLOTS, 0);
+
+#[map]
+pub static CT_UNASSURED: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_CT_UNASSURED_ENTRIES, 0);
+
+#[map]
+pub static CT_OVERFLOW: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_CT_OVERFLOW_ENTRIES, 0);
+
+#[map]
+pub static CT_QUOTA: HashMap<CtQuotaKey, u64> = HashMap::pinned(CT_QUOTA_KEYS, 0);
+
+#[map]
+pub static CT_STATS: Array<u64> = Array::pinned(ct_stats::SLOTS, 0);
+
+#[map]
+pub static CT_QUOTA_HITS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_ENDPOINTS, 0);
 
 /// The host's settings (all zero, i.e. no uplink, until the agent writes them).
 #[inline(always)]

@@ -5,22 +5,19 @@
 //! - DNAT: a flow from outside to a published port is sent to the container behind it;
 //! - hairpin: a container's flow to a published port of the host gets both, so the replies
 //!   come back through the datapath rather than straight from the other container.
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::bpf_get_prandom_u32,
-};
+use aya_ebpf::helpers::bpf_get_prandom_u32;
 use datapath_common::{
-    ct_direction, ct_kind, host_config_flags, Counter, CtEntry, CtKey, DropReason, Endpoint, HostConfig, IPPROTO_ICMP,
+    ct_direction, ct_kind, host_config_flags, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, HostConfig, IPPROTO_ICMP,
 };
 
 use crate::{
-    conntrack::{self, key_of},
+    conntrack::{self, key_of, Quota, Tracked},
     counters::count,
     csum::{L4Csum, Rewrite},
     fib,
     fragment,
     forward::deliver_to_ifindex,
-    maps::{config, CT},
+    maps::config,
     packet::{Ipv4, Packet, IP_DADDR_OFF, IP_SADDR_OFF},
     services,
 };
@@ -40,12 +37,15 @@ pub fn from_container<P: Packet>(ctx: &P, ip: &Ipv4, source: &Endpoint) -> Resul
         return Ok(P::PASS);
     }
     let (key, tcp_flags) = key_of(ctx, ip)?;
-    if let Some(entry) = conntrack::lookup(&key) {
-        return forward_tracked(ctx, ip, &key, entry, tcp_flags);
+    if let Some(found) = conntrack::lookup(&key) {
+        return forward_tracked(ctx, ip, &key, found, tcp_flags);
     }
     // Only a first fragment (or a whole datagram) starts a flow.
     if ip.later_fragment {
         return Err(DropReason::FragmentWithoutFirst);
+    }
+    if !conntrack::may_start(key.proto, tcp_flags) {
+        return Err(DropReason::ConntrackInvalid);
     }
     // Broadcast, multicast and addresses that are never routed are the host's business, as on
     // a bridge: nothing of them leaves through the uplink. Nor does an echo reply with no flow
@@ -54,9 +54,11 @@ pub fn from_container<P: Packet>(ctx: &P, ip: &Ipv4, source: &Endpoint) -> Resul
         count(Counter::ToHost);
         return Ok(P::PASS);
     }
-    let entry = if let Some(backend) = services::lookup(&cfg, &key) {
+    // A container's new flows count against its own share of the unassured table.
+    let quota = Quota { key: CtQuotaKey { addr: source.ip, ..Default::default() }, stats_slot: source.stats_slot };
+    let found = if let Some(backend) = services::lookup(&cfg, &key) {
         let to = CtKey { saddr: cfg.uplink_ip, daddr: backend.ip, dport: backend.port, ..key };
-        new_flow(&cfg, &key, to, backend.host_ifindex, source.host_ifindex, ct_kind::HAIRPIN, tcp_flags)?
+        new_flow(&cfg, &key, to, backend.host_ifindex, source.host_ifindex, ct_kind::HAIRPIN, &quota)?
     } else {
         match fib::route(ctx, &key) {
             fib::Route::Forward(hop) if hop.ifindex == cfg.uplink_ifindex => {}
@@ -72,9 +74,9 @@ pub fn from_container<P: Packet>(ctx: &P, ip: &Ipv4, source: &Endpoint) -> Resul
             }
         }
         let to = CtKey { saddr: cfg.uplink_ip, ..key };
-        new_flow(&cfg, &key, to, 0, source.host_ifindex, ct_kind::SNAT, tcp_flags)?
+        new_flow(&cfg, &key, to, 0, source.host_ifindex, ct_kind::SNAT, &quota)?
     };
-    forward_tracked(ctx, ip, &key, entry, tcp_flags)
+    forward_tracked(ctx, ip, &key, found, tcp_flags)
 }
 
 /// A packet on the uplink: a packet of a tracked flow (a reply to a container's flow, or more
@@ -85,20 +87,23 @@ pub fn from_uplink<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<i32, DropReason> {
     let Ok((key, tcp_flags)) = key_of(ctx, ip) else {
         return Ok(to_host::<P>());
     };
-    if let Some(entry) = conntrack::lookup(&key) {
-        return forward_tracked(ctx, ip, &key, entry, tcp_flags);
+    if let Some(found) = conntrack::lookup(&key) {
+        return forward_tracked(ctx, ip, &key, found, tcp_flags);
     }
-    if ip.later_fragment {
+    // A SYN-ACK or RST that answers no tracked flow is the host's, as is a later fragment.
+    if ip.later_fragment || !conntrack::may_start(key.proto, tcp_flags) {
         return Ok(to_host::<P>());
     }
     let cfg = config();
     let Some(backend) = services::lookup(&cfg, &key) else {
         return Ok(to_host::<P>());
     };
-    // The client's address is kept: the container sees who is calling.
+    // The client's address is kept: the container sees who is calling. New flows to one
+    // published port count against that port's share of the unassured table.
     let to = CtKey { daddr: backend.ip, dport: backend.port, ..key };
-    let entry = new_flow(&cfg, &key, to, backend.host_ifindex, 0, ct_kind::DNAT, tcp_flags)?;
-    forward_tracked(ctx, ip, &key, entry, tcp_flags)
+    let quota = Quota { key: CtQuotaKey { addr: backend.ip, port: backend.port, proto: key.proto, _pad: 0 }, stats_slot: backend.stats_slot };
+    let found = new_flow(&cfg, &key, to, backend.host_ifindex, 0, ct_kind::DNAT, &quota)?;
+    forward_tracked(ctx, ip, &key, found, tcp_flags)
 }
 
 /// Whether a destination can be routed to another host: not 0.0.0.0/8, loopback, link-local,
@@ -116,9 +121,10 @@ pub fn to_host<P: Packet>() -> i32 {
 }
 
 /// Tracks a new flow: the entry of this direction (`key` -> `to`, sent on to `ifindex`) and of
-/// the other (`to` reversed -> `key` reversed, sent on to `reply_ifindex`). Where the source is
-/// translated, its port is chosen so that the other direction's key is unique, which the
-/// NOEXIST insert checks atomically: two CPUs can never get the same port.
+/// the other (`to` reversed -> `key` reversed, sent on to `reply_ifindex`), in the unassured
+/// table its quota allows. Its first packet's flags are recorded as it is forwarded. Where the source is translated, its port is chosen so that the
+/// other direction's key is unique, which the claim checks atomically: two CPUs can never get
+/// the same port.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn new_flow(
@@ -128,9 +134,9 @@ fn new_flow(
     ifindex: u32,
     reply_ifindex: u32,
     kind: u8,
-    tcp_flags: u8,
-) -> Result<*mut CtEntry, DropReason> {
-    conntrack::reserve(cfg)?;
+    quota: &Quota,
+) -> Result<Tracked, DropReason> {
+    let table = conntrack::table_for_new(cfg, quota);
     let now = conntrack::now();
     let allocate = to.saddr != key.saddr;
     let span = (cfg.nat_port_max as u32).saturating_sub(cfg.nat_port_min as u32) + 1;
@@ -151,16 +157,15 @@ fn new_flow(
             kind,
             ..Default::default()
         };
-        if CT.insert(&reply_key, &reply, BPF_NOEXIST as u64).is_err() {
+        if !conntrack::claim(table, &reply_key, &reply) {
             continue;
         }
-        let entry = CtEntry { last_seen_ns: now, to, ifindex, direction: ct_direction::ORIGINAL, kind, tcp_flags, ..Default::default() };
-        if CT.insert(key, &entry, BPF_NOEXIST as u64).is_err() {
-            // Another CPU tracked this flow meanwhile: give the tuple back, use its entry.
-            let _ = CT.remove(&reply_key);
+        let entry = CtEntry { last_seen_ns: now, to, ifindex, direction: ct_direction::ORIGINAL, kind, ..Default::default() };
+        if !conntrack::complete(table, key, &entry, &reply_key) {
+            // Another CPU tracked this flow meanwhile: use its entry.
             return conntrack::lookup(key).ok_or(DropReason::ConntrackInsertFailed);
         }
-        conntrack::account_inserted(2);
+        conntrack::quota_take(table, &quota.key);
         count(match kind {
             ct_kind::SNAT => Counter::SnatNewFlow,
             ct_kind::DNAT => Counter::DnatNewFlow,
@@ -173,11 +178,9 @@ fn new_flow(
 
 /// Rewrites a packet of a tracked flow to its entry's tuple and sends it on.
 #[inline(always)]
-fn forward_tracked<P: Packet>(ctx: &P, ip: &Ipv4, key: &CtKey, entry: *mut CtEntry, tcp_flags: u8) -> Result<i32, DropReason> {
-    conntrack::touch(entry, ctx.len(), tcp_flags);
+fn forward_tracked<P: Packet>(ctx: &P, ip: &Ipv4, key: &CtKey, found: Tracked, tcp_flags: u8) -> Result<i32, DropReason> {
+    let entry = conntrack::account(key, found, ctx.len(), tcp_flags);
     fragment::remember_ports(ip, key);
-    // SAFETY: a live map value, copied out.
-    let entry = unsafe { *entry };
     rewrite(ctx, ip, key, &entry.to)?;
     if entry.ifindex != 0 {
         count(Counter::TranslatedIn);

@@ -9,6 +9,8 @@ pub struct Target {
     pub ip: u32,
     pub port: u16,
     pub host_ifindex: u32,
+    /// The container's `Endpoint::stats_slot`.
+    pub stats_slot: u32,
 }
 
 /// The container a flow to (daddr, dport) is published to, if any: a port published on that
@@ -35,5 +37,5 @@ pub fn target(daddr: Ipv4Be, dport: u16, proto: u8, all_addresses: bool) -> Opti
     };
     // SAFETY: as above.
     let endpoint = unsafe { ENDPOINTS.get(backend.ip) }?;
-    Some(Target { ip: backend.ip, port: backend.port, host_ifindex: endpoint.host_ifindex })
+    Some(Target { ip: backend.ip, port: backend.port, host_ifindex: endpoint.host_ifindex, stats_slot: endpoint.stats_slot })
 }

@@ -31,13 +31,13 @@ impl ConntrackCommand {
             ConntrackCommand::Ls { json: true } | ConntrackCommand::Gc { json: true } => super::print_json(answer)?,
             ConntrackCommand::Ls { json: false } => {
                 println!(
-                    "{:<5} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:>6} {:>9} {:>9}",
-                    "PROTO", "KIND", "SOURCE", "DESTINATION", "TRANSLATED SOURCE", "TRANSLATED DEST", "STATE", "IDLE", "PKTS OUT", "PKTS IN"
+                    "{:<5} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:<9} {:>6} {:>9} {:>9}",
+                    "PROTO", "KIND", "SOURCE", "DESTINATION", "TRANSLATED SOURCE", "TRANSLATED DEST", "STATE", "TABLE", "IDLE", "PKTS OUT", "PKTS IN"
                 );
                 for f in answer.as_array().into_iter().flatten() {
                     let s = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
                     println!(
-                        "{:<5} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:>5}s {:>9} {:>9}",
+                        "{:<5} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:<9} {:>5}s {:>9} {:>9}",
                         s("protocol"),
                         s("kind"),
                         s("source"),
@@ -45,6 +45,7 @@ impl ConntrackCommand {
                         s("translated_source"),
                         s("translated_destination"),
                         s("state"),
+                        s("table"),
                         f["idle_seconds"],
                         f["packets_out"],
                         f["packets_in"]
@@ -52,8 +53,13 @@ impl ConntrackCommand {
                 }
             }
             ConntrackCommand::Gc { json: false } => println!(
-                "expired {} flows ({} entries); {} of {} entries in use",
-                answer["flows_expired"], answer["entries_removed"], answer["entries_in_use"], answer["capacity"]
+                "expired {} flows ({} entries); {} of {} assured entries in use, {} unassured, {} in overflow",
+                answer["flows_expired"],
+                answer["entries_removed"],
+                answer["entries_in_use"],
+                answer["capacity"],
+                answer["unassured_entries"],
+                answer["overflow_entries"]
             ),
         }
         Ok(())

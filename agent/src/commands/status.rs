@@ -53,12 +53,32 @@ pub fn print_text(status: &Value) {
             }
         }
     }
-    let ct = &dp["conntrack"];
-    println!("conntrack: {} entries in use, limit {}, capacity {}", ct["entries"], ct["limit"], ct["capacity"]);
+    match serde_json::from_value::<crate::conntrack::ConntrackStatus>(dp["conntrack"].clone()) {
+        Ok(ct) => print_conntrack(&ct),
+        Err(e) => println!("conntrack: unreadable answer ({e})"),
+    }
     for (title, section) in [("counters", "counters"), ("drops by reason", "drops")] {
         println!("{title}:");
         for (name, value) in dp[section].as_object().into_iter().flatten() {
             println!("  {name:<22} {value}");
         }
     }
+}
+
+fn print_conntrack(ct: &crate::conntrack::ConntrackStatus) {
+    // The limit and the quota are set with the uplink's settings: before that, nothing is
+    // translated and nothing tracked.
+    if ct.limit == 0 {
+        println!("conntrack: {} of {} assured entries in use (limits set once an uplink is)", ct.entries, ct.capacity);
+    } else {
+        println!("conntrack: {} assured entries in use, limit {}, capacity {}", ct.entries, ct.limit, ct.capacity);
+    }
+    println!(
+        "  unassured: capacity {} (overflow {}), quota {} flows per container or published port",
+        ct.unassured_capacity, ct.overflow_capacity, ct.unassured_quota
+    );
+    println!(
+        "  promoted {}, promotion refused {}, quota hits {}, early drops {}",
+        ct.promoted, ct.promotion_refused, ct.quota_hits, ct.early_drops
+    );
 }

@@ -559,8 +559,7 @@ fn phase(
                 "an entry no packet of this batch may create: {k:?} -> {e:?} (flow {original:?})"
             );
             // Each direction's `to`, reversed, is the other direction's key.
-            let other = fx.ct.get(&e.to.reversed(), 0);
-            let _ = other.unwrap_or_else(|_| panic!("entry {k:?} has no other direction"));
+            assert!(fx.ct_get(&e.to.reversed()).is_some(), "entry {k:?} has no other direction");
         }
         tally.flows_allowed += allowed.len() as u64;
         tally.flows_created += new_flows;

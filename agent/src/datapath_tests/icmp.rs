@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use datapath_common::Counter;
 
 use super::{
-    nat::{snat_to_server, ACK, L4, SYN},
+    nat::{snat_to_server, ACK, L4},
     packets::{
         checksum, eth, icmp_error, ipv4_with, udp, verify_ipv4_checksums, verify_ipv4_packet,
         ETHERTYPE_IPV4, ETH_HLEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH,
@@ -84,7 +84,7 @@ uplink_test! {
             L4::Tcp {
                 sport: 40001,
                 dport: 443,
-                flags: SYN | ACK,
+                flags: ACK,
                 payload: b"some TCP payload",
             },
             L4::EchoRequest {

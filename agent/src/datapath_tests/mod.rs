@@ -14,6 +14,7 @@
 //! path are written once and run against both ([`uplink_test!`]); XDP verdicts are reported
 //! in TC terms ([`tc_verdict`]) so that one assertion serves both.
 mod arp;
+mod conntrack;
 mod forward;
 mod fragment;
 mod fuzz;
@@ -31,7 +32,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, MapType};
-use datapath_common::{ct_fill, program_names, Counter, CtEntry, CtKey, DropReason, HostConfig};
+use datapath_common::{ct_fill, ct_stats, program_names, Counter, CtEntry, CtKey, DropReason, HostConfig};
 
 pub use crate::testbed::{
     be, packets, Counts, Topology, Uplink, A_IP, B_IP, C_IP, DB, DB_GATEWAY, ROUTER_IP, ROUTER_MAC,
@@ -39,7 +40,6 @@ pub use crate::testbed::{
     WEB_GATEWAY,
 };
 use crate::{
-    datapath::DEFAULT_CT_ENTRIES,
     netns,
     testbed::{Program, ProgramKind, Testbed, XDP_DROP, XDP_PASS, XDP_REDIRECT},
     testrun::TestRunOutput,
@@ -141,7 +141,7 @@ impl Fixture {
 
     fn try_new() -> Result<Self> {
         Ok(Fixture {
-            bed: Testbed::create("bnt", DEFAULT_CT_ENTRIES)?,
+            bed: Testbed::create("bnt", FIXTURE_CT_ENTRIES)?,
             uplink_program: program_names::FROM_UPLINK,
         })
     }
@@ -210,6 +210,12 @@ pub type CtTuple = (u32, u32, u16, u16, u8);
 pub const NAT_PORT_MIN: u16 = 20000;
 pub const NAT_PORT_MAX: u16 = 20099;
 pub const CT_LIMIT: u32 = 1000;
+/// The fixture's conntrack size: the smallest the agent takes, so that a test can fill the
+/// unassured table quickly.
+pub const FIXTURE_CT_ENTRIES: u32 = 4096;
+/// Unassured flows one container or published port may hold before its new flows go to the
+/// overflow table.
+pub const CT_UNASSURED_QUOTA: u32 = 50;
 
 impl Fixture {
     /// The standard topology plus an uplink, forwarding enabled on every host-side veth (as the
@@ -237,7 +243,7 @@ impl Fixture {
             nat_port_max: NAT_PORT_MAX,
             ct_limit: CT_LIMIT,
             flags: 0,
-            _pad: 0,
+            ct_unassured_quota: CT_UNASSURED_QUOTA,
             host_netns_cookie: 0,
         }
     }
@@ -248,10 +254,11 @@ impl Fixture {
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
-    /// Every conntrack entry.
+    /// Every conntrack entry, of every table.
     pub fn ct_entries(&self) -> BTreeMap<CtTuple, (CtKey, CtEntry)> {
-        self.ct
+        self.ct_tables
             .iter()
+            .flat_map(|table| table.iter())
             .map(|r| {
                 let (k, v) = r.unwrap();
                 ((k.saddr, k.daddr, k.sport, k.dport, k.proto), (k, v))
@@ -259,15 +266,26 @@ impl Fixture {
             .collect()
     }
 
-    /// Empties CT and zeroes CT_FILL, leaving the other maps as they are.
+    /// Empties the conntrack tables and zeroes their counts, leaving the other maps as they are.
     pub fn clear_ct(&mut self) {
         self.bed
             .try_clear_ct()
             .unwrap_or_else(|e| panic!("clearing conntrack: {e:#}"));
     }
 
+    /// Entries made for new flows (in an unassured table: every flow starts there; the move
+    /// of an assured flow to CT makes none).
     pub fn ct_inserted(&self) -> u64 {
+        self.ct_stat(ct_stats::UNASSURED_INSERTED) + self.ct_stat(ct_stats::OVERFLOW_INSERTED)
+    }
+
+    /// Entries moved into CT, the assured table, as its fill count has them.
+    pub fn ct_assured_inserted(&self) -> u64 {
         self.ct_fill.get(&ct_fill::INSERTED, 0).unwrap()
+    }
+
+    pub fn ct_stat(&self, slot: u32) -> u64 {
+        self.ct_stats.get(&slot, 0).unwrap()
     }
 
     /// Runs the uplink program (`from_uplink`, or the one the fixture was made with) on

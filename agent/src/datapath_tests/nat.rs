@@ -1,12 +1,12 @@
 //! Address translation through both programs: SNAT of a container's flows out of the uplink
 //! (`from_endpoint`), their replies back in (`from_uplink`), DNAT to a published port, the
-//! hairpin, TCP flag accounting, and the limits (conntrack fill, NAT ports). Every case checks
+//! hairpin, and the NAT port limit (conntrack's own progress and limits: conntrack.rs). Every case checks
 //! the verdict, the whole packet that comes out (rebuilt from scratch with the builder, so
 //! every checksum is checked too), the counters, and the conntrack entries.
 use std::net::Ipv4Addr;
 
 use datapath_common::{
-    ct_direction, ct_fill, ct_kind, ct_tcp_flags, Backend, Counter, CtEntry, CtKey, DropReason,
+    ct_direction, ct_kind, ct_tcp_flags, Backend, Counter, CtEntry, CtKey, DropReason,
     Endpoint, ServiceKey,
 };
 
@@ -209,9 +209,9 @@ pub fn key(src: Ipv4Addr, dst: Ipv4Addr, ports: (u16, u16), proto: u8) -> CtKey 
 /// The entry under `key`, or a panic naming what is there.
 #[track_caller]
 pub fn entry(fx: &Fixture, key: &CtKey) -> CtEntry {
-    fx.ct.get(key, 0).unwrap_or_else(|e| {
+    fx.ct_get(key).map(|(_, entry)| entry).unwrap_or_else(|| {
         panic!(
-            "no CT entry for {key:?} ({e}); entries: {:#?}",
+            "no conntrack entry for {key:?}; entries: {:#?}",
             fx.ct_entries().values().collect::<Vec<_>>()
         )
     })
@@ -1119,151 +1119,6 @@ fn hairpin_from_a_container_to_a_published_port() {
     assert_eq!(fx.ct_entries().len(), 2);
 }
 
-uplink_test! {
-    fn tcp_flags_accumulate_per_direction(fx, t, uplink) {
-        let l4 = L4::Tcp {
-            sport: 40001,
-            dport: 443,
-            flags: SYN,
-            payload: b"",
-        };
-        let port = snat_to_server(&fx, &t, &l4);
-        let original = key(A_IP, SERVER_IP, l4.key_ports(), IPPROTO_TCP);
-        let reply_key = key(
-            SERVER_IP,
-            UPLINK_IP,
-            (443u16.to_be(), port.to_be()),
-            IPPROTO_TCP,
-        );
-        let flags = |k: &CtKey| entry(&fx, k).tcp_flags;
-        assert_eq!(
-            (flags(&original), flags(&reply_key)),
-            (ct_tcp_flags::SYN, 0)
-        );
-        let reply = L4::Tcp {
-            sport: 443,
-            dport: port,
-            flags: SYN | ACK,
-            payload: b"",
-        };
-        let out = fx.run_from_uplink(uplink.ifindex, &from_outside(SERVER_IP, UPLINK_IP, &reply));
-        assert_eq!(out.retval, TC_ACT_REDIRECT);
-        assert_eq!(flags(&reply_key), ct_tcp_flags::SYN | ct_tcp_flags::ACK);
-        let mut want = ct_tcp_flags::SYN;
-        for (raw, flag) in [
-            (ACK, ct_tcp_flags::ACK),
-            (ACK | FIN, ct_tcp_flags::FIN),
-            (RST, ct_tcp_flags::RST),
-        ] {
-            let out = fx.run_from_endpoint(
-                t.a.host_ifindex,
-                &from_container(&t.a, SERVER_IP, &l4.with_flags(raw)),
-            );
-            out.assert_moved(TC_ACT_REDIRECT, &[], &[Counter::TranslatedOut]);
-            verify_ipv4_checksums(&out.packet).unwrap();
-            want |= flag;
-            assert_eq!(flags(&original), want, "after flags {raw:#04x}");
-            assert_eq!(
-                flags(&reply_key),
-                ct_tcp_flags::SYN | ct_tcp_flags::ACK,
-                "the other direction keeps its own"
-            );
-        }
-        let reply_fin = reply.with_flags(FIN | ACK);
-        fx.run_from_uplink(
-            uplink.ifindex,
-            &from_outside(SERVER_IP, UPLINK_IP, &reply_fin),
-        );
-        assert_eq!(
-            flags(&reply_key),
-            ct_tcp_flags::SYN | ct_tcp_flags::ACK | ct_tcp_flags::FIN
-        );
-        assert_eq!(entry(&fx, &original).packets, 4);
-    }
-}
-
-uplink_test! {
-    fn a_full_conntrack_table_refuses_new_flows_only(mut fx, t, uplink) {
-        let established = L4::Udp {
-            sport: 40000,
-            dport: 53,
-            payload: b"q",
-        };
-        let sent = from_container(&t.a, SERVER_IP, &established);
-        let port = snat_to_server(&fx, &t, &established);
-        // One flow (two entries) below the limit: accepted.
-        fx.ct_fill
-            .set(ct_fill::INSERTED, u64::from(crate::datapath_tests::CT_LIMIT) - 2, 0)
-            .unwrap();
-        fx.ct_fill.set(ct_fill::REMOVED, 0, 0).unwrap();
-        let l4 = L4::Udp {
-            sport: 40001,
-            dport: 53,
-            payload: b"q",
-        };
-        let out = fx.run_from_endpoint(t.a.host_ifindex, &from_container(&t.a, SERVER_IP, &l4));
-        out.assert_moved(
-            TC_ACT_REDIRECT,
-            &[],
-            &[Counter::SnatNewFlow, Counter::TranslatedOut],
-        );
-        assert_eq!(fx.ct_inserted(), u64::from(crate::datapath_tests::CT_LIMIT));
-        // Full: a new flow is refused, nothing is created, established flows go on.
-        let entries = fx.ct_entries();
-        for l4 in [
-            L4::Tcp {
-                sport: 41001,
-                dport: 443,
-                flags: SYN,
-                payload: b"",
-            },
-            L4::Udp {
-                sport: 41000,
-                dport: 53,
-                payload: b"new",
-            },
-            L4::EchoRequest {
-                id: 0x4343,
-                seq: 1,
-                payload: b"new",
-            },
-        ] {
-            fx.run_from_endpoint(t.a.host_ifindex, &from_container(&t.a, SERVER_IP, &l4))
-                .assert_dropped(DropReason::ConntrackFull);
-        }
-        let reply = L4::Udp {
-            sport: 53,
-            dport: port,
-            payload: b"a",
-        };
-        fx.run_from_uplink(uplink.ifindex, &from_outside(SERVER_IP, UPLINK_IP, &reply))
-            .assert_moved(TC_ACT_REDIRECT, &[], &[Counter::TranslatedIn]);
-        fx.run_from_endpoint(t.a.host_ifindex, &sent).assert_moved(
-            TC_ACT_REDIRECT,
-            &[],
-            &[Counter::TranslatedOut],
-        );
-        assert_eq!(
-            fx.ct_entries().keys().collect::<Vec<_>>(),
-            entries.keys().collect::<Vec<_>>()
-        );
-        assert_eq!(fx.ct_inserted(), u64::from(crate::datapath_tests::CT_LIMIT));
-        // The agent's garbage collection frees room (REMOVED): accepted again.
-        fx.ct_fill.set(ct_fill::REMOVED, 2, 0).unwrap();
-        let l4 = L4::Udp {
-            sport: 40002,
-            dport: 53,
-            payload: b"q",
-        };
-        fx.run_from_endpoint(t.a.host_ifindex, &from_container(&t.a, SERVER_IP, &l4))
-            .assert_moved(
-                TC_ACT_REDIRECT,
-                &[],
-                &[Counter::SnatNewFlow, Counter::TranslatedOut],
-            );
-    }
-}
-
 #[test]
 fn exhausted_nat_ports_refuse_the_flow() {
     if !is_root() {
@@ -1294,7 +1149,7 @@ fn exhausted_nat_ports_refuse_the_flow() {
         direction: ct_direction::REPLY,
         ..Default::default()
     };
-    fx.ct.insert(taken, holder, 0).unwrap();
+    fx.ct_tables[0].insert(taken, holder, 0).unwrap();
     let l4 = L4::Udp {
         sport: 40000,
         dport: 53,

@@ -22,12 +22,12 @@ use aya::{
     programs::{ProgramInfo, ProgramType},
 };
 use datapath_common::{
-    ct_fill, map_names, Backend, Counter, CtEntry, CtKey, DropReason, Endpoint,
+    ct_fill, ct_stats, map_names, Backend, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint,
     HostConfig, Network, ServiceKey,
 };
 
 use crate::{
-    datapath::{self, Datapath, DatapathLogLevel},
+    datapath::{self, CtTable, Datapath, DatapathLogLevel},
     ipam,
     netns::{self, ThrowawayNamespaces},
     testrun::{self, SkbContext, TestRunOutput, XdpContext},
@@ -52,8 +52,13 @@ pub struct Testbed {
     pub endpoints: HashMap<MapData, u32, Endpoint>,
     pub ifaces: HashMap<MapData, u32, Endpoint>,
     pub config: Array<MapData, HostConfig>,
-    pub ct: HashMap<MapData, CtKey, CtEntry>,
+    /// The conntrack tables, in `CtTable::ALL`'s order.
+    pub ct_tables: [HashMap<MapData, CtKey, CtEntry>; 3],
     pub ct_fill: Array<MapData, u64>,
+    pub ct_quota: HashMap<MapData, CtQuotaKey, u64>,
+    pub ct_stats: Array<MapData, u64>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    ct_quota_hits: PerCpuArray<MapData, u64>,
     pub services: HashMap<MapData, ServiceKey, Backend>,
     drops: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
@@ -213,8 +218,15 @@ impl Testbed {
             endpoints: open_map(&maps, map_names::ENDPOINTS)?,
             ifaces: open_map(&maps, map_names::IFACES)?,
             config: open_map(&maps, map_names::CONFIG)?,
-            ct: open_map(&maps, map_names::CT)?,
+            ct_tables: [
+                open_map(&maps, map_names::CT)?,
+                open_map(&maps, map_names::CT_UNASSURED)?,
+                open_map(&maps, map_names::CT_OVERFLOW)?,
+            ],
             ct_fill: open_map(&maps, map_names::CT_FILL)?,
+            ct_quota: open_map(&maps, map_names::CT_QUOTA)?,
+            ct_stats: open_map(&maps, map_names::CT_STATS)?,
+            ct_quota_hits: open_map(&maps, map_names::CT_QUOTA_HITS)?,
             services: open_map(&maps, map_names::SERVICES)?,
             drops: open_map(&maps, map_names::DROPS)?,
             counters: open_map(&maps, map_names::COUNTERS)?,
@@ -315,18 +327,41 @@ impl Testbed {
         self.config.set(0, config, 0).context("writing CONFIG")
     }
 
-    /// Empties CT and zeroes CT_FILL, leaving the other maps as they are.
+    /// A container's new flows that went over their quota (CT_QUOTA_HITS), summed over CPUs.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn ct_quota_hits(&self, stats_slot: u32) -> Result<u64> {
+        Ok(self.ct_quota_hits.get(&stats_slot, 0)?.iter().sum())
+    }
+
+    /// The entry of `key` and the table it is in, if any.
+    pub fn ct_get(&self, key: &CtKey) -> Option<(CtTable, CtEntry)> {
+        CtTable::ALL
+            .into_iter()
+            .find_map(|table| self.ct_tables[table as usize].get(key, 0).ok().map(|entry| (table, entry)))
+    }
+
+    /// Empties the conntrack tables and CT_QUOTA and zeroes CT_FILL and CT_STATS, leaving the
+    /// other maps as they are.
     pub fn try_clear_ct(&mut self) -> Result<()> {
-        let keys: Vec<CtKey> = self.ct.keys().collect::<Result<_, _>>()?;
-        for key in keys {
-            // An entry may be gone already (LRU); only "not there" is fine.
-            match self.ct.remove(&key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("deleting a CT entry"),
+        for table in &mut self.ct_tables {
+            let keys: Vec<CtKey> = table.keys().collect::<Result<_, _>>()?;
+            for key in keys {
+                // An entry may be gone already (LRU); only "not there" is fine.
+                match table.remove(&key) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e).context("deleting a conntrack entry"),
+                }
             }
+        }
+        let keys: Vec<CtQuotaKey> = self.ct_quota.keys().collect::<Result<_, _>>()?;
+        for key in keys {
+            self.ct_quota.remove(&key).context("deleting a CT_QUOTA entry")?;
         }
         for slot in 0..ct_fill::SLOTS {
             self.ct_fill.set(slot, 0, 0)?;
+        }
+        for slot in 0..ct_stats::SLOTS {
+            self.ct_stats.set(slot, 0, 0)?;
         }
         Ok(())
     }
