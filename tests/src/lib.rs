@@ -7,7 +7,7 @@ use std::{
     fs::File,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd},
     path::PathBuf,
     process::{Command, Output},
     sync::{
@@ -648,4 +648,101 @@ pub fn iptables_rules(netns: &str) -> Vec<String> {
         .filter(|l| l.starts_with("-A"))
         .map(str::to_owned)
         .collect()
+}
+
+/// A bounded SYN flood: `count` TCP SYNs sent as fast as a raw socket in `netns` takes them,
+/// each from a random address of `sources` (base, prefix length) and a random port, to `dst`
+/// at a random port of `dports`. Spoofed sources belong to no namespace, so nothing answers
+/// their SYN-ACKs. Returns how long the sending took.
+pub fn syn_flood(
+    netns: &str,
+    sources: (Ipv4Addr, u8),
+    dst: Ipv4Addr,
+    dports: std::ops::RangeInclusive<u16>,
+    count: u32,
+) -> Result<Duration> {
+    in_netns(netns, move || {
+        // SAFETY: plain socket(2); the descriptor is owned at once.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("opening a raw socket");
+        }
+        // SAFETY: a descriptor that nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
+            sin_zero: [0; 8],
+        };
+        let mut random = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
+        let mut next = move || {
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            random
+        };
+        let host_bits = 32 - u32::from(sources.1);
+        let span = u32::from(*dports.end() - *dports.start()) + 1;
+        let started = Instant::now();
+        for _ in 0..count {
+            let r = next();
+            let host = if host_bits == 0 { 0 } else { (r as u32) & ((1u32 << host_bits) - 1) };
+            let src = Ipv4Addr::from(u32::from(sources.0) | host);
+            let sport = 1024 + ((r >> 32) as u16 % 60_000);
+            let dport = dports.start() + ((r >> 48) as u32 % span) as u16;
+            let packet = tcp_syn(src, sport, dst, dport, (r >> 16) as u32);
+            // SAFETY: the buffer and address live for the call.
+            let sent = unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            };
+            if sent < 0 {
+                let err = std::io::Error::last_os_error();
+                // A full queue is the flood's own doing: try the next one.
+                if err.raw_os_error() != Some(libc::ENOBUFS) {
+                    return Err(err).context("sending a SYN");
+                }
+            }
+        }
+        Ok(started.elapsed())
+    })
+}
+
+/// An IPv4 packet with a TCP SYN, every checksum right (the kernel fills the IP header's).
+fn tcp_syn(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seq: u32) -> Vec<u8> {
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&64_240u16.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(32);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8, 0, tcp.len() as u8]);
+    pseudo.extend_from_slice(&tcp);
+    let csum = internet_checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&csum.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, libc::IPPROTO_TCP as u8, 0, 0];
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip.extend_from_slice(&tcp);
+    ip
+}
+
+/// RFC 1071's checksum.
+fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }

@@ -198,9 +198,11 @@ fn expired_flows_are_collected_and_their_ports_reused() {
     assert!((41000..=41003).contains(&last));
 }
 
+/// The assured table at its limit: its flows stay (none is evicted), and new flows still pass,
+/// assured but left in the unassured table (promotion refused), where nothing is refused either.
 #[test]
-fn a_full_table_refuses_new_flows_and_keeps_established_ones() {
-    // The smallest table bpfnet accepts; new flows are refused at the limit it reports.
+fn a_full_assured_table_keeps_its_flows_and_still_lets_new_ones_through() {
+    // The smallest table bpfnet accepts; it fills up to the limit it reports.
     let (mut sb, c) = sandbox_with(&["c1"], &[("BPFNET_CT_SIZE", "4096")]);
     let limit = sb.json(&["status", "--json"])["datapath"]["conntrack"]["limit"].as_u64().unwrap();
     assert!(limit > 1000 && limit < 4096, "limit {limit}");
@@ -208,8 +210,9 @@ fn a_full_table_refuses_new_flows_and_keeps_established_ones() {
     let tcp_server = SocketAddrV4::new(OUTSIDE_IP, 8080);
     sb.tcp_echo_server(&out, tcp_server, 1);
     let udp_server = SocketAddrV4::new(OUTSIDE_IP, 5353);
-    let flows_that_fit = limit / 2 - 1; // one flow is the TCP connection
-    sb.udp_echo_server(&out, udp_server, flows_that_fit as usize + 20);
+    let flows_that_fit = limit / 2 - 1; // one is the TCP connection
+    let beyond = 10;
+    sb.udp_echo_server(&out, udp_server, 2 * (flows_that_fit + beyond) as usize);
     let ip = sb.container_ip(&c[0]);
     let mut established = in_netns(&c[0], move || tcp_connect_from(SocketAddrV4::new(ip, 45000), tcp_server)).unwrap();
     let echo = |stream: &mut std::net::TcpStream, text: &[u8]| {
@@ -219,33 +222,36 @@ fn a_full_table_refuses_new_flows_and_keeps_established_ones() {
         assert_eq!(answer, text);
     };
     echo(&mut established, b"before");
-    // One UDP flow per source port (the socket is closed after its exchange; its conntrack
-    // entries stay), until the table is full, and ten more that must be refused.
-    let (answered, refused) = in_netns(&c[0], move || {
-        let (mut answered, mut refused) = (0u64, 0u64);
-        for source_port in 20_000u16.. {
-            if refused == 10 || answered > flows_that_fit {
-                break;
-            }
+    // One UDP flow per source port, each asked twice (answered, then asked again: assured).
+    let answered = in_netns(&c[0], move || {
+        let mut answered = 0u64;
+        for source_port in (20_000u16..).take((flows_that_fit + beyond) as usize) {
             let socket = UdpSocket::bind(SocketAddrV4::new(ip, source_port))?;
-            let wait = if answered < flows_that_fit { 1000 } else { 200 };
-            socket.set_read_timeout(Some(Duration::from_millis(wait)))?;
+            socket.set_read_timeout(Some(Duration::from_millis(1000)))?;
             socket.connect(udp_server)?;
-            socket.send(b"x")?;
             let mut buf = [0u8; 8];
-            match socket.recv(&mut buf) {
-                Ok(_) => answered += 1,
-                Err(_) => refused += 1,
+            for question in [b"x", b"y"] {
+                socket.send(question)?;
+                if socket.recv(&mut buf).is_ok() {
+                    answered += 1;
+                }
             }
         }
-        Ok((answered, refused))
+        Ok(answered)
     })
     .unwrap();
-    assert_eq!((answered, refused), (flows_that_fit, 10), "flows that fit, then refusals");
-    assert_eq!(sb.counter("drops", "conntrack_full"), 10);
+    assert_eq!(answered, 2 * (flows_that_fit + beyond), "every flow answered, also beyond the limit");
     echo(&mut established, b"after the table filled up");
     let status = sb.json(&["status", "--json"]);
-    assert_eq!(status["datapath"]["conntrack"]["entries"].as_u64(), Some(limit), "{}", status["datapath"]["conntrack"]);
+    let ct = &status["datapath"]["conntrack"];
+    assert_eq!(ct["entries"].as_u64(), Some(limit), "{ct}");
+    assert_eq!(ct["promotion_refused"].as_u64(), Some(beyond), "{ct}");
+    assert_eq!(status["datapath"]["drops"]["conntrack_full"], 0);
+    let flows = sb.json(&["conntrack", "ls", "--json"]);
+    let tcp = flows.as_array().unwrap().iter().find(|f| f["protocol"] == "tcp").expect("the TCP flow");
+    assert_eq!((&tcp["state"], &tcp["table"]), (&serde_json::json!("established"), &serde_json::json!("assured")));
+    let left_unassured = flows.as_array().unwrap().iter().filter(|f| f["assured"] == true && f["table"] == "unassured").count();
+    assert_eq!(left_unassured as u64, beyond, "assured, but left where they were");
 }
 
 /// Datagrams larger than the MTU leave the container in fragments, and the replies come back
