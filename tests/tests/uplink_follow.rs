@@ -29,7 +29,7 @@ fn sandbox(mode: &str) -> (Sandbox, String) {
     let mut sb = Sandbox::with_uplink();
     sb.set_env("BPFNET_UPLINK_MODE", mode);
     if mode == "xdp" {
-        // XDP needs complete checksums from the wire (see README, "XDP uplink").
+        // XDP needs complete checksums from the wire (see docs/xdp-uplink.md).
         run("ip", &["netns", "exec", &sb.outside_netns, "ethtool", "-K", "up0o", "tx", "off"]).unwrap();
     }
     let net = sb.name("net");

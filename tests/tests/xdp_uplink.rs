@@ -16,7 +16,7 @@ use serde_json::Value;
 /// A sandbox with an uplink in `mode` and one network. The outside's end of the uplink plays
 /// the wire, so it sends complete checksums, as every frame a NIC receives has: a veth with
 /// checksum offload would hand over CHECKSUM_PARTIAL packets, whose checksum field holds only
-/// the pseudo-header sum, and nothing at XDP can tell (see README, "XDP uplink").
+/// the pseudo-header sum, and nothing at XDP can tell (see docs/xdp-uplink.md).
 fn sandbox(mode: &str) -> (Sandbox, String) {
     let mut sb = Sandbox::with_uplink();
     run("ip", &["netns", "exec", &sb.outside_netns, "ethtool", "-K", "up0o", "tx", "off"]).unwrap();
@@ -101,7 +101,7 @@ fn published_ports_and_replies_to_containers_go_through_the_xdp_uplink() {
 }
 
 /// Bulk TCP both ways through DNAT at XDP: the outside's end computes full checksums (as a
-/// NIC would deliver them; see README on XDP mode), every receiver verifies them.
+/// NIC would deliver them; see docs/xdp-uplink.md), every receiver verifies them.
 #[test]
 fn bulk_data_through_the_xdp_uplink_arrives_with_no_checksum_error() {
     let (mut sb, net) = sandbox("xdp");

@@ -18,7 +18,7 @@
 //!
 //! The outside's end of every uplink plays the wire, so it sends complete checksums (tx
 //! checksum offload off), as frames a NIC receives always have: XDP cannot handle the partial
-//! checksums of a local veth sender (README, "XDP uplink"), and all datapaths get the same.
+//! checksums of a local veth sender (docs/xdp-uplink.md), and all datapaths get the same.
 //!
 //! The outside namespace has no route to the container subnet: container -> outside works
 //! only through SNAT. Published ports use the same port on the host as in the container.
