@@ -45,6 +45,17 @@ pub fn bpfnet_bin() -> PathBuf {
     bin
 }
 
+/// The developer tools' binary under test: $BPFNET_DEVKIT_BIN (set by `cargo xtask test`),
+/// else `bpfnet-devkit` next to [`bpfnet_bin`].
+pub fn devkit_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("BPFNET_DEVKIT_BIN") {
+        return bin.into();
+    }
+    let bin = bpfnet_bin().with_file_name("bpfnet-devkit");
+    assert!(bin.exists(), "{} not found: build it (cargo build -p bpfnet --features devkit) or set BPFNET_DEVKIT_BIN", bin.display());
+    bin
+}
+
 /// Addresses of the uplink between the sandbox host and its outside namespace.
 pub const UPLINK_HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);

@@ -1,9 +1,9 @@
-//! `bpfnet debug program-cost`, the real binary: hidden from --help, a JSON report in which
-//! every path ran and returned its verdict (with 10,000 other ports published, as the bench's
-//! largest N), and nothing left behind.
+//! `bpfnet-devkit program-cost`, the real binary: a JSON report in which every path ran and
+//! returned its verdict (with 10,000 other ports published, as the bench's largest N), and
+//! nothing left behind. The shipped `bpfnet` has no developer command.
 use std::process::Command;
 
-use bpfnet_tests::bpfnet_bin;
+use bpfnet_tests::{bpfnet_bin, devkit_bin};
 use serde_json::Value;
 
 #[test]
@@ -12,10 +12,12 @@ fn program_cost_reports_every_path_and_leaves_nothing() {
     let help = Command::new(bpfnet_bin()).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout).into_owned();
     assert!(help.lines().any(|l| l.trim_start().starts_with("status")), "{help}");
-    assert!(!help.lines().any(|l| l.trim_start().starts_with("debug")), "debug is hidden: {help}");
+    assert!(!help.lines().any(|l| l.trim_start().starts_with("debug")), "no developer command: {help}");
+    let debug = Command::new(bpfnet_bin()).args(["debug", "program-cost"]).output().unwrap();
+    assert!(!debug.status.success(), "bpfnet has no debug command");
 
-    let out = Command::new(bpfnet_bin())
-        .args(["debug", "program-cost", "--json", "--runs", "200", "--other-ports", "10000"])
+    let out = Command::new(devkit_bin())
+        .args(["program-cost", "--json", "--runs", "200", "--other-ports", "10000"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -105,6 +105,16 @@ pub fn bpfnet_bin(profile: Profile) -> Result<PathBuf> {
     binary(profile, "bpfnet", "bpfnet")
 }
 
+/// Builds `bpfnet-devkit`, the developer tools (the `devkit` feature, which the shipped
+/// `bpfnet` binary is built without), and returns its path.
+pub fn build_devkit(profile: Profile) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "bpfnet", "--bin", "bpfnet-devkit", "--features", "devkit"]);
+    cmd.args(profile.cargo_flag());
+    command::run(&mut cmd).context("the build of bpfnet-devkit failed: see the compiler output above")?;
+    binary(profile, "bpfnet", "bpfnet-devkit")
+}
+
 /// The built `xtask` binary of `profile` (build it first): the bench runs its release build
 /// as the load generator.
 pub fn xtask_bin(profile: Profile) -> Result<PathBuf> {

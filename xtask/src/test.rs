@@ -1,5 +1,6 @@
 //! `cargo xtask test`: unit tests of every workspace crate and the black-box integration
-//! tests of `bpfnet-tests`, which run the real `bpfnet` binary named by $BPFNET_BIN.
+//! tests of `bpfnet-tests`, which run the real `bpfnet` binary named by $BPFNET_BIN (and the
+//! developer tools' `bpfnet-devkit`, $BPFNET_DEVKIT_BIN).
 
 use anyhow::{Context, Result};
 
@@ -26,6 +27,7 @@ pub fn run(args: TestArgs) -> Result<()> {
     let profile = Profile::from_release_flag(args.release);
     cargo_cmd::build(profile, &["bpfnet"])?;
     let bpfnet_bin = cargo_cmd::bpfnet_bin(profile)?;
+    let devkit_bin = cargo_cmd::build_devkit(profile)?;
 
     let (cargo_args, harness_args) = split_harness_args(&args.cargo_args);
     let mut cmd = cargo_cmd::cargo();
@@ -41,7 +43,8 @@ pub fn run(args: TestArgs) -> Result<()> {
         .arg("--")
         .arg(format!("--test-threads={}", args.jobs))
         .args(harness_args)
-        .env("BPFNET_BIN", &bpfnet_bin);
+        .env("BPFNET_BIN", &bpfnet_bin)
+        .env("BPFNET_DEVKIT_BIN", &devkit_bin);
     command::run(&mut cmd).context("tests failed: see cargo test's report above")
 }
 

@@ -6,7 +6,7 @@
 //! - [`workload`]: iperf3 and our own [`loadgen`] between two namespaces, pinned to CPUs;
 //! - [`pinned_map`]: bpfnet's map update alone, for the control-plane cost;
 //! - [`api_request`]: bpfnet's publish through its API alone (no CLI process), likewise;
-//! - [`program_cost`]: each eBPF program's own ns per packet (`bpfnet debug program-cost`);
+//! - [`program_cost`]: each eBPF program's own ns per packet (`bpfnet-devkit program-cost`);
 //! - [`profile`]: with `--perf`, where a packet's time goes (perf samples by part of the path);
 //! - [`report`]: summaries and ratios, the table, results.json (schema there) and chart.svg.
 //!
@@ -170,11 +170,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 .context("bench failed (the sandbox was cleaned up)"));
         }
     };
-    section("per-program cost (BPF_PROG_TEST_RUN, bpfnet debug program-cost)");
+    section("per-program cost (BPF_PROG_TEST_RUN, bpfnet-devkit program-cost)");
+    let devkit_bin = cargo_cmd::build_devkit(Profile::Release)?;
     // At the smallest and the largest N: a path's cost must not depend on N.
     let mut cost_ns: Vec<u32> = vec![plan.other_ports[0], *plan.other_ports.iter().max().expect("at least one N")];
     cost_ns.dedup();
-    let program_cost = program_cost::measure(&bpfnet_bin, &cost_ns, plan.repetitions);
+    let program_cost = program_cost::measure(&devkit_bin, &cost_ns, plan.repetitions);
     write_results(
         &out,
         &plan,

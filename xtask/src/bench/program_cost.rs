@@ -1,4 +1,4 @@
-//! The per-packet cost of each eBPF program, in ns, as the kernel times it: `bpfnet debug
+//! The per-packet cost of each eBPF program, in ns, as the kernel times it: `bpfnet-devkit
 //! program-cost --json` (BPF_PROG_TEST_RUN on a namespace and datapath of its own, see
 //! agent/src/program_cost.rs), run at the bench's smallest and largest N (ports published
 //! besides the measured one), its reports kept in results.json and shown as one table with
@@ -30,7 +30,7 @@ const LIMIT: Duration = Duration::from_secs(300);
 /// The path that only measures the kernel's timer (a program that only returns).
 const EMPTY: &str = "empty";
 
-/// `bpfnet debug program-cost --json`, as it prints it.
+/// `bpfnet-devkit program-cost --json`, as it prints it.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ProgramCost {
     pub schema: String,
@@ -59,7 +59,7 @@ pub struct PathCost {
 
 /// Runs the command (bounded in time) `repetitions` times per N of `other_ports`, the Ns
 /// alternating (A/B, then B/A, as the traffic runs do), and reads the reports, in run order.
-pub fn measure(bpfnet: &Path, other_ports: &[u32], repetitions: u32) -> Result<Vec<ProgramCost>> {
+pub fn measure(devkit: &Path, other_ports: &[u32], repetitions: u32) -> Result<Vec<ProgramCost>> {
     let mut reports = Vec::new();
     for rep in 0..repetitions {
         let mut order = other_ports.to_vec();
@@ -67,8 +67,8 @@ pub fn measure(bpfnet: &Path, other_ports: &[u32], repetitions: u32) -> Result<V
             order.reverse();
         }
         for n in order {
-            let mut cmd = Command::new(bpfnet);
-            cmd.args(["debug", "program-cost", "--json"])
+            let mut cmd = Command::new(devkit);
+            cmd.args(["program-cost", "--json"])
                 .args(["--runs", &RUNS.to_string()])
                 .args(["--max-secs-per-path", &MAX_SECS_PER_PATH.to_string()])
                 .args(["--other-ports", &n.to_string()]);
@@ -113,7 +113,7 @@ pub fn combine(reports: &[ProgramCost]) -> Vec<ProgramCost> {
 
 pub fn parse(json: &str) -> Result<ProgramCost> {
     let report: ProgramCost = serde_json::from_str(json)
-        .context("`bpfnet debug program-cost --json` did not print its report")?;
+        .context("`bpfnet-devkit program-cost --json` did not print its report")?;
     ensure!(
         report.schema == SCHEMA,
         "program-cost report schema {:?}, this bench reads {SCHEMA:?}: rebuild bpfnet and xtask \

@@ -42,7 +42,7 @@
 //!     "combined": [ ... ],                 // one report per N (the smallest, then the
 //!                                          // largest), each path's median and p90 the medians
 //!                                          // of its runs, `runs` their sum
-//!     "reports": [ {                       // `bpfnet debug program-cost --json` as printed,
+//!     "reports": [ {                       // `bpfnet-devkit program-cost --json` as printed,
 //!                                          // every run (repetitions x N, alternating N)
 //!       "schema": "bpfnet-program-cost/2",
 //!       "method": "...",                   // how it was measured, in words

@@ -1,0 +1,233 @@
+//! `bpfnet agent`: the service. It owns one host (state directory lock, pinned datapath),
+//! reconciles the kernel with the state when it starts, serves the API, expires idle flows,
+//! follows the uplink (`uplink_follower`), and relays the programs' log records. The datapath
+//! never depends on it: stopped (SIGTERM) or killed, it leaves everything forwarding, and the
+//! next agent adopts it.
+pub mod server;
+pub mod service;
+pub mod settings;
+pub mod uplink_follower;
+
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use aya_log::EbpfLogger;
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::Mutex};
+
+pub use settings::AgentArgs;
+
+use crate::{datapath::Datapath, host::conntrack, host::reconcile, host::HostOptions, daemon::uplink_follower::UplinkFollower};
+
+/// Reads the config file named by `--config`/BPFNET_CONFIG (if any) into environment
+/// variables, for the settings that neither a flag nor the environment sets: clap then sees
+/// them as it sees BPFNET_* variables, and flags still win. Runs before any thread exists.
+pub fn load_config_into_env(cli: &clap::Command, args: &[String]) -> Result<()> {
+    let path = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| args.iter().find_map(|a| a.strip_prefix("--config=").map(str::to_owned)))
+        .or_else(|| std::env::var("BPFNET_CONFIG").ok());
+    let Some(path) = path else { return Ok(()) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading the config file {path}"))?;
+    for setting in config_settings(cli, &text).with_context(|| format!("the config file {path}"))? {
+        let given_as_flag = args.iter().any(|a| *a == setting.flag || a.starts_with(&format!("{}=", setting.flag)));
+        if !given_as_flag && std::env::var_os(&setting.var).is_none() {
+            // SAFETY (edition 2021: safe fn): single-threaded, before the runtime starts.
+            std::env::set_var(setting.var, setting.value);
+        }
+    }
+    Ok(())
+}
+
+/// One setting of the config file, as the flag and variable clap knows it by.
+#[derive(Debug, PartialEq)]
+struct ConfigSetting {
+    flag: String,
+    var: String,
+    value: String,
+}
+
+/// The settings of a config file. Its keys are the long flags of `cli` and of its `agent`
+/// subcommand that have a BPFNET_* variable, with `_` for `-`: every setting, and only
+/// settings, whatever is added later.
+fn config_settings(cli: &clap::Command, text: &str) -> Result<Vec<ConfigSetting>> {
+    let agent = cli.find_subcommand("agent").context("no agent subcommand")?;
+    let known: BTreeMap<String, &clap::Arg> = cli
+        .get_arguments()
+        .chain(agent.get_arguments())
+        .filter(|arg| arg.get_env().is_some() && arg.get_id() != "config")
+        .filter_map(|arg| Some((arg.get_long()?.replace('-', "_"), arg)))
+        .collect();
+    let table: BTreeMap<String, toml::Value> = toml::from_str(text).context("not valid TOML")?;
+    table
+        .into_iter()
+        .map(|(key, value)| {
+            let Some(arg) = known.get(&key) else {
+                let names: Vec<&str> = known.keys().map(String::as_str).collect();
+                anyhow::bail!("unknown setting {key:?}; known settings: {}", names.join(", "));
+            };
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => anyhow::bail!("setting {key} must be a string, an integer or a boolean, not {other}"),
+            };
+            Ok(ConfigSetting {
+                flag: format!("--{}", arg.get_long().expect("filtered on having one")),
+                var: arg.get_env().expect("filtered on having one").to_string_lossy().into_owned(),
+                value,
+            })
+        })
+        .collect()
+}
+
+/// Runs the agent until SIGTERM/SIGINT: enters the host namespace, then serves on `socket`.
+pub fn run_service(args: AgentArgs, socket: PathBuf) -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        anyhow::bail!("the bpfnet agent manages network namespaces and eBPF programs and must run as root");
+    }
+    let options = HostOptions::from(args.host);
+    // Before the runtime exists: every thread of the process then lives in the host namespace.
+    options.enter_host_netns()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(run(options, args.reload_programs, Duration::from_secs(args.gc_interval), socket))
+}
+
+async fn run(options: HostOptions, reload_programs: bool, gc_interval: Duration, socket: PathBuf) -> Result<()> {
+    // A wrong --host-cgroup stops the agent before it changes anything.
+    options.open_host_cgroup()?;
+    let mut host = crate::host::Host::open(&options).await?;
+    if Datapath::is_pinned(&options.bpffs) {
+        let replaced = Datapath::replace_programs(&options.bpffs, options.datapath_log, reload_programs)
+            .context("replacing the datapath's programs")?;
+        if !replaced.is_empty() {
+            tracing::info!(?replaced, "replaced the running programs (atomic link update)");
+        }
+    }
+    let report = reconcile::reconcile(&mut host).await.context("reconciling the kernel with the saved state")?;
+    tracing::info!(
+        rolled_back = ?report.rolled_back,
+        recreated = ?report.recreated,
+        removed = ?report.removed_leftovers,
+        "reconciled {} networks and {} containers",
+        host.state().networks.len(),
+        host.state().containers.len()
+    );
+    // Subscribed before the first sync, so that the follower sees every change after it.
+    let follower = host.options.uplink.as_deref().map(UplinkFollower::subscribe);
+    // Uplink settings (address, ports, mode) as configured now, before the first request.
+    if host.options.uplink.is_some() && host.existing_datapath()?.is_some() {
+        host.sync_uplink().await.context("applying the uplink settings")?;
+    }
+    // The socket hooks as configured now: attached to --host-cgroup, or detached without it.
+    if Datapath::is_pinned(&host.options.bpffs) {
+        host.sync_host_cgroup().context("applying --host-cgroup")?;
+    }
+    let (listener, _socket_file) = server::bind(&socket).await?;
+    let host = Arc::new(Mutex::new(host));
+    tokio::spawn(collect_garbage(host.clone(), gc_interval));
+    if let Some(follower) = follower {
+        tokio::spawn(follower.run(host.clone()));
+    }
+    tokio::spawn(relay_datapath_logs(host.clone()));
+    tracing::info!("serving the API on {}", socket.display());
+    axum::serve(listener, server::router(host))
+        .with_graceful_shutdown(stop_signal())
+        .await
+        .context("serving the API")?;
+    tracing::info!("stopped; the datapath keeps running (`bpfnet down` removes it)");
+    Ok(())
+}
+
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Expires idle flows and frees their ports, every `interval`.
+async fn collect_garbage(host: server::SharedHost, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let mut host = host.lock().await;
+        let timeouts = host.options.ct_timeouts.clone();
+        let result = match host.existing_datapath() {
+            Ok(Some(dp)) => conntrack::collect_garbage(dp, &timeouts).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(Some(report)) if report.flows_expired > 0 => tracing::debug!(?report, "conntrack garbage collected"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("conntrack garbage collection failed: {e:#}"),
+        }
+    }
+}
+
+/// The programs' aya-log records, into the agent's log (their own levels: drops are debug).
+async fn relay_datapath_logs(host: server::SharedHost) {
+    let program_id = loop {
+        let id = host.lock().await.existing_datapath().ok().flatten().and_then(|dp| dp.program_ids().ok()).map(|ids| ids[0].1);
+        if let Some(id) = id {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    // Both programs log to one ring buffer (one object, one AYA_LOGS map).
+    let logger = match EbpfLogger::init_from_id(program_id) {
+        Ok(logger) => logger,
+        Err(e) => return tracing::warn!("the datapath's log records are not relayed: {e}"),
+    };
+    // SAFETY: the AsyncFd owns the logger, so its ring buffer fd stays open while registered.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => return tracing::warn!("watching the datapath's log ring buffer: {}", e.into_parts().1),
+    };
+    loop {
+        match fd.readable_mut().await {
+            Ok(mut guard) => {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            Err(e) => return tracing::warn!("reading the datapath's log records: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_key_of_the_example_config_is_a_setting() {
+        let example = include_str!("../../systemd/agent.toml");
+        // Its commented-out settings too: `# key = value` lines.
+        let text: String = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("# ").filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let settings = config_settings(&crate::cli::Cli::command(), &text).unwrap();
+        assert!(settings.len() >= 10, "{settings:?}");
+        let mode = settings.iter().find(|s| s.flag == "--uplink-mode").unwrap();
+        assert_eq!((mode.var.as_str(), mode.value.as_str()), ("BPFNET_UPLINK_MODE", "tc"));
+        let access = settings.iter().find(|s| s.flag == "--allow-host-access").unwrap();
+        assert_eq!((access.var.as_str(), access.value.as_str()), ("BPFNET_ALLOW_HOST_ACCESS", "false"));
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_named() {
+        let cli = crate::cli::Cli::command();
+        let err = format!("{:#}", config_settings(&cli, "uplnk = \"eth0\"\n").unwrap_err());
+        assert!(err.starts_with("unknown setting \"uplnk\"; known settings: ") && err.contains("uplink,"), "{err}");
+        assert!(!err.contains("config"), "{err}");
+        let err = format!("{:#}", config_settings(&cli, "ct_size = [1]\n").unwrap_err());
+        assert!(err.contains("setting ct_size must be a string, an integer or a boolean"), "{err}");
+        assert!(config_settings(&cli, "uplink = ").is_err());
+    }
+}

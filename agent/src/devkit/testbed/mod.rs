@@ -1,0 +1,519 @@
+//! A throwaway datapath to run crafted packets through with `BPF_PROG_TEST_RUN`: the
+//! datapath unit tests (`datapath_tests`) and `bpfnet-devkit program-cost` both stand on it.
+//!
+//! A [`Testbed`] is a network namespace of its own holding the veth pairs (and, with
+//! [`Testbed::make_uplink`], an uplink with a route and a neighbour) whose indexes the programs
+//! see as `__sk_buff.ifindex` (the kernel resolves a test run's ifindex in the caller's
+//! namespace, so the runs happen on a thread inside it), and a bpffs directory of its own the
+//! datapath is loaded and pinned into, so every testbed has its own maps. Both are removed
+//! when it drops, also on panic. Nothing outside them is touched.
+pub mod packets;
+
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    programs::{ProgramInfo, ProgramType},
+};
+use datapath_common::{
+    ct_fill, ct_stats, map_names, Backend, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint,
+    HostConfig, Network, ServiceKey,
+};
+
+use crate::{datapath::{self, CtTable, Datapath, DatapathLogLevel}, host::ipam, sys::netns, devkit::netns::ThrowawayNamespaces, devkit::testrun::{self, SkbContext, TestRunOutput, XdpContext}};
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// Host-side veths in the namespace, one per endpoint, as the agent makes them; their
+/// container-side peers stay in the same namespace and serve as "not an endpoint" interfaces.
+pub const VETHS: usize = 3;
+
+/// The pinned datapath, its maps, and the namespace its test runs happen in.
+pub struct Testbed {
+    // Fields drop in order: handles on maps close before the pins and the namespace they
+    // live in are removed (programs are opened per run: `program`).
+    pub networks: HashMap<MapData, u32, Network>,
+    pub endpoints: HashMap<MapData, u32, Endpoint>,
+    pub ifaces: HashMap<MapData, u32, Endpoint>,
+    pub config: Array<MapData, HostConfig>,
+    /// The conntrack tables, in `CtTable::ALL`'s order.
+    pub ct_tables: [HashMap<MapData, CtKey, CtEntry>; 3],
+    pub ct_fill: Array<MapData, u64>,
+    pub ct_quota: HashMap<MapData, CtQuotaKey, u64>,
+    pub ct_stats: Array<MapData, u64>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    ct_quota_hits: PerCpuArray<MapData, u64>,
+    pub services: HashMap<MapData, ServiceKey, Backend>,
+    drops: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Index of `h<i>`, the host side of veth pair `i`.
+    pub host_ifindex: [u32; VETHS],
+    /// Index of `c<i>`, the container side of veth pair `i` (never in IFACES).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub peer_ifindex: [u32; VETHS],
+    pub(crate) pins: PinDir,
+    pub(crate) ns: ThrowawayNamespaces,
+}
+
+/// A bpffs directory removed with everything pinned under it on drop.
+pub(crate) struct PinDir(pub(crate) PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        // Never panic here: we may already be unwinding.
+        if let Err(e) = datapath::destroy(&self.0) {
+            eprintln!("cleanup: removing pins under {}: {e:#}", self.0.display());
+        }
+    }
+}
+
+/// Two networks: `web` with members A and B, `db` with member C.
+pub struct Topology {
+    pub web: Network,
+    pub db: Network,
+    pub a: Endpoint,
+    pub b: Endpoint,
+    pub c: Endpoint,
+}
+
+pub const WEB: u32 = 1;
+pub const DB: u32 = 2;
+pub const WEB_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+pub const DB_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+pub const A_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 10);
+pub const B_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 11);
+pub const C_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 10);
+
+pub fn be(ip: Ipv4Addr) -> u32 {
+    datapath_common::ipv4_be(ip.octets())
+}
+
+fn network(id: u32, subnet: Ipv4Addr, gateway: Ipv4Addr) -> Network {
+    Network {
+        subnet: be(subnet),
+        gateway: be(gateway),
+        gateway_mac: ipam::gateway_mac(id),
+        prefix_len: 24,
+        _pad: 0,
+    }
+}
+
+fn endpoint(network_id: u32, ip: Ipv4Addr, host_ifindex: u32) -> Endpoint {
+    let gateway = if network_id == WEB {
+        WEB_GATEWAY
+    } else {
+        DB_GATEWAY
+    };
+    Endpoint {
+        host_ifindex,
+        network_id,
+        ip: be(ip),
+        mac: ipam::container_mac(ip),
+        gateway_mac: ipam::gateway_mac(network_id),
+        // Interface indexes are small and unique in the namespace.
+        stats_slot: host_ifindex,
+        gateway: be(gateway),
+    }
+}
+
+/// Sums of the per-CPU counters, indexed by `DropReason`/`Counter`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub drops: [u64; DropReason::COUNT as usize],
+    pub counters: [u64; Counter::COUNT as usize],
+}
+
+impl Counts {
+    /// How much each counter grew from `before` to `self`.
+    pub fn since(&self, before: &Counts) -> Result<Counts> {
+        let delta = |after: u64, before: u64| {
+            after
+                .checked_sub(before)
+                .context("a datapath counter went backwards")
+        };
+        let mut moved = Counts::default();
+        for i in 0..moved.drops.len() {
+            moved.drops[i] = delta(self.drops[i], before.drops[i])?;
+        }
+        for i in 0..moved.counters.len() {
+            moved.counters[i] = delta(self.counters[i], before.counters[i])?;
+        }
+        Ok(moved)
+    }
+}
+
+/// How a pinned program is run by `BPF_PROG_TEST_RUN`: with an skb or an XDP context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramKind {
+    /// tc (`BPF_PROG_TYPE_SCHED_CLS`): `TC_ACT_*` verdicts.
+    Tc,
+    /// `BPF_PROG_TYPE_XDP`: `XDP_*` verdicts.
+    Xdp,
+}
+
+/// A pinned program, ready for test runs.
+#[derive(Clone)]
+pub struct Program {
+    pub name: String,
+    pub kind: ProgramKind,
+    fd: Arc<OwnedFd>,
+}
+
+impl Program {
+    /// A program loaded by other means than the datapath (it is not pinned).
+    pub fn unpinned(name: &str, kind: ProgramKind, fd: OwnedFd) -> Self {
+        Program {
+            name: name.to_owned(),
+            kind,
+            fd: Arc::new(fd),
+        }
+    }
+
+    /// One test run (`repeat` times) of `packet` as received on `ifindex`. Must run on a thread
+    /// inside the testbed's namespace (see [`Testbed::run_in`]).
+    pub fn run(&self, ifindex: u32, packet: &[u8], repeat: u32) -> std::io::Result<TestRunOutput> {
+        match self.kind {
+            ProgramKind::Tc => {
+                let ctx = SkbContext::received_on(ifindex);
+                testrun::run_skb(self.fd.as_fd(), packet, Some(&ctx), repeat)
+            }
+            ProgramKind::Xdp => {
+                let ctx = XdpContext::received_on(ifindex);
+                testrun::run_xdp(self.fd.as_fd(), packet, Some(&ctx), repeat)
+            }
+        }
+    }
+}
+
+impl Testbed {
+    /// A namespace `<stem><pid>x<n>` with the veth pairs, and a freshly loaded datapath with
+    /// empty maps and a conntrack table of `ct_entries`, pinned under `/sys/fs/bpf/` by the
+    /// namespace's name.
+    pub fn create(stem: &str, ct_entries: u32) -> Result<Self> {
+        let ns = ThrowawayNamespaces::try_create(stem, 1)?;
+        let ns_name = ns.names[0].clone();
+        let (host_ifindex, peer_ifindex) = make_veths(&ns_name)?;
+        // The namespace's name is unique to this process; reuse it for the pins.
+        let pins = PinDir(Path::new("/sys/fs/bpf").join(&ns_name));
+        Datapath::open_or_load_with(&pins.0, DatapathLogLevel::Info, ct_entries)?;
+        let maps = pins.0.join("maps");
+        Ok(Testbed {
+            networks: open_map(&maps, map_names::NETWORKS)?,
+            endpoints: open_map(&maps, map_names::ENDPOINTS)?,
+            ifaces: open_map(&maps, map_names::IFACES)?,
+            config: open_map(&maps, map_names::CONFIG)?,
+            ct_tables: [
+                open_map(&maps, map_names::CT)?,
+                open_map(&maps, map_names::CT_UNASSURED)?,
+                open_map(&maps, map_names::CT_OVERFLOW)?,
+            ],
+            ct_fill: open_map(&maps, map_names::CT_FILL)?,
+            ct_quota: open_map(&maps, map_names::CT_QUOTA)?,
+            ct_stats: open_map(&maps, map_names::CT_STATS)?,
+            ct_quota_hits: open_map(&maps, map_names::CT_QUOTA_HITS)?,
+            services: open_map(&maps, map_names::SERVICES)?,
+            drops: open_map(&maps, map_names::DROPS)?,
+            counters: open_map(&maps, map_names::COUNTERS)?,
+            host_ifindex,
+            peer_ifindex,
+            pins,
+            ns,
+        })
+    }
+
+    /// The namespace the test runs must happen in.
+    pub fn netns(&self) -> &str {
+        &self.ns.names[0]
+    }
+
+    /// Where the datapath is pinned.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pins.0
+    }
+
+    /// Runs `f` on a thread inside the testbed's namespace.
+    pub fn run_in<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        netns::run_in(self.netns(), f)
+    }
+
+    /// Names of the programs pinned now.
+    pub fn program_names(&self) -> Result<Vec<String>> {
+        let dir = self.pin_dir().join("progs");
+        let mut names = Vec::new();
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// The program pinned as `name` now, and how to run it (from its type in the kernel).
+    pub fn program(&self, name: &str) -> Result<Program> {
+        let pin = self.pin_dir().join("progs").join(name);
+        if !pin.exists() {
+            bail!(
+                "no program {name} pinned (have: {:?})",
+                self.program_names()?
+            );
+        }
+        let info = ProgramInfo::from_pin(&pin)
+            .with_context(|| format!("opening pinned program {}", pin.display()))?;
+        let kind = if info.program_type() == ProgramType::Xdp.into() {
+            ProgramKind::Xdp
+        } else if info.program_type() == ProgramType::SchedClassifier.into() {
+            ProgramKind::Tc
+        } else {
+            bail!(
+                "program {name} is neither tc nor XDP ({:?}): no way to test-run it",
+                info.program_type()
+            );
+        };
+        Ok(Program {
+            name: name.to_owned(),
+            kind,
+            fd: Arc::new(info.fd()?.as_fd().try_clone_to_owned()?),
+        })
+    }
+
+    /// The standard topology: networks `web` (A on `h0`, B on `h1`) and `db` (C on `h2`).
+    pub fn topology(&self) -> Topology {
+        Topology {
+            web: network(WEB, Ipv4Addr::new(10, 88, 0, 0), WEB_GATEWAY),
+            db: network(DB, Ipv4Addr::new(10, 99, 0, 0), DB_GATEWAY),
+            a: endpoint(WEB, A_IP, self.host_ifindex[0]),
+            b: endpoint(WEB, B_IP, self.host_ifindex[1]),
+            c: endpoint(DB, C_IP, self.host_ifindex[2]),
+        }
+    }
+
+    /// Writes the topology the way the agent does (`Datapath::upsert_*`).
+    pub fn try_seed(&mut self, t: &Topology) -> Result<()> {
+        self.networks.insert(WEB, t.web, 0)?;
+        self.networks.insert(DB, t.db, 0)?;
+        for ep in [&t.a, &t.b, &t.c] {
+            self.try_add_endpoint(ep)?;
+        }
+        Ok(())
+    }
+
+    pub fn try_add_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
+        self.ifaces.insert(ep.host_ifindex, ep, 0)?;
+        self.endpoints.insert(ep.ip, ep, 0)?;
+        Ok(())
+    }
+
+    pub fn try_set_config(&mut self, config: &HostConfig) -> Result<()> {
+        self.config.set(0, config, 0).context("writing CONFIG")
+    }
+
+    /// A container's new flows that went over their quota (CT_QUOTA_HITS), summed over CPUs.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn ct_quota_hits(&self, stats_slot: u32) -> Result<u64> {
+        Ok(self.ct_quota_hits.get(&stats_slot, 0)?.iter().sum())
+    }
+
+    /// The entry of `key` and the table it is in, if any.
+    pub fn ct_get(&self, key: &CtKey) -> Option<(CtTable, CtEntry)> {
+        CtTable::ALL
+            .into_iter()
+            .find_map(|table| self.ct_tables[table as usize].get(key, 0).ok().map(|entry| (table, entry)))
+    }
+
+    /// Empties the conntrack tables and CT_QUOTA and zeroes CT_FILL and CT_STATS, leaving the
+    /// other maps as they are.
+    pub fn try_clear_ct(&mut self) -> Result<()> {
+        for table in &mut self.ct_tables {
+            let keys: Vec<CtKey> = table.keys().collect::<Result<_, _>>()?;
+            for key in keys {
+                // An entry may be gone already (LRU); only "not there" is fine.
+                match table.remove(&key) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e).context("deleting a conntrack entry"),
+                }
+            }
+        }
+        let keys: Vec<CtQuotaKey> = self.ct_quota.keys().collect::<Result<_, _>>()?;
+        for key in keys {
+            self.ct_quota.remove(&key).context("deleting a CT_QUOTA entry")?;
+        }
+        for slot in 0..ct_fill::SLOTS {
+            self.ct_fill.set(slot, 0, 0)?;
+        }
+        for slot in 0..ct_stats::SLOTS {
+            self.ct_stats.set(slot, 0, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Totals of every drop reason and counter (summed over CPUs).
+    pub fn counts(&self) -> Result<Counts> {
+        let sum = |array: &PerCpuArray<MapData, u64>, index: u32| -> Result<u64> {
+            Ok(array
+                .get(&index, 0)
+                .with_context(|| format!("reading per-CPU counter {index}"))?
+                .iter()
+                .sum())
+        };
+        let mut counts = Counts::default();
+        for reason in DropReason::ALL {
+            counts.drops[reason as usize] = sum(&self.drops, reason as u32)?;
+        }
+        for counter in Counter::ALL {
+            counts.counters[counter as usize] = sum(&self.counters, counter as u32)?;
+        }
+        Ok(counts)
+    }
+}
+
+/// The host's uplink in the namespace: veth `up0` (its peer `up1` plays the upstream
+/// router) with an address, a default route via the router and a permanent neighbour entry
+/// for it, so `bpf_fib_lookup` answers SUCCESS with both MACs for anything routed through the
+/// router, and NO_NEIGH for an unresolved on-link address.
+#[allow(dead_code)] // described for the tests to come; not all read yet
+pub struct Uplink {
+    pub ifindex: u32,
+    /// `up1`: the router's end; not an endpoint, not the uplink.
+    pub peer_ifindex: u32,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub router: Ipv4Addr,
+    pub router_mac: [u8; 6],
+}
+
+pub const UPLINK_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+pub const UPLINK_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 2];
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
+/// An on-link address of the uplink's subnet with no neighbour entry.
+#[cfg_attr(not(test), allow(dead_code))]
+pub const UNRESOLVED_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 77);
+/// A server out in the world, reached via the router.
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+impl Testbed {
+    /// Makes the uplink and enables forwarding on every host-side veth (as the agent does for
+    /// real ones). CONFIG is left to the caller.
+    pub fn make_uplink(&self) -> Result<Uplink> {
+        let ns = self.netns().to_owned();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (ifindex, peer_ifindex) =
+            runtime.block_on(netns::netlink_in(&ns, |nl| async move {
+                nl.create_veth("up0", UPLINK_MAC, "up1", ROUTER_MAC, None)
+                    .await?;
+                nl.set_up("up0").await?;
+                nl.set_up("up1").await?;
+                nl.add_address("up0", ipnet::IpNet::V4(ipnet::Ipv4Net::new(UPLINK_IP, 24)?))
+                    .await?;
+                nl.replace_default_route(ROUTER_IP, "up0").await?;
+                nl.replace_neighbour("up0", ROUTER_IP, ROUTER_MAC).await?;
+                let up0 = nl.link_by_name("up0").await?.context("up0 vanished")?;
+                let up1 = nl.link_by_name("up1").await?.context("up1 vanished")?;
+                Ok((up0.index, up1.index))
+            }))?;
+        netns::run_in(&ns, || {
+            for i in 0..VETHS {
+                let path = format!("/proc/sys/net/ipv4/conf/h{i}/forwarding");
+                std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
+            }
+            Ok(())
+        })?;
+        Ok(Uplink {
+            ifindex,
+            peer_ifindex,
+            ip: UPLINK_IP,
+            mac: UPLINK_MAC,
+            router: ROUTER_IP,
+            router_mac: ROUTER_MAC,
+        })
+    }
+}
+
+fn make_veths(ns: &str) -> Result<([u32; VETHS], [u32; VETHS])> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(netns::netlink_in(ns, |nl| async move {
+        let mut host = [0; VETHS];
+        let mut peer = [0; VETHS];
+        for i in 0..VETHS {
+            let (h, c) = (format!("h{i}"), format!("c{i}"));
+            nl.create_veth(
+                &h,
+                ipam::gateway_mac(WEB),
+                &c,
+                [0x02, 0, 0, 0, 0, i as u8],
+                None,
+            )
+            .await?;
+            let index = |name: String| {
+                let nl = &nl;
+                async move {
+                    match nl.link_by_name(&name).await? {
+                        Some(link) => Ok(link.index),
+                        None => bail!("veth {name} vanished right after it was created"),
+                    }
+                }
+            };
+            host[i] = index(h).await?;
+            peer[i] = index(c).await?;
+        }
+        Ok((host, peer))
+    }))
+}
+
+fn open_map<T>(dir: &Path, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    Ok(T::try_from(Map::from_map_data(data)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `bpfnet-devkit program-cost` and the tests rely on to run the XDP variant of the
+    /// uplink program: the type is read from the pin, and the run gets an XDP context on the
+    /// uplink.
+    #[test]
+    fn a_program_pinned_as_xdp_is_run_as_xdp() {
+        if !crate::devkit::netns::is_root() {
+            return;
+        }
+        let bed = Testbed::create("bnt", 4096).unwrap();
+        let uplink = bed.make_uplink().unwrap();
+        let tc = bed.program(datapath_common::program_names::FROM_UPLINK).unwrap();
+        assert_eq!(tc.kind, ProgramKind::Tc);
+        let program = bed.program(datapath_common::program_names::FROM_UPLINK_XDP).unwrap();
+        assert_eq!(program.kind, ProgramKind::Xdp);
+        // Not IPv4: the host's, passed at XDP.
+        let frame = packets::eth(UPLINK_MAC, ROUTER_MAC, 0x86dd, &[0; 46]);
+        let out = bed
+            .run_in(move || Ok(program.run(uplink.ifindex, &frame, 1)?))
+            .unwrap();
+        assert_eq!(out.retval, XDP_PASS);
+        let err = bed.program("from_nowhere").err().unwrap();
+        assert!(format!("{err:#}").contains("from_uplink_xdp"), "{err:#}");
+    }
+}

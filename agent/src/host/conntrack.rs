@@ -1,0 +1,475 @@
+//! The agent's half of conntrack: the datapath creates entries, stamps them and moves assured
+//! flows to their table (datapath-ebpf/src/conntrack.rs); here flows are paired, given
+//! nf_conntrack's state, listed, and expired by its timeouts, freeing their NAT ports, and the
+//! datapath's counts (assured fill, unassured flows per quota key) are resynchronised.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use datapath_common::{
+    ct_direction, ct_fill, ct_kind, ct_stats, ct_tcp_flags, CtEntry, CtKey, CtQuotaKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+};
+use serde::Serialize;
+
+use crate::datapath::{CtTable, Datapath};
+
+/// Timeouts by flow state, in seconds; the defaults are nf_conntrack's.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// TCP flow whose SYN got no answer yet (nf_conntrack_tcp_timeout_syn_sent).
+    pub tcp_syn_sent: u64,
+    /// TCP flow answered with a SYN-ACK, waiting for the handshake's last ACK
+    /// (nf_conntrack_tcp_timeout_syn_recv). A spoofed SYN flood leaves its flows here.
+    pub tcp_syn_recv: u64,
+    /// Established TCP flow (nf_conntrack_tcp_timeout_established).
+    pub tcp_established: u64,
+    /// TCP flow one side closed with a FIN not acknowledged yet (nf_conntrack_tcp_timeout_fin_wait).
+    pub tcp_fin_wait: u64,
+    /// TCP flow whose first FIN was acknowledged, the other side not closed yet
+    /// (nf_conntrack_tcp_timeout_close_wait).
+    pub tcp_close_wait: u64,
+    /// TCP flow closed by both sides, the last FIN not acknowledged yet
+    /// (nf_conntrack_tcp_timeout_last_ack).
+    pub tcp_last_ack: u64,
+    /// TCP flow closed by both sides and acknowledged (nf_conntrack_tcp_timeout_time_wait).
+    pub tcp_time_wait: u64,
+    /// TCP flow reset (nf_conntrack_tcp_timeout_close).
+    pub tcp_close: u64,
+    /// UDP flow with no reply yet (nf_conntrack_udp_timeout).
+    pub udp: u64,
+    /// UDP flow that saw replies (nf_conntrack_udp_timeout_stream).
+    pub udp_stream: u64,
+    /// ICMP echo (nf_conntrack_icmp_timeout).
+    pub icmp: u64,
+}
+
+/// A flow's state, nf_conntrack's names, derived from what each direction has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowState {
+    /// TCP: the originator's SYN, no answer yet.
+    SynSent,
+    /// TCP: answered with a SYN-ACK; the handshake's last ACK has not come.
+    SynRecv,
+    Established,
+    /// TCP: one side sent a FIN, not acknowledged yet.
+    FinWait,
+    /// TCP: the first FIN was acknowledged; the other side has not closed.
+    CloseWait,
+    /// TCP: both sides sent a FIN; the last one is not acknowledged yet.
+    LastAck,
+    /// TCP: both FINs acknowledged.
+    TimeWait,
+    /// TCP: reset.
+    Close,
+    /// UDP/ICMP: nothing came back yet.
+    Unreplied,
+    /// UDP/ICMP: replies seen.
+    Replied,
+}
+
+/// Both directions of one tracked flow.
+#[derive(Debug, Clone, Serialize)]
+pub struct Flow {
+    pub protocol: &'static str,
+    /// snat, dnat or hairpin.
+    pub kind: &'static str,
+    /// As the flow's first packet carried them.
+    pub source: String,
+    pub destination: String,
+    /// After translation.
+    pub translated_source: String,
+    pub translated_destination: String,
+    pub state: FlowState,
+    /// Whether the flow is assured (nf_conntrack's word): then it is never evicted, unless the
+    /// assured table was at its limit when it became so (`table` then says where it is).
+    pub assured: bool,
+    /// The table the flow lives in.
+    pub table: CtTable,
+    /// Seconds since the last packet in either direction.
+    pub idle_seconds: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    #[serde(skip)]
+    original: Option<(CtKey, CtEntry)>,
+    #[serde(skip)]
+    reply_key: Option<CtKey>,
+    #[serde(skip)]
+    last_seen_ns: u64,
+}
+
+fn protocol_name(proto: u8) -> &'static str {
+    match proto {
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP => "udp",
+        IPPROTO_ICMP => "icmp",
+        _ => "other",
+    }
+}
+
+fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        ct_kind::SNAT => "snat",
+        ct_kind::DNAT => "dnat",
+        ct_kind::HAIRPIN => "hairpin",
+        _ => "unknown",
+    }
+}
+
+fn endpoint(addr: u32, port: u16, proto: u8) -> String {
+    let ip = Ipv4Addr::from(addr.to_ne_bytes());
+    if proto == IPPROTO_ICMP {
+        format!("{ip} id {}", u16::from_be(port))
+    } else {
+        format!("{ip}:{}", u16::from_be(port))
+    }
+}
+
+/// nf_conntrack's state of a flow from the flags each direction's entry has accumulated
+/// (see `ct_tcp_flags`). Sequence numbers are not tracked: an ACK after a FIN counts as its
+/// acknowledgement.
+fn state(proto: u8, table: CtTable, out: Option<&CtEntry>, back: Option<&CtEntry>) -> FlowState {
+    use ct_tcp_flags::{ACK, ASSURED, FIN, FIN_ACKED, RST, SYN};
+    let o = out.map_or(0, |e| e.tcp_flags);
+    let r = back.map_or(0, |e| e.tcp_flags);
+    if proto != IPPROTO_TCP {
+        let replied = back.is_some_and(|e| e.packets > 0);
+        return if replied { FlowState::Replied } else { FlowState::Unreplied };
+    }
+    let both_closed = o & FIN != 0 && r & FIN != 0;
+    if (o | r) & RST != 0 {
+        FlowState::Close
+    } else if both_closed && o & FIN_ACKED != 0 && r & FIN_ACKED != 0 {
+        FlowState::TimeWait
+    } else if both_closed {
+        FlowState::LastAck
+    } else if (o & FIN != 0 && r & FIN_ACKED != 0) || (r & FIN != 0 && o & FIN_ACKED != 0) {
+        FlowState::CloseWait
+    } else if (o | r) & FIN != 0 {
+        FlowState::FinWait
+    // An entry of CT made by a bpfnet before assurance existed has no ASSURED flag: its
+    // originator's ACK says the handshake completed.
+    } else if o & ASSURED != 0 || (table == CtTable::Assured && o & ACK != 0) {
+        FlowState::Established
+    } else if r & SYN != 0 && r & ACK != 0 {
+        FlowState::SynRecv
+    } else {
+        FlowState::SynSent
+    }
+}
+
+impl Timeouts {
+    /// How long a flow in `state` may stay idle.
+    pub fn timeout(&self, state: FlowState, proto: u8) -> Duration {
+        let secs = match (proto, state) {
+            (IPPROTO_TCP, FlowState::SynSent) => self.tcp_syn_sent,
+            (IPPROTO_TCP, FlowState::SynRecv) => self.tcp_syn_recv,
+            (IPPROTO_TCP, FlowState::Established) => self.tcp_established,
+            (IPPROTO_TCP, FlowState::FinWait) => self.tcp_fin_wait,
+            (IPPROTO_TCP, FlowState::CloseWait) => self.tcp_close_wait,
+            (IPPROTO_TCP, FlowState::LastAck) => self.tcp_last_ack,
+            (IPPROTO_TCP, FlowState::TimeWait) => self.tcp_time_wait,
+            (IPPROTO_TCP, _) => self.tcp_close,
+            (IPPROTO_UDP, FlowState::Replied) => self.udp_stream,
+            (IPPROTO_UDP, _) => self.udp,
+            _ => self.icmp,
+        };
+        Duration::from_secs(secs)
+    }
+}
+
+/// The monotonic clock bpf_ktime_get_ns() reads.
+fn monotonic_ns() -> Result<u64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    Ok(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
+}
+
+/// The entries of one conntrack table.
+fn entries_of(datapath: &Datapath, table: CtTable) -> Result<HashMap<CtKey, CtEntry>> {
+    let mut entries = HashMap::new();
+    for item in datapath.ct_tables[table as usize].iter() {
+        match item {
+            Ok((key, entry)) => {
+                entries.insert(key, entry);
+            }
+            // An entry deleted by the datapath (LRU, or a flow moved to CT) while we walk.
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading the conntrack table {}", table.map_name())),
+        }
+    }
+    Ok(entries)
+}
+
+/// All tracked flows, each direction paired with the other, assured ones first.
+pub fn flows(datapath: &Datapath) -> Result<Vec<Flow>> {
+    let now = monotonic_ns()?;
+    let mut flows = Vec::new();
+    for table in CtTable::ALL {
+        let entries = entries_of(datapath, table)?;
+        let first = flows.len();
+        flows.extend(entries.iter().filter_map(|(key, entry)| flow(&entries, table, key, entry, now)));
+        flows[first..].sort_by(|a, b| (a.protocol, &a.source, &a.destination).cmp(&(b.protocol, &b.source, &b.destination)));
+    }
+    Ok(flows)
+}
+
+/// The flow of one entry of `table`, unless it is a REPLY entry listed with its ORIGINAL one.
+fn flow(entries: &HashMap<CtKey, CtEntry>, table: CtTable, key: &CtKey, entry: &CtEntry, now: u64) -> Option<Flow> {
+    let (original_key, reply_key) = if entry.direction == ct_direction::ORIGINAL {
+        (*key, CtKey::counterpart(entry))
+    } else {
+        let original_key = CtKey::counterpart(entry);
+        if entries.contains_key(&original_key) {
+            return None;
+        }
+        (original_key, *key)
+    };
+    let out = entries.get(&original_key);
+    let back = entries.get(&reply_key);
+    let last_seen_ns = out.map_or(0, |e| e.last_seen_ns).max(back.map_or(0, |e| e.last_seen_ns));
+    let translated = reply_key.reversed();
+    let proto = key.proto;
+    Some(Flow {
+        protocol: protocol_name(proto),
+        kind: kind_name(entry.kind),
+        source: endpoint(original_key.saddr, original_key.sport, proto),
+        destination: endpoint(original_key.daddr, original_key.dport, proto),
+        translated_source: endpoint(translated.saddr, translated.sport, proto),
+        translated_destination: endpoint(translated.daddr, translated.dport, proto),
+        state: state(proto, table, out, back),
+        assured: table == CtTable::Assured || out.is_some_and(|e| e.tcp_flags & ct_tcp_flags::ASSURED != 0),
+        table,
+        idle_seconds: now.saturating_sub(last_seen_ns) / 1_000_000_000,
+        packets_out: out.map_or(0, |e| e.packets),
+        bytes_out: out.map_or(0, |e| e.bytes),
+        packets_in: back.map_or(0, |e| e.packets),
+        bytes_in: back.map_or(0, |e| e.bytes),
+        original: out.map(|e| (original_key, *e)),
+        reply_key: back.map(|_| reply_key),
+        last_seen_ns,
+    })
+}
+
+/// What one garbage collection did, and the tables after it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GcReport {
+    pub flows_expired: usize,
+    pub entries_removed: u64,
+    /// Entries of the assured table in use, and its size.
+    pub entries_in_use: u64,
+    pub capacity: u32,
+    /// Entries of the unassured tables in use (`unassured`, `overflow`).
+    pub unassured_entries: u64,
+    pub overflow_entries: u64,
+}
+
+/// Removes the flows idle for longer than their state's timeout (both directions, which frees
+/// the NAT port), then resynchronises what the datapath counts: the assured table's fill, on
+/// which its limit is based, and each quota key's unassured flows.
+pub fn collect_garbage(datapath: &mut Datapath, timeouts: &Timeouts) -> Result<GcReport> {
+    let now = monotonic_ns()?;
+    let flows = flows(datapath)?;
+    let mut flows_expired = 0;
+    let mut removed = [0u64; 3];
+    let mut in_use = [0u64; 3];
+    let mut quota_held: BTreeMap<CtQuotaKey, u64> = BTreeMap::new();
+    for flow in &flows {
+        let proto = flow.original.map(|(k, _)| k).or(flow.reply_key).map_or(0, |k| k.proto);
+        let idle = Duration::from_nanos(now.saturating_sub(flow.last_seen_ns));
+        let keys = [flow.original.map(|(k, _)| k), flow.reply_key];
+        let table = flow.table as usize;
+        if idle <= timeouts.timeout(flow.state, proto) {
+            in_use[table] += keys.iter().flatten().count() as u64;
+            if let (CtTable::Unassured, Some((key, entry))) = (flow.table, &flow.original) {
+                *quota_held.entry(CtQuotaKey::of_flow(key, entry)).or_default() += 1;
+            }
+            continue;
+        }
+        flows_expired += 1;
+        for key in keys.iter().flatten() {
+            match datapath.ct_tables[table].remove(key) {
+                Ok(()) => removed[table] += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(aya::maps::MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).context("removing an expired conntrack entry"),
+            }
+        }
+    }
+    // REMOVED is set so that INSERTED - REMOVED is the real count: this also corrects for any
+    // entry the LRU evicted on its own. Racing inserts are counted by the next collection.
+    let assured = CtTable::Assured as usize;
+    let inserted = datapath.ct_fill.get(&ct_fill::INSERTED, 0).context("reading CT_FILL")?;
+    datapath
+        .ct_fill
+        .set(ct_fill::REMOVED, inserted.saturating_sub(in_use[assured]), 0)
+        .context("writing CT_FILL")?;
+    let pool_removed = removed[CtTable::Unassured as usize] + removed[CtTable::Overflow as usize];
+    if pool_removed > 0 {
+        let before = datapath.ct_stats.get(&ct_stats::GC_REMOVED, 0).context("reading CT_STATS")?;
+        datapath.ct_stats.set(ct_stats::GC_REMOVED, before + pool_removed, 0).context("writing CT_STATS")?;
+    }
+    recount_quota(datapath, &quota_held)?;
+    Ok(GcReport {
+        flows_expired,
+        entries_removed: removed.iter().sum(),
+        entries_in_use: in_use[assured],
+        capacity: datapath.ct_capacity(CtTable::Assured)?,
+        unassured_entries: in_use[CtTable::Unassured as usize],
+        overflow_entries: in_use[CtTable::Overflow as usize],
+    })
+}
+
+/// Writes each quota key's unassured flows as counted in this collection: this corrects for
+/// the flows the LRU evicted (nobody sees those go). A flow added while the table was walked
+/// may be missing from the count until the next collection.
+fn recount_quota(datapath: &mut Datapath, held: &BTreeMap<CtQuotaKey, u64>) -> Result<()> {
+    let known: Vec<CtQuotaKey> = datapath.ct_quota.keys().filter_map(Result::ok).collect();
+    for key in known.iter().filter(|key| !held.contains_key(key)) {
+        match datapath.ct_quota.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("removing a quota key from CT_QUOTA"),
+        }
+    }
+    for (key, count) in held {
+        datapath.ct_quota.insert(key, count, 0).context("writing CT_QUOTA")?;
+    }
+    Ok(())
+}
+
+/// The conntrack tables as `status` shows them.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ConntrackStatus {
+    /// Entries of the assured table in use (as the datapath counts them), the fill limit
+    /// beyond which flows stay unassured, and the table's size.
+    pub entries: u64,
+    pub limit: u32,
+    pub capacity: u32,
+    pub unassured_capacity: u32,
+    pub overflow_capacity: u32,
+    /// Most unassured flows one container or published port holds before its new flows go
+    /// to the overflow table.
+    pub unassured_quota: u32,
+    /// Flows moved to the assured table; flows that became assured while it was at its limit.
+    pub promoted: u64,
+    pub promotion_refused: u64,
+    /// New flows sent to the overflow table by the quota.
+    pub quota_hits: u64,
+    /// Unassured entries evicted by new ones (nf_conntrack's early_drop), as of the last
+    /// garbage collection: inserted, less moved, expired and still there.
+    pub early_drops: u64,
+}
+
+/// The conntrack tables' fill, settings and events.
+pub fn status(datapath: &Datapath) -> Result<ConntrackStatus> {
+    let config = datapath.config()?;
+    let stat = |slot: u32| datapath.ct_stats.get(&slot, 0).context("reading CT_STATS");
+    let pools = [CtTable::Unassured, CtTable::Overflow];
+    let present = pools.iter().map(|t| Ok(datapath.ct_tables[*t as usize].keys().count() as u64)).sum::<Result<u64>>()?;
+    let inserted = stat(ct_stats::UNASSURED_INSERTED)? + stat(ct_stats::OVERFLOW_INSERTED)?;
+    let promoted = stat(ct_stats::PROMOTED)?;
+    Ok(ConntrackStatus {
+        entries: fill(datapath)?,
+        limit: config.ct_limit,
+        capacity: datapath.ct_capacity(CtTable::Assured)?,
+        unassured_capacity: datapath.ct_capacity(CtTable::Unassured)?,
+        overflow_capacity: datapath.ct_capacity(CtTable::Overflow)?,
+        unassured_quota: config.ct_unassured_quota,
+        promoted,
+        promotion_refused: stat(ct_stats::PROMOTION_REFUSED)?,
+        quota_hits: stat(ct_stats::QUOTA_HITS)?,
+        early_drops: inserted.saturating_sub(2 * promoted + stat(ct_stats::GC_REMOVED)? + present),
+    })
+}
+
+/// The unassured flows one quota key may hold: `share_percent` of the unassured table's flows.
+pub fn unassured_quota(unassured_capacity: u32, share_percent: u8) -> u32 {
+    (u64::from(unassured_capacity / 2) * u64::from(share_percent) / 100).max(1) as u32
+}
+/// Nodes the kernel's LRU hash keeps on each CPU's local free list (LOCAL_FREE_TARGET in
+/// kernel/bpf/bpf_lru_list.h). A CPU that finds its list empty refills it, evicting live
+/// entries if the global list is short: up to this many per CPU before the map is full.
+const LRU_LOCAL_FREE_TARGET: u32 = 128;
+
+/// How many entries new flows may fill before they are refused: enough below the table's
+/// capacity that the LRU never evicts a live flow to make room.
+pub fn fill_limit(capacity: u32) -> Result<u32> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))? as u32;
+    let headroom = (capacity / 16).max(2 * LRU_LOCAL_FREE_TARGET * cpus);
+    capacity.checked_sub(headroom).filter(|limit| *limit >= 2).with_context(|| {
+        format!("a conntrack table of {capacity} entries is too small for {cpus} CPUs; use a larger --ct-size")
+    })
+}
+
+/// Entries in use as the datapath counts them (INSERTED - REMOVED).
+pub fn fill(datapath: &Datapath) -> Result<u64> {
+    let inserted = datapath.ct_fill.get(&ct_fill::INSERTED, 0)?;
+    let removed = datapath.ct_fill.get(&ct_fill::REMOVED, 0)?;
+    Ok(inserted.saturating_sub(removed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ct_tcp_flags::{ACK, ASSURED, FIN, FIN_ACKED, PEER_FIN, RST, SYN};
+
+    fn with(tcp_flags: u8, packets: u64) -> CtEntry {
+        CtEntry { tcp_flags, packets, ..Default::default() }
+    }
+
+    /// The state of a TCP flow whose directions saw these flags.
+    fn tcp(table: CtTable, out: u8, back: Option<u8>) -> FlowState {
+        state(IPPROTO_TCP, table, Some(&with(out, 1)), back.map(|f| with(f, 1)).as_ref())
+    }
+
+    #[test]
+    fn tcp_states_follow_nf_conntrack() {
+        use CtTable::{Assured, Unassured};
+        use FlowState::*;
+        let est = (SYN | ACK | ASSURED, SYN | ACK);
+        let cases = [
+            (Unassured, SYN, None, SynSent),
+            (Unassured, SYN, Some(0), SynSent),
+            (Unassured, SYN, Some(SYN | ACK), SynRecv),
+            // The originator's ACK completed the handshake (it may stay unassured at CT's limit).
+            (Unassured, est.0, Some(est.1), Established),
+            (Assured, est.0, Some(est.1), Established),
+            (Assured, est.0 | FIN, Some(est.1 | PEER_FIN), FinWait),
+            (Assured, est.0 | FIN, Some(est.1 | PEER_FIN | FIN_ACKED), CloseWait),
+            (Assured, est.0 | PEER_FIN | FIN_ACKED, Some(est.1 | FIN), CloseWait),
+            (Assured, est.0 | FIN | PEER_FIN, Some(est.1 | PEER_FIN | FIN_ACKED | FIN), LastAck),
+            (Assured, est.0 | FIN | PEER_FIN | FIN_ACKED, Some(est.1 | FIN | PEER_FIN | FIN_ACKED), TimeWait),
+            (Assured, est.0, Some(est.1 | RST), Close),
+            (Unassured, SYN | RST, None, Close),
+            // A spoofed SYN answered by a SYN-ACK, retransmitted: never established.
+            (Unassured, SYN, Some(SYN | ACK), SynRecv),
+            // An entry of CT from before assurance existed.
+            (Assured, SYN | ACK, Some(SYN | ACK), Established),
+            (Assured, SYN, Some(SYN | ACK), SynRecv),
+        ];
+        for (table, out, back, want) in cases {
+            assert_eq!(tcp(table, out, back), want, "table {table:?}, out {out:#x}, back {back:x?}");
+        }
+    }
+
+    #[test]
+    fn udp_and_icmp_are_replied_once_something_came_back() {
+        let out = with(0, 3);
+        assert_eq!(state(IPPROTO_UDP, CtTable::Unassured, Some(&out), None), FlowState::Unreplied);
+        assert_eq!(state(IPPROTO_UDP, CtTable::Unassured, Some(&out), Some(&with(0, 0))), FlowState::Unreplied);
+        assert_eq!(state(IPPROTO_UDP, CtTable::Assured, Some(&out), Some(&with(0, 1))), FlowState::Replied);
+        assert_eq!(state(IPPROTO_ICMP, CtTable::Unassured, Some(&out), Some(&with(0, 1))), FlowState::Replied);
+    }
+
+    #[test]
+    fn the_quota_is_a_share_of_the_unassured_tables_flows() {
+        assert_eq!(unassured_quota(131_072, 25), 16_384);
+        assert_eq!(unassured_quota(16_384, 100), 8_192);
+        assert_eq!(unassured_quota(16_384, 1), 81);
+    }
+}

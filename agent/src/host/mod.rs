@@ -1,0 +1,242 @@
+//! One bpfnet host: the namespace that plays the host, its state directory and its pinned
+//! datapath, opened together for one operation.
+pub mod conntrack;
+pub mod container;
+pub mod failpoint;
+pub mod ipam;
+pub mod names;
+pub mod network;
+pub mod publish;
+pub mod reconcile;
+pub mod state;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::{datapath::{Datapath, DatapathLogLevel, UplinkMode}, sys::cgroup::HostCgroup, sys::netlink::Netlink, sys::netns, host::state::{Change, State, StateStore}};
+
+/// Where a bpfnet host lives. Several hosts (each with its own namespace, state directory and
+/// pin directory) can be driven side by side on one machine, as the tests do.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// Network namespace (a name under /run/netns) that plays the host: host-side veths,
+    /// programs and routes live there. Default: the namespace bpfnet runs in.
+    pub host_netns: Option<String>,
+    /// Directory of the declarative state (networks, containers).
+    pub state_dir: PathBuf,
+    /// bpffs directory where programs, maps and links are pinned.
+    pub bpffs: PathBuf,
+    /// Most verbose level of the eBPF programs' own log records (fixed when they are loaded;
+    /// read them with `bpfnet monitor`).
+    pub datapath_log: DatapathLogLevel,
+    /// The host's interface to the outside world: containers' traffic leaving through it is
+    /// masqueraded to its IPv4 address (and its replies translated back).
+    pub uplink: Option<String>,
+    /// Where the uplink's program runs: tcx ingress, or XDP (before the kernel allocates an
+    /// skb; replies and published-port traffic are redirected into containers from there).
+    pub uplink_mode: UplinkMode,
+    /// Source ports for masquerading, inclusive.
+    pub nat_ports: (u16, u16),
+    /// Size of the conntrack table of assured flows, in entries (two per flow); the table of
+    /// flows not assured yet is half as large, its overflow an eighth (each at least 16,384).
+    /// Takes effect when the datapath is first loaded.
+    pub ct_size: u32,
+    /// Most of the unassured conntrack table (handshakes, unanswered datagrams) that one
+    /// container's new flows, or one published port's, may hold, in percent. Its further new
+    /// flows go to an overflow table where they compete only with each other: a flood from
+    /// one container or at one port cannot crowd out everyone else's new connections.
+    pub ct_unassured_share: u8,
+    pub ct_timeouts: conntrack::Timeouts,
+    /// Let containers reach the host's own addresses (its services), not only their gateway.
+    pub allow_host_access: bool,
+    /// cgroup v2 directory whose processes (of the host namespace) reach published ports at
+    /// the uplink's address, 127.0.0.0/8 and ::1, also from IPv6 sockets by IPv4-mapped
+    /// addresses, through socket hooks (connect4/6, sendmsg4, recvmsg4/6, getpeername4/6). On a
+    /// real host: the root of the cgroup v2 hierarchy (/sys/fs/cgroup). Default: none (host
+    /// processes do not reach published ports).
+    pub host_cgroup: Option<PathBuf>,
+}
+
+impl HostOptions {
+    /// Opens the `--host-cgroup` directory, if one is given: the error says what is wrong
+    /// with it before anything is changed.
+    pub fn open_host_cgroup(&self) -> Result<Option<HostCgroup>> {
+        self.host_cgroup.as_deref().map(HostCgroup::open).transpose()
+    }
+
+    /// Moves the whole process into the host namespace. Must run before any other thread
+    /// exists (before the tokio runtime is built), so that every thread lives there.
+    pub fn enter_host_netns(&self) -> Result<()> {
+        if let Some(name) = &self.host_netns {
+            if !netns::exists(name) {
+                anyhow::bail!(
+                    "the host network namespace {name:?} does not exist; create it \
+                     (ip netns add {name}) or leave out --host-netns"
+                );
+            }
+            netns::enter_process(name).with_context(|| format!("entering host namespace {name}"))?;
+        }
+        Ok(())
+    }
+}
+
+pub struct Host {
+    pub options: HostOptions,
+    /// The state, changed only through [`Host::commit`].
+    store: StateStore,
+    pub netlink: Netlink,
+    datapath: Option<Datapath>,
+    /// Whether [`Host::ensure_uplink`] put the uplink settings in place already.
+    uplink_synced: bool,
+    /// Whether the socket hooks were synced with the options for the opened datapath.
+    host_cgroup_synced: bool,
+}
+
+impl Host {
+    /// Locks the state directory and reads the state. The datapath is opened on first use.
+    pub async fn open(options: &HostOptions) -> Result<Self> {
+        let store = StateStore::open(&options.state_dir)?;
+        let netlink = Netlink::connect().context("opening a netlink socket in the host namespace")?;
+        Ok(Self { options: options.clone(), store, netlink, datapath: None, uplink_synced: false, host_cgroup_synced: false })
+    }
+
+    /// The pinned datapath, loaded and pinned if this host has none yet. The socket hooks
+    /// are brought in line with `--host-cgroup` once per opened datapath (also one loaded
+    /// after `down`); a failure there does not stop the operation that needed the datapath
+    /// (the agent's start already checked the option): it is logged, shown by `status`, and
+    /// retried on the next use.
+    pub fn datapath(&mut self) -> Result<&mut Datapath> {
+        self.open_datapath()?;
+        if !self.host_cgroup_synced {
+            if let Err(e) = self.sync_host_cgroup() {
+                tracing::warn!("applying --host-cgroup: {e:#}");
+            }
+        }
+        Ok(self.datapath.as_mut().expect("opened above"))
+    }
+
+    fn open_datapath(&mut self) -> Result<&mut Datapath> {
+        if self.datapath.is_none() {
+            let options = &self.options;
+            self.datapath = Some(Datapath::open_or_load_with(&options.bpffs, options.datapath_log, options.ct_size)?);
+            self.host_cgroup_synced = false;
+        }
+        Ok(self.datapath.as_mut().expect("just opened"))
+    }
+
+    /// Brings the socket hooks in line with `--host-cgroup`: attached to that cgroup (and to
+    /// no other), with the host namespace's cookie in CONFIG so that they act for its sockets
+    /// only; or, without the option, detached. Idempotent.
+    pub fn sync_host_cgroup(&mut self) -> Result<()> {
+        let cgroup = self.options.open_host_cgroup()?;
+        let datapath = self.open_datapath()?;
+        let mut config = datapath.config()?;
+        match cgroup {
+            Some(cgroup) => {
+                // The agent lives in the host namespace (all its threads).
+                config.host_netns_cookie = crate::sys::netns::own_cookie()?;
+                datapath.set_config(&config)?;
+                datapath.attach_host_cgroup(&cgroup)?;
+            }
+            None => {
+                datapath.detach_host_cgroup()?;
+                config.host_netns_cookie = 0;
+                datapath.set_config(&config)?;
+            }
+        }
+        self.host_cgroup_synced = true;
+        Ok(())
+    }
+
+    /// Brings the uplink settings of the datapath in line with the options: the program on the
+    /// uplink, and the masquerade address (the uplink's current primary IPv4 address), port
+    /// range and conntrack limit in CONFIG. Without `--uplink`, what was set before stays.
+    pub async fn sync_uplink(&mut self) -> Result<()> {
+        let Some(uplink) = self.options.uplink.clone() else {
+            return Ok(());
+        };
+        let link = self.netlink.link_by_name(&uplink).await?.with_context(|| {
+            format!("the uplink {uplink:?} does not exist in the host namespace; check --uplink")
+        })?;
+        let address = self
+            .netlink
+            .addresses(&uplink)
+            .await?
+            .into_iter()
+            .find_map(|a| match a {
+                ipnet::IpNet::V4(v4) => Some(v4.addr()),
+                ipnet::IpNet::V6(_) => None,
+            })
+            .with_context(|| format!("the uplink {uplink} has no IPv4 address to masquerade to; add one first"))?;
+        let (nat_port_min, nat_port_max) = self.options.nat_ports;
+        let mode = self.options.uplink_mode;
+        if mode == crate::datapath::UplinkMode::Xdp && link.kind.as_deref() == Some("veth") {
+            // Once per agent start is enough: the follower re-syncs on every change of the uplink.
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "XDP uplink on veth {uplink}: its peer must send complete checksums \
+                     (`ethtool -K PEER tx off`), as a NIC delivers them; partial ones cannot be \
+                     recognized at XDP and would be rewritten wrong"
+                )
+            });
+        }
+        let flags = if self.options.allow_host_access { datapath_common::host_config_flags::ALLOW_HOST_ACCESS } else { 0 };
+        let share = self.options.ct_unassured_share;
+        let datapath = self.datapath()?;
+        let ct_limit = crate::host::conntrack::fill_limit(datapath.ct_capacity(crate::datapath::CtTable::Assured)?)?;
+        let ct_unassured_quota = crate::host::conntrack::unassured_quota(
+            datapath.ct_capacity(crate::datapath::CtTable::Unassured)?,
+            share,
+        );
+        let config = datapath_common::HostConfig {
+            uplink_ifindex: link.index,
+            uplink_ip: datapath_common::ipv4_be(address.octets()),
+            nat_port_min,
+            nat_port_max,
+            ct_limit,
+            flags,
+            ct_unassured_quota,
+            // The host cgroup's setting (`sync_host_cgroup`) stays as it is.
+            ..datapath.config()?
+        };
+        datapath.set_config(&config)?;
+        datapath.attach_uplink(&uplink, mode)
+    }
+
+    /// [`Host::sync_uplink`] the first time only: the agent's uplink follower keeps the
+    /// settings current, so an operation that only needs them in place (publish) skips the
+    /// netlink round trips.
+    pub async fn ensure_uplink(&mut self) -> Result<()> {
+        if !self.uplink_synced {
+            self.sync_uplink().await?;
+            self.uplink_synced = true;
+        }
+        Ok(())
+    }
+
+    /// The datapath if one is pinned, without loading one.
+    pub fn existing_datapath(&mut self) -> Result<Option<&mut Datapath>> {
+        if self.datapath.is_none() && !Datapath::is_pinned(&self.options.bpffs) {
+            return Ok(None);
+        }
+        self.datapath().map(Some)
+    }
+
+    pub fn state(&self) -> &State {
+        self.store.state()
+    }
+
+    /// Checks a change of the state, makes it durable, and applies it (see [`StateStore`]).
+    pub fn commit(&mut self, change: Change) -> Result<()> {
+        self.store.commit(change)
+    }
+
+    /// Forgets the datapath handles and the saved state (after `down` removed everything).
+    pub fn clear(&mut self) -> Result<()> {
+        self.datapath = None;
+        self.uplink_synced = false;
+        self.store.clear()
+    }
+}

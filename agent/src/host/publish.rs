@@ -1,0 +1,232 @@
+//! Published ports, as `docker run -p` writes them: `[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]`, with
+//! ranges (`8000-8010:8000-8010`). Each published port is one entry of the SERVICES map, so
+//! publishing the 10,000th costs what publishing the first did.
+use std::{collections::HashMap, fmt, net::Ipv4Addr, ops::RangeInclusive};
+
+use anyhow::{bail, Context, Result};
+use datapath_common::{ipv4_be, Backend, ServiceKey, IPPROTO_TCP, IPPROTO_UDP};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => IPPROTO_TCP,
+            Protocol::Udp => IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// One published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMapping {
+    /// None: every host address (in the datapath: the uplink's).
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ip = self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        write!(f, "{ip}:{}->{}/{}", self.host_port, self.container_port, self.protocol)
+    }
+}
+
+impl PortMapping {
+    pub fn service_key(&self) -> ServiceKey {
+        ServiceKey {
+            addr: self.host_ip.map_or(0, |ip| ipv4_be(ip.octets())),
+            port: self.host_port.to_be(),
+            proto: self.protocol.number(),
+            _pad: 0,
+        }
+    }
+
+    pub fn backend(&self, container_ip: Ipv4Addr) -> Backend {
+        Backend { ip: ipv4_be(container_ip.octets()), port: self.container_port.to_be(), _pad: 0 }
+    }
+
+    /// Whether both would answer the same packets (a port on all addresses overlaps every
+    /// address's).
+    fn overlaps(&self, other: &PortMapping) -> bool {
+        self.host_port == other.host_port
+            && self.protocol == other.protocol
+            && (self.host_ip.is_none() || other.host_ip.is_none() || self.host_ip == other.host_ip)
+    }
+}
+
+fn parse_ports(text: &str, spec: &str) -> Result<RangeInclusive<u16>> {
+    let port = |p: &str| -> Result<u16> {
+        match p.parse::<u16>() {
+            Ok(0) | Err(_) => bail!("invalid --publish {spec:?}: {p:?} is not a port (1-65535)"),
+            Ok(port) => Ok(port),
+        }
+    };
+    match text.split_once('-') {
+        Some((low, high)) => {
+            let (low, high) = (port(low)?, port(high)?);
+            if low > high {
+                bail!("invalid --publish {spec:?}: the range {text} runs backwards");
+            }
+            Ok(low..=high)
+        }
+        None => {
+            let p = port(text)?;
+            Ok(p..=p)
+        }
+    }
+}
+
+/// Parses a `--publish` value into the ports it publishes.
+pub fn parse(spec: &str) -> Result<Vec<PortMapping>> {
+    let (ports, protocol) = match spec.rsplit_once('/') {
+        Some((ports, "tcp")) => (ports, Protocol::Tcp),
+        Some((ports, "udp")) => (ports, Protocol::Udp),
+        Some((_, other)) => bail!("invalid --publish {spec:?}: protocol {other:?} is not tcp or udp"),
+        None => (spec, Protocol::Tcp),
+    };
+    let parts: Vec<&str> = ports.split(':').collect();
+    let (host_ip, host, container) = match parts.as_slice() {
+        [host, container] => (None, *host, *container),
+        [ip, host, container] => {
+            let ip: Ipv4Addr = ip
+                .parse()
+                .with_context(|| format!("invalid --publish {spec:?}: {ip:?} is not an IPv4 address"))?;
+            (if ip.is_unspecified() { None } else { Some(ip) }, *host, *container)
+        }
+        _ => bail!(
+            "invalid --publish {spec:?}: write [HOST_IP:]HOST_PORT:PORT[/tcp|/udp], e.g. 8080:80 \
+             or 127.0.0.1:8000-8010:8000-8010/udp"
+        ),
+    };
+    let (host, container) = (parse_ports(host, spec)?, parse_ports(container, spec)?);
+    if host.len() != container.len() {
+        bail!(
+            "invalid --publish {spec:?}: the host range has {} ports and the container range {}; they must match",
+            host.len(),
+            container.len()
+        );
+    }
+    Ok(host
+        .zip(container)
+        .map(|(host_port, container_port)| PortMapping { host_ip, host_port, container_port, protocol })
+        .collect())
+}
+
+/// Who publishes what, indexed by (port, protocol): a conflict check or an ownership check
+/// looks at one small bucket, whatever the number of ports published. Kept up to date by
+/// [`crate::host::state::State`] with every change, never rebuilt per request.
+#[derive(Debug, Clone, Default)]
+pub struct PublishedPorts {
+    by_port: HashMap<(u16, Protocol), Vec<(PortMapping, String)>>,
+}
+
+impl PublishedPorts {
+    pub fn add(&mut self, owner: &str, mappings: &[PortMapping]) {
+        for mapping in mappings {
+            self.by_port.entry((mapping.host_port, mapping.protocol)).or_default().push((*mapping, owner.to_owned()));
+        }
+    }
+
+    /// Forgets `owner`'s `mappings` (those it does not publish are skipped).
+    pub fn remove(&mut self, owner: &str, mappings: &[PortMapping]) {
+        for mapping in mappings {
+            let key = (mapping.host_port, mapping.protocol);
+            let Some(bucket) = self.by_port.get_mut(&key) else { continue };
+            if let Some(i) = bucket.iter().position(|(m, o)| m == mapping && o == owner) {
+                bucket.swap_remove(i);
+            }
+            if bucket.is_empty() {
+                self.by_port.remove(&key);
+            }
+        }
+    }
+
+    /// Whether `owner` publishes exactly `mapping`.
+    pub fn publishes(&self, owner: &str, mapping: &PortMapping) -> bool {
+        self.by_port
+            .get(&(mapping.host_port, mapping.protocol))
+            .is_some_and(|bucket| bucket.iter().any(|(m, o)| m == mapping && o == owner))
+    }
+
+    /// How many ports are published on this host.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_port.values().map(Vec::len).sum()
+    }
+
+    /// Fails, naming the owner, if any of `mappings` is published already (or twice in itself).
+    pub fn check_free(&self, mappings: &[PortMapping]) -> Result<()> {
+        let mut seen: HashMap<(u16, Protocol), Vec<&PortMapping>> = HashMap::new();
+        for mapping in mappings {
+            let key = (mapping.host_port, mapping.protocol);
+            if let Some((owner_mapping, owner)) =
+                self.by_port.get(&key).into_iter().flatten().find(|(m, _)| m.overlaps(mapping))
+            {
+                bail!(
+                    "host port {}/{} is already published by container {owner:?} ({owner_mapping}); \
+                     choose another host port or unpublish it first",
+                    mapping.host_port,
+                    mapping.protocol
+                );
+            }
+            let twice = seen.entry(key).or_default();
+            if twice.iter().any(|m| m.overlaps(mapping)) {
+                bail!("host port {}/{} is given twice", mapping.host_port, mapping.protocol);
+            }
+            twice.push(mapping);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_syntax() {
+        let m = parse("8080:80").unwrap();
+        assert_eq!(m, vec![PortMapping { host_ip: None, host_port: 8080, container_port: 80, protocol: Protocol::Tcp }]);
+        let m = parse("127.0.0.1:5353:53/udp").unwrap();
+        assert_eq!(m[0].host_ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(m[0].protocol, Protocol::Udp);
+        assert_eq!(parse("0.0.0.0:1:2").unwrap()[0].host_ip, None);
+        let r = parse("8000-8009:9000-9009/tcp").unwrap();
+        assert_eq!(r.len(), 10);
+        assert_eq!((r[9].host_port, r[9].container_port), (8009, 9009));
+        for bad in ["80", "a:80", "8080:80/sctp", "0:80", "70000:80", "8000-8010:80", "9-1:9-1", "1.2.3:8:8", "::1:80:80"] {
+            assert!(parse(bad).is_err(), "{bad} should be refused");
+        }
+        assert_eq!(parse("8080:80").unwrap()[0].to_string(), "0.0.0.0:8080->80/tcp");
+    }
+
+    #[test]
+    fn overlaps() {
+        let all = parse("8080:80").unwrap()[0];
+        let local = parse("127.0.0.1:8080:80").unwrap()[0];
+        let other = parse("127.0.0.2:8080:80").unwrap()[0];
+        let udp = parse("8080:80/udp").unwrap()[0];
+        assert!(all.overlaps(&local) && local.overlaps(&all));
+        assert!(!local.overlaps(&other));
+        assert!(!all.overlaps(&udp));
+    }
+}

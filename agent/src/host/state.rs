@@ -1,0 +1,685 @@
+//! The declarative state of one bpfnet host: its networks and containers, and who publishes
+//! which port (indexed, for conflict checks). Every change is one [`Change`] record, and costs
+//! what its record does, not what the whole state does (10,000 published ports or not):
+//!
+//! - `state.json`: a snapshot, replaced atomically (write, fsync, rename, fsync the directory),
+//!   naming its generation;
+//! - `journal.<generation>`: the changes since that snapshot, one JSON line each, appended and
+//!   fdatasync'ed before the change is acted on as done (write-ahead: a change the agent
+//!   answered is never lost). Replayed on load; folded into a new snapshot (the next
+//!   generation) when the agent starts and when the journal outgrows the snapshot.
+//!
+//! A crash at any point leaves either the old snapshot with its journal or the new snapshot
+//! (whose generation has no journal yet): journals of any other generation are stale and
+//! removed. A record cut off by a crash (the last line, incomplete) was never answered and is
+//! dropped. The directory is guarded by an exclusive lock: one agent at a time.
+use std::{
+    collections::{BTreeMap, HashSet},
+    fs::{File, OpenOptions},
+    io::Write,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use ipnet::Ipv4Net;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::host::publish::{PortMapping, PublishedPorts};
+
+/// Bumped when the files' meaning changes; an unknown version is refused, never guessed at.
+/// 1: `state.json` alone, rewritten whole on every change. 2: a snapshot and a journal.
+pub const STATE_VERSION: u32 = 2;
+const STATE_FILE: &str = "state.json";
+const JOURNAL_PREFIX: &str = "journal.";
+const LOCK_FILE: &str = "lock";
+/// The journal is folded into a snapshot once it is larger than the snapshot and than this,
+/// so that the rewrite costs each record a constant share, whatever the state's size.
+const MIN_JOURNAL_BYTES_BEFORE_SNAPSHOT: u64 = 1 << 20;
+
+/// The state in memory: what the snapshot and the journal describe, with its index of
+/// published ports. Changed only by [`State::apply`] (through [`StateStore::commit`]), so the
+/// index always matches the containers.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub networks: BTreeMap<String, NetworkSpec>,
+    pub containers: BTreeMap<String, ContainerSpec>,
+    ports: PublishedPorts,
+}
+
+impl PartialEq for State {
+    fn eq(&self, other: &Self) -> bool {
+        // The index is derived from the containers.
+        self.networks == other.networks && self.containers == other.containers
+    }
+}
+
+/// An operation that was started and not yet finished: written before the kernel is touched,
+/// cleared once it completed, so that an agent killed in the middle finishes it (removal) or
+/// rolls it back (creation) when it starts again.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Pending {
+    Create,
+    Remove,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    pub name: String,
+    /// The datapath's key for the network (NETWORKS map, Endpoint::network_id).
+    pub id: u32,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    /// Also the name of its network namespace (/run/netns/NAME).
+    pub name: String,
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// The host-side veth end, where from_endpoint is attached.
+    pub host_interface: String,
+    /// Slot of the container's traffic counters in ENDPOINT_STATS.
+    #[serde(default)]
+    pub stats_slot: u32,
+    /// Ports published on the host (`--publish`).
+    #[serde(default)]
+    pub publish: Vec<crate::host::publish::PortMapping>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// One change of the state: a line of the journal. Each is checked against the state before
+/// it is written, so a journal replays without error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Change {
+    AddNetwork(NetworkSpec),
+    SetNetworkPending { name: String, pending: Option<Pending> },
+    RemoveNetwork { name: String },
+    AddContainer(ContainerSpec),
+    SetContainerPending { name: String, pending: Option<Pending> },
+    RemoveContainer { name: String },
+    Publish { container: String, ports: Vec<PortMapping> },
+    Unpublish { container: String, ports: Vec<PortMapping> },
+}
+
+impl State {
+    pub fn network(&self, name: &str) -> Result<&NetworkSpec> {
+        self.networks.get(name).with_context(|| {
+            format!("no network named {name:?}; `bpfnet network ls` lists the networks")
+        })
+    }
+
+    pub fn container(&self, name: &str) -> Result<&ContainerSpec> {
+        self.containers.get(name).with_context(|| {
+            format!("no container named {name:?}; `bpfnet container ls` lists the containers")
+        })
+    }
+
+    pub fn containers_of<'a>(&'a self, network: &'a str) -> impl Iterator<Item = &'a ContainerSpec> + 'a {
+        self.containers.values().filter(move |c| c.network == network)
+    }
+
+    /// Who publishes which port on this host.
+    pub fn published(&self) -> &PublishedPorts {
+        &self.ports
+    }
+
+    /// Fails, saying why, if `change` does not fit this state. Costs what the change's own
+    /// content does (one index lookup per port), not what the state holds.
+    pub fn check(&self, change: &Change) -> Result<()> {
+        match change {
+            Change::AddNetwork(spec) => {
+                if self.networks.contains_key(&spec.name) {
+                    bail!("a network named {:?} already exists; choose another name or remove it first", spec.name);
+                }
+            }
+            Change::SetNetworkPending { name, .. } | Change::RemoveNetwork { name } => {
+                self.network(name)?;
+            }
+            Change::AddContainer(spec) => {
+                if self.containers.contains_key(&spec.name) {
+                    bail!("a container named {:?} already exists; choose another name or remove it first", spec.name);
+                }
+                self.network(&spec.network)?;
+                self.ports.check_free(&spec.publish)?;
+            }
+            Change::SetContainerPending { name, .. } | Change::RemoveContainer { name } => {
+                self.container(name)?;
+            }
+            Change::Publish { container, ports } => {
+                self.container(container)?;
+                self.ports.check_free(ports)?;
+            }
+            Change::Unpublish { container, ports } => {
+                let spec = self.container(container)?;
+                if let Some(missing) = ports.iter().find(|m| !self.ports.publishes(container, m)) {
+                    bail!("container {container:?} does not publish {missing}; it publishes: {}", some_ports(&spec.publish));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a change that passed [`State::check`].
+    fn apply_checked(&mut self, change: Change) {
+        match change {
+            Change::AddNetwork(spec) => {
+                self.networks.insert(spec.name.clone(), spec);
+            }
+            Change::SetNetworkPending { name, pending } => {
+                self.networks.get_mut(&name).expect("checked").pending = pending;
+            }
+            Change::RemoveNetwork { name } => {
+                self.networks.remove(&name);
+            }
+            Change::AddContainer(spec) => {
+                self.ports.add(&spec.name, &spec.publish);
+                self.containers.insert(spec.name.clone(), spec);
+            }
+            Change::SetContainerPending { name, pending } => {
+                self.containers.get_mut(&name).expect("checked").pending = pending;
+            }
+            Change::RemoveContainer { name } => {
+                let spec = self.containers.remove(&name).expect("checked");
+                self.ports.remove(&name, &spec.publish);
+            }
+            Change::Publish { container, ports } => {
+                self.ports.add(&container, &ports);
+                self.containers.get_mut(&container).expect("checked").publish.extend(ports);
+            }
+            Change::Unpublish { container, ports } => {
+                let gone: HashSet<PortMapping> = ports.into_iter().collect();
+                self.ports.remove(&container, &gone.iter().copied().collect::<Vec<_>>());
+                // The container's own list (in publishing order): one pass over it.
+                self.containers.get_mut(&container).expect("checked").publish.retain(|m| !gone.contains(m));
+            }
+        }
+    }
+
+    /// Checks and applies a change.
+    pub fn apply(&mut self, change: Change) -> Result<()> {
+        self.check(&change)?;
+        self.apply_checked(change);
+        Ok(())
+    }
+
+    fn from_maps(networks: BTreeMap<String, NetworkSpec>, containers: BTreeMap<String, ContainerSpec>) -> Result<Self> {
+        let mut state = State { networks, ..State::default() };
+        for spec in containers.into_values() {
+            state.apply(Change::AddContainer(spec)).context("the saved containers are inconsistent")?;
+        }
+        Ok(state)
+    }
+}
+
+/// A few of `ports`, for a message.
+fn some_ports(ports: &[PortMapping]) -> String {
+    const SHOWN: usize = 5;
+    if ports.is_empty() {
+        return "nothing".to_owned();
+    }
+    let shown: Vec<String> = ports.iter().take(SHOWN).map(ToString::to_string).collect();
+    match ports.len().checked_sub(SHOWN) {
+        Some(more) if more > 0 => format!("{} and {more} more (`bpfnet container ls` lists them)", shown.join(", ")),
+        _ => shown.join(", "),
+    }
+}
+
+/// What `state.json` holds (version 1 had no generation: it reads as generation 0).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Snapshot {
+    #[allow(dead_code)] // read first, through `Versioned`
+    version: u32,
+    #[serde(default)]
+    generation: u64,
+    #[serde(default)]
+    networks: BTreeMap<String, NetworkSpec>,
+    #[serde(default)]
+    containers: BTreeMap<String, ContainerSpec>,
+}
+
+/// [`Snapshot`], written from the state in place.
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    version: u32,
+    generation: u64,
+    networks: &'a BTreeMap<String, NetworkSpec>,
+    containers: &'a BTreeMap<String, ContainerSpec>,
+}
+
+/// Only the version, read first so that an unknown version is refused as such.
+#[derive(Deserialize)]
+struct Versioned {
+    version: u32,
+}
+
+/// The state directory, locked for as long as this value lives, and the state it holds.
+pub struct StateStore {
+    dir: PathBuf,
+    _lock: Flock<File>,
+    state: State,
+    /// The snapshot's generation; its journal is `journal.<generation>`.
+    generation: u64,
+    journal: Option<File>,
+    journal_bytes: u64,
+    snapshot_bytes: u64,
+    /// [`MIN_JOURNAL_BYTES_BEFORE_SNAPSHOT`], smaller in tests.
+    min_journal_bytes: u64,
+}
+
+impl StateStore {
+    /// Creates the directory if needed, takes its lock (refused when another process, an
+    /// agent, holds it), reads the snapshot and replays its journal, then folds them into a
+    /// new snapshot. An unreadable or unknown-version state is refused with nothing written.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
+                "another bpfnet agent is running with the state directory {}; stop it first, or \
+                 give this one its own --state-dir",
+                dir.display()
+            ),
+            Err((_, errno)) => return Err(errno).with_context(|| format!("locking {}", lock_path.display())),
+        };
+        let mut store = Self {
+            dir: dir.to_owned(),
+            _lock: lock,
+            state: State::default(),
+            generation: 0,
+            journal: None,
+            journal_bytes: 0,
+            snapshot_bytes: 0,
+            min_journal_bytes: MIN_JOURNAL_BYTES_BEFORE_SNAPSHOT,
+        };
+        let (state, generation) = store.load()?;
+        store.state = state;
+        store.generation = generation;
+        store.snapshot()?;
+        Ok(store)
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    fn journal_path(&self, generation: u64) -> PathBuf {
+        self.dir.join(format!("{JOURNAL_PREFIX}{generation}"))
+    }
+
+    /// The saved snapshot with its journal replayed, and the snapshot's generation; an empty
+    /// state when nothing was saved yet.
+    fn load(&self) -> Result<(State, u64)> {
+        let path = self.snapshot_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((State::default(), 0)),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let invalid = || {
+            format!(
+                "the state file {} is not valid bpfnet state; restore it from a backup or \
+                 move it away (the datapath keeps running without it)",
+                path.display()
+            )
+        };
+        let version = serde_json::from_str::<Versioned>(&text).with_context(invalid)?.version;
+        if version != 1 && version != STATE_VERSION {
+            bail!(
+                "the state file {} has version {version}, this bpfnet understands versions 1 and {STATE_VERSION}; \
+                 use the bpfnet release that wrote it",
+                path.display(),
+            );
+        }
+        let snapshot: Snapshot = serde_json::from_str(&text).with_context(invalid)?;
+        let mut state = State::from_maps(snapshot.networks, snapshot.containers).with_context(invalid)?;
+        if version == STATE_VERSION {
+            self.replay(&mut state, snapshot.generation)?;
+        }
+        Ok((state, snapshot.generation))
+    }
+
+    /// Applies the records of `journal.<generation>`, if there is one. The last line may have
+    /// been cut off by a crash while it was written (never answered): it is dropped. Any other
+    /// bad line is corruption, refused.
+    fn replay(&self, state: &mut State, generation: u64) -> Result<()> {
+        let path = self.journal_path(generation);
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let lines: Vec<&[u8]> = text.split_inclusive(|b| *b == b'\n').collect();
+        for (i, line) in lines.iter().enumerate() {
+            let last = i + 1 == lines.len();
+            let record = line.strip_suffix(b"\n");
+            match record.map(serde_json::from_slice::<Change>) {
+                Some(Ok(change)) => state.apply(change).with_context(|| {
+                    format!("record {} of the state journal {} does not fit the state; restore the state directory from a backup", i + 1, path.display())
+                })?,
+                None | Some(Err(_)) if last => {
+                    tracing::warn!("dropping the last record of {}: cut off by a crash while it was written", path.display());
+                }
+                Some(Err(e)) => bail!(
+                    "record {} of the state journal {} is not valid ({e}); restore the state directory from a backup",
+                    i + 1,
+                    path.display()
+                ),
+                None => unreachable!("only the last line can lack its newline"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `change` against the state, makes it durable (one journal record, fdatasync'ed),
+    /// then applies it. On error nothing changed.
+    pub fn commit(&mut self, change: Change) -> Result<()> {
+        self.state.check(&change)?;
+        if self.journal.is_none() {
+            // A write failed earlier: that journal may hold a partial record; start a new one.
+            self.snapshot()?;
+        }
+        let mut line = serde_json::to_vec(&change).expect("state changes always serialize");
+        line.push(b'\n');
+        let journal = self.journal.as_mut().expect("opened by snapshot()");
+        if let Err(e) = journal.write_all(&line).and_then(|()| journal.sync_data()) {
+            // Best effort: cut the partial record; the next change starts a new generation
+            // anyway, which abandons this journal.
+            let _ = journal.set_len(self.journal_bytes);
+            self.journal = None;
+            return Err(e).with_context(|| format!("writing to {}", self.journal_path(self.generation).display()));
+        }
+        self.journal_bytes += line.len() as u64;
+        self.state.apply_checked(change);
+        if self.journal_bytes > self.snapshot_bytes.max(self.min_journal_bytes) {
+            if let Err(e) = self.snapshot() {
+                // The change is durable in the journal; the fold is retried with the next one.
+                tracing::warn!("folding the state journal into a new snapshot: {e:#}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the state as the snapshot of the next generation, with an empty journal, and
+    /// removes the journals of other generations.
+    fn snapshot(&mut self) -> Result<()> {
+        let generation = self.generation + 1;
+        let text = serde_json::to_string_pretty(&SnapshotRef {
+            version: STATE_VERSION,
+            generation,
+            networks: &self.state.networks,
+            containers: &self.state.containers,
+        })?;
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        let journal_path = self.journal_path(generation);
+        let journal = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&journal_path)
+            .with_context(|| format!("creating {}", journal_path.display()))?;
+        let path = self.snapshot_path();
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("replacing {} with {}", path.display(), tmp.display()))?;
+        // The new names (snapshot and journal) are durable before any record is answered.
+        File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("syncing the state directory {}", self.dir.display()))?;
+        self.generation = generation;
+        self.journal = Some(journal);
+        self.journal_bytes = 0;
+        self.snapshot_bytes = text.len() as u64;
+        self.remove_stale_journals()
+    }
+
+    fn remove_stale_journals(&self) -> Result<()> {
+        let current = format!("{JOURNAL_PREFIX}{}", self.generation);
+        for entry in std::fs::read_dir(&self.dir).with_context(|| format!("listing {}", self.dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(JOURNAL_PREFIX) && name != current {
+                std::fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets everything (`bpfnet down`): an empty snapshot.
+    pub fn clear(&mut self) -> Result<()> {
+        self.state = State::default();
+        self.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("bpfnet-state-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn network(name: &str, id: u32) -> NetworkSpec {
+        NetworkSpec {
+            name: name.into(),
+            id,
+            subnet: format!("10.{id}.0.0/24").parse().unwrap(),
+            gateway: format!("10.{id}.0.1").parse().unwrap(),
+            pending: None,
+        }
+    }
+
+    fn container(name: &str, network: &str, publish: &str) -> ContainerSpec {
+        ContainerSpec {
+            name: name.into(),
+            network: network.into(),
+            ip: "10.1.0.2".parse().unwrap(),
+            mac: [2, 0x42, 10, 1, 0, 2],
+            host_interface: format!("bn{name}"),
+            stats_slot: 0,
+            publish: crate::host::publish::parse(publish).unwrap(),
+            pending: None,
+        }
+    }
+
+    fn ports(spec: &str) -> Vec<PortMapping> {
+        crate::host::publish::parse(spec).unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let dir = temp_dir("rt");
+        let mut store = StateStore::open(&dir).unwrap();
+        assert_eq!(*store.state(), State::default());
+        store.commit(Change::AddNetwork(network("n", 1))).unwrap();
+        let state = store.state().clone();
+        drop(store);
+        let store = StateStore::open(&dir).unwrap();
+        assert_eq!(*store.state(), state);
+        drop(store);
+
+        std::fs::write(dir.join(STATE_FILE), "{ not json").unwrap();
+        let err = format!("{:#}", StateStore::open(&dir).err().unwrap());
+        assert!(err.contains("not valid bpfnet state"), "{err}");
+
+        std::fs::write(dir.join(STATE_FILE), r#"{"version": 99}"#).unwrap();
+        let err = format!("{:#}", StateStore::open(&dir).err().unwrap());
+        assert!(err.contains("version 99"), "{err}");
+
+        std::fs::remove_file(dir.join(STATE_FILE)).unwrap();
+        let store = StateStore::open(&dir).unwrap();
+        let second = StateStore::open(&dir).err().expect("a second holder is refused");
+        assert!(second.to_string().contains("another bpfnet agent"), "{second}");
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn changes_are_journaled_replayed_and_folded() {
+        let dir = temp_dir("journal");
+        let mut store = StateStore::open(&dir).unwrap();
+        let generation = store.generation;
+        store.commit(Change::AddNetwork(network("n", 1))).unwrap();
+        store.commit(Change::AddContainer(container("a", "n", "8000-8099:8000-8099"))).unwrap();
+        store.commit(Change::AddContainer(container("b", "n", "9000:90/udp"))).unwrap();
+        store.commit(Change::Publish { container: "a".into(), ports: ports("7000:70") }).unwrap();
+        store.commit(Change::Unpublish { container: "a".into(), ports: ports("8000-8009:8000-8009") }).unwrap();
+        store.commit(Change::SetContainerPending { name: "b".into(), pending: Some(Pending::Remove) }).unwrap();
+        store.commit(Change::RemoveContainer { name: "b".into() }).unwrap();
+        assert_eq!(store.generation, generation, "no snapshot for small changes");
+        assert_eq!(store.state().published().len(), 91);
+        assert_eq!(store.state().container("a").unwrap().publish.last().unwrap().host_port, 7000);
+        // Refused changes leave no record and no change.
+        let before = std::fs::read(dir.join(format!("journal.{generation}"))).unwrap();
+        let twice: Vec<PortMapping> = ports("3:3").into_iter().chain(ports("3:4")).collect();
+        for refused in [
+            Change::Publish { container: "a".into(), ports: ports("8050:1") },
+            Change::Publish { container: "a".into(), ports: twice },
+            Change::Unpublish { container: "a".into(), ports: ports("8000:8000") },
+            Change::Publish { container: "nope".into(), ports: ports("2:2") },
+            Change::AddNetwork(network("n", 2)),
+            Change::RemoveContainer { name: "b".into() },
+        ] {
+            assert!(store.commit(refused.clone()).is_err(), "{refused:?}");
+        }
+        assert_eq!(std::fs::read(dir.join(format!("journal.{generation}"))).unwrap(), before);
+        assert_eq!(store.state().published().len(), 91);
+        store.commit(Change::Publish { container: "a".into(), ports: ports("1:1") }).unwrap();
+        store.commit(Change::Unpublish { container: "a".into(), ports: ports("1:1") }).unwrap();
+        let expected = store.state().clone();
+        assert!(std::fs::read(dir.join(format!("journal.{generation}"))).unwrap().len() > before.len());
+        drop(store);
+
+        // Replayed on open, then folded into the next generation's snapshot.
+        let store = StateStore::open(&dir).unwrap();
+        assert_eq!(*store.state(), expected);
+        assert_eq!(store.state().published().len(), 91);
+        assert!(store.state().published().publishes("a", &ports("7000:70")[0]));
+        assert_eq!(store.generation, generation + 1);
+        let files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(!files.contains(&format!("journal.{generation}")), "stale journal removed: {files:?}");
+        assert_eq!(std::fs::read(dir.join(format!("journal.{}", generation + 1))).unwrap(), b"");
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_journal_larger_than_the_snapshot_is_folded_into_the_next_one() {
+        let dir = temp_dir("grow");
+        let mut store = StateStore::open(&dir).unwrap();
+        store.min_journal_bytes = 0;
+        store.commit(Change::AddNetwork(network("n", 1))).unwrap();
+        store.commit(Change::AddContainer(container("a", "n", "8000-8019:8000-8019"))).unwrap();
+        let generation = store.generation;
+        let mut port = 9000;
+        while store.generation == generation {
+            store.commit(Change::Publish { container: "a".into(), ports: ports(&format!("{port}:80")) }).unwrap();
+            port += 1;
+            assert!(port < 9100, "never folded");
+        }
+        assert!(store.journal_bytes == 0 && store.snapshot_bytes > 0);
+        assert!(!dir.join(format!("journal.{generation}")).exists());
+        let expected = store.state().clone();
+        drop(store);
+        assert_eq!(*StateStore::open(&dir).unwrap().state(), expected);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_cut_off_last_record_is_dropped_and_a_bad_one_before_it_refused() {
+        let dir = temp_dir("torn");
+        let mut store = StateStore::open(&dir).unwrap();
+        store.commit(Change::AddNetwork(network("n", 1))).unwrap();
+        store.commit(Change::AddContainer(container("a", "n", "8080:80"))).unwrap();
+        let expected = store.state().clone();
+        let journal = dir.join(format!("journal.{}", store.generation));
+        drop(store);
+        let good = std::fs::read(&journal).unwrap();
+        let mut torn = good.clone();
+        torn.extend_from_slice(br#"{"publish":{"container":"a","ports":[{"host_ip":nu"#);
+        std::fs::write(&journal, &torn).unwrap();
+        let store = StateStore::open(&dir).unwrap();
+        assert_eq!(*store.state(), expected, "the cut-off record is dropped");
+        let journal = dir.join(format!("journal.{}", store.generation));
+        drop(store);
+
+        let mut corrupt = b"{\"bogus\": 1}\n".to_vec();
+        corrupt.extend_from_slice(&good);
+        std::fs::write(&journal, &corrupt).unwrap();
+        let err = format!("{:#}", StateStore::open(&dir).err().unwrap());
+        assert!(err.contains("record 1 of the state journal"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_crash_between_snapshot_and_journal_removal_converges() {
+        let dir = temp_dir("fold");
+        let mut store = StateStore::open(&dir).unwrap();
+        store.commit(Change::AddNetwork(network("n", 1))).unwrap();
+        let old = dir.join(format!("journal.{}", store.generation));
+        let kept = std::fs::read(&old).unwrap();
+        store.snapshot().unwrap();
+        let expected = store.state().clone();
+        drop(store);
+        // As if the old journal's removal had not happened: its records are in the snapshot
+        // already and must not be applied twice (AddNetwork twice would be refused).
+        std::fs::write(&old, &kept).unwrap();
+        let store = StateStore::open(&dir).unwrap();
+        assert_eq!(*store.state(), expected);
+        assert!(!old.exists());
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn version_1_is_migrated() {
+        let dir = temp_dir("v1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let v1 = r#"{
+  "version": 1,
+  "networks": { "n": { "name": "n", "id": 1, "subnet": "10.1.0.0/24", "gateway": "10.1.0.1" } },
+  "containers": { "a": { "name": "a", "network": "n", "ip": "10.1.0.2", "mac": [2, 66, 10, 1, 0, 2],
+                         "host_interface": "bna", "stats_slot": 0,
+                         "publish": [{ "host_ip": null, "host_port": 8080, "container_port": 80, "protocol": "tcp" }],
+                         "pending": "create" } }
+}"#;
+        std::fs::write(dir.join(STATE_FILE), v1).unwrap();
+        let store = StateStore::open(&dir).unwrap();
+        let a = store.state().container("a").unwrap();
+        assert_eq!((a.pending, a.publish.len()), (Some(Pending::Create), 1));
+        assert!(store.state().published().publishes("a", &ports("8080:80")[0]));
+        let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE)).unwrap()).unwrap();
+        assert_eq!((saved["version"].as_u64(), saved["generation"].as_u64()), (Some(2), Some(1)));
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,21 @@
+//! bpfnet: container networking on eBPF, without a Linux bridge or iptables.
+//!
+//! The folders are the layers, and imports only run downwards:
+//! - `cli`: the `bpfnet` verbs, clients of the agent's API;
+//! - `api`: the API's typed requests, answers and routes, shared by the CLI and the daemon;
+//! - `daemon`: `bpfnet agent`, the service (settings, server, handlers, uplink follower);
+//! - `host`: the domain: networks, containers, published ports, IPAM, state, reconcile,
+//!   conntrack's agent half;
+//! - `datapath`: the eBPF programs and maps: loading, pins, attachment, upgrades;
+//! - `sys`: kernel adapters (bpf(2), netlink, network namespaces, ethtool, cgroups);
+//! - `devkit` (the tests, and the cargo feature `devkit`; never in the shipped binary): the
+//!   crafted-packet testbed, BPF_PROG_TEST_RUN, throwaway namespaces and the per-program cost
+//!   bench.
+pub mod api;
+pub mod cli;
+pub mod daemon;
+pub mod datapath;
+#[cfg(any(test, feature = "devkit"))]
+pub mod devkit;
+pub mod host;
+pub mod sys;
