@@ -2,7 +2,10 @@
 //! with the `devkit` feature; `cargo xtask bench` and the tests use it).
 use std::process::ExitCode;
 
-use bpfnet::devkit::program_cost::{self, ProgramCostArgs};
+use bpfnet::devkit::{
+    map_update_cost::{self, MapUpdateCostArgs},
+    program_cost::{self, ProgramCostArgs},
+};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -11,6 +14,8 @@ enum DevCommand {
     /// Per-packet cost of each eBPF program on each path, in ns, timed by the kernel
     /// (BPF_PROG_TEST_RUN) on a throwaway namespace and datapath of its own.
     ProgramCost(ProgramCostArgs),
+    /// Time of the one map update that publishing a port is, on a running datapath.
+    MapUpdateCost(MapUpdateCostArgs),
 }
 
 fn main() -> ExitCode {
@@ -18,6 +23,7 @@ fn main() -> ExitCode {
     // No tokio runtime: the testbed drives its namespace from threads of its own.
     let result = match DevCommand::parse() {
         DevCommand::ProgramCost(args) => program_cost::run(args),
+        DevCommand::MapUpdateCost(args) => map_update_cost::run(args),
     };
     if let Err(err) = result {
         eprintln!("bpfnet-devkit: error: {err:#}");

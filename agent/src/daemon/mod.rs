@@ -16,6 +16,10 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::Mutex};
 
 pub use settings::AgentArgs;
 
+/// The one host the agent serves, shared by the API's handlers and the background tasks (one
+/// operation at a time).
+pub type SharedHost = Arc<Mutex<crate::host::Host>>;
+
 use crate::{datapath::Datapath, host::conntrack, host::reconcile, host::HostOptions, daemon::uplink_follower::UplinkFollower};
 
 /// Reads the config file named by `--config`/BPFNET_CONFIG (if any) into environment
@@ -149,7 +153,7 @@ async fn stop_signal() {
 }
 
 /// Expires idle flows and frees their ports, every `interval`.
-async fn collect_garbage(host: server::SharedHost, interval: Duration) {
+async fn collect_garbage(host: SharedHost, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
         let mut host = host.lock().await;
@@ -168,7 +172,7 @@ async fn collect_garbage(host: server::SharedHost, interval: Duration) {
 }
 
 /// The programs' aya-log records, into the agent's log (their own levels: drops are debug).
-async fn relay_datapath_logs(host: server::SharedHost) {
+async fn relay_datapath_logs(host: SharedHost) {
     let program_id = loop {
         let id = host.lock().await.existing_datapath().ok().flatten().and_then(|dp| dp.program_ids().ok()).map(|ids| ids[0].1);
         if let Some(id) = id {

@@ -5,7 +5,6 @@ use std::{
     io::ErrorKind,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
 use anyhow::{bail, Context, Result};
@@ -17,11 +16,10 @@ use axum::{
     Json, Router,
 };
 use serde_json::json;
-use tokio::{net::UnixListener, sync::Mutex};
+use tokio::net::UnixListener;
 
-use crate::{api::{Call, CreateContainer, CreateNetwork, PortSpecs, MAX_BODY_BYTES}, host::Host, daemon::service};
+use crate::{daemon::SharedHost, api::{Call, CreateContainer, CreateNetwork, PortSpecs, MAX_BODY_BYTES}, daemon::service};
 
-pub type SharedHost = Arc<Mutex<Host>>;
 
 pub fn router(host: SharedHost) -> Router {
     Router::new()

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 
-use crate::{sys::netlink::{LinkEvent, LinkEvents}, daemon::server::SharedHost};
+use crate::{sys::netlink::{LinkEvent, LinkEvents}, daemon::SharedHost};
 
 /// Notifications within this long of the first one are handled together: replacing an address
 /// (delete, add), or deleting the uplink and making it again, comes as several notifications

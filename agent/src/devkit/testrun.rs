@@ -22,6 +22,8 @@ use std::{
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
+use crate::sys::bpf;
+
 /// `enum bpf_cmd` value of `BPF_PROG_TEST_RUN` (uapi linux/bpf.h).
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
@@ -213,19 +215,9 @@ fn test_run(
         attr.ctx_size_in = ctx.len().try_into().map_err(|_| too_big("the context"))?;
         attr.ctx_in = ctx.as_ptr() as u64;
     }
-    // SAFETY: `attr` is a valid `union bpf_attr` prefix of the size passed; every pointer in
-    // it refers to a live buffer of the size given next to it, and the kernel writes at most
-    // `data_size_out` bytes into `out`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            size_of::<TestRunAttr>(),
-        )
-    };
-    if ret < 0 {
-        let err = io::Error::last_os_error();
+    // Every pointer in `attr` refers to a live buffer of the size given next to it, and the
+    // kernel writes at most `data_size_out` bytes into `out`.
+    if let Err(err) = bpf::bpf(BPF_PROG_TEST_RUN, &mut attr) {
         return Err(io::Error::new(
             err.kind(),
             format!(
@@ -298,19 +290,9 @@ pub(crate) fn load_program(prog_type: u32, insns: &[u64]) -> io::Result<OwnedFd>
         license: license.as_ptr() as u64,
         ..ProgLoadAttr::default()
     };
-    // SAFETY: a valid `bpf_attr` prefix; the pointers outlive the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const ProgLoadAttr,
-            size_of::<ProgLoadAttr>(),
-        )
-    };
-    if fd < 0 {
-        let err = io::Error::last_os_error();
-        return Err(io::Error::new(err.kind(), format!("BPF_PROG_LOAD: {err}")));
-    }
+    // The pointers in `attr` outlive the call.
+    let mut attr = attr;
+    let fd = bpf::bpf(BPF_PROG_LOAD, &mut attr).map_err(|err| io::Error::new(err.kind(), format!("BPF_PROG_LOAD: {err}")))?;
     // SAFETY: a new fd the kernel just handed us, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -1,7 +1,8 @@
 //! The bpf(2) commands bpfnet needs and aya 0.14 has no API for: updating the program behind
 //! a pinned cgroup link, asking the kernel which programs a cgroup runs (BPF_PROG_QUERY), and
-//! which interface a tcx or XDP link is on (aya's `LinkInfo` hides it). Thin wrappers, as
-//! `testrun.rs` is for BPF_PROG_TEST_RUN.
+//! which interface a tcx or XDP link is on (aya's `LinkInfo` hides it). Thin wrappers over one
+//! syscall function, [`bpf`], which the developer kit's BPF_PROG_TEST_RUN and BPF_PROG_LOAD
+//! use too.
 use std::{
     ffi::CString,
     io,
@@ -22,7 +23,9 @@ const BPF_LINK_UPDATE: libc::c_long = 29;
 /// Programs a cgroup may run per hook that one query reports; more is an error (E2BIG).
 const QUERY_CAPACITY: usize = 64;
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+/// bpf(2) with `attr`, the command's member of `union bpf_attr` (a `#[repr(C)]` prefix of it:
+/// the kernel zero-fills the rest). The one wrapper of the syscall in bpfnet; aya does the rest.
+pub(crate) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is the `union bpf_attr` member of `cmd`, zero-padded, and lives for the
     // call; the kernel reads (and for queries writes) at most size_of::<T>() bytes of it.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>() as u32) };

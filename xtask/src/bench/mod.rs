@@ -18,7 +18,6 @@
 mod api_request;
 mod docker_rules;
 pub mod loadgen;
-mod pinned_map;
 mod profile;
 mod program_cost;
 mod report;
@@ -128,6 +127,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     section("build the load generator (xtask, release)");
     cargo_cmd::build(Profile::Release, &["xtask"])?;
     let loadgen_bin = cargo_cmd::xtask_bin(Profile::Release)?;
+    // The developer tools: per-program cost, and the timing of bpfnet's map updates.
+    section("build bpfnet-devkit (release)");
+    let devkit_bin = cargo_cmd::build_devkit(Profile::Release)?;
     let out = match args.out.clone() {
         Some(dir) => dir,
         None => cargo_cmd::workspace_root()
@@ -146,7 +148,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     fs::copy(&loadgen_bin, &loadgen)
         .with_context(|| format!("copying {} to {}", loadgen_bin.display(), loadgen.display()))?;
 
-    let mut topologies = Topologies::new(&sandbox);
+    let mut topologies = Topologies::new(&sandbox, devkit_bin.clone());
     let outcome = measure(
         &mut sandbox,
         &mut topologies,
@@ -171,7 +173,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     };
     section("per-program cost (BPF_PROG_TEST_RUN, bpfnet-devkit program-cost)");
-    let devkit_bin = cargo_cmd::build_devkit(Profile::Release)?;
     // At the smallest and the largest N: a path's cost must not depend on N.
     let mut cost_ns: Vec<u32> = vec![plan.other_ports[0], *plan.other_ports.iter().max().expect("at least one N")];
     cost_ns.dedup();

@@ -26,6 +26,7 @@
 //! iptables run under `ip netns exec NS`.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -34,7 +35,6 @@ use serde::Serialize;
 
 use super::api_request;
 use super::docker_rules::{self, PortMapping, Proto};
-use super::pinned_map::{all_addresses_key, Services};
 use super::stats::Summary;
 use super::workload::Metric;
 use crate::command;
@@ -147,6 +147,7 @@ pub struct Topologies {
     bpfnet_other_ports: Option<String>,
     /// The `--uplink-mode` the agent runs with now.
     uplink_mode: std::cell::Cell<&'static str>,
+    devkit_bin: PathBuf,
 }
 
 struct BridgeNames {
@@ -164,8 +165,10 @@ struct BpfnetNames {
 }
 
 impl Topologies {
-    pub fn new(sandbox: &Sandbox) -> Topologies {
+    /// `devkit_bin` is `bpfnet-devkit`, which times bpfnet's map updates.
+    pub fn new(sandbox: &Sandbox, devkit_bin: PathBuf) -> Topologies {
         Topologies {
+            devkit_bin,
             floor: [sandbox.name("fl-a"), sandbox.name("fl-b")],
             bridge: BridgeNames {
                 host: sandbox.name("br-host"),
@@ -441,6 +444,22 @@ impl Topologies {
         }
     }
 
+    /// The SERVICES update of publishing `port` alone, timed by `bpfnet-devkit
+    /// map-update-cost` on the running datapath: µs per update.
+    fn time_map_updates(&self, sandbox: &Sandbox, port: u16) -> Result<Vec<f64>> {
+        let mut cmd = Command::new(&self.devkit_bin);
+        cmd.arg("map-update-cost")
+            .arg("--bpffs")
+            .arg(sandbox.bpffs_dir())
+            .args(["--port", &port.to_string(), "--samples", &MAP_UPDATE_SAMPLES.to_string()]);
+        let json = command::output_bounded(&mut cmd, STEP_LIMIT)?;
+        let report: serde_json::Value = serde_json::from_str(&json).context("map-update-cost printed no JSON")?;
+        report["update_us"]
+            .as_array()
+            .and_then(|all| all.iter().map(serde_json::Value::as_f64).collect::<Option<Vec<f64>>>())
+            .context("map-update-cost printed no update_us figures")
+    }
+
     /// Control-plane cost: the time to publish one more port with N published already,
     /// the way the datapath's manager does it, end to end (process start included); for
     /// bpfnet also its map update alone. The port is removed again (not timed).
@@ -460,18 +479,9 @@ impl Topologies {
                     &mut bpfnet_command(sandbox, &["publish", client, &spec]),
                     STEP_LIMIT,
                 )?;
-                let pin = sandbox.bpffs_dir().join("maps").join("SERVICES");
-                let map_update = Services::open(&pin).and_then(|services| {
-                    services.time_reinserts(
-                        &all_addresses_key(port, datapath_common::IPPROTO_TCP),
-                        MAP_UPDATE_SAMPLES,
-                    )
-                });
+                let map_update = self.time_map_updates(sandbox, port);
                 bpfnet(sandbox, &["unpublish", client, &spec])?;
-                let map_update: Vec<f64> = map_update?
-                    .iter()
-                    .map(|took| took.as_secs_f64() * 1e6)
-                    .collect();
+                let map_update = map_update?;
                 let map_update = Summary::of(&map_update)
                     .context("no SERVICES update was timed")?
                     .median;
