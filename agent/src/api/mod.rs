@@ -18,9 +18,12 @@
 //! | expire idle flows now | `POST /v1/conntrack/gc` | |
 //! | remove everything | `POST /v1/down` | |
 //!
-//! Answers are JSON; errors are `{"error": "..."}` with a 4xx/5xx status.
+//! Answers are JSON, typed in [`answers`]; errors are `{"error": "..."}` with a 4xx/5xx status.
+mod answers;
+
 use std::net::Ipv4Addr;
 
+pub use answers::*;
 use serde::{Deserialize, Serialize};
 
 /// Default path of the API socket.

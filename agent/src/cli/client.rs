@@ -5,12 +5,20 @@ use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::net::UnixStream;
 
 use crate::api::{Call, Method};
 
-pub async fn call(socket: &Path, call: &Call) -> Result<Value> {
+/// Makes `call` and reads its answer as `T`, the type the agent answers it with.
+pub async fn call<T: DeserializeOwned>(socket: &Path, call: &Call) -> Result<T> {
+    let answer = raw_call(socket, call).await?;
+    serde_json::from_value(answer.clone())
+        .with_context(|| format!("the agent's answer is not what this bpfnet expects (is the agent another version?): {answer}"))
+}
+
+async fn raw_call(socket: &Path, call: &Call) -> Result<Value> {
     let stream = UnixStream::connect(socket).await.map_err(|e| match e.kind() {
         ErrorKind::NotFound | ErrorKind::ConnectionRefused => anyhow!(
             "no bpfnet agent is running at {}: start it with `bpfnet agent` (see README), or point \

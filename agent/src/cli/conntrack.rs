@@ -1,7 +1,9 @@
-use clap::Subcommand;
-use serde_json::Value;
+use std::path::Path;
 
-use crate::api::Call;
+use clap::Subcommand;
+
+use super::client;
+use crate::api::{Call, Flow, GcReport};
 
 #[derive(Subcommand, Debug)]
 pub enum ConntrackCommand {
@@ -26,42 +28,56 @@ impl ConntrackCommand {
         }
     }
 
-    pub fn print(&self, answer: &Value) -> anyhow::Result<()> {
+    /// Runs the verb: one API call, its answer printed as JSON where asked for, else as text.
+    pub async fn run(&self, socket: &Path) -> anyhow::Result<()> {
         match self {
-            ConntrackCommand::Ls { json: true } | ConntrackCommand::Gc { json: true } => super::print_json(answer)?,
-            ConntrackCommand::Ls { json: false } => {
+            ConntrackCommand::Ls { json } => {
+                let flows: Vec<Flow> = client::call(socket, &self.call()).await?;
+                if *json {
+                    return super::print_json(&flows);
+                }
                 println!(
                     "{:<5} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:<9} {:>6} {:>9} {:>9}",
                     "PROTO", "KIND", "SOURCE", "DESTINATION", "TRANSLATED SOURCE", "TRANSLATED DEST", "STATE", "TABLE", "IDLE", "PKTS OUT", "PKTS IN"
                 );
-                for f in answer.as_array().into_iter().flatten() {
-                    let s = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
+                for f in &flows {
                     println!(
                         "{:<5} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:<9} {:>5}s {:>9} {:>9}",
-                        s("protocol"),
-                        s("kind"),
-                        s("source"),
-                        s("destination"),
-                        s("translated_source"),
-                        s("translated_destination"),
-                        s("state"),
-                        s("table"),
-                        f["idle_seconds"],
-                        f["packets_out"],
-                        f["packets_in"]
+                        f.protocol,
+                        f.kind,
+                        f.source,
+                        f.destination,
+                        f.translated_source,
+                        f.translated_destination,
+                        name_of(&f.state),
+                        name_of(&f.table),
+                        f.idle_seconds,
+                        f.packets_out,
+                        f.packets_in
                     );
                 }
             }
-            ConntrackCommand::Gc { json: false } => println!(
-                "expired {} flows ({} entries); {} of {} assured entries in use, {} unassured, {} in overflow",
-                answer["flows_expired"],
-                answer["entries_removed"],
-                answer["entries_in_use"],
-                answer["capacity"],
-                answer["unassured_entries"],
-                answer["overflow_entries"]
-            ),
+            ConntrackCommand::Gc { json } => {
+                let report: GcReport = client::call(socket, &self.call()).await?;
+                if *json {
+                    return super::print_json(&report);
+                }
+                println!(
+                    "expired {} flows ({} entries); {} of {} assured entries in use, {} unassured, {} in overflow",
+                    report.flows_expired,
+                    report.entries_removed,
+                    report.entries_in_use,
+                    report.capacity,
+                    report.unassured_entries,
+                    report.overflow_entries
+                );
+            }
         }
         Ok(())
     }
+}
+
+/// A state's or table's name as the JSON answer has it (snake_case).
+fn name_of(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }

@@ -1,9 +1,9 @@
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, path::Path};
 
 use clap::Subcommand;
-use serde_json::Value;
 
-use crate::api::{Call, CreateContainer};
+use super::client;
+use crate::api::{Call, ContainerInfo, CreateContainer, Removed};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum ContainerCommand {
@@ -43,25 +43,32 @@ impl ContainerCommand {
         }
     }
 
-    pub fn print(&self, answer: &Value) -> anyhow::Result<()> {
+    /// Runs the verb: one API call, its answer printed as JSON where asked for, else as text.
+    pub async fn run(&self, socket: &Path) -> anyhow::Result<()> {
         match self {
             ContainerCommand::Create { .. } => {
-                println!("{} {}", answer["name"].as_str().unwrap_or_default(), answer["ip"].as_str().unwrap_or_default())
+                let container: ContainerInfo = client::call(socket, &self.call()).await?;
+                println!("{} {}", container.name, container.ip);
             }
-            ContainerCommand::Rm { name } => println!("{name}"),
-            ContainerCommand::Ls { json: true } => super::print_json(answer)?,
-            ContainerCommand::Ls { json: false } => {
+            ContainerCommand::Rm { name } => {
+                let _: Removed = client::call(socket, &self.call()).await?;
+                println!("{name}");
+            }
+            ContainerCommand::Ls { json } => {
+                let containers: Vec<ContainerInfo> = client::call(socket, &self.call()).await?;
+                if *json {
+                    return super::print_json(&containers);
+                }
                 println!("{:<24} {:<20} {:<16} {:<18} {:<11} PORTS", "NAME", "NETWORK", "IP", "MAC", "HOST IFACE");
-                for c in answer.as_array().into_iter().flatten() {
-                    let field = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+                for c in &containers {
                     println!(
                         "{:<24} {:<20} {:<16} {:<18} {:<11} {}",
-                        field("name"),
-                        field("network"),
-                        field("ip"),
-                        field("mac"),
-                        field("host_interface"),
-                        ports_summary(&c["ports"])
+                        c.name,
+                        c.network,
+                        c.ip,
+                        c.mac,
+                        c.host_interface,
+                        ports_summary(&c.ports)
                     );
                 }
             }
@@ -71,8 +78,7 @@ impl ContainerCommand {
 }
 
 /// A few ports in full, many as the first and a count.
-fn ports_summary(ports: &Value) -> String {
-    let ports: Vec<&str> = ports.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+fn ports_summary(ports: &[String]) -> String {
     match ports.len() {
         0..=3 => ports.join(", "),
         n => format!("{}, ... ({n} ports)", ports[0]),

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::{
-    api::{self, Call, PortSpecs},
+    api::{self, Call, PortChange, PortSpecs, Removed, Status},
     daemon::AgentArgs,
 };
 
@@ -70,30 +70,21 @@ pub fn run_client(command: Command, socket: PathBuf) -> anyhow::Result<()> {
     runtime.block_on(async {
         match command {
             Command::Agent(_) => unreachable!("the agent is no client"),
-            Command::Network(cmd) => {
-                let answer = client::call(&socket, &cmd.call()).await?;
-                cmd.print(&answer)
-            }
-            Command::Container(cmd) => {
-                let answer = client::call(&socket, &cmd.call()).await?;
-                cmd.print(&answer)
-            }
+            Command::Network(cmd) => cmd.run(&socket).await,
+            Command::Container(cmd) => cmd.run(&socket).await,
+            Command::Conntrack(cmd) => cmd.run(&socket).await,
             Command::Publish { name, specs } => {
-                let answer = client::call(&socket, &Call::Publish(name, PortSpecs { specs })).await?;
+                let answer: PortChange = client::call(&socket, &Call::Publish(name, PortSpecs { specs })).await?;
                 publish::print(&answer);
                 Ok(())
             }
             Command::Unpublish { name, specs } => {
-                let answer = client::call(&socket, &Call::Unpublish(name, PortSpecs { specs })).await?;
+                let answer: PortChange = client::call(&socket, &Call::Unpublish(name, PortSpecs { specs })).await?;
                 publish::print(&answer);
                 Ok(())
             }
-            Command::Conntrack(cmd) => {
-                let answer = client::call(&socket, &cmd.call()).await?;
-                cmd.print(&answer)
-            }
             Command::Status { json } => {
-                let answer = client::call(&socket, &Call::Status).await?;
+                let answer: Status = client::call(&socket, &Call::Status).await?;
                 if json {
                     print_json(&answer)
                 } else {
@@ -102,8 +93,8 @@ pub fn run_client(command: Command, socket: PathBuf) -> anyhow::Result<()> {
                 }
             }
             Command::Down => {
-                let answer = client::call(&socket, &Call::Down).await?;
-                println!("{}", answer["removed"].as_str().unwrap_or("removed"));
+                let answer: Removed = client::call(&socket, &Call::Down).await?;
+                println!("removed {}", answer.removed);
                 Ok(())
             }
         }

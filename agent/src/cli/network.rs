@@ -1,9 +1,9 @@
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, path::Path};
 
 use clap::Subcommand;
-use serde_json::Value;
 
-use crate::api::{Call, CreateNetwork};
+use super::client;
+use crate::api::{Call, CreateNetwork, NetworkInfo, Removed};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum NetworkCommand {
@@ -40,23 +40,31 @@ impl NetworkCommand {
         }
     }
 
-    /// Prints the agent's answer: JSON where asked for, else text.
-    pub fn print(&self, answer: &Value) -> anyhow::Result<()> {
+    /// Runs the verb: one API call, its answer printed as JSON where asked for, else as text.
+    pub async fn run(&self, socket: &Path) -> anyhow::Result<()> {
         match self {
-            NetworkCommand::Create { name, .. } | NetworkCommand::Rm { name } => println!("{name}"),
-            NetworkCommand::Ls { json: false } => {
+            NetworkCommand::Create { name, .. } => {
+                let _: NetworkInfo = client::call(socket, &self.call()).await?;
+                println!("{name}");
+            }
+            NetworkCommand::Rm { name } => {
+                let _: Removed = client::call(socket, &self.call()).await?;
+                println!("{name}");
+            }
+            NetworkCommand::Inspect { .. } => {
+                let network: NetworkInfo = client::call(socket, &self.call()).await?;
+                super::print_json(&network)?;
+            }
+            NetworkCommand::Ls { json } => {
+                let networks: Vec<NetworkInfo> = client::call(socket, &self.call()).await?;
+                if *json {
+                    return super::print_json(&networks);
+                }
                 println!("{:<24} {:<20} {:<16} CONTAINERS", "NAME", "SUBNET", "GATEWAY");
-                for n in answer.as_array().into_iter().flatten() {
-                    println!(
-                        "{:<24} {:<20} {:<16} {}",
-                        n["name"].as_str().unwrap_or_default(),
-                        n["subnet"].as_str().unwrap_or_default(),
-                        n["gateway"].as_str().unwrap_or_default(),
-                        n["containers"].as_array().map_or(0, Vec::len)
-                    );
+                for n in &networks {
+                    println!("{:<24} {:<20} {:<16} {}", n.name, n.subnet, n.gateway, n.containers.len());
                 }
             }
-            NetworkCommand::Ls { json: true } | NetworkCommand::Inspect { .. } => super::print_json(answer)?,
         }
         Ok(())
     }

@@ -1,13 +1,11 @@
-use serde_json::Value;
+use crate::api::PortChange;
 
 /// `bpfnet publish|unpublish NAME SPEC...`: what changed, and how many ports the container
 /// publishes afterwards.
-pub fn print(answer: &Value) {
-    let name = answer["name"].as_str().unwrap_or_default();
-    let count = answer["port_count"].as_u64().unwrap_or_default();
-    for what in ["published", "unpublished"] {
-        if let Some(ports) = answer[what].as_array() {
-            println!("{name}: {} port(s) {what}, {count} published in all", ports.len());
+pub fn print(answer: &PortChange) {
+    for (what, ports) in [("published", &answer.published), ("unpublished", &answer.unpublished)] {
+        if !ports.is_empty() {
+            println!("{}: {} port(s) {what}, {} published in all", answer.name, ports.len(), answer.port_count);
         }
     }
 }

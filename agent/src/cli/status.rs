@@ -1,71 +1,76 @@
-use serde_json::{json, Value};
+use crate::api::{ConntrackStatus, HostCgroupStatus, RunningDatapath, Status};
 
 /// `bpfnet status`, as text.
-pub fn print_text(status: &Value) {
-    let dp = &status["datapath"];
-    println!("host namespace: {}", status["host_netns"].as_str().unwrap_or("(the one bpfnet runs in)"));
-    println!(
-        "networks: {}   containers: {}",
-        status["networks"].as_array().map_or(0, Vec::len),
-        status["containers"].as_array().map_or(0, Vec::len)
-    );
-    for c in status["containers"].as_array().into_iter().flatten() {
-        let t = &c["traffic"];
-        if !t.is_null() {
+pub fn print_text(status: &Status) {
+    println!("host namespace: {}", status.host_netns.as_deref().unwrap_or("(the one bpfnet runs in)"));
+    println!("networks: {}   containers: {}", status.networks.len(), status.containers.len());
+    for c in &status.containers {
+        if let Some(t) = &c.traffic {
             println!(
                 "  {:<24} sent {} packets ({} bytes), received {} packets ({} bytes)",
-                c["name"].as_str().unwrap_or_default(),
-                t["sent_packets"], t["sent_bytes"], t["received_packets"], t["received_bytes"]
+                c.name, t.sent_packets, t.sent_bytes, t.received_packets, t.received_bytes
             );
         }
     }
-    if dp["loaded"] != json!(true) {
-        println!("datapath: not loaded (no network or container created yet)");
-        return;
+    match &status.datapath.running {
+        Some(dp) => print_datapath(dp),
+        None => println!("datapath: not loaded (no network or container created yet)"),
     }
-    println!("datapath programs: {}", dp["program_ids"]);
-    for a in dp["attachments"].as_array().into_iter().flatten() {
+}
+
+fn print_datapath(dp: &RunningDatapath) {
+    println!("datapath programs:");
+    for (program, id) in &dp.program_ids {
+        println!("  {program:<22} id {id}");
+    }
+    println!("attached:");
+    for a in &dp.attachments {
+        let hook = match a.mode.as_deref() {
+            Some("xdp") => "xdp",
+            _ => "tcx ingress",
+        };
         println!(
             "  {:<12} {:<28} {}",
-            a["interface"].as_str().unwrap_or_default(),
-            a["role"].as_str().unwrap_or_default(),
-            if a["attached"] == json!(true) { "attached (tcx ingress)" } else { "NOT ATTACHED" }
+            a.interface,
+            a.role,
+            if a.attached { format!("attached ({hook})") } else { "NOT ATTACHED".to_owned() }
         );
     }
-    match dp["uplink"]["masquerade_address"].as_str() {
-        Some(addr) => println!("masquerade: to {addr}, ports {}", dp["uplink"]["nat_ports"]),
+    match &dp.uplink.masquerade_address {
+        Some(addr) => println!("masquerade: to {addr}, ports {}-{}", dp.uplink.nat_ports[0], dp.uplink.nat_ports[1]),
         None => println!("masquerade: off (no --uplink given yet)"),
     }
-    let cg = &dp["host_cgroup"];
-    match cg["path"].as_str() {
-        None if cg.is_null() => println!("host processes: do not reach published ports (no --host-cgroup)"),
-        None => println!("host processes: socket hooks left on a cgroup no longer configured: {}", cg["links"]),
-        Some(path) if !cg["error"].is_null() => println!("host processes: cgroup {path}: {}", cg["error"].as_str().unwrap_or_default()),
-        Some(path) => {
-            println!("host processes: those in cgroup {path} reach published ports");
-            for h in cg["hooks"].as_array().into_iter().flatten() {
-                println!(
-                    "  {:<12} {:<28} {}",
-                    h["hook"].as_str().unwrap_or_default(),
-                    h["program"].as_str().unwrap_or_default(),
-                    if h["attached"] == json!(true) { "attached (cgroup)" } else { "NOT ATTACHED" }
-                );
-            }
-        }
-    }
-    match serde_json::from_value::<crate::host::conntrack::ConntrackStatus>(dp["conntrack"].clone()) {
-        Ok(ct) => print_conntrack(&ct),
-        Err(e) => println!("conntrack: unreadable answer ({e})"),
-    }
-    for (title, section) in [("counters", "counters"), ("drops by reason", "drops")] {
+    print_host_cgroup(dp.host_cgroup.as_ref());
+    print_conntrack(&dp.conntrack);
+    for (title, section) in [("counters", &dp.counters), ("drops by reason", &dp.drops)] {
         println!("{title}:");
-        for (name, value) in dp[section].as_object().into_iter().flatten() {
+        for (name, value) in section {
             println!("  {name:<22} {value}");
         }
     }
 }
 
-fn print_conntrack(ct: &crate::host::conntrack::ConntrackStatus) {
+fn print_host_cgroup(cgroup: Option<&HostCgroupStatus>) {
+    let Some(cg) = cgroup else {
+        println!("host processes: do not reach published ports (no --host-cgroup)");
+        return;
+    };
+    match (&cg.path, &cg.error) {
+        (None, _) => {
+            let links: Vec<String> = cg.links.iter().map(|l| format!("{} on cgroup {}", l.program, l.cgroup_id)).collect();
+            println!("host processes: socket hooks left on a cgroup no longer configured: {}", links.join(", "));
+        }
+        (Some(path), Some(error)) => println!("host processes: cgroup {}: {error}", path.display()),
+        (Some(path), None) => {
+            println!("host processes: those in cgroup {} reach published ports", path.display());
+            for h in &cg.hooks {
+                println!("  {:<12} {:<28} {}", h.hook, h.program, if h.attached { "attached (cgroup)" } else { "NOT ATTACHED" });
+            }
+        }
+    }
+}
+
+fn print_conntrack(ct: &ConntrackStatus) {
     // The limit and the quota are set with the uplink's settings: before that, nothing is
     // translated and nothing tracked.
     if ct.limit == 0 {

@@ -68,6 +68,14 @@ pub enum UplinkMode {
 impl UplinkMode {
     const ALL: [UplinkMode; 2] = [UplinkMode::Tc, UplinkMode::Xdp];
 
+    /// As the settings and `status` name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            UplinkMode::Tc => "tc",
+            UplinkMode::Xdp => "xdp",
+        }
+    }
+
     /// The program this mode attaches to the uplink.
     pub fn program(self) -> &'static str {
         match self {
@@ -159,8 +167,8 @@ impl<'a> LinkPin<'a> {
     }
 }
 
-/// One socket hook on the host cgroup, as `status` shows it.
-#[derive(Debug, serde::Serialize)]
+/// One socket hook's pinned link on a host cgroup.
+#[derive(Debug)]
 pub struct HostCgroupLink {
     pub cgroup_id: u64,
     pub program: String,
@@ -216,8 +224,7 @@ const PROGRAMS: [&str; 10] = [
 pub const DEFAULT_CT_ENTRIES: u32 = 262_144;
 
 /// The three conntrack tables (see datapath-ebpf/src/conntrack.rs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CtTable {
     /// Assured flows, never evicted (`--ct-size` entries, kept below the fill limit).
     Assured,
@@ -225,6 +232,26 @@ pub enum CtTable {
     Unassured,
     /// New flows of a container or published port over its share of `Unassured`.
     Overflow,
+}
+
+impl From<CtTable> for crate::api::ConntrackTable {
+    fn from(table: CtTable) -> Self {
+        match table {
+            CtTable::Assured => Self::Assured,
+            CtTable::Unassured => Self::Unassured,
+            CtTable::Overflow => Self::Overflow,
+        }
+    }
+}
+
+impl From<crate::api::ConntrackTable> for CtTable {
+    fn from(table: crate::api::ConntrackTable) -> Self {
+        match table {
+            crate::api::ConntrackTable::Assured => Self::Assured,
+            crate::api::ConntrackTable::Unassured => Self::Unassured,
+            crate::api::ConntrackTable::Overflow => Self::Overflow,
+        }
+    }
 }
 
 impl CtTable {

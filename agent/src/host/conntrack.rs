@@ -12,9 +12,11 @@ use anyhow::{Context, Result};
 use datapath_common::{
     ct_direction, ct_fill, ct_kind, ct_stats, ct_tcp_flags, CtEntry, CtKey, CtQuotaKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
 };
-use serde::Serialize;
 
-use crate::datapath::{CtTable, Datapath};
+use crate::{
+    api::{ConntrackStatus, Flow, FlowState, GcReport},
+    datapath::{CtTable, Datapath},
+};
 
 /// Timeouts by flow state, in seconds; the defaults are nf_conntrack's.
 #[derive(Debug, Clone)]
@@ -46,60 +48,11 @@ pub struct Timeouts {
     pub icmp: u64,
 }
 
-/// A flow's state, nf_conntrack's names, derived from what each direction has seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FlowState {
-    /// TCP: the originator's SYN, no answer yet.
-    SynSent,
-    /// TCP: answered with a SYN-ACK; the handshake's last ACK has not come.
-    SynRecv,
-    Established,
-    /// TCP: one side sent a FIN, not acknowledged yet.
-    FinWait,
-    /// TCP: the first FIN was acknowledged; the other side has not closed.
-    CloseWait,
-    /// TCP: both sides sent a FIN; the last one is not acknowledged yet.
-    LastAck,
-    /// TCP: both FINs acknowledged.
-    TimeWait,
-    /// TCP: reset.
-    Close,
-    /// UDP/ICMP: nothing came back yet.
-    Unreplied,
-    /// UDP/ICMP: replies seen.
-    Replied,
-}
-
-/// Both directions of one tracked flow.
-#[derive(Debug, Clone, Serialize)]
-pub struct Flow {
-    pub protocol: &'static str,
-    /// snat, dnat or hairpin.
-    pub kind: &'static str,
-    /// As the flow's first packet carried them.
-    pub source: String,
-    pub destination: String,
-    /// After translation.
-    pub translated_source: String,
-    pub translated_destination: String,
-    pub state: FlowState,
-    /// Whether the flow is assured (nf_conntrack's word): then it is never evicted, unless the
-    /// assured table was at its limit when it became so (`table` then says where it is).
-    pub assured: bool,
-    /// The table the flow lives in.
-    pub table: CtTable,
-    /// Seconds since the last packet in either direction.
-    pub idle_seconds: u64,
-    pub packets_out: u64,
-    pub bytes_out: u64,
-    pub packets_in: u64,
-    pub bytes_in: u64,
-    #[serde(skip)]
+/// A tracked flow: its API form, and the entries it was made of.
+pub struct TrackedFlow {
+    pub flow: Flow,
     original: Option<(CtKey, CtEntry)>,
-    #[serde(skip)]
     reply_key: Option<CtKey>,
-    #[serde(skip)]
     last_seen_ns: u64,
 }
 
@@ -205,21 +158,29 @@ fn entries_of(datapath: &Datapath, table: CtTable) -> Result<HashMap<CtKey, CtEn
     Ok(entries)
 }
 
+/// All tracked flows, as `conntrack ls` lists them.
+pub fn list(datapath: &Datapath) -> Result<Vec<Flow>> {
+    Ok(flows(datapath)?.into_iter().map(|tracked| tracked.flow).collect())
+}
+
 /// All tracked flows, each direction paired with the other, assured ones first.
-pub fn flows(datapath: &Datapath) -> Result<Vec<Flow>> {
+fn flows(datapath: &Datapath) -> Result<Vec<TrackedFlow>> {
     let now = monotonic_ns()?;
     let mut flows = Vec::new();
     for table in CtTable::ALL {
         let entries = entries_of(datapath, table)?;
         let first = flows.len();
         flows.extend(entries.iter().filter_map(|(key, entry)| flow(&entries, table, key, entry, now)));
-        flows[first..].sort_by(|a, b| (a.protocol, &a.source, &a.destination).cmp(&(b.protocol, &b.source, &b.destination)));
+        flows[first..].sort_by(|a, b| {
+            let (a, b) = (&a.flow, &b.flow);
+            (&a.protocol, &a.source, &a.destination).cmp(&(&b.protocol, &b.source, &b.destination))
+        });
     }
     Ok(flows)
 }
 
 /// The flow of one entry of `table`, unless it is a REPLY entry listed with its ORIGINAL one.
-fn flow(entries: &HashMap<CtKey, CtEntry>, table: CtTable, key: &CtKey, entry: &CtEntry, now: u64) -> Option<Flow> {
+fn flow(entries: &HashMap<CtKey, CtEntry>, table: CtTable, key: &CtKey, entry: &CtEntry, now: u64) -> Option<TrackedFlow> {
     let (original_key, reply_key) = if entry.direction == ct_direction::ORIGINAL {
         (*key, CtKey::counterpart(entry))
     } else {
@@ -234,38 +195,23 @@ fn flow(entries: &HashMap<CtKey, CtEntry>, table: CtTable, key: &CtKey, entry: &
     let last_seen_ns = out.map_or(0, |e| e.last_seen_ns).max(back.map_or(0, |e| e.last_seen_ns));
     let translated = reply_key.reversed();
     let proto = key.proto;
-    Some(Flow {
-        protocol: protocol_name(proto),
-        kind: kind_name(entry.kind),
+    let flow = Flow {
+        protocol: protocol_name(proto).to_owned(),
+        kind: kind_name(entry.kind).to_owned(),
         source: endpoint(original_key.saddr, original_key.sport, proto),
         destination: endpoint(original_key.daddr, original_key.dport, proto),
         translated_source: endpoint(translated.saddr, translated.sport, proto),
         translated_destination: endpoint(translated.daddr, translated.dport, proto),
         state: state(proto, table, out, back),
         assured: table == CtTable::Assured || out.is_some_and(|e| e.tcp_flags & ct_tcp_flags::ASSURED != 0),
-        table,
+        table: table.into(),
         idle_seconds: now.saturating_sub(last_seen_ns) / 1_000_000_000,
         packets_out: out.map_or(0, |e| e.packets),
         bytes_out: out.map_or(0, |e| e.bytes),
         packets_in: back.map_or(0, |e| e.packets),
         bytes_in: back.map_or(0, |e| e.bytes),
-        original: out.map(|e| (original_key, *e)),
-        reply_key: back.map(|_| reply_key),
-        last_seen_ns,
-    })
-}
-
-/// What one garbage collection did, and the tables after it.
-#[derive(Debug, Clone, Serialize)]
-pub struct GcReport {
-    pub flows_expired: usize,
-    pub entries_removed: u64,
-    /// Entries of the assured table in use, and its size.
-    pub entries_in_use: u64,
-    pub capacity: u32,
-    /// Entries of the unassured tables in use (`unassured`, `overflow`).
-    pub unassured_entries: u64,
-    pub overflow_entries: u64,
+    };
+    Some(TrackedFlow { flow, original: out.map(|e| (original_key, *e)), reply_key: back.map(|_| reply_key), last_seen_ns })
 }
 
 /// Removes the flows idle for longer than their state's timeout (both directions, which frees
@@ -278,22 +224,23 @@ pub fn collect_garbage(datapath: &mut Datapath, timeouts: &Timeouts) -> Result<G
     let mut removed = [0u64; 3];
     let mut in_use = [0u64; 3];
     let mut quota_held: BTreeMap<CtQuotaKey, u64> = BTreeMap::new();
-    for flow in &flows {
-        let proto = flow.original.map(|(k, _)| k).or(flow.reply_key).map_or(0, |k| k.proto);
-        let idle = Duration::from_nanos(now.saturating_sub(flow.last_seen_ns));
-        let keys = [flow.original.map(|(k, _)| k), flow.reply_key];
-        let table = flow.table as usize;
-        if idle <= timeouts.timeout(flow.state, proto) {
-            in_use[table] += keys.iter().flatten().count() as u64;
-            if let (CtTable::Unassured, Some((key, entry))) = (flow.table, &flow.original) {
+    for tracked in &flows {
+        let proto = tracked.original.map(|(k, _)| k).or(tracked.reply_key).map_or(0, |k| k.proto);
+        let idle = Duration::from_nanos(now.saturating_sub(tracked.last_seen_ns));
+        let keys = [tracked.original.map(|(k, _)| k), tracked.reply_key];
+        let table = CtTable::from(tracked.flow.table);
+        let table_index = table as usize;
+        if idle <= timeouts.timeout(tracked.flow.state, proto) {
+            in_use[table_index] += keys.iter().flatten().count() as u64;
+            if let (CtTable::Unassured, Some((key, entry))) = (table, &tracked.original) {
                 *quota_held.entry(CtQuotaKey::of_flow(key, entry)).or_default() += 1;
             }
             continue;
         }
         flows_expired += 1;
         for key in keys.iter().flatten() {
-            match datapath.ct_tables[table].remove(key) {
-                Ok(()) => removed[table] += 1,
+            match datapath.ct_tables[table_index].remove(key) {
+                Ok(()) => removed[table_index] += 1,
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(aya::maps::MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e).context("removing an expired conntrack entry"),
@@ -340,29 +287,6 @@ fn recount_quota(datapath: &mut Datapath, held: &BTreeMap<CtQuotaKey, u64>) -> R
         datapath.ct_quota.insert(key, count, 0).context("writing CT_QUOTA")?;
     }
     Ok(())
-}
-
-/// The conntrack tables as `status` shows them.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct ConntrackStatus {
-    /// Entries of the assured table in use (as the datapath counts them), the fill limit
-    /// beyond which flows stay unassured, and the table's size.
-    pub entries: u64,
-    pub limit: u32,
-    pub capacity: u32,
-    pub unassured_capacity: u32,
-    pub overflow_capacity: u32,
-    /// Most unassured flows one container or published port holds before its new flows go
-    /// to the overflow table.
-    pub unassured_quota: u32,
-    /// Flows moved to the assured table; flows that became assured while it was at its limit.
-    pub promoted: u64,
-    pub promotion_refused: u64,
-    /// New flows sent to the overflow table by the quota.
-    pub quota_hits: u64,
-    /// Unassured entries evicted by new ones (nf_conntrack's early_drop), as of the last
-    /// garbage collection: inserted, less moved, expired and still there.
-    pub early_drops: u64,
 }
 
 /// The conntrack tables' fill, settings and events.
