@@ -3,7 +3,7 @@
 //!
 //! Rust eBPF is built here with Debian's rustc-web (it ships a prebuilt `core` for the bpfel
 //! target, so no nightly `build-std` is needed) and bpf-linker; `cargo xtask setup` installs
-//! both. See shared/TOOLCHAIN.md for why the usual aya-build recipe does not work here.
+//! both. See docs/toolchain.md for why the usual aya-build recipe does not work here.
 //!
 //! Set BPFNET_SKIP_EBPF=1 for a quick host-only `cargo check`/`clippy`: the object is then
 //! empty and the binary refuses to load a datapath, saying why.

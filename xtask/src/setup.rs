@@ -1,4 +1,4 @@
-//! `cargo xtask setup`: everything /work/shared/TOOLCHAIN.md asks for, installed and checked.
+//! `cargo xtask setup`: everything docs/toolchain.md describes (and the tools the tests use), installed and checked.
 //! Idempotent, and quick (a few probes) when all is there already.
 
 use std::collections::HashMap;

@@ -41,7 +41,7 @@ pub struct HostArgs {
     #[arg(long, global = true, env = "BPFNET_BPFFS", default_value = "/sys/fs/bpf/bpfnet", value_name = "DIR")]
     pub bpffs: PathBuf,
     /// Most verbose level of the eBPF programs' own log records (fixed when they are loaded;
-    /// read them with `bpfnet monitor`).
+    /// the agent relays them into its own log).
     #[arg(long, global = true, env = "BPFNET_DATAPATH_LOG", default_value = "info",
           value_parser = serde_enum::<DatapathLogLevel>(&["off", "error", "warn", "info", "debug", "trace"]))]
     pub datapath_log: DatapathLogLevel,

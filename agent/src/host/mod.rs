@@ -28,7 +28,7 @@ pub struct HostOptions {
     /// bpffs directory where programs, maps and links are pinned.
     pub bpffs: PathBuf,
     /// Most verbose level of the eBPF programs' own log records (fixed when they are loaded;
-    /// read them with `bpfnet monitor`).
+    /// the agent relays them into its own log).
     pub datapath_log: DatapathLogLevel,
     /// The host's interface to the outside world: containers' traffic leaving through it is
     /// masqueraded to its IPv4 address (and its replies translated back).
