@@ -195,7 +195,7 @@ mod tests {
         }
         let t = Timeouts::from(Cli::parse_from(["bpfnet"]).timeouts);
         let secs = |state, proto| t.timeout(state, proto).as_secs();
-        use crate::host::conntrack::FlowState::*;
+        use crate::api::FlowState::*;
         let tcp = [
             (SynSent, 120),
             (SynRecv, 60),
