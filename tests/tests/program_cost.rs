@@ -47,7 +47,7 @@ fn program_cost_reports_every_path_and_leaves_nothing() {
     let bpffs = report["bpffs"].as_str().unwrap();
     assert!(!std::path::Path::new(bpffs).exists(), "{bpffs} left behind");
 
-    let out = Command::new(bpfnet_bin()).args(["debug", "program-cost", "--other-ports", "70000"]).output().unwrap();
+    let out = Command::new(devkit_bin()).args(["program-cost", "--other-ports", "70000"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--other-ports"), "{err}");
 }

@@ -43,13 +43,23 @@ fn uplink_attachment(sb: &Sandbox) -> Value {
 }
 
 /// Which program the kernel runs on the uplink: the XDP one (and nothing at tcx), or the tcx
-/// one (and nothing at XDP). Checked against the kernel, and against what status reports.
+/// one (and nothing at XDP). Checked against the kernel, and against what status reports. The
+/// kernel releases the link of the mode left behind asynchronously (after its pin is gone, an
+/// RCU grace period and a work item), so the check waits up to 3 s for it.
 #[track_caller]
 fn assert_uplink_runs(sb: &Sandbox, mode: &str) {
-    let status = sb.json(&["status", "--json"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let (status, xdp, tcx) = loop {
+        let status = sb.json(&["status", "--json"]);
+        let xdp = xdp_program_on(&sb.host_netns, UPLINK);
+        let tcx: Vec<u64> = tcx_ingress_programs(&sb.host_netns, UPLINK).unwrap().iter().map(|(id, _)| u64::from(*id)).collect();
+        let settled = if mode == "xdp" { tcx.is_empty() } else { xdp.is_none() };
+        if settled || std::time::Instant::now() > deadline {
+            break (status, xdp, tcx);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     let ids = &status["datapath"]["program_ids"];
-    let xdp = xdp_program_on(&sb.host_netns, UPLINK);
-    let tcx: Vec<u64> = tcx_ingress_programs(&sb.host_netns, UPLINK).unwrap().iter().map(|(id, _)| u64::from(*id)).collect();
     match mode {
         "xdp" => {
             assert_eq!(xdp, ids["from_uplink_xdp"].as_u64(), "XDP program on {UPLINK}");

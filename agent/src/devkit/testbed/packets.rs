@@ -1,10 +1,12 @@
 //! A tiny packet builder for the datapath tests and `bpfnet-devkit program-cost`: Ethernet,
 //! ARP, IPv4 (with options), UDP, TCP and ICMP echo, with correct checksums, and a checker for
 //! those checksums. Crafting packets by hand keeps every byte visible to the test that asserts
-//! on it.
+//! on it; `bytes`' `BufMut` writes each field in network order.
 // The tests use all of it, the program-cost command only a part.
 #![cfg_attr(not(test), allow(dead_code))]
 use std::net::Ipv4Addr;
+
+use bytes::{BufMut, BytesMut};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -21,12 +23,12 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
 pub fn eth(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(ETH_HLEN + payload.len());
-    frame.extend(dst);
-    frame.extend(src);
-    frame.extend(ether_type.to_be_bytes());
-    frame.extend(payload);
-    frame
+    let mut frame = BytesMut::with_capacity(ETH_HLEN + payload.len());
+    frame.put_slice(&dst);
+    frame.put_slice(&src);
+    frame.put_u16(ether_type);
+    frame.put_slice(payload);
+    frame.to_vec()
 }
 
 /// An Ethernet/IPv4 ARP packet.
@@ -79,17 +81,17 @@ impl Arp {
     };
 
     pub fn bytes(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(28);
-        b.extend(self.htype.to_be_bytes());
-        b.extend(self.ptype.to_be_bytes());
-        b.push(self.hlen);
-        b.push(self.plen);
-        b.extend(self.oper.to_be_bytes());
-        b.extend(self.sha);
-        b.extend(self.spa.octets());
-        b.extend(self.tha);
-        b.extend(self.tpa.octets());
-        b
+        let mut b = BytesMut::with_capacity(28);
+        b.put_u16(self.htype);
+        b.put_u16(self.ptype);
+        b.put_u8(self.hlen);
+        b.put_u8(self.plen);
+        b.put_u16(self.oper);
+        b.put_slice(&self.sha);
+        b.put_slice(&self.spa.octets());
+        b.put_slice(&self.tha);
+        b.put_slice(&self.tpa.octets());
+        b.to_vec()
     }
 
     /// The ARP packet in an Ethernet frame, as a container sends it.
@@ -119,39 +121,39 @@ pub fn ipv4_with(
     );
     let header_len = 20 + options.len();
     let total = u16::try_from(header_len + payload.len()).expect("IPv4 packet over 64 KiB");
-    let mut p = Vec::with_capacity(total as usize);
-    p.push(0x40 | (header_len / 4) as u8);
-    p.push(0); // DSCP/ECN
-    p.extend(total.to_be_bytes());
-    p.extend(0x1234u16.to_be_bytes()); // identification
-    p.extend(frag.to_be_bytes()); // flags, fragment offset
-    p.push(ttl);
-    p.push(protocol);
-    p.extend([0, 0]); // checksum, filled in below
-    p.extend(src.octets());
-    p.extend(dst.octets());
-    p.extend(options);
+    let mut p = BytesMut::with_capacity(total as usize);
+    p.put_u8(0x40 | (header_len / 4) as u8);
+    p.put_u8(0); // DSCP/ECN
+    p.put_u16(total);
+    p.put_u16(0x1234); // identification
+    p.put_u16(frag); // flags, fragment offset
+    p.put_u8(ttl);
+    p.put_u8(protocol);
+    p.put_u16(0); // checksum, filled in below
+    p.put_slice(&src.octets());
+    p.put_slice(&dst.octets());
+    p.put_slice(options);
     let sum = checksum(&[&p[..header_len]]);
     p[10..12].copy_from_slice(&sum.to_be_bytes());
-    p.extend(payload);
-    p
+    p.put_slice(payload);
+    p.to_vec()
 }
 
 pub fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let len = u16::try_from(8 + payload.len()).unwrap();
-    let mut s = Vec::with_capacity(len as usize);
-    s.extend(sport.to_be_bytes());
-    s.extend(dport.to_be_bytes());
-    s.extend(len.to_be_bytes());
-    s.extend([0, 0]);
-    s.extend(payload);
+    let mut s = BytesMut::with_capacity(len as usize);
+    s.put_u16(sport);
+    s.put_u16(dport);
+    s.put_u16(len);
+    s.put_u16(0); // checksum, filled in below
+    s.put_slice(payload);
     // RFC 768: a computed 0 is sent as all ones (0 means "no checksum").
     let sum = match l4_checksum(src, dst, IPPROTO_UDP, &s) {
         0 => 0xffff,
         sum => sum,
     };
     s[6..8].copy_from_slice(&sum.to_be_bytes());
-    s
+    s.to_vec()
 }
 
 /// A TCP segment with a 20-byte header and the given flags (e.g. 0x02 for SYN).
@@ -163,43 +165,32 @@ pub fn tcp(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut s = Vec::with_capacity(20 + payload.len());
-    s.extend(sport.to_be_bytes());
-    s.extend(dport.to_be_bytes());
-    s.extend(0x0102_0304u32.to_be_bytes()); // sequence number
-    s.extend(0u32.to_be_bytes()); // acknowledgment number
-    s.push(5 << 4); // data offset
-    s.push(flags);
-    s.extend(64240u16.to_be_bytes()); // window
-    s.extend([0, 0, 0, 0]); // checksum, urgent pointer
-    s.extend(payload);
+    let mut s = BytesMut::with_capacity(20 + payload.len());
+    s.put_u16(sport);
+    s.put_u16(dport);
+    s.put_u32(0x0102_0304); // sequence number
+    s.put_u32(0); // acknowledgment number
+    s.put_u8(5 << 4); // data offset
+    s.put_u8(flags);
+    s.put_u16(64240); // window
+    s.put_u32(0); // checksum (filled in below), urgent pointer
+    s.put_slice(payload);
     let sum = l4_checksum(src, dst, IPPROTO_TCP, &s);
     s[16..18].copy_from_slice(&sum.to_be_bytes());
-    s
+    s.to_vec()
 }
 
 pub fn icmp_echo_request(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
-    icmp_message(
-        8,
-        0,
-        [id.to_be_bytes(), seq.to_be_bytes()]
-            .concat()
-            .try_into()
-            .unwrap(),
-        payload,
-    )
+    icmp_message(8, 0, echo_word(id, seq), payload)
 }
 
 pub fn icmp_echo_reply(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
-    icmp_message(
-        0,
-        0,
-        [id.to_be_bytes(), seq.to_be_bytes()]
-            .concat()
-            .try_into()
-            .unwrap(),
-        payload,
-    )
+    icmp_message(0, 0, echo_word(id, seq), payload)
+}
+
+/// An echo's second header word: identifier and sequence number.
+fn echo_word(id: u16, seq: u16) -> [u8; 4] {
+    (u32::from(id) << 16 | u32::from(seq)).to_be_bytes()
 }
 
 pub const ICMP_DEST_UNREACH: u8 = 3;
@@ -214,12 +205,15 @@ pub fn icmp_error(icmp_type: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<
 }
 
 fn icmp_message(icmp_type: u8, code: u8, rest: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    let mut m = vec![icmp_type, code, 0, 0];
-    m.extend(rest);
-    m.extend(payload);
+    let mut m = BytesMut::with_capacity(8 + payload.len());
+    m.put_u8(icmp_type);
+    m.put_u8(code);
+    m.put_u16(0); // checksum, filled in below
+    m.put_slice(&rest);
+    m.put_slice(payload);
     let sum = checksum(&[&m]);
     m[2..4].copy_from_slice(&sum.to_be_bytes());
-    m
+    m.to_vec()
 }
 
 /// The Internet checksum (RFC 1071) over the concatenation of `parts`, each of which but the
