@@ -1,7 +1,9 @@
 //! Printing and running external commands, with errors that name the command.
 
-use std::io::Read;
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -88,6 +90,52 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<()> {
     let mut child = spawn(cmd)?;
     let status = wait_bounded(&mut child, limit).with_context(|| display(cmd))?;
     check(cmd, status)
+}
+
+/// Lines of a log shown when its command failed.
+const LOG_TAIL_LINES: usize = 30;
+
+/// Print `cmd` and run it with its stdout and stderr appended to `log` (after a `$ cmd` line),
+/// so a chatty tool (apt-get, cargo install) does not bury what matters; kill it after
+/// `limit`. If it fails, print the log's last lines and path before returning the error.
+pub fn run_logged(cmd: &mut Command, log: &Path, limit: Duration) -> Result<()> {
+    announce(cmd);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening the log {}", log.display()))?;
+    writeln!(file, "\n$ {}", display(cmd))
+        .with_context(|| format!("writing to the log {}", log.display()))?;
+    let stderr = file
+        .try_clone()
+        .with_context(|| format!("duplicating the log's descriptor ({})", log.display()))?;
+    let mut child = spawn(cmd.stdin(Stdio::null()).stdout(file).stderr(stderr))?;
+    let outcome = wait_bounded(&mut child, limit)
+        .with_context(|| display(cmd))
+        .and_then(|status| check(cmd, status));
+    if outcome.is_err() {
+        print_log_tail(log);
+    }
+    outcome.with_context(|| format!("its output is in {}", log.display()))
+}
+
+fn print_log_tail(log: &Path) {
+    match fs::read(log) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            eprintln!("--- the last lines of {} ---", log.display());
+            eprintln!("{}", tail(&text, LOG_TAIL_LINES));
+            eprintln!("--- end of {} ---", log.display());
+        }
+        Err(err) => eprintln!("(could not read the log {}: {err})", log.display()),
+    }
+}
+
+/// The last `lines` lines of `text` (all of it when it has fewer).
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Like [`output`], but kills the command if it has not exited within `limit`.
@@ -196,6 +244,31 @@ mod tests {
             display(&cmd),
             r"BPFNET_BIN=/t/bpfnet ip netns exec a-b sh -c 'echo '\''hi'\'' there'"
         );
+    }
+
+    #[test]
+    fn tail_takes_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a\nb\nc", 3), "a\nb\nc");
+        assert_eq!(tail("a\nb", 10), "a\nb");
+        assert_eq!(tail("a\nb", 0), "");
+        assert_eq!(tail("", 5), "");
+    }
+
+    #[test]
+    fn a_logged_run_keeps_the_output_in_the_log() {
+        let log = std::env::temp_dir().join(format!("xtask-run-logged-{}.log", std::process::id()));
+        let _ = fs::remove_file(&log);
+        let limit = Duration::from_secs(5);
+        run_logged(Command::new("sh").args(["-c", "echo out; echo err >&2"]), &log, limit).unwrap();
+        let err = run_logged(Command::new("sh").args(["-c", "echo failing; exit 3"]), &log, limit)
+            .unwrap_err();
+        let text = fs::read_to_string(&log).unwrap();
+        fs::remove_file(&log).unwrap();
+        assert!(text.contains("$ sh -c 'echo out; echo err >&2'\nout\nerr\n"), "{text}");
+        assert!(text.contains("failing"), "{text}");
+        let err = format!("{err:#}");
+        assert!(err.contains(&log.display().to_string()) && err.contains("failed"), "{err}");
     }
 
     #[test]

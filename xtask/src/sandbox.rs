@@ -3,10 +3,12 @@
 //!
 //! Nothing here touches the root network namespace: a namespace `{prefix}-host` plays the
 //! host, bpfnet is told so with `--host-netns`, and every name carries a per-run prefix so
-//! cleanup removes only what this run made.
+//! cleanup removes only what this run made. [`Sandbox::add_uplink`] gives the host an uplink
+//! to a namespace `{prefix}-out` that plays the outside world.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +27,8 @@ const BPFFS: &str = "/sys/fs/bpf";
 const CLEANUP_LIMIT: Duration = Duration::from_secs(30);
 /// How long a starting agent may take to serve (it loads and verifies the programs).
 const AGENT_START_LIMIT: Duration = Duration::from_secs(30);
+/// Limit for one `ip` command that builds the sandbox.
+const BUILD_LIMIT: Duration = Duration::from_secs(30);
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -62,6 +66,17 @@ struct Background {
     stdout: BufReader<ChildStdout>,
 }
 
+/// The host's uplink made by [`Sandbox::add_uplink`]: a veth `name` in the host namespace with
+/// `host_ip`/24, its peer `eth0` in `outside_netns` with `outside_ip`/24, and the host's
+/// default route via `outside_ip`, as a host's first NIC and its router would be.
+#[derive(Clone, Debug)]
+pub struct Uplink {
+    pub name: &'static str,
+    pub host_ip: Ipv4Addr,
+    pub outside_netns: String,
+    pub outside_ip: Ipv4Addr,
+}
+
 /// Handle for a process started with [`Sandbox::spawn`].
 #[derive(Clone, Copy, Debug)]
 pub struct BackgroundId(usize);
@@ -73,6 +88,9 @@ pub struct Sandbox {
     bpffs_dir: PathBuf,
     scratch_dir: PathBuf,
     background: Vec<Option<Background>>,
+    /// Namespaces the sandbox made itself (the host, the outside): the others of the run's
+    /// prefix are bpfnet's, which `bpfnet down` must remove.
+    sandbox_netns: Vec<String>,
     /// The sandbox's `bpfnet agent`, once started; the CLI talks to it on `socket`.
     agent: RefCell<Option<Child>>,
     socket: PathBuf,
@@ -97,6 +115,7 @@ impl Sandbox {
             prefix,
             bpfnet_bin,
             background: Vec::new(),
+            sandbox_netns: vec![host.clone()],
             torn_down: false,
         };
         // From here on the guard exists: whatever follows fails, Drop cleans up.
@@ -124,6 +143,44 @@ impl Sandbox {
 
     pub fn host_netns(&self) -> String {
         self.name("host")
+    }
+
+    /// Give the host an uplink to a new namespace `{prefix}-out`, the outside world (see
+    /// [`Uplink`]); the guard removes it with the sandbox. Make it before the agent starts
+    /// with `--uplink`: the agent reads the uplink's address to masquerade to.
+    pub fn add_uplink(&mut self) -> Result<Uplink> {
+        let uplink = Uplink {
+            name: "up0",
+            host_ip: Ipv4Addr::new(10, 250, 0, 1),
+            outside_netns: self.name("out"),
+            outside_ip: Ipv4Addr::new(10, 250, 0, 2),
+        };
+        let host = self.host_netns();
+        let out = uplink.outside_netns.as_str();
+        if Path::new(NETNS_DIR).join(out).exists() {
+            bail!("network namespace {out} exists already: is another run using it? (if not: `ip netns delete {out}`)");
+        }
+        let host_cidr = format!("{}/24", uplink.host_ip);
+        let out_cidr = format!("{}/24", uplink.outside_ip);
+        let gateway = uplink.outside_ip.to_string();
+        command::run_bounded(Command::new("ip").args(["netns", "add", out]), BUILD_LIMIT)?;
+        // Counted as the sandbox's at once, so a failure below does not blame `bpfnet down`.
+        self.sandbox_netns.push(out.to_string());
+        // `ip -n NS`: every step runs in a sandbox namespace, never in the root one.
+        let steps: [&[&str]; 7] = [
+            &["-n", out, "link", "set", "lo", "up"],
+            &["-n", &host, "link", "add", uplink.name, "type", "veth", "peer", "name", "eth0", "netns", out],
+            &["-n", &host, "addr", "add", &host_cidr, "dev", uplink.name],
+            &["-n", &host, "link", "set", uplink.name, "up"],
+            &["-n", out, "addr", "add", &out_cidr, "dev", "eth0"],
+            &["-n", out, "link", "set", "eth0", "up"],
+            &["-n", &host, "route", "add", "default", "via", &gateway],
+        ];
+        for step in steps {
+            command::run_bounded(Command::new("ip").args(step), BUILD_LIMIT)
+                .context("building the sandbox's uplink")?;
+        }
+        Ok(uplink)
     }
 
     /// Starts `bpfnet agent` for this sandbox (its host namespace, state and pin directories,
@@ -158,6 +215,11 @@ impl Sandbox {
         }
         *self.agent.borrow_mut() = Some(child);
         Ok(())
+    }
+
+    /// Whether the agent was started (and not stopped since).
+    pub fn agent_running(&self) -> bool {
+        self.agent.borrow().is_some()
     }
 
     /// Stops the running agent (SIGTERM: the datapath keeps running) and starts it again with
@@ -304,7 +366,7 @@ impl Sandbox {
         let mut own_netns = self.own_namespaces();
         own_netns.sort_by_key(|netns| *netns == host); // the host namespace last
         for netns in own_netns {
-            if strict && netns != host {
+            if strict && !self.sandbox_netns.contains(&netns) {
                 errors.push(anyhow!(
                     "`bpfnet down` left network namespace {netns} behind"
                 ));

@@ -1,9 +1,13 @@
-//! `cargo xtask setup`: everything docs/toolchain.md describes (and the tools the tests use), installed and checked.
-//! Idempotent, and quick (a few probes) when all is there already.
+//! `cargo xtask setup`: everything docs/toolchain.md describes (and the tools the tests use),
+//! installed and checked. Idempotent, and quick (a few probes) when all is there already. One
+//! line per step; what apt-get and cargo install print goes to `{target dir}/xtask-setup.log`,
+//! whose last lines are shown when a step fails.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use nix::mount::{mount, MsFlags};
@@ -40,6 +44,31 @@ const BPF_RUSTLIB: &str = "/usr/lib/rustlib/bpfel-unknown-none";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_SERIES: (u32, u32) = (0, 13);
 const BPFFS: &str = "/sys/fs/bpf";
+/// Limits for the installing steps: generous (a slow mirror, bpf-linker compiling for
+/// minutes), only there so that a hung step ends.
+const APT_LIMIT: Duration = Duration::from_secs(20 * 60);
+const CARGO_INSTALL_LIMIT: Duration = Duration::from_secs(60 * 60);
+
+/// The log of this setup run, made (empty) when the first step needs it: a setup with
+/// nothing to install neither asks cargo for the target directory nor writes a log.
+#[derive(Default)]
+struct SetupLog {
+    path: Option<PathBuf>,
+}
+
+impl SetupLog {
+    fn path(&mut self) -> Result<&Path> {
+        if self.path.is_none() {
+            let path = cargo_cmd::target_dir()?.join("xtask-setup.log");
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            fs::write(&path, "").with_context(|| format!("creating the setup log {}", path.display()))?;
+            self.path = Some(path);
+        }
+        Ok(self.path.as_deref().expect("set above"))
+    }
+}
 
 pub fn run() -> Result<()> {
     if !geteuid().is_root() {
@@ -48,29 +77,33 @@ pub fn run() -> Result<()> {
              (run `sudo -E cargo xtask setup`, or as root)"
         );
     }
-    debian_packages()?;
+    let mut log = SetupLog::default();
+    debian_packages(&mut log)?;
     debian_rustc()?;
-    bpf_linker()?;
+    bpf_linker(&mut log)?;
     bpffs()?;
     Ok(())
 }
 
-fn debian_packages() -> Result<()> {
+fn debian_packages(log: &mut SetupLog) -> Result<()> {
     let missing = missing_packages()?;
     if missing.is_empty() {
         println!("ok: {} Debian packages installed", PACKAGES.len());
         return Ok(());
     }
-    println!("installing: {}", missing.join(" "));
-    command::run(Command::new("apt-get").arg("update"))
+    let log = log.path()?;
+    println!("installing: {} (apt's output: {})", missing.join(" "), log.display());
+    command::run_logged(Command::new("apt-get").arg("update"), log, APT_LIMIT)
         .context("`apt-get update` failed: check the network and /etc/apt/sources.list*")?;
-    command::run(
+    command::run_logged(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
+        log,
+        APT_LIMIT,
     )
-    .context("`apt-get install` failed: see apt's message above (another apt holding the lock?)")?;
+    .context("`apt-get install` failed: see apt's message in the log's last lines above (another apt holding the lock?)")?;
     let still_missing = missing_packages()?;
     ensure!(
         still_missing.is_empty(),
@@ -149,13 +182,17 @@ fn parse_version(line: &str, tool: &str) -> Option<(u32, u32, u32)> {
     Some((parts.next()??, parts.next()??, parts.next()??))
 }
 
-fn bpf_linker() -> Result<()> {
+fn bpf_linker(log: &mut SetupLog) -> Result<()> {
     if let Some(version) = bpf_linker_version()? {
         println!("ok: bpf-linker {}.{}.{}", version.0, version.1, version.2);
         return Ok(());
     }
     let series = format!("{}.{}", BPF_LINKER_SERIES.0, BPF_LINKER_SERIES.1);
-    println!("installing: bpf-linker {series} (takes a few minutes)");
+    let log = log.path()?;
+    println!(
+        "installing: bpf-linker {series} (takes a few minutes; cargo's output: {})",
+        log.display()
+    );
     let llvm_path = {
         let mut dirs = vec![Path::new(LLVM_PREFIX).join("bin")];
         dirs.extend(std::env::split_paths(&cargo_cmd::path_with_cargo_bin()));
@@ -168,7 +205,7 @@ fn bpf_linker() -> Result<()> {
         .env("PATH", llvm_path)
         // Without it llvm-sys does not find -lLLVM.
         .env("LLVM_PREFIX", LLVM_PREFIX);
-    command::run(&mut install).context(
+    command::run_logged(&mut install, log, CARGO_INSTALL_LIMIT).context(
         "installing bpf-linker failed: it needs llvm-22-dev and libpolly-22-dev (setup installs \
          them) and crates.io",
     )?;
