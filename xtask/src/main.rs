@@ -37,7 +37,8 @@ enum Task {
     },
     /// Setup, build bpfnet, then run the unit and integration tests of every workspace crate.
     Test(test::TestArgs),
-    /// Setup, build bpfnet, run a three-container demo in throwaway network namespaces, then
+    /// Setup, build bpfnet, show the whole job in throwaway network namespaces (containers talking,
+    /// masquerade to an outside namespace, a published port from outside, hairpin, each checked), then
     /// `bench --quick` (about a minute).
     Demo {
         /// Use the release build of bpfnet.
