@@ -2,10 +2,11 @@
 //! (RFC 1624). A [`Rewrite`] writes the fields directly and sums their changes, then updates
 //! each checksum once ([`Rewrite::commit`]):
 //! - the IPv4 header checksum in place: it is always complete, offload or not;
-//! - the L4 checksum through the hook (`Packet::l4_csum_replace`): at TC by the kernel's helper,
-//!   which knows about checksum offload (a CHECKSUM_PARTIAL packet carries only the
-//!   pseudo-header sum, which BPF_F_PSEUDO_HDR updates, and no other field's); at XDP in place.
-//!   UDP's "no checksum" zero is kept as it is (BPF_F_MARK_MANGLED_0).
+//! - the L4 checksum at TC by the kernel's helper (`Packet::l4_csum_replace`), which knows
+//!   about checksum offload (a CHECKSUM_PARTIAL packet carries only the pseudo-header sum,
+//!   which BPF_F_PSEUDO_HDR updates, and no other field's); at XDP, which has no such helper
+//!   and complete checksums, in place here. UDP's "no checksum" zero is kept as it is
+//!   (BPF_F_MARK_MANGLED_0).
 //!
 //! One update per checksum rather than one per field: at TC, two helper calls per packet
 //! instead of up to a dozen (they were most of a translated packet's cost).
@@ -47,12 +48,6 @@ impl L4Csum {
 pub struct Delta(u32);
 
 impl Delta {
-    /// A difference as `bpf_l4_csum_replace` takes it with size 0 (see `diff`).
-    #[inline(always)]
-    pub fn of_diff(diff: u32) -> Self {
-        Delta(u16::from_be(diff as u16) as u32)
-    }
-
     #[inline(always)]
     pub fn u16(&mut self, old: u16, new: u16) {
         self.0 += (!u16::from_be(old)) as u32 + u16::from_be(new) as u32;
@@ -117,7 +112,7 @@ pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
 /// Applies `delta` to the checksum at `offset` in place. `mangled_0`: UDP's "no checksum" zero
 /// stays zero, and a sum that comes to zero is sent as 0xffff (as BPF_F_MARK_MANGLED_0 does).
 #[inline(always)]
-pub fn apply_at<P: Packet>(ctx: &P, offset: usize, delta: Delta, mangled_0: bool) -> Result<(), DropReason> {
+fn apply_at<P: Packet>(ctx: &P, offset: usize, delta: Delta, mangled_0: bool) -> Result<(), DropReason> {
     let field: *mut u16 = ptr_at(ctx, offset)?;
     // SAFETY: bounds-checked by `ptr_at`; packet fields need not be aligned.
     let sum = unsafe { field.read_unaligned() };
@@ -131,6 +126,17 @@ pub fn apply_at<P: Packet>(ctx: &P, offset: usize, delta: Delta, mangled_0: bool
     // SAFETY: as above.
     unsafe { field.write_unaligned(updated) };
     Ok(())
+}
+
+/// Applies `delta` to the L4 checksum at `offset`: by the hook's helper where it has one (TC),
+/// else in place (XDP). `flags` as `bpf_l4_csum_replace` takes them.
+#[inline(always)]
+fn apply_l4<P: Packet>(ctx: &P, offset: usize, delta: Delta, flags: u64) -> Result<(), DropReason> {
+    match ctx.l4_csum_replace(offset, delta.diff(), flags) {
+        Some(result) => result,
+        // A complete checksum covers the pseudo-header like any other field.
+        None => apply_at(ctx, offset, delta, flags & BPF_F_MARK_MANGLED_0 as u64 != 0),
+    }
 }
 
 /// The fields of one packet being rewritten, and what their changes do to its checksums.
@@ -201,11 +207,10 @@ impl Rewrite {
             apply_at(ctx, IP_CSUM_OFF, header, false)?;
         }
         if self.l4.pseudo_header && !self.addresses.is_empty() {
-            let flags = self.l4.flags | BPF_F_PSEUDO_HDR as u64;
-            ctx.l4_csum_replace(self.l4.offset, 0, self.addresses.diff() as u64, flags)?;
+            apply_l4(ctx, self.l4.offset, self.addresses, self.l4.flags | BPF_F_PSEUDO_HDR as u64)?;
         }
         if !self.l4_fields.is_empty() {
-            ctx.l4_csum_replace(self.l4.offset, 0, self.l4_fields.diff() as u64, self.l4.flags)?;
+            apply_l4(ctx, self.l4.offset, self.l4_fields, self.l4.flags)?;
         }
         Ok(())
     }
