@@ -6,11 +6,11 @@ use datapath_common::{Counter, CtKey, DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPP
 use crate::{
     conntrack::{self, ICMP_ECHO_REQUEST},
     counters::count,
-    csum::{self, L4Csum, Rewrite},
+    csum::{self, L4Offsets, Rewrite},
     fib,
     forward::deliver_to_ifindex,
     nat::to_host,
-    packet::{ptr_at, Ipv4, Packet, IP_DADDR_OFF, IP_SADDR_OFF},
+    packet::{ptr_at, Ipv4, Packet, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IP_OFF},
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -38,6 +38,8 @@ struct Quoted {
     ip_off: usize,
     l4_off: usize,
     proto: u8,
+    /// Where the quoted protocol's ports and checksum lie.
+    l4: L4Offsets,
     saddr: u32,
     daddr: u32,
     ip_csum: u16,
@@ -62,6 +64,7 @@ fn quoted<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<Quoted, DropReason> {
     // SAFETY: bounds-checked by `ptr_at`.
     let l4 = unsafe { &*l4 };
     let proto = hdr[9];
+    let l4_offsets = L4Offsets::of(proto)?;
     let (sport, dport) = match proto {
         IPPROTO_TCP | IPPROTO_UDP => (u16::from_ne_bytes([l4[0], l4[1]]), u16::from_ne_bytes([l4[2], l4[3]])),
         IPPROTO_ICMP if l4[0] == ICMP_ECHO_REQUEST => (u16::from_ne_bytes([l4[4], l4[5]]), 0),
@@ -71,6 +74,7 @@ fn quoted<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<Quoted, DropReason> {
         ip_off,
         l4_off,
         proto,
+        l4: l4_offsets,
         saddr: u32::from_ne_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]),
         daddr: u32::from_ne_bytes([hdr[16], hdr[17], hdr[18], hdr[19]]),
         ip_csum: u16::from_ne_bytes([hdr[10], hdr[11]]),
@@ -131,22 +135,21 @@ pub fn translate<P: Packet>(ctx: &P, ip: &Ipv4, origin: Origin) -> Result<Option
     }
     let quote = entry.to.reversed();
     let outer_saddr = if ip.saddr == q.daddr { entry.to.saddr } else { ip.saddr };
-    let mut rewrite = Rewrite::new(L4Csum::of(IPPROTO_ICMP, ip.l4_off)?);
+    let mut rewrite = Rewrite::new(ip.l4_off, L4Offsets::ICMP);
 
     // Outer addresses: only the IP checksum covers them (ICMP has no pseudo-header).
-    rewrite.addr(ctx, IP_SADDR_OFF, ip.saddr, outer_saddr)?;
-    rewrite.addr(ctx, IP_DADDR_OFF, ip.daddr, entry.to.daddr)?;
+    rewrite.addr(ctx, IP_OFF + IPV4_SADDR_OFF, ip.saddr, outer_saddr)?;
+    rewrite.addr(ctx, IP_OFF + IPV4_DADDR_OFF, ip.daddr, entry.to.daddr)?;
     // Quoted addresses, and the quoted IP checksum that covers them.
-    rewrite.l4_u32(ctx, q.ip_off + 12, q.saddr, quote.saddr)?;
-    rewrite.l4_u32(ctx, q.ip_off + 16, q.daddr, quote.daddr)?;
+    rewrite.l4_u32(ctx, q.ip_off + IPV4_SADDR_OFF, q.saddr, quote.saddr)?;
+    rewrite.l4_u32(ctx, q.ip_off + IPV4_DADDR_OFF, q.daddr, quote.daddr)?;
     let quoted_ip_csum = csum::update32(csum::update32(q.ip_csum, q.saddr, quote.saddr), q.daddr, quote.daddr);
-    rewrite.l4_u16(ctx, q.ip_off + 10, q.ip_csum, quoted_ip_csum)?;
+    rewrite.l4_u16(ctx, q.ip_off + IPV4_CSUM_OFF, q.ip_csum, quoted_ip_csum)?;
     // Quoted ports (an echo's identifier is its source port; its destination slot stays 0),
     // and the quoted L4 checksum when it was quoted.
-    let (sport_off, dport_off) = if q.proto == IPPROTO_ICMP { (q.l4_off + 4, q.l4_off + 4) } else { (q.l4_off, q.l4_off + 2) };
-    rewrite.l4_u16(ctx, sport_off, q.sport, quote.sport)?;
+    rewrite.l4_u16(ctx, q.l4_off + q.l4.sport, q.sport, quote.sport)?;
     if q.proto != IPPROTO_ICMP {
-        rewrite.l4_u16(ctx, dport_off, q.dport, quote.dport)?;
+        rewrite.l4_u16(ctx, q.l4_off + q.l4.dport, q.dport, quote.dport)?;
     }
     fix_quoted_l4_csum(ctx, &q, &quote, &mut rewrite)?;
     if ip.ttl > 1 {
@@ -170,11 +173,7 @@ pub fn translate<P: Packet>(ctx: &P, ip: &Ipv4, origin: Origin) -> Result<Option
 /// ICMP's are in the 8 bytes every error carries; TCP's only when more was quoted).
 #[inline(always)]
 fn fix_quoted_l4_csum<P: Packet>(ctx: &P, q: &Quoted, quote: &CtKey, rewrite: &mut Rewrite) -> Result<(), DropReason> {
-    let csum_off = match q.proto {
-        IPPROTO_TCP => q.l4_off + 16,
-        IPPROTO_UDP => q.l4_off + 6,
-        _ => q.l4_off + 2,
-    };
+    let csum_off = q.l4_off + q.l4.csum;
     let Ok(field) = ptr_at::<P, [u8; 2]>(ctx, csum_off) else {
         return Ok(());
     };

@@ -13,12 +13,12 @@ use datapath_common::{
 use crate::{
     conntrack::{self, key_of, Quota, Tracked},
     counters::count,
-    csum::{L4Csum, Rewrite},
+    csum::{L4Offsets, Rewrite},
     fib,
     fragment,
     forward::deliver_to_ifindex,
     maps::config,
-    packet::{Ipv4, Packet, IP_DADDR_OFF, IP_SADDR_OFF},
+    packet::{Ipv4, Packet, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IP_OFF},
     services,
 };
 
@@ -198,31 +198,19 @@ fn forward_tracked<P: Packet>(ctx: &P, ip: &Ipv4, key: &CtKey, found: Tracked, t
     }
 }
 
-/// Offset of the field that carries a port: TCP/UDP's source or destination port, or the
-/// ICMP echo identifier (which the key keeps in the source slot for requests and in the
-/// destination slot for replies; the other slot is 0 and never changes).
-#[inline(always)]
-fn port_offset(proto: u8, l4_off: usize, source: bool) -> usize {
-    match (proto, source) {
-        (IPPROTO_ICMP, _) => l4_off + 4,
-        (_, true) => l4_off,
-        (_, false) => l4_off + 2,
-    }
-}
-
 /// Rewrites addresses and ports from `from` to `to` and decrements the TTL (unless it is 1:
 /// then the packet is not forwarded by the host anyway), with their checksums. A later
 /// fragment has only addresses: its datagram's ports and L4 checksum (which covers the whole
 /// datagram) were rewritten in the first fragment.
 #[inline(always)]
 fn rewrite<P: Packet>(ctx: &P, ip: &Ipv4, from: &CtKey, to: &CtKey) -> Result<(), DropReason> {
-    let l4 = if ip.later_fragment { L4Csum::ABSENT } else { L4Csum::of(from.proto, ip.l4_off)? };
-    let mut rewrite = Rewrite::new(l4);
-    rewrite.addr(ctx, IP_SADDR_OFF, from.saddr, to.saddr)?;
-    rewrite.addr(ctx, IP_DADDR_OFF, from.daddr, to.daddr)?;
+    let l4 = if ip.later_fragment { L4Offsets::ABSENT } else { L4Offsets::of(from.proto)? };
+    let mut rewrite = Rewrite::new(ip.l4_off, l4);
+    rewrite.addr(ctx, IP_OFF + IPV4_SADDR_OFF, from.saddr, to.saddr)?;
+    rewrite.addr(ctx, IP_OFF + IPV4_DADDR_OFF, from.daddr, to.daddr)?;
     if !ip.later_fragment {
-        rewrite.l4_u16(ctx, port_offset(from.proto, ip.l4_off, true), from.sport, to.sport)?;
-        rewrite.l4_u16(ctx, port_offset(from.proto, ip.l4_off, false), from.dport, to.dport)?;
+        rewrite.l4_u16(ctx, ip.l4_off + l4.sport, from.sport, to.sport)?;
+        rewrite.l4_u16(ctx, ip.l4_off + l4.dport, from.dport, to.dport)?;
     }
     if ip.ttl > 1 {
         rewrite.decrement_ttl(ctx, ip)?;

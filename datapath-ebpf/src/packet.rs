@@ -5,6 +5,8 @@
 //! Also bounds-checked access to packet bytes (direct packet access, as the verifier demands),
 //! and the parsed view of an IPv4 header that the other modules share. The checksum
 //! arithmetic is above this layer, in `csum`.
+use core::mem::offset_of;
+
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::generated::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
@@ -14,12 +16,15 @@ use aya_ebpf::{
 use datapath_common::{DropReason, Ipv4Be};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
-/// Offsets of IPv4 header fields, from the start of the frame.
+/// Offset of the IPv4 header in the frame.
 pub const IP_OFF: usize = EthHdr::LEN;
-pub const IP_TTL_OFF: usize = IP_OFF + 8;
-pub const IP_CSUM_OFF: usize = IP_OFF + 10;
-pub const IP_SADDR_OFF: usize = IP_OFF + 12;
-pub const IP_DADDR_OFF: usize = IP_OFF + 16;
+/// Offsets of the IPv4 header fields the datapath rewrites, from the start of an IPv4 header:
+/// the packet's own (at `IP_OFF`) or the one an ICMP error quotes. (The L4 headers' offsets
+/// are in `csum::L4Offsets`.)
+pub const IPV4_TTL_OFF: usize = offset_of!(Ipv4Hdr, ttl);
+pub const IPV4_CSUM_OFF: usize = offset_of!(Ipv4Hdr, check);
+pub const IPV4_SADDR_OFF: usize = offset_of!(Ipv4Hdr, src_addr);
+pub const IPV4_DADDR_OFF: usize = offset_of!(Ipv4Hdr, dst_addr);
 
 /// What a hook gives its program: the bytes, where they came from, and the primitives that
 /// differ between an skb and an XDP buffer.
