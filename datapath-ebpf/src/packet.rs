@@ -215,10 +215,7 @@ pub fn ipv4<P: Packet>(ctx: &P) -> Result<Ipv4, DropReason> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, IP_OFF)?;
     // SAFETY: bounds-checked by `ptr_at`.
     let ip = unsafe { &*ip };
-    let ihl = (ip.vihl & 0x0f) as usize;
-    if ip.vihl >> 4 != 4 || ihl < 5 {
-        return Err(DropReason::Malformed);
-    }
+    let header_len = ipv4_header_len(ip)?;
     const MORE_FRAGMENTS: u16 = 0x2000;
     const OFFSET: u16 = 0x1fff;
     let frag = u16::from_be_bytes(ip.frags);
@@ -227,9 +224,20 @@ pub fn ipv4<P: Packet>(ctx: &P) -> Result<Ipv4, DropReason> {
         daddr: u32::from_ne_bytes(ip.dst_addr),
         proto: ip.proto,
         ttl: ip.ttl,
-        l4_off: IP_OFF + ihl * 4,
+        l4_off: IP_OFF + header_len,
         id: u16::from_ne_bytes(ip.id),
         first_fragment: frag & (MORE_FRAGMENTS | OFFSET) == MORE_FRAGMENTS,
         later_fragment: frag & OFFSET != 0,
     })
+}
+
+/// The length of an IPv4 header, options included (the packet's own, or one an ICMP error
+/// quotes), or `Malformed` when it is no IPv4 header.
+#[inline(always)]
+pub fn ipv4_header_len(ip: &Ipv4Hdr) -> Result<usize, DropReason> {
+    let len = ip.ihl() as usize;
+    if ip.version() != 4 || len < Ipv4Hdr::LEN {
+        return Err(DropReason::Malformed);
+    }
+    Ok(len)
 }
