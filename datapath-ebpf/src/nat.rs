@@ -61,10 +61,10 @@ pub fn from_container<P: Packet>(ctx: &P, ip: &Ipv4, source: &Endpoint) -> Resul
         new_flow(&cfg, &key, to, backend.host_ifindex, source.host_ifindex, ct_kind::HAIRPIN, &quota)?
     } else {
         match fib::route(ctx, &key) {
-            fib::Route::Forward(hop) if hop.ifindex == cfg.uplink_ifindex => {}
+            fib::FibResult::Forward(hop) if hop.ifindex == cfg.uplink_ifindex => {}
             // The host's own addresses (other than the gateway, handled before) are off limits
             // unless the agent allows them.
-            fib::Route::Local if cfg.flags & host_config_flags::ALLOW_HOST_ACCESS == 0 => {
+            fib::FibResult::Local if cfg.flags & host_config_flags::ALLOW_HOST_ACCESS == 0 => {
                 return Err(DropReason::HostAccessDenied);
             }
             // Not leaving through the uplink: not bpfnet's to translate.
