@@ -15,7 +15,7 @@ mod icmp;
 mod maps;
 mod nat;
 mod packet;
-mod services;
+mod published_ports;
 mod sock;
 
 use aya_ebpf::{

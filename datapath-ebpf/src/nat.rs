@@ -19,7 +19,7 @@ use crate::{
     forward::deliver_to_ifindex,
     maps::config,
     packet::{Ipv4, Packet, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IP_OFF},
-    services,
+    published_ports,
 };
 
 /// How many ports are tried, from a random start, before a new flow is refused.
@@ -56,9 +56,9 @@ pub fn from_container<P: Packet>(ctx: &P, ip: &Ipv4, source: &Endpoint) -> Resul
     }
     // A container's new flows count against its own share of the unassured table.
     let quota = Quota { key: CtQuotaKey { addr: source.ip, ..Default::default() }, stats_slot: source.stats_slot };
-    let found = if let Some(backend) = services::lookup(&cfg, &key) {
-        let to = CtKey { saddr: cfg.uplink_ip, daddr: backend.ip, dport: backend.port, ..key };
-        new_flow(&cfg, &key, to, backend.host_ifindex, source.host_ifindex, ct_kind::HAIRPIN, &quota)?
+    let found = if let Some(container) = published_ports::lookup(&cfg, &key) {
+        let to = CtKey { saddr: cfg.uplink_ip, daddr: container.ip, dport: container.port, ..key };
+        new_flow(&cfg, &key, to, container.host_ifindex, source.host_ifindex, ct_kind::HAIRPIN, &quota)?
     } else {
         match fib::route(ctx, &key) {
             fib::FibResult::Forward(hop) if hop.ifindex == cfg.uplink_ifindex => {}
@@ -95,14 +95,14 @@ pub fn from_uplink<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<i32, DropReason> {
         return Ok(to_host::<P>());
     }
     let cfg = config();
-    let Some(backend) = services::lookup(&cfg, &key) else {
+    let Some(container) = published_ports::lookup(&cfg, &key) else {
         return Ok(to_host::<P>());
     };
     // The client's address is kept: the container sees who is calling. New flows to one
     // published port count against that port's share of the unassured table.
-    let to = CtKey { daddr: backend.ip, dport: backend.port, ..key };
-    let quota = Quota { key: CtQuotaKey { addr: backend.ip, port: backend.port, proto: key.proto, _pad: 0 }, stats_slot: backend.stats_slot };
-    let found = new_flow(&cfg, &key, to, backend.host_ifindex, 0, ct_kind::DNAT, &quota)?;
+    let to = CtKey { daddr: container.ip, dport: container.port, ..key };
+    let quota = Quota { key: CtQuotaKey { addr: container.ip, port: container.port, proto: key.proto, _pad: 0 }, stats_slot: container.stats_slot };
+    let found = new_flow(&cfg, &key, to, container.host_ifindex, 0, ct_kind::DNAT, &quota)?;
     forward_tracked(ctx, ip, &key, found, tcp_flags)
 }
 

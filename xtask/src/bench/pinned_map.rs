@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use datapath_common::{Backend, ServiceKey};
+use datapath_common::{PublishedPortTarget, PublishedPortKey};
 
 // From include/uapi/linux/bpf.h.
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
@@ -121,7 +121,7 @@ impl Services {
             info: &mut info as *mut MapInfoHead as u64,
         };
         bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD")?;
-        let expected = (mem::size_of::<ServiceKey>(), mem::size_of::<Backend>());
+        let expected = (mem::size_of::<PublishedPortKey>(), mem::size_of::<PublishedPortTarget>());
         let found = (info.key_size as usize, info.value_size as usize);
         if found != expected {
             bail!(
@@ -131,7 +131,7 @@ impl Services {
         Ok(())
     }
 
-    fn elem(&self, key: &ServiceKey, value: *mut u8, flags: u64) -> MapElemAttr {
+    fn elem(&self, key: &PublishedPortKey, value: *mut u8, flags: u64) -> MapElemAttr {
         MapElemAttr {
             map_fd: self.fd.as_raw_fd() as u32,
             key: bytes_of(key).as_ptr() as u64,
@@ -141,9 +141,9 @@ impl Services {
         }
     }
 
-    pub fn get(&self, key: &ServiceKey) -> Result<Option<Backend>> {
-        let mut backend = Backend::default();
-        let mut attr = self.elem(key, (&mut backend as *mut Backend).cast(), 0);
+    pub fn get(&self, key: &PublishedPortKey) -> Result<Option<PublishedPortTarget>> {
+        let mut backend = PublishedPortTarget::default();
+        let mut attr = self.elem(key, (&mut backend as *mut PublishedPortTarget).cast(), 0);
         match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
             Ok(_) => Ok(Some(backend)),
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
@@ -151,16 +151,16 @@ impl Services {
         }
     }
 
-    fn delete(&self, key: &ServiceKey) -> Result<()> {
+    fn delete(&self, key: &PublishedPortKey) -> Result<()> {
         let mut attr = self.elem(key, std::ptr::null_mut(), 0);
         bpf(BPF_MAP_DELETE_ELEM, &mut attr).context("BPF_MAP_DELETE_ELEM on SERVICES")?;
         Ok(())
     }
 
     /// Insert a new entry (BPF_NOEXIST, as publishing a new port does), timed.
-    fn insert_timed(&self, key: &ServiceKey, backend: &Backend) -> Result<Duration> {
+    fn insert_timed(&self, key: &PublishedPortKey, backend: &PublishedPortTarget) -> Result<Duration> {
         let mut value = *backend;
-        let mut attr = self.elem(key, (&mut value as *mut Backend).cast(), BPF_NOEXIST);
+        let mut attr = self.elem(key, (&mut value as *mut PublishedPortTarget).cast(), BPF_NOEXIST);
         let started = Instant::now();
         let result = bpf(BPF_MAP_UPDATE_ELEM, &mut attr);
         let took = started.elapsed();
@@ -170,7 +170,7 @@ impl Services {
 
     /// Re-insert the entry bpfnet wrote for `key` `times` times (deleted in between, not
     /// timed); the times of the inserts. The entry is in place again afterwards.
-    pub fn time_reinserts(&self, key: &ServiceKey, times: usize) -> Result<Vec<Duration>> {
+    pub fn time_reinserts(&self, key: &PublishedPortKey, times: usize) -> Result<Vec<Duration>> {
         let Some(backend) = self.get(key)? else {
             bail!("SERVICES has no entry for the port bpfnet just published");
         };
@@ -185,8 +185,8 @@ impl Services {
 
 /// SERVICES' key for a port published on every host address (what `HOST_PORT:PORT` without
 /// an address publishes): address 0, port in network byte order.
-pub fn all_addresses_key(host_port: u16, protocol: u8) -> ServiceKey {
-    ServiceKey {
+pub fn all_addresses_key(host_port: u16, protocol: u8) -> PublishedPortKey {
+    PublishedPortKey {
         addr: 0,
         port: host_port.to_be(),
         proto: protocol,
