@@ -45,8 +45,11 @@ pub mod map_names {
     /// or to its published ports) that went to `CT_OVERFLOW` because their quota key held
     /// its share of `CT_UNASSURED`.
     pub const CT_QUOTA_HITS: &str = "CT_QUOTA_HITS";
-    /// Published ports: [`ServiceKey`](super::ServiceKey) -> [`Backend`](super::Backend).
-    pub const SERVICES: &str = "SERVICES";
+    /// Published ports: [`PublishedPortKey`](super::PublishedPortKey) ->
+    /// [`PublishedPortTarget`](super::PublishedPortTarget). The map keeps its older name: it
+    /// is pinned by that name on running hosts, and a new name would leave their published
+    /// ports behind in a map nothing reads.
+    pub const PUBLISHED_PORTS: &str = "SERVICES";
     /// Per-CPU [`EndpointStats`](super::EndpointStats), indexed by `Endpoint::stats_slot`.
     pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
     /// Host processes' sockets sent to a published port: [`SockRevNatKey`](super::SockRevNatKey)
@@ -361,7 +364,7 @@ impl CtKey {
 /// uplink's address (Docker's "all host addresses").
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct ServiceKey {
+pub struct PublishedPortKey {
     pub addr: Ipv4Be,
     /// Network byte order.
     pub port: u16,
@@ -369,10 +372,10 @@ pub struct ServiceKey {
     pub _pad: u8,
 }
 
-/// Where a published port leads.
+/// Where a published port leads: the container's address and port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Backend {
+pub struct PublishedPortTarget {
     pub ip: Ipv4Be,
     /// Network byte order.
     pub port: u16,
@@ -385,9 +388,10 @@ pub struct Backend {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SockRevNatKey {
     pub socket_cookie: u64,
-    pub backend_ip: Ipv4Be,
+    /// The published port's [`PublishedPortTarget`].
+    pub target_ip: Ipv4Be,
     /// Network byte order.
-    pub backend_port: u16,
+    pub target_port: u16,
     pub _pad: u16,
 }
 
@@ -495,8 +499,8 @@ mod pod {
     unsafe impl aya::Pod for super::HostConfig {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
-    unsafe impl aya::Pod for super::ServiceKey {}
-    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::PublishedPortKey {}
+    unsafe impl aya::Pod for super::PublishedPortTarget {}
     unsafe impl aya::Pod for super::EndpointStats {}
     unsafe impl aya::Pod for super::SockRevNatKey {}
     unsafe impl aya::Pod for super::SockRevNat {}

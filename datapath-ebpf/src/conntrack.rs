@@ -19,6 +19,7 @@ use datapath_common::{
     ct_direction, ct_fill, ct_stats, ct_tcp_flags, CtEntry, CtKey, CtQuotaKey, DropReason, HostConfig, IPPROTO_ICMP, IPPROTO_TCP,
     IPPROTO_UDP,
 };
+use network_types::{icmp::Icmpv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
     fragment,
@@ -46,28 +47,27 @@ pub fn key_of<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<(CtKey, u8), DropReason> 
         // Whole headers (through the checksum fields) are checked here, before any flow is
         // tracked: a cut-short header must not take a NAT port and then fail half-rewritten.
         IPPROTO_TCP => {
-            let tcp: *const [u8; 20] = ptr_at(ctx, ip.l4_off)?;
+            let tcp: *const TcpHdr = ptr_at(ctx, ip.l4_off)?;
             // SAFETY: bounds-checked by `ptr_at`.
             let tcp = unsafe { &*tcp };
-            key.sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
-            key.dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
-            flags = tcp_flags(tcp[13]);
+            key.sport = u16::from_ne_bytes(tcp.source);
+            key.dport = u16::from_ne_bytes(tcp.dest);
+            flags = tcp_flags(tcp);
         }
         IPPROTO_UDP => {
-            let udp: *const [u16; 4] = ptr_at(ctx, ip.l4_off)?;
+            let udp: *const UdpHdr = ptr_at(ctx, ip.l4_off)?;
             // SAFETY: bounds-checked by `ptr_at`.
-            let ports = unsafe { *udp };
-            key.sport = ports[0];
-            key.dport = ports[1];
+            let udp = unsafe { &*udp };
+            key.sport = u16::from_ne_bytes(udp.src);
+            key.dport = u16::from_ne_bytes(udp.dst);
         }
         IPPROTO_ICMP => {
-            let icmp: *const [u8; 8] = ptr_at(ctx, ip.l4_off)?;
+            let icmp: *const Icmpv4Hdr = ptr_at(ctx, ip.l4_off)?;
             // SAFETY: bounds-checked by `ptr_at`.
             let icmp = unsafe { &*icmp };
-            let id = u16::from_ne_bytes([icmp[4], icmp[5]]);
-            match icmp[0] {
-                ICMP_ECHO_REQUEST => key.sport = id,
-                ICMP_ECHO_REPLY => key.dport = id,
+            match icmp.type_ {
+                ICMP_ECHO_REQUEST => key.sport = echo_id(icmp),
+                ICMP_ECHO_REPLY => key.dport = echo_id(icmp),
                 _ => return Err(DropReason::UnsupportedL4),
             }
         }
@@ -76,24 +76,29 @@ pub fn key_of<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<(CtKey, u8), DropReason> 
     Ok((key, flags))
 }
 
-/// Maps the TCP header's flag byte to the flags conntrack keeps.
+/// The identifier of an ICMP echo request or reply (network byte order as stored), which a
+/// conntrack key keeps as the requester's port.
 #[inline(always)]
-fn tcp_flags(raw: u8) -> u8 {
-    const FIN: u8 = 0x01;
-    const SYN: u8 = 0x02;
-    const RST: u8 = 0x04;
-    const ACK: u8 = 0x10;
+pub fn echo_id(icmp: &Icmpv4Hdr) -> u16 {
+    // SAFETY: a view of the header's last 4 bytes, plain bytes whatever the type; for an echo
+    // message (the callers check the type) they are its identifier and sequence number.
+    u16::from_ne_bytes(unsafe { icmp.id_sequence_unchecked() }.id)
+}
+
+/// The TCP header's flags, as conntrack keeps them.
+#[inline(always)]
+fn tcp_flags(tcp: &TcpHdr) -> u8 {
     let mut flags = 0;
-    if raw & SYN != 0 {
+    if tcp.syn() != 0 {
         flags |= ct_tcp_flags::SYN;
     }
-    if raw & ACK != 0 {
+    if tcp.ack() != 0 {
         flags |= ct_tcp_flags::ACK;
     }
-    if raw & FIN != 0 {
+    if tcp.fin() != 0 {
         flags |= ct_tcp_flags::FIN;
     }
-    if raw & RST != 0 {
+    if tcp.rst() != 0 {
         flags |= ct_tcp_flags::RST;
     }
     flags

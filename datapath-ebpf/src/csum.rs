@@ -2,40 +2,81 @@
 //! (RFC 1624). A [`Rewrite`] writes the fields directly and sums their changes, then updates
 //! each checksum once ([`Rewrite::commit`]):
 //! - the IPv4 header checksum in place: it is always complete, offload or not;
-//! - the L4 checksum through the hook (`Packet::l4_csum_replace`): at TC by the kernel's helper,
-//!   which knows about checksum offload (a CHECKSUM_PARTIAL packet carries only the
-//!   pseudo-header sum, which BPF_F_PSEUDO_HDR updates, and no other field's); at XDP in place.
-//!   UDP's "no checksum" zero is kept as it is (BPF_F_MARK_MANGLED_0).
+//! - the L4 checksum at TC by the kernel's helper (`Packet::l4_csum_replace`), which knows
+//!   about checksum offload (a CHECKSUM_PARTIAL packet carries only the pseudo-header sum,
+//!   which BPF_F_PSEUDO_HDR updates, and no other field's); at XDP, which has no such helper
+//!   and complete checksums, in place here. UDP's "no checksum" zero is kept as it is
+//!   (BPF_F_MARK_MANGLED_0).
 //!
 //! One update per checksum rather than one per field: at TC, two helper calls per packet
 //! instead of up to a dozen (they were most of a translated packet's cost).
+use core::mem::offset_of;
+
 use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
 use datapath_common::{DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use network_types::{
+    icmp::{IcmpIdSequence, Icmpv4Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
 
-use crate::packet::{ptr_at, store, Ipv4, Packet, IP_CSUM_OFF, IP_TTL_OFF};
+use crate::packet::{ptr_at, store, Ipv4, Packet, IPV4_CSUM_OFF, IPV4_TTL_OFF, IP_OFF};
 
-/// Where a transport protocol keeps its checksum, and how a change of the IP addresses
-/// affects it.
+/// Where a transport protocol's header keeps the fields a translation rewrites, from the start
+/// of the header (network-types' layouts), and how its checksum is updated: the one table of
+/// L4 offsets, as Cilium's `csum_offsets` (bpf/lib/csum.h), with the ports added.
 #[derive(Clone, Copy)]
-pub struct L4Csum {
-    /// Offset of the checksum field in the frame.
-    pub offset: usize,
+pub struct L4Offsets {
+    /// The fields that carry a conntrack key's ports: TCP's and UDP's ports; for ICMP echo both
+    /// are its identifier (the key keeps it in the source slot of requests and in the
+    /// destination slot of replies; the other slot is 0 and never changes).
+    pub sport: usize,
+    pub dport: usize,
+    /// The checksum.
+    pub csum: usize,
     /// Extra flags for bpf_l4_csum_replace.
-    flags: u64,
+    csum_flags: u64,
     /// Whether the checksum covers the IP pseudo-header (TCP, UDP; not ICMP).
     pseudo_header: bool,
 }
 
-impl L4Csum {
+/// ICMP echo's identifier, in the "rest of header" word of the ICMP header.
+const ICMP_ECHO_ID_OFF: usize = offset_of!(Icmpv4Hdr, data) + offset_of!(IcmpIdSequence, id);
+
+impl L4Offsets {
+    pub const TCP: L4Offsets = L4Offsets {
+        sport: offset_of!(TcpHdr, source),
+        dport: offset_of!(TcpHdr, dest),
+        csum: offset_of!(TcpHdr, check),
+        csum_flags: 0,
+        pseudo_header: true,
+    };
+    /// UDP's "no checksum" zero stays as it is (BPF_F_MARK_MANGLED_0).
+    pub const UDP: L4Offsets = L4Offsets {
+        sport: offset_of!(UdpHdr, src),
+        dport: offset_of!(UdpHdr, dst),
+        csum: offset_of!(UdpHdr, check),
+        csum_flags: BPF_F_MARK_MANGLED_0 as u64,
+        pseudo_header: true,
+    };
+    /// Any ICMP message's checksum; its ports are echo's identifier (no other ICMP message is
+    /// a flow of its own).
+    pub const ICMP: L4Offsets = L4Offsets {
+        sport: ICMP_ECHO_ID_OFF,
+        dport: ICMP_ECHO_ID_OFF,
+        csum: offset_of!(Icmpv4Hdr, check),
+        csum_flags: 0,
+        pseudo_header: false,
+    };
     /// No L4 header in the packet (a later fragment): nothing but the IP header to update.
-    pub const ABSENT: L4Csum = L4Csum { offset: 0, flags: 0, pseudo_header: false };
+    pub const ABSENT: L4Offsets = L4Offsets { sport: 0, dport: 0, csum: 0, csum_flags: 0, pseudo_header: false };
 
     #[inline(always)]
-    pub fn of(proto: u8, l4_off: usize) -> Result<Self, DropReason> {
+    pub fn of(proto: u8) -> Result<Self, DropReason> {
         match proto {
-            IPPROTO_TCP => Ok(Self { offset: l4_off + 16, flags: 0, pseudo_header: true }),
-            IPPROTO_UDP => Ok(Self { offset: l4_off + 6, flags: BPF_F_MARK_MANGLED_0 as u64, pseudo_header: true }),
-            IPPROTO_ICMP => Ok(Self { offset: l4_off + 2, flags: 0, pseudo_header: false }),
+            IPPROTO_TCP => Ok(Self::TCP),
+            IPPROTO_UDP => Ok(Self::UDP),
+            IPPROTO_ICMP => Ok(Self::ICMP),
             _ => Err(DropReason::UnsupportedL4),
         }
     }
@@ -47,12 +88,6 @@ impl L4Csum {
 pub struct Delta(u32);
 
 impl Delta {
-    /// A difference as `bpf_l4_csum_replace` takes it with size 0 (see `diff`).
-    #[inline(always)]
-    pub fn of_diff(diff: u32) -> Self {
-        Delta(u16::from_be(diff as u16) as u32)
-    }
-
     #[inline(always)]
     pub fn u16(&mut self, old: u16, new: u16) {
         self.0 += (!u16::from_be(old)) as u32 + u16::from_be(new) as u32;
@@ -117,7 +152,7 @@ pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
 /// Applies `delta` to the checksum at `offset` in place. `mangled_0`: UDP's "no checksum" zero
 /// stays zero, and a sum that comes to zero is sent as 0xffff (as BPF_F_MARK_MANGLED_0 does).
 #[inline(always)]
-pub fn apply_at<P: Packet>(ctx: &P, offset: usize, delta: Delta, mangled_0: bool) -> Result<(), DropReason> {
+fn apply_at<P: Packet>(ctx: &P, offset: usize, delta: Delta, mangled_0: bool) -> Result<(), DropReason> {
     let field: *mut u16 = ptr_at(ctx, offset)?;
     // SAFETY: bounds-checked by `ptr_at`; packet fields need not be aligned.
     let sum = unsafe { field.read_unaligned() };
@@ -133,9 +168,22 @@ pub fn apply_at<P: Packet>(ctx: &P, offset: usize, delta: Delta, mangled_0: bool
     Ok(())
 }
 
+/// Applies `delta` to the L4 checksum at `offset`: by the hook's helper where it has one (TC),
+/// else in place (XDP). `flags` as `bpf_l4_csum_replace` takes them.
+#[inline(always)]
+fn apply_l4<P: Packet>(ctx: &P, offset: usize, delta: Delta, flags: u64) -> Result<(), DropReason> {
+    match ctx.l4_csum_replace(offset, delta.diff(), flags) {
+        Some(result) => result,
+        // A complete checksum covers the pseudo-header like any other field.
+        None => apply_at(ctx, offset, delta, flags & BPF_F_MARK_MANGLED_0 as u64 != 0),
+    }
+}
+
 /// The fields of one packet being rewritten, and what their changes do to its checksums.
 pub struct Rewrite {
-    l4: L4Csum,
+    /// The packet's L4 header: its offset in the frame, and its protocol's offsets.
+    l4_off: usize,
+    l4: L4Offsets,
     /// The IPv4 addresses: in the IP header checksum and, for TCP/UDP, the pseudo-header.
     addresses: Delta,
     /// The TTL: in the IP header checksum only.
@@ -147,8 +195,8 @@ pub struct Rewrite {
 
 impl Rewrite {
     #[inline(always)]
-    pub fn new(l4: L4Csum) -> Self {
-        Rewrite { l4, addresses: Delta::default(), ttl: Delta::default(), l4_fields: Delta::default() }
+    pub fn new(l4_off: usize, l4: L4Offsets) -> Self {
+        Rewrite { l4_off, l4, addresses: Delta::default(), ttl: Delta::default(), l4_fields: Delta::default() }
     }
 
     /// The IPv4 source or destination address at `offset`.
@@ -187,7 +235,7 @@ impl Rewrite {
         // The checksum is over 16-bit words: TTL shares its word with the protocol.
         let old = u16::from_be_bytes([ip.ttl, ip.proto]).to_be();
         let new = u16::from_be_bytes([ip.ttl - 1, ip.proto]).to_be();
-        store(ctx, IP_TTL_OFF, &(ip.ttl - 1))?;
+        store(ctx, IP_OFF + IPV4_TTL_OFF, &(ip.ttl - 1))?;
         self.ttl.u16(old, new);
         Ok(())
     }
@@ -198,14 +246,14 @@ impl Rewrite {
     pub fn commit<P: Packet>(self, ctx: &P) -> Result<(), DropReason> {
         let header = self.addresses.plus(self.ttl);
         if !header.is_empty() {
-            apply_at(ctx, IP_CSUM_OFF, header, false)?;
+            apply_at(ctx, IP_OFF + IPV4_CSUM_OFF, header, false)?;
         }
+        let csum_off = self.l4_off + self.l4.csum;
         if self.l4.pseudo_header && !self.addresses.is_empty() {
-            let flags = self.l4.flags | BPF_F_PSEUDO_HDR as u64;
-            ctx.l4_csum_replace(self.l4.offset, 0, self.addresses.diff() as u64, flags)?;
+            apply_l4(ctx, csum_off, self.addresses, self.l4.csum_flags | BPF_F_PSEUDO_HDR as u64)?;
         }
         if !self.l4_fields.is_empty() {
-            ctx.l4_csum_replace(self.l4.offset, 0, self.l4_fields.diff() as u64, self.l4.flags)?;
+            apply_l4(ctx, csum_off, self.l4_fields, self.l4.csum_flags)?;
         }
         Ok(())
     }

@@ -42,7 +42,7 @@ pub struct NextHop {
 }
 
 /// What the routing table says about a destination.
-pub enum Route {
+pub enum FibResult {
     Forward(NextHop),
     /// An address of the host itself.
     Local,
@@ -52,7 +52,7 @@ pub enum Route {
 
 /// Looks up the route for a packet that came in on this interface.
 #[inline(always)]
-pub fn route<P: Packet>(ctx: &P, key: &CtKey) -> Route {
+pub fn route<P: Packet>(ctx: &P, key: &CtKey) -> FibResult {
     let mut params = FibParams {
         family: AF_INET,
         l4_protocol: key.proto,
@@ -73,10 +73,10 @@ pub fn route<P: Packet>(ctx: &P, key: &CtKey) -> Route {
         )
     };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Route::Forward(NextHop { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac, resolved: true }),
-        BPF_FIB_LKUP_RET_NO_NEIGH => Route::Forward(NextHop { ifindex: params.ifindex, smac: [0; 6], dmac: [0; 6], resolved: false }),
-        BPF_FIB_LKUP_RET_NOT_FWDED => Route::Local,
-        _ => Route::Other,
+        BPF_FIB_LKUP_RET_SUCCESS => FibResult::Forward(NextHop { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac, resolved: true }),
+        BPF_FIB_LKUP_RET_NO_NEIGH => FibResult::Forward(NextHop { ifindex: params.ifindex, smac: [0; 6], dmac: [0; 6], resolved: false }),
+        BPF_FIB_LKUP_RET_NOT_FWDED => FibResult::Local,
+        _ => FibResult::Other,
     }
 }
 
@@ -84,8 +84,8 @@ pub fn route<P: Packet>(ctx: &P, key: &CtKey) -> Route {
 #[inline(always)]
 pub fn lookup<P: Packet>(ctx: &P, key: &CtKey) -> Option<NextHop> {
     match route(ctx, key) {
-        Route::Forward(hop) => Some(hop),
-        Route::Local | Route::Other => None,
+        FibResult::Forward(hop) => Some(hop),
+        FibResult::Local | FibResult::Other => None,
     }
 }
 

@@ -51,7 +51,7 @@ pub fn check_source(eth: *const EthHdr, ip: &Ipv4, source: &Endpoint) -> Result<
 }
 
 /// Where an IPv4 packet from a container goes.
-pub enum Route {
+pub enum Destination {
     /// The gateway's address: the host stack.
     Gateway,
     /// Another container of the same network.
@@ -61,13 +61,13 @@ pub enum Route {
 }
 
 #[inline(always)]
-pub fn route(ip: &Ipv4, source: &Endpoint) -> Result<Route, DropReason> {
+pub fn destination(ip: &Ipv4, source: &Endpoint) -> Result<Destination, DropReason> {
     if ip.daddr == source.gateway {
-        return Ok(Route::Gateway);
+        return Ok(Destination::Gateway);
     }
     Ok(match member(source.network_id, ip.daddr)? {
-        Some(dest) => Route::Member(dest),
-        None => Route::Outside,
+        Some(dest) => Destination::Member(dest),
+        None => Destination::Outside,
     })
 }
 

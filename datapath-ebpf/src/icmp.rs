@@ -2,21 +2,20 @@
 //! about a translated flow, in either direction: they quote the packet as their sender got it,
 //! translated, so the quote and the outer header are translated back (see [`translate`]).
 use datapath_common::{Counter, CtKey, DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, udp::UdpHdr};
 
 use crate::{
     conntrack::{self, ICMP_ECHO_REQUEST},
     counters::count,
-    csum::{self, L4Csum, Rewrite},
+    csum::{self, L4Offsets, Rewrite},
     fib,
     forward::deliver_to_ifindex,
     nat::to_host,
-    packet::{ptr_at, Ipv4, Packet, IP_DADDR_OFF, IP_SADDR_OFF},
+    packet::{ipv4_header_len, ptr_at, Ipv4, Packet, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IP_OFF},
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
-/// The ICMP header before the quoted packet.
-const ICMP_HEADER_LEN: usize = 8;
 
 /// Whether the ICMP message at the packet's L4 offset is an error this module translates.
 #[inline(always)]
@@ -26,9 +25,9 @@ pub fn is_error<P: Packet>(ctx: &P, ip: &Ipv4) -> bool {
     }
     // The whole header is bounds-checked: a one-byte check can be compiled into a form the
     // verifier reads as an empty range.
-    match ptr_at::<P, [u8; ICMP_HEADER_LEN]>(ctx, ip.l4_off) {
+    match ptr_at::<P, Icmpv4Hdr>(ctx, ip.l4_off) {
         // SAFETY: bounds-checked by `ptr_at`.
-        Ok(header) => matches!(unsafe { (*header)[0] }, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED),
+        Ok(header) => matches!(unsafe { (*header).type_ }, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED),
         Err(_) => false,
     }
 }
@@ -38,6 +37,8 @@ struct Quoted {
     ip_off: usize,
     l4_off: usize,
     proto: u8,
+    /// Where the quoted protocol's ports and checksum lie.
+    l4: L4Offsets,
     saddr: u32,
     daddr: u32,
     ip_csum: u16,
@@ -48,36 +49,49 @@ struct Quoted {
 
 #[inline(always)]
 fn quoted<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<Quoted, DropReason> {
-    let ip_off = ip.l4_off + ICMP_HEADER_LEN;
-    let hdr: *const [u8; 20] = ptr_at(ctx, ip_off)?;
+    let ip_off = ip.l4_off + Icmpv4Hdr::LEN;
+    let hdr: *const Ipv4Hdr = ptr_at(ctx, ip_off)?;
     // SAFETY: bounds-checked by `ptr_at`.
     let hdr = unsafe { &*hdr };
-    let ihl = (hdr[0] & 0x0f) as usize;
-    if hdr[0] >> 4 != 4 || ihl < 5 {
-        return Err(DropReason::Malformed);
-    }
-    let l4_off = ip_off + ihl * 4;
-    // RFC 792: at least the first 8 bytes of the quoted L4 header are included.
-    let l4: *const [u8; 8] = ptr_at(ctx, l4_off)?;
-    // SAFETY: bounds-checked by `ptr_at`.
-    let l4 = unsafe { &*l4 };
-    let proto = hdr[9];
+    let l4_off = ip_off + ipv4_header_len(hdr)?;
+    let proto = hdr.proto;
+    let l4_offsets = L4Offsets::of(proto)?;
+    // RFC 792: at least the first 8 bytes of the quoted L4 header are included: all of UDP's
+    // and ICMP's header, the start of TCP's (whose ports lie where UDP's do).
     let (sport, dport) = match proto {
-        IPPROTO_TCP | IPPROTO_UDP => (u16::from_ne_bytes([l4[0], l4[1]]), u16::from_ne_bytes([l4[2], l4[3]])),
-        IPPROTO_ICMP if l4[0] == ICMP_ECHO_REQUEST => (u16::from_ne_bytes([l4[4], l4[5]]), 0),
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let ports: *const UdpHdr = ptr_at(ctx, l4_off)?;
+            // SAFETY: bounds-checked by `ptr_at`.
+            let ports = unsafe { &*ports };
+            (u16::from_ne_bytes(ports.src), u16::from_ne_bytes(ports.dst))
+        }
+        IPPROTO_ICMP => {
+            let icmp: *const Icmpv4Hdr = ptr_at(ctx, l4_off)?;
+            // SAFETY: bounds-checked by `ptr_at`.
+            let icmp = unsafe { &*icmp };
+            if icmp.type_ != ICMP_ECHO_REQUEST {
+                return Err(DropReason::UnsupportedL4);
+            }
+            (conntrack::echo_id(icmp), 0)
+        }
         _ => return Err(DropReason::UnsupportedL4),
     };
     Ok(Quoted {
         ip_off,
         l4_off,
         proto,
-        saddr: u32::from_ne_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]),
-        daddr: u32::from_ne_bytes([hdr[16], hdr[17], hdr[18], hdr[19]]),
-        ip_csum: u16::from_ne_bytes([hdr[10], hdr[11]]),
+        l4: l4_offsets,
+        saddr: u32::from_ne_bytes(hdr.src_addr),
+        daddr: u32::from_ne_bytes(hdr.dst_addr),
+        ip_csum: u16::from_ne_bytes(hdr.check),
         sport,
         dport,
     })
 }
+
+// A quoted TCP header may be cut after its first 8 bytes: its ports are read through UDP's
+// header, which has them at the same offsets.
+const _: () = assert!(L4Offsets::TCP.sport == L4Offsets::UDP.sport && L4Offsets::TCP.dport == L4Offsets::UDP.dport);
 
 /// Where an error came from, which decides what it may be about.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -131,22 +145,21 @@ pub fn translate<P: Packet>(ctx: &P, ip: &Ipv4, origin: Origin) -> Result<Option
     }
     let quote = entry.to.reversed();
     let outer_saddr = if ip.saddr == q.daddr { entry.to.saddr } else { ip.saddr };
-    let mut rewrite = Rewrite::new(L4Csum::of(IPPROTO_ICMP, ip.l4_off)?);
+    let mut rewrite = Rewrite::new(ip.l4_off, L4Offsets::ICMP);
 
     // Outer addresses: only the IP checksum covers them (ICMP has no pseudo-header).
-    rewrite.addr(ctx, IP_SADDR_OFF, ip.saddr, outer_saddr)?;
-    rewrite.addr(ctx, IP_DADDR_OFF, ip.daddr, entry.to.daddr)?;
+    rewrite.addr(ctx, IP_OFF + IPV4_SADDR_OFF, ip.saddr, outer_saddr)?;
+    rewrite.addr(ctx, IP_OFF + IPV4_DADDR_OFF, ip.daddr, entry.to.daddr)?;
     // Quoted addresses, and the quoted IP checksum that covers them.
-    rewrite.l4_u32(ctx, q.ip_off + 12, q.saddr, quote.saddr)?;
-    rewrite.l4_u32(ctx, q.ip_off + 16, q.daddr, quote.daddr)?;
+    rewrite.l4_u32(ctx, q.ip_off + IPV4_SADDR_OFF, q.saddr, quote.saddr)?;
+    rewrite.l4_u32(ctx, q.ip_off + IPV4_DADDR_OFF, q.daddr, quote.daddr)?;
     let quoted_ip_csum = csum::update32(csum::update32(q.ip_csum, q.saddr, quote.saddr), q.daddr, quote.daddr);
-    rewrite.l4_u16(ctx, q.ip_off + 10, q.ip_csum, quoted_ip_csum)?;
+    rewrite.l4_u16(ctx, q.ip_off + IPV4_CSUM_OFF, q.ip_csum, quoted_ip_csum)?;
     // Quoted ports (an echo's identifier is its source port; its destination slot stays 0),
     // and the quoted L4 checksum when it was quoted.
-    let (sport_off, dport_off) = if q.proto == IPPROTO_ICMP { (q.l4_off + 4, q.l4_off + 4) } else { (q.l4_off, q.l4_off + 2) };
-    rewrite.l4_u16(ctx, sport_off, q.sport, quote.sport)?;
+    rewrite.l4_u16(ctx, q.l4_off + q.l4.sport, q.sport, quote.sport)?;
     if q.proto != IPPROTO_ICMP {
-        rewrite.l4_u16(ctx, dport_off, q.dport, quote.dport)?;
+        rewrite.l4_u16(ctx, q.l4_off + q.l4.dport, q.dport, quote.dport)?;
     }
     fix_quoted_l4_csum(ctx, &q, &quote, &mut rewrite)?;
     if ip.ttl > 1 {
@@ -170,11 +183,7 @@ pub fn translate<P: Packet>(ctx: &P, ip: &Ipv4, origin: Origin) -> Result<Option
 /// ICMP's are in the 8 bytes every error carries; TCP's only when more was quoted).
 #[inline(always)]
 fn fix_quoted_l4_csum<P: Packet>(ctx: &P, q: &Quoted, quote: &CtKey, rewrite: &mut Rewrite) -> Result<(), DropReason> {
-    let csum_off = match q.proto {
-        IPPROTO_TCP => q.l4_off + 16,
-        IPPROTO_UDP => q.l4_off + 6,
-        _ => q.l4_off + 2,
-    };
+    let csum_off = q.l4_off + q.l4.csum;
     let Ok(field) = ptr_at::<P, [u8; 2]>(ctx, csum_off) else {
         return Ok(());
     };

@@ -15,7 +15,7 @@ mod icmp;
 mod maps;
 mod nat;
 mod packet;
-mod services;
+mod published_ports;
 mod sock;
 
 use aya_ebpf::{
@@ -26,7 +26,7 @@ use aya_ebpf::{
 use datapath_common::{Counter, DropReason};
 use network_types::eth::{EthHdr, EtherType};
 
-use crate::{forward::Route, packet::Packet};
+use crate::{forward::Destination, packet::Packet};
 
 /// TC ingress on a container's host-side veth: every packet the container sends.
 ///
@@ -52,23 +52,23 @@ fn try_from_endpoint(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     let ip = packet::ipv4(ctx)?;
     forward::check_source(eth, &ip, &source)?;
-    match forward::route(&ip, &source)? {
-        Route::Gateway => {
+    match forward::destination(&ip, &source)? {
+        Destination::Gateway => {
             counters::count(Counter::ToHost);
             Ok(TC_ACT_OK)
         }
-        Route::Member(dest) => {
+        Destination::Member(dest) => {
             let action = forward::deliver(ctx, &dest)?;
             counters::count(Counter::Forwarded);
             Ok(action)
         }
         // An error about a flow to a published port (or a reply to the container's own flow)
         // goes back the way the flow came.
-        Route::Outside if icmp::is_error(ctx, &ip) => match icmp::translate(ctx, &ip, icmp::Origin::Container)? {
+        Destination::Outside if icmp::is_error(ctx, &ip) => match icmp::translate(ctx, &ip, icmp::Origin::Container)? {
             Some(action) => Ok(action),
             None => nat::from_container(ctx, &ip, &source),
         },
-        Route::Outside => nat::from_container(ctx, &ip, &source),
+        Destination::Outside => nat::from_container(ctx, &ip, &source),
     }
 }
 

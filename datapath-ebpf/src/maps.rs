@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use datapath_common::{
-    ct_fill, ct_stats, Backend, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, FragKey, FragPorts, HostConfig, Ipv4Be, Network, ServiceKey,
-    SockRevNat, SockRevNatKey, MAX_ENDPOINTS,
+    ct_fill, ct_stats, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, FragKey, FragPorts, HostConfig, Ipv4Be, Network,
+    PublishedPortKey, PublishedPortTarget, SockRevNat, SockRevNatKey, MAX_ENDPOINTS,
 };
 
 const MAX_NETWORKS: u32 = 4_096;
@@ -16,9 +16,9 @@ const DEFAULT_CT_ENTRIES: u32 = 262_144;
 const DEFAULT_CT_UNASSURED_ENTRIES: u32 = 131_072;
 const DEFAULT_CT_OVERFLOW_ENTRIES: u32 = 32_768;
 /// Quota keys: a container or a published port each.
-const CT_QUOTA_KEYS: u32 = MAX_ENDPOINTS + MAX_SERVICES;
+const CT_QUOTA_KEYS: u32 = MAX_ENDPOINTS + MAX_PUBLISHED_PORTS;
 /// Published ports per host.
-const MAX_SERVICES: u32 = 65_536;
+const MAX_PUBLISHED_PORTS: u32 = 65_536;
 /// Host processes' sockets to published ports remembered at once (LRU: the oldest is
 /// forgotten first, and its replies then show the container's address).
 const SOCK_REV_NAT_ENTRIES: u32 = 65_536;
@@ -47,8 +47,10 @@ pub static CONFIG: Array<HostConfig> = Array::pinned(1, 0);
 #[map]
 pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_CT_ENTRIES, 0);
 
-#[map]
-pub static SERVICES: HashMap<ServiceKey, Backend> = HashMap::pinned(MAX_SERVICES, 0);
+// The kernel's name for the map stays "SERVICES" (`map_names::PUBLISHED_PORTS`): it is pinned
+// by that name on running hosts.
+#[map(name = "SERVICES")]
+pub static PUBLISHED_PORTS: HashMap<PublishedPortKey, PublishedPortTarget> = HashMap::pinned(MAX_PUBLISHED_PORTS, 0);
 
 #[map]
 pub static ENDPOINT_STATS: PerCpuArray<EndpointStats> = PerCpuArray::pinned(MAX_ENDPOINTS, 0);

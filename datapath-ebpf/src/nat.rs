@@ -13,13 +13,13 @@ use datapath_common::{
 use crate::{
     conntrack::{self, key_of, Quota, Tracked},
     counters::count,
-    csum::{L4Csum, Rewrite},
+    csum::{L4Offsets, Rewrite},
     fib,
     fragment,
     forward::deliver_to_ifindex,
     maps::config,
-    packet::{Ipv4, Packet, IP_DADDR_OFF, IP_SADDR_OFF},
-    services,
+    packet::{Ipv4, Packet, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IP_OFF},
+    published_ports,
 };
 
 /// How many ports are tried, from a random start, before a new flow is refused.
@@ -56,15 +56,15 @@ pub fn from_container<P: Packet>(ctx: &P, ip: &Ipv4, source: &Endpoint) -> Resul
     }
     // A container's new flows count against its own share of the unassured table.
     let quota = Quota { key: CtQuotaKey { addr: source.ip, ..Default::default() }, stats_slot: source.stats_slot };
-    let found = if let Some(backend) = services::lookup(&cfg, &key) {
-        let to = CtKey { saddr: cfg.uplink_ip, daddr: backend.ip, dport: backend.port, ..key };
-        new_flow(&cfg, &key, to, backend.host_ifindex, source.host_ifindex, ct_kind::HAIRPIN, &quota)?
+    let found = if let Some(container) = published_ports::lookup(&cfg, &key) {
+        let to = CtKey { saddr: cfg.uplink_ip, daddr: container.ip, dport: container.port, ..key };
+        new_flow(&cfg, &key, to, container.host_ifindex, source.host_ifindex, ct_kind::HAIRPIN, &quota)?
     } else {
         match fib::route(ctx, &key) {
-            fib::Route::Forward(hop) if hop.ifindex == cfg.uplink_ifindex => {}
+            fib::FibResult::Forward(hop) if hop.ifindex == cfg.uplink_ifindex => {}
             // The host's own addresses (other than the gateway, handled before) are off limits
             // unless the agent allows them.
-            fib::Route::Local if cfg.flags & host_config_flags::ALLOW_HOST_ACCESS == 0 => {
+            fib::FibResult::Local if cfg.flags & host_config_flags::ALLOW_HOST_ACCESS == 0 => {
                 return Err(DropReason::HostAccessDenied);
             }
             // Not leaving through the uplink: not bpfnet's to translate.
@@ -95,14 +95,14 @@ pub fn from_uplink<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<i32, DropReason> {
         return Ok(to_host::<P>());
     }
     let cfg = config();
-    let Some(backend) = services::lookup(&cfg, &key) else {
+    let Some(container) = published_ports::lookup(&cfg, &key) else {
         return Ok(to_host::<P>());
     };
     // The client's address is kept: the container sees who is calling. New flows to one
     // published port count against that port's share of the unassured table.
-    let to = CtKey { daddr: backend.ip, dport: backend.port, ..key };
-    let quota = Quota { key: CtQuotaKey { addr: backend.ip, port: backend.port, proto: key.proto, _pad: 0 }, stats_slot: backend.stats_slot };
-    let found = new_flow(&cfg, &key, to, backend.host_ifindex, 0, ct_kind::DNAT, &quota)?;
+    let to = CtKey { daddr: container.ip, dport: container.port, ..key };
+    let quota = Quota { key: CtQuotaKey { addr: container.ip, port: container.port, proto: key.proto, _pad: 0 }, stats_slot: container.stats_slot };
+    let found = new_flow(&cfg, &key, to, container.host_ifindex, 0, ct_kind::DNAT, &quota)?;
     forward_tracked(ctx, ip, &key, found, tcp_flags)
 }
 
@@ -198,31 +198,19 @@ fn forward_tracked<P: Packet>(ctx: &P, ip: &Ipv4, key: &CtKey, found: Tracked, t
     }
 }
 
-/// Offset of the field that carries a port: TCP/UDP's source or destination port, or the
-/// ICMP echo identifier (which the key keeps in the source slot for requests and in the
-/// destination slot for replies; the other slot is 0 and never changes).
-#[inline(always)]
-fn port_offset(proto: u8, l4_off: usize, source: bool) -> usize {
-    match (proto, source) {
-        (IPPROTO_ICMP, _) => l4_off + 4,
-        (_, true) => l4_off,
-        (_, false) => l4_off + 2,
-    }
-}
-
 /// Rewrites addresses and ports from `from` to `to` and decrements the TTL (unless it is 1:
 /// then the packet is not forwarded by the host anyway), with their checksums. A later
 /// fragment has only addresses: its datagram's ports and L4 checksum (which covers the whole
 /// datagram) were rewritten in the first fragment.
 #[inline(always)]
 fn rewrite<P: Packet>(ctx: &P, ip: &Ipv4, from: &CtKey, to: &CtKey) -> Result<(), DropReason> {
-    let l4 = if ip.later_fragment { L4Csum::ABSENT } else { L4Csum::of(from.proto, ip.l4_off)? };
-    let mut rewrite = Rewrite::new(l4);
-    rewrite.addr(ctx, IP_SADDR_OFF, from.saddr, to.saddr)?;
-    rewrite.addr(ctx, IP_DADDR_OFF, from.daddr, to.daddr)?;
+    let l4 = if ip.later_fragment { L4Offsets::ABSENT } else { L4Offsets::of(from.proto)? };
+    let mut rewrite = Rewrite::new(ip.l4_off, l4);
+    rewrite.addr(ctx, IP_OFF + IPV4_SADDR_OFF, from.saddr, to.saddr)?;
+    rewrite.addr(ctx, IP_OFF + IPV4_DADDR_OFF, from.daddr, to.daddr)?;
     if !ip.later_fragment {
-        rewrite.l4_u16(ctx, port_offset(from.proto, ip.l4_off, true), from.sport, to.sport)?;
-        rewrite.l4_u16(ctx, port_offset(from.proto, ip.l4_off, false), from.dport, to.dport)?;
+        rewrite.l4_u16(ctx, ip.l4_off + l4.sport, from.sport, to.sport)?;
+        rewrite.l4_u16(ctx, ip.l4_off + l4.dport, from.dport, to.dport)?;
     }
     if ip.ttl > 1 {
         rewrite.decrement_ttl(ctx, ip)?;

@@ -1,11 +1,14 @@
 //! The packet as a program sees it, at either hook it runs at: TC (an skb, with the kernel's
 //! checksum and redirect helpers) or XDP (a bare buffer, before any skb exists). The other
 //! modules are written once against [`Packet`]; each hook says here how it stores bytes,
-//! replaces checksums, redirects and which verdicts mean what. Also bounds-checked access to
-//! packet bytes (direct packet access, as the verifier demands), and the parsed view of an
-//! IPv4 header that the other modules share.
+//! whether the kernel updates its L4 checksums, how it redirects and which verdicts mean what.
+//! Also bounds-checked access to packet bytes (direct packet access, as the verifier demands),
+//! and the parsed view of an IPv4 header that the other modules share. The checksum
+//! arithmetic is above this layer, in `csum`.
+use core::mem::offset_of;
+
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_F_HDR_FIELD_MASK, BPF_F_MARK_MANGLED_0, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::generated::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::{TcContext, XdpContext},
     EbpfContext,
@@ -13,14 +16,15 @@ use aya_ebpf::{
 use datapath_common::{DropReason, Ipv4Be};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
-use crate::csum;
-
-/// Offsets of IPv4 header fields, from the start of the frame.
+/// Offset of the IPv4 header in the frame.
 pub const IP_OFF: usize = EthHdr::LEN;
-pub const IP_TTL_OFF: usize = IP_OFF + 8;
-pub const IP_CSUM_OFF: usize = IP_OFF + 10;
-pub const IP_SADDR_OFF: usize = IP_OFF + 12;
-pub const IP_DADDR_OFF: usize = IP_OFF + 16;
+/// Offsets of the IPv4 header fields the datapath rewrites, from the start of an IPv4 header:
+/// the packet's own (at `IP_OFF`) or the one an ICMP error quotes. (The L4 headers' offsets
+/// are in `csum::L4Offsets`.)
+pub const IPV4_TTL_OFF: usize = offset_of!(Ipv4Hdr, ttl);
+pub const IPV4_CSUM_OFF: usize = offset_of!(Ipv4Hdr, check);
+pub const IPV4_SADDR_OFF: usize = offset_of!(Ipv4Hdr, src_addr);
+pub const IPV4_DADDR_OFF: usize = offset_of!(Ipv4Hdr, dst_addr);
 
 /// What a hook gives its program: the bytes, where they came from, and the primitives that
 /// differ between an skb and an XDP buffer.
@@ -36,10 +40,11 @@ pub trait Packet: EbpfContext {
     fn len(&self) -> u32;
     /// The interface the packet arrived on.
     fn ingress_ifindex(&self) -> u32;
-    /// `bpf_l4_csum_replace`: the L4 checksum at `offset` follows a field changing from `old`
-    /// to `new`, with the field size (2 or 4; 0: `new` is a precomputed difference) and
-    /// BPF_F_* flags in `flags` (BPF_F_PSEUDO_HDR: a field of the pseudo-header).
-    fn l4_csum_replace(&self, offset: usize, old: u64, new: u64, flags: u64) -> Result<(), DropReason>;
+    /// `bpf_l4_csum_replace` with a difference summed beforehand (field size 0): the L4
+    /// checksum at `offset` follows fields that changed by `diff`, with BPF_F_* flags in
+    /// `flags` (BPF_F_PSEUDO_HDR: fields of the pseudo-header). `None` where the hook has no
+    /// such helper (XDP): the caller updates the checksum in place.
+    fn l4_csum_replace(&self, offset: usize, diff: u32, flags: u64) -> Option<Result<(), DropReason>>;
     /// Sends the packet into the container behind the host-side veth `host_ifindex`.
     fn redirect_into_container(&self, host_ifindex: u32) -> Result<i32, DropReason>;
     /// Sends the packet out of `ifindex` to a neighbour whose MAC is not known yet.
@@ -91,8 +96,8 @@ impl Packet for TcContext {
     // The skb helper knows about checksum offload: a CHECKSUM_PARTIAL packet carries only the
     // pseudo-header sum, which BPF_F_PSEUDO_HDR updates the right way (and other fields not).
     #[inline(always)]
-    fn l4_csum_replace(&self, offset: usize, old: u64, new: u64, flags: u64) -> Result<(), DropReason> {
-        TcContext::l4_csum_replace(self, offset, old, new, flags).map_err(|_| DropReason::RewriteFailed)
+    fn l4_csum_replace(&self, offset: usize, diff: u32, flags: u64) -> Option<Result<(), DropReason>> {
+        Some(TcContext::l4_csum_replace(self, offset, 0, diff as u64, flags).map_err(|_| DropReason::RewriteFailed))
     }
 
     /// `bpf_redirect_peer`: straight into the container's namespace, skipping the host-side
@@ -138,17 +143,10 @@ impl Packet for XdpContext {
     }
 
     // A buffer at XDP has no checksum state: its checksums are complete (a NIC delivers what
-    // the wire carried), so they are updated in place as RFC 1624 says.
+    // the wire carried), so they are updated in place as RFC 1624 says (`csum`).
     #[inline(always)]
-    fn l4_csum_replace(&self, offset: usize, old: u64, new: u64, flags: u64) -> Result<(), DropReason> {
-        let mut delta = csum::Delta::default();
-        match flags & BPF_F_HDR_FIELD_MASK as u64 {
-            0 => delta = csum::Delta::of_diff(new as u32),
-            2 => delta.u16(old as u16, new as u16),
-            4 => delta.u32(old as u32, new as u32),
-            _ => return Err(DropReason::RewriteFailed),
-        }
-        csum::apply_at(self, offset, delta, flags & BPF_F_MARK_MANGLED_0 as u64 != 0)
+    fn l4_csum_replace(&self, _offset: usize, _diff: u32, _flags: u64) -> Option<Result<(), DropReason>> {
+        None
     }
 
     /// `bpf_redirect` to the host-side veth: its transmit hands the frame to the container's
@@ -217,10 +215,7 @@ pub fn ipv4<P: Packet>(ctx: &P) -> Result<Ipv4, DropReason> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, IP_OFF)?;
     // SAFETY: bounds-checked by `ptr_at`.
     let ip = unsafe { &*ip };
-    let ihl = (ip.vihl & 0x0f) as usize;
-    if ip.vihl >> 4 != 4 || ihl < 5 {
-        return Err(DropReason::Malformed);
-    }
+    let header_len = ipv4_header_len(ip)?;
     const MORE_FRAGMENTS: u16 = 0x2000;
     const OFFSET: u16 = 0x1fff;
     let frag = u16::from_be_bytes(ip.frags);
@@ -229,9 +224,20 @@ pub fn ipv4<P: Packet>(ctx: &P) -> Result<Ipv4, DropReason> {
         daddr: u32::from_ne_bytes(ip.dst_addr),
         proto: ip.proto,
         ttl: ip.ttl,
-        l4_off: IP_OFF + ihl * 4,
+        l4_off: IP_OFF + header_len,
         id: u16::from_ne_bytes(ip.id),
         first_fragment: frag & (MORE_FRAGMENTS | OFFSET) == MORE_FRAGMENTS,
         later_fragment: frag & OFFSET != 0,
     })
+}
+
+/// The length of an IPv4 header, options included (the packet's own, or one an ICMP error
+/// quotes), or `Malformed` when it is no IPv4 header.
+#[inline(always)]
+pub fn ipv4_header_len(ip: &Ipv4Hdr) -> Result<usize, DropReason> {
+    let len = ip.ihl() as usize;
+    if ip.version() != 4 || len < Ipv4Hdr::LEN {
+        return Err(DropReason::Malformed);
+    }
+    Ok(len)
 }

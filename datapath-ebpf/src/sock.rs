@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use datapath_common::{HostConfig, Ipv4Be, SockRevNat, SockRevNatKey};
 
-use crate::{maps::SOCK_REV_NAT, services};
+use crate::{maps::SOCK_REV_NAT, published_ports};
 
 /// What every sock_addr hook returns: let the syscall go on.
 pub const ALLOW: i32 = 1;
@@ -136,15 +136,15 @@ fn to_published_port(ctx: &SockAddrContext, cfg: &HostConfig, ip: Ipv4Be, port: 
         return None;
     }
     let all_addresses = (cfg.uplink_ifindex != 0 && ip == cfg.uplink_ip) || is_loopback(ip);
-    let target = services::target(ip, port, protocol(ctx), all_addresses)?;
+    let container = published_ports::container(ip, port, protocol(ctx), all_addresses)?;
     // SAFETY: helper call on the program's own context.
     let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let key = SockRevNatKey { socket_cookie, backend_ip: target.ip, backend_port: target.port, _pad: 0 };
+    let key = SockRevNatKey { socket_cookie, target_ip: container.ip, target_port: container.port, _pad: 0 };
     let published = SockRevNat { addr: ip, port, addressed_as, _pad: 0 };
     // Without the entry the process would see the container's address in replies: then the
     // destination is left alone too (a full LRU map evicts instead of failing, so this is rare).
     SOCK_REV_NAT.insert(&key, &published, 0).ok()?;
-    Some((target.ip, target.port))
+    Some((container.ip, container.port))
 }
 
 /// The decision of recvmsg4/6 and getpeername4/6, on the container's IPv4 address and port
@@ -156,7 +156,7 @@ fn from_published_port(ctx: &SockAddrContext, cfg: &HostConfig, ip: Ipv4Be, port
     }
     // SAFETY: helper call on the program's own context.
     let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let key = SockRevNatKey { socket_cookie, backend_ip: ip, backend_port: port, _pad: 0 };
+    let key = SockRevNatKey { socket_cookie, target_ip: ip, target_port: port, _pad: 0 };
     // SAFETY: map values are plain data; copied out at once.
     unsafe { SOCK_REV_NAT.get(&key) }.copied()
 }

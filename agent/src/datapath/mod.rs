@@ -30,8 +30,8 @@ use aya::{
     EbpfLoader,
 };
 use datapath_common::{
-    map_names, program_names, Backend, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, HostConfig, Ipv4Be,
-    Network, ServiceKey,
+    map_names, program_names, PublishedPortTarget, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, HostConfig, Ipv4Be,
+    Network, PublishedPortKey,
 };
 
 use crate::{sys::bpf, sys::cgroup::HostCgroup};
@@ -194,7 +194,7 @@ pub struct Datapath {
     pub(crate) ct_quota: HashMap<MapData, CtQuotaKey, u64>,
     pub(crate) ct_stats: Array<MapData, u64>,
     ct_quota_hits: PerCpuArray<MapData, u64>,
-    services: HashMap<MapData, ServiceKey, Backend>,
+    services: HashMap<MapData, PublishedPortKey, PublishedPortTarget>,
     endpoint_stats: PerCpuArray<MapData, EndpointStats>,
 }
 
@@ -202,7 +202,7 @@ pub struct Datapath {
 pub struct DatapathContents {
     pub endpoint_ips: Vec<Ipv4Be>,
     pub networks: Vec<u32>,
-    pub services: Vec<ServiceKey>,
+    pub services: Vec<PublishedPortKey>,
     pub linked_interfaces: Vec<String>,
 }
 
@@ -407,7 +407,7 @@ impl Datapath {
             ct_quota: open_map(&maps, map_names::CT_QUOTA)?,
             ct_stats: open_map(&maps, map_names::CT_STATS)?,
             ct_quota_hits: open_map(&maps, map_names::CT_QUOTA_HITS)?,
-            services: open_map(&maps, map_names::SERVICES)?,
+            services: open_map(&maps, map_names::PUBLISHED_PORTS)?,
             endpoint_stats: open_map(&maps, map_names::ENDPOINT_STATS)?,
         })
     }
@@ -615,12 +615,12 @@ impl Datapath {
     }
 
     /// Publishes a port: one map update, whatever the number already published.
-    pub fn publish(&mut self, key: &ServiceKey, backend: &Backend) -> Result<()> {
+    pub fn publish(&mut self, key: &PublishedPortKey, backend: &PublishedPortTarget) -> Result<()> {
         self.services.insert(key, backend, 0).context("writing a published port to SERVICES")
     }
 
     /// Unpublishes a port; new flows to it are no longer translated. Idempotent.
-    pub fn unpublish(&mut self, key: &ServiceKey) -> Result<()> {
+    pub fn unpublish(&mut self, key: &PublishedPortKey) -> Result<()> {
         ignore_missing_key(self.services.remove(key)).context("removing a published port from SERVICES")
     }
 

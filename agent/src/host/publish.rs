@@ -4,7 +4,7 @@
 use std::{collections::HashMap, fmt, net::Ipv4Addr, ops::RangeInclusive};
 
 use anyhow::{bail, Context, Result};
-use datapath_common::{ipv4_be, Backend, ServiceKey, IPPROTO_TCP, IPPROTO_UDP};
+use datapath_common::{ipv4_be, PublishedPortTarget, PublishedPortKey, IPPROTO_TCP, IPPROTO_UDP};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -51,8 +51,8 @@ impl fmt::Display for PortMapping {
 }
 
 impl PortMapping {
-    pub fn service_key(&self) -> ServiceKey {
-        ServiceKey {
+    pub fn service_key(&self) -> PublishedPortKey {
+        PublishedPortKey {
             addr: self.host_ip.map_or(0, |ip| ipv4_be(ip.octets())),
             port: self.host_port.to_be(),
             proto: self.protocol.number(),
@@ -60,8 +60,8 @@ impl PortMapping {
         }
     }
 
-    pub fn backend(&self, container_ip: Ipv4Addr) -> Backend {
-        Backend { ip: ipv4_be(container_ip.octets()), port: self.container_port.to_be(), _pad: 0 }
+    pub fn backend(&self, container_ip: Ipv4Addr) -> PublishedPortTarget {
+        PublishedPortTarget { ip: ipv4_be(container_ip.octets()), port: self.container_port.to_be(), _pad: 0 }
     }
 
     /// Whether both would answer the same packets (a port on all addresses overlaps every

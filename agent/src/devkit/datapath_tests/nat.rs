@@ -6,8 +6,8 @@
 use std::net::Ipv4Addr;
 
 use datapath_common::{
-    ct_direction, ct_kind, ct_tcp_flags, Backend, Counter, CtEntry, CtKey, DropReason,
-    Endpoint, ServiceKey,
+    ct_direction, ct_kind, ct_tcp_flags, PublishedPortTarget, Counter, CtEntry, CtKey, DropReason,
+    Endpoint, PublishedPortKey,
 };
 
 use super::uplink_test;
@@ -901,13 +901,13 @@ pub fn publish_b(fx: &mut Fixture) {
     for proto in [IPPROTO_TCP, IPPROTO_UDP] {
         fx.services
             .insert(
-                ServiceKey {
+                PublishedPortKey {
                     addr: 0,
                     port: PUBLISHED_PORT.to_be(),
                     proto,
                     _pad: 0,
                 },
-                Backend {
+                PublishedPortTarget {
                     ip: be(B_IP),
                     port: B_PORT.to_be(),
                     _pad: 0,
