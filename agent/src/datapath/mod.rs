@@ -194,7 +194,7 @@ pub struct Datapath {
     pub(crate) ct_quota: HashMap<MapData, CtQuotaKey, u64>,
     pub(crate) ct_stats: Array<MapData, u64>,
     ct_quota_hits: PerCpuArray<MapData, u64>,
-    services: HashMap<MapData, PublishedPortKey, PublishedPortTarget>,
+    published_ports: HashMap<MapData, PublishedPortKey, PublishedPortTarget>,
     endpoint_stats: PerCpuArray<MapData, EndpointStats>,
 }
 
@@ -202,7 +202,7 @@ pub struct Datapath {
 pub struct DatapathContents {
     pub endpoint_ips: Vec<Ipv4Be>,
     pub networks: Vec<u32>,
-    pub services: Vec<PublishedPortKey>,
+    pub published_ports: Vec<PublishedPortKey>,
     pub linked_interfaces: Vec<String>,
 }
 
@@ -407,7 +407,7 @@ impl Datapath {
             ct_quota: open_map(&maps, map_names::CT_QUOTA)?,
             ct_stats: open_map(&maps, map_names::CT_STATS)?,
             ct_quota_hits: open_map(&maps, map_names::CT_QUOTA_HITS)?,
-            services: open_map(&maps, map_names::PUBLISHED_PORTS)?,
+            published_ports: open_map(&maps, map_names::PUBLISHED_PORTS)?,
             endpoint_stats: open_map(&maps, map_names::ENDPOINT_STATS)?,
         })
     }
@@ -586,7 +586,7 @@ impl Datapath {
         Ok(DatapathContents {
             endpoint_ips: self.endpoints.keys().collect::<Result<_, _>>().context("listing ENDPOINTS")?,
             networks: self.networks.keys().collect::<Result<_, _>>().context("listing NETWORKS")?,
-            services: self.services.keys().collect::<Result<_, _>>().context("listing SERVICES")?,
+            published_ports: self.published_ports.keys().collect::<Result<_, _>>().context("listing SERVICES")?,
             linked_interfaces: std::fs::read_dir(self.pin_dir.join("links"))?
                 .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
                 .filter(|name: &Result<String>| name.as_ref().map_or(true, |n| matches!(LinkPin::parse(n), LinkPin::Endpoint(_))))
@@ -615,13 +615,13 @@ impl Datapath {
     }
 
     /// Publishes a port: one map update, whatever the number already published.
-    pub fn publish(&mut self, key: &PublishedPortKey, backend: &PublishedPortTarget) -> Result<()> {
-        self.services.insert(key, backend, 0).context("writing a published port to SERVICES")
+    pub fn publish(&mut self, key: &PublishedPortKey, target: &PublishedPortTarget) -> Result<()> {
+        self.published_ports.insert(key, target, 0).context("writing a published port to SERVICES")
     }
 
     /// Unpublishes a port; new flows to it are no longer translated. Idempotent.
     pub fn unpublish(&mut self, key: &PublishedPortKey) -> Result<()> {
-        ignore_missing_key(self.services.remove(key)).context("removing a published port from SERVICES")
+        ignore_missing_key(self.published_ports.remove(key)).context("removing a published port from SERVICES")
     }
 
     pub fn snapshot(&self) -> Result<CounterSnapshot> {

@@ -7,7 +7,7 @@ use std::{path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{HashMap, Map, MapData};
-use datapath_common::{map_names, Backend, ServiceKey, IPPROTO_TCP, IPPROTO_UDP};
+use datapath_common::{map_names, PublishedPortTarget, PublishedPortKey, IPPROTO_TCP, IPPROTO_UDP};
 
 /// BPF_NOEXIST: a new entry, as publishing a new port writes it.
 const BPF_NOEXIST: u64 = 1;
@@ -29,20 +29,20 @@ pub struct MapUpdateCostArgs {
 
 /// Prints `{"update_us": [...]}`, one figure per timed update.
 pub fn run(args: MapUpdateCostArgs) -> Result<()> {
-    let pin = args.bpffs.join("maps").join(map_names::SERVICES);
+    let pin = args.bpffs.join("maps").join(map_names::PUBLISHED_PORTS);
     let map = MapData::from_pin(&pin).with_context(|| format!("opening the pinned map {}", pin.display()))?;
-    let mut services: HashMap<MapData, ServiceKey, Backend> = HashMap::try_from(Map::HashMap(map))?;
+    let mut published: HashMap<MapData, PublishedPortKey, PublishedPortTarget> = HashMap::try_from(Map::HashMap(map))?;
     let proto = if args.protocol == "tcp" { IPPROTO_TCP } else { IPPROTO_UDP };
     // What `HOST_PORT:PORT` without an address publishes: address 0, port in network order.
-    let key = ServiceKey { addr: 0, port: args.port.to_be(), proto, _pad: 0 };
-    let Ok(backend) = services.get(&key, 0) else {
+    let key = PublishedPortKey { addr: 0, port: args.port.to_be(), proto, _pad: 0 };
+    let Ok(target) = published.get(&key, 0) else {
         bail!("{} has no entry for {}/{}: publish the port first", pin.display(), args.port, args.protocol);
     };
     let mut update_us = Vec::with_capacity(args.samples as usize);
     for _ in 0..args.samples {
-        services.remove(&key).context("deleting the entry (not timed)")?;
+        published.remove(&key).context("deleting the entry (not timed)")?;
         let started = Instant::now();
-        let inserted = services.insert(key, backend, BPF_NOEXIST);
+        let inserted = published.insert(key, target, BPF_NOEXIST);
         update_us.push(started.elapsed().as_secs_f64() * 1e6);
         inserted.context("writing the entry back")?;
     }

@@ -506,11 +506,11 @@ fn measure(args: &ProgramCostArgs) -> Result<Report> {
         ct_limit: conntrack::fill_limit(DEFAULT_CT_ENTRIES)?,
         ..Default::default()
     })?;
-    bed.services
-        .insert(PUBLISHED.service_key(), PUBLISHED.backend(B_IP), 0)?;
+    bed.published_ports
+        .insert(PUBLISHED.map_key(), PUBLISHED.map_target(B_IP), 0)?;
     for host_port in 1..=args.other_ports {
         let other = PortMapping { host_ip: None, host_port: host_port as u16, container_port: 80, protocol: Protocol::Tcp };
-        bed.services.insert(other.service_key(), other.backend(A_IP), 0)?;
+        bed.published_ports.insert(other.map_key(), other.map_target(A_IP), 0)?;
     }
     let mut meter = Meter {
         bed,

@@ -160,7 +160,7 @@ pub async fn register(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) 
         gateway: ipv4_be(net.gateway.octets()),
     })?;
     for mapping in &spec.publish {
-        datapath.publish(&mapping.service_key(), &mapping.backend(spec.ip))?;
+        datapath.publish(&mapping.map_key(), &mapping.map_target(spec.ip))?;
     }
     datapath.attach_endpoint(&spec.host_interface)?;
     // The XDP uplink program can deliver into the container only if its end runs NAPI (see
@@ -175,7 +175,7 @@ pub async fn teardown(host: &mut Host, spec: &ContainerSpec) -> Result<()> {
     if let Some(datapath) = host.existing_datapath()? {
         // Unpublished first: no new flow may be sent to a container that is going away.
         for mapping in &spec.publish {
-            datapath.unpublish(&mapping.service_key())?;
+            datapath.unpublish(&mapping.map_key())?;
         }
         datapath.detach_endpoint(&spec.host_interface)?;
         datapath.remove_endpoint(ipv4_be(spec.ip.octets()))?;
@@ -203,9 +203,9 @@ pub async fn publish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) ->
     host.ensure_uplink().await?;
     let datapath = host.datapath()?;
     for (done, mapping) in mappings.iter().enumerate() {
-        if let Err(err) = datapath.publish(&mapping.service_key(), &mapping.backend(ip)) {
+        if let Err(err) = datapath.publish(&mapping.map_key(), &mapping.map_target(ip)) {
             for undo in &mappings[..done] {
-                datapath.unpublish(&undo.service_key())?;
+                datapath.unpublish(&undo.map_key())?;
             }
             return Err(err.context(format!("publishing {mapping} for {name}")));
         }
@@ -216,7 +216,7 @@ pub async fn publish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) ->
     if let Err(err) = host.commit(change) {
         let datapath = host.datapath()?;
         for undo in &mappings {
-            datapath.unpublish(&undo.service_key())?;
+            datapath.unpublish(&undo.map_key())?;
         }
         return Err(err.context(format!("publishing ports of {name}")));
     }
@@ -233,13 +233,13 @@ pub async fn unpublish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) 
     let ip = host.state().container(name)?.ip;
     let datapath = host.datapath()?;
     for mapping in &mappings {
-        datapath.unpublish(&mapping.service_key())?;
+        datapath.unpublish(&mapping.map_key())?;
     }
     // Killed before the record is written, the restarted agent publishes them again.
     if let Err(err) = host.commit(change) {
         let datapath = host.datapath()?;
         for undo in &mappings {
-            datapath.publish(&undo.service_key(), &undo.backend(ip))?;
+            datapath.publish(&undo.map_key(), &undo.map_target(ip))?;
         }
         return Err(err.context(format!("unpublishing ports of {name}")));
     }

@@ -51,7 +51,8 @@ impl fmt::Display for PortMapping {
 }
 
 impl PortMapping {
-    pub fn service_key(&self) -> PublishedPortKey {
+    /// The key of PUBLISHED_PORTS (the kernel's SERVICES map) this mapping writes.
+    pub fn map_key(&self) -> PublishedPortKey {
         PublishedPortKey {
             addr: self.host_ip.map_or(0, |ip| ipv4_be(ip.octets())),
             port: self.host_port.to_be(),
@@ -60,7 +61,8 @@ impl PortMapping {
         }
     }
 
-    pub fn backend(&self, container_ip: Ipv4Addr) -> PublishedPortTarget {
+    /// The value it writes: the container's address and port.
+    pub fn map_target(&self, container_ip: Ipv4Addr) -> PublishedPortTarget {
         PublishedPortTarget { ip: ipv4_be(container_ip.octets()), port: self.container_port.to_be(), _pad: 0 }
     }
 

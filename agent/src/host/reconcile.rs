@@ -55,7 +55,7 @@ pub async fn reconcile(host: &mut Host) -> Result<Report> {
     let state = host.state().clone();
     let ips: HashSet<u32> = state.containers.values().map(|c| ipv4_be(c.ip.octets())).collect();
     let ids: HashSet<u32> = state.networks.values().map(|n| n.id).collect();
-    let services: HashSet<_> = state.containers.values().flat_map(|c| c.publish.iter().map(|m| m.service_key())).collect();
+    let published: HashSet<_> = state.containers.values().flat_map(|c| c.publish.iter().map(|m| m.map_key())).collect();
     let veths: HashSet<&str> = state.containers.values().map(|c| c.host_interface.as_str()).collect();
     let datapath = host.datapath()?;
     let contents = datapath.contents()?;
@@ -67,7 +67,7 @@ pub async fn reconcile(host: &mut Host) -> Result<Report> {
         datapath.remove_network(id)?;
         report.removed_leftovers.push(format!("network id {id}"));
     }
-    for key in contents.services.into_iter().filter(|k| !services.contains(k)) {
+    for key in contents.published_ports.into_iter().filter(|k| !published.contains(k)) {
         datapath.unpublish(&key)?;
         report.removed_leftovers.push(format!("published port {}", u16::from_be(key.port)));
     }

@@ -899,7 +899,7 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
 /// `--publish 8080:80/tcp` (and udp) for container B, on all host addresses.
 pub fn publish_b(fx: &mut Fixture) {
     for proto in [IPPROTO_TCP, IPPROTO_UDP] {
-        fx.services
+        fx.published_ports
             .insert(
                 PublishedPortKey {
                     addr: 0,

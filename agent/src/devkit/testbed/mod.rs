@@ -54,7 +54,7 @@ pub struct Testbed {
     pub ct_stats: Array<MapData, u64>,
     #[cfg_attr(not(test), allow(dead_code))]
     ct_quota_hits: PerCpuArray<MapData, u64>,
-    pub services: HashMap<MapData, PublishedPortKey, PublishedPortTarget>,
+    pub published_ports: HashMap<MapData, PublishedPortKey, PublishedPortTarget>,
     drops: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     /// Index of `h<i>`, the host side of veth pair `i`.
@@ -222,7 +222,7 @@ impl Testbed {
             ct_quota: open_map(&maps, map_names::CT_QUOTA)?,
             ct_stats: open_map(&maps, map_names::CT_STATS)?,
             ct_quota_hits: open_map(&maps, map_names::CT_QUOTA_HITS)?,
-            services: open_map(&maps, map_names::PUBLISHED_PORTS)?,
+            published_ports: open_map(&maps, map_names::PUBLISHED_PORTS)?,
             drops: open_map(&maps, map_names::DROPS)?,
             counters: open_map(&maps, map_names::COUNTERS)?,
             host_ifindex,
