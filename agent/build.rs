@@ -53,9 +53,7 @@ fn build_ebpf(ebpf_dir: &Path, out_dir: &Path, object: &Path) -> Result<(), Stri
     let target_dir = out_dir.join("ebpf-target");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(ebpf_dir)
-        .args(["build", "--release", "--target", EBPF_TARGET, "--target-dir"])
-        .arg(&target_dir);
+    cmd.current_dir(ebpf_dir).args(["build", "--release", "--target", EBPF_TARGET, "--target-dir"]).arg(&target_dir);
     // The outer cargo's settings are for the host build; none of them may leak in.
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy();
@@ -85,7 +83,6 @@ fn build_ebpf(ebpf_dir: &Path, out_dir: &Path, object: &Path) -> Result<(), Stri
         return Err(format!("cargo build of {} exited with {status}", ebpf_dir.display()));
     }
     let built = target_dir.join(EBPF_TARGET).join("release").join("datapath");
-    std::fs::copy(&built, object)
-        .map_err(|e| format!("copying {} to {}: {e}", built.display(), object.display()))?;
+    std::fs::copy(&built, object).map_err(|e| format!("copying {} to {}: {e}", built.display(), object.display()))?;
     Ok(())
 }

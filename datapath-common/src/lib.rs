@@ -349,7 +349,14 @@ pub struct CtEntry {
 impl CtKey {
     /// The same flow seen from the other side: addresses and ports swapped.
     pub const fn reversed(&self) -> CtKey {
-        CtKey { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport, proto: self.proto, _pad: [0; 3] }
+        CtKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
     }
 
     /// The key of the other direction of the flow this key's `entry` belongs to: that

@@ -20,11 +20,7 @@ pub fn answer(ctx: &TcContext, eth: *mut EthHdr, source: &Endpoint) -> Result<i3
     let arp: *mut ArpHdr = ptr_at(ctx, EthHdr::LEN)?;
     // SAFETY: bounds-checked by `ptr_at`; every access below stays inside the header.
     let arp = unsafe { &mut *arp };
-    if arp.htype() != ARP_HTYPE_ETHERNET
-        || arp.ptype() != ARP_PTYPE_IPV4
-        || arp.hlen != 6
-        || arp.plen != 4
-    {
+    if arp.htype() != ARP_HTYPE_ETHERNET || arp.ptype() != ARP_PTYPE_IPV4 || arp.hlen != 6 || arp.plen != 4 {
         return Err(DropReason::ArpInvalid);
     }
     let sender_ip = u32::from_ne_bytes(arp.spa);
@@ -49,12 +45,7 @@ pub fn answer(ctx: &TcContext, eth: *mut EthHdr, source: &Endpoint) -> Result<i3
 /// Turns the request into the reply in place and sends it back out of the interface it came
 /// in on, i.e. into the container.
 #[inline(always)]
-fn reply(
-    ctx: &TcContext,
-    eth: *mut EthHdr,
-    arp: &mut ArpHdr,
-    source: &Endpoint,
-) -> Result<i32, DropReason> {
+fn reply(ctx: &TcContext, eth: *mut EthHdr, arp: &mut ArpHdr, source: &Endpoint) -> Result<i32, DropReason> {
     let target_ip = u32::from_ne_bytes(arp.tpa);
     let net = network(source.network_id)?;
     let target_mac = if target_ip == net.gateway {

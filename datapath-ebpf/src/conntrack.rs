@@ -16,8 +16,8 @@
 //! of a flow and its close. Expiry by nf_conntrack's state timeouts is the agent's job.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::LruHashMap};
 use datapath_common::{
-    ct_direction, ct_fill, ct_stats, ct_tcp_flags, CtEntry, CtKey, CtQuotaKey, DropReason, HostConfig, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP,
+    ct_direction, ct_fill, ct_stats, ct_tcp_flags, CtEntry, CtKey, CtQuotaKey, DropReason, HostConfig, IPPROTO_ICMP,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 use network_types::{icmp::Icmpv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
@@ -166,7 +166,11 @@ pub fn account(key: &CtKey, found: Tracked, len: u32, tcp_flags: u8) -> CtEntry 
     };
     let seen = copy.tcp_flags;
     // An established flow's packet ends here: nothing it says is new.
-    if found.table != Table::Assured || seen | tcp_flags != seen || tcp_flags & ct_tcp_flags::FIN != 0 || seen & ct_tcp_flags::PEER_FIN != 0 {
+    if found.table != Table::Assured
+        || seen | tcp_flags != seen
+        || tcp_flags & ct_tcp_flags::FIN != 0
+        || seen & ct_tcp_flags::PEER_FIN != 0
+    {
         progress(key, found, &copy, tcp_flags);
     }
     copy
@@ -192,7 +196,10 @@ fn progress(key: &CtKey, found: Tracked, entry: &CtEntry, tcp_flags: u8) {
         }
         // SAFETY: as above, copied out.
         let peer_entry = unsafe { *peer };
-        if found.table != Table::Assured && entry.direction == ct_direction::ORIGINAL && becomes_assured(key.proto, tcp_flags, &peer_entry) {
+        if found.table != Table::Assured
+            && entry.direction == ct_direction::ORIGINAL
+            && becomes_assured(key.proto, tcp_flags, &peer_entry)
+        {
             flags |= ct_tcp_flags::ASSURED;
         }
         if flags != entry.tcp_flags {

@@ -1,7 +1,10 @@
 //! The kernel's routing table and neighbours, asked from the datapath (bpf_fib_lookup), and the
 //! redirect out of the interface it names.
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as bpf_fib_lookup_params, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{
+        bpf_fib_lookup as bpf_fib_lookup_params, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
     helpers::generated::bpf_fib_lookup,
 };
 use datapath_common::{CtKey, DropReason};
@@ -73,8 +76,15 @@ pub fn route<P: Packet>(ctx: &P, key: &CtKey) -> FibResult {
         )
     };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => FibResult::Forward(NextHop { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac, resolved: true }),
-        BPF_FIB_LKUP_RET_NO_NEIGH => FibResult::Forward(NextHop { ifindex: params.ifindex, smac: [0; 6], dmac: [0; 6], resolved: false }),
+        BPF_FIB_LKUP_RET_SUCCESS => FibResult::Forward(NextHop {
+            ifindex: params.ifindex,
+            smac: params.smac,
+            dmac: params.dmac,
+            resolved: true,
+        }),
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            FibResult::Forward(NextHop { ifindex: params.ifindex, smac: [0; 6], dmac: [0; 6], resolved: false })
+        }
         BPF_FIB_LKUP_RET_NOT_FWDED => FibResult::Local,
         _ => FibResult::Other,
     }

@@ -129,7 +129,8 @@ pub fn translate<P: Packet>(ctx: &P, ip: &Ipv4, origin: Origin) -> Result<Option
     let Ok(q) = quoted(ctx, ip) else {
         return Ok(None);
     };
-    let key = CtKey { saddr: q.saddr, daddr: q.daddr, sport: q.sport, dport: q.dport, proto: q.proto, _pad: [0; 3] }.reversed();
+    let key = CtKey { saddr: q.saddr, daddr: q.daddr, sport: q.sport, dport: q.dport, proto: q.proto, _pad: [0; 3] }
+        .reversed();
     // The error goes back to whoever sent the quoted packet.
     if ip.daddr != q.saddr || (origin == Origin::Container && ip.saddr != q.daddr) {
         return Ok(None);

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use datapath_common::{
-    ct_fill, ct_stats, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, FragKey, FragPorts, HostConfig, Ipv4Be, Network,
-    PublishedPortKey, PublishedPortTarget, SockRevNat, SockRevNatKey, MAX_ENDPOINTS,
+    ct_fill, ct_stats, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, FragKey, FragPorts,
+    HostConfig, Ipv4Be, Network, PublishedPortKey, PublishedPortTarget, SockRevNat, SockRevNatKey, MAX_ENDPOINTS,
 };
 
 const MAX_NETWORKS: u32 = 4_096;

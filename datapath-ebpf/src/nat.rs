@@ -7,7 +7,8 @@
 //!   come back through the datapath rather than straight from the other container.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use datapath_common::{
-    ct_direction, ct_kind, host_config_flags, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, HostConfig, IPPROTO_ICMP,
+    ct_direction, ct_kind, host_config_flags, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, HostConfig,
+    IPPROTO_ICMP,
 };
 
 use crate::{
@@ -15,8 +16,8 @@ use crate::{
     counters::count,
     csum::{L4Offsets, Rewrite},
     fib,
-    fragment,
     forward::deliver_to_ifindex,
+    fragment,
     maps::config,
     packet::{Ipv4, Packet, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IP_OFF},
     published_ports,
@@ -101,7 +102,10 @@ pub fn from_uplink<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<i32, DropReason> {
     // The client's address is kept: the container sees who is calling. New flows to one
     // published port count against that port's share of the unassured table.
     let to = CtKey { daddr: container.ip, dport: container.port, ..key };
-    let quota = Quota { key: CtQuotaKey { addr: container.ip, port: container.port, proto: key.proto, _pad: 0 }, stats_slot: container.stats_slot };
+    let quota = Quota {
+        key: CtQuotaKey { addr: container.ip, port: container.port, proto: key.proto, _pad: 0 },
+        stats_slot: container.stats_slot,
+    };
     let found = new_flow(&cfg, &key, to, container.host_ifindex, 0, ct_kind::DNAT, &quota)?;
     forward_tracked(ctx, ip, &key, found, tcp_flags)
 }
@@ -160,7 +164,8 @@ fn new_flow(
         if !conntrack::claim(table, &reply_key, &reply) {
             continue;
         }
-        let entry = CtEntry { last_seen_ns: now, to, ifindex, direction: ct_direction::ORIGINAL, kind, ..Default::default() };
+        let entry =
+            CtEntry { last_seen_ns: now, to, ifindex, direction: ct_direction::ORIGINAL, kind, ..Default::default() };
         if !conntrack::complete(table, key, &entry, &reply_key) {
             // Another CPU tracked this flow meanwhile: use its entry.
             return conntrack::lookup(key).ok_or(DropReason::ConntrackInsertFailed);
@@ -178,7 +183,13 @@ fn new_flow(
 
 /// Rewrites a packet of a tracked flow to its entry's tuple and sends it on.
 #[inline(always)]
-fn forward_tracked<P: Packet>(ctx: &P, ip: &Ipv4, key: &CtKey, found: Tracked, tcp_flags: u8) -> Result<i32, DropReason> {
+fn forward_tracked<P: Packet>(
+    ctx: &P,
+    ip: &Ipv4,
+    key: &CtKey,
+    found: Tracked,
+    tcp_flags: u8,
+) -> Result<i32, DropReason> {
     let entry = conntrack::account(key, found, ctx.len(), tcp_flags);
     fragment::remember_ports(ip, key);
     rewrite(ctx, ip, key, &entry.to)?;

@@ -38,5 +38,10 @@ pub fn container(daddr: Ipv4Be, dport: u16, proto: u8, all_addresses: bool) -> O
     };
     // SAFETY: as above.
     let endpoint = unsafe { ENDPOINTS.get(target.ip) }?;
-    Some(Container { ip: target.ip, port: target.port, host_ifindex: endpoint.host_ifindex, stats_slot: endpoint.stats_slot })
+    Some(Container {
+        ip: target.ip,
+        port: target.port,
+        host_ifindex: endpoint.host_ifindex,
+        stats_slot: endpoint.stats_slot,
+    })
 }

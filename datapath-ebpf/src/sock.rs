@@ -131,7 +131,13 @@ fn is_loopback(ip: Ipv4Be) -> bool {
 /// docker-proxy listens on all addresses, at 127.0.0.0/8; a port published on an address only
 /// there.
 #[inline(always)]
-fn to_published_port(ctx: &SockAddrContext, cfg: &HostConfig, ip: Ipv4Be, port: u16, addressed_as: u8) -> Option<(Ipv4Be, u16)> {
+fn to_published_port(
+    ctx: &SockAddrContext,
+    cfg: &HostConfig,
+    ip: Ipv4Be,
+    port: u16,
+    addressed_as: u8,
+) -> Option<(Ipv4Be, u16)> {
     if !in_host_netns(ctx, cfg) {
         return None;
     }
@@ -166,7 +172,8 @@ fn from_published_port(ctx: &SockAddrContext, cfg: &HostConfig, ip: Ipv4Be, port
 /// IPv4 path before its own hook): a published port becomes its container's address and port.
 #[inline(always)]
 pub fn to_published_port4(ctx: &SockAddrContext, cfg: &HostConfig) {
-    if let Some((ip, port)) = to_published_port(ctx, cfg, user_ip4(ctx), user_port(ctx), SockRevNat::ADDRESSED_AS_IPV4) {
+    if let Some((ip, port)) = to_published_port(ctx, cfg, user_ip4(ctx), user_port(ctx), SockRevNat::ADDRESSED_AS_IPV4)
+    {
         set_user_ip4(ctx, ip);
         set_user_port(ctx, port);
     }
@@ -209,7 +216,11 @@ pub fn from_published_port6(ctx: &SockAddrContext, cfg: &HostConfig) {
         return;
     };
     if let Some(published) = from_published_port(ctx, cfg, ip, user_port(ctx)) {
-        let shown = if published.addressed_as == SockRevNat::ADDRESSED_AS_IPV6_LOOPBACK { IPV6_LOOPBACK } else { v4_mapped(published.addr) };
+        let shown = if published.addressed_as == SockRevNat::ADDRESSED_AS_IPV6_LOOPBACK {
+            IPV6_LOOPBACK
+        } else {
+            v4_mapped(published.addr)
+        };
         set_user_ip6(ctx, shown);
         set_user_port(ctx, published.port);
     }

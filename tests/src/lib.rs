@@ -52,7 +52,11 @@ pub fn devkit_bin() -> PathBuf {
         return bin.into();
     }
     let bin = bpfnet_bin().with_file_name("bpfnet-devkit");
-    assert!(bin.exists(), "{} not found: build it (cargo build -p bpfnet --features devkit) or set BPFNET_DEVKIT_BIN", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not found: build it (cargo build -p bpfnet --features devkit) or set BPFNET_DEVKIT_BIN",
+        bin.display()
+    );
     bin
 }
 
@@ -265,7 +269,9 @@ impl Sandbox {
     /// A drop or event counter from `bpfnet status --json`.
     #[track_caller]
     pub fn counter(&self, section: &str, name: &str) -> u64 {
-        self.json(&["status", "--json"])["datapath"][section][name].as_u64().unwrap_or_else(|| panic!("no {section}.{name} in status"))
+        self.json(&["status", "--json"])["datapath"][section][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {section}.{name} in status"))
     }
 
     /// Starts a TCP echo server in `netns` on `addr` that accepts up to `connections`
@@ -509,7 +515,8 @@ pub fn ping_with_size(netns: &str, ip: Ipv4Addr, size: usize) -> bool {
 /// Sends `payload` over a new TCP connection from `netns` to `addr` and returns the answer.
 pub fn tcp_exchange(netns: &str, addr: SocketAddrV4, payload: &'static [u8]) -> Result<Vec<u8>> {
     in_netns(netns, move || {
-        let mut stream = TcpStream::connect_timeout(&addr.into(), IO_TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
+        let mut stream =
+            TcpStream::connect_timeout(&addr.into(), IO_TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.write_all(payload)?;
         let mut answer = vec![0u8; payload.len()];
@@ -567,7 +574,8 @@ pub fn links_in(netns: &str) -> Vec<String> {
 /// Number of entries in a pinned map (bpftool's view of the kernel map).
 pub fn pinned_map_len(bpffs: &std::path::Path, map: &str) -> usize {
     let path = bpffs.join("maps").join(map);
-    let out = run("bpftool", &["-j", "map", "dump", "pinned", path.to_str().unwrap()]).unwrap_or_else(|e| panic!("{e:#}"));
+    let out =
+        run("bpftool", &["-j", "map", "dump", "pinned", path.to_str().unwrap()]).unwrap_or_else(|e| panic!("{e:#}"));
     serde_json::from_str::<Value>(&out).unwrap().as_array().map(Vec::len).unwrap_or(0)
 }
 
@@ -605,7 +613,14 @@ pub fn full_checksums(sender_ns: &str, sender_if: &str, receiver_ns: &str, recei
 /// iperf3 server in `server_ns` answers (directly or through a published port), then the same
 /// the other way (`-R`), each bounded in time; checks that each run completed and that the
 /// receiver got (nearly) everything.
-pub fn iperf3_each_way(sb: &mut Sandbox, server_ns: &str, client_ns: &str, target: Ipv4Addr, size: &str, min_bytes: u64) {
+pub fn iperf3_each_way(
+    sb: &mut Sandbox,
+    server_ns: &str,
+    client_ns: &str,
+    target: Ipv4Addr,
+    size: &str,
+    min_bytes: u64,
+) {
     let target = target.to_string();
     for reverse in [false, true] {
         sb.spawn(server_ns, "iperf3", &["-s", "-1"]);
@@ -636,7 +651,10 @@ pub fn iperf3_each_way(sb: &mut Sandbox, server_ns: &str, client_ns: &str, targe
 /// The largest TCP buffer (third field of `net.ipv4.tcp_rmem`/`tcp_wmem`) of a namespace.
 fn tcp_buffer_max(netns: &str, sysctl: &str) -> u64 {
     let text = run("ip", &["netns", "exec", netns, "cat", &format!("/proc/sys/net/ipv4/{sysctl}")]).unwrap();
-    text.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{sysctl} in {netns}: {text:?}"))
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{sysctl} in {netns}: {text:?}"))
 }
 
 /// Checksum and other receive errors of TCP in a namespace.

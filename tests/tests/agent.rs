@@ -39,8 +39,12 @@ fn flows_keep_going_while_the_agent_is_killed_and_restarted() {
     // A TCP stream from outside through DNAT, and a UDP flow from a container through SNAT,
     // each exchanging a message every 10 ms and counting any failure.
     let stop = Arc::new(AtomicBool::new(false));
-    let (tcp_ok, tcp_failed, udp_ok, udp_failed) =
-        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (tcp_ok, tcp_failed, udp_ok, udp_failed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let mut stream = in_netns(&sb.outside_netns, || {
         let s = TcpStream::connect_timeout(&SocketAddrV4::new(UPLINK_HOST_IP, 8080).into(), IO_TIMEOUT)?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -60,7 +64,9 @@ fn flows_keep_going_while_the_agent_is_killed_and_restarted() {
             std::thread::spawn(move || {
                 let mut buf = [0u8; 8];
                 while !stop.load(Ordering::Relaxed) {
-                    let good = stream.write_all(b"tick").is_ok() && stream.read_exact(&mut buf[..4]).is_ok() && &buf[..4] == b"tick";
+                    let good = stream.write_all(b"tick").is_ok()
+                        && stream.read_exact(&mut buf[..4]).is_ok()
+                        && &buf[..4] == b"tick";
                     (if good { &ok } else { &failed }).fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -87,7 +93,10 @@ fn flows_keep_going_while_the_agent_is_killed_and_restarted() {
     std::thread::sleep(Duration::from_millis(700));
     let during = (tcp_ok.load(Ordering::Relaxed), udp_ok.load(Ordering::Relaxed));
     std::thread::sleep(Duration::from_millis(500));
-    assert!(tcp_ok.load(Ordering::Relaxed) > during.0 && udp_ok.load(Ordering::Relaxed) > during.1, "traffic flows with no agent");
+    assert!(
+        tcp_ok.load(Ordering::Relaxed) > during.0 && udp_ok.load(Ordering::Relaxed) > during.1,
+        "traffic flows with no agent"
+    );
     assert!(sb.client(&["status"]).stderr.starts_with(b"bpfnet: error: no bpfnet agent is running"));
     sb.ensure_agent();
     eprintln!("agent was down for {:?}", dead_since.elapsed());
@@ -124,7 +133,9 @@ fn flows_keep_going_while_the_agent_is_killed_and_restarted() {
         containers
     };
     assert_eq!(without_traffic(&status_after), without_traffic(&status_before));
-    for (after, before) in status_after["containers"].as_array().unwrap().iter().zip(status_before["containers"].as_array().unwrap()) {
+    for (after, before) in
+        status_after["containers"].as_array().unwrap().iter().zip(status_before["containers"].as_array().unwrap())
+    {
         let sent = |c: &serde_json::Value| c["traffic"]["sent_packets"].as_u64().unwrap();
         assert!(sent(after) > sent(before), "per-container counters kept counting: {after}");
     }
@@ -132,7 +143,9 @@ fn flows_keep_going_while_the_agent_is_killed_and_restarted() {
     let translated = |s: &serde_json::Value| s["datapath"]["counters"]["translated_in"].as_u64().unwrap();
     assert!(translated(&status_after) > translated(&status_before), "counters kept counting");
     let flows_after = sb.json(&["conntrack", "ls", "--json"]);
-    let key = |f: &serde_json::Value| (f["kind"].clone(), f["source"].clone(), f["destination"].clone(), f["translated_source"].clone());
+    let key = |f: &serde_json::Value| {
+        (f["kind"].clone(), f["source"].clone(), f["destination"].clone(), f["translated_source"].clone())
+    };
     for flow in flows_before.as_array().unwrap().iter().filter(|f| f["protocol"] != "icmp") {
         assert!(flows_after.as_array().unwrap().iter().any(|g| key(g) == key(flow)), "flow kept: {flow}");
     }
@@ -156,7 +169,13 @@ fn an_agent_killed_while_creating_a_container_leaves_nothing_once_restarted() {
     assert!(namespaces_with_prefix(&victim).is_empty(), "namespace rolled back");
     assert_eq!(links_in(&sb.host_netns).len(), veths_before, "veths rolled back");
     assert_eq!(pinned_map_len(&sb.bpffs, "ENDPOINTS"), 0);
-    assert_eq!(std::fs::read_dir(sb.bpffs.join("links")).unwrap().filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with("uplink")).count(), 0);
+    assert_eq!(
+        std::fs::read_dir(sb.bpffs.join("links"))
+            .unwrap()
+            .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with("uplink"))
+            .count(),
+        0
+    );
     assert_eq!(sb.json(&["container", "ls", "--json"]), serde_json::json!([]));
     // The operation can simply be retried.
     sb.ok(&["container", "create", &victim, "--network", &net]);
@@ -293,9 +312,17 @@ fn bad_api_and_cli_input_is_refused_and_the_agent_stays_up() {
         (post("/v1/networks", r#"{"name": 5, "subnet": "10.9.0.0/24"}"#), "422", "invalid request body"),
         (post("/v1/networks", r#"{"name": "x", "subnet": "10.9.0.0/24", "bogus": 1}"#), "422", "unknown field"),
         (post("/v1/containers", r#"{"name": "x"}"#), "422", "missing field"),
-        (post("/v1/containers", &format!(r#"{{"name": "{}", "network": "{net}", "ip": "banana"}}"#, sb.name("x"))), "422", "invalid"),
+        (
+            post("/v1/containers", &format!(r#"{{"name": "{}", "network": "{net}", "ip": "banana"}}"#, sb.name("x"))),
+            "422",
+            "invalid",
+        ),
         (post("/v1/nope", "{}"), "404", "no such API route"),
-        (post("/v1/networks", &format!(r#"{{"name": "{}", "subnet": "{}"}}"#, "n".repeat(10), "x".repeat(2 << 20))), "413", ""),
+        (
+            post("/v1/networks", &format!(r#"{{"name": "{}", "subnet": "{}"}}"#, "n".repeat(10), "x".repeat(2 << 20))),
+            "413",
+            "",
+        ),
     ] {
         let (got, body) = raw_request(&sb, &request);
         assert!(got.contains(status), "{got} {body}");

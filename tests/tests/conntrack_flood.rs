@@ -55,7 +55,11 @@ impl Prober {
                 let over = flood_over.load(Ordering::SeqCst);
                 let started = Instant::now();
                 if let Err(e) = echo_once(&netns, target) {
-                    failures.push(format!("{} flood, after {:?}: {e:#}", if over { "after the" } else { "during the" }, started.elapsed()));
+                    failures.push(format!(
+                        "{} flood, after {:?}: {e:#}",
+                        if over { "after the" } else { "during the" },
+                        started.elapsed()
+                    ));
                 }
                 if over {
                     after += 1;
@@ -72,7 +76,12 @@ impl Prober {
     #[track_caller]
     fn check(self, what: &str) {
         let (during, after, failures) = self.handle.join().unwrap();
-        assert!(failures.is_empty(), "{what}: {} of {} new connections failed: {failures:#?}", failures.len(), during + after);
+        assert!(
+            failures.is_empty(),
+            "{what}: {} of {} new connections failed: {failures:#?}",
+            failures.len(),
+            during + after
+        );
         assert!(during > 0 && after > 0, "{what}: {during} attempts during the flood, {after} after");
         eprintln!("{what}: {during} new connections during the flood, {after} after, all answered");
     }

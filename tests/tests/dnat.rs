@@ -7,7 +7,9 @@ use std::{
     time::Duration,
 };
 
-use bpfnet_tests::{in_netns, snmp_counter, tcp_exchange, udp_exchange, Sandbox, IO_TIMEOUT, OUTSIDE_IP, UPLINK_HOST_IP};
+use bpfnet_tests::{
+    in_netns, snmp_counter, tcp_exchange, udp_exchange, Sandbox, IO_TIMEOUT, OUTSIDE_IP, UPLINK_HOST_IP,
+};
 
 fn sandbox() -> (Sandbox, String) {
     let sb = Sandbox::with_uplink();
@@ -60,7 +62,8 @@ fn fragmented_datagrams_reach_a_published_port_and_come_back() {
     let out = sb.outside_netns.clone();
     let reassembled = |ns: &str| snmp_counter(ns, "Ip", "ReasmOKs");
     let (out_before, dns_before) = (reassembled(&out), reassembled(&dns));
-    let datagram: &'static [u8] = Box::leak((0..6000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>().into_boxed_slice());
+    let datagram: &'static [u8] =
+        Box::leak((0..6000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>().into_boxed_slice());
     assert_eq!(udp_exchange(&out, published(5353), datagram).unwrap(), datagram);
     assert_eq!(peers.get()[0].ip(), IpAddr::V4(OUTSIDE_IP), "the container sees the real client");
     assert!(reassembled(&dns) > dns_before, "the container reassembled the datagram");
@@ -99,7 +102,8 @@ fn a_published_range_reaches_every_port() {
     }
     let out = sb.outside_netns.clone();
     for i in 0..100u16 {
-        let answer = udp_exchange(&out, published(20000 + i), b"range").unwrap_or_else(|e| panic!("port {}: {e:#}", 20000 + i));
+        let answer =
+            udp_exchange(&out, published(20000 + i), b"range").unwrap_or_else(|e| panic!("port {}: {e:#}", 20000 + i));
         assert_eq!(answer, b"range");
     }
 }
@@ -134,7 +138,10 @@ fn unpublished_ports_are_unreachable_and_established_flows_survive_unpublish() {
     let out = sb.outside_netns.clone();
     // A port the container listens on but did not publish, and a container that publishes none.
     assert!(tcp_exchange(&out, published(81), b"x").is_err());
-    assert!(tcp_exchange(&out, SocketAddrV4::new(ip2, 80), b"x").is_err(), "container addresses are not routed from outside");
+    assert!(
+        tcp_exchange(&out, SocketAddrV4::new(ip2, 80), b"x").is_err(),
+        "container addresses are not routed from outside"
+    );
 
     // An established connection, then unpublish: new connections are refused at once, the
     // established one keeps going (its conntrack entries stay until it ends or expires).
@@ -176,7 +183,13 @@ fn conflicts_and_bad_specs_are_refused_naming_the_cause() {
     let err = sb.fails(&["publish", &c2, "10.250.0.1:8080:80"]);
     assert!(err.contains("already published"), "a specific address overlaps all addresses: {err}");
     sb.ok(&["publish", &c2, "8080:80/udp"]); // another protocol is another port
-    for (spec, needle) in [("80", "HOST_PORT:PORT"), ("8080:80/sctp", "not tcp or udp"), ("70000:80", "not a port"), ("8000-8010:80", "must match"), ("x.y:1:2", "not an IPv4 address")] {
+    for (spec, needle) in [
+        ("80", "HOST_PORT:PORT"),
+        ("8080:80/sctp", "not tcp or udp"),
+        ("70000:80", "not a port"),
+        ("8000-8010:80", "must match"),
+        ("x.y:1:2", "not an IPv4 address"),
+    ] {
         let err = sb.fails(&["publish", &c2, spec]);
         assert!(err.contains(needle), "{spec}: {err}");
     }

@@ -132,7 +132,9 @@ fn a_spoofed_source_flood_reaches_no_one_and_disturbs_nothing() {
 
     // Per-container counters: the attacker sent at least the flood; the bystander got replies.
     let status = sb.json(&["status", "--json"]);
-    let traffic = |name: &str| status["containers"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()["traffic"].clone();
+    let traffic = |name: &str| {
+        status["containers"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()["traffic"].clone()
+    };
     assert!(traffic(&attacker)["sent_packets"].as_u64().unwrap() >= sent as u64);
     assert!(traffic(&bystander)["received_packets"].as_u64().unwrap() >= ok.load(Ordering::Relaxed));
     assert_eq!(traffic(&victim)["received_packets"], 0);
@@ -148,9 +150,16 @@ fn the_host_is_reachable_only_through_the_gateway_unless_allowed() {
     let host = sb.host_netns.clone();
     sb.tcp_echo_server(&host, SocketAddrV4::new(UPLINK_HOST_IP, 9000), 2);
     sb.tcp_echo_server(&host, SocketAddrV4::new(Ipv4Addr::new(10, 247, 0, 1), 9001), 1);
-    assert!(tcp_exchange(&c, SocketAddrV4::new(UPLINK_HOST_IP, 9000), b"x").is_err(), "the host's uplink address is off limits");
+    assert!(
+        tcp_exchange(&c, SocketAddrV4::new(UPLINK_HOST_IP, 9000), b"x").is_err(),
+        "the host's uplink address is off limits"
+    );
     assert!(sb.counter("drops", "host_access_denied") >= 1);
-    assert_eq!(tcp_exchange(&c, SocketAddrV4::new(Ipv4Addr::new(10, 247, 0, 1), 9001), b"gw").unwrap(), b"gw", "the gateway is not");
+    assert_eq!(
+        tcp_exchange(&c, SocketAddrV4::new(Ipv4Addr::new(10, 247, 0, 1), 9001), b"gw").unwrap(),
+        b"gw",
+        "the gateway is not"
+    );
     // Allowed by the agent's setting (applied when the agent next starts), here a boolean of
     // its config file.
     sb.stop_agent(nix::sys::signal::Signal::SIGTERM);

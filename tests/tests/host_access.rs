@@ -30,16 +30,35 @@ fn sandbox() -> (Sandbox, String, PathBuf) {
 
 /// One exchange by a client process in `netns` (and in `cgroup`, if given): what its socket
 /// saw, or the error it got. An IPv6 address makes it use a dual-stack AF_INET6 socket.
-fn client(netns: &str, cgroup: Option<&Path>, mode: &str, addr: impl Into<SocketAddr>, payload: &str) -> Result<Value, Value> {
+fn client(
+    netns: &str,
+    cgroup: Option<&Path>,
+    mode: &str,
+    addr: impl Into<SocketAddr>,
+    payload: &str,
+) -> Result<Value, Value> {
     client_with(&[], netns, cgroup, mode, addr.into(), payload)
 }
 
 /// [`client`] with an AF_INET6 socket that is IPV6_V6ONLY.
-fn v6only_client(netns: &str, cgroup: Option<&Path>, mode: &str, addr: SocketAddr, payload: &str) -> Result<Value, Value> {
+fn v6only_client(
+    netns: &str,
+    cgroup: Option<&Path>,
+    mode: &str,
+    addr: SocketAddr,
+    payload: &str,
+) -> Result<Value, Value> {
     client_with(&["--v6only"], netns, cgroup, mode, addr, payload)
 }
 
-fn client_with(options: &[&str], netns: &str, cgroup: Option<&Path>, mode: &str, addr: SocketAddr, payload: &str) -> Result<Value, Value> {
+fn client_with(
+    options: &[&str],
+    netns: &str,
+    cgroup: Option<&Path>,
+    mode: &str,
+    addr: SocketAddr,
+    payload: &str,
+) -> Result<Value, Value> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sockclient"));
     if let Some(dir) = cgroup {
         cmd.arg("--cgroup").arg(dir);
@@ -93,7 +112,8 @@ fn mapped(ip: Ipv4Addr) -> Ipv6Addr {
 fn cgroup_programs(cgroup: &Path) -> Vec<String> {
     let out = run("bpftool", &["-j", "cgroup", "show", cgroup.to_str().unwrap()]).unwrap();
     let programs: Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
-    let mut names: Vec<String> = programs.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_owned()).collect();
+    let mut names: Vec<String> =
+        programs.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_owned()).collect();
     names.sort();
     names
 }
@@ -111,7 +131,15 @@ fn cgroup_programs_settled(cgroup: &Path, want: &[&str]) -> Vec<String> {
     }
 }
 
-const HOOKS: [&str; 7] = ["sock_connect4", "sock_connect6", "sock_getpeer4", "sock_getpeer6", "sock_recvmsg4", "sock_recvmsg6", "sock_sendmsg4"];
+const HOOKS: [&str; 7] = [
+    "sock_connect4",
+    "sock_connect6",
+    "sock_getpeer4",
+    "sock_getpeer6",
+    "sock_recvmsg4",
+    "sock_recvmsg6",
+    "sock_sendmsg4",
+];
 
 fn host_cgroup_pins(sb: &Sandbox) -> usize {
     std::fs::read_dir(sb.bpffs.join("links"))
@@ -137,7 +165,11 @@ fn host_processes_in_the_cgroup_reach_published_ports_over_tcp_and_udp() {
         assert_eq!(seen["peer"], addr.to_string(), "{seen}");
     }
     // UDP, unconnected and connected: the answer comes from the published address.
-    for (mode, addr) in [("udp", published(UPLINK_HOST_IP, 5353)), ("udp", published(LOCALHOST, 5353)), ("udp-connected", published(UPLINK_HOST_IP, 5353))] {
+    for (mode, addr) in [
+        ("udp", published(UPLINK_HOST_IP, 5353)),
+        ("udp", published(LOCALHOST, 5353)),
+        ("udp-connected", published(UPLINK_HOST_IP, 5353)),
+    ] {
         let seen = echoed(client(&host, cg, mode, addr, "over udp"), "over udp");
         assert_eq!(seen["from"], addr.to_string(), "{mode}: {seen}");
         if mode == "udp-connected" {
@@ -159,7 +191,8 @@ fn host_processes_in_the_cgroup_reach_published_ports_over_tcp_and_udp() {
     let status = sb.json(&["status", "--json"]);
     let hooks = &status["datapath"]["host_cgroup"];
     assert_eq!(hooks["path"], cgroup.to_str().unwrap(), "{hooks}");
-    let mut hook_names: Vec<&str> = hooks["hooks"].as_array().unwrap().iter().map(|h| h["hook"].as_str().unwrap()).collect();
+    let mut hook_names: Vec<&str> =
+        hooks["hooks"].as_array().unwrap().iter().map(|h| h["hook"].as_str().unwrap()).collect();
     hook_names.sort();
     let expected = ["connect4", "connect6", "getpeername4", "getpeername6", "recvmsg4", "recvmsg6", "sendmsg4"];
     assert_eq!(hook_names, expected, "{hooks}");
@@ -212,7 +245,11 @@ fn ipv6_sockets_reach_published_ports_by_ipv4_mapped_address_and_at_ipv6_localho
     // TCP from a dual-stack AF_INET6 socket (Java's default; `curl http://[::1]:8080`), by the
     // uplink's and localhost's IPv4-mapped addresses and by ::1 (docker-proxy listens on
     // [::]): getpeername names the address the process used.
-    for addr in [published6(mapped(UPLINK_HOST_IP), 8080), published6(mapped(LOCALHOST), 8080), published6(Ipv6Addr::LOCALHOST, 8080)] {
+    for addr in [
+        published6(mapped(UPLINK_HOST_IP), 8080),
+        published6(mapped(LOCALHOST), 8080),
+        published6(Ipv6Addr::LOCALHOST, 8080),
+    ] {
         let seen = echoed(client(&host, cg, "tcp", addr, "over tcp6"), "over tcp6");
         assert_eq!(seen["peer"], addr.to_string(), "{seen}");
     }
@@ -232,7 +269,8 @@ fn ipv6_sockets_reach_published_ports_by_ipv4_mapped_address_and_at_ipv6_localho
     // Not covered: a datagram sent to [::1] without connecting. The kernel refuses to let a
     // sendmsg6 hook turn it into an IPv4-mapped address, so it goes to the host's own ::1,
     // where nothing answers.
-    let err = client(&host, cg, "udp", published6(Ipv6Addr::LOCALHOST, 5353), "unconnected to ::1").expect_err("no answer");
+    let err =
+        client(&host, cg, "udp", published6(Ipv6Addr::LOCALHOST, 5353), "unconnected to ::1").expect_err("no answer");
     assert_eq!(err["kind"], "WouldBlock", "{err}");
     // As from AF_INET sockets: IPv4 between the host (its gateway address) and the container.
     for peer in tcp_peers.get().iter().chain(udp_peers.get().iter()) {
@@ -246,7 +284,19 @@ fn ipv6_sockets_reach_published_ports_by_ipv4_mapped_address_and_at_ipv6_localho
 fn ipv6_sockets_outside_the_cgroup_to_unpublished_ports_or_v6only_are_left_alone() {
     let (mut sb, net, cgroup) = sandbox();
     let (web, other) = (sb.name("web"), sb.name("other"));
-    sb.ok(&["container", "create", &web, "--network", &net, "--publish", "8080:80", "-p", "10.250.0.1:8081:81", "-p", "5353:53/udp"]);
+    sb.ok(&[
+        "container",
+        "create",
+        &web,
+        "--network",
+        &net,
+        "--publish",
+        "8080:80",
+        "-p",
+        "10.250.0.1:8081:81",
+        "-p",
+        "5353:53/udp",
+    ]);
     sb.ok(&["container", "create", &other, "--network", &net]);
     let ip = sb.container_ip(&web);
     let web_peers = sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 80), 1);
@@ -276,7 +326,10 @@ fn ipv6_sockets_outside_the_cgroup_to_unpublished_ports_or_v6only_are_left_alone
     // docker-proxy would answer).
     for (mode, port) in [("tcp", 8080), ("udp-connected", 5353)] {
         failed_with(v6only_client(&host, cg, mode, published6(Ipv6Addr::LOCALHOST, port), "v6only"), libc::ENETUNREACH);
-        failed_with(v6only_client(&host, cg, mode, published6(mapped(UPLINK_HOST_IP), port), "v6only"), libc::ENETUNREACH);
+        failed_with(
+            v6only_client(&host, cg, mode, published6(mapped(UPLINK_HOST_IP), port), "v6only"),
+            libc::ENETUNREACH,
+        );
     }
     assert_eq!(udp_peers.get(), []);
     // A container in the cgroup is not the host: its dual-stack socket takes the hairpin

@@ -1,7 +1,7 @@
 //! Removing containers and networks removes what they made, and a sandbox leaves nothing.
 use std::path::Path;
 
-use bpfnet_tests::{links_in, namespaces_with_prefix, pinned_map_len, ping, tcx_ingress_programs, Sandbox};
+use bpfnet_tests::{links_in, namespaces_with_prefix, ping, pinned_map_len, tcx_ingress_programs, Sandbox};
 
 #[test]
 fn rm_removes_namespace_veth_link_and_map_entries() {

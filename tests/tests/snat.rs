@@ -7,8 +7,8 @@ use std::{
 };
 
 use bpfnet_tests::{
-    full_checksums, in_netns, iperf3_each_way, iptables_rules, ping, ping_with_size, snmp_counter, tcp_connect_from, tcp_exchange, tcp_receive_errors, udp_exchange,
-    Sandbox, IO_TIMEOUT, OUTSIDE_IP, UPLINK_HOST_IP,
+    full_checksums, in_netns, iperf3_each_way, iptables_rules, ping, ping_with_size, snmp_counter, tcp_connect_from,
+    tcp_exchange, tcp_receive_errors, udp_exchange, Sandbox, IO_TIMEOUT, OUTSIDE_IP, UPLINK_HOST_IP,
 };
 
 /// A sandbox with an uplink, one network and the given containers.
@@ -250,7 +250,8 @@ fn a_full_assured_table_keeps_its_flows_and_still_lets_new_ones_through() {
     let flows = sb.json(&["conntrack", "ls", "--json"]);
     let tcp = flows.as_array().unwrap().iter().find(|f| f["protocol"] == "tcp").expect("the TCP flow");
     assert_eq!((&tcp["state"], &tcp["table"]), (&serde_json::json!("established"), &serde_json::json!("assured")));
-    let left_unassured = flows.as_array().unwrap().iter().filter(|f| f["assured"] == true && f["table"] == "unassured").count();
+    let left_unassured =
+        flows.as_array().unwrap().iter().filter(|f| f["assured"] == true && f["table"] == "unassured").count();
     assert_eq!(left_unassured as u64, beyond, "assured, but left where they were");
 }
 
@@ -265,7 +266,8 @@ fn fragmented_datagrams_and_large_pings_cross_the_nat_both_ways() {
     let peers = sb.udp_echo_server(&out, server, 1);
     let reassembled = |ns: &str| snmp_counter(ns, "Ip", "ReasmOKs");
     let (out_before, c_before) = (reassembled(&out), reassembled(&c[0]));
-    let datagram: &'static [u8] = Box::leak((0..4000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into_boxed_slice());
+    let datagram: &'static [u8] =
+        Box::leak((0..4000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into_boxed_slice());
     assert_eq!(udp_exchange(&c[0], server, datagram).unwrap(), datagram);
     let seen = peers.get();
     assert!(seen.len() == 1 && uplink_addr(&seen[0]), "masqueraded to the uplink's address: {seen:?}");

@@ -9,7 +9,8 @@ use std::{
 };
 
 use bpfnet_tests::{
-    in_netns, run, tcp_exchange, tcx_ingress_programs, xdp_program_on, Peers, Sandbox, OUTSIDE_IP, UPLINK, UPLINK_HOST_IP,
+    in_netns, run, tcp_exchange, tcx_ingress_programs, xdp_program_on, Peers, Sandbox, OUTSIDE_IP, UPLINK,
+    UPLINK_HOST_IP,
 };
 use serde_json::Value;
 
@@ -172,7 +173,8 @@ fn uplink_recreated_gets_its_program_back(mode: &str) {
     });
     assert_eq!(status_uplink(&sb)["ifindex"], old_index, "the last settings are kept");
     let status = sb.json(&["status", "--json"]);
-    let attachment = status["datapath"]["attachments"].as_array().unwrap().iter().find(|a| a["role"] == "uplink").cloned().unwrap();
+    let attachment =
+        status["datapath"]["attachments"].as_array().unwrap().iter().find(|a| a["role"] == "uplink").cloned().unwrap();
     assert_eq!(attachment["attached"], false, "no program runs on a deleted uplink: {attachment}");
 
     create_uplink(&sb, mode);
@@ -200,7 +202,9 @@ fn uplink_recreated_gets_its_program_back(mode: &str) {
     create_uplink(&sb, mode);
     let index = ifindex(&host, UPLINK);
     assert_ne!(index, before);
-    wait_until(&sb, "the uplink settings on the interface made again at once", || status_uplink(&sb)["ifindex"] == index);
+    wait_until(&sb, "the uplink settings on the interface made again at once", || {
+        status_uplink(&sb)["ifindex"] == index
+    });
     wait_for_masquerade(&sb, &c1, &peers, UPLINK_HOST_IP);
 }
 
@@ -229,6 +233,9 @@ fn an_uplink_made_again_while_the_agent_is_stopped_survives_an_upgrade() {
     sb.set_env("BPFNET_RELOAD_PROGRAMS", "true");
     let ids = sb.json(&["status", "--json"])["datapath"]["program_ids"].clone();
     let tcx = tcx_ingress_programs(&host, UPLINK).unwrap();
-    assert_eq!(tcx.iter().map(|(id, _)| u64::from(*id)).collect::<Vec<_>>(), vec![ids["from_uplink"].as_u64().unwrap()]);
+    assert_eq!(
+        tcx.iter().map(|(id, _)| u64::from(*id)).collect::<Vec<_>>(),
+        vec![ids["from_uplink"].as_u64().unwrap()]
+    );
     wait_for_masquerade(&sb, &c1, &peers, UPLINK_HOST_IP);
 }

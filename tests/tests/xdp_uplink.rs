@@ -8,8 +8,8 @@ use std::{
 };
 
 use bpfnet_tests::{
-    full_checksums, in_netns, iperf3_each_way, run, tcp_exchange, tcp_receive_errors, tcx_ingress_programs, udp_exchange, xdp_program_on,
-    Sandbox, IO_TIMEOUT, OUTSIDE_IP, UPLINK, UPLINK_HOST_IP,
+    full_checksums, in_netns, iperf3_each_way, run, tcp_exchange, tcp_receive_errors, tcx_ingress_programs,
+    udp_exchange, xdp_program_on, Sandbox, IO_TIMEOUT, OUTSIDE_IP, UPLINK, UPLINK_HOST_IP,
 };
 use serde_json::Value;
 
@@ -52,7 +52,8 @@ fn assert_uplink_runs(sb: &Sandbox, mode: &str) {
     let (status, xdp, tcx) = loop {
         let status = sb.json(&["status", "--json"]);
         let xdp = xdp_program_on(&sb.host_netns, UPLINK);
-        let tcx: Vec<u64> = tcx_ingress_programs(&sb.host_netns, UPLINK).unwrap().iter().map(|(id, _)| u64::from(*id)).collect();
+        let tcx: Vec<u64> =
+            tcx_ingress_programs(&sb.host_netns, UPLINK).unwrap().iter().map(|(id, _)| u64::from(*id)).collect();
         let settled = if mode == "xdp" { tcx.is_empty() } else { xdp.is_none() };
         if settled || std::time::Instant::now() > deadline {
             break (status, xdp, tcx);
@@ -71,7 +72,11 @@ fn assert_uplink_runs(sb: &Sandbox, mode: &str) {
         }
     }
     let attachment = uplink_attachment(sb);
-    assert_eq!((attachment["mode"].as_str(), attachment["attached"].as_bool()), (Some(mode), Some(true)), "{attachment}");
+    assert_eq!(
+        (attachment["mode"].as_str(), attachment["attached"].as_bool()),
+        (Some(mode), Some(true)),
+        "{attachment}"
+    );
 }
 
 #[test]

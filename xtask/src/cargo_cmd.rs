@@ -41,9 +41,7 @@ impl Profile {
 }
 
 pub fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives one level below the workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives one level below the workspace root")
 }
 
 pub fn cargo_home() -> PathBuf {
@@ -69,8 +67,7 @@ pub fn path_with_cargo_bin() -> OsString {
 /// The cargo that runs this xtask (cargo sets $CARGO for `cargo run`), in the workspace root.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(workspace_root())
-        .env("PATH", path_with_cargo_bin());
+    cmd.current_dir(workspace_root()).env("PATH", path_with_cargo_bin());
     cmd
 }
 
@@ -92,8 +89,8 @@ pub fn target_dir() -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args(["metadata", "--format-version", "1", "--no-deps"]);
     let json = command::output(&mut cmd)?;
-    let metadata: serde_json::Value = serde_json::from_str(&json)
-        .context("`cargo metadata` printed something that is not JSON")?;
+    let metadata: serde_json::Value =
+        serde_json::from_str(&json).context("`cargo metadata` printed something that is not JSON")?;
     match metadata["target_directory"].as_str() {
         Some(dir) => Ok(PathBuf::from(dir)),
         None => bail!("`cargo metadata` has no string field `target_directory`"),

@@ -19,11 +19,7 @@ pub fn display(cmd: &Command) -> String {
             continue;
         }
         if let Some(value) = value {
-            words.push(format!(
-                "{}={}",
-                key.to_string_lossy(),
-                quote(&value.to_string_lossy())
-            ));
+            words.push(format!("{}={}", key.to_string_lossy(), quote(&value.to_string_lossy())));
         }
     }
     words.push(quote(&cmd.get_program().to_string_lossy()));
@@ -32,10 +28,7 @@ pub fn display(cmd: &Command) -> String {
 }
 
 fn quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^~".contains(c));
+    let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^~".contains(c));
     if plain {
         word.to_string()
     } else {
@@ -57,19 +50,14 @@ fn check(cmd: &Command, status: ExitStatus) -> Result<()> {
 
 fn spawn(cmd: &mut Command) -> Result<Child> {
     cmd.spawn().with_context(|| {
-        format!(
-            "could not start `{}`: is it installed? (`cargo xtask setup` installs the tools)",
-            display(cmd)
-        )
+        format!("could not start `{}`: is it installed? (`cargo xtask setup` installs the tools)", display(cmd))
     })
 }
 
 /// Print and run `cmd` with inherited stdio; fail if it does not exit 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
     announce(cmd);
-    let status = spawn(cmd)?
-        .wait()
-        .with_context(|| format!("waiting for `{}`", display(cmd)))?;
+    let status = spawn(cmd)?.wait().with_context(|| format!("waiting for `{}`", display(cmd)))?;
     check(cmd, status)
 }
 
@@ -105,15 +93,10 @@ pub fn run_logged(cmd: &mut Command, log: &Path, limit: Duration) -> Result<()> 
         .append(true)
         .open(log)
         .with_context(|| format!("opening the log {}", log.display()))?;
-    writeln!(file, "\n$ {}", display(cmd))
-        .with_context(|| format!("writing to the log {}", log.display()))?;
-    let stderr = file
-        .try_clone()
-        .with_context(|| format!("duplicating the log's descriptor ({})", log.display()))?;
+    writeln!(file, "\n$ {}", display(cmd)).with_context(|| format!("writing to the log {}", log.display()))?;
+    let stderr = file.try_clone().with_context(|| format!("duplicating the log's descriptor ({})", log.display()))?;
     let mut child = spawn(cmd.stdin(Stdio::null()).stdout(file).stderr(stderr))?;
-    let outcome = wait_bounded(&mut child, limit)
-        .with_context(|| display(cmd))
-        .and_then(|status| check(cmd, status));
+    let outcome = wait_bounded(&mut child, limit).with_context(|| display(cmd)).and_then(|status| check(cmd, status));
     if outcome.is_err() {
         print_log_tail(log);
     }
@@ -183,11 +166,7 @@ fn wait_exactly(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
     }
     // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
-    let mut poll = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut poll = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -197,8 +176,7 @@ fn wait_exactly(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
         if ready > 0 {
             return child.wait().context("waiting for a child process");
         }
-        let interrupted =
-            ready < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
+        let interrupted = ready < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
         if ready < 0 && !interrupted {
             let err = std::io::Error::last_os_error();
             let _killed = child.kill();
@@ -240,10 +218,7 @@ mod tests {
         cmd.args(["netns", "exec", "a-b", "sh", "-c", "echo 'hi' there"])
             .env("BPFNET_BIN", "/t/bpfnet")
             .env("PATH", "/x");
-        assert_eq!(
-            display(&cmd),
-            r"BPFNET_BIN=/t/bpfnet ip netns exec a-b sh -c 'echo '\''hi'\'' there'"
-        );
+        assert_eq!(display(&cmd), r"BPFNET_BIN=/t/bpfnet ip netns exec a-b sh -c 'echo '\''hi'\'' there'");
     }
 
     #[test]
@@ -261,8 +236,7 @@ mod tests {
         let _ = fs::remove_file(&log);
         let limit = Duration::from_secs(5);
         run_logged(Command::new("sh").args(["-c", "echo out; echo err >&2"]), &log, limit).unwrap();
-        let err = run_logged(Command::new("sh").args(["-c", "echo failing; exit 3"]), &log, limit)
-            .unwrap_err();
+        let err = run_logged(Command::new("sh").args(["-c", "echo failing; exit 3"]), &log, limit).unwrap_err();
         let text = fs::read_to_string(&log).unwrap();
         fs::remove_file(&log).unwrap();
         assert!(text.contains("$ sh -c 'echo out; echo err >&2'\nout\nerr\n"), "{text}");
@@ -274,10 +248,7 @@ mod tests {
     #[test]
     fn timed_run_is_exact_and_bounded() {
         let took = run_timed(Command::new("sleep").arg("0.003"), Duration::from_secs(5)).unwrap();
-        assert!(
-            took >= Duration::from_millis(3) && took < Duration::from_secs(1),
-            "{took:?}"
-        );
+        assert!(took >= Duration::from_millis(3) && took < Duration::from_secs(1), "{took:?}");
         let started = Instant::now();
         assert!(run_timed(Command::new("sleep").arg("5"), Duration::from_millis(100)).is_err());
         assert!(started.elapsed() < Duration::from_secs(2));

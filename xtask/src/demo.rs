@@ -49,8 +49,7 @@ fn containers(profile: Profile, bpfnet_bin: Option<PathBuf>) -> Result<()> {
     section("setup");
     setup::run()?;
     let bpfnet_bin = match bpfnet_bin {
-        Some(bin) => fs::canonicalize(&bin)
-            .with_context(|| format!("--bpfnet {}: no such file", bin.display()))?,
+        Some(bin) => fs::canonicalize(&bin).with_context(|| format!("--bpfnet {}: no such file", bin.display()))?,
         None => {
             section("build");
             cargo_cmd::build(profile, &["bpfnet"])?;
@@ -62,9 +61,7 @@ fn containers(profile: Profile, bpfnet_bin: Option<PathBuf>) -> Result<()> {
     section("sandbox: a namespace that plays the host, and one behind its uplink that plays the outside world");
     let mut sandbox = Sandbox::create("bnd", bpfnet_bin)?;
     let mut checks = Checks::default();
-    let outcome = sandbox
-        .add_uplink()
-        .and_then(|uplink| scenario(&mut sandbox, &uplink, &mut checks));
+    let outcome = sandbox.add_uplink().and_then(|uplink| scenario(&mut sandbox, &uplink, &mut checks));
     if outcome.is_err() && sandbox.agent_running() {
         // Its counters and drop reasons say where the packets of the failed step went.
         section("bpfnet status, to see where the packets went");
@@ -119,10 +116,7 @@ fn scenario(sandbox: &mut Sandbox, uplink: &Uplink, checks: &mut Checks) -> Resu
     let network = sandbox.name("net");
 
     section("a network and three containers; c2 publishes port 80 as 8080");
-    bpfnet(
-        sandbox,
-        &["network", "create", &network, "--subnet", SUBNET],
-    )?;
+    bpfnet(sandbox, &["network", "create", &network, "--subnet", SUBNET])?;
     let publish = format!("{PUBLISHED_PORT}:{WEB_PORT}");
     for (label, extra) in [("c1", None), ("c2", Some(["-p", publish.as_str()])), ("c3", None)] {
         let name = sandbox.name(label);
@@ -131,16 +125,12 @@ fn scenario(sandbox: &mut Sandbox, uplink: &Uplink, checks: &mut Checks) -> Resu
         bpfnet(sandbox, &args)?;
     }
     bpfnet(sandbox, &["container", "ls"])?;
-    let json = command::output_bounded(
-        sandbox.bpfnet().args(["container", "ls", "--json"]),
-        STEP_LIMIT,
-    )?;
+    let json = command::output_bounded(sandbox.bpfnet().args(["container", "ls", "--json"]), STEP_LIMIT)?;
     let ips = container_ips(&json, &network)?;
     let container = |label: &'static str| -> Result<Container> {
         let name = sandbox.name(label);
-        let ip = *ips.get(&name).ok_or_else(|| {
-            anyhow!("`bpfnet container ls --json` does not list container {name}")
-        })?;
+        let ip =
+            *ips.get(&name).ok_or_else(|| anyhow!("`bpfnet container ls --json` does not list container {name}"))?;
         Ok(Container { label, name, ip })
     };
     let (c1, c2, c3) = (container("c1")?, container("c2")?, container("c3")?);
@@ -154,20 +144,14 @@ fn scenario(sandbox: &mut Sandbox, uplink: &Uplink, checks: &mut Checks) -> Resu
         uplink.host_ip,
         uplink.name
     );
-    checks.pass(format!(
-        "status: masquerade to {} ({}'s address)",
-        uplink.host_ip, uplink.name
-    ))?;
+    checks.pass(format!("status: masquerade to {} ({}'s address)", uplink.host_ip, uplink.name))?;
 
     for (from, to) in [(&c1, &c2), (&c1, &c3), (&c2, &c3)] {
         let replies = ping(sandbox, &from.name, to.ip)?;
         checks.pass(format!("ping: {} -> {} ({}) {replies}", from.label, to.label, to.ip))?;
     }
     let replies = ping(sandbox, &c1.name, uplink.outside_ip)?;
-    checks.pass(format!(
-        "ping: {} -> outside ({}) {replies}",
-        c1.label, uplink.outside_ip
-    ))?;
+    checks.pass(format!("ping: {} -> outside ({}) {replies}", c1.label, uplink.outside_ip))?;
 
     // Between containers of one network nothing is translated: each end sees the other's own
     // address and port.
@@ -190,16 +174,10 @@ fn scenario(sandbox: &mut Sandbox, uplink: &Uplink, checks: &mut Checks) -> Resu
     }
 
     let outside_server = SocketAddrV4::new(uplink.outside_ip, OUTSIDE_PORT);
-    let seen = exchange(
-        sandbox,
-        Proto::Tcp,
-        (&uplink.outside_netns, outside_server),
-        &c1.name,
-        outside_server,
-    )
-    .with_context(|| {
-        format!("masquerade: {} could not reach the outside's server at {outside_server}", c1.label)
-    })?;
+    let seen = exchange(sandbox, Proto::Tcp, (&uplink.outside_netns, outside_server), &c1.name, outside_server)
+        .with_context(|| {
+            format!("masquerade: {} could not reach the outside's server at {outside_server}", c1.label)
+        })?;
     ensure!(
         *seen.server_peer.ip() == uplink.host_ip,
         "masquerade: the outside saw {} connect from {}, not from the uplink's address {}",
@@ -214,14 +192,7 @@ fn scenario(sandbox: &mut Sandbox, uplink: &Uplink, checks: &mut Checks) -> Resu
 
     let published = SocketAddrV4::new(uplink.host_ip, PUBLISHED_PORT);
     let web = SocketAddrV4::new(c2.ip, WEB_PORT);
-    let seen = exchange(
-        sandbox,
-        Proto::Tcp,
-        (&c2.name, web),
-        &uplink.outside_netns,
-        published,
-    )
-    .with_context(|| {
+    let seen = exchange(sandbox, Proto::Tcp, (&c2.name, web), &uplink.outside_netns, published).with_context(|| {
         format!("published port: the outside could not reach {}:{WEB_PORT} at {published}", c2.label)
     })?;
     ensure!(
@@ -240,9 +211,7 @@ fn scenario(sandbox: &mut Sandbox, uplink: &Uplink, checks: &mut Checks) -> Resu
     // Hairpin: the source becomes the host's address, so c2's replies come back through the
     // datapath (which translates them back) instead of going straight to c1.
     let seen = exchange(sandbox, Proto::Tcp, (&c2.name, web), &c1.name, published)
-        .with_context(|| {
-            format!("hairpin: {} could not reach {}:{WEB_PORT} at {published}", c1.label, c2.label)
-        })?;
+        .with_context(|| format!("hairpin: {} could not reach {}:{WEB_PORT} at {published}", c1.label, c2.label))?;
     ensure!(
         *seen.server_peer.ip() == uplink.host_ip,
         "hairpin: {} reached {published} and {} saw {}, not the uplink's address {}",
@@ -335,9 +304,7 @@ fn tagged_address(output: &str, tag: &str) -> Result<SocketAddrV4> {
         .lines()
         .find_map(|line| line.strip_prefix(tag)?.strip_prefix(' '))
         .ok_or_else(|| anyhow!("printed no line `{tag} ADDRESS:PORT`; its output: {output:?}"))?;
-    line.trim()
-        .parse()
-        .with_context(|| format!("printed `{tag} {line}`, which is not ADDRESS:PORT"))
+    line.trim().parse().with_context(|| format!("printed `{tag} {line}`, which is not ADDRESS:PORT"))
 }
 
 /// Ping `to` from `netns` 3 times; "N/3 replies" (at least one, or it fails).
@@ -346,10 +313,9 @@ fn ping(sandbox: &Sandbox, netns: &str, to: Ipv4Addr) -> Result<String> {
     let count = COUNT.to_string();
     let to = to.to_string();
     let mut cmd = sandbox.in_netns(netns, "ping", ["-q", "-c", &count, "-i", "0.2", "-W", "1", &to]);
-    let out = command::output_bounded(&mut cmd, STEP_LIMIT)
-        .with_context(|| format!("no ping reply from {to} in {netns}"))?;
-    let received = ping_received(&out)
-        .ok_or_else(|| anyhow!("ping printed no `N received` line: {out:?}"))?;
+    let out =
+        command::output_bounded(&mut cmd, STEP_LIMIT).with_context(|| format!("no ping reply from {to} in {netns}"))?;
+    let received = ping_received(&out).ok_or_else(|| anyhow!("ping printed no `N received` line: {out:?}"))?;
     Ok(format!("{received}/{COUNT} replies"))
 }
 
@@ -365,13 +331,14 @@ fn ping_received(output: &str) -> Option<u32> {
 /// The agent's masquerade address from `bpfnet status --json` (None: masquerade off).
 fn masquerade_address(sandbox: &Sandbox) -> Result<Option<Ipv4Addr>> {
     let json = command::output_bounded(sandbox.bpfnet().args(["status", "--json"]), STEP_LIMIT)?;
-    let status: Value = serde_json::from_str(&json)
-        .with_context(|| format!("`bpfnet status --json` did not print JSON: {json}"))?;
+    let status: Value =
+        serde_json::from_str(&json).with_context(|| format!("`bpfnet status --json` did not print JSON: {json}"))?;
     match &status["datapath"]["uplink"]["masquerade_address"] {
         Value::Null => Ok(None),
-        Value::String(addr) => addr.parse().map(Some).with_context(|| {
-            format!("`bpfnet status --json`: masquerade_address {addr:?} is not an IPv4 address")
-        }),
+        Value::String(addr) => addr
+            .parse()
+            .map(Some)
+            .with_context(|| format!("`bpfnet status --json`: masquerade_address {addr:?} is not an IPv4 address")),
         other => bail!("`bpfnet status --json`: masquerade_address is {other}, not a string"),
     }
 }
@@ -390,15 +357,12 @@ fn section(title: &str) {
 /// `name`, `network` and `ip` (an address, or an address with its prefix length).
 fn container_ips(json: &str, network: &str) -> Result<HashMap<String, Ipv4Addr>> {
     const SOURCE: &str = "`bpfnet container ls --json`";
-    let value: Value = serde_json::from_str(json)
-        .with_context(|| format!("{SOURCE} did not print JSON: {json}"))?;
+    let value: Value = serde_json::from_str(json).with_context(|| format!("{SOURCE} did not print JSON: {json}"))?;
     // Accept a bare list or {"containers": [...]}.
     let list = value
         .as_array()
         .or_else(|| value.get("containers").and_then(Value::as_array))
-        .ok_or_else(|| {
-            anyhow!("{SOURCE} printed neither a list nor {{\"containers\": [...]}}: {value}")
-        })?;
+        .ok_or_else(|| anyhow!("{SOURCE} printed neither a list nor {{\"containers\": [...]}}: {value}"))?;
     let field = |item: &Value, key: &str| -> Result<String> {
         match item.get(key).and_then(Value::as_str) {
             Some(text) => Ok(text.to_string()),
@@ -414,9 +378,9 @@ fn container_ips(json: &str, network: &str) -> Result<HashMap<String, Ipv4Addr>>
             continue;
         }
         let address = ip.split('/').next().unwrap_or(&ip);
-        let address: Ipv4Addr = address.parse().with_context(|| {
-            format!("{SOURCE}: container {name} has `ip` {ip:?}, which is not an IPv4 address")
-        })?;
+        let address: Ipv4Addr = address
+            .parse()
+            .with_context(|| format!("{SOURCE}: container {name} has `ip` {ip:?}, which is not an IPv4 address"))?;
         ips.insert(name, address);
     }
     Ok(ips)
@@ -506,7 +470,8 @@ mod tests {
 
     #[test]
     fn ping_replies() {
-        let out = "--- 10.201.0.3 ping statistics ---\n3 packets transmitted, 2 received, 33% packet loss, time 401ms\n";
+        let out =
+            "--- 10.201.0.3 ping statistics ---\n3 packets transmitted, 2 received, 33% packet loss, time 401ms\n";
         assert_eq!(ping_received(out), Some(2));
         assert_eq!(ping_received("nothing"), None);
     }

@@ -97,20 +97,8 @@ mod tests {
 
     #[test]
     fn test_passes_everything_after_the_separator_on() {
-        let cli = Cli::try_parse_from([
-            "xtask",
-            "test",
-            "--jobs",
-            "1",
-            "--",
-            "ping",
-            "--",
-            "--nocapture",
-        ])
-        .unwrap();
-        let Task::Test(args) = cli.task else {
-            panic!("not the test task")
-        };
+        let cli = Cli::try_parse_from(["xtask", "test", "--jobs", "1", "--", "ping", "--", "--nocapture"]).unwrap();
+        let Task::Test(args) = cli.task else { panic!("not the test task") };
         assert_eq!(args.jobs, 1);
         assert_eq!(args.cargo_args, ["ping", "--", "--nocapture"]);
         assert!(Cli::try_parse_from(["xtask", "test", "--jobs", "0"]).is_err());

@@ -6,13 +6,13 @@
 //! cleanup removes only what this run made. [`Sandbox::add_uplink`] gives the host an uplink
 //! to a namespace `{prefix}-out` that plays the outside world.
 
+use std::cell::RefCell;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::cell::RefCell;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -39,15 +39,10 @@ extern "C" fn on_interrupt(_signal: nix::libc::c_int) {
 /// Turn Ctrl-C and SIGTERM into a flag, so the guard gets to clean up. The foreground child
 /// gets the signal too and fails, which ends the current step.
 pub fn catch_interrupts() -> Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_interrupt),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
+    let action = SigAction::new(SigHandler::Handler(on_interrupt), SaFlags::empty(), SigSet::empty());
     for signal in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(signal, &action) }
-            .with_context(|| format!("installing a {signal} handler"))?;
+        unsafe { sigaction(signal, &action) }.with_context(|| format!("installing a {signal} handler"))?;
     }
     Ok(())
 }
@@ -104,7 +99,9 @@ impl Sandbox {
         // Checked before the guard exists, whose cleanup would delete the other run's namespace.
         let host = format!("{prefix}-host");
         if Path::new(NETNS_DIR).join(&host).exists() {
-            bail!("network namespace {host} exists already: is another run using it? (if not: `ip netns delete {host}`)");
+            bail!(
+                "network namespace {host} exists already: is another run using it? (if not: `ip netns delete {host}`)"
+            );
         }
         let sandbox = Sandbox {
             state_dir: PathBuf::from(format!("/tmp/{prefix}-state")),
@@ -265,49 +262,33 @@ impl Sandbox {
             .spawn()
             .with_context(|| format!("could not start {label}: `{}`", command::display(&cmd)))?;
         let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
-        self.background.push(Some(Background {
-            label: label.to_string(),
-            child,
-            stdout,
-        }));
+        self.background.push(Some(Background { label: label.to_string(), child, stdout }));
         Ok(BackgroundId(self.background.len() - 1))
     }
 
     fn background(&mut self, id: BackgroundId) -> Result<&mut Background> {
-        self.background[id.0]
-            .as_mut()
-            .ok_or_else(|| anyhow!("background process #{} has finished already", id.0))
+        self.background[id.0].as_mut().ok_or_else(|| anyhow!("background process #{} has finished already", id.0))
     }
 
     /// The next line the process prints (a server says when it listens).
     pub fn read_line(&mut self, id: BackgroundId) -> Result<String> {
         let process = self.background(id)?;
         let mut line = String::new();
-        let read = process
-            .stdout
-            .read_line(&mut line)
-            .with_context(|| format!("reading the output of {}", process.label))?;
+        let read =
+            process.stdout.read_line(&mut line).with_context(|| format!("reading the output of {}", process.label))?;
         if read == 0 {
-            bail!(
-                "{} exited before it printed a line: see its errors above",
-                process.label
-            );
+            bail!("{} exited before it printed a line: see its errors above", process.label);
         }
         Ok(line.trim_end().to_string())
     }
 
     /// Wait (at most `limit`) for the process to exit 0, and return the rest of its output.
     pub fn finish(&mut self, id: BackgroundId, limit: Duration) -> Result<String> {
-        let mut process = self.background[id.0]
-            .take()
-            .ok_or_else(|| anyhow!("background process #{} has finished already", id.0))?;
-        let status = command::wait_bounded(&mut process.child, limit)
-            .with_context(|| process.label.clone())?;
+        let mut process =
+            self.background[id.0].take().ok_or_else(|| anyhow!("background process #{} has finished already", id.0))?;
+        let status = command::wait_bounded(&mut process.child, limit).with_context(|| process.label.clone())?;
         let mut rest = String::new();
-        process
-            .stdout
-            .read_to_string(&mut rest)
-            .with_context(|| format!("reading the output of {}", process.label))?;
+        process.stdout.read_to_string(&mut rest).with_context(|| format!("reading the output of {}", process.label))?;
         if !status.success() {
             bail!("{} failed ({status}); its output: {rest}", process.label);
         }
@@ -367,23 +348,16 @@ impl Sandbox {
         own_netns.sort_by_key(|netns| *netns == host); // the host namespace last
         for netns in own_netns {
             if strict && !self.sandbox_netns.contains(&netns) {
-                errors.push(anyhow!(
-                    "`bpfnet down` left network namespace {netns} behind"
-                ));
+                errors.push(anyhow!("`bpfnet down` left network namespace {netns} behind"));
             }
-            if let Err(err) = command::run_bounded(
-                Command::new("ip").args(["netns", "delete", &netns]),
-                CLEANUP_LIMIT,
-            ) {
+            if let Err(err) = command::run_bounded(Command::new("ip").args(["netns", "delete", &netns]), CLEANUP_LIMIT)
+            {
                 errors.push(err);
             }
         }
 
         if strict && dir_has_entries(&self.bpffs_dir) {
-            errors.push(anyhow!(
-                "`bpfnet down` left pins in {}",
-                self.bpffs_dir.display()
-            ));
+            errors.push(anyhow!("`bpfnet down` left pins in {}", self.bpffs_dir.display()));
         }
         for dir in [&self.bpffs_dir, &self.state_dir, &self.scratch_dir] {
             if dir.exists() {
@@ -422,16 +396,11 @@ impl Drop for Sandbox {
 }
 
 fn dir_has_entries(dir: &Path) -> bool {
-    fs::read_dir(dir)
-        .map(|mut entries| entries.next().is_some())
-        .unwrap_or(false)
+    fs::read_dir(dir).map(|mut entries| entries.next().is_some()).unwrap_or(false)
 }
 
 /// pid ^ time: distinct for runs that overlap on one machine.
 fn run_id() -> u32 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos() as u32)
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_nanos() as u32).unwrap_or(0);
     std::process::id() ^ nanos
 }

@@ -103,7 +103,9 @@ fn debian_packages(log: &mut SetupLog) -> Result<()> {
         log,
         APT_LIMIT,
     )
-    .context("`apt-get install` failed: see apt's message in the log's last lines above (another apt holding the lock?)")?;
+    .context(
+        "`apt-get install` failed: see apt's message in the log's last lines above (another apt holding the lock?)",
+    )?;
     let still_missing = missing_packages()?;
     ensure!(
         still_missing.is_empty(),
@@ -116,15 +118,11 @@ fn debian_packages(log: &mut SetupLog) -> Result<()> {
 
 fn missing_packages() -> Result<Vec<String>> {
     let mut cmd = Command::new("dpkg-query");
-    cmd.args(["-W", "-f=${Package}\\t${Status}\\n"])
-        .args(PACKAGES);
+    cmd.args(["-W", "-f=${Package}\\t${Status}\\n"]).args(PACKAGES);
     command::announce(&cmd);
     // dpkg-query exits 1 and complains on stderr about packages it has never heard of;
     // those are simply missing, so only its stdout counts.
-    let out = cmd
-        .stderr(Stdio::null())
-        .output()
-        .context("could not run dpkg-query: is this a Debian system?")?;
+    let out = cmd.stderr(Stdio::null()).output().context("could not run dpkg-query: is this a Debian system?")?;
     let status = parse_dpkg_status(&String::from_utf8_lossy(&out.stdout));
     Ok(PACKAGES
         .iter()
@@ -145,8 +143,9 @@ fn parse_dpkg_status(text: &str) -> HashMap<String, String> {
 }
 
 fn debian_rustc() -> Result<()> {
-    let out = command::output(Command::new(DEBIAN_RUSTC).arg("--version"))
-        .with_context(|| format!("{DEBIAN_RUSTC} does not run: reinstall it with `apt-get install --reinstall rustc-web`"))?;
+    let out = command::output(Command::new(DEBIAN_RUSTC).arg("--version")).with_context(|| {
+        format!("{DEBIAN_RUSTC} does not run: reinstall it with `apt-get install --reinstall rustc-web`")
+    })?;
     let version = out.trim();
     let found = parse_version(version, "rustc")
         .with_context(|| format!("cannot read the version in `{version}` from {DEBIAN_RUSTC}"))?;
@@ -162,10 +161,7 @@ fn debian_rustc() -> Result<()> {
         "{BPF_RUSTLIB} is missing: the prebuilt core for eBPF comes with `libstd-rust-web-dev-bpf` \
          (`apt-get install --reinstall libstd-rust-web-dev-bpf`)"
     );
-    println!(
-        "ok: rustc-web {}.{}.{} with {BPF_RUSTLIB}",
-        found.0, found.1, found.2
-    );
+    println!("ok: rustc-web {}.{}.{} with {BPF_RUSTLIB}", found.0, found.1, found.2);
     Ok(())
 }
 
@@ -189,10 +185,7 @@ fn bpf_linker(log: &mut SetupLog) -> Result<()> {
     }
     let series = format!("{}.{}", BPF_LINKER_SERIES.0, BPF_LINKER_SERIES.1);
     let log = log.path()?;
-    println!(
-        "installing: bpf-linker {series} (takes a few minutes; cargo's output: {})",
-        log.display()
-    );
+    println!("installing: bpf-linker {series} (takes a few minutes; cargo's output: {})", log.display());
     let llvm_path = {
         let mut dirs = vec![Path::new(LLVM_PREFIX).join("bin")];
         dirs.extend(std::env::split_paths(&cargo_cmd::path_with_cargo_bin()));
@@ -211,10 +204,7 @@ fn bpf_linker(log: &mut SetupLog) -> Result<()> {
     )?;
     match bpf_linker_version()? {
         Some(version) => {
-            println!(
-                "ok: installed bpf-linker {}.{}.{}",
-                version.0, version.1, version.2
-            );
+            println!("ok: installed bpf-linker {}.{}.{}", version.0, version.1, version.2);
             Ok(())
         }
         None => bail!(
@@ -228,8 +218,7 @@ fn bpf_linker(log: &mut SetupLog) -> Result<()> {
 /// The version of the bpf-linker that the build would use, if it is of the wanted series.
 fn bpf_linker_version() -> Result<Option<(u32, u32, u32)>> {
     let mut cmd = Command::new("bpf-linker");
-    cmd.arg("--version")
-        .env("PATH", cargo_cmd::path_with_cargo_bin());
+    cmd.arg("--version").env("PATH", cargo_cmd::path_with_cargo_bin());
     command::announce(&cmd);
     let out = match cmd.stderr(Stdio::null()).output() {
         Ok(out) if out.status.success() => out,
@@ -244,10 +233,7 @@ fn bpf_linker_version() -> Result<Option<(u32, u32, u32)>> {
     match parse_version(&line, "bpf-linker") {
         Some(version) if (version.0, version.1) == BPF_LINKER_SERIES => Ok(Some(version)),
         _ => {
-            println!(
-                "bpf-linker reports `{line}`, want {}.{}.x",
-                BPF_LINKER_SERIES.0, BPF_LINKER_SERIES.1
-            );
+            println!("bpf-linker reports `{line}`, want {}.{}.x", BPF_LINKER_SERIES.0, BPF_LINKER_SERIES.1);
             Ok(None)
         }
     }
@@ -259,27 +245,15 @@ fn bpffs() -> Result<()> {
         return Ok(());
     }
     println!("$ mount -t bpf bpf {BPFFS}");
-    mount(
-        Some("bpf"),
-        BPFFS,
-        Some("bpf"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .with_context(|| {
-        format!("mounting bpffs at {BPFFS} failed: does this kernel have CONFIG_BPF_SYSCALL?")
-    })?;
-    ensure!(
-        is_bpffs(BPFFS)?,
-        "{BPFFS} is still not a bpffs after mounting one there"
-    );
+    mount(Some("bpf"), BPFFS, Some("bpf"), MsFlags::empty(), None::<&str>)
+        .with_context(|| format!("mounting bpffs at {BPFFS} failed: does this kernel have CONFIG_BPF_SYSCALL?"))?;
+    ensure!(is_bpffs(BPFFS)?, "{BPFFS} is still not a bpffs after mounting one there");
     println!("ok: mounted bpffs at {BPFFS}");
     Ok(())
 }
 
 fn is_bpffs(path: &str) -> Result<bool> {
-    let stat = statfs(path)
-        .with_context(|| format!("statfs({path}) failed: is sysfs mounted at /sys?"))?;
+    let stat = statfs(path).with_context(|| format!("statfs({path}) failed: is sysfs mounted at /sys?"))?;
     Ok(stat.filesystem_type() == BPF_FS_MAGIC)
 }
 
@@ -290,20 +264,11 @@ mod tests {
     #[test]
     fn versions() {
         assert_eq!(
-            parse_version(
-                "rustc 1.96.0 (ac68faa20 2026-05-25) (built from a source tarball)",
-                "rustc"
-            ),
+            parse_version("rustc 1.96.0 (ac68faa20 2026-05-25) (built from a source tarball)", "rustc"),
             Some((1, 96, 0))
         );
-        assert_eq!(
-            parse_version("rustc 1.97.0-nightly (abc 2026-01-01)", "rustc"),
-            Some((1, 97, 0))
-        );
-        assert_eq!(
-            parse_version("bpf-linker 0.13.0", "bpf-linker"),
-            Some((0, 13, 0))
-        );
+        assert_eq!(parse_version("rustc 1.97.0-nightly (abc 2026-01-01)", "rustc"), Some((1, 97, 0)));
+        assert_eq!(parse_version("bpf-linker 0.13.0", "bpf-linker"), Some((0, 13, 0)));
         assert_eq!(parse_version("bpf-linker", "bpf-linker"), None);
         assert_eq!(parse_version("cargo 1.95.0", "rustc"), None);
     }

@@ -1,6 +1,6 @@
-//! `cargo xtask test`: unit tests of every workspace crate and the black-box integration
-//! tests of `bpfnet-tests`, which run the real `bpfnet` binary named by $BPFNET_BIN (and the
-//! developer tools' `bpfnet-devkit`, $BPFNET_DEVKIT_BIN).
+//! `cargo xtask test`: the style checks (rustfmt, clippy), the unit tests of every workspace
+//! crate, and the black-box integration tests of `bpfnet-tests`, which run the real `bpfnet`
+//! binary named by $BPFNET_BIN (and the developer tools' `bpfnet-devkit`, $BPFNET_DEVKIT_BIN).
 
 use anyhow::{Context, Result};
 
@@ -24,6 +24,7 @@ pub struct TestArgs {
 
 pub fn run(args: TestArgs) -> Result<()> {
     setup::run()?;
+    check_style()?;
     let profile = Profile::from_release_flag(args.release);
     cargo_cmd::build(profile, &["bpfnet"])?;
     let bpfnet_bin = cargo_cmd::bpfnet_bin(profile)?;
@@ -48,6 +49,22 @@ pub fn run(args: TestArgs) -> Result<()> {
     command::run(&mut cmd).context("tests failed: see cargo test's report above")
 }
 
+/// The house style, checked before anything is tested: one format (rustfmt.toml) for every
+/// crate, the eBPF one included, and no clippy warning in the host crates (the developer kit
+/// included).
+fn check_style() -> Result<()> {
+    let ebpf_manifest = cargo_cmd::workspace_root().join("datapath-ebpf").join("Cargo.toml");
+    let mut fmt = cargo_cmd::cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    command::run(&mut fmt).context("unformatted code (the diff is above): run `cargo fmt --all`")?;
+    let mut fmt = cargo_cmd::cargo();
+    fmt.args(["fmt", "--check", "--manifest-path"]).arg(&ebpf_manifest);
+    command::run(&mut fmt).context("unformatted eBPF code (the diff is above): run `cargo fmt` in datapath-ebpf/")?;
+    let mut clippy = cargo_cmd::cargo();
+    clippy.args(["clippy", "--workspace", "--all-targets", "--features", "bpfnet/devkit", "--", "-D", "warnings"]);
+    command::run(&mut clippy).context("clippy found something (above): fix it, it fails the tests")
+}
+
 /// Split `cargo test` arguments from the harness arguments after a `--`.
 fn split_harness_args(args: &[String]) -> (&[String], &[String]) {
     match args.iter().position(|arg| arg == "--") {
@@ -58,9 +75,7 @@ fn split_harness_args(args: &[String]) -> (&[String], &[String]) {
 
 /// Whether the caller picked packages (then `--workspace` would override the choice).
 fn selects_packages(cargo_args: &[String]) -> bool {
-    cargo_args
-        .iter()
-        .any(|arg| arg.starts_with("-p") || arg.starts_with("--package"))
+    cargo_args.iter().any(|arg| arg.starts_with("-p") || arg.starts_with("--package"))
 }
 
 #[cfg(test)]

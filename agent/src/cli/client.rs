@@ -14,8 +14,9 @@ use crate::api::{Call, Method};
 /// Makes `call` and reads its answer as `T`, the type the agent answers it with.
 pub async fn call<T: DeserializeOwned>(socket: &Path, call: &Call) -> Result<T> {
     let answer = raw_call(socket, call).await?;
-    serde_json::from_value(answer.clone())
-        .with_context(|| format!("the agent's answer is not what this bpfnet expects (is the agent another version?): {answer}"))
+    serde_json::from_value(answer.clone()).with_context(|| {
+        format!("the agent's answer is not what this bpfnet expects (is the agent another version?): {answer}")
+    })
 }
 
 async fn raw_call(socket: &Path, call: &Call) -> Result<Value> {
@@ -25,15 +26,13 @@ async fn raw_call(socket: &Path, call: &Call) -> Result<Value> {
              --socket / BPFNET_SOCKET at its socket",
             socket.display()
         ),
-        ErrorKind::PermissionDenied => anyhow!(
-            "permission denied on {}: the bpfnet API is for root only (run as root)",
-            socket.display()
-        ),
+        ErrorKind::PermissionDenied => {
+            anyhow!("permission denied on {}: the bpfnet API is for root only (run as root)", socket.display())
+        }
         _ => anyhow!(e).context(format!("connecting to the bpfnet agent at {}", socket.display())),
     })?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("talking to the bpfnet agent")?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("talking to the bpfnet agent")?;
     tokio::spawn(connection);
     let (method, path, body) = call.request();
     let method = match method {
@@ -51,8 +50,9 @@ async fn raw_call(socket: &Path, call: &Call) -> Result<Value> {
     let response = sender.send_request(request).await.context("sending the request to the bpfnet agent")?;
     let status = response.status();
     let bytes = response.into_body().collect().await.context("reading the agent's answer")?.to_bytes();
-    let answer: Value = serde_json::from_slice(&bytes)
-        .with_context(|| format!("the agent answered {status} with invalid JSON: {}", String::from_utf8_lossy(&bytes)))?;
+    let answer: Value = serde_json::from_slice(&bytes).with_context(|| {
+        format!("the agent answered {status} with invalid JSON: {}", String::from_utf8_lossy(&bytes))
+    })?;
     if !status.is_success() {
         bail!("{}", answer["error"].as_str().unwrap_or("the agent refused the request without saying why"));
     }

@@ -38,7 +38,17 @@ impl ConntrackCommand {
                 }
                 println!(
                     "{:<5} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:<9} {:>6} {:>9} {:>9}",
-                    "PROTO", "KIND", "SOURCE", "DESTINATION", "TRANSLATED SOURCE", "TRANSLATED DEST", "STATE", "TABLE", "IDLE", "PKTS OUT", "PKTS IN"
+                    "PROTO",
+                    "KIND",
+                    "SOURCE",
+                    "DESTINATION",
+                    "TRANSLATED SOURCE",
+                    "TRANSLATED DEST",
+                    "STATE",
+                    "TABLE",
+                    "IDLE",
+                    "PKTS OUT",
+                    "PKTS IN"
                 );
                 for f in &flows {
                     println!(

@@ -33,7 +33,9 @@ pub enum NetworkCommand {
 impl NetworkCommand {
     pub fn call(&self) -> Call {
         match self.clone() {
-            NetworkCommand::Create { name, subnet, gateway } => Call::CreateNetwork(CreateNetwork { name, subnet, gateway }),
+            NetworkCommand::Create { name, subnet, gateway } => {
+                Call::CreateNetwork(CreateNetwork { name, subnet, gateway })
+            }
             NetworkCommand::Ls { .. } => Call::ListNetworks,
             NetworkCommand::Inspect { name } => Call::InspectNetwork(name),
             NetworkCommand::Rm { name } => Call::RemoveNetwork(name),

@@ -57,14 +57,20 @@ fn print_host_cgroup(cgroup: Option<&HostCgroupStatus>) {
     };
     match (&cg.path, &cg.error) {
         (None, _) => {
-            let links: Vec<String> = cg.links.iter().map(|l| format!("{} on cgroup {}", l.program, l.cgroup_id)).collect();
+            let links: Vec<String> =
+                cg.links.iter().map(|l| format!("{} on cgroup {}", l.program, l.cgroup_id)).collect();
             println!("host processes: socket hooks left on a cgroup no longer configured: {}", links.join(", "));
         }
         (Some(path), Some(error)) => println!("host processes: cgroup {}: {error}", path.display()),
         (Some(path), None) => {
             println!("host processes: those in cgroup {} reach published ports", path.display());
             for h in &cg.hooks {
-                println!("  {:<12} {:<28} {}", h.hook, h.program, if h.attached { "attached (cgroup)" } else { "NOT ATTACHED" });
+                println!(
+                    "  {:<12} {:<28} {}",
+                    h.hook,
+                    h.program,
+                    if h.attached { "attached (cgroup)" } else { "NOT ATTACHED" }
+                );
             }
         }
     }

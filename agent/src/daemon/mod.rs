@@ -20,7 +20,9 @@ pub use settings::AgentArgs;
 /// operation at a time).
 pub type SharedHost = Arc<Mutex<crate::host::Host>>;
 
-use crate::{datapath::Datapath, host::conntrack, host::reconcile, host::HostOptions, daemon::uplink_follower::UplinkFollower};
+use crate::{
+    daemon::uplink_follower::UplinkFollower, datapath::Datapath, host::conntrack, host::reconcile, host::HostOptions,
+};
 
 /// Reads the config file named by `--config`/BPFNET_CONFIG (if any) into environment
 /// variables, for the settings that neither a flag nor the environment sets: clap then sees
@@ -174,7 +176,14 @@ async fn collect_garbage(host: SharedHost, interval: Duration) {
 /// The programs' aya-log records, into the agent's log (their own levels: drops are debug).
 async fn relay_datapath_logs(host: SharedHost) {
     let program_id = loop {
-        let id = host.lock().await.existing_datapath().ok().flatten().and_then(|dp| dp.program_ids().ok()).map(|ids| ids[0].1);
+        let id = host
+            .lock()
+            .await
+            .existing_datapath()
+            .ok()
+            .flatten()
+            .and_then(|dp| dp.program_ids().ok())
+            .map(|ids| ids[0].1);
         if let Some(id) = id {
             break id;
         }

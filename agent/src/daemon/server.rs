@@ -18,8 +18,11 @@ use axum::{
 use serde_json::json;
 use tokio::net::UnixListener;
 
-use crate::{daemon::SharedHost, api::{Call, CreateContainer, CreateNetwork, PortSpecs, MAX_BODY_BYTES}, daemon::service};
-
+use crate::{
+    api::{Call, CreateContainer, CreateNetwork, PortSpecs, MAX_BODY_BYTES},
+    daemon::service,
+    daemon::SharedHost,
+};
 
 pub fn router(host: SharedHost) -> Router {
     Router::new()
@@ -32,7 +35,9 @@ pub fn router(host: SharedHost) -> Router {
         .route("/v1/containers", post(create_container).get(|s: State<SharedHost>| run(s, Ok(Call::ListContainers))))
         .route(
             "/v1/containers/{name}",
-            axum::routing::delete(|s: State<SharedHost>, UrlPath(n): UrlPath<String>| run(s, Ok(Call::RemoveContainer(n)))),
+            axum::routing::delete(|s: State<SharedHost>, UrlPath(n): UrlPath<String>| {
+                run(s, Ok(Call::RemoveContainer(n)))
+            }),
         )
         .route("/v1/containers/{name}/publish", post(publish))
         .route("/v1/containers/{name}/unpublish", post(unpublish))
@@ -53,11 +58,19 @@ async fn create_container(s: State<SharedHost>, body: Result<Json<CreateContaine
     run(s, body.map(|Json(b)| Call::CreateContainer(b))).await
 }
 
-async fn publish(s: State<SharedHost>, UrlPath(n): UrlPath<String>, body: Result<Json<PortSpecs>, JsonRejection>) -> Response {
+async fn publish(
+    s: State<SharedHost>,
+    UrlPath(n): UrlPath<String>,
+    body: Result<Json<PortSpecs>, JsonRejection>,
+) -> Response {
     run(s, body.map(|Json(b)| Call::Publish(n, b))).await
 }
 
-async fn unpublish(s: State<SharedHost>, UrlPath(n): UrlPath<String>, body: Result<Json<PortSpecs>, JsonRejection>) -> Response {
+async fn unpublish(
+    s: State<SharedHost>,
+    UrlPath(n): UrlPath<String>,
+    body: Result<Json<PortSpecs>, JsonRejection>,
+) -> Response {
     run(s, body.map(|Json(b)| Call::Unpublish(n, b))).await
 }
 
@@ -95,7 +108,9 @@ pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile)> {
             path.display()
         ),
         Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(_) => std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?,
+        Err(_) => {
+            std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?
+        }
     }
     let listener = UnixListener::bind(path).with_context(|| format!("binding the API socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))

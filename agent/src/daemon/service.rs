@@ -9,7 +9,23 @@ use serde_json::Value;
 
 use aya_obj::generated::bpf_attach_type;
 
-use crate::{api::{Attachment, Call, CgroupLink, ContainerInfo, DatapathStatus, HostCgroupStatus, NetworkInfo, NetworkSummary, PortChange, Removed, RunningDatapath, SocketHook, Status, Traffic, UplinkStatus}, sys::bpf, sys::cgroup::HostCgroup, host::conntrack, host::container, datapath, datapath::{Datapath, UplinkMode}, host::Host, host::ipam::format_mac, host::network, host::publish, host::state::{Change, ContainerSpec, NetworkSpec}};
+use crate::{
+    api::{
+        Attachment, Call, CgroupLink, ContainerInfo, DatapathStatus, HostCgroupStatus, NetworkInfo, NetworkSummary,
+        PortChange, Removed, RunningDatapath, SocketHook, Status, Traffic, UplinkStatus,
+    },
+    datapath,
+    datapath::{Datapath, UplinkMode},
+    host::conntrack,
+    host::container,
+    host::ipam::format_mac,
+    host::network,
+    host::publish,
+    host::state::{Change, ContainerSpec, NetworkSpec},
+    host::Host,
+    sys::bpf,
+    sys::cgroup::HostCgroup,
+};
 
 pub async fn execute(host: &mut Host, call: Call) -> Result<Value> {
     let answer = match call {
@@ -17,7 +33,9 @@ pub async fn execute(host: &mut Host, call: Call) -> Result<Value> {
             let spec = network::create(host, &c.name, &c.subnet, c.gateway).await?;
             to_json(describe_network(host, &spec))
         }
-        Call::ListNetworks => to_json(host.state().networks.values().map(|n| describe_network(host, n)).collect::<Vec<_>>()),
+        Call::ListNetworks => {
+            to_json(host.state().networks.values().map(|n| describe_network(host, n)).collect::<Vec<_>>())
+        }
         Call::InspectNetwork(name) => to_json(describe_network(host, host.state().network(&name)?)),
         Call::RemoveNetwork(name) => {
             network::remove(host, &name).await?;
@@ -110,13 +128,23 @@ fn attached_program_ids(ifname: &str) -> Vec<u32> {
 /// One attachment: whether the kernel has `program` on the interface's tcx ingress.
 fn attachment(ifname: &str, role: &str, program_id: u32) -> Attachment {
     let ids = attached_program_ids(ifname);
-    Attachment { interface: ifname.to_owned(), role: role.to_owned(), attached: ids.contains(&program_id), program_ids: ids, mode: None }
+    Attachment {
+        interface: ifname.to_owned(),
+        role: role.to_owned(),
+        attached: ids.contains(&program_id),
+        program_ids: ids,
+        mode: None,
+    }
 }
 
 /// The socket hooks on the host cgroup (`--host-cgroup`): per hook, whether the kernel runs
 /// bpfnet's program on that cgroup (BPF_PROG_QUERY), and whether its link is pinned. None
 /// when the option is off and nothing is attached.
-fn host_cgroup_status(option: Option<&std::path::Path>, dp: &Datapath, program_id: impl Fn(&str) -> u32) -> Result<Option<HostCgroupStatus>> {
+fn host_cgroup_status(
+    option: Option<&std::path::Path>,
+    dp: &Datapath,
+    program_id: impl Fn(&str) -> u32,
+) -> Result<Option<HostCgroupStatus>> {
     let links = dp.host_cgroup_links()?;
     let as_api = |links: &[datapath::HostCgroupLink]| -> Vec<CgroupLink> {
         links.iter().map(|l| CgroupLink { cgroup_id: l.cgroup_id, program: l.program.clone() }).collect()
@@ -128,7 +156,12 @@ fn host_cgroup_status(option: Option<&std::path::Path>, dp: &Datapath, program_i
     let cgroup = match HostCgroup::open(path) {
         Ok(cgroup) => cgroup,
         Err(e) => {
-            return Ok(Some(HostCgroupStatus { path: Some(path.to_owned()), error: Some(format!("{e:#}")), links: as_api(&links), ..empty }))
+            return Ok(Some(HostCgroupStatus {
+                path: Some(path.to_owned()),
+                error: Some(format!("{e:#}")),
+                links: as_api(&links),
+                ..empty
+            }))
         }
     };
     let hooks = datapath::HOST_SOCKET_PROGRAMS
@@ -152,12 +185,18 @@ fn host_cgroup_status(option: Option<&std::path::Path>, dp: &Datapath, program_i
     Ok(Some(HostCgroupStatus { path: Some(path.to_owned()), cgroup_id: Some(cgroup.id), hooks, ..empty }))
 }
 
-fn datapath_status(host_containers: &[(String, String)], host_cgroup: Option<&std::path::Path>, dp: &Datapath) -> Result<RunningDatapath> {
+fn datapath_status(
+    host_containers: &[(String, String)],
+    host_cgroup: Option<&std::path::Path>,
+    dp: &Datapath,
+) -> Result<RunningDatapath> {
     let program_ids: BTreeMap<String, u32> = dp.program_ids()?.into_iter().map(|(n, id)| (n.to_owned(), id)).collect();
     let id_of = |name: &str| program_ids.get(name).copied().unwrap_or_default();
     let mut attachments: Vec<Attachment> = host_containers
         .iter()
-        .map(|(ifname, container)| attachment(ifname, &format!("container {container}"), id_of(program_names::FROM_ENDPOINT)))
+        .map(|(ifname, container)| {
+            attachment(ifname, &format!("container {container}"), id_of(program_names::FROM_ENDPOINT))
+        })
         .collect();
     for (uplink, mode) in dp.uplinks()? {
         let program_id = id_of(mode.program());
@@ -184,7 +223,8 @@ fn datapath_status(host_containers: &[(String, String)], host_cgroup: Option<&st
         attachments,
         uplink: UplinkStatus {
             ifindex: config.uplink_ifindex,
-            masquerade_address: (config.uplink_ifindex != 0).then(|| Ipv4Addr::from(config.uplink_ip.to_ne_bytes()).to_string()),
+            masquerade_address: (config.uplink_ifindex != 0)
+                .then(|| Ipv4Addr::from(config.uplink_ip.to_ne_bytes()).to_string()),
             nat_ports: [config.nat_port_min, config.nat_port_max],
         },
         host_cgroup: host_cgroup_status(host_cgroup, dp, id_of)?,
@@ -226,7 +266,11 @@ fn status(host: &mut Host) -> Result<Status> {
         bpffs: host.options.bpffs.clone(),
         networks: networks
             .iter()
-            .map(|n| NetworkSummary { name: n.name.clone(), subnet: n.subnet.to_string(), gateway: n.gateway.to_string() })
+            .map(|n| NetworkSummary {
+                name: n.name.clone(),
+                subnet: n.subnet.to_string(),
+                gateway: n.gateway.to_string(),
+            })
             .collect(),
         containers: containers.iter().map(|c| container_status(host, c)).collect(),
         datapath: DatapathStatus { loaded: running.is_some(), running },

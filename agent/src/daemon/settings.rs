@@ -107,40 +107,106 @@ impl From<HostArgs> for HostOptions {
 #[derive(clap::Args, Debug, Clone)]
 pub struct TimeoutArgs {
     /// TCP flow whose SYN got no answer yet (nf_conntrack_tcp_timeout_syn_sent).
-    #[arg(long = "ct-timeout-tcp-syn", env = "BPFNET_CT_TIMEOUT_TCP_SYN", global = true, default_value_t = 120, value_name = "SECS")]
+    #[arg(
+        long = "ct-timeout-tcp-syn",
+        env = "BPFNET_CT_TIMEOUT_TCP_SYN",
+        global = true,
+        default_value_t = 120,
+        value_name = "SECS"
+    )]
     pub tcp_syn_sent: u64,
     /// TCP flow answered with a SYN-ACK, waiting for the handshake's last ACK
     /// (nf_conntrack_tcp_timeout_syn_recv). A spoofed SYN flood leaves its flows here.
-    #[arg(long = "ct-timeout-tcp-syn-recv", env = "BPFNET_CT_TIMEOUT_TCP_SYN_RECV", global = true, default_value_t = 60, value_name = "SECS")]
+    #[arg(
+        long = "ct-timeout-tcp-syn-recv",
+        env = "BPFNET_CT_TIMEOUT_TCP_SYN_RECV",
+        global = true,
+        default_value_t = 60,
+        value_name = "SECS"
+    )]
     pub tcp_syn_recv: u64,
     /// Established TCP flow (nf_conntrack_tcp_timeout_established).
-    #[arg(long = "ct-timeout-tcp-established", env = "BPFNET_CT_TIMEOUT_TCP_ESTABLISHED", global = true, default_value_t = 432_000, value_name = "SECS")]
+    #[arg(
+        long = "ct-timeout-tcp-established",
+        env = "BPFNET_CT_TIMEOUT_TCP_ESTABLISHED",
+        global = true,
+        default_value_t = 432_000,
+        value_name = "SECS"
+    )]
     pub tcp_established: u64,
     /// TCP flow one side closed with a FIN not acknowledged yet (nf_conntrack_tcp_timeout_fin_wait).
-    #[arg(long = "ct-timeout-tcp-fin", env = "BPFNET_CT_TIMEOUT_TCP_FIN", global = true, default_value_t = 120, value_name = "SECS")]
+    #[arg(
+        long = "ct-timeout-tcp-fin",
+        env = "BPFNET_CT_TIMEOUT_TCP_FIN",
+        global = true,
+        default_value_t = 120,
+        value_name = "SECS"
+    )]
     pub tcp_fin_wait: u64,
     /// TCP flow whose first FIN was acknowledged, the other side not closed yet
     /// (nf_conntrack_tcp_timeout_close_wait).
-    #[arg(long = "ct-timeout-tcp-close-wait", env = "BPFNET_CT_TIMEOUT_TCP_CLOSE_WAIT", global = true, default_value_t = 60, value_name = "SECS")]
+    #[arg(
+        long = "ct-timeout-tcp-close-wait",
+        env = "BPFNET_CT_TIMEOUT_TCP_CLOSE_WAIT",
+        global = true,
+        default_value_t = 60,
+        value_name = "SECS"
+    )]
     pub tcp_close_wait: u64,
     /// TCP flow closed by both sides, the last FIN not acknowledged yet
     /// (nf_conntrack_tcp_timeout_last_ack).
-    #[arg(long = "ct-timeout-tcp-last-ack", env = "BPFNET_CT_TIMEOUT_TCP_LAST_ACK", global = true, default_value_t = 30, value_name = "SECS")]
+    #[arg(
+        long = "ct-timeout-tcp-last-ack",
+        env = "BPFNET_CT_TIMEOUT_TCP_LAST_ACK",
+        global = true,
+        default_value_t = 30,
+        value_name = "SECS"
+    )]
     pub tcp_last_ack: u64,
     /// TCP flow closed by both sides and acknowledged (nf_conntrack_tcp_timeout_time_wait).
-    #[arg(long = "ct-timeout-tcp-time-wait", env = "BPFNET_CT_TIMEOUT_TCP_TIME_WAIT", global = true, default_value_t = 120, value_name = "SECS")]
+    #[arg(
+        long = "ct-timeout-tcp-time-wait",
+        env = "BPFNET_CT_TIMEOUT_TCP_TIME_WAIT",
+        global = true,
+        default_value_t = 120,
+        value_name = "SECS"
+    )]
     pub tcp_time_wait: u64,
     /// TCP flow reset (nf_conntrack_tcp_timeout_close).
-    #[arg(long = "ct-timeout-tcp-close", env = "BPFNET_CT_TIMEOUT_TCP_CLOSE", global = true, default_value_t = 10, value_name = "SECS")]
+    #[arg(
+        long = "ct-timeout-tcp-close",
+        env = "BPFNET_CT_TIMEOUT_TCP_CLOSE",
+        global = true,
+        default_value_t = 10,
+        value_name = "SECS"
+    )]
     pub tcp_close: u64,
     /// UDP flow with no reply yet (nf_conntrack_udp_timeout).
-    #[arg(long = "ct-timeout-udp", env = "BPFNET_CT_TIMEOUT_UDP", global = true, default_value_t = 30, value_name = "SECS")]
+    #[arg(
+        long = "ct-timeout-udp",
+        env = "BPFNET_CT_TIMEOUT_UDP",
+        global = true,
+        default_value_t = 30,
+        value_name = "SECS"
+    )]
     pub udp: u64,
     /// UDP flow that saw replies (nf_conntrack_udp_timeout_stream).
-    #[arg(long = "ct-timeout-udp-stream", env = "BPFNET_CT_TIMEOUT_UDP_STREAM", global = true, default_value_t = 120, value_name = "SECS")]
+    #[arg(
+        long = "ct-timeout-udp-stream",
+        env = "BPFNET_CT_TIMEOUT_UDP_STREAM",
+        global = true,
+        default_value_t = 120,
+        value_name = "SECS"
+    )]
     pub udp_stream: u64,
     /// ICMP echo (nf_conntrack_icmp_timeout).
-    #[arg(long = "ct-timeout-icmp", env = "BPFNET_CT_TIMEOUT_ICMP", global = true, default_value_t = 30, value_name = "SECS")]
+    #[arg(
+        long = "ct-timeout-icmp",
+        env = "BPFNET_CT_TIMEOUT_ICMP",
+        global = true,
+        default_value_t = 30,
+        value_name = "SECS"
+    )]
     pub icmp: u64,
 }
 
@@ -164,8 +230,11 @@ impl From<TimeoutArgs> for Timeouts {
 
 /// A value parser for an enum of the layers below by its serde name, listing the names in
 /// `--help`, so that those types need no clap.
-fn serde_enum<T: DeserializeOwned + Clone + Send + Sync + 'static>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T> {
-    PossibleValuesParser::new(names).map(|name| serde_json::from_value(serde_json::Value::String(name)).expect("every listed name is a variant"))
+fn serde_enum<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+    names: &'static [&'static str],
+) -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(names)
+        .map(|name| serde_json::from_value(serde_json::Value::String(name)).expect("every listed name is a variant"))
 }
 
 /// Parses `LOW-HIGH` (e.g. 32768-60999) into an inclusive port range.
@@ -173,7 +242,8 @@ fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
     let (low, high) = text
         .split_once('-')
         .ok_or_else(|| format!("{text:?} is not a port range; write it as LOW-HIGH, e.g. 32768-60999"))?;
-    let parse = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{p:?} in {text:?} is not a port (1-65535): {e}"));
+    let parse =
+        |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{p:?} in {text:?} is not a port (1-65535): {e}"));
     let (low, high) = (parse(low)?, parse(high)?);
     if low == 0 || low > high {
         return Err(format!("{text:?}: the range must be LOW-HIGH with 1 <= LOW <= HIGH"));
@@ -209,7 +279,10 @@ mod tests {
         for (state, want) in tcp {
             assert_eq!(secs(state, datapath_common::IPPROTO_TCP), want, "{state:?}");
         }
-        assert_eq!((secs(Unreplied, datapath_common::IPPROTO_UDP), secs(Replied, datapath_common::IPPROTO_UDP)), (30, 120));
+        assert_eq!(
+            (secs(Unreplied, datapath_common::IPPROTO_UDP), secs(Replied, datapath_common::IPPROTO_UDP)),
+            (30, 120)
+        );
         assert_eq!(secs(Replied, datapath_common::IPPROTO_ICMP), 30);
         let t = Timeouts::from(Cli::parse_from(["bpfnet", "--ct-timeout-tcp-syn-recv", "5"]).timeouts);
         assert_eq!(t.timeout(SynRecv, datapath_common::IPPROTO_TCP).as_secs(), 5);

@@ -12,7 +12,10 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 
-use crate::{sys::netlink::{LinkEvent, LinkEvents}, daemon::SharedHost};
+use crate::{
+    daemon::SharedHost,
+    sys::netlink::{LinkEvent, LinkEvents},
+};
 
 /// Notifications within this long of the first one are handled together: replacing an address
 /// (delete, add), or deleting the uplink and making it again, comes as several notifications
@@ -92,7 +95,10 @@ impl UplinkFollower {
             }
         }
         if lost {
-            tracing::info!("link notifications were lost (the socket's buffer was full); re-reading the uplink {}", self.uplink);
+            tracing::info!(
+                "link notifications were lost (the socket's buffer was full); re-reading the uplink {}",
+                self.uplink
+            );
             Reason::NotificationsLost
         } else {
             Reason::Changed
@@ -161,7 +167,9 @@ fn concerns_uplink(event: &LinkEvent, uplink: &str, uplink_index: Option<u32>) -
         // An address's label is its interface's name, or an alias of it (`eth0:1`).
         LinkEvent::Ipv4Address { index, label } => {
             Some(*index) == uplink_index
-                || label.as_deref().is_some_and(|l| l == uplink || l.strip_prefix(uplink).is_some_and(|alias| alias.starts_with(':')))
+                || label
+                    .as_deref()
+                    .is_some_and(|l| l == uplink || l.strip_prefix(uplink).is_some_and(|alias| alias.starts_with(':')))
         }
         LinkEvent::Lost => true,
     }

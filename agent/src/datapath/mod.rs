@@ -30,8 +30,8 @@ use aya::{
     EbpfLoader,
 };
 use datapath_common::{
-    map_names, program_names, PublishedPortTarget, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, HostConfig, Ipv4Be,
-    Network, PublishedPortKey,
+    map_names, program_names, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, HostConfig,
+    Ipv4Be, Network, PublishedPortKey, PublishedPortTarget,
 };
 
 use crate::{sys::bpf, sys::cgroup::HostCgroup};
@@ -136,7 +136,10 @@ enum LinkPin<'a> {
     Endpoint(&'a str),
     Uplink(UplinkMode, &'a str),
     /// A socket hook on the host cgroup with this cgroup id.
-    HostCgroup { cgroup_id: u64, program: &'a str },
+    HostCgroup {
+        cgroup_id: u64,
+        program: &'a str,
+    },
 }
 
 impl<'a> LinkPin<'a> {
@@ -349,7 +352,12 @@ impl Datapath {
             tracing::info!("CONFIG had an older layout: moved its settings to a new map, every program is replaced");
         }
         for old in &outgrown_counters {
-            tracing::info!("{} had {} slots: moved its counts to a new map of {}, every program is replaced", old.name, old.values.len(), old.slots);
+            tracing::info!(
+                "{} had {} slots: moved its counts to a new map of {}, every program is replaced",
+                old.name,
+                old.values.len(),
+                old.slots
+            );
         }
         // The old programs use the old maps: all of them move to the new ones.
         let always = always || outgrown.is_some() || !outgrown_counters.is_empty();
@@ -359,14 +367,16 @@ impl Datapath {
             let pin = pin_dir.join("progs").join(name);
             // A program that an older bpfnet did not have is simply pinned.
             if pin.exists() {
-                let old = ProgramInfo::from_pin(&pin).with_context(|| format!("opening pinned program {}", pin.display()))?;
+                let old =
+                    ProgramInfo::from_pin(&pin).with_context(|| format!("opening pinned program {}", pin.display()))?;
                 if !always && new.info()?.tag() == old.tag() {
                     continue;
                 }
             }
             for link_pin in link_pins_of(pin_dir, name)? {
                 // The link (and its pin) stays; only the program behind it changes, atomically.
-                replace_behind_link(new, &link_pin).with_context(|| format!("replacing {name} behind {}", link_pin.display()))?;
+                replace_behind_link(new, &link_pin)
+                    .with_context(|| format!("replacing {name} behind {}", link_pin.display()))?;
             }
             remove_pin(&pin)?;
             new.pin(&pin).with_context(|| format!("pinning the new {name} at {}", pin.display()))?;
@@ -381,8 +391,11 @@ impl Datapath {
             pin_dir: pin_dir.to_owned(),
             from_endpoint: open_program(pin_dir, program_names::FROM_ENDPOINT)?,
             from_uplink: open_program(pin_dir, program_names::FROM_UPLINK)?,
-            from_uplink_xdp: Xdp::from_pin(pin_dir.join("progs").join(program_names::FROM_UPLINK_XDP), aya_obj::programs::XdpAttachType::Interface)
-                .with_context(|| format!("opening pinned program {}", program_names::FROM_UPLINK_XDP))?,
+            from_uplink_xdp: Xdp::from_pin(
+                pin_dir.join("progs").join(program_names::FROM_UPLINK_XDP),
+                aya_obj::programs::XdpAttachType::Interface,
+            )
+            .with_context(|| format!("opening pinned program {}", program_names::FROM_UPLINK_XDP))?,
             host_sockets: HOST_SOCKET_PROGRAMS
                 .into_iter()
                 .map(|(name, attach_type)| {
@@ -486,7 +499,8 @@ impl Datapath {
                 let link_id = program
                     .attach(cgroup.fd(), CgroupAttachMode::Single)
                     .with_context(|| format!("attaching {name} to the cgroup {}", cgroup.path.display()))?;
-                let link: FdLink = program.take_link(link_id)?.try_into().context("a cgroup attachment should be an fd link")?;
+                let link: FdLink =
+                    program.take_link(link_id)?.try_into().context("a cgroup attachment should be an fd link")?;
                 link.pin(&pin).with_context(|| format!("pinning the link of {name} at {}", pin.display()))?;
                 made.push(pin);
             }
@@ -559,9 +573,7 @@ impl Datapath {
     }
 
     pub fn upsert_endpoint(&mut self, endpoint: &Endpoint) -> Result<()> {
-        self.ifaces
-            .insert(endpoint.host_ifindex, endpoint, 0)
-            .context("writing endpoint to IFACES")?;
+        self.ifaces.insert(endpoint.host_ifindex, endpoint, 0).context("writing endpoint to IFACES")?;
         self.endpoints.insert(endpoint.ip, endpoint, 0).context("writing endpoint to ENDPOINTS")
     }
 
@@ -589,7 +601,9 @@ impl Datapath {
             published_ports: self.published_ports.keys().collect::<Result<_, _>>().context("listing SERVICES")?,
             linked_interfaces: std::fs::read_dir(self.pin_dir.join("links"))?
                 .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
-                .filter(|name: &Result<String>| name.as_ref().map_or(true, |n| matches!(LinkPin::parse(n), LinkPin::Endpoint(_))))
+                .filter(|name: &Result<String>| {
+                    name.as_ref().map_or(true, |n| matches!(LinkPin::parse(n), LinkPin::Endpoint(_)))
+                })
                 .collect::<Result<_>>()?,
         })
     }
@@ -674,9 +688,7 @@ pub fn destroy(pin_dir: &Path) -> Result<()> {
 
 fn remove_dir(dir: &Path) -> Result<()> {
     match std::fs::remove_dir(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", dir.display()))
-        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", dir.display())),
         _ => Ok(()),
     }
 }
@@ -732,12 +744,8 @@ fn attach_pinned(program: &mut SchedClassifier, name: &str, ifname: &str, pin: &
     let link_id = program
         .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
         .with_context(|| format!("attaching {name} to tcx ingress of {ifname}"))?;
-    let link: FdLink = program
-        .take_link(link_id)?
-        .try_into()
-        .context("a tcx attachment should be an fd link")?;
-    link.pin(pin)
-        .with_context(|| format!("pinning the tcx link of {ifname} at {}", pin.display()))?;
+    let link: FdLink = program.take_link(link_id)?.try_into().context("a tcx attachment should be an fd link")?;
+    link.pin(pin).with_context(|| format!("pinning the tcx link of {ifname} at {}", pin.display()))?;
     Ok(())
 }
 
@@ -754,8 +762,7 @@ fn attach_xdp_pinned(program: &mut Xdp, ifname: &str, pin: &Path) -> Result<()> 
         .take_link(link_id)?
         .try_into()
         .context("the kernel attached XDP without a BPF link (netlink fallback), which cannot be pinned")?;
-    link.pin(pin)
-        .with_context(|| format!("pinning the XDP link of {ifname} at {}", pin.display()))?;
+    link.pin(pin).with_context(|| format!("pinning the XDP link of {ifname} at {}", pin.display()))?;
     Ok(())
 }
 
@@ -781,7 +788,8 @@ fn replace_behind_link(program: &mut Program, link_pin: &Path) -> Result<()> {
         return remove_pin(link_pin);
     }
     let pinned = || -> Result<FdLink> {
-        let link = PinnedLink::from_pin(link_pin).with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
+        let link = PinnedLink::from_pin(link_pin)
+            .with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
         Ok(FdLink::from(link))
     };
     match program {
@@ -795,7 +803,8 @@ fn replace_behind_link(program: &mut Program, link_pin: &Path) -> Result<()> {
         }
         // aya 0.14 has no link update for cgroup links.
         Program::CgroupSockAddr(p) => {
-            let link = bpf::open_pinned(link_pin).with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
+            let link = bpf::open_pinned(link_pin)
+                .with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
             bpf::update_link(link.as_fd(), p.fd()?.as_fd()).context("BPF_LINK_UPDATE")?;
         }
         other => bail!("no link update for a {:?} program", other.prog_type()),
@@ -821,9 +830,11 @@ static LOG_LEVELS: [u8; 6] = [0, 1, 2, 3, 4, 5];
 /// reused, so a second load shares the first one's maps).
 fn loader<'a>(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
-    loader
-        .default_map_pin_directory(pin_dir.join("maps"))
-        .override_global("AYA_LOG_LEVEL", &LOG_LEVELS[log_level as usize], false);
+    loader.default_map_pin_directory(pin_dir.join("maps")).override_global(
+        "AYA_LOG_LEVEL",
+        &LOG_LEVELS[log_level as usize],
+        false,
+    );
     for table in CtTable::ALL {
         loader.map_max_entries(table.map_name(), table.entries_for(ct_entries));
     }
@@ -957,7 +968,8 @@ struct OutgrownCounters {
 
 impl OutgrownCounters {
     /// The counter arrays this version has, with the slots it needs.
-    const ARRAYS: [(&'static str, u32); 2] = [(map_names::DROPS, DropReason::COUNT), (map_names::COUNTERS, Counter::COUNT)];
+    const ARRAYS: [(&'static str, u32); 2] =
+        [(map_names::DROPS, DropReason::COUNT), (map_names::COUNTERS, Counter::COUNT)];
 
     /// Takes (reads and unpins) every pinned counter array that is too small; on error, pins
     /// back what it took.
@@ -1002,7 +1014,9 @@ impl OutgrownCounters {
         let mut array: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(map)?;
         for (slot, values) in self.values.iter().enumerate() {
             let values = PerCpuValues::try_from(values.to_vec())?;
-            array.set(slot as u32, values, 0).with_context(|| format!("writing slot {slot} of the new {}", self.name))?;
+            array
+                .set(slot as u32, values, 0)
+                .with_context(|| format!("writing slot {slot} of the new {}", self.name))?;
         }
         Ok(())
     }
@@ -1010,7 +1024,9 @@ impl OutgrownCounters {
     /// Pins the old map back in place of the new one.
     fn restore_logged(&self) {
         let restored = remove_pin(&self.path).and_then(|()| {
-            self.old.pin(&self.path).with_context(|| format!("pinning the old {} back at {}", self.name, self.path.display()))
+            self.old
+                .pin(&self.path)
+                .with_context(|| format!("pinning the old {} back at {}", self.name, self.path.display()))
         });
         if let Err(e) = restored {
             tracing::error!("putting the old {} map back: {e:#}", self.name);
@@ -1041,14 +1057,8 @@ fn ignore_missing_key(result: Result<(), aya::maps::MapError>) -> Result<(), aya
 fn ensure_on_bpffs(pin_dir: &Path) -> Result<()> {
     let sys_fs_bpf = Path::new("/sys/fs/bpf");
     if pin_dir.starts_with(sys_fs_bpf) && !is_bpffs(sys_fs_bpf)? {
-        nix::mount::mount(
-            Some("bpf"),
-            sys_fs_bpf,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .context("mounting bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)")?;
+        nix::mount::mount(Some("bpf"), sys_fs_bpf, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .context("mounting bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)")?;
         tracing::info!("mounted bpffs at /sys/fs/bpf");
     }
     let mut probe = pin_dir.to_path_buf();

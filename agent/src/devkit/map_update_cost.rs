@@ -7,7 +7,7 @@ use std::{path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{HashMap, Map, MapData};
-use datapath_common::{map_names, PublishedPortTarget, PublishedPortKey, IPPROTO_TCP, IPPROTO_UDP};
+use datapath_common::{map_names, PublishedPortKey, PublishedPortTarget, IPPROTO_TCP, IPPROTO_UDP};
 
 /// BPF_NOEXIST: a new entry, as publishing a new port writes it.
 const BPF_NOEXIST: u64 = 1;

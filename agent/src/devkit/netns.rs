@@ -45,7 +45,6 @@ impl Drop for ThrowawayNamespaces {
     }
 }
 
-
 /// The tests' throwaway namespaces: `bnt<pid>x<n>`.
 pub type TestNamespaces = ThrowawayNamespaces;
 

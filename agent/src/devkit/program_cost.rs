@@ -34,7 +34,18 @@ use datapath_common::{program_names, Counter, CtKey, DropReason, HostConfig, IPP
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use serde::Serialize;
 
-use crate::{host::conntrack, datapath::{CtTable, DEFAULT_CT_ENTRIES}, host::publish::{PortMapping, Protocol}, devkit::testbed::{ be, packets::{self, Arp, BROADCAST, ETHERTYPE_IPV4}, Counts, Program, ProgramKind, Testbed, Topology, A_IP, B_IP, ROUTER_MAC, SERVER_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UPLINK_IP, UPLINK_MAC, WEB_GATEWAY, XDP_DROP, XDP_PASS, XDP_REDIRECT, }, devkit::testrun::{self, TestRunOutput}};
+use crate::{
+    datapath::{CtTable, DEFAULT_CT_ENTRIES},
+    devkit::testbed::{
+        be,
+        packets::{self, Arp, BROADCAST, ETHERTYPE_IPV4},
+        Counts, Program, ProgramKind, Testbed, Topology, A_IP, B_IP, ROUTER_MAC, SERVER_IP, TC_ACT_OK, TC_ACT_REDIRECT,
+        TC_ACT_SHOT, UPLINK_IP, UPLINK_MAC, WEB_GATEWAY, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+    },
+    devkit::testrun::{self, TestRunOutput},
+    host::conntrack,
+    host::publish::{PortMapping, Protocol},
+};
 
 /// Schema of the JSON report (`--json`); `cargo xtask bench` reads it.
 pub const SCHEMA: &str = "bpfnet-program-cost/2";
@@ -71,12 +82,8 @@ const NAT_PORTS: (u16, u16) = (32768, 60999);
 /// An address out in the world that calls the published port.
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
 /// `--publish 8080:80/udp` on container B.
-const PUBLISHED: PortMapping = PortMapping {
-    host_ip: None,
-    host_port: 8080,
-    container_port: 80,
-    protocol: Protocol::Udp,
-};
+const PUBLISHED: PortMapping =
+    PortMapping { host_ip: None, host_port: 8080, container_port: 80, protocol: Protocol::Udp };
 /// Source ports of the long-lived flows; new flows take ports from NEW_FLOW_PORTS on.
 const SNAT_PORT: u16 = 40000;
 const HAIRPIN_PORT: u16 = 40001;
@@ -176,8 +183,7 @@ struct Flows {
 
 impl Scene {
     fn flows(&self) -> Flows {
-        self.flows
-            .expect("established paths run after the flows were made")
+        self.flows.expect("established paths run after the flows were made")
     }
 }
 
@@ -349,12 +355,7 @@ fn paths() -> Vec<PathSpec> {
             state: State::Established,
             packet: |s, _| {
                 let to = (CLIENT_IP, DNAT_CLIENT_PORT);
-                udp_frame(
-                    s.t.b.gateway_mac,
-                    s.t.b.mac,
-                    (B_IP, PUBLISHED.container_port),
-                    to,
-                )
+                udp_frame(s.t.b.gateway_mac, s.t.b.mac, (B_IP, PUBLISHED.container_port), to)
             },
             verdict: Verdict::Redirect,
             counters: &[TranslatedOut],
@@ -380,12 +381,7 @@ fn paths() -> Vec<PathSpec> {
             state: State::Established,
             packet: |s, _| {
                 let from = (B_IP, PUBLISHED.container_port);
-                udp_frame(
-                    s.t.b.gateway_mac,
-                    s.t.b.mac,
-                    from,
-                    (UPLINK_IP, s.flows().hairpin_port),
-                )
+                udp_frame(s.t.b.gateway_mac, s.t.b.mac, from, (UPLINK_IP, s.flows().hairpin_port))
             },
             verdict: Verdict::Redirect,
             counters: &[TranslatedIn],
@@ -427,11 +423,7 @@ impl Percentiles {
         }
         durations.sort_unstable();
         let rank = |p: usize| durations[(p * durations.len()).div_ceil(100).max(1) - 1];
-        Some(Percentiles {
-            median_ns: rank(50),
-            p90_ns: rank(90),
-            min_ns: durations[0],
-        })
+        Some(Percentiles { median_ns: rank(50), p90_ns: rank(90), min_ns: durations[0] })
     }
 }
 
@@ -470,24 +462,16 @@ pub fn run(args: ProgramCostArgs) -> Result<()> {
 }
 
 fn catch_signals() -> Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(signal, &action) }
-            .with_context(|| format!("installing a {signal} handler"))?;
+        unsafe { sigaction(signal, &action) }.with_context(|| format!("installing a {signal} handler"))?;
     }
     Ok(())
 }
 
 fn check_interrupted() -> Result<()> {
-    ensure!(
-        !INTERRUPTED.load(Ordering::SeqCst),
-        "interrupted (everything it made is removed)"
-    );
+    ensure!(!INTERRUPTED.load(Ordering::SeqCst), "interrupted (everything it made is removed)");
     Ok(())
 }
 
@@ -506,10 +490,10 @@ fn measure(args: &ProgramCostArgs) -> Result<Report> {
         ct_limit: conntrack::fill_limit(DEFAULT_CT_ENTRIES)?,
         ..Default::default()
     })?;
-    bed.published_ports
-        .insert(PUBLISHED.map_key(), PUBLISHED.map_target(B_IP), 0)?;
+    bed.published_ports.insert(PUBLISHED.map_key(), PUBLISHED.map_target(B_IP), 0)?;
     for host_port in 1..=args.other_ports {
-        let other = PortMapping { host_ip: None, host_port: host_port as u16, container_port: 80, protocol: Protocol::Tcp };
+        let other =
+            PortMapping { host_ip: None, host_port: host_port as u16, container_port: 80, protocol: Protocol::Tcp };
         bed.published_ports.insert(other.map_key(), other.map_target(A_IP), 0)?;
     }
     let mut meter = Meter {
@@ -520,25 +504,14 @@ fn measure(args: &ProgramCostArgs) -> Result<Report> {
         limit: Duration::from_secs(args.max_secs_per_path),
     };
     let mut costs = vec![meter.empty()?];
-    let uplinks: Vec<String> = meter
-        .bed
-        .program_names()?
-        .into_iter()
-        .filter(|name| name.starts_with(program_names::FROM_UPLINK))
-        .collect();
+    let uplinks: Vec<String> =
+        meter.bed.program_names()?.into_iter().filter(|name| name.starts_with(program_names::FROM_UPLINK)).collect();
     for path in paths() {
-        let programs = if path.program == program_names::FROM_UPLINK {
-            uplinks.clone()
-        } else {
-            vec![path.program.to_owned()]
-        };
+        let programs =
+            if path.program == program_names::FROM_UPLINK { uplinks.clone() } else { vec![path.program.to_owned()] };
         for name in programs {
             let program = meter.bed.program(&name)?;
-            costs.push(
-                meter
-                    .path(&program, &path)
-                    .with_context(|| format!("path {} of {name}", path.name))?,
-            );
+            costs.push(meter.path(&program, &path).with_context(|| format!("path {} of {name}", path.name))?);
         }
     }
     drop(meter);
@@ -548,9 +521,7 @@ fn measure(args: &ProgramCostArgs) -> Result<Report> {
         runs_per_path: args.runs,
         max_secs_per_path: args.max_secs_per_path,
         other_ports: args.other_ports,
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .ok()
-            .map(|s| s.trim().to_owned()),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned()),
         netns,
         bpffs,
         paths: costs,
@@ -576,11 +547,8 @@ impl Meter {
 
     /// The timer's floor: a tc program that only returns, run as `c2c-forward` is.
     fn empty(&self) -> Result<PathCost> {
-        let fd = testrun::load_program(
-            testrun::BPF_PROG_TYPE_SCHED_CLS,
-            &testrun::return_imm(TC_ACT_OK as i32),
-        )
-        .context("loading the empty program")?;
+        let fd = testrun::load_program(testrun::BPF_PROG_TYPE_SCHED_CLS, &testrun::return_imm(TC_ACT_OK as i32))
+            .context("loading the empty program")?;
         let program = Program::unpinned("empty", ProgramKind::Tc, fd);
         let packet = udp_frame(self.scene.t.b.mac, self.scene.t.a.mac, (A_IP, 1), (B_IP, 2));
         let ifindex = self.ifindex(Ingress::A);
@@ -588,14 +556,9 @@ impl Meter {
         let mut durations = Vec::with_capacity(self.runs as usize);
         while durations.len() < self.runs as usize && started.elapsed() < self.limit {
             check_interrupted()?;
-            let batch =
-                vec![packet.clone(); BATCH.min(self.runs - durations.len() as u32) as usize];
+            let batch = vec![packet.clone(); BATCH.min(self.runs - durations.len() as u32) as usize];
             for out in self.run_batch(&program, ifindex, batch)? {
-                ensure!(
-                    out.retval == TC_ACT_OK,
-                    "the empty program returned {}",
-                    out.retval
-                );
+                ensure!(out.retval == TC_ACT_OK, "the empty program returned {}", out.retval);
                 durations.push(out.duration_ns);
             }
         }
@@ -627,28 +590,15 @@ impl Meter {
             }
             let first = durations.len() as u32;
             let count = BATCH.min(self.runs - first);
-            let batch: Vec<Vec<u8>> = (first..first + count)
-                .map(|i| (path.packet)(&self.scene, i))
-                .collect();
+            let batch: Vec<Vec<u8>> = (first..first + count).map(|i| (path.packet)(&self.scene, i)).collect();
             let before = self.bed.counts()?;
             let outs = self.run_batch(program, ifindex, batch)?;
             let moved = self.bed.counts()?.since(&before)?;
             check_batch(program, path, &outs, &moved)?;
             durations.extend(outs.iter().map(|out| out.duration_ns));
         }
-        let counters = path
-            .counters
-            .iter()
-            .map(|c| c.name())
-            .chain(path.drops.iter().map(|d| d.name()));
-        cost(
-            program,
-            path.name,
-            path.what,
-            path.verdict.name(program.kind),
-            &counters.collect::<Vec<_>>(),
-            durations,
-        )
+        let counters = path.counters.iter().map(|c| c.name()).chain(path.drops.iter().map(|d| d.name()));
+        cost(program, path.name, path.what, path.verdict.name(program.kind), &counters.collect::<Vec<_>>(), durations)
     }
 
     /// Makes the long-lived flows on an empty conntrack, each with one untimed packet that
@@ -660,31 +610,13 @@ impl Meter {
         let uplink = self.bed.program(program_names::FROM_UPLINK)?;
         let s = &self.scene;
         let firsts = [
-            (
-                &endpoint,
-                Ingress::A,
-                from_a(s, SNAT_PORT, (SERVER_IP, 53)),
-                SnatNewFlow,
-            ),
-            (
-                &endpoint,
-                Ingress::A,
-                from_a(s, HAIRPIN_PORT, (UPLINK_IP, PUBLISHED.host_port)),
-                HairpinNewFlow,
-            ),
-            (
-                &uplink,
-                Ingress::Uplink,
-                from_outside((CLIENT_IP, DNAT_CLIENT_PORT), PUBLISHED.host_port),
-                DnatNewFlow,
-            ),
+            (&endpoint, Ingress::A, from_a(s, SNAT_PORT, (SERVER_IP, 53)), SnatNewFlow),
+            (&endpoint, Ingress::A, from_a(s, HAIRPIN_PORT, (UPLINK_IP, PUBLISHED.host_port)), HairpinNewFlow),
+            (&uplink, Ingress::Uplink, from_outside((CLIENT_IP, DNAT_CLIENT_PORT), PUBLISHED.host_port), DnatNewFlow),
         ];
         for (program, ingress, packet, counter) in firsts {
-            let translated = if counter == DnatNewFlow || counter == HairpinNewFlow {
-                TranslatedIn
-            } else {
-                TranslatedOut
-            };
+            let translated =
+                if counter == DnatNewFlow || counter == HairpinNewFlow { TranslatedIn } else { TranslatedOut };
             self.untimed(program, ingress, packet, &[counter, translated])?;
         }
         let nat_port = |sport: u16, daddr: Ipv4Addr, dport: u16| -> Result<u16> {
@@ -696,10 +628,7 @@ impl Meter {
                 proto: IPPROTO_UDP,
                 _pad: [0; 3],
             };
-            let (_, entry) = self
-                .bed
-                .ct_get(&key)
-                .with_context(|| format!("no conntrack entry for {key:?}"))?;
+            let (_, entry) = self.bed.ct_get(&key).with_context(|| format!("no conntrack entry for {key:?}"))?;
             Ok(u16::from_be(entry.to.sport))
         };
         self.scene.flows = Some(Flows {
@@ -711,14 +640,25 @@ impl Meter {
         let s = &self.scene;
         let paths = paths();
         let path = |name: &str| paths.iter().find(|p| p.name == name).expect("a path of paths()");
-        for (answer, again) in [("snat-reply", "snat-established"), ("dnat-reply", "dnat-established"), ("hairpin-reply", "hairpin-established")] {
+        for (answer, again) in [
+            ("snat-reply", "snat-established"),
+            ("dnat-reply", "dnat-established"),
+            ("hairpin-reply", "hairpin-established"),
+        ] {
             for step in [path(answer), path(again)] {
                 let program = if step.program == program_names::FROM_ENDPOINT { &endpoint } else { &uplink };
                 self.untimed(program, step.ingress, (step.packet)(s, 0), step.counters)?;
             }
         }
         for (sport, daddr, dport) in [(SNAT_PORT, SERVER_IP, 53), (HAIRPIN_PORT, UPLINK_IP, PUBLISHED.host_port)] {
-            let key = CtKey { saddr: be(A_IP), daddr: be(daddr), sport: sport.to_be(), dport: dport.to_be(), proto: IPPROTO_UDP, _pad: [0; 3] };
+            let key = CtKey {
+                saddr: be(A_IP),
+                daddr: be(daddr),
+                sport: sport.to_be(),
+                dport: dport.to_be(),
+                proto: IPPROTO_UDP,
+                _pad: [0; 3],
+            };
             ensure!(
                 matches!(self.bed.ct_get(&key), Some((CtTable::Assured, _))),
                 "the long-lived flow {key:?} did not become assured"
@@ -742,21 +682,12 @@ impl Meter {
     }
 
     /// One run (repeat 1) of each packet, in order, on a thread inside the testbed's namespace.
-    fn run_batch(
-        &self,
-        program: &Program,
-        ifindex: u32,
-        batch: Vec<Vec<u8>>,
-    ) -> Result<Vec<TestRunOutput>> {
+    fn run_batch(&self, program: &Program, ifindex: u32, batch: Vec<Vec<u8>>) -> Result<Vec<TestRunOutput>> {
         let program = program.clone();
         self.bed.run_in(move || {
             batch
                 .iter()
-                .map(|packet| {
-                    program
-                        .run(ifindex, packet, 1)
-                        .with_context(|| format!("test run of {}", program.name))
-                })
+                .map(|packet| program.run(ifindex, packet, 1).with_context(|| format!("test run of {}", program.name)))
                 .collect()
         })
     }
@@ -771,8 +702,7 @@ fn cost(
     durations: Vec<u32>,
 ) -> Result<PathCost> {
     let runs = durations.len();
-    let ns = Percentiles::of(durations)
-        .with_context(|| format!("no run of {path} within the time limit"))?;
+    let ns = Percentiles::of(durations).with_context(|| format!("no run of {path} within the time limit"))?;
     Ok(PathCost {
         program: program.name.clone(),
         program_type: match program.kind {
@@ -815,12 +745,7 @@ fn describe(moved: &Counts) -> String {
 
 /// Every run returned the path's verdict, the batch moved exactly the path's counters, and
 /// what a translated path sends on has valid checksums.
-fn check_batch(
-    program: &Program,
-    path: &PathSpec,
-    outs: &[TestRunOutput],
-    moved: &Counts,
-) -> Result<()> {
+fn check_batch(program: &Program, path: &PathSpec, outs: &[TestRunOutput], moved: &Counts) -> Result<()> {
     let want = path.verdict.code(program.kind);
     if let Some((i, out)) = outs.iter().enumerate().find(|(_, out)| out.retval != want) {
         bail!(
@@ -838,12 +763,8 @@ fn check_batch(
         describe(moved),
         describe(&expected_counts(path.counters, path.drops, 1))
     );
-    let is_ipv4 =
-        |p: &[u8]| p.len() > packets::ETH_HLEN && p[12..14] == ETHERTYPE_IPV4.to_be_bytes();
-    if let Some(out) = outs
-        .first()
-        .filter(|out| is_ipv4(&out.packet_out) && path.verdict != Verdict::Drop)
-    {
+    let is_ipv4 = |p: &[u8]| p.len() > packets::ETH_HLEN && p[12..14] == ETHERTYPE_IPV4.to_be_bytes();
+    if let Some(out) = outs.first().filter(|out| is_ipv4(&out.packet_out) && path.verdict != Verdict::Drop) {
         packets::verify_ipv4_checksums(&out.packet_out)
             .map_err(|e| anyhow::anyhow!("the packet {} sent on is broken: {e}", path.name))?;
     }
@@ -895,10 +816,7 @@ mod tests {
     fn new_flow_paths_come_before_the_established_ones() {
         let states: Vec<State> = paths().iter().map(|p| p.state).collect();
         let last_new = states.iter().rposition(|s| *s == State::NewFlows).unwrap();
-        let first_established = states
-            .iter()
-            .position(|s| *s == State::Established)
-            .unwrap();
+        let first_established = states.iter().position(|s| *s == State::Established).unwrap();
         assert!(last_new < first_established, "{states:?}");
         // Names are unique: the bench keys its rows by (program, path).
         let mut names: Vec<&str> = paths().iter().map(|p| p.name).collect();
@@ -915,12 +833,7 @@ mod tests {
         if !crate::devkit::netns::is_root() {
             return;
         }
-        let args = ProgramCostArgs {
-            json: true,
-            runs: 300,
-            max_secs_per_path: 30,
-            other_ports: 100,
-        };
+        let args = ProgramCostArgs { json: true, runs: 300, max_secs_per_path: 30, other_ports: 100 };
         let report = measure(&args).unwrap();
         let names: Vec<&str> = report.paths.iter().map(|p| p.path).collect();
         assert_eq!(names[0], "empty");
@@ -930,9 +843,7 @@ mod tests {
         for p in &report.paths {
             assert_eq!(p.runs, 300, "{}", p.path);
             assert!(
-                p.ns.min_ns <= p.ns.median_ns
-                    && p.ns.median_ns <= p.ns.p90_ns
-                    && p.ns.p90_ns < 1_000_000,
+                p.ns.min_ns <= p.ns.median_ns && p.ns.median_ns <= p.ns.p90_ns && p.ns.p90_ns < 1_000_000,
                 "{}: {:?}",
                 p.path,
                 p.ns
@@ -942,15 +853,7 @@ mod tests {
         assert_eq!(find("c2c-forward").verdict, "TC_ACT_REDIRECT");
         assert_eq!(find("spoofed-drop").verdict, "TC_ACT_SHOT");
         assert_eq!(find("not-ours-to-host").verdict, "TC_ACT_OK");
-        assert!(
-            !crate::sys::netns::exists(&report.netns),
-            "{} left behind",
-            report.netns
-        );
-        assert!(
-            !std::path::Path::new(&report.bpffs).exists(),
-            "{} left behind",
-            report.bpffs
-        );
+        assert!(!crate::sys::netns::exists(&report.netns), "{} left behind", report.netns);
+        assert!(!std::path::Path::new(&report.bpffs).exists(), "{} left behind", report.bpffs);
     }
 }

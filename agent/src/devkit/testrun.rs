@@ -117,11 +117,7 @@ impl SkbContext {
     /// The context of a packet received on `ifindex`, as tc ingress sees it: both
     /// `__sk_buff.ifindex` and `ingress_ifindex` are that interface.
     pub(crate) fn received_on(ifindex: u32) -> Self {
-        Self {
-            ingress_ifindex: ifindex,
-            ifindex,
-            ..Self::default()
-        }
+        Self { ingress_ifindex: ifindex, ifindex, ..Self::default() }
     }
 }
 
@@ -143,10 +139,7 @@ pub(crate) struct XdpContext {
 
 impl XdpContext {
     pub(crate) fn received_on(ifindex: u32) -> Self {
-        Self {
-            ingress_ifindex: ifindex,
-            ..Self::default()
-        }
+        Self { ingress_ifindex: ifindex, ..Self::default() }
     }
 }
 
@@ -189,18 +182,8 @@ pub(crate) fn run_xdp(
     test_run(prog, packet, ctx.as_ref().map(as_bytes), repeat)
 }
 
-fn test_run(
-    prog: BorrowedFd<'_>,
-    packet: &[u8],
-    ctx: Option<&[u8]>,
-    repeat: u32,
-) -> io::Result<TestRunOutput> {
-    let too_big = |what: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{what} is larger than 4 GiB"),
-        )
-    };
+fn test_run(prog: BorrowedFd<'_>, packet: &[u8], ctx: Option<&[u8]>, repeat: u32) -> io::Result<TestRunOutput> {
+    let too_big = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{what} is larger than 4 GiB"));
     let mut out = vec![0u8; packet.len() + OUTPUT_HEADROOM];
     let mut attr = TestRunAttr {
         prog_fd: prog.as_raw_fd() as u32,
@@ -231,11 +214,7 @@ fn test_run(
         ));
     }
     out.truncate(attr.data_size_out as usize);
-    Ok(TestRunOutput {
-        retval: attr.retval,
-        packet_out: out,
-        duration_ns: attr.duration,
-    })
+    Ok(TestRunOutput { retval: attr.retval, packet_out: out, duration_ns: attr.duration })
 }
 
 pub(crate) const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
@@ -283,16 +262,18 @@ pub(crate) fn load_program(prog_type: u32, insns: &[u64]) -> io::Result<OwnedFd>
     let license = c"GPL";
     let attr = ProgLoadAttr {
         prog_type,
-        insn_cnt: insns.len().try_into().map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidInput, "too many instructions")
-        })?,
+        insn_cnt: insns
+            .len()
+            .try_into()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many instructions"))?,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         ..ProgLoadAttr::default()
     };
     // The pointers in `attr` outlive the call.
     let mut attr = attr;
-    let fd = bpf::bpf(BPF_PROG_LOAD, &mut attr).map_err(|err| io::Error::new(err.kind(), format!("BPF_PROG_LOAD: {err}")))?;
+    let fd = bpf::bpf(BPF_PROG_LOAD, &mut attr)
+        .map_err(|err| io::Error::new(err.kind(), format!("BPF_PROG_LOAD: {err}")))?;
     // SAFETY: a new fd the kernel just handed us, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -336,11 +317,7 @@ mod tests {
         assert_eq!(out.packet_out, frame());
         let out = run_skb(prog.as_fd(), &frame(), None, 1000).unwrap();
         assert_eq!(out.retval, 7);
-        assert!(
-            out.duration_ns < 1_000_000,
-            "{} ns per run of a 2-instruction program",
-            out.duration_ns
-        );
+        assert!(out.duration_ns < 1_000_000, "{} ns per run of a 2-instruction program", out.duration_ns);
     }
 
     #[test]
@@ -353,24 +330,11 @@ mod tests {
         // No context: the kernel runs the packet as if received on loopback (ifindex 1).
         assert_eq!(run_skb(prog.as_fd(), &frame(), None, 1).unwrap().retval, 1);
         let ctx = SkbContext::received_on(1);
-        assert_eq!(
-            run_skb(prog.as_fd(), &frame(), Some(&ctx), 1)
-                .unwrap()
-                .retval,
-            1
-        );
+        assert_eq!(run_skb(prog.as_fd(), &frame(), Some(&ctx), 1).unwrap().retval, 1);
         let mark = offset_of!(SkbContext, mark) as i16;
         let prog = load(BPF_PROG_TYPE_SCHED_CLS, &return_ctx_field(mark));
-        let ctx = SkbContext {
-            mark: 0xbeef,
-            ..SkbContext::default()
-        };
-        assert_eq!(
-            run_skb(prog.as_fd(), &frame(), Some(&ctx), 1)
-                .unwrap()
-                .retval,
-            0xbeef
-        );
+        let ctx = SkbContext { mark: 0xbeef, ..SkbContext::default() };
+        assert_eq!(run_skb(prog.as_fd(), &frame(), Some(&ctx), 1).unwrap().retval, 0xbeef);
     }
 
     #[test]

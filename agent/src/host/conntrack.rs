@@ -10,7 +10,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use datapath_common::{
-    ct_direction, ct_fill, ct_kind, ct_stats, ct_tcp_flags, CtEntry, CtKey, CtQuotaKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    ct_direction, ct_fill, ct_kind, ct_stats, ct_tcp_flags, CtEntry, CtKey, CtQuotaKey, IPPROTO_ICMP, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 
 use crate::{
@@ -180,7 +181,13 @@ fn flows(datapath: &Datapath) -> Result<Vec<TrackedFlow>> {
 }
 
 /// The flow of one entry of `table`, unless it is a REPLY entry listed with its ORIGINAL one.
-fn flow(entries: &HashMap<CtKey, CtEntry>, table: CtTable, key: &CtKey, entry: &CtEntry, now: u64) -> Option<TrackedFlow> {
+fn flow(
+    entries: &HashMap<CtKey, CtEntry>,
+    table: CtTable,
+    key: &CtKey,
+    entry: &CtEntry,
+    now: u64,
+) -> Option<TrackedFlow> {
     let (original_key, reply_key) = if entry.direction == ct_direction::ORIGINAL {
         (*key, CtKey::counterpart(entry))
     } else {
@@ -211,7 +218,12 @@ fn flow(entries: &HashMap<CtKey, CtEntry>, table: CtTable, key: &CtKey, entry: &
         packets_in: back.map_or(0, |e| e.packets),
         bytes_in: back.map_or(0, |e| e.bytes),
     };
-    Some(TrackedFlow { flow, original: out.map(|e| (original_key, *e)), reply_key: back.map(|_| reply_key), last_seen_ns })
+    Some(TrackedFlow {
+        flow,
+        original: out.map(|e| (original_key, *e)),
+        reply_key: back.map(|_| reply_key),
+        last_seen_ns,
+    })
 }
 
 /// Removes the flows idle for longer than their state's timeout (both directions, which frees
@@ -251,10 +263,7 @@ pub fn collect_garbage(datapath: &mut Datapath, timeouts: &Timeouts) -> Result<G
     // entry the LRU evicted on its own. Racing inserts are counted by the next collection.
     let assured = CtTable::Assured as usize;
     let inserted = datapath.ct_fill.get(&ct_fill::INSERTED, 0).context("reading CT_FILL")?;
-    datapath
-        .ct_fill
-        .set(ct_fill::REMOVED, inserted.saturating_sub(in_use[assured]), 0)
-        .context("writing CT_FILL")?;
+    datapath.ct_fill.set(ct_fill::REMOVED, inserted.saturating_sub(in_use[assured]), 0).context("writing CT_FILL")?;
     let pool_removed = removed[CtTable::Unassured as usize] + removed[CtTable::Overflow as usize];
     if pool_removed > 0 {
         let before = datapath.ct_stats.get(&ct_stats::GC_REMOVED, 0).context("reading CT_STATS")?;
@@ -294,7 +303,8 @@ pub fn status(datapath: &Datapath) -> Result<ConntrackStatus> {
     let config = datapath.config()?;
     let stat = |slot: u32| datapath.ct_stats.get(&slot, 0).context("reading CT_STATS");
     let pools = [CtTable::Unassured, CtTable::Overflow];
-    let present = pools.iter().map(|t| Ok(datapath.ct_tables[*t as usize].keys().count() as u64)).sum::<Result<u64>>()?;
+    let present =
+        pools.iter().map(|t| Ok(datapath.ct_tables[*t as usize].keys().count() as u64)).sum::<Result<u64>>()?;
     let inserted = stat(ct_stats::UNASSURED_INSERTED)? + stat(ct_stats::OVERFLOW_INSERTED)?;
     let promoted = stat(ct_stats::PROMOTED)?;
     Ok(ConntrackStatus {

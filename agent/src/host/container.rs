@@ -7,7 +7,14 @@ use anyhow::{bail, Context, Result};
 use datapath_common::{ipv4_be, Endpoint};
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::{host::Host, host::ipam, host::names, sys::netns, host::publish::PortMapping, host::state::{Change, ContainerSpec, NetworkSpec, Pending}};
+use crate::{
+    host::ipam,
+    host::names,
+    host::publish::PortMapping,
+    host::state::{Change, ContainerSpec, NetworkSpec, Pending},
+    host::Host,
+    sys::netns,
+};
 
 /// The container's interface, as Docker names it.
 pub const CONTAINER_IFNAME: &str = "eth0";
@@ -61,7 +68,9 @@ pub async fn create(
     if let Err(err) = apply(host, &spec, &net).await {
         if let Err(cleanup) = teardown(host, &spec).await {
             tracing::error!("rolling back container {name}: {cleanup:#}");
-            return Err(err.context(format!("creating container {name} (the agent finishes the roll-back when it restarts)")));
+            return Err(
+                err.context(format!("creating container {name} (the agent finishes the roll-back when it restarts)"))
+            );
         }
         host.commit(Change::RemoveContainer { name: name.to_owned() })?;
         return Err(err.context(format!("creating container {name}")));
@@ -133,9 +142,7 @@ pub async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> 
     // The host reaches the container over its veth, from the gateway address, with no ARP.
     host.netlink.set_up(&spec.host_interface).await?;
     host.netlink.replace_neighbour(&spec.host_interface, spec.ip, spec.mac).await?;
-    host.netlink
-        .replace_route(Ipv4Net::new(spec.ip, 32)?, &spec.host_interface, Some(net.gateway))
-        .await?;
+    host.netlink.replace_route(Ipv4Net::new(spec.ip, 32)?, &spec.host_interface, Some(net.gateway)).await?;
 
     register(host, spec, net).await
 }

@@ -7,9 +7,9 @@ use ipnet::Ipv4Net;
 
 /// Parses `--subnet`: an IPv4 CIDR without host bits, with room for a gateway and containers.
 pub fn parse_subnet(text: &str) -> Result<Ipv4Net> {
-    let subnet: Ipv4Net = text.parse().with_context(|| {
-        format!("invalid --subnet {text:?}: expected an IPv4 CIDR such as 10.88.0.0/24")
-    })?;
+    let subnet: Ipv4Net = text
+        .parse()
+        .with_context(|| format!("invalid --subnet {text:?}: expected an IPv4 CIDR such as 10.88.0.0/24"))?;
     if subnet != subnet.trunc() {
         bail!("invalid --subnet {text:?}: it has host bits set; did you mean {}?", subnet.trunc());
     }

@@ -14,7 +14,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::{datapath::{Datapath, DatapathLogLevel, UplinkMode}, sys::cgroup::HostCgroup, sys::netlink::Netlink, sys::netns, host::state::{Change, State, StateStore}};
+use crate::{
+    datapath::{Datapath, DatapathLogLevel, UplinkMode},
+    host::state::{Change, State, StateStore},
+    sys::cgroup::HostCgroup,
+    sys::netlink::Netlink,
+    sys::netns,
+};
 
 /// Where a bpfnet host lives. Several hosts (each with its own namespace, state directory and
 /// pin directory) can be driven side by side on one machine, as the tests do.
@@ -98,7 +104,14 @@ impl Host {
     pub async fn open(options: &HostOptions) -> Result<Self> {
         let store = StateStore::open(&options.state_dir)?;
         let netlink = Netlink::connect().context("opening a netlink socket in the host namespace")?;
-        Ok(Self { options: options.clone(), store, netlink, datapath: None, uplink_synced: false, host_cgroup_synced: false })
+        Ok(Self {
+            options: options.clone(),
+            store,
+            netlink,
+            datapath: None,
+            uplink_synced: false,
+            host_cgroup_synced: false,
+        })
     }
 
     /// The pinned datapath, loaded and pinned if this host has none yet. The socket hooks
@@ -156,9 +169,10 @@ impl Host {
         let Some(uplink) = self.options.uplink.clone() else {
             return Ok(());
         };
-        let link = self.netlink.link_by_name(&uplink).await?.with_context(|| {
-            format!("the uplink {uplink:?} does not exist in the host namespace; check --uplink")
-        })?;
+        let link =
+            self.netlink.link_by_name(&uplink).await?.with_context(|| {
+                format!("the uplink {uplink:?} does not exist in the host namespace; check --uplink")
+            })?;
         let address = self
             .netlink
             .addresses(&uplink)
@@ -182,14 +196,13 @@ impl Host {
                 )
             });
         }
-        let flags = if self.options.allow_host_access { datapath_common::host_config_flags::ALLOW_HOST_ACCESS } else { 0 };
+        let flags =
+            if self.options.allow_host_access { datapath_common::host_config_flags::ALLOW_HOST_ACCESS } else { 0 };
         let share = self.options.ct_unassured_share;
         let datapath = self.datapath()?;
         let ct_limit = crate::host::conntrack::fill_limit(datapath.ct_capacity(crate::datapath::CtTable::Assured)?)?;
-        let ct_unassured_quota = crate::host::conntrack::unassured_quota(
-            datapath.ct_capacity(crate::datapath::CtTable::Unassured)?,
-            share,
-        );
+        let ct_unassured_quota =
+            crate::host::conntrack::unassured_quota(datapath.ct_capacity(crate::datapath::CtTable::Unassured)?, share);
         let config = datapath_common::HostConfig {
             uplink_ifindex: link.index,
             uplink_ip: datapath_common::ipv4_be(address.octets()),

@@ -7,7 +7,12 @@ use anyhow::{bail, Context, Result};
 use datapath_common::{ipv4_be, Network};
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::{host::Host, host::ipam, host::names, host::state::{Change, NetworkSpec, Pending}};
+use crate::{
+    host::ipam,
+    host::names,
+    host::state::{Change, NetworkSpec, Pending},
+    host::Host,
+};
 
 const GATEWAY_DEVICE: &str = "lo";
 
@@ -31,7 +36,12 @@ pub async fn create(host: &mut Host, name: &str, subnet: &str, gateway: Option<I
         bail!("a network named {name:?} already exists; choose another name or remove it first");
     }
     let subnet = ipam::parse_subnet(subnet)?;
-    if let Some(other) = host.state().networks.values().find(|n| n.subnet.contains(&subnet.network()) || subnet.contains(&n.subnet.network())) {
+    if let Some(other) = host
+        .state()
+        .networks
+        .values()
+        .find(|n| n.subnet.contains(&subnet.network()) || subnet.contains(&n.subnet.network()))
+    {
         bail!("--subnet {subnet} overlaps network {:?} ({}); choose a subnet that does not", other.name, other.subnet);
     }
     let gateway = ipam::gateway(subnet, gateway)?;
@@ -42,7 +52,9 @@ pub async fn create(host: &mut Host, name: &str, subnet: &str, gateway: Option<I
     if let Err(err) = apply(host, &spec).await {
         if let Err(cleanup) = teardown(host, &spec).await {
             tracing::error!("rolling back network {name}: {cleanup:#}");
-            return Err(err.context(format!("creating network {name} (the agent finishes the roll-back when it restarts)")));
+            return Err(
+                err.context(format!("creating network {name} (the agent finishes the roll-back when it restarts)"))
+            );
         }
         host.commit(Change::RemoveNetwork { name: name.to_owned() })?;
         return Err(err.context(format!("creating network {name}")));

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, fmt, net::Ipv4Addr, ops::RangeInclusive};
 
 use anyhow::{bail, Context, Result};
-use datapath_common::{ipv4_be, PublishedPortTarget, PublishedPortKey, IPPROTO_TCP, IPPROTO_UDP};
+use datapath_common::{ipv4_be, PublishedPortKey, PublishedPortTarget, IPPROTO_TCP, IPPROTO_UDP};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -109,9 +109,8 @@ pub fn parse(spec: &str) -> Result<Vec<PortMapping>> {
     let (host_ip, host, container) = match parts.as_slice() {
         [host, container] => (None, *host, *container),
         [ip, host, container] => {
-            let ip: Ipv4Addr = ip
-                .parse()
-                .with_context(|| format!("invalid --publish {spec:?}: {ip:?} is not an IPv4 address"))?;
+            let ip: Ipv4Addr =
+                ip.parse().with_context(|| format!("invalid --publish {spec:?}: {ip:?} is not an IPv4 address"))?;
             (if ip.is_unspecified() { None } else { Some(ip) }, *host, *container)
         }
         _ => bail!(
@@ -171,7 +170,7 @@ impl PublishedPorts {
 
     /// How many ports are published on this host.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.by_port.values().map(Vec::len).sum()
     }
 
@@ -207,7 +206,10 @@ mod tests {
     #[test]
     fn docker_syntax() {
         let m = parse("8080:80").unwrap();
-        assert_eq!(m, vec![PortMapping { host_ip: None, host_port: 8080, container_port: 80, protocol: Protocol::Tcp }]);
+        assert_eq!(
+            m,
+            vec![PortMapping { host_ip: None, host_port: 8080, container_port: 80, protocol: Protocol::Tcp }]
+        );
         let m = parse("127.0.0.1:5353:53/udp").unwrap();
         assert_eq!(m[0].host_ip, Some(Ipv4Addr::LOCALHOST));
         assert_eq!(m[0].protocol, Protocol::Udp);
@@ -215,7 +217,9 @@ mod tests {
         let r = parse("8000-8009:9000-9009/tcp").unwrap();
         assert_eq!(r.len(), 10);
         assert_eq!((r[9].host_port, r[9].container_port), (8009, 9009));
-        for bad in ["80", "a:80", "8080:80/sctp", "0:80", "70000:80", "8000-8010:80", "9-1:9-1", "1.2.3:8:8", "::1:80:80"] {
+        for bad in
+            ["80", "a:80", "8080:80/sctp", "0:80", "70000:80", "8000-8010:80", "9-1:9-1", "1.2.3:8:8", "::1:80:80"]
+        {
             assert!(parse(bad).is_err(), "{bad} should be refused");
         }
         assert_eq!(parse("8080:80").unwrap()[0].to_string(), "0.0.0.0:8080->80/tcp");

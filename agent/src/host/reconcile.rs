@@ -7,7 +7,13 @@ use std::collections::HashSet;
 use anyhow::Result;
 use datapath_common::ipv4_be;
 
-use crate::{host::container, host::Host, sys::netns, host::network, host::state::{Change, Pending}};
+use crate::{
+    host::container,
+    host::network,
+    host::state::{Change, Pending},
+    host::Host,
+    sys::netns,
+};
 
 /// What reconciliation changed, for the log.
 #[derive(Debug, Default)]

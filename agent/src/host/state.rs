@@ -114,15 +114,15 @@ pub enum Change {
 
 impl State {
     pub fn network(&self, name: &str) -> Result<&NetworkSpec> {
-        self.networks.get(name).with_context(|| {
-            format!("no network named {name:?}; `bpfnet network ls` lists the networks")
-        })
+        self.networks
+            .get(name)
+            .with_context(|| format!("no network named {name:?}; `bpfnet network ls` lists the networks"))
     }
 
     pub fn container(&self, name: &str) -> Result<&ContainerSpec> {
-        self.containers.get(name).with_context(|| {
-            format!("no container named {name:?}; `bpfnet container ls` lists the containers")
-        })
+        self.containers
+            .get(name)
+            .with_context(|| format!("no container named {name:?}; `bpfnet container ls` lists the containers"))
     }
 
     pub fn containers_of<'a>(&'a self, network: &'a str) -> impl Iterator<Item = &'a ContainerSpec> + 'a {
@@ -163,7 +163,10 @@ impl State {
             Change::Unpublish { container, ports } => {
                 let spec = self.container(container)?;
                 if let Some(missing) = ports.iter().find(|m| !self.ports.publishes(container, m)) {
-                    bail!("container {container:?} does not publish {missing}; it publishes: {}", some_ports(&spec.publish));
+                    bail!(
+                        "container {container:?} does not publish {missing}; it publishes: {}",
+                        some_ports(&spec.publish)
+                    );
                 }
             }
         }
@@ -283,8 +286,7 @@ impl StateStore {
     /// agent, holds it), reads the snapshot and replays its journal, then folds them into a
     /// new snapshot. An unreadable or unknown-version state is refused with nothing written.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating state directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
         let lock_path = dir.join(LOCK_FILE);
         let file = OpenOptions::new()
             .create(true)
@@ -446,8 +448,7 @@ impl StateStore {
             .open(&journal_path)
             .with_context(|| format!("creating {}", journal_path.display()))?;
         let path = self.snapshot_path();
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("replacing {} with {}", path.display(), tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {} with {}", path.display(), tmp.display()))?;
         // The new names (snapshot and journal) are durable before any record is answered.
         File::open(&self.dir)
             .and_then(|dir| dir.sync_all())
@@ -556,7 +557,7 @@ mod tests {
         store.commit(Change::SetContainerPending { name: "b".into(), pending: Some(Pending::Remove) }).unwrap();
         store.commit(Change::RemoveContainer { name: "b".into() }).unwrap();
         assert_eq!(store.generation, generation, "no snapshot for small changes");
-        assert_eq!(store.state().published().len(), 91);
+        assert_eq!(store.state().published().count(), 91);
         assert_eq!(store.state().container("a").unwrap().publish.last().unwrap().host_port, 7000);
         // Refused changes leave no record and no change.
         let before = std::fs::read(dir.join(format!("journal.{generation}"))).unwrap();
@@ -572,7 +573,7 @@ mod tests {
             assert!(store.commit(refused.clone()).is_err(), "{refused:?}");
         }
         assert_eq!(std::fs::read(dir.join(format!("journal.{generation}"))).unwrap(), before);
-        assert_eq!(store.state().published().len(), 91);
+        assert_eq!(store.state().published().count(), 91);
         store.commit(Change::Publish { container: "a".into(), ports: ports("1:1") }).unwrap();
         store.commit(Change::Unpublish { container: "a".into(), ports: ports("1:1") }).unwrap();
         let expected = store.state().clone();
@@ -582,10 +583,11 @@ mod tests {
         // Replayed on open, then folded into the next generation's snapshot.
         let store = StateStore::open(&dir).unwrap();
         assert_eq!(*store.state(), expected);
-        assert_eq!(store.state().published().len(), 91);
+        assert_eq!(store.state().published().count(), 91);
         assert!(store.state().published().publishes("a", &ports("7000:70")[0]));
         assert_eq!(store.generation, generation + 1);
-        let files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let files: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert!(!files.contains(&format!("journal.{generation}")), "stale journal removed: {files:?}");
         assert_eq!(std::fs::read(dir.join(format!("journal.{}", generation + 1))).unwrap(), b"");
         drop(store);
@@ -677,7 +679,8 @@ mod tests {
         let a = store.state().container("a").unwrap();
         assert_eq!((a.pending, a.publish.len()), (Some(Pending::Create), 1));
         assert!(store.state().published().publishes("a", &ports("8080:80")[0]));
-        let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE)).unwrap()).unwrap();
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE)).unwrap()).unwrap();
         assert_eq!((saved["version"].as_u64(), saved["generation"].as_u64()), (Some(2), Some(1)));
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();

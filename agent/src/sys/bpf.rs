@@ -63,8 +63,12 @@ struct LinkUpdateAttr {
 
 /// Points a link at another program, atomically (BPF_LINK_UPDATE).
 pub fn update_link(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
-    let mut attr =
-        LinkUpdateAttr { link_fd: link.as_raw_fd() as u32, new_prog_fd: program.as_raw_fd() as u32, flags: 0, old_prog_fd: 0 };
+    let mut attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: program.as_raw_fd() as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
     bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
 }
 

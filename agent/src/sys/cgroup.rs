@@ -35,7 +35,8 @@ impl HostCgroup {
             }
             Err(e) => return Err(e).with_context(|| format!("--host-cgroup {}: opening it; {fix}", path.display())),
         };
-        let fs = nix::sys::statfs::fstatfs(dir.as_fd()).with_context(|| format!("--host-cgroup {}: statfs", path.display()))?;
+        let fs = nix::sys::statfs::fstatfs(dir.as_fd())
+            .with_context(|| format!("--host-cgroup {}: statfs", path.display()))?;
         if fs.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC {
             bail!(
                 "--host-cgroup {}: not a cgroup v2 directory (its filesystem type is {:#x}); {fix}",

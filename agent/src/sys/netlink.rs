@@ -22,10 +22,10 @@ use rtnetlink::packet_route::link::LinkInfo as NlLinkInfo;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::RouteScope;
-use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::sys::{AsyncSocket, SocketAddr as NlSocketAddr};
 #[cfg(test)]
 use rtnetlink::packet_route::route::{RouteProtocol, RouteType};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::sys::{AsyncSocket, SocketAddr as NlSocketAddr};
 use rtnetlink::{
     AddressMessageBuilder, Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, MulticastGroup, RouteMessageBuilder,
 };
@@ -68,23 +68,14 @@ fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
 }
 
 fn check_ifname(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > IFNAME_MAX
-        || name.contains(['/', ':'])
-        || name.contains(char::is_whitespace)
-    {
-        bail!(
-            "invalid interface name {name:?}: 1 to {IFNAME_MAX} bytes, no '/', ':' or whitespace"
-        );
+    if name.is_empty() || name.len() > IFNAME_MAX || name.contains(['/', ':']) || name.contains(char::is_whitespace) {
+        bail!("invalid interface name {name:?}: 1 to {IFNAME_MAX} bytes, no '/', ':' or whitespace");
     }
     Ok(())
 }
 
 fn mac_string(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 fn link_info(msg: LinkMessage) -> LinkInfo {
@@ -114,16 +105,13 @@ fn link_info(msg: LinkMessage) -> LinkInfo {
 
 /// " in network namespace NAME", or "" for the caller's own namespace.
 fn place(netns: Option<&str>) -> String {
-    netns
-        .map(|ns| format!(" in network namespace {ns}"))
-        .unwrap_or_default()
+    netns.map(|ns| format!(" in network namespace {ns}")).unwrap_or_default()
 }
 
 /// A netlink connection is a task of the current tokio runtime: there must be one.
 fn require_runtime(label: &str) -> Result<()> {
-    tokio::runtime::Handle::try_current().map_err(|_| {
-        anyhow!("opening a netlink socket{label}: must be called inside a tokio runtime")
-    })?;
+    tokio::runtime::Handle::try_current()
+        .map_err(|_| anyhow!("opening a netlink socket{label}: must be called inside a tokio runtime"))?;
     Ok(())
 }
 
@@ -138,13 +126,10 @@ impl Netlink {
     pub(crate) fn connect_labeled(netns: Option<&str>) -> Result<Self> {
         let label = place(netns);
         require_runtime(&label)?;
-        let (connection, handle, _) = rtnetlink::new_connection()
-            .with_context(|| format!("opening a netlink route socket{label}"))?;
+        let (connection, handle, _) =
+            rtnetlink::new_connection().with_context(|| format!("opening a netlink route socket{label}"))?;
         tokio::spawn(connection);
-        Ok(Netlink {
-            handle,
-            netns: netns.map(str::to_owned),
-        })
+        Ok(Netlink { handle, netns: netns.map(str::to_owned) })
     }
 
     /// " in network namespace NAME", or "" for the caller's own namespace.
@@ -163,10 +148,8 @@ impl Netlink {
 
     pub async fn links(&self) -> Result<Vec<LinkInfo>> {
         let replies = self.handle.link().get().execute();
-        let msgs: Vec<LinkMessage> = replies
-            .try_collect()
-            .await
-            .with_context(|| format!("listing links{}", self.place()))?;
+        let msgs: Vec<LinkMessage> =
+            replies.try_collect().await.with_context(|| format!("listing links{}", self.place()))?;
         Ok(msgs.into_iter().map(link_info).collect())
     }
 
@@ -197,37 +180,29 @@ impl Netlink {
             peer_msg = peer_msg.mtu(mtu);
             builder = builder.mtu(mtu);
         }
-        let msg = builder
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
-            .build();
+        let msg = builder.set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build()))).build();
         match self.handle.link().add(msg).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if is_errno(&e, libc::EEXIST) => Err(e).with_context(|| {
-                format!("{}: a link named {name} or {peer} already exists", what())
-            }),
+            Err(e) if is_errno(&e, libc::EEXIST) => {
+                Err(e).with_context(|| format!("{}: a link named {name} or {peer} already exists", what()))
+            }
             Err(e) => Err(e).with_context(what),
         }
     }
 
     /// Moves link `name` into the namespace given by fd.
     pub async fn move_to_netns(&self, name: &str, netns: BorrowedFd<'_>) -> Result<()> {
-        let what = || {
-            format!(
-                "moving link {name}{} to another network namespace",
-                self.place()
-            )
-        };
+        let what = || format!("moving link {name}{} to another network namespace", self.place());
         let index = self.index_of(name).await.with_context(what)?;
         // The kernel resolves the fd in our fd table while handling the
         // request, so it only has to stay open until the reply, which the
         // borrow guarantees.
-        let msg = LinkUnspec::new_with_index(index)
-            .setns_by_fd(netns.as_raw_fd())
-            .build();
+        let msg = LinkUnspec::new_with_index(index).setns_by_fd(netns.as_raw_fd()).build();
         match self.handle.link().set(msg).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if is_errno(&e, libc::EEXIST) => Err(e)
-                .with_context(|| format!("{}: a link named {name} already exists there", what())),
+            Err(e) if is_errno(&e, libc::EEXIST) => {
+                Err(e).with_context(|| format!("{}: a link named {name} already exists there", what()))
+            }
             Err(e) => Err(e).with_context(what),
         }
     }
@@ -282,13 +257,7 @@ impl Netlink {
     pub async fn add_address(&self, name: &str, addr: IpNet) -> Result<()> {
         let what = || format!("adding address {addr} to link {name}{}", self.place());
         let index = self.index_of(name).await.with_context(what)?;
-        match self
-            .handle
-            .address()
-            .add(index, addr.addr(), addr.prefix_len())
-            .execute()
-            .await
-        {
+        match self.handle.address().add(index, addr.addr(), addr.prefix_len()).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
             Err(e) => Err(e).with_context(what),
@@ -303,14 +272,12 @@ impl Netlink {
             return Ok(false);
         };
         let msg = match addr {
-            IpNet::V4(net) => AddressMessageBuilder::<Ipv4Addr>::new()
-                .index(link.index)
-                .address(net.addr(), net.prefix_len())
-                .build(),
-            IpNet::V6(net) => AddressMessageBuilder::<Ipv6Addr>::new()
-                .index(link.index)
-                .address(net.addr(), net.prefix_len())
-                .build(),
+            IpNet::V4(net) => {
+                AddressMessageBuilder::<Ipv4Addr>::new().index(link.index).address(net.addr(), net.prefix_len()).build()
+            }
+            IpNet::V6(net) => {
+                AddressMessageBuilder::<Ipv6Addr>::new().index(link.index).address(net.addr(), net.prefix_len()).build()
+            }
         };
         match self.handle.address().del(msg).execute().await {
             Ok(()) => Ok(true),
@@ -323,12 +290,7 @@ impl Netlink {
     pub async fn addresses(&self, name: &str) -> Result<Vec<IpNet>> {
         let what = || format!("listing addresses of link {name}{}", self.place());
         let index = self.index_of(name).await.with_context(what)?;
-        let mut replies = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
+        let mut replies = self.handle.address().get().set_link_index_filter(index).execute();
         let mut out = Vec::new();
         while let Some(msg) = replies.try_next().await.with_context(what)? {
             // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the
@@ -343,9 +305,8 @@ impl Netlink {
                 }
             }
             if let Some(ip) = local.or(address) {
-                let net = IpNet::new(ip, msg.header.prefix_len).with_context(|| {
-                    format!("{}: kernel reported {ip}/{}", what(), msg.header.prefix_len)
-                })?;
+                let net = IpNet::new(ip, msg.header.prefix_len)
+                    .with_context(|| format!("{}: kernel reported {ip}/{}", what(), msg.header.prefix_len))?;
                 out.push(net);
             }
         }
@@ -354,40 +315,17 @@ impl Netlink {
 
     /// `ip route replace default via GW dev NAME`
     pub async fn replace_default_route(&self, gateway: Ipv4Addr, name: &str) -> Result<()> {
-        let what = || {
-            format!(
-                "replacing the default route via {gateway} dev {name}{}",
-                self.place()
-            )
-        };
+        let what = || format!("replacing the default route via {gateway} dev {name}{}", self.place());
         let index = self.index_of(name).await.with_context(what)?;
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(index)
-            .build();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .with_context(what)
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(index).build();
+        self.handle.route().add(msg).replace().execute().await.with_context(what)
     }
 
     /// `ip route replace DEST dev NAME scope link [src SRC]`
-    pub async fn replace_route(
-        &self,
-        dest: Ipv4Net,
-        name: &str,
-        src: Option<Ipv4Addr>,
-    ) -> Result<()> {
+    pub async fn replace_route(&self, dest: Ipv4Net, name: &str, src: Option<Ipv4Addr>) -> Result<()> {
         let what = || format!("replacing route {dest} dev {name}{}", self.place());
         if dest != dest.trunc() {
-            bail!(
-                "{}: destination has host bits set (did you mean {}?)",
-                what(),
-                dest.trunc()
-            );
+            bail!("{}: destination has host bits set (did you mean {}?)", what(), dest.trunc());
         }
         let index = self.index_of(name).await.with_context(what)?;
         let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -397,13 +335,7 @@ impl Netlink {
         if let Some(src) = src {
             builder = builder.pref_source(src);
         }
-        self.handle
-            .route()
-            .add(builder.build())
-            .replace()
-            .execute()
-            .await
-            .with_context(what)
+        self.handle.route().add(builder.build()).replace().execute().await.with_context(what)
     }
 
     #[cfg(test)] // only the tests need it so far
@@ -432,13 +364,7 @@ impl Netlink {
 
     /// `ip neigh replace IP lladdr MAC dev NAME nud permanent`
     pub async fn replace_neighbour(&self, name: &str, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
-        let what = || {
-            format!(
-                "replacing neighbour {ip} lladdr {} dev {name}{}",
-                mac_string(&mac),
-                self.place()
-            )
-        };
+        let what = || format!("replacing neighbour {ip} lladdr {} dev {name}{}", mac_string(&mac), self.place());
         let index = self.index_of(name).await.with_context(what)?;
         self.handle
             .neighbours()
@@ -555,31 +481,14 @@ mod tests {
     };
 
     fn ip_json(ns: &str, args: &[&str]) -> Value {
-        let out = Command::new("ip")
-            .args(["-n", ns, "-j"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip -n {ns} -j {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new("ip").args(["-n", ns, "-j"]).args(args).output().unwrap();
+        assert!(out.status.success(), "ip -n {ns} -j {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
     fn ping(ns: &str, addr: Ipv4Addr) -> bool {
         Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "ping",
-                "-c1",
-                "-W1",
-                "-q",
-                &addr.to_string(),
-            ])
+            .args(["netns", "exec", ns, "ping", "-c1", "-W1", "-q", &addr.to_string()])
             .stdout(std::process::Stdio::null())
             .status()
             .unwrap()
@@ -602,25 +511,17 @@ mod tests {
         // Namespace A: the "host" side.
         let target = ns_b.clone();
         netns::netlink_in(&ns_a, move |nl| async move {
-            nl.create_veth("bnta", MAC_A, "bntb", MAC_B, Some(1400))
-                .await?;
-            let err = nl
-                .create_veth("bnta", MAC_A, "bntc", MAC_B, None)
-                .await
-                .unwrap_err();
+            nl.create_veth("bnta", MAC_A, "bntb", MAC_B, Some(1400)).await?;
+            let err = nl.create_veth("bnta", MAC_A, "bntc", MAC_B, None).await.unwrap_err();
             assert!(format!("{err:#}").contains("already exists"), "{err:#}");
 
             let a = nl.link_by_name("bnta").await?.unwrap();
-            assert_eq!(
-                (a.kind.as_deref(), a.mac, a.up),
-                (Some("veth"), Some(MAC_A), false)
-            );
+            assert_eq!((a.kind.as_deref(), a.mac, a.up), (Some("veth"), Some(MAC_A), false));
             assert_eq!(nl.link_by_name("bntb").await?.unwrap().mac, Some(MAC_B));
             assert_eq!(nl.link_by_name("nope0").await?, None);
 
             let fd = netns::open(&target)?;
-            nl.move_to_netns("bntb", std::os::fd::AsFd::as_fd(&fd))
-                .await?;
+            nl.move_to_netns("bntb", std::os::fd::AsFd::as_fd(&fd)).await?;
             assert_eq!(nl.link_by_name("bntb").await?, None);
 
             nl.add_address("bnta", addr_a.into()).await?;
@@ -630,10 +531,7 @@ mod tests {
             let host: Ipv4Net = "10.213.9.0/24".parse().unwrap();
             nl.replace_route(host, "bnta", Some(addr_a.addr())).await?;
             nl.replace_route(host, "bnta", None).await?; // replace, not duplicate
-            assert!(nl
-                .replace_route("10.213.9.1/24".parse()?, "bnta", None)
-                .await
-                .is_err());
+            assert!(nl.replace_route("10.213.9.1/24".parse()?, "bnta", None).await.is_err());
             assert!(nl.set_mtu("missing0", 1500).await.is_err());
             Ok(())
         })
@@ -651,17 +549,11 @@ mod tests {
             nl.replace_neighbour("eth0", addr_a.addr(), MAC_A).await?;
             nl.replace_neighbour("eth0", addr_a.addr(), MAC_A).await?; // idempotent
             let eth0 = nl.link_by_name("eth0").await?.unwrap();
-            assert_eq!(
-                (eth0.kind.as_deref(), eth0.mac, eth0.up),
-                (Some("veth"), Some(MAC_B), true)
-            );
+            assert_eq!((eth0.kind.as_deref(), eth0.mac, eth0.up), (Some("veth"), Some(MAC_B), true));
             assert!(nl.addresses("eth0").await?.contains(&addr_b.into()));
             let names: Vec<String> = nl.links().await?.into_iter().map(|l| l.name).collect();
             assert_eq!(names.len(), 2, "{names:?}");
-            assert!(
-                names.contains(&"lo".to_owned()) && names.contains(&"eth0".to_owned()),
-                "{names:?}"
-            );
+            assert!(names.contains(&"lo".to_owned()) && names.contains(&"eth0".to_owned()), "{names:?}");
             Ok(())
         })
         .await
@@ -671,11 +563,7 @@ mod tests {
         let links = ip_json(&ns_b, &["link", "show", "eth0"]);
         assert_eq!(links[0]["address"], "02:b0:00:00:00:0b");
         assert_eq!(links[0]["mtu"], 1380);
-        assert!(links[0]["flags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f == "UP"));
+        assert!(links[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
         let addrs = ip_json(&ns_b, &["-4", "addr", "show", "eth0"]);
         assert_eq!(addrs[0]["addr_info"][0]["local"], "10.213.0.2");
         assert_eq!(addrs[0]["addr_info"][0]["prefixlen"], 24);
@@ -686,30 +574,16 @@ mod tests {
         let neigh = ip_json(&ns_b, &["neigh", "show", "dev", "eth0"]);
         assert_eq!(neigh[0]["dst"], "10.213.0.1");
         assert_eq!(neigh[0]["lladdr"], "02:b0:00:00:00:0a");
-        assert!(
-            neigh[0]["state"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|s| s == "PERMANENT"),
-            "{neigh}"
-        );
+        assert!(neigh[0]["state"].as_array().unwrap().iter().any(|s| s == "PERMANENT"), "{neigh}");
         let links_a = ip_json(&ns_a, &["link", "show", "bnta"]);
         assert_eq!(links_a[0]["mtu"], 1400);
         let routes_a = ip_json(&ns_a, &["route", "show", "10.213.9.0/24"]);
         assert_eq!(routes_a.as_array().unwrap().len(), 1, "{routes_a}");
         assert_eq!(routes_a[0]["scope"], "link");
         assert_eq!(routes_a[0]["dev"], "bnta");
-        assert!(
-            routes_a[0].get("prefsrc").is_none(),
-            "replace dropped src: {routes_a}"
-        );
+        assert!(routes_a[0].get("prefsrc").is_none(), "replace dropped src: {routes_a}");
 
-        assert!(
-            ping(&ns_b, addr_a.addr()),
-            "ping {ns_b} -> {}",
-            addr_a.addr()
-        );
+        assert!(ping(&ns_b, addr_a.addr()), "ping {ns_b} -> {}", addr_a.addr());
 
         // Teardown, each step idempotent.
         netns::netlink_in(&ns_a, move |nl| async move {
@@ -718,11 +592,7 @@ mod tests {
             assert!(!nl.del_route(host, "bnta").await?);
             assert!(nl.del_address("bnta", addr_a.into()).await?);
             assert!(!nl.del_address("bnta", addr_a.into()).await?);
-            assert!(nl
-                .addresses("bnta")
-                .await?
-                .iter()
-                .all(|a| a.addr() != IpAddr::V4(addr_a.addr())));
+            assert!(nl.addresses("bnta").await?.iter().all(|a| a.addr() != IpAddr::V4(addr_a.addr())));
             assert!(nl.delete_link("bnta").await?);
             assert!(!nl.delete_link("bnta").await?);
             assert!(!nl.del_address("bnta", addr_a.into()).await?);
@@ -731,20 +601,15 @@ mod tests {
         .await
         .unwrap();
         // Deleting one end removed the peer in the other namespace.
-        let left = netns::netlink_in(&ns_b, |nl| async move { nl.link_by_name("eth0").await })
-            .await
-            .unwrap();
+        let left = netns::netlink_in(&ns_b, |nl| async move { nl.link_by_name("eth0").await }).await.unwrap();
         assert_eq!(left, None);
 
         let names = ns.names.clone();
         drop(ns);
         for name in &names {
             assert!(!netns::exists(name));
-            let st = Command::new("ip")
-                .args(["-n", name, "link"])
-                .stderr(std::process::Stdio::null())
-                .status()
-                .unwrap();
+            let st =
+                Command::new("ip").args(["-n", name, "link"]).stderr(std::process::Stdio::null()).status().unwrap();
             assert!(!st.success(), "{name} still usable by ip");
         }
     }
@@ -787,7 +652,8 @@ mod tests {
             assert!(!seen.iter().any(foreign), "{seen:?}");
             // Deleting: a link event for it again.
             nl.delete_link("bnea").await?;
-            let seen = events_until(&mut events, |e| matches!(e, LinkEvent::Link { index: i, .. } if *i == index)).await?;
+            let seen =
+                events_until(&mut events, |e| matches!(e, LinkEvent::Link { index: i, .. } if *i == index)).await?;
             assert_eq!(seen.last(), Some(&LinkEvent::Link { index, name: Some("bnea".into()) }));
             Ok(())
         })
@@ -807,11 +673,10 @@ mod tests {
             let mut events = LinkEvents::subscribe_labeled(Some(&name), Some(1))?;
             // Made by another process while this runtime's only thread waits for it, so the
             // connection task cannot read any of them: the buffer overflows (ENOBUFS).
-            let batch: String = (1..=200).map(|i| format!("address add 10.215.{}.{}/32 dev lo\n", i / 250, i % 250 + 1)).collect();
-            let mut ip = Command::new("ip")
-                .args(["-n", &name, "-batch", "-"])
-                .stdin(std::process::Stdio::piped())
-                .spawn()?;
+            let batch: String =
+                (1..=200).map(|i| format!("address add 10.215.{}.{}/32 dev lo\n", i / 250, i % 250 + 1)).collect();
+            let mut ip =
+                Command::new("ip").args(["-n", &name, "-batch", "-"]).stdin(std::process::Stdio::piped()).spawn()?;
             std::io::Write::write_all(&mut ip.stdin.take().context("ip's stdin")?, batch.as_bytes())?;
             assert!(ip.wait()?.success(), "ip -batch");
             let seen = events_until(&mut events, |e| *e == LinkEvent::Lost).await?;

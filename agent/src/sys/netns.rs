@@ -59,13 +59,7 @@ fn prepare_run_dir() -> Result<()> {
     }
     let mut made_mount_point = false;
     loop {
-        match mount(
-            Some(""),
-            NETNS_RUN_DIR,
-            Some("none"),
-            MsFlags::MS_SHARED | MsFlags::MS_REC,
-            None::<&str>,
-        ) {
+        match mount(Some(""), NETNS_RUN_DIR, Some("none"), MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>) {
             Ok(()) => return Ok(()),
             // EINVAL: not a mount point yet; make it one by binding it onto itself.
             Err(Errno::EINVAL) if !made_mount_point => {
@@ -92,23 +86,12 @@ pub fn create(name: &str) -> Result<()> {
     prepare_run_dir()?;
     let path = path_of(name);
     // O_EXCL: never bind over (and so hide) an existing namespace.
-    match nix::fcntl::open(
-        &path,
-        OFlag::O_RDONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
+    match nix::fcntl::open(&path, OFlag::O_RDONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC, Mode::empty()) {
         Ok(fd) => drop(fd),
         Err(Errno::EEXIST) => {
-            bail!(
-                "network namespace {name} already exists ({})",
-                path.display()
-            )
+            bail!("network namespace {name} already exists ({})", path.display())
         }
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!("creating {} for network namespace {name}", path.display())
-            })
-        }
+        Err(e) => return Err(e).with_context(|| format!("creating {} for network namespace {name}", path.display())),
     }
 
     // unshare() moves only the calling thread, so do it on a thread that
@@ -118,23 +101,12 @@ pub fn create(name: &str) -> Result<()> {
         .name("netns-create".into())
         .spawn(move || -> Result<()> {
             unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                &target,
-                Some("none"),
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .with_context(|| format!("bind-mounting the new namespace onto {}", target.display()))
+            mount(Some("/proc/thread-self/ns/net"), &target, Some("none"), MsFlags::MS_BIND, None::<&str>)
+                .with_context(|| format!("bind-mounting the new namespace onto {}", target.display()))
         })
         .context("spawning the thread that creates the namespace")
         .and_then(|thread| {
-            thread.join().map_err(|panic| {
-                anyhow!(
-                    "namespace creation thread panicked: {}",
-                    panic_message(&*panic)
-                )
-            })?
+            thread.join().map_err(|panic| anyhow!("namespace creation thread panicked: {}", panic_message(&*panic)))?
         });
 
     if let Err(e) = made {
@@ -142,10 +114,7 @@ pub fn create(name: &str) -> Result<()> {
         // unlikely case it succeeded and something after it did not.
         let _ = umount2(&path, MntFlags::MNT_DETACH);
         if let Err(rm) = fs::remove_file(&path) {
-            tracing::warn!(
-                "rolling back network namespace {name}: removing {}: {rm}",
-                path.display()
-            );
+            tracing::warn!("rolling back network namespace {name}: removing {}: {rm}", path.display());
         }
         return Err(e).with_context(|| format!("creating network namespace {name}"));
     }
@@ -167,17 +136,12 @@ pub fn delete(name: &str) -> Result<bool> {
         // EINVAL: not a mount point (a half-created namespace); still remove the file.
         Ok(()) | Err(Errno::EINVAL) => {}
         Err(Errno::ENOENT) => return Ok(false),
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!("unmounting {} of network namespace {name}", path.display())
-            })
-        }
+        Err(e) => return Err(e).with_context(|| format!("unmounting {} of network namespace {name}", path.display())),
     }
     match fs::remove_file(&path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e)
-            .with_context(|| format!("removing {} of network namespace {name}", path.display())),
+        Err(e) => Err(e).with_context(|| format!("removing {} of network namespace {name}", path.display())),
     }
 }
 
@@ -214,17 +178,12 @@ pub fn open(name: &str) -> Result<OwnedFd> {
     let file = match File::open(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            bail!(
-                "network namespace {name} does not exist (no {})",
-                path.display()
-            )
+            bail!("network namespace {name} does not exist (no {})", path.display())
         }
         Err(e) => return Err(e).with_context(|| format!("opening network namespace {name}")),
     };
     // A leftover plain file (e.g. a crashed create) opens fine but is no namespace.
-    let fs_type = fstatfs(&file)
-        .with_context(|| format!("fstatfs on {}", path.display()))?
-        .filesystem_type();
+    let fs_type = fstatfs(&file).with_context(|| format!("fstatfs on {}", path.display()))?.filesystem_type();
     if fs_type != NSFS_MAGIC {
         bail!(
             "{} is not a network namespace (not a bind mount of one); remove it with `ip netns delete {name}`",
@@ -236,8 +195,7 @@ pub fn open(name: &str) -> Result<OwnedFd> {
 
 fn enter(name: &str) -> Result<()> {
     let fd = open(name)?;
-    setns(&fd, CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("entering network namespace {name} (setns)"))
+    setns(&fd, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering network namespace {name} (setns)"))
 }
 
 /// Moves the calling thread into the named namespace.
@@ -278,10 +236,7 @@ pub fn own_cookie() -> Result<u64> {
 
 /// Runs `f` on a new thread inside the named namespace and returns its result.
 /// A panic in `f` is returned as an error.
-pub fn run_in<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     check_name(name)?;
     let owned = name.to_owned();
     let thread = std::thread::Builder::new()
@@ -291,12 +246,7 @@ pub fn run_in<T: Send + 'static>(
             f()
         })
         .with_context(|| format!("spawning a thread for network namespace {name}"))?;
-    thread.join().map_err(|panic| {
-        anyhow!(
-            "thread in network namespace {name} panicked: {}",
-            panic_message(&*panic)
-        )
-    })?
+    thread.join().map_err(|panic| anyhow!("thread in network namespace {name} panicked: {}", panic_message(&*panic)))?
 }
 
 /// Runs `f` with a `Netlink` whose socket lives in the named namespace.
@@ -371,31 +321,16 @@ pub(crate) mod tests {
         assert!(exists(name));
         assert!(list().unwrap().contains(name));
         // iproute2 sees it and it is a working namespace.
-        let out = std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(name)));
-        let out = std::process::Command::new("ip")
-            .args(["-n", name, "link", "show", "lo"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(name)));
+        let out = std::process::Command::new("ip").args(["-n", name, "link", "show", "lo"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         // Its own namespace, not ours.
         let ours = fs::metadata("/proc/self/ns/net").unwrap().ino();
         assert_ne!(ns_inode(name), ours);
 
         assert!(delete(name).unwrap());
-        assert!(
-            !delete(name).unwrap(),
-            "second delete reports nothing to delete"
-        );
+        assert!(!delete(name).unwrap(), "second delete reports nothing to delete");
         assert!(!exists(name));
         assert!(!list().unwrap().contains(name));
         let err = open(name).unwrap_err();
@@ -425,16 +360,9 @@ pub(crate) mod tests {
         let ns = TestNamespaces::create(1);
         let name = ns.names[0].clone();
         let ours = fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
-        let inside = run_in(
-            &name,
-            || Ok(fs::metadata("/proc/thread-self/ns/net")?.ino()),
-        )
-        .unwrap();
+        let inside = run_in(&name, || Ok(fs::metadata("/proc/thread-self/ns/net")?.ino())).unwrap();
         assert_eq!(inside, ns_inode(&name));
-        assert_eq!(
-            fs::metadata("/proc/thread-self/ns/net").unwrap().ino(),
-            ours
-        );
+        assert_eq!(fs::metadata("/proc/thread-self/ns/net").unwrap().ino(), ours);
 
         let err = run_in(&name, || -> Result<()> { panic!("boom") }).unwrap_err();
         assert!(format!("{err:#}").contains("boom"), "{err:#}");
@@ -449,16 +377,9 @@ pub(crate) mod tests {
             return;
         }
         let ns = TestNamespaces::create(1);
-        let links = netlink_in(&ns.names[0], |nl| async move { nl.links().await })
-            .await
-            .unwrap();
+        let links = netlink_in(&ns.names[0], |nl| async move { nl.links().await }).await.unwrap();
         let names: Vec<_> = links.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["lo"]);
-        assert!(netlink_in(
-            "bnt-missing-namespace",
-            |nl| async move { nl.links().await }
-        )
-        .await
-        .is_err());
+        assert!(netlink_in("bnt-missing-namespace", |nl| async move { nl.links().await }).await.is_err());
     }
 }

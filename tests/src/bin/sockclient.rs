@@ -68,7 +68,8 @@ fn run(mut args: Vec<String>) -> Result<Value> {
             .with_context(|| format!("joining cgroup {dir}"))?;
     }
     if let Some(name) = netns {
-        let ns = std::fs::File::open(format!("/run/netns/{name}")).with_context(|| format!("opening namespace {name}"))?;
+        let ns =
+            std::fs::File::open(format!("/run/netns/{name}")).with_context(|| format!("opening namespace {name}"))?;
         // Single-threaded: the whole process moves.
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
     }
@@ -105,7 +106,8 @@ fn run(mut args: Vec<String>) -> Result<Value> {
 /// that the host's net.ipv6.bindv6only does not decide.
 fn socket_for(addr: SocketAddr, ty: SockType, v6only: bool) -> Result<OwnedFd> {
     let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let fd = socket::socket(family, ty, SockFlag::SOCK_CLOEXEC, None).map_err(std::io::Error::from).context("socket")?;
+    let fd =
+        socket::socket(family, ty, SockFlag::SOCK_CLOEXEC, None).map_err(std::io::Error::from).context("socket")?;
     if addr.is_ipv6() {
         socket::setsockopt(&fd, sockopt::Ipv6V6Only, &v6only).map_err(std::io::Error::from).context("IPV6_V6ONLY")?;
     }

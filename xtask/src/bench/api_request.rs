@@ -20,10 +20,7 @@ const LIMIT: Duration = Duration::from_secs(10);
 /// request took. Fails unless the agent answered 200.
 pub fn publish(socket: &Path, container: &str, spec: &str) -> Result<Duration> {
     // The sandbox's names need no percent-encoding; anything else would be a bench bug.
-    if !container
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-    {
+    if !container.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
         bail!("container name {container:?} would need percent-encoding in the API path");
     }
     let body = serde_json::json!({ "specs": [spec] }).to_string();
@@ -37,12 +34,8 @@ pub fn publish(socket: &Path, container: &str, spec: &str) -> Result<Duration> {
     let mut stream = UnixStream::connect(socket)
         .with_context(|| format!("connecting to the bpfnet agent at {}", socket.display()))?;
     stream.set_read_timeout(Some(LIMIT))?;
-    stream
-        .write_all(request.as_bytes())
-        .context("sending the publish request")?;
-    stream
-        .read_to_end(&mut answer)
-        .context("reading the agent's answer")?;
+    stream.write_all(request.as_bytes()).context("sending the publish request")?;
+    stream.read_to_end(&mut answer).context("reading the agent's answer")?;
     let took = started.elapsed();
     let text = String::from_utf8_lossy(&answer);
     let status = text.lines().next().unwrap_or_default();

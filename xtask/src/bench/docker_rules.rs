@@ -112,11 +112,7 @@ impl PortMapping {
     /// What Docker runs to publish this port, one `iptables` invocation per rule:
     /// (table, rule spec after `-A`).
     pub fn append_commands(&self, net: &Network) -> [(&'static str, String); 3] {
-        [
-            ("nat", self.dnat_rule(net)),
-            ("filter", self.accept_rule(net)),
-            ("nat", self.hairpin_rule()),
-        ]
+        [("nat", self.dnat_rule(net)), ("filter", self.accept_rule(net)), ("nat", self.hairpin_rule())]
     }
 }
 
@@ -134,15 +130,8 @@ pub fn restore_input(net: &Network, mappings: &[PortMapping]) -> String {
     }
     let _ = writeln!(nat, ":DOCKER - [0:0]");
     let _ = writeln!(nat, "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER");
-    let _ = writeln!(
-        nat,
-        "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER"
-    );
-    let _ = writeln!(
-        nat,
-        "-A POSTROUTING -s {} ! -o {br} -j MASQUERADE",
-        net.subnet
-    );
+    let _ = writeln!(nat, "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER");
+    let _ = writeln!(nat, "-A POSTROUTING -s {} ! -o {br} -j MASQUERADE", net.subnet);
     for mapping in mappings {
         let _ = writeln!(nat, "-A {}", mapping.hairpin_rule());
     }
@@ -156,12 +145,7 @@ pub fn restore_input(net: &Network, mappings: &[PortMapping]) -> String {
     let _ = writeln!(filter, ":INPUT ACCEPT [0:0]");
     let _ = writeln!(filter, ":FORWARD DROP [0:0]");
     let _ = writeln!(filter, ":OUTPUT ACCEPT [0:0]");
-    for chain in [
-        "DOCKER",
-        "DOCKER-ISOLATION-STAGE-1",
-        "DOCKER-ISOLATION-STAGE-2",
-        "DOCKER-USER",
-    ] {
+    for chain in ["DOCKER", "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2", "DOCKER-USER"] {
         let _ = writeln!(filter, ":{chain} - [0:0]");
     }
     for rule in [
@@ -195,19 +179,11 @@ mod tests {
     use super::*;
 
     fn net() -> Network {
-        Network {
-            bridge: "docker0".into(),
-            subnet: "172.17.0.0/16".into(),
-        }
+        Network { bridge: "docker0".into(), subnet: "172.17.0.0/16".into() }
     }
 
     fn web() -> PortMapping {
-        PortMapping {
-            proto: Proto::Tcp,
-            host_port: 8080,
-            container: Ipv4Addr::new(172, 17, 0, 2),
-            container_port: 80,
-        }
+        PortMapping { proto: Proto::Tcp, host_port: 8080, container: Ipv4Addr::new(172, 17, 0, 2), container_port: 80 }
     }
 
     #[test]

@@ -123,16 +123,8 @@ pub struct TransactionReport {
 pub fn run(command: LoadgenCommand) -> Result<()> {
     match command {
         LoadgenCommand::UdpFlood { to, secs, payload } => print(&udp_flood(to, secs, payload)?),
-        LoadgenCommand::UdpSink {
-            bind,
-            max_secs,
-            idle_ms,
-        } => print(&udp_sink(bind, max_secs, idle_ms)?),
-        LoadgenCommand::TcpServer {
-            bind,
-            max_secs,
-            idle_ms,
-        } => print(&tcp_server(bind, max_secs, idle_ms)?),
+        LoadgenCommand::UdpSink { bind, max_secs, idle_ms } => print(&udp_sink(bind, max_secs, idle_ms)?),
+        LoadgenCommand::TcpServer { bind, max_secs, idle_ms } => print(&tcp_server(bind, max_secs, idle_ms)?),
         LoadgenCommand::TcpRr { to, secs } => print(&tcp_rr(to, secs)?),
         LoadgenCommand::TcpCrr { to, secs } => print(&tcp_crr(to, secs)?),
     }
@@ -158,10 +150,8 @@ fn errno() -> i32 {
 }
 
 fn set_timeval_option(fd: i32, option: i32, limit: Duration) -> Result<()> {
-    let tv = libc::timeval {
-        tv_sec: limit.as_secs() as libc::time_t,
-        tv_usec: limit.subsec_micros() as libc::suseconds_t,
-    };
+    let tv =
+        libc::timeval { tv_sec: limit.as_secs() as libc::time_t, tv_usec: limit.subsec_micros() as libc::suseconds_t };
     // SAFETY: a valid fd and a timeval of the size passed.
     let rc = unsafe {
         libc::setsockopt(
@@ -197,10 +187,7 @@ fn set_int_option(fd: i32, option: i32, value: i32) -> Result<()> {
 
 /// Close with RST instead of FIN: no TIME_WAIT on either side.
 fn set_linger_zero(stream: &TcpStream) -> Result<()> {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: a valid fd and a linger of the size passed.
     let rc = unsafe {
         libc::setsockopt(
@@ -218,23 +205,16 @@ fn set_linger_zero(stream: &TcpStream) -> Result<()> {
 }
 
 fn announce_listening(addr: SocketAddrV4) -> Result<()> {
-    print(&Listening {
-        listening: addr.to_string(),
-    })
+    print(&Listening { listening: addr.to_string() })
 }
 
 fn udp_flood(to: SocketAddrV4, secs: f64, payload_len: usize) -> Result<UdpFloodReport> {
     let duration = seconds(secs, "--secs")?;
     let socket = UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket")?;
-    socket
-        .connect(to)
-        .with_context(|| format!("connecting the UDP socket to {to}"))?;
+    socket.connect(to).with_context(|| format!("connecting the UDP socket to {to}"))?;
     let payload = vec![0x5au8; payload_len];
     // Every message of the batch points at the same payload.
-    let mut iov = libc::iovec {
-        iov_base: payload.as_ptr() as *mut libc::c_void,
-        iov_len: payload.len(),
-    };
+    let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
     // SAFETY: mmsghdr is plain data; all-zero is a valid (empty) value.
     let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect();
     for msg in &mut msgs {
@@ -256,17 +236,10 @@ fn udp_flood(to: SocketAddrV4, secs: f64, payload_len: usize) -> Result<UdpFlood
             // A full qdisc/socket buffer, or an ICMP port unreachable reported on a connected
             // socket: count it and go on sending.
             libc::ENOBUFS | libc::EAGAIN | libc::ECONNREFUSED | libc::EINTR => send_errors += 1,
-            _ => {
-                return Err(io::Error::last_os_error()).with_context(|| format!("sendmmsg to {to}"))
-            }
+            _ => return Err(io::Error::last_os_error()).with_context(|| format!("sendmmsg to {to}")),
         }
     }
-    Ok(UdpFloodReport {
-        sent,
-        send_errors,
-        secs: start.elapsed().as_secs_f64(),
-        udp_payload_bytes: payload_len,
-    })
+    Ok(UdpFloodReport { sent, send_errors, secs: start.elapsed().as_secs_f64(), udp_payload_bytes: payload_len })
 }
 
 fn udp_sink(bind: SocketAddrV4, max_secs: f64, idle_ms: u64) -> Result<UdpSinkReport> {
@@ -279,13 +252,8 @@ fn udp_sink(bind: SocketAddrV4, max_secs: f64, idle_ms: u64) -> Result<UdpSinkRe
     announce_listening(bind)?;
 
     let mut buffers = vec![[0u8; 2048]; BATCH];
-    let mut iovs: Vec<libc::iovec> = buffers
-        .iter_mut()
-        .map(|buf| libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        })
-        .collect();
+    let mut iovs: Vec<libc::iovec> =
+        buffers.iter_mut().map(|buf| libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() }).collect();
     // SAFETY: mmsghdr is plain data; all-zero is a valid (empty) value.
     let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect();
     for (msg, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
@@ -302,15 +270,8 @@ fn udp_sink(bind: SocketAddrV4, max_secs: f64, idle_ms: u64) -> Result<UdpSinkRe
         // up to waking this process; a sink that never waits spares it that wake-up (a
         // cross-CPU interrupt, costly in a VM), so the sender is not slowed by the sink.
         // SAFETY: msgs holds BATCH headers whose iovecs point into live buffers.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                msgs.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
+        let n =
+            unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
         if n > 0 {
             let now = Instant::now();
             received += n as u64;
@@ -335,11 +296,7 @@ fn udp_sink(bind: SocketAddrV4, max_secs: f64, idle_ms: u64) -> Result<UdpSinkRe
         }
         _ => (0.0, 0.0),
     };
-    Ok(UdpSinkReport {
-        received,
-        secs,
-        pps,
-    })
+    Ok(UdpSinkReport { received, secs, pps })
 }
 
 fn tcp_server(bind: SocketAddrV4, max_secs: f64, idle_ms: u64) -> Result<TcpServerReport> {
@@ -347,11 +304,7 @@ fn tcp_server(bind: SocketAddrV4, max_secs: f64, idle_ms: u64) -> Result<TcpServ
     let idle = Duration::from_millis(idle_ms);
     let listener = TcpListener::bind(bind).with_context(|| format!("listening on TCP {bind}"))?;
     // accept() honours SO_RCVTIMEO: the loop gets to look at the clock.
-    set_timeval_option(
-        listener.as_raw_fd(),
-        libc::SO_RCVTIMEO,
-        Duration::from_millis(100),
-    )?;
+    set_timeval_option(listener.as_raw_fd(), libc::SO_RCVTIMEO, Duration::from_millis(100))?;
     announce_listening(bind)?;
 
     let deadline = Instant::now() + limit;
@@ -367,9 +320,7 @@ fn tcp_server(bind: SocketAddrV4, max_secs: f64, idle_ms: u64) -> Result<TcpServ
             Err(err)
                 if matches!(
                     err.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
                 ) =>
             {
                 if last_close.is_some_and(|at| at.elapsed() >= idle) {
@@ -402,9 +353,7 @@ fn echo(mut stream: TcpStream, deadline: Instant) -> u64 {
             Err(err)
                 if matches!(
                     err.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
                 ) => {}
             // Reset by a tcp-crr client: the transaction is complete.
             Err(_) => break,
@@ -471,20 +420,14 @@ fn tcp_crr(to: SocketAddrV4, secs: f64) -> Result<TransactionReport> {
     let secs = start.elapsed().as_secs_f64();
     if latencies_ns.is_empty() {
         match first_error {
-            Some(err) => {
-                return Err(err).with_context(|| format!("no transaction with {to} succeeded"))
-            }
+            Some(err) => return Err(err).with_context(|| format!("no transaction with {to} succeeded")),
             None => bail!("no transaction with {to} in {secs:.1} s"),
         }
     }
     transaction_report(latencies_ns, errors, secs)
 }
 
-fn transaction_report(
-    mut latencies_ns: Vec<u32>,
-    errors: u64,
-    secs: f64,
-) -> Result<TransactionReport> {
+fn transaction_report(mut latencies_ns: Vec<u32>, errors: u64, secs: f64) -> Result<TransactionReport> {
     if latencies_ns.is_empty() {
         bail!("no transactions completed in {secs:.1} s");
     }
@@ -533,10 +476,7 @@ mod tests {
         let outcome = thread::spawn(move || {
             // SAFETY: unshare affects only this thread, which ends with the test.
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                eprintln!(
-                    "skipped: unshare(CLONE_NEWNET): {}",
-                    io::Error::last_os_error()
-                );
+                eprintln!("skipped: unshare(CLONE_NEWNET): {}", io::Error::last_os_error());
                 return;
             }
             loopback_up();
@@ -556,15 +496,9 @@ mod tests {
             for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
                 *dst = *src as libc::c_char;
             }
-            assert_eq!(
-                libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req),
-                0
-            );
+            assert_eq!(libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req), 0);
             req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            assert_eq!(
-                libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req),
-                0
-            );
+            assert_eq!(libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req), 0);
         }
     }
 
@@ -616,10 +550,7 @@ mod tests {
         let flood = udp_flood(addr, 0.2, UDP_PAYLOAD_64B_FRAME).unwrap();
         let sunk = sink.join().unwrap();
         assert!(flood.sent > 0);
-        assert!(
-            sunk.received > 0 && sunk.received <= flood.sent,
-            "{sunk:?} {flood:?}"
-        );
+        assert!(sunk.received > 0 && sunk.received <= flood.sent, "{sunk:?} {flood:?}");
         assert!(sunk.pps > 0.0);
     }
 

@@ -62,12 +62,7 @@ pub struct BenchArgs {
 impl BenchArgs {
     /// `--quick`, results in the default folder (what `cargo xtask demo` runs).
     pub fn quick(bpfnet: Option<PathBuf>) -> BenchArgs {
-        BenchArgs {
-            quick: true,
-            out: None,
-            bpfnet,
-            perf: false,
-        }
+        BenchArgs { quick: true, out: None, bpfnet, perf: false }
     }
 }
 
@@ -89,10 +84,7 @@ impl Plan {
                 quick,
                 perf,
                 repetitions: 1,
-                durations: Durations {
-                    stream_secs: 2,
-                    short_secs: 1.5,
-                },
+                durations: Durations { stream_secs: 2, short_secs: 1.5 },
                 other_ports: vec![1],
             }
         } else {
@@ -100,10 +92,7 @@ impl Plan {
                 quick,
                 perf,
                 repetitions: 3,
-                durations: Durations {
-                    stream_secs: 4,
-                    short_secs: 2.5,
-                },
+                durations: Durations { stream_secs: 4, short_secs: 2.5 },
                 other_ports: vec![1, 100, 1_000, 10_000],
             }
         }
@@ -115,8 +104,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     section("setup");
     setup::run()?;
     let bpfnet_bin = match &args.bpfnet {
-        Some(bin) => fs::canonicalize(bin)
-            .with_context(|| format!("--bpfnet {}: no such file", bin.display()))?,
+        Some(bin) => fs::canonicalize(bin).with_context(|| format!("--bpfnet {}: no such file", bin.display()))?,
         None => {
             section("build bpfnet (release)");
             cargo_cmd::build(Profile::Release, &["bpfnet"])?;
@@ -132,9 +120,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let devkit_bin = cargo_cmd::build_devkit(Profile::Release)?;
     let out = match args.out.clone() {
         Some(dir) => dir,
-        None => cargo_cmd::workspace_root()
-            .join("bench-results")
-            .join(report::utc_stamp(started)),
+        None => cargo_cmd::workspace_root().join("bench-results").join(report::utc_stamp(started)),
     };
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let plan = Plan::new(args.quick, args.perf);
@@ -149,14 +135,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .with_context(|| format!("copying {} to {}", loadgen_bin.display(), loadgen.display()))?;
 
     let mut topologies = Topologies::new(&sandbox, devkit_bin.clone());
-    let outcome = measure(
-        &mut sandbox,
-        &mut topologies,
-        &plan,
-        pinning,
-        &loadgen,
-        &out,
-    );
+    let outcome = measure(&mut sandbox, &mut topologies, &plan, pinning, &loadgen, &out);
     section("teardown");
     let removed = topologies.remove();
     let teardown = sandbox.teardown();
@@ -177,15 +156,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut cost_ns: Vec<u32> = vec![plan.other_ports[0], *plan.other_ports.iter().max().expect("at least one N")];
     cost_ns.dedup();
     let program_cost = program_cost::measure(&devkit_bin, &cost_ns, plan.repetitions);
-    write_results(
-        &out,
-        &plan,
-        pinning,
-        started,
-        &collected,
-        &program_cost,
-        &profiles,
-    )
+    write_results(&out, &plan, pinning, started, &collected, &program_cost, &profiles)
 }
 
 fn measure(
@@ -198,11 +169,7 @@ fn measure(
 ) -> Result<(Collected, Vec<serde_json::Value>)> {
     section("topologies: floor, bridge+iptables (Docker's rules), bpfnet (tc and XDP uplink)");
     topologies.create(sandbox)?;
-    let runner = Runner {
-        loadgen,
-        pinning,
-        durations: plan.durations,
-    };
+    let runner = Runner { loadgen, pinning, durations: plan.durations };
     match (pinning.client_cpu, pinning.server_cpu) {
         (Some(c), Some(s)) => println!("clients run on CPU {c}, servers on CPU {s} (taskset)"),
         _ => println!("one CPU: clients and servers are not pinned"),
@@ -213,10 +180,7 @@ fn measure(
     let mut done = 0;
     let mut collected = Collected::default();
     for &n in &plan.other_ports {
-        section(&format!(
-            "N = {n} other published ports (+{} measured)",
-            MEASURED_PORTS.len()
-        ));
+        section(&format!("N = {n} other published ports (+{} measured)", MEASURED_PORTS.len()));
         topologies.set_other_ports(sandbox, n)?;
         for rep in 0..plan.repetitions {
             let order = datapath_order(rep);
@@ -246,18 +210,14 @@ fn measure(
                                     .collect();
                                 progress(&format!("{what}: {}", shown.join(", ")));
                                 for (metric, value) in figures {
-                                    collected
-                                        .sample(key(scenario.name(), n, metric, datapath), value);
+                                    collected.sample(key(scenario.name(), n, metric, datapath), value);
                                 }
                             }
                             Err(err) => {
                                 sandbox::check_interrupted()?;
                                 progress(&format!("{what}: FAILED: {err:#}"));
                                 for metric in metrics(workload) {
-                                    collected.fail(
-                                        key(scenario.name(), n, metric, datapath),
-                                        format!("{err:#}"),
-                                    );
+                                    collected.fail(key(scenario.name(), n, metric, datapath), format!("{err:#}"));
                                 }
                             }
                         }
@@ -268,10 +228,8 @@ fn measure(
                 sandbox::check_interrupted()?;
                 match topologies.publish_one_more(sandbox, datapath) {
                     Ok(Support::Yes(figures)) => {
-                        let shown: Vec<String> = figures
-                            .iter()
-                            .map(|(m, v)| format!("{} {}", m.label(), report::figure(*v)))
-                            .collect();
+                        let shown: Vec<String> =
+                            figures.iter().map(|(m, v)| format!("{} {}", m.label(), report::figure(*v))).collect();
                         progress(&format!(
                             "N={n} rep {} publish one more port on {}: {}",
                             rep + 1,
@@ -285,19 +243,14 @@ fn measure(
                     Ok(Support::NotApplicable) => {}
                     Err(err) => {
                         sandbox::check_interrupted()?;
-                        collected.fail(
-                            key("control-plane", n, Metric::PublishMs, datapath),
-                            format!("{err:#}"),
-                        );
+                        collected.fail(key("control-plane", n, Metric::PublishMs, datapath), format!("{err:#}"));
                     }
                 }
             }
         }
     }
     let profiles = if plan.perf {
-        section(&format!(
-            "perf: where a 64-byte UDP packet's time goes (c2c, N = {first_n})"
-        ));
+        section(&format!("perf: where a 64-byte UDP packet's time goes (c2c, N = {first_n})"));
         if plan.other_ports.last() != Some(&first_n) {
             topologies.set_other_ports(sandbox, first_n)?;
         }
@@ -323,9 +276,7 @@ fn profile_udp(
     };
     let mut profiles = Vec::new();
     for datapath in Datapath::ALL {
-        let Support::Yes(ends) =
-            topologies.endpoints(datapath, Scenario::ContainerToContainer, true)
-        else {
+        let Support::Yes(ends) = topologies.endpoints(datapath, Scenario::ContainerToContainer, true) else {
             continue;
         };
         sandbox::check_interrupted()?;
@@ -338,8 +289,8 @@ fn profile_udp(
             plan.durations.short_secs,
             datapath.name()
         );
-        let profiled = profile::Recording::start(&data, cpus.as_deref(), plan.durations.short_secs)
-            .and_then(|recording| {
+        let profiled =
+            profile::Recording::start(&data, cpus.as_deref(), plan.durations.short_secs).and_then(|recording| {
                 let run = runner.run(sandbox, &ends, Workload::UdpRate);
                 let lines = recording.finish();
                 let figures = run?;
@@ -349,13 +300,8 @@ fn profile_udp(
             Ok((figures, lines)) => {
                 let mpps = figures.first().map_or(0.0, |(_, v)| *v);
                 let text = profile::summary(&lines, &format!("{title}: {mpps:.3} Mpps received"));
-                fs::write(out.join(&file), &text)
-                    .with_context(|| format!("writing {}", out.join(&file).display()))?;
-                progress(&format!(
-                    "perf {}: {}",
-                    datapath.name(),
-                    out.join(&file).display()
-                ));
+                fs::write(out.join(&file), &text).with_context(|| format!("writing {}", out.join(&file).display()))?;
+                progress(&format!("perf {}: {}", datapath.name(), out.join(&file).display()));
                 print!("{text}");
                 profiles.push(json!({ "datapath": datapath.name(), "scenario": "c2c", "file": file, "error": null }));
             }
@@ -388,12 +334,7 @@ fn metrics(workload: Workload) -> Vec<Metric> {
 }
 
 fn key(scenario: &'static str, other_ports: u32, metric: Metric, datapath: Datapath) -> Key {
-    Key {
-        scenario,
-        other_ports,
-        metric,
-        datapath,
-    }
+    Key { scenario, other_ports, metric, datapath }
 }
 
 /// The measurements the plan makes (for the progress counter).
@@ -402,9 +343,7 @@ fn count_runs(topologies: &Topologies, plan: &Plan) -> usize {
     for &n in &plan.other_ports {
         for scenario in Scenario::ALL {
             for datapath in Datapath::ALL {
-                if let Support::Yes(_) =
-                    topologies.endpoints(datapath, scenario, n == plan.other_ports[0])
-                {
+                if let Support::Yes(_) = topologies.endpoints(datapath, scenario, n == plan.other_ports[0]) {
                     runs += Workload::ALL.len();
                 }
             }
@@ -486,18 +425,9 @@ fn write_results(
         "perf_profiles": profiles,
     });
     let files = [
-        (
-            "results.json",
-            serde_json::to_string_pretty(&results)? + "\n",
-        ),
+        ("results.json", serde_json::to_string_pretty(&results)? + "\n"),
         ("table.txt", format!("{header}\n{table}")),
-        (
-            "chart.svg",
-            report::chart_svg(
-                &rows,
-                &format!("{command_line}: bpfnet vs bridge+iptables vs floor"),
-            ),
-        ),
+        ("chart.svg", report::chart_svg(&rows, &format!("{command_line}: bpfnet vs bridge+iptables vs floor"))),
         ("docker-rules-n1.iptables", Topologies::docker_rules_text(1)),
     ];
     for (name, text) in files {
@@ -511,30 +441,21 @@ fn write_results(
         if perf_files.is_empty() { "" } else { ", " },
         perf_files.join(", ")
     );
-    let failed = rows
-        .iter()
-        .filter(|r| r.status == "failed" || (r.status == "measured" && r.note.is_some()))
-        .count();
+    let failed = rows.iter().filter(|r| r.status == "failed" || (r.status == "measured" && r.note.is_some())).count();
     if let Err(err) = program_cost {
         bail!("the per-program cost was not measured: {err:#}");
     }
     if failed > 0 {
-        bail!(
-            "{failed} figure(s) had failed repetitions: see the notes in {}",
-            out.join("results.json").display()
-        );
+        bail!("{failed} figure(s) had failed repetitions: see the notes in {}", out.join("results.json").display());
     }
     Ok(())
 }
 
 fn host_info() -> serde_json::Value {
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).ok();
+    let iptables = command::output_bounded(Command::new("iptables").arg("-V"), Duration::from_secs(10))
         .map(|s| s.trim().to_string())
         .ok();
-    let iptables =
-        command::output_bounded(Command::new("iptables").arg("-V"), Duration::from_secs(10))
-            .map(|s| s.trim().to_string())
-            .ok();
     json!({
         "kernel": kernel,
         "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -543,9 +464,7 @@ fn host_info() -> serde_json::Value {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn section(title: &str) {
@@ -570,10 +489,7 @@ mod tests {
     #[test]
     fn plans() {
         let quick = Plan::new(true, false);
-        assert_eq!(
-            (quick.repetitions, quick.other_ports.as_slice()),
-            (1, &[1][..])
-        );
+        assert_eq!((quick.repetitions, quick.other_ports.as_slice()), (1, &[1][..]));
         let full = Plan::new(false, true);
         assert!(full.perf && !quick.perf);
         assert_eq!(full.other_ports, [1, 100, 1_000, 10_000]);

@@ -52,20 +52,12 @@ impl Recording {
             Some(cpus) => cmd.args(["-C", cpus]),
             None => cmd.arg("-a"),
         };
-        cmd.args(["--", "sleep", &format!("{secs}")])
-            .stdout(Stdio::null());
+        cmd.args(["--", "sleep", &format!("{secs}")]).stdout(Stdio::null());
         command::announce(&cmd);
         let child = cmd.spawn().with_context(|| {
-            format!(
-                "could not start `{}`: is perf installed? (apt-get install linux-perf)",
-                command::display(&cmd)
-            )
+            format!("could not start `{}`: is perf installed? (apt-get install linux-perf)", command::display(&cmd))
         })?;
-        Ok(Recording {
-            child,
-            data: data.to_owned(),
-            secs,
-        })
+        Ok(Recording { child, data: data.to_owned(), secs })
     }
 
     /// Waits for the recording to end and reads it; the data file is removed.
@@ -149,25 +141,9 @@ pub fn part(line: &Line) -> &'static str {
         "other kernel"
     } else if any(&["bpf_prog_"]) || line.dso.contains("bpf_prog") {
         "eBPF programs (JIT code)"
-    } else if any(&[
-        "bpf_",
-        "__bpf_",
-        "htab_",
-        "__htab_",
-        "htab_lru",
-        "array_map_",
-        "tcx_",
-    ]) {
+    } else if any(&["bpf_", "__bpf_", "htab_", "__htab_", "htab_lru", "array_map_", "tcx_"]) {
         "eBPF helpers, maps, tcx hook"
-    } else if any(&[
-        "nf_",
-        "__nf_",
-        "nft_",
-        "ipt_",
-        "iptable_",
-        "ipv4_conntrack",
-        "br_nf",
-    ]) {
+    } else if any(&["nf_", "__nf_", "nft_", "ipt_", "iptable_", "ipv4_conntrack", "br_nf"]) {
         "netfilter (iptables, conntrack)"
     } else if any(&["br_", "__br_"]) {
         "bridge"
@@ -263,14 +239,7 @@ pub fn part(line: &Line) -> &'static str {
         "__pi_memcpy",
     ]) {
         "memory and copies"
-    } else if any(&[
-        "_raw_spin",
-        "raw_spin",
-        "__schedule",
-        "schedule",
-        "try_to_wake",
-        "finish_task",
-    ]) {
+    } else if any(&["_raw_spin", "raw_spin", "__schedule", "schedule", "try_to_wake", "finish_task"]) {
         "locks and scheduling"
     } else {
         "other kernel"
@@ -304,11 +273,7 @@ pub fn summary(lines: &[Line], title: &str) -> String {
     }
     let mut comms: Vec<(&str, u64)> = by_comm.into_iter().collect();
     comms.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let shown: Vec<String> = comms
-        .iter()
-        .take(6)
-        .map(|(comm, n)| format!("{comm} {:.1} %", pct(*n, total)))
-        .collect();
+    let shown: Vec<String> = comms.iter().take(6).map(|(comm, n)| format!("{comm} {:.1} %", pct(*n, total))).collect();
     let _ = writeln!(out, "by process, of all samples: {}", shown.join(", "));
 
     let mut top = workload.clone();
@@ -322,18 +287,10 @@ pub fn summary(lines: &[Line], title: &str) -> String {
     }
     let mut parts: Vec<(&str, (u64, Vec<&str>))> = parts.into_iter().collect();
     parts.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(b.0)));
-    let _ = writeln!(
-        out,
-        "\nwhere the workload's time goes (the part's top symbols):"
-    );
+    let _ = writeln!(out, "\nwhere the workload's time goes (the part's top symbols):");
     for (name, (n, symbols)) in &parts {
         let shown: Vec<&str> = symbols.iter().take(3).copied().collect();
-        let _ = writeln!(
-            out,
-            "{:>6.1} %  {name:<34} ({})",
-            pct(*n, ours),
-            shown.join(", ")
-        );
+        let _ = writeln!(out, "{:>6.1} %  {name:<34} ({})", pct(*n, ours), shown.join(", "));
     }
     let _ = writeln!(out, "\ntop {TOP} symbols of the workload:");
     for line in top.iter().take(TOP) {
@@ -373,10 +330,7 @@ mod tests {
     fn report_lines_are_parsed() {
         let lines = parse(REPORT);
         assert_eq!(lines.len(), 7, "{lines:#?}");
-        assert_eq!(
-            lines[6].symbol,
-            "rustc_middle::ty::something; with a semicolon"
-        );
+        assert_eq!(lines[6].symbol, "rustc_middle::ty::something; with a semicolon");
         assert_eq!(
             lines[0],
             Line {
@@ -394,10 +348,7 @@ mod tests {
     #[test]
     fn symbols_are_sorted_into_parts() {
         let lines = parse(REPORT);
-        let lsm = Line {
-            symbol: "bpf_lsm_socket_recvmsg".into(),
-            ..lines[0].clone()
-        };
+        let lsm = Line { symbol: "bpf_lsm_socket_recvmsg".into(), ..lines[0].clone() };
         assert_eq!(part(&lsm), "other kernel");
         let parts: Vec<&str> = lines[..6].iter().map(part).collect();
         assert_eq!(
@@ -417,35 +368,13 @@ mod tests {
     fn summary_counts_only_the_workload() {
         let summary = summary(&parse(REPORT), "test");
         // rustc (another engineer's build on the same CPU) is not the workload.
-        assert!(
-            summary.contains("1000 samples on the recorded CPUs; 800 (80.0 %)"),
-            "{summary}"
-        );
-        assert!(
-            summary.contains("loadgen 70.0 %, rustc 20.0 %, ksoftirqd/1 10.0 %"),
-            "{summary}"
-        );
+        assert!(summary.contains("1000 samples on the recorded CPUs; 800 (80.0 %)"), "{summary}");
+        assert!(summary.contains("loadgen 70.0 %, rustc 20.0 %, ksoftirqd/1 10.0 %"), "{summary}");
         let veth = summary.lines().find(|l| l.contains("  veth ")).unwrap();
-        assert!(
-            veth.starts_with("  37.5 %") && veth.ends_with("(veth_xmit)"),
-            "{veth}"
-        );
-        let ebpf = summary
-            .lines()
-            .find(|l| l.contains("eBPF programs"))
-            .unwrap();
-        assert!(
-            ebpf.starts_with("  25.0 %")
-                && ebpf.ends_with("(bpf_prog_3b185187f1855c4c_from_endpoint)"),
-            "{ebpf}"
-        );
-        let top = summary
-            .lines()
-            .find(|l| l.contains("[k]   loadgen      veth_xmit"))
-            .unwrap();
-        assert!(
-            top.starts_with("  37.5 %  [k]   loadgen      veth_xmit") && top.ends_with(" veth"),
-            "{top}"
-        );
+        assert!(veth.starts_with("  37.5 %") && veth.ends_with("(veth_xmit)"), "{veth}");
+        let ebpf = summary.lines().find(|l| l.contains("eBPF programs")).unwrap();
+        assert!(ebpf.starts_with("  25.0 %") && ebpf.ends_with("(bpf_prog_3b185187f1855c4c_from_endpoint)"), "{ebpf}");
+        let top = summary.lines().find(|l| l.contains("[k]   loadgen      veth_xmit")).unwrap();
+        assert!(top.starts_with("  37.5 %  [k]   loadgen      veth_xmit") && top.ends_with(" veth"), "{top}");
     }
 }

@@ -99,7 +99,8 @@ pub fn combine(reports: &[ProgramCost]) -> Vec<ProgramCost> {
                     .filter_map(|r| r.paths.iter().find(|p| p.program == path.program && p.path == path.path))
                     .collect();
                 let median_of = |f: fn(&PathCost) -> u64| {
-                    Summary::of(&same.iter().map(|p| f(p) as f64).collect::<Vec<_>>()).map_or(0, |s| s.median.round() as u64)
+                    Summary::of(&same.iter().map(|p| f(p) as f64).collect::<Vec<_>>())
+                        .map_or(0, |s| s.median.round() as u64)
                 };
                 path.median_ns = median_of(|p| p.median_ns);
                 path.p90_ns = median_of(|p| p.p90_ns);
@@ -112,28 +113,22 @@ pub fn combine(reports: &[ProgramCost]) -> Vec<ProgramCost> {
 }
 
 pub fn parse(json: &str) -> Result<ProgramCost> {
-    let report: ProgramCost = serde_json::from_str(json)
-        .context("`bpfnet-devkit program-cost --json` did not print its report")?;
+    let report: ProgramCost =
+        serde_json::from_str(json).context("`bpfnet-devkit program-cost --json` did not print its report")?;
     ensure!(
         report.schema == SCHEMA,
         "program-cost report schema {:?}, this bench reads {SCHEMA:?}: rebuild bpfnet and xtask \
          from the same commit",
         report.schema
     );
-    ensure!(
-        !report.paths.is_empty(),
-        "the program-cost report has no paths"
-    );
+    ensure!(!report.paths.is_empty(), "the program-cost report has no paths");
     Ok(report)
 }
 
 impl ProgramCost {
     /// Median of the timer-only path, if measured.
     pub fn empty_median_ns(&self) -> Option<u64> {
-        self.paths
-            .iter()
-            .find(|p| p.path == EMPTY)
-            .map(|p| p.median_ns)
+        self.paths.iter().find(|p| p.path == EMPTY).map(|p| p.median_ns)
     }
 
     /// The median of the same program and path in another report.
@@ -165,7 +160,11 @@ pub fn table(reports: &[ProgramCost]) -> String {
     for other in others {
         let _ = write!(out, " {:>12} {:>7}", format!("N={}", other.other_ports), "change");
     }
-    let _ = writeln!(out, "{}", if others.is_empty() { String::new() } else { format!("   (median at N={})", first.other_ports) });
+    let _ = writeln!(
+        out,
+        "{}",
+        if others.is_empty() { String::new() } else { format!("   (median at N={})", first.other_ports) }
+    );
     for p in &first.paths {
         let net = match empty {
             Some(empty) if p.path != EMPTY => p.median_ns.saturating_sub(empty).to_string(),
@@ -189,10 +188,7 @@ pub fn table(reports: &[ProgramCost]) -> String {
         }
         let _ = writeln!(out);
     }
-    let _ = writeln!(
-        out,
-        "~net: median minus the empty program's median (what the kernel's timer adds to every run)."
-    );
+    let _ = writeln!(out, "~net: median minus the empty program's median (what the kernel's timer adds to every run).");
     out
 }
 
@@ -224,24 +220,12 @@ mod tests {
         assert_eq!(report.paths.len(), 3);
         assert_eq!(report.empty_median_ns(), Some(100));
         let table = table(std::slice::from_ref(&report));
-        assert!(
-            table.starts_with("per-program cost (BPF_PROG_TEST_RUN, ns/packet)"),
-            "{table}"
-        );
+        assert!(table.starts_with("per-program cost (BPF_PROG_TEST_RUN, ns/packet)"), "{table}");
         let c2c = table.lines().find(|l| l.contains("c2c-forward")).unwrap();
-        assert!(
-            c2c.contains(" 251 ") && c2c.contains(" 341 ") && c2c.contains(" 151 "),
-            "{c2c}"
-        );
+        assert!(c2c.contains(" 251 ") && c2c.contains(" 341 ") && c2c.contains(" 151 "), "{c2c}");
         // Below the timer's median: no negative figure.
-        let xdp = table
-            .lines()
-            .find(|l| l.contains("from_uplink_xdp"))
-            .unwrap();
-        assert!(
-            xdp.contains("xdp") && xdp.contains(" 0 ") && xdp.ends_with("12000"),
-            "{xdp}"
-        );
+        let xdp = table.lines().find(|l| l.contains("from_uplink_xdp")).unwrap();
+        assert!(xdp.contains("xdp") && xdp.contains(" 0 ") && xdp.ends_with("12000"), "{xdp}");
         let empty = table.lines().find(|l| l.starts_with("empty")).unwrap();
         assert!(empty.contains(" - "), "{empty}");
     }

@@ -135,57 +135,23 @@ pub struct Row {
 /// One row per key (measured or failed), with ratios from the same run.
 /// `floor_ports`: the N at which the floor was measured (its figures are every row's reference).
 pub fn rows(collected: &Collected, floor_ports: u32) -> Vec<Row> {
-    let median = |key: &Key| {
-        collected
-            .samples
-            .get(key)
-            .and_then(|samples| Summary::of(samples))
-            .map(|s| s.median)
-    };
-    let mut keys: Vec<Key> = collected
-        .samples
-        .keys()
-        .chain(collected.failures.keys())
-        .copied()
-        .collect();
-    keys.sort_by_key(|k| {
-        (
-            scenario_rank(k.scenario),
-            k.other_ports,
-            k.metric,
-            k.datapath,
-        )
-    });
+    let median = |key: &Key| collected.samples.get(key).and_then(|samples| Summary::of(samples)).map(|s| s.median);
+    let mut keys: Vec<Key> = collected.samples.keys().chain(collected.failures.keys()).copied().collect();
+    keys.sort_by_key(|k| (scenario_rank(k.scenario), k.other_ports, k.metric, k.datapath));
     keys.dedup();
     keys.into_iter()
         .map(|key| {
             let samples = collected.samples.get(&key).cloned().unwrap_or_default();
             let summary = Summary::of(&samples);
-            let floor = median(&Key {
-                scenario: "c2c",
-                other_ports: floor_ports,
-                datapath: Datapath::Floor,
-                ..key
-            });
-            let bridge = median(&Key {
-                datapath: Datapath::Bridge,
-                ..key
-            });
+            let floor = median(&Key { scenario: "c2c", other_ports: floor_ports, datapath: Datapath::Floor, ..key });
+            let bridge = median(&Key { datapath: Datapath::Bridge, ..key });
             let failures = collected.failures.get(&key);
             let (status, note) = match (summary, failures) {
                 (Some(_), None) => ("measured", None),
-                (Some(_), Some(errors)) => (
-                    "measured",
-                    Some(format!(
-                        "{} repetition(s) failed: {}",
-                        errors.len(),
-                        errors.join(" | ")
-                    )),
-                ),
-                (None, errors) => (
-                    "failed",
-                    Some(errors.map_or_else(|| "no samples".to_string(), |e| e.join(" | "))),
-                ),
+                (Some(_), Some(errors)) => {
+                    ("measured", Some(format!("{} repetition(s) failed: {}", errors.len(), errors.join(" | "))))
+                }
+                (None, errors) => ("failed", Some(errors.map_or_else(|| "no samples".to_string(), |e| e.join(" | ")))),
             };
             Row {
                 scenario: key.scenario,
@@ -210,10 +176,7 @@ pub fn rows(collected: &Collected, floor_ports: u32) -> Vec<Row> {
 
 /// The table's order: the paths of a packet first, then the control plane.
 fn scenario_rank(scenario: &str) -> usize {
-    ["c2c", "snat", "dnat", "control-plane"]
-        .iter()
-        .position(|s| *s == scenario)
-        .unwrap_or(usize::MAX)
+    ["c2c", "snat", "dnat", "control-plane"].iter().position(|s| *s == scenario).unwrap_or(usize::MAX)
 }
 
 /// A figure with as many digits as it needs.
@@ -240,15 +203,7 @@ pub fn table(rows: &[Row]) -> String {
     let _ = writeln!(
         out,
         "{:<14} {:>6}  {:<19} {:<10} {:>10}  {:>21} {:>7} {:>8} {:>8}",
-        "scenario",
-        "N",
-        "metric",
-        "datapath",
-        "median",
-        "min..max",
-        "spread",
-        "x floor",
-        "x bridge"
+        "scenario", "N", "metric", "datapath", "median", "min..max", "spread", "x floor", "x bridge"
     );
     let mut last_group = None;
     for row in rows {
@@ -269,11 +224,7 @@ pub fn table(rows: &[Row]) -> String {
                 let _ = writeln!(out, "{lead} {}", row.note.as_deref().unwrap_or(row.status));
             }
             (_, Some(median)) => {
-                let range = format!(
-                    "{}..{}",
-                    figure(row.min.unwrap_or(median)),
-                    figure(row.max.unwrap_or(median))
-                );
+                let range = format!("{}..{}", figure(row.min.unwrap_or(median)), figure(row.max.unwrap_or(median)));
                 let _ = writeln!(
                     out,
                     "{lead} {:>10}  {:>21} {:>6.1}% {:>8} {:>8}{}",
@@ -282,11 +233,7 @@ pub fn table(rows: &[Row]) -> String {
                     row.spread_pct.unwrap_or(0.0),
                     optional_ratio(row.ratio_to_floor),
                     optional_ratio(row.ratio_to_bridge),
-                    if row.note.is_some() {
-                        "  (some repetitions failed)"
-                    } else {
-                        ""
-                    }
+                    if row.note.is_some() { "  (some repetitions failed)" } else { "" }
                 );
             }
         }
@@ -308,9 +255,7 @@ fn relative_to_floor(row: &Row) -> Option<f64> {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// A grouped bar chart: per (scenario, N, metric), one bar per datapath, the height its
@@ -323,27 +268,17 @@ pub fn chart_svg(rows: &[Row], title: &str) -> String {
         (Datapath::BpfnetXdp, "#5aa469"),
     ];
     let mut groups: BTreeMap<(&str, u32, Metric), Vec<&Row>> = BTreeMap::new();
-    for row in rows.iter().filter(|r| {
-        !matches!(
-            r.metric,
-            Metric::PublishMs | Metric::PublishApiMs | Metric::MapUpdateUs
-        )
-    }) {
-        groups
-            .entry((row.scenario, row.other_published_ports, row.metric))
-            .or_default()
-            .push(row);
+    for row in
+        rows.iter().filter(|r| !matches!(r.metric, Metric::PublishMs | Metric::PublishApiMs | Metric::MapUpdateUs))
+    {
+        groups.entry((row.scenario, row.other_published_ports, row.metric)).or_default().push(row);
     }
     let bar = 16.0;
     let group_width = bar * COLORS.len() as f64 + 18.0;
     let (left, top, plot_height, bottom) = (60.0, 60.0, 260.0, 150.0);
     let width = left + group_width * groups.len().max(1) as f64 + 20.0;
     let height = top + plot_height + bottom;
-    let highest = rows
-        .iter()
-        .filter_map(relative_to_floor)
-        .fold(1.2f64, f64::max)
-        .min(10.0);
+    let highest = rows.iter().filter_map(relative_to_floor).fold(1.2f64, f64::max).min(10.0);
     let y = |value: f64| top + plot_height * (1.0 - value.min(highest) / highest);
 
     let mut svg = String::new();
@@ -352,11 +287,7 @@ pub fn chart_svg(rows: &[Row], title: &str) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="11">"#
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{left}" y="22" font-size="14" font-weight="bold">{}</text>"#,
-        escape(title)
-    );
+    let _ = writeln!(svg, r#"<text x="{left}" y="22" font-size="14" font-weight="bold">{}</text>"#, escape(title));
     let _ = writeln!(
         svg,
         r#"<text x="{left}" y="40">relative to the floor, higher is better (rates: value/floor; latencies: floor/value); N = other published ports</text>"#
@@ -431,12 +362,7 @@ pub fn utc_stamp(unix_secs: u64) -> String {
     let days = (unix_secs / 86_400) as i64;
     let rest = unix_secs % 86_400;
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rest / 3600, rest % 3600 / 60, rest % 60)
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
@@ -458,12 +384,7 @@ mod tests {
     use super::*;
 
     fn key(scenario: &'static str, datapath: Datapath, metric: Metric) -> Key {
-        Key {
-            scenario,
-            other_ports: 1,
-            metric,
-            datapath,
-        }
+        Key { scenario, other_ports: 1, metric, datapath }
     }
 
     #[test]
@@ -476,28 +397,15 @@ mod tests {
         c.sample(key("c2c", Datapath::Bpfnet, Metric::UdpPps), 8.25);
         c.sample(key("snat", Datapath::Bridge, Metric::UdpPps), 2.2);
         c.sample(key("snat", Datapath::Bpfnet, Metric::UdpPps), 4.4);
-        c.sample(
-            key("control-plane", Datapath::Bpfnet, Metric::MapUpdateUs),
-            3.0,
-        );
+        c.sample(key("control-plane", Datapath::Bpfnet, Metric::MapUpdateUs), 3.0);
         c.fail(key("dnat", Datapath::Bridge, Metric::UdpPps), "boom".into());
         let rows = rows(&c, 1);
-        let find = |s: &str, d: Datapath| {
-            rows.iter()
-                .find(|r| r.scenario == s && r.datapath == d)
-                .unwrap()
-        };
+        let find = |s: &str, d: Datapath| rows.iter().find(|r| r.scenario == s && r.datapath == d).unwrap();
         let floor = find("c2c", Datapath::Floor);
-        assert_eq!(
-            (floor.median, floor.ratio_to_floor),
-            (Some(11.0), Some(1.0))
-        );
+        assert_eq!((floor.median, floor.ratio_to_floor), (Some(11.0), Some(1.0)));
         assert_eq!(find("c2c", Datapath::Bridge).ratio_to_floor, Some(0.5));
         let bpfnet = find("c2c", Datapath::Bpfnet);
-        assert_eq!(
-            (bpfnet.ratio_to_floor, bpfnet.ratio_to_bridge),
-            (Some(0.75), Some(1.5))
-        );
+        assert_eq!((bpfnet.ratio_to_floor, bpfnet.ratio_to_bridge), (Some(0.75), Some(1.5)));
         // SNAT rows refer to the c2c floor.
         assert_eq!(find("snat", Datapath::Bridge).ratio_to_floor, Some(0.2));
         assert_eq!(find("snat", Datapath::Bpfnet).ratio_to_bridge, Some(2.0));
@@ -505,10 +413,7 @@ mod tests {
         let map = find("control-plane", Datapath::Bpfnet);
         assert_eq!((map.ratio_to_floor, map.ratio_to_bridge), (None, None));
         let failed = find("dnat", Datapath::Bridge);
-        assert_eq!(
-            (failed.status, failed.note.as_deref()),
-            ("failed", Some("boom"))
-        );
+        assert_eq!((failed.status, failed.note.as_deref()), ("failed", Some("boom")));
 
         let text = table(&rows);
         assert!(text.contains("boom"), "the failure is shown: {text}");
@@ -525,10 +430,7 @@ mod tests {
         c.sample(key("c2c", Datapath::Floor, Metric::RrP50Us), 20.0);
         c.sample(key("c2c", Datapath::Bridge, Metric::RrP50Us), 40.0);
         let rows = rows(&c, 1);
-        let bridge = rows
-            .iter()
-            .find(|r| r.datapath == Datapath::Bridge)
-            .unwrap();
+        let bridge = rows.iter().find(|r| r.datapath == Datapath::Bridge).unwrap();
         assert_eq!(bridge.ratio_to_floor, Some(2.0));
         assert_eq!(relative_to_floor(bridge), Some(0.5));
     }

@@ -20,24 +20,10 @@ impl Summary {
         }
         sorted.sort_by(f64::total_cmp);
         let n = sorted.len();
-        let median = if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        };
+        let median = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
         let (min, max) = (sorted[0], sorted[n - 1]);
-        let spread_pct = if median != 0.0 {
-            (max - min) / median.abs() * 100.0
-        } else {
-            0.0
-        };
-        Some(Summary {
-            median,
-            min,
-            max,
-            spread_pct,
-            count: n,
-        })
+        let spread_pct = if median != 0.0 { (max - min) / median.abs() * 100.0 } else { 0.0 };
+        Some(Summary { median, min, max, spread_pct, count: n })
     }
 }
 
@@ -89,10 +75,7 @@ mod tests {
         assert_eq!(percentile::<u32>(&[], 50.0), None);
         // 10 samples: p99 is the largest, p50 the fifth.
         let v: Vec<u32> = (1..=10).collect();
-        assert_eq!(
-            (percentile(&v, 50.0), percentile(&v, 99.0)),
-            (Some(5), Some(10))
-        );
+        assert_eq!((percentile(&v, 50.0), percentile(&v, 99.0)), (Some(5), Some(10)));
     }
 
     #[test]

@@ -102,11 +102,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 3] = [
-        Scenario::ContainerToContainer,
-        Scenario::Snat,
-        Scenario::Dnat,
-    ];
+    pub const ALL: [Scenario; 3] = [Scenario::ContainerToContainer, Scenario::Snat, Scenario::Dnat];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -136,8 +132,7 @@ pub enum Support<T> {
 
 /// The ports the workloads use, published on the server container (host port = container
 /// port). They come after the N other published ports in every chain.
-pub const MEASURED_PORTS: [(Proto, u16); 3] =
-    [(Proto::Tcp, 5201), (Proto::Udp, 5301), (Proto::Tcp, 5401)];
+pub const MEASURED_PORTS: [(Proto, u16); 3] = [(Proto::Tcp, 5201), (Proto::Udp, 5301), (Proto::Tcp, 5401)];
 
 pub struct Topologies {
     floor: [String; 2],
@@ -191,13 +186,7 @@ impl Topologies {
     fn own_namespaces(&self) -> Vec<&String> {
         let mut all: Vec<&String> = self.floor.iter().collect();
         let b = &self.bridge;
-        all.extend([
-            &b.host,
-            &b.client,
-            &b.server,
-            &b.outside,
-            &self.bpfnet.outside,
-        ]);
+        all.extend([&b.host, &b.client, &b.server, &b.outside, &self.bpfnet.outside]);
         all
     }
 
@@ -212,12 +201,7 @@ impl Topologies {
         let [a, b] = &self.floor;
         add_netns(sandbox, a)?;
         add_netns(sandbox, b)?;
-        ip(
-            a,
-            &[
-                "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b,
-            ],
-        )?;
+        ip(a, &["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b])?;
         for (netns, addr) in [(a, CLIENT_IP), (b, SERVER_IP)] {
             address_up(netns, "eth0", addr)?;
         }
@@ -231,29 +215,19 @@ impl Topologies {
         }
         ip(&n.host, &["link", "add", BRIDGE, "type", "bridge"])?;
         address_up(&n.host, BRIDGE, GATEWAY)?;
-        for (veth, container, addr) in [
-            ("vethc1", &n.client, CLIENT_IP),
-            ("vethc2", &n.server, SERVER_IP),
-        ] {
-            ip(
-                &n.host,
-                &[
-                    "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", container,
-                ],
-            )?;
+        for (veth, container, addr) in [("vethc1", &n.client, CLIENT_IP), ("vethc2", &n.server, SERVER_IP)] {
+            ip(&n.host, &["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", container])?;
             ip(&n.host, &["link", "set", veth, "master", BRIDGE, "up"])?;
             address_up(container, "eth0", addr)?;
-            ip(
-                container,
-                &["route", "add", "default", "via", &GATEWAY.to_string()],
-            )?;
+            ip(container, &["route", "add", "default", "via", &GATEWAY.to_string()])?;
         }
         add_uplink(&n.host, &n.outside)?;
         sysctl(sandbox, &n.host, "net.ipv4.ip_forward=1")?;
         // Docker needs br_netfilter: bridged traffic then walks filter/FORWARD. The sysctl is
         // per namespace (it exists once the module is loaded; this tool loads no modules).
-        sysctl(sandbox, &n.host, "net.bridge.bridge-nf-call-iptables=1")
-            .context("br_netfilter is not loaded (Docker loads it): `modprobe br_netfilter` on this machine, then run again")?;
+        sysctl(sandbox, &n.host, "net.bridge.bridge-nf-call-iptables=1").context(
+            "br_netfilter is not loaded (Docker loads it): `modprobe br_netfilter` on this machine, then run again",
+        )?;
         self.load_docker_rules(sandbox, 0)
     }
 
@@ -263,45 +237,13 @@ impl Topologies {
         add_netns(sandbox, &n.outside)?;
         add_uplink(&sandbox.host_netns(), &n.outside)?;
         sandbox.start_agent(&["--uplink", UPLINK, "--uplink-mode", self.uplink_mode.get()])?;
-        bpfnet(
-            sandbox,
-            &[
-                "network",
-                "create",
-                &n.network,
-                "--subnet",
-                SUBNET,
-                "--gateway",
-                &GATEWAY.to_string(),
-            ],
-        )?;
+        bpfnet(sandbox, &["network", "create", &n.network, "--subnet", SUBNET, "--gateway", &GATEWAY.to_string()])?;
         let client_ip = CLIENT_IP.to_string();
-        bpfnet(
-            sandbox,
-            &[
-                "container",
-                "create",
-                &n.client,
-                "--network",
-                &n.network,
-                "--ip",
-                &client_ip,
-            ],
-        )?;
+        bpfnet(sandbox, &["container", "create", &n.client, "--network", &n.network, "--ip", &client_ip])?;
         let server_ip = SERVER_IP.to_string();
-        let mut server = vec![
-            "container",
-            "create",
-            &n.server,
-            "--network",
-            &n.network,
-            "--ip",
-            &server_ip,
-        ];
-        let measured: Vec<String> = MEASURED_PORTS
-            .iter()
-            .map(|&(proto, port)| publish_spec(proto, port, 1).expect("one port"))
-            .collect();
+        let mut server = vec!["container", "create", &n.server, "--network", &n.network, "--ip", &server_ip];
+        let measured: Vec<String> =
+            MEASURED_PORTS.iter().map(|&(proto, port)| publish_spec(proto, port, 1).expect("one port")).collect();
         for spec in &measured {
             server.extend(["--publish", spec]);
         }
@@ -313,19 +255,13 @@ impl Topologies {
         let mut failed = Vec::new();
         for netns in self.own_namespaces() {
             if std::path::Path::new("/run/netns").join(netns).exists() {
-                if let Err(err) = command::run_bounded(
-                    Command::new("ip").args(["netns", "delete", netns]),
-                    STEP_LIMIT,
-                ) {
+                if let Err(err) = command::run_bounded(Command::new("ip").args(["netns", "delete", netns]), STEP_LIMIT)
+                {
                     failed.push(format!("{err:#}"));
                 }
             }
         }
-        anyhow::ensure!(
-            failed.is_empty(),
-            "removing the namespaces failed: {}",
-            failed.join("; ")
-        );
+        anyhow::ensure!(failed.is_empty(), "removing the namespaces failed: {}", failed.join("; "));
         Ok(())
     }
 
@@ -347,19 +283,13 @@ impl Topologies {
     }
 
     fn docker_network() -> docker_rules::Network {
-        docker_rules::Network {
-            bridge: BRIDGE.into(),
-            subnet: SUBNET.into(),
-        }
+        docker_rules::Network { bridge: BRIDGE.into(), subnet: SUBNET.into() }
     }
 
     fn load_docker_rules(&self, sandbox: &Sandbox, other: u32) -> Result<()> {
         let text = docker_rules::restore_input(&Self::docker_network(), &Self::mappings(other));
         let file = sandbox.write_scratch("docker-rules.iptables", &text)?;
-        command::run_bounded(
-            &mut sandbox.in_netns(&self.bridge.host, "iptables-restore", [&file]),
-            STEP_LIMIT,
-        )
+        command::run_bounded(&mut sandbox.in_netns(&self.bridge.host, "iptables-restore", [&file]), STEP_LIMIT)
     }
 
     /// The Docker rules for the bridge topology at N other published ports (the full rule
@@ -400,12 +330,7 @@ impl Topologies {
 
     /// Where a workload of `scenario` runs on `datapath` with N other ports published.
     /// Adding a scenario to a datapath is a change here (and in [`Self::publish_one_more`]).
-    pub fn endpoints(
-        &self,
-        datapath: Datapath,
-        scenario: Scenario,
-        first_n: bool,
-    ) -> Support<Endpoints> {
+    pub fn endpoints(&self, datapath: Datapath, scenario: Scenario, first_n: bool) -> Support<Endpoints> {
         use Scenario::*;
         let ends = |client: &String, target, server: &String, bind| Endpoints {
             client_netns: client.clone(),
@@ -448,10 +373,12 @@ impl Topologies {
     /// map-update-cost` on the running datapath: µs per update.
     fn time_map_updates(&self, sandbox: &Sandbox, port: u16) -> Result<Vec<f64>> {
         let mut cmd = Command::new(&self.devkit_bin);
-        cmd.arg("map-update-cost")
-            .arg("--bpffs")
-            .arg(sandbox.bpffs_dir())
-            .args(["--port", &port.to_string(), "--samples", &MAP_UPDATE_SAMPLES.to_string()]);
+        cmd.arg("map-update-cost").arg("--bpffs").arg(sandbox.bpffs_dir()).args([
+            "--port",
+            &port.to_string(),
+            "--samples",
+            &MAP_UPDATE_SAMPLES.to_string(),
+        ]);
         let json = command::output_bounded(&mut cmd, STEP_LIMIT)?;
         let report: serde_json::Value = serde_json::from_str(&json).context("map-update-cost printed no JSON")?;
         report["update_us"]
@@ -463,11 +390,7 @@ impl Topologies {
     /// Control-plane cost: the time to publish one more port with N published already,
     /// the way the datapath's manager does it, end to end (process start included); for
     /// bpfnet also its map update alone. The port is removed again (not timed).
-    pub fn publish_one_more(
-        &self,
-        sandbox: &Sandbox,
-        datapath: Datapath,
-    ) -> Result<Support<Vec<(Metric, f64)>>> {
+    pub fn publish_one_more(&self, sandbox: &Sandbox, datapath: Datapath) -> Result<Support<Vec<(Metric, f64)>>> {
         let port = OTHER_PORTS_BASE - 1;
         match datapath {
             // One control plane for both bpfnet modes.
@@ -475,16 +398,11 @@ impl Topologies {
             Datapath::Bpfnet => {
                 let client = &self.bpfnet.client;
                 let spec = publish_spec(Proto::Tcp, port, 1).expect("one port");
-                let took = command::run_timed(
-                    &mut bpfnet_command(sandbox, &["publish", client, &spec]),
-                    STEP_LIMIT,
-                )?;
+                let took = command::run_timed(&mut bpfnet_command(sandbox, &["publish", client, &spec]), STEP_LIMIT)?;
                 let map_update = self.time_map_updates(sandbox, port);
                 bpfnet(sandbox, &["unpublish", client, &spec])?;
                 let map_update = map_update?;
-                let map_update = Summary::of(&map_update)
-                    .context("no SERVICES update was timed")?
-                    .median;
+                let map_update = Summary::of(&map_update).context("no SERVICES update was timed")?.median;
                 let api = api_publish_ms(sandbox, client, &spec)?;
                 Ok(Support::Yes(vec![
                     (Metric::PublishMs, took.as_secs_f64() * 1e3),
@@ -493,12 +411,8 @@ impl Topologies {
                 ]))
             }
             Datapath::Bridge => {
-                let mapping = PortMapping {
-                    proto: Proto::Tcp,
-                    host_port: port,
-                    container: CLIENT_IP,
-                    container_port: port,
-                };
+                let mapping =
+                    PortMapping { proto: Proto::Tcp, host_port: port, container: CLIENT_IP, container_port: port };
                 let commands = mapping.append_commands(&Self::docker_network());
                 // Docker runs one `iptables` process per rule (after an `-C` check per rule,
                 // which is left out here: this is a lower bound). nsenter instead of
@@ -510,10 +424,7 @@ impl Topologies {
                 for (table, rule) in &commands {
                     command::run_bounded(&mut self.iptables(table, "-D", rule), STEP_LIMIT)?;
                 }
-                Ok(Support::Yes(vec![(
-                    Metric::PublishMs,
-                    took.as_secs_f64() * 1e3,
-                )]))
+                Ok(Support::Yes(vec![(Metric::PublishMs, took.as_secs_f64() * 1e3)]))
             }
         }
     }
@@ -529,25 +440,16 @@ impl Topologies {
 
 /// `ip -n NETNS ARGS`: runs in the namespace, never in the root one.
 fn ip(netns: &str, args: &[&str]) -> Result<()> {
-    command::run_bounded(
-        Command::new("ip").arg("-n").arg(netns).args(args),
-        STEP_LIMIT,
-    )
+    command::run_bounded(Command::new("ip").arg("-n").arg(netns).args(args), STEP_LIMIT)
 }
 
 fn address_up(netns: &str, link: &str, addr: Ipv4Addr) -> Result<()> {
-    ip(
-        netns,
-        &["addr", "add", &format!("{addr}/{LEN}"), "dev", link],
-    )?;
+    ip(netns, &["addr", "add", &format!("{addr}/{LEN}"), "dev", link])?;
     ip(netns, &["link", "set", link, "up"])
 }
 
 fn sysctl(sandbox: &Sandbox, netns: &str, setting: &str) -> Result<()> {
-    command::run_bounded(
-        &mut sandbox.in_netns(netns, "sysctl", ["-qw", setting]),
-        STEP_LIMIT,
-    )
+    command::run_bounded(&mut sandbox.in_netns(netns, "sysctl", ["-qw", setting]), STEP_LIMIT)
 }
 
 /// A namespace with lo up and IPv6 off (no router solicitations or DAD during a run; bpfnet
@@ -562,12 +464,7 @@ fn add_netns(sandbox: &Sandbox, netns: &str) -> Result<()> {
 /// The uplink veth: `up0` in the host namespace, `eth0` in the outside one, which sends
 /// complete checksums (see the module documentation).
 fn add_uplink(host: &str, outside: &str) -> Result<()> {
-    ip(
-        host,
-        &[
-            "link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", outside,
-        ],
-    )?;
+    ip(host, &["link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", outside])?;
     address_up(host, UPLINK, UPLINK_HOST_IP)?;
     address_up(outside, "eth0", OUTSIDE_IP)?;
     command::run_bounded(
@@ -585,9 +482,7 @@ fn api_publish_ms(sandbox: &Sandbox, container: &str, spec: &str) -> Result<f64>
         bpfnet(sandbox, &["unpublish", container, spec])?;
         samples.push(took.as_secs_f64() * 1e3);
     }
-    Ok(Summary::of(&samples)
-        .context("no API request was timed")?
-        .median)
+    Ok(Summary::of(&samples).context("no API request was timed")?.median)
 }
 
 /// bpfnet aimed at the sandbox's agent.
@@ -610,10 +505,7 @@ pub fn publish_spec(proto: Proto, first: u16, count: u32) -> Option<String> {
         1 => Some(format!("{first}:{first}/{proto}")),
         _ => {
             let last = u32::from(first) + count - 1;
-            assert!(
-                last <= u32::from(u16::MAX),
-                "ports {first}+{count} pass 65535"
-            );
+            assert!(last <= u32::from(u16::MAX), "ports {first}+{count} pass 65535");
             Some(format!("{first}-{last}:{first}-{last}/{proto}"))
         }
     }
@@ -636,9 +528,7 @@ mod tests {
         assert_eq!(mappings[99].container, CLIENT_IP);
         let measured: Vec<u16> = mappings[100..].iter().map(|m| m.host_port).collect();
         assert_eq!(measured, [5201, 5301, 5401]);
-        assert!(mappings[100..]
-            .iter()
-            .all(|m| m.container == SERVER_IP && m.host_port == m.container_port));
+        assert!(mappings[100..].iter().all(|m| m.container == SERVER_IP && m.host_port == m.container_port));
         // 10,000 others stay below the highest port and clear of the measured ones.
         let last = Topologies::mappings(10_000)[9_999].host_port;
         assert!(last > 5401 && last == OTHER_PORTS_BASE + 9_999);
@@ -647,20 +537,14 @@ mod tests {
     #[test]
     fn bpfnet_publishes_the_same_ports_as_docker_rules() {
         assert_eq!(publish_spec(Proto::Tcp, OTHER_PORTS_BASE, 0), None);
-        assert_eq!(
-            publish_spec(Proto::Udp, 5301, 1).as_deref(),
-            Some("5301:5301/udp")
-        );
+        assert_eq!(publish_spec(Proto::Udp, 5301, 1).as_deref(), Some("5301:5301/udp"));
         let spec = publish_spec(Proto::Tcp, OTHER_PORTS_BASE, 10_000).unwrap();
         assert_eq!(spec, "30000-39999:30000-39999/tcp");
         let mappings = Topologies::mappings(10_000);
         let (first, last) = (&mappings[0], &mappings[9_999]);
         assert_eq!(
             spec,
-            format!(
-                "{}-{}:{}-{}/tcp",
-                first.host_port, last.host_port, first.container_port, last.container_port
-            )
+            format!("{}-{}:{}-{}/tcp", first.host_port, last.host_port, first.container_port, last.container_port)
         );
         // The port published one more at each N is outside the range.
         assert!(OTHER_PORTS_BASE - 1 > MEASURED_PORTS[2].1);

@@ -34,12 +34,7 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 4] = [
-        Workload::TcpStream,
-        Workload::UdpRate,
-        Workload::TcpRr,
-        Workload::TcpCrr,
-    ];
+    pub const ALL: [Workload; 4] = [Workload::TcpStream, Workload::UdpRate, Workload::TcpRr, Workload::TcpCrr];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -119,15 +114,9 @@ impl Pinning {
     pub fn for_this_machine() -> Pinning {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         if cpus >= 2 {
-            Pinning {
-                client_cpu: Some(0),
-                server_cpu: Some(1),
-            }
+            Pinning { client_cpu: Some(0), server_cpu: Some(1) }
         } else {
-            Pinning {
-                client_cpu: None,
-                server_cpu: None,
-            }
+            Pinning { client_cpu: None, server_cpu: None }
         }
     }
 }
@@ -149,22 +138,13 @@ pub struct Runner<'a> {
 
 impl Runner<'_> {
     /// Run `workload` once between `ends`; its figures.
-    pub fn run(
-        &self,
-        sandbox: &mut Sandbox,
-        ends: &Endpoints,
-        workload: Workload,
-    ) -> Result<Vec<(Metric, f64)>> {
+    pub fn run(&self, sandbox: &mut Sandbox, ends: &Endpoints, workload: Workload) -> Result<Vec<(Metric, f64)>> {
         let port = workload.port();
         let bind = socket(ends.server_bind, port).to_string();
         let target = socket(ends.target, port).to_string();
         let short = format!("{}", self.durations.short_secs);
         let max = format!("{}", self.durations.short_secs + 20.0);
-        let loadgen = self
-            .loadgen
-            .as_os_str()
-            .to_str()
-            .context("the loadgen path is not UTF-8")?;
+        let loadgen = self.loadgen.as_os_str().to_str().context("the loadgen path is not UTF-8")?;
         match workload {
             Workload::TcpStream => {
                 let port = port.to_string();
@@ -173,17 +153,7 @@ impl Runner<'_> {
                     sandbox,
                     ends,
                     "iperf3",
-                    &[
-                        "-s",
-                        "-1",
-                        "-B",
-                        &bind_ip,
-                        "-p",
-                        &port,
-                        "--forceflush",
-                        "--idle-timeout",
-                        "30",
-                    ],
+                    &["-s", "-1", "-B", &bind_ip, "-p", &port, "--forceflush", "--idle-timeout", "30"],
                 )?;
                 let json = self.client(
                     sandbox,
@@ -209,12 +179,8 @@ impl Runner<'_> {
                 Ok(vec![(Metric::TcpGbps, gbps)])
             }
             Workload::UdpRate => {
-                let server = self.server(
-                    sandbox,
-                    ends,
-                    loadgen,
-                    &["loadgen", "udp-sink", "--bind", &bind, "--max-secs", &max],
-                )?;
+                let server =
+                    self.server(sandbox, ends, loadgen, &["loadgen", "udp-sink", "--bind", &bind, "--max-secs", &max])?;
                 let flood = self.client(
                     sandbox,
                     ends,
@@ -235,10 +201,7 @@ impl Runner<'_> {
                 let flood: UdpFloodReport = parse_report(&flood?, "udp-flood")?;
                 let sink: UdpSinkReport = parse_report(&sink?, "udp-sink")?;
                 if sink.received == 0 {
-                    bail!(
-                        "udp-sink received none of the {} datagrams sent to {target}",
-                        flood.sent
-                    );
+                    bail!("udp-sink received none of the {} datagrams sent to {target}", flood.sent);
                 }
                 Ok(vec![(Metric::UdpPps, sink.pps / 1e6)])
             }
@@ -249,11 +212,7 @@ impl Runner<'_> {
                     loadgen,
                     &["loadgen", "tcp-server", "--bind", &bind, "--max-secs", &max],
                 )?;
-                let tool = if workload == Workload::TcpRr {
-                    "tcp-rr"
-                } else {
-                    "tcp-crr"
-                };
+                let tool = if workload == Workload::TcpRr { "tcp-rr" } else { "tcp-crr" };
                 let report = self.client(
                     sandbox,
                     ends,
@@ -265,10 +224,7 @@ impl Runner<'_> {
                 let report: TransactionReport = parse_report(&report?, tool)?;
                 server_done?;
                 if workload == Workload::TcpRr {
-                    Ok(vec![
-                        (Metric::RrP50Us, report.p50_us),
-                        (Metric::RrP99Us, report.p99_us),
-                    ])
+                    Ok(vec![(Metric::RrP50Us, report.p50_us), (Metric::RrP99Us, report.p99_us)])
                 } else {
                     if report.errors * 100 > report.transactions {
                         bail!(
@@ -303,20 +259,8 @@ impl Runner<'_> {
     }
 
     /// Start the server and wait for its line that says it listens.
-    fn server(
-        &self,
-        sandbox: &mut Sandbox,
-        ends: &Endpoints,
-        program: &str,
-        args: &[&str],
-    ) -> Result<BackgroundId> {
-        let cmd = self.pinned(
-            sandbox,
-            &ends.server_netns,
-            self.pinning.server_cpu,
-            program,
-            args,
-        );
+    fn server(&self, sandbox: &mut Sandbox, ends: &Endpoints, program: &str, args: &[&str]) -> Result<BackgroundId> {
+        let cmd = self.pinned(sandbox, &ends.server_netns, self.pinning.server_cpu, program, args);
         let label = format!("{program} server in {}", ends.server_netns);
         let id = sandbox.spawn(&label, cmd)?;
         // Each server exits on its own within its time limit, so these reads end.
@@ -329,34 +273,17 @@ impl Runner<'_> {
         bail!("{label} did not say that it listens within {MAX_BANNER_LINES} lines")
     }
 
-    fn client(
-        &self,
-        sandbox: &Sandbox,
-        ends: &Endpoints,
-        program: &str,
-        args: &[&str],
-        secs: f64,
-    ) -> Result<String> {
-        let mut cmd = self.pinned(
-            sandbox,
-            &ends.client_netns,
-            self.pinning.client_cpu,
-            program,
-            args,
-        );
+    fn client(&self, sandbox: &Sandbox, ends: &Endpoints, program: &str, args: &[&str], secs: f64) -> Result<String> {
+        let mut cmd = self.pinned(sandbox, &ends.client_netns, self.pinning.client_cpu, program, args);
         command::output_bounded(&mut cmd, Duration::from_secs_f64(secs) + CLIENT_SLACK)
     }
 }
 
 fn parse_report<T: serde::de::DeserializeOwned>(output: &str, tool: &str) -> Result<T> {
     // The last line is the report (a server prints its `listening` line first).
-    let line = output
-        .lines()
-        .rev()
-        .find(|line| !line.trim().is_empty())
-        .ok_or_else(|| anyhow!("{tool} printed nothing"))?;
-    serde_json::from_str(line)
-        .with_context(|| format!("{tool} printed {line:?}, not its JSON report"))
+    let line =
+        output.lines().rev().find(|line| !line.trim().is_empty()).ok_or_else(|| anyhow!("{tool} printed nothing"))?;
+    serde_json::from_str(line).with_context(|| format!("{tool} printed {line:?}, not its JSON report"))
 }
 
 /// Received throughput in Gbit/s from `iperf3 -J` of the client.
@@ -394,8 +321,7 @@ mod tests {
 
     #[test]
     fn loadgen_report_is_the_last_line() {
-        let out =
-            "{\"listening\":\"10.202.0.3:5301\"}\n{\"received\":10,\"secs\":0.5,\"pps\":18.0}\n\n";
+        let out = "{\"listening\":\"10.202.0.3:5301\"}\n{\"received\":10,\"secs\":0.5,\"pps\":18.0}\n\n";
         let sink: UdpSinkReport = parse_report(out, "udp-sink").unwrap();
         assert_eq!(sink.received, 10);
         assert!(parse_report::<UdpSinkReport>("", "udp-sink").is_err());

@@ -11,12 +11,7 @@ use super::{
 use crate::devkit::netns::is_root;
 
 /// The reply the datapath must produce for a request from `asker` about `target`.
-fn expected_reply(
-    asker_mac: [u8; 6],
-    asker_ip: Ipv4Addr,
-    target_mac: [u8; 6],
-    target_ip: Ipv4Addr,
-) -> Vec<u8> {
+fn expected_reply(asker_mac: [u8; 6], asker_ip: Ipv4Addr, target_mac: [u8; 6], target_ip: Ipv4Addr) -> Vec<u8> {
     Arp::reply(target_mac, target_ip, asker_mac, asker_ip).frame(asker_mac, target_mac)
 }
 
@@ -28,10 +23,7 @@ fn request_for_the_gateway_is_answered_with_the_gateway_mac() {
     let (fx, t) = Fixture::with_topology();
     let request = Arp::request(t.a.mac, A_IP, WEB_GATEWAY).frame(BROADCAST, t.a.mac);
     let out = fx.run_from_endpoint(t.a.host_ifindex, &request);
-    out.assert_redirected(
-        Counter::ArpReplied,
-        &expected_reply(t.a.mac, A_IP, t.web.gateway_mac, WEB_GATEWAY),
-    );
+    out.assert_redirected(Counter::ArpReplied, &expected_reply(t.a.mac, A_IP, t.web.gateway_mac, WEB_GATEWAY));
     // Spelled out once, byte by byte, so the helper above is checked too.
     let mut by_hand = Vec::new();
     by_hand.extend(t.a.mac); // eth dst: the asker
@@ -54,18 +46,12 @@ fn request_for_a_member_is_answered_with_its_mac() {
     for dst in [BROADCAST, t.web.gateway_mac] {
         let request = Arp::request(t.a.mac, A_IP, B_IP).frame(dst, t.a.mac);
         fx.run_from_endpoint(t.a.host_ifindex, &request)
-            .assert_redirected(
-                Counter::ArpReplied,
-                &expected_reply(t.a.mac, A_IP, t.b.mac, B_IP),
-            );
+            .assert_redirected(Counter::ArpReplied, &expected_reply(t.a.mac, A_IP, t.b.mac, B_IP));
     }
     // And the other way round, from B's interface.
     let request = Arp::request(t.b.mac, B_IP, A_IP).frame(BROADCAST, t.b.mac);
     fx.run_from_endpoint(t.b.host_ifindex, &request)
-        .assert_redirected(
-            Counter::ArpReplied,
-            &expected_reply(t.b.mac, B_IP, t.a.mac, A_IP),
-        );
+        .assert_redirected(Counter::ArpReplied, &expected_reply(t.b.mac, B_IP, t.a.mac, A_IP));
 }
 
 #[test]
@@ -76,24 +62,16 @@ fn address_probe_is_answered_only_for_addresses_in_use() {
     let (fx, t) = Fixture::with_topology();
     // RFC 5227 probe (sender 0.0.0.0) for the gateway: in use, so answered, to 0.0.0.0.
     let probe = Arp::request(t.a.mac, Ipv4Addr::UNSPECIFIED, WEB_GATEWAY).frame(BROADCAST, t.a.mac);
-    fx.run_from_endpoint(t.a.host_ifindex, &probe)
-        .assert_redirected(
-            Counter::ArpReplied,
-            &expected_reply(
-                t.a.mac,
-                Ipv4Addr::UNSPECIFIED,
-                t.web.gateway_mac,
-                WEB_GATEWAY,
-            ),
-        );
+    fx.run_from_endpoint(t.a.host_ifindex, &probe).assert_redirected(
+        Counter::ArpReplied,
+        &expected_reply(t.a.mac, Ipv4Addr::UNSPECIFIED, t.web.gateway_mac, WEB_GATEWAY),
+    );
     // A probe or announcement for its own address must stay unanswered, or the container
     // would see its address as taken.
     let probe = Arp::request(t.a.mac, Ipv4Addr::UNSPECIFIED, A_IP).frame(BROADCAST, t.a.mac);
-    fx.run_from_endpoint(t.a.host_ifindex, &probe)
-        .assert_dropped(DropReason::ArpUnknownTarget);
+    fx.run_from_endpoint(t.a.host_ifindex, &probe).assert_dropped(DropReason::ArpUnknownTarget);
     let announce = Arp::request(t.a.mac, A_IP, A_IP).frame(BROADCAST, t.a.mac);
-    fx.run_from_endpoint(t.a.host_ifindex, &announce)
-        .assert_dropped(DropReason::ArpUnknownTarget);
+    fx.run_from_endpoint(t.a.host_ifindex, &announce).assert_dropped(DropReason::ArpUnknownTarget);
 }
 
 #[test]
@@ -109,8 +87,7 @@ fn request_for_a_non_member_or_another_networks_member_is_dropped() {
         Ipv4Addr::new(192, 0, 2, 1),  // outside every network
     ] {
         let request = Arp::request(t.a.mac, A_IP, target).frame(BROADCAST, t.a.mac);
-        fx.run_from_endpoint(t.a.host_ifindex, &request)
-            .assert_dropped(DropReason::ArpUnknownTarget);
+        fx.run_from_endpoint(t.a.host_ifindex, &request).assert_dropped(DropReason::ArpUnknownTarget);
     }
 }
 
@@ -121,28 +98,17 @@ fn spoofed_sender_ip_or_mac_is_dropped() {
     }
     let (fx, t) = Fixture::with_topology();
     let cases = [
-        (
-            "sender IP of B",
-            Arp::request(t.a.mac, B_IP, WEB_GATEWAY).frame(BROADCAST, t.a.mac),
-        ),
-        (
-            "sender MAC of B",
-            Arp::request(t.b.mac, A_IP, WEB_GATEWAY).frame(BROADCAST, t.a.mac),
-        ),
-        (
-            "B's IP and MAC",
-            Arp::request(t.b.mac, B_IP, WEB_GATEWAY).frame(BROADCAST, t.a.mac),
-        ),
+        ("sender IP of B", Arp::request(t.a.mac, B_IP, WEB_GATEWAY).frame(BROADCAST, t.a.mac)),
+        ("sender MAC of B", Arp::request(t.b.mac, A_IP, WEB_GATEWAY).frame(BROADCAST, t.a.mac)),
+        ("B's IP and MAC", Arp::request(t.b.mac, B_IP, WEB_GATEWAY).frame(BROADCAST, t.a.mac)),
         (
             "reply claiming B",
-            Arp::reply(t.a.mac, B_IP, t.web.gateway_mac, WEB_GATEWAY)
-                .frame(t.web.gateway_mac, t.a.mac),
+            Arp::reply(t.a.mac, B_IP, t.web.gateway_mac, WEB_GATEWAY).frame(t.web.gateway_mac, t.a.mac),
         ),
     ];
     for (what, frame) in cases {
         eprintln!("case: {what}");
-        fx.run_from_endpoint(t.a.host_ifindex, &frame)
-            .assert_dropped(DropReason::SpoofedSource);
+        fx.run_from_endpoint(t.a.host_ifindex, &frame).assert_dropped(DropReason::SpoofedSource);
     }
 }
 
@@ -157,8 +123,7 @@ fn arp_request_with_spoofed_ethernet_source_is_dropped() {
     }
     let (fx, t) = Fixture::with_topology();
     let request = Arp::request(t.a.mac, A_IP, WEB_GATEWAY).frame(BROADCAST, t.b.mac);
-    fx.run_from_endpoint(t.a.host_ifindex, &request)
-        .assert_dropped(DropReason::SpoofedSource);
+    fx.run_from_endpoint(t.a.host_ifindex, &request).assert_dropped(DropReason::SpoofedSource);
 }
 
 #[test]
@@ -167,10 +132,8 @@ fn arp_reply_with_spoofed_ethernet_source_is_dropped() {
         return;
     }
     let (fx, t) = Fixture::with_topology();
-    let reply =
-        Arp::reply(t.a.mac, A_IP, t.web.gateway_mac, WEB_GATEWAY).frame(t.web.gateway_mac, t.b.mac);
-    fx.run_from_endpoint(t.a.host_ifindex, &reply)
-        .assert_dropped(DropReason::SpoofedSource);
+    let reply = Arp::reply(t.a.mac, A_IP, t.web.gateway_mac, WEB_GATEWAY).frame(t.web.gateway_mac, t.b.mac);
+    fx.run_from_endpoint(t.a.host_ifindex, &reply).assert_dropped(DropReason::SpoofedSource);
 }
 
 #[test]
@@ -180,20 +143,12 @@ fn reply_for_its_own_address_goes_to_the_host() {
     }
     let (fx, t) = Fixture::with_topology();
     // The host asked (it keeps neighbour entries for its containers); the container answers.
-    let reply =
-        Arp::reply(t.a.mac, A_IP, t.web.gateway_mac, WEB_GATEWAY).frame(t.web.gateway_mac, t.a.mac);
-    fx.run_from_endpoint(t.a.host_ifindex, &reply)
-        .assert_passed(Counter::ArpToHost);
+    let reply = Arp::reply(t.a.mac, A_IP, t.web.gateway_mac, WEB_GATEWAY).frame(t.web.gateway_mac, t.a.mac);
+    fx.run_from_endpoint(t.a.host_ifindex, &reply).assert_passed(Counter::ArpToHost);
     // A reply from 0.0.0.0 answers nothing.
-    let reply = Arp::reply(
-        t.a.mac,
-        Ipv4Addr::UNSPECIFIED,
-        t.web.gateway_mac,
-        WEB_GATEWAY,
-    )
-    .frame(t.web.gateway_mac, t.a.mac);
-    fx.run_from_endpoint(t.a.host_ifindex, &reply)
-        .assert_dropped(DropReason::ArpInvalid);
+    let reply =
+        Arp::reply(t.a.mac, Ipv4Addr::UNSPECIFIED, t.web.gateway_mac, WEB_GATEWAY).frame(t.web.gateway_mac, t.a.mac);
+    fx.run_from_endpoint(t.a.host_ifindex, &reply).assert_dropped(DropReason::ArpInvalid);
 }
 
 #[test]
@@ -205,13 +160,7 @@ fn malformed_arp_is_dropped_as_invalid() {
     let good = Arp::request(t.a.mac, A_IP, WEB_GATEWAY);
     let cases = [
         ("htype 6 (IEEE 802)", Arp { htype: 6, ..good }),
-        (
-            "ptype IPv6",
-            Arp {
-                ptype: 0x86dd,
-                ..good
-            },
-        ),
+        ("ptype IPv6", Arp { ptype: 0x86dd, ..good }),
         ("hlen 8", Arp { hlen: 8, ..good }),
         ("plen 16", Arp { plen: 16, ..good }),
         ("oper 3 (RARP request)", Arp { oper: 3, ..good }),
@@ -219,8 +168,7 @@ fn malformed_arp_is_dropped_as_invalid() {
     ];
     for (what, arp) in cases {
         eprintln!("case: {what}");
-        fx.run_from_endpoint(t.a.host_ifindex, &arp.frame(BROADCAST, t.a.mac))
-            .assert_dropped(DropReason::ArpInvalid);
+        fx.run_from_endpoint(t.a.host_ifindex, &arp.frame(BROADCAST, t.a.mac)).assert_dropped(DropReason::ArpInvalid);
     }
 }
 
@@ -233,8 +181,7 @@ fn truncated_arp_is_malformed() {
     let request = Arp::request(t.a.mac, A_IP, WEB_GATEWAY).frame(BROADCAST, t.a.mac);
     // Everything but the last byte of the target address; and the bare Ethernet header.
     for len in [request.len() - 1, 14 + 8, 14] {
-        fx.run_from_endpoint(t.a.host_ifindex, &request[..len])
-            .assert_dropped(DropReason::Malformed);
+        fx.run_from_endpoint(t.a.host_ifindex, &request[..len]).assert_dropped(DropReason::Malformed);
     }
 }
 
@@ -245,16 +192,11 @@ fn arp_on_an_interface_that_is_no_endpoint_is_dropped() {
     }
     let (mut fx, t) = Fixture::with_topology();
     let request = Arp::request(t.a.mac, A_IP, WEB_GATEWAY).frame(BROADCAST, t.a.mac);
-    fx.run_from_endpoint(fx.peer_ifindex[0], &request)
-        .assert_dropped(DropReason::UnknownInterface);
+    fx.run_from_endpoint(fx.peer_ifindex[0], &request).assert_dropped(DropReason::UnknownInterface);
     // After the maps are cleared, A's own interface is unknown too; seeded again, it works.
     fx.clear_maps();
-    fx.run_from_endpoint(t.a.host_ifindex, &request)
-        .assert_dropped(DropReason::UnknownInterface);
+    fx.run_from_endpoint(t.a.host_ifindex, &request).assert_dropped(DropReason::UnknownInterface);
     fx.seed(&t);
     fx.run_from_endpoint(t.a.host_ifindex, &request)
-        .assert_redirected(
-            Counter::ArpReplied,
-            &expected_reply(t.a.mac, A_IP, t.web.gateway_mac, WEB_GATEWAY),
-        );
+        .assert_redirected(Counter::ArpReplied, &expected_reply(t.a.mac, A_IP, t.web.gateway_mac, WEB_GATEWAY));
 }

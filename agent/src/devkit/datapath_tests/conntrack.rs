@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use datapath_common::{ct_fill, ct_stats, ct_tcp_flags, Counter, CtKey, CtQuotaKey, DropReason, HostConfig};
 
 use super::nat::{
-    entry, from_container, from_outside, key, publish_b, snat_to_server, L4, ACK, B_PORT, CLIENT_IP, FIN,
+    entry, from_container, from_outside, key, publish_b, snat_to_server, ACK, B_PORT, CLIENT_IP, FIN, L4,
     PUBLISHED_PORT, RST, SYN,
 };
 use super::{be, packets::IPPROTO_TCP, packets::IPPROTO_UDP, uplink_test, Fixture, Topology, Uplink};
@@ -45,8 +45,11 @@ impl TcpFlow {
     #[track_caller]
     fn back(&self, fx: &Fixture, uplink: &Uplink, flags: u8) {
         let reply = L4::Tcp { sport: 443, dport: self.port, flags, payload: b"" };
-        fx.run_from_uplink(uplink.ifindex, &from_outside(SERVER_IP, UPLINK_IP, &reply))
-            .assert_moved(TC_ACT_REDIRECT, &[], &[Counter::TranslatedIn]);
+        fx.run_from_uplink(uplink.ifindex, &from_outside(SERVER_IP, UPLINK_IP, &reply)).assert_moved(
+            TC_ACT_REDIRECT,
+            &[],
+            &[Counter::TranslatedIn],
+        );
     }
 
     /// (table, ORIGINAL flags, REPLY flags); both entries must be in the same table.

@@ -6,8 +6,8 @@ use datapath_common::{Counter, DropReason, Endpoint};
 
 use super::{
     packets::{
-        eth, icmp_echo_request, ipv4, tcp, udp, verify_ipv4_checksums, Arp, BROADCAST, ETHERTYPE_IPV4,
-        ETHERTYPE_IPV6, ETHERTYPE_VLAN, ETH_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+        eth, icmp_echo_request, ipv4, tcp, udp, verify_ipv4_checksums, Arp, BROADCAST, ETHERTYPE_IPV4, ETHERTYPE_IPV6,
+        ETHERTYPE_VLAN, ETH_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
     },
     Fixture, Topology, A_IP, B_IP, C_IP, DB, DB_GATEWAY, WEB_GATEWAY,
 };
@@ -18,12 +18,7 @@ use crate::devkit::netns::is_root;
 fn udp_frame(from: &Endpoint, eth_dst: [u8; 6], dst: Ipv4Addr) -> Vec<u8> {
     let src = Ipv4Addr::from(from.ip.to_ne_bytes());
     let datagram = udp(src, dst, 40000, 5353, b"bpfnet datapath test");
-    eth(
-        eth_dst,
-        from.mac,
-        ETHERTYPE_IPV4,
-        &ipv4(src, dst, IPPROTO_UDP, &[], &datagram),
-    )
+    eth(eth_dst, from.mac, ETHERTYPE_IPV4, &ipv4(src, dst, IPPROTO_UDP, &[], &datagram))
 }
 
 /// `frame` with the Ethernet addresses a delivery to `to` must leave in it.
@@ -43,21 +38,13 @@ fn ipv4_to_a_member_is_redirected_with_only_the_ethernet_header_rewritten() {
     let l4s = [
         (IPPROTO_UDP, udp(A_IP, B_IP, 40000, 53, b"query")),
         (IPPROTO_TCP, tcp(A_IP, B_IP, 40001, 80, 0x02, b"")),
-        (
-            IPPROTO_TCP,
-            tcp(A_IP, B_IP, 40001, 80, 0x18, b"GET / HTTP/1.1\r\n\r\n"),
-        ),
+        (IPPROTO_TCP, tcp(A_IP, B_IP, 40001, 80, 0x18, b"GET / HTTP/1.1\r\n\r\n")),
         (IPPROTO_ICMP, icmp_echo_request(0x4242, 1, &[0xa5; 56])),
     ];
     // Sent on-link (to B's MAC, after ARP) and via the gateway MAC: delivered the same way.
     for eth_dst in [t.b.mac, t.web.gateway_mac] {
         for (protocol, l4) in &l4s {
-            let frame = eth(
-                eth_dst,
-                t.a.mac,
-                ETHERTYPE_IPV4,
-                &ipv4(A_IP, B_IP, *protocol, &[], l4),
-            );
+            let frame = eth(eth_dst, t.a.mac, ETHERTYPE_IPV4, &ipv4(A_IP, B_IP, *protocol, &[], l4));
             let out = fx.run_from_endpoint(t.a.host_ifindex, &frame);
             out.assert_redirected(Counter::Forwarded, &delivered(&t, &t.b, &frame));
             verify_ipv4_checksums(&out.packet).unwrap();
@@ -74,12 +61,7 @@ fn ipv4_with_options_to_a_member_is_forwarded() {
     // IHL 6: one word of options (router alert, RFC 2113) before the UDP header.
     let options = [0x94, 0x04, 0x00, 0x00];
     let datagram = udp(A_IP, B_IP, 40000, 53, b"with options");
-    let frame = eth(
-        t.b.mac,
-        t.a.mac,
-        ETHERTYPE_IPV4,
-        &ipv4(A_IP, B_IP, IPPROTO_UDP, &options, &datagram),
-    );
+    let frame = eth(t.b.mac, t.a.mac, ETHERTYPE_IPV4, &ipv4(A_IP, B_IP, IPPROTO_UDP, &options, &datagram));
     assert_eq!(frame[ETH_HLEN] & 0x0f, 6);
     let out = fx.run_from_endpoint(t.a.host_ifindex, &frame);
     out.assert_redirected(Counter::Forwarded, &delivered(&t, &t.b, &frame));
@@ -93,8 +75,7 @@ fn ipv4_to_the_gateway_goes_to_the_host_unchanged() {
     }
     let (fx, t) = Fixture::with_topology();
     let frame = udp_frame(&t.a, t.web.gateway_mac, WEB_GATEWAY);
-    fx.run_from_endpoint(t.a.host_ifindex, &frame)
-        .assert_passed(Counter::ToHost);
+    fx.run_from_endpoint(t.a.host_ifindex, &frame).assert_passed(Counter::ToHost);
 }
 
 /// Destinations that are no container: today handed to the host stack unchanged. SNAT will
@@ -112,8 +93,7 @@ fn ipv4_to_a_non_member_goes_to_the_host_unchanged() {
         Ipv4Addr::new(255, 255, 255, 255),
     ] {
         let frame = udp_frame(&t.a, t.web.gateway_mac, dst);
-        fx.run_from_endpoint(t.a.host_ifindex, &frame)
-            .assert_passed(Counter::ToHost);
+        fx.run_from_endpoint(t.a.host_ifindex, &frame).assert_passed(Counter::ToHost);
     }
 }
 
@@ -140,45 +120,16 @@ fn spoofed_source_ip_or_mac_is_dropped() {
     let cases = [
         (
             "B's IP",
-            eth(
-                t.web.gateway_mac,
-                t.a.mac,
-                ETHERTYPE_IPV4,
-                &ipv4(B_IP, WEB_GATEWAY, IPPROTO_UDP, &[], &datagram),
-            ),
+            eth(t.web.gateway_mac, t.a.mac, ETHERTYPE_IPV4, &ipv4(B_IP, WEB_GATEWAY, IPPROTO_UDP, &[], &datagram)),
         ),
-        (
-            "B's MAC",
-            udp_frame(
-                &Endpoint {
-                    mac: t.b.mac,
-                    ..t.a
-                },
-                t.web.gateway_mac,
-                WEB_GATEWAY,
-            ),
-        ),
-        (
-            "B's IP and MAC",
-            udp_frame(&t.b, t.web.gateway_mac, WEB_GATEWAY),
-        ),
-        (
-            "0.0.0.0",
-            udp_frame(
-                &Endpoint { ip: 0, ..t.a },
-                t.web.gateway_mac,
-                Ipv4Addr::BROADCAST,
-            ),
-        ),
-        (
-            "C's IP (another network)",
-            udp_frame(&Endpoint { ip: t.c.ip, ..t.a }, t.b.mac, B_IP),
-        ),
+        ("B's MAC", udp_frame(&Endpoint { mac: t.b.mac, ..t.a }, t.web.gateway_mac, WEB_GATEWAY)),
+        ("B's IP and MAC", udp_frame(&t.b, t.web.gateway_mac, WEB_GATEWAY)),
+        ("0.0.0.0", udp_frame(&Endpoint { ip: 0, ..t.a }, t.web.gateway_mac, Ipv4Addr::BROADCAST)),
+        ("C's IP (another network)", udp_frame(&Endpoint { ip: t.c.ip, ..t.a }, t.b.mac, B_IP)),
     ];
     for (what, frame) in cases {
         eprintln!("case: {what}");
-        fx.run_from_endpoint(t.a.host_ifindex, &frame)
-            .assert_dropped(DropReason::SpoofedSource);
+        fx.run_from_endpoint(t.a.host_ifindex, &frame).assert_dropped(DropReason::SpoofedSource);
     }
 }
 
@@ -191,8 +142,7 @@ fn packet_on_an_interface_that_is_no_endpoint_is_dropped() {
     let frame = udp_frame(&t.a, t.b.mac, B_IP);
     // The container side of a veth, and loopback (what a context without ifindex means).
     for ifindex in [fx.peer_ifindex[0], 1] {
-        fx.run_from_endpoint(ifindex, &frame)
-            .assert_dropped(DropReason::UnknownInterface);
+        fx.run_from_endpoint(ifindex, &frame).assert_dropped(DropReason::UnknownInterface);
     }
 }
 
@@ -205,8 +155,7 @@ fn endpoint_whose_network_is_missing_is_dropped() {
     fx.networks.remove(&DB).unwrap();
     // IPv4 needs only the endpoint's own entry; answering ARP needs its network's.
     let request = Arp::request(t.c.mac, C_IP, DB_GATEWAY).frame(BROADCAST, t.c.mac);
-    fx.run_from_endpoint(t.c.host_ifindex, &request)
-        .assert_dropped(DropReason::UnknownNetwork);
+    fx.run_from_endpoint(t.c.host_ifindex, &request).assert_dropped(DropReason::UnknownNetwork);
 }
 
 #[test]
@@ -220,16 +169,14 @@ fn ipv6_and_vlan_tagged_frames_are_unsupported() {
     ipv6.extend([0; 16]);
     ipv6.extend([0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
     let ipv6 = eth([0x33, 0x33, 0, 0, 0, 1], t.a.mac, ETHERTYPE_IPV6, &ipv6);
-    fx.run_from_endpoint(t.a.host_ifindex, &ipv6)
-        .assert_dropped(DropReason::UnsupportedL3);
+    fx.run_from_endpoint(t.a.host_ifindex, &ipv6).assert_dropped(DropReason::UnsupportedL3);
     // An IPv4 datagram to B behind an 802.1Q tag (VLAN 5): not unwrapped, not forwarded.
     let inner = udp_frame(&t.a, t.b.mac, B_IP);
     let mut tagged = inner[..12].to_vec();
     tagged.extend(ETHERTYPE_VLAN.to_be_bytes());
     tagged.extend(5u16.to_be_bytes());
     tagged.extend(&inner[12..]);
-    fx.run_from_endpoint(t.a.host_ifindex, &tagged)
-        .assert_dropped(DropReason::UnsupportedL3);
+    fx.run_from_endpoint(t.a.host_ifindex, &tagged).assert_dropped(DropReason::UnsupportedL3);
 }
 
 /// BPF_PROG_TEST_RUN (6.18) refuses, with EINVAL and before the program runs, a frame
@@ -248,8 +195,7 @@ fn truncated_ethernet_is_refused_by_the_kernel() {
     // The shortest frame of an unknown type is run, and dropped as such.
     let mut bare = frame[..ETH_HLEN].to_vec();
     bare[12..14].copy_from_slice(&0x88b5u16.to_be_bytes()); // IEEE 802 local experimental
-    fx.run_from_endpoint(t.a.host_ifindex, &bare)
-        .assert_dropped(DropReason::UnsupportedL3);
+    fx.run_from_endpoint(t.a.host_ifindex, &bare).assert_dropped(DropReason::UnsupportedL3);
 }
 
 #[test]
@@ -272,19 +218,8 @@ fn truncated_ipv4_is_refused_by_the_kernel() {
 #[track_caller]
 fn assert_refused(fx: &Fixture, ifindex: u32, frame: &[u8]) {
     let err = fx
-        .send(
-            datapath_common::program_names::FROM_ENDPOINT,
-            ifindex,
-            frame,
-        )
+        .send(datapath_common::program_names::FROM_ENDPOINT, ifindex, frame)
         .expect_err("the kernel ran a frame it used to refuse");
-    let err = err
-        .downcast::<std::io::Error>()
-        .expect("an I/O error from the syscall");
-    assert_eq!(
-        err.kind(),
-        std::io::ErrorKind::InvalidInput,
-        "{}-byte frame: {err}",
-        frame.len()
-    );
+    let err = err.downcast::<std::io::Error>().expect("an I/O error from the syscall");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{}-byte frame: {err}", frame.len());
 }

@@ -7,15 +7,12 @@ use std::net::Ipv4Addr;
 
 use datapath_common::{Counter, DropReason};
 
-use super::nat::{
-    entry, key, nat_port, publish_b, CLIENT_IP, L4, B_PORT, PUBLISHED_PORT,
-};
+use super::nat::{entry, key, nat_port, publish_b, B_PORT, CLIENT_IP, L4, PUBLISHED_PORT};
 use super::uplink_test;
 use super::{
     assert_bytes,
     packets::{checksum, eth, ipv4_with, ETHERTYPE_IPV4, IPPROTO_UDP},
-    Fixture, A_IP, B_IP, ROUTER_MAC, SERVER_IP, TC_ACT_REDIRECT, UPLINK_IP,
-    UPLINK_MAC,
+    Fixture, A_IP, B_IP, ROUTER_MAC, SERVER_IP, TC_ACT_REDIRECT, UPLINK_IP, UPLINK_MAC,
 };
 use crate::devkit::netns::is_root;
 
@@ -59,21 +56,13 @@ fn a_containers_fragmented_datagram_is_translated_fragment_by_fragment() {
     let a = (t.a.gateway_mac, t.a.mac);
     let [first, later] = fragments(a, A_IP, SERVER_IP, 40000, 53, 0x0101, 64);
     // A later fragment before its first: no ports to find a flow by.
-    fx.run_from_endpoint(t.a.host_ifindex, &later)
-        .assert_dropped(DropReason::FragmentWithoutFirst);
+    fx.run_from_endpoint(t.a.host_ifindex, &later).assert_dropped(DropReason::FragmentWithoutFirst);
     assert!(fx.ct_entries().is_empty(), "a later fragment tracks nothing");
 
     let out = fx.run_from_endpoint(t.a.host_ifindex, &first);
-    out.assert_moved(
-        TC_ACT_REDIRECT,
-        &[],
-        &[Counter::SnatNewFlow, Counter::TranslatedOut],
-    );
+    out.assert_moved(TC_ACT_REDIRECT, &[], &[Counter::SnatNewFlow, Counter::TranslatedOut]);
     let l4 = L4::Udp { sport: 40000, dport: 53, payload: PAYLOAD };
-    let port = nat_port(
-        &entry(&fx, &key(A_IP, SERVER_IP, l4.key_ports(), IPPROTO_UDP)),
-        &l4,
-    );
+    let port = nat_port(&entry(&fx, &key(A_IP, SERVER_IP, l4.key_ports(), IPPROTO_UDP)), &l4);
     let router = (ROUTER_MAC, UPLINK_MAC);
     let expected = fragments(router, UPLINK_IP, SERVER_IP, port, 53, 0x0101, 63);
     assert_bytes(&out.packet, &expected[0], "first fragment, translated");
@@ -83,13 +72,10 @@ fn a_containers_fragmented_datagram_is_translated_fragment_by_fragment() {
     // Another datagram of the flow: its first fragment is needed again (another
     // identification), and then the flow's entry is found, not a new one made.
     let [first2, later2] = fragments(a, A_IP, SERVER_IP, 40000, 53, 0x0102, 64);
-    fx.run_from_endpoint(t.a.host_ifindex, &later2)
-        .assert_dropped(DropReason::FragmentWithoutFirst);
-    fx.run_from_endpoint(t.a.host_ifindex, &first2)
-        .assert_moved(TC_ACT_REDIRECT, &[], &[Counter::TranslatedOut]);
+    fx.run_from_endpoint(t.a.host_ifindex, &later2).assert_dropped(DropReason::FragmentWithoutFirst);
+    fx.run_from_endpoint(t.a.host_ifindex, &first2).assert_moved(TC_ACT_REDIRECT, &[], &[Counter::TranslatedOut]);
     let expected2 = fragments(router, UPLINK_IP, SERVER_IP, port, 53, 0x0102, 63);
-    fx.run_from_endpoint(t.a.host_ifindex, &later2)
-        .assert_redirected(Counter::TranslatedOut, &expected2[1]);
+    fx.run_from_endpoint(t.a.host_ifindex, &later2).assert_redirected(Counter::TranslatedOut, &expected2[1]);
     assert_eq!(fx.ct_entries().len(), 2, "one flow");
     let e = entry(&fx, &key(A_IP, SERVER_IP, l4.key_ports(), IPPROTO_UDP));
     assert_eq!(e.packets, 4, "every fragment is accounted to the flow");

@@ -14,19 +14,17 @@
 //!   a container to a non-member (and, once ports are published, from flows to them).
 use std::{collections::HashSet, time::Instant};
 
-use datapath_common::{
-    ct_direction, ct_kind, program_names, Counter, CtKey, DropReason, Endpoint, HostConfig,
-};
+use datapath_common::{ct_direction, ct_kind, program_names, Counter, CtKey, DropReason, Endpoint, HostConfig};
 
 use super::{
     be,
     nat::{frame, publish_b, ACK, FIN, L4, RST, SYN},
     packets::{
-        eth, icmp_error, ipv4_with, verify_ipv4_checksums, Arp, BROADCAST, ETHERTYPE_IPV4,
-        ETH_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+        eth, icmp_error, ipv4_with, verify_ipv4_checksums, Arp, BROADCAST, ETHERTYPE_IPV4, ETH_HLEN, IPPROTO_ICMP,
+        IPPROTO_TCP, IPPROTO_UDP,
     },
-    Fixture, Topology, A_IP, B_IP, C_IP, ROUTER_MAC, SERVER_IP, TC_ACT_OK, TC_ACT_REDIRECT,
-    TC_ACT_SHOT, UNRESOLVED_IP, UPLINK_IP, UPLINK_MAC,
+    Fixture, Topology, A_IP, B_IP, C_IP, ROUTER_MAC, SERVER_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UNRESOLVED_IP,
+    UPLINK_IP, UPLINK_MAC,
 };
 use crate::devkit::netns::is_root;
 
@@ -88,32 +86,11 @@ fn random_l4(rng: &mut Rng, sport: u16, dport: u16) -> L4<'static> {
     const PAYLOADS: [&[u8]; 4] = [b"", b"x", b"bpfnet fuzz payload", &[0xa5; 64]];
     let payload = rng.pick(&PAYLOADS);
     match rng.below(5) {
-        0 => L4::Udp {
-            sport,
-            dport,
-            payload,
-        },
-        1 => L4::UdpNoCsum {
-            sport,
-            dport,
-            payload,
-        },
-        2 => L4::Tcp {
-            sport,
-            dport,
-            flags: rng.pick(&[SYN, ACK, SYN | ACK, FIN | ACK, RST, 0x18]),
-            payload,
-        },
-        3 => L4::EchoRequest {
-            id: sport,
-            seq: rng.byte() as u16,
-            payload,
-        },
-        _ => L4::EchoReply {
-            id: dport,
-            seq: rng.byte() as u16,
-            payload,
-        },
+        0 => L4::Udp { sport, dport, payload },
+        1 => L4::UdpNoCsum { sport, dport, payload },
+        2 => L4::Tcp { sport, dport, flags: rng.pick(&[SYN, ACK, SYN | ACK, FIN | ACK, RST, 0x18]), payload },
+        3 => L4::EchoRequest { id: sport, seq: rng.byte() as u16, payload },
+        _ => L4::EchoReply { id: dport, seq: rng.byte() as u16, payload },
     }
 }
 
@@ -128,22 +105,10 @@ fn endpoint_packet(rng: &mut Rng, ep: &Endpoint, gateway_mac: [u8; 6], t: &Topol
     let (sport, dport) = (rng.pick(&[40000, 40001, 40002, 5353]), rng.pick(&PORTS));
     let l4 = random_l4(rng, sport, dport);
     let ttl = rng.pick(&[64, 64, 64, 2, 1]);
-    let options: &[u8] = if rng.chance(10) {
-        &[0x94, 0x04, 0, 0]
-    } else {
-        &[]
-    };
+    let options: &[u8] = if rng.chance(10) { &[0x94, 0x04, 0, 0] } else { &[] };
     let frag = rng.pick(&[0x4000, 0x4000, 0x4000, 0x2000, 0x2001, 0x0010]);
     let eth_dst = if rng.chance(80) { gateway_mac } else { t.b.mac };
-    let ip = ipv4_with(
-        src,
-        dst,
-        l4.proto(),
-        options,
-        &l4.bytes(src, dst),
-        ttl,
-        frag,
-    );
+    let ip = ipv4_with(src, dst, l4.proto(), options, &l4.bytes(src, dst), ttl, frag);
     eth(eth_dst, ep.mac, ETHERTYPE_IPV4, &ip)
 }
 
@@ -156,11 +121,7 @@ fn uplink_packet(rng: &mut Rng) -> Vec<u8> {
     match rng.below(4) {
         0 => {
             let l4 = match random_l4(rng, rport, nat_port) {
-                L4::EchoRequest { seq, payload, .. } => L4::EchoReply {
-                    id: nat_port,
-                    seq,
-                    payload,
-                },
+                L4::EchoRequest { seq, payload, .. } => L4::EchoReply { id: nat_port, seq, payload },
                 other => other,
             };
             frame(UPLINK_MAC, ROUTER_MAC, remote, UPLINK_IP, 64, &[], &l4)
@@ -169,43 +130,15 @@ fn uplink_packet(rng: &mut Rng) -> Vec<u8> {
             let dport = rng.pick(&[PUBLISHED, PUBLISHED, 80, 22]);
             let sport = rng.pick(&[5555, 5556, 40000]);
             let l4 = random_l4(rng, sport, dport);
-            frame(
-                UPLINK_MAC,
-                ROUTER_MAC,
-                remote,
-                UPLINK_IP,
-                rng.pick(&[64, 1]),
-                &[],
-                &l4,
-            )
+            frame(UPLINK_MAC, ROUTER_MAC, remote, UPLINK_IP, rng.pick(&[64, 1]), &[], &l4)
         }
         _ => {
             let l4 = random_l4(rng, nat_port, rport);
-            let quoted = ipv4_with(
-                UPLINK_IP,
-                remote,
-                l4.proto(),
-                &[],
-                &l4.bytes(UPLINK_IP, remote),
-                63,
-                0x4000,
-            );
-            let len = if rng.chance(50) {
-                quoted.len()
-            } else {
-                28.min(quoted.len())
-            };
+            let quoted = ipv4_with(UPLINK_IP, remote, l4.proto(), &[], &l4.bytes(UPLINK_IP, remote), 63, 0x4000);
+            let len = if rng.chance(50) { quoted.len() } else { 28.min(quoted.len()) };
             let (ty, code) = rng.pick(&[(3, 3), (3, 4), (11, 0), (3, 1), (5, 0), (12, 0)]);
             let message = icmp_error(ty, code, [0, 0, 5, 0x78], &quoted[..len]);
-            let ip = ipv4_with(
-                rng.pick(&[remote, super::ROUTER_IP]),
-                UPLINK_IP,
-                IPPROTO_ICMP,
-                &[],
-                &message,
-                64,
-                0,
-            );
+            let ip = ipv4_with(rng.pick(&[remote, super::ROUTER_IP]), UPLINK_IP, IPPROTO_ICMP, &[], &message, 64, 0);
             eth(UPLINK_MAC, ROUTER_MAC, ETHERTYPE_IPV4, &ip)
         }
     }
@@ -237,16 +170,7 @@ fn mutate(rng: &mut Rng, mut p: Vec<u8>) -> Vec<u8> {
                 p.truncate(len);
             }
             3 => {
-                let edge = rng.pick(&[
-                    ETH_HLEN,
-                    ip + 20,
-                    l4 + 4,
-                    l4 + 8,
-                    l4 + 14,
-                    l4 + 20,
-                    l4 + 28,
-                    l4 + 36,
-                ]);
+                let edge = rng.pick(&[ETH_HLEN, ip + 20, l4 + 4, l4 + 8, l4 + 14, l4 + 20, l4 + 28, l4 + 36]);
                 let len = (edge + rng.below(3)).saturating_sub(1);
                 p.truncate(len.min(p.len()));
             }
@@ -318,12 +242,7 @@ fn kernel_refuses(p: &[u8]) -> bool {
 /// What the datapath may track for a packet: the key of the flow it may start, if any.
 /// Deliberately loose about routing (a flow the FIB refuses is simply not created), strict
 /// about everything the packet itself decides.
-fn may_start_flow(
-    p: &[u8],
-    from: Option<&Endpoint>,
-    t: &Topology,
-    published: bool,
-) -> Option<(CtKey, u8)> {
+fn may_start_flow(p: &[u8], from: Option<&Endpoint>, t: &Topology, published: bool) -> Option<(CtKey, u8)> {
     if p.len() < ETH_HLEN + 20 || u16::from_be_bytes([p[12], p[13]]) != ETHERTYPE_IPV4 {
         return None;
     }
@@ -346,25 +265,13 @@ fn may_start_flow(
         IPPROTO_ICMP if l4.len() >= 8 && l4[0] == 0 => (0, word(4)),
         _ => return None,
     };
-    let key = CtKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto,
-        _pad: [0; 3],
-    };
-    let to_service =
-        published && daddr == be(UPLINK_IP) && dport == PUBLISHED.to_be() && proto != IPPROTO_ICMP;
+    let key = CtKey { saddr, daddr, sport, dport, proto, _pad: [0; 3] };
+    let to_service = published && daddr == be(UPLINK_IP) && dport == PUBLISHED.to_be() && proto != IPPROTO_ICMP;
     match from {
         Some(ep) => {
             // Its own gateway is the host's; another network's gateway is routed like any
             // address (on a real host it is local, on `lo`; this namespace has no such address).
-            let gateway = if ep.network_id == super::WEB {
-                t.web.gateway
-            } else {
-                t.db.gateway
-            };
+            let gateway = if ep.network_id == super::WEB { t.web.gateway } else { t.db.gateway };
             let members = [t.a.ip, t.b.ip, t.c.ip, gateway];
             if p[6..12] != ep.mac || saddr != ep.ip || members.contains(&daddr) {
                 return None;
@@ -433,11 +340,7 @@ fn phase(
             if rng.chance(60) {
                 let (ifindex, ep) = rng.pick(&eps);
                 let sender = ep.unwrap_or(t.a);
-                let gw = if sender.network_id == super::WEB {
-                    t.web.gateway_mac
-                } else {
-                    t.db.gateway_mac
-                };
+                let gw = if sender.network_id == super::WEB { t.web.gateway_mac } else { t.db.gateway_mac };
                 let valid = endpoint_packet(rng, &sender, gw, t);
                 let p = mutate(rng, valid);
                 if let Some(k) = may_start_flow(&p, ep.as_ref(), t, published) {
@@ -451,17 +354,12 @@ fn phase(
                     allowed.insert(k);
                 }
                 // Both uplink programs: the same code at tcx and at XDP.
-                let program = if rng.chance(50) {
-                    program_names::FROM_UPLINK
-                } else {
-                    program_names::FROM_UPLINK_XDP
-                };
+                let program = if rng.chance(50) { program_names::FROM_UPLINK } else { program_names::FROM_UPLINK_XDP };
                 runs.push((program, uplink_ifindex, p));
             }
         }
         let (drops_before, counters_before) = fx.totals();
-        let inputs: Vec<(&'static str, Vec<u8>)> =
-            runs.iter().map(|(p, _, d)| (*p, d.clone())).collect();
+        let inputs: Vec<(&'static str, Vec<u8>)> = runs.iter().map(|(p, _, d)| (*p, d.clone())).collect();
         let results = fx.run_batch(runs).unwrap();
         let (drops_after, counters_after) = fx.totals();
         let mut shot = 0u64;
@@ -470,7 +368,10 @@ fn phase(
             let out = match result {
                 Ok(out) => out,
                 Err(e) => {
-                    assert!(kernel_refuses(input), "{program}: test run failed on a frame the kernel should run: {e}; frame {input:02x?}");
+                    assert!(
+                        kernel_refuses(input),
+                        "{program}: test run failed on a frame the kernel should run: {e}; frame {input:02x?}"
+                    );
                     tally.refused += 1;
                     continue;
                 }
@@ -492,10 +393,7 @@ fn phase(
                     // (nat::truncated_l4_header_is_dropped_before_it_is_tracked).
                     tally.known_cut_off_drops += 1;
                 } else {
-                    assert_eq!(
-                        &out.packet_out, input,
-                        "{program}: a dropped packet was rewritten"
-                    );
+                    assert_eq!(&out.packet_out, input, "{program}: a dropped packet was rewritten");
                 }
             }
             if !tracking && out.retval == TC_ACT_OK {
@@ -507,53 +405,30 @@ fn phase(
             if verify_ipv4_checksums(input).is_ok() {
                 tally.valid_in += 1;
                 if let Err(e) = verify_ipv4_checksums(&out.packet_out) {
-                    panic!("{program}: valid checksums in, {e} out (verdict {}):\n in {input:02x?}\nout {:02x?}", out.retval, out.packet_out);
+                    panic!(
+                        "{program}: valid checksums in, {e} out (verdict {}):\n in {input:02x?}\nout {:02x?}",
+                        out.retval, out.packet_out
+                    );
                 }
             }
         }
-        let dropped: u64 = DropReason::ALL
-            .iter()
-            .map(|r| drops_after[*r as usize] - drops_before[*r as usize])
-            .sum();
-        assert_eq!(
-            shot, dropped,
-            "SHOT verdicts vs drop counts: {:?} -> {:?}",
-            drops_before, drops_after
-        );
+        let dropped: u64 = DropReason::ALL.iter().map(|r| drops_after[*r as usize] - drops_before[*r as usize]).sum();
+        assert_eq!(shot, dropped, "SHOT verdicts vs drop counts: {:?} -> {:?}", drops_before, drops_after);
 
         // Conntrack: only allowed flows, both directions, each counted once.
         let entries = fx.ct_entries();
-        let new_flows: u64 = [
-            Counter::SnatNewFlow,
-            Counter::DnatNewFlow,
-            Counter::HairpinNewFlow,
-        ]
-        .iter()
-        .map(|c| counters_after[*c as usize] - counters_before[*c as usize])
-        .sum();
+        let new_flows: u64 = [Counter::SnatNewFlow, Counter::DnatNewFlow, Counter::HairpinNewFlow]
+            .iter()
+            .map(|c| counters_after[*c as usize] - counters_before[*c as usize])
+            .sum();
         if !tracking {
-            assert!(
-                entries.is_empty(),
-                "entries without an uplink: {entries:#?}"
-            );
+            assert!(entries.is_empty(), "entries without an uplink: {entries:#?}");
             assert_eq!((new_flows, fx.ct_inserted()), (0, 0));
         }
-        assert_eq!(
-            entries.len() as u64,
-            2 * new_flows,
-            "two entries per new flow"
-        );
-        assert_eq!(
-            fx.ct_inserted(),
-            2 * new_flows,
-            "CT_FILL counts every entry"
-        );
+        assert_eq!(entries.len() as u64, 2 * new_flows, "two entries per new flow");
+        assert_eq!(fx.ct_inserted(), 2 * new_flows, "CT_FILL counts every entry");
         for (k, e) in entries.values() {
-            let original = if e.direction == ct_direction::ORIGINAL {
-                *k
-            } else {
-                e.to.reversed()
-            };
+            let original = if e.direction == ct_direction::ORIGINAL { *k } else { e.to.reversed() };
             assert!(
                 allowed.contains(&(original, e.kind)),
                 "an entry no packet of this batch may create: {k:?} -> {e:?} (flow {original:?})"
@@ -572,68 +447,27 @@ fn a_million_random_and_mutated_packets_through_both_programs() {
     if !is_root() {
         return;
     }
-    let seed = std::env::var("BPFNET_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x005e_edb9_f0e7_u64);
-    let total: usize = std::env::var("BPFNET_FUZZ_PACKETS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
+    let seed = std::env::var("BPFNET_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x005e_edb9_f0e7_u64);
+    let total: usize = std::env::var("BPFNET_FUZZ_PACKETS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     eprintln!("seed {seed:#x} (BPFNET_FUZZ_SEED), {total} packets (BPFNET_FUZZ_PACKETS)");
     let started = Instant::now();
     let (mut fx, t, uplink) = Fixture::with_uplink();
     let mut rng = Rng(seed | 1);
-    let cfg = HostConfig {
-        nat_port_min: NAT_MIN,
-        nat_port_max: NAT_MAX,
-        ct_limit: 200_000,
-        ..fx.host_config(&uplink)
-    };
+    let cfg = HostConfig { nat_port_min: NAT_MIN, nat_port_max: NAT_MAX, ct_limit: 200_000, ..fx.host_config(&uplink) };
 
     // 1: no uplink, nothing published: nothing may be tracked.
     fx.set_config(&HostConfig::default());
     let mut tally = Tally::default();
-    phase(
-        &mut fx,
-        &t,
-        uplink.ifindex,
-        &mut rng,
-        total * 3 / 10,
-        false,
-        false,
-        &mut tally,
-    );
+    phase(&mut fx, &t, uplink.ifindex, &mut rng, total * 3 / 10, false, false, &mut tally);
     eprintln!("no uplink: {tally:?}, {:?}", started.elapsed());
     // 2: uplink, nothing published: container flows to the outside only.
     fx.set_config(&cfg);
     let mut tally = Tally::default();
-    phase(
-        &mut fx,
-        &t,
-        uplink.ifindex,
-        &mut rng,
-        total * 4 / 10,
-        true,
-        false,
-        &mut tally,
-    );
+    phase(&mut fx, &t, uplink.ifindex, &mut rng, total * 4 / 10, true, false, &mut tally);
     eprintln!("uplink: {tally:?}, {:?}", started.elapsed());
     // 3: and B's port published: flows to it from outside and hairpinned from containers too.
     publish_b(&mut fx);
     let mut tally = Tally::default();
-    phase(
-        &mut fx,
-        &t,
-        uplink.ifindex,
-        &mut rng,
-        total - total * 7 / 10,
-        true,
-        true,
-        &mut tally,
-    );
-    eprintln!(
-        "uplink and published port: {tally:?}, {:?}",
-        started.elapsed()
-    );
+    phase(&mut fx, &t, uplink.ifindex, &mut rng, total - total * 7 / 10, true, true, &mut tally);
+    eprintln!("uplink and published port: {tally:?}, {:?}", started.elapsed());
 }

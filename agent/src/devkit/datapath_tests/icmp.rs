@@ -8,57 +8,34 @@ use std::net::Ipv4Addr;
 
 use datapath_common::Counter;
 
+use super::uplink_test;
 use super::{
     nat::{snat_to_server, ACK, L4},
     packets::{
-        checksum, eth, icmp_error, ipv4_with, udp, verify_ipv4_checksums, verify_ipv4_packet,
-        ETHERTYPE_IPV4, ETH_HLEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH,
-        ICMP_TIME_EXCEEDED, IPPROTO_ICMP,
+        checksum, eth, icmp_error, ipv4_with, udp, verify_ipv4_checksums, verify_ipv4_packet, ETHERTYPE_IPV4, ETH_HLEN,
+        ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH, ICMP_TIME_EXCEEDED, IPPROTO_ICMP,
     },
     Fixture, Topology, A_IP, ROUTER_IP, ROUTER_MAC, SERVER_IP, UPLINK_IP, UPLINK_MAC,
 };
 use crate::devkit::netns::is_root;
-use super::uplink_test;
 
 /// The error kinds a router or the server sends: (type, code, second header word, sender).
 const ERRORS: [(u8, u8, [u8; 4], Ipv4Addr); 3] = [
     (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4], SERVER_IP),
-    (
-        ICMP_DEST_UNREACH,
-        ICMP_FRAG_NEEDED,
-        [0, 0, 0x05, 0x78],
-        ROUTER_IP,
-    ), // next-hop MTU 1400
+    (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, [0, 0, 0x05, 0x78], ROUTER_IP), // next-hop MTU 1400
     (ICMP_TIME_EXCEEDED, 0, [0; 4], ROUTER_IP),
 ];
 
 /// An error from `sender` to the uplink quoting `quoted` (an IPv4 packet).
 fn error_frame(sender: Ipv4Addr, icmp_type: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
     let message = icmp_error(icmp_type, code, rest, quoted);
-    eth(
-        UPLINK_MAC,
-        ROUTER_MAC,
-        ETHERTYPE_IPV4,
-        &ipv4_with(sender, UPLINK_IP, IPPROTO_ICMP, &[], &message, 64, 0x0000),
-    )
+    eth(UPLINK_MAC, ROUTER_MAC, ETHERTYPE_IPV4, &ipv4_with(sender, UPLINK_IP, IPPROTO_ICMP, &[], &message, 64, 0x0000))
 }
 
 /// The error as A must receive it, quoting `quoted`.
-fn delivered_error(
-    t: &Topology,
-    sender: Ipv4Addr,
-    icmp_type: u8,
-    code: u8,
-    rest: [u8; 4],
-    quoted: &[u8],
-) -> Vec<u8> {
+fn delivered_error(t: &Topology, sender: Ipv4Addr, icmp_type: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
     let message = icmp_error(icmp_type, code, rest, quoted);
-    eth(
-        t.a.mac,
-        t.a.gateway_mac,
-        ETHERTYPE_IPV4,
-        &ipv4_with(sender, A_IP, IPPROTO_ICMP, &[], &message, 63, 0x0000),
-    )
+    eth(t.a.mac, t.a.gateway_mac, ETHERTYPE_IPV4, &ipv4_with(sender, A_IP, IPPROTO_ICMP, &[], &message, 63, 0x0000))
 }
 
 /// Checks every checksum of a delivered error from scratch, the quoted ones included.
@@ -258,7 +235,7 @@ uplink_test! {
 /// any ICMP message a container sends out that is not about its own flow).
 #[test]
 fn a_containers_error_about_a_published_port_flow_leaves_from_the_published_address() {
-    use super::nat::{from_outside, publish_b, CLIENT_IP, B_PORT, PUBLISHED_PORT};
+    use super::nat::{from_outside, publish_b, B_PORT, CLIENT_IP, PUBLISHED_PORT};
     use super::{B_IP, TC_ACT_REDIRECT};
     if !is_root() {
         return;
@@ -271,17 +248,32 @@ fn a_containers_error_about_a_published_port_flow_leaves_from_the_published_addr
     // What B got (TTL 63 after the host), quoted whole, as Linux quotes a short datagram.
     let got = ipv4_with(CLIENT_IP, B_IP, 17, &[], &udp(CLIENT_IP, B_IP, 5555, B_PORT, b"anyone?"), 63, 0x4000);
     let message = icmp_error(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4], &got);
-    let sent = eth(t.b.gateway_mac, t.b.mac, ETHERTYPE_IPV4, &ipv4_with(B_IP, CLIENT_IP, IPPROTO_ICMP, &[], &message, 64, 0));
+    let sent =
+        eth(t.b.gateway_mac, t.b.mac, ETHERTYPE_IPV4, &ipv4_with(B_IP, CLIENT_IP, IPPROTO_ICMP, &[], &message, 64, 0));
     let out = fx.run_from_endpoint(t.b.host_ifindex, &sent);
     // As the client sent it: to the published address and port.
-    let as_sent = ipv4_with(CLIENT_IP, UPLINK_IP, 17, &[], &udp(CLIENT_IP, UPLINK_IP, 5555, PUBLISHED_PORT, b"anyone?"), 63, 0x4000);
+    let as_sent = ipv4_with(
+        CLIENT_IP,
+        UPLINK_IP,
+        17,
+        &[],
+        &udp(CLIENT_IP, UPLINK_IP, 5555, PUBLISHED_PORT, b"anyone?"),
+        63,
+        0x4000,
+    );
     let message = icmp_error(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4], &as_sent);
-    let expected = eth(ROUTER_MAC, UPLINK_MAC, ETHERTYPE_IPV4, &ipv4_with(UPLINK_IP, CLIENT_IP, IPPROTO_ICMP, &[], &message, 63, 0));
+    let expected = eth(
+        ROUTER_MAC,
+        UPLINK_MAC,
+        ETHERTYPE_IPV4,
+        &ipv4_with(UPLINK_IP, CLIENT_IP, IPPROTO_ICMP, &[], &message, 63, 0),
+    );
     out.assert_redirected(Counter::IcmpErrorTranslated, &expected);
     verify_error_checksums(&out.packet, as_sent.len());
 
     // A claims an error about what B got: A is not the quoted destination.
     let message = icmp_error(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4], &got);
-    let sent = eth(t.a.gateway_mac, t.a.mac, ETHERTYPE_IPV4, &ipv4_with(A_IP, CLIENT_IP, IPPROTO_ICMP, &[], &message, 64, 0));
+    let sent =
+        eth(t.a.gateway_mac, t.a.mac, ETHERTYPE_IPV4, &ipv4_with(A_IP, CLIENT_IP, IPPROTO_ICMP, &[], &message, 64, 0));
     fx.run_from_endpoint(t.a.host_ifindex, &sent).assert_dropped(datapath_common::DropReason::UnsupportedL4);
 }

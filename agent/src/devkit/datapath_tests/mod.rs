@@ -35,11 +35,14 @@ use aya::maps::{MapData, MapType};
 use datapath_common::{ct_fill, ct_stats, program_names, Counter, CtEntry, CtKey, DropReason, HostConfig};
 
 pub use crate::devkit::testbed::{
-    be, packets, Counts, Topology, Uplink, A_IP, B_IP, C_IP, DB, DB_GATEWAY, ROUTER_IP, ROUTER_MAC,
-    SERVER_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UNRESOLVED_IP, UPLINK_IP, UPLINK_MAC, WEB,
-    WEB_GATEWAY,
+    be, packets, Counts, Topology, Uplink, A_IP, B_IP, C_IP, DB, DB_GATEWAY, ROUTER_IP, ROUTER_MAC, SERVER_IP,
+    TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UNRESOLVED_IP, UPLINK_IP, UPLINK_MAC, WEB, WEB_GATEWAY,
 };
-use crate::{sys::netns, devkit::testbed::{Program, ProgramKind, Testbed, XDP_DROP, XDP_PASS, XDP_REDIRECT}, devkit::testrun::TestRunOutput};
+use crate::{
+    devkit::testbed::{Program, ProgramKind, Testbed, XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    devkit::testrun::TestRunOutput,
+    sys::netns,
+};
 
 /// `XDP_ABORTED` (uapi `enum xdp_action`): what an XDP program returns on an error.
 const XDP_ABORTED: u32 = 0;
@@ -136,10 +139,7 @@ impl Fixture {
     }
 
     fn try_new() -> Result<Self> {
-        Ok(Fixture {
-            bed: Testbed::create("bnt", FIXTURE_CT_ENTRIES)?,
-            uplink_program: program_names::FROM_UPLINK,
-        })
+        Ok(Fixture { bed: Testbed::create("bnt", FIXTURE_CT_ENTRIES)?, uplink_program: program_names::FROM_UPLINK })
     }
 
     /// The fixture with the standard topology in the maps: networks `web` (A on `h0`, B on
@@ -152,15 +152,12 @@ impl Fixture {
     }
 
     pub fn seed(&mut self, t: &Topology) {
-        self.bed
-            .try_seed(t)
-            .unwrap_or_else(|e| panic!("seeding the topology: {e:#}"));
+        self.bed.try_seed(t).unwrap_or_else(|e| panic!("seeding the topology: {e:#}"));
     }
 
     /// Empties every pinned hash map (per-CPU arrays keep counting: tests look at deltas).
     pub fn clear_maps(&self) {
-        clear_hash_maps(&self.pins.0.join("maps"))
-            .unwrap_or_else(|e| panic!("clearing the maps: {e:#}"));
+        clear_hash_maps(&self.pins.0.join("maps")).unwrap_or_else(|e| panic!("clearing the maps: {e:#}"));
     }
 
     /// Runs `from_endpoint` on `packet` as if it came in on interface `ifindex`.
@@ -187,13 +184,7 @@ impl Fixture {
     }
 
     /// The bare test run, on a thread inside the test namespace (the verdict in TC terms).
-    pub fn run_program(
-        &self,
-        program: &str,
-        ifindex: u32,
-        packet: &[u8],
-        repeat: u32,
-    ) -> Result<TestRunOutput> {
+    pub fn run_program(&self, program: &str, ifindex: u32, packet: &[u8], repeat: u32) -> Result<TestRunOutput> {
         let program = self.bed.program(program)?;
         let packet = packet.to_vec();
         self.run_in(move || Ok(run_as_tc(&program, ifindex, &packet, repeat)?))
@@ -224,9 +215,7 @@ impl Fixture {
     pub fn with_uplink_program(program: &'static str) -> (Self, Topology, Uplink) {
         let (mut fx, t) = Self::with_topology();
         fx.uplink_program = program;
-        let uplink = fx
-            .make_uplink()
-            .unwrap_or_else(|e| panic!("setting up the uplink: {e:#}"));
+        let uplink = fx.make_uplink().unwrap_or_else(|e| panic!("setting up the uplink: {e:#}"));
         fx.set_config(&fx.host_config(&uplink));
         (fx, t, uplink)
     }
@@ -245,9 +234,7 @@ impl Fixture {
     }
 
     pub fn set_config(&mut self, config: &HostConfig) {
-        self.bed
-            .try_set_config(config)
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        self.bed.try_set_config(config).unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Every conntrack entry, of every table.
@@ -264,9 +251,7 @@ impl Fixture {
 
     /// Empties the conntrack tables and zeroes their counts, leaving the other maps as they are.
     pub fn clear_ct(&mut self) {
-        self.bed
-            .try_clear_ct()
-            .unwrap_or_else(|e| panic!("clearing conntrack: {e:#}"));
+        self.bed.try_clear_ct().unwrap_or_else(|e| panic!("clearing conntrack: {e:#}"));
     }
 
     /// Entries made for new flows (in an unassured table: every flow starts there; the move
@@ -294,10 +279,7 @@ impl Fixture {
 
     /// Many test runs (repeat 1 each) on one thread inside the test namespace: `(program,
     /// ifindex, packet)` in, each run's result out, in order. No counters are read.
-    pub fn run_batch(
-        &self,
-        runs: Vec<(&'static str, u32, Vec<u8>)>,
-    ) -> Result<Vec<io::Result<TestRunOutput>>> {
+    pub fn run_batch(&self, runs: Vec<(&'static str, u32, Vec<u8>)>) -> Result<Vec<io::Result<TestRunOutput>>> {
         let mut programs = BTreeMap::new();
         for (program, _, _) in &runs {
             if !programs.contains_key(program) {
@@ -313,12 +295,7 @@ impl Fixture {
     }
 
     /// Totals of every drop reason and counter (summed over CPUs).
-    pub fn totals(
-        &self,
-    ) -> (
-        [u64; DropReason::COUNT as usize],
-        [u64; Counter::COUNT as usize],
-    ) {
+    pub fn totals(&self) -> ([u64; DropReason::COUNT as usize], [u64; Counter::COUNT as usize]) {
         let c = self.counts().unwrap();
         (c.drops, c.counters)
     }
@@ -326,20 +303,12 @@ impl Fixture {
 
 impl Outcome {
     fn moved(&self) -> String {
-        let drops = DropReason::ALL
-            .iter()
-            .filter(|r| self.drops[**r as usize] != 0);
-        let counters = Counter::ALL
-            .iter()
-            .filter(|c| self.counters[**c as usize] != 0);
+        let drops = DropReason::ALL.iter().filter(|r| self.drops[**r as usize] != 0);
+        let counters = Counter::ALL.iter().filter(|c| self.counters[**c as usize] != 0);
         let drops = drops.map(|r| format!("{}+{}", r.name(), self.drops[*r as usize]));
         let counters = counters.map(|c| format!("{}+{}", c.name(), self.counters[*c as usize]));
         let moved: Vec<String> = drops.chain(counters).collect();
-        format!(
-            "verdict {}, counters moved: [{}]",
-            self.retval,
-            moved.join(", ")
-        )
+        format!("verdict {}, counters moved: [{}]", self.retval, moved.join(", "))
     }
 
     #[track_caller]
@@ -372,8 +341,7 @@ impl Outcome {
         for c in counters {
             want_counters[*c as usize] += 1;
         }
-        let ok =
-            self.retval == retval && self.drops == want_drops && self.counters == want_counters;
+        let ok = self.retval == retval && self.drops == want_drops && self.counters == want_counters;
         assert!(
             ok,
             "expected verdict {retval} with {:?} {:?} moving once, got {}",
@@ -387,22 +355,14 @@ impl Outcome {
     #[track_caller]
     pub fn assert_dropped(&self, reason: DropReason) {
         self.assert_only(TC_ACT_SHOT, Some(reason), None);
-        assert_bytes(
-            &self.packet,
-            &self.input,
-            "a dropped packet is not rewritten",
-        );
+        assert_bytes(&self.packet, &self.input, "a dropped packet is not rewritten");
     }
 
     /// TC_ACT_OK (on to the host stack), exactly one count of `counter`, the packet untouched.
     #[track_caller]
     pub fn assert_passed(&self, counter: Counter) {
         self.assert_only(TC_ACT_OK, None, Some(counter));
-        assert_bytes(
-            &self.packet,
-            &self.input,
-            "a packet passed to the host is not rewritten",
-        );
+        assert_bytes(&self.packet, &self.input, "a packet passed to the host is not rewritten");
     }
 
     /// TC_ACT_REDIRECT, exactly one count of `counter`, and the packet now `expected`.
@@ -444,28 +404,11 @@ struct MapElemAttr {
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 
-fn map_syscall(
-    cmd: libc::c_long,
-    map: BorrowedFd<'_>,
-    key: *const u8,
-    next_key: *mut u8,
-) -> io::Result<()> {
-    let attr = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        _pad: 0,
-        key: key as u64,
-        next_key: next_key as u64,
-        flags: 0,
-    };
+fn map_syscall(cmd: libc::c_long, map: BorrowedFd<'_>, key: *const u8, next_key: *mut u8) -> io::Result<()> {
+    let attr =
+        MapElemAttr { map_fd: map.as_raw_fd() as u32, _pad: 0, key: key as u64, next_key: next_key as u64, flags: 0 };
     // SAFETY: a valid `bpf_attr` prefix; the key buffers are the map's key size (see callers).
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            &attr as *const MapElemAttr,
-            size_of::<MapElemAttr>(),
-        )
-    };
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, &attr as *const MapElemAttr, size_of::<MapElemAttr>()) };
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -478,16 +421,11 @@ fn map_syscall(
 fn clear_hash_maps(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let path = entry?.path();
-        let map = MapData::from_pin(&path)
-            .with_context(|| format!("opening pinned map {}", path.display()))?;
+        let map = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
         let info = map.info()?;
         if !matches!(
             info.map_type()?,
-            MapType::Hash
-                | MapType::LruHash
-                | MapType::PerCpuHash
-                | MapType::LruPerCpuHash
-                | MapType::LpmTrie
+            MapType::Hash | MapType::LruHash | MapType::PerCpuHash | MapType::LruPerCpuHash | MapType::LpmTrie
         ) {
             continue;
         }
@@ -497,9 +435,7 @@ fn clear_hash_maps(dir: &Path) -> Result<()> {
             match map_syscall(BPF_MAP_GET_NEXT_KEY, fd, std::ptr::null(), key.as_mut_ptr()) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-                Err(e) => {
-                    return Err(e).with_context(|| format!("first key of {}", path.display()))
-                }
+                Err(e) => return Err(e).with_context(|| format!("first key of {}", path.display())),
             }
             map_syscall(BPF_MAP_DELETE_ELEM, fd, key.as_ptr(), std::ptr::null_mut())
                 .with_context(|| format!("deleting from {}", path.display()))?;
@@ -517,16 +453,9 @@ fn fixture_loads_clears_and_cleans_up() {
     let pins = fx.pins.0.clone();
     let ns = fx.ns.names[0].clone();
     assert_eq!(fx.endpoints.get(&t.b.ip, 0).unwrap(), t.b);
-    assert!(fx
-        .host_ifindex
-        .iter()
-        .chain(&fx.peer_ifindex)
-        .all(|i| *i > 1));
+    assert!(fx.host_ifindex.iter().chain(&fx.peer_ifindex).all(|i| *i > 1));
     fx.clear_maps();
-    assert_eq!(
-        fx.endpoints.keys().count() + fx.ifaces.keys().count() + fx.networks.keys().count(),
-        0
-    );
+    assert_eq!(fx.endpoints.keys().count() + fx.ifaces.keys().count() + fx.networks.keys().count(), 0);
     drop(fx);
     assert!(!pins.exists(), "{} left behind", pins.display());
     assert!(!netns::exists(&ns), "namespace {ns} left behind");
@@ -540,12 +469,9 @@ fn repeated_runs_see_their_own_output() {
         return;
     }
     let (fx, t) = Fixture::with_topology();
-    let request =
-        packets::Arp::request(t.a.mac, A_IP, WEB_GATEWAY).frame(packets::BROADCAST, t.a.mac);
+    let request = packets::Arp::request(t.a.mac, A_IP, WEB_GATEWAY).frame(packets::BROADCAST, t.a.mac);
     let before = fx.counts().unwrap();
-    let out = fx
-        .run_program(program_names::FROM_ENDPOINT, t.a.host_ifindex, &request, 2)
-        .unwrap();
+    let out = fx.run_program(program_names::FROM_ENDPOINT, t.a.host_ifindex, &request, 2).unwrap();
     let after = fx.counts().unwrap();
     // Run 1 turns the request into the gateway's reply; run 2 sees a frame whose sender is
     // the gateway, not A, and drops it as spoofed.
@@ -553,8 +479,7 @@ fn repeated_runs_see_their_own_output() {
     let moved = |a: &Counts, b: &Counts| {
         (
             a.counters[Counter::ArpReplied as usize] - b.counters[Counter::ArpReplied as usize],
-            a.drops[DropReason::SpoofedSource as usize]
-                - b.drops[DropReason::SpoofedSource as usize],
+            a.drops[DropReason::SpoofedSource as usize] - b.drops[DropReason::SpoofedSource as usize],
         )
     };
     assert_eq!(moved(&after, &before), (1, 1));
@@ -566,9 +491,7 @@ fn repeated_runs_see_their_own_output() {
     let ip = packets::ipv4(A_IP, B_IP, packets::IPPROTO_UDP, &[], &datagram);
     let frame = packets::eth(t.b.mac, t.a.mac, packets::ETHERTYPE_IPV4, &ip);
     let before = fx.counts().unwrap();
-    let out = fx
-        .run_program(program_names::FROM_ENDPOINT, t.a.host_ifindex, &frame, 100)
-        .unwrap();
+    let out = fx.run_program(program_names::FROM_ENDPOINT, t.a.host_ifindex, &frame, 100).unwrap();
     let after = fx.counts().unwrap();
     assert_eq!(out.retval, TC_ACT_SHOT);
     let forwarded = |c: &Counts| c.counters[Counter::Forwarded as usize];
@@ -580,9 +503,7 @@ fn repeated_runs_see_their_own_output() {
     let ip = packets::ipv4(A_IP, WEB_GATEWAY, packets::IPPROTO_UDP, &[], &datagram);
     let frame = packets::eth(t.web.gateway_mac, t.a.mac, packets::ETHERTYPE_IPV4, &ip);
     let before = fx.counts().unwrap();
-    let out = fx
-        .run_program(program_names::FROM_ENDPOINT, t.a.host_ifindex, &frame, 100)
-        .unwrap();
+    let out = fx.run_program(program_names::FROM_ENDPOINT, t.a.host_ifindex, &frame, 100).unwrap();
     let after = fx.counts().unwrap();
     assert_eq!((out.retval, out.packet_out), (TC_ACT_OK, frame));
     let to_host = |c: &Counts| c.counters[Counter::ToHost as usize];

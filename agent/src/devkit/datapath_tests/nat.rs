@@ -6,19 +6,19 @@
 use std::net::Ipv4Addr;
 
 use datapath_common::{
-    ct_direction, ct_kind, ct_tcp_flags, PublishedPortTarget, Counter, CtEntry, CtKey, DropReason,
-    Endpoint, PublishedPortKey,
+    ct_direction, ct_kind, ct_tcp_flags, Counter, CtEntry, CtKey, DropReason, Endpoint, PublishedPortKey,
+    PublishedPortTarget,
 };
 
 use super::uplink_test;
 use super::{
     be,
     packets::{
-        eth, icmp_echo_reply, icmp_echo_request, ipv4_with, tcp, udp, verify_ipv4_checksums,
-        ETHERTYPE_IPV4, ETH_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+        eth, icmp_echo_reply, icmp_echo_request, ipv4_with, tcp, udp, verify_ipv4_checksums, ETHERTYPE_IPV4, ETH_HLEN,
+        IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
     },
-    Fixture, Outcome, Topology, A_IP, B_IP, NAT_PORT_MAX, NAT_PORT_MIN, ROUTER_MAC, SERVER_IP,
-    TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UNRESOLVED_IP, UPLINK_IP, UPLINK_MAC,
+    Fixture, Outcome, Topology, A_IP, B_IP, NAT_PORT_MAX, NAT_PORT_MIN, ROUTER_MAC, SERVER_IP, TC_ACT_OK,
+    TC_ACT_REDIRECT, TC_ACT_SHOT, UNRESOLVED_IP, UPLINK_IP, UPLINK_MAC,
 };
 use crate::devkit::netns::is_root;
 
@@ -70,26 +70,13 @@ impl L4<'_> {
 
     pub fn bytes(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
         match *self {
-            L4::Udp {
-                sport,
-                dport,
-                payload,
-            } => udp(src, dst, sport, dport, payload),
-            L4::UdpNoCsum {
-                sport,
-                dport,
-                payload,
-            } => {
+            L4::Udp { sport, dport, payload } => udp(src, dst, sport, dport, payload),
+            L4::UdpNoCsum { sport, dport, payload } => {
                 let mut d = udp(src, dst, sport, dport, payload);
                 d[6..8].copy_from_slice(&[0, 0]);
                 d
             }
-            L4::Tcp {
-                sport,
-                dport,
-                flags,
-                payload,
-            } => tcp(src, dst, sport, dport, flags, payload),
+            L4::Tcp { sport, dport, flags, payload } => tcp(src, dst, sport, dport, flags, payload),
             L4::EchoRequest { id, seq, payload } => icmp_echo_request(id, seq, payload),
             L4::EchoReply { id, seq, payload } => icmp_echo_reply(id, seq, payload),
         }
@@ -99,9 +86,9 @@ impl L4<'_> {
     /// identifier in the source slot for requests, the destination slot for replies.
     pub fn key_ports(&self) -> (u16, u16) {
         let (s, d) = match *self {
-            L4::Udp { sport, dport, .. }
-            | L4::UdpNoCsum { sport, dport, .. }
-            | L4::Tcp { sport, dport, .. } => (sport, dport),
+            L4::Udp { sport, dport, .. } | L4::UdpNoCsum { sport, dport, .. } | L4::Tcp { sport, dport, .. } => {
+                (sport, dport)
+            }
             L4::EchoRequest { id, .. } => (id, 0),
             L4::EchoReply { id, .. } => (0, id),
         };
@@ -111,48 +98,17 @@ impl L4<'_> {
     /// The same header with the key's ports replaced (host order).
     pub fn with_key_ports(&self, s: u16, d: u16) -> Self {
         match *self {
-            L4::Udp { payload, .. } => L4::Udp {
-                sport: s,
-                dport: d,
-                payload,
-            },
-            L4::UdpNoCsum { payload, .. } => L4::UdpNoCsum {
-                sport: s,
-                dport: d,
-                payload,
-            },
-            L4::Tcp { flags, payload, .. } => L4::Tcp {
-                sport: s,
-                dport: d,
-                flags,
-                payload,
-            },
-            L4::EchoRequest { seq, payload, .. } => L4::EchoRequest {
-                id: s,
-                seq,
-                payload,
-            },
-            L4::EchoReply { seq, payload, .. } => L4::EchoReply {
-                id: d,
-                seq,
-                payload,
-            },
+            L4::Udp { payload, .. } => L4::Udp { sport: s, dport: d, payload },
+            L4::UdpNoCsum { payload, .. } => L4::UdpNoCsum { sport: s, dport: d, payload },
+            L4::Tcp { flags, payload, .. } => L4::Tcp { sport: s, dport: d, flags, payload },
+            L4::EchoRequest { seq, payload, .. } => L4::EchoRequest { id: s, seq, payload },
+            L4::EchoReply { seq, payload, .. } => L4::EchoReply { id: d, seq, payload },
         }
     }
 
     pub fn with_flags(&self, flags: u8) -> Self {
         match *self {
-            L4::Tcp {
-                sport,
-                dport,
-                payload,
-                ..
-            } => L4::Tcp {
-                sport,
-                dport,
-                flags,
-                payload,
-            },
+            L4::Tcp { sport, dport, payload, .. } => L4::Tcp { sport, dport, flags, payload },
             other => other,
         }
     }
@@ -169,15 +125,7 @@ pub fn frame(
     options: &[u8],
     l4: &L4,
 ) -> Vec<u8> {
-    let ip = ipv4_with(
-        src,
-        dst,
-        l4.proto(),
-        options,
-        &l4.bytes(src, dst),
-        ttl,
-        0x4000,
-    );
+    let ip = ipv4_with(src, dst, l4.proto(), options, &l4.bytes(src, dst), ttl, 0x4000);
     eth(eth_dst, eth_src, ETHERTYPE_IPV4, &ip)
 }
 
@@ -196,24 +144,14 @@ pub fn ip_of(ep: &Endpoint) -> Ipv4Addr {
 }
 
 pub fn key(src: Ipv4Addr, dst: Ipv4Addr, ports: (u16, u16), proto: u8) -> CtKey {
-    CtKey {
-        saddr: be(src),
-        daddr: be(dst),
-        sport: ports.0,
-        dport: ports.1,
-        proto,
-        _pad: [0; 3],
-    }
+    CtKey { saddr: be(src), daddr: be(dst), sport: ports.0, dport: ports.1, proto, _pad: [0; 3] }
 }
 
 /// The entry under `key`, or a panic naming what is there.
 #[track_caller]
 pub fn entry(fx: &Fixture, key: &CtKey) -> CtEntry {
     fx.ct_get(key).map(|(_, entry)| entry).unwrap_or_else(|| {
-        panic!(
-            "no conntrack entry for {key:?}; entries: {:#?}",
-            fx.ct_entries().values().collect::<Vec<_>>()
-        )
+        panic!("no conntrack entry for {key:?}; entries: {:#?}", fx.ct_entries().values().collect::<Vec<_>>())
     })
 }
 
@@ -230,17 +168,8 @@ pub fn assert_entry(
     packets: u64,
     bytes: u64,
 ) {
-    let want = CtEntry {
-        last_seen_ns: e.last_seen_ns,
-        packets,
-        bytes,
-        to,
-        ifindex,
-        direction,
-        tcp_flags,
-        kind,
-        _pad: 0,
-    };
+    let want =
+        CtEntry { last_seen_ns: e.last_seen_ns, packets, bytes, to, ifindex, direction, tcp_flags, kind, _pad: 0 };
     assert_eq!(*e, want, "conntrack entry");
     assert!(e.last_seen_ns > 0, "entry never stamped");
 }
@@ -250,10 +179,7 @@ pub fn assert_entry(
 #[track_caller]
 pub fn nat_port(e: &CtEntry, l4: &L4) -> u16 {
     let port = u16::from_be(e.to.sport);
-    assert!(
-        (NAT_PORT_MIN..=NAT_PORT_MAX).contains(&port),
-        "NAT port {port} out of range"
-    );
+    assert!((NAT_PORT_MIN..=NAT_PORT_MAX).contains(&port), "NAT port {port} out of range");
     let _ = l4;
     port
 }
@@ -273,45 +199,15 @@ pub fn snat_new_flow(
     let entries_before = fx.ct_entries().len();
     let inserted_before = fx.ct_inserted();
     let out = fx.run_from_endpoint(t.a.host_ifindex, sent);
-    out.assert_moved(
-        TC_ACT_REDIRECT,
-        &[],
-        &[Counter::SnatNewFlow, Counter::TranslatedOut],
-    );
+    out.assert_moved(TC_ACT_REDIRECT, &[], &[Counter::SnatNewFlow, Counter::TranslatedOut]);
     let original = key(A_IP, dst, l4.key_ports(), l4.proto());
     let e = entry(fx, &original);
     let port = nat_port(&e, l4);
-    let translated = CtKey {
-        saddr: be(UPLINK_IP),
-        sport: port.to_be(),
-        ..original
-    };
-    assert_entry(
-        &e,
-        translated,
-        0,
-        ct_direction::ORIGINAL,
-        ct_kind::SNAT,
-        tcp_flags_of(l4),
-        1,
-        sent.len() as u64,
-    );
+    let translated = CtKey { saddr: be(UPLINK_IP), sport: port.to_be(), ..original };
+    assert_entry(&e, translated, 0, ct_direction::ORIGINAL, ct_kind::SNAT, tcp_flags_of(l4), 1, sent.len() as u64);
     let reply = entry(fx, &translated.reversed());
-    assert_entry(
-        &reply,
-        original.reversed(),
-        t.a.host_ifindex,
-        ct_direction::REPLY,
-        ct_kind::SNAT,
-        0,
-        0,
-        0,
-    );
-    assert_eq!(
-        fx.ct_entries().len(),
-        entries_before + 2,
-        "two entries per flow"
-    );
+    assert_entry(&reply, original.reversed(), t.a.host_ifindex, ct_direction::REPLY, ct_kind::SNAT, 0, 0, 0);
+    assert_eq!(fx.ct_entries().len(), entries_before + 2, "two entries per flow");
     assert_eq!(fx.ct_inserted(), inserted_before + 2, "CT_FILL counts both");
     crate::devkit::datapath_tests::assert_bytes(&out.packet, &expected(port), "SNAT'd packet");
     verify_ipv4_checksums(&out.packet).unwrap();
@@ -340,32 +236,14 @@ pub fn tcp_flags_of(l4: &L4) -> u8 {
 /// The three kinds of flow a container starts, to the server.
 fn outbound_flows() -> [L4<'static>; 3] {
     [
-        L4::Tcp {
-            sport: 40001,
-            dport: 443,
-            flags: SYN,
-            payload: b"",
-        },
-        L4::Udp {
-            sport: 40000,
-            dport: 53,
-            payload: b"bpfnet query",
-        },
-        L4::EchoRequest {
-            id: 0x4242,
-            seq: 1,
-            payload: &[0xa5; 56],
-        },
+        L4::Tcp { sport: 40001, dport: 443, flags: SYN, payload: b"" },
+        L4::Udp { sport: 40000, dport: 53, payload: b"bpfnet query" },
+        L4::EchoRequest { id: 0x4242, seq: 1, payload: &[0xa5; 56] },
     ]
 }
 
 /// The packet a SNAT'd `l4` from A leaves as: router's MAC, uplink's address and port, TTL-1.
-fn snat_expected<'a>(
-    dst: Ipv4Addr,
-    l4: L4<'a>,
-    eth_dst: [u8; 6],
-    eth_src: [u8; 6],
-) -> impl Fn(u16) -> Vec<u8> + 'a {
+fn snat_expected<'a>(dst: Ipv4Addr, l4: L4<'a>, eth_dst: [u8; 6], eth_src: [u8; 6]) -> impl Fn(u16) -> Vec<u8> + 'a {
     move |port| {
         let (_, d) = l4.key_ports();
         let l4 = l4.with_key_ports(port, u16::from_be(d));
@@ -679,32 +557,18 @@ fn snat_refuses_ttl_1_fragments_and_protocols_it_cannot_translate() {
         return;
     }
     let (fx, t, _uplink) = Fixture::with_uplink();
-    let l4 = L4::Udp {
-        sport: 40000,
-        dport: 53,
-        payload: b"q",
-    };
+    let l4 = L4::Udp { sport: 40000, dport: 53, payload: b"q" };
     // TTL 1: the host answers with time exceeded.
     let ttl1 = frame(t.a.gateway_mac, t.a.mac, A_IP, SERVER_IP, 1, &[], &l4);
-    fx.run_from_endpoint(t.a.host_ifindex, &ttl1)
-        .assert_passed(Counter::ToHost);
+    fx.run_from_endpoint(t.a.host_ifindex, &ttl1).assert_passed(Counter::ToHost);
     // GRE, and an ICMP message that is no echo.
     let gre = eth(
         t.a.gateway_mac,
         t.a.mac,
         ETHERTYPE_IPV4,
-        &ipv4_with(
-            A_IP,
-            SERVER_IP,
-            47,
-            &[],
-            &[0, 0, 0x08, 0, 1, 2, 3, 4],
-            64,
-            0x4000,
-        ),
+        &ipv4_with(A_IP, SERVER_IP, 47, &[], &[0, 0, 0x08, 0, 1, 2, 3, 4], 64, 0x4000),
     );
-    fx.run_from_endpoint(t.a.host_ifindex, &gre)
-        .assert_dropped(DropReason::UnsupportedL4);
+    fx.run_from_endpoint(t.a.host_ifindex, &gre).assert_dropped(DropReason::UnsupportedL4);
     let timestamp = crate::devkit::datapath_tests::packets::icmp_error(13, 0, [0, 1, 0, 1], &[0; 12]);
     let ts = eth(
         t.a.gateway_mac,
@@ -712,22 +576,12 @@ fn snat_refuses_ttl_1_fragments_and_protocols_it_cannot_translate() {
         ETHERTYPE_IPV4,
         &ipv4_with(A_IP, SERVER_IP, IPPROTO_ICMP, &[], &timestamp, 64, 0x4000),
     );
-    fx.run_from_endpoint(t.a.host_ifindex, &ts)
-        .assert_dropped(DropReason::UnsupportedL4);
+    fx.run_from_endpoint(t.a.host_ifindex, &ts).assert_dropped(DropReason::UnsupportedL4);
     // A non-first fragment (offset 8 bytes, more fragments), and the last one.
     for frag in [0x2001, 0x0010] {
-        let ip = ipv4_with(
-            A_IP,
-            SERVER_IP,
-            IPPROTO_UDP,
-            &[],
-            b"continued payload",
-            64,
-            frag,
-        );
+        let ip = ipv4_with(A_IP, SERVER_IP, IPPROTO_UDP, &[], b"continued payload", 64, frag);
         let f = eth(t.a.gateway_mac, t.a.mac, ETHERTYPE_IPV4, &ip);
-        fx.run_from_endpoint(t.a.host_ifindex, &f)
-            .assert_dropped(DropReason::FragmentWithoutFirst);
+        fx.run_from_endpoint(t.a.host_ifindex, &f).assert_dropped(DropReason::FragmentWithoutFirst);
     }
     assert_eq!(fx.ct_entries().len(), 0, "nothing tracked");
     // The first fragment (MF, offset 0) has the ports: translated like any packet.
@@ -739,23 +593,11 @@ fn snat_refuses_ttl_1_fragments_and_protocols_it_cannot_translate() {
         &ipv4_with(A_IP, SERVER_IP, IPPROTO_UDP, &[], &datagram, 64, 0x2000),
     );
     let out = fx.run_from_endpoint(t.a.host_ifindex, &first);
-    out.assert_moved(
-        TC_ACT_REDIRECT,
-        &[],
-        &[Counter::SnatNewFlow, Counter::TranslatedOut],
-    );
+    out.assert_moved(TC_ACT_REDIRECT, &[], &[Counter::SnatNewFlow, Counter::TranslatedOut]);
     let e = entry(&fx, &key(A_IP, SERVER_IP, l4.key_ports(), IPPROTO_UDP));
     let port = nat_port(&e, &l4);
     let l4out = l4.with_key_ports(port, 53);
-    let ip = ipv4_with(
-        UPLINK_IP,
-        SERVER_IP,
-        IPPROTO_UDP,
-        &[],
-        &l4out.bytes(UPLINK_IP, SERVER_IP),
-        63,
-        0x2000,
-    );
+    let ip = ipv4_with(UPLINK_IP, SERVER_IP, IPPROTO_UDP, &[], &l4out.bytes(UPLINK_IP, SERVER_IP), 63, 0x2000);
     crate::devkit::datapath_tests::assert_bytes(
         &out.packet,
         &eth(ROUTER_MAC, UPLINK_MAC, ETHERTYPE_IPV4, &ip),
@@ -769,40 +611,22 @@ fn without_an_uplink_or_a_route_out_of_it_nothing_is_translated() {
         return;
     }
     let (mut fx, t, uplink) = Fixture::with_uplink();
-    let l4 = L4::Tcp {
-        sport: 40001,
-        dport: 443,
-        flags: SYN,
-        payload: b"",
-    };
+    let l4 = L4::Tcp { sport: 40001, dport: 443, flags: SYN, payload: b"" };
     // The uplink's own address is the host's: off limits by default, passed untranslated to
     // the host when the agent allows host access.
     let to_uplink = from_container(&t.a, UPLINK_IP, &l4);
-    fx.run_from_endpoint(t.a.host_ifindex, &to_uplink)
-        .assert_dropped(DropReason::HostAccessDenied);
+    fx.run_from_endpoint(t.a.host_ifindex, &to_uplink).assert_dropped(DropReason::HostAccessDenied);
     let cfg = fx.host_config(&uplink);
-    fx.set_config(&datapath_common::HostConfig {
-        flags: datapath_common::host_config_flags::ALLOW_HOST_ACCESS,
-        ..cfg
-    });
-    fx.run_from_endpoint(t.a.host_ifindex, &to_uplink)
-        .assert_passed(Counter::ToHost);
-    fx.set_config(&datapath_common::HostConfig {
-        uplink_ifindex: 0,
-        ..cfg
-    });
+    fx.set_config(&datapath_common::HostConfig { flags: datapath_common::host_config_flags::ALLOW_HOST_ACCESS, ..cfg });
+    fx.run_from_endpoint(t.a.host_ifindex, &to_uplink).assert_passed(Counter::ToHost);
+    fx.set_config(&datapath_common::HostConfig { uplink_ifindex: 0, ..cfg });
     for l4 in outbound_flows() {
         let sent = from_container(&t.a, SERVER_IP, &l4);
-        fx.run_from_endpoint(t.a.host_ifindex, &sent)
-            .assert_passed(Counter::ToHost);
+        fx.run_from_endpoint(t.a.host_ifindex, &sent).assert_passed(Counter::ToHost);
     }
     // An uplink that is not where the route leads (here: h2's index).
-    fx.set_config(&datapath_common::HostConfig {
-        uplink_ifindex: t.c.host_ifindex,
-        ..cfg
-    });
-    fx.run_from_endpoint(t.a.host_ifindex, &from_container(&t.a, SERVER_IP, &l4))
-        .assert_passed(Counter::ToHost);
+    fx.set_config(&datapath_common::HostConfig { uplink_ifindex: t.c.host_ifindex, ..cfg });
+    fx.run_from_endpoint(t.a.host_ifindex, &from_container(&t.a, SERVER_IP, &l4)).assert_passed(Counter::ToHost);
     assert_eq!(fx.ct_entries().len(), 0);
     assert_eq!(fx.ct_inserted(), 0);
 }
@@ -826,11 +650,7 @@ fn broadcast_multicast_and_martian_destinations_are_not_translated() {
         Ipv4Addr::new(0, 0, 0, 0),
         Ipv4Addr::new(127, 0, 0, 1),
     ] {
-        let l4 = L4::Udp {
-            sport: 5353,
-            dport: 5353,
-            payload: b"who is there",
-        };
+        let l4 = L4::Udp { sport: 5353, dport: 5353, payload: b"who is there" };
         let sent = from_container(&t.a, dst, &l4);
         let out = fx.run_from_endpoint(t.a.host_ifindex, &sent);
         // Passed to the host unchanged, or (the uplink subnet's broadcast, an address of the
@@ -873,11 +693,7 @@ fn echo_reply_from_a_container_leaves_with_a_valid_checksum() {
         return;
     }
     let (fx, t, _uplink) = Fixture::with_uplink();
-    let l4 = L4::EchoReply {
-        id: 0x4242,
-        seq: 7,
-        payload: &[0x5a; 32],
-    };
+    let l4 = L4::EchoReply { id: 0x4242, seq: 7, payload: &[0x5a; 32] };
     let sent = from_container(&t.a, SERVER_IP, &l4);
     let out = fx.run_from_endpoint(t.a.host_ifindex, &sent);
     let ct = fx.ct_entries();
@@ -901,17 +717,8 @@ pub fn publish_b(fx: &mut Fixture) {
     for proto in [IPPROTO_TCP, IPPROTO_UDP] {
         fx.published_ports
             .insert(
-                PublishedPortKey {
-                    addr: 0,
-                    port: PUBLISHED_PORT.to_be(),
-                    proto,
-                    _pad: 0,
-                },
-                PublishedPortTarget {
-                    ip: be(B_IP),
-                    port: B_PORT.to_be(),
-                    _pad: 0,
-                },
+                PublishedPortKey { addr: 0, port: PUBLISHED_PORT.to_be(), proto, _pad: 0 },
+                PublishedPortTarget { ip: be(B_IP), port: B_PORT.to_be(), _pad: 0 },
                 0,
             )
             .unwrap();
@@ -1050,19 +857,10 @@ fn hairpin_from_a_container_to_a_published_port() {
     }
     let (mut fx, t, _uplink) = Fixture::with_uplink();
     publish_b(&mut fx);
-    let l4 = L4::Tcp {
-        sport: 40001,
-        dport: PUBLISHED_PORT,
-        flags: SYN,
-        payload: b"",
-    };
+    let l4 = L4::Tcp { sport: 40001, dport: PUBLISHED_PORT, flags: SYN, payload: b"" };
     let sent = from_container(&t.a, UPLINK_IP, &l4);
     let out = fx.run_from_endpoint(t.a.host_ifindex, &sent);
-    out.assert_moved(
-        TC_ACT_REDIRECT,
-        &[],
-        &[Counter::HairpinNewFlow, Counter::TranslatedIn],
-    );
+    out.assert_moved(TC_ACT_REDIRECT, &[], &[Counter::HairpinNewFlow, Counter::TranslatedIn]);
     let original = key(A_IP, UPLINK_IP, l4.key_ports(), IPPROTO_TCP);
     let e = entry(&fx, &original);
     let port = nat_port(&e, &l4);
@@ -1098,23 +896,10 @@ fn hairpin_from_a_container_to_a_published_port() {
 
     // B's answer goes to the uplink address and port, and comes back to A as from the
     // published port.
-    let reply = L4::Tcp {
-        sport: B_PORT,
-        dport: port,
-        flags: SYN | ACK,
-        payload: b"",
-    };
+    let reply = L4::Tcp { sport: B_PORT, dport: port, flags: SYN | ACK, payload: b"" };
     let out = fx.run_from_endpoint(t.b.host_ifindex, &from_container(&t.b, UPLINK_IP, &reply));
-    let back = L4::Tcp {
-        sport: PUBLISHED_PORT,
-        dport: 40001,
-        flags: SYN | ACK,
-        payload: b"",
-    };
-    out.assert_redirected(
-        Counter::TranslatedIn,
-        &frame(t.a.mac, t.a.gateway_mac, UPLINK_IP, A_IP, 63, &[], &back),
-    );
+    let back = L4::Tcp { sport: PUBLISHED_PORT, dport: 40001, flags: SYN | ACK, payload: b"" };
+    out.assert_redirected(Counter::TranslatedIn, &frame(t.a.mac, t.a.gateway_mac, UPLINK_IP, A_IP, 63, &[], &back));
     verify_ipv4_checksums(&out.packet).unwrap();
     assert_eq!(fx.ct_entries().len(), 2);
 }
@@ -1126,59 +911,26 @@ fn exhausted_nat_ports_refuse_the_flow() {
     }
     let (mut fx, t, uplink) = Fixture::with_uplink();
     let cfg = fx.host_config(&uplink);
-    fx.set_config(&datapath_common::HostConfig {
-        nat_port_min: 30000,
-        nat_port_max: 30000,
-        ..cfg
-    });
+    fx.set_config(&datapath_common::HostConfig { nat_port_min: 30000, nat_port_max: 30000, ..cfg });
     // Another flow already holds the only port towards this server's port 53.
-    let taken = key(
-        SERVER_IP,
-        UPLINK_IP,
-        (53u16.to_be(), 30000u16.to_be()),
-        IPPROTO_UDP,
-    );
+    let taken = key(SERVER_IP, UPLINK_IP, (53u16.to_be(), 30000u16.to_be()), IPPROTO_UDP);
     let holder = CtEntry {
-        to: key(
-            SERVER_IP,
-            B_IP,
-            (53u16.to_be(), 1234u16.to_be()),
-            IPPROTO_UDP,
-        ),
+        to: key(SERVER_IP, B_IP, (53u16.to_be(), 1234u16.to_be()), IPPROTO_UDP),
         ifindex: t.b.host_ifindex,
         direction: ct_direction::REPLY,
         ..Default::default()
     };
     fx.ct_tables[0].insert(taken, holder, 0).unwrap();
-    let l4 = L4::Udp {
-        sport: 40000,
-        dport: 53,
-        payload: b"q",
-    };
+    let l4 = L4::Udp { sport: 40000, dport: 53, payload: b"q" };
     fx.run_from_endpoint(t.a.host_ifindex, &from_container(&t.a, SERVER_IP, &l4))
         .assert_dropped(DropReason::NatPortsExhausted);
     assert_eq!(fx.ct_entries().len(), 1, "nothing created");
     assert_eq!(fx.ct_inserted(), 0);
     // The same port is free towards another server port: per-destination allocation.
-    let l4 = L4::Udp {
-        sport: 40000,
-        dport: 54,
-        payload: b"q",
-    };
+    let l4 = L4::Udp { sport: 40000, dport: 54, payload: b"q" };
     let out = fx.run_from_endpoint(t.a.host_ifindex, &from_container(&t.a, SERVER_IP, &l4));
-    out.assert_moved(
-        TC_ACT_REDIRECT,
-        &[],
-        &[Counter::SnatNewFlow, Counter::TranslatedOut],
-    );
-    assert_eq!(
-        u16::from_be(
-            entry(&fx, &key(A_IP, SERVER_IP, l4.key_ports(), IPPROTO_UDP))
-                .to
-                .sport
-        ),
-        30000
-    );
+    out.assert_moved(TC_ACT_REDIRECT, &[], &[Counter::SnatNewFlow, Counter::TranslatedOut]);
+    assert_eq!(u16::from_be(entry(&fx, &key(A_IP, SERVER_IP, l4.key_ports(), IPPROTO_UDP)).to.sport), 30000);
 }
 
 /// A TCP or UDP packet cut off inside its header, after the ports but before the end of the
@@ -1193,42 +945,19 @@ fn truncated_l4_header_is_dropped_before_it_is_tracked() {
     let (mut fx, t, _uplink) = Fixture::with_uplink();
     let mut problems = Vec::new();
     for (l4, keep) in [
-        (
-            L4::Udp {
-                sport: 40000,
-                dport: 53,
-                payload: b"q",
-            },
-            6,
-        ),
-        (
-            L4::Tcp {
-                sport: 40001,
-                dport: 443,
-                flags: SYN,
-                payload: b"",
-            },
-            16,
-        ),
+        (L4::Udp { sport: 40000, dport: 53, payload: b"q" }, 6),
+        (L4::Tcp { sport: 40001, dport: 443, flags: SYN, payload: b"" }, 16),
     ] {
         let whole = from_container(&t.a, SERVER_IP, &l4);
         let cut = &whole[..ETH_HLEN + 20 + keep];
         let out = fx.run_from_endpoint(t.a.host_ifindex, cut);
         let entries = fx.ct_entries().len();
-        if out.retval != TC_ACT_SHOT
-            || out.packet != cut
-            || entries != 0
-            || out.counters.iter().any(|c| *c != 0)
-        {
+        if out.retval != TC_ACT_SHOT || out.packet != cut || entries != 0 || out.counters.iter().any(|c| *c != 0) {
             problems.push(format!(
                 "{l4:?} cut after {keep} bytes: {}, {} CT entries, packet {}",
                 out.moved(),
                 entries,
-                if out.packet == cut {
-                    "unchanged"
-                } else {
-                    "rewritten"
-                }
+                if out.packet == cut { "unchanged" } else { "rewritten" }
             ));
         }
         fx.clear_ct();

@@ -22,11 +22,17 @@ use aya::{
     programs::{ProgramInfo, ProgramType},
 };
 use datapath_common::{
-    ct_fill, ct_stats, map_names, PublishedPortTarget, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint,
-    HostConfig, Network, PublishedPortKey,
+    ct_fill, ct_stats, map_names, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, HostConfig, Network,
+    PublishedPortKey, PublishedPortTarget,
 };
 
-use crate::{datapath::{self, CtTable, Datapath, DatapathLogLevel}, host::ipam, sys::netns, devkit::netns::ThrowawayNamespaces, devkit::testrun::{self, SkbContext, TestRunOutput, XdpContext}};
+use crate::{
+    datapath::{self, CtTable, Datapath, DatapathLogLevel},
+    devkit::netns::ThrowawayNamespaces,
+    devkit::testrun::{self, SkbContext, TestRunOutput, XdpContext},
+    host::ipam,
+    sys::netns,
+};
 
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
@@ -100,21 +106,11 @@ pub fn be(ip: Ipv4Addr) -> u32 {
 }
 
 fn network(id: u32, subnet: Ipv4Addr, gateway: Ipv4Addr) -> Network {
-    Network {
-        subnet: be(subnet),
-        gateway: be(gateway),
-        gateway_mac: ipam::gateway_mac(id),
-        prefix_len: 24,
-        _pad: 0,
-    }
+    Network { subnet: be(subnet), gateway: be(gateway), gateway_mac: ipam::gateway_mac(id), prefix_len: 24, _pad: 0 }
 }
 
 fn endpoint(network_id: u32, ip: Ipv4Addr, host_ifindex: u32) -> Endpoint {
-    let gateway = if network_id == WEB {
-        WEB_GATEWAY
-    } else {
-        DB_GATEWAY
-    };
+    let gateway = if network_id == WEB { WEB_GATEWAY } else { DB_GATEWAY };
     Endpoint {
         host_ifindex,
         network_id,
@@ -137,11 +133,7 @@ pub struct Counts {
 impl Counts {
     /// How much each counter grew from `before` to `self`.
     pub fn since(&self, before: &Counts) -> Result<Counts> {
-        let delta = |after: u64, before: u64| {
-            after
-                .checked_sub(before)
-                .context("a datapath counter went backwards")
-        };
+        let delta = |after: u64, before: u64| after.checked_sub(before).context("a datapath counter went backwards");
         let mut moved = Counts::default();
         for i in 0..moved.drops.len() {
             moved.drops[i] = delta(self.drops[i], before.drops[i])?;
@@ -173,11 +165,7 @@ pub struct Program {
 impl Program {
     /// A program loaded by other means than the datapath (it is not pinned).
     pub fn unpinned(name: &str, kind: ProgramKind, fd: OwnedFd) -> Self {
-        Program {
-            name: name.to_owned(),
-            kind,
-            fd: Arc::new(fd),
-        }
+        Program { name: name.to_owned(), kind, fd: Arc::new(fd) }
     }
 
     /// One test run (`repeat` times) of `packet` as received on `ifindex`. Must run on a thread
@@ -243,10 +231,7 @@ impl Testbed {
     }
 
     /// Runs `f` on a thread inside the testbed's namespace.
-    pub fn run_in<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
         netns::run_in(self.netns(), f)
     }
 
@@ -254,9 +239,7 @@ impl Testbed {
     pub fn program_names(&self) -> Result<Vec<String>> {
         let dir = self.pin_dir().join("progs");
         let mut names = Vec::new();
-        for entry in
-            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
-        {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
             names.push(entry?.file_name().to_string_lossy().into_owned());
         }
         names.sort();
@@ -267,28 +250,17 @@ impl Testbed {
     pub fn program(&self, name: &str) -> Result<Program> {
         let pin = self.pin_dir().join("progs").join(name);
         if !pin.exists() {
-            bail!(
-                "no program {name} pinned (have: {:?})",
-                self.program_names()?
-            );
+            bail!("no program {name} pinned (have: {:?})", self.program_names()?);
         }
-        let info = ProgramInfo::from_pin(&pin)
-            .with_context(|| format!("opening pinned program {}", pin.display()))?;
+        let info = ProgramInfo::from_pin(&pin).with_context(|| format!("opening pinned program {}", pin.display()))?;
         let kind = if info.program_type() == ProgramType::Xdp.into() {
             ProgramKind::Xdp
         } else if info.program_type() == ProgramType::SchedClassifier.into() {
             ProgramKind::Tc
         } else {
-            bail!(
-                "program {name} is neither tc nor XDP ({:?}): no way to test-run it",
-                info.program_type()
-            );
+            bail!("program {name} is neither tc nor XDP ({:?}): no way to test-run it", info.program_type());
         };
-        Ok(Program {
-            name: name.to_owned(),
-            kind,
-            fd: Arc::new(info.fd()?.as_fd().try_clone_to_owned()?),
-        })
+        Ok(Program { name: name.to_owned(), kind, fd: Arc::new(info.fd()?.as_fd().try_clone_to_owned()?) })
     }
 
     /// The standard topology: networks `web` (A on `h0`, B on `h1`) and `db` (C on `h2`).
@@ -364,11 +336,7 @@ impl Testbed {
     /// Totals of every drop reason and counter (summed over CPUs).
     pub fn counts(&self) -> Result<Counts> {
         let sum = |array: &PerCpuArray<MapData, u64>, index: u32| -> Result<u64> {
-            Ok(array
-                .get(&index, 0)
-                .with_context(|| format!("reading per-CPU counter {index}"))?
-                .iter()
-                .sum())
+            Ok(array.get(&index, 0).with_context(|| format!("reading per-CPU counter {index}"))?.iter().sum())
         };
         let mut counts = Counts::default();
         for reason in DropReason::ALL {
@@ -411,23 +379,18 @@ impl Testbed {
     /// real ones). CONFIG is left to the caller.
     pub fn make_uplink(&self) -> Result<Uplink> {
         let ns = self.netns().to_owned();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (ifindex, peer_ifindex) =
-            runtime.block_on(netns::netlink_in(&ns, |nl| async move {
-                nl.create_veth("up0", UPLINK_MAC, "up1", ROUTER_MAC, None)
-                    .await?;
-                nl.set_up("up0").await?;
-                nl.set_up("up1").await?;
-                nl.add_address("up0", ipnet::IpNet::V4(ipnet::Ipv4Net::new(UPLINK_IP, 24)?))
-                    .await?;
-                nl.replace_default_route(ROUTER_IP, "up0").await?;
-                nl.replace_neighbour("up0", ROUTER_IP, ROUTER_MAC).await?;
-                let up0 = nl.link_by_name("up0").await?.context("up0 vanished")?;
-                let up1 = nl.link_by_name("up1").await?.context("up1 vanished")?;
-                Ok((up0.index, up1.index))
-            }))?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (ifindex, peer_ifindex) = runtime.block_on(netns::netlink_in(&ns, |nl| async move {
+            nl.create_veth("up0", UPLINK_MAC, "up1", ROUTER_MAC, None).await?;
+            nl.set_up("up0").await?;
+            nl.set_up("up1").await?;
+            nl.add_address("up0", ipnet::IpNet::V4(ipnet::Ipv4Net::new(UPLINK_IP, 24)?)).await?;
+            nl.replace_default_route(ROUTER_IP, "up0").await?;
+            nl.replace_neighbour("up0", ROUTER_IP, ROUTER_MAC).await?;
+            let up0 = nl.link_by_name("up0").await?.context("up0 vanished")?;
+            let up1 = nl.link_by_name("up1").await?.context("up1 vanished")?;
+            Ok((up0.index, up1.index))
+        }))?;
         netns::run_in(&ns, || {
             for i in 0..VETHS {
                 let path = format!("/proc/sys/net/ipv4/conf/h{i}/forwarding");
@@ -435,34 +398,18 @@ impl Testbed {
             }
             Ok(())
         })?;
-        Ok(Uplink {
-            ifindex,
-            peer_ifindex,
-            ip: UPLINK_IP,
-            mac: UPLINK_MAC,
-            router: ROUTER_IP,
-            router_mac: ROUTER_MAC,
-        })
+        Ok(Uplink { ifindex, peer_ifindex, ip: UPLINK_IP, mac: UPLINK_MAC, router: ROUTER_IP, router_mac: ROUTER_MAC })
     }
 }
 
 fn make_veths(ns: &str) -> Result<([u32; VETHS], [u32; VETHS])> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(netns::netlink_in(ns, |nl| async move {
         let mut host = [0; VETHS];
         let mut peer = [0; VETHS];
         for i in 0..VETHS {
             let (h, c) = (format!("h{i}"), format!("c{i}"));
-            nl.create_veth(
-                &h,
-                ipam::gateway_mac(WEB),
-                &c,
-                [0x02, 0, 0, 0, 0, i as u8],
-                None,
-            )
-            .await?;
+            nl.create_veth(&h, ipam::gateway_mac(WEB), &c, [0x02, 0, 0, 0, 0, i as u8], None).await?;
             let index = |name: String| {
                 let nl = &nl;
                 async move {
@@ -484,8 +431,7 @@ where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
     let path = dir.join(name);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
     Ok(T::try_from(Map::from_map_data(data)?)?)
 }
 
@@ -509,9 +455,7 @@ mod tests {
         assert_eq!(program.kind, ProgramKind::Xdp);
         // Not IPv4: the host's, passed at XDP.
         let frame = packets::eth(UPLINK_MAC, ROUTER_MAC, 0x86dd, &[0; 46]);
-        let out = bed
-            .run_in(move || Ok(program.run(uplink.ifindex, &frame, 1)?))
-            .unwrap();
+        let out = bed.run_in(move || Ok(program.run(uplink.ifindex, &frame, 1)?)).unwrap();
         assert_eq!(out.retval, XDP_PASS);
         let err = bed.program("from_nowhere").err().unwrap();
         assert!(format!("{err:#}").contains("from_uplink_xdp"), "{err:#}");

@@ -47,25 +47,11 @@ pub struct Arp {
 
 impl Arp {
     pub fn request(sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Self {
-        Arp {
-            oper: ARP_REQUEST,
-            sha,
-            spa,
-            tha: [0; 6],
-            tpa,
-            ..Self::ETHERNET_IPV4
-        }
+        Arp { oper: ARP_REQUEST, sha, spa, tha: [0; 6], tpa, ..Self::ETHERNET_IPV4 }
     }
 
     pub fn reply(sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Self {
-        Arp {
-            oper: ARP_REPLY,
-            sha,
-            spa,
-            tha,
-            tpa,
-            ..Self::ETHERNET_IPV4
-        }
+        Arp { oper: ARP_REPLY, sha, spa, tha, tpa, ..Self::ETHERNET_IPV4 }
     }
 
     const ETHERNET_IPV4: Arp = Arp {
@@ -115,10 +101,7 @@ pub fn ipv4_with(
     ttl: u8,
     frag: u16,
 ) -> Vec<u8> {
-    assert!(
-        options.len().is_multiple_of(4) && options.len() <= 40,
-        "IPv4 options are 0..=40 bytes in 4-byte words"
-    );
+    assert!(options.len().is_multiple_of(4) && options.len() <= 40, "IPv4 options are 0..=40 bytes in 4-byte words");
     let header_len = 20 + options.len();
     let total = u16::try_from(header_len + payload.len()).expect("IPv4 packet over 64 KiB");
     let mut p = BytesMut::with_capacity(total as usize);
@@ -157,14 +140,7 @@ pub fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8])
 }
 
 /// A TCP segment with a 20-byte header and the given flags (e.g. 0x02 for SYN).
-pub fn tcp(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    flags: u8,
-    payload: &[u8],
-) -> Vec<u8> {
+pub fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut s = BytesMut::with_capacity(20 + payload.len());
     s.put_u16(sport);
     s.put_u16(dport);
@@ -313,17 +289,11 @@ mod tests {
     fn checksum_matches_a_known_ipv4_header() {
         // The usual worked example (Wikipedia, "IPv4 header checksum"): 0xb861.
         let header = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
-            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8,
+            0x00, 0xc7,
         ];
         assert_eq!(checksum(&[&header]), 0xb861);
-        let built = ipv4(
-            Ipv4Addr::new(192, 168, 0, 1),
-            Ipv4Addr::new(192, 168, 0, 199),
-            IPPROTO_UDP,
-            &[],
-            &[0; 95],
-        );
+        let built = ipv4(Ipv4Addr::new(192, 168, 0, 1), Ipv4Addr::new(192, 168, 0, 199), IPPROTO_UDP, &[], &[0; 95]);
         assert_eq!(&built[..4], &header[..4]);
         assert_eq!(checksum(&[&built[..20]]), 0);
     }
@@ -338,12 +308,7 @@ mod tests {
         ];
         for (proto, l4) in l4s {
             for options in [&[][..], &[1, 1, 1, 0][..]] {
-                let frame = eth(
-                    [2; 6],
-                    [4; 6],
-                    ETHERTYPE_IPV4,
-                    &ipv4(a, b, proto, options, &l4),
-                );
+                let frame = eth([2; 6], [4; 6], ETHERTYPE_IPV4, &ipv4(a, b, proto, options, &l4));
                 verify_ipv4_checksums(&frame).unwrap();
                 let mut bad = frame.clone();
                 *bad.last_mut().unwrap() ^= 0x40;
