@@ -114,21 +114,21 @@ pub struct Datapath {
     from_uplink_xdp: Xdp,
     /// HOST_SOCKET_PROGRAMS, in that order.
     host_sockets: Vec<(&'static str, CgroupSockAddr)>,
-    endpoints: HashMap<MapData, Ipv4Be, Endpoint>,
-    ifaces: HashMap<MapData, u32, Endpoint>,
-    networks: HashMap<MapData, u32, Network>,
-    drops: PerCpuArray<MapData, u64>,
-    counters: PerCpuArray<MapData, u64>,
-    config: Array<MapData, HostConfig>,
+    pub(crate) endpoints: HashMap<MapData, Ipv4Be, Endpoint>,
+    pub(crate) ifaces: HashMap<MapData, u32, Endpoint>,
+    pub(crate) networks: HashMap<MapData, u32, Network>,
+    pub(crate) drops: PerCpuArray<MapData, u64>,
+    pub(crate) counters: PerCpuArray<MapData, u64>,
+    pub(crate) config: Array<MapData, HostConfig>,
     /// Assured flows, then flows not assured yet, then those over their quota (see
     /// `conntrack`), in the order `CtTable::ALL` names them.
     pub(crate) ct_tables: [HashMap<MapData, CtKey, CtEntry>; 3],
     pub(crate) ct_fill: Array<MapData, u64>,
     pub(crate) ct_quota: HashMap<MapData, CtQuotaKey, u64>,
     pub(crate) ct_stats: Array<MapData, u64>,
-    ct_quota_hits: PerCpuArray<MapData, u64>,
-    published_ports: HashMap<MapData, PublishedPortKey, PublishedPortTarget>,
-    endpoint_stats: PerCpuArray<MapData, EndpointStats>,
+    pub(crate) ct_quota_hits: PerCpuArray<MapData, u64>,
+    pub(crate) published_ports: HashMap<MapData, PublishedPortKey, PublishedPortTarget>,
+    pub(crate) endpoint_stats: PerCpuArray<MapData, EndpointStats>,
 }
 
 /// See [`Datapath::contents`].

@@ -17,13 +17,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
-    programs::{ProgramInfo, ProgramType},
-};
+use aya::programs::{ProgramInfo, ProgramType};
 use datapath_common::{
-    ct_fill, ct_stats, map_names, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, HostConfig, Network,
-    PublishedPortKey, PublishedPortTarget,
+    ct_fill, ct_stats, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, HostConfig, Network,
 };
 
 use crate::{
@@ -45,24 +41,12 @@ pub const XDP_REDIRECT: u32 = 4;
 /// container-side peers stay in the same namespace and serve as "not an endpoint" interfaces.
 pub const VETHS: usize = 3;
 
-/// The pinned datapath, its maps, and the namespace its test runs happen in.
+/// The pinned datapath (the agent's own [`Datapath`], whose maps the tests read and seed
+/// directly), and the namespace its test runs happen in.
 pub struct Testbed {
     // Fields drop in order: handles on maps close before the pins and the namespace they
     // live in are removed (programs are opened per run: `program`).
-    pub networks: HashMap<MapData, u32, Network>,
-    pub endpoints: HashMap<MapData, u32, Endpoint>,
-    pub ifaces: HashMap<MapData, u32, Endpoint>,
-    pub config: Array<MapData, HostConfig>,
-    /// The conntrack tables, in `CtTable::ALL`'s order.
-    pub ct_tables: [HashMap<MapData, CtKey, CtEntry>; 3],
-    pub ct_fill: Array<MapData, u64>,
-    pub ct_quota: HashMap<MapData, CtQuotaKey, u64>,
-    pub ct_stats: Array<MapData, u64>,
-    #[cfg_attr(not(test), allow(dead_code))]
-    ct_quota_hits: PerCpuArray<MapData, u64>,
-    pub published_ports: HashMap<MapData, PublishedPortKey, PublishedPortTarget>,
-    drops: PerCpuArray<MapData, u64>,
-    counters: PerCpuArray<MapData, u64>,
+    pub datapath: Datapath,
     /// Index of `h<i>`, the host side of veth pair `i`.
     pub host_ifindex: [u32; VETHS],
     /// Index of `c<i>`, the container side of veth pair `i` (never in IFACES).
@@ -184,6 +168,20 @@ impl Program {
     }
 }
 
+impl std::ops::Deref for Testbed {
+    type Target = Datapath;
+
+    fn deref(&self) -> &Datapath {
+        &self.datapath
+    }
+}
+
+impl std::ops::DerefMut for Testbed {
+    fn deref_mut(&mut self) -> &mut Datapath {
+        &mut self.datapath
+    }
+}
+
 impl Testbed {
     /// A namespace `<stem><pid>x<n>` with the veth pairs, and a freshly loaded datapath with
     /// empty maps and a conntrack table of `ct_entries`, pinned under `/sys/fs/bpf/` by the
@@ -194,25 +192,8 @@ impl Testbed {
         let (host_ifindex, peer_ifindex) = make_veths(&ns_name)?;
         // The namespace's name is unique to this process; reuse it for the pins.
         let pins = PinDir(Path::new("/sys/fs/bpf").join(&ns_name));
-        Datapath::open_or_load_with(&pins.0, DatapathLogLevel::Info, ct_entries)?;
-        let maps = pins.0.join("maps");
         Ok(Testbed {
-            networks: open_map(&maps, map_names::NETWORKS)?,
-            endpoints: open_map(&maps, map_names::ENDPOINTS)?,
-            ifaces: open_map(&maps, map_names::IFACES)?,
-            config: open_map(&maps, map_names::CONFIG)?,
-            ct_tables: [
-                open_map(&maps, map_names::CT)?,
-                open_map(&maps, map_names::CT_UNASSURED)?,
-                open_map(&maps, map_names::CT_OVERFLOW)?,
-            ],
-            ct_fill: open_map(&maps, map_names::CT_FILL)?,
-            ct_quota: open_map(&maps, map_names::CT_QUOTA)?,
-            ct_stats: open_map(&maps, map_names::CT_STATS)?,
-            ct_quota_hits: open_map(&maps, map_names::CT_QUOTA_HITS)?,
-            published_ports: open_map(&maps, map_names::PUBLISHED_PORTS)?,
-            drops: open_map(&maps, map_names::DROPS)?,
-            counters: open_map(&maps, map_names::COUNTERS)?,
+            datapath: Datapath::open_or_load_with(&pins.0, DatapathLogLevel::Info, ct_entries)?,
             host_ifindex,
             peer_ifindex,
             pins,
@@ -274,10 +255,10 @@ impl Testbed {
         }
     }
 
-    /// Writes the topology the way the agent does (`Datapath::upsert_*`).
+    /// Writes the topology as the agent does (`Datapath::upsert_*`).
     pub fn try_seed(&mut self, t: &Topology) -> Result<()> {
-        self.networks.insert(WEB, t.web, 0)?;
-        self.networks.insert(DB, t.db, 0)?;
+        self.datapath.upsert_network(WEB, &t.web)?;
+        self.datapath.upsert_network(DB, &t.db)?;
         for ep in [&t.a, &t.b, &t.c] {
             self.try_add_endpoint(ep)?;
         }
@@ -285,32 +266,25 @@ impl Testbed {
     }
 
     pub fn try_add_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
-        self.ifaces.insert(ep.host_ifindex, ep, 0)?;
-        self.endpoints.insert(ep.ip, ep, 0)?;
-        Ok(())
+        self.datapath.upsert_endpoint(ep)
     }
 
     pub fn try_set_config(&mut self, config: &HostConfig) -> Result<()> {
-        self.config.set(0, config, 0).context("writing CONFIG")
-    }
-
-    /// A container's new flows that went over their quota (CT_QUOTA_HITS), summed over CPUs.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub fn ct_quota_hits(&self, stats_slot: u32) -> Result<u64> {
-        Ok(self.ct_quota_hits.get(&stats_slot, 0)?.iter().sum())
+        self.datapath.set_config(config)
     }
 
     /// The entry of `key` and the table it is in, if any.
     pub fn ct_get(&self, key: &CtKey) -> Option<(CtTable, CtEntry)> {
         CtTable::ALL
             .into_iter()
-            .find_map(|table| self.ct_tables[table as usize].get(key, 0).ok().map(|entry| (table, entry)))
+            .find_map(|table| self.datapath.ct_tables[table as usize].get(key, 0).ok().map(|entry| (table, entry)))
     }
 
     /// Empties the conntrack tables and CT_QUOTA and zeroes CT_FILL and CT_STATS, leaving the
     /// other maps as they are.
     pub fn try_clear_ct(&mut self) -> Result<()> {
-        for table in &mut self.ct_tables {
+        let dp = &mut self.datapath;
+        for table in &mut dp.ct_tables {
             let keys: Vec<CtKey> = table.keys().collect::<Result<_, _>>()?;
             for key in keys {
                 // An entry may be gone already (LRU); only "not there" is fine.
@@ -320,30 +294,28 @@ impl Testbed {
                 }
             }
         }
-        let keys: Vec<CtQuotaKey> = self.ct_quota.keys().collect::<Result<_, _>>()?;
+        let keys: Vec<CtQuotaKey> = dp.ct_quota.keys().collect::<Result<_, _>>()?;
         for key in keys {
-            self.ct_quota.remove(&key).context("deleting a CT_QUOTA entry")?;
+            dp.ct_quota.remove(&key).context("deleting a CT_QUOTA entry")?;
         }
         for slot in 0..ct_fill::SLOTS {
-            self.ct_fill.set(slot, 0, 0)?;
+            dp.ct_fill.set(slot, 0, 0)?;
         }
         for slot in 0..ct_stats::SLOTS {
-            self.ct_stats.set(slot, 0, 0)?;
+            dp.ct_stats.set(slot, 0, 0)?;
         }
         Ok(())
     }
 
-    /// Totals of every drop reason and counter (summed over CPUs).
+    /// Totals of every drop reason and counter (summed over CPUs), as `status` reads them.
     pub fn counts(&self) -> Result<Counts> {
-        let sum = |array: &PerCpuArray<MapData, u64>, index: u32| -> Result<u64> {
-            Ok(array.get(&index, 0).with_context(|| format!("reading per-CPU counter {index}"))?.iter().sum())
-        };
+        let snapshot = self.datapath.snapshot()?;
         let mut counts = Counts::default();
-        for reason in DropReason::ALL {
-            counts.drops[reason as usize] = sum(&self.drops, reason as u32)?;
+        for (slot, (_, value)) in counts.drops.iter_mut().zip(&snapshot.drops) {
+            *slot = *value;
         }
-        for counter in Counter::ALL {
-            counts.counters[counter as usize] = sum(&self.counters, counter as u32)?;
+        for (slot, (_, value)) in counts.counters.iter_mut().zip(&snapshot.counters) {
+            *slot = *value;
         }
         Ok(counts)
     }
@@ -424,15 +396,6 @@ fn make_veths(ns: &str) -> Result<([u32; VETHS], [u32; VETHS])> {
         }
         Ok((host, peer))
     }))
-}
-
-fn open_map<T>(dir: &Path, name: &str) -> Result<T>
-where
-    T: TryFrom<Map, Error = aya::maps::MapError>,
-{
-    let path = dir.join(name);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
-    Ok(T::try_from(Map::from_map_data(data)?)?)
 }
 
 #[cfg(test)]
