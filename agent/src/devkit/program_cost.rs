@@ -187,6 +187,18 @@ impl Scene {
     }
 }
 
+/// The conntrack key of A's UDP flow from `sport` to (`daddr`, `dport`).
+fn udp_key_from_a(sport: u16, daddr: Ipv4Addr, dport: u16) -> CtKey {
+    CtKey {
+        saddr: be(A_IP),
+        daddr: be(daddr),
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto: IPPROTO_UDP,
+        _pad: [0; 3],
+    }
+}
+
 /// A 60-byte UDP frame.
 fn udp_frame(
     eth_dst: [u8; 6],
@@ -620,14 +632,7 @@ impl Meter {
             self.untimed(program, ingress, packet, &[counter, translated])?;
         }
         let nat_port = |sport: u16, daddr: Ipv4Addr, dport: u16| -> Result<u16> {
-            let key = CtKey {
-                saddr: be(A_IP),
-                daddr: be(daddr),
-                sport: sport.to_be(),
-                dport: dport.to_be(),
-                proto: IPPROTO_UDP,
-                _pad: [0; 3],
-            };
+            let key = udp_key_from_a(sport, daddr, dport);
             let (_, entry) = self.bed.ct_get(&key).with_context(|| format!("no conntrack entry for {key:?}"))?;
             Ok(u16::from_be(entry.to.sport))
         };
@@ -651,14 +656,7 @@ impl Meter {
             }
         }
         for (sport, daddr, dport) in [(SNAT_PORT, SERVER_IP, 53), (HAIRPIN_PORT, UPLINK_IP, PUBLISHED.host_port)] {
-            let key = CtKey {
-                saddr: be(A_IP),
-                daddr: be(daddr),
-                sport: sport.to_be(),
-                dport: dport.to_be(),
-                proto: IPPROTO_UDP,
-                _pad: [0; 3],
-            };
+            let key = udp_key_from_a(sport, daddr, dport);
             ensure!(
                 matches!(self.bed.ct_get(&key), Some((CtTable::Assured, _))),
                 "the long-lived flow {key:?} did not become assured"
