@@ -83,23 +83,39 @@ pub enum Method {
     Delete,
 }
 
+/// The API's paths, written once: the client fills in `{name}` ([`Call::request`]), the server
+/// routes them as they are (axum's syntax).
+pub mod routes {
+    pub const NETWORKS: &str = "/v1/networks";
+    pub const NETWORK: &str = "/v1/networks/{name}";
+    pub const CONTAINERS: &str = "/v1/containers";
+    pub const CONTAINER: &str = "/v1/containers/{name}";
+    pub const PUBLISH: &str = "/v1/containers/{name}/publish";
+    pub const UNPUBLISH: &str = "/v1/containers/{name}/unpublish";
+    pub const STATUS: &str = "/v1/status";
+    pub const CONNTRACK: &str = "/v1/conntrack";
+    pub const CONNTRACK_GC: &str = "/v1/conntrack/gc";
+    pub const DOWN: &str = "/v1/down";
+}
+
 impl Call {
     /// The HTTP method, path and JSON body of this call.
     pub fn request(&self) -> (Method, String, Option<serde_json::Value>) {
+        let named = |route: &str, name: &str| route.replace("{name}", &encode(name));
         match self {
-            Call::CreateNetwork(c) => (Method::Post, "/v1/networks".into(), body(c)),
-            Call::ListNetworks => (Method::Get, "/v1/networks".into(), None),
-            Call::InspectNetwork(n) => (Method::Get, format!("/v1/networks/{}", encode(n)), None),
-            Call::RemoveNetwork(n) => (Method::Delete, format!("/v1/networks/{}", encode(n)), None),
-            Call::CreateContainer(c) => (Method::Post, "/v1/containers".into(), body(c)),
-            Call::ListContainers => (Method::Get, "/v1/containers".into(), None),
-            Call::RemoveContainer(n) => (Method::Delete, format!("/v1/containers/{}", encode(n)), None),
-            Call::Publish(n, s) => (Method::Post, format!("/v1/containers/{}/publish", encode(n)), body(s)),
-            Call::Unpublish(n, s) => (Method::Post, format!("/v1/containers/{}/unpublish", encode(n)), body(s)),
-            Call::Status => (Method::Get, "/v1/status".into(), None),
-            Call::ListConntrack => (Method::Get, "/v1/conntrack".into(), None),
-            Call::CollectConntrack => (Method::Post, "/v1/conntrack/gc".into(), None),
-            Call::Down => (Method::Post, "/v1/down".into(), None),
+            Call::CreateNetwork(c) => (Method::Post, routes::NETWORKS.into(), body(c)),
+            Call::ListNetworks => (Method::Get, routes::NETWORKS.into(), None),
+            Call::InspectNetwork(n) => (Method::Get, named(routes::NETWORK, n), None),
+            Call::RemoveNetwork(n) => (Method::Delete, named(routes::NETWORK, n), None),
+            Call::CreateContainer(c) => (Method::Post, routes::CONTAINERS.into(), body(c)),
+            Call::ListContainers => (Method::Get, routes::CONTAINERS.into(), None),
+            Call::RemoveContainer(n) => (Method::Delete, named(routes::CONTAINER, n), None),
+            Call::Publish(n, s) => (Method::Post, named(routes::PUBLISH, n), body(s)),
+            Call::Unpublish(n, s) => (Method::Post, named(routes::UNPUBLISH, n), body(s)),
+            Call::Status => (Method::Get, routes::STATUS.into(), None),
+            Call::ListConntrack => (Method::Get, routes::CONNTRACK.into(), None),
+            Call::CollectConntrack => (Method::Post, routes::CONNTRACK_GC.into(), None),
+            Call::Down => (Method::Post, routes::DOWN.into(), None),
         }
     }
 }

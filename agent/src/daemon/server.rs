@@ -19,32 +19,32 @@ use serde_json::json;
 use tokio::net::UnixListener;
 
 use crate::{
-    api::{Call, CreateContainer, CreateNetwork, PortSpecs, MAX_BODY_BYTES},
+    api::{routes, Call, CreateContainer, CreateNetwork, PortSpecs, MAX_BODY_BYTES},
     daemon::service,
     daemon::SharedHost,
 };
 
 pub fn router(host: SharedHost) -> Router {
     Router::new()
-        .route("/v1/networks", post(create_network).get(|s: State<SharedHost>| run(s, Ok(Call::ListNetworks))))
+        .route(routes::NETWORKS, post(create_network).get(|s: State<SharedHost>| run(s, Ok(Call::ListNetworks))))
         .route(
-            "/v1/networks/{name}",
+            routes::NETWORK,
             get(|s: State<SharedHost>, UrlPath(n): UrlPath<String>| run(s, Ok(Call::InspectNetwork(n))))
                 .delete(|s: State<SharedHost>, UrlPath(n): UrlPath<String>| run(s, Ok(Call::RemoveNetwork(n)))),
         )
-        .route("/v1/containers", post(create_container).get(|s: State<SharedHost>| run(s, Ok(Call::ListContainers))))
+        .route(routes::CONTAINERS, post(create_container).get(|s: State<SharedHost>| run(s, Ok(Call::ListContainers))))
         .route(
-            "/v1/containers/{name}",
+            routes::CONTAINER,
             axum::routing::delete(|s: State<SharedHost>, UrlPath(n): UrlPath<String>| {
                 run(s, Ok(Call::RemoveContainer(n)))
             }),
         )
-        .route("/v1/containers/{name}/publish", post(publish))
-        .route("/v1/containers/{name}/unpublish", post(unpublish))
-        .route("/v1/status", get(|s: State<SharedHost>| run(s, Ok(Call::Status))))
-        .route("/v1/conntrack", get(|s: State<SharedHost>| run(s, Ok(Call::ListConntrack))))
-        .route("/v1/conntrack/gc", post(|s: State<SharedHost>| run(s, Ok(Call::CollectConntrack))))
-        .route("/v1/down", post(|s: State<SharedHost>| run(s, Ok(Call::Down))))
+        .route(routes::PUBLISH, post(publish))
+        .route(routes::UNPUBLISH, post(unpublish))
+        .route(routes::STATUS, get(|s: State<SharedHost>| run(s, Ok(Call::Status))))
+        .route(routes::CONNTRACK, get(|s: State<SharedHost>| run(s, Ok(Call::ListConntrack))))
+        .route(routes::CONNTRACK_GC, post(|s: State<SharedHost>| run(s, Ok(Call::CollectConntrack))))
+        .route(routes::DOWN, post(|s: State<SharedHost>| run(s, Ok(Call::Down))))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API route; see `bpfnet --help`".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(host)
