@@ -160,6 +160,8 @@ fn a_spoofed_syn_flood_at_a_published_port_denies_no_one_a_new_connection() {
     // overflow table by the published port's quota; nothing refused.
     let ct = &status["datapath"]["conntrack"];
     assert!(ct["quota_hits"].as_u64().unwrap() > 1_000, "{ct}");
+    // The flood's flows outnumber the overflow table's room: the oldest made way (early drop).
+    assert!(ct["early_drops"].as_u64().unwrap() > 10_000, "{ct}");
     assert!(container(&status, &web)["traffic"]["ct_quota_hits"].as_u64().unwrap() > 1_000, "counted for web");
     assert_eq!(container(&status, &other)["traffic"]["ct_quota_hits"], 0, "not for other");
     assert_eq!(status["datapath"]["drops"]["conntrack_full"], 0);

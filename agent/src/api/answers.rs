@@ -178,8 +178,9 @@ pub struct ConntrackStatus {
     pub promotion_refused: u64,
     /// New flows sent to the overflow table by the quota.
     pub quota_hits: u64,
-    /// Unassured entries evicted by new ones (nf_conntrack's early_drop), as of the last
-    /// garbage collection: inserted, less moved, expired and still there.
+    /// Unassured entries evicted by new ones (nf_conntrack's early_drop). Nobody sees the
+    /// kernel's LRU evict, so this is derived: entries made, less those moved to the assured
+    /// table, expired by the agent, and still there.
     pub early_drops: u64,
 }
 
