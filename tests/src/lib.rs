@@ -3,6 +3,8 @@
 //! drives the real `bpfnet` binary against it. Dropping the sandbox removes everything it
 //! made, also when the test panicked. Traffic only ever goes to addresses inside the
 //! sandbox's namespaces.
+pub mod process;
+
 use std::{
     fs::File,
     io::{Read, Write},
