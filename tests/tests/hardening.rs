@@ -163,10 +163,8 @@ fn the_host_is_reachable_only_through_the_gateway_unless_allowed() {
     // Allowed by the agent's setting (applied when the agent next starts), here a boolean of
     // its config file.
     sb.stop_agent(nix::sys::signal::Signal::SIGTERM);
-    let config = std::env::temp_dir().join(format!("{}-agent.toml", sb.prefix()));
-    std::fs::write(&config, "allow_host_access = true\n").unwrap();
+    let config = sb.write_scratch("agent.toml", "allow_host_access = true\n").unwrap();
     sb.set_agent_env("BPFNET_CONFIG", config.to_str().unwrap());
     sb.ok(&["container", "create", &sb.name("d"), "--network", &net]);
-    std::fs::remove_file(&config).unwrap();
     assert_eq!(tcp_exchange(&c, SocketAddrV4::new(UPLINK_HOST_IP, 9000), b"ok").unwrap(), b"ok");
 }

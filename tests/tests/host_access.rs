@@ -441,10 +441,8 @@ fn a_wrong_host_cgroup_stops_the_agent_before_it_changes_anything() {
         assert!(!sb.bpffs_dir().exists() && !sb.state_dir().exists() && !sb.socket().exists(), "nothing created");
     }
     // The config file's `host_cgroup` is the same setting.
-    let config = std::env::temp_dir().join(format!("{}-agent.toml", sb.prefix()));
-    std::fs::write(&config, "host_cgroup = \"/tmp\"\n").unwrap();
+    let config = sb.write_scratch("agent.toml", "host_cgroup = \"/tmp\"\n").unwrap();
     let out = sb.agent_command().arg("--config").arg(&config).output().unwrap();
-    std::fs::remove_file(&config).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--host-cgroup /tmp: not a cgroup v2 directory"), "{err}");
 

@@ -183,14 +183,12 @@ fn the_config_file_sets_the_uplink_mode_and_names_unknown_keys() {
     assert_uplink_runs(&sb, "tc");
     sb.stop_agent(nix::sys::signal::Signal::SIGTERM);
     sb.remove_agent_env("BPFNET_UPLINK_MODE");
-    let config = std::env::temp_dir().join(format!("{}-agent.toml", sb.prefix()));
-    std::fs::write(&config, "uplink_mode = \"xdp\"\ngc_interval = 5\n").unwrap();
+    let config = sb.write_scratch("agent.toml", "uplink_mode = \"xdp\"\ngc_interval = 5\n").unwrap();
     sb.set_agent_env("BPFNET_CONFIG", config.to_str().unwrap());
     assert_uplink_runs(&sb, "xdp");
     sb.stop_agent(nix::sys::signal::Signal::SIGTERM);
     std::fs::write(&config, "uplink_mod = \"tc\"\n").unwrap();
     let out = sb.agent_command().output().unwrap();
-    std::fs::remove_file(&config).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("unknown setting \"uplink_mod\""), "{err}");
