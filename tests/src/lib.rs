@@ -1,25 +1,30 @@
-//! Harness for bpfnet's black-box tests: each test gets a [`Sandbox`], a host network namespace
-//! of its own with its own state and pin directories, all named with a per-run prefix, and
-//! drives the real `bpfnet` binary against it. Dropping the sandbox removes everything it
-//! made, also when the test panicked. Traffic only ever goes to addresses inside the
-//! sandbox's namespaces.
+//! Harness for bpfnet's black-box tests: each test gets a [`Sandbox`] (see [`sandbox`], which
+//! `cargo xtask demo` and `bench` use too), a host network namespace of its own with its own
+//! state and pin directories, all named with a per-run prefix, and drives the real `bpfnet`
+//! binary against it. Dropping the sandbox removes everything it made, also when the test
+//! panicked. Traffic only ever goes to addresses inside the sandbox's namespaces.
+//!
+//! What only the tests need is here: the sandbox's panicking conveniences (a test fails at
+//! the line that failed), echo servers, and the helpers that look at traffic and the kernel.
+pub mod process;
+pub mod sandbox;
+
 use std::{
     fs::File,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsFd, AsRawFd, FromRawFd},
     path::PathBuf,
-    process::{Command, Output},
-    sync::{
-        atomic::{AtomicBool, AtomicU32, Ordering},
-        Arc, Mutex,
-    },
-    thread::JoinHandle,
+    process::{Command, Output, Stdio},
+    sync::{atomic::Ordering, Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use nix::sched::{setns, CloneFlags};
+pub use sandbox::{
+    cgroup2_mount, namespaces_with_prefix, netns_exec, Sandbox, OUTSIDE_IP, UPLINK, UPLINK_HOST_IP, UPLINK_PEER,
+};
 use serde_json::Value;
 
 /// Bound on every socket operation in the tests, so a broken datapath fails a test instead of
@@ -29,8 +34,6 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a test server waits for its clients before it gives up, so that a sandbox never
 /// waits on a server whose clients were (rightly or wrongly) blocked.
 pub const SERVER_LIFETIME: Duration = Duration::from_secs(20);
-
-static SANDBOX_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The bpfnet binary under test: $BPFNET_BIN (set by `cargo xtask test`), else the one next to
 /// this test executable's target directory.
@@ -60,158 +63,34 @@ pub fn devkit_bin() -> PathBuf {
     bin
 }
 
-/// Addresses of the uplink between the sandbox host and its outside namespace.
-pub const UPLINK_HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
-pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
-/// The uplink's name in the host namespace, and its peer's in the outside namespace.
-pub const UPLINK: &str = "up0";
-
-pub struct Sandbox {
-    pub prefix: String,
-    pub host_netns: String,
-    /// The "outside world" behind the uplink, when made with [`Sandbox::with_uplink`].
-    pub outside_netns: String,
-    /// Extra environment of the agent (settings such as BPFNET_UPLINK, BPFNET_CT_SIZE).
-    env: Vec<(String, String)>,
-    /// The sandbox's agent, started on first use.
-    agent: std::cell::RefCell<Option<std::process::Child>>,
-    pub socket: PathBuf,
-    agent_log: PathBuf,
-    pub state_dir: PathBuf,
-    pub bpffs: PathBuf,
-    servers: Vec<JoinHandle<()>>,
-    children: Vec<std::process::Child>,
-    /// Tells the servers to stop when the sandbox goes away.
-    stop_servers: Arc<AtomicBool>,
-    /// The sandbox's own cgroup v2 directory, when made with [`Sandbox::cgroup`].
-    cgroup: Option<PathBuf>,
-}
-
+/// The tests' conveniences: each panics at the test's line when a step fails.
 impl Sandbox {
+    /// A sandbox of the tests (prefix `bt...`, output captured, the agent logging at info).
+    #[track_caller]
     pub fn new() -> Self {
-        assert!(nix::unistd::Uid::effective().is_root(), "the integration tests must run as root");
-        let n = SANDBOX_COUNTER.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("bt{:x}x{n}", std::process::id());
-        let sandbox = Sandbox {
-            host_netns: format!("{prefix}-host"),
-            outside_netns: format!("{prefix}-out"),
-            env: Vec::new(),
-            agent: std::cell::RefCell::new(None),
-            socket: std::env::temp_dir().join(format!("{prefix}.sock")),
-            agent_log: std::env::temp_dir().join(format!("{prefix}-agent.log")),
-            state_dir: std::env::temp_dir().join(format!("{prefix}-state")),
-            bpffs: PathBuf::from(format!("/sys/fs/bpf/{prefix}")),
-            prefix,
-            servers: Vec::new(),
-            children: Vec::new(),
-            stop_servers: Arc::new(AtomicBool::new(false)),
-            cgroup: None,
-        };
-        run("ip", &["netns", "add", &sandbox.host_netns]).expect("creating the sandbox host namespace");
-        run("ip", &["-n", &sandbox.host_netns, "link", "set", "lo", "up"]).expect("lo up");
-        sandbox
+        let mut sb = Sandbox::create("bt", bpfnet_bin(), sandbox::Output::Captured)
+            .unwrap_or_else(|e| panic!("creating the sandbox: {e:#}"));
+        sb.set_agent_env("BPFNET_LOG", "info");
+        sb
     }
 
     /// A sandbox whose host has an uplink veth (`up0`, 10.250.0.1/24) to an outside namespace
     /// (10.250.0.2/24) and a default route through it; bpfnet is told to use it (BPFNET_UPLINK).
+    #[track_caller]
     pub fn with_uplink() -> Self {
         let mut sb = Self::new();
-        let (host, out) = (sb.host_netns.clone(), sb.outside_netns.clone());
-        let host_cidr = format!("{UPLINK_HOST_IP}/24");
-        let out_cidr = format!("{OUTSIDE_IP}/24");
-        let steps: [&[&str]; 8] = [
-            &["netns", "add", &out],
-            &["-n", &out, "link", "set", "lo", "up"],
-            &["-n", &host, "link", "add", UPLINK, "type", "veth", "peer", "name", "up0o", "netns", &out],
-            &["-n", &host, "addr", "add", &host_cidr, "dev", UPLINK],
-            &["-n", &host, "link", "set", UPLINK, "up"],
-            &["-n", &out, "addr", "add", &out_cidr, "dev", "up0o"],
-            &["-n", &out, "link", "set", "up0o", "up"],
-            &["-n", &host, "route", "add", "default", "via", &OUTSIDE_IP.to_string()],
-        ];
-        for step in steps {
-            run("ip", step).expect("building the uplink");
-        }
-        sb.set_env("BPFNET_UPLINK", UPLINK);
+        sb.add_uplink().unwrap_or_else(|e| panic!("{e:#}"));
         sb
     }
 
-    /// Sets an environment variable of the agent (it takes effect when the agent next starts).
-    pub fn set_env(&mut self, key: &str, value: &str) {
-        self.env.retain(|(k, _)| k != key);
-        self.env.push((key.to_owned(), value.to_owned()));
-    }
-
-    /// Removes an environment variable of the agent (from its next start on).
-    pub fn remove_env(&mut self, key: &str) {
-        self.env.retain(|(k, _)| k != key);
-    }
-
-    /// The agent command line for this sandbox.
-    pub fn agent_command(&self) -> Command {
-        let mut cmd = Command::new(bpfnet_bin());
-        cmd.arg("agent")
-            .env("BPFNET_HOST_NETNS", &self.host_netns)
-            .env("BPFNET_STATE_DIR", &self.state_dir)
-            .env("BPFNET_BPFFS", &self.bpffs)
-            .env("BPFNET_SOCKET", &self.socket)
-            .env("BPFNET_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
-        cmd
-    }
-
     /// Starts the agent unless it runs, and waits until it answers on its socket.
+    #[track_caller]
     pub fn ensure_agent(&self) {
-        let mut agent = self.agent.borrow_mut();
-        if let Some(child) = agent.as_mut() {
-            if child.try_wait().ok().flatten().is_none() {
-                return;
-            }
-        }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.agent_log).expect("agent log");
-        let mut child = self
-            .agent_command()
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting bpfnet agent");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("bpfnet agent exited ({status}) before serving:\n{}", self.agent_log_text());
-            }
-            assert!(Instant::now() < deadline, "bpfnet agent did not serve within 20 s:\n{}", self.agent_log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        *agent = Some(child);
-    }
-
-    /// Stops the agent: SIGTERM (a clean stop) or SIGKILL; the datapath stays either way.
-    pub fn stop_agent(&self, signal: nix::sys::signal::Signal) {
-        if let Some(mut child) = self.agent.borrow_mut().take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    pub fn agent_log_text(&self) -> String {
-        std::fs::read_to_string(&self.agent_log).unwrap_or_default()
-    }
-
-    /// A name with this sandbox's prefix.
-    pub fn name(&self, suffix: &str) -> String {
-        format!("{}-{suffix}", self.prefix)
+        self.start_agent().unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Runs a bpfnet command against this sandbox's agent (started if needed).
+    #[track_caller]
     pub fn bpfnet(&self, args: &[&str]) -> Output {
         self.ensure_agent();
         self.client(args)
@@ -219,12 +98,7 @@ impl Sandbox {
 
     /// Runs a bpfnet command against this sandbox's socket, whether an agent runs or not.
     pub fn client(&self, args: &[&str]) -> Output {
-        Command::new(bpfnet_bin())
-            .args(args)
-            .env("BPFNET_SOCKET", &self.socket)
-            .env_remove("BPFNET_LOG")
-            .output()
-            .expect("running bpfnet")
+        self.cli().args(args).output().expect("running bpfnet")
     }
 
     /// Runs bpfnet, panics with its output unless it succeeded; returns stdout.
@@ -281,10 +155,9 @@ impl Sandbox {
         let addr = addr.into();
         let listener = in_netns(netns, move || Ok(TcpListener::bind(addr)?)).expect("binding the TCP server");
         listener.set_nonblocking(true).unwrap();
-        let stop = self.stop_servers.clone();
         let peers = Peers::default();
         let seen = peers.clone();
-        self.servers.push(std::thread::spawn(move || {
+        self.serve(move |stop| {
             let deadline = Instant::now() + SERVER_LIFETIME;
             let mut handlers = Vec::new();
             while handlers.len() < connections && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
@@ -311,7 +184,7 @@ impl Sandbox {
             for handler in handlers {
                 let _ = handler.join();
             }
-        }));
+        });
         peers
     }
 
@@ -321,10 +194,9 @@ impl Sandbox {
         let addr = addr.into();
         let socket = in_netns(netns, move || Ok(UdpSocket::bind(addr)?)).expect("binding the UDP server");
         socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let stop = self.stop_servers.clone();
         let peers = Peers::default();
         let seen = peers.clone();
-        self.servers.push(std::thread::spawn(move || {
+        self.serve(move |stop| {
             let deadline = Instant::now() + SERVER_LIFETIME;
             let mut buf = vec![0u8; 65_536];
             let mut answered = 0;
@@ -334,36 +206,8 @@ impl Sandbox {
                 socket.send_to(&buf[..n], peer).ok();
                 answered += 1;
             }
-        }));
+        });
         peers
-    }
-
-    /// A cgroup v2 directory of this sandbox's own (`<cgroup2 mount>/<prefix>-cg`, made on
-    /// first use), for the clients of `--host-cgroup` tests; only processes the test starts
-    /// ever join it. Removed when the sandbox goes (after `down` detached everything from it).
-    pub fn cgroup(&mut self) -> PathBuf {
-        if let Some(dir) = &self.cgroup {
-            return dir.clone();
-        }
-        let mount = cgroup2_mount().expect("no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)");
-        let dir = mount.join(format!("{}-cg", self.prefix));
-        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating the test cgroup {}: {e}", dir.display()));
-        self.cgroup = Some(dir.clone());
-        dir
-    }
-
-    /// Starts a process inside `netns` (`ip netns exec`); it is killed when the sandbox goes.
-    pub fn spawn(&mut self, netns: &str, program: &str, args: &[&str]) -> u32 {
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns, program])
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {program} in {netns}: {e}"));
-        let pid = child.id();
-        self.children.push(child);
-        pid
     }
 }
 
@@ -381,100 +225,6 @@ impl Default for Sandbox {
     fn default() -> Self {
         Self::new()
     }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        // Best effort at every step: cleanup must not stop at the first problem, and must
-        // never panic while a failed test is already unwinding.
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- agent log of {} ---\n{}", self.prefix, self.agent_log_text());
-        }
-        // `down` needs an agent: the test's own, or a new one if it died (a new agent also
-        // reconciles whatever the test left half-done).
-        let down = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.bpfnet(&["down"])));
-        match down {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!("sandbox cleanup: bpfnet down failed: {}", String::from_utf8_lossy(&out.stderr)),
-            Err(_) => eprintln!("sandbox cleanup: no agent could be started for bpfnet down"),
-        }
-        self.stop_agent(nix::sys::signal::Signal::SIGTERM);
-        let _ = std::fs::remove_file(&self.agent_log);
-        let _ = std::fs::remove_file(&self.socket);
-        if let Ok(entries) = std::fs::read_dir("/run/netns") {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&format!("{}-", self.prefix)) {
-                    if let Err(e) = run("ip", &["netns", "delete", &name]) {
-                        eprintln!("sandbox cleanup: {e:#}");
-                    }
-                }
-            }
-        }
-        remove_tree(&self.bpffs);
-        if let Some(dir) = self.cgroup.take() {
-            remove_cgroup(&dir);
-        }
-        let _ = std::fs::remove_dir_all(&self.state_dir);
-        self.stop_servers.store(true, Ordering::Relaxed);
-        for server in self.servers.drain(..) {
-            let _ = server.join();
-        }
-    }
-}
-
-/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a
-/// hybrid host).
-pub fn cgroup2_mount() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (mount, fs) = line.split_once(" - ")?;
-        if fs.split_whitespace().next() != Some("cgroup2") {
-            return None;
-        }
-        mount.split_whitespace().nth(4).map(PathBuf::from)
-    })
-}
-
-/// Removes a test cgroup. Only the test's own client processes ever join one, and they have
-/// normally exited; any still in it (a test that failed mid-way) are killed first, by PID.
-fn remove_cgroup(dir: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match std::fs::remove_dir(dir) {
-            Ok(()) => return,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) if Instant::now() >= deadline => {
-                eprintln!("sandbox cleanup: removing cgroup {}: {e}", dir.display());
-                return;
-            }
-            Err(_) => {
-                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-/// Removes a bpffs directory tree (pins are removed with unlink, directories with rmdir).
-fn remove_tree(dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            remove_tree(&path);
-        } else {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }
 
 /// Runs a command, failing with its output unless it succeeded; returns stdout.
@@ -551,19 +301,6 @@ pub fn tcx_ingress_programs(netns: &str, ifname: &str) -> Result<Vec<(u32, Strin
     })
 }
 
-/// Network namespaces whose names start with `prefix`.
-pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Names of links in `netns` (`ip -n NETNS -j link`).
 pub fn links_in(netns: &str) -> Vec<String> {
     let out = run("ip", &["-n", netns, "-j", "link", "show"]).unwrap_or_default();
@@ -623,7 +360,9 @@ pub fn iperf3_each_way(
 ) {
     let target = target.to_string();
     for reverse in [false, true] {
-        sb.spawn(server_ns, "iperf3", &["-s", "-1"]);
+        let mut server = netns_exec(server_ns, "iperf3", ["-s", "-1"]);
+        server.stdout(Stdio::null()).stderr(Stdio::null());
+        sb.spawn("the iperf3 server", server).unwrap_or_else(|e| panic!("{e:#}"));
         std::thread::sleep(Duration::from_millis(300));
         let mut args = vec!["netns", "exec", client_ns, "timeout", "120", "iperf3", "-c", &target, "-n", size, "-J"];
         args.extend(["--connect-timeout", "3000"]);

@@ -34,7 +34,8 @@ fn flows_keep_going_while_the_agent_is_killed_and_restarted() {
     let server_ip = sb.container_ip(&server);
     sb.tcp_echo_server(&server, SocketAddrV4::new(server_ip, 80), 1);
     let udp_server = SocketAddrV4::new(OUTSIDE_IP, 5353);
-    sb.udp_echo_server(&sb.outside_netns.clone(), udp_server, 100_000);
+    let out = sb.outside_netns().to_owned();
+    sb.udp_echo_server(&out, udp_server, 100_000);
 
     // A TCP stream from outside through DNAT, and a UDP flow from a container through SNAT,
     // each exchanging a message every 10 ms and counting any failure.
@@ -45,7 +46,7 @@ fn flows_keep_going_while_the_agent_is_killed_and_restarted() {
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
     );
-    let mut stream = in_netns(&sb.outside_netns, || {
+    let mut stream = in_netns(sb.outside_netns(), || {
         let s = TcpStream::connect_timeout(&SocketAddrV4::new(UPLINK_HOST_IP, 8080).into(), IO_TIMEOUT)?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         Ok(s)
@@ -105,7 +106,7 @@ fn flows_keep_going_while_the_agent_is_killed_and_restarted() {
 
     // A new agent that replaces the programs (as a new version does): links updated in place.
     sb.stop_agent(Signal::SIGTERM);
-    sb.set_env("BPFNET_RELOAD_PROGRAMS", "1");
+    sb.set_agent_env("BPFNET_RELOAD_PROGRAMS", "1");
     sb.ensure_agent();
     assert!(sb.agent_log_text().contains("replaced the running programs"), "{}", sb.agent_log_text());
     std::thread::sleep(Duration::from_millis(500));
@@ -155,22 +156,22 @@ fn flows_keep_going_while_the_agent_is_killed_and_restarted() {
 fn an_agent_killed_while_creating_a_container_leaves_nothing_once_restarted() {
     let (mut sb, net) = sandbox_with_network();
     let victim = sb.name("victim");
-    let veths_before = links_in(&sb.host_netns).len();
+    let veths_before = links_in(sb.host_netns()).len();
     // Crash right after the veth pair exists (namespace made, veth made, nothing attached yet).
-    sb.set_env("BPFNET_FAILPOINT", "container-create:veth");
+    sb.set_agent_env("BPFNET_FAILPOINT", "container-create:veth");
     sb.stop_agent(Signal::SIGTERM);
     let out = sb.bpfnet(&["container", "create", &victim, "--network", &net]);
     assert!(!out.status.success(), "the agent died mid-request");
     assert!(namespaces_with_prefix(&victim).len() == 1, "the crash left the namespace behind");
     sb.stop_agent(Signal::SIGKILL);
-    sb.set_env("BPFNET_FAILPOINT", "");
+    sb.set_agent_env("BPFNET_FAILPOINT", "");
     sb.ensure_agent();
     assert!(sb.agent_log_text().contains("rolled_back"), "{}", sb.agent_log_text());
     assert!(namespaces_with_prefix(&victim).is_empty(), "namespace rolled back");
-    assert_eq!(links_in(&sb.host_netns).len(), veths_before, "veths rolled back");
-    assert_eq!(pinned_map_len(&sb.bpffs, "ENDPOINTS"), 0);
+    assert_eq!(links_in(sb.host_netns()).len(), veths_before, "veths rolled back");
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "ENDPOINTS"), 0);
     assert_eq!(
-        std::fs::read_dir(sb.bpffs.join("links"))
+        std::fs::read_dir(sb.bpffs_dir().join("links"))
             .unwrap()
             .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with("uplink"))
             .count(),
@@ -179,7 +180,7 @@ fn an_agent_killed_while_creating_a_container_leaves_nothing_once_restarted() {
     assert_eq!(sb.json(&["container", "ls", "--json"]), serde_json::json!([]));
     // The operation can simply be retried.
     sb.ok(&["container", "create", &victim, "--network", &net]);
-    assert_eq!(pinned_map_len(&sb.bpffs, "ENDPOINTS"), 1);
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "ENDPOINTS"), 1);
 }
 
 #[test]
@@ -190,7 +191,7 @@ fn published_ports_survive_restarts_and_a_publish_cut_off_by_a_crash_converges()
     sb.ok(&["container", "create", &c, "--network", &net, "--publish", "20000-29999:20000-29999/udp"]);
     let ip = sb.container_ip(&c);
     sb.udp_echo_server(&c, SocketAddrV4::new(ip, 7), 10);
-    let out = sb.outside_netns.clone();
+    let out = sb.outside_netns().to_owned();
     let reaches = |port: u16| udp_exchange(&out, SocketAddrV4::new(UPLINK_HOST_IP, port), b"ping").is_ok();
     let ports_of = |sb: &Sandbox| -> Vec<String> {
         let all = sb.json(&["container", "ls", "--json"]);
@@ -208,32 +209,32 @@ fn published_ports_survive_restarts_and_a_publish_cut_off_by_a_crash_converges()
     let ports = ports_of(&sb);
     assert_eq!(ports.len(), 10_000);
     assert!(ports.contains(&udp(30000, 7)) && !ports.contains(&udp(20000, 20000)));
-    assert_eq!(pinned_map_len(&sb.bpffs, "SERVICES"), 10_000);
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "SERVICES"), 10_000);
     assert!(reaches(30000));
 
     // Killed after the map update, before the state records it: rolled back when the agent
     // restarts (the client got no answer), and the publish can be retried.
     sb.stop_agent(Signal::SIGTERM);
-    sb.set_env("BPFNET_FAILPOINT", "publish:mapped");
+    sb.set_agent_env("BPFNET_FAILPOINT", "publish:mapped");
     assert!(!sb.bpfnet(&["publish", &c, "30001:7/udp"]).status.success(), "the agent died mid-request");
-    assert_eq!(pinned_map_len(&sb.bpffs, "SERVICES"), 10_001, "the crash left the map entry behind");
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "SERVICES"), 10_001, "the crash left the map entry behind");
     sb.stop_agent(Signal::SIGKILL);
-    sb.set_env("BPFNET_FAILPOINT", "");
+    sb.set_agent_env("BPFNET_FAILPOINT", "");
     sb.ensure_agent();
-    assert_eq!(pinned_map_len(&sb.bpffs, "SERVICES"), 10_000, "rolled back");
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "SERVICES"), 10_000, "rolled back");
     assert!(!ports_of(&sb).contains(&udp(30001, 7)));
     sb.ok(&["publish", &c, "30001:7/udp"]);
     assert!(reaches(30001));
 
     // Killed once the state recorded it, before answering: kept.
     sb.stop_agent(Signal::SIGTERM);
-    sb.set_env("BPFNET_FAILPOINT", "publish:journaled");
+    sb.set_agent_env("BPFNET_FAILPOINT", "publish:journaled");
     assert!(!sb.bpfnet(&["publish", &c, "30002:7/udp"]).status.success(), "the agent died mid-request");
     sb.stop_agent(Signal::SIGKILL);
-    sb.set_env("BPFNET_FAILPOINT", "");
+    sb.set_agent_env("BPFNET_FAILPOINT", "");
     sb.ensure_agent();
     assert!(ports_of(&sb).contains(&udp(30002, 7)));
-    assert_eq!(pinned_map_len(&sb.bpffs, "SERVICES"), 10_002);
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "SERVICES"), 10_002);
     assert!(reaches(30002));
     let err = sb.fails(&["publish", &c, "30002:7/udp"]);
     assert!(err.contains(&format!("already published by container \"{c}\"")), "{err}");
@@ -242,7 +243,7 @@ fn published_ports_survive_restarts_and_a_publish_cut_off_by_a_crash_converges()
     let before = ports_of(&sb);
     sb.stop_agent(Signal::SIGTERM);
     assert_eq!(ports_of(&sb), before);
-    assert_eq!(pinned_map_len(&sb.bpffs, "SERVICES"), 10_002);
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "SERVICES"), 10_002);
 }
 
 #[test]
@@ -254,7 +255,7 @@ fn a_corrupt_or_unknown_state_file_stops_the_agent_and_not_the_datapath() {
     let c2_ip = sb.container_ip(&c2);
     sb.tcp_echo_server(&c2, SocketAddrV4::new(c2_ip, 7000), 3);
     sb.stop_agent(Signal::SIGTERM);
-    let state = sb.state_dir.join("state.json");
+    let state = sb.state_dir().join("state.json");
     let saved = std::fs::read_to_string(&state).unwrap();
     for (content, needle) in [("{ this is not json", "not valid bpfnet state"), (r#"{"version": 99}"#, "version 99")] {
         std::fs::write(&state, content).unwrap();
@@ -271,7 +272,7 @@ fn a_corrupt_or_unknown_state_file_stops_the_agent_and_not_the_datapath() {
 
 /// Sends raw bytes on the API socket and returns the HTTP status line and body.
 fn raw_request(sb: &Sandbox, request: &[u8]) -> (String, String) {
-    let mut s = UnixStream::connect(&sb.socket).unwrap();
+    let mut s = UnixStream::connect(sb.socket()).unwrap();
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     // The agent may answer and close before an oversized body is written in full.
     let _ = s.write_all(request);
@@ -290,7 +291,7 @@ fn post(path: &str, body: &str) -> Vec<u8> {
 /// The saved state: the snapshot and the journal, every file of the state directory but its
 /// lock.
 fn saved_state(sb: &Sandbox) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<_> = std::fs::read_dir(&sb.state_dir)
+    let mut files: Vec<_> = std::fs::read_dir(sb.state_dir())
         .unwrap()
         .map(|e| e.unwrap())
         .filter(|e| e.file_name() != "lock")
@@ -334,7 +335,7 @@ fn bad_api_and_cli_input_is_refused_and_the_agent_stays_up() {
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(bpfnet_tests::bpfnet_bin())
         .args(["status"])
-        .env("BPFNET_SOCKET", &sb.socket)
+        .env("BPFNET_SOCKET", sb.socket())
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -347,12 +348,12 @@ fn bad_api_and_cli_input_is_refused_and_the_agent_stays_up() {
 fn a_second_agent_on_the_same_state_dir_or_socket_refuses_to_start() {
     let (sb, _net) = sandbox_with_network();
     // Same state directory, another socket.
-    let other_socket = sb.state_dir.join("other.sock");
+    let other_socket = sb.state_dir().join("other.sock");
     let out = sb.agent_command().env("BPFNET_SOCKET", &other_socket).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("another bpfnet agent is running with the state directory"), "{err}");
     // Same socket, another state directory.
-    let other_state = std::env::temp_dir().join(format!("{}-other-state", sb.prefix));
+    let other_state = std::env::temp_dir().join(format!("{}-other-state", sb.prefix()));
     let out = sb.agent_command().env("BPFNET_STATE_DIR", &other_state).output().unwrap();
     let _ = std::fs::remove_dir_all(&other_state);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -6,8 +6,8 @@ use bpfnet_tests::{links_in, namespaces_with_prefix, pinned_map_len, Sandbox};
 fn assert_unchanged(sb: &Sandbox, networks: usize, containers: usize) {
     assert_eq!(sb.json(&["network", "ls", "--json"]).as_array().unwrap().len(), networks);
     assert_eq!(sb.json(&["container", "ls", "--json"]).as_array().unwrap().len(), containers);
-    assert_eq!(namespaces_with_prefix(&sb.prefix).len(), 1 + containers, "namespaces");
-    assert_eq!(links_in(&sb.host_netns).len(), 1 + containers, "host links");
+    assert_eq!(namespaces_with_prefix(sb.prefix()).len(), 1 + containers, "namespaces");
+    assert_eq!(links_in(sb.host_netns()).len(), 1 + containers, "host links");
 }
 
 #[test]
@@ -67,11 +67,11 @@ fn bad_container_input_is_refused_and_creates_nothing() {
     }
     let err = sb.fails(&["container", "create", &c1, "--network", &net]);
     assert!(err.contains("already exists"), "{err}");
-    let long = format!("{}-{}", sb.prefix, "c".repeat(300));
+    let long = format!("{}-{}", sb.prefix(), "c".repeat(300));
     let err = sb.fails(&["container", "create", &long, "--network", &net]);
     assert!(err.contains("longer than the kernel allows"), "{err}");
     assert_unchanged(&sb, 1, 1);
-    assert_eq!(pinned_map_len(&sb.bpffs, "ENDPOINTS"), 1);
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "ENDPOINTS"), 1);
 
     // A /29 has 6 host addresses: gateway + 5 containers, then it is full.
     for i in 2..=5 {

@@ -26,9 +26,9 @@ const SYN_RECV_TIMEOUT_SECS: u64 = 3;
 /// echo server, 5201 -> 5201 carrying a long stream) and `other`.
 fn flood_sandbox() -> (Sandbox, String, String) {
     let mut sb = Sandbox::with_uplink();
-    sb.set_env("BPFNET_CT_SIZE", "8192");
-    sb.set_env("BPFNET_CT_TIMEOUT_TCP_SYN_RECV", &SYN_RECV_TIMEOUT_SECS.to_string());
-    sb.set_env("BPFNET_GC_INTERVAL", "1");
+    sb.set_agent_env("BPFNET_CT_SIZE", "8192");
+    sb.set_agent_env("BPFNET_CT_TIMEOUT_TCP_SYN_RECV", &SYN_RECV_TIMEOUT_SECS.to_string());
+    sb.set_agent_env("BPFNET_GC_INTERVAL", "1");
     let net = sb.name("net");
     sb.ok(&["network", "create", &net, "--subnet", "10.231.0.0/24"]);
     let (web, other) = (sb.name("web"), sb.name("other"));
@@ -132,7 +132,7 @@ fn container<'a>(status: &'a Value, name: &str) -> &'a Value {
 fn a_spoofed_syn_flood_at_a_published_port_denies_no_one_a_new_connection() {
     let (mut sb, web, other) = flood_sandbox();
     let web_ip = sb.container_ip(&web);
-    let out = sb.outside_netns.clone();
+    let out = sb.outside_netns().to_owned();
     sb.tcp_echo_server(&web, SocketAddrV4::new(web_ip, 80), 10_000);
     sb.tcp_echo_server(&web, SocketAddrV4::new(web_ip, 5201), 1);
     let outside_server = SocketAddrV4::new(OUTSIDE_IP, 7000);
@@ -185,7 +185,7 @@ fn a_spoofed_syn_flood_at_a_published_port_denies_no_one_a_new_connection() {
 #[test]
 fn a_syn_flood_from_a_container_denies_no_other_container_a_new_connection() {
     let (mut sb, web, other) = flood_sandbox();
-    let out = sb.outside_netns.clone();
+    let out = sb.outside_netns().to_owned();
     let outside_server = SocketAddrV4::new(OUTSIDE_IP, 7000);
     sb.tcp_echo_server(&out, outside_server, 10_000);
     let web_ip = sb.container_ip(&web);

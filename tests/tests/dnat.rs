@@ -33,7 +33,7 @@ fn outside_clients_reach_the_right_container_with_their_own_address() {
     let web_tls = sb.tcp_echo_server(&web, SocketAddrV4::new(web_ip, 443), 1);
     let dns_peers = sb.udp_echo_server(&dns, SocketAddrV4::new(dns_ip, 53), 1);
     let dns_web = sb.tcp_echo_server(&dns, SocketAddrV4::new(dns_ip, 80), 1);
-    let out = sb.outside_netns.clone();
+    let out = sb.outside_netns().to_owned();
 
     assert_eq!(tcp_exchange(&out, published(8080), b"GET / HTTP/1.0\r\n\r\n").unwrap(), b"GET / HTTP/1.0\r\n\r\n");
     assert_eq!(tcp_exchange(&out, published(8443), b"tls").unwrap(), b"tls");
@@ -59,7 +59,7 @@ fn fragmented_datagrams_reach_a_published_port_and_come_back() {
     let dns = sb.name("dns");
     sb.ok(&["container", "create", &dns, "--network", &net, "--publish", "5353:53/udp"]);
     let peers = sb.udp_echo_server(&dns, SocketAddrV4::new(sb.container_ip(&dns), 53), 1);
-    let out = sb.outside_netns.clone();
+    let out = sb.outside_netns().to_owned();
     let reassembled = |ns: &str| snmp_counter(ns, "Ip", "ReasmOKs");
     let (out_before, dns_before) = (reassembled(&out), reassembled(&dns));
     let datagram: &'static [u8] =
@@ -77,7 +77,7 @@ fn udp_to_a_published_port_nobody_listens_on_is_refused() {
     let (sb, net) = sandbox();
     let c = sb.name("silent");
     sb.ok(&["container", "create", &c, "--network", &net, "--publish", "5354:53/udp"]);
-    let refused = in_netns(&sb.outside_netns, || {
+    let refused = in_netns(sb.outside_netns(), || {
         let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
         socket.set_read_timeout(Some(IO_TIMEOUT))?;
         socket.connect(published(5354))?;
@@ -100,7 +100,7 @@ fn a_published_range_reaches_every_port() {
     for port in 30000..30100 {
         sb.udp_echo_server(&c, SocketAddrV4::new(ip, port), 1);
     }
-    let out = sb.outside_netns.clone();
+    let out = sb.outside_netns().to_owned();
     for i in 0..100u16 {
         let answer =
             udp_exchange(&out, published(20000 + i), b"range").unwrap_or_else(|e| panic!("port {}: {e:#}", 20000 + i));
@@ -135,7 +135,7 @@ fn unpublished_ports_are_unreachable_and_established_flows_survive_unpublish() {
     sb.tcp_echo_server(&c1, SocketAddrV4::new(ip1, 80), 3);
     sb.tcp_echo_server(&c1, SocketAddrV4::new(ip1, 81), 1);
     sb.tcp_echo_server(&c2, SocketAddrV4::new(ip2, 80), 1);
-    let out = sb.outside_netns.clone();
+    let out = sb.outside_netns().to_owned();
     // A port the container listens on but did not publish, and a container that publishes none.
     assert!(tcp_exchange(&out, published(81), b"x").is_err());
     assert!(
@@ -205,12 +205,12 @@ fn ten_thousand_published_ports_cost_one_map_entry_each() {
     let ip = sb.container_ip(&c);
     sb.udp_echo_server(&c, SocketAddrV4::new(ip, 29999), 1);
     sb.udp_echo_server(&c, SocketAddrV4::new(ip, 7), 1);
-    let out = sb.outside_netns.clone();
+    let out = sb.outside_netns().to_owned();
     assert_eq!(udp_exchange(&out, published(29999), b"last").unwrap(), b"last");
     // One more, and one fewer: each a single map update (timed by `cargo xtask bench`).
     sb.ok(&["publish", &c, "30000:7/udp"]);
     assert_eq!(udp_exchange(&out, published(30000), b"one more").unwrap(), b"one more");
     sb.ok(&["unpublish", &c, "20000:20000/udp"]);
-    assert_eq!(bpfnet_tests::pinned_map_len(&sb.bpffs, "SERVICES"), 10_000);
+    assert_eq!(bpfnet_tests::pinned_map_len(sb.bpffs_dir(), "SERVICES"), 10_000);
     std::thread::sleep(Duration::from_millis(10));
 }

@@ -40,11 +40,11 @@ fn three_containers_talk_pairwise_over_ping_tcp_and_udp() {
     assert!(ping(&names[0], gateway), "ping the gateway");
 
     // No bridge, no netfilter rules in the host namespace.
-    let bridges = run("ip", &["-n", &sb.host_netns, "-j", "link", "show", "type", "bridge"]).unwrap();
+    let bridges = run("ip", &["-n", sb.host_netns(), "-j", "link", "show", "type", "bridge"]).unwrap();
     assert_eq!(serde_json::from_str::<serde_json::Value>(&bridges).unwrap(), serde_json::json!([]), "no bridge device");
-    let rules = run("ip", &["netns", "exec", &sb.host_netns, "iptables-save"]).unwrap();
+    let rules = run("ip", &["netns", "exec", sb.host_netns(), "iptables-save"]).unwrap();
     assert!(!rules.lines().any(|l| l.starts_with("-A")), "no iptables rules: {rules}");
-    if let Ok(ruleset) = run("ip", &["netns", "exec", &sb.host_netns, "nft", "list", "ruleset"]) {
+    if let Ok(ruleset) = run("ip", &["netns", "exec", sb.host_netns(), "nft", "list", "ruleset"]) {
         assert!(!ruleset.contains("rule") && !ruleset.contains("chain"), "no nft rules: {ruleset}");
     }
 
@@ -52,8 +52,8 @@ fn three_containers_talk_pairwise_over_ping_tcp_and_udp() {
     let containers = sb.json(&["container", "ls", "--json"]);
     for c in containers.as_array().unwrap() {
         let ifname = c["host_interface"].as_str().unwrap();
-        assert!(links_in(&sb.host_netns).contains(&ifname.to_owned()));
-        let programs = tcx_ingress_programs(&sb.host_netns, ifname).unwrap();
+        assert!(links_in(sb.host_netns()).contains(&ifname.to_owned()));
+        let programs = tcx_ingress_programs(sb.host_netns(), ifname).unwrap();
         assert_eq!(programs.len(), 1, "{ifname}: {programs:?}");
         assert_eq!(programs[0].1, "from_endpoint", "{ifname}: {programs:?}");
     }

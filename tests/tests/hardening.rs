@@ -71,7 +71,7 @@ fn a_spoofed_source_flood_reaches_no_one_and_disturbs_nothing() {
         sb.ok(&["container", "create", c, "--network", &net]);
     }
     let victim_ip = sb.container_ip(&victim);
-    let out = sb.outside_netns.clone();
+    let out = sb.outside_netns().to_owned();
     // Sinks that count whatever arrives.
     let sink = |ns: &str, addr: SocketAddrV4| {
         let socket = in_netns(ns, move || Ok(UdpSocket::bind(addr)?)).unwrap();
@@ -147,7 +147,7 @@ fn the_host_is_reachable_only_through_the_gateway_unless_allowed() {
     sb.ok(&["network", "create", &net, "--subnet", "10.247.0.0/24"]);
     let c = sb.name("c");
     sb.ok(&["container", "create", &c, "--network", &net]);
-    let host = sb.host_netns.clone();
+    let host = sb.host_netns().to_owned();
     sb.tcp_echo_server(&host, SocketAddrV4::new(UPLINK_HOST_IP, 9000), 2);
     sb.tcp_echo_server(&host, SocketAddrV4::new(Ipv4Addr::new(10, 247, 0, 1), 9001), 1);
     assert!(
@@ -163,10 +163,8 @@ fn the_host_is_reachable_only_through_the_gateway_unless_allowed() {
     // Allowed by the agent's setting (applied when the agent next starts), here a boolean of
     // its config file.
     sb.stop_agent(nix::sys::signal::Signal::SIGTERM);
-    let config = std::env::temp_dir().join(format!("{}-agent.toml", sb.prefix));
-    std::fs::write(&config, "allow_host_access = true\n").unwrap();
-    sb.set_env("BPFNET_CONFIG", config.to_str().unwrap());
+    let config = sb.write_scratch("agent.toml", "allow_host_access = true\n").unwrap();
+    sb.set_agent_env("BPFNET_CONFIG", config.to_str().unwrap());
     sb.ok(&["container", "create", &sb.name("d"), "--network", &net]);
-    std::fs::remove_file(&config).unwrap();
     assert_eq!(tcp_exchange(&c, SocketAddrV4::new(UPLINK_HOST_IP, 9000), b"ok").unwrap(), b"ok");
 }

@@ -21,8 +21,8 @@ const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// A sandbox with an uplink, a network, and the agent's socket hooks on the sandbox's cgroup.
 fn sandbox() -> (Sandbox, String, PathBuf) {
     let mut sb = Sandbox::with_uplink();
-    let cgroup = sb.cgroup();
-    sb.set_env("BPFNET_HOST_CGROUP", cgroup.to_str().unwrap());
+    let cgroup = sb.cgroup().unwrap();
+    sb.set_agent_env("BPFNET_HOST_CGROUP", cgroup.to_str().unwrap());
     let net = sb.name("net");
     sb.ok(&["network", "create", &net, "--subnet", "10.241.0.0/24"]);
     (sb, net, cgroup)
@@ -142,7 +142,7 @@ const HOOKS: [&str; 7] = [
 ];
 
 fn host_cgroup_pins(sb: &Sandbox) -> usize {
-    std::fs::read_dir(sb.bpffs.join("links"))
+    std::fs::read_dir(sb.bpffs_dir().join("links"))
         .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("hostcg-")).count())
         .unwrap_or(0)
 }
@@ -155,7 +155,7 @@ fn host_processes_in_the_cgroup_reach_published_ports_over_tcp_and_udp() {
     let ip = sb.container_ip(&web);
     let tcp_peers = sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 80), 2);
     let udp_peers = sb.udp_echo_server(&web, SocketAddrV4::new(ip, 53), 3);
-    let host = sb.host_netns.clone();
+    let host = sb.host_netns().to_owned();
     let cg = Some(cgroup.as_path());
 
     // TCP at the uplink's address and at localhost (docker-proxy listens on all addresses);
@@ -211,8 +211,8 @@ fn only_host_namespace_sockets_in_the_cgroup_to_published_ports_are_rewritten() 
     let web_peers = sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 80), 1);
     sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 81), 1);
     // A service of the host itself on a port nobody published.
-    let host_peers = sb.tcp_echo_server(&sb.host_netns.clone(), published(UPLINK_HOST_IP, 9090), 1);
-    let host = sb.host_netns.clone();
+    let host = sb.host_netns().to_owned();
+    let host_peers = sb.tcp_echo_server(&host, published(UPLINK_HOST_IP, 9090), 1);
     let cg = Some(cgroup.as_path());
 
     // A host process outside the cgroup is left alone: its own address has no listener there.
@@ -239,7 +239,7 @@ fn ipv6_sockets_reach_published_ports_by_ipv4_mapped_address_and_at_ipv6_localho
     let ip = sb.container_ip(&web);
     let tcp_peers = sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 80), 3);
     let udp_peers = sb.udp_echo_server(&web, SocketAddrV4::new(ip, 53), 4);
-    let host = sb.host_netns.clone();
+    let host = sb.host_netns().to_owned();
     let cg = Some(cgroup.as_path());
 
     // TCP from a dual-stack AF_INET6 socket (Java's default; `curl http://[::1]:8080`), by the
@@ -302,7 +302,7 @@ fn ipv6_sockets_outside_the_cgroup_to_unpublished_ports_or_v6only_are_left_alone
     let web_peers = sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 80), 1);
     sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 81), 1);
     let udp_peers = sb.udp_echo_server(&web, SocketAddrV4::new(ip, 53), 1);
-    let host = sb.host_netns.clone();
+    let host = sb.host_netns().to_owned();
     // Services of the host itself on ports nobody published, at ::1 and at the uplink's address.
     let host_v6_peers = sb.tcp_echo_server(&host, published6(Ipv6Addr::LOCALHOST, 9090), 1);
     let host_v4_peers = sb.tcp_echo_server(&host, published(UPLINK_HOST_IP, 9091), 1);
@@ -347,13 +347,13 @@ fn restarting_without_the_option_detaches_the_hooks_and_with_it_attaches_them_ag
     sb.ok(&["container", "create", &web, "--network", &net, "--publish", "8080:80"]);
     let ip = sb.container_ip(&web);
     sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 80), 3);
-    let host = sb.host_netns.clone();
+    let host = sb.host_netns().to_owned();
     let cg = Some(cgroup.as_path());
     let to_web = published(UPLINK_HOST_IP, 8080);
     echoed(client(&host, cg, "tcp", to_web, "on"), "on");
 
     sb.stop_agent(Signal::SIGTERM);
-    sb.remove_env("BPFNET_HOST_CGROUP");
+    sb.remove_agent_env("BPFNET_HOST_CGROUP");
     sb.ensure_agent();
     assert_eq!(cgroup_programs(&cgroup), Vec::<String>::new(), "the kernel runs nothing on the cgroup");
     assert_eq!(host_cgroup_pins(&sb), 0);
@@ -363,7 +363,7 @@ fn restarting_without_the_option_detaches_the_hooks_and_with_it_attaches_them_ag
     // Back on, twice: each hook once, not twice.
     for _ in 0..2 {
         sb.stop_agent(Signal::SIGTERM);
-        sb.set_env("BPFNET_HOST_CGROUP", cgroup.to_str().unwrap());
+        sb.set_agent_env("BPFNET_HOST_CGROUP", cgroup.to_str().unwrap());
         sb.ensure_agent();
         assert_eq!(cgroup_programs(&cgroup), HOOKS);
         assert_eq!(host_cgroup_pins(&sb), HOOKS.len());
@@ -374,7 +374,7 @@ fn restarting_without_the_option_detaches_the_hooks_and_with_it_attaches_them_ag
     // cgroup links, as behind the others.
     let ids_before = sb.json(&["status", "--json"])["datapath"]["program_ids"].clone();
     sb.stop_agent(Signal::SIGTERM);
-    sb.set_env("BPFNET_RELOAD_PROGRAMS", "1");
+    sb.set_agent_env("BPFNET_RELOAD_PROGRAMS", "1");
     sb.ensure_agent();
     let status = sb.json(&["status", "--json"]);
     for program in HOOKS {
@@ -395,7 +395,7 @@ fn a_datapath_pinned_before_the_ipv6_hooks_gets_them_when_the_agent_starts() {
     sb.ok(&["container", "create", &web, "--network", &net, "--publish", "8080:80"]);
     let ip = sb.container_ip(&web);
     sb.tcp_echo_server(&web, SocketAddrV4::new(ip, 80), 2);
-    let host = sb.host_netns.clone();
+    let host = sb.host_netns().to_owned();
     let cg = Some(cgroup.as_path());
     let to_web = published(UPLINK_HOST_IP, 8080);
 
@@ -404,7 +404,7 @@ fn a_datapath_pinned_before_the_ipv6_hooks_gets_them_when_the_agent_starts() {
     sb.stop_agent(Signal::SIGTERM);
     let ipv6_hook = |name: &str| ["sock_connect6", "sock_recvmsg6", "sock_getpeer6"].iter().any(|p| name.ends_with(p));
     for dir in ["progs", "links"] {
-        for entry in std::fs::read_dir(sb.bpffs.join(dir)).unwrap().flatten() {
+        for entry in std::fs::read_dir(sb.bpffs_dir().join(dir)).unwrap().flatten() {
             if ipv6_hook(&entry.file_name().to_string_lossy()) {
                 std::fs::remove_file(entry.path()).unwrap();
             }
@@ -425,7 +425,7 @@ fn a_datapath_pinned_before_the_ipv6_hooks_gets_them_when_the_agent_starts() {
 #[test]
 fn a_wrong_host_cgroup_stops_the_agent_before_it_changes_anything() {
     let mut sb = Sandbox::with_uplink();
-    let cgroup = sb.cgroup();
+    let cgroup = sb.cgroup().unwrap();
     let procs = cgroup.join("cgroup.procs");
     for (dir, needle) in [
         (Path::new("/nonexistent-bpfnet-cgroup"), "no such directory"),
@@ -438,18 +438,16 @@ fn a_wrong_host_cgroup_stops_the_agent_before_it_changes_anything() {
         assert!(err.contains(&format!("--host-cgroup {}: {needle}", dir.display())), "{err}");
         let mount = bpfnet_tests::cgroup2_mount().unwrap();
         assert!(err.contains(&format!("give a cgroup v2 directory: {}", mount.display())), "{err}");
-        assert!(!sb.bpffs.exists() && !sb.state_dir.exists() && !sb.socket.exists(), "nothing created");
+        assert!(!sb.bpffs_dir().exists() && !sb.state_dir().exists() && !sb.socket().exists(), "nothing created");
     }
     // The config file's `host_cgroup` is the same setting.
-    let config = std::env::temp_dir().join(format!("{}-agent.toml", sb.prefix));
-    std::fs::write(&config, "host_cgroup = \"/tmp\"\n").unwrap();
+    let config = sb.write_scratch("agent.toml", "host_cgroup = \"/tmp\"\n").unwrap();
     let out = sb.agent_command().arg("--config").arg(&config).output().unwrap();
-    std::fs::remove_file(&config).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--host-cgroup /tmp: not a cgroup v2 directory"), "{err}");
 
     // With a datapath running, a wrong value leaves it (and the hooks it has) as it was.
-    sb.set_env("BPFNET_HOST_CGROUP", cgroup.to_str().unwrap());
+    sb.set_agent_env("BPFNET_HOST_CGROUP", cgroup.to_str().unwrap());
     sb.ok(&["network", "create", &sb.name("net"), "--subnet", "10.241.0.0/24"]);
     assert_eq!(cgroup_programs(&cgroup), HOOKS);
     sb.stop_agent(Signal::SIGTERM);

@@ -17,8 +17,8 @@ fn rm_removes_namespace_veth_link_and_map_entries() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(pinned_map_len(&sb.bpffs, "ENDPOINTS"), 2);
-    assert_eq!(pinned_map_len(&sb.bpffs, "IFACES"), 2);
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "ENDPOINTS"), 2);
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "IFACES"), 2);
     assert!(ping(&c1, "10.213.0.50".parse().unwrap()));
 
     // A network with containers cannot be removed.
@@ -27,11 +27,11 @@ fn rm_removes_namespace_veth_link_and_map_entries() {
 
     sb.ok(&["container", "rm", &c2]);
     assert!(namespaces_with_prefix(&c2).is_empty(), "namespace removed");
-    assert!(!links_in(&sb.host_netns).contains(&c2_veth), "veth removed");
-    assert!(tcx_ingress_programs(&sb.host_netns, &c2_veth).is_err(), "no interface, no program");
-    assert!(!sb.bpffs.join("links").join(&c2_veth).exists(), "link pin removed");
-    assert_eq!(pinned_map_len(&sb.bpffs, "ENDPOINTS"), 1);
-    assert_eq!(pinned_map_len(&sb.bpffs, "IFACES"), 1);
+    assert!(!links_in(sb.host_netns()).contains(&c2_veth), "veth removed");
+    assert!(tcx_ingress_programs(sb.host_netns(), &c2_veth).is_err(), "no interface, no program");
+    assert!(!sb.bpffs_dir().join("links").join(&c2_veth).exists(), "link pin removed");
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "ENDPOINTS"), 1);
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "IFACES"), 1);
     assert!(!ping(&c1, "10.213.0.50".parse().unwrap()));
     let err = sb.fails(&["container", "rm", &c2]);
     assert!(err.contains("no container named"), "{err}");
@@ -43,9 +43,9 @@ fn rm_removes_namespace_veth_link_and_map_entries() {
     sb.ok(&["container", "rm", &c1]);
     sb.ok(&["container", "rm", &c2]);
     sb.ok(&["network", "rm", &net]);
-    assert_eq!(pinned_map_len(&sb.bpffs, "NETWORKS"), 0);
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "NETWORKS"), 0);
     assert_eq!(sb.json(&["network", "ls", "--json"]), serde_json::json!([]));
-    let host_links = links_in(&sb.host_netns);
+    let host_links = links_in(sb.host_netns());
     assert_eq!(host_links, vec!["lo".to_owned()], "only lo left in the host namespace");
 }
 
@@ -59,15 +59,15 @@ fn down_and_sandbox_drop_leave_nothing_behind() {
         sb.ok(&["container", "create", &sb.name("c1"), "--network", &net]);
         sb.ok(&["container", "create", &sb.name("c2"), "--network", &net]);
         sb.ok(&["down"]);
-        assert_eq!(namespaces_with_prefix(&sb.prefix), vec![sb.host_netns.clone()]);
-        assert!(!sb.bpffs.exists(), "down removes the pins");
+        assert_eq!(namespaces_with_prefix(sb.prefix()), vec![sb.host_netns().to_owned()]);
+        assert!(!sb.bpffs_dir().exists(), "down removes the pins");
         assert_eq!(sb.json(&["container", "ls", "--json"]), serde_json::json!([]));
         // And it can be used again after down.
         sb.ok(&["network", "create", &net, "--subnet", "10.214.0.0/24"]);
         sb.ok(&["container", "create", &sb.name("c1"), "--network", &net]);
-        prefix = sb.prefix.clone();
-        bpffs = sb.bpffs.clone();
-        state_dir = sb.state_dir.clone();
+        prefix = sb.prefix().to_owned();
+        bpffs = sb.bpffs_dir().to_owned();
+        state_dir = sb.state_dir().to_owned();
     }
     assert!(namespaces_with_prefix(&prefix).is_empty());
     assert!(!Path::new(&bpffs).exists());

@@ -15,7 +15,7 @@ use bpfnet_tests::{
 fn sandbox_with(containers: &[&str], settings: &[(&str, &str)]) -> (Sandbox, Vec<String>) {
     let mut sb = Sandbox::with_uplink();
     for (key, value) in settings {
-        sb.set_env(key, value);
+        sb.set_agent_env(key, value);
     }
     let net = sb.name("net");
     sb.ok(&["network", "create", &net, "--subnet", "10.230.0.0/24"]);
@@ -33,8 +33,9 @@ fn uplink_addr(peer: &SocketAddr) -> bool {
 #[test]
 fn tcp_udp_and_ping_reach_the_outside_from_the_uplink_address() {
     let (mut sb, c) = sandbox_with(&["c1", "c2"], &[]);
-    let tcp_peers = sb.tcp_echo_server(&sb.outside_netns.clone(), SocketAddrV4::new(OUTSIDE_IP, 8080), 2);
-    let udp_peers = sb.udp_echo_server(&sb.outside_netns.clone(), SocketAddrV4::new(OUTSIDE_IP, 5353), 2);
+    let out = sb.outside_netns().to_owned();
+    let tcp_peers = sb.tcp_echo_server(&out, SocketAddrV4::new(OUTSIDE_IP, 8080), 2);
+    let udp_peers = sb.udp_echo_server(&out, SocketAddrV4::new(OUTSIDE_IP, 5353), 2);
     for name in &c {
         assert!(ping(name, OUTSIDE_IP), "ping from {name}");
         let request: &'static [u8] = b"GET / HTTP/1.0\r\n\r\n";
@@ -60,9 +61,9 @@ fn tcp_udp_and_ping_reach_the_outside_from_the_uplink_address() {
     assert_eq!(peers.get()[0].ip(), std::net::IpAddr::V4(sb.container_ip(&c[0])));
 
     // The host's own traffic on the uplink still works (passed untouched by from_uplink).
-    assert!(ping(&sb.host_netns, OUTSIDE_IP));
+    assert!(ping(sb.host_netns(), OUTSIDE_IP));
 
-    for ns in [&sb.host_netns, &sb.outside_netns, &c[0], &c[1]] {
+    for ns in [sb.host_netns(), sb.outside_netns(), c[0].as_str(), c[1].as_str()] {
         assert_eq!(iptables_rules(ns), Vec::<String>::new(), "no iptables rules in {ns}");
     }
 }
@@ -72,7 +73,8 @@ fn two_hundred_connections_with_colliding_source_ports_all_complete() {
     let (mut sb, c) = sandbox_with(&["c1", "c2"], &[]);
     const PER_CONTAINER: u16 = 100;
     let server = SocketAddrV4::new(OUTSIDE_IP, 8080);
-    let peers = sb.tcp_echo_server(&sb.outside_netns.clone(), server, 2 * PER_CONTAINER as usize);
+    let out = sb.outside_netns().to_owned();
+    let peers = sb.tcp_echo_server(&out, server, 2 * PER_CONTAINER as usize);
     // Both containers open 100 connections from the same source ports 40000..40099: all 200
     // are open at once, then each carries its own payload.
     let mut streams = Vec::new();
@@ -123,7 +125,7 @@ fn udp_to_a_closed_port_is_refused_through_the_translated_icmp_error() {
 #[test]
 fn a_gigabyte_each_way_arrives_with_no_checksum_error() {
     let (mut sb, c) = sandbox_with(&["c1"], &[]);
-    let out = sb.outside_netns.clone();
+    let out = sb.outside_netns().to_owned();
     full_checksums(&c[0], "eth0", &out, "up0o");
     full_checksums(&out, "up0o", &c[0], "eth0");
     let errors = tcp_receive_errors;
@@ -141,8 +143,8 @@ fn a_gigabyte_each_way_arrives_with_no_checksum_error() {
 #[test]
 fn partial_checksums_from_a_container_are_completed_right_after_translation() {
     let (mut sb, c) = sandbox_with(&["c1"], &[]);
-    let out = sb.outside_netns.clone();
-    full_checksums(&sb.host_netns.clone(), "up0", &out, "up0o");
+    let out = sb.outside_netns().to_owned();
+    full_checksums(sb.host_netns(), "up0", &out, "up0o");
     let before = tcp_receive_errors(&out);
     iperf3_each_way(&mut sb, &out, &c[0], OUTSIDE_IP, "200M", 200 << 20);
     assert_eq!(tcp_receive_errors(&out), before, "checksum errors at the outside receiver");
@@ -160,7 +162,8 @@ fn expired_flows_are_collected_and_their_ports_reused() {
     ];
     let (mut sb, c) = sandbox_with(&["c1"], &settings);
     let server = SocketAddrV4::new(OUTSIDE_IP, 5353);
-    let peers = sb.udp_echo_server(&sb.outside_netns.clone(), server, 10);
+    let out = sb.outside_netns().to_owned();
+    let peers = sb.udp_echo_server(&out, server, 10);
     // Four ports, four flows: the fifth finds no port and is dropped with a counted reason.
     let sockets = in_netns(&c[0], move || {
         (0..5)
@@ -206,7 +209,7 @@ fn a_full_assured_table_keeps_its_flows_and_still_lets_new_ones_through() {
     let (mut sb, c) = sandbox_with(&["c1"], &[("BPFNET_CT_SIZE", "4096")]);
     let limit = sb.json(&["status", "--json"])["datapath"]["conntrack"]["limit"].as_u64().unwrap();
     assert!(limit > 1000 && limit < 4096, "limit {limit}");
-    let out = sb.outside_netns.clone();
+    let out = sb.outside_netns().to_owned();
     let tcp_server = SocketAddrV4::new(OUTSIDE_IP, 8080);
     sb.tcp_echo_server(&out, tcp_server, 1);
     let udp_server = SocketAddrV4::new(OUTSIDE_IP, 5353);
@@ -261,7 +264,7 @@ fn a_full_assured_table_keeps_its_flows_and_still_lets_new_ones_through() {
 #[test]
 fn fragmented_datagrams_and_large_pings_cross_the_nat_both_ways() {
     let (mut sb, c) = sandbox_with(&["c1"], &[]);
-    let out = sb.outside_netns.clone();
+    let out = sb.outside_netns().to_owned();
     let server = SocketAddrV4::new(OUTSIDE_IP, 5354);
     let peers = sb.udp_echo_server(&out, server, 1);
     let reassembled = |ns: &str| snmp_counter(ns, "Ip", "ReasmOKs");

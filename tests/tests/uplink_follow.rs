@@ -28,10 +28,10 @@ const UDP_SERVER: SocketAddrV4 = SocketAddrV4::new(OUTSIDE_IP, 5353);
 /// published as 8080), with the agent running and the container's traffic masqueraded.
 fn sandbox(mode: &str) -> (Sandbox, String) {
     let mut sb = Sandbox::with_uplink();
-    sb.set_env("BPFNET_UPLINK_MODE", mode);
+    sb.set_agent_env("BPFNET_UPLINK_MODE", mode);
     if mode == "xdp" {
         // XDP needs complete checksums from the wire (see docs/xdp-uplink.md).
-        run("ip", &["netns", "exec", &sb.outside_netns, "ethtool", "-K", "up0o", "tx", "off"]).unwrap();
+        run("ip", &["netns", "exec", sb.outside_netns(), "ethtool", "-K", "up0o", "tx", "off"]).unwrap();
     }
     let net = sb.name("net");
     sb.ok(&["network", "create", &net, "--subnet", "10.236.0.0/24"]);
@@ -102,7 +102,7 @@ fn wait_until(sb: &Sandbox, what: &str, mut condition: impl FnMut() -> bool) {
 #[test]
 fn a_new_uplink_address_becomes_the_masquerade_and_published_address() {
     let (mut sb, c1) = sandbox("tc");
-    let (host, out) = (sb.host_netns.clone(), sb.outside_netns.clone());
+    let (host, out) = (sb.host_netns().to_owned(), sb.outside_netns().to_owned());
     let peers = sb.udp_echo_server(&out, UDP_SERVER, 200);
     wait_for_masquerade(&sb, &c1, &peers, UPLINK_HOST_IP);
 
@@ -140,7 +140,7 @@ fn a_new_uplink_address_becomes_the_masquerade_and_published_address() {
 /// peer too): the same name and addresses, a new ifindex. The outside end plays the wire, as
 /// in [`sandbox`].
 fn create_uplink(sb: &Sandbox, mode: &str) {
-    let (host, out) = (sb.host_netns.as_str(), sb.outside_netns.as_str());
+    let (host, out) = (sb.host_netns(), sb.outside_netns());
     let steps: [&[&str]; 6] = [
         &["-n", host, "link", "add", UPLINK, "type", "veth", "peer", "name", "up0o", "netns", out],
         &["-n", host, "addr", "add", &format!("{UPLINK_HOST_IP}/24"), "dev", UPLINK],
@@ -161,7 +161,7 @@ fn create_uplink(sb: &Sandbox, mode: &str) {
 /// attached to the new interface and masquerading works again.
 fn uplink_recreated_gets_its_program_back(mode: &str) {
     let (mut sb, c1) = sandbox(mode);
-    let (host, out) = (sb.host_netns.clone(), sb.outside_netns.clone());
+    let (host, out) = (sb.host_netns().to_owned(), sb.outside_netns().to_owned());
     let peers = sb.udp_echo_server(&out, UDP_SERVER, 200);
     wait_for_masquerade(&sb, &c1, &peers, UPLINK_HOST_IP);
     let old_index = ifindex(&host, UPLINK);
@@ -224,13 +224,13 @@ fn an_uplink_made_again_gets_the_xdp_program_back() {
 #[test]
 fn an_uplink_made_again_while_the_agent_is_stopped_survives_an_upgrade() {
     let (mut sb, c1) = sandbox("tc");
-    let (host, out) = (sb.host_netns.clone(), sb.outside_netns.clone());
+    let (host, out) = (sb.host_netns().to_owned(), sb.outside_netns().to_owned());
     let peers = sb.udp_echo_server(&out, UDP_SERVER, 50);
     wait_for_masquerade(&sb, &c1, &peers, UPLINK_HOST_IP);
     sb.stop_agent(nix::sys::signal::Signal::SIGTERM);
     run("ip", &["-n", &host, "link", "del", UPLINK]).unwrap();
     create_uplink(&sb, "tc");
-    sb.set_env("BPFNET_RELOAD_PROGRAMS", "true");
+    sb.set_agent_env("BPFNET_RELOAD_PROGRAMS", "true");
     let ids = sb.json(&["status", "--json"])["datapath"]["program_ids"].clone();
     let tcx = tcx_ingress_programs(&host, UPLINK).unwrap();
     assert_eq!(

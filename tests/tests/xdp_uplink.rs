@@ -19,8 +19,8 @@ use serde_json::Value;
 /// the pseudo-header sum, and nothing at XDP can tell (see docs/xdp-uplink.md).
 fn sandbox(mode: &str) -> (Sandbox, String) {
     let mut sb = Sandbox::with_uplink();
-    run("ip", &["netns", "exec", &sb.outside_netns, "ethtool", "-K", "up0o", "tx", "off"]).unwrap();
-    sb.set_env("BPFNET_UPLINK_MODE", mode);
+    run("ip", &["netns", "exec", sb.outside_netns(), "ethtool", "-K", "up0o", "tx", "off"]).unwrap();
+    sb.set_agent_env("BPFNET_UPLINK_MODE", mode);
     let net = sb.name("net");
     sb.ok(&["network", "create", &net, "--subnet", "10.235.0.0/24"]);
     (sb, net)
@@ -51,9 +51,9 @@ fn assert_uplink_runs(sb: &Sandbox, mode: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     let (status, xdp, tcx) = loop {
         let status = sb.json(&["status", "--json"]);
-        let xdp = xdp_program_on(&sb.host_netns, UPLINK);
+        let xdp = xdp_program_on(sb.host_netns(), UPLINK);
         let tcx: Vec<u64> =
-            tcx_ingress_programs(&sb.host_netns, UPLINK).unwrap().iter().map(|(id, _)| u64::from(*id)).collect();
+            tcx_ingress_programs(sb.host_netns(), UPLINK).unwrap().iter().map(|(id, _)| u64::from(*id)).collect();
         let settled = if mode == "xdp" { tcx.is_empty() } else { xdp.is_none() };
         if settled || std::time::Instant::now() > deadline {
             break (status, xdp, tcx);
@@ -89,7 +89,7 @@ fn published_ports_and_replies_to_containers_go_through_the_xdp_uplink() {
     let (web_ip, dns_ip) = (sb.container_ip(&web), sb.container_ip(&dns));
     let web_peers = sb.tcp_echo_server(&web, SocketAddrV4::new(web_ip, 80), 1);
     let dns_peers = sb.udp_echo_server(&dns, SocketAddrV4::new(dns_ip, 53), 1);
-    let out = sb.outside_netns.clone();
+    let out = sb.outside_netns().to_owned();
 
     // Outside -> published ports: DNAT at XDP, the container sees the real client.
     assert_eq!(tcp_exchange(&out, published(8080), b"GET / HTTP/1.0\r\n\r\n").unwrap(), b"GET / HTTP/1.0\r\n\r\n");
@@ -122,7 +122,7 @@ fn bulk_data_through_the_xdp_uplink_arrives_with_no_checksum_error() {
     let (mut sb, net) = sandbox("xdp");
     let c = sb.name("iperf");
     sb.ok(&["container", "create", &c, "--network", &net, "--publish", "5201:5201"]);
-    let out = sb.outside_netns.clone();
+    let out = sb.outside_netns().to_owned();
     // Receivers verify every checksum; the container sends complete ones too.
     full_checksums(&out, "up0o", &c, "eth0");
     full_checksums(&c, "eth0", &out, "up0o");
@@ -150,7 +150,7 @@ fn switching_the_uplink_mode_keeps_established_connections() {
     let ip = sb.container_ip(&c);
     sb.tcp_echo_server(&c, SocketAddrV4::new(ip, 80), 1);
     assert_uplink_runs(&sb, "tc");
-    let mut stream = in_netns(&sb.outside_netns, || {
+    let mut stream = in_netns(sb.outside_netns(), || {
         let stream = TcpStream::connect_timeout(&published(8080).into(), IO_TIMEOUT)?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         Ok(stream)
@@ -159,12 +159,12 @@ fn switching_the_uplink_mode_keeps_established_connections() {
     assert_eq!(exchange(&mut stream, b"tc").unwrap(), b"tc");
     for mode in ["xdp", "tc", "xdp"] {
         sb.stop_agent(nix::sys::signal::Signal::SIGTERM);
-        sb.set_env("BPFNET_UPLINK_MODE", mode);
+        sb.set_agent_env("BPFNET_UPLINK_MODE", mode);
         assert_uplink_runs(&sb, mode);
         assert_eq!(exchange(&mut stream, mode.as_bytes()).unwrap(), mode.as_bytes(), "after switching to {mode}");
     }
     // Only one uplink link is pinned: the old mode's was removed.
-    let links: Vec<String> = std::fs::read_dir(sb.bpffs.join("links"))
+    let links: Vec<String> = std::fs::read_dir(sb.bpffs_dir().join("links"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("uplink"))
@@ -172,7 +172,7 @@ fn switching_the_uplink_mode_keeps_established_connections() {
     assert_eq!(links, vec![format!("uplinkxdp-{UPLINK}")]);
     // `down` removes the XDP program too.
     sb.ok(&["down"]);
-    assert_eq!(xdp_program_on(&sb.host_netns, UPLINK), None, "XDP program left on the uplink after down");
+    assert_eq!(xdp_program_on(sb.host_netns(), UPLINK), None, "XDP program left on the uplink after down");
 }
 
 /// The config file holds every setting of the agent, the uplink mode too; a key it does not
@@ -182,15 +182,13 @@ fn the_config_file_sets_the_uplink_mode_and_names_unknown_keys() {
     let (mut sb, _net) = sandbox("tc");
     assert_uplink_runs(&sb, "tc");
     sb.stop_agent(nix::sys::signal::Signal::SIGTERM);
-    sb.remove_env("BPFNET_UPLINK_MODE");
-    let config = std::env::temp_dir().join(format!("{}-agent.toml", sb.prefix));
-    std::fs::write(&config, "uplink_mode = \"xdp\"\ngc_interval = 5\n").unwrap();
-    sb.set_env("BPFNET_CONFIG", config.to_str().unwrap());
+    sb.remove_agent_env("BPFNET_UPLINK_MODE");
+    let config = sb.write_scratch("agent.toml", "uplink_mode = \"xdp\"\ngc_interval = 5\n").unwrap();
+    sb.set_agent_env("BPFNET_CONFIG", config.to_str().unwrap());
     assert_uplink_runs(&sb, "xdp");
     sb.stop_agent(nix::sys::signal::Signal::SIGTERM);
     std::fs::write(&config, "uplink_mod = \"tc\"\n").unwrap();
     let out = sb.agent_command().output().unwrap();
-    std::fs::remove_file(&config).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("unknown setting \"uplink_mod\""), "{err}");
@@ -198,5 +196,5 @@ fn the_config_file_sets_the_uplink_mode_and_names_unknown_keys() {
         assert!(err.contains(key), "{key} is among the known settings: {err}");
     }
     assert!(!err.contains("config,"), "the config file does not name itself: {err}");
-    assert!(xdp_program_on(&sb.host_netns, UPLINK).is_some(), "the datapath kept running");
+    assert!(xdp_program_on(sb.host_netns(), UPLINK).is_some(), "the datapath kept running");
 }

@@ -9,36 +9,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-
-/// The command as a shell line: `VAR=value program args`, quoted where needed.
-/// PATH is left out: it is only ever extended, and would drown the line.
-pub fn display(cmd: &Command) -> String {
-    let mut words = Vec::new();
-    for (key, value) in cmd.get_envs() {
-        if key == "PATH" {
-            continue;
-        }
-        if let Some(value) = value {
-            words.push(format!("{}={}", key.to_string_lossy(), quote(&value.to_string_lossy())));
-        }
-    }
-    words.push(quote(&cmd.get_program().to_string_lossy()));
-    words.extend(cmd.get_args().map(|arg| quote(&arg.to_string_lossy())));
-    words.join(" ")
-}
-
-fn quote(word: &str) -> String {
-    let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^~".contains(c));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
-
-pub fn announce(cmd: &Command) {
-    println!("$ {}", display(cmd));
-}
+// Shared with the sandbox, which shows its own commands the same way.
+pub use bpfnet_tests::process::{announce, display, wait_bounded};
 
 fn check(cmd: &Command, status: ExitStatus) -> Result<()> {
     if status.success() {
@@ -191,35 +163,9 @@ fn wait_exactly(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
     }
 }
 
-/// Wait for `child` to exit; kill and reap it after `limit`.
-pub fn wait_bounded(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().context("waiting for a child process")? {
-            return Ok(status);
-        }
-        if Instant::now() >= deadline {
-            // It may exit between try_wait and kill: then kill fails and wait reaps it.
-            let _killed = child.kill();
-            let _reaped = child.wait();
-            bail!("timed out after {limit:?} and was killed");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn display_quotes_only_what_needs_it() {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", "a-b", "sh", "-c", "echo 'hi' there"])
-            .env("BPFNET_BIN", "/t/bpfnet")
-            .env("PATH", "/x");
-        assert_eq!(display(&cmd), r"BPFNET_BIN=/t/bpfnet ip netns exec a-b sh -c 'echo '\''hi'\'' there'");
-    }
 
     #[test]
     fn tail_takes_the_last_lines() {
@@ -253,13 +199,5 @@ mod tests {
         assert!(run_timed(Command::new("sleep").arg("5"), Duration::from_millis(100)).is_err());
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(run_timed(&mut Command::new("false"), Duration::from_secs(5)).is_err());
-    }
-
-    #[test]
-    fn bounded_run_kills_a_hanging_command() {
-        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
-        let started = Instant::now();
-        assert!(wait_bounded(&mut child, Duration::from_millis(100)).is_err());
-        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }

@@ -13,15 +13,16 @@ use std::collections::HashMap;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use bpfnet_tests::sandbox::{netns_exec, Output, Sandbox, Uplink};
 use serde_json::Value;
 
 use crate::bench::{self, BenchArgs};
 use crate::cargo_cmd::{self, Profile};
-use crate::sandbox::{self, Sandbox, Uplink};
-use crate::{command, setup};
+use crate::{command, interrupt, setup};
 
 /// Only exists inside the sandbox's namespaces.
 const SUBNET: &str = "10.201.0.0/24";
@@ -57,15 +58,15 @@ fn containers(profile: Profile, bpfnet_bin: Option<PathBuf>) -> Result<()> {
         }
     };
 
-    sandbox::catch_interrupts()?;
+    interrupt::catch_interrupts()?;
     section("sandbox: a namespace that plays the host, and one behind its uplink that plays the outside world");
-    let mut sandbox = Sandbox::create("bnd", bpfnet_bin)?;
+    let mut sandbox = Sandbox::create("bnd", bpfnet_bin, Output::Terminal)?;
     let mut checks = Checks::default();
     let outcome = sandbox.add_uplink().and_then(|uplink| scenario(&mut sandbox, &uplink, &mut checks));
     if outcome.is_err() && sandbox.agent_running() {
         // Its counters and drop reasons say where the packets of the failed step went.
         section("bpfnet status, to see where the packets went");
-        if let Err(err) = command::run_bounded(sandbox.bpfnet().arg("status"), STEP_LIMIT) {
+        if let Err(err) = command::run_bounded(sandbox.cli().arg("status"), STEP_LIMIT) {
             eprintln!("warning: {err:#}");
         }
     }
@@ -106,13 +107,14 @@ impl Checks {
     fn pass(&mut self, line: String) -> Result<()> {
         println!("{line}  ok");
         self.passed.push(line);
-        sandbox::check_interrupted()
+        interrupt::check_interrupted()
     }
 }
 
 fn scenario(sandbox: &mut Sandbox, uplink: &Uplink, checks: &mut Checks) -> Result<()> {
     section(&format!("the bpfnet agent, with uplink {}", uplink.name));
-    sandbox.start_agent(&["--uplink", uplink.name])?;
+    // add_uplink set BPFNET_UPLINK: the agent masquerades to the uplink's address.
+    sandbox.start_agent()?;
     let network = sandbox.name("net");
 
     section("a network and three containers; c2 publishes port 80 as 8080");
@@ -125,7 +127,7 @@ fn scenario(sandbox: &mut Sandbox, uplink: &Uplink, checks: &mut Checks) -> Resu
         bpfnet(sandbox, &args)?;
     }
     bpfnet(sandbox, &["container", "ls"])?;
-    let json = command::output_bounded(sandbox.bpfnet().args(["container", "ls", "--json"]), STEP_LIMIT)?;
+    let json = command::output_bounded(sandbox.cli().args(["container", "ls", "--json"]), STEP_LIMIT)?;
     let ips = container_ips(&json, &network)?;
     let container = |label: &'static str| -> Result<Container> {
         let name = sandbox.name(label);
@@ -147,10 +149,10 @@ fn scenario(sandbox: &mut Sandbox, uplink: &Uplink, checks: &mut Checks) -> Resu
     checks.pass(format!("status: masquerade to {} ({}'s address)", uplink.host_ip, uplink.name))?;
 
     for (from, to) in [(&c1, &c2), (&c1, &c3), (&c2, &c3)] {
-        let replies = ping(sandbox, &from.name, to.ip)?;
+        let replies = ping(&from.name, to.ip)?;
         checks.pass(format!("ping: {} -> {} ({}) {replies}", from.label, to.label, to.ip))?;
     }
-    let replies = ping(sandbox, &c1.name, uplink.outside_ip)?;
+    let replies = ping(&c1.name, uplink.outside_ip)?;
     checks.pass(format!("ping: {} -> outside ({}) {replies}", c1.label, uplink.outside_ip))?;
 
     // Between containers of one network nothing is translated: each end sees the other's own
@@ -282,12 +284,13 @@ fn exchange(
         ]
     };
 
-    let cmd = sandbox.in_netns(server_netns, "python3", script_args(&server_script, listen));
+    let mut cmd = netns_exec(server_netns, "python3", script_args(&server_script, listen));
+    cmd.stdout(Stdio::piped());
     let label = format!("the {proto} server in {server_netns}");
     let id = sandbox.spawn(&label, cmd)?;
     sandbox.read_line(id)?; // "listening": the client may start
 
-    let mut cmd = sandbox.in_netns(client, "python3", script_args(&client_script, target));
+    let mut cmd = netns_exec(client, "python3", script_args(&client_script, target));
     let client_out = command::output_bounded(&mut cmd, STEP_LIMIT)
         .with_context(|| format!("the {proto} client in {client} could not exchange with {target}"))?;
     let server_out = sandbox.finish(id, SERVER_LIMIT)?;
@@ -308,11 +311,11 @@ fn tagged_address(output: &str, tag: &str) -> Result<SocketAddrV4> {
 }
 
 /// Ping `to` from `netns` 3 times; "N/3 replies" (at least one, or it fails).
-fn ping(sandbox: &Sandbox, netns: &str, to: Ipv4Addr) -> Result<String> {
+fn ping(netns: &str, to: Ipv4Addr) -> Result<String> {
     const COUNT: u32 = 3;
     let count = COUNT.to_string();
     let to = to.to_string();
-    let mut cmd = sandbox.in_netns(netns, "ping", ["-q", "-c", &count, "-i", "0.2", "-W", "1", &to]);
+    let mut cmd = netns_exec(netns, "ping", ["-q", "-c", &count, "-i", "0.2", "-W", "1", &to]);
     let out =
         command::output_bounded(&mut cmd, STEP_LIMIT).with_context(|| format!("no ping reply from {to} in {netns}"))?;
     let received = ping_received(&out).ok_or_else(|| anyhow!("ping printed no `N received` line: {out:?}"))?;
@@ -330,7 +333,7 @@ fn ping_received(output: &str) -> Option<u32> {
 
 /// The agent's masquerade address from `bpfnet status --json` (None: masquerade off).
 fn masquerade_address(sandbox: &Sandbox) -> Result<Option<Ipv4Addr>> {
-    let json = command::output_bounded(sandbox.bpfnet().args(["status", "--json"]), STEP_LIMIT)?;
+    let json = command::output_bounded(sandbox.cli().args(["status", "--json"]), STEP_LIMIT)?;
     let status: Value =
         serde_json::from_str(&json).with_context(|| format!("`bpfnet status --json` did not print JSON: {json}"))?;
     match &status["datapath"]["uplink"]["masquerade_address"] {
@@ -345,8 +348,8 @@ fn masquerade_address(sandbox: &Sandbox) -> Result<Option<Ipv4Addr>> {
 
 /// Print and run one bpfnet command of the demo.
 fn bpfnet(sandbox: &Sandbox, args: &[&str]) -> Result<()> {
-    command::run_bounded(sandbox.bpfnet().args(args), STEP_LIMIT)?;
-    sandbox::check_interrupted()
+    command::run_bounded(sandbox.cli().args(args), STEP_LIMIT)?;
+    interrupt::check_interrupted()
 }
 
 fn section(title: &str) {

@@ -6,7 +6,7 @@ mod bench;
 mod cargo_cmd;
 mod command;
 mod demo;
-mod sandbox;
+mod interrupt;
 mod setup;
 mod test;
 

@@ -31,13 +31,14 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use bpfnet_tests::sandbox::{Output, Sandbox};
 use serde_json::json;
 
 use self::report::{Collected, Key};
 use self::topology::{Datapath, Scenario, Support, Topologies, MEASURED_PORTS};
 use self::workload::{Durations, Metric, Pinning, Runner, Workload};
 use crate::cargo_cmd::{self, Profile};
-use crate::sandbox::{self, Sandbox};
+use crate::interrupt;
 use crate::{command, setup};
 
 #[derive(clap::Args, Debug)]
@@ -126,9 +127,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let plan = Plan::new(args.quick, args.perf);
     let pinning = Pinning::for_this_machine();
 
-    sandbox::catch_interrupts()?;
+    interrupt::catch_interrupts()?;
     section("sandbox");
-    let mut sandbox = Sandbox::create("bnb", bpfnet_bin.clone())?;
+    let mut sandbox = Sandbox::create("bnb", bpfnet_bin.clone(), Output::Terminal)?;
     // A copy of the release xtask for `loadgen`: a rebuild during the run cannot swap it.
     let loadgen = sandbox.write_scratch("loadgen", "")?;
     fs::copy(&loadgen_bin, &loadgen)
@@ -191,7 +192,7 @@ fn measure(
                             Support::Yes(ends) => ends,
                             Support::NotApplicable => continue,
                         };
-                        sandbox::check_interrupted()?;
+                        interrupt::check_interrupted()?;
                         topologies.prepare(sandbox, datapath)?;
                         done += 1;
                         let what = format!(
@@ -214,7 +215,7 @@ fn measure(
                                 }
                             }
                             Err(err) => {
-                                sandbox::check_interrupted()?;
+                                interrupt::check_interrupted()?;
                                 progress(&format!("{what}: FAILED: {err:#}"));
                                 for metric in metrics(workload) {
                                     collected.fail(key(scenario.name(), n, metric, datapath), format!("{err:#}"));
@@ -225,7 +226,7 @@ fn measure(
                 }
             }
             for &datapath in &order {
-                sandbox::check_interrupted()?;
+                interrupt::check_interrupted()?;
                 match topologies.publish_one_more(sandbox, datapath) {
                     Ok(Support::Yes(figures)) => {
                         let shown: Vec<String> =
@@ -242,7 +243,7 @@ fn measure(
                     }
                     Ok(Support::NotApplicable) => {}
                     Err(err) => {
-                        sandbox::check_interrupted()?;
+                        interrupt::check_interrupted()?;
                         collected.fail(key("control-plane", n, Metric::PublishMs, datapath), format!("{err:#}"));
                     }
                 }
@@ -279,7 +280,7 @@ fn profile_udp(
         let Support::Yes(ends) = topologies.endpoints(datapath, Scenario::ContainerToContainer, true) else {
             continue;
         };
-        sandbox::check_interrupted()?;
+        interrupt::check_interrupted()?;
         topologies.prepare(sandbox, datapath)?;
         let file = format!("perf-{}.txt", datapath.name());
         let data = out.join(format!("perf-{}.data", datapath.name()));
@@ -306,7 +307,7 @@ fn profile_udp(
                 profiles.push(json!({ "datapath": datapath.name(), "scenario": "c2c", "file": file, "error": null }));
             }
             Err(err) => {
-                sandbox::check_interrupted()?;
+                interrupt::check_interrupted()?;
                 progress(&format!("perf {}: FAILED: {err:#}", datapath.name()));
                 profiles.push(json!({ "datapath": datapath.name(), "scenario": "c2c", "file": null, "error": format!("{err:#}") }));
             }

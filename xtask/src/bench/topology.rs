@@ -11,7 +11,7 @@
 //! - floor: the client and server namespaces joined by one veth pair (no host, no outside);
 //! - bridge: Docker's path: a bridge `docker0` holding the gateway address, a veth per container
 //!   enslaved to it, `ip_forward`, and Docker's iptables rules ([`super::docker_rules`]);
-//! - bpfnet: the real binary; its agent runs with `--host-netns` the sandbox's host namespace, `--uplink up0`
+//! - bpfnet: the real binary; its agent runs with the sandbox's host namespace, uplink `up0`
 //!   (masquerade to 10.203.0.1, ports published on it);
 //! - bpfnet-xdp: the same topology with the agent restarted with `--uplink-mode xdp`: the
 //!   uplink's program at XDP instead of tcx (SNAT and DNAT only: nothing else differs).
@@ -31,6 +31,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use bpfnet_tests::sandbox::{netns_exec, Sandbox};
 use serde::Serialize;
 
 use super::api_request;
@@ -38,7 +39,6 @@ use super::docker_rules::{self, PortMapping, Proto};
 use super::stats::Summary;
 use super::workload::Metric;
 use crate::command;
-use crate::sandbox::Sandbox;
 
 pub const SUBNET: &str = "10.202.0.0/24";
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 202, 0, 1);
@@ -190,17 +190,17 @@ impl Topologies {
         all
     }
 
-    pub fn create(&mut self, sandbox: &Sandbox) -> Result<()> {
-        self.create_floor(sandbox)?;
+    pub fn create(&mut self, sandbox: &mut Sandbox) -> Result<()> {
+        self.create_floor()?;
         self.create_bridge(sandbox)?;
         self.create_bpfnet(sandbox)?;
         Ok(())
     }
 
-    fn create_floor(&self, sandbox: &Sandbox) -> Result<()> {
+    fn create_floor(&self) -> Result<()> {
         let [a, b] = &self.floor;
-        add_netns(sandbox, a)?;
-        add_netns(sandbox, b)?;
+        add_netns(a)?;
+        add_netns(b)?;
         ip(a, &["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b])?;
         for (netns, addr) in [(a, CLIENT_IP), (b, SERVER_IP)] {
             address_up(netns, "eth0", addr)?;
@@ -211,7 +211,7 @@ impl Topologies {
     fn create_bridge(&self, sandbox: &Sandbox) -> Result<()> {
         let n = &self.bridge;
         for netns in [&n.host, &n.client, &n.server, &n.outside] {
-            add_netns(sandbox, netns)?;
+            add_netns(netns)?;
         }
         ip(&n.host, &["link", "add", BRIDGE, "type", "bridge"])?;
         address_up(&n.host, BRIDGE, GATEWAY)?;
@@ -222,21 +222,23 @@ impl Topologies {
             ip(container, &["route", "add", "default", "via", &GATEWAY.to_string()])?;
         }
         add_uplink(&n.host, &n.outside)?;
-        sysctl(sandbox, &n.host, "net.ipv4.ip_forward=1")?;
+        sysctl(&n.host, "net.ipv4.ip_forward=1")?;
         // Docker needs br_netfilter: bridged traffic then walks filter/FORWARD. The sysctl is
         // per namespace (it exists once the module is loaded; this tool loads no modules).
-        sysctl(sandbox, &n.host, "net.bridge.bridge-nf-call-iptables=1").context(
+        sysctl(&n.host, "net.bridge.bridge-nf-call-iptables=1").context(
             "br_netfilter is not loaded (Docker loads it): `modprobe br_netfilter` on this machine, then run again",
         )?;
         self.load_docker_rules(sandbox, 0)
     }
 
-    fn create_bpfnet(&self, sandbox: &Sandbox) -> Result<()> {
+    fn create_bpfnet(&self, sandbox: &mut Sandbox) -> Result<()> {
         let n = &self.bpfnet;
-        // The uplink first: `--uplink` makes the agent read its address (to masquerade to).
-        add_netns(sandbox, &n.outside)?;
-        add_uplink(&sandbox.host_netns(), &n.outside)?;
-        sandbox.start_agent(&["--uplink", UPLINK, "--uplink-mode", self.uplink_mode.get()])?;
+        // The uplink first: BPFNET_UPLINK makes the agent read its address (to masquerade to).
+        add_netns(&n.outside)?;
+        add_uplink(sandbox.host_netns(), &n.outside)?;
+        sandbox.set_agent_env("BPFNET_UPLINK", UPLINK);
+        sandbox.set_agent_env("BPFNET_UPLINK_MODE", self.uplink_mode.get());
+        sandbox.start_agent()?;
         bpfnet(sandbox, &["network", "create", &n.network, "--subnet", SUBNET, "--gateway", &GATEWAY.to_string()])?;
         let client_ip = CLIENT_IP.to_string();
         bpfnet(sandbox, &["container", "create", &n.client, "--network", &n.network, "--ip", &client_ip])?;
@@ -289,7 +291,7 @@ impl Topologies {
     fn load_docker_rules(&self, sandbox: &Sandbox, other: u32) -> Result<()> {
         let text = docker_rules::restore_input(&Self::docker_network(), &Self::mappings(other));
         let file = sandbox.write_scratch("docker-rules.iptables", &text)?;
-        command::run_bounded(&mut sandbox.in_netns(&self.bridge.host, "iptables-restore", [&file]), STEP_LIMIT)
+        command::run_bounded(&mut netns_exec(&self.bridge.host, "iptables-restore", [&file]), STEP_LIMIT)
     }
 
     /// The Docker rules for the bridge topology at N other published ports (the full rule
@@ -317,12 +319,13 @@ impl Topologies {
     /// it changes; the datapath and its flows stay), and the flows of the runs before expired
     /// (bpfnet's conntrack is collected by the agent, not by the kernel; without this,
     /// connection-rate runs would use up the masquerade ports). Not timed.
-    pub fn prepare(&self, sandbox: &Sandbox, datapath: Datapath) -> Result<()> {
+    pub fn prepare(&self, sandbox: &mut Sandbox, datapath: Datapath) -> Result<()> {
         let Some(mode) = datapath.uplink_mode() else {
             return Ok(());
         };
         if self.uplink_mode.get() != mode {
-            sandbox.restart_agent(&["--uplink", UPLINK, "--uplink-mode", mode])?;
+            sandbox.set_agent_env("BPFNET_UPLINK_MODE", mode);
+            sandbox.restart_agent()?;
             self.uplink_mode.set(mode);
         }
         bpfnet(sandbox, &["conntrack", "gc"])
@@ -448,17 +451,17 @@ fn address_up(netns: &str, link: &str, addr: Ipv4Addr) -> Result<()> {
     ip(netns, &["link", "set", link, "up"])
 }
 
-fn sysctl(sandbox: &Sandbox, netns: &str, setting: &str) -> Result<()> {
-    command::run_bounded(&mut sandbox.in_netns(netns, "sysctl", ["-qw", setting]), STEP_LIMIT)
+fn sysctl(netns: &str, setting: &str) -> Result<()> {
+    command::run_bounded(&mut netns_exec(netns, "sysctl", ["-qw", setting]), STEP_LIMIT)
 }
 
 /// A namespace with lo up and IPv6 off (no router solicitations or DAD during a run; bpfnet
 /// turns IPv6 off in its containers too).
-fn add_netns(sandbox: &Sandbox, netns: &str) -> Result<()> {
+fn add_netns(netns: &str) -> Result<()> {
     command::run_bounded(Command::new("ip").args(["netns", "add", netns]), STEP_LIMIT)?;
     ip(netns, &["link", "set", "lo", "up"])?;
-    sysctl(sandbox, netns, "net.ipv6.conf.all.disable_ipv6=1")?;
-    sysctl(sandbox, netns, "net.ipv6.conf.default.disable_ipv6=1")
+    sysctl(netns, "net.ipv6.conf.all.disable_ipv6=1")?;
+    sysctl(netns, "net.ipv6.conf.default.disable_ipv6=1")
 }
 
 /// The uplink veth: `up0` in the host namespace, `eth0` in the outside one, which sends
@@ -487,7 +490,7 @@ fn api_publish_ms(sandbox: &Sandbox, container: &str, spec: &str) -> Result<f64>
 
 /// bpfnet aimed at the sandbox's agent.
 fn bpfnet_command(sandbox: &Sandbox, args: &[&str]) -> Command {
-    let mut cmd = sandbox.bpfnet();
+    let mut cmd = sandbox.cli();
     cmd.args(args);
     cmd
 }

@@ -2,16 +2,17 @@
 //! when there are two, each bounded in time; and the figures parsed from their JSON.
 
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use bpfnet_tests::sandbox::{netns_exec, BackgroundId, Sandbox};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::loadgen::{TransactionReport, UdpFloodReport, UdpSinkReport, UDP_PAYLOAD_64B_FRAME};
 use super::topology::{socket, Endpoints, MEASURED_PORTS};
 use crate::command;
-use crate::sandbox::{BackgroundId, Sandbox};
 
 /// Beyond its own duration, how long a client may take (connect, start-up, report).
 const CLIENT_SLACK: Duration = Duration::from_secs(15);
@@ -156,7 +157,6 @@ impl Runner<'_> {
                     &["-s", "-1", "-B", &bind_ip, "-p", &port, "--forceflush", "--idle-timeout", "30"],
                 )?;
                 let json = self.client(
-                    sandbox,
                     ends,
                     "iperf3",
                     &[
@@ -182,7 +182,6 @@ impl Runner<'_> {
                 let server =
                     self.server(sandbox, ends, loadgen, &["loadgen", "udp-sink", "--bind", &bind, "--max-secs", &max])?;
                 let flood = self.client(
-                    sandbox,
                     ends,
                     loadgen,
                     &[
@@ -214,7 +213,6 @@ impl Runner<'_> {
                 )?;
                 let tool = if workload == Workload::TcpRr { "tcp-rr" } else { "tcp-crr" };
                 let report = self.client(
-                    sandbox,
                     ends,
                     loadgen,
                     &["loadgen", tool, "--to", &target, "--secs", &short],
@@ -240,27 +238,21 @@ impl Runner<'_> {
     }
 
     /// `ip netns exec NETNS [taskset -c CPU] PROGRAM ARGS`.
-    fn pinned(
-        &self,
-        sandbox: &Sandbox,
-        netns: &str,
-        cpu: Option<usize>,
-        program: &str,
-        args: &[&str],
-    ) -> std::process::Command {
+    fn pinned(&self, netns: &str, cpu: Option<usize>, program: &str, args: &[&str]) -> std::process::Command {
         match cpu {
             Some(cpu) => {
                 let mut all = vec!["-c".to_string(), cpu.to_string(), program.to_string()];
                 all.extend(args.iter().map(|a| a.to_string()));
-                sandbox.in_netns(netns, "taskset", all)
+                netns_exec(netns, "taskset", all)
             }
-            None => sandbox.in_netns(netns, program, args),
+            None => netns_exec(netns, program, args),
         }
     }
 
     /// Start the server and wait for its line that says it listens.
     fn server(&self, sandbox: &mut Sandbox, ends: &Endpoints, program: &str, args: &[&str]) -> Result<BackgroundId> {
-        let cmd = self.pinned(sandbox, &ends.server_netns, self.pinning.server_cpu, program, args);
+        let mut cmd = self.pinned(&ends.server_netns, self.pinning.server_cpu, program, args);
+        cmd.stdout(Stdio::piped());
         let label = format!("{program} server in {}", ends.server_netns);
         let id = sandbox.spawn(&label, cmd)?;
         // Each server exits on its own within its time limit, so these reads end.
@@ -273,8 +265,8 @@ impl Runner<'_> {
         bail!("{label} did not say that it listens within {MAX_BANNER_LINES} lines")
     }
 
-    fn client(&self, sandbox: &Sandbox, ends: &Endpoints, program: &str, args: &[&str], secs: f64) -> Result<String> {
-        let mut cmd = self.pinned(sandbox, &ends.client_netns, self.pinning.client_cpu, program, args);
+    fn client(&self, ends: &Endpoints, program: &str, args: &[&str], secs: f64) -> Result<String> {
+        let mut cmd = self.pinned(&ends.client_netns, self.pinning.client_cpu, program, args);
         command::output_bounded(&mut cmd, Duration::from_secs_f64(secs) + CLIENT_SLACK)
     }
 }
