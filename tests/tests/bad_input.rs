@@ -81,3 +81,21 @@ fn bad_container_input_is_refused_and_creates_nothing() {
     assert!(err.contains("no free address"), "{err}");
     assert_unchanged(&sb, 1, 5);
 }
+
+/// Only `bpfnet agent` reads the agent's config file. A client verb with an argument that
+/// happens to be `agent` (a network or container of that name) goes to the agent as asked; it
+/// used to load the config file first and fail on it.
+#[test]
+fn only_the_agent_subcommand_reads_the_config_file() {
+    let sb = Sandbox::new();
+    sb.ensure_agent();
+    let out = std::process::Command::new(bpfnet_tests::bpfnet_bin())
+        .args(["network", "inspect", "agent"])
+        .env("BPFNET_SOCKET", sb.socket())
+        .env("BPFNET_CONFIG", "/nonexistent/bpfnet-agent.toml")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no network named \"agent\""), "the agent's answer, not a config error: {err}");
+}
