@@ -471,7 +471,7 @@ impl CtQuotaKey {
 }
 
 /// Slots of `CT_STATS`, u64 counters of conntrack's tables, written atomically by the datapath
-/// (but `GC_REMOVED`). The agent derives early drops (LRU evictions) from them.
+/// (but `GC_REMOVED` and `EARLY_DROPS`, which the agent's garbage collection writes).
 pub mod ct_stats {
     /// Entries inserted into `CT_UNASSURED`.
     pub const UNASSURED_INSERTED: u32 = 0;
@@ -483,9 +483,12 @@ pub mod ct_stats {
     pub const PROMOTION_REFUSED: u32 = 3;
     /// New flows over their quota key's share, sent to `CT_OVERFLOW`.
     pub const QUOTA_HITS: u32 = 4;
-    /// Entries the agent's garbage collection removed from the two unassured tables (the
-    /// one slot the agent writes).
+    /// Entries the agent's garbage collection removed from the two unassured tables.
     pub const GC_REMOVED: u32 = 5;
+    /// Entries of the two unassured tables the kernel's LRU evicted for new ones (early
+    /// drops), as of the last garbage collection: nobody sees an eviction, so it is derived
+    /// from the other slots and the entries the collection found.
+    pub const EARLY_DROPS: u32 = 6;
     pub const SLOTS: u32 = 8;
 }
 

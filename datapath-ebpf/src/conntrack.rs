@@ -142,6 +142,13 @@ pub fn lookup(key: &CtKey) -> Option<Tracked> {
     CT_OVERFLOW.get_ptr_mut(key).map(|entry| Tracked { entry, table: Table::Overflow })
 }
 
+/// The entry of `key` in `table`: a new flow's, just inserted there (no need to ask the
+/// tables before it).
+#[inline(always)]
+pub fn lookup_in(table: Table, key: &CtKey) -> Option<Tracked> {
+    table.map().get_ptr_mut(key).map(|entry| Tracked { entry, table })
+}
+
 /// Whether a TCP segment may start a flow. A SYN-ACK or RST without a flow answers nothing
 /// bpfnet tracks (nf_conntrack calls it INVALID); a bare ACK may (nf_conntrack's loose
 /// pick-up of a flow already under way, e.g. after its entry expired).

@@ -176,7 +176,7 @@ fn new_flow(
             ct_kind::DNAT => Counter::DnatNewFlow,
             _ => Counter::HairpinNewFlow,
         });
-        return conntrack::lookup(key).ok_or(DropReason::ConntrackInsertFailed);
+        return conntrack::lookup_in(table, key).ok_or(DropReason::ConntrackInsertFailed);
     }
     Err(if allocate { DropReason::NatPortsExhausted } else { DropReason::ConntrackInsertFailed })
 }

@@ -178,9 +178,9 @@ pub struct ConntrackStatus {
     pub promotion_refused: u64,
     /// New flows sent to the overflow table by the quota.
     pub quota_hits: u64,
-    /// Unassured entries evicted by new ones (nf_conntrack's early_drop). Nobody sees the
-    /// kernel's LRU evict, so this is derived: entries made, less those moved to the assured
-    /// table, expired by the agent, and still there.
+    /// Unassured entries evicted by new ones (nf_conntrack's early_drop), as of the last
+    /// garbage collection. Nobody sees the kernel's LRU evict, so the collection derives it:
+    /// entries made, less those moved to the assured table, expired, and still there.
     pub early_drops: u64,
 }
 
@@ -234,16 +234,16 @@ pub enum FlowState {
     Replied,
 }
 
-/// The conntrack table a flow lives in.
+/// The conntrack table a flow lives in (the discriminant: its index in the agent's handles).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConntrackTable {
     /// Assured flows, never evicted.
-    Assured,
+    Assured = 0,
     /// Flows not assured yet; when full, a new flow evicts the oldest (early drop).
-    Unassured,
+    Unassured = 1,
     /// New flows of a container or published port over its share of the unassured table.
-    Overflow,
+    Overflow = 2,
 }
 
 /// What one garbage collection did, and the tables after it.

@@ -4,38 +4,12 @@ use super::*;
 /// Conntrack entries (two per flow) of the assured table when nothing else is said.
 pub const DEFAULT_CT_ENTRIES: u32 = 262_144;
 
-/// The three conntrack tables (see datapath-ebpf/src/conntrack.rs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CtTable {
-    /// Assured flows, never evicted (`--ct-size` entries, kept below the fill limit).
-    Assured,
-    /// Flows not assured yet; when full, a new flow evicts the oldest (early drop).
-    Unassured,
-    /// New flows of a container or published port over its share of `Unassured`.
-    Overflow,
-}
-
-impl From<CtTable> for crate::api::ConntrackTable {
-    fn from(table: CtTable) -> Self {
-        match table {
-            CtTable::Assured => Self::Assured,
-            CtTable::Unassured => Self::Unassured,
-            CtTable::Overflow => Self::Overflow,
-        }
-    }
-}
-
-impl From<crate::api::ConntrackTable> for CtTable {
-    fn from(table: crate::api::ConntrackTable) -> Self {
-        match table {
-            crate::api::ConntrackTable::Assured => Self::Assured,
-            crate::api::ConntrackTable::Unassured => Self::Unassured,
-            crate::api::ConntrackTable::Overflow => Self::Overflow,
-        }
-    }
-}
+/// The three conntrack tables (see datapath-ebpf/src/conntrack.rs): the API's own enum, which
+/// `conntrack ls` shows, with what the datapath knows of each table.
+pub use crate::api::ConntrackTable as CtTable;
 
 impl CtTable {
+    /// In the order of `Datapath::ct_tables` (each table's discriminant is its index).
     pub const ALL: [CtTable; 3] = [CtTable::Assured, CtTable::Unassured, CtTable::Overflow];
 
     pub fn map_name(self) -> &'static str {

@@ -211,7 +211,7 @@ fn flow(
         translated_destination: endpoint(translated.daddr, translated.dport, proto),
         state: state(proto, table, out, back),
         assured: table == CtTable::Assured || out.is_some_and(|e| e.tcp_flags & ct_tcp_flags::ASSURED != 0),
-        table: table.into(),
+        table,
         idle_seconds: now.saturating_sub(last_seen_ns) / 1_000_000_000,
         packets_out: out.map_or(0, |e| e.packets),
         bytes_out: out.map_or(0, |e| e.bytes),
@@ -240,7 +240,7 @@ pub fn collect_garbage(datapath: &mut Datapath, timeouts: &Timeouts) -> Result<G
         let proto = tracked.original.map(|(k, _)| k).or(tracked.reply_key).map_or(0, |k| k.proto);
         let idle = Duration::from_nanos(now.saturating_sub(tracked.last_seen_ns));
         let keys = [tracked.original.map(|(k, _)| k), tracked.reply_key];
-        let table = CtTable::from(tracked.flow.table);
+        let table = tracked.flow.table;
         let table_index = table as usize;
         if idle <= timeouts.timeout(tracked.flow.state, proto) {
             in_use[table_index] += keys.iter().flatten().count() as u64;
@@ -264,11 +264,8 @@ pub fn collect_garbage(datapath: &mut Datapath, timeouts: &Timeouts) -> Result<G
     let assured = CtTable::Assured as usize;
     let inserted = datapath.ct_fill.get(&ct_fill::INSERTED, 0).context("reading CT_FILL")?;
     datapath.ct_fill.set(ct_fill::REMOVED, inserted.saturating_sub(in_use[assured]), 0).context("writing CT_FILL")?;
-    let pool_removed = removed[CtTable::Unassured as usize] + removed[CtTable::Overflow as usize];
-    if pool_removed > 0 {
-        let before = datapath.ct_stats.get(&ct_stats::GC_REMOVED, 0).context("reading CT_STATS")?;
-        datapath.ct_stats.set(ct_stats::GC_REMOVED, before + pool_removed, 0).context("writing CT_STATS")?;
-    }
+    let pools = [CtTable::Unassured as usize, CtTable::Overflow as usize];
+    count_early_drops(datapath, pools.iter().map(|&t| removed[t]).sum(), pools.iter().map(|&t| in_use[t]).sum())?;
     recount_quota(datapath, &quota_held)?;
     Ok(GcReport {
         flows_expired,
@@ -278,6 +275,21 @@ pub fn collect_garbage(datapath: &mut Datapath, timeouts: &Timeouts) -> Result<G
         unassured_entries: in_use[CtTable::Unassured as usize],
         overflow_entries: in_use[CtTable::Overflow as usize],
     })
+}
+
+/// Adds this collection's removals from the unassured tables to GC_REMOVED, then derives the
+/// LRU's evictions: entries made there, less those moved to the assured table (two a flow),
+/// removed by collections, and still there (`present`, as this collection found them).
+fn count_early_drops(datapath: &mut Datapath, removed: u64, present: u64) -> Result<()> {
+    let stat = |slot: u32| datapath.ct_stats.get(&slot, 0).context("reading CT_STATS");
+    let gc_removed = stat(ct_stats::GC_REMOVED)? + removed;
+    let inserted = stat(ct_stats::UNASSURED_INSERTED)? + stat(ct_stats::OVERFLOW_INSERTED)?;
+    let left = 2 * stat(ct_stats::PROMOTED)? + gc_removed + present;
+    // Never backwards: an insert racing the walk may make one collection's figure low.
+    let early_drops = inserted.saturating_sub(left).max(stat(ct_stats::EARLY_DROPS)?);
+    datapath.ct_stats.set(ct_stats::GC_REMOVED, gc_removed, 0).context("writing CT_STATS")?;
+    datapath.ct_stats.set(ct_stats::EARLY_DROPS, early_drops, 0).context("writing CT_STATS")?;
+    Ok(())
 }
 
 /// Writes each quota key's unassured flows as counted in this collection: this corrects for
@@ -302,10 +314,6 @@ fn recount_quota(datapath: &mut Datapath, held: &BTreeMap<CtQuotaKey, u64>) -> R
 pub fn status(datapath: &Datapath) -> Result<ConntrackStatus> {
     let config = datapath.config()?;
     let stat = |slot: u32| datapath.ct_stats.get(&slot, 0).context("reading CT_STATS");
-    let pools = [CtTable::Unassured, CtTable::Overflow];
-    let present =
-        pools.iter().map(|t| Ok(datapath.ct_tables[*t as usize].keys().count() as u64)).sum::<Result<u64>>()?;
-    let inserted = stat(ct_stats::UNASSURED_INSERTED)? + stat(ct_stats::OVERFLOW_INSERTED)?;
     let promoted = stat(ct_stats::PROMOTED)?;
     Ok(ConntrackStatus {
         entries: fill(datapath)?,
@@ -317,7 +325,7 @@ pub fn status(datapath: &Datapath) -> Result<ConntrackStatus> {
         promoted,
         promotion_refused: stat(ct_stats::PROMOTION_REFUSED)?,
         quota_hits: stat(ct_stats::QUOTA_HITS)?,
-        early_drops: inserted.saturating_sub(2 * promoted + stat(ct_stats::GC_REMOVED)? + present),
+        early_drops: stat(ct_stats::EARLY_DROPS)?,
     })
 }
 
