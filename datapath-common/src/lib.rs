@@ -61,6 +61,17 @@ pub mod map_names {
     /// [`FragPorts`](super::FragPorts), the ports of the first fragment for the later ones.
     /// LRU, written and read by the datapath only.
     pub const FRAGS: &str = "FRAGS";
+    /// Per-CPU u64, indexed by `Endpoint::stats_slot`: packets the container sent that the
+    /// datapath dropped (any reason).
+    pub const ENDPOINT_DROPS: &str = "ENDPOINT_DROPS";
+    /// Ring buffer of [`DatapathEvent`](super::DatapathEvent)s, read by the agent (`bpfnet
+    /// monitor`). Written only while a `host_config_flags::EVENTS_*` bit is set.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU [`EventBudget`](super::EventBudget): the token bucket that bounds the events
+    /// each CPU writes.
+    pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+    /// Per-CPU u64 indexed by [`EventLoss`](super::EventLoss): events not written, by cause.
+    pub const EVENTS_LOST: &str = "EVENTS_LOST";
 }
 
 /// Names of the programs in the eBPF object.
@@ -267,6 +278,68 @@ pub struct HostConfig {
 pub mod host_config_flags {
     /// Containers may reach the host's own addresses, not only their gateway.
     pub const ALLOW_HOST_ACCESS: u32 = 1;
+    /// Write a [`DatapathEvent`](super::DatapathEvent) for every drop (someone listens).
+    pub const EVENTS_DROPS: u32 = 2;
+    /// Write a [`DatapathEvent`](super::DatapathEvent) for every new translated flow.
+    pub const EVENTS_FLOWS: u32 = 4;
+    /// The bits the agent's monitor owns; the host settings leave them as they are.
+    pub const EVENTS: u32 = EVENTS_DROPS | EVENTS_FLOWS;
+}
+
+/// What a [`DatapathEvent`] reports.
+pub mod event_kind {
+    /// A dropped packet: `detail` is its [`DropReason`](super::DropReason).
+    pub const DROP: u8 = 0;
+    /// A new translated flow: `detail` is its [`ct_kind`](super::ct_kind), `tuple` its first
+    /// packet's tuple and `translated` that tuple after translation.
+    pub const NEW_FLOW: u8 = 1;
+}
+
+/// One event of the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DatapathEvent {
+    /// An [`event_kind`].
+    pub kind: u8,
+    pub detail: u8,
+    pub _pad: u16,
+    /// The interface the packet came in on.
+    pub ifindex: u32,
+    /// The packet's length (the whole frame).
+    pub len: u32,
+    pub _pad2: u32,
+    /// The packet's addresses, ports (0 where it has none, as ICMP and later fragments) and
+    /// protocol (0: not IPv4).
+    pub tuple: CtKey,
+    /// A new flow's tuple after translation; zero for a drop.
+    pub translated: CtKey,
+}
+
+/// Each CPU writes at most [`EventBudget::BURST`] events at once and
+/// 1e9 / [`EventBudget::NS_PER_EVENT`] a second: a flood of drops costs the ring buffer and
+/// its reader a bounded amount, and the rest is counted as lost.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EventBudget {
+    pub tokens: u64,
+    /// bpf_ktime_get_ns() up to which tokens have been added.
+    pub refilled_ns: u64,
+}
+
+impl EventBudget {
+    pub const BURST: u64 = 1_024;
+    /// 10,000 events a second per CPU.
+    pub const NS_PER_EVENT: u64 = 100_000;
+}
+
+indexed_enum! {
+    /// Why an event was not written. Per-CPU counters in `EVENTS_LOST`.
+    EventLoss {
+        /// The CPU's [`EventBudget`] was spent.
+        RateLimited = 0 => "rate_limited",
+        /// The ring buffer was full: its reader is behind.
+        RingFull = 1 => "ring_full",
+    }
 }
 
 /// Most endpoints (containers) per host; also the size of `ENDPOINT_STATS`.
@@ -517,6 +590,8 @@ mod pod {
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragPorts {}
     unsafe impl aya::Pod for super::CtQuotaKey {}
+    unsafe impl aya::Pod for super::DatapathEvent {}
+    unsafe impl aya::Pod for super::EventBudget {}
 }
 
 // Layouts both sides rely on: no implicit padding anywhere (every byte is a named field).
@@ -531,4 +606,5 @@ const _: () = {
     assert!(core::mem::size_of::<FragPorts>() == 4);
     assert!(core::mem::size_of::<CtQuotaKey>() == 8);
     assert!(core::mem::size_of::<CtEntry>() == 48);
+    assert!(core::mem::size_of::<DatapathEvent>() == 48);
 };

@@ -1,9 +1,9 @@
 //! Drop reasons and event counters: every verdict other than "pass" is counted.
-use aya_log_ebpf::debug;
 use datapath_common::{Counter, DropReason, Endpoint};
 
 use crate::{
-    maps::{COUNTERS, DROPS, ENDPOINT_STATS},
+    events, forward,
+    maps::{COUNTERS, DROPS, ENDPOINT_DROPS, ENDPOINT_STATS},
     packet::Packet,
 };
 
@@ -21,7 +21,14 @@ pub fn count_drop<P: Packet>(ctx: &P, reason: DropReason) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *slot += 1 };
     }
-    debug!(ctx, "drop reason={} ifindex={}", reason as u32, ctx.ingress_ifindex());
+    // The container whose packet it was, if it came from one (the uplink's are nobody's).
+    if let Some(endpoint) = forward::endpoint_on(ctx.ingress_ifindex()) {
+        if let Some(slot) = ENDPOINT_DROPS.get_ptr_mut(endpoint.stats_slot) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *slot += 1 };
+        }
+    }
+    events::drop(ctx, reason);
 }
 
 /// Accounts a packet the endpoint sent.

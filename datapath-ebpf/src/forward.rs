@@ -15,8 +15,9 @@ pub fn source_endpoint(ctx: &TcContext) -> Result<Endpoint, DropReason> {
     endpoint_on(ctx.ingress_ifindex()).ok_or(DropReason::UnknownInterface)
 }
 
+/// The endpoint whose host-side veth has this index, if any.
 #[inline(always)]
-fn endpoint_on(ifindex: u32) -> Option<Endpoint> {
+pub fn endpoint_on(ifindex: u32) -> Option<Endpoint> {
     // SAFETY: map values are plain data; copied out at once.
     unsafe { IFACES.get(ifindex) }.copied()
 }

@@ -8,6 +8,7 @@ mod arp;
 mod conntrack;
 mod counters;
 mod csum;
+mod events;
 mod fib;
 mod forward;
 mod fragment;

@@ -2,11 +2,12 @@
 //! directory, so they outlive both the programs' loader and the agent process.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use datapath_common::{
-    ct_fill, ct_stats, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, FragKey, FragPorts,
-    HostConfig, Ipv4Be, Network, PublishedPortKey, PublishedPortTarget, SockRevNat, SockRevNatKey, MAX_ENDPOINTS,
+    ct_fill, ct_stats, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, EventBudget,
+    EventLoss, FragKey, FragPorts, HostConfig, Ipv4Be, Network, PublishedPortKey, PublishedPortTarget, SockRevNat,
+    SockRevNatKey, MAX_ENDPOINTS,
 };
 
 const MAX_NETWORKS: u32 = 4_096;
@@ -25,6 +26,9 @@ const SOCK_REV_NAT_ENTRIES: u32 = 65_536;
 /// Fragmented datagrams in flight at once (LRU: a datagram's fragments follow each other
 /// within moments, so the oldest entry is the one no longer needed).
 const FRAG_ENTRIES: u32 = 8_192;
+/// Bytes of the event ring buffer: 16,384 events of 48 bytes with their 8-byte headers, a
+/// second and a half of every CPU's whole budget on this host's two CPUs.
+const EVENTS_BYTES: u32 = 1 << 20;
 
 #[map]
 pub static ENDPOINTS: HashMap<Ipv4Be, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
@@ -78,6 +82,18 @@ pub static CT_STATS: Array<u64> = Array::pinned(ct_stats::SLOTS, 0);
 
 #[map]
 pub static CT_QUOTA_HITS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_ENDPOINTS, 0);
+
+#[map]
+pub static ENDPOINT_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_ENDPOINTS, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+#[map]
+pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
+
+#[map]
+pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::pinned(EventLoss::COUNT, 0);
 
 /// The host's settings (all zero, i.e. no uplink, until the agent writes them).
 #[inline(always)]

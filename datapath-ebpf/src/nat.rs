@@ -15,7 +15,7 @@ use crate::{
     conntrack::{self, key_of, Quota, Tracked},
     counters::count,
     csum::{L4Offsets, Rewrite},
-    fib,
+    events, fib,
     forward::deliver_to_ifindex,
     fragment,
     maps::config,
@@ -59,7 +59,7 @@ pub fn from_container<P: Packet>(ctx: &P, ip: &Ipv4, source: &Endpoint) -> Resul
     let quota = Quota { key: CtQuotaKey { addr: source.ip, ..Default::default() }, stats_slot: source.stats_slot };
     let found = if let Some(container) = published_ports::lookup(&cfg, &key) {
         let to = CtKey { saddr: cfg.uplink_ip, daddr: container.ip, dport: container.port, ..key };
-        new_flow(&cfg, &key, to, container.host_ifindex, source.host_ifindex, ct_kind::HAIRPIN, &quota)?
+        new_flow(ctx, &cfg, &key, to, container.host_ifindex, source.host_ifindex, ct_kind::HAIRPIN, &quota)?
     } else {
         match fib::route(ctx, &key) {
             fib::FibResult::Forward(hop) if hop.ifindex == cfg.uplink_ifindex => {}
@@ -75,7 +75,7 @@ pub fn from_container<P: Packet>(ctx: &P, ip: &Ipv4, source: &Endpoint) -> Resul
             }
         }
         let to = CtKey { saddr: cfg.uplink_ip, ..key };
-        new_flow(&cfg, &key, to, 0, source.host_ifindex, ct_kind::SNAT, &quota)?
+        new_flow(ctx, &cfg, &key, to, 0, source.host_ifindex, ct_kind::SNAT, &quota)?
     };
     forward_tracked(ctx, ip, &key, found, tcp_flags)
 }
@@ -106,7 +106,7 @@ pub fn from_uplink<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<i32, DropReason> {
         key: CtQuotaKey { addr: container.ip, port: container.port, proto: key.proto, _pad: 0 },
         stats_slot: container.stats_slot,
     };
-    let found = new_flow(&cfg, &key, to, container.host_ifindex, 0, ct_kind::DNAT, &quota)?;
+    let found = new_flow(ctx, &cfg, &key, to, container.host_ifindex, 0, ct_kind::DNAT, &quota)?;
     forward_tracked(ctx, ip, &key, found, tcp_flags)
 }
 
@@ -131,7 +131,8 @@ pub fn to_host<P: Packet>() -> i32 {
 /// the same port.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn new_flow(
+fn new_flow<P: Packet>(
+    ctx: &P,
     cfg: &HostConfig,
     key: &CtKey,
     to: CtKey,
@@ -171,6 +172,7 @@ fn new_flow(
             return conntrack::lookup(key).ok_or(DropReason::ConntrackInsertFailed);
         }
         conntrack::quota_take(table, &quota.key);
+        events::new_flow(ctx, kind, key, &to);
         count(match kind {
             ct_kind::SNAT => Counter::SnatNewFlow,
             ct_kind::DNAT => Counter::DnatNewFlow,

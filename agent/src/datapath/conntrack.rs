@@ -36,7 +36,13 @@ impl CtTable {
 impl Datapath {
     /// How many entries a conntrack table can hold.
     pub fn ct_capacity(&self, table: CtTable) -> Result<u32> {
-        let info = MapData::from_pin(self.pin_dir.join("maps").join(table.map_name()))?.info()?;
+        self.map_capacity(table.map_name())
+    }
+
+    /// How many entries a pinned map can hold.
+    pub fn map_capacity(&self, name: &str) -> Result<u32> {
+        let path = self.pin_dir.join("maps").join(name);
+        let info = MapData::from_pin(&path)?.info().with_context(|| format!("reading {}", path.display()))?;
         Ok(info.max_entries())
     }
 

@@ -78,18 +78,11 @@ pub(super) fn open_program(pin_dir: &Path, name: &str) -> Result<SchedClassifier
     })
 }
 
-/// AYA_LOG_LEVEL values, static because the loader borrows the value it writes.
-pub(super) static LOG_LEVELS: [u8; 6] = [0, 1, 2, 3, 4, 5];
-
 /// The loader of the embedded object: maps pinned by name under `maps/` (an existing pin is
 /// reused, so a second load shares the first one's maps).
-pub(super) fn loader<'a>(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> EbpfLoader<'a> {
+pub(super) fn loader<'a>(pin_dir: &Path, ct_entries: u32) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
-    loader.default_map_pin_directory(pin_dir.join("maps")).override_global(
-        "AYA_LOG_LEVEL",
-        &LOG_LEVELS[log_level as usize],
-        false,
-    );
+    loader.default_map_pin_directory(pin_dir.join("maps"));
     for table in CtTable::ALL {
         loader.map_max_entries(table.map_name(), table.entries_for(ct_entries));
     }
@@ -98,8 +91,8 @@ pub(super) fn loader<'a>(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries
 
 /// The embedded object with its maps created or adopted (pinned by name) and every program
 /// loaded into the kernel (checked by the verifier), nothing pinned or attached yet.
-pub(super) fn load_object(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> Result<aya::Ebpf> {
-    let mut ebpf = loader(pin_dir, log_level, ct_entries)
+pub(super) fn load_object(pin_dir: &Path, ct_entries: u32) -> Result<aya::Ebpf> {
+    let mut ebpf = loader(pin_dir, ct_entries)
         .load(DATAPATH_OBJECT)
         .context("loading the eBPF object (see the verifier log above, if any)")?;
     for name in PROGRAMS {
@@ -109,8 +102,8 @@ pub(super) fn load_object(pin_dir: &Path, log_level: DatapathLogLevel, ct_entrie
     Ok(ebpf)
 }
 
-pub(super) fn load_and_pin(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> Result<()> {
-    let mut ebpf = load_object(pin_dir, log_level, ct_entries)?;
+pub(super) fn load_and_pin(pin_dir: &Path, ct_entries: u32) -> Result<()> {
+    let mut ebpf = load_object(pin_dir, ct_entries)?;
     // The from_endpoint pin is written last: its presence means the whole datapath is pinned.
     for name in PROGRAMS.iter().rev() {
         let program = ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?;

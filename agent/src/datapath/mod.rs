@@ -34,35 +34,24 @@ use aya::{
     EbpfLoader,
 };
 use datapath_common::{
-    map_names, program_names, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, HostConfig,
-    Ipv4Be, Network, PublishedPortKey, PublishedPortTarget,
+    map_names, program_names, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, EventLoss,
+    HostConfig, Ipv4Be, Network, PublishedPortKey, PublishedPortTarget,
 };
 
 use crate::{sys::bpf, sys::cgroup::HostCgroup};
 
 mod conntrack;
+mod events;
 mod links;
 mod load;
 mod upgrade;
 
 pub use conntrack::*;
+pub use events::{pinned_map_id, EventRing};
 use links::*;
 pub use links::{hook_name, HostCgroupLink, HOST_SOCKET_PROGRAMS};
 pub use load::destroy;
 use load::*;
-
-/// aya-log levels (aya-log-common): records above this level are compiled out by the verifier's
-/// dead-code elimination, so debug logging costs nothing on the per-packet path when off.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DatapathLogLevel {
-    Off = 0,
-    Error = 1,
-    Warn = 2,
-    Info = 3,
-    Debug = 4,
-    Trace = 5,
-}
 
 /// Where the uplink runs its program: at tcx ingress (on the skb), or at XDP (in the driver,
 /// before an skb exists). The same translation either way; the benchmark compares them.
@@ -83,6 +72,11 @@ impl UplinkMode {
             UplinkMode::Tc => "tc",
             UplinkMode::Xdp => "xdp",
         }
+    }
+
+    /// The program of the mode named `name` (as `status` shows it); the tc one for any other.
+    pub fn program_of(name: &str) -> &'static str {
+        Self::ALL.into_iter().find(|mode| mode.name() == name).unwrap_or_default().program()
     }
 
     /// The program this mode attaches to the uplink.
@@ -129,6 +123,11 @@ pub struct Datapath {
     pub(crate) ct_quota_hits: PerCpuArray<MapData, u64>,
     pub(crate) published_ports: HashMap<MapData, PublishedPortKey, PublishedPortTarget>,
     pub(crate) endpoint_stats: PerCpuArray<MapData, EndpointStats>,
+    pub(crate) endpoint_drops: PerCpuArray<MapData, u64>,
+    pub(crate) events_lost: PerCpuArray<MapData, u64>,
+    /// FRAGS and SOCK_REV_NAT, only counted (map pressure).
+    pub(crate) frags: HashMap<MapData, datapath_common::FragKey, datapath_common::FragPorts>,
+    pub(crate) sock_rev_nat: HashMap<MapData, datapath_common::SockRevNatKey, datapath_common::SockRevNat>,
 }
 
 /// See [`Datapath::contents`].
@@ -150,7 +149,7 @@ impl Datapath {
     /// Opens the datapath pinned under `pin_dir`, loading and pinning it first if it is not
     /// there yet, with a conntrack table of `ct_entries` (a pinned table keeps the size it was
     /// created with).
-    pub fn open_or_load_with(pin_dir: &Path, log_level: DatapathLogLevel, ct_entries: u32) -> Result<Self> {
+    pub fn open_or_load_with(pin_dir: &Path, ct_entries: u32) -> Result<Self> {
         if DATAPATH_OBJECT.is_empty() {
             bail!(
                 "this bpfnet binary was built with BPFNET_SKIP_EBPF and has no eBPF programs; \
@@ -163,12 +162,14 @@ impl Datapath {
                 .with_context(|| format!("creating pin directory {}", pin_dir.join(sub).display()))?;
         }
         if !Self::is_pinned(pin_dir) {
-            load_and_pin(pin_dir, log_level, ct_entries)?;
+            load_and_pin(pin_dir, ct_entries)?;
         }
         Self::open_pinned(pin_dir)
     }
 
-    fn open_pinned(pin_dir: &Path) -> Result<Self> {
+    /// Opens the datapath pinned under `pin_dir` (another handle on the same kernel objects:
+    /// the metrics read through one of their own, without the host's lock).
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
         let maps = pin_dir.join("maps");
         Ok(Self {
             pin_dir: pin_dir.to_owned(),
@@ -205,6 +206,10 @@ impl Datapath {
             ct_quota_hits: open_map(&maps, map_names::CT_QUOTA_HITS)?,
             published_ports: open_map(&maps, map_names::PUBLISHED_PORTS)?,
             endpoint_stats: open_map(&maps, map_names::ENDPOINT_STATS)?,
+            endpoint_drops: open_map(&maps, map_names::ENDPOINT_DROPS)?,
+            events_lost: open_map(&maps, map_names::EVENTS_LOST)?,
+            frags: open_map(&maps, map_names::FRAGS)?,
+            sock_rev_nat: open_map(&maps, map_names::SOCK_REV_NAT)?,
         })
     }
 
@@ -271,13 +276,43 @@ impl Datapath {
         }))
     }
 
+    /// Packets the endpoint sent that were dropped, summed over the CPUs.
+    pub fn endpoint_drops(&self, slot: u32) -> Result<u64> {
+        Ok(self.endpoint_drops.get(&slot, 0).context("reading ENDPOINT_DROPS")?.iter().sum())
+    }
+
+    /// Events the datapath could not write, by cause, summed over the CPUs.
+    pub fn events_lost(&self) -> Result<Vec<(EventLoss, u64)>> {
+        EventLoss::ALL
+            .iter()
+            .map(|cause| {
+                Ok((*cause, self.events_lost.get(&(*cause as u32), 0).context("reading EVENTS_LOST")?.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Entries in use and size of the maps that fill with traffic rather than with
+    /// containers: fragments in flight and host sockets talking to published ports.
+    pub fn traffic_map_fill(&self) -> Result<[(&'static str, u64, u32); 2]> {
+        Ok([
+            (map_names::FRAGS, self.frags.keys().count() as u64, self.map_capacity(map_names::FRAGS)?),
+            (
+                map_names::SOCK_REV_NAT,
+                self.sock_rev_nat.keys().count() as u64,
+                self.map_capacity(map_names::SOCK_REV_NAT)?,
+            ),
+        ])
+    }
+
     /// Zeroes an endpoint's counters (its slot may have served a removed container).
     pub fn reset_endpoint_stats(&mut self, slot: u32) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         let zeros = aya::maps::PerCpuValues::try_from(vec![EndpointStats::default(); cpus])?;
         self.endpoint_stats.set(slot, zeros, 0).context("resetting ENDPOINT_STATS")?;
         let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?;
-        self.ct_quota_hits.set(slot, zeros, 0).context("resetting CT_QUOTA_HITS")
+        self.ct_quota_hits.set(slot, zeros, 0).context("resetting CT_QUOTA_HITS")?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?;
+        self.endpoint_drops.set(slot, zeros, 0).context("resetting ENDPOINT_DROPS")
     }
 
     /// Publishes a port: one map update, whatever the number already published.
@@ -349,7 +384,7 @@ mod tests {
         }
         remove_pin(&path).unwrap();
         old.pin(&path).unwrap();
-        let replaced = Datapath::replace_programs(bed.pin_dir(), DatapathLogLevel::Info, false).unwrap();
+        let replaced = Datapath::replace_programs(bed.pin_dir(), false).unwrap();
         assert_eq!(replaced.len(), PROGRAMS.len(), "every program moves to the new map");
         let new = MapData::from_pin(&path).unwrap();
         assert_eq!(new.info().unwrap().max_entries(), DropReason::COUNT);
@@ -360,7 +395,7 @@ mod tests {
         }
         assert_eq!(new.get(&old_slots, 0).unwrap().iter().sum::<u64>(), 0);
         // Once grown, nothing more to move.
-        assert!(Datapath::replace_programs(bed.pin_dir(), DatapathLogLevel::Info, false).unwrap().is_empty());
+        assert!(Datapath::replace_programs(bed.pin_dir(), false).unwrap().is_empty());
     }
 
     #[test]

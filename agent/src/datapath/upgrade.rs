@@ -159,9 +159,9 @@ impl OutgrownCounters {
 impl Datapath {
     /// Replaces the pinned programs with this binary's, in every link at once (BPF link
     /// update: no moment without a program), when their code differs (the kernel's tag) or
-    /// when `always` (e.g. to apply a new --datapath-log). Maps, conntrack and counters stay.
+    /// when `always` (`--reload-programs`). Maps, conntrack and counters stay.
     /// Returns the names of the programs replaced.
-    pub fn replace_programs(pin_dir: &Path, log_level: DatapathLogLevel, always: bool) -> Result<Vec<&'static str>> {
+    pub fn replace_programs(pin_dir: &Path, always: bool) -> Result<Vec<&'static str>> {
         // Before the loader reuses the pinned maps: CONFIG in an older layout makes way for
         // this version's, and is put back if anything fails before the first link update.
         let outgrown = OutgrownConfig::take(pin_dir)?;
@@ -174,7 +174,7 @@ impl Datapath {
                 return Err(e);
             }
         };
-        let loaded = load_object(pin_dir, log_level, DEFAULT_CT_ENTRIES).and_then(|mut ebpf| {
+        let loaded = load_object(pin_dir, DEFAULT_CT_ENTRIES).and_then(|mut ebpf| {
             if let Some(old) = &outgrown {
                 old.copy_into(&mut ebpf)?;
             }

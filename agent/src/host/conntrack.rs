@@ -229,10 +229,20 @@ fn flow(
 /// Removes the flows idle for longer than their state's timeout (both directions, which frees
 /// the NAT port), then resynchronises what the datapath counts: the assured table's fill, on
 /// which its limit is based, and each quota key's unassured flows.
-pub fn collect_garbage(datapath: &mut Datapath, timeouts: &Timeouts) -> Result<GcReport> {
+///
+/// `expired` is told of each expired flow that had its ORIGINAL entry (its first packet's
+/// tuple and the translated one), for `bpfnet monitor`.
+pub fn collect_garbage(
+    datapath: &mut Datapath,
+    timeouts: &Timeouts,
+    expired: &mut dyn FnMut(&CtKey, &CtEntry),
+) -> Result<GcReport> {
     let now = monotonic_ns()?;
     let flows = flows(datapath)?;
     let mut flows_expired = 0;
+    // NAT ports in use per destination (address, port, protocol) that sources are
+    // translated towards: the busiest one runs out of ports first.
+    let mut nat_ports_to: HashMap<(u32, u16, u8), u64> = HashMap::new();
     let mut removed = [0u64; 3];
     let mut in_use = [0u64; 3];
     let mut quota_held: BTreeMap<CtQuotaKey, u64> = BTreeMap::new();
@@ -247,9 +257,17 @@ pub fn collect_garbage(datapath: &mut Datapath, timeouts: &Timeouts) -> Result<G
             if let (CtTable::Unassured, Some((key, entry))) = (table, &tracked.original) {
                 *quota_held.entry(CtQuotaKey::of_flow(key, entry)).or_default() += 1;
             }
+            if let Some((key, entry)) = &tracked.original {
+                if entry.kind != ct_kind::DNAT {
+                    *nat_ports_to.entry((entry.to.daddr, entry.to.dport, key.proto)).or_default() += 1;
+                }
+            }
             continue;
         }
         flows_expired += 1;
+        if let Some((key, entry)) = &tracked.original {
+            expired(key, entry);
+        }
         for key in keys.iter().flatten() {
             match datapath.ct_tables[table_index].remove(key) {
                 Ok(()) => removed[table_index] += 1,
@@ -274,6 +292,7 @@ pub fn collect_garbage(datapath: &mut Datapath, timeouts: &Timeouts) -> Result<G
         capacity: datapath.ct_capacity(CtTable::Assured)?,
         unassured_entries: in_use[CtTable::Unassured as usize],
         overflow_entries: in_use[CtTable::Overflow as usize],
+        busiest_destination_nat_ports: nat_ports_to.values().copied().max().unwrap_or(0),
     })
 }
 

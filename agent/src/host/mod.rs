@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::{
-    datapath::{Datapath, DatapathLogLevel, UplinkMode},
+    datapath::{Datapath, UplinkMode},
     host::state::{Change, State, StateStore},
     sys::cgroup::HostCgroup,
     sys::netlink::Netlink,
@@ -33,9 +33,6 @@ pub struct HostOptions {
     pub state_dir: PathBuf,
     /// bpffs directory where programs, maps and links are pinned.
     pub bpffs: PathBuf,
-    /// Most verbose level of the eBPF programs' own log records (fixed when they are loaded;
-    /// the agent relays them into its own log).
-    pub datapath_log: DatapathLogLevel,
     /// The host's interface to the outside world: containers' traffic leaving through it is
     /// masqueraded to its IPv4 address (and its replies translated back).
     pub uplink: Option<String>,
@@ -132,7 +129,7 @@ impl Host {
     fn open_datapath(&mut self) -> Result<&mut Datapath> {
         if self.datapath.is_none() {
             let options = &self.options;
-            self.datapath = Some(Datapath::open_or_load_with(&options.bpffs, options.datapath_log, options.ct_size)?);
+            self.datapath = Some(Datapath::open_or_load_with(&options.bpffs, options.ct_size)?);
             self.host_cgroup_synced = false;
         }
         Ok(self.datapath.as_mut().expect("just opened"))
@@ -203,16 +200,18 @@ impl Host {
         let ct_limit = crate::host::conntrack::fill_limit(datapath.ct_capacity(crate::datapath::CtTable::Assured)?)?;
         let ct_unassured_quota =
             crate::host::conntrack::unassured_quota(datapath.ct_capacity(crate::datapath::CtTable::Unassured)?, share);
+        let current = datapath.config()?;
         let config = datapath_common::HostConfig {
             uplink_ifindex: link.index,
             uplink_ip: datapath_common::ipv4_be(address.octets()),
             nat_port_min,
             nat_port_max,
             ct_limit,
-            flags,
+            // Which events are written is the monitor's to say.
+            flags: flags | (current.flags & datapath_common::host_config_flags::EVENTS),
             ct_unassured_quota,
             // The host cgroup's setting (`sync_host_cgroup`) stays as it is.
-            ..datapath.config()?
+            ..current
         };
         datapath.set_config(&config)?;
         datapath.attach_uplink(&uplink, mode)

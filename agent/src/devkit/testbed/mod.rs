@@ -23,7 +23,7 @@ use datapath_common::{
 };
 
 use crate::{
-    datapath::{self, CtTable, Datapath, DatapathLogLevel},
+    datapath::{self, CtTable, Datapath},
     devkit::netns::ThrowawayNamespaces,
     devkit::testrun::{self, SkbContext, TestRunOutput, XdpContext},
     host::ipam,
@@ -193,7 +193,7 @@ impl Testbed {
         // The namespace's name is unique to this process; reuse it for the pins.
         let pins = PinDir(Path::new("/sys/fs/bpf").join(&ns_name));
         Ok(Testbed {
-            datapath: Datapath::open_or_load_with(&pins.0, DatapathLogLevel::Info, ct_entries)?,
+            datapath: Datapath::open_or_load_with(&pins.0, ct_entries)?,
             host_ifindex,
             peer_ifindex,
             pins,
