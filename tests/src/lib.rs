@@ -23,7 +23,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use nix::sched::{setns, CloneFlags};
 pub use sandbox::{
-    cgroup2_mount, namespaces_with_prefix, netns_exec, Sandbox, OUTSIDE_IP, UPLINK, UPLINK_HOST_IP, UPLINK_PEER,
+    cgroup2_mount, namespaces_with_prefix, netns_exec, BackgroundId, Sandbox, OUTSIDE_IP, UPLINK, UPLINK_HOST_IP,
+    UPLINK_PEER,
 };
 use serde_json::Value;
 
@@ -513,4 +514,24 @@ fn internet_checksum(bytes: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// A GET on the agent's API socket, as a scraper or `curl --unix-socket` makes it, with an
+/// optional Accept header: (status, content type, body). Bodies of a fixed length only.
+pub fn api_get(socket: &std::path::Path, path: &str, accept: Option<&str>) -> Result<(u16, String, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: bpfnet\r\n{accept}Connection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).context("reading the answer")?;
+    let (head, body) = answer.split_once("\r\n\r\n").context("an HTTP answer without a header end")?;
+    let status = head.split(' ').nth(1).context("no status")?.parse()?;
+    let content_type = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_owned))
+        .unwrap_or_default();
+    Ok((status, content_type, body.to_owned()))
 }

@@ -39,6 +39,9 @@ pub struct Traffic {
     pub sent_bytes: u64,
     pub received_packets: u64,
     pub received_bytes: u64,
+    /// Packets it sent that the datapath dropped (`bpfnet monitor --container` says why).
+    #[serde(default)]
+    pub dropped_packets: u64,
     /// Its new flows (or its published ports') over their share of the unassured conntrack
     /// table, sent to the overflow table.
     pub ct_quota_hits: u64,
@@ -257,6 +260,10 @@ pub struct GcReport {
     /// Entries of the unassured tables in use.
     pub unassured_entries: u64,
     pub overflow_entries: u64,
+    /// Source-translated flows (snat, hairpin) to the one destination (address, port,
+    /// protocol) that has the most: each holds a NAT port of `--nat-ports` for it.
+    #[serde(default)]
+    pub busiest_destination_nat_ports: u64,
 }
 
 #[cfg(test)]

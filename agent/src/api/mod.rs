@@ -17,13 +17,17 @@
 //! | list tracked flows | `GET /v1/conntrack` | |
 //! | expire idle flows now | `POST /v1/conntrack/gc` | |
 //! | remove everything | `POST /v1/down` | |
+//! | stream datapath events (NDJSON) | `GET /v1/monitor?FILTERS` | |
+//! | Prometheus metrics | `GET /metrics` | |
 //!
 //! Answers are JSON, typed in [`answers`]; errors are `{"error": "..."}` with a 4xx/5xx status.
 mod answers;
+mod monitor;
 
 use std::net::Ipv4Addr;
 
 pub use answers::*;
+pub use monitor::*;
 use serde::{Deserialize, Serialize};
 
 /// Default path of the API socket.
@@ -74,6 +78,8 @@ pub enum Call {
     ListConntrack,
     CollectConntrack,
     Down,
+    /// A stream of events, not one answer: see `cli::client::stream`.
+    Monitor(MonitorFilter),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +102,9 @@ pub mod routes {
     pub const CONNTRACK: &str = "/v1/conntrack";
     pub const CONNTRACK_GC: &str = "/v1/conntrack/gc";
     pub const DOWN: &str = "/v1/down";
+    pub const MONITOR: &str = "/v1/monitor";
+    /// Prometheus' conventional path, outside the versioned API: scrapers are configured with it.
+    pub const METRICS: &str = "/metrics";
 }
 
 impl Call {
@@ -116,6 +125,10 @@ impl Call {
             Call::ListConntrack => (Method::Get, routes::CONNTRACK.into(), None),
             Call::CollectConntrack => (Method::Post, routes::CONNTRACK_GC.into(), None),
             Call::Down => (Method::Post, routes::DOWN.into(), None),
+            Call::Monitor(filter) => {
+                let query = serde_urlencoded::to_string(filter).expect("filters always encode");
+                (Method::Get, format!("{}?{query}", routes::MONITOR), None)
+            }
         }
     }
 }

@@ -20,6 +20,43 @@ pub async fn call<T: DeserializeOwned>(socket: &Path, call: &Call) -> Result<T> 
 }
 
 async fn raw_call(socket: &Path, call: &Call) -> Result<Value> {
+    let response = send(socket, call).await?;
+    let bytes = response.into_body().collect().await.context("reading the agent's answer")?.to_bytes();
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("the agent answered with invalid JSON: {}", String::from_utf8_lossy(&bytes)))
+}
+
+/// Makes `call`, whose answer is a stream of JSON lines: `started` once the agent accepted it,
+/// then each line to `each` as a `T`, until the agent ends the stream or `each` says stop
+/// (false).
+pub async fn stream<T: DeserializeOwned>(
+    socket: &Path,
+    call: &Call,
+    started: impl FnOnce(),
+    mut each: impl FnMut(T) -> Result<bool>,
+) -> Result<()> {
+    let mut body = send(socket, call).await?.into_body();
+    started();
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("reading the agent's stream")?;
+        let Some(data) = frame.data_ref() else { continue };
+        pending.extend_from_slice(data);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let item = serde_json::from_slice(&line).with_context(|| {
+                format!("the agent sent what this bpfnet does not expect: {}", String::from_utf8_lossy(&line))
+            })?;
+            if !each(item)? {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends `call` and returns the response if the agent accepted it, else its error message.
+async fn send(socket: &Path, call: &Call) -> Result<hyper::Response<hyper::body::Incoming>> {
     let stream = UnixStream::connect(socket).await.map_err(|e| match e.kind() {
         ErrorKind::NotFound | ErrorKind::ConnectionRefused => anyhow!(
             "no bpfnet agent is running at {}: start it with `bpfnet agent` (see README), or point \
@@ -49,12 +86,12 @@ async fn raw_call(socket: &Path, call: &Call) -> Result<Value> {
         .body(Full::new(Bytes::from(body)))?;
     let response = sender.send_request(request).await.context("sending the request to the bpfnet agent")?;
     let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
     let bytes = response.into_body().collect().await.context("reading the agent's answer")?.to_bytes();
     let answer: Value = serde_json::from_slice(&bytes).with_context(|| {
         format!("the agent answered {status} with invalid JSON: {}", String::from_utf8_lossy(&bytes))
     })?;
-    if !status.is_success() {
-        bail!("{}", answer["error"].as_str().unwrap_or("the agent refused the request without saying why"));
-    }
-    Ok(answer)
+    bail!("{}", answer["error"].as_str().unwrap_or("the agent refused the request without saying why"))
 }

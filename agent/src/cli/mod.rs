@@ -3,8 +3,10 @@
 pub mod client;
 pub mod conntrack;
 pub mod container;
+pub mod monitor;
 pub mod network;
 pub mod publish;
+pub mod stats;
 pub mod status;
 
 use std::path::PathBuf;
@@ -60,6 +62,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stream the datapath's drops and translated flows as they happen (Ctrl-C stops).
+    Monitor(monitor::MonitorArgs),
+    /// Each container's packet and byte rates and drops, refreshed every second.
+    Stats(stats::StatsArgs),
     /// Remove everything bpfnet created on this host: containers, networks, pinned programs and maps.
     Down,
 }
@@ -92,6 +98,8 @@ pub fn run_client(command: Command, socket: PathBuf) -> anyhow::Result<()> {
                     Ok(())
                 }
             }
+            Command::Monitor(args) => args.run(&socket).await,
+            Command::Stats(args) => args.run(&socket).await,
             Command::Down => {
                 let answer: Removed = client::call(&socket, &Call::Down).await?;
                 println!("removed {}", answer.removed);

@@ -1,8 +1,11 @@
 //! `bpfnet agent`: the service. It owns one host (state directory lock, pinned datapath),
 //! reconciles the kernel with the state when it starts, serves the API, expires idle flows,
-//! follows the uplink (`uplink_follower`), and relays the programs' log records. The datapath
+//! follows the uplink (`uplink_follower`), reads the datapath's events (`monitor`) and serves
+//! its metrics (`metrics`). The datapath
 //! never depends on it: stopped (SIGTERM) or killed, it leaves everything forwarding, and the
 //! next agent adopts it.
+pub mod metrics;
+pub mod monitor;
 pub mod server;
 pub mod service;
 pub mod settings;
@@ -11,8 +14,7 @@ pub mod uplink_follower;
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
-use aya_log::EbpfLogger;
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::Mutex};
+use tokio::{signal::unix::SignalKind, sync::Mutex};
 
 pub use settings::AgentArgs;
 
@@ -21,7 +23,9 @@ pub use settings::AgentArgs;
 pub type SharedHost = Arc<Mutex<crate::host::Host>>;
 
 use crate::{
-    daemon::uplink_follower::UplinkFollower, datapath::Datapath, host::conntrack, host::reconcile, host::HostOptions,
+    daemon::{metrics::Metrics, monitor::Monitor, uplink_follower::UplinkFollower},
+    datapath::Datapath,
+    host::{reconcile, HostOptions},
 };
 
 /// Reads the config file named by `--config`/BPFNET_CONFIG (if any) into environment
@@ -88,24 +92,36 @@ fn config_settings(cli: &clap::Command, text: &str) -> Result<Vec<ConfigSetting>
         .collect()
 }
 
+/// What the API's handlers and the background tasks share: the host (one operation at a
+/// time), the event monitor and the agent's metrics.
+#[derive(Clone)]
+pub struct Agent {
+    pub host: SharedHost,
+    pub monitor: Arc<Monitor>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Runs the agent until SIGTERM/SIGINT: enters the host namespace, then serves on `socket`.
 pub fn run_service(args: AgentArgs, socket: PathBuf) -> Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         anyhow::bail!("the bpfnet agent manages network namespaces and eBPF programs and must run as root");
     }
-    let options = HostOptions::from(args.host);
+    if args.host.datapath_log.is_some() {
+        tracing::warn!("--datapath-log (BPFNET_DATAPATH_LOG, datapath_log) no longer does anything: drops are events, see `bpfnet monitor`");
+    }
+    let options = HostOptions::from(args.host.clone());
     // Before the runtime exists: every thread of the process then lives in the host namespace.
     options.enter_host_netns()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(run(options, args.reload_programs, Duration::from_secs(args.gc_interval), socket))
+    runtime.block_on(run(options, args, socket))
 }
 
-async fn run(options: HostOptions, reload_programs: bool, gc_interval: Duration, socket: PathBuf) -> Result<()> {
+async fn run(options: HostOptions, args: AgentArgs, socket: PathBuf) -> Result<()> {
     // A wrong --host-cgroup stops the agent before it changes anything.
     options.open_host_cgroup()?;
     let mut host = crate::host::Host::open(&options).await?;
     if Datapath::is_pinned(&options.bpffs) {
-        let replaced = Datapath::replace_programs(&options.bpffs, options.datapath_log, reload_programs)
+        let replaced = Datapath::replace_programs(&options.bpffs, args.reload_programs)
             .context("replacing the datapath's programs")?;
         if !replaced.is_empty() {
             tracing::info!(?replaced, "replaced the running programs (atomic link update)");
@@ -131,17 +147,40 @@ async fn run(options: HostOptions, reload_programs: bool, gc_interval: Duration,
         host.sync_host_cgroup().context("applying --host-cgroup")?;
     }
     let (listener, _socket_file) = server::bind(&socket).await?;
-    let host = Arc::new(Mutex::new(host));
-    tokio::spawn(collect_garbage(host.clone(), gc_interval));
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --metrics-listen {addr}; is another process on that port?"))?,
+        ),
+        None => None,
+    };
+    let agent = Agent {
+        host: Arc::new(Mutex::new(host)),
+        monitor: Monitor::new(args.drop_history as usize),
+        metrics: Arc::new(Metrics::default()),
+    };
+    tokio::spawn(collect_garbage(agent.clone(), Duration::from_secs(args.gc_interval)));
     if let Some(follower) = follower {
-        tokio::spawn(follower.run(host.clone()));
+        tokio::spawn(follower.run(agent.host.clone()));
     }
-    tokio::spawn(relay_datapath_logs(host.clone()));
+    tokio::spawn(agent.monitor.clone().run(agent.host.clone()));
+    if let Some(listener) = metrics_listener {
+        tracing::info!("serving /metrics on http://{}", listener.local_addr()?);
+        let metrics =
+            axum::serve(listener, server::metrics_router(agent.clone())).with_graceful_shutdown(stop_signal());
+        tokio::spawn(async move {
+            if let Err(e) = metrics.await {
+                tracing::error!("serving /metrics over TCP: {e}");
+            }
+        });
+    }
     tracing::info!("serving the API on {}", socket.display());
-    axum::serve(listener, server::router(host))
+    axum::serve(listener, server::router(agent.clone()))
         .with_graceful_shutdown(stop_signal())
         .await
         .context("serving the API")?;
+    agent.monitor.stop(&agent.host).await;
     tracing::info!("stopped; the datapath keeps running (`bpfnet down` removes it)");
     Ok(())
 }
@@ -155,57 +194,14 @@ async fn stop_signal() {
 }
 
 /// Expires idle flows and frees their ports, every `interval`.
-async fn collect_garbage(host: SharedHost, interval: Duration) {
+async fn collect_garbage(agent: Agent, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
-        let mut host = host.lock().await;
-        let timeouts = host.options.ct_timeouts.clone();
-        let result = match host.existing_datapath() {
-            Ok(Some(dp)) => conntrack::collect_garbage(dp, &timeouts).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(e),
-        };
-        match result {
+        let mut host = agent.host.lock().await;
+        match service::collect_garbage(&mut host, &agent.monitor, &agent.metrics) {
             Ok(Some(report)) if report.flows_expired > 0 => tracing::debug!(?report, "conntrack garbage collected"),
             Ok(_) => {}
             Err(e) => tracing::warn!("conntrack garbage collection failed: {e:#}"),
-        }
-    }
-}
-
-/// The programs' aya-log records, into the agent's log (their own levels: drops are debug).
-async fn relay_datapath_logs(host: SharedHost) {
-    let program_id = loop {
-        let id = host
-            .lock()
-            .await
-            .existing_datapath()
-            .ok()
-            .flatten()
-            .and_then(|dp| dp.program_ids().ok())
-            .map(|ids| ids[0].1);
-        if let Some(id) = id {
-            break id;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
-    // Both programs log to one ring buffer (one object, one AYA_LOGS map).
-    let logger = match EbpfLogger::init_from_id(program_id) {
-        Ok(logger) => logger,
-        Err(e) => return tracing::warn!("the datapath's log records are not relayed: {e}"),
-    };
-    // SAFETY: the AsyncFd owns the logger, so its ring buffer fd stays open while registered.
-    let mut fd = match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
-        Ok(fd) => fd,
-        Err(e) => return tracing::warn!("watching the datapath's log ring buffer: {}", e.into_parts().1),
-    };
-    loop {
-        match fd.readable_mut().await {
-            Ok(mut guard) => {
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
-            Err(e) => return tracing::warn!("reading the datapath's log records: {e}"),
         }
     }
 }

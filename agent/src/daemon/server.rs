@@ -9,8 +9,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use axum::{
-    extract::{rejection::JsonRejection, DefaultBodyLimit, Path as UrlPath, State},
-    http::StatusCode,
+    body::Body,
+    extract::{rejection::JsonRejection, DefaultBodyLimit, MatchedPath, Path as UrlPath, Query, Request, State},
+    http::{header, HeaderMap, StatusCode},
+    middleware::Next,
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -19,47 +21,56 @@ use serde_json::json;
 use tokio::net::UnixListener;
 
 use crate::{
-    api::{routes, Call, CreateContainer, CreateNetwork, PortSpecs, MAX_BODY_BYTES},
-    daemon::service,
-    daemon::SharedHost,
+    api::{routes, Call, CreateContainer, CreateNetwork, MonitorEvent, MonitorFilter, PortSpecs, MAX_BODY_BYTES},
+    daemon::{metrics, service, Agent},
 };
 
-pub fn router(host: SharedHost) -> Router {
+/// The API on the agent's socket.
+pub fn router(agent: Agent) -> Router {
     Router::new()
-        .route(routes::NETWORKS, post(create_network).get(|s: State<SharedHost>| run(s, Ok(Call::ListNetworks))))
+        .route(routes::NETWORKS, post(create_network).get(|s: State<Agent>| run(s, Ok(Call::ListNetworks))))
         .route(
             routes::NETWORK,
-            get(|s: State<SharedHost>, UrlPath(n): UrlPath<String>| run(s, Ok(Call::InspectNetwork(n))))
-                .delete(|s: State<SharedHost>, UrlPath(n): UrlPath<String>| run(s, Ok(Call::RemoveNetwork(n)))),
+            get(|s: State<Agent>, UrlPath(n): UrlPath<String>| run(s, Ok(Call::InspectNetwork(n))))
+                .delete(|s: State<Agent>, UrlPath(n): UrlPath<String>| run(s, Ok(Call::RemoveNetwork(n)))),
         )
-        .route(routes::CONTAINERS, post(create_container).get(|s: State<SharedHost>| run(s, Ok(Call::ListContainers))))
+        .route(routes::CONTAINERS, post(create_container).get(|s: State<Agent>| run(s, Ok(Call::ListContainers))))
         .route(
             routes::CONTAINER,
-            axum::routing::delete(|s: State<SharedHost>, UrlPath(n): UrlPath<String>| {
-                run(s, Ok(Call::RemoveContainer(n)))
-            }),
+            axum::routing::delete(|s: State<Agent>, UrlPath(n): UrlPath<String>| run(s, Ok(Call::RemoveContainer(n)))),
         )
         .route(routes::PUBLISH, post(publish))
         .route(routes::UNPUBLISH, post(unpublish))
-        .route(routes::STATUS, get(|s: State<SharedHost>| run(s, Ok(Call::Status))))
-        .route(routes::CONNTRACK, get(|s: State<SharedHost>| run(s, Ok(Call::ListConntrack))))
-        .route(routes::CONNTRACK_GC, post(|s: State<SharedHost>| run(s, Ok(Call::CollectConntrack))))
-        .route(routes::DOWN, post(|s: State<SharedHost>| run(s, Ok(Call::Down))))
+        .route(routes::STATUS, get(|s: State<Agent>| run(s, Ok(Call::Status))))
+        .route(routes::CONNTRACK, get(|s: State<Agent>| run(s, Ok(Call::ListConntrack))))
+        .route(routes::CONNTRACK_GC, post(|s: State<Agent>| run(s, Ok(Call::CollectConntrack))))
+        .route(routes::DOWN, post(|s: State<Agent>| run(s, Ok(Call::Down))))
+        .route(routes::MONITOR, get(monitor))
+        .route(routes::METRICS, get(serve_metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API route; see `bpfnet --help`".into()) })
+        .layer(axum::middleware::from_fn_with_state(agent.clone(), count_requests))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(host)
+        .with_state(agent)
 }
 
-async fn create_network(s: State<SharedHost>, body: Result<Json<CreateNetwork>, JsonRejection>) -> Response {
+/// `--metrics-listen`: only the metrics, for a Prometheus that scrapes over TCP.
+pub fn metrics_router(agent: Agent) -> Router {
+    Router::new()
+        .route(routes::METRICS, get(serve_metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, format!("only {} is served here", routes::METRICS)) })
+        .with_state(agent)
+}
+
+async fn create_network(s: State<Agent>, body: Result<Json<CreateNetwork>, JsonRejection>) -> Response {
     run(s, body.map(|Json(b)| Call::CreateNetwork(b))).await
 }
 
-async fn create_container(s: State<SharedHost>, body: Result<Json<CreateContainer>, JsonRejection>) -> Response {
+async fn create_container(s: State<Agent>, body: Result<Json<CreateContainer>, JsonRejection>) -> Response {
     run(s, body.map(|Json(b)| Call::CreateContainer(b))).await
 }
 
 async fn publish(
-    s: State<SharedHost>,
+    s: State<Agent>,
     UrlPath(n): UrlPath<String>,
     body: Result<Json<PortSpecs>, JsonRejection>,
 ) -> Response {
@@ -67,7 +78,7 @@ async fn publish(
 }
 
 async fn unpublish(
-    s: State<SharedHost>,
+    s: State<Agent>,
     UrlPath(n): UrlPath<String>,
     body: Result<Json<PortSpecs>, JsonRejection>,
 ) -> Response {
@@ -80,20 +91,77 @@ fn error(status: StatusCode, message: String) -> Response {
 
 /// Runs one call on the host. Operation errors are the client's to read (400): every
 /// operation validates its input and rolls back what it started when it fails.
-async fn run(State(host): State<SharedHost>, call: Result<Call, JsonRejection>) -> Response {
+async fn run(State(agent): State<Agent>, call: Result<Call, JsonRejection>) -> Response {
     let call = match call {
         Ok(call) => call,
         Err(rejection) => return error(rejection.status(), format!("invalid request body: {}", rejection.body_text())),
     };
     tracing::debug!(?call, "API call");
-    let mut host = host.lock().await;
-    match service::execute(&mut host, call).await {
+    let mut host = agent.host.lock().await;
+    match service::execute(&mut host, call, &agent.monitor, &agent.metrics).await {
         Ok(answer) => Json(answer).into_response(),
         Err(err) => {
             tracing::info!("refused: {err:#}");
             error(StatusCode::BAD_REQUEST, format!("{err:#}"))
         }
     }
+}
+
+/// `GET /v1/monitor`: the events that pass the filter, one JSON object a line, until the
+/// client goes away. Replayed drops (`last`) come first.
+async fn monitor(
+    State(agent): State<Agent>,
+    filter: Result<Query<MonitorFilter>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let filter = match filter {
+        Ok(Query(filter)) => filter,
+        Err(rejection) => {
+            return error(StatusCode::BAD_REQUEST, format!("invalid monitor filter: {}", rejection.body_text()))
+        }
+    };
+    if let Err(message) = filter.validate() {
+        return error(StatusCode::BAD_REQUEST, message);
+    }
+    let mut subscription = agent.monitor.subscribe(filter);
+    // The datapath writes what this listener wants before it hears that it listens.
+    agent.monitor.sync(&agent.host).await;
+    let replay = std::mem::take(&mut subscription.replay);
+    let line = |event: &MonitorEvent| {
+        let mut line = serde_json::to_vec(event).expect("events always serialize");
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line))
+    };
+    let replayed = futures::stream::iter(replay.iter().map(line).collect::<Vec<_>>());
+    let live = futures::stream::unfold(subscription, move |mut subscription| async move {
+        let event = subscription.next().await?;
+        Some((line(&event), subscription))
+    });
+    let body = Body::from_stream(futures::StreamExt::chain(replayed, live));
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+/// `GET /metrics`: OpenMetrics text when the scraper asks for it, else Prometheus text.
+async fn serve_metrics(State(agent): State<Agent>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    match agent.metrics.scrape(&agent.host, &agent.monitor, openmetrics).await {
+        Ok(text) => {
+            let content_type = if openmetrics { metrics::OPENMETRICS } else { metrics::PROMETHEUS_TEXT };
+            ([(header::CONTENT_TYPE, content_type)], text).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the metrics: {e:#}")),
+    }
+}
+
+/// Counts every request by its route's template, method and status.
+async fn count_requests(State(agent): State<Agent>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    agent.metrics.count_request(&route, &method, response.status().as_u16());
+    response
 }
 
 /// Binds the API socket, root-only (mode 0600). A socket another agent answers on is refused;

@@ -1,6 +1,6 @@
 //! What the agent does for each API call: the operations of network.rs, container.rs and
 //! conntrack.rs on the host it owns, answered as JSON.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use anyhow::{Context, Result};
 use aya::programs::{SchedClassifier, TcAttachType};
@@ -11,9 +11,10 @@ use aya_obj::generated::bpf_attach_type;
 
 use crate::{
     api::{
-        Attachment, Call, CgroupLink, ContainerInfo, DatapathStatus, HostCgroupStatus, NetworkInfo, NetworkSummary,
-        PortChange, Removed, RunningDatapath, SocketHook, Status, Traffic, UplinkStatus,
+        Attachment, Call, CgroupLink, ContainerInfo, DatapathStatus, GcReport, HostCgroupStatus, NetworkInfo,
+        NetworkSummary, PortChange, Removed, RunningDatapath, SocketHook, Status, Traffic, UplinkStatus,
     },
+    daemon::{metrics::Metrics, monitor::Monitor},
     datapath,
     datapath::{Datapath, UplinkMode},
     host::conntrack,
@@ -27,7 +28,8 @@ use crate::{
     sys::cgroup::HostCgroup,
 };
 
-pub async fn execute(host: &mut Host, call: Call) -> Result<Value> {
+/// Runs `call` on `host`; `monitor` and `metrics` hear of what the garbage collection did.
+pub async fn execute(host: &mut Host, call: Call, monitor: &Monitor, metrics: &Metrics) -> Result<Value> {
     let answer = match call {
         Call::CreateNetwork(c) => {
             let spec = network::create(host, &c.name, &c.subnet, c.gateway).await?;
@@ -46,7 +48,10 @@ pub async fn execute(host: &mut Host, call: Call) -> Result<Value> {
             let spec = container::create(host, &c.name, &c.network, c.ip, mappings).await?;
             to_json(describe_container(&spec))
         }
-        Call::ListContainers => to_json(host.state().containers.values().map(describe_container).collect::<Vec<_>>()),
+        Call::ListContainers => {
+            let specs: Vec<ContainerSpec> = host.state().containers.values().cloned().collect();
+            to_json(specs.iter().map(|c| container_status(host, c)).collect::<Vec<_>>())
+        }
         Call::RemoveContainer(name) => {
             container::remove(host, &name).await?;
             to_json(Removed { removed: name })
@@ -66,12 +71,24 @@ pub async fn execute(host: &mut Host, call: Call) -> Result<Value> {
         Call::Status => to_json(status(host)?),
         Call::ListConntrack => to_json(conntrack::list(loaded(host)?)?),
         Call::CollectConntrack => {
-            let timeouts = host.options.ct_timeouts.clone();
-            to_json(conntrack::collect_garbage(loaded(host)?, &timeouts)?)
+            loaded(host)?;
+            to_json(collect_garbage(host, monitor, metrics)?.expect("a datapath is loaded"))
         }
         Call::Down => to_json(down(host).await?),
+        Call::Monitor(_) => anyhow::bail!("the monitor is a stream, served by its own route"),
     };
     Ok(answer)
+}
+
+/// Expires idle flows now, telling the monitor's listeners of each; None when no datapath
+/// is loaded.
+pub fn collect_garbage(host: &mut Host, monitor: &Monitor, metrics: &Metrics) -> Result<Option<GcReport>> {
+    let timeouts = host.options.ct_timeouts.clone();
+    let Some(dp) = host.existing_datapath()? else { return Ok(None) };
+    let started = Instant::now();
+    let report = conntrack::collect_garbage(dp, &timeouts, &mut |key, entry| monitor.flow_expired(key, entry))?;
+    metrics.gc_done(started.elapsed(), &report);
+    Ok(Some(report))
 }
 
 fn to_json(answer: impl serde::Serialize) -> Value {
@@ -185,7 +202,7 @@ fn host_cgroup_status(
     Ok(Some(HostCgroupStatus { path: Some(path.to_owned()), cgroup_id: Some(cgroup.id), hooks, ..empty }))
 }
 
-fn datapath_status(
+pub(super) fn datapath_status(
     host_containers: &[(String, String)],
     host_cgroup: Option<&std::path::Path>,
     dp: &Datapath,
@@ -235,20 +252,24 @@ fn datapath_status(
     })
 }
 
-/// A container with its traffic counters, and its new flows that were over their conntrack
-/// quota, when a datapath is loaded.
+/// A container with its traffic counters, when a datapath is loaded.
 fn container_status(host: &mut Host, spec: &ContainerSpec) -> ContainerInfo {
-    let traffic = host.existing_datapath().ok().flatten().and_then(|dp| {
-        let s = dp.endpoint_stats(spec.stats_slot).ok()?;
-        Some(Traffic {
-            sent_packets: s.sent_packets,
-            sent_bytes: s.sent_bytes,
-            received_packets: s.received_packets,
-            received_bytes: s.received_bytes,
-            ct_quota_hits: dp.ct_quota_hits(spec.stats_slot).ok()?,
-        })
-    });
+    let traffic = host.existing_datapath().ok().flatten().and_then(|dp| traffic(dp, spec));
     ContainerInfo { traffic, ..describe_container(spec) }
+}
+
+/// A container's counters: its traffic, its drops, and its new flows that were over their
+/// conntrack quota.
+pub(super) fn traffic(dp: &Datapath, spec: &ContainerSpec) -> Option<Traffic> {
+    let s = dp.endpoint_stats(spec.stats_slot).ok()?;
+    Some(Traffic {
+        sent_packets: s.sent_packets,
+        sent_bytes: s.sent_bytes,
+        received_packets: s.received_packets,
+        received_bytes: s.received_bytes,
+        dropped_packets: dp.endpoint_drops(spec.stats_slot).ok()?,
+        ct_quota_hits: dp.ct_quota_hits(spec.stats_slot).ok()?,
+    })
 }
 
 fn status(host: &mut Host) -> Result<Status> {

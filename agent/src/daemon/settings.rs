@@ -6,7 +6,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use serde::de::DeserializeOwned;
 
 use crate::{
-    datapath::{DatapathLogLevel, UplinkMode},
+    datapath::UplinkMode,
     host::{conntrack::Timeouts, HostOptions},
 };
 
@@ -18,13 +18,22 @@ pub struct AgentArgs {
     /// `uplink = "eth0"`); flags and environment variables win over it.
     #[arg(long, env = "BPFNET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Replace the pinned programs with this binary's even if their code is the same (e.g. to
-    /// apply a new --datapath-log); they are replaced anyway when it differs. Atomic per link.
+    /// Replace the pinned programs with this binary's even if their code is the same; they are
+    /// replaced anyway when it differs. Atomic per link.
     #[arg(long, env = "BPFNET_RELOAD_PROGRAMS", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub reload_programs: bool,
     /// Seconds between conntrack garbage collections.
     #[arg(long, env = "BPFNET_GC_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub gc_interval: u64,
+    /// Also serve `/metrics` over TCP on this address (IP:PORT), for Prometheus. Off by
+    /// default: the metrics name containers. The API socket always serves `/metrics`.
+    #[arg(long, env = "BPFNET_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Most recent drops the agent keeps for `bpfnet monitor --last N`. 0 keeps none, and the
+    /// datapath then reports drops only while a monitor listens.
+    #[arg(long, env = "BPFNET_DROP_HISTORY", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub drop_history: u64,
 }
 
 /// The settings of the host the agent serves ([`HostOptions`]).
@@ -40,11 +49,10 @@ pub struct HostArgs {
     /// bpffs directory where programs, maps and links are pinned.
     #[arg(long, global = true, env = "BPFNET_BPFFS", default_value = "/sys/fs/bpf/bpfnet", value_name = "DIR")]
     pub bpffs: PathBuf,
-    /// Most verbose level of the eBPF programs' own log records (fixed when they are loaded;
-    /// the agent relays them into its own log).
-    #[arg(long, global = true, env = "BPFNET_DATAPATH_LOG", default_value = "info",
-          value_parser = serde_enum::<DatapathLogLevel>(&["off", "error", "warn", "info", "debug", "trace"]))]
-    pub datapath_log: DatapathLogLevel,
+    /// Retired: the programs no longer log; drops are events (`bpfnet monitor`). Still
+    /// accepted, so that an older config file keeps working, and warned about.
+    #[arg(long, global = true, env = "BPFNET_DATAPATH_LOG", hide = true)]
+    pub datapath_log: Option<String>,
     /// The host's interface to the outside world: containers' traffic leaving through it is
     /// masqueraded to its IPv4 address (and its replies translated back).
     #[arg(long, global = true, env = "BPFNET_UPLINK", value_name = "IFACE")]
@@ -90,7 +98,6 @@ impl From<HostArgs> for HostOptions {
             host_netns: args.host_netns,
             state_dir: args.state_dir,
             bpffs: args.bpffs,
-            datapath_log: args.datapath_log,
             uplink: args.uplink,
             uplink_mode: args.uplink_mode,
             nat_ports: args.nat_ports,
