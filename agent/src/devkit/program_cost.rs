@@ -30,7 +30,9 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use datapath_common::{program_names, Counter, CtKey, DropReason, HostConfig, IPPROTO_UDP};
+use datapath_common::{
+    host_config_flags, program_names, Counter, CtKey, DropReason, EventBudget, HostConfig, IPPROTO_UDP,
+};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use serde::Serialize;
 
@@ -70,6 +72,9 @@ pub struct ProgramCostArgs {
 
 /// TCP host ports 1 to this: none of them is a measured path's (those are UDP).
 const MAX_OTHER_PORTS: u32 = 60_000;
+
+/// Waited beyond the time a CPU's event budget takes to fill up.
+const EVENT_REFILL_SLACK: Duration = Duration::from_millis(5);
 
 /// Runs between two checks of the counters (and of the time limit and signals); also the
 /// number of new flows conntrack holds at most.
@@ -152,6 +157,7 @@ enum State {
 }
 
 /// One path of one program.
+#[derive(Clone)]
 struct PathSpec {
     name: &'static str,
     /// `from_endpoint`, `from_uplink` (also run on every other `from_uplink*` program).
@@ -165,7 +171,17 @@ struct PathSpec {
     /// Each moves once per run; every other counter and drop reason stays.
     counters: &'static [Counter],
     drops: &'static [DropReason],
+    /// Measured with the datapath's events on (someone listens to `bpfnet monitor`), each
+    /// run's event written; the others with them off.
+    events: bool,
 }
+
+/// Paths that write an event when events are on, and their name measured that way.
+const WITH_EVENTS: [(&str, &str); 3] = [
+    ("spoofed-drop", "spoofed-drop+events"),
+    ("snat-new-flow", "snat-new-flow+events"),
+    ("dnat-new-flow", "dnat-new-flow+events"),
+];
 
 /// The seeded topology, and the NAT ports of the long-lived flows once they exist.
 struct Scene {
@@ -228,6 +244,18 @@ fn new_flow_port(i: u32) -> u16 {
 /// The paths measured, in order: those that start flows empty conntrack between batches, so
 /// they come before those that need the long-lived flows.
 fn paths() -> Vec<PathSpec> {
+    let mut paths = Vec::new();
+    for path in plain_paths() {
+        let with_events = WITH_EVENTS.iter().find(|(base, _)| *base == path.name);
+        let variant = with_events.map(|(_, name)| PathSpec { name, events: true, ..path.clone() });
+        paths.push(path);
+        paths.extend(variant);
+    }
+    paths
+}
+
+/// Every path with events off.
+fn plain_paths() -> Vec<PathSpec> {
     use Counter::*;
     let endpoint = program_names::FROM_ENDPOINT;
     let uplink = program_names::FROM_UPLINK;
@@ -242,6 +270,7 @@ fn paths() -> Vec<PathSpec> {
             verdict: Verdict::Redirect,
             counters: &[Forwarded],
             drops: &[],
+            events: false,
         },
         PathSpec {
             name: "arp-reply",
@@ -253,6 +282,7 @@ fn paths() -> Vec<PathSpec> {
             verdict: Verdict::Redirect,
             counters: &[ArpReplied],
             drops: &[],
+            events: false,
         },
         PathSpec {
             name: "to-gateway",
@@ -264,6 +294,7 @@ fn paths() -> Vec<PathSpec> {
             verdict: Verdict::Pass,
             counters: &[ToHost],
             drops: &[],
+            events: false,
         },
         PathSpec {
             name: "spoofed-drop",
@@ -275,6 +306,7 @@ fn paths() -> Vec<PathSpec> {
             verdict: Verdict::Drop,
             counters: &[],
             drops: &[DropReason::SpoofedSource],
+            events: false,
         },
         PathSpec {
             name: "not-ours-to-host",
@@ -286,6 +318,7 @@ fn paths() -> Vec<PathSpec> {
             verdict: Verdict::Pass,
             counters: &[UplinkToHost],
             drops: &[],
+            events: false,
         },
         PathSpec {
             name: "snat-new-flow",
@@ -298,6 +331,7 @@ fn paths() -> Vec<PathSpec> {
             verdict: Verdict::Redirect,
             counters: &[SnatNewFlow, TranslatedOut],
             drops: &[],
+            events: false,
         },
         PathSpec {
             name: "dnat-new-flow",
@@ -310,6 +344,7 @@ fn paths() -> Vec<PathSpec> {
             verdict: Verdict::Redirect,
             counters: &[DnatNewFlow, TranslatedIn],
             drops: &[],
+            events: false,
         },
         PathSpec {
             name: "hairpin-new-flow",
@@ -322,6 +357,7 @@ fn paths() -> Vec<PathSpec> {
             verdict: Verdict::Redirect,
             counters: &[HairpinNewFlow, TranslatedIn],
             drops: &[],
+            events: false,
         },
         PathSpec {
             name: "snat-established",
@@ -334,6 +370,7 @@ fn paths() -> Vec<PathSpec> {
             verdict: Verdict::Redirect,
             counters: &[TranslatedOut],
             drops: &[],
+            events: false,
         },
         PathSpec {
             name: "snat-reply",
@@ -345,6 +382,7 @@ fn paths() -> Vec<PathSpec> {
             verdict: Verdict::Redirect,
             counters: &[TranslatedIn],
             drops: &[],
+            events: false,
         },
         PathSpec {
             name: "dnat-established",
@@ -357,6 +395,7 @@ fn paths() -> Vec<PathSpec> {
             verdict: Verdict::Redirect,
             counters: &[TranslatedIn],
             drops: &[],
+            events: false,
         },
         PathSpec {
             name: "dnat-reply",
@@ -372,6 +411,7 @@ fn paths() -> Vec<PathSpec> {
             verdict: Verdict::Redirect,
             counters: &[TranslatedOut],
             drops: &[],
+            events: false,
         },
         PathSpec {
             name: "hairpin-established",
@@ -384,6 +424,7 @@ fn paths() -> Vec<PathSpec> {
             verdict: Verdict::Redirect,
             counters: &[TranslatedIn],
             drops: &[],
+            events: false,
         },
         PathSpec {
             name: "hairpin-reply",
@@ -398,6 +439,7 @@ fn paths() -> Vec<PathSpec> {
             verdict: Verdict::Redirect,
             counters: &[TranslatedIn],
             drops: &[],
+            events: false,
         },
     ]
 }
@@ -587,6 +629,24 @@ impl Meter {
     /// Measures `path` on `program`: batches of runs until `runs` or the time limit, each
     /// batch checked (verdicts, counters).
     fn path(&mut self, program: &Program, path: &PathSpec) -> Result<PathCost> {
+        if !path.events {
+            return self.measure_path(program, path);
+        }
+        self.bed.set_event_flags(host_config_flags::EVENTS)?;
+        let cost = self.measure_path(program, path);
+        self.bed.set_event_flags(0)?;
+        cost
+    }
+
+    /// Before a batch with events on: the ring emptied, and the budget of every CPU full
+    /// again (refilled at its rate), so that each run writes its event (checked after it).
+    fn ready_for_events(&self) -> Result<u64> {
+        std::thread::sleep(Duration::from_nanos(EventBudget::BURST * EventBudget::NS_PER_EVENT) + EVENT_REFILL_SLACK);
+        self.bed.take_events()?;
+        Ok(self.bed.events_lost()?.iter().map(|(_, n)| n).sum())
+    }
+
+    fn measure_path(&mut self, program: &Program, path: &PathSpec) -> Result<PathCost> {
         if path.state == State::Established && self.scene.flows.is_none() {
             self.make_flows()?;
         }
@@ -603,10 +663,21 @@ impl Meter {
             let first = durations.len() as u32;
             let count = BATCH.min(self.runs - first);
             let batch: Vec<Vec<u8>> = (first..first + count).map(|i| (path.packet)(&self.scene, i)).collect();
+            let lost_before = if path.events { Some(self.ready_for_events()?) } else { None };
             let before = self.bed.counts()?;
             let outs = self.run_batch(program, ifindex, batch)?;
             let moved = self.bed.counts()?.since(&before)?;
             check_batch(program, path, &outs, &moved)?;
+            if let Some(lost_before) = lost_before {
+                let written = self.bed.take_events()?.len();
+                let lost: u64 = self.bed.events_lost()?.iter().map(|(_, n)| n).sum();
+                ensure!(
+                    written == outs.len() && lost == lost_before,
+                    "{} runs wrote {written} events and lost {}: the figure would not be of writing them",
+                    outs.len(),
+                    lost - lost_before
+                );
+            }
             durations.extend(outs.iter().map(|out| out.duration_ns));
         }
         let counters = path.counters.iter().map(|c| c.name()).chain(path.drops.iter().map(|d| d.name()));

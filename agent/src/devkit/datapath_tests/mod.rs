@@ -15,6 +15,7 @@
 //! in TC terms ([`tc_verdict`]) so that one assertion serves both.
 mod arp;
 mod conntrack;
+mod events;
 mod forward;
 mod fragment;
 mod fuzz;

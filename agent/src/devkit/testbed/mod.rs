@@ -16,7 +16,7 @@ use std::{
     sync::Arc,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{ProgramInfo, ProgramType};
 use datapath_common::{
     ct_fill, ct_stats, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, HostConfig, Network,
@@ -305,6 +305,25 @@ impl Testbed {
             dp.ct_stats.set(slot, 0, 0)?;
         }
         Ok(())
+    }
+
+    /// Every event in the ring buffer, oldest first; the ring is empty afterwards.
+    pub fn take_events(&self) -> Result<Vec<datapath_common::DatapathEvent>> {
+        use aya::maps::{Map, MapData, RingBuf};
+        let path = self.pin_dir().join("maps").join(datapath_common::map_names::EVENTS);
+        let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let mut ring = RingBuf::try_from(Map::RingBuf(data))?;
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            ensure!(
+                item.len() == std::mem::size_of::<datapath_common::DatapathEvent>(),
+                "an event of {} bytes",
+                item.len()
+            );
+            // SAFETY: plain data of the size just checked.
+            events.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const datapath_common::DatapathEvent) });
+        }
+        Ok(events)
     }
 
     /// Totals of every drop reason and counter (summed over CPUs), as `status` reads them.
