@@ -399,6 +399,16 @@ pub mod ct_kind {
     /// A container's flow to a published port of the host (its own or another container's):
     /// both destination and source are translated, so the replies come back the same way.
     pub const HAIRPIN: u8 = 2;
+
+    /// As `conntrack ls`, `bpfnet monitor` and the metrics name a kind.
+    pub const fn name(kind: u8) -> &'static str {
+        match kind {
+            SNAT => "snat",
+            DNAT => "dnat",
+            HAIRPIN => "hairpin",
+            _ => "unknown",
+        }
+    }
 }
 
 /// One direction of a tracked flow: how its packets are translated and where they go.

@@ -292,6 +292,11 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The agent's process id, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.borrow().as_ref().map(|child| child.id())
+    }
+
     /// Whether the agent runs (started, not stopped since, and not exited).
     pub fn agent_running(&self) -> bool {
         self.agent.borrow_mut().as_mut().is_some_and(|child| child.try_wait().ok().flatten().is_none())

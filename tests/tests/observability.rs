@@ -20,7 +20,10 @@ const SPOOFED: (Ipv4Addr, u8) = (Ipv4Addr::new(203, 0, 113, 0), 24);
 
 /// A host with an uplink, a network and a container `web` publishing 8080 -> 80.
 fn sandbox() -> (Sandbox, String) {
-    let sb = Sandbox::with_uplink();
+    sandbox_with(Sandbox::with_uplink())
+}
+
+fn sandbox_with(sb: Sandbox) -> (Sandbox, String) {
     let net = sb.name("net");
     sb.ok(&["network", "create", &net, "--subnet", "10.232.0.0/24"]);
     let web = sb.name("web");
@@ -114,16 +117,28 @@ fn a_spoofed_flood_is_counted_exactly_and_shown_with_its_reason_and_addresses() 
 }
 
 #[test]
-fn a_connection_to_a_published_port_is_a_dnat_flow_with_both_tuples() {
-    let (mut sb, web) = sandbox();
+fn a_connection_to_a_published_port_is_a_dnat_flow_with_both_tuples_until_it_expires() {
+    let mut sb = Sandbox::with_uplink();
+    // A closed connection expires a second after its last packet, collected every second.
+    for state in ["FIN", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE"] {
+        sb.set_agent_env(&format!("BPFNET_CT_TIMEOUT_TCP_{state}"), "1");
+    }
+    sb.set_agent_env("BPFNET_GC_INTERVAL", "1");
+    let (mut sb, web) = sandbox_with(sb);
     let web_ip = sb.container_ip(&web);
     sb.tcp_echo_server(&web, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80), 1);
-    let monitor = start_monitor(&mut sb, &["--type", "flow", "--container", &web, "--count", "1"]);
+    let monitor = start_monitor(&mut sb, &["--type", "flow", "--container", &web, "--count", "2"]);
     let echoed =
         bpfnet_tests::tcp_exchange(sb.outside_netns(), SocketAddrV4::new(UPLINK_HOST_IP, 8080), b"hello").unwrap();
     assert_eq!(echoed, b"hello");
-    let line = sb.finish(monitor, Duration::from_secs(10)).unwrap();
-    let e = event(line.trim());
+    let new = event(&sb.read_line(monitor).unwrap());
+    let expired = event(&sb.read_line(monitor).unwrap());
+    sb.finish(monitor, Duration::from_secs(10)).unwrap();
+    assert_eq!(expired["event"], "expired", "{expired}");
+    for field in ["kind", "container", "original", "translated"] {
+        assert_eq!(expired[field], new[field], "{field}");
+    }
+    let e = new;
     assert_eq!(
         (e["type"].as_str(), e["event"].as_str(), e["kind"].as_str()),
         (Some("flow"), Some("new"), Some("dnat"))

@@ -178,7 +178,7 @@ impl Monitor {
         let event = FlowEvent {
             time_ns: now_ns(),
             event: FlowChange::Expired,
-            kind: kind_name(entry.kind).into(),
+            kind: ct_kind::name(entry.kind).into(),
             container: flow_container(&names, None, original, &entry.to),
             original: tuple(original),
             translated: tuple(&entry.to),
@@ -334,7 +334,7 @@ fn describe(event: &DatapathEvent, names: &Names) -> Option<MonitorEvent> {
         event_kind::NEW_FLOW => Some(MonitorEvent::Flow(FlowEvent {
             time_ns: now_ns(),
             event: FlowChange::New,
-            kind: kind_name(event.detail).into(),
+            kind: ct_kind::name(event.detail).into(),
             container: flow_container(names, interface.container, &event.tuple, &event.translated),
             original: tuple(&event.tuple),
             translated: tuple(&event.translated),
@@ -348,15 +348,6 @@ fn describe(event: &DatapathEvent, names: &Names) -> Option<MonitorEvent> {
 fn flow_container(names: &Names, from: Option<String>, original: &CtKey, translated: &CtKey) -> Option<String> {
     let by_ip = |addr: u32| names.containers_by_ip.get(&Ipv4Addr::from(addr.to_ne_bytes())).cloned();
     from.or_else(|| by_ip(original.saddr)).or_else(|| by_ip(translated.daddr))
-}
-
-fn kind_name(kind: u8) -> &'static str {
-    match kind {
-        ct_kind::SNAT => "snat",
-        ct_kind::DNAT => "dnat",
-        ct_kind::HAIRPIN => "hairpin",
-        _ => "unknown",
-    }
 }
 
 fn tuple(key: &CtKey) -> Tuple {

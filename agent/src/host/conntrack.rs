@@ -66,15 +66,6 @@ fn protocol_name(proto: u8) -> &'static str {
     }
 }
 
-fn kind_name(kind: u8) -> &'static str {
-    match kind {
-        ct_kind::SNAT => "snat",
-        ct_kind::DNAT => "dnat",
-        ct_kind::HAIRPIN => "hairpin",
-        _ => "unknown",
-    }
-}
-
 fn endpoint(addr: u32, port: u16, proto: u8) -> String {
     let ip = Ipv4Addr::from(addr.to_ne_bytes());
     if proto == IPPROTO_ICMP {
@@ -204,7 +195,7 @@ fn flow(
     let proto = key.proto;
     let flow = Flow {
         protocol: protocol_name(proto).to_owned(),
-        kind: kind_name(entry.kind).to_owned(),
+        kind: ct_kind::name(entry.kind).to_owned(),
         source: endpoint(original_key.saddr, original_key.sport, proto),
         destination: endpoint(original_key.daddr, original_key.dport, proto),
         translated_source: endpoint(translated.saddr, translated.sport, proto),

@@ -8,6 +8,7 @@
 //! - [`api_request`]: bpfnet's publish through its API alone (no CLI process), likewise;
 //! - [`program_cost`]: each eBPF program's own ns per packet (`bpfnet-devkit program-cost`);
 //! - [`profile`]: with `--perf`, where a packet's time goes (perf samples by part of the path);
+//! - [`scale`]: with `--scale N`, the control plane at N containers instead (scale.json);
 //! - [`report`]: summaries and ratios, the table, results.json (schema there) and chart.svg.
 //!
 //! Method: for each N (other published ports), each repetition, scenario and workload, the
@@ -21,6 +22,7 @@ pub mod loadgen;
 mod profile;
 mod program_cost;
 mod report;
+mod scale;
 mod stats;
 mod topology;
 mod workload;
@@ -58,12 +60,17 @@ pub struct BenchArgs {
     /// and server's CPUs, and write where the time goes to perf-<datapath>.txt (about 10 s more).
     #[arg(long)]
     perf: bool,
+    /// Instead of the traffic benchmark: the control plane at host scale, N containers each
+    /// publishing a port, created and removed through the API (latency of the first and last
+    /// hundred, status / container ls / metrics scrape time at N, agent memory); scale.json.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(100..=4000))]
+    scale: Option<u32>,
 }
 
 impl BenchArgs {
     /// `--quick`, results in the default folder (what `cargo xtask demo` runs).
     pub fn quick(bpfnet: Option<PathBuf>) -> BenchArgs {
-        BenchArgs { quick: true, out: None, bpfnet, perf: false }
+        BenchArgs { quick: true, out: None, bpfnet, perf: false, scale: None }
     }
 }
 
@@ -112,6 +119,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
             cargo_cmd::bpfnet_bin(Profile::Release)?
         }
     };
+    if let Some(containers) = args.scale {
+        let out = match args.out.clone() {
+            Some(dir) => dir,
+            None => {
+                cargo_cmd::workspace_root().join("bench-results").join(format!("scale-{}", report::utc_stamp(started)))
+            }
+        };
+        fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        interrupt::catch_interrupts()?;
+        section(&format!("control plane at {containers} containers"));
+        scale::run(&bpfnet_bin, containers as usize, &out)?;
+        println!("==> {}", out.join("scale.json").display());
+        return Ok(());
+    }
     // A debug build of the load generator is itself the bottleneck of the 64-byte UDP rate.
     section("build the load generator (xtask, release)");
     cargo_cmd::build(Profile::Release, &["xtask"])?;
