@@ -32,6 +32,34 @@ pub struct ContainerInfo {
     pub traffic: Option<Traffic>,
 }
 
+/// An attached namespace (attach, check, list): what a CNI result is made of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentInfo {
+    pub container_id: String,
+    pub ifname: String,
+    /// The path it was attached by.
+    pub netns: String,
+    pub network: String,
+    /// Its address with the network's prefix length (`10.88.0.2/24`).
+    pub address: String,
+    pub gateway: String,
+    /// Of `ifname`.
+    pub mac: String,
+    /// The host side of its veth, and that end's MAC.
+    pub host_interface: String,
+    pub host_mac: String,
+    /// Published ports, `HOST_IP:HOST_PORT->PORT/PROTO`.
+    pub ports: Vec<String>,
+}
+
+/// What a detach did: `detached` is false when nothing was attached (a repeated detach).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detached {
+    pub container_id: String,
+    pub ifname: String,
+    pub detached: bool,
+}
+
 /// A container's counters, summed over the CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Traffic {
