@@ -23,7 +23,7 @@ pub struct ContainerInfo {
     pub network: String,
     pub ip: String,
     pub mac: String,
-    /// Its network namespace (under /run/netns).
+    /// Its network namespace: a name under /run/netns, or the path an attached one was given by.
     pub netns: String,
     pub host_interface: String,
     /// Published ports, `HOST_IP:HOST_PORT->PORT/PROTO`.

@@ -1,4 +1,5 @@
-//! Named network namespaces, compatible with `ip netns` (iproute2).
+//! Named network namespaces, compatible with `ip netns` (iproute2), and namespaces that
+//! someone else made, by path ([`Netns`], [`open_path`], [`Identity`]).
 //!
 //! A named namespace is a bind mount of a namespace file onto
 //! `/run/netns/NAME`, so `ip netns exec`, `ip -n NAME` and this module all see
