@@ -2,6 +2,8 @@
 //!
 //! The folders are the layers, and imports only run downwards:
 //! - `cli`: the `bpfnet` verbs, clients of the agent's API;
+//! - `cni`: the `bpfnet-cni` plugin, another client of the API (CNI spec types, results
+//!   shaped per version, error codes);
 //! - `api`: the API's typed requests, answers and routes, shared by the CLI and the daemon;
 //! - `daemon`: `bpfnet agent`, the service (settings, server, handlers, uplink follower);
 //! - `host`: the domain: networks, containers, published ports, IPAM, state, reconcile,
@@ -13,6 +15,7 @@
 //!   bench.
 pub mod api;
 pub mod cli;
+pub mod cni;
 pub mod daemon;
 pub mod datapath;
 #[cfg(any(test, feature = "devkit"))]

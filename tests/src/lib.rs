@@ -64,6 +64,17 @@ pub fn devkit_bin() -> PathBuf {
     bin
 }
 
+/// The CNI plugin under test: $BPFNET_CNI_BIN (set by `cargo xtask test`), else `bpfnet-cni`
+/// next to [`bpfnet_bin`].
+pub fn cni_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("BPFNET_CNI_BIN") {
+        return bin.into();
+    }
+    let bin = bpfnet_bin().with_file_name("bpfnet-cni");
+    assert!(bin.exists(), "{} not found: build it (cargo build -p bpfnet) or set BPFNET_CNI_BIN", bin.display());
+    bin
+}
+
 /// The tests' conveniences: each panics at the test's line when a step fails.
 impl Sandbox {
     /// A sandbox of the tests (prefix `bt...`, output captured, the agent logging at info).

@@ -224,6 +224,22 @@ impl Sandbox {
         Ok(uplink)
     }
 
+    /// A network namespace `{prefix}-{suffix}` (lo up) that the sandbox makes itself, as a
+    /// container engine would, for bpfnet to attach (`container attach`, the CNI plugin).
+    /// bpfnet must never delete it: the sandbox does, at cleanup.
+    pub fn add_engine_netns(&mut self, suffix: &str) -> Result<String> {
+        let name = self.name(suffix);
+        if Path::new(NETNS_DIR).join(&name).exists() {
+            bail!(
+                "network namespace {name} exists already: is another run using it? (if not: `ip netns delete {name}`)"
+            );
+        }
+        self.step(Command::new("ip").args(["netns", "add", &name]))?;
+        self.own_netns.push(name.clone());
+        self.ip(&name, &["link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+
     /// Sets a setting of the agent, as its environment variable (e.g. BPFNET_UPLINK_MODE); it
     /// takes effect when the agent next starts.
     pub fn set_agent_env(&mut self, key: &str, value: &str) {

@@ -102,6 +102,11 @@ pub fn bpfnet_bin(profile: Profile) -> Result<PathBuf> {
     binary(profile, "bpfnet", "bpfnet")
 }
 
+/// The built `bpfnet-cni` plugin of `profile`, a binary of package `bpfnet` (build it first).
+pub fn cni_bin(profile: Profile) -> Result<PathBuf> {
+    binary(profile, "bpfnet", "bpfnet-cni")
+}
+
 /// Builds `bpfnet-devkit`, the developer tools (the `devkit` feature, which the shipped
 /// `bpfnet` binary is built without), and returns its path.
 pub fn build_devkit(profile: Profile) -> Result<PathBuf> {

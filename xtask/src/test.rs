@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the style checks (rustfmt, clippy), the unit tests of every workspace
 //! crate, and the black-box integration tests of `bpfnet-tests`, which run the real `bpfnet`
-//! binary named by $BPFNET_BIN (and the developer tools' `bpfnet-devkit`, $BPFNET_DEVKIT_BIN).
+//! binary named by $BPFNET_BIN (and the developer tools' `bpfnet-devkit`, $BPFNET_DEVKIT_BIN,
+//! and the CNI plugin `bpfnet-cni`, $BPFNET_CNI_BIN).
 
 use anyhow::{Context, Result};
 
@@ -26,8 +27,10 @@ pub fn run(args: TestArgs) -> Result<()> {
     setup::run()?;
     check_style()?;
     let profile = Profile::from_release_flag(args.release);
+    // Package `bpfnet` builds both binaries the tests run: `bpfnet` and `bpfnet-cni`.
     cargo_cmd::build(profile, &["bpfnet"])?;
     let bpfnet_bin = cargo_cmd::bpfnet_bin(profile)?;
+    let cni_bin = cargo_cmd::cni_bin(profile)?;
     let devkit_bin = cargo_cmd::build_devkit(profile)?;
 
     let (cargo_args, harness_args) = split_harness_args(&args.cargo_args);
@@ -45,7 +48,8 @@ pub fn run(args: TestArgs) -> Result<()> {
         .arg(format!("--test-threads={}", args.jobs))
         .args(harness_args)
         .env("BPFNET_BIN", &bpfnet_bin)
-        .env("BPFNET_DEVKIT_BIN", &devkit_bin);
+        .env("BPFNET_DEVKIT_BIN", &devkit_bin)
+        .env("BPFNET_CNI_BIN", &cni_bin);
     command::run(&mut cmd).context("tests failed: see cargo test's report above")
 }
 

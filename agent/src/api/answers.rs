@@ -23,13 +23,41 @@ pub struct ContainerInfo {
     pub network: String,
     pub ip: String,
     pub mac: String,
-    /// Its network namespace (under /run/netns).
+    /// Its network namespace: a name under /run/netns, or the path an attached one was given by.
     pub netns: String,
     pub host_interface: String,
     /// Published ports, `HOST_IP:HOST_PORT->PORT/PROTO`.
     pub ports: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<Traffic>,
+}
+
+/// An attached namespace (attach, check, list): what a CNI result is made of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentInfo {
+    pub container_id: String,
+    pub ifname: String,
+    /// The path it was attached by.
+    pub netns: String,
+    pub network: String,
+    /// Its address with the network's prefix length (`10.88.0.2/24`).
+    pub address: String,
+    pub gateway: String,
+    /// Of `ifname`.
+    pub mac: String,
+    /// The host side of its veth, and that end's MAC.
+    pub host_interface: String,
+    pub host_mac: String,
+    /// Published ports, `HOST_IP:HOST_PORT->PORT/PROTO`.
+    pub ports: Vec<String>,
+}
+
+/// What a detach did: `detached` is false when nothing was attached (a repeated detach).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detached {
+    pub container_id: String,
+    pub ifname: String,
+    pub detached: bool,
 }
 
 /// A container's counters, summed over the CPUs.

@@ -11,6 +11,10 @@
 //! | create a container | `POST /v1/containers` | [`CreateContainer`] |
 //! | list containers | `GET /v1/containers` | |
 //! | remove a container | `DELETE /v1/containers/{name}` | |
+//! | attach a namespace someone else made | `POST /v1/attachments` | [`Attach`] |
+//! | list attachments | `GET /v1/attachments` | |
+//! | check an attachment against the kernel | `GET /v1/attachments/{id}/{ifname}/check` | |
+//! | detach (idempotent) | `DELETE /v1/attachments/{id}/{ifname}` | |
 //! | publish ports | `POST /v1/containers/{name}/publish` | [`PortSpecs`] |
 //! | unpublish ports | `POST /v1/containers/{name}/unpublish` | [`PortSpecs`] |
 //! | status | `GET /v1/status` | |
@@ -56,6 +60,24 @@ pub struct CreateContainer {
     pub publish: Vec<String>,
 }
 
+/// Attaches a network namespace that someone else made (a container engine), by path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attach {
+    /// `/proc/PID/ns/net`, `/run/netns/NAME`, `/var/run/netns/cni-...`.
+    pub netns: std::path::PathBuf,
+    /// The engine's container id; with `ifname`, the attachment's identity.
+    pub container_id: String,
+    /// The interface's name inside the namespace.
+    pub ifname: String,
+    pub network: String,
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// `--publish` values, Docker's syntax.
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpecs {
@@ -72,6 +94,11 @@ pub enum Call {
     CreateContainer(CreateContainer),
     ListContainers,
     RemoveContainer(String),
+    Attach(Attach),
+    ListAttachments,
+    /// Container id and interface name.
+    CheckAttachment(String, String),
+    Detach(String, String),
     Publish(String, PortSpecs),
     Unpublish(String, PortSpecs),
     Status,
@@ -96,6 +123,9 @@ pub mod routes {
     pub const NETWORK: &str = "/v1/networks/{name}";
     pub const CONTAINERS: &str = "/v1/containers";
     pub const CONTAINER: &str = "/v1/containers/{name}";
+    pub const ATTACHMENTS: &str = "/v1/attachments";
+    pub const ATTACHMENT: &str = "/v1/attachments/{id}/{ifname}";
+    pub const ATTACHMENT_CHECK: &str = "/v1/attachments/{id}/{ifname}/check";
     pub const PUBLISH: &str = "/v1/containers/{name}/publish";
     pub const UNPUBLISH: &str = "/v1/containers/{name}/unpublish";
     pub const STATUS: &str = "/v1/status";
@@ -111,6 +141,9 @@ impl Call {
     /// The HTTP method, path and JSON body of this call.
     pub fn request(&self) -> (Method, String, Option<serde_json::Value>) {
         let named = |route: &str, name: &str| route.replace("{name}", &encode(name));
+        let attachment = |route: &str, id: &str, ifname: &str| {
+            route.replace("{id}", &encode(id)).replace("{ifname}", &encode(ifname))
+        };
         match self {
             Call::CreateNetwork(c) => (Method::Post, routes::NETWORKS.into(), body(c)),
             Call::ListNetworks => (Method::Get, routes::NETWORKS.into(), None),
@@ -119,6 +152,10 @@ impl Call {
             Call::CreateContainer(c) => (Method::Post, routes::CONTAINERS.into(), body(c)),
             Call::ListContainers => (Method::Get, routes::CONTAINERS.into(), None),
             Call::RemoveContainer(n) => (Method::Delete, named(routes::CONTAINER, n), None),
+            Call::Attach(a) => (Method::Post, routes::ATTACHMENTS.into(), body(a)),
+            Call::ListAttachments => (Method::Get, routes::ATTACHMENTS.into(), None),
+            Call::CheckAttachment(id, i) => (Method::Get, attachment(routes::ATTACHMENT_CHECK, id, i), None),
+            Call::Detach(id, i) => (Method::Delete, attachment(routes::ATTACHMENT, id, i), None),
             Call::Publish(n, s) => (Method::Post, named(routes::PUBLISH, n), body(s)),
             Call::Unpublish(n, s) => (Method::Post, named(routes::UNPUBLISH, n), body(s)),
             Call::Status => (Method::Get, routes::STATUS.into(), None),
@@ -158,5 +195,7 @@ mod tests {
         assert_eq!((method, path.as_str()), (Method::Post, "/v1/containers/web/publish"));
         assert_eq!(body.unwrap(), serde_json::json!({"specs": ["8080:80"]}));
         assert_eq!(Call::RemoveNetwork("a b/c".into()).request().1, "/v1/networks/a%20b%2Fc");
+        let (method, path, _) = Call::Detach("abc".into(), "eth0".into()).request();
+        assert_eq!((method, path.as_str()), (Method::Delete, "/v1/attachments/abc/eth0"));
     }
 }

@@ -1,7 +1,7 @@
 //! The CLI's side of the API: one HTTP request on the agent's Unix socket per command.
 use std::{io::ErrorKind, path::Path};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -10,6 +10,23 @@ use serde_json::Value;
 use tokio::net::UnixStream;
 
 use crate::api::{Call, Method};
+
+/// No agent answers on the socket (none runs there, or it is not a socket): the caller may
+/// retry later, unlike after a refusal.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no bpfnet agent is running at {}: start it with `bpfnet agent` (see README), or point \
+     --socket / BPFNET_SOCKET at its socket",
+    socket.display()
+)]
+pub struct Unreachable {
+    pub socket: std::path::PathBuf,
+}
+
+/// The agent answered, and refused the call: its message says why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
 
 /// Makes `call` and reads its answer as `T`, the type the agent answers it with.
 pub async fn call<T: DeserializeOwned>(socket: &Path, call: &Call) -> Result<T> {
@@ -58,11 +75,7 @@ pub async fn stream<T: DeserializeOwned>(
 /// Sends `call` and returns the response if the agent accepted it, else its error message.
 async fn send(socket: &Path, call: &Call) -> Result<hyper::Response<hyper::body::Incoming>> {
     let stream = UnixStream::connect(socket).await.map_err(|e| match e.kind() {
-        ErrorKind::NotFound | ErrorKind::ConnectionRefused => anyhow!(
-            "no bpfnet agent is running at {}: start it with `bpfnet agent` (see README), or point \
-             --socket / BPFNET_SOCKET at its socket",
-            socket.display()
-        ),
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused => anyhow!(Unreachable { socket: socket.to_owned() }),
         ErrorKind::PermissionDenied => {
             anyhow!("permission denied on {}: the bpfnet API is for root only (run as root)", socket.display())
         }
@@ -93,5 +106,6 @@ async fn send(socket: &Path, call: &Call) -> Result<hyper::Response<hyper::body:
     let answer: Value = serde_json::from_slice(&bytes).with_context(|| {
         format!("the agent answered {status} with invalid JSON: {}", String::from_utf8_lossy(&bytes))
     })?;
-    bail!("{}", answer["error"].as_str().unwrap_or("the agent refused the request without saying why"))
+    let message = answer["error"].as_str().unwrap_or("the agent refused the request without saying why");
+    Err(Refused(message.to_owned()).into())
 }

@@ -1,9 +1,12 @@
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use clap::Subcommand;
 
 use super::client;
-use crate::api::{Call, ContainerInfo, CreateContainer, Removed};
+use crate::api::{Attach, AttachmentInfo, Call, ContainerInfo, CreateContainer, Detached, Removed};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum ContainerCommand {
@@ -20,6 +23,34 @@ pub enum ContainerCommand {
         /// 8000-8010:8000-8010 (repeatable; Docker's syntax and defaults).
         #[arg(long, short = 'p', value_name = "SPEC")]
         publish: Vec<String>,
+    },
+    /// Attach a network namespace that someone else made (a container engine's) to a network:
+    /// a veth named IFNAME inside it, an address, a default route, published ports. The
+    /// namespace stays the engine's: detach removes only what bpfnet made.
+    Attach {
+        /// The namespace's path: /proc/PID/ns/net, /run/netns/NAME, /var/run/netns/cni-...
+        netns: PathBuf,
+        #[arg(long)]
+        network: String,
+        /// The engine's container id; with --ifname, what names the attachment.
+        #[arg(long)]
+        id: String,
+        /// The interface's name inside the namespace.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        /// Address in the network's subnet; default: the lowest free one.
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+        /// Publish a port on the host, as for `create`.
+        #[arg(long, short = 'p', value_name = "SPEC")]
+        publish: Vec<String>,
+    },
+    /// Detach what `attach` made (nothing to detach is no error); the namespace stays.
+    Detach {
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
     },
     /// List containers.
     #[command(alias = "list")]
@@ -38,6 +69,10 @@ impl ContainerCommand {
             ContainerCommand::Create { name, network, ip, publish } => {
                 Call::CreateContainer(CreateContainer { name, network, ip, publish })
             }
+            ContainerCommand::Attach { netns, network, id, ifname, ip, publish } => {
+                Call::Attach(Attach { netns, container_id: id, ifname, network, ip, publish })
+            }
+            ContainerCommand::Detach { id, ifname } => Call::Detach(id, ifname),
             ContainerCommand::Ls { .. } => Call::ListContainers,
             ContainerCommand::Rm { name } => Call::RemoveContainer(name),
         }
@@ -49,6 +84,17 @@ impl ContainerCommand {
             ContainerCommand::Create { .. } => {
                 let container: ContainerInfo = client::call(socket, &self.call()).await?;
                 println!("{} {}", container.name, container.ip);
+            }
+            ContainerCommand::Attach { .. } => {
+                let attached: AttachmentInfo = client::call(socket, &self.call()).await?;
+                println!("{}/{} {}", attached.container_id, attached.ifname, attached.address);
+            }
+            ContainerCommand::Detach { id, ifname } => {
+                let answer: Detached = client::call(socket, &self.call()).await?;
+                match answer.detached {
+                    true => println!("{id}/{ifname}"),
+                    false => println!("{id}/{ifname} was not attached"),
+                }
             }
             ContainerCommand::Rm { name } => {
                 let _: Removed = client::call(socket, &self.call()).await?;

@@ -132,6 +132,7 @@ async fn run(options: HostOptions, args: AgentArgs, socket: PathBuf) -> Result<(
         rolled_back = ?report.rolled_back,
         recreated = ?report.recreated,
         removed = ?report.removed_leftovers,
+        vanished = ?report.vanished,
         "reconciled {} networks and {} containers",
         host.state().networks.len(),
         host.state().containers.len()

@@ -21,7 +21,9 @@ use serde_json::json;
 use tokio::net::UnixListener;
 
 use crate::{
-    api::{routes, Call, CreateContainer, CreateNetwork, MonitorEvent, MonitorFilter, PortSpecs, MAX_BODY_BYTES},
+    api::{
+        routes, Attach, Call, CreateContainer, CreateNetwork, MonitorEvent, MonitorFilter, PortSpecs, MAX_BODY_BYTES,
+    },
     daemon::{metrics, service, Agent},
 };
 
@@ -38,6 +40,19 @@ pub fn router(agent: Agent) -> Router {
         .route(
             routes::CONTAINER,
             axum::routing::delete(|s: State<Agent>, UrlPath(n): UrlPath<String>| run(s, Ok(Call::RemoveContainer(n)))),
+        )
+        .route(routes::ATTACHMENTS, post(attach).get(|s: State<Agent>| run(s, Ok(Call::ListAttachments))))
+        .route(
+            routes::ATTACHMENT,
+            axum::routing::delete(|s: State<Agent>, UrlPath((id, i)): UrlPath<(String, String)>| {
+                run(s, Ok(Call::Detach(id, i)))
+            }),
+        )
+        .route(
+            routes::ATTACHMENT_CHECK,
+            get(|s: State<Agent>, UrlPath((id, i)): UrlPath<(String, String)>| {
+                run(s, Ok(Call::CheckAttachment(id, i)))
+            }),
         )
         .route(routes::PUBLISH, post(publish))
         .route(routes::UNPUBLISH, post(unpublish))
@@ -67,6 +82,10 @@ async fn create_network(s: State<Agent>, body: Result<Json<CreateNetwork>, JsonR
 
 async fn create_container(s: State<Agent>, body: Result<Json<CreateContainer>, JsonRejection>) -> Response {
     run(s, body.map(|Json(b)| Call::CreateContainer(b))).await
+}
+
+async fn attach(s: State<Agent>, body: Result<Json<Attach>, JsonRejection>) -> Response {
+    run(s, body.map(|Json(b)| Call::Attach(b))).await
 }
 
 async fn publish(

@@ -11,12 +11,14 @@ use aya_obj::generated::bpf_attach_type;
 
 use crate::{
     api::{
-        Attachment, Call, CgroupLink, ContainerInfo, DatapathStatus, GcReport, HostCgroupStatus, NetworkInfo,
-        NetworkSummary, PortChange, Removed, RunningDatapath, SocketHook, Status, Traffic, UplinkStatus,
+        Attachment, AttachmentInfo, Call, CgroupLink, ContainerInfo, DatapathStatus, Detached, GcReport,
+        HostCgroupStatus, NetworkInfo, NetworkSummary, PortChange, Removed, RunningDatapath, SocketHook, Status,
+        Traffic, UplinkStatus,
     },
     daemon::{metrics::Metrics, monitor::Monitor},
     datapath,
     datapath::{Datapath, UplinkMode},
+    host::attachment,
     host::conntrack,
     host::container,
     host::ipam::format_mac,
@@ -55,6 +57,30 @@ pub async fn execute(host: &mut Host, call: Call, monitor: &Monitor, metrics: &M
         Call::RemoveContainer(name) => {
             container::remove(host, &name).await?;
             to_json(Removed { removed: name })
+        }
+        Call::Attach(a) => {
+            let request = attachment::Request {
+                netns: &a.netns,
+                container_id: &a.container_id,
+                ifname: &a.ifname,
+                network: &a.network,
+                ip: a.ip,
+                publish: parse_specs(&a.publish)?,
+            };
+            let spec = attachment::attach(host, request).await?;
+            to_json(describe_attachment(host, &spec)?)
+        }
+        Call::ListAttachments => {
+            let attached = host.state().containers.values().filter(|c| c.attached.is_some());
+            to_json(attached.map(|c| describe_attachment(host, c)).collect::<Result<Vec<_>>>()?)
+        }
+        Call::CheckAttachment(id, ifname) => {
+            let spec = attachment::check(host, &id, &ifname).await?;
+            to_json(describe_attachment(host, &spec)?)
+        }
+        Call::Detach(id, ifname) => {
+            let detached = attachment::detach(host, &id, &ifname).await?;
+            to_json(Detached { container_id: id, ifname, detached })
         }
         Call::Publish(name, specs) => {
             let mappings = parse_specs(&specs.specs)?;
@@ -122,13 +148,30 @@ fn describe_network(host: &Host, spec: &NetworkSpec) -> NetworkInfo {
     }
 }
 
+fn describe_attachment(host: &Host, spec: &ContainerSpec) -> Result<AttachmentInfo> {
+    let attached = spec.attached.as_ref().context("not an attachment")?;
+    let net = host.state().network(&spec.network)?;
+    Ok(AttachmentInfo {
+        container_id: attached.container_id.clone(),
+        ifname: attached.ifname.clone(),
+        netns: attached.netns.display().to_string(),
+        network: spec.network.clone(),
+        address: format!("{}/{}", spec.ip, net.subnet.prefix_len()),
+        gateway: net.gateway.to_string(),
+        mac: format_mac(&spec.mac),
+        host_interface: spec.host_interface.clone(),
+        host_mac: format_mac(&crate::host::ipam::gateway_mac(net.id)),
+        ports: spec.publish.iter().map(ToString::to_string).collect(),
+    })
+}
+
 fn describe_container(spec: &ContainerSpec) -> ContainerInfo {
     ContainerInfo {
         name: spec.name.clone(),
         network: spec.network.clone(),
         ip: spec.ip.to_string(),
         mac: format_mac(&spec.mac),
-        netns: spec.name.clone(),
+        netns: spec.netns().to_string(),
         host_interface: spec.host_interface.clone(),
         ports: spec.publish.iter().map(ToString::to_string).collect(),
         traffic: None,

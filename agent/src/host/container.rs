@@ -11,7 +11,7 @@ use crate::{
     host::ipam,
     host::names,
     host::publish::PortMapping,
-    host::state::{Change, ContainerSpec, NetworkSpec, Pending},
+    host::state::{Attached, Change, ContainerSpec, NetworkSpec, Pending},
     host::Host,
     sys::netns,
 };
@@ -33,6 +33,20 @@ pub async fn create(
     if netns::exists(name) {
         bail!("a network namespace named {name:?} already exists on this machine (not made by this bpfnet host); choose another name");
     }
+    create_endpoint(host, name, network, ip, publish, None).await
+}
+
+/// What bpfnet-made containers and attached namespaces share: an address from the network's
+/// IPAM, a veth, the datapath's entries and published ports, journaled as pending first and
+/// rolled back (by `teardown`) when a step fails. `name` is checked free by the caller.
+pub(crate) async fn create_endpoint(
+    host: &mut Host,
+    name: &str,
+    network: &str,
+    ip: Option<Ipv4Addr>,
+    publish: Vec<PortMapping>,
+    attached: Option<Attached>,
+) -> Result<ContainerSpec> {
     let net = host.state().network(network)?.clone();
     let used: Vec<Ipv4Addr> = host.state().containers_of(network).map(|c| c.ip).collect();
     let ip = match ip {
@@ -63,6 +77,7 @@ pub async fn create(
         stats_slot,
         publish,
         pending: Some(Pending::Create),
+        attached,
     };
     host.commit(Change::AddContainer(spec.clone()))?;
     if let Err(err) = apply(host, &spec, &net).await {
@@ -103,37 +118,58 @@ fn peer_interface(spec: &ContainerSpec) -> String {
 
 /// Builds the container in the kernel, in an order where every step can be undone by
 /// `teardown` and where the program sees the endpoint in its maps before its first packet.
+/// A bpfnet container's namespace is made here; an attached one must exist (and be the one
+/// that was attached).
 pub async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> Result<()> {
     let peer = peer_interface(spec);
-    netns::create(&spec.name)?;
-    // bpfnet networks are IPv4 only; as Docker does for such networks, no IPv6 inside (no
-    // router solicitations or MLD reports that the datapath would only drop).
-    netns::run_in(&spec.name, || {
-        for conf in ["all", "default"] {
-            let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
-            std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
+    let netns = spec.netns();
+    let ifname = spec.ifname().to_owned();
+    match &spec.attached {
+        None => {
+            netns::create(&spec.name)?;
+            // bpfnet networks are IPv4 only; as Docker does for such networks, no IPv6 inside
+            // (no router solicitations or MLD reports that the datapath would only drop).
+            netns::run_in(&spec.name, || {
+                for conf in ["all", "default"] {
+                    let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+                    std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
+                }
+                Ok(())
+            })?;
         }
-        Ok(())
-    })?;
+        Some(attached) => crate::host::attachment::check_identity(attached)?,
+    }
 
     let gateway_mac = ipam::gateway_mac(net.id);
     host.netlink.create_veth(&spec.host_interface, gateway_mac, &peer, spec.mac, None).await?;
     crate::host::failpoint::hit("container-create:veth");
     host.datapath()?.reset_endpoint_stats(spec.stats_slot)?;
-    let ns_fd = netns::open(&spec.name)?;
+    let ns_fd = netns.open()?;
     host.netlink.move_to_netns(&peer, std::os::fd::AsFd::as_fd(&ns_fd)).await?;
 
     let address = IpNet::V4(Ipv4Net::new(spec.ip, net.subnet.prefix_len())?);
     let gateway = net.gateway;
-    netns::netlink_in(&spec.name, move |nl| async move {
-        nl.rename(&peer, CONTAINER_IFNAME).await?;
-        nl.set_up("lo").await?;
-        nl.add_address(CONTAINER_IFNAME, address).await?;
-        nl.set_up(CONTAINER_IFNAME).await?;
-        nl.replace_default_route(gateway, CONTAINER_IFNAME).await
-    })
-    .await
-    .with_context(|| format!("configuring eth0 in namespace {}", spec.name))?;
+    let own_netns = spec.attached.is_none();
+    let inside = ifname.clone();
+    netns
+        .netlink_in(move |nl| async move {
+            nl.rename(&peer, &inside).await?;
+            if own_netns {
+                nl.set_up("lo").await?;
+            } else {
+                // The rest of an engine's namespace is the engine's: IPv6 off on this
+                // interface only.
+                let path = format!("/proc/sys/net/ipv6/conf/{inside}/disable_ipv6");
+                if std::path::Path::new(&path).exists() {
+                    std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
+                }
+            }
+            nl.add_address(&inside, address).await?;
+            nl.set_up(&inside).await?;
+            nl.replace_default_route(gateway, &inside).await
+        })
+        .await
+        .with_context(|| format!("configuring {ifname} in namespace {netns}"))?;
 
     // bpf_fib_lookup answers for packets from this interface only if it may forward; the host
     // stack itself never forwards them (the datapath redirects or hands over only the gateway's).
@@ -172,12 +208,16 @@ pub async fn register(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) 
     datapath.attach_endpoint(&spec.host_interface)?;
     // The XDP uplink program can deliver into the container only if its end runs NAPI (see
     // ethtool.rs). Set here, not at creation, so that containers of older agents get it too.
-    netns::run_in(&spec.name, || crate::sys::ethtool::set_gro(CONTAINER_IFNAME, true))
-        .with_context(|| format!("preparing {CONTAINER_IFNAME} of {} for XDP delivery", spec.name))
+    let ifname = spec.ifname().to_owned();
+    let inside = ifname.clone();
+    spec.netns()
+        .run_in(move || crate::sys::ethtool::set_gro(&inside, true))
+        .with_context(|| format!("preparing {ifname} of {} for XDP delivery", spec.name))
 }
 
 /// Removes whatever exists of a container: link pin, map entries, veth pair (with its route
-/// and neighbour), namespace. Idempotent.
+/// and neighbour, and the routes it had inside), and the namespace if bpfnet made it (an
+/// attached one stays: it is the engine's). Idempotent.
 pub async fn teardown(host: &mut Host, spec: &ContainerSpec) -> Result<()> {
     if let Some(datapath) = host.existing_datapath()? {
         // Unpublished first: no new flow may be sent to a container that is going away.
@@ -190,7 +230,9 @@ pub async fn teardown(host: &mut Host, spec: &ContainerSpec) -> Result<()> {
     host.netlink.delete_link(&spec.host_interface).await?;
     // The peer is still in the host namespace if moving it failed.
     host.netlink.delete_link(&peer_interface(spec)).await?;
-    netns::delete(&spec.name)?;
+    if spec.attached.is_none() {
+        netns::delete(&spec.name)?;
+    }
     Ok(())
 }
 

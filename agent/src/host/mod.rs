@@ -1,5 +1,6 @@
 //! One bpfnet host: the namespace that plays the host, its state directory and its pinned
 //! datapath, opened together for one operation.
+pub mod attachment;
 pub mod conntrack;
 pub mod container;
 pub mod failpoint;

@@ -8,6 +8,7 @@ use anyhow::Result;
 use datapath_common::ipv4_be;
 
 use crate::{
+    host::attachment,
     host::container,
     host::network,
     host::state::{Change, Pending},
@@ -21,6 +22,8 @@ pub struct Report {
     pub rolled_back: Vec<String>,
     pub recreated: Vec<String>,
     pub removed_leftovers: Vec<String>,
+    /// Attachments whose namespace the engine removed (or that could not be made again).
+    pub vanished: Vec<String>,
 }
 
 pub async fn reconcile(host: &mut Host) -> Result<Report> {
@@ -47,13 +50,36 @@ pub async fn reconcile(host: &mut Host) -> Result<Report> {
     }
     for spec in host.state().containers.values().cloned().collect::<Vec<_>>() {
         let net = host.state().network(&spec.network)?.clone();
-        let intact = netns::exists(&spec.name) && host.netlink.link_by_name(&spec.host_interface).await?.is_some();
+        if let Some(attached) = &spec.attached {
+            // The engine's namespace: gone (the engine removed it without a detach), only
+            // bpfnet's part is cleaned up; present, it is repaired like a container's.
+            if !attachment::namespace_alive(attached) {
+                container::teardown(host, &spec).await?;
+                host.commit(Change::RemoveContainer { name: spec.name.clone() })?;
+                report.vanished.push(spec.name.clone());
+                continue;
+            }
+        }
+        let intact = match &spec.attached {
+            None => netns::exists(&spec.name),
+            Some(_) => true,
+        } && host.netlink.link_by_name(&spec.host_interface).await?.is_some();
         if intact {
             container::register(host, &spec, &net).await?;
-        } else {
-            container::teardown(host, &spec).await?;
-            container::apply(host, &spec, &net).await?;
-            report.recreated.push(spec.name.clone());
+            continue;
+        }
+        container::teardown(host, &spec).await?;
+        match container::apply(host, &spec, &net).await {
+            Ok(()) => report.recreated.push(spec.name.clone()),
+            // Something else took the interface's place in the engine's namespace: an agent
+            // that cannot start is worse than one attachment fewer.
+            Err(e) if spec.attached.is_some() => {
+                tracing::warn!("attachment {} could not be made again, removed: {e:#}", spec.name);
+                container::teardown(host, &spec).await?;
+                host.commit(Change::RemoveContainer { name: spec.name.clone() })?;
+                report.vanished.push(spec.name.clone());
+            }
+            Err(e) => return Err(e),
         }
     }
 

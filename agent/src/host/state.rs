@@ -95,6 +95,42 @@ pub struct ContainerSpec {
     pub publish: Vec<crate::host::publish::PortMapping>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
+    /// Set for a namespace someone else made (a container engine's), attached by path; then
+    /// `name` is `CONTAINER_ID/IFNAME` and bpfnet never creates or deletes the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached: Option<Attached>,
+}
+
+/// A namespace that a container engine made, attached to a network by bpfnet
+/// (`host::attachment`): identified by the engine's container id and the interface name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Attached {
+    /// The path it was given by (`/proc/PID/ns/net`, `/run/netns/cni-...`).
+    pub netns: PathBuf,
+    /// The namespace behind that path when it was attached. When the path is gone or names
+    /// another namespace (a reused PID), the engine removed it: reconcile cleans up.
+    pub identity: crate::sys::netns::Identity,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl ContainerSpec {
+    /// Its network namespace: the one bpfnet named after it, or the engine's.
+    pub fn netns(&self) -> crate::sys::netns::Netns {
+        match &self.attached {
+            None => crate::sys::netns::Netns::Named(self.name.clone()),
+            Some(attached) => crate::sys::netns::Netns::Path(attached.netns.clone()),
+        }
+    }
+
+    /// Its interface inside the namespace.
+    pub fn ifname(&self) -> &str {
+        match &self.attached {
+            None => crate::host::container::CONTAINER_IFNAME,
+            Some(attached) => &attached.ifname,
+        }
+    }
 }
 
 /// One change of the state: a line of the journal. Each is checked against the state before
@@ -509,6 +545,7 @@ mod tests {
             stats_slot: 0,
             publish: crate::host::publish::parse(publish).unwrap(),
             pending: None,
+            attached: None,
         }
     }
 

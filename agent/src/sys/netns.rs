@@ -1,4 +1,5 @@
-//! Named network namespaces, compatible with `ip netns` (iproute2).
+//! Named network namespaces, compatible with `ip netns` (iproute2), and namespaces that
+//! someone else made, by path ([`Netns`], [`open_path`], [`Identity`]).
 //!
 //! A named namespace is a bind mount of a namespace file onto
 //! `/run/netns/NAME`, so `ip netns exec`, `ip -n NAME` and this module all see
@@ -15,7 +16,7 @@ use std::future::Future;
 use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use std::sync::Mutex;
 
@@ -175,27 +176,114 @@ pub fn list() -> Result<Vec<String>> {
 pub fn open(name: &str) -> Result<OwnedFd> {
     check_name(name)?;
     let path = path_of(name);
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            bail!("network namespace {name} does not exist (no {})", path.display())
+    if fs::symlink_metadata(&path).is_err() {
+        bail!("network namespace {name} does not exist (no {})", path.display());
+    }
+    open_path(&path).map_err(|e| {
+        if e.to_string().contains("is not a network namespace") {
+            anyhow!(
+                "{} is not a network namespace (not a bind mount of one); remove it with `ip netns delete {name}`",
+                path.display()
+            )
+        } else {
+            e
         }
-        Err(e) => return Err(e).with_context(|| format!("opening network namespace {name}")),
+    })
+}
+
+/// Opens a network namespace by path (`/run/netns/X`, `/proc/PID/ns/net`,
+/// `/var/run/netns/cni-...`), checked to be a network namespace, not some other file or kind
+/// of namespace.
+pub fn open_path(path: &Path) -> Result<OwnedFd> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::NotFound => bail!("no network namespace at {} (no such file)", path.display()),
+        Err(e) => return Err(e).with_context(|| format!("opening network namespace {}", path.display())),
     };
     // A leftover plain file (e.g. a crashed create) opens fine but is no namespace.
     let fs_type = fstatfs(&file).with_context(|| format!("fstatfs on {}", path.display()))?.filesystem_type();
     if fs_type != NSFS_MAGIC {
+        bail!("{} is not a network namespace (no namespace file or bind mount of one)", path.display());
+    }
+    // A mount or PID namespace's file is on nsfs too.
+    // SAFETY: NS_GET_NSTYPE takes no argument; it only reports the type of the file's namespace.
+    let kind = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&file), NS_GET_NSTYPE) };
+    if kind != libc::CLONE_NEWNET {
         bail!(
-            "{} is not a network namespace (not a bind mount of one); remove it with `ip netns delete {name}`",
+            "{} is not a network namespace (another kind of namespace); give one such as /proc/PID/ns/net",
             path.display()
         );
     }
     Ok(file.into())
 }
 
-fn enter(name: &str) -> Result<()> {
-    let fd = open(name)?;
-    setns(&fd, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering network namespace {name} (setns)"))
+/// `NS_GET_NSTYPE` (linux/nsfs.h: `_IO(0xb7, 0x3)`), not in the libc crate.
+const NS_GET_NSTYPE: libc::Ioctl = 0xb703;
+
+/// What identifies a namespace while it lives: the device and inode of its nsfs file (what
+/// `stat` on any path of it gives). A path that names another namespace than before (a reused
+/// PID, a name made again) has another identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    pub dev: u64,
+    pub inode: u64,
+}
+
+impl Identity {
+    pub fn of(fd: &OwnedFd) -> Result<Self> {
+        let stat = nix::sys::stat::fstat(fd).context("fstat on a network namespace")?;
+        Ok(Self { dev: stat.st_dev, inode: stat.st_ino })
+    }
+
+    /// The calling thread's own network namespace.
+    pub fn own() -> Result<Self> {
+        Self::of(&open_path(Path::new("/proc/thread-self/ns/net"))?)
+    }
+}
+
+/// A network namespace bpfnet works in: one it made and named under /run/netns (a bpfnet
+/// container's), or one someone else made, by path (a container engine's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Netns {
+    Named(String),
+    Path(PathBuf),
+}
+
+impl std::fmt::Display for Netns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Netns::Named(name) => f.write_str(name),
+            Netns::Path(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl Netns {
+    pub fn open(&self) -> Result<OwnedFd> {
+        match self {
+            Netns::Named(name) => open(name),
+            Netns::Path(path) => open_path(path),
+        }
+    }
+
+    /// [`run_in`] for either kind.
+    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+        spawn_in(&self.to_string(), self.open()?, f)
+    }
+
+    /// [`netlink_in`] for either kind.
+    pub async fn netlink_in<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(Netlink) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>>,
+        T: Send + 'static,
+    {
+        netlink_in_fd(self.to_string(), self.open()?, f).await
+    }
+}
+
+fn enter(label: &str, fd: &OwnedFd) -> Result<()> {
+    setns(fd, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering network namespace {label} (setns)"))
 }
 
 /// Moves the calling thread into the named namespace.
@@ -204,7 +292,7 @@ fn enter(name: &str) -> Result<()> {
 /// runtime) exists: threads created afterwards inherit the namespace, so the
 /// whole process lives in it. Anywhere else, use `run_in` or `netlink_in`.
 pub fn enter_process(name: &str) -> Result<()> {
-    enter(name)
+    enter(name, &open(name)?)
 }
 
 /// `SO_NETNS_COOKIE` (asm-generic/socket.h; Linux 5.14), not in the libc crate yet.
@@ -237,16 +325,23 @@ pub fn own_cookie() -> Result<u64> {
 /// Runs `f` on a new thread inside the named namespace and returns its result.
 /// A panic in `f` is returned as an error.
 pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    check_name(name)?;
-    let owned = name.to_owned();
+    spawn_in(name, open(name)?, f)
+}
+
+/// Runs `f` on a new thread inside the namespace of `fd` (`label` names it in errors).
+fn spawn_in<T: Send + 'static>(label: &str, fd: OwnedFd, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let owned = label.to_owned();
     let thread = std::thread::Builder::new()
         .name("netns-run".into())
         .spawn(move || -> Result<T> {
-            enter(&owned)?;
+            enter(&owned, &fd)?;
+            drop(fd);
             f()
         })
-        .with_context(|| format!("spawning a thread for network namespace {name}"))?;
-    thread.join().map_err(|panic| anyhow!("thread in network namespace {name} panicked: {}", panic_message(&*panic)))?
+        .with_context(|| format!("spawning a thread for network namespace {label}"))?;
+    thread
+        .join()
+        .map_err(|panic| anyhow!("thread in network namespace {label} panicked: {}", panic_message(&*panic)))?
 }
 
 /// Runs `f` with a `Netlink` whose socket lives in the named namespace.
@@ -260,11 +355,19 @@ where
     Fut: Future<Output = Result<T>>,
     T: Send + 'static,
 {
-    check_name(name)?;
-    let owned = name.to_owned();
+    netlink_in_fd(name.to_owned(), open(name)?, f).await
+}
+
+async fn netlink_in_fd<T, F, Fut>(label: String, fd: OwnedFd, f: F) -> Result<T>
+where
+    F: FnOnce(Netlink) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>>,
+    T: Send + 'static,
+{
+    let waiting = format!("waiting for the netlink task in network namespace {label}");
     tokio::task::spawn_blocking(move || {
-        let ns = owned.clone();
-        run_in(&owned, move || {
+        let ns = label.clone();
+        spawn_in(&label, fd, move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -276,7 +379,7 @@ where
         })
     })
     .await
-    .with_context(|| format!("waiting for the netlink task in network namespace {name}"))?
+    .context(waiting)?
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
