@@ -36,6 +36,9 @@ const PACKAGES: &[&str] = &[
     "ethtool", // checksum offload off in the SNAT checksum test, so receivers verify
     "python3", // the demo's TCP/UDP peers
     "linux-perf",
+    // The CNI reference plugins (bridge, host-local, portmap) that `bench --cni` compares
+    // bpfnet-cni with; no service.
+    "containernetworking-plugins",
 ];
 
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";

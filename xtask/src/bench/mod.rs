@@ -8,6 +8,7 @@
 //! - [`api_request`]: bpfnet's publish through its API alone (no CLI process), likewise;
 //! - [`program_cost`]: each eBPF program's own ns per packet (`bpfnet-devkit program-cost`);
 //! - [`profile`]: with `--perf`, where a packet's time goes (perf samples by part of the path);
+//! - [`cni`]: with `--cni N`, CNI ADD and DEL of bpfnet-cni against bridge+portmap instead (cni.json);
 //! - [`scale`]: with `--scale N`, the control plane at N containers instead (scale.json);
 //! - [`report`]: summaries and ratios, the table, results.json (schema there) and chart.svg.
 //!
@@ -17,6 +18,7 @@
 //! one is also a ratio to the floor and to bridge+iptables measured in this same run.
 
 mod api_request;
+mod cni;
 mod docker_rules;
 pub mod loadgen;
 mod profile;
@@ -65,12 +67,17 @@ pub struct BenchArgs {
     /// hundred, status / container ls / metrics scrape time at N, agent memory); scale.json.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(100..=4000))]
     scale: Option<u32>,
+    /// Instead of the traffic benchmark: CNI ADD and DEL latency through the plugin
+    /// processes, bpfnet-cni against the reference bridge + host-local + portmap chain, for N
+    /// pods each publishing a port (p50, p99 at 1 and at N pods attached); cni.json.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(50..=2000))]
+    cni: Option<u32>,
 }
 
 impl BenchArgs {
     /// `--quick`, results in the default folder (what `cargo xtask demo` runs).
     pub fn quick(bpfnet: Option<PathBuf>) -> BenchArgs {
-        BenchArgs { quick: true, out: None, bpfnet, perf: false, scale: None }
+        BenchArgs { quick: true, out: None, bpfnet, perf: false, scale: None, cni: None }
     }
 }
 
@@ -119,14 +126,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
             cargo_cmd::bpfnet_bin(Profile::Release)?
         }
     };
-    if let Some(containers) = args.scale {
+    let out_for = |what: &str| -> Result<PathBuf> {
         let out = match args.out.clone() {
             Some(dir) => dir,
             None => {
-                cargo_cmd::workspace_root().join("bench-results").join(format!("scale-{}", report::utc_stamp(started)))
+                let stamp = report::utc_stamp(started);
+                cargo_cmd::workspace_root().join("bench-results").join(format!("{what}-{stamp}"))
             }
         };
         fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        Ok(out)
+    };
+    if let Some(pods) = args.cni {
+        let out = out_for("cni")?;
+        // The plugin next to the agent's binary: `--bpfnet` names a build that has both.
+        let cni_bin = bpfnet_bin.with_file_name("bpfnet-cni");
+        interrupt::catch_interrupts()?;
+        section(&format!("CNI ADD and DEL, {pods} pods"));
+        cni::run(&bpfnet_bin, &cni_bin, pods as usize, &out)?;
+        println!("==> {}", out.join("cni.json").display());
+        return Ok(());
+    }
+    if let Some(containers) = args.scale {
+        let out = out_for("scale")?;
         interrupt::catch_interrupts()?;
         section(&format!("control plane at {containers} containers"));
         scale::run(&bpfnet_bin, containers as usize, &out)?;
