@@ -4,15 +4,19 @@
 //!
 //! - `state.json`: a snapshot, replaced atomically (write, fsync, rename, fsync the directory),
 //!   naming its generation;
-//! - `journal.<generation>`: the changes since that snapshot, one JSON line each, appended and
-//!   fdatasync'ed before the change is acted on as done (write-ahead: a change the agent
-//!   answered is never lost). Replayed on load; folded into a new snapshot (the next
-//!   generation) when the agent starts and when the journal outgrows the snapshot.
+//! - `journal.<generation>`: the changes since that snapshot, one line each (`CRC32 JSON`: the
+//!   record's CRC-32 in hex, then the change), appended and fdatasync'ed before the change is
+//!   acted on as done (write-ahead: a change the agent answered is never lost). Replayed on
+//!   load; folded into a new snapshot (the next generation) when the agent starts and when the
+//!   journal outgrows the snapshot.
 //!
 //! A crash at any point leaves either the old snapshot with its journal or the new snapshot
 //! (whose generation has no journal yet): journals of any other generation are stale and
-//! removed. A record cut off by a crash (the last line, incomplete) was never answered and is
-//! dropped. The directory is guarded by an exclusive lock: one agent at a time.
+//! removed. A last record that a crash tore (cut off, or written only in part: its checksum
+//! fails) was never answered and is dropped with a warning. Any other record that fails its
+//! checksum or does not read is corruption: the agent refuses to start and names the file and
+//! the record, and the datapath, which does not depend on the agent, keeps forwarding. The
+//! directory is guarded by an exclusive lock: one agent at a time.
 use std::{
     collections::{BTreeMap, HashSet},
     fs::{File, OpenOptions},
@@ -29,8 +33,11 @@ use serde::{Deserialize, Serialize};
 use crate::host::publish::{PortMapping, PublishedPorts};
 
 /// Bumped when the files' meaning changes; an unknown version is refused, never guessed at.
-/// 1: `state.json` alone, rewritten whole on every change. 2: a snapshot and a journal.
-pub const STATE_VERSION: u32 = 2;
+/// 1: `state.json` alone, rewritten whole on every change. 2: a snapshot and a journal. 3:
+/// the journal's records carry a checksum.
+pub const STATE_VERSION: u32 = 3;
+/// The version whose journal records are bare JSON lines.
+const UNCHECKED_JOURNAL_VERSION: u32 = 2;
 const STATE_FILE: &str = "state.json";
 const JOURNAL_PREFIX: &str = "journal.";
 const LOCK_FILE: &str = "lock";
@@ -303,6 +310,30 @@ struct Versioned {
     version: u32,
 }
 
+/// A journal line: the CRC-32 of the change's JSON (8 hex digits), a space, the JSON, a newline.
+fn encode_record(change: &Change) -> Vec<u8> {
+    let json = serde_json::to_vec(change).expect("state changes always serialize");
+    let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
+    line.extend_from_slice(&json);
+    line.push(b'\n');
+    line
+}
+
+/// The change of a journal line (without its newline), or why it is not one.
+fn decode_record(record: &[u8]) -> Result<Change, String> {
+    let (stored, json) = match record.split_first_chunk::<9>() {
+        Some((head, json)) if head[8] == b' ' => (&head[..8], json),
+        _ => return Err("no checksum".into()),
+    };
+    let stored = std::str::from_utf8(stored).ok().and_then(|hex| u32::from_str_radix(hex, 16).ok());
+    let computed = crc32fast::hash(json);
+    match stored {
+        Some(stored) if stored == computed => serde_json::from_slice(json).map_err(|e| e.to_string()),
+        Some(stored) => Err(format!("checksum {stored:08x} stored, {computed:08x} computed")),
+        None => Err("no checksum".into()),
+    }
+}
+
 /// The state directory, locked for as long as this value lives, and the state it holds.
 pub struct StateStore {
     dir: PathBuf,
@@ -385,25 +416,25 @@ impl StateStore {
             )
         };
         let version = serde_json::from_str::<Versioned>(&text).with_context(invalid)?.version;
-        if version != 1 && version != STATE_VERSION {
+        if !(1..=STATE_VERSION).contains(&version) {
             bail!(
-                "the state file {} has version {version}, this bpfnet understands versions 1 and {STATE_VERSION}; \
+                "the state file {} has version {version}, this bpfnet understands versions 1 to {STATE_VERSION}; \
                  use the bpfnet release that wrote it",
                 path.display(),
             );
         }
         let snapshot: Snapshot = serde_json::from_str(&text).with_context(invalid)?;
         let mut state = State::from_maps(snapshot.networks, snapshot.containers).with_context(invalid)?;
-        if version == STATE_VERSION {
-            self.replay(&mut state, snapshot.generation)?;
+        if version >= UNCHECKED_JOURNAL_VERSION {
+            self.replay(&mut state, snapshot.generation, version > UNCHECKED_JOURNAL_VERSION)?;
         }
         Ok((state, snapshot.generation))
     }
 
-    /// Applies the records of `journal.<generation>`, if there is one. The last line may have
-    /// been cut off by a crash while it was written (never answered): it is dropped. Any other
-    /// bad line is corruption, refused.
-    fn replay(&self, state: &mut State, generation: u64) -> Result<()> {
+    /// Applies the records of `journal.<generation>` (`checksummed`: as this version writes
+    /// them), if there is one. The last line may have been torn by a crash while it was
+    /// written (never answered): it is dropped. Any other bad line is corruption, refused.
+    fn replay(&self, state: &mut State, generation: u64, checksummed: bool) -> Result<()> {
         let path = self.journal_path(generation);
         let text = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -413,20 +444,36 @@ impl StateStore {
         let lines: Vec<&[u8]> = text.split_inclusive(|b| *b == b'\n').collect();
         for (i, line) in lines.iter().enumerate() {
             let last = i + 1 == lines.len();
-            let record = line.strip_suffix(b"\n");
-            match record.map(serde_json::from_slice::<Change>) {
-                Some(Ok(change)) => state.apply(change).with_context(|| {
-                    format!("record {} of the state journal {} does not fit the state; restore the state directory from a backup", i + 1, path.display())
-                })?,
-                None | Some(Err(_)) if last => {
-                    tracing::warn!("dropping the last record of {}: cut off by a crash while it was written", path.display());
+            let record = line.strip_suffix(b"\n").ok_or("cut off before its end".to_owned()).and_then(|record| {
+                if checksummed {
+                    decode_record(record)
+                } else {
+                    serde_json::from_slice::<Change>(record).map_err(|e| e.to_string())
                 }
-                Some(Err(e)) => bail!(
-                    "record {} of the state journal {} is not valid ({e}); restore the state directory from a backup",
+            });
+            match record {
+                Ok(change) => state.apply(change).with_context(|| {
+                    format!(
+                        "record {} of the state journal {} does not fit the state; restore the state \
+                         directory from a backup",
+                        i + 1,
+                        path.display()
+                    )
+                })?,
+                Err(why) if last => {
+                    tracing::warn!(
+                        "dropping the last record of {} ({why}): torn by a crash while it was written, never answered",
+                        path.display()
+                    );
+                }
+                Err(why) => bail!(
+                    "record {} of {} lines of the state journal {} is corrupt ({why}); the datapath keeps \
+                     forwarding: restore the state directory from a backup, or move the journal away to \
+                     start from the snapshot (the changes after it are then lost)",
                     i + 1,
+                    lines.len(),
                     path.display()
                 ),
-                None => unreachable!("only the last line can lack its newline"),
             }
         }
         Ok(())
@@ -440,8 +487,7 @@ impl StateStore {
             // A write failed earlier: that journal may hold a partial record; start a new one.
             self.snapshot()?;
         }
-        let mut line = serde_json::to_vec(&change).expect("state changes always serialize");
-        line.push(b'\n');
+        let line = encode_record(&change);
         let journal = self.journal.as_mut().expect("opened by snapshot()");
         if let Err(e) = journal.write_all(&line).and_then(|()| journal.sync_data()) {
             // Best effort: cut the partial record; the next change starts a new generation
@@ -664,7 +710,7 @@ mod tests {
         drop(store);
         let good = std::fs::read(&journal).unwrap();
         let mut torn = good.clone();
-        torn.extend_from_slice(br#"{"publish":{"container":"a","ports":[{"host_ip":nu"#);
+        torn.extend_from_slice(br#"0badc0de {"publish":{"container":"a","ports":[{"host_ip":nu"#);
         std::fs::write(&journal, &torn).unwrap();
         let store = StateStore::open(&dir).unwrap();
         assert_eq!(*store.state(), expected, "the cut-off record is dropped");
@@ -675,7 +721,66 @@ mod tests {
         corrupt.extend_from_slice(&good);
         std::fs::write(&journal, &corrupt).unwrap();
         let err = format!("{:#}", StateStore::open(&dir).err().unwrap());
-        assert!(err.contains("record 1 of the state journal"), "{err}");
+        assert!(err.contains("record 1 of 3 lines of the state journal") && err.contains("no checksum"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A bit flipped in a record (a host port 8080 read as 8081: still valid JSON, still a
+    /// change that fits) is caught by its checksum; in the last record, whose write a power
+    /// loss may have left half done, it is taken for a torn write and dropped.
+    #[test]
+    fn a_record_that_fails_its_checksum_is_refused_unless_it_is_the_last() {
+        let dir = temp_dir("crc");
+        let mut store = StateStore::open(&dir).unwrap();
+        store.commit(Change::AddNetwork(network("n", 1))).unwrap();
+        store.commit(Change::AddContainer(container("a", "n", "8080:80"))).unwrap();
+        let before_last = store.state().clone();
+        store.commit(Change::AddContainer(container("b", "n", "9090:80"))).unwrap();
+        let journal = dir.join(format!("journal.{}", store.generation));
+        drop(store);
+        let good = std::fs::read_to_string(&journal).unwrap();
+        let lines: Vec<&str> = good.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines.iter().all(|l| l.len() > 9 && l.as_bytes()[8] == b' '), "{good}");
+
+        let flipped = good.replacen("8080", "8081", 1);
+        std::fs::write(&journal, &flipped).unwrap();
+        let err = format!("{:#}", StateStore::open(&dir).err().unwrap());
+        assert!(
+            err.contains("record 2 of 3 lines of the state journal")
+                && err.contains(&journal.display().to_string())
+                && err.contains("stored")
+                && err.contains("computed")
+                && err.contains("the datapath keeps forwarding"),
+            "{err}"
+        );
+
+        let torn = good.replacen("9090", "9091", 1);
+        std::fs::write(&journal, &torn).unwrap();
+        let store = StateStore::open(&dir).unwrap();
+        assert_eq!(*store.state(), before_last, "the torn last record is dropped, the rest replayed");
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A state directory of version 2 (journal records without checksums) is read, and
+    /// folded into this version's.
+    #[test]
+    fn a_version_2_journal_is_replayed() {
+        let dir = temp_dir("v2");
+        std::fs::create_dir_all(&dir).unwrap();
+        let snapshot = serde_json::json!({"version": 2, "generation": 4, "networks": {}, "containers": {}});
+        std::fs::write(dir.join(STATE_FILE), snapshot.to_string()).unwrap();
+        let mut journal = serde_json::to_vec(&Change::AddNetwork(network("n", 1))).unwrap();
+        journal.push(b'\n');
+        journal.extend_from_slice(&serde_json::to_vec(&Change::AddContainer(container("a", "n", "8080:80"))).unwrap());
+        journal.push(b'\n');
+        std::fs::write(dir.join("journal.4"), &journal).unwrap();
+        let store = StateStore::open(&dir).unwrap();
+        assert!(store.state().containers.contains_key("a"));
+        let text = std::fs::read_to_string(dir.join(STATE_FILE)).unwrap();
+        assert_eq!(serde_json::from_str::<Versioned>(&text).unwrap().version, STATE_VERSION);
+        drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -718,7 +823,10 @@ mod tests {
         assert!(store.state().published().publishes("a", &ports("8080:80")[0]));
         let saved: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE)).unwrap()).unwrap();
-        assert_eq!((saved["version"].as_u64(), saved["generation"].as_u64()), (Some(2), Some(1)));
+        assert_eq!(
+            (saved["version"].as_u64(), saved["generation"].as_u64()),
+            (Some(u64::from(STATE_VERSION)), Some(1))
+        );
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }
