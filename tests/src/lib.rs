@@ -530,12 +530,30 @@ fn internet_checksum(bytes: &[u8]) -> u16 {
 /// A GET on the agent's API socket, as a scraper or `curl --unix-socket` makes it, with an
 /// optional Accept header: (status, content type, body). Bodies of a fixed length only.
 pub fn api_get(socket: &std::path::Path, path: &str, accept: Option<&str>) -> Result<(u16, String, String)> {
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    api_request(socket, "GET", path, &accept, None)
+}
+
+/// One HTTP/1.1 request on the agent's API socket (`Connection: close`), with extra header
+/// lines and a JSON body: (status, content type, body). Bounded: 60 s to answer.
+pub fn api_request(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: Option<&str>,
+) -> Result<(u16, String, String)> {
     use std::io::{Read, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("connecting to {}", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: bpfnet\r\n{accept}Connection: close\r\n\r\n")?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let body = body.unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: bpfnet\r\n{headers}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).context("reading the answer")?;
     let (head, body) = answer.split_once("\r\n\r\n").context("an HTTP answer without a header end")?;
@@ -545,4 +563,44 @@ pub fn api_get(socket: &std::path::Path, path: &str, accept: Option<&str>) -> Re
         .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_owned))
         .unwrap_or_default();
     Ok((status, content_type, body.to_owned()))
+}
+
+/// What the kernel holds that the agent's state does not account for, and the reverse: each
+/// line names one leaked or missing object. Compares `container ls` with the namespaces
+/// bpfnet made, the host-side veths, the pinned endpoint links, and the ENDPOINTS, IFACES and
+/// published-port maps. Empty when state and kernel agree.
+pub fn leaks(sb: &Sandbox) -> Vec<String> {
+    let mut found = Vec::new();
+    let containers = sb.json(&["container", "ls", "--json"]);
+    let containers = containers.as_array().cloned().unwrap_or_default();
+    let names: Vec<String> = containers.iter().filter_map(|c| c["name"].as_str().map(str::to_owned)).collect();
+    let veths: Vec<String> =
+        containers.iter().filter_map(|c| c["host_interface"].as_str().map(str::to_owned)).collect();
+    let own = |what: &str, kernel: Vec<String>, state: &[String], found: &mut Vec<String>| {
+        for k in kernel.iter().filter(|k| !state.contains(k)) {
+            found.push(format!("{what} {k}: in the kernel, of no container in the state"));
+        }
+        for s in state.iter().filter(|s| !kernel.contains(s)) {
+            found.push(format!("{what} {s}: of a container in the state, not in the kernel"));
+        }
+    };
+    // Attached namespaces (ID/IFNAME) are the engine's, not bpfnet's to have made.
+    let made: Vec<String> = names.iter().filter(|n| !n.contains('/')).cloned().collect();
+    own("network namespace", sb.bpfnet_namespaces(), &made, &mut found);
+    let host_veths = links_in(sb.host_netns()).into_iter().filter(|l| l.starts_with("bn")).collect();
+    own("host-side veth", host_veths, &veths, &mut found);
+    let link_pins: Vec<String> = std::fs::read_dir(sb.bpffs_dir().join("links"))
+        .map(|dir| dir.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect())
+        .unwrap_or_default();
+    own("endpoint link pin", link_pins.into_iter().filter(|l| l.starts_with("bn")).collect(), &veths, &mut found);
+    if sb.bpffs_dir().join("maps").exists() {
+        let ports: usize = containers.iter().map(|c| c["ports"].as_array().map_or(0, Vec::len)).sum();
+        for (map, want) in [("ENDPOINTS", names.len()), ("IFACES", names.len()), ("SERVICES", ports)] {
+            let have = pinned_map_len(sb.bpffs_dir(), map);
+            if have != want {
+                found.push(format!("map {map}: {have} entries, the state accounts for {want}"));
+            }
+        }
+    }
+    found
 }

@@ -153,6 +153,15 @@ impl Sandbox {
         Ok(sandbox)
     }
 
+    /// The network namespaces of this sandbox's prefix that the sandbox did not make itself:
+    /// bpfnet's containers (and anything bpfnet leaked).
+    pub fn bpfnet_namespaces(&self) -> Vec<String> {
+        namespaces_with_prefix(&format!("{}-", self.prefix))
+            .into_iter()
+            .filter(|n| !self.own_netns.contains(n))
+            .collect()
+    }
+
     /// The per-run prefix of every name of this sandbox.
     pub fn prefix(&self) -> &str {
         &self.prefix
