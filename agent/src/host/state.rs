@@ -44,6 +44,13 @@ const LOCK_FILE: &str = "lock";
 /// The journal is folded into a snapshot once it is larger than the snapshot and than this,
 /// so that the rewrite costs each record a constant share, whatever the state's size.
 const MIN_JOURNAL_BYTES_BEFORE_SNAPSHOT: u64 = 1 << 20;
+/// Journal space allocated ahead of the records at a time (fallocate, the file's size
+/// unchanged).
+const JOURNAL_RESERVE: u64 = 64 * 1024;
+/// A record that begins an operation is written only with this much allocated beyond it, for
+/// the operation's other records: a full disk then fails an operation at its start, before
+/// anything is made, and never halfway through.
+const OPERATION_HEADROOM: u64 = 16 * 1024;
 
 /// The state in memory: what the snapshot and the journal describe, with its index of
 /// published ports. Changed only by [`State::apply`] (through [`StateStore::commit`]), so the
@@ -153,6 +160,20 @@ pub enum Change {
     RemoveContainer { name: String },
     Publish { container: String, ports: Vec<PortMapping> },
     Unpublish { container: String, ports: Vec<PortMapping> },
+}
+
+impl Change {
+    /// Whether the change begins an operation whose other records follow (a create or a
+    /// removal marked pending, a publish) rather than ending one.
+    fn begins_operation(&self) -> bool {
+        match self {
+            Change::AddNetwork(_) | Change::AddContainer(_) | Change::Publish { .. } | Change::Unpublish { .. } => true,
+            Change::SetNetworkPending { pending, .. } | Change::SetContainerPending { pending, .. } => {
+                pending.is_some()
+            }
+            Change::RemoveNetwork { .. } | Change::RemoveContainer { .. } => false,
+        }
+    }
 }
 
 impl State {
@@ -343,6 +364,8 @@ pub struct StateStore {
     generation: u64,
     journal: Option<File>,
     journal_bytes: u64,
+    /// Where the journal's allocated space ends (JOURNAL_RESERVE).
+    journal_allocated: u64,
     snapshot_bytes: u64,
     /// [`MIN_JOURNAL_BYTES_BEFORE_SNAPSHOT`], smaller in tests.
     min_journal_bytes: u64,
@@ -355,12 +378,15 @@ impl StateStore {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
         let lock_path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
+        let file = match OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path) {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => bail!(
+                "the state directory {} is on a read-only filesystem: bpfnet writes its state there; \
+                 remount it read-write or give --state-dir (BPFNET_STATE_DIR) a writable directory",
+                dir.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", lock_path.display())),
+        };
         let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
@@ -377,6 +403,7 @@ impl StateStore {
             generation: 0,
             journal: None,
             journal_bytes: 0,
+            journal_allocated: 0,
             snapshot_bytes: 0,
             min_journal_bytes: MIN_JOURNAL_BYTES_BEFORE_SNAPSHOT,
         };
@@ -488,6 +515,7 @@ impl StateStore {
             self.snapshot()?;
         }
         let line = encode_record(&change);
+        self.allocate(line.len() as u64, change.begins_operation())?;
         let journal = self.journal.as_mut().expect("opened by snapshot()");
         if let Err(e) = journal.write_all(&line).and_then(|()| journal.sync_data()) {
             // Best effort: cut the partial record; the next change starts a new generation
@@ -505,6 +533,35 @@ impl StateStore {
             }
         }
         Ok(())
+    }
+
+    /// Makes sure the disk holds a record of `len` bytes (and, for one that begins an
+    /// operation, OPERATION_HEADROOM after it), allocating JOURNAL_RESERVE more when short.
+    /// A record that ends an operation is written into what is allocated even when more
+    /// cannot be.
+    fn allocate(&mut self, len: u64, begins_operation: bool) -> Result<()> {
+        let fits = |extra: u64| self.journal_bytes + len + extra <= self.journal_allocated;
+        if fits(OPERATION_HEADROOM) {
+            return Ok(());
+        }
+        let journal = self.journal.as_ref().expect("opened by snapshot()");
+        let length = (len + OPERATION_HEADROOM).max(JOURNAL_RESERVE);
+        let flags = nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        match nix::fcntl::fallocate(journal, flags, self.journal_bytes as i64, length as i64) {
+            Ok(()) => {
+                self.journal_allocated = self.journal_bytes + length;
+                Ok(())
+            }
+            Err(_) if !begins_operation && fits(0) => Ok(()),
+            Err(errno) => Err(errno).with_context(|| {
+                format!(
+                    "making room in the state journal {} ({} bytes); nothing was changed: free space on \
+                     the state directory's filesystem",
+                    self.journal_path(self.generation).display(),
+                    length
+                )
+            }),
+        }
     }
 
     /// Writes the state as the snapshot of the next generation, with an empty journal, and
@@ -538,6 +595,7 @@ impl StateStore {
         self.generation = generation;
         self.journal = Some(journal);
         self.journal_bytes = 0;
+        self.journal_allocated = 0;
         self.snapshot_bytes = text.len() as u64;
         self.remove_stale_journals()
     }
