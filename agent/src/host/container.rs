@@ -80,6 +80,7 @@ pub(crate) async fn create_endpoint(
         attached,
     };
     host.commit(Change::AddContainer(spec.clone()))?;
+    crate::host::failpoint::hit("container-create:journaled");
     if let Err(err) = apply(host, &spec, &net).await {
         if let Err(cleanup) = teardown(host, &spec).await {
             tracing::error!("rolling back container {name}: {cleanup:#}");
@@ -90,6 +91,7 @@ pub(crate) async fn create_endpoint(
         host.commit(Change::RemoveContainer { name: name.to_owned() })?;
         return Err(err.context(format!("creating container {name}")));
     }
+    crate::host::failpoint::hit("container-create:applied");
     host.commit(Change::SetContainerPending { name: name.to_owned(), pending: None })?;
     Ok(ContainerSpec { pending: None, ..spec })
 }
@@ -238,8 +240,10 @@ pub async fn teardown(host: &mut Host, spec: &ContainerSpec) -> Result<()> {
 
 pub async fn remove(host: &mut Host, name: &str) -> Result<()> {
     host.commit(Change::SetContainerPending { name: name.to_owned(), pending: Some(Pending::Remove) })?;
+    crate::host::failpoint::hit("container-remove:journaled");
     let spec = host.state().container(name)?.clone();
     teardown(host, &spec).await.with_context(|| format!("removing container {name}"))?;
+    crate::host::failpoint::hit("container-remove:torn-down");
     host.commit(Change::RemoveContainer { name: name.to_owned() })
 }
 
@@ -285,6 +289,7 @@ pub async fn unpublish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) 
         datapath.unpublish(&mapping.map_key())?;
     }
     // Killed before the record is written, the restarted agent publishes them again.
+    crate::host::failpoint::hit("unpublish:unmapped");
     if let Err(err) = host.commit(change) {
         let datapath = host.datapath()?;
         for undo in &mappings {
@@ -292,5 +297,6 @@ pub async fn unpublish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) 
         }
         return Err(err.context(format!("unpublishing ports of {name}")));
     }
+    crate::host::failpoint::hit("unpublish:journaled");
     Ok(())
 }
