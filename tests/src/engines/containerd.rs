@@ -6,6 +6,7 @@
 use std::{
     fs,
     io::Write,
+    os::unix::fs::symlink,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -22,8 +23,8 @@ use sha2::{Digest, Sha256};
 use super::{
     cni_bin_dir,
     cri::{CriClient, HostPort, SandboxStatus},
-    kill_cgroup_members, kill_processes_mentioning, remove_cgroup_tree, remove_engine_dir, remove_netns_file, require,
-    write_busybox_layer, write_conflist, ENGINE_STEP_LIMIT,
+    kill_cgroup_members, kill_processes_mentioning, remove_cgroup_tree, remove_dir_if_empty, remove_engine_dir,
+    remove_netns_file, require, write_busybox_layer, write_conflist, ENGINE_STEP_LIMIT,
 };
 use crate::{
     process::{output_bounded, wait_bounded},
@@ -35,6 +36,10 @@ use crate::{
 pub const DEFAULT_CONTAINERD_DIR: &str = "/opt/bpfnet-engines/containerd";
 /// The pause image the CRI plugin starts each sandbox from (config `sandbox_image`).
 pub const PAUSE_IMAGE: &str = "localhost/bpfnet-pause:test";
+/// The reference CNI plugins' loopback, which the CRI plugin runs for every pod.
+const LOOPBACK_PLUGIN: &str = "/usr/lib/cni/loopback";
+/// Where containerd 1.6's shims make their sockets (in `s/`), whatever the configuration.
+const SHIM_SOCKET_DIR: &str = "/run/containerd";
 /// CRI's image namespace in containerd.
 const CRI_NAMESPACE: &str = "k8s.io";
 /// How long the daemon may take to serve CRI.
@@ -81,7 +86,11 @@ impl Containerd {
         };
         // From here on the guard exists: whatever fails, Drop removes what was made.
         fs::create_dir_all(&engine.dir).with_context(|| format!("creating {}", engine.dir.display()))?;
-        cni_bin_dir(&engine.dir.join("cni-bin"))?;
+        let cni_bin = engine.dir.join("cni-bin");
+        cni_bin_dir(&cni_bin)?;
+        // The CRI plugin adds the loopback plugin to every pod's networks.
+        let loopback = require(Path::new(LOOPBACK_PLUGIN), "containernetworking-plugins")?;
+        symlink(&loopback, cni_bin.join("loopback")).context("linking the loopback plugin")?;
         // containerd loads the first configuration of its directory (max_conf_num = 1).
         write_conflist(&engine.dir.join("cni-conf"), "10-bpfnet.conflist", conflist)?;
         fs::write(engine.dir.join("config.toml"), engine.config())?;
@@ -255,6 +264,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             match cri.list_pod_sandboxes() {
                 Ok(ids) => {
                     for id in ids {
+                        // Its namespace, to remove should containerd not (a sandbox whose
+                        // RunPodSandbox failed has an id only here).
+                        if let Ok(status) = cri.pod_sandbox_status(&id) {
+                            self.netns_seen.extend(status.netns);
+                        }
                         if let Err(e) = cri.stop_pod_sandbox(&id).and_then(|()| cri.remove_pod_sandbox(&id)) {
                             errors.push(e);
                         }
@@ -279,6 +293,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         }
         errors.extend(remove_cgroup_tree(&self.cgroup_parent));
         errors.extend(remove_engine_dir(&self.dir));
+        // containerd 1.6's shims put their sockets under /run/containerd/s, whatever the
+        // daemon's state directory.
+        errors.extend(remove_dir_if_empty(&Path::new(SHIM_SOCKET_DIR).join("s")));
+        errors.extend(remove_dir_if_empty(Path::new(SHIM_SOCKET_DIR)));
         errors
     }
 }

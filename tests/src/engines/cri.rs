@@ -154,7 +154,7 @@ impl CriClient {
         Ok(SandboxStatus {
             ready: status.state == v1::PodSandboxState::SandboxReady as i32,
             ip,
-            netns: info["netNamespacePath"].as_str().filter(|p| !p.is_empty()).map(PathBuf::from),
+            netns: netns_of(&info),
             pid: info["pid"].as_u64().and_then(|pid| u32::try_from(pid).ok()),
         })
     }
@@ -181,4 +181,12 @@ impl CriClient {
         let answer = self.call(|mut c| async move { c.list_pod_sandbox(request).await }).context("ListPodSandbox")?;
         Ok(answer.items.into_iter().map(|s| s.id).collect())
     }
+}
+
+/// The network namespace in containerd's verbose sandbox info: the path its runtime spec
+/// gives the pause container's network namespace.
+fn netns_of(info: &serde_json::Value) -> Option<PathBuf> {
+    let namespaces = info["runtimeSpec"]["linux"]["namespaces"].as_array()?;
+    let network = namespaces.iter().find(|ns| ns["type"] == "network")?;
+    network["path"].as_str().filter(|p| !p.is_empty()).map(PathBuf::from)
 }

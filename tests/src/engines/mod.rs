@@ -281,6 +281,16 @@ fn remove_engine_dir(dir: &Path) -> Vec<anyhow::Error> {
     errors
 }
 
+/// Removes a machine-wide directory that an engine makes for its runs (runc's and the
+/// containerd shims' defaults under /run) once it is empty: another run may still use it.
+fn remove_dir_if_empty(dir: &Path) -> Vec<anyhow::Error> {
+    match fs::remove_dir(dir) {
+        Ok(()) => Vec::new(),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTEMPTY | libc::EEXIST)) => Vec::new(),
+        Err(e) => vec![anyhow!("removing {}: {e}", dir.display())],
+    }
+}
+
 /// The name of a namespace under /run/netns, from an engine's path of it (containerd says
 /// /var/run/netns/..., a link to /run/netns here).
 pub fn netns_name(path: &Path) -> Result<String> {

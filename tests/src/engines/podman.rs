@@ -14,8 +14,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 use super::{
-    cni_bin_dir, kill_cgroup_members, kill_processes_mentioning, remove_cgroup_tree, remove_engine_dir,
-    remove_netns_file, require, require_on_path, write_busybox_layer, write_conflist, BUSYBOX_IMAGE, ENGINE_STEP_LIMIT,
+    cni_bin_dir, kill_cgroup_members, kill_processes_mentioning, remove_cgroup_tree, remove_dir_if_empty,
+    remove_engine_dir, remove_netns_file, require, require_on_path, write_busybox_layer, write_conflist, BUSYBOX_IMAGE,
+    ENGINE_STEP_LIMIT,
 };
 use crate::{process::output_bounded, Sandbox};
 
@@ -252,6 +253,7 @@ static_dir = "{d}/root/libpod"
         }
         errors.extend(remove_cgroup_tree(&self.cgroup_parent));
         errors.extend(remove_engine_dir(&self.dir));
+        errors.extend(remove_dir_if_empty(Path::new(RUNC_ROOT)));
         errors
     }
 }
