@@ -6,6 +6,7 @@
 //!
 //! What only the tests need is here: the sandbox's panicking conveniences (a test fails at
 //! the line that failed), echo servers, and the helpers that look at traffic and the kernel.
+pub mod engines;
 pub mod process;
 pub mod sandbox;
 

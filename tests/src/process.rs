@@ -1,7 +1,8 @@
 //! Child processes as the sandbox and `cargo xtask` show and wait for them: a command as the
 //! shell line that runs it, and a wait that cannot hang.
 
-use std::process::{Child, Command, ExitStatus};
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,31 @@ pub fn wait_bounded(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Runs `cmd` (stdin closed), waits at most `limit`, and returns its stdout; fails with its
+/// stderr unless it exited 0. Both pipes are read on threads of their own, so a chatty command
+/// cannot block on a full pipe.
+pub fn output_bounded(cmd: &mut Command, limit: Duration) -> Result<String> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("could not start `{}`", display(cmd)))?;
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = reader(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = reader(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let status = wait_bounded(&mut child, limit).with_context(|| format!("`{}`", display(cmd)))?;
+    let (stdout, stderr) = (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
+    if !status.success() {
+        bail!("`{}` failed ({status}): {}{}", display(cmd), stderr.trim(), stdout.trim());
+    }
+    Ok(stdout)
 }
 
 #[cfg(test)]

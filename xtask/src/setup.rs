@@ -1,6 +1,6 @@
-//! `cargo xtask setup`: everything docs/toolchain.md describes (and the tools the tests use),
-//! installed and checked. Idempotent, and quick (a few probes) when all is there already. One
-//! line per step; what apt-get and cargo install print goes to `{target dir}/xtask-setup.log`,
+//! `cargo xtask setup`: everything docs/toolchain.md describes (and the tools the tests use,
+//! the container engines included), installed and checked. Idempotent, and quick (a few
+//! probes) when all is there already. One line per step; what apt-get and cargo install print goes to `{target dir}/xtask-setup.log`,
 //! whose last lines are shown when a step fails.
 
 use std::collections::HashMap;
@@ -36,9 +36,33 @@ const PACKAGES: &[&str] = &[
     "ethtool", // checksum offload off in the SNAT checksum test, so receivers verify
     "python3", // the demo's TCP/UDP peers
     "linux-perf",
-    // The CNI reference plugins (bridge, host-local, portmap) that `bench --cni` compares
-    // bpfnet-cni with; no service.
+    // The container engines the engine tests run bpfnet-cni under (tests/tests/engines.rs):
+    // podman with its CNI backend, runc (crun fails on this machine's cgroup layout), the
+    // reference CNI plugins (containerd's CRI adds their loopback to every pod), busybox for
+    // the images the tests build, and protoc for the tests' CRI client (the reference plugins
+    // are also what `bench --cni` compares bpfnet-cni with). containerd itself is unpacked, not
+    // installed: see [`containerd`].
+    "podman",
+    "runc",
     "containernetworking-plugins",
+    "busybox-static",
+    "protobuf-compiler",
+];
+
+/// Where setup unpacks Debian's containerd package: unpacked, not installed, so no service
+/// exists that could start by itself. The engine tests find it here (BPFNET_CONTAINERD_DIR,
+/// which `cargo xtask test` sets, names another place).
+pub const CONTAINERD_DIR: &str = "/opt/bpfnet-engines/containerd";
+/// In [`CONTAINERD_DIR`]: the unpacked package's version, written last.
+const CONTAINERD_STAMP: &str = ".bpfnet-unpacked";
+/// Units podman's package enables: its API socket and the services that restart and
+/// auto-update containers at boot. Setup disables them: nothing it leaves starts by itself.
+const PODMAN_UNITS: &[&str] = &[
+    "podman.socket",
+    "podman.service",
+    "podman-restart.service",
+    "podman-auto-update.service",
+    "podman-auto-update.timer",
 ];
 
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
@@ -82,6 +106,8 @@ pub fn run() -> Result<()> {
     }
     let mut log = SetupLog::default();
     debian_packages(&mut log)?;
+    podman_units(&mut log)?;
+    containerd(&mut log)?;
     debian_rustc()?;
     bpf_linker(&mut log)?;
     bpffs()?;
@@ -116,6 +142,82 @@ fn debian_packages(log: &mut SetupLog) -> Result<()> {
         still_missing.join(" ")
     );
     println!("ok: installed {}", missing.join(" "));
+    Ok(())
+}
+
+/// Disables the podman units its package enabled (offline, with `systemctl --root=/`: no
+/// systemd needs to run).
+fn podman_units(log: &mut SetupLog) -> Result<()> {
+    let mut query = Command::new("systemctl");
+    query.args(["--root=/", "is-enabled"]).args(PODMAN_UNITS).stderr(Stdio::null());
+    command::announce(&query);
+    // is-enabled exits non-zero when any unit is not enabled: its lines are what counts.
+    let out = match query.output() {
+        Ok(out) => out,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            println!("ok: no systemctl, so no podman unit can start by itself");
+            return Ok(());
+        }
+        Err(err) => return Err(err).context("could not run `systemctl is-enabled`"),
+    };
+    let enabled = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.trim() == "enabled").count();
+    if enabled == 0 {
+        println!("ok: podman's units are disabled");
+        return Ok(());
+    }
+    let log = log.path()?;
+    command::run_logged(Command::new("systemctl").args(["--root=/", "disable"]).args(PODMAN_UNITS), log, APT_LIMIT)
+        .context("disabling podman's systemd units failed")?;
+    println!("ok: disabled podman's units ({})", PODMAN_UNITS.join(" "));
+    Ok(())
+}
+
+/// Downloads Debian's containerd package and unpacks it into [`CONTAINERD_DIR`]; a stamp
+/// with its version, written last, says the unpacking completed.
+fn containerd(log: &mut SetupLog) -> Result<()> {
+    let dir = Path::new(CONTAINERD_DIR);
+    let stamp = dir.join(CONTAINERD_STAMP);
+    if let Ok(version) = fs::read_to_string(&stamp) {
+        if dir.join("usr/bin/containerd").is_file() && dir.join("usr/bin/containerd-shim-runc-v2").is_file() {
+            println!("ok: containerd {} unpacked in {CONTAINERD_DIR}", version.trim());
+            return Ok(());
+        }
+    }
+    let log = log.path()?.to_owned();
+    let download = cargo_cmd::target_dir()?.join("containerd-download");
+    if download.exists() {
+        fs::remove_dir_all(&download).with_context(|| format!("removing {}", download.display()))?;
+    }
+    fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
+    println!("unpacking: Debian's containerd into {CONTAINERD_DIR}, not installed (apt's output: {})", log.display());
+    let mut fetch = Command::new("apt-get");
+    fetch.args(["download", "containerd"]).current_dir(&download);
+    if command::run_logged(&mut fetch, &log, APT_LIMIT).is_err() {
+        // An old or empty package list: update it once and try again.
+        command::run_logged(Command::new("apt-get").arg("update"), &log, APT_LIMIT)
+            .context("`apt-get update` failed: check the network and /etc/apt/sources.list*")?;
+        command::run_logged(&mut fetch, &log, APT_LIMIT).context("`apt-get download containerd` failed")?;
+    }
+    let deb = fs::read_dir(&download)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .with_context(|| format!("apt-get download left no .deb in {}", download.display()))?;
+    let version = command::output(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Version"))?;
+    // Unpacked beside, then moved in place: a half-unpacked copy is never taken for a whole one.
+    let partial = dir.with_extension("partial");
+    let parent = dir.parent().expect("an absolute path");
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    for stale in [&partial, &dir.to_path_buf()] {
+        if stale.exists() {
+            fs::remove_dir_all(stale).with_context(|| format!("removing {}", stale.display()))?;
+        }
+    }
+    command::run_logged(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial), &log, APT_LIMIT)
+        .context("unpacking containerd failed")?;
+    fs::rename(&partial, dir).with_context(|| format!("moving {} to {CONTAINERD_DIR}", partial.display()))?;
+    fs::write(&stamp, &version).with_context(|| format!("writing {}", stamp.display()))?;
+    fs::remove_dir_all(&download).with_context(|| format!("removing {}", download.display()))?;
+    println!("ok: unpacked containerd {} into {CONTAINERD_DIR}", version.trim());
     Ok(())
 }
 
