@@ -442,6 +442,30 @@ pub fn syn_flood(
     dports: std::ops::RangeInclusive<u16>,
     count: u32,
 ) -> Result<Duration> {
+    spoofed_flood(netns, sources, dst, dports, count, |src, sport, dst, dport, r| tcp_syn(src, sport, dst, dport, r))
+}
+
+/// As [`syn_flood`], with 18-byte UDP datagrams.
+pub fn udp_flood(
+    netns: &str,
+    sources: (Ipv4Addr, u8),
+    dst: Ipv4Addr,
+    dports: std::ops::RangeInclusive<u16>,
+    count: u32,
+) -> Result<Duration> {
+    spoofed_flood(netns, sources, dst, dports, count, |src, sport, dst, dport, _| udp_datagram(src, sport, dst, dport))
+}
+
+/// Sends `count` packets that `build` makes (source, source port, destination, destination
+/// port, a random number) from random addresses of `sources` through a raw socket in `netns`.
+fn spoofed_flood(
+    netns: &str,
+    sources: (Ipv4Addr, u8),
+    dst: Ipv4Addr,
+    dports: std::ops::RangeInclusive<u16>,
+    count: u32,
+    build: fn(Ipv4Addr, u16, Ipv4Addr, u16, u32) -> Vec<u8>,
+) -> Result<Duration> {
     in_netns(netns, move || {
         // SAFETY: plain socket(2); the descriptor is owned at once.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
@@ -472,7 +496,7 @@ pub fn syn_flood(
             let src = Ipv4Addr::from(u32::from(sources.0) | host);
             let sport = 1024 + ((r >> 32) as u16 % 60_000);
             let dport = dports.start() + ((r >> 48) as u32 % span) as u16;
-            let packet = tcp_syn(src, sport, dst, dport, (r >> 16) as u32);
+            let packet = build(src, sport, dst, dport, (r >> 16) as u32);
             // SAFETY: the buffer and address live for the call.
             let sent = unsafe {
                 libc::sendto(
@@ -516,6 +540,32 @@ fn tcp_syn(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seq: u32) -> Ve
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&dst.octets());
     ip.extend_from_slice(&tcp);
+    ip
+}
+
+/// An IPv4 packet with a UDP datagram of 18 bytes, its checksum right.
+fn udp_datagram(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let mut udp = vec![0u8; 8];
+    udp.extend_from_slice(&[0x5a; 18]);
+    udp[0..2].copy_from_slice(&sport.to_be_bytes());
+    udp[2..4].copy_from_slice(&dport.to_be_bytes());
+    let len = udp.len() as u16;
+    udp[4..6].copy_from_slice(&len.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(12 + udp.len());
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_UDP as u8]);
+    pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(&udp);
+    let csum = internet_checksum(&pseudo);
+    udp[6..8].copy_from_slice(&csum.to_be_bytes());
+    let total = (20 + udp.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip.extend_from_slice(&udp);
     ip
 }
 

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpfnet_tests::{in_netns, run, syn_flood, Sandbox, IO_TIMEOUT, OUTSIDE_IP, UPLINK_HOST_IP};
+use bpfnet_tests::{in_netns, run, syn_flood, udp_flood, Sandbox, IO_TIMEOUT, OUTSIDE_IP, UPLINK_HOST_IP};
 use serde_json::Value;
 
 /// TEST-NET-2: addresses of no namespace, so nothing ever answers the SYN-ACKs sent to them.
@@ -206,4 +206,67 @@ fn a_syn_flood_from_a_container_denies_no_other_container_a_new_connection() {
     assert!(container(&status, &web)["traffic"]["ct_quota_hits"].as_u64().unwrap() > 1_000, "counted for the flooder");
     assert_eq!(container(&status, &other)["traffic"]["ct_quota_hits"], 0);
     assert_eq!(status["datapath"]["drops"]["conntrack_full"], 0);
+}
+
+/// A UDP flood from many spoofed outside sources at a published UDP port, while a live UDP
+/// flow (a client outside talking to the same port, one datagram answered every few ms) and a
+/// masqueraded one go on: neither loses a datagram, and neither flow is evicted (each keeps
+/// its first NAT port and its entry; the flood's flows are unassured, the live ones assured).
+#[test]
+fn a_spoofed_udp_flood_evicts_no_live_flow() {
+    let (mut sb, web, other) = flood_sandbox();
+    sb.ok(&["publish", &web, "5353:53/udp"]);
+    let web_ip = sb.container_ip(&web);
+    let out = sb.outside_netns().to_owned();
+    sb.udp_echo_server(&web, SocketAddrV4::new(web_ip, 53), 1_000_000);
+    sb.udp_echo_server(&out, SocketAddrV4::new(OUTSIDE_IP, 7053), 1_000_000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let live = |netns: &str, to: SocketAddrV4, stop: Arc<AtomicBool>| {
+        let socket = in_netns(netns, move || {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            socket.connect(to)?;
+            socket.set_read_timeout(Some(IO_TIMEOUT))?;
+            Ok(socket)
+        })
+        .unwrap();
+        std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
+            let (mut sent, mut lost) = (0u64, 0u64);
+            let mut answer = [0u8; 64];
+            while !stop.load(Ordering::SeqCst) {
+                let payload = sent.to_be_bytes();
+                socket.send(&payload)?;
+                sent += 1;
+                match socket.recv(&mut answer) {
+                    Ok(8) if answer[..8] == payload => {}
+                    _ => lost += 1,
+                }
+                std::thread::sleep(Duration::from_millis(3));
+            }
+            Ok((sent, lost))
+        })
+    };
+    let to_published = live(&out, SocketAddrV4::new(UPLINK_HOST_IP, 5353), stop.clone());
+    let masqueraded = live(&other, SocketAddrV4::new(OUTSIDE_IP, 7053), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let flows_before = sb.json(&["conntrack", "ls", "--json"]);
+    let took = udp_flood(&out, SPOOFED, UPLINK_HOST_IP, 5353..=5353, FLOOD).unwrap();
+    eprintln!("{FLOOD} spoofed UDP datagrams sent in {took:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let flows_after = sb.json(&["conntrack", "ls", "--json"]);
+    stop.store(true, Ordering::SeqCst);
+    for (what, thread) in [("outside client to 5353/udp", to_published), ("masqueraded from other", masqueraded)] {
+        let (sent, lost) = thread.join().unwrap().unwrap();
+        eprintln!("{what}: {sent} datagrams, {lost} lost");
+        assert!(sent > 50 && lost == 0, "{what}: {lost} of {sent} datagrams lost during the flood");
+    }
+    let live_flows = |flows: &Value| -> Vec<Value> {
+        flows.as_array().unwrap().iter().filter(|f| !spoofed(f) && f["protocol"] == "udp").cloned().collect()
+    };
+    let (before, after) = (live_flows(&flows_before), live_flows(&flows_after));
+    assert_eq!(before.len(), 2, "{before:?}");
+    for flow in &before {
+        let same = |f: &&Value| f["source"] == flow["source"] && f["translated_source"] == flow["translated_source"];
+        let kept = after.iter().find(same).unwrap_or_else(|| panic!("evicted during the flood: {flow}"));
+        assert_eq!(kept["assured"], true, "{kept}");
+    }
 }
