@@ -34,7 +34,7 @@ fn cluster() -> (Vec<Node>, String) {
     let mut nodes: Vec<Node> = specs
         .into_iter()
         .map(|(ip, pod_subnet)| {
-            let mut sb = owner.take().unwrap_or_else(Sandbox::new);
+            let mut sb = owner.take().unwrap_or_default();
             sb.attach_uplink(&underlay, ip, WORLD_IP).unwrap_or_else(|e| panic!("{e:#}"));
             sb.set_agent_env("BPFNET_CLUSTER_CIDR", CLUSTER_CIDR);
             sb.ok(&["network", "create", &sb.name("pods"), "--subnet", pod_subnet]);

@@ -432,7 +432,9 @@ mod tests {
         };
         let before_quota = std::mem::offset_of!(HostConfig, ct_unassured_quota);
         let before_cluster = std::mem::offset_of!(HostConfig, cluster_net);
-        let cases: [(usize, fn(&Path, &HostConfig), HostConfig); 2] = [
+        /// Pins the old layout's bytes of the settings.
+        type PinOld = fn(&Path, &HostConfig);
+        let cases: [(usize, PinOld, HostConfig); 2] = [
             (
                 before_quota,
                 pin_old_config::<{ std::mem::offset_of!(HostConfig, ct_unassured_quota) }>,
