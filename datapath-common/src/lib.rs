@@ -287,7 +287,10 @@ pub struct HostConfig {
     /// traffic to it is routed untranslated, and traffic on the uplink to a container inside
     /// it is delivered. `cluster_net` is the prefix's address, `cluster_mask` its netmask,
     /// both in network byte order; a mask of 0 means no cluster CIDR (an older agent's CONFIG,
-    /// whose bytes here were zero: everything is masqueraded as before).
+    /// whose bytes here were zero: everything is masqueraded as before). Here rather than in
+    /// a map of its own: the agent writes it with the uplink in one update (never one without
+    /// the other), and the datapath reads it with the settings it reads anyway; the growth of
+    /// CONFIG is migrated on upgrade (the agent's `OutgrownConfig`).
     pub cluster_net: Ipv4Be,
     pub cluster_mask: Ipv4Be,
 }
