@@ -221,6 +221,9 @@ indexed_enum! {
         /// A TCP segment from a container that can start no flow and belongs to none: a
         /// SYN-ACK or RST without a tracked flow (nf_conntrack calls it INVALID).
         ConntrackInvalid = 16 => "conntrack_invalid",
+        /// A packet on the uplink for a container of this host (native routing) whose source is
+        /// a container of this host too: such a packet never comes from outside.
+        UplinkSpoofedPod = 17 => "uplink_spoofed_pod",
     }
 }
 
@@ -249,6 +252,13 @@ indexed_enum! {
         DnatNewFlow = 9 => "dnat_new_flow",
         /// New flows from a container to a published port of the host.
         HairpinNewFlow = 10 => "hairpin_new_flow",
+        /// Packets from a container to the cluster CIDR (another node's pod), routed out of the
+        /// uplink untranslated and untracked (native routing).
+        RoutedNative = 11 => "routed_native",
+        /// Packets on the uplink for a container of this host inside the cluster CIDR that
+        /// belong to no tracked flow (another node's pod, or a reply to one), delivered
+        /// untranslated (native routing).
+        DeliveredNative = 12 => "delivered_native",
     }
 }
 
@@ -273,6 +283,24 @@ pub struct HostConfig {
     /// The network namespace cookie (SO_NETNS_COOKIE) of the host namespace: the socket hooks
     /// of `--host-cgroup` act only for sockets in it. 0: they act for none.
     pub host_netns_cookie: u64,
+    /// The cluster's pod CIDR (`--cluster-cidr`, Cilium's native-routing CIDR): a container's
+    /// traffic to it is routed untranslated, and traffic on the uplink to a container inside
+    /// it is delivered. `cluster_net` is the prefix's address, `cluster_mask` its netmask,
+    /// both in network byte order; a mask of 0 means no cluster CIDR (an older agent's CONFIG,
+    /// whose bytes here were zero: everything is masqueraded as before). Here rather than in
+    /// a map of its own: the agent writes it with the uplink in one update (never one without
+    /// the other), and the datapath reads it with the settings it reads anyway; the growth of
+    /// CONFIG is migrated on upgrade (the agent's `OutgrownConfig`).
+    pub cluster_net: Ipv4Be,
+    pub cluster_mask: Ipv4Be,
+}
+
+impl HostConfig {
+    /// Whether `addr` lies in the cluster CIDR (never, when none is set).
+    #[inline(always)]
+    pub const fn in_cluster(&self, addr: Ipv4Be) -> bool {
+        self.cluster_mask != 0 && addr & self.cluster_mask == self.cluster_net
+    }
 }
 
 pub mod host_config_flags {
@@ -606,8 +634,11 @@ mod pod {
 
 // Layouts both sides rely on: no implicit padding anywhere (every byte is a named field).
 const _: () = {
-    assert!(core::mem::size_of::<HostConfig>() == 32);
+    // CONFIG's value size: every layout of earlier versions is a prefix of this one (fields
+    // are only ever added at the end), which the agent's migration relies on.
+    assert!(core::mem::size_of::<HostConfig>() == 40);
     assert!(core::mem::offset_of!(HostConfig, host_netns_cookie) == 24);
+    assert!(core::mem::offset_of!(HostConfig, cluster_net) == 32);
     assert!(core::mem::size_of::<SockRevNatKey>() == 16);
     // The pinned map's value size: changing it would need a migration, as CONFIG has.
     assert!(core::mem::size_of::<SockRevNat>() == 8);

@@ -56,14 +56,21 @@ pub enum FibResult {
 /// Looks up the route for a packet that came in on this interface.
 #[inline(always)]
 pub fn route<P: Packet>(ctx: &P, key: &CtKey) -> FibResult {
+    route_between(ctx, key.saddr, key.daddr, key.proto, key.sport, key.dport)
+}
+
+/// The same by the packet's fields (the ports, network order, only pick among equal-cost
+/// routes): no tuple is built on the stack.
+#[inline(always)]
+pub fn route_between<P: Packet>(ctx: &P, saddr: u32, daddr: u32, proto: u8, sport: u16, dport: u16) -> FibResult {
     let mut params = FibParams {
         family: AF_INET,
-        l4_protocol: key.proto,
-        sport: key.sport,
-        dport: key.dport,
+        l4_protocol: proto,
+        sport,
+        dport,
         ifindex: ctx.ingress_ifindex(),
-        ipv4_src: key.saddr,
-        ipv4_dst: key.daddr,
+        ipv4_src: saddr,
+        ipv4_dst: daddr,
         ..Default::default()
     };
     // SAFETY: `params` is a valid, writable struct bpf_fib_lookup of the size passed.

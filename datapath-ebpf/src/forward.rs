@@ -5,7 +5,7 @@ use datapath_common::{DropReason, Endpoint, Network};
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::{ENDPOINTS, IFACES, NETWORKS},
+    maps::{config_ref, ENDPOINTS, IFACES, NETWORKS},
     packet::{ptr_at, Ipv4, Packet},
 };
 
@@ -57,6 +57,9 @@ pub enum Destination {
     Gateway,
     /// Another container of the same network.
     Member(Endpoint),
+    /// The cluster CIDR (`--cluster-cidr`), outside the container's network: another node's
+    /// pod, routed untranslated (`native_routing`).
+    Cluster,
     /// Anything else: out of the uplink (translated), or the host stack.
     Outside,
 }
@@ -68,6 +71,7 @@ pub fn destination(ip: &Ipv4, source: &Endpoint) -> Result<Destination, DropReas
     }
     Ok(match member(source.network_id, ip.daddr)? {
         Some(dest) => Destination::Member(dest),
+        None if config_ref().is_some_and(|cfg| cfg.in_cluster(ip.daddr)) => Destination::Cluster,
         None => Destination::Outside,
     })
 }

@@ -15,6 +15,7 @@ mod fragment;
 mod icmp;
 mod maps;
 mod nat;
+mod native_routing;
 mod packet;
 mod published_ports;
 mod sock;
@@ -70,12 +71,16 @@ fn try_from_endpoint(ctx: &TcContext) -> Result<i32, DropReason> {
             None => nat::from_container(ctx, &ip, &source),
         },
         Destination::Outside => nat::from_container(ctx, &ip, &source),
+        // Another node's pod: routed as it is (a flow of its to a published port of this host
+        // excepted, whose replies and errors are translated back).
+        Destination::Cluster => native_routing::from_container(ctx, &ip),
     }
 }
 
-/// TC ingress on the host's uplink: replies to translated flows (and ICMP errors about them)
-/// and flows to published ports go straight into their container; everything else is the
-/// host's and passes untouched.
+/// TC ingress on the host's uplink: replies to translated flows (and ICMP errors about them),
+/// flows to published ports, and (with a cluster CIDR) other nodes' pods' packets for a pod of
+/// this host go straight into their container; everything else is the host's and passes
+/// untouched.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
     verdict(&ctx, try_from_uplink(&ctx))
@@ -98,6 +103,12 @@ fn try_from_uplink<P: Packet>(ctx: &P) -> Result<i32, DropReason> {
     let Ok(ip) = packet::ipv4(ctx) else {
         return Ok(P::PASS); // not ours to judge: the host stack drops what is broken
     };
+    // Another node's pod (or a reply to one of ours, or an ICMP error about such a flow), to a
+    // pod of this host: delivered as it is. No tracked flow, nor an error about one, is ever
+    // addressed to a container on the uplink.
+    if let Some(delivered) = native_routing::to_container(ctx, &ip, &maps::config()) {
+        return delivered;
+    }
     if icmp::is_error(ctx, &ip) {
         return icmp::error_to_container(ctx, &ip);
     }

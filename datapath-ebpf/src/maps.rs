@@ -100,3 +100,11 @@ pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::pinned(EventLoss::COUNT,
 pub fn config() -> HostConfig {
     CONFIG.get(0).copied().unwrap_or_default()
 }
+
+/// The host's settings in place, without a copy on the stack (the container's path is close
+/// to the verifier's 512-byte stack limit). `None` never happens for index 0 of an array; it
+/// reads as "no uplink".
+#[inline(always)]
+pub fn config_ref() -> Option<&'static HostConfig> {
+    CONFIG.get(0)
+}

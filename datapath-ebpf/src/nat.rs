@@ -185,7 +185,7 @@ fn new_flow<P: Packet>(
 
 /// Rewrites a packet of a tracked flow to its entry's tuple and sends it on.
 #[inline(always)]
-fn forward_tracked<P: Packet>(
+pub fn forward_tracked<P: Packet>(
     ctx: &P,
     ip: &Ipv4,
     key: &CtKey,

@@ -24,8 +24,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use nix::sched::{setns, CloneFlags};
 pub use sandbox::{
-    cgroup2_mount, namespaces_with_prefix, netns_exec, BackgroundId, Sandbox, OUTSIDE_IP, UPLINK, UPLINK_HOST_IP,
-    UPLINK_PEER,
+    cgroup2_mount, namespaces_with_prefix, netns_exec, BackgroundId, Sandbox, Underlay, OUTSIDE_IP, UPLINK,
+    UPLINK_HOST_IP, UPLINK_PEER,
 };
 use serde_json::Value;
 

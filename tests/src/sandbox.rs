@@ -68,6 +68,28 @@ pub struct Uplink {
     pub outside_ip: Ipv4Addr,
 }
 
+/// The Linux bridge of an [`Underlay`].
+pub const UNDERLAY_BRIDGE: &str = "br0";
+
+/// A network that several sandboxes share, as the nodes of a cluster share theirs: a
+/// namespace holding a Linux bridge, made by one sandbox ([`Sandbox::add_underlay`], which
+/// also removes it), that the others' uplinks plug into ([`Sandbox::attach_uplink`]) and other
+/// namespaces of the owner too ([`Sandbox::add_underlay_member`], e.g. the outside world).
+/// Addresses on it are the caller's, all in one /`prefix_len` subnet.
+#[derive(Clone, Debug)]
+pub struct Underlay {
+    pub netns: String,
+    pub prefix_len: u8,
+}
+
+impl Underlay {
+    /// The bridge port of whatever has `ip` on the underlay (unique while addresses are).
+    fn port_name(ip: Ipv4Addr) -> String {
+        let [_, _, c, d] = ip.octets();
+        format!("p{c}x{d}")
+    }
+}
+
 /// Handle for a process started with [`Sandbox::spawn`].
 #[derive(Clone, Copy, Debug)]
 pub struct BackgroundId(usize);
@@ -231,6 +253,65 @@ impl Sandbox {
         }
         self.set_agent_env("BPFNET_UPLINK", UPLINK);
         Ok(uplink)
+    }
+
+    /// Makes a shared underlay (see [`Underlay`]): a namespace `{prefix}-under` with a bridge.
+    /// This sandbox removes it at cleanup, with every uplink still plugged into it.
+    pub fn add_underlay(&mut self, prefix_len: u8) -> Result<Underlay> {
+        let netns = self.add_engine_netns("under")?;
+        self.ip(&netns, &["link", "add", UNDERLAY_BRIDGE, "type", "bridge"])?;
+        self.ip(&netns, &["link", "set", UNDERLAY_BRIDGE, "up"])?;
+        Ok(Underlay { netns, prefix_len })
+    }
+
+    /// A namespace `{prefix}-{suffix}` of this sandbox on `underlay` (the outside world, a
+    /// router): its `eth0` has `ip` and is plugged into the bridge.
+    pub fn add_underlay_member(&mut self, underlay: &Underlay, suffix: &str, ip: Ipv4Addr) -> Result<String> {
+        let netns = self.add_engine_netns(suffix)?;
+        let port = Underlay::port_name(ip);
+        let cidr = format!("{ip}/{}", underlay.prefix_len);
+        let under = underlay.netns.as_str();
+        let steps: [(&str, &[&str]); 5] = [
+            (under, &["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &netns]),
+            (under, &["link", "set", &port, "master", UNDERLAY_BRIDGE, "up"]),
+            (&netns, &["addr", "add", &cidr, "dev", "eth0"]),
+            (&netns, &["link", "set", "eth0", "up"]),
+            (&netns, &["link", "set", "lo", "up"]),
+        ];
+        for (ns, args) in steps {
+            self.ip(ns, args).with_context(|| format!("plugging {netns} into the underlay"))?;
+        }
+        Ok(netns)
+    }
+
+    /// Gives the host an uplink plugged into `underlay` (instead of an outside namespace of its
+    /// own): veth [`UPLINK`] with `host_ip`, a default route via `gateway` (an address on the
+    /// underlay), and tells the agent to use it (BPFNET_UPLINK). Removed with the host
+    /// namespace (its bridge port with it).
+    pub fn attach_uplink(&mut self, underlay: &Underlay, host_ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<Uplink> {
+        let host = self.host_netns.clone();
+        let port = Underlay::port_name(host_ip);
+        let cidr = format!("{host_ip}/{}", underlay.prefix_len);
+        let gateway_text = gateway.to_string();
+        let under = underlay.netns.as_str();
+        let steps: [(&str, &[&str]); 5] = [
+            (&host, &["link", "add", UPLINK, "type", "veth", "peer", "name", &port, "netns", under]),
+            (under, &["link", "set", &port, "master", UNDERLAY_BRIDGE, "up"]),
+            (&host, &["addr", "add", &cidr, "dev", UPLINK]),
+            (&host, &["link", "set", UPLINK, "up"]),
+            (&host, &["route", "add", "default", "via", &gateway_text]),
+        ];
+        for (ns, args) in steps {
+            self.ip(ns, args).context("plugging the sandbox's uplink into the underlay")?;
+        }
+        self.set_agent_env("BPFNET_UPLINK", UPLINK);
+        Ok(Uplink { name: UPLINK, host_ip, outside_netns: underlay.netns.clone(), outside_ip: gateway })
+    }
+
+    /// A route in the host namespace: `dest` (a CIDR) via `via`, e.g. another node's pod subnet
+    /// via its underlay address.
+    pub fn add_host_route(&self, dest: &str, via: Ipv4Addr) -> Result<()> {
+        self.ip(&self.host_netns, &["route", "add", dest, "via", &via.to_string()])
     }
 
     /// A network namespace `{prefix}-{suffix}` (lo up) that the sandbox makes itself, as a

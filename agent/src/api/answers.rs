@@ -155,6 +155,10 @@ pub struct UplinkStatus {
     pub ifindex: u32,
     pub masquerade_address: Option<String>,
     pub nat_ports: [u16; 2],
+    /// `--cluster-cidr` as the datapath has it: routed untranslated (native routing). None:
+    /// everything leaving the host is masqueraded.
+    #[serde(default)]
+    pub cluster_cidr: Option<String>,
 }
 
 /// The socket hooks on the host cgroup. With the option set: `path` and either `cgroup_id`
@@ -319,7 +323,12 @@ mod tests {
                     program_ids: vec![7],
                     mode: Some("tc".into()),
                 }],
-                uplink: UplinkStatus { ifindex: 2, masquerade_address: Some("10.0.0.1".into()), nat_ports: [1, 2] },
+                uplink: UplinkStatus {
+                    ifindex: 2,
+                    masquerade_address: Some("10.0.0.1".into()),
+                    nat_ports: [1, 2],
+                    cluster_cidr: Some("10.128.0.0/14".into()),
+                },
                 host_cgroup: None,
                 conntrack: ConntrackStatus {
                     entries: 1,

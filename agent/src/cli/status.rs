@@ -40,6 +40,9 @@ fn print_datapath(dp: &RunningDatapath) {
         Some(addr) => println!("masquerade: to {addr}, ports {}-{}", dp.uplink.nat_ports[0], dp.uplink.nat_ports[1]),
         None => println!("masquerade: off (no --uplink given yet)"),
     }
+    if let Some(cidr) = &dp.uplink.cluster_cidr {
+        println!("native routing: to {cidr} (other nodes' pods), untranslated");
+    }
     print_host_cgroup(dp.host_cgroup.as_ref());
     print_conntrack(&dp.conntrack);
     for (title, section) in [("counters", &dp.counters), ("drops by reason", &dp.drops)] {

@@ -120,6 +120,8 @@ async fn run(options: HostOptions, args: AgentArgs, socket: PathBuf) -> Result<(
     // A wrong --host-cgroup stops the agent before it changes anything.
     options.open_host_cgroup()?;
     let mut host = crate::host::Host::open(&options).await?;
+    // So does a --cluster-cidr that does not fit the uplink.
+    host.check_cluster_cidr().await?;
     if Datapath::is_pinned(&options.bpffs) {
         let replaced = Datapath::replace_programs(&options.bpffs, args.reload_programs)
             .context("replacing the datapath's programs")?;

@@ -286,6 +286,10 @@ pub(super) fn datapath_status(
             masquerade_address: (config.uplink_ifindex != 0)
                 .then(|| Ipv4Addr::from(config.uplink_ip.to_ne_bytes()).to_string()),
             nat_ports: [config.nat_port_min, config.nat_port_max],
+            cluster_cidr: (config.cluster_mask != 0).then(|| {
+                let prefix = u32::from_be(config.cluster_mask).leading_ones();
+                format!("{}/{prefix}", Ipv4Addr::from(config.cluster_net.to_ne_bytes()))
+            }),
         },
         host_cgroup: host_cgroup_status(host_cgroup, dp, id_of)?,
         program_ids: program_ids.clone(),

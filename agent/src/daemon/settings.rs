@@ -62,6 +62,13 @@ pub struct HostArgs {
     #[arg(long, global = true, env = "BPFNET_UPLINK_MODE", default_value = "tc",
           value_parser = serde_enum::<UplinkMode>(&["tc", "xdp"]))]
     pub uplink_mode: UplinkMode,
+    /// The cluster's pod CIDR (Kubernetes' cluster CIDR, Cilium's native-routing CIDR), e.g.
+    /// 10.128.0.0/14: a container's traffic to it (other nodes' pods) is routed by the host's
+    /// routing table untranslated, and traffic on the uplink to a container inside it is
+    /// delivered; everything else leaving the host is masqueraded as without it. Needs
+    /// --uplink, and may not overlap the uplink's own subnet. Default: none.
+    #[arg(long, global = true, env = "BPFNET_CLUSTER_CIDR", value_name = "CIDR", value_parser = parse_cluster_cidr)]
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
     /// Source ports for masquerading, inclusive.
     #[arg(long, global = true, env = "BPFNET_NAT_PORTS", default_value = "32768-60999", value_parser = parse_port_range)]
     pub nat_ports: (u16, u16),
@@ -101,6 +108,7 @@ impl From<HostArgs> for HostOptions {
             uplink: args.uplink,
             uplink_mode: args.uplink_mode,
             nat_ports: args.nat_ports,
+            cluster_cidr: args.cluster_cidr,
             ct_size: args.ct_size,
             ct_unassured_share: args.ct_unassured_share,
             allow_host_access: args.allow_host_access,
@@ -244,6 +252,23 @@ fn serde_enum<T: DeserializeOwned + Clone + Send + Sync + 'static>(
         .map(|name| serde_json::from_value(serde_json::Value::String(name)).expect("every listed name is a variant"))
 }
 
+/// Parses an IPv4 prefix without host bits (`10.128.0.0/14`).
+fn parse_cluster_cidr(text: &str) -> Result<ipnet::Ipv4Net, String> {
+    let net: ipnet::Ipv4Net = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("{text:?} is not an IPv4 CIDR ({e}); write it as ADDRESS/PREFIX, e.g. 10.128.0.0/14"))?;
+    if net.trunc() != net {
+        return Err(format!("{text:?} has host bits set; the cluster CIDR is the prefix itself, {}", net.trunc()));
+    }
+    if net.prefix_len() == 0 {
+        return Err(format!(
+            "{text:?} covers every address, so nothing would be masqueraded; give the cluster's pod CIDR"
+        ));
+    }
+    Ok(net)
+}
+
 /// Parses `LOW-HIGH` (e.g. 32768-60999) into an inclusive port range.
 fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
     let (low, high) = text
@@ -261,6 +286,16 @@ fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_cidr_is_a_prefix_without_host_bits() {
+        assert_eq!(parse_cluster_cidr("10.128.0.0/14").unwrap().to_string(), "10.128.0.0/14");
+        let err = parse_cluster_cidr("10.129.0.0/14").unwrap_err();
+        assert!(err.contains("host bits") && err.contains("10.128.0.0/14"), "{err}");
+        let err = parse_cluster_cidr("10.128.0.0").unwrap_err();
+        assert!(err.contains("ADDRESS/PREFIX"), "{err}");
+        assert!(parse_cluster_cidr("0.0.0.0/0").unwrap_err().contains("every address"));
+    }
 
     #[test]
     fn each_state_has_its_own_timeout_with_nf_conntracks_defaults() {

@@ -398,6 +398,76 @@ mod tests {
         assert!(Datapath::replace_programs(bed.pin_dir(), false).unwrap().is_empty());
     }
 
+    /// Pins `N` bytes of `config` (an older, shorter layout) as CONFIG, in place of the one
+    /// the datapath under `pin_dir` was loaded with.
+    fn pin_old_config<const N: usize>(pin_dir: &Path, config: &HostConfig) {
+        // SAFETY: `HostConfig` is plain data of at least N bytes; read as bytes only.
+        let bytes: [u8; N] = unsafe { std::ptr::read_unaligned(config as *const HostConfig as *const [u8; N]) };
+        let mut old: Array<MapData, [u8; N]> = Array::create(1, 0).unwrap();
+        old.set(0, bytes, 0).unwrap();
+        let path = pin_dir.join("maps").join(map_names::CONFIG);
+        remove_pin(&path).unwrap();
+        old.pin(&path).unwrap();
+    }
+
+    /// A datapath pinned by an older bpfnet, whose CONFIG was shorter (each earlier layout): an
+    /// upgrade moves its settings to a CONFIG of this version's size, the new fields zero (no
+    /// cluster CIDR: masquerade as before), and every program to the new map.
+    #[test]
+    fn an_upgrade_grows_config_and_keeps_its_settings() {
+        if !crate::devkit::netns::is_root() {
+            return;
+        }
+        let settings = HostConfig {
+            uplink_ifindex: 7,
+            uplink_ip: datapath_common::ipv4_be([192, 0, 2, 1]),
+            nat_port_min: 30000,
+            nat_port_max: 30999,
+            ct_limit: 1234,
+            flags: 1,
+            ct_unassured_quota: 55,
+            host_netns_cookie: 0x1122_3344_5566_7788,
+            cluster_net: datapath_common::ipv4_be([10, 128, 0, 0]),
+            cluster_mask: datapath_common::ipv4_be([255, 252, 0, 0]),
+        };
+        let before_quota = std::mem::offset_of!(HostConfig, ct_unassured_quota);
+        let before_cluster = std::mem::offset_of!(HostConfig, cluster_net);
+        /// Pins the old layout's bytes of the settings.
+        type PinOld = fn(&Path, &HostConfig);
+        let cases: [(usize, PinOld, HostConfig); 2] = [
+            (
+                before_quota,
+                pin_old_config::<{ std::mem::offset_of!(HostConfig, ct_unassured_quota) }>,
+                HostConfig { ct_unassured_quota: 0, host_netns_cookie: 0, cluster_net: 0, cluster_mask: 0, ..settings },
+            ),
+            (
+                before_cluster,
+                pin_old_config::<{ std::mem::offset_of!(HostConfig, cluster_net) }>,
+                HostConfig { cluster_net: 0, cluster_mask: 0, ..settings },
+            ),
+        ];
+        for (size, pin_old, want) in cases {
+            let bed = crate::devkit::testbed::Testbed::create("bnup", 4096).unwrap();
+            pin_old(bed.pin_dir(), &settings);
+            let path = bed.pin_dir().join("maps").join(map_names::CONFIG);
+            assert_eq!(MapData::from_pin(&path).unwrap().info().unwrap().value_size() as usize, size);
+            let replaced = Datapath::replace_programs(bed.pin_dir(), false).unwrap();
+            assert_eq!(replaced.len(), PROGRAMS.len(), "{size} bytes: every program moves to the new map");
+            let new = MapData::from_pin(&path).unwrap();
+            assert_eq!(new.info().unwrap().value_size() as usize, std::mem::size_of::<HostConfig>());
+            let new: Array<MapData, HostConfig> = Array::try_from(Map::Array(new)).unwrap();
+            assert_eq!(new.get(&0, 0).unwrap(), want, "{size} bytes: the settings move, the new fields are zero");
+            assert!(!want.in_cluster(datapath_common::ipv4_be([10, 128, 0, 5])), "no cluster CIDR after the move");
+            // Once grown, nothing more to move.
+            assert!(Datapath::replace_programs(bed.pin_dir(), false).unwrap().is_empty());
+        }
+        // A size no version had is refused, naming the map and the way out.
+        let bed = crate::devkit::testbed::Testbed::create("bnup", 4096).unwrap();
+        pin_old_config::<12>(bed.pin_dir(), &settings);
+        let err = format!("{:#}", Datapath::replace_programs(bed.pin_dir(), false).unwrap_err());
+        assert!(err.contains("12-byte values") && err.contains("bpfnet down"), "{err}");
+    }
+
     #[test]
     fn link_pins_are_told_apart_by_name() {
         assert_eq!(LinkPin::parse("bn0a0b0c0d"), LinkPin::Endpoint("bn0a0b0c0d"));

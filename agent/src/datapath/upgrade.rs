@@ -2,10 +2,12 @@
 //! link), and moves the maps an older version pinned with another layout or size.
 use super::*;
 
-/// CONFIG as an older bpfnet pinned it: its `HostConfig` ended before `host_netns_cookie`.
-/// The agent rewrites CONFIG's settings whenever it starts, so instead of refusing to adopt
-/// such a datapath, a new version unpins the old map (the running programs keep using it),
-/// loads its own (a new pin) with the same settings, and moves every program to it.
+/// CONFIG as an older bpfnet pinned it: a shorter `HostConfig` (fields are only ever added at
+/// its end, and each reads 0 as "not set": no quota, no host cgroup, no cluster CIDR). The
+/// agent rewrites CONFIG's settings whenever it starts, so instead of refusing to adopt such a
+/// datapath, a new version unpins the old map (the running programs keep using it), loads its
+/// own (a new pin) with the old settings and the new fields zero, and moves every program to
+/// it.
 pub(super) struct OutgrownConfig {
     path: PathBuf,
     /// The old map, to pin back if the new programs cannot be loaded.
@@ -14,10 +16,12 @@ pub(super) struct OutgrownConfig {
 }
 
 impl OutgrownConfig {
-    /// Size of `HostConfig` before the host cgroup's fields were added.
-    const OLD_SIZE: usize = std::mem::offset_of!(HostConfig, ct_unassured_quota);
+    /// Sizes of `HostConfig` in earlier versions: before the unassured quota and the host
+    /// cgroup's fields were added, and before the cluster CIDR.
+    const OLD_SIZES: [usize; 2] =
+        [std::mem::offset_of!(HostConfig, ct_unassured_quota), std::mem::offset_of!(HostConfig, cluster_net)];
 
-    /// If the pinned CONFIG has the old layout: reads its settings and unpins it.
+    /// If the pinned CONFIG has an older layout: reads its settings and unpins it.
     pub(super) fn take(pin_dir: &Path) -> Result<Option<Self>> {
         let path = pin_dir.join("maps").join(map_names::CONFIG);
         let old = match MapData::from_pin(&path) {
@@ -29,27 +33,25 @@ impl OutgrownConfig {
         if value_size == std::mem::size_of::<HostConfig>() {
             return Ok(None);
         }
-        if value_size != Self::OLD_SIZE {
-            bail!(
+        // Each known size is a prefix of this version's layout; the rest reads as zero.
+        let mut bytes = [0u8; std::mem::size_of::<HostConfig>()];
+        let maps = pin_dir.join("maps");
+        match value_size {
+            size if size == Self::OLD_SIZES[0] => {
+                bytes[..size].copy_from_slice(&read_value::<{ Self::OLD_SIZES[0] }>(&maps)?)
+            }
+            size if size == Self::OLD_SIZES[1] => {
+                bytes[..size].copy_from_slice(&read_value::<{ Self::OLD_SIZES[1] }>(&maps)?)
+            }
+            _ => bail!(
                 "the pinned map {} has {value_size}-byte values, a layout this bpfnet cannot adopt; remove \
                  the datapath with the bpfnet version that created it (`bpfnet down`)",
                 path.display()
-            );
+            ),
         }
-        let array: Array<MapData, [u8; Self::OLD_SIZE]> = open_map(&pin_dir.join("maps"), map_names::CONFIG)?;
-        let bytes = array.get(&0, 0).with_context(|| format!("reading {}", path.display()))?;
-        let u32_at = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-        let u16_at = |at: usize| u16::from_ne_bytes(bytes[at..at + 2].try_into().expect("2 bytes"));
-        let settings = HostConfig {
-            uplink_ifindex: u32_at(0),
-            uplink_ip: u32_at(4),
-            nat_port_min: u16_at(8),
-            nat_port_max: u16_at(10),
-            ct_limit: u32_at(12),
-            flags: u32_at(16),
-            ct_unassured_quota: 0,
-            host_netns_cookie: 0,
-        };
+        // SAFETY: `HostConfig` is plain `#[repr(C)]` data without implicit padding (`aya::Pod`),
+        // valid for any bit pattern, and `bytes` is exactly its size.
+        let settings = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const HostConfig) };
         remove_pin(&path)?;
         Ok(Some(Self { path, old, settings }))
     }
@@ -66,6 +68,12 @@ impl OutgrownConfig {
         remove_pin(&self.path)?;
         self.old.pin(&self.path).with_context(|| format!("pinning the old CONFIG back at {}", self.path.display()))
     }
+}
+
+/// CONFIG's single value, as `N` raw bytes.
+fn read_value<const N: usize>(maps: &Path) -> Result<[u8; N]> {
+    let array: Array<MapData, [u8; N]> = open_map(maps, map_names::CONFIG)?;
+    array.get(&0, 0).with_context(|| format!("reading {}", maps.join(map_names::CONFIG).display()))
 }
 
 impl OutgrownConfig {

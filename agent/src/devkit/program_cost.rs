@@ -5,7 +5,7 @@
 //! Everything happens on a [`Testbed`]: a namespace of its own with veths and an uplink, a
 //! datapath loaded and pinned into a bpffs directory of its own, maps seeded as the agent
 //! seeds them (a network with two containers, the uplink's CONFIG with the agent's default
-//! NAT ports and conntrack limit, one published UDP port). All of it is removed on return,
+//! NAT ports and conntrack limit and a cluster CIDR, one published UDP port). All of it is removed on return,
 //! error, panic, Ctrl-C or SIGTERM.
 //!
 //! Method:
@@ -86,6 +86,12 @@ const PAYLOAD: [u8; 18] = [0x5a; 18];
 const NAT_PORTS: (u16, u16) = (32768, 60999);
 /// An address out in the world that calls the published port.
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
+/// `--cluster-cidr`: the pod CIDR of a cluster whose nodes' pod subnets include this host's
+/// networks (10.88.0.0/24 and 10.99.0.0/24).
+const CLUSTER_CIDR: (Ipv4Addr, Ipv4Addr) = (Ipv4Addr::new(10, 64, 0, 0), Ipv4Addr::new(255, 192, 0, 0));
+/// A pod of another node, reached through the uplink's default route (as a route to that
+/// node's pod subnet would).
+const REMOTE_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 5);
 /// `--publish 8080:80/udp` on container B.
 const PUBLISHED: PortMapping =
     PortMapping { host_ip: None, host_port: 8080, container_port: 80, protocol: Protocol::Udp };
@@ -321,6 +327,32 @@ fn plain_paths() -> Vec<PathSpec> {
             events: false,
         },
         PathSpec {
+            name: "native-routed",
+            program: endpoint,
+            what: "UDP from A to another node's pod (the cluster CIDR): untracked, \
+                   untranslated, routed out of the uplink (TTL and MACs only)",
+            ingress: Ingress::A,
+            state: State::None,
+            packet: |s, _| from_a(s, 40000, (REMOTE_POD_IP, 5201)),
+            verdict: Verdict::Redirect,
+            counters: &[RoutedNative],
+            drops: &[],
+            events: false,
+        },
+        PathSpec {
+            name: "native-delivered",
+            program: uplink,
+            what: "UDP from another node's pod to A: untracked, untranslated, redirected \
+                   into A (TTL and MACs only)",
+            ingress: Ingress::Uplink,
+            state: State::None,
+            packet: |_, _| udp_frame(UPLINK_MAC, ROUTER_MAC, (REMOTE_POD_IP, 5201), (A_IP, 40000)),
+            verdict: Verdict::Redirect,
+            counters: &[DeliveredNative],
+            drops: &[],
+            events: false,
+        },
+        PathSpec {
             name: "snat-new-flow",
             program: endpoint,
             what: "UDP from A to a server outside, a new flow each run: tracked, NAT port \
@@ -542,6 +574,10 @@ fn measure(args: &ProgramCostArgs) -> Result<Report> {
         nat_port_min: NAT_PORTS.0,
         nat_port_max: NAT_PORTS.1,
         ct_limit: conntrack::fill_limit(DEFAULT_CT_ENTRIES)?,
+        // Set for every path, as on a Kubernetes node: the other paths' destinations lie
+        // outside it and pay only its check.
+        cluster_net: be(CLUSTER_CIDR.0),
+        cluster_mask: be(CLUSTER_CIDR.1),
         ..Default::default()
     })?;
     bed.published_ports.insert(PUBLISHED.map_key(), PUBLISHED.map_target(B_IP), 0)?;

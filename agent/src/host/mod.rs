@@ -42,6 +42,10 @@ pub struct HostOptions {
     pub uplink_mode: UplinkMode,
     /// Source ports for masquerading, inclusive.
     pub nat_ports: (u16, u16),
+    /// The cluster's pod CIDR (native routing): a container's traffic to it is routed
+    /// untranslated, and traffic on the uplink to a container inside it delivered. See
+    /// [`check_cluster_cidr`].
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
     /// Size of the conntrack table of assured flows, in entries (two per flow); the table of
     /// flows not assured yet is half as large, its overflow an eighth (each at least 16,384).
     /// Takes effect when the datapath is first loaded.
@@ -171,16 +175,18 @@ impl Host {
             self.netlink.link_by_name(&uplink).await?.with_context(|| {
                 format!("the uplink {uplink:?} does not exist in the host namespace; check --uplink")
             })?;
-        let address = self
-            .netlink
-            .addresses(&uplink)
-            .await?
-            .into_iter()
-            .find_map(|a| match a {
-                ipnet::IpNet::V4(v4) => Some(v4.addr()),
-                ipnet::IpNet::V6(_) => None,
-            })
+        let uplink_subnets = self.uplink_subnets(&uplink).await?;
+        let address = uplink_subnets
+            .first()
+            .map(|net| net.addr())
             .with_context(|| format!("the uplink {uplink} has no IPv4 address to masquerade to; add one first"))?;
+        check_cluster_cidr(self.options.cluster_cidr, Some((&uplink, &uplink_subnets)))?;
+        let (cluster_net, cluster_mask) = match self.options.cluster_cidr {
+            Some(cidr) => {
+                (datapath_common::ipv4_be(cidr.network().octets()), datapath_common::ipv4_be(cidr.netmask().octets()))
+            }
+            None => (0, 0),
+        };
         let (nat_port_min, nat_port_max) = self.options.nat_ports;
         let mode = self.options.uplink_mode;
         if mode == crate::datapath::UplinkMode::Xdp && link.kind.as_deref() == Some("veth") {
@@ -211,11 +217,41 @@ impl Host {
             // Which events are written is the monitor's to say.
             flags: flags | (current.flags & datapath_common::host_config_flags::EVENTS),
             ct_unassured_quota,
+            cluster_net,
+            cluster_mask,
             // The host cgroup's setting (`sync_host_cgroup`) stays as it is.
             ..current
         };
         datapath.set_config(&config)?;
         datapath.attach_uplink(&uplink, mode)
+    }
+
+    /// Checks `--cluster-cidr` against the uplink as it is now (see [`check_cluster_cidr`]),
+    /// before the agent changes anything. An uplink that does not exist yet is checked when
+    /// it is synced.
+    pub async fn check_cluster_cidr(&self) -> Result<()> {
+        let Some(uplink) = self.options.uplink.as_deref() else {
+            return check_cluster_cidr(self.options.cluster_cidr, None);
+        };
+        if self.netlink.link_by_name(uplink).await?.is_none() {
+            return Ok(());
+        }
+        let subnets = self.uplink_subnets(uplink).await?;
+        check_cluster_cidr(self.options.cluster_cidr, Some((uplink, &subnets)))
+    }
+
+    /// The uplink's IPv4 addresses with their prefixes, the primary first.
+    async fn uplink_subnets(&self, uplink: &str) -> Result<Vec<ipnet::Ipv4Net>> {
+        Ok(self
+            .netlink
+            .addresses(uplink)
+            .await?
+            .into_iter()
+            .filter_map(|a| match a {
+                ipnet::IpNet::V4(v4) => Some(v4),
+                ipnet::IpNet::V6(_) => None,
+            })
+            .collect())
     }
 
     /// [`Host::sync_uplink`] the first time only: the agent's uplink follower keeps the
@@ -251,5 +287,58 @@ impl Host {
         self.datapath = None;
         self.uplink_synced = false;
         self.store.clear()
+    }
+}
+
+/// Whether `--cluster-cidr` fits the uplink (its name and IPv4 addresses with their prefixes):
+///
+/// - It needs an uplink: other nodes' pods are reached through it, and their packets arrive
+///   on it.
+/// - It may not overlap the uplink's own subnet. Whatever lies in the cluster CIDR counts as
+///   a pod and is sent untranslated; the uplink's subnet holds the node itself and its
+///   neighbours (its gateway to the world, other hosts), which have no route back to a pod
+///   address, so their traffic must stay masqueraded. It would also make the other nodes'
+///   pods look on-link. Nodes' addresses belong outside the pod CIDR, as in Kubernetes.
+/// - It need not contain this host's networks: a network outside it stays node-local
+///   (masqueraded to other nodes too, reached from them only through published ports).
+pub fn check_cluster_cidr(cluster: Option<ipnet::Ipv4Net>, uplink: Option<(&str, &[ipnet::Ipv4Net])>) -> Result<()> {
+    let Some(cluster) = cluster else { return Ok(()) };
+    let Some((name, subnets)) = uplink else {
+        anyhow::bail!(
+            "--cluster-cidr {cluster} needs --uplink: other nodes' pods are reached through the uplink \
+             and their packets arrive on it; give the node's interface to the other nodes"
+        );
+    };
+    for subnet in subnets.iter().map(|s| s.trunc()) {
+        if cluster.contains(&subnet.network()) || subnet.contains(&cluster.network()) {
+            anyhow::bail!(
+                "--cluster-cidr {cluster} overlaps the uplink {name}'s subnet {subnet}: the node's own \
+                 address and its neighbours there would be taken for pods and sent pod addresses they \
+                 cannot answer; give the pods' CIDR alone, outside the nodes' network"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_cidr_needs_an_uplink_and_stays_off_its_subnet() {
+        let net = |s: &str| s.parse::<ipnet::Ipv4Net>().unwrap();
+        let uplink = [net("192.168.50.2/24")];
+        assert!(check_cluster_cidr(None, None).is_ok());
+        assert!(check_cluster_cidr(Some(net("10.128.0.0/14")), Some(("eth0", &uplink))).is_ok());
+        let err = format!("{:#}", check_cluster_cidr(Some(net("10.128.0.0/14")), None).unwrap_err());
+        assert!(err.contains("needs --uplink"), "{err}");
+        // Containing the uplink's subnet, inside it, or equal to it: refused, naming both.
+        for cluster in ["192.168.0.0/16", "192.168.50.128/25", "192.168.50.0/24"] {
+            let err = format!("{:#}", check_cluster_cidr(Some(net(cluster)), Some(("eth0", &uplink))).unwrap_err());
+            assert!(err.contains(cluster) && err.contains("eth0") && err.contains("192.168.50.0/24"), "{err}");
+        }
+        // A neighbouring prefix is fine.
+        assert!(check_cluster_cidr(Some(net("192.168.51.0/24")), Some(("eth0", &uplink))).is_ok());
     }
 }

@@ -21,6 +21,7 @@ mod fragment;
 mod fuzz;
 mod icmp;
 mod nat;
+mod native_routing;
 
 use std::{
     collections::BTreeMap,
@@ -231,6 +232,8 @@ impl Fixture {
             flags: 0,
             ct_unassured_quota: CT_UNASSURED_QUOTA,
             host_netns_cookie: 0,
+            cluster_net: 0,
+            cluster_mask: 0,
         }
     }
 
