@@ -170,20 +170,26 @@ fn a_flood_with_the_monitor_on_reports_lost_events_and_the_agent_keeps_answering
     let dropped = spoofed(&sb) - before;
     assert!(dropped > 20_000, "{dropped} drops");
     // The events written (a few thousand at most), and reports of the rest as the agent
-    // reads the datapath's count each second, until they add up.
-    let (mut written, mut lost) = (0u64, 0u64);
+    // reads the datapath's count each second, until they add up. A busy machine may also make
+    // this listener fall behind the agent (slow_listener): those are counted too.
+    let (mut written, mut rate_limited, mut lost) = (0u64, 0u64, 0u64);
     while written + lost < dropped {
         let e = event(&sb.read_line(monitor).unwrap());
         match e["type"].as_str() {
             Some("lost") => {
-                assert_eq!(e["cause"], "rate_limited", "{e}");
-                lost += e["count"].as_u64().unwrap();
+                let count = e["count"].as_u64().unwrap();
+                match e["cause"].as_str() {
+                    Some("rate_limited") => rate_limited += count,
+                    Some("slow_listener") => {}
+                    _ => panic!("lost for an unexpected cause: {e}"),
+                }
+                lost += count;
             }
             _ => written += 1,
         }
     }
     assert_eq!(written + lost, dropped, "every drop was written or reported lost");
-    assert!(lost > 10_000, "{lost} lost, {written} written");
+    assert!(rate_limited > 10_000, "{rate_limited} rate-limited, {lost} lost in all, {written} written");
     let metrics = scrape(&sb);
     assert!(sample(&metrics, "bpfnet_events_lost_total", &[("cause", "rate_limited")]) > 10_000.0);
     sb.teardown().unwrap();
