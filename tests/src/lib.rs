@@ -442,7 +442,7 @@ pub fn syn_flood(
     dports: std::ops::RangeInclusive<u16>,
     count: u32,
 ) -> Result<Duration> {
-    spoofed_flood(netns, sources, dst, dports, count, |src, sport, dst, dport, r| tcp_syn(src, sport, dst, dport, r))
+    spoofed_flood(netns, sources, dst, dports, count, tcp_syn)
 }
 
 /// As [`syn_flood`], with 18-byte UDP datagrams.
@@ -618,8 +618,10 @@ pub fn api_request(
 
 /// What the kernel holds that the agent's state does not account for, and the reverse: each
 /// line names one leaked or missing object. Compares `container ls` with the namespaces
-/// bpfnet made, the host-side veths, the pinned endpoint links, and the ENDPOINTS, IFACES and
-/// published-port maps. Empty when state and kernel agree.
+/// bpfnet made, the host-side veths (their addresses, routes and neighbours go with them), the
+/// pinned endpoint links, the ENDPOINTS, IFACES and published-port maps, and, after a
+/// garbage collection, the conntrack entries (none of a container that is gone). Empty when
+/// state and kernel agree.
 pub fn leaks(sb: &Sandbox) -> Vec<String> {
     let mut found = Vec::new();
     let containers = sb.json(&["container", "ls", "--json"]);
@@ -645,6 +647,19 @@ pub fn leaks(sb: &Sandbox) -> Vec<String> {
         .unwrap_or_default();
     own("endpoint link pin", link_pins.into_iter().filter(|l| l.starts_with("bn")).collect(), &veths, &mut found);
     if sb.bpffs_dir().join("maps").exists() {
+        sb.ok(&["conntrack", "gc"]);
+        let addresses: Vec<&str> = containers.iter().filter_map(|c| c["ip"].as_str()).collect();
+        let address = |end: &Value| end.as_str().map(|e| e.split(':').next().unwrap_or(e).to_owned());
+        for flow in sb.json(&["conntrack", "ls", "--json"]).as_array().into_iter().flatten() {
+            let ends = match flow["kind"].as_str() {
+                Some("snat") => vec![&flow["source"]],
+                Some("dnat") => vec![&flow["translated_destination"]],
+                _ => vec![&flow["source"], &flow["translated_destination"]],
+            };
+            if ends.into_iter().filter_map(address).any(|ip| !addresses.contains(&ip.as_str())) {
+                found.push(format!("conntrack flow of no container in the state: {flow}"));
+            }
+        }
         let ports: usize = containers.iter().map(|c| c["ports"].as_array().map_or(0, Vec::len)).sum();
         for (map, want) in [("ENDPOINTS", names.len()), ("IFACES", names.len()), ("SERVICES", ports)] {
             let have = pinned_map_len(sb.bpffs_dir(), map);

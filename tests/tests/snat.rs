@@ -279,3 +279,37 @@ fn fragmented_datagrams_and_large_pings_cross_the_nat_both_ways() {
     assert!(reassembled(&c[0]) >= c_before + 2, "the container reassembled the echo and the ping reply");
     assert_eq!(sb.counter("drops", "fragment_without_first"), 0);
 }
+
+/// A removed container's flows go at the next garbage collection, whatever their timeout (an
+/// established TCP flow's is five days): a container made later with its address must not
+/// inherit them.
+#[test]
+fn a_removed_containers_flows_go_at_the_next_collection() {
+    let (mut sb, c) = sandbox_with(&["c1", "c2"], &[]);
+    let out = sb.outside_netns().to_owned();
+    sb.tcp_echo_server(&out, SocketAddrV4::new(OUTSIDE_IP, 7000), 2);
+    let open = |netns: &str| {
+        in_netns(netns, || {
+            Ok(std::net::TcpStream::connect_timeout(&SocketAddrV4::new(OUTSIDE_IP, 7000).into(), IO_TIMEOUT)?)
+        })
+        .unwrap()
+    };
+    let (_gone, _kept) = (open(&c[0]), open(&c[1]));
+    let c1_ip = sb.container_ip(&c[0]).to_string();
+    let of_c1 = |flows: &serde_json::Value| {
+        flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["source"].as_str().unwrap().starts_with(&format!("{c1_ip}:")))
+            .count()
+    };
+    assert_eq!(of_c1(&sb.json(&["conntrack", "ls", "--json"])), 1);
+    sb.ok(&["container", "rm", &c[0]]);
+    let report = sb.json(&["conntrack", "gc", "--json"]);
+    assert_eq!(report["flows_of_removed_containers"], 1, "{report}");
+    assert_eq!(report["flows_expired"], 0, "{report}");
+    let flows = sb.json(&["conntrack", "ls", "--json"]);
+    assert_eq!(of_c1(&flows), 0, "{flows}");
+    assert_eq!(flows.as_array().unwrap().len(), 1, "c2's flow stays: {flows}");
+}

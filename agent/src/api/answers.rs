@@ -296,6 +296,9 @@ pub struct GcReport {
     /// protocol) that has the most: each holds a NAT port of `--nat-ports` for it.
     #[serde(default)]
     pub busiest_destination_nat_ports: u64,
+    /// Flows removed because a container they were of is gone, whatever their timeout.
+    #[serde(default)]
+    pub flows_of_removed_containers: usize,
 }
 
 #[cfg(test)]

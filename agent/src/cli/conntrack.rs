@@ -73,8 +73,10 @@ impl ConntrackCommand {
                     return super::print_json(&report);
                 }
                 println!(
-                    "expired {} flows ({} entries); {} of {} assured entries in use, {} unassured, {} in overflow",
+                    "expired {} flows and {} of removed containers ({} entries); {} of {} assured entries in use, \
+                     {} unassured, {} in overflow",
                     report.flows_expired,
+                    report.flows_of_removed_containers,
                     report.entries_removed,
                     report.entries_in_use,
                     report.capacity,

@@ -3,7 +3,7 @@
 //! nf_conntrack's state, listed, and expired by its timeouts, freeing their NAT ports, and the
 //! datapath's counts (assured fill, unassured flows per quota key) are resynchronised.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::Ipv4Addr,
     time::Duration,
 };
@@ -230,7 +230,12 @@ pub fn collect_garbage(
 ) -> Result<GcReport> {
     let now = monotonic_ns()?;
     let flows = flows(datapath)?;
+    // The containers' addresses now: a flow of a container that is gone (removed, rolled
+    // back) goes whatever its timeout, so that a container made later with the address does
+    // not inherit it (an established TCP flow would otherwise stay for days).
+    let endpoints: HashSet<u32> = datapath.endpoints.keys().collect::<Result<_, _>>().context("listing ENDPOINTS")?;
     let mut flows_expired = 0;
+    let mut flows_of_removed_containers = 0;
     // NAT ports in use per destination (address, port, protocol) that sources are
     // translated towards: the busiest one runs out of ports first.
     let mut nat_ports_to: HashMap<(u32, u16, u8), u64> = HashMap::new();
@@ -243,7 +248,11 @@ pub fn collect_garbage(
         let keys = [tracked.original.map(|(k, _)| k), tracked.reply_key];
         let table = tracked.flow.table;
         let table_index = table as usize;
-        if idle <= timeouts.timeout(tracked.flow.state, proto) {
+        let orphaned = tracked
+            .original
+            .as_ref()
+            .is_some_and(|(key, entry)| !containers_of(key, entry).all(|ip| endpoints.contains(&ip)));
+        if !orphaned && idle <= timeouts.timeout(tracked.flow.state, proto) {
             in_use[table_index] += keys.iter().flatten().count() as u64;
             if let (CtTable::Unassured, Some((key, entry))) = (table, &tracked.original) {
                 *quota_held.entry(CtQuotaKey::of_flow(key, entry)).or_default() += 1;
@@ -255,7 +264,11 @@ pub fn collect_garbage(
             }
             continue;
         }
-        flows_expired += 1;
+        if orphaned {
+            flows_of_removed_containers += 1;
+        } else {
+            flows_expired += 1;
+        }
         if let Some((key, entry)) = &tracked.original {
             expired(key, entry);
         }
@@ -284,7 +297,16 @@ pub fn collect_garbage(
         unassured_entries: in_use[CtTable::Unassured as usize],
         overflow_entries: in_use[CtTable::Overflow as usize],
         busiest_destination_nat_ports: nat_ports_to.values().copied().max().unwrap_or(0),
+        flows_of_removed_containers,
     })
+}
+
+/// The addresses of the containers a flow is of, from its ORIGINAL entry: the one that opened
+/// it (snat, hairpin) and the one it was translated to (dnat, hairpin).
+fn containers_of(original: &CtKey, entry: &CtEntry) -> impl Iterator<Item = u32> {
+    let opener = (entry.kind != ct_kind::DNAT).then_some(original.saddr);
+    let target = (entry.kind != ct_kind::SNAT).then_some(entry.to.daddr);
+    opener.into_iter().chain(target)
 }
 
 /// Adds this collection's removals from the unassured tables to GC_REMOVED, then derives the
