@@ -30,9 +30,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use datapath_common::{
-    host_config_flags, program_names, Counter, CtKey, DropReason, EventBudget, HostConfig, IPPROTO_UDP,
-};
+use datapath_common::{host_config_flags, program_names, Counter, CtKey, DropReason, HostConfig, IPPROTO_UDP};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use serde::Serialize;
 
@@ -72,9 +70,6 @@ pub struct ProgramCostArgs {
 
 /// TCP host ports 1 to this: none of them is a measured path's (those are UDP).
 const MAX_OTHER_PORTS: u32 = 60_000;
-
-/// Waited beyond the time a CPU's event budget takes to fill up.
-const EVENT_REFILL_SLACK: Duration = Duration::from_millis(5);
 
 /// Runs between two checks of the counters (and of the time limit and signals); also the
 /// number of new flows conntrack holds at most.
@@ -675,9 +670,11 @@ impl Meter {
     }
 
     /// Before a batch with events on: the ring emptied, and the budget of every CPU full
-    /// again (refilled at its rate), so that each run writes its event (checked after it).
+    /// again, so that each run writes its event (checked after it). The budget is filled by
+    /// writing it, not by waiting for it to refill: a pause would leave the caches cold for
+    /// the batch and make the figure the pause's.
     fn ready_for_events(&self) -> Result<u64> {
-        std::thread::sleep(Duration::from_nanos(EventBudget::BURST * EventBudget::NS_PER_EVENT) + EVENT_REFILL_SLACK);
+        self.bed.fill_event_budget()?;
         self.bed.take_events()?;
         Ok(self.bed.events_lost()?.iter().map(|(_, n)| n).sum())
     }

@@ -307,6 +307,18 @@ impl Testbed {
         Ok(())
     }
 
+    /// Every CPU's event budget full (EVENT_BUDGET), as after a long quiet time.
+    pub fn fill_event_budget(&self) -> Result<()> {
+        use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
+        use datapath_common::EventBudget;
+        let path = self.pin_dir().join("maps").join(datapath_common::map_names::EVENT_BUDGET);
+        let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let mut budget: PerCpuArray<MapData, EventBudget> = PerCpuArray::try_from(Map::PerCpuArray(data))?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let full = EventBudget { tokens: EventBudget::BURST, refilled_ns: 0 };
+        budget.set(0, PerCpuValues::try_from(vec![full; cpus])?, 0).context("filling EVENT_BUDGET")
+    }
+
     /// Every event in the ring buffer, oldest first; the ring is empty afterwards.
     pub fn take_events(&self) -> Result<Vec<datapath_common::DatapathEvent>> {
         use aya::maps::{Map, MapData, RingBuf};
