@@ -8,6 +8,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+/// Ok when a cleanup's every step worked; else one error listing what each failed step said.
+pub fn all_done(what: &str, errors: Vec<anyhow::Error>) -> Result<()> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = errors.iter().map(|err| format!("  - {err:#}")).collect();
+    bail!("{what} found problems:\n{}", list.join("\n"))
+}
+
 /// The command as a shell line: `VAR=value program args`, quoted where needed.
 /// PATH is left out: it is only ever extended, and would drown the line.
 pub fn display(cmd: &Command) -> String {

@@ -528,12 +528,7 @@ impl Sandbox {
     /// removal failed.
     pub fn teardown(mut self) -> Result<()> {
         self.torn_down = true;
-        let errors = self.cleanup(true);
-        if errors.is_empty() {
-            return Ok(());
-        }
-        let list: Vec<String> = errors.iter().map(|err| format!("  - {err:#}")).collect();
-        bail!("teardown found problems:\n{}", list.join("\n"))
+        crate::process::all_done("teardown", self.cleanup(true))
     }
 
     /// Every step runs, whatever failed before it; the errors are returned. `strict`: also

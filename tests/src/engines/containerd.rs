@@ -245,12 +245,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     /// Removes everything, and fails if a step of it failed.
     pub fn teardown(mut self) -> Result<()> {
         self.torn_down = true;
-        let errors = self.cleanup();
-        if errors.is_empty() {
-            return Ok(());
-        }
-        let list: Vec<String> = errors.iter().map(|e| format!("  - {e:#}")).collect();
-        bail!("containerd teardown found problems:\n{}", list.join("\n"))
+        crate::process::all_done("containerd teardown", self.cleanup())
     }
 
     /// Every step runs, whatever failed before it. Never panics.

@@ -220,12 +220,7 @@ static_dir = "{d}/root/libpod"
     /// Removes everything, and fails if a step of it failed.
     pub fn teardown(mut self) -> Result<()> {
         self.torn_down = true;
-        let errors = self.cleanup();
-        if errors.is_empty() {
-            return Ok(());
-        }
-        let list: Vec<String> = errors.iter().map(|e| format!("  - {e:#}")).collect();
-        bail!("podman teardown found problems:\n{}", list.join("\n"))
+        crate::process::all_done("podman teardown", self.cleanup())
     }
 
     /// Every step runs, whatever failed before it. Never panics.

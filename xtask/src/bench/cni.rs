@@ -23,7 +23,7 @@ use bpfnet_tests::sandbox::{Output, Sandbox};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::stats::percentile;
+use super::stats::LatencyMs;
 
 /// Debian's containernetworking-plugins put the reference plugins here.
 pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
@@ -46,24 +46,10 @@ pub struct CniReport {
 /// DELs likewise.
 #[derive(Debug, Serialize)]
 pub struct PluginFigures {
-    pub add_at_1: Percentiles,
-    pub add_at_n: Percentiles,
-    pub del_at_n: Percentiles,
-    pub del_at_1: Percentiles,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Percentiles {
-    pub p50: f64,
-    pub p99: f64,
-}
-
-impl Percentiles {
-    fn of(durations: &[Duration]) -> Percentiles {
-        let mut ms: Vec<f64> = durations.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-        ms.sort_by(f64::total_cmp);
-        Percentiles { p50: percentile(&ms, 50.0).unwrap_or(f64::NAN), p99: percentile(&ms, 99.0).unwrap_or(f64::NAN) }
-    }
+    pub add_at_1: LatencyMs,
+    pub add_at_n: LatencyMs,
+    pub del_at_n: LatencyMs,
+    pub del_at_1: LatencyMs,
 }
 
 impl PluginFigures {
@@ -71,10 +57,10 @@ impl PluginFigures {
     fn of(adds: &[Duration], dels: &[Duration]) -> PluginFigures {
         let edge = EDGE.min(adds.len());
         PluginFigures {
-            add_at_1: Percentiles::of(&adds[..edge]),
-            add_at_n: Percentiles::of(&adds[adds.len() - edge..]),
-            del_at_n: Percentiles::of(&dels[..edge]),
-            del_at_1: Percentiles::of(&dels[dels.len() - edge..]),
+            add_at_1: LatencyMs::of(&adds[..edge]),
+            add_at_n: LatencyMs::of(&adds[adds.len() - edge..]),
+            del_at_n: LatencyMs::of(&dels[..edge]),
+            del_at_1: LatencyMs::of(&dels[dels.len() - edge..]),
         }
     }
 }
@@ -320,7 +306,7 @@ pub fn table(r: &CniReport) -> String {
          {:<24} {:>9} {:>9} {:>9} {:>9} {:>8}\n",
         r.pods, "", "bpfnet p50", "p99", "bridge p50", "p99", "ratio"
     );
-    let rows: [(&str, &Percentiles, &Percentiles); 4] = [
+    let rows: [(&str, &LatencyMs, &LatencyMs); 4] = [
         ("ADD, 1 pod attached", &r.bpfnet.add_at_1, &r.bridge_portmap.add_at_1),
         ("ADD, N pods attached", &r.bpfnet.add_at_n, &r.bridge_portmap.add_at_n),
         ("DEL, N pods attached", &r.bpfnet.del_at_n, &r.bridge_portmap.del_at_n),

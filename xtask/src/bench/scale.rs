@@ -8,7 +8,6 @@
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bpfnet_tests::sandbox::{Output, Sandbox};
@@ -17,7 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::api_request::{plain_name, send};
-use super::stats::{percentile, Summary};
+use super::stats::{LatencyMs, Summary};
 
 /// Host ports of the containers: container i publishes FIRST_PORT + i -> 80.
 const FIRST_PORT: u16 = 20_000;
@@ -30,10 +29,10 @@ const READS: usize = 5;
 pub struct ScaleReport {
     pub containers: usize,
     /// Milliseconds, p50 and p99, of the first and the last hundred.
-    pub create_first_100_ms: Percentiles,
-    pub create_last_100_ms: Percentiles,
-    pub remove_first_100_ms: Percentiles,
-    pub remove_last_100_ms: Percentiles,
+    pub create_first_100_ms: LatencyMs,
+    pub create_last_100_ms: LatencyMs,
+    pub remove_first_100_ms: LatencyMs,
+    pub remove_last_100_ms: LatencyMs,
     /// Medians of READS requests at N, milliseconds.
     pub status_ms: f64,
     pub container_ls_ms: f64,
@@ -44,20 +43,6 @@ pub struct ScaleReport {
     pub agent_rss_kib_empty: u64,
     pub sampled: usize,
     pub sampled_reached: usize,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Percentiles {
-    pub p50: f64,
-    pub p99: f64,
-}
-
-impl Percentiles {
-    fn of(durations: &[Duration]) -> Percentiles {
-        let mut ms: Vec<f64> = durations.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-        ms.sort_by(f64::total_cmp);
-        Percentiles { p50: percentile(&ms, 50.0).unwrap_or(f64::NAN), p99: percentile(&ms, 99.0).unwrap_or(f64::NAN) }
-    }
 }
 
 /// Runs the scale scenario with `bpfnet_bin` and writes `scale.json` into `out`.
@@ -123,10 +108,10 @@ fn measure(sandbox: &mut Sandbox, count: usize) -> Result<ScaleReport> {
     let hundred = 100.min(count);
     Ok(ScaleReport {
         containers: count,
-        create_first_100_ms: Percentiles::of(&created[..hundred]),
-        create_last_100_ms: Percentiles::of(&created[count - hundred..]),
-        remove_first_100_ms: Percentiles::of(&removed[..hundred]),
-        remove_last_100_ms: Percentiles::of(&removed[count - hundred..]),
+        create_first_100_ms: LatencyMs::of(&created[..hundred]),
+        create_last_100_ms: LatencyMs::of(&created[count - hundred..]),
+        remove_first_100_ms: LatencyMs::of(&removed[..hundred]),
+        remove_last_100_ms: LatencyMs::of(&removed[count - hundred..]),
         status_ms,
         container_ls_ms,
         metrics_scrape_ms,
@@ -150,7 +135,7 @@ fn rss_kib(sandbox: &Sandbox) -> Result<u64> {
 
 pub fn table(r: &ScaleReport) -> String {
     let mut out = format!("control plane at {} containers (one run, through the API socket)\n", r.containers);
-    let row = |what: &str, p: &Percentiles| format!("  {what:<28} p50 {:>7.1} ms   p99 {:>7.1} ms\n", p.p50, p.p99);
+    let row = |what: &str, p: &LatencyMs| format!("  {what:<28} p50 {:>7.1} ms   p99 {:>7.1} ms\n", p.p50, p.p99);
     out.push_str(&row("create, first 100", &r.create_first_100_ms));
     out.push_str(&row("create, last 100", &r.create_last_100_ms));
     out.push_str(&row("remove, first 100", &r.remove_first_100_ms));

@@ -27,6 +27,21 @@ impl Summary {
     }
 }
 
+/// p50 and p99 of a set of durations, in milliseconds (the control plane's figures).
+#[derive(Debug, serde::Serialize)]
+pub struct LatencyMs {
+    pub p50: f64,
+    pub p99: f64,
+}
+
+impl LatencyMs {
+    pub fn of(durations: &[std::time::Duration]) -> LatencyMs {
+        let mut ms: Vec<f64> = durations.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        ms.sort_by(f64::total_cmp);
+        LatencyMs { p50: percentile(&ms, 50.0).unwrap_or(f64::NAN), p99: percentile(&ms, 99.0).unwrap_or(f64::NAN) }
+    }
+}
+
 /// Nearest-rank percentile (`p` in 0..=100) of `sorted` (ascending); None when empty.
 pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     if sorted.is_empty() {
