@@ -178,6 +178,23 @@ async fn run(options: HostOptions, args: AgentArgs, socket: PathBuf) -> Result<(
             }
         });
     }
+    // Its socket file goes with the agent, as the API's: dockerd sees the driver only while
+    // the agent serves it.
+    let _plugin_socket_file = match &args.docker_plugin_socket {
+        Some(path) => {
+            let (listener, file) = server::bind(path).await.context("binding --docker-plugin-socket")?;
+            tracing::info!("serving Docker's network driver protocol on {}", path.display());
+            let plugin =
+                axum::serve(listener, crate::docker::router(agent.clone())).with_graceful_shutdown(stop_signal());
+            tokio::spawn(async move {
+                if let Err(e) = plugin.await {
+                    tracing::error!("serving Docker's network driver protocol: {e}");
+                }
+            });
+            Some(file)
+        }
+        None => None,
+    };
     tracing::info!("serving the API on {}", socket.display());
     axum::serve(listener, server::router(agent.clone()))
         .with_graceful_shutdown(stop_signal())
