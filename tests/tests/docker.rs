@@ -1,17 +1,24 @@
-//! Docker's remote network driver (`--docker-plugin-socket`), driven as dockerd drives it:
-//! HTTP POSTs with JSON on the plugin socket of a sandbox agent. The test plays dockerd's
-//! part too: it moves the interface that Join names into a namespace of its own (a
-//! container's), names it eth0 and gives it the address and default route, and moves it back
-//! at Leave. Real traffic between two such containers, to the outside (masqueraded) and from
-//! it to a published port (the client's address kept), across an agent killed with -9; then
-//! nothing is left behind.
+//! Docker's remote network driver (`--docker-plugin-socket`).
+//!
+//! First driven as dockerd drives it: HTTP POSTs with JSON on the plugin socket of a sandbox
+//! agent, the test playing dockerd's part too (it moves the interface that Join names into a
+//! namespace of its own, names it eth0 and gives it the address and default route, and moves
+//! it back at Leave). Then by a real dockerd (bpfnet_tests::engines::docker) running busybox
+//! containers. Real traffic both times: between two containers, to the outside (masqueraded),
+//! from it to a published port (the client's address kept), across an agent killed with -9
+//! (and a dockerd restarted); then nothing is left behind.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
     path::Path,
 };
 
 use bpfnet_tests::{
-    api_request, leaks, links_in, namespaces_with_prefix, ping, run, tcp_exchange, Sandbox, OUTSIDE_IP, UPLINK_HOST_IP,
+    api_request,
+    engines::{
+        docker::{driver_socket, Docker},
+        peer_in, peer_seen, BUSYBOX_IMAGE, PEER_SERVER,
+    },
+    leaks, links_in, namespaces_with_prefix, ping, run, tcp_exchange, Sandbox, OUTSIDE_IP, UPLINK_HOST_IP,
 };
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -281,4 +288,114 @@ fn what_bpfnet_cannot_do_is_refused_in_the_protocols_form() {
     assert!(create(json!({"Address": "10.246.0.2/24", "MacAddress": "nope"})).contains("\"nope\""));
     assert!(sb.json(&["container", "ls", "--json"]).as_array().unwrap().is_empty(), "nothing was made");
     sb.teardown().unwrap();
+}
+
+/// The address a container has on its one network.
+#[track_caller]
+fn docker_ip(docker: &Docker, name: &str) -> Ipv4Addr {
+    let ip = docker.inspect(name, "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}").unwrap();
+    ip.parse().unwrap_or_else(|e| panic!("{name}'s address {ip:?}: {e}"))
+}
+
+/// GET /cgi-bin/peer from one container to another's httpd: the address it saw. Retried for a
+/// short while: httpd needs a moment after its container started.
+#[track_caller]
+fn peer_seen_from(docker: &Docker, client: &str, server: Ipv4Addr) -> String {
+    let mut last = String::new();
+    for _ in 0..20 {
+        match docker.exec(client, &format!("printf 'GET /cgi-bin/peer HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {server} 80")) {
+            Ok(answer) => match peer_in(&answer) {
+                Some(peer) => return peer,
+                None => last = answer,
+            },
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!("no answer from {server} (from {client}): {last}");
+}
+
+/// bpfnet's links in the host namespace (veth ends).
+fn bpfnet_links(sb: &Sandbox) -> Vec<String> {
+    links_in(sb.host_netns()).into_iter().filter(|l| l.starts_with("bn") || l.starts_with("bp")).collect()
+}
+
+#[test]
+fn dockerd_runs_containers_on_a_bpfnet_network() {
+    let mut sb = Sandbox::with_uplink();
+    sb.set_agent_env("BPFNET_DOCKER_PLUGIN_SOCKET", driver_socket(&sb).to_str().unwrap());
+    sb.ensure_agent();
+    let mut docker = Docker::start(&sb).unwrap_or_else(|e| panic!("{e:#}"));
+    let net = sb.name("net");
+    docker.run(&["network", "create", "-d", &docker.driver, "--subnet", "10.247.0.0/24", &net]).unwrap();
+    let id = docker.run(&["network", "inspect", "--format", "{{.Id}}", &net]).unwrap();
+    let networks = sb.json(&["network", "ls", "--json"]);
+    assert_eq!(networks[0]["name"], format!("docker-{}", &id.trim()[..12]), "{networks}");
+    assert_eq!(networks[0]["gateway"], "10.247.0.1", "Docker's IPAM chose the gateway");
+
+    docker
+        .run(&[
+            "run",
+            "-d",
+            "--network",
+            &net,
+            "--name",
+            "web",
+            "-p",
+            "8080:80",
+            BUSYBOX_IMAGE,
+            "sh",
+            "-c",
+            PEER_SERVER,
+        ])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    docker.run(&["run", "-d", "--network", &net, "--name", "client", BUSYBOX_IMAGE, "sleep", "600"]).unwrap();
+    let (web, client) = (docker_ip(&docker, "web"), docker_ip(&docker, "client"));
+    let endpoints = sb.json(&["container", "ls", "--json"]);
+    assert_eq!(endpoints.as_array().unwrap().len(), 2, "{endpoints}");
+    assert!(endpoints.as_array().unwrap().iter().all(|e| e["name"].as_str().unwrap().starts_with("docker:")));
+
+    // Container to container (its own address seen), to the outside (masqueraded), and from
+    // the outside to the published port (the client's address kept).
+    assert_eq!(peer_seen_from(&docker, "client", web), client.to_string());
+    let outside = sb.outside_netns().to_owned();
+    let outside_peers = sb.tcp_echo_server(&outside, SocketAddrV4::new(OUTSIDE_IP, 7001), 1);
+    let echoed = docker.exec("client", &format!("echo hello | nc -w 3 {OUTSIDE_IP} 7001")).unwrap();
+    assert_eq!(echoed.trim(), "hello");
+    assert_eq!(outside_peers.get()[0].ip(), IpAddr::V4(UPLINK_HOST_IP), "masqueraded to the uplink's address");
+    let published = SocketAddrV4::new(UPLINK_HOST_IP, 8080);
+    assert_eq!(peer_seen(&outside, published), OUTSIDE_IP.to_string());
+
+    // The agent killed with -9, then started again: the containers' traffic goes on.
+    sb.stop_agent(Signal::SIGKILL);
+    assert_eq!(peer_seen(&outside, published), OUTSIDE_IP.to_string(), "without the agent");
+    sb.ensure_agent();
+    assert_eq!(peer_seen(&outside, published), OUTSIDE_IP.to_string());
+    assert_eq!(peer_seen_from(&docker, "client", web), client.to_string());
+    assert!(leaks(&sb).is_empty(), "{:?}", leaks(&sb));
+
+    // dockerd restarted (live-restore): the containers and their traffic stay.
+    docker.stop_dockerd().unwrap();
+    assert_eq!(peer_seen(&outside, published), OUTSIDE_IP.to_string(), "without dockerd");
+    docker.start_dockerd().unwrap();
+    assert_eq!(peer_seen(&outside, published), OUTSIDE_IP.to_string());
+    assert_eq!(peer_seen_from(&docker, "client", web), client.to_string());
+    // A container started after both restarts joins the same network.
+    docker.run(&["run", "-d", "--network", &net, "--name", "late", BUSYBOX_IMAGE, "sleep", "600"]).unwrap();
+    assert_eq!(peer_seen_from(&docker, "late", web), docker_ip(&docker, "late").to_string());
+
+    // docker rm -f and docker network rm leave nothing behind.
+    docker.run(&["rm", "-f", "web", "client", "late"]).unwrap();
+    assert_eq!(sb.json(&["container", "ls", "--json"]), json!([]));
+    assert!(bpfnet_links(&sb).is_empty(), "{:?}", bpfnet_links(&sb));
+    assert!(http_unanswered(&outside, published), "the port is unpublished");
+    docker.run(&["network", "rm", &net]).unwrap();
+    assert_eq!(sb.json(&["network", "ls", "--json"]), json!([]));
+    assert!(leaks(&sb).is_empty(), "{:?}", leaks(&sb));
+    docker.teardown().unwrap();
+    sb.teardown().unwrap();
+}
+
+fn http_unanswered(netns: &str, addr: SocketAddrV4) -> bool {
+    bpfnet_tests::engines::http_get(netns, addr, "/").is_err()
 }
