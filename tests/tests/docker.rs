@@ -244,7 +244,7 @@ fn networks_endpoints_joins_and_ports_as_dockerd_asks_for_them() {
     let ours: Vec<String> =
         links_in(&host).into_iter().filter(|l| l.starts_with("bn") || l.starts_with("bp")).collect();
     assert!(ours.is_empty(), "{ours:?}");
-    assert_eq!(namespaces_with_prefix(&container_a), [container_a.clone()], "the engine's namespace stays");
+    assert!(namespaces_with_prefix(&container_a).contains(&container_a), "the engine's namespace stays");
     sb.teardown().unwrap();
 }
 

@@ -7,19 +7,17 @@
 //! and removing a container or pod leaves no attachment and no veth behind.
 use std::{
     fs,
-    io::{Read, Write},
-    net::{SocketAddrV4, TcpStream},
+    net::SocketAddrV4,
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::Path,
     process::Command,
-    time::Duration,
 };
 
 use bpfnet_tests::{
     engines::{
         conflist, containerd::Containerd, cri::HostPort, netns_name, peer_in, peer_seen, podman::Podman, PEER_SERVER,
     },
-    in_netns, iptables_rules, links_in, ping, tcp_exchange, Sandbox, IO_TIMEOUT, OUTSIDE_IP, UPLINK, UPLINK_HOST_IP,
+    iptables_rules, links_in, ping, tcp_exchange, Sandbox, OUTSIDE_IP, UPLINK, UPLINK_HOST_IP,
 };
 use nix::sys::signal::Signal;
 

@@ -59,7 +59,7 @@ pub fn router(agent: Agent) -> Router {
 async fn create_network(State(agent): State<Agent>, body: Bytes) -> Response {
     let request: CreateNetworkRequest = match parse(&body) {
         Ok(r) => r,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let mut host = agent.host.lock().await;
     reply(driver::create_network(&mut host, &request).await.map(|()| Empty {}))
@@ -68,7 +68,7 @@ async fn create_network(State(agent): State<Agent>, body: Bytes) -> Response {
 async fn delete_network(State(agent): State<Agent>, body: Bytes) -> Response {
     let request: DeleteNetworkRequest = match parse(&body) {
         Ok(r) => r,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let mut host = agent.host.lock().await;
     reply(driver::delete_network(&mut host, &request.network_id).await.map(|()| Empty {}))
@@ -77,7 +77,7 @@ async fn delete_network(State(agent): State<Agent>, body: Bytes) -> Response {
 async fn create_endpoint(State(agent): State<Agent>, body: Bytes) -> Response {
     let request: CreateEndpointRequest = match parse(&body) {
         Ok(r) => r,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let mut host = agent.host.lock().await;
     reply(driver::create_endpoint(&mut host, &request).await)
@@ -86,7 +86,7 @@ async fn create_endpoint(State(agent): State<Agent>, body: Bytes) -> Response {
 async fn delete_endpoint(State(agent): State<Agent>, body: Bytes) -> Response {
     let request: EndpointRequest = match parse(&body) {
         Ok(r) => r,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let mut host = agent.host.lock().await;
     reply(driver::delete_endpoint(&mut host, &request).await.map(|()| Empty {}))
@@ -95,7 +95,7 @@ async fn delete_endpoint(State(agent): State<Agent>, body: Bytes) -> Response {
 async fn endpoint_info(State(agent): State<Agent>, body: Bytes) -> Response {
     let request: EndpointRequest = match parse(&body) {
         Ok(r) => r,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     reply(driver::endpoint_info(&*agent.host.lock().await, &request))
 }
@@ -103,7 +103,7 @@ async fn endpoint_info(State(agent): State<Agent>, body: Bytes) -> Response {
 async fn join(State(agent): State<Agent>, body: Bytes) -> Response {
     let request: JoinRequest = match parse(&body) {
         Ok(r) => r,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     reply(driver::join(&*agent.host.lock().await, &request))
 }
@@ -112,14 +112,14 @@ async fn join(State(agent): State<Agent>, body: Bytes) -> Response {
 async fn leave(body: Bytes) -> Response {
     match parse::<EndpointRequest>(&body) {
         Ok(_) => answer(Empty {}),
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 
 async fn program_external_connectivity(State(agent): State<Agent>, body: Bytes) -> Response {
     let request: ExternalConnectivityRequest = match parse(&body) {
         Ok(r) => r,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let mut host = agent.host.lock().await;
     reply(driver::program_external_connectivity(&mut host, &request).await.map(|()| Empty {}))
@@ -128,7 +128,7 @@ async fn program_external_connectivity(State(agent): State<Agent>, body: Bytes) 
 async fn revoke_external_connectivity(State(agent): State<Agent>, body: Bytes) -> Response {
     let request: EndpointRequest = match parse(&body) {
         Ok(r) => r,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let mut host = agent.host.lock().await;
     reply(driver::revoke_external_connectivity(&mut host, &request.endpoint_id).await.map(|()| Empty {}))
@@ -138,22 +138,25 @@ async fn revoke_external_connectivity(State(agent): State<Agent>, body: Bytes) -
 async fn discovery(body: Bytes) -> Response {
     match parse::<DiscoveryRequest>(&body) {
         Ok(_) => answer(Empty {}),
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// A request body that is not the call's JSON.
+struct Unreadable(String);
+
+impl IntoResponse for Unreadable {
+    fn into_response(self) -> Response {
+        failed(StatusCode::BAD_REQUEST, format!("invalid request body for bpfnet's network driver: {}", self.0))
     }
 }
 
 /// Reads a request, whatever content type dockerd names (it sends
 /// `application/vnd.docker.plugins.v1.2+json`, which axum's `Json` would refuse).
-fn parse<R: DeserializeOwned + std::fmt::Debug>(body: &[u8]) -> Result<R, Response> {
-    match serde_json::from_slice(body) {
-        Ok(request) => {
-            tracing::debug!(?request, "docker driver call");
-            Ok(request)
-        }
-        Err(e) => {
-            Err(failed(StatusCode::BAD_REQUEST, format!("invalid request body for bpfnet's network driver: {e}")))
-        }
-    }
+fn parse<R: DeserializeOwned + std::fmt::Debug>(body: &[u8]) -> Result<R, Unreadable> {
+    let request = serde_json::from_slice(body).map_err(|e| Unreadable(e.to_string()))?;
+    tracing::debug!(?request, "docker driver call");
+    Ok(request)
 }
 
 fn reply(result: anyhow::Result<impl Serialize>) -> Response {
