@@ -6,7 +6,8 @@
 //! it back at Leave). Then by a real dockerd (bpfnet_tests::engines::docker) running busybox
 //! containers. Real traffic both times: between two containers, to the outside (masqueraded),
 //! from it to a published port (the client's address kept), across an agent killed with -9
-//! (and a dockerd restarted); then nothing is left behind.
+//! (and a dockerd restarted), a running container connected to a second network, and
+//! refusals in docker's words; then nothing is left behind.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
     path::Path,
@@ -398,4 +399,72 @@ fn dockerd_runs_containers_on_a_bpfnet_network() {
 
 fn http_unanswered(netns: &str, addr: SocketAddrV4) -> bool {
     bpfnet_tests::engines::http_get(netns, addr, "/").is_err()
+}
+
+/// The address a container has on one of its networks.
+#[track_caller]
+fn docker_ip_on(docker: &Docker, name: &str, network: &str) -> Ipv4Addr {
+    let ip =
+        docker.inspect(name, &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}")).unwrap();
+    ip.parse().unwrap_or_else(|e| panic!("{name}'s address on {network} {ip:?}: {e}"))
+}
+
+#[test]
+fn dockerd_connects_a_running_container_and_hears_refusals_in_its_own_words() {
+    let mut sb = Sandbox::with_uplink();
+    sb.set_agent_env("BPFNET_DOCKER_PLUGIN_SOCKET", driver_socket(&sb).to_str().unwrap());
+    sb.ensure_agent();
+    let docker = Docker::start(&sb).unwrap_or_else(|e| panic!("{e:#}"));
+    let driver = docker.driver.clone();
+
+    // What bpfnet cannot do, refused with the driver's words in docker's error.
+    let refused = |args: &[&str], says: &str| {
+        let err = format!("{:#}", docker.run(args).unwrap_err());
+        assert!(err.contains(says), "docker {args:?}: {err}");
+    };
+    let bad = sb.name("bad");
+    refused(&["network", "create", "-d", &driver, "--internal", &bad], "--internal");
+    refused(&["network", "create", "-d", &driver, "--ipv6", "--subnet", "fd00:1::/64", &bad], "IPv4 only");
+    refused(&["network", "create", "-d", &driver, "-o", "mtu=9000", &bad], "\"mtu\"");
+    assert_eq!(sb.json(&["network", "ls", "--json"]), json!([]), "refusals leave nothing");
+
+    let (one, two) = (sb.name("one"), sb.name("two"));
+    docker.run(&["network", "create", "-d", &driver, "--subnet", "10.248.0.0/24", &one]).unwrap();
+    docker.run(&["network", "create", "-d", &driver, "--subnet", "10.249.0.0/24", &two]).unwrap();
+    refused(
+        &["run", "-d", "--network", &one, "-p", "80", "--name", "nohostport", BUSYBOX_IMAGE, "sleep", "600"],
+        "host port",
+    );
+    docker.run(&["rm", "-f", "nohostport"]).unwrap();
+    assert_eq!(sb.json(&["container", "ls", "--json"]), json!([]), "the refused container left no endpoint");
+
+    docker.run(&["run", "-d", "--network", &one, "--name", "ca", BUSYBOX_IMAGE, "sleep", "600"]).unwrap();
+    docker.run(&["run", "-d", "--network", &two, "--name", "cb", BUSYBOX_IMAGE, "sh", "-c", PEER_SERVER]).unwrap();
+    let b = docker_ip(&docker, "cb");
+
+    // docker network connect: the running container gets eth1 on the second network and
+    // reaches b there with its address on it.
+    docker.run(&["network", "connect", &two, "ca"]).unwrap_or_else(|e| panic!("{e:#}"));
+    let a_on_two = docker_ip_on(&docker, "ca", &two);
+    assert!(docker.exec("ca", "ip -o addr show eth1").unwrap().contains(&a_on_two.to_string()));
+    assert_eq!(peer_seen_from(&docker, "ca", b), a_on_two.to_string());
+    assert_eq!(sb.json(&["container", "ls", "--json"]).as_array().unwrap().len(), 3);
+
+    // docker network disconnect: that endpoint goes, the first stays.
+    docker.run(&["network", "disconnect", &two, "ca"]).unwrap();
+    assert_eq!(sb.json(&["container", "ls", "--json"]).as_array().unwrap().len(), 2);
+    assert!(docker.exec("ca", "ip -o link show eth1").is_err(), "eth1 is gone");
+    assert!(ping_from(&docker, "ca", Ipv4Addr::new(10, 248, 0, 1)), "a still has its first network");
+
+    docker.run(&["rm", "-f", "ca", "cb"]).unwrap();
+    docker.run(&["network", "rm", &one, &two]).unwrap();
+    assert_eq!(sb.json(&["container", "ls", "--json"]), json!([]));
+    assert!(bpfnet_links(&sb).is_empty(), "{:?}", bpfnet_links(&sb));
+    assert!(leaks(&sb).is_empty(), "{:?}", leaks(&sb));
+    docker.teardown().unwrap();
+    sb.teardown().unwrap();
+}
+
+fn ping_from(docker: &Docker, name: &str, ip: Ipv4Addr) -> bool {
+    docker.exec(name, &format!("ping -c 1 -W 2 {ip}")).is_ok()
 }
