@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 const NETWORK_ID: &str = "4d1a5e0c9b7f3e2d1c0b9a8f7e6d5c4b3a291817161514131211100f0e0d0c0b";
 const ENDPOINT_A: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
 const ENDPOINT_B: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
+const ENDPOINT_C: &str = "c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3";
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 246, 0, 1);
 const IP_A: Ipv4Addr = Ipv4Addr::new(10, 246, 0, 2);
@@ -213,13 +214,35 @@ fn networks_endpoints_joins_and_ports_as_dockerd_asks_for_them() {
 
     // The agent killed with -9: traffic goes on without it, and the restarted agent (and its
     // driver socket) knows every network, endpoint and port.
+    // C is created but not joined yet: its container end waits in the host namespace, where
+    // the restarted agent must leave it. B's container goes away (its pair with it) while the
+    // agent is down: the restarted agent forgets B.
+    succeeds(
+        &socket,
+        "NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NETWORK_ID, "EndpointID": ENDPOINT_C, "Interface": {"Address": "10.246.0.4/24"}}),
+    );
     sb.stop_agent(Signal::SIGKILL);
     assert!(ping(&container_a, IP_B), "A reaches B with the agent gone");
+    run("ip", &["netns", "delete", &container_b]).unwrap();
     sb.ensure_agent();
     assert_eq!(tcp_exchange(&outside, SocketAddrV4::new(UPLINK_HOST_IP, 8080), b"again").unwrap(), b"again");
     let info = succeeds(&socket, "NetworkDriver.EndpointOperInfo", endpoint(ENDPOINT_A));
     assert_eq!(info["Value"]["bpfnet.ports"], json!(["0.0.0.0:8080->80/tcp"]), "{info}");
+    let mut names = endpoint_names(&sb);
+    names.sort();
+    assert_eq!(
+        names,
+        [format!("docker:{ENDPOINT_A}"), format!("docker:{ENDPOINT_C}")],
+        "B vanished with its container"
+    );
+    let join_c = succeeds(&socket, "NetworkDriver.Join", endpoint(ENDPOINT_C));
+    let src_c = join_c["InterfaceName"]["SrcName"].as_str().unwrap();
+    assert!(links_in(&host).contains(&src_c.to_owned()), "C's container end is still there for dockerd");
     assert!(leaks(&sb).is_empty(), "{:?}", leaks(&sb));
+    succeeds(&socket, "NetworkDriver.Leave", endpoint(ENDPOINT_C));
+    succeeds(&socket, "NetworkDriver.DeleteEndpoint", endpoint(ENDPOINT_C));
+    assert!(!links_in(&host).contains(&src_c.to_owned()), "both ends of C's pair are gone");
 
     // docker rm -f A: ports revoked, Leave, the interface back with dockerd, DeleteEndpoint.
     succeeds(&socket, "NetworkDriver.RevokeExternalConnectivity", endpoint(ENDPOINT_A));
@@ -228,9 +251,8 @@ fn networks_endpoints_joins_and_ports_as_dockerd_asks_for_them() {
     move_out(&host, &container_a, &src_a);
     succeeds(&socket, "NetworkDriver.DeleteEndpoint", endpoint(ENDPOINT_A));
     assert!(!links_in(&host).contains(&src_a), "both ends of A's pair are gone");
-    // B's container went away with its interface (the pair with it) before dockerd deleted the
-    // endpoint; deletes of what is gone succeed, as dockerd retries them.
-    run("ip", &["netns", "delete", &container_b]).unwrap();
+    // B went away while the agent was down; dockerd's deletes of what is gone succeed (it
+    // retries them).
     succeeds(&socket, "NetworkDriver.Leave", endpoint(ENDPOINT_B));
     succeeds(&socket, "NetworkDriver.DeleteEndpoint", endpoint(ENDPOINT_B));
     succeeds(&socket, "NetworkDriver.DeleteEndpoint", endpoint(ENDPOINT_B));

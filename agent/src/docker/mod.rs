@@ -21,21 +21,27 @@ use axum::{
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
-    daemon::Agent,
     docker::protocol::{
         ActivateAnswer, CreateEndpointRequest, CreateNetworkRequest, DeleteNetworkRequest, DiscoveryRequest, Empty,
         EndpointRequest, ErrorAnswer, ExternalConnectivityRequest, JoinRequest, CONTENT_TYPE,
     },
+    host::Host,
 };
 
+/// The agent's one host, shared with its API (one operation at a time).
+type SharedHost = std::sync::Arc<tokio::sync::Mutex<Host>>;
+
 /// The protocol's routes on the plugin socket.
-pub fn router(agent: Agent) -> Router {
+pub fn router(host: SharedHost) -> Router {
     Router::new()
+        // Every handler reads the body, also those that need nothing of it: a connection
+        // closed before the client finished sending fails its write (EPIPE) before it reads
+        // the answer.
         .route(
             "/Plugin.Activate",
-            post(|| async { answer(ActivateAnswer { implements: vec!["NetworkDriver".into()] }) }),
+            post(|_: Bytes| async { answer(ActivateAnswer { implements: vec!["NetworkDriver".into()] }) }),
         )
-        .route("/NetworkDriver.GetCapabilities", post(|| async { answer(driver::capabilities()) }))
+        .route("/NetworkDriver.GetCapabilities", post(|_: Bytes| async { answer(driver::capabilities()) }))
         .route("/NetworkDriver.CreateNetwork", post(create_network))
         .route("/NetworkDriver.DeleteNetwork", post(delete_network))
         .route("/NetworkDriver.CreateEndpoint", post(create_endpoint))
@@ -47,65 +53,65 @@ pub fn router(agent: Agent) -> Router {
         .route("/NetworkDriver.RevokeExternalConnectivity", post(revoke_external_connectivity))
         .route("/NetworkDriver.DiscoverNew", post(discovery))
         .route("/NetworkDriver.DiscoverDelete", post(discovery))
-        .fallback(|uri: axum::http::Uri| async move {
+        .fallback(|uri: axum::http::Uri, _: Bytes| async move {
             failed(
                 StatusCode::NOT_FOUND,
                 format!("bpfnet's network driver does not implement {uri} (it is a local-scope NetworkDriver)"),
             )
         })
-        .with_state(agent)
+        .with_state(host)
 }
 
-async fn create_network(State(agent): State<Agent>, body: Bytes) -> Response {
+async fn create_network(State(host): State<SharedHost>, body: Bytes) -> Response {
     let request: CreateNetworkRequest = match parse(&body) {
         Ok(r) => r,
         Err(refused) => return refused.into_response(),
     };
-    let mut host = agent.host.lock().await;
+    let mut host = host.lock().await;
     reply(driver::create_network(&mut host, &request).await.map(|()| Empty {}))
 }
 
-async fn delete_network(State(agent): State<Agent>, body: Bytes) -> Response {
+async fn delete_network(State(host): State<SharedHost>, body: Bytes) -> Response {
     let request: DeleteNetworkRequest = match parse(&body) {
         Ok(r) => r,
         Err(refused) => return refused.into_response(),
     };
-    let mut host = agent.host.lock().await;
+    let mut host = host.lock().await;
     reply(driver::delete_network(&mut host, &request.network_id).await.map(|()| Empty {}))
 }
 
-async fn create_endpoint(State(agent): State<Agent>, body: Bytes) -> Response {
+async fn create_endpoint(State(host): State<SharedHost>, body: Bytes) -> Response {
     let request: CreateEndpointRequest = match parse(&body) {
         Ok(r) => r,
         Err(refused) => return refused.into_response(),
     };
-    let mut host = agent.host.lock().await;
+    let mut host = host.lock().await;
     reply(driver::create_endpoint(&mut host, &request).await)
 }
 
-async fn delete_endpoint(State(agent): State<Agent>, body: Bytes) -> Response {
+async fn delete_endpoint(State(host): State<SharedHost>, body: Bytes) -> Response {
     let request: EndpointRequest = match parse(&body) {
         Ok(r) => r,
         Err(refused) => return refused.into_response(),
     };
-    let mut host = agent.host.lock().await;
+    let mut host = host.lock().await;
     reply(driver::delete_endpoint(&mut host, &request).await.map(|()| Empty {}))
 }
 
-async fn endpoint_info(State(agent): State<Agent>, body: Bytes) -> Response {
+async fn endpoint_info(State(host): State<SharedHost>, body: Bytes) -> Response {
     let request: EndpointRequest = match parse(&body) {
         Ok(r) => r,
         Err(refused) => return refused.into_response(),
     };
-    reply(driver::endpoint_info(&*agent.host.lock().await, &request))
+    reply(driver::endpoint_info(&*host.lock().await, &request))
 }
 
-async fn join(State(agent): State<Agent>, body: Bytes) -> Response {
+async fn join(State(host): State<SharedHost>, body: Bytes) -> Response {
     let request: JoinRequest = match parse(&body) {
         Ok(r) => r,
         Err(refused) => return refused.into_response(),
     };
-    reply(driver::join(&*agent.host.lock().await, &request))
+    reply(driver::join(&*host.lock().await, &request))
 }
 
 /// dockerd moves the interface back into its own namespace itself; DeleteEndpoint removes it.
@@ -116,21 +122,21 @@ async fn leave(body: Bytes) -> Response {
     }
 }
 
-async fn program_external_connectivity(State(agent): State<Agent>, body: Bytes) -> Response {
+async fn program_external_connectivity(State(host): State<SharedHost>, body: Bytes) -> Response {
     let request: ExternalConnectivityRequest = match parse(&body) {
         Ok(r) => r,
         Err(refused) => return refused.into_response(),
     };
-    let mut host = agent.host.lock().await;
+    let mut host = host.lock().await;
     reply(driver::program_external_connectivity(&mut host, &request).await.map(|()| Empty {}))
 }
 
-async fn revoke_external_connectivity(State(agent): State<Agent>, body: Bytes) -> Response {
+async fn revoke_external_connectivity(State(host): State<SharedHost>, body: Bytes) -> Response {
     let request: EndpointRequest = match parse(&body) {
         Ok(r) => r,
         Err(refused) => return refused.into_response(),
     };
-    let mut host = agent.host.lock().await;
+    let mut host = host.lock().await;
     reply(driver::revoke_external_connectivity(&mut host, &request.endpoint_id).await.map(|()| Empty {}))
 }
 
