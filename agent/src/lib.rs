@@ -6,6 +6,8 @@
 //!   shaped per version, error codes);
 //! - `api`: the API's typed requests, answers and routes, shared by the CLI and the daemon;
 //! - `daemon`: `bpfnet agent`, the service (settings, server, handlers, uplink follower);
+//! - `docker`: Docker's remote network driver protocol, served by the daemon and driving the
+//!   host (typed requests and answers, and what each call does on the host);
 //! - `host`: the domain: networks, containers, published ports, IPAM, state, reconcile,
 //!   conntrack's agent half;
 //! - `datapath`: the eBPF programs and maps: loading, pins, attachment, upgrades;
@@ -20,5 +22,6 @@ pub mod daemon;
 pub mod datapath;
 #[cfg(any(test, feature = "devkit"))]
 pub mod devkit;
+pub mod docker;
 pub mod host;
 pub mod sys;

@@ -637,8 +637,9 @@ pub fn leaks(sb: &Sandbox) -> Vec<String> {
             found.push(format!("{what} {s}: of a container in the state, not in the kernel"));
         }
     };
-    // Attached namespaces (ID/IFNAME) are the engine's, not bpfnet's to have made.
-    let made: Vec<String> = names.iter().filter(|n| !n.contains('/')).cloned().collect();
+    // Attached namespaces (ID/IFNAME) and Docker's (docker:ENDPOINT_ID) are the engine's, not
+    // bpfnet's to have made.
+    let made: Vec<String> = names.iter().filter(|n| !n.contains('/') && !n.contains(':')).cloned().collect();
     own("network namespace", sb.bpfnet_namespaces(), &made, &mut found);
     let host_veths = links_in(sb.host_netns()).into_iter().filter(|l| l.starts_with("bn")).collect();
     own("host-side veth", host_veths, &veths, &mut found);

@@ -452,6 +452,11 @@ impl Sandbox {
         cmd
     }
 
+    /// A path in the scratch folder (removed with the sandbox), e.g. for a socket.
+    pub fn scratch_path(&self, file: &str) -> PathBuf {
+        self.scratch_dir.join(file)
+    }
+
     /// Writes a file (a script for the containers to run) into the scratch folder.
     pub fn write_scratch(&self, file: &str, contents: &str) -> Result<PathBuf> {
         let path = self.scratch_dir.join(file);

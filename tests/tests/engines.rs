@@ -7,57 +7,19 @@
 //! and removing a container or pod leaves no attachment and no veth behind.
 use std::{
     fs,
-    io::{Read, Write},
-    net::{SocketAddrV4, TcpStream},
+    net::SocketAddrV4,
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::Path,
     process::Command,
-    time::Duration,
 };
 
 use bpfnet_tests::{
-    engines::{conflist, containerd::Containerd, cri::HostPort, netns_name, podman::Podman},
-    in_netns, iptables_rules, links_in, ping, tcp_exchange, Sandbox, IO_TIMEOUT, OUTSIDE_IP, UPLINK, UPLINK_HOST_IP,
+    engines::{
+        conflist, containerd::Containerd, cri::HostPort, netns_name, peer_in, peer_seen, podman::Podman, PEER_SERVER,
+    },
+    iptables_rules, links_in, ping, tcp_exchange, Sandbox, OUTSIDE_IP, UPLINK, UPLINK_HOST_IP,
 };
 use nix::sys::signal::Signal;
-
-/// A busybox httpd on port 80 whose CGI answers with the client's address ($REMOTE_ADDR).
-const PEER_SERVER: &str = r#"mkdir -p /www/cgi-bin && printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho "peer=$REMOTE_ADDR"\n' > /www/cgi-bin/peer && chmod +x /www/cgi-bin/peer && exec httpd -f -p 80 -h /www"#;
-
-/// GET /cgi-bin/peer over TCP from `netns` to `addr`: the address the server saw. Retried
-/// for a short while: httpd needs a moment after its container started.
-fn peer_seen(netns: &str, addr: SocketAddrV4) -> String {
-    let mut last = String::new();
-    for _ in 0..20 {
-        match http_get(netns, addr, "/cgi-bin/peer") {
-            Ok(body) => match peer_in(&body) {
-                Some(peer) => return peer,
-                None => last = body,
-            },
-            Err(e) => last = format!("{e:#}"),
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("no answer from {addr} (from {netns}): {last}");
-}
-
-/// The client address in the CGI's answer. httpd listens on a dual-stack socket where it can,
-/// and then names an IPv4 client `[::ffff:a.b.c.d]`.
-fn peer_in(answer: &str) -> Option<String> {
-    let peer = answer.lines().find_map(|l| l.strip_prefix("peer="))?;
-    Some(peer.trim().trim_start_matches("[::ffff:").trim_end_matches(']').to_owned())
-}
-
-fn http_get(netns: &str, addr: SocketAddrV4, path: &'static str) -> anyhow::Result<String> {
-    in_netns(netns, move || {
-        let mut stream = TcpStream::connect_timeout(&addr.into(), IO_TIMEOUT)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        Ok(answer)
-    })
-}
 
 /// The attachments the agent lists, as (name, ip).
 fn attachments(sb: &Sandbox) -> Vec<(String, String)> {

@@ -40,8 +40,8 @@ const PACKAGES: &[&str] = &[
     // podman with its CNI backend, runc (crun fails on this machine's cgroup layout), the
     // reference CNI plugins (containerd's CRI adds their loopback to every pod), busybox for
     // the images the tests build, and protoc for the tests' CRI client (the reference plugins
-    // are also what `bench --cni` compares bpfnet-cni with). containerd itself is unpacked, not
-    // installed: see [`containerd`].
+    // are also what `bench --cni` compares bpfnet-cni with). containerd and Docker themselves
+    // are unpacked, not installed: see [`unpack`].
     "podman",
     "runc",
     "containernetworking-plugins",
@@ -53,8 +53,11 @@ const PACKAGES: &[&str] = &[
 /// exists that could start by itself. The engine tests find it here (BPFNET_CONTAINERD_DIR,
 /// which `cargo xtask test` sets, names another place).
 pub const CONTAINERD_DIR: &str = "/opt/bpfnet-engines/containerd";
-/// In [`CONTAINERD_DIR`]: the unpacked package's version, written last.
-const CONTAINERD_STAMP: &str = ".bpfnet-unpacked";
+/// Where setup unpacks Debian's docker.io package (dockerd and the docker CLI), for the Docker
+/// driver tests (BPFNET_DOCKER_DIR names another place). Its service is never installed.
+pub const DOCKER_DIR: &str = "/opt/bpfnet-engines/docker";
+/// In an unpacked package's directory: the package's version, written last.
+const UNPACKED_STAMP: &str = ".bpfnet-unpacked";
 /// Units podman's package enables: its API socket and the services that restart and
 /// auto-update containers at boot. Setup disables them: nothing it leaves starts by itself.
 const PODMAN_UNITS: &[&str] = &[
@@ -107,7 +110,8 @@ pub fn run() -> Result<()> {
     let mut log = SetupLog::default();
     debian_packages(&mut log)?;
     podman_units(&mut log)?;
-    containerd(&mut log)?;
+    unpack(&mut log, &CONTAINERD)?;
+    unpack(&mut log, &DOCKER)?;
     debian_rustc()?;
     bpf_linker(&mut log)?;
     bpffs()?;
@@ -172,31 +176,54 @@ fn podman_units(log: &mut SetupLog) -> Result<()> {
     Ok(())
 }
 
-/// Downloads Debian's containerd package and unpacks it into [`CONTAINERD_DIR`]; a stamp
-/// with its version, written last, says the unpacking completed.
-fn containerd(log: &mut SetupLog) -> Result<()> {
-    let dir = Path::new(CONTAINERD_DIR);
-    let stamp = dir.join(CONTAINERD_STAMP);
+/// A Debian package that setup unpacks into a private directory instead of installing it:
+/// no service exists that could start by itself.
+struct Unpacked {
+    package: &'static str,
+    dir: &'static str,
+    /// Files (relative to `dir`) a complete unpacking has.
+    files: &'static [&'static str],
+}
+
+/// containerd, for the CRI tests and as the private containerd of dockerd's tests.
+const CONTAINERD: Unpacked = Unpacked {
+    package: "containerd",
+    dir: CONTAINERD_DIR,
+    files: &["usr/bin/containerd", "usr/bin/containerd-shim-runc-v2"],
+};
+
+/// Docker (20.10 on Debian 12), whose dockerd the Docker driver tests run on a private
+/// containerd.
+const DOCKER: Unpacked =
+    Unpacked { package: "docker.io", dir: DOCKER_DIR, files: &["usr/sbin/dockerd", "usr/bin/docker"] };
+
+/// Downloads a Debian package and unpacks it into its directory; a stamp with its version,
+/// written last, says the unpacking completed.
+fn unpack(log: &mut SetupLog, what: &Unpacked) -> Result<()> {
+    let Unpacked { package, dir: dir_name, files } = *what;
+    let dir = Path::new(dir_name);
+    let stamp = dir.join(UNPACKED_STAMP);
     if let Ok(version) = fs::read_to_string(&stamp) {
-        if dir.join("usr/bin/containerd").is_file() && dir.join("usr/bin/containerd-shim-runc-v2").is_file() {
-            println!("ok: containerd {} unpacked in {CONTAINERD_DIR}", version.trim());
+        if files.iter().all(|f| dir.join(f).is_file()) {
+            println!("ok: {package} {} unpacked in {dir_name}", version.trim());
             return Ok(());
         }
     }
     let log = log.path()?.to_owned();
-    let download = cargo_cmd::target_dir()?.join("containerd-download");
+    let download = cargo_cmd::target_dir()?.join(format!("{package}-download"));
     if download.exists() {
         fs::remove_dir_all(&download).with_context(|| format!("removing {}", download.display()))?;
     }
     fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
-    println!("unpacking: Debian's containerd into {CONTAINERD_DIR}, not installed (apt's output: {})", log.display());
+    println!("unpacking: Debian's {package} into {dir_name}, not installed (apt's output: {})", log.display());
     let mut fetch = Command::new("apt-get");
-    fetch.args(["download", "containerd"]).current_dir(&download);
+    fetch.args(["download", package]).current_dir(&download);
     if command::run_logged(&mut fetch, &log, APT_LIMIT).is_err() {
         // An old or empty package list: update it once and try again.
         command::run_logged(Command::new("apt-get").arg("update"), &log, APT_LIMIT)
             .context("`apt-get update` failed: check the network and /etc/apt/sources.list*")?;
-        command::run_logged(&mut fetch, &log, APT_LIMIT).context("`apt-get download containerd` failed")?;
+        command::run_logged(&mut fetch, &log, APT_LIMIT)
+            .with_context(|| format!("`apt-get download {package}` failed"))?;
     }
     let deb = fs::read_dir(&download)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -213,11 +240,11 @@ fn containerd(log: &mut SetupLog) -> Result<()> {
         }
     }
     command::run_logged(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial), &log, APT_LIMIT)
-        .context("unpacking containerd failed")?;
-    fs::rename(&partial, dir).with_context(|| format!("moving {} to {CONTAINERD_DIR}", partial.display()))?;
+        .with_context(|| format!("unpacking {package} failed"))?;
+    fs::rename(&partial, dir).with_context(|| format!("moving {} to {dir_name}", partial.display()))?;
     fs::write(&stamp, &version).with_context(|| format!("writing {}", stamp.display()))?;
     fs::remove_dir_all(&download).with_context(|| format!("removing {}", download.display()))?;
-    println!("ok: unpacked containerd {} into {CONTAINERD_DIR}", version.trim());
+    println!("ok: unpacked {package} {} into {dir_name}", version.trim());
     Ok(())
 }
 

@@ -50,7 +50,8 @@ pub fn run(args: TestArgs) -> Result<()> {
         .env("BPFNET_BIN", &bpfnet_bin)
         .env("BPFNET_DEVKIT_BIN", &devkit_bin)
         .env("BPFNET_CNI_BIN", &cni_bin)
-        .env("BPFNET_CONTAINERD_DIR", setup::CONTAINERD_DIR);
+        .env("BPFNET_CONTAINERD_DIR", setup::CONTAINERD_DIR)
+        .env("BPFNET_DOCKER_DIR", setup::DOCKER_DIR);
     command::run(&mut cmd).context("tests failed: see cargo test's report above")
 }
 

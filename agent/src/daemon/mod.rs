@@ -149,6 +149,16 @@ async fn run(options: HostOptions, args: AgentArgs, socket: PathBuf) -> Result<(
     if Datapath::is_pinned(&host.options.bpffs) {
         host.sync_host_cgroup().context("applying --host-cgroup")?;
     }
+    // Bound before the API's socket, and neither serves yet: a client that finds the API
+    // finds the driver too. Its socket file goes with the agent, as the API's: dockerd sees
+    // the driver only while the agent serves it.
+    let (plugin_listener, _plugin_socket_file) = match &args.docker_plugin_socket {
+        Some(path) => {
+            let (listener, file) = server::bind(path).await.context("binding --docker-plugin-socket")?;
+            (Some((listener, path.clone())), Some(file))
+        }
+        None => (None, None),
+    };
     let (listener, _socket_file) = server::bind(&socket).await?;
     let metrics_listener = match args.metrics_listen {
         Some(addr) => Some(
@@ -175,6 +185,16 @@ async fn run(options: HostOptions, args: AgentArgs, socket: PathBuf) -> Result<(
         tokio::spawn(async move {
             if let Err(e) = metrics.await {
                 tracing::error!("serving /metrics over TCP: {e}");
+            }
+        });
+    }
+    if let Some((plugin_listener, path)) = plugin_listener {
+        tracing::info!("serving Docker's network driver protocol on {}", path.display());
+        let plugin = axum::serve(plugin_listener, crate::docker::router(agent.host.clone()))
+            .with_graceful_shutdown(stop_signal());
+        tokio::spawn(async move {
+            if let Err(e) = plugin.await {
+                tracing::error!("serving Docker's network driver protocol: {e}");
             }
         });
     }

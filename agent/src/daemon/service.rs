@@ -171,7 +171,10 @@ fn describe_container(spec: &ContainerSpec) -> ContainerInfo {
         network: spec.network.clone(),
         ip: spec.ip.to_string(),
         mac: format_mac(&spec.mac),
-        netns: spec.netns().to_string(),
+        netns: match &spec.handed_over {
+            Some(h) => format!("{}'s (endpoint {})", h.engine, h.endpoint_id),
+            None => spec.netns().to_string(),
+        },
         host_interface: spec.host_interface.clone(),
         ports: spec.publish.iter().map(ToString::to_string).collect(),
         traffic: None,

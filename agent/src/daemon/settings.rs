@@ -34,6 +34,11 @@ pub struct AgentArgs {
     #[arg(long, env = "BPFNET_DROP_HISTORY", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub drop_history: u64,
+    /// Also serve Docker's remote network driver protocol on this unix socket. dockerd
+    /// discovers `/run/docker/plugins/NAME.sock` as the driver NAME (`docker network create
+    /// -d NAME`); see docs/docker.md.
+    #[arg(long, env = "BPFNET_DOCKER_PLUGIN_SOCKET", value_name = "PATH")]
+    pub docker_plugin_socket: Option<PathBuf>,
 }
 
 /// The settings of the host the agent serves ([`HostOptions`]).

@@ -63,7 +63,7 @@ pub async fn attach(host: &mut Host, request: Request<'_>) -> Result<ContainerSp
     }
     let attached =
         Attached { netns: path.to_owned(), identity, container_id: container_id.to_owned(), ifname: ifname.to_owned() };
-    container::create_endpoint(host, &name, network, ip, publish, Some(attached)).await
+    container::create_endpoint(host, &name, network, ip, publish, container::Placement::Attached(attached)).await
 }
 
 /// Removes what bpfnet made for the attachment (veth, entries, published ports); the

@@ -11,7 +11,7 @@ use crate::{
     host::ipam,
     host::names,
     host::publish::PortMapping,
-    host::state::{Attached, Change, ContainerSpec, NetworkSpec, Pending},
+    host::state::{Attached, Change, ContainerSpec, HandedOver, NetworkSpec, Pending},
     host::Host,
     sys::netns,
 };
@@ -33,19 +33,31 @@ pub async fn create(
     if netns::exists(name) {
         bail!("a network namespace named {name:?} already exists on this machine (not made by this bpfnet host); choose another name");
     }
-    create_endpoint(host, name, network, ip, publish, None).await
+    create_endpoint(host, name, network, ip, publish, Placement::OwnNamespace).await
 }
 
-/// What bpfnet-made containers and attached namespaces share: an address from the network's
-/// IPAM, a veth, the datapath's entries and published ports, journaled as pending first and
-/// rolled back (by `teardown`) when a step fails. `name` is checked free by the caller.
+/// Where the container end of an endpoint goes.
+pub(crate) enum Placement {
+    /// Into a namespace bpfnet makes, named after the container.
+    OwnNamespace,
+    /// Into an engine's namespace, where bpfnet configures it.
+    Attached(Attached),
+    /// Nowhere: it stays in the host namespace for the engine to move and configure (Docker's
+    /// remote driver), with the MAC address the engine chose, if it chose one.
+    HandedOver(HandedOver, Option<[u8; 6]>),
+}
+
+/// What bpfnet-made containers, attached namespaces and handed-over endpoints share: an
+/// address from the network's IPAM, a veth, the datapath's entries and published ports,
+/// journaled as pending first and rolled back (by `teardown`) when a step fails. `name` is
+/// checked free by the caller.
 pub(crate) async fn create_endpoint(
     host: &mut Host,
     name: &str,
     network: &str,
     ip: Option<Ipv4Addr>,
     publish: Vec<PortMapping>,
-    attached: Option<Attached>,
+    placement: Placement,
 ) -> Result<ContainerSpec> {
     let net = host.state().network(network)?.clone();
     let used: Vec<Ipv4Addr> = host.state().containers_of(network).map(|c| c.ip).collect();
@@ -68,16 +80,22 @@ pub(crate) async fn create_endpoint(
     let stats_slot = (0..datapath_common::MAX_ENDPOINTS)
         .find(|slot| !host.state().containers.values().any(|c| c.stats_slot == *slot))
         .context("no counter slot left: this host has as many containers as bpfnet supports")?;
+    let (attached, handed_over, mac) = match placement {
+        Placement::OwnNamespace => (None, None, None),
+        Placement::Attached(attached) => (Some(attached), None, None),
+        Placement::HandedOver(handed_over, mac) => (None, Some(handed_over), mac),
+    };
     let spec = ContainerSpec {
         name: name.to_owned(),
         network: network.to_owned(),
         ip,
-        mac: ipam::container_mac(ip),
+        mac: mac.unwrap_or_else(|| ipam::container_mac(ip)),
         host_interface,
         stats_slot,
         publish,
         pending: Some(Pending::Create),
         attached,
+        handed_over,
     };
     host.commit(Change::AddContainer(spec.clone()))?;
     crate::host::failpoint::hit("container-create:journaled");
@@ -114,16 +132,21 @@ async fn unused_seed(host: &Host) -> Result<u32> {
     }
 }
 
-fn peer_interface(spec: &ContainerSpec) -> String {
+/// The container end of the veth pair while it is in the host namespace (the name a
+/// handed-over endpoint keeps until its engine moves it, and gets back when it returns).
+pub fn peer_interface(spec: &ContainerSpec) -> String {
     spec.host_interface.replacen("bn", "bp", 1)
 }
 
 /// Builds the container in the kernel, in an order where every step can be undone by
 /// `teardown` and where the program sees the endpoint in its maps before its first packet.
 /// A bpfnet container's namespace is made here; an attached one must exist (and be the one
-/// that was attached).
+/// that was attached); a handed-over endpoint's container end stays in the host namespace.
 pub async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> Result<()> {
     let peer = peer_interface(spec);
+    if spec.handed_over.is_some() {
+        return apply_handed_over(host, spec, net, &peer).await;
+    }
     let netns = spec.netns();
     let ifname = spec.ifname().to_owned();
     match &spec.attached {
@@ -173,6 +196,28 @@ pub async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> 
         .await
         .with_context(|| format!("configuring {ifname} in namespace {netns}"))?;
 
+    host_side(host, spec, net).await?;
+    register(host, spec, net).await
+}
+
+/// A handed-over endpoint: the pair in the host namespace. The container end is left down and
+/// unaddressed: its engine moves it, renames it, and gives it the address and routes. Its MAC
+/// and GRO setting travel with it.
+async fn apply_handed_over(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec, peer: &str) -> Result<()> {
+    host.netlink.create_veth(&spec.host_interface, ipam::gateway_mac(net.id), peer, spec.mac, None).await?;
+    crate::host::failpoint::hit("container-create:veth");
+    host.datapath()?.reset_endpoint_stats(spec.stats_slot)?;
+    // bpfnet networks are IPv4 only: no router solicitations or MLD reports from it.
+    let path = format!("/proc/sys/net/ipv6/conf/{peer}/disable_ipv6");
+    if std::path::Path::new(&path).exists() {
+        std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
+    }
+    host_side(host, spec, net).await?;
+    register(host, spec, net).await
+}
+
+/// The host end of the pair: forwarding on, up, and the route and neighbour to the container.
+async fn host_side(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> Result<()> {
     // bpf_fib_lookup answers for packets from this interface only if it may forward; the host
     // stack itself never forwards them (the datapath redirects or hands over only the gateway's).
     let forwarding = format!("/proc/sys/net/ipv4/conf/{}/forwarding", spec.host_interface);
@@ -180,9 +225,7 @@ pub async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> 
     // The host reaches the container over its veth, from the gateway address, with no ARP.
     host.netlink.set_up(&spec.host_interface).await?;
     host.netlink.replace_neighbour(&spec.host_interface, spec.ip, spec.mac).await?;
-    host.netlink.replace_route(Ipv4Net::new(spec.ip, 32)?, &spec.host_interface, Some(net.gateway)).await?;
-
-    register(host, spec, net).await
+    host.netlink.replace_route(Ipv4Net::new(spec.ip, 32)?, &spec.host_interface, Some(net.gateway)).await
 }
 
 /// Puts a container into the datapath: its endpoint entries, its published ports, and the
@@ -210,6 +253,15 @@ pub async fn register(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) 
     datapath.attach_endpoint(&spec.host_interface)?;
     // The XDP uplink program can deliver into the container only if its end runs NAPI (see
     // ethtool.rs). Set here, not at creation, so that containers of older agents get it too.
+    if spec.handed_over.is_some() {
+        // Reachable only while the container end is in the host namespace (before the engine
+        // moves it, or after it returned); the setting goes with the device.
+        let peer = peer_interface(spec);
+        if host.netlink.link_by_name(&peer).await?.is_some() {
+            crate::sys::ethtool::set_gro(&peer, true).with_context(|| format!("preparing {peer} for XDP delivery"))?;
+        }
+        return Ok(());
+    }
     let ifname = spec.ifname().to_owned();
     let inside = ifname.clone();
     spec.netns()
@@ -232,7 +284,7 @@ pub async fn teardown(host: &mut Host, spec: &ContainerSpec) -> Result<()> {
     host.netlink.delete_link(&spec.host_interface).await?;
     // The peer is still in the host namespace if moving it failed.
     host.netlink.delete_link(&peer_interface(spec)).await?;
-    if spec.attached.is_none() {
+    if spec.in_own_netns() {
         netns::delete(&spec.name)?;
     }
     Ok(())

@@ -60,10 +60,16 @@ pub async fn reconcile(host: &mut Host) -> Result<Report> {
                 continue;
             }
         }
-        let intact = match &spec.attached {
-            None => netns::exists(&spec.name),
-            Some(_) => true,
-        } && host.netlink.link_by_name(&spec.host_interface).await?.is_some();
+        let host_end = host.netlink.link_by_name(&spec.host_interface).await?.is_some();
+        if spec.handed_over.is_some() && !host_end {
+            // The pair went with the container its engine moved the other end into: the
+            // engine's endpoint is gone (its delete may have come while the agent was down).
+            container::teardown(host, &spec).await?;
+            host.commit(Change::RemoveContainer { name: spec.name.clone() })?;
+            report.vanished.push(spec.name.clone());
+            continue;
+        }
+        let intact = (!spec.in_own_netns() || netns::exists(&spec.name)) && host_end;
         if intact {
             container::register(host, &spec, &net).await?;
             continue;
@@ -88,7 +94,11 @@ pub async fn reconcile(host: &mut Host) -> Result<Report> {
     let ips: HashSet<u32> = state.containers.values().map(|c| ipv4_be(c.ip.octets())).collect();
     let ids: HashSet<u32> = state.networks.values().map(|n| n.id).collect();
     let published: HashSet<_> = state.containers.values().flat_map(|c| c.publish.iter().map(|m| m.map_key())).collect();
-    let veths: HashSet<&str> = state.containers.values().map(|c| c.host_interface.as_str()).collect();
+    // A handed-over endpoint's container end is in the host namespace until its engine moves it.
+    let peers: Vec<String> =
+        state.containers.values().filter(|c| c.handed_over.is_some()).map(container::peer_interface).collect();
+    let veths: HashSet<&str> =
+        state.containers.values().map(|c| c.host_interface.as_str()).chain(peers.iter().map(String::as_str)).collect();
     let datapath = host.datapath()?;
     let contents = datapath.contents()?;
     for ip in contents.endpoint_ips.into_iter().filter(|ip| !ips.contains(ip)) {

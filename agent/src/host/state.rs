@@ -113,6 +113,22 @@ pub struct ContainerSpec {
     /// `name` is `CONTAINER_ID/IFNAME` and bpfnet never creates or deletes the namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attached: Option<Attached>,
+    /// Set for an endpoint whose container end an engine moves into its container and
+    /// configures itself (Docker's remote network driver, `crate::docker`): bpfnet makes the
+    /// veth pair in the host namespace, keeps the host end and hands the other over; it never
+    /// enters the container's namespace. Then `name` is `ENGINE:ENDPOINT_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_over: Option<HandedOver>,
+}
+
+/// The engine that takes an endpoint's container end (see [`ContainerSpec::handed_over`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HandedOver {
+    /// Which engine: `docker`.
+    pub engine: String,
+    /// The engine's id of the endpoint.
+    pub endpoint_id: String,
 }
 
 /// A namespace that a container engine made, attached to a network by bpfnet
@@ -130,6 +146,11 @@ pub struct Attached {
 }
 
 impl ContainerSpec {
+    /// Whether bpfnet made its namespace (named after it), rather than an engine.
+    pub fn in_own_netns(&self) -> bool {
+        self.attached.is_none() && self.handed_over.is_none()
+    }
+
     /// Its network namespace: the one bpfnet named after it, or the engine's.
     pub fn netns(&self) -> crate::sys::netns::Netns {
         match &self.attached {
@@ -650,6 +671,7 @@ mod tests {
             publish: crate::host::publish::parse(publish).unwrap(),
             pending: None,
             attached: None,
+            handed_over: None,
         }
     }
 

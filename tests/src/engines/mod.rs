@@ -13,11 +13,13 @@
 //! An engine that is not installed fails the test, with how to install it (`cargo xtask setup`).
 pub mod containerd;
 pub mod cri;
+pub mod docker;
 pub mod podman;
 
 use std::{
     fs,
-    io::Write,
+    io::{Read, Write},
+    net::{SocketAddrV4, TcpStream},
     os::unix::fs::symlink,
     path::{Path, PathBuf},
     process::Command,
@@ -32,7 +34,7 @@ use nix::{
 };
 use serde_json::{json, Value};
 
-use crate::{cgroup2_mount, cni_bin, process::output_bounded, Sandbox};
+use crate::{cgroup2_mount, cni_bin, in_netns, process::output_bounded, Sandbox, IO_TIMEOUT};
 
 /// The image both engines run: busybox and its applets, imported from a tar the test builds
 /// (no registry is reachable).
@@ -300,4 +302,42 @@ pub fn netns_name(path: &Path) -> Result<String> {
         bail!("{} is not under /run/netns", path.display());
     }
     Ok(name.to_owned())
+}
+
+/// A busybox httpd on port 80 whose CGI answers with the client's address ($REMOTE_ADDR).
+pub const PEER_SERVER: &str = r#"mkdir -p /www/cgi-bin && printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho "peer=$REMOTE_ADDR"\n' > /www/cgi-bin/peer && chmod +x /www/cgi-bin/peer && exec httpd -f -p 80 -h /www"#;
+
+/// GET /cgi-bin/peer over TCP from `netns` to `addr`: the address the server saw. Retried
+/// for a short while: httpd needs a moment after its container started.
+pub fn peer_seen(netns: &str, addr: SocketAddrV4) -> String {
+    let mut last = String::new();
+    for _ in 0..20 {
+        match http_get(netns, addr, "/cgi-bin/peer") {
+            Ok(body) => match peer_in(&body) {
+                Some(peer) => return peer,
+                None => last = body,
+            },
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("no answer from {addr} (from {netns}): {last}");
+}
+
+/// The client address in the CGI's answer. httpd listens on a dual-stack socket where it can,
+/// and then names an IPv4 client `[::ffff:a.b.c.d]`.
+pub fn peer_in(answer: &str) -> Option<String> {
+    let peer = answer.lines().find_map(|l| l.strip_prefix("peer="))?;
+    Some(peer.trim().trim_start_matches("[::ffff:").trim_end_matches(']').to_owned())
+}
+
+pub fn http_get(netns: &str, addr: SocketAddrV4, path: &'static str) -> anyhow::Result<String> {
+    in_netns(netns, move || {
+        let mut stream = TcpStream::connect_timeout(&addr.into(), IO_TIMEOUT)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    })
 }

@@ -1,0 +1,492 @@
+//! Docker's remote network driver (`--docker-plugin-socket`).
+//!
+//! First driven as dockerd drives it: HTTP POSTs with JSON on the plugin socket of a sandbox
+//! agent, the test playing dockerd's part too (it moves the interface that Join names into a
+//! namespace of its own, names it eth0 and gives it the address and default route, and moves
+//! it back at Leave). Then by a real dockerd (bpfnet_tests::engines::docker) running busybox
+//! containers. Real traffic both times: between two containers, to the outside (masqueraded),
+//! from it to a published port (the client's address kept), across an agent killed with -9
+//! (and a dockerd restarted), a running container connected to a second network, and
+//! refusals in docker's words; then nothing is left behind.
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    path::Path,
+};
+
+use bpfnet_tests::{
+    api_request,
+    engines::{
+        docker::{driver_socket, Docker},
+        peer_in, peer_seen, BUSYBOX_IMAGE, PEER_SERVER,
+    },
+    leaks, links_in, namespaces_with_prefix, ping, run, tcp_exchange, Sandbox, OUTSIDE_IP, UPLINK_HOST_IP,
+};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+/// Docker's ids are 64 hex digits.
+const NETWORK_ID: &str = "4d1a5e0c9b7f3e2d1c0b9a8f7e6d5c4b3a291817161514131211100f0e0d0c0b";
+const ENDPOINT_A: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+const ENDPOINT_B: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
+const ENDPOINT_C: &str = "c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3";
+
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 246, 0, 1);
+const IP_A: Ipv4Addr = Ipv4Addr::new(10, 246, 0, 2);
+const IP_B: Ipv4Addr = Ipv4Addr::new(10, 246, 0, 3);
+
+/// A sandbox whose agent serves the driver on a socket of its scratch folder.
+fn sandbox() -> (Sandbox, std::path::PathBuf) {
+    let mut sb = Sandbox::with_uplink();
+    let socket = sb.scratch_path("docker-plugin.sock");
+    sb.set_agent_env("BPFNET_DOCKER_PLUGIN_SOCKET", socket.to_str().unwrap());
+    sb.ensure_agent();
+    (sb, socket)
+}
+
+/// One protocol call, as dockerd's plugin client makes it: (status, answer).
+#[track_caller]
+fn post(socket: &Path, method: &str, body: &Value) -> (u16, Value) {
+    let headers = "Accept: application/vnd.docker.plugins.v1.2+json\r\n";
+    let (status, content_type, text) =
+        api_request(socket, "POST", &format!("/{method}"), headers, Some(&body.to_string()))
+            .unwrap_or_else(|e| panic!("{method}: {e:#}"));
+    assert_eq!(content_type, "application/vnd.docker.plugins.v1.2+json", "{method}: {text}");
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} answered no JSON ({e}): {text}")))
+}
+
+#[track_caller]
+fn succeeds(socket: &Path, method: &str, body: Value) -> Value {
+    let (status, answer) = post(socket, method, &body);
+    assert_eq!(status, 200, "{method} failed: {answer}");
+    assert!(answer.get("Err").is_none(), "{method}: {answer}");
+    answer
+}
+
+/// The error text of a call that must fail, in the protocol's form.
+#[track_caller]
+fn fails(socket: &Path, method: &str, body: Value) -> String {
+    let (status, answer) = post(socket, method, &body);
+    assert_ne!(status, 200, "{method} should have failed: {answer}");
+    answer["Err"].as_str().unwrap_or_else(|| panic!("{method}: no Err in {answer}")).to_owned()
+}
+
+fn endpoint(endpoint_id: &str) -> Value {
+    json!({"NetworkID": NETWORK_ID, "EndpointID": endpoint_id})
+}
+
+/// What dockerd does with Join's answer: the interface into the sandbox, renamed to
+/// DstPrefix + 0, with Docker's address and a default route via Join's gateway.
+#[track_caller]
+fn move_in(host: &str, container: &str, join: &Value, address: &str) {
+    let src = join["InterfaceName"]["SrcName"].as_str().unwrap();
+    let dst = format!("{}0", join["InterfaceName"]["DstPrefix"].as_str().unwrap());
+    let gateway = join["Gateway"].as_str().unwrap();
+    for args in [
+        vec!["-n", host, "link", "set", src, "netns", container],
+        vec!["-n", container, "link", "set", src, "name", &dst],
+        vec!["-n", container, "addr", "add", address, "dev", &dst],
+        vec!["-n", container, "link", "set", &dst, "up"],
+        vec!["-n", container, "route", "add", "default", "via", gateway],
+    ] {
+        run("ip", &args).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
+
+/// What dockerd does at Leave when the sandbox goes: the interface back into its namespace,
+/// under its first name.
+#[track_caller]
+fn move_out(host: &str, container: &str, src: &str) {
+    for args in [
+        vec!["-n", container, "link", "set", "eth0", "down"],
+        vec!["-n", container, "link", "set", "eth0", "name", src],
+        vec!["-n", container, "link", "set", src, "netns", host],
+    ] {
+        run("ip", &args).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
+
+fn endpoint_names(sb: &Sandbox) -> Vec<String> {
+    let all = sb.json(&["container", "ls", "--json"]);
+    all.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn networks_endpoints_joins_and_ports_as_dockerd_asks_for_them() {
+    let (mut sb, socket) = sandbox();
+    let host = sb.host_netns().to_owned();
+
+    assert_eq!(succeeds(&socket, "Plugin.Activate", json!({})), json!({"Implements": ["NetworkDriver"]}));
+    assert_eq!(
+        succeeds(&socket, "NetworkDriver.GetCapabilities", json!({})),
+        json!({"Scope": "local", "ConnectivityScope": "local"})
+    );
+
+    // docker network create -d bpfnet --subnet 10.246.0.0/24 (Docker's IPAM chose the gateway).
+    let create = json!({
+        "NetworkID": NETWORK_ID,
+        "Options": {"com.docker.network.enable_ipv6": false, "com.docker.network.generic": {}},
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.246.0.0/24", "Gateway": "10.246.0.1/24",
+                      "AuxAddresses": null}],
+        "IPv6Data": []
+    });
+    assert_eq!(succeeds(&socket, "NetworkDriver.CreateNetwork", create.clone()), json!({}));
+    let networks = sb.json(&["network", "ls", "--json"]);
+    assert_eq!(networks[0]["name"], "docker-4d1a5e0c9b7f");
+    assert_eq!(
+        (networks[0]["subnet"].as_str(), networks[0]["gateway"].as_str()),
+        (Some("10.246.0.0/24"), Some("10.246.0.1"))
+    );
+    let again = fails(&socket, "NetworkDriver.CreateNetwork", create);
+    assert!(again.contains("already exists"), "{again}");
+
+    // Two endpoints with Docker's addresses; B with a MAC address the user chose.
+    let a = succeeds(
+        &socket,
+        "NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NETWORK_ID, "EndpointID": ENDPOINT_A,
+               "Interface": {"Address": "10.246.0.2/24", "AddressIPv6": "", "MacAddress": ""},
+               "Options": {"com.docker.network.endpoint.exposedports": null}}),
+    );
+    assert_eq!(a, json!({"Interface": {"MacAddress": "02:42:0a:f6:00:02"}}), "Docker left the MAC to the driver");
+    let b = succeeds(
+        &socket,
+        "NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NETWORK_ID, "EndpointID": ENDPOINT_B,
+               "Interface": {"Address": "10.246.0.3/24", "AddressIPv6": "", "MacAddress": "02:42:0a:f6:00:33"},
+               "Options": null}),
+    );
+    assert_eq!(b, json!({}), "what Docker filled in comes back empty");
+    let mut names = endpoint_names(&sb);
+    names.sort();
+    assert_eq!(names, [format!("docker:{ENDPOINT_A}"), format!("docker:{ENDPOINT_B}")]);
+
+    // Join: the container end waits in the host namespace, with the MAC address, for dockerd.
+    let (container_a, container_b) = (sb.add_engine_netns("ca").unwrap(), sb.add_engine_netns("cb").unwrap());
+    let join = |id: &str, container: &str| {
+        succeeds(
+            &socket,
+            "NetworkDriver.Join",
+            json!({"NetworkID": NETWORK_ID, "EndpointID": id, "SandboxKey": format!("/run/netns/{container}"),
+                   "Options": {}}),
+        )
+    };
+    let join_a = join(ENDPOINT_A, &container_a);
+    let src_a = join_a["InterfaceName"]["SrcName"].as_str().unwrap().to_owned();
+    assert!(src_a.starts_with("bp") && links_in(&host).contains(&src_a), "{join_a}");
+    assert_eq!(join_a["Gateway"], "10.246.0.1");
+    assert_eq!(join_a["InterfaceName"]["DstPrefix"], "eth");
+    let join_b = join(ENDPOINT_B, &container_b);
+    move_in(&host, &container_a, &join_a, "10.246.0.2/24");
+    move_in(&host, &container_b, &join_b, "10.246.0.3/24");
+    let mac_b = run("ip", &["-n", &container_b, "-j", "link", "show", "eth0"]).unwrap();
+    assert!(mac_b.contains("02:42:0a:f6:00:33"), "B keeps Docker's MAC address: {mac_b}");
+
+    // Traffic: container to container, to the gateway, and to the outside, masqueraded.
+    assert!(ping(&container_a, GATEWAY), "the gateway answers");
+    assert!(ping(&container_a, IP_B), "A reaches B");
+    let b_peers = sb.tcp_echo_server(&container_b, SocketAddrV4::new(IP_B, 7000), 1);
+    assert_eq!(tcp_exchange(&container_a, SocketAddrV4::new(IP_B, 7000), b"a to b").unwrap(), b"a to b");
+    assert_eq!(b_peers.get()[0].ip(), IpAddr::V4(IP_A), "between containers, addresses stay");
+    let outside = sb.outside_netns().to_owned();
+    let outside_peers = sb.tcp_echo_server(&outside, SocketAddrV4::new(OUTSIDE_IP, 7001), 1);
+    assert_eq!(tcp_exchange(&container_a, SocketAddrV4::new(OUTSIDE_IP, 7001), b"out").unwrap(), b"out");
+    assert_eq!(outside_peers.get()[0].ip(), IpAddr::V4(UPLINK_HOST_IP), "masqueraded to the uplink's address");
+
+    // -p 8080:80 for A; B asks for 8080-8081:80 and gets 8081, the first free port.
+    let portmap = |host_port: u16, end: u16| json!([{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": host_port, "HostPortEnd": end}]);
+    let program = |id: &str, ports: Value| {
+        json!({"NetworkID": NETWORK_ID, "EndpointID": id,
+               "Options": {"com.docker.network.endpoint.exposedports": [{"Proto": 6, "Port": 80}],
+                           "com.docker.network.portmap": ports}})
+    };
+    succeeds(&socket, "NetworkDriver.ProgramExternalConnectivity", program(ENDPOINT_A, portmap(8080, 8080)));
+    succeeds(&socket, "NetworkDriver.ProgramExternalConnectivity", program(ENDPOINT_B, portmap(8080, 8081)));
+    let info = succeeds(&socket, "NetworkDriver.EndpointOperInfo", endpoint(ENDPOINT_B));
+    assert_eq!(info["Value"]["bpfnet.ports"], json!(["0.0.0.0:8081->80/tcp"]), "{info}");
+    let a_web = sb.tcp_echo_server(&container_a, SocketAddrV4::new(IP_A, 80), 2);
+    let b_web = sb.tcp_echo_server(&container_b, SocketAddrV4::new(IP_B, 80), 1);
+    assert_eq!(tcp_exchange(&outside, SocketAddrV4::new(UPLINK_HOST_IP, 8080), b"to a").unwrap(), b"to a");
+    assert_eq!(tcp_exchange(&outside, SocketAddrV4::new(UPLINK_HOST_IP, 8081), b"to b").unwrap(), b"to b");
+    assert_eq!(a_web.get()[0].ip(), IpAddr::V4(OUTSIDE_IP), "the container sees the real client");
+    assert_eq!(b_web.get()[0].ip(), IpAddr::V4(OUTSIDE_IP));
+    let taken = fails(&socket, "NetworkDriver.ProgramExternalConnectivity", program(ENDPOINT_B, portmap(8080, 8080)));
+    assert!(taken.contains("no free host port in 8080-8080/tcp"), "{taken}");
+
+    // The agent killed with -9: traffic goes on without it, and the restarted agent (and its
+    // driver socket) knows every network, endpoint and port.
+    // C is created but not joined yet: its container end waits in the host namespace, where
+    // the restarted agent must leave it. B's container goes away (its pair with it) while the
+    // agent is down: the restarted agent forgets B.
+    succeeds(
+        &socket,
+        "NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NETWORK_ID, "EndpointID": ENDPOINT_C, "Interface": {"Address": "10.246.0.4/24"}}),
+    );
+    sb.stop_agent(Signal::SIGKILL);
+    assert!(ping(&container_a, IP_B), "A reaches B with the agent gone");
+    run("ip", &["netns", "delete", &container_b]).unwrap();
+    sb.ensure_agent();
+    assert_eq!(tcp_exchange(&outside, SocketAddrV4::new(UPLINK_HOST_IP, 8080), b"again").unwrap(), b"again");
+    let info = succeeds(&socket, "NetworkDriver.EndpointOperInfo", endpoint(ENDPOINT_A));
+    assert_eq!(info["Value"]["bpfnet.ports"], json!(["0.0.0.0:8080->80/tcp"]), "{info}");
+    let mut names = endpoint_names(&sb);
+    names.sort();
+    assert_eq!(
+        names,
+        [format!("docker:{ENDPOINT_A}"), format!("docker:{ENDPOINT_C}")],
+        "B vanished with its container"
+    );
+    let join_c = succeeds(&socket, "NetworkDriver.Join", endpoint(ENDPOINT_C));
+    let src_c = join_c["InterfaceName"]["SrcName"].as_str().unwrap();
+    assert!(links_in(&host).contains(&src_c.to_owned()), "C's container end is still there for dockerd");
+    assert!(leaks(&sb).is_empty(), "{:?}", leaks(&sb));
+    succeeds(&socket, "NetworkDriver.Leave", endpoint(ENDPOINT_C));
+    succeeds(&socket, "NetworkDriver.DeleteEndpoint", endpoint(ENDPOINT_C));
+    assert!(!links_in(&host).contains(&src_c.to_owned()), "both ends of C's pair are gone");
+
+    // docker rm -f A: ports revoked, Leave, the interface back with dockerd, DeleteEndpoint.
+    succeeds(&socket, "NetworkDriver.RevokeExternalConnectivity", endpoint(ENDPOINT_A));
+    assert!(tcp_exchange(&outside, SocketAddrV4::new(UPLINK_HOST_IP, 8080), b"gone").is_err(), "unpublished");
+    succeeds(&socket, "NetworkDriver.Leave", endpoint(ENDPOINT_A));
+    move_out(&host, &container_a, &src_a);
+    succeeds(&socket, "NetworkDriver.DeleteEndpoint", endpoint(ENDPOINT_A));
+    assert!(!links_in(&host).contains(&src_a), "both ends of A's pair are gone");
+    // B went away while the agent was down; dockerd's deletes of what is gone succeed (it
+    // retries them).
+    succeeds(&socket, "NetworkDriver.Leave", endpoint(ENDPOINT_B));
+    succeeds(&socket, "NetworkDriver.DeleteEndpoint", endpoint(ENDPOINT_B));
+    succeeds(&socket, "NetworkDriver.DeleteEndpoint", endpoint(ENDPOINT_B));
+    assert!(endpoint_names(&sb).is_empty());
+    let unknown = fails(&socket, "NetworkDriver.Join", endpoint(ENDPOINT_B));
+    assert!(unknown.contains("no endpoint"), "{unknown}");
+
+    succeeds(&socket, "NetworkDriver.DeleteNetwork", json!({"NetworkID": NETWORK_ID}));
+    succeeds(&socket, "NetworkDriver.DeleteNetwork", json!({"NetworkID": NETWORK_ID}));
+    assert_eq!(sb.json(&["network", "ls", "--json"]), json!([]));
+    assert!(leaks(&sb).is_empty(), "{:?}", leaks(&sb));
+    let ours: Vec<String> =
+        links_in(&host).into_iter().filter(|l| l.starts_with("bn") || l.starts_with("bp")).collect();
+    assert!(ours.is_empty(), "{ours:?}");
+    assert!(namespaces_with_prefix(&container_a).contains(&container_a), "the engine's namespace stays");
+    sb.teardown().unwrap();
+}
+
+#[test]
+fn what_bpfnet_cannot_do_is_refused_in_the_protocols_form() {
+    let (sb, socket) = sandbox();
+    let network = |options: Value, v4: Value, v6: Value| json!({"NetworkID": NETWORK_ID, "Options": options, "IPv4Data": v4, "IPv6Data": v6});
+    let pool = json!([{"AddressSpace": "LocalDefault", "Pool": "10.246.0.0/24", "Gateway": "10.246.0.1/24"}]);
+    let v6 = json!([{"AddressSpace": "LocalDefault", "Pool": "fd00::/64", "Gateway": "fd00::1/64"}]);
+    for (request, says) in [
+        (network(json!({}), pool.clone(), v6), "IPv4 only"),
+        (network(json!({"com.docker.network.internal": true}), pool.clone(), json!(null)), "--internal"),
+        (network(json!({"com.docker.network.generic": {"mtu": "9000"}}), pool.clone(), json!(null)), "\"mtu\""),
+        (network(json!({}), json!(null), json!(null)), "exactly one IPv4 subnet"),
+        (json!({"NetworkID": "../../etc", "IPv4Data": pool.clone()}), "not a Docker id"),
+        (network(json!({}), json!([{"Pool": "10.246.0.0/33"}]), json!(null)), "10.246.0.0/33"),
+    ] {
+        let err = fails(&socket, "NetworkDriver.CreateNetwork", request);
+        assert!(err.contains(says), "{err}");
+    }
+    assert!(sb.json(&["network", "ls", "--json"]).as_array().unwrap().is_empty(), "nothing was made");
+
+    let (status, answer) = post(&socket, "NetworkDriver.CreateNetwork", &json!("not an object"));
+    assert_eq!(status, 400);
+    assert!(answer["Err"].as_str().unwrap().contains("invalid request body"), "{answer}");
+    let (status, answer) = post(&socket, "IpamDriver.RequestPool", &json!({}));
+    assert_eq!(status, 404);
+    assert!(answer["Err"].as_str().unwrap().contains("does not implement"), "{answer}");
+
+    succeeds(&socket, "NetworkDriver.CreateNetwork", network(json!({}), pool, json!(null)));
+    let create = |iface: Value| {
+        fails(
+            &socket,
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": NETWORK_ID, "EndpointID": ENDPOINT_A, "Interface": iface}),
+        )
+    };
+    assert!(create(json!({"Address": ""})).contains("no IPv4 address"));
+    assert!(create(json!({"Address": "10.246.0.2/24", "AddressIPv6": "fd00::2/64"})).contains("IPv4 only"));
+    assert!(create(json!({"Address": "10.9.0.2/24"})).contains("10.9.0.2"));
+    assert!(create(json!({"Address": "10.246.0.2/24", "MacAddress": "nope"})).contains("\"nope\""));
+    assert!(sb.json(&["container", "ls", "--json"]).as_array().unwrap().is_empty(), "nothing was made");
+    sb.teardown().unwrap();
+}
+
+/// The address a container has on its one network.
+#[track_caller]
+fn docker_ip(docker: &Docker, name: &str) -> Ipv4Addr {
+    let ip = docker.inspect(name, "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}").unwrap();
+    ip.parse().unwrap_or_else(|e| panic!("{name}'s address {ip:?}: {e}"))
+}
+
+/// GET /cgi-bin/peer from one container to another's httpd: the address it saw. Retried for a
+/// short while: httpd needs a moment after its container started.
+#[track_caller]
+fn peer_seen_from(docker: &Docker, client: &str, server: Ipv4Addr) -> String {
+    let mut last = String::new();
+    for _ in 0..20 {
+        match docker.exec(client, &format!("printf 'GET /cgi-bin/peer HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {server} 80")) {
+            Ok(answer) => match peer_in(&answer) {
+                Some(peer) => return peer,
+                None => last = answer,
+            },
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!("no answer from {server} (from {client}): {last}");
+}
+
+/// bpfnet's links in the host namespace (veth ends).
+fn bpfnet_links(sb: &Sandbox) -> Vec<String> {
+    links_in(sb.host_netns()).into_iter().filter(|l| l.starts_with("bn") || l.starts_with("bp")).collect()
+}
+
+#[test]
+fn dockerd_runs_containers_on_a_bpfnet_network() {
+    let mut sb = Sandbox::with_uplink();
+    sb.set_agent_env("BPFNET_DOCKER_PLUGIN_SOCKET", driver_socket(&sb).to_str().unwrap());
+    sb.ensure_agent();
+    let mut docker = Docker::start(&sb).unwrap_or_else(|e| panic!("{e:#}"));
+    let net = sb.name("net");
+    docker.run(&["network", "create", "-d", &docker.driver, "--subnet", "10.247.0.0/24", &net]).unwrap();
+    let id = docker.run(&["network", "inspect", "--format", "{{.Id}}", &net]).unwrap();
+    let networks = sb.json(&["network", "ls", "--json"]);
+    assert_eq!(networks[0]["name"], format!("docker-{}", &id.trim()[..12]), "{networks}");
+    assert_eq!(networks[0]["gateway"], "10.247.0.1", "Docker's IPAM chose the gateway");
+
+    docker
+        .run(&[
+            "run",
+            "-d",
+            "--network",
+            &net,
+            "--name",
+            "web",
+            "-p",
+            "8080:80",
+            BUSYBOX_IMAGE,
+            "sh",
+            "-c",
+            PEER_SERVER,
+        ])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    docker.run(&["run", "-d", "--network", &net, "--name", "client", BUSYBOX_IMAGE, "sleep", "600"]).unwrap();
+    let (web, client) = (docker_ip(&docker, "web"), docker_ip(&docker, "client"));
+    let endpoints = sb.json(&["container", "ls", "--json"]);
+    assert_eq!(endpoints.as_array().unwrap().len(), 2, "{endpoints}");
+    assert!(endpoints.as_array().unwrap().iter().all(|e| e["name"].as_str().unwrap().starts_with("docker:")));
+
+    // Container to container (its own address seen), to the outside (masqueraded), and from
+    // the outside to the published port (the client's address kept).
+    assert_eq!(peer_seen_from(&docker, "client", web), client.to_string());
+    let outside = sb.outside_netns().to_owned();
+    let outside_peers = sb.tcp_echo_server(&outside, SocketAddrV4::new(OUTSIDE_IP, 7001), 1);
+    let echoed = docker.exec("client", &format!("echo hello | nc -w 3 {OUTSIDE_IP} 7001")).unwrap();
+    assert_eq!(echoed.trim(), "hello");
+    assert_eq!(outside_peers.get()[0].ip(), IpAddr::V4(UPLINK_HOST_IP), "masqueraded to the uplink's address");
+    let published = SocketAddrV4::new(UPLINK_HOST_IP, 8080);
+    assert_eq!(peer_seen(&outside, published), OUTSIDE_IP.to_string());
+
+    // The agent killed with -9, then started again: the containers' traffic goes on.
+    sb.stop_agent(Signal::SIGKILL);
+    assert_eq!(peer_seen(&outside, published), OUTSIDE_IP.to_string(), "without the agent");
+    sb.ensure_agent();
+    assert_eq!(peer_seen(&outside, published), OUTSIDE_IP.to_string());
+    assert_eq!(peer_seen_from(&docker, "client", web), client.to_string());
+    assert!(leaks(&sb).is_empty(), "{:?}", leaks(&sb));
+
+    // dockerd restarted (live-restore): the containers and their traffic stay.
+    docker.stop_dockerd().unwrap();
+    assert_eq!(peer_seen(&outside, published), OUTSIDE_IP.to_string(), "without dockerd");
+    docker.start_dockerd().unwrap();
+    assert_eq!(peer_seen(&outside, published), OUTSIDE_IP.to_string());
+    assert_eq!(peer_seen_from(&docker, "client", web), client.to_string());
+    // A container started after both restarts joins the same network.
+    docker.run(&["run", "-d", "--network", &net, "--name", "late", BUSYBOX_IMAGE, "sleep", "600"]).unwrap();
+    assert_eq!(peer_seen_from(&docker, "late", web), docker_ip(&docker, "late").to_string());
+
+    // docker rm -f and docker network rm leave nothing behind.
+    docker.run(&["rm", "-f", "web", "client", "late"]).unwrap();
+    assert_eq!(sb.json(&["container", "ls", "--json"]), json!([]));
+    assert!(bpfnet_links(&sb).is_empty(), "{:?}", bpfnet_links(&sb));
+    assert!(http_unanswered(&outside, published), "the port is unpublished");
+    docker.run(&["network", "rm", &net]).unwrap();
+    assert_eq!(sb.json(&["network", "ls", "--json"]), json!([]));
+    assert!(leaks(&sb).is_empty(), "{:?}", leaks(&sb));
+    docker.teardown().unwrap();
+    sb.teardown().unwrap();
+}
+
+fn http_unanswered(netns: &str, addr: SocketAddrV4) -> bool {
+    bpfnet_tests::engines::http_get(netns, addr, "/").is_err()
+}
+
+/// The address a container has on one of its networks.
+#[track_caller]
+fn docker_ip_on(docker: &Docker, name: &str, network: &str) -> Ipv4Addr {
+    let ip =
+        docker.inspect(name, &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}")).unwrap();
+    ip.parse().unwrap_or_else(|e| panic!("{name}'s address on {network} {ip:?}: {e}"))
+}
+
+#[test]
+fn dockerd_connects_a_running_container_and_hears_refusals_in_its_own_words() {
+    let mut sb = Sandbox::with_uplink();
+    sb.set_agent_env("BPFNET_DOCKER_PLUGIN_SOCKET", driver_socket(&sb).to_str().unwrap());
+    sb.ensure_agent();
+    let docker = Docker::start(&sb).unwrap_or_else(|e| panic!("{e:#}"));
+    let driver = docker.driver.clone();
+
+    // What bpfnet cannot do, refused with the driver's words in docker's error.
+    let refused = |args: &[&str], says: &str| {
+        let err = format!("{:#}", docker.run(args).unwrap_err());
+        assert!(err.contains(says), "docker {args:?}: {err}");
+    };
+    let bad = sb.name("bad");
+    refused(&["network", "create", "-d", &driver, "--internal", &bad], "--internal");
+    refused(&["network", "create", "-d", &driver, "--ipv6", "--subnet", "fd00:1::/64", &bad], "IPv4 only");
+    refused(&["network", "create", "-d", &driver, "-o", "mtu=9000", &bad], "\"mtu\"");
+    assert_eq!(sb.json(&["network", "ls", "--json"]), json!([]), "refusals leave nothing");
+
+    let (one, two) = (sb.name("one"), sb.name("two"));
+    docker.run(&["network", "create", "-d", &driver, "--subnet", "10.248.0.0/24", &one]).unwrap();
+    docker.run(&["network", "create", "-d", &driver, "--subnet", "10.249.0.0/24", &two]).unwrap();
+    refused(
+        &["run", "-d", "--network", &one, "-p", "80", "--name", "nohostport", BUSYBOX_IMAGE, "sleep", "600"],
+        "host port",
+    );
+    docker.run(&["rm", "-f", "nohostport"]).unwrap();
+    assert_eq!(sb.json(&["container", "ls", "--json"]), json!([]), "the refused container left no endpoint");
+
+    docker.run(&["run", "-d", "--network", &one, "--name", "ca", BUSYBOX_IMAGE, "sleep", "600"]).unwrap();
+    docker.run(&["run", "-d", "--network", &two, "--name", "cb", BUSYBOX_IMAGE, "sh", "-c", PEER_SERVER]).unwrap();
+    let b = docker_ip(&docker, "cb");
+
+    // docker network connect: the running container gets eth1 on the second network and
+    // reaches b there with its address on it.
+    docker.run(&["network", "connect", &two, "ca"]).unwrap_or_else(|e| panic!("{e:#}"));
+    let a_on_two = docker_ip_on(&docker, "ca", &two);
+    assert!(docker.exec("ca", "ip -o addr show eth1").unwrap().contains(&a_on_two.to_string()));
+    assert_eq!(peer_seen_from(&docker, "ca", b), a_on_two.to_string());
+    assert_eq!(sb.json(&["container", "ls", "--json"]).as_array().unwrap().len(), 3);
+
+    // docker network disconnect: that endpoint goes, the first stays.
+    docker.run(&["network", "disconnect", &two, "ca"]).unwrap();
+    assert_eq!(sb.json(&["container", "ls", "--json"]).as_array().unwrap().len(), 2);
+    assert!(docker.exec("ca", "ip -o link show eth1").is_err(), "eth1 is gone");
+    assert!(ping_from(&docker, "ca", Ipv4Addr::new(10, 248, 0, 1)), "a still has its first network");
+
+    docker.run(&["rm", "-f", "ca", "cb"]).unwrap();
+    docker.run(&["network", "rm", &one, &two]).unwrap();
+    assert_eq!(sb.json(&["container", "ls", "--json"]), json!([]));
+    assert!(bpfnet_links(&sb).is_empty(), "{:?}", bpfnet_links(&sb));
+    assert!(leaks(&sb).is_empty(), "{:?}", leaks(&sb));
+    docker.teardown().unwrap();
+    sb.teardown().unwrap();
+}
+
+fn ping_from(docker: &Docker, name: &str, ip: Ipv4Addr) -> bool {
+    docker.exec(name, &format!("ping -c 1 -W 2 {ip}")).is_ok()
+}
