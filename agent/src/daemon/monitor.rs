@@ -43,8 +43,13 @@ pub struct Monitor {
     /// Events listeners missed because they read too slowly.
     slow_listener_lost: AtomicU64,
     /// The datapath's lost-event counters as last reported.
-    datapath_lost_reported: Mutex<Vec<(EventLoss, u64)>>,
+    /// The datapath's lost-event counters as last reported, and the kernel id of the map they
+    /// were read from: a datapath loaded anew (`bpfnet down`, then a network) starts from 0.
+    datapath_lost_reported: Mutex<Option<LostCounts>>,
 }
+
+/// The kernel id of the EVENTS_LOST map, and its counts by cause.
+type LostCounts = (u32, Vec<(EventLoss, u64)>);
 
 #[derive(Default)]
 struct Listeners {
@@ -199,7 +204,6 @@ impl Monitor {
                     continue;
                 }
             };
-            self.datapath_lost_reported.lock().expect("lost counts").clear();
             self.sync(&host).await;
             loop {
                 tokio::select! {
@@ -241,17 +245,21 @@ impl Monitor {
             tracing::warn!("setting which events the datapath writes: {e:#}");
         }
         let Ok(lost) = datapath.events_lost() else { return };
+        let Some(map_id) = pinned_map_id(&host.options.bpffs, datapath_common::map_names::EVENTS_LOST) else { return };
         drop(host);
         let mut reported = self.datapath_lost_reported.lock().expect("lost counts");
-        for (cause, count) in &lost {
-            let before = reported.iter().find(|(c, _)| c == cause).map_or(0, |(_, n)| *n);
-            // The first reading after a (re)start is the baseline, not news.
-            if !reported.is_empty() && *count > before {
-                let event = LostEvents { time_ns: now_ns(), cause: cause.name().into(), count: count - before };
-                let _ = self.events.send(MonitorEvent::Lost(event));
+        // The first reading of a datapath (at the agent's start, or of one loaded anew) is the
+        // baseline, not news: what was lost before nobody was told of.
+        if let Some((_, before)) = reported.as_ref().filter(|(id, _)| *id == map_id) {
+            for (cause, count) in &lost {
+                let before = before.iter().find(|(c, _)| c == cause).map_or(0, |(_, n)| *n);
+                if *count > before {
+                    let event = LostEvents { time_ns: now_ns(), cause: cause.name().into(), count: count - before };
+                    let _ = self.events.send(MonitorEvent::Lost(event));
+                }
             }
         }
-        *reported = lost;
+        *reported = Some((map_id, lost));
     }
 
     async fn publish_all(&self, batch: &[DatapathEvent], host: &SharedHost) {
