@@ -21,14 +21,19 @@ pub fn count_drop<P: Packet>(ctx: &P, reason: DropReason) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *slot += 1 };
     }
-    // The container whose packet it was, if it came from one (the uplink's are nobody's).
+    events::drop(ctx, reason);
+}
+
+/// Counts a drop of `from_endpoint` as the sending container's too. Only that program calls
+/// it: the uplink's drops are nobody's, and a flood of them pays no lookup for it.
+#[inline(always)]
+pub fn count_endpoint_drop<P: Packet>(ctx: &P) {
     if let Some(endpoint) = forward::endpoint_on(ctx.ingress_ifindex()) {
         if let Some(slot) = ENDPOINT_DROPS.get_ptr_mut(endpoint.stats_slot) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
             unsafe { *slot += 1 };
         }
     }
-    events::drop(ctx, reason);
 }
 
 /// Accounts a packet the endpoint sent.

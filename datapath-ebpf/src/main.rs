@@ -37,7 +37,11 @@ use crate::{forward::Destination, packet::Packet};
 /// source-translated; the rest is dropped with a counted reason.
 #[classifier]
 pub fn from_endpoint(ctx: TcContext) -> i32 {
-    verdict(&ctx, try_from_endpoint(&ctx))
+    let result = try_from_endpoint(&ctx);
+    if result.is_err() {
+        counters::count_endpoint_drop(&ctx);
+    }
+    verdict(&ctx, result)
 }
 
 fn try_from_endpoint(ctx: &TcContext) -> Result<i32, DropReason> {
