@@ -49,7 +49,7 @@ enum Task {
         bpfnet: Option<PathBuf>,
     },
     /// Setup, build bpfnet (release), then benchmark it against bridge+iptables and the bare
-    /// veth floor in throwaway namespaces; writes results.json, table.txt and chart.svg.
+    /// veth floor in throwaway namespaces; writes results.json, table.txt, headline.svg and ratios.svg.
     Bench(bench::BenchArgs),
     /// The benchmark's traffic tools, run by `bench` inside its namespaces.
     #[command(hide = true, subcommand)]

@@ -9,8 +9,8 @@
 //!
 //! Each in a sandbox host namespace of its own, the plugins run with `nsenter --net` into it
 //! (the runtime's namespace, as the spec has it), each pod a namespace made beforehand
-//! (untimed), after one pod added and deleted untimed (a node's one-time work). ADDs go from 1 pod to N, DELs back from N to 1: the first and the last 50 of
-//! each are the figures at 1 and at N pods attached.
+//! (untimed), after one pod added and deleted untimed (a node's one-time work). ADDs go from 1 pod to N, DELs back from N to 1: a window of 50 around 1, 100
+//! and N pods attached makes the figures there.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -23,7 +23,7 @@ use bpfnet_tests::sandbox::{Output, Sandbox};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::stats::LatencyMs;
+use super::stats::{flatness, latencies_at, scale_points, LatencyAt};
 
 /// Debian's containernetworking-plugins put the reference plugins here.
 pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
@@ -42,26 +42,21 @@ pub struct CniReport {
     pub bridge_portmap: PluginFigures,
 }
 
-/// Milliseconds, p50 and p99, of the ADDs with few and with many pods attached, and of the
-/// DELs likewise.
+/// Milliseconds, p50 (with its interval) and p99, of the ADDs and the DELs at 1, 100 and N
+/// pods attached.
 #[derive(Debug, Serialize)]
 pub struct PluginFigures {
-    pub add_at_1: LatencyMs,
-    pub add_at_n: LatencyMs,
-    pub del_at_n: LatencyMs,
-    pub del_at_1: LatencyMs,
+    pub add_ms: Vec<LatencyAt>,
+    pub del_ms: Vec<LatencyAt>,
 }
 
 impl PluginFigures {
     /// From the ADDs in order (1 pod to N) and the DELs in order (N to 1).
     fn of(adds: &[Duration], dels: &[Duration]) -> PluginFigures {
-        let edge = EDGE.min(adds.len());
-        PluginFigures {
-            add_at_1: LatencyMs::of(&adds[..edge]),
-            add_at_n: LatencyMs::of(&adds[adds.len() - edge..]),
-            del_at_n: LatencyMs::of(&dels[..edge]),
-            del_at_1: LatencyMs::of(&dels[dels.len() - edge..]),
-        }
+        let points = scale_points(adds.len());
+        let mut dels = dels.to_vec();
+        dels.reverse();
+        PluginFigures { add_ms: latencies_at(adds, &points, EDGE), del_ms: latencies_at(&dels, &points, EDGE) }
     }
 }
 
@@ -303,24 +298,33 @@ impl Plugin for BridgeChain {
 pub fn table(r: &CniReport) -> String {
     let mut out = format!(
         "CNI ADD and DEL through the plugin processes, {} pods each publishing a port (ms, one run)\n\
-         {:<24} {:>9} {:>9} {:>9} {:>9} {:>8}\n",
-        r.pods, "", "bpfnet p50", "p99", "bridge p50", "p99", "ratio"
+         {:<24} {:>10} {:>17} {:>8} {:>10} {:>17} {:>8} {:>8}\n",
+        r.pods, "", "bpfnet p50", "95 % interval", "p99", "bridge p50", "95 % interval", "p99", "ratio"
     );
-    let rows: [(&str, &LatencyMs, &LatencyMs); 4] = [
-        ("ADD, 1 pod attached", &r.bpfnet.add_at_1, &r.bridge_portmap.add_at_1),
-        ("ADD, N pods attached", &r.bpfnet.add_at_n, &r.bridge_portmap.add_at_n),
-        ("DEL, N pods attached", &r.bpfnet.del_at_n, &r.bridge_portmap.del_at_n),
-        ("DEL, 1 pod attached", &r.bpfnet.del_at_1, &r.bridge_portmap.del_at_1),
-    ];
-    for (what, ours, theirs) in rows {
+    let ci = |at: &LatencyAt| at.p50_ci.map_or_else(String::new, |ci| format!("[{:.1}..{:.1}]", ci.lo, ci.hi));
+    for (what, ours, theirs) in
+        [("ADD", &r.bpfnet.add_ms, &r.bridge_portmap.add_ms), ("DEL", &r.bpfnet.del_ms, &r.bridge_portmap.del_ms)]
+    {
+        for (a, b) in ours.iter().zip(theirs.iter()) {
+            let _ = writeln!(
+                out,
+                "{:<24} {:>10.1} {:>17} {:>8.1} {:>10.1} {:>17} {:>8.1} {:>7.2}x",
+                format!("{what}, {} pods attached", a.attached),
+                a.p50,
+                ci(a),
+                a.p99,
+                b.p50,
+                ci(b),
+                b.p99,
+                a.p50 / b.p50
+            );
+        }
         let _ = writeln!(
             out,
-            "{what:<24} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>7.2}x",
-            ours.p50,
-            ours.p99,
-            theirs.p50,
-            theirs.p99,
-            ours.p50 / theirs.p50
+            "{:<24} bpfnet-cni {}; bridge+portmap {}",
+            format!("{what}:"),
+            flatness(ours),
+            flatness(theirs)
         );
     }
     out.push_str("ratio: bpfnet's p50 / bridge+portmap's p50 (lower is faster)\n");

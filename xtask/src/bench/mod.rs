@@ -10,14 +10,21 @@
 //! - [`profile`]: with `--perf`, where a packet's time goes (perf samples by part of the path);
 //! - [`cni`]: with `--cni N`, CNI ADD and DEL of bpfnet-cni against bridge+portmap instead (cni.json);
 //! - [`scale`]: with `--scale N`, the control plane at N containers instead (scale.json);
-//! - [`report`]: summaries and ratios, the table, results.json (schema there) and chart.svg.
+//! - [`report`]: summaries, intervals, ratios, the targets, the table, results.json (schema
+//!   there); [`charts`]: headline.svg and ratios.svg;
+//! - [`stats`]: medians, percentiles and bootstrap intervals.
 //!
 //! Method: for each N (other published ports), each repetition, scenario and workload, the
-//! datapaths run back to back (A/B/C, then C/B/A in the next repetition, so neither goes
-//! first every time); figures are medians over the repetitions with their spread, and every
-//! one is also a ratio to the floor and to bridge+iptables measured in this same run.
+//! datapaths run back to back (A/B/C/D, then D/C/B/A in the next repetition, so none goes
+//! first every time). Every workload runs a fixed number of repetitions at the first and the
+//! last N (at the N between, only the headline workloads: the packet and connection rates);
+//! then the headline workloads continue, repetition by repetition, at least to a minimum and
+//! then while some headline figure's 95 % interval is wider than +-5 % of its median, until
+//! the time budget of that N ends. Figures are medians with a 95 % bootstrap interval, and
+//! bpfnet's are also ratios (with intervals) to every reference datapath of the same run.
 
 mod api_request;
+mod charts;
 mod cni;
 mod docker_rules;
 pub mod loadgen;
@@ -32,7 +39,7 @@ mod workload;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use bpfnet_tests::sandbox::{Output, Sandbox};
@@ -50,7 +57,7 @@ pub struct BenchArgs {
     /// About a minute: one repetition, short runs, N=1 only (what `cargo xtask demo` uses).
     #[arg(long)]
     quick: bool,
-    /// Where results.json, chart.svg and table.txt go [default: bench-results/<UTC time>/
+    /// Where results.json, table.txt, headline.svg and ratios.svg go [default: bench-results/<UTC time>/
     /// in the workspace].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -72,46 +79,101 @@ pub struct BenchArgs {
     /// pods each publishing a port (p50, p99 at 1 and at N pods attached); cni.json.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(50..=2000))]
     cni: Option<u32>,
+    /// Instead of the traffic benchmark: only the control-plane section of the full run
+    /// (`--scale 1000` and `--cni 200`, about 6 minutes), into one report.
+    #[arg(long)]
+    control_plane: bool,
+    /// Time for the traffic measurements, in minutes: repetitions beyond the minimum stop
+    /// when it ends [default: 30 for the full run (about 40 minutes in all on 2 vCPUs),
+    /// 1.5 with --quick].
+    #[arg(long, value_name = "M", value_parser = positive_minutes)]
+    budget_minutes: Option<f64>,
+}
+
+fn positive_minutes(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(m) if m > 0.0 && m.is_finite() => Ok(m),
+        _ => Err(format!("{text:?} is not a positive number of minutes (e.g. 30 or 1.5)")),
+    }
 }
 
 impl BenchArgs {
     /// `--quick`, results in the default folder (what `cargo xtask demo` runs).
     pub fn quick(bpfnet: Option<PathBuf>) -> BenchArgs {
-        BenchArgs { quick: true, out: None, bpfnet, perf: false, scale: None, cni: None }
+        BenchArgs {
+            quick: true,
+            out: None,
+            bpfnet,
+            perf: false,
+            scale: None,
+            cni: None,
+            control_plane: false,
+            budget_minutes: None,
+        }
     }
 }
 
-/// What a run does; fixed by --quick.
+/// Containers of the control-plane section of the full run (`--scale`).
+const CONTROL_PLANE_CONTAINERS: u32 = 1_000;
+/// Pods of its CNI comparison: the bridge chain's ADD grows with every pod (about 0.4 s at
+/// 500), so 1,000 would take a quarter of an hour; 200 take about 3 minutes.
+const CONTROL_PLANE_PODS: u32 = 200;
+
+/// What a run does; fixed by --quick and --budget-minutes.
 #[derive(Debug)]
 struct Plan {
     quick: bool,
     perf: bool,
+    /// Repetitions of every workload at the first and the last N, whatever the budget.
     repetitions: u32,
+    /// Repetitions of the headline workloads (packet and connection rates) at every N before
+    /// their intervals can end them (budget permitting).
+    min_headline_repetitions: u32,
+    /// No more repetitions than this, tight or not.
+    max_repetitions: u32,
+    /// The traffic measurements' time, shared out over the N values.
+    budget: Duration,
     durations: Durations,
     /// The N values: published ports of another container ahead of the measured ones.
     other_ports: Vec<u32>,
+    /// The control plane at host scale (full run only).
+    control_plane: bool,
 }
 
 impl Plan {
-    fn new(quick: bool, perf: bool) -> Plan {
+    fn new(quick: bool, perf: bool, budget_minutes: Option<f64>) -> Plan {
+        let budget = |default: f64| Duration::from_secs_f64(budget_minutes.unwrap_or(default) * 60.0);
         if quick {
             Plan {
                 quick,
                 perf,
                 repetitions: 1,
+                min_headline_repetitions: 1,
+                max_repetitions: 2,
+                budget: budget(1.5),
                 durations: Durations { stream_secs: 2, short_secs: 1.5 },
                 other_ports: vec![1],
+                control_plane: false,
             }
         } else {
             Plan {
                 quick,
                 perf,
                 repetitions: 3,
+                min_headline_repetitions: 5,
+                max_repetitions: 30,
+                budget: budget(30.0),
                 durations: Durations { stream_secs: 4, short_secs: 2.5 },
                 other_ports: vec![1, 100, 1_000, 10_000],
+                control_plane: true,
             }
         }
     }
+}
+
+/// The packet and connection rates: the workloads whose repetitions continue adaptively.
+fn is_headline_workload(workload: Workload) -> bool {
+    metrics(workload).into_iter().any(report::is_headline)
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -147,6 +209,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("==> {}", out.join("cni.json").display());
         return Ok(());
     }
+    if args.control_plane {
+        let out = out_for("control-plane")?;
+        interrupt::catch_interrupts()?;
+        let figures = control_plane(&bpfnet_bin, &out);
+        let path = out.join("control-plane.json");
+        fs::write(&path, serde_json::to_string_pretty(&figures.json)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("\n{}==> {}", figures.table, path.display());
+        return figures.result;
+    }
     if let Some(containers) = args.scale {
         let out = out_for("scale")?;
         interrupt::catch_interrupts()?;
@@ -167,7 +239,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None => cargo_cmd::workspace_root().join("bench-results").join(report::utc_stamp(started)),
     };
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let plan = Plan::new(args.quick, args.perf);
+    let plan = Plan::new(args.quick, args.perf, args.budget_minutes);
     let pinning = Pinning::for_this_machine();
 
     interrupt::catch_interrupts()?;
@@ -200,7 +272,58 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut cost_ns: Vec<u32> = vec![plan.other_ports[0], *plan.other_ports.iter().max().expect("at least one N")];
     cost_ns.dedup();
     let program_cost = program_cost::measure(&devkit_bin, &cost_ns, plan.repetitions);
-    write_results(&out, &plan, pinning, started, &collected, &program_cost, &profiles)
+    let control = plan.control_plane.then(|| control_plane(&bpfnet_bin, &out));
+    let measured = Measured { collected, program_cost, profiles, control };
+    write_results(&out, &plan, pinning, started, &measured)
+}
+
+/// What a run measured, for the report.
+struct Measured {
+    collected: Collected,
+    program_cost: Result<Vec<program_cost::ProgramCost>>,
+    profiles: Vec<serde_json::Value>,
+    control: Option<ControlPlane>,
+}
+
+/// The control-plane section: its tables, its JSON, and whether all of it ran.
+struct ControlPlane {
+    table: String,
+    json: serde_json::Value,
+    result: Result<()>,
+}
+
+/// The control plane at host scale: `--scale` at [`CONTROL_PLANE_CONTAINERS`] and `--cni` at
+/// [`CONTROL_PLANE_PODS`], each in sandboxes of its own (they also write scale.json and
+/// cni.json to `out`). A failed part is reported and the other still runs.
+fn control_plane(bpfnet_bin: &Path, out: &Path) -> ControlPlane {
+    let containers = CONTROL_PLANE_CONTAINERS as usize;
+    section(&format!("control plane: {containers} containers through the API"));
+    let scale = scale::run(bpfnet_bin, containers, out);
+    let pods = CONTROL_PLANE_PODS as usize;
+    section(&format!("control plane: CNI ADD and DEL, {pods} pods, bpfnet-cni and bridge+portmap"));
+    let cni = match interrupt::check_interrupted() {
+        Ok(()) => cni::run(bpfnet_bin, &bpfnet_bin.with_file_name("bpfnet-cni"), pods, out),
+        Err(err) => Err(err),
+    };
+    let mut table = String::new();
+    let mut errors = Vec::new();
+    let mut part = |name: &str, text: Result<String>| match text {
+        Ok(text) => table.push_str(&format!("{text}\n")),
+        Err(err) => {
+            table.push_str(&format!("{name}: FAILED: {err:#}\n\n"));
+            errors.push(format!("{name}: {err:#}"));
+        }
+    };
+    part("control plane at scale", scale.as_ref().map(scale::table).map_err(|e| anyhow::anyhow!("{e:#}")));
+    part("CNI ADD and DEL", cni.as_ref().map(cni::table).map_err(|e| anyhow::anyhow!("{e:#}")));
+    let json = json!({
+        "scale": scale.as_ref().ok(),
+        "scale_error": scale.as_ref().err().map(|e| format!("{e:#}")),
+        "cni": cni.as_ref().ok(),
+        "cni_error": cni.as_ref().err().map(|e| format!("{e:#}")),
+    });
+    let result = if errors.is_empty() { Ok(()) } else { Err(anyhow::anyhow!("{}", errors.join("; "))) };
+    ControlPlane { table, json, result }
 }
 
 fn measure(
@@ -220,53 +343,88 @@ fn measure(
     }
 
     let first_n = plan.other_ports[0];
-    let total = count_runs(topologies, plan);
+    let last_n = *plan.other_ports.last().expect("at least one N");
+    let started = Instant::now();
     let mut done = 0;
     let mut collected = Collected::default();
-    for &n in &plan.other_ports {
+    for (i, &n) in plan.other_ports.iter().enumerate() {
         section(&format!("N = {n} other published ports (+{} measured)", MEASURED_PORTS.len()));
         topologies.set_other_ports(sandbox, n)?;
-        for rep in 0..plan.repetitions {
-            let order = datapath_order(rep);
+        // Each N's share of the budget; what an N leaves unused goes to the next ones.
+        let deadline = started + plan.budget.mul_f64((i + 1) as f64 / plan.other_ports.len() as f64);
+        // Every workload at the first and the last N; between them the headline ones only.
+        let every_workload = n == first_n || n == last_n;
+        for rep in 0..plan.max_repetitions {
+            let fixed = rep < plan.repetitions;
+            if !fixed && Instant::now() >= deadline {
+                progress(&format!("N={n}: the time budget ends the repetitions after {rep}"));
+                break;
+            }
+            let mut planned = Vec::new();
             for scenario in Scenario::ALL {
                 for workload in Workload::ALL {
-                    for &datapath in &order {
-                        let ends = match topologies.endpoints(datapath, scenario, n == first_n) {
-                            Support::Yes(ends) => ends,
-                            Support::NotApplicable => continue,
-                        };
-                        interrupt::check_interrupted()?;
-                        topologies.prepare(sandbox, datapath)?;
-                        done += 1;
-                        let what = format!(
-                            "[{done:>3}/{total}] N={n} rep {}/{} {} {} {}",
-                            rep + 1,
-                            plan.repetitions,
-                            scenario.name(),
-                            workload.name(),
-                            datapath.name()
-                        );
-                        match runner.run(sandbox, &ends, workload) {
-                            Ok(figures) => {
-                                let shown: Vec<String> = figures
-                                    .iter()
-                                    .map(|(m, v)| format!("{} {}", m.label(), report::figure(*v)))
-                                    .collect();
-                                progress(&format!("{what}: {}", shown.join(", ")));
-                                for (metric, value) in figures {
-                                    collected.sample(key(scenario.name(), n, metric, datapath), value);
-                                }
+                    let headline = is_headline_workload(workload);
+                    let runs = if fixed {
+                        headline || every_workload
+                    } else {
+                        headline
+                            && (rep < plan.min_headline_repetitions || !all_tight(&collected, scenario, workload, n))
+                    };
+                    if runs {
+                        planned.push((scenario, workload));
+                    }
+                }
+            }
+            if planned.is_empty() {
+                progress(&format!(
+                    "N={n}: every headline interval is within +-{}% after {rep} repetitions",
+                    report::TIGHT_HALF_WIDTH_PCT
+                ));
+                break;
+            }
+            let order = datapath_order(rep);
+            for (scenario, workload) in planned {
+                if !fixed && Instant::now() >= deadline {
+                    break;
+                }
+                for &datapath in &order {
+                    let ends = match topologies.endpoints(datapath, scenario, n == first_n) {
+                        Support::Yes(ends) => ends,
+                        Support::NotApplicable => continue,
+                    };
+                    interrupt::check_interrupted()?;
+                    topologies.prepare(sandbox, datapath)?;
+                    done += 1;
+                    let what = format!(
+                        "[{done:>4}, {:>4.1}/{:.0} min] N={n} rep {} {} {} {}",
+                        started.elapsed().as_secs_f64() / 60.0,
+                        plan.budget.as_secs_f64() / 60.0,
+                        rep + 1,
+                        scenario.name(),
+                        workload.name(),
+                        datapath.name()
+                    );
+                    match runner.run(sandbox, &ends, workload) {
+                        Ok(figures) => {
+                            let shown: Vec<String> =
+                                figures.iter().map(|(m, v)| format!("{} {}", m.label(), report::figure(*v))).collect();
+                            progress(&format!("{what}: {}", shown.join(", ")));
+                            for (metric, value) in figures {
+                                collected.sample(key(scenario.name(), n, metric, datapath), value);
                             }
-                            Err(err) => {
-                                interrupt::check_interrupted()?;
-                                progress(&format!("{what}: FAILED: {err:#}"));
-                                for metric in metrics(workload) {
-                                    collected.fail(key(scenario.name(), n, metric, datapath), format!("{err:#}"));
-                                }
+                        }
+                        Err(err) => {
+                            interrupt::check_interrupted()?;
+                            progress(&format!("{what}: FAILED: {err:#}"));
+                            for metric in metrics(workload) {
+                                collected.fail(key(scenario.name(), n, metric, datapath), format!("{err:#}"));
                             }
                         }
                     }
                 }
+            }
+            if !fixed {
+                continue;
             }
             for &datapath in &order {
                 interrupt::check_interrupted()?;
@@ -381,31 +539,27 @@ fn key(scenario: &'static str, other_ports: u32, metric: Metric, datapath: Datap
     Key { scenario, other_ports, metric, datapath }
 }
 
-/// The measurements the plan makes (for the progress counter).
-fn count_runs(topologies: &Topologies, plan: &Plan) -> usize {
-    let mut runs = 0;
-    for &n in &plan.other_ports {
-        for scenario in Scenario::ALL {
-            for datapath in Datapath::ALL {
-                if let Support::Yes(_) = topologies.endpoints(datapath, scenario, n == plan.other_ports[0]) {
-                    runs += Workload::ALL.len();
-                }
-            }
-        }
-    }
-    runs * plan.repetitions as usize
+/// Whether every headline figure of `workload` in `scenario` at `n` has a tight interval
+/// (on every datapath that has samples).
+fn all_tight(collected: &Collected, scenario: Scenario, workload: Workload, n: u32) -> bool {
+    metrics(workload).into_iter().filter(|m| report::is_headline(*m)).all(|metric| {
+        Datapath::ALL.into_iter().all(|datapath| {
+            collected
+                .samples
+                .get(&key(scenario.name(), n, metric, datapath))
+                .is_none_or(|samples| report::is_tight(samples))
+        })
+    })
 }
 
-fn write_results(
-    out: &Path,
-    plan: &Plan,
-    pinning: Pinning,
-    started: u64,
-    collected: &Collected,
-    program_cost: &Result<Vec<program_cost::ProgramCost>>,
-    profiles: &[serde_json::Value],
-) -> Result<()> {
-    let rows = report::rows(collected, plan.other_ports[0]);
+fn write_results(out: &Path, plan: &Plan, pinning: Pinning, started: u64, measured: &Measured) -> Result<()> {
+    let Measured { collected, program_cost, profiles, control } = measured;
+    let control = control.as_ref();
+    let first_n = plan.other_ports[0];
+    let last_n = *plan.other_ports.last().expect("at least one N");
+    let rows = report::rows(collected, first_n);
+    let verdicts = report::verdicts(&rows, first_n, last_n);
+    let targets = report::verdict_table(&verdicts);
     let table = report::table(&rows);
     let (cost_table, cost_json) = match program_cost {
         Ok(runs) => {
@@ -426,23 +580,34 @@ fn write_results(
             json!({ "status": "failed", "error": format!("{err:#}"), "combined": [], "reports": [] }),
         ),
     };
-    let table = format!("{table}\n{cost_table}");
+    let control_table = control.map_or_else(String::new, |c| format!("\n{}", c.table));
+    let table = format!("{table}\n{cost_table}{control_table}\n{targets}");
     let command_line = format!(
-        "cargo xtask bench{}{}",
+        "cargo xtask bench{}{} --budget-minutes {}",
         if plan.quick { " --quick" } else { "" },
-        if plan.perf { " --perf" } else { "" }
+        if plan.perf { " --perf" } else { "" },
+        plan.budget.as_secs_f64() / 60.0
     );
+    let reps: Vec<usize> = rows.iter().filter(|r| report::is_headline(r.metric)).map(|r| r.n).collect();
+    let (fewest, most) = (reps.iter().min().copied().unwrap_or(0), reps.iter().max().copied().unwrap_or(0));
     let pinned = match (pinning.client_cpu, pinning.server_cpu) {
         (Some(c), Some(s)) => format!("client on CPU {c}, server on CPU {s} (taskset)"),
         _ => "not pinned (one CPU)".to_string(),
     };
     let header = format!(
-        "{command_line}: {} repetition(s), iperf3 {} s, udp/rr/crr {} s each; {pinned}.\n\
+        "{command_line}: {} repetition(s) of every workload (at the first and last N), {fewest} to {most} of the \
+         packet and connection rates (more until their 95 % interval is within +-{}% or the budget ends); \
+         iperf3 {} s, udp/rr/crr {} s each; {pinned}.\n\
          N = published ports of another container ahead of the 3 measured ones in every Docker chain.\n\
          UDP: 64-byte frames (18-byte payload), datagrams received per second.\n\
-         x floor / x bridge: median / the floor's c2c median / bridge+iptables's median (same scenario and N), same run.\n\
+         n = repetitions; 95 % interval: percentile bootstrap of the median over the repetitions (fixed seed).\n\
+         x<reference>: bpfnet's median / the reference's (same scenario and N; the floor's c2c at the first N), \
+         interval from resampling both sides independently.\n\
          Above 1 is better for rates, worse for latencies and times.\n",
-        plan.repetitions, plan.durations.stream_secs, plan.durations.short_secs
+        plan.repetitions,
+        report::TIGHT_HALF_WIDTH_PCT,
+        plan.durations.stream_secs,
+        plan.durations.short_secs
     );
     section("results");
     println!("{header}\n{table}");
@@ -456,22 +621,33 @@ fn write_results(
         "settings": {
             "quick": plan.quick,
             "repetitions": plan.repetitions,
+            "min_headline_repetitions": plan.min_headline_repetitions,
+            "max_repetitions": plan.max_repetitions,
+            "budget_minutes": plan.budget.as_secs_f64() / 60.0,
+            "tight_half_width_pct": report::TIGHT_HALF_WIDTH_PCT,
+            "bootstrap": { "resamples": stats::RESAMPLES, "seed": stats::SEED, "level": 0.95, "ratio_resampling": "independent" },
             "durations": plan.durations,
             "other_published_ports": plan.other_ports,
             "measured_published_ports": MEASURED_PORTS.iter().map(|(p, port)| format!("{}/{port}", p.as_str())).collect::<Vec<_>>(),
             "pinning": pinning,
             "udp_payload_bytes": loadgen::UDP_PAYLOAD_64B_FRAME,
             "udp_frame_bytes_with_fcs": 64,
-            "order": "per N, repetition, scenario and workload the datapaths run back to back: floor, bridge, bpfnet, bpfnet-xdp; reversed in odd repetitions",
+            "order": format!(
+                "per N, repetition, scenario and workload the datapaths run back to back: {}; reversed in odd repetitions",
+                Datapath::ALL.map(Datapath::name).join(", ")
+            ),
         },
         "rows": rows,
+        "targets": verdicts,
+        "control_plane": control.map(|c| &c.json),
         "program_cost": cost_json,
         "perf_profiles": profiles,
     });
     let files = [
         ("results.json", serde_json::to_string_pretty(&results)? + "\n"),
         ("table.txt", format!("{header}\n{table}")),
-        ("chart.svg", report::chart_svg(&rows, &format!("{command_line}: bpfnet vs bridge+iptables vs floor"))),
+        ("headline.svg", charts::headline_svg(&rows, &format!("{command_line}: rates against N"), first_n)),
+        ("ratios.svg", charts::ratios_svg(&rows, &format!("{command_line}: bpfnet over each reference"), first_n)),
         ("docker-rules-n1.iptables", Topologies::docker_rules_text(1)),
     ];
     for (name, text) in files {
@@ -480,7 +656,7 @@ fn write_results(
     }
     let perf_files: Vec<&str> = profiles.iter().filter_map(|p| p["file"].as_str()).collect();
     println!(
-        "\nresults in {}: results.json, table.txt, chart.svg, docker-rules-n1.iptables{}{}",
+        "\nresults in {}: results.json, table.txt, headline.svg, ratios.svg, docker-rules-n1.iptables{}{}",
         out.display(),
         if perf_files.is_empty() { "" } else { ", " },
         perf_files.join(", ")
@@ -488,6 +664,9 @@ fn write_results(
     let failed = rows.iter().filter(|r| r.status == "failed" || (r.status == "measured" && r.note.is_some())).count();
     if let Err(err) = program_cost {
         bail!("the per-program cost was not measured: {err:#}");
+    }
+    if let Some(Err(err)) = control.map(|c| &c.result) {
+        bail!("the control plane was not measured in full: {err:#}");
     }
     if failed > 0 {
         bail!("{failed} figure(s) had failed repetitions: see the notes in {}", out.join("results.json").display());
@@ -532,11 +711,15 @@ mod tests {
 
     #[test]
     fn plans() {
-        let quick = Plan::new(true, false);
+        let quick = Plan::new(true, false, None);
         assert_eq!((quick.repetitions, quick.other_ports.as_slice()), (1, &[1][..]));
-        let full = Plan::new(false, true);
-        assert!(full.perf && !quick.perf);
+        assert!(quick.max_repetitions <= 2 && !quick.control_plane);
+        let full = Plan::new(false, true, Some(45.0));
+        assert!(full.perf && !quick.perf && full.control_plane);
         assert_eq!(full.other_ports, [1, 100, 1_000, 10_000]);
-        assert!(full.repetitions >= 3);
+        assert!(full.repetitions >= 3 && full.min_headline_repetitions >= 5);
+        assert_eq!(full.budget, Duration::from_secs(45 * 60));
+        assert!(positive_minutes("0").is_err() && positive_minutes("x").is_err());
+        assert_eq!(positive_minutes("1.5"), Ok(1.5));
     }
 }

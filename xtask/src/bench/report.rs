@@ -1,15 +1,24 @@
-//! The results: summaries with ratios, the terminal table, results.json and chart.svg.
+//! The results: summaries with intervals and ratios, the targets, the terminal table and
+//! results.json (the pictures are in [`super::charts`]).
 //!
-//! # results.json (schema `bpfnet-bench/5`)
+//! # results.json (schema `bpfnet-bench/6`)
 //!
 //! ```text
 //! {
-//!   "schema": "bpfnet-bench/5",
-//!   "command": "cargo xtask bench --quick",
+//!   "schema": "bpfnet-bench/6",
+//!   "command": "cargo xtask bench --quick --budget-minutes 1.5",
 //!   "started_unix": 1700000000, "finished_unix": 1700000060,    // seconds since the epoch
 //!   "host": { "kernel": "6.18.44", "cpus": 2, "iptables": "iptables v1.8.9 (nf_tables)" },
 //!   "settings": {
-//!     "quick": true, "repetitions": 1,
+//!     "quick": true,
+//!     "repetitions": 1,                    // of every workload, at the first and last N
+//!     "min_headline_repetitions": 1,       // of the packet and connection rates, at every N
+//!     "max_repetitions": 2,
+//!     "budget_minutes": 1.5,               // the traffic measurements', shared over the N
+//!     "tight_half_width_pct": 5.0,         // a headline figure stops when its interval's
+//!                                          // half-width is under this % of its median
+//!     "bootstrap": { "resamples": 4000, "seed": 7093..., "level": 0.95,
+//!                    "ratio_resampling": "independent" },
 //!     "durations": { "stream_secs": 2, "short_secs": 1.5 },  // iperf3 -t; udp/rr/crr
 //!     "other_published_ports": [1],        // the N values: published ports of another
 //!                                          // container, ahead of the measured ones
@@ -27,14 +36,47 @@
 //!             | "map_update_us",   // bpfnet only: its SERVICES map update alone
 //!     "unit": "Gbit/s" | "Mpps" | "us" | "1/s" | "ms",
 //!     "higher_is_better": true,
-//!     "datapath": "floor" | "bridge" | "bpfnet" | "bpfnet-xdp",
+//!     "datapath": "floor" | "bridge" | "bpfnet" | "bpfnet-xdp" | ...,  // Datapath::name
 //!     "status": "measured" | "failed",
 //!     "note": null | "the errors of failed repetitions",
 //!     "samples": [1.0, ...],               // one per successful repetition, in run order
+//!     "n": 5,                              // samples.len()
 //!     "median": 1.0, "min": 1.0, "max": 1.0, "spread_pct": 0.0,  // null unless measured
-//!     "ratio_to_floor": 1.0,               // median / the floor's c2c median at the first N
-//!     "ratio_to_bridge": 1.0               // median / bridge's median, same scenario and N
+//!     "ci": { "lo": 0.9, "hi": 1.1 },      // 95 % bootstrap interval of the median; null
+//!                                          // with fewer than 2 samples
+//!     "ratios": [ {                        // bpfnet's rows only; one per reference datapath
+//!       "to": "bridge",                    // (every datapath that is not bpfnet's)
+//!       "reference_scenario": "c2c",       // where the reference's figure comes from: the
+//!       "reference_other_published_ports": 1,  // same scenario and N, else its figure at the
+//!                                          // first N, else its c2c at the first N (the floor)
+//!       "ratio": 1.5,                      // median / the reference's median
+//!       "ci": { "lo": 1.4, "hi": 1.6 } | null,  // 95 % bootstrap interval of the ratio of
+//!                                          // medians, both sides resampled independently
+//!       "n": 5, "reference_n": 5
+//!     } ]
 //!   } ],
+//!   "targets": [ {                         // issue #18's targets, one per bpfnet datapath
+//!     "target": "c2c UDP 64B Mpps rx >= 1.5 x bridge+iptables",
+//!     "scenario": "c2c", "other_published_ports": 1,
+//!     "datapath": "bpfnet" | null,         // bpfnet's side
+//!     "reference": "bridge" | null,        // the datapath name (TARGET_REFERENCES)
+//!     "at_least": 1.5 | null,              // null for the flatness targets
+//!     "measured": 1.54 | null,             // the ratio; flatness: the worst last-N / first-N
+//!                                          // (in the better direction)
+//!     "ci": { "lo": 1.4, "hi": 1.7 } | null,
+//!     "verdict": "met" | "missed" | "undecided" | "not measured",
+//!     "note": null | "why, in words"
+//!   } ],
+//!   "control_plane": null | {              // the full run (or --control-plane) only
+//!     "scale": { ... } | null,             // scale.json: create_ms / remove_ms, each
+//!                                          // [{ "attached": 1, "samples": 50, "p50": 40.1,
+//!                                          //    "p99": 60.2, "p50_ci": { "lo", "hi" } }],
+//!                                          // at 1, 100 and 1,000 containers; agent RSS ...
+//!     "scale_error": null | "why",
+//!     "cni": { ... } | null,               // cni.json: bpfnet and bridge_portmap, each
+//!                                          // add_ms / del_ms in the same shape
+//!     "cni_error": null | "why"
+//!   },
 //!   "program_cost": {                      // each eBPF program's own cost, at two N
 //!     "status": "measured" | "failed",
 //!     "error": null | "why it failed",
@@ -69,23 +111,27 @@
 //! ```
 //!
 //! Ratios are plain quotients: above 1 is better for rates, worse for latencies and times.
+//! Intervals are percentile bootstraps with a fixed seed ([`super::stats`]): the same samples
+//! always give the same interval.
 //!
 //! Schema history: `/2` added `map_update_us` and dropped the status `not-supported-yet`
 //! (bpfnet runs every scenario since it has `--uplink` and `--publish`); `/3` added
 //! `program_cost` and `perf_profiles`; 4: `publish_api_ms`; 5: `program_cost.reports` (every
 //! run, at two N, each with `other_ports`) and `program_cost.combined` for
-//! `program_cost.report`.
+//! `program_cost.report`; 6: `n`, `ci`, `ratios` (to every reference datapath, with
+//! intervals) instead of `ratio_to_floor` and `ratio_to_bridge`, `targets`, `control_plane`,
+//! and the adaptive repetitions' settings.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::stats::{ratio, Summary};
+use super::stats::{median_interval, ratio_interval, Interval, Summary};
 use super::topology::Datapath;
 use super::workload::Metric;
 
-pub const SCHEMA: &str = "bpfnet-bench/5";
+pub const SCHEMA: &str = "bpfnet-bench/6";
 
 /// Which figure a sample belongs to: a row of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -111,6 +157,46 @@ impl Collected {
     pub fn fail(&mut self, key: Key, error: String) {
         self.failures.entry(key).or_default().push(error);
     }
+
+    fn samples(&self, key: &Key) -> &[f64] {
+        self.samples.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// The samples of the figure `key` is compared with on `reference`: the same scenario and
+    /// N; for a reference that does not run the scenario there or at all (the floor runs c2c
+    /// once), the same scenario at the first N, else c2c at the first N. A reference that
+    /// runs the figure but failed every repetition has none.
+    fn reference(&self, key: &Key, reference: Datapath, first_n: u32) -> Option<(Key, &[f64])> {
+        let candidates = [
+            Key { datapath: reference, ..*key },
+            Key { datapath: reference, other_ports: first_n, ..*key },
+            Key { datapath: reference, other_ports: first_n, scenario: "c2c", ..*key },
+        ];
+        for candidate in candidates {
+            if self.failures.contains_key(&candidate) && !self.samples.contains_key(&candidate) {
+                return None;
+            }
+            if let Some(samples) = self.samples.get(&candidate) {
+                return Some((candidate, samples));
+            }
+        }
+        None
+    }
+}
+
+/// One of bpfnet's figures over a reference datapath's.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ratio {
+    pub to: Datapath,
+    /// Where the reference's figure comes from (see [`Collected::reference`]).
+    pub reference_scenario: &'static str,
+    pub reference_other_published_ports: u32,
+    pub ratio: f64,
+    /// 95 % bootstrap interval of the ratio of medians; None unless both sides have two
+    /// samples or more.
+    pub ci: Option<Interval>,
+    pub n: usize,
+    pub reference_n: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -124,27 +210,42 @@ pub struct Row {
     pub status: &'static str,
     pub note: Option<String>,
     pub samples: Vec<f64>,
+    pub n: usize,
     pub median: Option<f64>,
+    /// 95 % bootstrap interval of the median; None with fewer than two samples.
+    pub ci: Option<Interval>,
     pub min: Option<f64>,
     pub max: Option<f64>,
     pub spread_pct: Option<f64>,
-    pub ratio_to_floor: Option<f64>,
-    pub ratio_to_bridge: Option<f64>,
+    /// bpfnet's rows only: over each reference datapath that has the figure.
+    pub ratios: Vec<Ratio>,
 }
 
-/// One row per key (measured or failed), with ratios from the same run.
-/// `floor_ports`: the N at which the floor was measured (its figures are every row's reference).
-pub fn rows(collected: &Collected, floor_ports: u32) -> Vec<Row> {
-    let median = |key: &Key| collected.samples.get(key).and_then(|samples| Summary::of(samples)).map(|s| s.median);
+impl Row {
+    pub fn key(&self) -> Key {
+        Key {
+            scenario: self.scenario,
+            other_ports: self.other_published_ports,
+            metric: self.metric,
+            datapath: self.datapath,
+        }
+    }
+
+    pub fn ratio_to(&self, reference: Datapath) -> Option<&Ratio> {
+        self.ratios.iter().find(|r| r.to == reference)
+    }
+}
+
+/// One row per key (measured or failed), with intervals, and for bpfnet's rows the ratios to
+/// every reference datapath of the same run. `first_n`: the first N (where the floor runs).
+pub fn rows(collected: &Collected, first_n: u32) -> Vec<Row> {
     let mut keys: Vec<Key> = collected.samples.keys().chain(collected.failures.keys()).copied().collect();
     keys.sort_by_key(|k| (scenario_rank(k.scenario), k.other_ports, k.metric, k.datapath));
     keys.dedup();
     keys.into_iter()
         .map(|key| {
-            let samples = collected.samples.get(&key).cloned().unwrap_or_default();
+            let samples = collected.samples(&key).to_vec();
             let summary = Summary::of(&samples);
-            let floor = median(&Key { scenario: "c2c", other_ports: floor_ports, datapath: Datapath::Floor, ..key });
-            let bridge = median(&Key { datapath: Datapath::Bridge, ..key });
             let failures = collected.failures.get(&key);
             let (status, note) = match (summary, failures) {
                 (Some(_), None) => ("measured", None),
@@ -152,6 +253,27 @@ pub fn rows(collected: &Collected, floor_ports: u32) -> Vec<Row> {
                     ("measured", Some(format!("{} repetition(s) failed: {}", errors.len(), errors.join(" | "))))
                 }
                 (None, errors) => ("failed", Some(errors.map_or_else(|| "no samples".to_string(), |e| e.join(" | ")))),
+            };
+            let ratios = match summary {
+                Some(summary) if key.datapath.is_bpfnet() => Datapath::ALL
+                    .into_iter()
+                    .filter(|d| !d.is_bpfnet())
+                    .filter_map(|reference| {
+                        let (from, theirs) = collected.reference(&key, reference, first_n)?;
+                        let theirs_median = Summary::of(theirs)?.median;
+                        let ratio = super::stats::ratio(summary.median, Some(theirs_median))?;
+                        Some(Ratio {
+                            to: reference,
+                            reference_scenario: from.scenario,
+                            reference_other_published_ports: from.other_ports,
+                            ratio,
+                            ci: ratio_interval(&samples, theirs),
+                            n: summary.count,
+                            reference_n: theirs.len(),
+                        })
+                    })
+                    .collect(),
+                _ => Vec::new(),
             };
             Row {
                 scenario: key.scenario,
@@ -162,16 +284,36 @@ pub fn rows(collected: &Collected, floor_ports: u32) -> Vec<Row> {
                 datapath: key.datapath,
                 status,
                 note,
+                n: summary.map_or(0, |s| s.count),
+                ci: median_interval(&samples),
                 samples,
                 median: summary.map(|s| s.median),
                 min: summary.map(|s| s.min),
                 max: summary.map(|s| s.max),
                 spread_pct: summary.map(|s| s.spread_pct),
-                ratio_to_floor: summary.and_then(|s| ratio(s.median, floor)),
-                ratio_to_bridge: summary.and_then(|s| ratio(s.median, bridge)),
+                ratios,
             }
         })
         .collect()
+}
+
+/// The figures the repetitions continue for until their intervals are tight: the packet and
+/// connection rates, which the targets are about.
+pub fn is_headline(metric: Metric) -> bool {
+    matches!(metric, Metric::UdpPps | Metric::CrrPerSec)
+}
+
+/// Half-width of a headline figure's interval, relative to its median, under which it is
+/// decided ("tight"): more repetitions would not change a verdict by much.
+pub const TIGHT_HALF_WIDTH_PCT: f64 = 5.0;
+
+/// Whether a figure's interval is tight (two samples or more, half-width under
+/// [`TIGHT_HALF_WIDTH_PCT`] of the median).
+pub fn is_tight(samples: &[f64]) -> bool {
+    match (median_interval(samples), Summary::of(samples)) {
+        (Some(ci), Some(s)) => ci.half_width_pct(s.median) < TIGHT_HALF_WIDTH_PCT,
+        _ => false,
+    }
 }
 
 /// The table's order: the paths of a packet first, then the control plane.
@@ -193,17 +335,22 @@ pub fn figure(value: f64) -> String {
     }
 }
 
-fn optional_ratio(value: Option<f64>) -> String {
-    value.map_or_else(|| "-".to_string(), |r| format!("{r:.2}"))
+fn interval_text(ci: Option<Interval>, digits: fn(f64) -> String) -> String {
+    ci.map_or_else(|| "[no interval]".to_string(), |ci| format!("[{}..{}]", digits(ci.lo), digits(ci.hi)))
 }
 
-/// The terminal table: one line per row, grouped by scenario and N.
+fn two_digits(value: f64) -> String {
+    format!("{value:.2}")
+}
+
+/// The terminal table: one line per row, grouped by scenario and N; bpfnet's rows end with
+/// their ratio to each reference, `x<reference> ratio [95 % interval]`.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:>6}  {:<19} {:<10} {:>10}  {:>21} {:>7} {:>8} {:>8}",
-        "scenario", "N", "metric", "datapath", "median", "min..max", "spread", "x floor", "x bridge"
+        "{:<14} {:>6}  {:<19} {:<16} {:>3} {:>10} {:>21} {:>21}  ratios to the references [95 % interval]",
+        "scenario", "N", "metric", "datapath", "n", "median", "95 % interval", "min..max"
     );
     let mut last_group = None;
     for row in rows {
@@ -213,26 +360,31 @@ pub fn table(rows: &[Row]) -> String {
         }
         last_group = Some(group);
         let lead = format!(
-            "{:<14} {:>6}  {:<19} {:<10}",
+            "{:<14} {:>6}  {:<19} {:<16} {:>3}",
             row.scenario,
             row.other_published_ports,
             row.metric.label(),
-            row.datapath.name()
+            row.datapath.name(),
+            row.n
         );
-        match (row.status, row.median) {
-            (_, None) => {
+        match row.median {
+            None => {
                 let _ = writeln!(out, "{lead} {}", row.note.as_deref().unwrap_or(row.status));
             }
-            (_, Some(median)) => {
+            Some(median) => {
                 let range = format!("{}..{}", figure(row.min.unwrap_or(median)), figure(row.max.unwrap_or(median)));
+                let ratios: Vec<String> = row
+                    .ratios
+                    .iter()
+                    .map(|r| format!("x{} {:.2} {}", r.to.name(), r.ratio, interval_text(r.ci, two_digits)))
+                    .collect();
                 let _ = writeln!(
                     out,
-                    "{lead} {:>10}  {:>21} {:>6.1}% {:>8} {:>8}{}",
+                    "{lead} {:>10} {:>21} {:>21}  {}{}",
                     figure(median),
+                    interval_text(row.ci, figure),
                     range,
-                    row.spread_pct.unwrap_or(0.0),
-                    optional_ratio(row.ratio_to_floor),
-                    optional_ratio(row.ratio_to_bridge),
+                    ratios.join("  "),
                     if row.note.is_some() { "  (some repetitions failed)" } else { "" }
                 );
             }
@@ -241,120 +393,215 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-/// How well a row does against the floor, higher is better whatever the metric:
-/// value/floor for rates, floor/value for latencies.
-fn relative_to_floor(row: &Row) -> Option<f64> {
-    let r = row.ratio_to_floor?;
-    if row.higher_is_better {
-        Some(r)
-    } else if r > 0.0 {
-        Some(1.0 / r)
-    } else {
-        None
+// ---------------------------------------------------------------------------------------
+// Targets
+
+/// The reference datapaths the targets name, as (role, [`Datapath::name`]): the one place to
+/// adjust when a datapath is added or renamed. A name no datapath of the run has makes its
+/// targets "not measured".
+pub const TARGET_REFERENCES: [(&str, &str); 4] = [
+    ("structural floor", "structural-floor"),
+    ("bare veth floor", "floor"),
+    ("bridge+iptables", "bridge"),
+    ("nftables with maps", "nftables"),
+];
+
+/// A target of issue #18: bpfnet's `metric` in `scenario` at the first N >= `at_least` x the
+/// reference's (rates only: higher is better).
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub scenario: &'static str,
+    pub metric: Metric,
+    /// A role of [`TARGET_REFERENCES`].
+    pub reference: &'static str,
+    pub at_least: f64,
+}
+
+pub const TARGETS: [Target; 8] = [
+    Target { scenario: "c2c", metric: Metric::UdpPps, reference: "structural floor", at_least: 0.97 },
+    Target { scenario: "c2c", metric: Metric::UdpPps, reference: "bare veth floor", at_least: 0.92 },
+    Target { scenario: "c2c", metric: Metric::UdpPps, reference: "bridge+iptables", at_least: 1.5 },
+    Target { scenario: "c2c", metric: Metric::UdpPps, reference: "nftables with maps", at_least: 1.25 },
+    Target { scenario: "snat", metric: Metric::UdpPps, reference: "bridge+iptables", at_least: 1.7 },
+    Target { scenario: "snat", metric: Metric::UdpPps, reference: "nftables with maps", at_least: 1.3 },
+    Target { scenario: "dnat", metric: Metric::CrrPerSec, reference: "bridge+iptables", at_least: 1.5 },
+    Target { scenario: "dnat", metric: Metric::CrrPerSec, reference: "nftables with maps", at_least: 1.2 },
+];
+
+/// A target's outcome in this run, for one of bpfnet's datapaths.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub target: String,
+    pub scenario: &'static str,
+    pub other_published_ports: u32,
+    /// bpfnet's side.
+    pub datapath: Option<Datapath>,
+    pub reference: Option<String>,
+    pub at_least: Option<f64>,
+    /// The ratio (or, for flatness, the worst N=last / N=first ratio) and its interval.
+    pub measured: Option<f64>,
+    pub ci: Option<Interval>,
+    /// "met": the whole interval on the good side; "missed": wholly on the bad side;
+    /// "undecided": it straddles the target (or there is no interval); "not measured".
+    pub verdict: &'static str,
+    pub note: Option<String>,
+}
+
+/// Which side of `at_least` an interval lies on (higher is better).
+pub fn decide(ci: Option<Interval>, at_least: f64) -> &'static str {
+    match ci {
+        Some(ci) if ci.lo >= at_least => "met",
+        Some(ci) if ci.hi < at_least => "missed",
+        _ => "undecided",
     }
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+fn datapath_named(name: &str) -> Option<Datapath> {
+    Datapath::ALL.into_iter().find(|d| d.name() == name)
 }
 
-/// A grouped bar chart: per (scenario, N, metric), one bar per datapath, the height its
-/// performance relative to the floor (1.0 = the floor; higher is better).
-pub fn chart_svg(rows: &[Row], title: &str) -> String {
-    const COLORS: [(Datapath, &str); 4] = [
-        (Datapath::Floor, "#9e9e9e"),
-        (Datapath::Bridge, "#e07b39"),
-        (Datapath::Bpfnet, "#2f6db5"),
-        (Datapath::BpfnetXdp, "#5aa469"),
-    ];
-    let mut groups: BTreeMap<(&str, u32, Metric), Vec<&Row>> = BTreeMap::new();
-    for row in
-        rows.iter().filter(|r| !matches!(r.metric, Metric::PublishMs | Metric::PublishApiMs | Metric::MapUpdateUs))
-    {
-        groups.entry((row.scenario, row.other_published_ports, row.metric)).or_default().push(row);
-    }
-    let bar = 16.0;
-    let group_width = bar * COLORS.len() as f64 + 18.0;
-    let (left, top, plot_height, bottom) = (60.0, 60.0, 260.0, 150.0);
-    let width = left + group_width * groups.len().max(1) as f64 + 20.0;
-    let height = top + plot_height + bottom;
-    let highest = rows.iter().filter_map(relative_to_floor).fold(1.2f64, f64::max).min(10.0);
-    let y = |value: f64| top + plot_height * (1.0 - value.min(highest) / highest);
-
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(svg, r#"<text x="{left}" y="22" font-size="14" font-weight="bold">{}</text>"#, escape(title));
-    let _ = writeln!(
-        svg,
-        r#"<text x="{left}" y="40">relative to the floor, higher is better (rates: value/floor; latencies: floor/value); N = other published ports</text>"#
-    );
-    // Axis with ticks at 0.25 steps of the highest value's scale.
-    let step = if highest > 4.0 { 1.0 } else { 0.25 };
-    let mut tick = 0.0;
-    while tick <= highest + 1e-9 {
-        let ty = y(tick);
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{left}" y1="{ty:.1}" x2="{:.1}" y2="{ty:.1}" stroke="#eee"/><text x="{:.1}" y="{:.1}" text-anchor="end">{tick:.2}</text>"##,
-            width - 20.0,
-            left - 6.0,
-            ty + 4.0
-        );
-        tick += step;
-    }
-    let one = y(1.0);
-    let _ = writeln!(
-        svg,
-        r##"<line x1="{left}" y1="{one:.1}" x2="{:.1}" y2="{one:.1}" stroke="#555" stroke-dasharray="4 3"/>"##,
-        width - 20.0
-    );
-    for (i, ((scenario, ports, metric), members)) in groups.iter().enumerate() {
-        let x0 = left + 9.0 + group_width * i as f64;
-        for (j, (datapath, color)) in COLORS.iter().enumerate() {
-            let x = x0 + bar * j as f64;
-            let Some(row) = members.iter().find(|r| r.datapath == *datapath) else {
-                continue;
-            };
-            if let Some(value) = relative_to_floor(row) {
-                let by = y(value);
-                let _ = writeln!(
-                    svg,
-                    r#"<rect x="{x:.1}" y="{by:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{} {}: {:.2}</title></rect>"#,
-                    bar - 2.0,
-                    (top + plot_height - by).max(0.0),
-                    datapath.name(),
-                    escape(metric.label()),
-                    value
-                );
+/// Every target for every bpfnet datapath that runs its scenario, at the first N; then
+/// flatness from the first N to the last.
+pub fn verdicts(rows: &[Row], first_n: u32, last_n: u32) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    for target in TARGETS {
+        let name = TARGET_REFERENCES.iter().find(|(role, _)| *role == target.reference).map(|(_, name)| *name);
+        let text =
+            format!("{} {} >= {} x {}", target.scenario, target.metric.label(), target.at_least, target.reference);
+        let ours: Vec<&Row> = rows
+            .iter()
+            .filter(|r| {
+                r.datapath.is_bpfnet()
+                    && r.scenario == target.scenario
+                    && r.metric == target.metric
+                    && r.other_published_ports == first_n
+            })
+            .collect();
+        let reference = name.and_then(datapath_named);
+        let blank = |datapath, note: String| Verdict {
+            target: text.clone(),
+            scenario: target.scenario,
+            other_published_ports: first_n,
+            datapath,
+            reference: name.map(str::to_string),
+            at_least: Some(target.at_least),
+            measured: None,
+            ci: None,
+            verdict: "not measured",
+            note: Some(note),
+        };
+        let Some(reference) = reference else {
+            out.push(blank(None, format!("this run has no datapath named {:?}", name.unwrap_or("?"))));
+            continue;
+        };
+        if ours.is_empty() {
+            out.push(blank(None, "bpfnet has no such figure in this run".to_string()));
+        }
+        for row in ours {
+            match row.ratio_to(reference) {
+                None => out.push(blank(Some(row.datapath), format!("no {} figure to compare with", reference.name()))),
+                Some(ratio) => out.push(Verdict {
+                    measured: Some(ratio.ratio),
+                    ci: ratio.ci,
+                    verdict: decide(ratio.ci, target.at_least),
+                    note: ratio.ci.is_none().then(|| "fewer than two repetitions: no interval".to_string()),
+                    ..blank(Some(row.datapath), String::new())
+                }),
             }
         }
-        let lx = x0 + bar * 1.5;
-        let ly = top + plot_height + 10.0;
+    }
+    for datapath in Datapath::ALL.into_iter().filter(|d| d.is_bpfnet()) {
+        out.push(flatness(rows, datapath, first_n, last_n));
+    }
+    out
+}
+
+/// "Nothing of bpfnet's slower at the last N than at the first beyond its interval": every
+/// figure of `datapath` measured at both N, compared interval to interval.
+fn flatness(rows: &[Row], datapath: Datapath, first_n: u32, last_n: u32) -> Verdict {
+    let mut verdict = Verdict {
+        target: format!("{}: nothing slower at N={last_n} than at N={first_n} beyond its interval", datapath.name()),
+        scenario: "all",
+        other_published_ports: last_n,
+        datapath: Some(datapath),
+        reference: None,
+        at_least: None,
+        measured: None,
+        ci: None,
+        verdict: "not measured",
+        note: None,
+    };
+    if first_n == last_n {
+        verdict.note = Some("one N only in this run".to_string());
+        return verdict;
+    }
+    let find = |key: Key| rows.iter().find(|r| r.key() == key);
+    let (mut slower, mut undecided, mut compared) = (Vec::new(), Vec::new(), 0);
+    // The worst figure: last / first in the "better" direction (below 1 is worse).
+    let mut worst: Option<(f64, String)> = None;
+    for last in rows.iter().filter(|r| r.datapath == datapath && r.other_published_ports == last_n) {
+        let Some(first) = find(Key { other_ports: first_n, ..last.key() }) else {
+            continue;
+        };
+        let (Some(a), Some(b)) = (first.median, last.median) else {
+            continue;
+        };
+        compared += 1;
+        let what = format!("{} {}", last.scenario, last.metric.label());
+        let goodness = if last.higher_is_better { b / a } else { a / b };
+        if worst.as_ref().is_none_or(|(w, _)| goodness < *w) {
+            worst = Some((goodness, what.clone()));
+        }
+        match (first.ci, last.ci) {
+            (Some(f), Some(l)) if !f.overlaps(l) && goodness < 1.0 => slower.push(what),
+            (Some(_), Some(_)) => {}
+            _ => undecided.push(what),
+        }
+    }
+    if compared == 0 {
+        verdict.note = Some("no figure at both N".to_string());
+        return verdict;
+    }
+    verdict.measured = worst.as_ref().map(|(w, _)| *w);
+    verdict.verdict = if !slower.is_empty() {
+        "missed"
+    } else if !undecided.is_empty() {
+        "undecided"
+    } else {
+        "met"
+    };
+    let worst = worst.map_or_else(String::new, |(w, what)| format!("worst {what}: {w:.2} x"));
+    verdict.note = Some(match verdict.verdict {
+        "missed" => format!("slower beyond the intervals: {}; {worst}", slower.join(", ")),
+        "undecided" => format!("no interval (one repetition): {}; {worst}", undecided.join(", ")),
+        _ => format!("{compared} figures, intervals overlap or better; {worst}"),
+    });
+    verdict
+}
+
+/// The targets as a table: one line per target and bpfnet datapath.
+pub fn verdict_table(verdicts: &[Verdict]) -> String {
+    let mut out = String::from(
+        "targets (issue #18): met = the whole 95 % interval of the ratio on the good side, missed = wholly on the bad side\n",
+    );
+    let _ = writeln!(out, "{:<72} {:<11} {:>6} {:>14}  verdict", "target", "bpfnet", "ratio", "95 % interval");
+    for v in verdicts {
         let _ = writeln!(
-            svg,
-            r#"<text x="{lx:.1}" y="{ly:.1}" text-anchor="end" transform="rotate(-60 {lx:.1} {ly:.1})">{} N={} {}</text>"#,
-            scenario,
-            ports,
-            escape(metric.label())
+            out,
+            "{:<72} {:<11} {:>6} {:>14}  {}{}",
+            v.target,
+            v.datapath.map_or("-", Datapath::name),
+            v.measured.map_or_else(|| "-".to_string(), two_digits),
+            v.ci.map_or_else(|| "-".to_string(), |ci| format!("[{:.2}..{:.2}]", ci.lo, ci.hi)),
+            v.verdict,
+            v.note.as_deref().filter(|n| !n.is_empty()).map_or_else(String::new, |n| format!(" ({n})"))
         );
     }
-    for (j, (datapath, color)) in COLORS.iter().enumerate() {
-        let lx = left + 110.0 * j as f64;
-        let ly = height - 16.0;
-        let _ = writeln!(
-            svg,
-            r#"<rect x="{lx}" y="{:.1}" width="12" height="12" fill="{color}"/><text x="{:.1}" y="{ly:.1}">{}</text>"#,
-            ly - 10.0,
-            lx + 16.0,
-            datapath.name()
-        );
-    }
-    svg.push_str("</svg>\n");
-    svg
+    out
+}
+
+pub fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// UTC time as `YYYYMMDD-HHMMSS` (for the results folder's name).
@@ -388,7 +635,7 @@ mod tests {
     }
 
     #[test]
-    fn ratios_against_floor_and_bridge_of_the_same_run() {
+    fn ratios_to_every_reference_of_the_same_run() {
         let mut c = Collected::default();
         for v in [10.0, 12.0, 11.0] {
             c.sample(key("c2c", Datapath::Floor, Metric::UdpPps), v);
@@ -399,40 +646,98 @@ mod tests {
         c.sample(key("snat", Datapath::Bpfnet, Metric::UdpPps), 4.4);
         c.sample(key("control-plane", Datapath::Bpfnet, Metric::MapUpdateUs), 3.0);
         c.fail(key("dnat", Datapath::Bridge, Metric::UdpPps), "boom".into());
+        c.sample(key("dnat", Datapath::Bpfnet, Metric::UdpPps), 1.0);
         let rows = rows(&c, 1);
         let find = |s: &str, d: Datapath| rows.iter().find(|r| r.scenario == s && r.datapath == d).unwrap();
         let floor = find("c2c", Datapath::Floor);
-        assert_eq!((floor.median, floor.ratio_to_floor), (Some(11.0), Some(1.0)));
-        assert_eq!(find("c2c", Datapath::Bridge).ratio_to_floor, Some(0.5));
+        assert_eq!((floor.median, floor.n), (Some(11.0), 3));
+        assert!(floor.ratios.is_empty(), "references get no ratios");
+        let ci = floor.ci.unwrap();
+        assert!(ci.lo >= 10.0 && ci.hi <= 12.0, "{ci:?}");
         let bpfnet = find("c2c", Datapath::Bpfnet);
-        assert_eq!((bpfnet.ratio_to_floor, bpfnet.ratio_to_bridge), (Some(0.75), Some(1.5)));
-        // SNAT rows refer to the c2c floor.
-        assert_eq!(find("snat", Datapath::Bridge).ratio_to_floor, Some(0.2));
-        assert_eq!(find("snat", Datapath::Bpfnet).ratio_to_bridge, Some(2.0));
-        // Only bpfnet has a map update: no ratio to anything.
-        let map = find("control-plane", Datapath::Bpfnet);
-        assert_eq!((map.ratio_to_floor, map.ratio_to_bridge), (None, None));
+        assert_eq!(bpfnet.ratio_to(Datapath::Floor).map(|r| r.ratio), Some(0.75));
+        assert_eq!(bpfnet.ratio_to(Datapath::Bridge).map(|r| r.ratio), Some(1.5));
+        // One sample: no interval.
+        assert_eq!((bpfnet.ci, bpfnet.ratio_to(Datapath::Bridge).unwrap().ci), (None, None));
+        // SNAT rows refer to the c2c floor (the floor has no SNAT), and to SNAT's bridge.
+        let snat = find("snat", Datapath::Bpfnet);
+        let to_floor = snat.ratio_to(Datapath::Floor).unwrap();
+        assert_eq!((to_floor.ratio, to_floor.reference_scenario), (0.4, "c2c"));
+        assert_eq!(snat.ratio_to(Datapath::Bridge).map(|r| (r.ratio, r.reference_scenario)), Some((2.0, "snat")));
+        // A reference that failed is not replaced by another scenario's figure.
+        assert!(find("dnat", Datapath::Bpfnet).ratio_to(Datapath::Bridge).is_none());
+        // Only bpfnet has a map update: nothing to compare with.
+        assert!(find("control-plane", Datapath::Bpfnet).ratios.is_empty());
         let failed = find("dnat", Datapath::Bridge);
         assert_eq!((failed.status, failed.note.as_deref()), ("failed", Some("boom")));
 
         let text = table(&rows);
         assert!(text.contains("boom"), "the failure is shown: {text}");
-        assert!(text.contains("0.50"), "{text}");
-        let svg = chart_svg(&rows, "test <run>");
-        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert!(svg.contains("test &lt;run&gt;"));
+        assert!(text.contains("xbridge 1.50 [no interval]"), "{text}");
+        let title = "test <run>";
+        for svg in
+            [super::super::charts::headline_svg(&rows, title, 1), super::super::charts::ratios_svg(&rows, title, 1)]
+        {
+            assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+            assert!(svg.contains("test &lt;run&gt;"));
+        }
         serde_json::to_string(&rows).unwrap();
     }
 
+    /// `count` samples spread +-1 % around `centre`.
+    fn around(centre: f64, count: usize) -> Vec<f64> {
+        (0..count).map(|i| centre * (0.99 + 0.02 * i as f64 / (count - 1) as f64)).collect()
+    }
+
     #[test]
-    fn latency_bars_invert_the_ratio() {
+    fn verdicts_follow_the_interval() {
         let mut c = Collected::default();
-        c.sample(key("c2c", Datapath::Floor, Metric::RrP50Us), 20.0);
-        c.sample(key("c2c", Datapath::Bridge, Metric::RrP50Us), 40.0);
+        let mut put = |scenario, n, datapath, metric, samples: Vec<f64>| {
+            for v in samples {
+                c.sample(Key { scenario, other_ports: n, metric, datapath }, v);
+            }
+        };
+        put("c2c", 1, Datapath::Floor, Metric::UdpPps, around(0.20, 8));
+        put("c2c", 1, Datapath::Bridge, Metric::UdpPps, around(0.10, 8));
+        put("c2c", 1, Datapath::Bpfnet, Metric::UdpPps, around(0.19, 8));
+        put("snat", 1, Datapath::Bridge, Metric::UdpPps, around(0.10, 8));
+        put("snat", 1, Datapath::Bpfnet, Metric::UdpPps, around(0.15, 8));
+        put("snat", 1, Datapath::BpfnetXdp, Metric::UdpPps, around(0.170, 8));
+        // Flat from N=1 to N=10,000 for tc; XDP falls beyond its interval.
+        put("c2c", 10_000, Datapath::Bpfnet, Metric::UdpPps, around(0.19, 8));
+        put("snat", 10_000, Datapath::Bpfnet, Metric::UdpPps, around(0.151, 8));
+        put("snat", 10_000, Datapath::BpfnetXdp, Metric::UdpPps, around(0.12, 8));
         let rows = rows(&c, 1);
-        let bridge = rows.iter().find(|r| r.datapath == Datapath::Bridge).unwrap();
-        assert_eq!(bridge.ratio_to_floor, Some(2.0));
-        assert_eq!(relative_to_floor(bridge), Some(0.5));
+        let all = verdicts(&rows, 1, 10_000);
+        let find = |target: &str, datapath: Datapath| {
+            all.iter().find(|v| v.target.contains(target) && v.datapath == Some(datapath)).unwrap()
+        };
+        // 0.95 x the veth floor >= 0.92: met; 1.9 x bridge >= 1.5: met.
+        assert_eq!(find("0.92 x bare veth floor", Datapath::Bpfnet).verdict, "met");
+        assert_eq!(find("1.5 x bridge", Datapath::Bpfnet).verdict, "met");
+        // SNAT: tc 1.5 x (missed 1.7), XDP 1.70 x with +-1 % samples: straddles 1.7.
+        assert_eq!(find("snat UDP 64B Mpps rx >= 1.7", Datapath::Bpfnet).verdict, "missed");
+        assert_eq!(find("snat UDP 64B Mpps rx >= 1.7", Datapath::BpfnetXdp).verdict, "undecided");
+        // Datapaths this run lacks.
+        let absent: Vec<_> = all.iter().filter(|v| v.target.contains("nftables")).collect();
+        assert!(!absent.is_empty() && absent.iter().all(|v| v.verdict == "not measured"), "{absent:?}");
+        assert!(all.iter().filter(|v| v.target.contains("structural floor")).all(|v| v.verdict == "not measured"));
+        assert_eq!(find("nothing slower", Datapath::Bpfnet).verdict, "met");
+        assert_eq!(find("nothing slower", Datapath::BpfnetXdp).verdict, "missed");
+        let text = verdict_table(&all);
+        assert!(text.contains("missed") && text.contains("not measured"), "{text}");
+    }
+
+    #[test]
+    fn decisions() {
+        let ci = |lo, hi| Some(Interval { lo, hi });
+        assert_eq!(decide(ci(1.6, 1.8), 1.5), "met");
+        assert_eq!(decide(ci(1.2, 1.4), 1.5), "missed");
+        assert_eq!(decide(ci(1.4, 1.6), 1.5), "undecided");
+        assert_eq!(decide(None, 1.5), "undecided");
+        assert!(is_tight(&around(100.0, 10)));
+        assert!(!is_tight(&[100.0]));
+        assert!(!is_tight(&[50.0, 100.0, 150.0]));
     }
 
     #[test]

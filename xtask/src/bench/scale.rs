@@ -1,6 +1,7 @@
 //! `cargo xtask bench --scale N`: the control plane at host scale. N containers on one
 //! sandbox host, each publishing a port, created and removed one by one through the API;
-//! reports create and remove latency (p50, p99) for the first and the last hundred, the time
+//! reports create and remove latency (p50 with its 95 % interval, p99) at 1, 100 and N
+//! containers (a window of [`WINDOW`] operations around each count), the time
 //! of `status`, `container ls` and a `/metrics` scrape at N, the agent's memory, and how many
 //! of a sample of containers answered on their published port from the outside namespace.
 //! Figures from one run, for the scale report (`scale.json`, and the terminal).
@@ -16,23 +17,24 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::api_request::{plain_name, send};
-use super::stats::{LatencyMs, Summary};
+use super::stats::{flatness, latencies_at, scale_points, LatencyAt, Summary};
 
 /// Host ports of the containers: container i publishes FIRST_PORT + i -> 80.
 const FIRST_PORT: u16 = 20_000;
 /// Containers whose published port is tried with real traffic.
 const SAMPLED: usize = 20;
+/// Operations around each count whose timings make its figures.
+const WINDOW: usize = 50;
 /// Timings of each read-only request at N.
 const READS: usize = 5;
 
 #[derive(Debug, Serialize)]
 pub struct ScaleReport {
     pub containers: usize,
-    /// Milliseconds, p50 and p99, of the first and the last hundred.
-    pub create_first_100_ms: LatencyMs,
-    pub create_last_100_ms: LatencyMs,
-    pub remove_first_100_ms: LatencyMs,
-    pub remove_last_100_ms: LatencyMs,
+    /// Creates with 1, 100 and N containers present after them.
+    pub create_ms: Vec<LatencyAt>,
+    /// Removes with N, 100 and 1 present before them (in increasing order of that count).
+    pub remove_ms: Vec<LatencyAt>,
     /// Medians of READS requests at N, milliseconds.
     pub status_ms: f64,
     pub container_ls_ms: f64,
@@ -105,13 +107,13 @@ fn measure(sandbox: &mut Sandbox, count: usize) -> Result<ScaleReport> {
     for name in &names {
         removed.push(send(&socket, "DELETE", &format!("/v1/containers/{}", plain_name(name)?), None)?.0);
     }
-    let hundred = 100.min(count);
+    // Removed in creation order: the first remove had `count` containers present.
+    removed.reverse();
+    let points = scale_points(count);
     Ok(ScaleReport {
         containers: count,
-        create_first_100_ms: LatencyMs::of(&created[..hundred]),
-        create_last_100_ms: LatencyMs::of(&created[count - hundred..]),
-        remove_first_100_ms: LatencyMs::of(&removed[..hundred]),
-        remove_last_100_ms: LatencyMs::of(&removed[count - hundred..]),
+        create_ms: latencies_at(&created, &points, WINDOW),
+        remove_ms: latencies_at(&removed, &points, WINDOW),
         status_ms,
         container_ls_ms,
         metrics_scrape_ms,
@@ -135,11 +137,19 @@ fn rss_kib(sandbox: &Sandbox) -> Result<u64> {
 
 pub fn table(r: &ScaleReport) -> String {
     let mut out = format!("control plane at {} containers (one run, through the API socket)\n", r.containers);
-    let row = |what: &str, p: &LatencyMs| format!("  {what:<28} p50 {:>7.1} ms   p99 {:>7.1} ms\n", p.p50, p.p99);
-    out.push_str(&row("create, first 100", &r.create_first_100_ms));
-    out.push_str(&row("create, last 100", &r.create_last_100_ms));
-    out.push_str(&row("remove, first 100", &r.remove_first_100_ms));
-    out.push_str(&row("remove, last 100", &r.remove_last_100_ms));
+    for (what, series) in [("create", &r.create_ms), ("remove", &r.remove_ms)] {
+        for at in series {
+            let _ = writeln!(
+                out,
+                "  {:<28} p50 {:>7.1} ms {:>17}   p99 {:>7.1} ms",
+                format!("{what}, {} present", at.attached),
+                at.p50,
+                at.p50_ci.map_or_else(String::new, |ci| format!("[{:.1}..{:.1}]", ci.lo, ci.hi)),
+                at.p99
+            );
+        }
+        let _ = writeln!(out, "  {:<28} {}", format!("{what}:"), flatness(series));
+    }
     let _ = writeln!(out, "  {:<28} {:>7.1} ms", "status at N (median of 5)", r.status_ms);
     let _ = writeln!(out, "  {:<28} {:>7.1} ms", "container ls at N", r.container_ls_ms);
     let _ =

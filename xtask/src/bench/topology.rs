@@ -79,6 +79,11 @@ impl Datapath {
         }
     }
 
+    /// bpfnet's own datapaths; every other one is a reference they are compared with.
+    pub fn is_bpfnet(self) -> bool {
+        self.uplink_mode().is_some()
+    }
+
     /// The agent's `--uplink-mode` for a bpfnet datapath.
     fn uplink_mode(self) -> Option<&'static str> {
         match self {
