@@ -147,8 +147,9 @@ pub fn headline_svg(rows: &[Row], title: &str, first_n: u32) -> String {
             let y_max = (highest * 1.05 / step).ceil().max(1.0) * step;
             let y = |v: f64| py + panel_h * (1.0 - (v / y_max).clamp(0.0, 1.0));
             let x = |n: u32| {
+                // Inset from the frame, so the points (set aside per datapath) stay off the axis.
                 if log_hi > log_lo {
-                    px + panel_w * (f64::from(n.max(1)).log10() - log_lo) / (log_hi - log_lo)
+                    px + 20.0 + (panel_w - 40.0) * (f64::from(n.max(1)).log10() - log_lo) / (log_hi - log_lo)
                 } else {
                     px + panel_w / 2.0
                 }
@@ -188,7 +189,10 @@ pub fn headline_svg(rows: &[Row], title: &str, first_n: u32) -> String {
                 px + panel_w / 2.0,
                 py + panel_h + 32.0
             );
-            for line in &lines {
+            for (li, line) in lines.iter().enumerate() {
+                // Each datapath a few pixels aside, so whiskers at one N do not hide each other.
+                let aside = (li as f64 - (lines.len() as f64 - 1.0) / 2.0) * 5.0;
+                let x = |n: u32| x(n) + aside;
                 let c = colour(line.datapath);
                 let wide = if line.datapath.is_bpfnet() { 3.0 } else { 2.0 };
                 let tip = format!(

@@ -6,7 +6,7 @@
 //! ```text
 //! {
 //!   "schema": "bpfnet-bench/6",
-//!   "command": "cargo xtask bench --quick --budget-minutes 1.5",
+//!   "command": "cargo xtask bench --quick --budget-minutes 1.75",
 //!   "started_unix": 1700000000, "finished_unix": 1700000060,    // seconds since the epoch
 //!   "host": { "kernel": "6.18.44", "cpus": 2, "iptables": "iptables v1.8.9 (nf_tables)" },
 //!   "settings": {
@@ -14,7 +14,7 @@
 //!     "repetitions": 1,                    // of every workload, at the first and last N
 //!     "min_headline_repetitions": 1,       // of the packet and connection rates, at every N
 //!     "max_repetitions": 2,
-//!     "budget_minutes": 1.5,               // the traffic measurements', shared over the N
+//!     "budget_minutes": 1.75,              // the traffic measurements', shared over the N
 //!     "tight_half_width_pct": 5.0,         // a headline figure stops when its interval's
 //!                                          // half-width is under this % of its median
 //!     "bootstrap": { "resamples": 4000, "seed": 7093..., "level": 0.95,
