@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use super::report::{decide, escape, Row, TARGETS, TARGET_REFERENCES};
+use super::report::{decide, escape, Ratio, Row, TARGETS, TARGET_REFERENCES};
 use super::stats::Interval;
 use super::topology::Datapath;
 use super::workload::Metric;
@@ -262,8 +262,7 @@ pub fn ratios_svg(rows: &[Row], title: &str, first_n: u32) -> String {
     struct Line<'a> {
         label: String,
         row: &'a Row,
-        ratio: f64,
-        ci: Option<Interval>,
+        ratio: &'a Ratio,
         target: Option<f64>,
     }
     let mut lines = Vec::new();
@@ -279,8 +278,7 @@ pub fn ratios_svg(rows: &[Row], title: &str, first_n: u32) -> String {
                     lines.push(Line {
                         label: format!("{scenario} {}: {} / {}", metric.label(), row.datapath.name(), ratio.to.name()),
                         row,
-                        ratio: ratio.ratio,
-                        ci: ratio.ci,
+                        ratio,
                         target: target_for(row, ratio.to),
                     });
                 }
@@ -290,7 +288,7 @@ pub fn ratios_svg(rows: &[Row], title: &str, first_n: u32) -> String {
     let (left, top, line_h, plot_w) = (330.0, 96.0, 24.0, 520.0);
     let highest = lines
         .iter()
-        .map(|l| l.ci.map_or(l.ratio, |ci| ci.hi).max(l.ratio).max(l.target.unwrap_or(0.0)))
+        .map(|l| l.ratio.ci.map_or(l.ratio.ratio, |ci| ci.hi).max(l.ratio.ratio).max(l.target.unwrap_or(0.0)))
         .fold(2.0f64, f64::max)
         .min(5.0);
     let step = nice_step(highest, 5.0);
@@ -308,9 +306,9 @@ pub fn ratios_svg(rows: &[Row], title: &str, first_n: u32) -> String {
         &format!("N={first_n}: bpfnet's median / the reference's, whiskers: 95 % bootstrap interval of the ratio; above 1: bpfnet faster"),
     );
     // Legend: dot colours are the verdicts, the red bar the target.
-    let legend = [("#2e7d32", "met"), ("#c62828", "missed"), ("#ef8f00", "undecided"), ("#555", "no target")];
+    let legend = [("#2e7d32", "met"), ("#c62828", "missed"), ("#ef8f00", "undecided or n < 5"), ("#555", "no target")];
     for (i, (c, what)) in legend.iter().enumerate() {
-        let lx = 20.0 + 120.0 * i as f64;
+        let lx = 20.0 + [0.0, 70.0, 160.0, 320.0][i];
         let _ = writeln!(
             svg,
             r#"<circle cx="{lx}" cy="64" r="5" fill="{c}"/><text x="{:.0}" y="68">{what}</text>"#,
@@ -319,7 +317,7 @@ pub fn ratios_svg(rows: &[Row], title: &str, first_n: u32) -> String {
     }
     let _ = writeln!(
         svg,
-        r##"<rect x="500" y="56" width="3" height="16" fill="#c62828"/><text x="510" y="68">target (issue #18)</text>"##
+        r##"<rect x="440" y="56" width="3" height="16" fill="#c62828"/><text x="450" y="68">target (issue #18)</text>"##
     );
     let mut tick = 0.0;
     while tick <= x_max + step * 1e-6 {
@@ -353,7 +351,7 @@ pub fn ratios_svg(rows: &[Row], title: &str, first_n: u32) -> String {
         }
         last_group = Some(group);
         let c = match line.target {
-            Some(t) => match decide(line.ci, t) {
+            Some(t) => match decide(line.ratio, t) {
                 "met" => "#2e7d32",
                 "missed" => "#c62828",
                 _ => "#ef8f00",
@@ -376,7 +374,7 @@ pub fn ratios_svg(rows: &[Row], title: &str, first_n: u32) -> String {
                 18.0
             );
         }
-        if let Some(ci) = line.ci {
+        if let Some(ci) = line.ratio.ci {
             let _ = writeln!(
                 svg,
                 r#"<path d="M{:.1},{cy:.1}H{:.1}M{:.1},{:.1}v10M{:.1},{:.1}v10" stroke="{c}" stroke-width="1.5"/>"#,
@@ -388,20 +386,20 @@ pub fn ratios_svg(rows: &[Row], title: &str, first_n: u32) -> String {
                 cy - 5.0
             );
         }
-        let beyond = if line.ratio > x_max { " (off the scale)" } else { "" };
+        let beyond = if line.ratio.ratio > x_max { " (off the scale)" } else { "" };
         let _ = writeln!(
             svg,
             r#"<circle cx="{:.1}" cy="{cy:.1}" r="4.5" fill="{c}"><title>{}: {:.2}{beyond}</title></circle>"#,
-            x(line.ratio),
+            x(line.ratio.ratio),
             escape(&line.label),
-            line.ratio
+            line.ratio.ratio
         );
         let _ = writeln!(
             svg,
             r##"<text x="{:.1}" y="{:.1}" fill="#333" font-size="10">{:.2}</text>"##,
-            (x(line.ci.map_or(line.ratio, |ci| ci.hi).min(x_max)) + 6.0).min(left + plot_w - 24.0),
+            (x(line.ratio.ci.map_or(line.ratio.ratio, |ci| ci.hi).min(x_max)) + 6.0).min(left + plot_w - 24.0),
             cy - 4.0,
-            line.ratio
+            line.ratio.ratio
         );
     }
     svg.push_str("</svg>\n");

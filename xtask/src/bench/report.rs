@@ -442,14 +442,22 @@ pub struct Verdict {
     pub measured: Option<f64>,
     pub ci: Option<Interval>,
     /// "met": the whole interval on the good side; "missed": wholly on the bad side;
-    /// "undecided": it straddles the target (or there is no interval); "not measured".
+    /// "undecided": it straddles the target, or fewer than [`MIN_SAMPLES_TO_DECIDE`]
+    /// repetitions; "not measured".
     pub verdict: &'static str,
     pub note: Option<String>,
 }
 
-/// Which side of `at_least` an interval lies on (higher is better).
-pub fn decide(ci: Option<Interval>, at_least: f64) -> &'static str {
-    match ci {
+/// Repetitions each side needs before its interval decides anything: the bootstrap's
+/// interval of a median is about [min, max] of few samples, which covers the true median
+/// with 1 - 2 x 0.5^n probability: 50 % at n = 2, 94 % at 5.
+pub const MIN_SAMPLES_TO_DECIDE: usize = 5;
+
+/// Which side of `at_least` a ratio's interval lies on (higher is better), when both sides
+/// have [`MIN_SAMPLES_TO_DECIDE`] samples.
+pub fn decide(ratio: &Ratio, at_least: f64) -> &'static str {
+    match ratio.ci {
+        _ if ratio.n.min(ratio.reference_n) < MIN_SAMPLES_TO_DECIDE => "undecided",
         Some(ci) if ci.lo >= at_least => "met",
         Some(ci) if ci.hi < at_least => "missed",
         _ => "undecided",
@@ -503,8 +511,13 @@ pub fn verdicts(rows: &[Row], first_n: u32, last_n: u32) -> Vec<Verdict> {
                 Some(ratio) => out.push(Verdict {
                     measured: Some(ratio.ratio),
                     ci: ratio.ci,
-                    verdict: decide(ratio.ci, target.at_least),
-                    note: ratio.ci.is_none().then(|| "fewer than two repetitions: no interval".to_string()),
+                    verdict: decide(ratio, target.at_least),
+                    note: (ratio.n.min(ratio.reference_n) < MIN_SAMPLES_TO_DECIDE).then(|| {
+                        format!(
+                            "{} and {} repetitions: fewer than {MIN_SAMPLES_TO_DECIDE} decide nothing",
+                            ratio.n, ratio.reference_n
+                        )
+                    }),
                     ..blank(Some(row.datapath), String::new())
                 }),
             }
@@ -520,7 +533,8 @@ pub fn verdicts(rows: &[Row], first_n: u32, last_n: u32) -> Vec<Verdict> {
 /// figure of `datapath` measured at both N, compared interval to interval.
 fn flatness(rows: &[Row], datapath: Datapath, first_n: u32, last_n: u32) -> Verdict {
     let mut verdict = Verdict {
-        target: format!("{}: nothing slower at N={last_n} than at N={first_n} beyond its interval", datapath.name()),
+        target: format!("{}: nothing slower at N={last_n} than at N={first_n} beyond its interval", datapath.name())
+            .replace(&format!("N={first_n} than at N={first_n}"), &format!("the largest N than at N={first_n}")),
         scenario: "all",
         other_published_ports: last_n,
         datapath: Some(datapath),
@@ -553,6 +567,7 @@ fn flatness(rows: &[Row], datapath: Datapath, first_n: u32, last_n: u32) -> Verd
             worst = Some((goodness, what.clone()));
         }
         match (first.ci, last.ci) {
+            _ if first.n.min(last.n) < MIN_SAMPLES_TO_DECIDE => undecided.push(what),
             (Some(f), Some(l)) if !f.overlaps(l) && goodness < 1.0 => slower.push(what),
             (Some(_), Some(_)) => {}
             _ => undecided.push(what),
@@ -573,7 +588,7 @@ fn flatness(rows: &[Row], datapath: Datapath, first_n: u32, last_n: u32) -> Verd
     let worst = worst.map_or_else(String::new, |(w, what)| format!("worst {what}: {w:.2} x"));
     verdict.note = Some(match verdict.verdict {
         "missed" => format!("slower beyond the intervals: {}; {worst}", slower.join(", ")),
-        "undecided" => format!("no interval (one repetition): {}; {worst}", undecided.join(", ")),
+        "undecided" => format!("fewer than {MIN_SAMPLES_TO_DECIDE} repetitions: {}; {worst}", undecided.join(", ")),
         _ => format!("{compared} figures, intervals overlap or better; {worst}"),
     });
     verdict
@@ -731,10 +746,21 @@ mod tests {
     #[test]
     fn decisions() {
         let ci = |lo, hi| Some(Interval { lo, hi });
-        assert_eq!(decide(ci(1.6, 1.8), 1.5), "met");
-        assert_eq!(decide(ci(1.2, 1.4), 1.5), "missed");
-        assert_eq!(decide(ci(1.4, 1.6), 1.5), "undecided");
-        assert_eq!(decide(None, 1.5), "undecided");
+        let ratio = |ci, n| Ratio {
+            to: Datapath::Bridge,
+            reference_scenario: "c2c",
+            reference_other_published_ports: 1,
+            ratio: 1.5,
+            ci,
+            n,
+            reference_n: 5,
+        };
+        assert_eq!(decide(&ratio(ci(1.6, 1.8), 5), 1.5), "met");
+        assert_eq!(decide(&ratio(ci(1.2, 1.4), 5), 1.5), "missed");
+        assert_eq!(decide(&ratio(ci(1.4, 1.6), 5), 1.5), "undecided");
+        assert_eq!(decide(&ratio(None, 5), 1.5), "undecided");
+        // Two repetitions' interval is [min, max]: it decides nothing.
+        assert_eq!(decide(&ratio(ci(1.2, 1.4), 2), 1.5), "undecided");
         assert!(is_tight(&around(100.0, 10)));
         assert!(!is_tight(&[100.0]));
         assert!(!is_tight(&[50.0, 100.0, 150.0]));
