@@ -311,8 +311,9 @@ pub fn ratios_svg(rows: &[Row], title: &str, first_n: u32) -> String {
         let lx = 20.0 + [0.0, 70.0, 160.0, 320.0][i];
         let _ = writeln!(
             svg,
-            r#"<circle cx="{lx}" cy="64" r="5" fill="{c}"/><text x="{:.0}" y="68">{what}</text>"#,
-            lx + 10.0
+            r#"<circle cx="{lx}" cy="64" r="5" fill="{c}"/><text x="{:.0}" y="68">{}</text>"#,
+            lx + 10.0,
+            escape(what)
         );
     }
     let _ = writeln!(

@@ -85,7 +85,7 @@ pub struct BenchArgs {
     control_plane: bool,
     /// Time for the traffic measurements, in minutes: repetitions beyond the minimum stop
     /// when it ends [default: 30 for the full run (about 40 minutes in all on 2 vCPUs),
-    /// 1.75 with --quick].
+    /// 1.5 with --quick].
     #[arg(long, value_name = "M", value_parser = positive_minutes)]
     budget_minutes: Option<f64>,
 }
@@ -150,7 +150,7 @@ impl Plan {
                 repetitions: 1,
                 min_headline_repetitions: 1,
                 max_repetitions: 2,
-                budget: budget(1.75),
+                budget: budget(1.5),
                 durations: Durations { stream_secs: 2, short_secs: 1.5 },
                 other_ports: vec![1],
                 control_plane: false,

@@ -6,7 +6,7 @@
 //! ```text
 //! {
 //!   "schema": "bpfnet-bench/6",
-//!   "command": "cargo xtask bench --quick --budget-minutes 1.75",
+//!   "command": "cargo xtask bench --quick --budget-minutes 1.5",
 //!   "started_unix": 1700000000, "finished_unix": 1700000060,    // seconds since the epoch
 //!   "host": { "kernel": "6.18.44", "cpus": 2, "iptables": "iptables v1.8.9 (nf_tables)" },
 //!   "settings": {
@@ -14,7 +14,7 @@
 //!     "repetitions": 1,                    // of every workload, at the first and last N
 //!     "min_headline_repetitions": 1,       // of the packet and connection rates, at every N
 //!     "max_repetitions": 2,
-//!     "budget_minutes": 1.75,              // the traffic measurements', shared over the N
+//!     "budget_minutes": 1.5,               // the traffic measurements', shared over the N
 //!     "tight_half_width_pct": 5.0,         // a headline figure stops when its interval's
 //!                                          // half-width is under this % of its median
 //!     "bootstrap": { "resamples": 4000, "seed": 7093..., "level": 0.95,
@@ -599,11 +599,11 @@ pub fn verdict_table(verdicts: &[Verdict]) -> String {
     let mut out = String::from(
         "targets (issue #18): met = the whole 95 % interval of the ratio on the good side, missed = wholly on the bad side\n",
     );
-    let _ = writeln!(out, "{:<72} {:<11} {:>6} {:>14}  verdict", "target", "bpfnet", "ratio", "95 % interval");
+    let _ = writeln!(out, "{:<76} {:<11} {:>6} {:>14}  verdict", "target", "bpfnet", "ratio", "95 % interval");
     for v in verdicts {
         let _ = writeln!(
             out,
-            "{:<72} {:<11} {:>6} {:>14}  {}{}",
+            "{:<76} {:<11} {:>6} {:>14}  {}{}",
             v.target,
             v.datapath.map_or("-", Datapath::name),
             v.measured.map_or_else(|| "-".to_string(), two_digits),
@@ -695,6 +695,12 @@ mod tests {
         {
             assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
             assert!(svg.contains("test &lt;run&gt;"));
+            // Every '<' opens a tag: text is escaped (rsvg-convert refuses the file otherwise).
+            assert!(
+                svg.match_indices('<')
+                    .all(|(i, _)| svg[i + 1..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '/')),
+                "unescaped '<' in {svg}"
+            );
         }
         serde_json::to_string(&rows).unwrap();
     }
