@@ -309,7 +309,7 @@ pub fn table(r: &CniReport) -> String {
             let _ = writeln!(
                 out,
                 "{:<24} {:>10.1} {:>17} {:>8.1} {:>10.1} {:>17} {:>8.1} {:>7.2}x",
-                format!("{what}, {} pods attached", a.attached),
+                format!("{what}, {} {} attached", a.attached, if a.attached == 1 { "pod" } else { "pods" }),
                 a.p50,
                 ci(a),
                 a.p99,

@@ -18,9 +18,10 @@
 //! datapaths run back to back (A/B/C/D, then D/C/B/A in the next repetition, so none goes
 //! first every time). Every workload runs a fixed number of repetitions at the first and the
 //! last N (at the N between, only the headline workloads: the packet and connection rates);
-//! then the headline workloads continue, repetition by repetition, at least to a minimum and
-//! then while some headline figure's 95 % interval is wider than +-5 % of its median, until
-//! the time budget of that N ends. Figures are medians with a 95 % bootstrap interval, and
+//! then the headline workloads continue, repetition by repetition, to a minimum (at the first
+//! and last N whatever the budget) and then while some headline figure's 95 % interval is
+//! wider than +-5 % of its median, until that N's share of the time budget ends (half of it
+//! for the first N, where the targets are). Figures are medians with a 95 % bootstrap interval, and
 //! bpfnet's are also ratios (with intervals) to every reference datapath of the same run.
 
 mod api_request;
@@ -84,7 +85,7 @@ pub struct BenchArgs {
     #[arg(long)]
     control_plane: bool,
     /// Time for the traffic measurements, in minutes: repetitions beyond the minimum stop
-    /// when it ends [default: 30 for the full run (about 40 minutes in all on 2 vCPUs),
+    /// when it ends [default: 28 for the full run (about 40 minutes in all on 2 vCPUs),
     /// 1.5 with --quick].
     #[arg(long, value_name = "M", value_parser = positive_minutes)]
     budget_minutes: Option<f64>,
@@ -126,8 +127,9 @@ struct Plan {
     perf: bool,
     /// Repetitions of every workload at the first and the last N, whatever the budget.
     repetitions: u32,
-    /// Repetitions of the headline workloads (packet and connection rates) at every N before
-    /// their intervals can end them (budget permitting).
+    /// Repetitions of the headline workloads (packet and connection rates) before their
+    /// intervals can end them: whatever the budget at the first and the last N (the targets
+    /// need 5 a side to decide), budget permitting between them.
     min_headline_repetitions: u32,
     /// No more repetitions than this, tight or not.
     max_repetitions: u32,
@@ -141,6 +143,16 @@ struct Plan {
 }
 
 impl Plan {
+    /// The share of the budget spent when the `i`-th N is done: the first N, where the targets
+    /// are, gets half of it; the others share the rest. Time an N leaves goes to the next.
+    fn budget_share_until(&self, i: usize) -> f64 {
+        let rest = self.other_ports.len().saturating_sub(1);
+        if rest == 0 {
+            return 1.0;
+        }
+        0.5 + 0.5 * i as f64 / rest as f64
+    }
+
     fn new(quick: bool, perf: bool, budget_minutes: Option<f64>) -> Plan {
         let budget = |default: f64| Duration::from_secs_f64(budget_minutes.unwrap_or(default) * 60.0);
         if quick {
@@ -162,7 +174,7 @@ impl Plan {
                 repetitions: 3,
                 min_headline_repetitions: 5,
                 max_repetitions: 30,
-                budget: budget(30.0),
+                budget: budget(28.0),
                 durations: Durations { stream_secs: 4, short_secs: 2.5 },
                 other_ports: vec![1, 100, 1_000, 10_000],
                 control_plane: true,
@@ -216,7 +228,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let path = out.join("control-plane.json");
         fs::write(&path, serde_json::to_string_pretty(&figures.json)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
-        println!("\n{}==> {}", figures.table, path.display());
+        // Each part printed its table as it ended.
+        println!("==> {}", path.display());
         return figures.result;
     }
     if let Some(containers) = args.scale {
@@ -351,12 +364,16 @@ fn measure(
         section(&format!("N = {n} other published ports (+{} measured)", MEASURED_PORTS.len()));
         topologies.set_other_ports(sandbox, n)?;
         // Each N's share of the budget; what an N leaves unused goes to the next ones.
-        let deadline = started + plan.budget.mul_f64((i + 1) as f64 / plan.other_ports.len() as f64);
+        let deadline = started + plan.budget.mul_f64(plan.budget_share_until(i));
         // Every workload at the first and the last N; between them the headline ones only.
         let every_workload = n == first_n || n == last_n;
         for rep in 0..plan.max_repetitions {
+            // Below the minima nothing stops a repetition: every workload `repetitions` times
+            // (the headline ones only between the ends), and at the ends, where the targets
+            // and the flatness are decided, the headline ones `min_headline_repetitions` times.
             let fixed = rep < plan.repetitions;
-            if !fixed && Instant::now() >= deadline {
+            let fixed_headline = fixed || (every_workload && rep < plan.min_headline_repetitions);
+            if !fixed_headline && Instant::now() >= deadline {
                 progress(&format!("N={n}: the time budget ends the repetitions after {rep}"));
                 break;
             }
@@ -366,6 +383,8 @@ fn measure(
                     let headline = is_headline_workload(workload);
                     let runs = if fixed {
                         headline || every_workload
+                    } else if fixed_headline {
+                        headline
                     } else {
                         headline
                             && (rep < plan.min_headline_repetitions || !all_tight(&collected, scenario, workload, n))
@@ -386,7 +405,7 @@ fn measure(
             }
             let order = datapath_order(rep);
             for (scenario, workload) in planned {
-                if !fixed && Instant::now() >= deadline {
+                if !fixed_headline && Instant::now() >= deadline {
                     progress(&format!("N={n}: the time budget ends repetition {}", rep + 1));
                     break;
                 }
@@ -727,6 +746,11 @@ mod tests {
         assert_eq!(full.other_ports, [1, 100, 1_000, 10_000]);
         assert!(full.repetitions >= 3 && full.min_headline_repetitions >= 5);
         assert_eq!(full.budget, Duration::from_secs(45 * 60));
+        // Half the budget for the first N, the rest shared.
+        for (i, share) in [0.5, 2.0 / 3.0, 5.0 / 6.0, 1.0].into_iter().enumerate() {
+            assert!((full.budget_share_until(i) - share).abs() < 1e-9, "N #{i}");
+        }
+        assert_eq!(quick.budget_share_until(0), 1.0);
         assert!(positive_minutes("0").is_err() && positive_minutes("x").is_err());
         assert_eq!(positive_minutes("1.5"), Ok(1.5));
     }

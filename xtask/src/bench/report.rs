@@ -578,18 +578,26 @@ fn flatness(rows: &[Row], datapath: Datapath, first_n: u32, last_n: u32) -> Verd
         return verdict;
     }
     verdict.measured = worst.as_ref().map(|(w, _)| *w);
+    // Figures with too few repetitions (the non-headline ones have 3) are named, not judged;
+    // the verdict rests on the others, and is undecided when none is left.
+    let decided = compared - undecided.len();
     verdict.verdict = if !slower.is_empty() {
         "missed"
-    } else if !undecided.is_empty() {
+    } else if decided == 0 {
         "undecided"
     } else {
         "met"
     };
     let worst = worst.map_or_else(String::new, |(w, what)| format!("worst {what}: {w:.2} x"));
+    let unjudged = if undecided.is_empty() {
+        String::new()
+    } else {
+        format!("; not judged (fewer than {MIN_SAMPLES_TO_DECIDE} repetitions): {}", undecided.join(", "))
+    };
     verdict.note = Some(match verdict.verdict {
-        "missed" => format!("slower beyond the intervals: {}; {worst}", slower.join(", ")),
-        "undecided" => format!("fewer than {MIN_SAMPLES_TO_DECIDE} repetitions: {}; {worst}", undecided.join(", ")),
-        _ => format!("{compared} figures, intervals overlap or better; {worst}"),
+        "missed" => format!("slower beyond the intervals: {}; {worst}{unjudged}", slower.join(", ")),
+        "undecided" => format!("no figure has {MIN_SAMPLES_TO_DECIDE} repetitions at both N; {worst}{unjudged}"),
+        _ => format!("{decided} figures judged, intervals overlap or better; {worst}{unjudged}"),
     });
     verdict
 }
@@ -744,6 +752,17 @@ mod tests {
         assert!(!absent.is_empty() && absent.iter().all(|v| v.verdict == "not measured"), "{absent:?}");
         assert!(all.iter().filter(|v| v.target.contains("structural floor")).all(|v| v.verdict == "not measured"));
         assert_eq!(find("nothing slower", Datapath::Bpfnet).verdict, "met");
+        // A figure with 3 repetitions is named, not judged.
+        let mut few = rows.clone();
+        for row in few.iter_mut().filter(|r| r.datapath == Datapath::Bpfnet && r.scenario == "snat") {
+            row.n = 3;
+        }
+        let tc = verdicts(&few, 1, 10_000)
+            .into_iter()
+            .find(|v| v.target.contains("nothing slower") && v.datapath == Some(Datapath::Bpfnet))
+            .unwrap();
+        assert_eq!(tc.verdict, "met");
+        assert!(tc.note.as_deref().unwrap().contains("not judged (fewer than 5 repetitions): snat"), "{tc:?}");
         assert_eq!(find("nothing slower", Datapath::BpfnetXdp).verdict, "missed");
         let text = verdict_table(&all);
         assert!(text.contains("missed") && text.contains("not measured"), "{text}");
