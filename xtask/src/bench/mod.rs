@@ -81,7 +81,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(50..=2000))]
     cni: Option<u32>,
     /// Instead of the traffic benchmark: only the control-plane section of the full run
-    /// (`--scale 1000` and `--cni 200`, about 6 minutes), into one report.
+    /// (`--scale 1000` and `--cni 200`, about 4 minutes), into one report.
     #[arg(long)]
     control_plane: bool,
     /// Time for the traffic measurements, in minutes: repetitions beyond the minimum stop
