@@ -3,6 +3,8 @@
 //!
 //! - [`topology`]: the three datapaths' namespaces and which scenario each supports;
 //! - [`docker_rules`]: the iptables rule shapes Docker installs, with their source;
+//! - [`nft_rules`]: the same topology's rules as one nftables table with maps (the strongest
+//!   netfilter peer: flat in N);
 //! - [`workload`]: iperf3 and our own [`loadgen`] between two namespaces, pinned to CPUs;
 //! - [`pinned_map`]: bpfnet's map update alone, for the control-plane cost;
 //! - [`api_request`]: bpfnet's publish through its API alone (no CLI process), likewise;
@@ -21,6 +23,7 @@ mod api_request;
 mod cni;
 mod docker_rules;
 pub mod loadgen;
+mod nft_rules;
 mod profile;
 mod program_cost;
 mod report;
@@ -235,6 +238,9 @@ fn measure(
                             Support::Yes(ends) => ends,
                             Support::NotApplicable => continue,
                         };
+                        if !Topologies::runs(workload, scenario, datapath) {
+                            continue;
+                        }
                         interrupt::check_interrupted()?;
                         topologies.prepare(sandbox, datapath)?;
                         done += 1;
@@ -371,7 +377,8 @@ fn datapath_order(rep: u32) -> Vec<Datapath> {
 fn metrics(workload: Workload) -> Vec<Metric> {
     match workload {
         Workload::TcpStream => vec![Metric::TcpGbps],
-        Workload::UdpRate => vec![Metric::UdpPps],
+        Workload::TcpStreamOffload => vec![Metric::TcpOffloadGbps],
+        Workload::UdpRate => vec![Metric::UdpPps, Metric::UdpCpuNsPerPkt],
         Workload::TcpRr => vec![Metric::RrP50Us, Metric::RrP99Us],
         Workload::TcpCrr => vec![Metric::CrrPerSec],
     }
@@ -388,7 +395,7 @@ fn count_runs(topologies: &Topologies, plan: &Plan) -> usize {
         for scenario in Scenario::ALL {
             for datapath in Datapath::ALL {
                 if let Support::Yes(_) = topologies.endpoints(datapath, scenario, n == plan.other_ports[0]) {
-                    runs += Workload::ALL.len();
+                    runs += Workload::ALL.iter().filter(|&&w| Topologies::runs(w, scenario, datapath)).count();
                 }
             }
         }
@@ -462,7 +469,7 @@ fn write_results(
             "pinning": pinning,
             "udp_payload_bytes": loadgen::UDP_PAYLOAD_64B_FRAME,
             "udp_frame_bytes_with_fcs": 64,
-            "order": "per N, repetition, scenario and workload the datapaths run back to back: floor, bridge, bpfnet, bpfnet-xdp; reversed in odd repetitions",
+            "order": "per N, repetition, scenario and workload the datapaths run back to back: floor, bridge, nftables, bpfnet, bpfnet-xdp; reversed in odd repetitions",
         },
         "rows": rows,
         "program_cost": cost_json,
@@ -473,6 +480,7 @@ fn write_results(
         ("table.txt", format!("{header}\n{table}")),
         ("chart.svg", report::chart_svg(&rows, &format!("{command_line}: bpfnet vs bridge+iptables vs floor"))),
         ("docker-rules-n1.iptables", Topologies::docker_rules_text(1)),
+        ("nftables-n1.nft", Topologies::nft_rules_text(1)),
     ];
     for (name, text) in files {
         let path = out.join(name);
@@ -480,7 +488,7 @@ fn write_results(
     }
     let perf_files: Vec<&str> = profiles.iter().filter_map(|p| p["file"].as_str()).collect();
     println!(
-        "\nresults in {}: results.json, table.txt, chart.svg, docker-rules-n1.iptables{}{}",
+        "\nresults in {}: results.json, table.txt, chart.svg, docker-rules-n1.iptables, nftables-n1.nft{}{}",
         out.display(),
         if perf_files.is_empty() { "" } else { ", " },
         perf_files.join(", ")
@@ -526,8 +534,8 @@ mod tests {
     #[test]
     fn repetitions_alternate_the_order() {
         use Datapath::*;
-        assert_eq!(datapath_order(0), [Floor, Bridge, Bpfnet, BpfnetXdp]);
-        assert_eq!(datapath_order(1), [BpfnetXdp, Bpfnet, Bridge, Floor]);
+        assert_eq!(datapath_order(0), [Floor, Bridge, Nftables, Bpfnet, BpfnetXdp]);
+        assert_eq!(datapath_order(1), [BpfnetXdp, Bpfnet, Nftables, Bridge, Floor]);
     }
 
     #[test]

@@ -143,7 +143,12 @@ pub fn rows(collected: &Collected, floor_ports: u32) -> Vec<Row> {
         .map(|key| {
             let samples = collected.samples.get(&key).cloned().unwrap_or_default();
             let summary = Summary::of(&samples);
-            let floor = median(&Key { scenario: "c2c", other_ports: floor_ports, datapath: Datapath::Floor, ..key });
+            let floor = median(&Key {
+                scenario: "c2c",
+                other_ports: floor_ports,
+                metric: key.metric.floor_metric(),
+                datapath: Datapath::Floor,
+            });
             let bridge = median(&Key { datapath: Datapath::Bridge, ..key });
             let failures = collected.failures.get(&key);
             let (status, note) = match (summary, failures) {
@@ -261,9 +266,10 @@ fn escape(text: &str) -> String {
 /// A grouped bar chart: per (scenario, N, metric), one bar per datapath, the height its
 /// performance relative to the floor (1.0 = the floor; higher is better).
 pub fn chart_svg(rows: &[Row], title: &str) -> String {
-    const COLORS: [(Datapath, &str); 4] = [
+    const COLORS: [(Datapath, &str); 5] = [
         (Datapath::Floor, "#9e9e9e"),
         (Datapath::Bridge, "#e07b39"),
+        (Datapath::Nftables, "#b5446e"),
         (Datapath::Bpfnet, "#2f6db5"),
         (Datapath::BpfnetXdp, "#5aa469"),
     ];

@@ -36,8 +36,9 @@ use serde::Serialize;
 
 use super::api_request;
 use super::docker_rules::{self, PortMapping, Proto};
+use super::nft_rules;
 use super::stats::Summary;
-use super::workload::Metric;
+use super::workload::{Metric, Workload};
 use crate::command;
 
 pub const SUBNET: &str = "10.202.0.0/24";
@@ -46,6 +47,8 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 202, 0, 2);
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 202, 0, 3);
 pub const UPLINK_HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 1);
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 2);
+/// The outside namespace's end of every uplink.
+pub const OUTSIDE_LINK: &str = "eth0";
 const LEN: &str = "24";
 const BRIDGE: &str = "docker0";
 const UPLINK: &str = "up0";
@@ -63,17 +66,20 @@ const API_PUBLISH_SAMPLES: usize = 5;
 pub enum Datapath {
     Floor,
     Bridge,
+    Nftables,
     Bpfnet,
     BpfnetXdp,
 }
 
 impl Datapath {
-    pub const ALL: [Datapath; 4] = [Datapath::Floor, Datapath::Bridge, Datapath::Bpfnet, Datapath::BpfnetXdp];
+    pub const ALL: [Datapath; 5] =
+        [Datapath::Floor, Datapath::Bridge, Datapath::Nftables, Datapath::Bpfnet, Datapath::BpfnetXdp];
 
     pub fn name(self) -> &'static str {
         match self {
             Datapath::Floor => "floor",
             Datapath::Bridge => "bridge",
+            Datapath::Nftables => "nftables",
             Datapath::Bpfnet => "bpfnet",
             Datapath::BpfnetXdp => "bpfnet-xdp",
         }
@@ -84,7 +90,7 @@ impl Datapath {
         match self {
             Datapath::Bpfnet => Some("tc"),
             Datapath::BpfnetXdp => Some("xdp"),
-            Datapath::Floor | Datapath::Bridge => None,
+            Datapath::Floor | Datapath::Bridge | Datapath::Nftables => None,
         }
     }
 }
@@ -137,6 +143,7 @@ pub const MEASURED_PORTS: [(Proto, u16); 3] = [(Proto::Tcp, 5201), (Proto::Udp, 
 pub struct Topologies {
     floor: [String; 2],
     bridge: BridgeNames,
+    nftables: BridgeNames,
     bpfnet: BpfnetNames,
     /// The `--publish` spec of the other ports bpfnet has now (unpublished when N changes).
     bpfnet_other_ports: Option<String>,
@@ -171,6 +178,12 @@ impl Topologies {
                 server: sandbox.name("br-c2"),
                 outside: sandbox.name("br-out"),
             },
+            nftables: BridgeNames {
+                host: sandbox.name("nf-host"),
+                client: sandbox.name("nf-c1"),
+                server: sandbox.name("nf-c2"),
+                outside: sandbox.name("nf-out"),
+            },
             bpfnet: BpfnetNames {
                 network: sandbox.name("net"),
                 client: sandbox.name("bn-c1"),
@@ -185,14 +198,19 @@ impl Topologies {
     /// The namespaces this module creates itself (bpfnet's containers are bpfnet's to remove).
     fn own_namespaces(&self) -> Vec<&String> {
         let mut all: Vec<&String> = self.floor.iter().collect();
-        let b = &self.bridge;
-        all.extend([&b.host, &b.client, &b.server, &b.outside, &self.bpfnet.outside]);
+        for b in [&self.bridge, &self.nftables] {
+            all.extend([&b.host, &b.client, &b.server, &b.outside]);
+        }
+        all.push(&self.bpfnet.outside);
         all
     }
 
     pub fn create(&mut self, sandbox: &mut Sandbox) -> Result<()> {
         self.create_floor()?;
-        self.create_bridge(sandbox)?;
+        create_bridge(&self.bridge)?;
+        self.load_docker_rules(sandbox, 0)?;
+        create_bridge(&self.nftables)?;
+        self.load_nft_rules(sandbox, 0)?;
         self.create_bpfnet(sandbox)?;
         Ok(())
     }
@@ -206,29 +224,6 @@ impl Topologies {
             address_up(netns, "eth0", addr)?;
         }
         Ok(())
-    }
-
-    fn create_bridge(&self, sandbox: &Sandbox) -> Result<()> {
-        let n = &self.bridge;
-        for netns in [&n.host, &n.client, &n.server, &n.outside] {
-            add_netns(netns)?;
-        }
-        ip(&n.host, &["link", "add", BRIDGE, "type", "bridge"])?;
-        address_up(&n.host, BRIDGE, GATEWAY)?;
-        for (veth, container, addr) in [("vethc1", &n.client, CLIENT_IP), ("vethc2", &n.server, SERVER_IP)] {
-            ip(&n.host, &["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", container])?;
-            ip(&n.host, &["link", "set", veth, "master", BRIDGE, "up"])?;
-            address_up(container, "eth0", addr)?;
-            ip(container, &["route", "add", "default", "via", &GATEWAY.to_string()])?;
-        }
-        add_uplink(&n.host, &n.outside)?;
-        sysctl(&n.host, "net.ipv4.ip_forward=1")?;
-        // Docker needs br_netfilter: bridged traffic then walks filter/FORWARD. The sysctl is
-        // per namespace (it exists once the module is loaded; this tool loads no modules).
-        sysctl(&n.host, "net.bridge.bridge-nf-call-iptables=1").context(
-            "br_netfilter is not loaded (Docker loads it): `modprobe br_netfilter` on this machine, then run again",
-        )?;
-        self.load_docker_rules(sandbox, 0)
     }
 
     fn create_bpfnet(&self, sandbox: &mut Sandbox) -> Result<()> {
@@ -294,6 +289,21 @@ impl Topologies {
         command::run_bounded(&mut netns_exec(&self.bridge.host, "iptables-restore", [&file]), STEP_LIMIT)
     }
 
+    /// The nftables datapath's ruleset at `other` other published ports, in one `nft -f`.
+    fn load_nft_rules(&self, sandbox: &Sandbox, other: u32) -> Result<()> {
+        let file = sandbox.write_scratch("nftables.nft", &Self::nft_rules_text(other))?;
+        command::run_bounded(
+            &mut netns_exec(&self.nftables.host, "nft", [std::ffi::OsStr::new("-f"), file.as_os_str()]),
+            STEP_LIMIT,
+        )
+        .context("loading the nftables datapath's rules (is nftables installed? `cargo xtask setup`)")
+    }
+
+    /// The nftables datapath's ruleset at N other published ports (kept with the results).
+    pub fn nft_rules_text(other: u32) -> String {
+        nft_rules::ruleset(&Self::docker_network(), UPLINK, &Self::mappings(other))
+    }
+
     /// The Docker rules for the bridge topology at N other published ports (the full rule
     /// text, to keep with the results).
     pub fn docker_rules_text(other: u32) -> String {
@@ -301,9 +311,10 @@ impl Topologies {
     }
 
     /// Publish `other` ports of the client container ahead of the measured ones: Docker's
-    /// rules for all of them, or one range spec for bpfnet (the previous N's unpublished).
+    /// rules for all of them, as many map elements for nftables, or one range spec for bpfnet (the previous N's unpublished).
     pub fn set_other_ports(&mut self, sandbox: &Sandbox, other: u32) -> Result<()> {
         self.load_docker_rules(sandbox, other)?;
+        self.load_nft_rules(sandbox, other)?;
         let client = &self.bpfnet.client;
         if let Some(old) = self.bpfnet_other_ports.take() {
             bpfnet(sandbox, &["unpublish", client, &old])?;
@@ -352,10 +363,14 @@ impl Topologies {
             },
             // The uplink's program does not see container-to-container traffic.
             Datapath::BpfnetXdp if scenario == ContainerToContainer => Support::NotApplicable,
-            Datapath::Bridge | Datapath::Bpfnet | Datapath::BpfnetXdp => {
+            Datapath::Bridge | Datapath::Nftables | Datapath::Bpfnet | Datapath::BpfnetXdp => {
                 let (client, server, outside) = match datapath {
                     Datapath::Bpfnet | Datapath::BpfnetXdp => {
                         let n = &self.bpfnet;
+                        (&n.client, &n.server, &n.outside)
+                    }
+                    Datapath::Nftables => {
+                        let n = &self.nftables;
                         (&n.client, &n.server, &n.outside)
                     }
                     _ => {
@@ -369,6 +384,17 @@ impl Topologies {
                     Dnat => ends(outside, UPLINK_HOST_IP, server, SERVER_IP),
                 })
             }
+        }
+    }
+
+    /// Whether `workload` runs on `datapath` in `scenario` (where [`Self::endpoints`] has
+    /// endpoints): the stream with the sender's offloads on only where the sender is the
+    /// outside (DNAT), and not on the XDP uplink (which cannot take a local veth sender's
+    /// partial checksums, docs/xdp-uplink.md).
+    pub fn runs(workload: Workload, scenario: Scenario, datapath: Datapath) -> bool {
+        match workload {
+            Workload::TcpStreamOffload => scenario == Scenario::Dnat && datapath != Datapath::BpfnetXdp,
+            _ => true,
         }
     }
 
@@ -429,7 +455,22 @@ impl Topologies {
                 }
                 Ok(Support::Yes(vec![(Metric::PublishMs, took.as_secs_f64() * 1e3)]))
             }
+            Datapath::Nftables => {
+                let mapping =
+                    PortMapping { proto: Proto::Tcp, host_port: port, container: CLIENT_IP, container_port: port };
+                // One `nft` process adds both elements in one transaction.
+                let took = command::run_timed(&mut self.nft(&nft_rules::add_elements(&mapping)), STEP_LIMIT)?;
+                command::run_bounded(&mut self.nft(&nft_rules::delete_elements(&mapping)), STEP_LIMIT)?;
+                Ok(Support::Yes(vec![(Metric::PublishMs, took.as_secs_f64() * 1e3)]))
+            }
         }
+    }
+
+    /// `nft ARGS` in the nftables topology's host namespace (nsenter, as for iptables).
+    fn nft(&self, args: &[String]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.nftables.host)).arg("nft").args(args);
+        cmd
     }
 
     fn iptables(&self, table: &str, op: &str, rule: &str) -> Command {
@@ -439,6 +480,31 @@ impl Topologies {
             .args(rule.split_whitespace());
         cmd
     }
+}
+
+/// Docker's bridge topology (for the `bridge` and `nftables` datapaths; rules not loaded): a
+/// bridge holding the gateway, a veth per container enslaved to it, the uplink, forwarding and
+/// br_netfilter on.
+fn create_bridge(n: &BridgeNames) -> Result<()> {
+    for netns in [&n.host, &n.client, &n.server, &n.outside] {
+        add_netns(netns)?;
+    }
+    ip(&n.host, &["link", "add", BRIDGE, "type", "bridge"])?;
+    address_up(&n.host, BRIDGE, GATEWAY)?;
+    for (veth, container, addr) in [("vethc1", &n.client, CLIENT_IP), ("vethc2", &n.server, SERVER_IP)] {
+        ip(&n.host, &["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", container])?;
+        ip(&n.host, &["link", "set", veth, "master", BRIDGE, "up"])?;
+        address_up(container, "eth0", addr)?;
+        ip(container, &["route", "add", "default", "via", &GATEWAY.to_string()])?;
+    }
+    add_uplink(&n.host, &n.outside)?;
+    sysctl(&n.host, "net.ipv4.ip_forward=1")?;
+    // Docker needs br_netfilter: bridged traffic then walks filter/FORWARD. The sysctl is
+    // per namespace (it exists once the module is loaded; this tool loads no modules).
+    sysctl(&n.host, "net.bridge.bridge-nf-call-iptables=1").context(
+        "br_netfilter is not loaded (Docker loads it): `modprobe br_netfilter` on this machine, then run again",
+    )?;
+    Ok(())
 }
 
 /// `ip -n NETNS ARGS`: runs in the namespace, never in the root one.
@@ -467,11 +533,11 @@ fn add_netns(netns: &str) -> Result<()> {
 /// The uplink veth: `up0` in the host namespace, `eth0` in the outside one, which sends
 /// complete checksums (see the module documentation).
 fn add_uplink(host: &str, outside: &str) -> Result<()> {
-    ip(host, &["link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", outside])?;
+    ip(host, &["link", "add", UPLINK, "type", "veth", "peer", "name", OUTSIDE_LINK, "netns", outside])?;
     address_up(host, UPLINK, UPLINK_HOST_IP)?;
-    address_up(outside, "eth0", OUTSIDE_IP)?;
+    address_up(outside, OUTSIDE_LINK, OUTSIDE_IP)?;
     command::run_bounded(
-        Command::new("ip").args(["netns", "exec", outside, "ethtool", "-K", "eth0", "tx", "off"]),
+        Command::new("ip").args(["netns", "exec", outside, "ethtool", "-K", OUTSIDE_LINK, "tx", "off"]),
         STEP_LIMIT,
     )
 }
