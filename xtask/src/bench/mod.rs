@@ -214,7 +214,7 @@ fn measure(
     loadgen: &Path,
     out: &Path,
 ) -> Result<(Collected, Vec<serde_json::Value>)> {
-    section("topologies: floor, bridge+iptables (Docker's rules), bpfnet (tc and XDP uplink)");
+    section("topologies: floor, topology floor, bridge+iptables (Docker's rules), nftables (maps), bpfnet (tc and XDP uplink)");
     topologies.create(sandbox)?;
     let runner = Runner { loadgen, pinning, durations: plan.durations };
     match (pinning.client_cpu, pinning.server_cpu) {
@@ -448,6 +448,7 @@ fn write_results(
          N = published ports of another container ahead of the 3 measured ones in every Docker chain.\n\
          UDP: 64-byte frames (18-byte payload), datagrams received per second.\n\
          x floor / x bridge: median / the floor's c2c median / bridge+iptables's median (same scenario and N), same run.\n\
+         x topo: median / the topology floor's median (bpfnet's veths and uplink, a program that only redirects; same scenario, routed without NAT).\n\
          Above 1 is better for rates, worse for latencies and times.\n",
         plan.repetitions, plan.durations.stream_secs, plan.durations.short_secs
     );
@@ -469,7 +470,7 @@ fn write_results(
             "pinning": pinning,
             "udp_payload_bytes": loadgen::UDP_PAYLOAD_64B_FRAME,
             "udp_frame_bytes_with_fcs": 64,
-            "order": "per N, repetition, scenario and workload the datapaths run back to back: floor, bridge, nftables, bpfnet, bpfnet-xdp; reversed in odd repetitions",
+            "order": "per N, repetition, scenario and workload the datapaths run back to back: floor, topology-floor, bridge, nftables, bpfnet, bpfnet-xdp; reversed in odd repetitions",
         },
         "rows": rows,
         "program_cost": cost_json,
@@ -534,8 +535,8 @@ mod tests {
     #[test]
     fn repetitions_alternate_the_order() {
         use Datapath::*;
-        assert_eq!(datapath_order(0), [Floor, Bridge, Nftables, Bpfnet, BpfnetXdp]);
-        assert_eq!(datapath_order(1), [BpfnetXdp, Bpfnet, Nftables, Bridge, Floor]);
+        assert_eq!(datapath_order(0), [Floor, TopologyFloor, Bridge, Nftables, Bpfnet, BpfnetXdp]);
+        assert_eq!(datapath_order(1), [BpfnetXdp, Bpfnet, Nftables, Bridge, TopologyFloor, Floor]);
     }
 
     #[test]

@@ -22,18 +22,21 @@
 //!     "scenario": "c2c" | "snat" | "dnat" | "control-plane",
 //!     "other_published_ports": 1,          // N
 //!     "metric": "tcp_gbps" | "udp_pps" | "rr_p50_us" | "rr_p99_us" | "crr_per_sec"
+//!             | "tcp_offload_gbps" // dnat: the stream with the outside sender's tx offloads on
+//!             | "udp_cpu_ns_per_pkt" // busy CPU time of the machine per UDP packet received
 //!             | "publish_ms"       // control plane: publish one more port, end to end
 //!             | "publish_api_ms"   // bpfnet only: the same through its API alone (no CLI)
 //!             | "map_update_us",   // bpfnet only: its SERVICES map update alone
-//!     "unit": "Gbit/s" | "Mpps" | "us" | "1/s" | "ms",
+//!     "unit": "Gbit/s" | "Mpps" | "us" | "ns" | "1/s" | "ms",
 //!     "higher_is_better": true,
-//!     "datapath": "floor" | "bridge" | "bpfnet" | "bpfnet-xdp",
+//!     "datapath": "floor" | "topology-floor" | "bridge" | "nftables" | "bpfnet" | "bpfnet-xdp",
 //!     "status": "measured" | "failed",
 //!     "note": null | "the errors of failed repetitions",
 //!     "samples": [1.0, ...],               // one per successful repetition, in run order
 //!     "median": 1.0, "min": 1.0, "max": 1.0, "spread_pct": 0.0,  // null unless measured
 //!     "ratio_to_floor": 1.0,               // median / the floor's c2c median at the first N
-//!     "ratio_to_bridge": 1.0               // median / bridge's median, same scenario and N
+//!     "ratio_to_bridge": 1.0,              // median / bridge's median, same scenario and N
+//!     "ratio_to_topology_floor": 1.0       // median / the topology floor's, same scenario
 //!   } ],
 //!   "program_cost": {                      // each eBPF program's own cost, at two N
 //!     "status": "measured" | "failed",
@@ -130,6 +133,8 @@ pub struct Row {
     pub spread_pct: Option<f64>,
     pub ratio_to_floor: Option<f64>,
     pub ratio_to_bridge: Option<f64>,
+    /// median / the topology floor's median, same scenario and metric, at the floor's N.
+    pub ratio_to_topology_floor: Option<f64>,
 }
 
 /// One row per key (measured or failed), with ratios from the same run.
@@ -150,6 +155,7 @@ pub fn rows(collected: &Collected, floor_ports: u32) -> Vec<Row> {
                 datapath: Datapath::Floor,
             });
             let bridge = median(&Key { datapath: Datapath::Bridge, ..key });
+            let topology_floor = median(&Key { other_ports: floor_ports, datapath: Datapath::TopologyFloor, ..key });
             let failures = collected.failures.get(&key);
             let (status, note) = match (summary, failures) {
                 (Some(_), None) => ("measured", None),
@@ -174,6 +180,7 @@ pub fn rows(collected: &Collected, floor_ports: u32) -> Vec<Row> {
                 spread_pct: summary.map(|s| s.spread_pct),
                 ratio_to_floor: summary.and_then(|s| ratio(s.median, floor)),
                 ratio_to_bridge: summary.and_then(|s| ratio(s.median, bridge)),
+                ratio_to_topology_floor: summary.and_then(|s| ratio(s.median, topology_floor)),
             }
         })
         .collect()
@@ -207,8 +214,8 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:>6}  {:<19} {:<10} {:>10}  {:>21} {:>7} {:>8} {:>8}",
-        "scenario", "N", "metric", "datapath", "median", "min..max", "spread", "x floor", "x bridge"
+        "{:<14} {:>6}  {:<19} {:<14} {:>10}  {:>21} {:>7} {:>8} {:>8} {:>7}",
+        "scenario", "N", "metric", "datapath", "median", "min..max", "spread", "x floor", "x bridge", "x topo"
     );
     let mut last_group = None;
     for row in rows {
@@ -218,7 +225,7 @@ pub fn table(rows: &[Row]) -> String {
         }
         last_group = Some(group);
         let lead = format!(
-            "{:<14} {:>6}  {:<19} {:<10}",
+            "{:<14} {:>6}  {:<19} {:<14}",
             row.scenario,
             row.other_published_ports,
             row.metric.label(),
@@ -232,12 +239,13 @@ pub fn table(rows: &[Row]) -> String {
                 let range = format!("{}..{}", figure(row.min.unwrap_or(median)), figure(row.max.unwrap_or(median)));
                 let _ = writeln!(
                     out,
-                    "{lead} {:>10}  {:>21} {:>6.1}% {:>8} {:>8}{}",
+                    "{lead} {:>10}  {:>21} {:>6.1}% {:>8} {:>8} {:>7}{}",
                     figure(median),
                     range,
                     row.spread_pct.unwrap_or(0.0),
                     optional_ratio(row.ratio_to_floor),
                     optional_ratio(row.ratio_to_bridge),
+                    optional_ratio(row.ratio_to_topology_floor),
                     if row.note.is_some() { "  (some repetitions failed)" } else { "" }
                 );
             }
@@ -266,8 +274,9 @@ fn escape(text: &str) -> String {
 /// A grouped bar chart: per (scenario, N, metric), one bar per datapath, the height its
 /// performance relative to the floor (1.0 = the floor; higher is better).
 pub fn chart_svg(rows: &[Row], title: &str) -> String {
-    const COLORS: [(Datapath, &str); 5] = [
+    const COLORS: [(Datapath, &str); 6] = [
         (Datapath::Floor, "#9e9e9e"),
+        (Datapath::TopologyFloor, "#cfcfcf"),
         (Datapath::Bridge, "#e07b39"),
         (Datapath::Nftables, "#b5446e"),
         (Datapath::Bpfnet, "#2f6db5"),
@@ -404,6 +413,7 @@ mod tests {
         c.sample(key("snat", Datapath::Bridge, Metric::UdpPps), 2.2);
         c.sample(key("snat", Datapath::Bpfnet, Metric::UdpPps), 4.4);
         c.sample(key("control-plane", Datapath::Bpfnet, Metric::MapUpdateUs), 3.0);
+        c.sample(key("snat", Datapath::TopologyFloor, Metric::UdpPps), 8.8);
         c.fail(key("dnat", Datapath::Bridge, Metric::UdpPps), "boom".into());
         let rows = rows(&c, 1);
         let find = |s: &str, d: Datapath| rows.iter().find(|r| r.scenario == s && r.datapath == d).unwrap();
@@ -415,6 +425,9 @@ mod tests {
         // SNAT rows refer to the c2c floor.
         assert_eq!(find("snat", Datapath::Bridge).ratio_to_floor, Some(0.2));
         assert_eq!(find("snat", Datapath::Bpfnet).ratio_to_bridge, Some(2.0));
+        // The topology floor is the reference of its own scenario.
+        assert_eq!(find("snat", Datapath::Bpfnet).ratio_to_topology_floor, Some(0.5));
+        assert_eq!(bpfnet.ratio_to_topology_floor, None);
         // Only bpfnet has a map update: no ratio to anything.
         let map = find("control-plane", Datapath::Bpfnet);
         assert_eq!((map.ratio_to_floor, map.ratio_to_bridge), (None, None));

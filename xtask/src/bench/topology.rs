@@ -47,6 +47,13 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 202, 0, 2);
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 202, 0, 3);
 pub const UPLINK_HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 1);
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 2);
+/// The topology floor's MACs: host-side veths (the gateway, as bpfnet gives them one MAC per
+/// network), client and server.
+const FLOOR_GATEWAY_MAC: &str = "02:00:0a:ca:00:01";
+const FLOOR_CLIENT_MAC: &str = "02:00:0a:ca:00:02";
+const FLOOR_SERVER_MAC: &str = "02:00:0a:ca:00:03";
+/// Where bpffs is mounted (`cargo xtask setup` mounts it).
+const BPFFS: &str = "/sys/fs/bpf";
 /// The outside namespace's end of every uplink.
 pub const OUTSIDE_LINK: &str = "eth0";
 const LEN: &str = "24";
@@ -65,6 +72,7 @@ const API_PUBLISH_SAMPLES: usize = 5;
 #[serde(rename_all = "kebab-case")]
 pub enum Datapath {
     Floor,
+    TopologyFloor,
     Bridge,
     Nftables,
     Bpfnet,
@@ -72,12 +80,19 @@ pub enum Datapath {
 }
 
 impl Datapath {
-    pub const ALL: [Datapath; 5] =
-        [Datapath::Floor, Datapath::Bridge, Datapath::Nftables, Datapath::Bpfnet, Datapath::BpfnetXdp];
+    pub const ALL: [Datapath; 6] = [
+        Datapath::Floor,
+        Datapath::TopologyFloor,
+        Datapath::Bridge,
+        Datapath::Nftables,
+        Datapath::Bpfnet,
+        Datapath::BpfnetXdp,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Datapath::Floor => "floor",
+            Datapath::TopologyFloor => "topology-floor",
             Datapath::Bridge => "bridge",
             Datapath::Nftables => "nftables",
             Datapath::Bpfnet => "bpfnet",
@@ -90,7 +105,7 @@ impl Datapath {
         match self {
             Datapath::Bpfnet => Some("tc"),
             Datapath::BpfnetXdp => Some("xdp"),
-            Datapath::Floor | Datapath::Bridge | Datapath::Nftables => None,
+            Datapath::Floor | Datapath::TopologyFloor | Datapath::Bridge | Datapath::Nftables => None,
         }
     }
 }
@@ -142,6 +157,9 @@ pub const MEASURED_PORTS: [(Proto, u16); 3] = [(Proto::Tcp, 5201), (Proto::Udp, 
 
 pub struct Topologies {
     floor: [String; 2],
+    topology_floor: BridgeNames,
+    /// Where `bpfnet-devkit floor-attach` pins the topology floor's links (on bpffs).
+    topology_floor_pins: PathBuf,
     bridge: BridgeNames,
     nftables: BridgeNames,
     bpfnet: BpfnetNames,
@@ -172,6 +190,13 @@ impl Topologies {
         Topologies {
             devkit_bin,
             floor: [sandbox.name("fl-a"), sandbox.name("fl-b")],
+            topology_floor: BridgeNames {
+                host: sandbox.name("tf-host"),
+                client: sandbox.name("tf-c1"),
+                server: sandbox.name("tf-c2"),
+                outside: sandbox.name("tf-out"),
+            },
+            topology_floor_pins: PathBuf::from(BPFFS).join(sandbox.name("floor")),
             bridge: BridgeNames {
                 host: sandbox.name("br-host"),
                 client: sandbox.name("br-c1"),
@@ -198,7 +223,7 @@ impl Topologies {
     /// The namespaces this module creates itself (bpfnet's containers are bpfnet's to remove).
     fn own_namespaces(&self) -> Vec<&String> {
         let mut all: Vec<&String> = self.floor.iter().collect();
-        for b in [&self.bridge, &self.nftables] {
+        for b in [&self.topology_floor, &self.bridge, &self.nftables] {
             all.extend([&b.host, &b.client, &b.server, &b.outside]);
         }
         all.push(&self.bpfnet.outside);
@@ -207,6 +232,7 @@ impl Topologies {
 
     pub fn create(&mut self, sandbox: &mut Sandbox) -> Result<()> {
         self.create_floor()?;
+        self.create_topology_floor()?;
         create_bridge(&self.bridge)?;
         self.load_docker_rules(sandbox, 0)?;
         create_bridge(&self.nftables)?;
@@ -224,6 +250,69 @@ impl Topologies {
             address_up(netns, "eth0", addr)?;
         }
         Ok(())
+    }
+
+    /// bpfnet's topology without bpfnet: a veth per container whose host end has the gateway's
+    /// MAC and no address, a /32 route and a neighbour per container, forwarding on those
+    /// ends, the uplink; the containers' neighbours static (no ARP responder here). On it,
+    /// `bpfnet-devkit floor-attach` puts a program that only redirects (datapath-ebpf's
+    /// bench_floor). The outside routes the container subnet through the uplink: there is no
+    /// NAT, SNAT and DNAT are measured routed.
+    fn create_topology_floor(&self) -> Result<()> {
+        let n = &self.topology_floor;
+        for netns in [&n.host, &n.client, &n.server, &n.outside] {
+            add_netns(netns)?;
+        }
+        let containers =
+            [("bnc1", &n.client, CLIENT_IP, FLOOR_CLIENT_MAC), ("bnc2", &n.server, SERVER_IP, FLOOR_SERVER_MAC)];
+        for (veth, container, addr, mac) in containers {
+            ip(
+                &n.host,
+                &[
+                    "link",
+                    "add",
+                    veth,
+                    "address",
+                    FLOOR_GATEWAY_MAC,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "address",
+                    mac,
+                    "netns",
+                    container,
+                ],
+            )?;
+            sysctl(&n.host, &format!("net.ipv4.conf.{veth}.forwarding=1"))?;
+            ip(&n.host, &["link", "set", veth, "up"])?;
+            ip(&n.host, &["neigh", "replace", &addr.to_string(), "lladdr", mac, "dev", veth, "nud", "permanent"])?;
+            ip(&n.host, &["route", "replace", &format!("{addr}/32"), "dev", veth])?;
+            address_up(container, "eth0", addr)?;
+            ip(container, &["route", "add", "default", "via", &GATEWAY.to_string()])?;
+        }
+        for (container, peer_addr, peer_mac) in
+            [(&n.client, SERVER_IP, FLOOR_SERVER_MAC), (&n.server, CLIENT_IP, FLOOR_CLIENT_MAC)]
+        {
+            for (addr, mac) in [(GATEWAY, FLOOR_GATEWAY_MAC), (peer_addr, peer_mac)] {
+                ip(
+                    container,
+                    &["neigh", "replace", &addr.to_string(), "lladdr", mac, "dev", "eth0", "nud", "permanent"],
+                )?;
+            }
+        }
+        add_uplink(&n.host, &n.outside)?;
+        ip(&n.outside, &["route", "add", SUBNET, "via", &UPLINK_HOST_IP.to_string()])?;
+        let dest = |addr: Ipv4Addr, veth: &str, mac: &str| format!("{addr}={veth},{mac}");
+        let mut attach = Command::new(&self.devkit_bin);
+        attach
+            .args(["floor-attach", "--netns", &n.host, "--ifname", "bnc1", "--ifname", "bnc2", "--ifname", UPLINK])
+            .args(["--dest", &dest(CLIENT_IP, "bnc1", FLOOR_CLIENT_MAC)])
+            .args(["--dest", &dest(SERVER_IP, "bnc2", FLOOR_SERVER_MAC)])
+            .args(["--gateway-mac", FLOOR_GATEWAY_MAC, "--pin-dir"])
+            .arg(&self.topology_floor_pins);
+        command::run_bounded(&mut attach, STEP_LIMIT)
     }
 
     fn create_bpfnet(&self, sandbox: &mut Sandbox) -> Result<()> {
@@ -257,6 +346,10 @@ impl Topologies {
                     failed.push(format!("{err:#}"));
                 }
             }
+        }
+        // The floor's links went with its interfaces; their pins are files on bpffs.
+        if let Err(err) = remove_pins(&self.topology_floor_pins) {
+            failed.push(format!("{err:#}"));
         }
         anyhow::ensure!(failed.is_empty(), "removing the namespaces failed: {}", failed.join("; "));
         Ok(())
@@ -361,6 +454,17 @@ impl Topologies {
                 // its figures are the reference of every row.
                 _ => Support::NotApplicable,
             },
+            // Measured once, as the floor: no ports, so nothing depends on N. No NAT: the
+            // outside is the DNAT client aiming at the server itself, routed.
+            Datapath::TopologyFloor if !first_n => Support::NotApplicable,
+            Datapath::TopologyFloor => {
+                let n = &self.topology_floor;
+                Support::Yes(match scenario {
+                    ContainerToContainer => ends(&n.client, SERVER_IP, &n.server, SERVER_IP),
+                    Snat => ends(&n.client, OUTSIDE_IP, &n.outside, OUTSIDE_IP),
+                    Dnat => ends(&n.outside, SERVER_IP, &n.server, SERVER_IP),
+                })
+            }
             // The uplink's program does not see container-to-container traffic.
             Datapath::BpfnetXdp if scenario == ContainerToContainer => Support::NotApplicable,
             Datapath::Bridge | Datapath::Nftables | Datapath::Bpfnet | Datapath::BpfnetXdp => {
@@ -423,7 +527,7 @@ impl Topologies {
         let port = OTHER_PORTS_BASE - 1;
         match datapath {
             // One control plane for both bpfnet modes.
-            Datapath::Floor | Datapath::BpfnetXdp => Ok(Support::NotApplicable),
+            Datapath::Floor | Datapath::TopologyFloor | Datapath::BpfnetXdp => Ok(Support::NotApplicable),
             Datapath::Bpfnet => {
                 let client = &self.bpfnet.client;
                 let spec = publish_spec(Proto::Tcp, port, 1).expect("one port");
@@ -505,6 +609,20 @@ fn create_bridge(n: &BridgeNames) -> Result<()> {
         "br_netfilter is not loaded (Docker loads it): `modprobe br_netfilter` on this machine, then run again",
     )?;
     Ok(())
+}
+
+/// Unlinks the pins in `dir` and removes it (nothing to do if it is not there).
+fn remove_pins(dir: &std::path::Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        std::fs::remove_file(&path).with_context(|| format!("removing the pin {}", path.display()))?;
+    }
+    std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
 /// `ip -n NETNS ARGS`: runs in the namespace, never in the root one.
