@@ -3,6 +3,7 @@
 //!
 //! - [`topology`]: the three datapaths' namespaces and which scenario each supports;
 //! - [`docker_rules`]: the iptables rule shapes Docker installs, with their source;
+//! - [`docker_nft_rules`]: the rules of Docker 29's own nftables backend, with their source;
 //! - [`nft_rules`]: the same topology's rules as one nftables table with maps (the strongest
 //!   netfilter peer: flat in N);
 //! - [`workload`]: iperf3 and our own [`loadgen`] between two namespaces, pinned to CPUs;
@@ -21,6 +22,7 @@
 
 mod api_request;
 mod cni;
+mod docker_nft_rules;
 mod docker_rules;
 pub mod loadgen;
 mod nft_rules;
@@ -214,7 +216,7 @@ fn measure(
     loadgen: &Path,
     out: &Path,
 ) -> Result<(Collected, Vec<serde_json::Value>)> {
-    section("topologies: floor, topology floor, bridge+iptables (Docker's rules), nftables (maps), bpfnet (tc and XDP uplink)");
+    section("topologies: floor, topology floor, bridge+iptables (Docker's rules), Docker's nftables rules, nftables (maps), bpfnet (tc and XDP uplink)");
     topologies.create(sandbox)?;
     let runner = Runner { loadgen, pinning, durations: plan.durations };
     match (pinning.client_cpu, pinning.server_cpu) {
@@ -470,7 +472,7 @@ fn write_results(
             "pinning": pinning,
             "udp_payload_bytes": loadgen::UDP_PAYLOAD_64B_FRAME,
             "udp_frame_bytes_with_fcs": 64,
-            "order": "per N, repetition, scenario and workload the datapaths run back to back: floor, topology-floor, bridge, nftables, bpfnet, bpfnet-xdp; reversed in odd repetitions",
+            "order": "per N, repetition, scenario and workload the datapaths run back to back: floor, topology-floor, bridge, docker-nft, nftables, bpfnet, bpfnet-xdp; reversed in odd repetitions",
         },
         "rows": rows,
         "program_cost": cost_json,
@@ -481,6 +483,7 @@ fn write_results(
         ("table.txt", format!("{header}\n{table}")),
         ("chart.svg", report::chart_svg(&rows, &format!("{command_line}: bpfnet vs bridge+iptables vs floor"))),
         ("docker-rules-n1.iptables", Topologies::docker_rules_text(1)),
+        ("docker-rules-n1.nft", Topologies::docker_nft_rules_text(1)),
         ("nftables-n1.nft", Topologies::nft_rules_text(1)),
     ];
     for (name, text) in files {
@@ -489,7 +492,7 @@ fn write_results(
     }
     let perf_files: Vec<&str> = profiles.iter().filter_map(|p| p["file"].as_str()).collect();
     println!(
-        "\nresults in {}: results.json, table.txt, chart.svg, docker-rules-n1.iptables, nftables-n1.nft{}{}",
+        "\nresults in {}: results.json, table.txt, chart.svg, docker-rules-n1.iptables, docker-rules-n1.nft, nftables-n1.nft{}{}",
         out.display(),
         if perf_files.is_empty() { "" } else { ", " },
         perf_files.join(", ")
@@ -535,8 +538,8 @@ mod tests {
     #[test]
     fn repetitions_alternate_the_order() {
         use Datapath::*;
-        assert_eq!(datapath_order(0), [Floor, TopologyFloor, Bridge, Nftables, Bpfnet, BpfnetXdp]);
-        assert_eq!(datapath_order(1), [BpfnetXdp, Bpfnet, Nftables, Bridge, TopologyFloor, Floor]);
+        assert_eq!(datapath_order(0), [Floor, TopologyFloor, Bridge, DockerNft, Nftables, Bpfnet, BpfnetXdp]);
+        assert_eq!(datapath_order(1), [BpfnetXdp, Bpfnet, Nftables, DockerNft, Bridge, TopologyFloor, Floor]);
     }
 
     #[test]

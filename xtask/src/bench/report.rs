@@ -29,7 +29,7 @@
 //!             | "map_update_us",   // bpfnet only: its SERVICES map update alone
 //!     "unit": "Gbit/s" | "Mpps" | "us" | "ns" | "1/s" | "ms",
 //!     "higher_is_better": true,
-//!     "datapath": "floor" | "topology-floor" | "bridge" | "nftables" | "bpfnet" | "bpfnet-xdp",
+//!     "datapath": "floor" | "topology-floor" | "bridge" | "docker-nft" | "nftables" | "bpfnet" | "bpfnet-xdp",
 //!     "status": "measured" | "failed",
 //!     "note": null | "the errors of failed repetitions",
 //!     "samples": [1.0, ...],               // one per successful repetition, in run order
@@ -274,10 +274,11 @@ fn escape(text: &str) -> String {
 /// A grouped bar chart: per (scenario, N, metric), one bar per datapath, the height its
 /// performance relative to the floor (1.0 = the floor; higher is better).
 pub fn chart_svg(rows: &[Row], title: &str) -> String {
-    const COLORS: [(Datapath, &str); 6] = [
+    const COLORS: [(Datapath, &str); 7] = [
         (Datapath::Floor, "#9e9e9e"),
         (Datapath::TopologyFloor, "#cfcfcf"),
         (Datapath::Bridge, "#e07b39"),
+        (Datapath::DockerNft, "#f2b134"),
         (Datapath::Nftables, "#b5446e"),
         (Datapath::Bpfnet, "#2f6db5"),
         (Datapath::BpfnetXdp, "#5aa469"),

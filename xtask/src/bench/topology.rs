@@ -35,6 +35,7 @@ use bpfnet_tests::sandbox::{netns_exec, Sandbox};
 use serde::Serialize;
 
 use super::api_request;
+use super::docker_nft_rules;
 use super::docker_rules::{self, PortMapping, Proto};
 use super::nft_rules;
 use super::stats::Summary;
@@ -74,16 +75,18 @@ pub enum Datapath {
     Floor,
     TopologyFloor,
     Bridge,
+    DockerNft,
     Nftables,
     Bpfnet,
     BpfnetXdp,
 }
 
 impl Datapath {
-    pub const ALL: [Datapath; 6] = [
+    pub const ALL: [Datapath; 7] = [
         Datapath::Floor,
         Datapath::TopologyFloor,
         Datapath::Bridge,
+        Datapath::DockerNft,
         Datapath::Nftables,
         Datapath::Bpfnet,
         Datapath::BpfnetXdp,
@@ -94,6 +97,7 @@ impl Datapath {
             Datapath::Floor => "floor",
             Datapath::TopologyFloor => "topology-floor",
             Datapath::Bridge => "bridge",
+            Datapath::DockerNft => "docker-nft",
             Datapath::Nftables => "nftables",
             Datapath::Bpfnet => "bpfnet",
             Datapath::BpfnetXdp => "bpfnet-xdp",
@@ -105,7 +109,9 @@ impl Datapath {
         match self {
             Datapath::Bpfnet => Some("tc"),
             Datapath::BpfnetXdp => Some("xdp"),
-            Datapath::Floor | Datapath::TopologyFloor | Datapath::Bridge | Datapath::Nftables => None,
+            Datapath::Floor | Datapath::TopologyFloor | Datapath::Bridge | Datapath::DockerNft | Datapath::Nftables => {
+                None
+            }
         }
     }
 }
@@ -161,7 +167,10 @@ pub struct Topologies {
     /// Where `bpfnet-devkit floor-attach` pins the topology floor's links (on bpffs).
     topology_floor_pins: PathBuf,
     bridge: BridgeNames,
+    docker_nft: BridgeNames,
     nftables: BridgeNames,
+    /// N, the other published ports there are now.
+    other_ports: u32,
     bpfnet: BpfnetNames,
     /// The `--publish` spec of the other ports bpfnet has now (unpublished when N changes).
     bpfnet_other_ports: Option<String>,
@@ -203,6 +212,13 @@ impl Topologies {
                 server: sandbox.name("br-c2"),
                 outside: sandbox.name("br-out"),
             },
+            docker_nft: BridgeNames {
+                host: sandbox.name("dn-host"),
+                client: sandbox.name("dn-c1"),
+                server: sandbox.name("dn-c2"),
+                outside: sandbox.name("dn-out"),
+            },
+            other_ports: 0,
             nftables: BridgeNames {
                 host: sandbox.name("nf-host"),
                 client: sandbox.name("nf-c1"),
@@ -223,7 +239,7 @@ impl Topologies {
     /// The namespaces this module creates itself (bpfnet's containers are bpfnet's to remove).
     fn own_namespaces(&self) -> Vec<&String> {
         let mut all: Vec<&String> = self.floor.iter().collect();
-        for b in [&self.topology_floor, &self.bridge, &self.nftables] {
+        for b in [&self.topology_floor, &self.bridge, &self.docker_nft, &self.nftables] {
             all.extend([&b.host, &b.client, &b.server, &b.outside]);
         }
         all.push(&self.bpfnet.outside);
@@ -235,6 +251,8 @@ impl Topologies {
         self.create_topology_floor()?;
         create_bridge(&self.bridge)?;
         self.load_docker_rules(sandbox, 0)?;
+        create_bridge(&self.docker_nft)?;
+        self.load_docker_nft_rules(sandbox, 0)?;
         create_bridge(&self.nftables)?;
         self.load_nft_rules(sandbox, 0)?;
         self.create_bpfnet(sandbox)?;
@@ -392,6 +410,22 @@ impl Topologies {
         .context("loading the nftables datapath's rules (is nftables installed? `cargo xtask setup`)")
     }
 
+    /// Docker's nftables backend's rules at `other` other published ports, in one `nft -f`.
+    fn load_docker_nft_rules(&self, sandbox: &Sandbox, other: u32) -> Result<()> {
+        let text = docker_nft_rules::ruleset(&Self::docker_network(), &Self::mappings(other));
+        let file = sandbox.write_scratch("docker-rules.nft", &text)?;
+        command::run_bounded(
+            &mut netns_exec(&self.docker_nft.host, "nft", [std::ffi::OsStr::new("-f"), file.as_os_str()]),
+            STEP_LIMIT,
+        )
+        .context("loading Docker's nftables rules (is nftables installed? `cargo xtask setup`)")
+    }
+
+    /// Docker's nftables backend's rules at N other published ports (kept with the results).
+    pub fn docker_nft_rules_text(other: u32) -> String {
+        docker_nft_rules::ruleset(&Self::docker_network(), &Self::mappings(other))
+    }
+
     /// The nftables datapath's ruleset at N other published ports (kept with the results).
     pub fn nft_rules_text(other: u32) -> String {
         nft_rules::ruleset(&Self::docker_network(), UPLINK, &Self::mappings(other))
@@ -407,7 +441,9 @@ impl Topologies {
     /// rules for all of them, as many map elements for nftables, or one range spec for bpfnet (the previous N's unpublished).
     pub fn set_other_ports(&mut self, sandbox: &Sandbox, other: u32) -> Result<()> {
         self.load_docker_rules(sandbox, other)?;
+        self.load_docker_nft_rules(sandbox, other)?;
         self.load_nft_rules(sandbox, other)?;
+        self.other_ports = other;
         let client = &self.bpfnet.client;
         if let Some(old) = self.bpfnet_other_ports.take() {
             bpfnet(sandbox, &["unpublish", client, &old])?;
@@ -467,7 +503,7 @@ impl Topologies {
             }
             // The uplink's program does not see container-to-container traffic.
             Datapath::BpfnetXdp if scenario == ContainerToContainer => Support::NotApplicable,
-            Datapath::Bridge | Datapath::Nftables | Datapath::Bpfnet | Datapath::BpfnetXdp => {
+            Datapath::Bridge | Datapath::DockerNft | Datapath::Nftables | Datapath::Bpfnet | Datapath::BpfnetXdp => {
                 let (client, server, outside) = match datapath {
                     Datapath::Bpfnet | Datapath::BpfnetXdp => {
                         let n = &self.bpfnet;
@@ -475,6 +511,10 @@ impl Topologies {
                     }
                     Datapath::Nftables => {
                         let n = &self.nftables;
+                        (&n.client, &n.server, &n.outside)
+                    }
+                    Datapath::DockerNft => {
+                        let n = &self.docker_nft;
                         (&n.client, &n.server, &n.outside)
                     }
                     _ => {
@@ -563,18 +603,23 @@ impl Topologies {
                 let mapping =
                     PortMapping { proto: Proto::Tcp, host_port: port, container: CLIENT_IP, container_port: port };
                 // One `nft` process adds both elements in one transaction.
-                let took = command::run_timed(&mut self.nft(&nft_rules::add_elements(&mapping)), STEP_LIMIT)?;
-                command::run_bounded(&mut self.nft(&nft_rules::delete_elements(&mapping)), STEP_LIMIT)?;
+                let host = &self.nftables.host;
+                let took = command::run_timed(&mut nft(host, &nft_rules::add_elements(&mapping)), STEP_LIMIT)?;
+                command::run_bounded(&mut nft(host, &nft_rules::delete_elements(&mapping)), STEP_LIMIT)?;
+                Ok(Support::Yes(vec![(Metric::PublishMs, took.as_secs_f64() * 1e3)]))
+            }
+            Datapath::DockerNft => {
+                let mapping =
+                    PortMapping { proto: Proto::Tcp, host_port: port, container: CLIENT_IP, container_port: port };
+                // Docker applies a port's rules in one nftables transaction: one `nft`.
+                let published = self.other_ports as usize + MEASURED_PORTS.len();
+                let add = docker_nft_rules::add_rules(&Self::docker_network(), &mapping, published);
+                let took = command::run_timed(&mut nft(&self.docker_nft.host, &[add]), STEP_LIMIT)?;
+                // The rules of N again (not timed): rules are deleted by handle, not by text.
+                self.load_docker_nft_rules(sandbox, self.other_ports)?;
                 Ok(Support::Yes(vec![(Metric::PublishMs, took.as_secs_f64() * 1e3)]))
             }
         }
-    }
-
-    /// `nft ARGS` in the nftables topology's host namespace (nsenter, as for iptables).
-    fn nft(&self, args: &[String]) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.nftables.host)).arg("nft").args(args);
-        cmd
     }
 
     fn iptables(&self, table: &str, op: &str, rule: &str) -> Command {
@@ -609,6 +654,14 @@ fn create_bridge(n: &BridgeNames) -> Result<()> {
         "br_netfilter is not loaded (Docker loads it): `modprobe br_netfilter` on this machine, then run again",
     )?;
     Ok(())
+}
+
+/// `nft ARGS` in `netns` (nsenter, as for iptables: `ip netns exec` would remount /sys, and
+/// be timed too).
+fn nft(netns: &str, args: &[String]) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{netns}")).arg("nft").args(args);
+    cmd
 }
 
 /// Unlinks the pins in `dir` and removes it (nothing to do if it is not there).
