@@ -31,13 +31,15 @@ fn main() {
     println!("cargo:rerun-if-env-changed=BPFNET_SKIP_EBPF");
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
-    let object = out_dir.join("datapath.bpf.o");
+    let objects = [("datapath", out_dir.join("datapath.bpf.o")), ("bench-floor", out_dir.join("bench_floor.bpf.o"))];
     if env::var_os("BPFNET_SKIP_EBPF").is_some() {
         println!("cargo:warning=BPFNET_SKIP_EBPF is set: the bpfnet binary has no datapath");
-        std::fs::write(&object, []).unwrap();
+        for (_, object) in &objects {
+            std::fs::write(object, []).unwrap();
+        }
         return;
     }
-    if let Err(message) = build_ebpf(&ebpf_dir, &out_dir, &object) {
+    if let Err(message) = build_ebpf(&ebpf_dir, &out_dir, &objects) {
         panic!(
             "building the eBPF programs failed: {message}\n\
              Run `cargo xtask setup` (as root) to install Debian's rustc-web and bpf-linker, \
@@ -46,7 +48,9 @@ fn main() {
     }
 }
 
-fn build_ebpf(ebpf_dir: &Path, out_dir: &Path, object: &Path) -> Result<(), String> {
+/// Builds every binary of datapath-ebpf (bpfnet's datapath, and the bench's floor, which the
+/// devkit embeds) and copies each `(binary, object)` to its object path.
+fn build_ebpf(ebpf_dir: &Path, out_dir: &Path, objects: &[(&str, PathBuf)]) -> Result<(), String> {
     if !Path::new(DEBIAN_RUSTC).exists() {
         return Err(format!("{DEBIAN_RUSTC} (Debian's rustc-web) is not installed"));
     }
@@ -82,7 +86,10 @@ fn build_ebpf(ebpf_dir: &Path, out_dir: &Path, object: &Path) -> Result<(), Stri
     if !status.success() {
         return Err(format!("cargo build of {} exited with {status}", ebpf_dir.display()));
     }
-    let built = target_dir.join(EBPF_TARGET).join("release").join("datapath");
-    std::fs::copy(&built, object).map_err(|e| format!("copying {} to {}: {e}", built.display(), object.display()))?;
+    for (binary, object) in objects {
+        let built = target_dir.join(EBPF_TARGET).join("release").join(binary);
+        std::fs::copy(&built, object)
+            .map_err(|e| format!("copying {} to {}: {e}", built.display(), object.display()))?;
+    }
     Ok(())
 }

@@ -612,10 +612,31 @@ pub mod ct_fill {
     pub const SLOTS: u32 = 2;
 }
 
+/// The benchmark's structural floor (datapath-ebpf's `bench-floor` object, loaded by
+/// `bpfnet-devkit floor-attach`): not part of bpfnet's datapath.
+pub mod bench_floor {
+    /// The floor program and its map.
+    pub const PROGRAM: &str = "bench_floor";
+    pub const DESTS_MAP: &str = "FLOOR_DESTS";
+
+    /// Where the floor delivers a container's address: `bpf_redirect_peer` to the host-side
+    /// veth, with the MACs bpfnet writes.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct FloorDest {
+        pub host_ifindex: u32,
+        /// MAC of the container's eth0.
+        pub mac: [u8; 6],
+        /// The source MAC written: the host-side veth's (the container's gateway).
+        pub gateway_mac: [u8; 6],
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` data with explicit padding fields, valid for any bit pattern.
     unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::bench_floor::FloorDest {}
     unsafe impl aya::Pod for super::Network {}
     unsafe impl aya::Pod for super::HostConfig {}
     unsafe impl aya::Pod for super::CtKey {}

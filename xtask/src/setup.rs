@@ -32,6 +32,10 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "conntrack",
     "iptables",
+    // nft, for the bench's nftables datapath (loaded in a sandbox namespace only). Its
+    // nftables.service would load /etc/nftables.conf (`flush ruleset`) into the ROOT
+    // namespace: setup masks it before installing (see [`nftables_unit`]).
+    "nftables",
     "bpftool",
     "ethtool", // checksum offload off in the SNAT checksum test, so receivers verify
     "python3", // the demo's TCP/UDP peers
@@ -67,6 +71,9 @@ const PODMAN_UNITS: &[&str] = &[
     "podman-auto-update.service",
     "podman-auto-update.timer",
 ];
+
+/// The unit of Debian's nftables package; setup masks it.
+const NFTABLES_UNIT: &str = "nftables.service";
 
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const MIN_RUSTC: (u32, u32) = (1, 96);
@@ -108,6 +115,7 @@ pub fn run() -> Result<()> {
         );
     }
     let mut log = SetupLog::default();
+    nftables_unit(&mut log)?;
     debian_packages(&mut log)?;
     podman_units(&mut log)?;
     unpack(&mut log, &CONTAINERD)?;
@@ -173,6 +181,33 @@ fn podman_units(log: &mut SetupLog) -> Result<()> {
     command::run_logged(Command::new("systemctl").args(["--root=/", "disable"]).args(PODMAN_UNITS), log, APT_LIMIT)
         .context("disabling podman's systemd units failed")?;
     println!("ok: disabled podman's units ({})", PODMAN_UNITS.join(" "));
+    Ok(())
+}
+
+/// Masks nftables.service, before its package is installed: started (by the package's
+/// postinst or at boot), it would load /etc/nftables.conf, which begins with `flush ruleset`,
+/// into the root namespace. Masked, nothing can start it (offline, `systemctl --root=/`).
+fn nftables_unit(log: &mut SetupLog) -> Result<()> {
+    let mut query = Command::new("systemctl");
+    query.args(["--root=/", "is-enabled", NFTABLES_UNIT]).stderr(Stdio::null());
+    command::announce(&query);
+    let out = match query.output() {
+        Ok(out) => out,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            println!("ok: no systemctl, so {NFTABLES_UNIT} cannot start by itself");
+            return Ok(());
+        }
+        Err(err) => return Err(err).context("could not run `systemctl is-enabled`"),
+    };
+    // is-enabled prints `masked` for a masked unit (installed or not) and exits non-zero.
+    if String::from_utf8_lossy(&out.stdout).trim() == "masked" {
+        println!("ok: {NFTABLES_UNIT} is masked");
+        return Ok(());
+    }
+    let log = log.path()?;
+    command::run_logged(Command::new("systemctl").args(["--root=/", "mask", NFTABLES_UNIT]), log, APT_LIMIT)
+        .with_context(|| format!("masking {NFTABLES_UNIT} failed"))?;
+    println!("ok: masked {NFTABLES_UNIT} (it would load /etc/nftables.conf into the root namespace)");
     Ok(())
 }
 

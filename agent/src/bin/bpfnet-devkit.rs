@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use bpfnet::devkit::{
+    floor_attach::{self, FloorAttachArgs},
     map_update_cost::{self, MapUpdateCostArgs},
     program_cost::{self, ProgramCostArgs},
 };
@@ -16,6 +17,9 @@ enum DevCommand {
     ProgramCost(ProgramCostArgs),
     /// Time of the one map update that publishing a port is, on a running datapath.
     MapUpdateCost(MapUpdateCostArgs),
+    /// The bench's structural floor: a program that only redirects (not bpfnet's datapath),
+    /// attached to interfaces of a namespace, its links pinned.
+    FloorAttach(FloorAttachArgs),
 }
 
 fn main() -> ExitCode {
@@ -24,6 +28,7 @@ fn main() -> ExitCode {
     let result = match DevCommand::parse() {
         DevCommand::ProgramCost(args) => program_cost::run(args),
         DevCommand::MapUpdateCost(args) => map_update_cost::run(args),
+        DevCommand::FloorAttach(args) => floor_attach::run(args),
     };
     if let Err(err) = result {
         eprintln!("bpfnet-devkit: error: {err:#}");

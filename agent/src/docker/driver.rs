@@ -249,7 +249,7 @@ fn address_of(what: &str, text: &str) -> Result<Ipv4Addr> {
     Ok(net.addr())
 }
 
-fn parse_mac(text: &str) -> Result<[u8; 6]> {
+pub(crate) fn parse_mac(text: &str) -> Result<[u8; 6]> {
     let bytes: Vec<u8> = text
         .split(':')
         .map(|b| u8::from_str_radix(b, 16))

@@ -3,6 +3,9 @@
 //!
 //! - [`topology`]: the three datapaths' namespaces and which scenario each supports;
 //! - [`docker_rules`]: the iptables rule shapes Docker installs, with their source;
+//! - [`docker_nft_rules`]: the rules of Docker 29's own nftables backend, with their source;
+//! - [`nft_rules`]: the same topology's rules as one nftables table with maps (the strongest
+//!   netfilter peer: flat in N);
 //! - [`workload`]: iperf3 and our own [`loadgen`] between two namespaces, pinned to CPUs;
 //! - [`pinned_map`]: bpfnet's map update alone, for the control-plane cost;
 //! - [`api_request`]: bpfnet's publish through its API alone (no CLI process), likewise;
@@ -27,8 +30,10 @@
 mod api_request;
 mod charts;
 mod cni;
+mod docker_nft_rules;
 mod docker_rules;
 pub mod loadgen;
+mod nft_rules;
 mod profile;
 mod program_cost;
 mod report;
@@ -347,7 +352,7 @@ fn measure(
     loadgen: &Path,
     out: &Path,
 ) -> Result<(Collected, Vec<serde_json::Value>)> {
-    section("topologies: floor, bridge+iptables (Docker's rules), bpfnet (tc and XDP uplink)");
+    section("topologies: floor, topology floor, bridge+iptables (Docker's rules), Docker's nftables rules, nftables (maps), bpfnet (tc and XDP uplink)");
     topologies.create(sandbox)?;
     let runner = Runner { loadgen, pinning, durations: plan.durations };
     match (pinning.client_cpu, pinning.server_cpu) {
@@ -414,6 +419,9 @@ fn measure(
                         Support::Yes(ends) => ends,
                         Support::NotApplicable => continue,
                     };
+                    if !Topologies::runs(workload, scenario, datapath) {
+                        continue;
+                    }
                     interrupt::check_interrupted()?;
                     topologies.prepare(sandbox, datapath)?;
                     done += 1;
@@ -551,7 +559,8 @@ fn datapath_order(rep: u32) -> Vec<Datapath> {
 fn metrics(workload: Workload) -> Vec<Metric> {
     match workload {
         Workload::TcpStream => vec![Metric::TcpGbps],
-        Workload::UdpRate => vec![Metric::UdpPps],
+        Workload::TcpStreamOffload => vec![Metric::TcpOffloadGbps],
+        Workload::UdpRate => vec![Metric::UdpPps, Metric::UdpCpuNsPerPkt],
         Workload::TcpRr => vec![Metric::RrP50Us, Metric::RrP99Us],
         Workload::TcpCrr => vec![Metric::CrrPerSec],
     }
@@ -630,6 +639,7 @@ fn write_results(out: &Path, plan: &Plan, pinning: Pinning, started: u64, measur
          n = repetitions; 95 % interval: percentile bootstrap of the median over the repetitions (fixed seed).\n\
          x<reference>: bpfnet's median / the reference's (same scenario and N; the floor's c2c at the first N), \
          interval from resampling both sides independently.\n\
+         x<topology-floor>: over bpfnet's veths and uplink with a program that only redirects (routed, without NAT).\n\
          Above 1 is better for rates, worse for latencies and times.\n",
         plan.repetitions,
         report::TIGHT_HALF_WIDTH_PCT,
@@ -676,6 +686,8 @@ fn write_results(out: &Path, plan: &Plan, pinning: Pinning, started: u64, measur
         ("headline.svg", charts::headline_svg(&rows, &format!("{command_line}: rates against N"), first_n)),
         ("ratios.svg", charts::ratios_svg(&rows, &format!("{command_line}: bpfnet over each reference"), first_n)),
         ("docker-rules-n1.iptables", Topologies::docker_rules_text(1)),
+        ("docker-rules-n1.nft", Topologies::docker_nft_rules_text(1)),
+        ("nftables-n1.nft", Topologies::nft_rules_text(1)),
     ];
     for (name, text) in files {
         let path = out.join(name);
@@ -683,7 +695,7 @@ fn write_results(out: &Path, plan: &Plan, pinning: Pinning, started: u64, measur
     }
     let perf_files: Vec<&str> = profiles.iter().filter_map(|p| p["file"].as_str()).collect();
     println!(
-        "\nresults in {}: results.json, table.txt, headline.svg, ratios.svg, docker-rules-n1.iptables{}{}",
+        "\nresults in {}: results.json, table.txt, headline.svg, ratios.svg, docker-rules-n1.iptables, docker-rules-n1.nft, nftables-n1.nft{}{}",
         out.display(),
         if perf_files.is_empty() { "" } else { ", " },
         perf_files.join(", ")
@@ -732,8 +744,8 @@ mod tests {
     #[test]
     fn repetitions_alternate_the_order() {
         use Datapath::*;
-        assert_eq!(datapath_order(0), [Floor, Bridge, Bpfnet, BpfnetXdp]);
-        assert_eq!(datapath_order(1), [BpfnetXdp, Bpfnet, Bridge, Floor]);
+        assert_eq!(datapath_order(0), [Floor, TopologyFloor, Bridge, DockerNft, Nftables, Bpfnet, BpfnetXdp]);
+        assert_eq!(datapath_order(1), [BpfnetXdp, Bpfnet, Nftables, DockerNft, Bridge, TopologyFloor, Floor]);
     }
 
     #[test]

@@ -31,12 +31,14 @@
 //!     "scenario": "c2c" | "snat" | "dnat" | "control-plane",
 //!     "other_published_ports": 1,          // N
 //!     "metric": "tcp_gbps" | "udp_pps" | "rr_p50_us" | "rr_p99_us" | "crr_per_sec"
+//!             | "tcp_offload_gbps" // dnat: the stream with the outside sender's tx offloads on
+//!             | "udp_cpu_ns_per_pkt" // busy CPU time of the machine per UDP packet received
 //!             | "publish_ms"       // control plane: publish one more port, end to end
 //!             | "publish_api_ms"   // bpfnet only: the same through its API alone (no CLI)
 //!             | "map_update_us",   // bpfnet only: its SERVICES map update alone
-//!     "unit": "Gbit/s" | "Mpps" | "us" | "1/s" | "ms",
+//!     "unit": "Gbit/s" | "Mpps" | "us" | "ns" | "1/s" | "ms",
 //!     "higher_is_better": true,
-//!     "datapath": "floor" | "bridge" | "bpfnet" | "bpfnet-xdp" | ...,  // Datapath::name
+//!     "datapath": "floor" | "topology-floor" | "bridge" | "docker-nft" | "nftables" | "bpfnet" | "bpfnet-xdp",
 //!     "status": "measured" | "failed",
 //!     "note": null | "the errors of failed repetitions",
 //!     "samples": [1.0, ...],               // one per successful repetition, in run order
@@ -170,7 +172,7 @@ impl Collected {
         let candidates = [
             Key { datapath: reference, ..*key },
             Key { datapath: reference, other_ports: first_n, ..*key },
-            Key { datapath: reference, other_ports: first_n, scenario: "c2c", ..*key },
+            Key { datapath: reference, other_ports: first_n, scenario: "c2c", metric: key.metric.floor_metric() },
         ];
         for candidate in candidates {
             if self.failures.contains_key(&candidate) && !self.samples.contains_key(&candidate) {
@@ -400,7 +402,7 @@ pub fn table(rows: &[Row]) -> String {
 /// adjust when a datapath is added or renamed. A name no datapath of the run has makes its
 /// targets "not measured".
 pub const TARGET_REFERENCES: [(&str, &str); 4] = [
-    ("structural floor", "structural-floor"),
+    ("structural floor", "topology-floor"),
     ("bare veth floor", "floor"),
     ("bridge+iptables", "bridge"),
     ("nftables with maps", "nftables"),
@@ -668,6 +670,7 @@ mod tests {
         c.sample(key("snat", Datapath::Bridge, Metric::UdpPps), 2.2);
         c.sample(key("snat", Datapath::Bpfnet, Metric::UdpPps), 4.4);
         c.sample(key("control-plane", Datapath::Bpfnet, Metric::MapUpdateUs), 3.0);
+        c.sample(key("snat", Datapath::TopologyFloor, Metric::UdpPps), 8.8);
         c.fail(key("dnat", Datapath::Bridge, Metric::UdpPps), "boom".into());
         c.sample(key("dnat", Datapath::Bpfnet, Metric::UdpPps), 1.0);
         let rows = rows(&c, 1);
@@ -687,6 +690,11 @@ mod tests {
         let to_floor = snat.ratio_to(Datapath::Floor).unwrap();
         assert_eq!((to_floor.ratio, to_floor.reference_scenario), (0.4, "c2c"));
         assert_eq!(snat.ratio_to(Datapath::Bridge).map(|r| (r.ratio, r.reference_scenario)), Some((2.0, "snat")));
+        // The topology floor is the reference of its own scenario (routed, without NAT).
+        assert_eq!(
+            snat.ratio_to(Datapath::TopologyFloor).map(|r| (r.ratio, r.reference_scenario)),
+            Some((0.5, "snat"))
+        );
         // A reference that failed is not replaced by another scenario's figure.
         assert!(find("dnat", Datapath::Bpfnet).ratio_to(Datapath::Bridge).is_none());
         // Only bpfnet has a map update: nothing to compare with.

@@ -35,9 +35,11 @@ use bpfnet_tests::sandbox::{netns_exec, Sandbox};
 use serde::Serialize;
 
 use super::api_request;
+use super::docker_nft_rules;
 use super::docker_rules::{self, PortMapping, Proto};
+use super::nft_rules;
 use super::stats::Summary;
-use super::workload::Metric;
+use super::workload::{Metric, Workload};
 use crate::command;
 
 pub const SUBNET: &str = "10.202.0.0/24";
@@ -46,6 +48,15 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 202, 0, 2);
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 202, 0, 3);
 pub const UPLINK_HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 1);
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 2);
+/// The topology floor's MACs: host-side veths (the gateway, as bpfnet gives them one MAC per
+/// network), client and server.
+const FLOOR_GATEWAY_MAC: &str = "02:00:0a:ca:00:01";
+const FLOOR_CLIENT_MAC: &str = "02:00:0a:ca:00:02";
+const FLOOR_SERVER_MAC: &str = "02:00:0a:ca:00:03";
+/// Where bpffs is mounted (`cargo xtask setup` mounts it).
+const BPFFS: &str = "/sys/fs/bpf";
+/// The outside namespace's end of every uplink.
+pub const OUTSIDE_LINK: &str = "eth0";
 const LEN: &str = "24";
 const BRIDGE: &str = "docker0";
 const UPLINK: &str = "up0";
@@ -62,18 +73,32 @@ const API_PUBLISH_SAMPLES: usize = 5;
 #[serde(rename_all = "kebab-case")]
 pub enum Datapath {
     Floor,
+    TopologyFloor,
     Bridge,
+    DockerNft,
+    Nftables,
     Bpfnet,
     BpfnetXdp,
 }
 
 impl Datapath {
-    pub const ALL: [Datapath; 4] = [Datapath::Floor, Datapath::Bridge, Datapath::Bpfnet, Datapath::BpfnetXdp];
+    pub const ALL: [Datapath; 7] = [
+        Datapath::Floor,
+        Datapath::TopologyFloor,
+        Datapath::Bridge,
+        Datapath::DockerNft,
+        Datapath::Nftables,
+        Datapath::Bpfnet,
+        Datapath::BpfnetXdp,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Datapath::Floor => "floor",
+            Datapath::TopologyFloor => "topology-floor",
             Datapath::Bridge => "bridge",
+            Datapath::DockerNft => "docker-nft",
+            Datapath::Nftables => "nftables",
             Datapath::Bpfnet => "bpfnet",
             Datapath::BpfnetXdp => "bpfnet-xdp",
         }
@@ -89,7 +114,9 @@ impl Datapath {
         match self {
             Datapath::Bpfnet => Some("tc"),
             Datapath::BpfnetXdp => Some("xdp"),
-            Datapath::Floor | Datapath::Bridge => None,
+            Datapath::Floor | Datapath::TopologyFloor | Datapath::Bridge | Datapath::DockerNft | Datapath::Nftables => {
+                None
+            }
         }
     }
 }
@@ -141,7 +168,14 @@ pub const MEASURED_PORTS: [(Proto, u16); 3] = [(Proto::Tcp, 5201), (Proto::Udp, 
 
 pub struct Topologies {
     floor: [String; 2],
+    topology_floor: BridgeNames,
+    /// Where `bpfnet-devkit floor-attach` pins the topology floor's links (on bpffs).
+    topology_floor_pins: PathBuf,
     bridge: BridgeNames,
+    docker_nft: BridgeNames,
+    nftables: BridgeNames,
+    /// N, the other published ports there are now.
+    other_ports: u32,
     bpfnet: BpfnetNames,
     /// The `--publish` spec of the other ports bpfnet has now (unpublished when N changes).
     bpfnet_other_ports: Option<String>,
@@ -170,11 +204,31 @@ impl Topologies {
         Topologies {
             devkit_bin,
             floor: [sandbox.name("fl-a"), sandbox.name("fl-b")],
+            topology_floor: BridgeNames {
+                host: sandbox.name("tf-host"),
+                client: sandbox.name("tf-c1"),
+                server: sandbox.name("tf-c2"),
+                outside: sandbox.name("tf-out"),
+            },
+            topology_floor_pins: PathBuf::from(BPFFS).join(sandbox.name("floor")),
             bridge: BridgeNames {
                 host: sandbox.name("br-host"),
                 client: sandbox.name("br-c1"),
                 server: sandbox.name("br-c2"),
                 outside: sandbox.name("br-out"),
+            },
+            docker_nft: BridgeNames {
+                host: sandbox.name("dn-host"),
+                client: sandbox.name("dn-c1"),
+                server: sandbox.name("dn-c2"),
+                outside: sandbox.name("dn-out"),
+            },
+            other_ports: 0,
+            nftables: BridgeNames {
+                host: sandbox.name("nf-host"),
+                client: sandbox.name("nf-c1"),
+                server: sandbox.name("nf-c2"),
+                outside: sandbox.name("nf-out"),
             },
             bpfnet: BpfnetNames {
                 network: sandbox.name("net"),
@@ -190,14 +244,22 @@ impl Topologies {
     /// The namespaces this module creates itself (bpfnet's containers are bpfnet's to remove).
     fn own_namespaces(&self) -> Vec<&String> {
         let mut all: Vec<&String> = self.floor.iter().collect();
-        let b = &self.bridge;
-        all.extend([&b.host, &b.client, &b.server, &b.outside, &self.bpfnet.outside]);
+        for b in [&self.topology_floor, &self.bridge, &self.docker_nft, &self.nftables] {
+            all.extend([&b.host, &b.client, &b.server, &b.outside]);
+        }
+        all.push(&self.bpfnet.outside);
         all
     }
 
     pub fn create(&mut self, sandbox: &mut Sandbox) -> Result<()> {
         self.create_floor()?;
-        self.create_bridge(sandbox)?;
+        self.create_topology_floor()?;
+        create_bridge(&self.bridge)?;
+        self.load_docker_rules(sandbox, 0)?;
+        create_bridge(&self.docker_nft)?;
+        self.load_docker_nft_rules(sandbox, 0)?;
+        create_bridge(&self.nftables)?;
+        self.load_nft_rules(sandbox, 0)?;
         self.create_bpfnet(sandbox)?;
         Ok(())
     }
@@ -213,27 +275,67 @@ impl Topologies {
         Ok(())
     }
 
-    fn create_bridge(&self, sandbox: &Sandbox) -> Result<()> {
-        let n = &self.bridge;
+    /// bpfnet's topology without bpfnet: a veth per container whose host end has the gateway's
+    /// MAC and no address, a /32 route and a neighbour per container, forwarding on those
+    /// ends, the uplink; the containers' neighbours static (no ARP responder here). On it,
+    /// `bpfnet-devkit floor-attach` puts a program that only redirects (datapath-ebpf's
+    /// bench_floor). The outside routes the container subnet through the uplink: there is no
+    /// NAT, SNAT and DNAT are measured routed.
+    fn create_topology_floor(&self) -> Result<()> {
+        let n = &self.topology_floor;
         for netns in [&n.host, &n.client, &n.server, &n.outside] {
             add_netns(netns)?;
         }
-        ip(&n.host, &["link", "add", BRIDGE, "type", "bridge"])?;
-        address_up(&n.host, BRIDGE, GATEWAY)?;
-        for (veth, container, addr) in [("vethc1", &n.client, CLIENT_IP), ("vethc2", &n.server, SERVER_IP)] {
-            ip(&n.host, &["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", container])?;
-            ip(&n.host, &["link", "set", veth, "master", BRIDGE, "up"])?;
+        let containers =
+            [("bnc1", &n.client, CLIENT_IP, FLOOR_CLIENT_MAC), ("bnc2", &n.server, SERVER_IP, FLOOR_SERVER_MAC)];
+        for (veth, container, addr, mac) in containers {
+            ip(
+                &n.host,
+                &[
+                    "link",
+                    "add",
+                    veth,
+                    "address",
+                    FLOOR_GATEWAY_MAC,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "address",
+                    mac,
+                    "netns",
+                    container,
+                ],
+            )?;
+            sysctl(&n.host, &format!("net.ipv4.conf.{veth}.forwarding=1"))?;
+            ip(&n.host, &["link", "set", veth, "up"])?;
+            ip(&n.host, &["neigh", "replace", &addr.to_string(), "lladdr", mac, "dev", veth, "nud", "permanent"])?;
+            ip(&n.host, &["route", "replace", &format!("{addr}/32"), "dev", veth])?;
             address_up(container, "eth0", addr)?;
             ip(container, &["route", "add", "default", "via", &GATEWAY.to_string()])?;
         }
+        for (container, peer_addr, peer_mac) in
+            [(&n.client, SERVER_IP, FLOOR_SERVER_MAC), (&n.server, CLIENT_IP, FLOOR_CLIENT_MAC)]
+        {
+            for (addr, mac) in [(GATEWAY, FLOOR_GATEWAY_MAC), (peer_addr, peer_mac)] {
+                ip(
+                    container,
+                    &["neigh", "replace", &addr.to_string(), "lladdr", mac, "dev", "eth0", "nud", "permanent"],
+                )?;
+            }
+        }
         add_uplink(&n.host, &n.outside)?;
-        sysctl(&n.host, "net.ipv4.ip_forward=1")?;
-        // Docker needs br_netfilter: bridged traffic then walks filter/FORWARD. The sysctl is
-        // per namespace (it exists once the module is loaded; this tool loads no modules).
-        sysctl(&n.host, "net.bridge.bridge-nf-call-iptables=1").context(
-            "br_netfilter is not loaded (Docker loads it): `modprobe br_netfilter` on this machine, then run again",
-        )?;
-        self.load_docker_rules(sandbox, 0)
+        ip(&n.outside, &["route", "add", SUBNET, "via", &UPLINK_HOST_IP.to_string()])?;
+        let dest = |addr: Ipv4Addr, veth: &str, mac: &str| format!("{addr}={veth},{mac}");
+        let mut attach = Command::new(&self.devkit_bin);
+        attach
+            .args(["floor-attach", "--netns", &n.host, "--ifname", "bnc1", "--ifname", "bnc2", "--ifname", UPLINK])
+            .args(["--dest", &dest(CLIENT_IP, "bnc1", FLOOR_CLIENT_MAC)])
+            .args(["--dest", &dest(SERVER_IP, "bnc2", FLOOR_SERVER_MAC)])
+            .args(["--gateway-mac", FLOOR_GATEWAY_MAC, "--pin-dir"])
+            .arg(&self.topology_floor_pins);
+        command::run_bounded(&mut attach, STEP_LIMIT)
     }
 
     fn create_bpfnet(&self, sandbox: &mut Sandbox) -> Result<()> {
@@ -268,6 +370,10 @@ impl Topologies {
                 }
             }
         }
+        // The floor's links went with its interfaces; their pins are files on bpffs.
+        if let Err(err) = remove_pins(&self.topology_floor_pins) {
+            failed.push(format!("{err:#}"));
+        }
         anyhow::ensure!(failed.is_empty(), "removing the namespaces failed: {}", failed.join("; "));
         Ok(())
     }
@@ -299,6 +405,37 @@ impl Topologies {
         command::run_bounded(&mut netns_exec(&self.bridge.host, "iptables-restore", [&file]), STEP_LIMIT)
     }
 
+    /// The nftables datapath's ruleset at `other` other published ports, in one `nft -f`.
+    fn load_nft_rules(&self, sandbox: &Sandbox, other: u32) -> Result<()> {
+        let file = sandbox.write_scratch("nftables.nft", &Self::nft_rules_text(other))?;
+        command::run_bounded(
+            &mut netns_exec(&self.nftables.host, "nft", [std::ffi::OsStr::new("-f"), file.as_os_str()]),
+            STEP_LIMIT,
+        )
+        .context("loading the nftables datapath's rules (is nftables installed? `cargo xtask setup`)")
+    }
+
+    /// Docker's nftables backend's rules at `other` other published ports, in one `nft -f`.
+    fn load_docker_nft_rules(&self, sandbox: &Sandbox, other: u32) -> Result<()> {
+        let text = docker_nft_rules::ruleset(&Self::docker_network(), &Self::mappings(other));
+        let file = sandbox.write_scratch("docker-rules.nft", &text)?;
+        command::run_bounded(
+            &mut netns_exec(&self.docker_nft.host, "nft", [std::ffi::OsStr::new("-f"), file.as_os_str()]),
+            STEP_LIMIT,
+        )
+        .context("loading Docker's nftables rules (is nftables installed? `cargo xtask setup`)")
+    }
+
+    /// Docker's nftables backend's rules at N other published ports (kept with the results).
+    pub fn docker_nft_rules_text(other: u32) -> String {
+        docker_nft_rules::ruleset(&Self::docker_network(), &Self::mappings(other))
+    }
+
+    /// The nftables datapath's ruleset at N other published ports (kept with the results).
+    pub fn nft_rules_text(other: u32) -> String {
+        nft_rules::ruleset(&Self::docker_network(), UPLINK, &Self::mappings(other))
+    }
+
     /// The Docker rules for the bridge topology at N other published ports (the full rule
     /// text, to keep with the results).
     pub fn docker_rules_text(other: u32) -> String {
@@ -306,9 +443,12 @@ impl Topologies {
     }
 
     /// Publish `other` ports of the client container ahead of the measured ones: Docker's
-    /// rules for all of them, or one range spec for bpfnet (the previous N's unpublished).
+    /// rules for all of them, as many map elements for nftables, or one range spec for bpfnet (the previous N's unpublished).
     pub fn set_other_ports(&mut self, sandbox: &Sandbox, other: u32) -> Result<()> {
         self.load_docker_rules(sandbox, other)?;
+        self.load_docker_nft_rules(sandbox, other)?;
+        self.load_nft_rules(sandbox, other)?;
+        self.other_ports = other;
         let client = &self.bpfnet.client;
         if let Some(old) = self.bpfnet_other_ports.take() {
             bpfnet(sandbox, &["unpublish", client, &old])?;
@@ -355,12 +495,31 @@ impl Topologies {
                 // its figures are the reference of every row.
                 _ => Support::NotApplicable,
             },
+            // Measured once, as the floor: no ports, so nothing depends on N. No NAT: the
+            // outside is the DNAT client aiming at the server itself, routed.
+            Datapath::TopologyFloor if !first_n => Support::NotApplicable,
+            Datapath::TopologyFloor => {
+                let n = &self.topology_floor;
+                Support::Yes(match scenario {
+                    ContainerToContainer => ends(&n.client, SERVER_IP, &n.server, SERVER_IP),
+                    Snat => ends(&n.client, OUTSIDE_IP, &n.outside, OUTSIDE_IP),
+                    Dnat => ends(&n.outside, SERVER_IP, &n.server, SERVER_IP),
+                })
+            }
             // The uplink's program does not see container-to-container traffic.
             Datapath::BpfnetXdp if scenario == ContainerToContainer => Support::NotApplicable,
-            Datapath::Bridge | Datapath::Bpfnet | Datapath::BpfnetXdp => {
+            Datapath::Bridge | Datapath::DockerNft | Datapath::Nftables | Datapath::Bpfnet | Datapath::BpfnetXdp => {
                 let (client, server, outside) = match datapath {
                     Datapath::Bpfnet | Datapath::BpfnetXdp => {
                         let n = &self.bpfnet;
+                        (&n.client, &n.server, &n.outside)
+                    }
+                    Datapath::Nftables => {
+                        let n = &self.nftables;
+                        (&n.client, &n.server, &n.outside)
+                    }
+                    Datapath::DockerNft => {
+                        let n = &self.docker_nft;
                         (&n.client, &n.server, &n.outside)
                     }
                     _ => {
@@ -374,6 +533,17 @@ impl Topologies {
                     Dnat => ends(outside, UPLINK_HOST_IP, server, SERVER_IP),
                 })
             }
+        }
+    }
+
+    /// Whether `workload` runs on `datapath` in `scenario` (where [`Self::endpoints`] has
+    /// endpoints): the stream with the sender's offloads on only where the sender is the
+    /// outside (DNAT), and not on the XDP uplink (which cannot take a local veth sender's
+    /// partial checksums, docs/xdp-uplink.md).
+    pub fn runs(workload: Workload, scenario: Scenario, datapath: Datapath) -> bool {
+        match workload {
+            Workload::TcpStreamOffload => scenario == Scenario::Dnat && datapath != Datapath::BpfnetXdp,
+            _ => true,
         }
     }
 
@@ -402,7 +572,7 @@ impl Topologies {
         let port = OTHER_PORTS_BASE - 1;
         match datapath {
             // One control plane for both bpfnet modes.
-            Datapath::Floor | Datapath::BpfnetXdp => Ok(Support::NotApplicable),
+            Datapath::Floor | Datapath::TopologyFloor | Datapath::BpfnetXdp => Ok(Support::NotApplicable),
             Datapath::Bpfnet => {
                 let client = &self.bpfnet.client;
                 let spec = publish_spec(Proto::Tcp, port, 1).expect("one port");
@@ -434,6 +604,26 @@ impl Topologies {
                 }
                 Ok(Support::Yes(vec![(Metric::PublishMs, took.as_secs_f64() * 1e3)]))
             }
+            Datapath::Nftables => {
+                let mapping =
+                    PortMapping { proto: Proto::Tcp, host_port: port, container: CLIENT_IP, container_port: port };
+                // One `nft` process adds both elements in one transaction.
+                let host = &self.nftables.host;
+                let took = command::run_timed(&mut nft(host, &nft_rules::add_elements(&mapping)), STEP_LIMIT)?;
+                command::run_bounded(&mut nft(host, &nft_rules::delete_elements(&mapping)), STEP_LIMIT)?;
+                Ok(Support::Yes(vec![(Metric::PublishMs, took.as_secs_f64() * 1e3)]))
+            }
+            Datapath::DockerNft => {
+                let mapping =
+                    PortMapping { proto: Proto::Tcp, host_port: port, container: CLIENT_IP, container_port: port };
+                // Docker applies a port's rules in one nftables transaction: one `nft`.
+                let published = self.other_ports as usize + MEASURED_PORTS.len();
+                let add = docker_nft_rules::add_rules(&Self::docker_network(), &mapping, published);
+                let took = command::run_timed(&mut nft(&self.docker_nft.host, &[add]), STEP_LIMIT)?;
+                // The rules of N again (not timed): rules are deleted by handle, not by text.
+                self.load_docker_nft_rules(sandbox, self.other_ports)?;
+                Ok(Support::Yes(vec![(Metric::PublishMs, took.as_secs_f64() * 1e3)]))
+            }
         }
     }
 
@@ -444,6 +634,53 @@ impl Topologies {
             .args(rule.split_whitespace());
         cmd
     }
+}
+
+/// Docker's bridge topology (for the `bridge` and `nftables` datapaths; rules not loaded): a
+/// bridge holding the gateway, a veth per container enslaved to it, the uplink, forwarding and
+/// br_netfilter on.
+fn create_bridge(n: &BridgeNames) -> Result<()> {
+    for netns in [&n.host, &n.client, &n.server, &n.outside] {
+        add_netns(netns)?;
+    }
+    ip(&n.host, &["link", "add", BRIDGE, "type", "bridge"])?;
+    address_up(&n.host, BRIDGE, GATEWAY)?;
+    for (veth, container, addr) in [("vethc1", &n.client, CLIENT_IP), ("vethc2", &n.server, SERVER_IP)] {
+        ip(&n.host, &["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", container])?;
+        ip(&n.host, &["link", "set", veth, "master", BRIDGE, "up"])?;
+        address_up(container, "eth0", addr)?;
+        ip(container, &["route", "add", "default", "via", &GATEWAY.to_string()])?;
+    }
+    add_uplink(&n.host, &n.outside)?;
+    sysctl(&n.host, "net.ipv4.ip_forward=1")?;
+    // Docker needs br_netfilter: bridged traffic then walks filter/FORWARD. The sysctl is
+    // per namespace (it exists once the module is loaded; this tool loads no modules).
+    sysctl(&n.host, "net.bridge.bridge-nf-call-iptables=1").context(
+        "br_netfilter is not loaded (Docker loads it): `modprobe br_netfilter` on this machine, then run again",
+    )?;
+    Ok(())
+}
+
+/// `nft ARGS` in `netns` (nsenter, as for iptables: `ip netns exec` would remount /sys, and
+/// be timed too).
+fn nft(netns: &str, args: &[String]) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{netns}")).arg("nft").args(args);
+    cmd
+}
+
+/// Unlinks the pins in `dir` and removes it (nothing to do if it is not there).
+fn remove_pins(dir: &std::path::Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        std::fs::remove_file(&path).with_context(|| format!("removing the pin {}", path.display()))?;
+    }
+    std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
 /// `ip -n NETNS ARGS`: runs in the namespace, never in the root one.
@@ -472,11 +709,11 @@ fn add_netns(netns: &str) -> Result<()> {
 /// The uplink veth: `up0` in the host namespace, `eth0` in the outside one, which sends
 /// complete checksums (see the module documentation).
 fn add_uplink(host: &str, outside: &str) -> Result<()> {
-    ip(host, &["link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", outside])?;
+    ip(host, &["link", "add", UPLINK, "type", "veth", "peer", "name", OUTSIDE_LINK, "netns", outside])?;
     address_up(host, UPLINK, UPLINK_HOST_IP)?;
-    address_up(outside, "eth0", OUTSIDE_IP)?;
+    address_up(outside, OUTSIDE_LINK, OUTSIDE_IP)?;
     command::run_bounded(
-        Command::new("ip").args(["netns", "exec", outside, "ethtool", "-K", "eth0", "tx", "off"]),
+        Command::new("ip").args(["netns", "exec", outside, "ethtool", "-K", OUTSIDE_LINK, "tx", "off"]),
         STEP_LIMIT,
     )
 }

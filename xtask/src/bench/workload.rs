@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::loadgen::{TransactionReport, UdpFloodReport, UdpSinkReport, UDP_PAYLOAD_64B_FRAME};
-use super::topology::{socket, Endpoints, MEASURED_PORTS};
+use super::topology::{socket, Endpoints, MEASURED_PORTS, OUTSIDE_LINK};
 use crate::command;
 
 /// Beyond its own duration, how long a client may take (connect, start-up, report).
@@ -26,6 +26,9 @@ const MAX_BANNER_LINES: usize = 5;
 pub enum Workload {
     /// iperf3, one TCP stream.
     TcpStream,
+    /// The same with the sender's tx offloads on (DNAT only, where the sender is the outside
+    /// namespace, whose offloads are otherwise off; see [`super::topology::Topologies::runs`]).
+    TcpStreamOffload,
     /// loadgen udp-flood -> udp-sink, 64-byte frames.
     UdpRate,
     /// loadgen tcp-rr -> tcp-server, 1-byte ping-pong.
@@ -35,11 +38,13 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 4] = [Workload::TcpStream, Workload::UdpRate, Workload::TcpRr, Workload::TcpCrr];
+    pub const ALL: [Workload; 5] =
+        [Workload::TcpStream, Workload::TcpStreamOffload, Workload::UdpRate, Workload::TcpRr, Workload::TcpCrr];
 
     pub fn name(self) -> &'static str {
         match self {
             Workload::TcpStream => "tcp-stream",
+            Workload::TcpStreamOffload => "tcp-stream-offload",
             Workload::UdpRate => "udp-64B",
             Workload::TcpRr => "tcp-rr",
             Workload::TcpCrr => "tcp-crr",
@@ -48,7 +53,7 @@ impl Workload {
 
     fn port(self) -> u16 {
         match self {
-            Workload::TcpStream => MEASURED_PORTS[0].1,
+            Workload::TcpStream | Workload::TcpStreamOffload => MEASURED_PORTS[0].1,
             Workload::UdpRate => MEASURED_PORTS[1].1,
             Workload::TcpRr | Workload::TcpCrr => MEASURED_PORTS[2].1,
         }
@@ -60,7 +65,12 @@ impl Workload {
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     TcpGbps,
+    /// TCP stream with the sender's tx offloads on.
+    TcpOffloadGbps,
     UdpPps,
+    /// CPU time of the whole machine per 64-byte UDP packet received (see
+    /// [`super::loadgen::UdpFloodReport::busy_cpu_secs`]).
+    UdpCpuNsPerPkt,
     RrP50Us,
     RrP99Us,
     CrrPerSec,
@@ -77,7 +87,9 @@ impl Metric {
     pub fn label(self) -> &'static str {
         match self {
             Metric::TcpGbps => "TCP stream Gbit/s",
+            Metric::TcpOffloadGbps => "TCP stream tx-offload Gbit/s",
             Metric::UdpPps => "UDP 64B Mpps rx",
+            Metric::UdpCpuNsPerPkt => "UDP 64B CPU ns/pkt",
             Metric::RrP50Us => "TCP RR p50 us",
             Metric::RrP99Us => "TCP RR p99 us",
             Metric::CrrPerSec => "TCP CRR conn/s",
@@ -90,16 +102,26 @@ impl Metric {
     /// The unit of the stored values (results.json keeps base units except for pps -> Mpps).
     pub fn unit(self) -> &'static str {
         match self {
-            Metric::TcpGbps => "Gbit/s",
+            Metric::TcpGbps | Metric::TcpOffloadGbps => "Gbit/s",
             Metric::UdpPps => "Mpps",
             Metric::RrP50Us | Metric::RrP99Us | Metric::MapUpdateUs => "us",
+            Metric::UdpCpuNsPerPkt => "ns",
             Metric::CrrPerSec => "1/s",
             Metric::PublishMs | Metric::PublishApiMs => "ms",
         }
     }
 
+    /// The floor's figure this one is a ratio to (in c2c, where the floor's sender has its
+    /// offloads on): the plain stream for the stream with offloads on.
+    pub fn floor_metric(self) -> Metric {
+        match self {
+            Metric::TcpOffloadGbps => Metric::TcpGbps,
+            other => other,
+        }
+    }
+
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Metric::TcpGbps | Metric::UdpPps | Metric::CrrPerSec)
+        matches!(self, Metric::TcpGbps | Metric::TcpOffloadGbps | Metric::UdpPps | Metric::CrrPerSec)
     }
 }
 
@@ -147,6 +169,16 @@ impl Runner<'_> {
         let max = format!("{}", self.durations.short_secs + 20.0);
         let loadgen = self.loadgen.as_os_str().to_str().context("the loadgen path is not UTF-8")?;
         match workload {
+            Workload::TcpStreamOffload => {
+                // The sender's end of the uplink, whose tx offloads are off for XDP (see
+                // topology.rs): on for this run only, and off again whatever the run did.
+                set_tx_offload(&ends.client_netns, true)?;
+                let run = self.run(sandbox, ends, Workload::TcpStream);
+                let restored = set_tx_offload(&ends.client_netns, false);
+                let figures = run?;
+                restored?;
+                Ok(figures.into_iter().map(|(_, gbps)| (Metric::TcpOffloadGbps, gbps)).collect())
+            }
             Workload::TcpStream => {
                 let port = port.to_string();
                 let bind_ip = ends.server_bind.to_string();
@@ -202,7 +234,10 @@ impl Runner<'_> {
                 if sink.received == 0 {
                     bail!("udp-sink received none of the {} datagrams sent to {target}", flood.sent);
                 }
-                Ok(vec![(Metric::UdpPps, sink.pps / 1e6)])
+                // Both CPUs are busy by design (a flooding sender, a sink that never sleeps):
+                // per packet, this is what the datapath leaves room for, drops included.
+                let cpu_ns = flood.busy_cpu_secs * 1e9 / sink.received as f64;
+                Ok(vec![(Metric::UdpPps, sink.pps / 1e6), (Metric::UdpCpuNsPerPkt, cpu_ns)])
             }
             Workload::TcpRr | Workload::TcpCrr => {
                 let server = self.server(
@@ -269,6 +304,14 @@ impl Runner<'_> {
         let mut cmd = self.pinned(&ends.client_netns, self.pinning.client_cpu, program, args);
         command::output_bounded(&mut cmd, Duration::from_secs_f64(secs) + CLIENT_SLACK)
     }
+}
+
+/// `ethtool -K OUTSIDE_LINK tx on|off` in `netns` (with tx checksumming off the kernel drops
+/// scatter-gather and so TSO/GSO: TCP then sends MTU-sized segments, checksummed in software).
+fn set_tx_offload(netns: &str, on: bool) -> Result<()> {
+    let state = if on { "on" } else { "off" };
+    command::run_bounded(&mut netns_exec(netns, "ethtool", ["-K", OUTSIDE_LINK, "tx", state]), SERVER_LIMIT)
+        .with_context(|| format!("turning tx offloads {state} on {OUTSIDE_LINK} in {netns}"))
 }
 
 fn parse_report<T: serde::de::DeserializeOwned>(output: &str, tool: &str) -> Result<T> {
