@@ -3,7 +3,7 @@
 //! dockerd discovers it as the driver `bpfnet`). dockerd POSTs JSON to `/Plugin.Activate` and
 //! `/NetworkDriver.*`; each call runs on the agent's one host, like an API call, and a failed
 //! one answers `{"Err": "..."}`. The agent owns the datapath and its state: the driver keeps
-//! nothing of its own.
+//! nothing of its own but where its port allocator stands (soft state, as in dockerd).
 //!
 //! - `protocol`: the requests and answers, typed;
 //! - `driver`: what each call does on the host;
