@@ -170,8 +170,8 @@ async fn discovery(body: Bytes) -> Response {
 
 /// A plugin spec file (`/etc/docker/plugins/NAME.spec`) naming the driver's socket, for a
 /// socket outside `/run/docker/plugins`: dockerd knows the driver by the file's name. Removed
-/// when dropped (the agent stops), as the socket is.
-pub struct SpecFile(PathBuf);
+/// when dropped (the agent stops), as the socket is, with the directories made for it if empty.
+pub struct SpecFile(PathBuf, crate::sys::dirs::MadeDirs);
 
 impl SpecFile {
     /// Fails, naming the fix, unless dockerd could use `spec` for `socket`.
@@ -196,21 +196,23 @@ impl SpecFile {
     pub fn write(spec: &Path, socket: &Path) -> anyhow::Result<SpecFile> {
         use anyhow::Context;
         SpecFile::check(spec, socket)?;
-        if let Some(dir) = spec.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
+        let made = match spec.parent() {
+            Some(dir) => crate::sys::dirs::MadeDirs::create(dir)?,
+            None => crate::sys::dirs::MadeDirs::default(),
+        };
         let partial = spec.with_extension("spec.partial");
         std::fs::write(&partial, format!("unix://{}\n", socket.display()))
             .and_then(|()| std::fs::rename(&partial, spec))
             .with_context(|| format!("writing the plugin spec file {}", spec.display()))?;
         tracing::info!("dockerd finds the network driver through {}", spec.display());
-        Ok(SpecFile(spec.to_owned()))
+        Ok(SpecFile(spec.to_owned(), made))
     }
 }
 
 impl Drop for SpecFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+        self.1.remove_empty();
     }
 }
 
