@@ -330,6 +330,22 @@ impl Sandbox {
         Ok(name)
     }
 
+    /// Names a namespace an engine made, by a process inside it (`ip netns attach`), as
+    /// `{prefix}-{suffix}`, so that `ip netns exec` reaches it (the bench runs its load
+    /// generator in Docker's containers so). The sandbox removes the name at cleanup; the
+    /// namespace itself goes with its container.
+    pub fn attach_engine_netns(&mut self, suffix: &str, pid: u32) -> Result<String> {
+        let name = self.name(suffix);
+        if Path::new(NETNS_DIR).join(&name).exists() {
+            bail!(
+                "network namespace {name} exists already: is another run using it? (if not: `ip netns delete {name}`)"
+            );
+        }
+        self.step(Command::new("ip").args(["netns", "attach", &name, &pid.to_string()]))?;
+        self.own_netns.push(name.clone());
+        Ok(name)
+    }
+
     /// Sets a setting of the agent, as its environment variable (e.g. BPFNET_UPLINK_MODE); it
     /// takes effect when the agent next starts.
     pub fn set_agent_env(&mut self, key: &str, value: &str) {

@@ -227,10 +227,13 @@ const CONTAINERD: Unpacked = Unpacked {
     files: &["usr/bin/containerd", "usr/bin/containerd-shim-runc-v2"],
 };
 
-/// Docker (20.10 on Debian 12), whose dockerd the Docker driver tests run on a private
-/// containerd.
-const DOCKER: Unpacked =
-    Unpacked { package: "docker.io", dir: DOCKER_DIR, files: &["usr/sbin/dockerd", "usr/bin/docker"] };
+/// Docker (20.10 on Debian 12), whose dockerd the Docker driver tests and `bench --docker` run
+/// on a private containerd (docker-proxy: the bench's baseline, dockerd's own bridge).
+const DOCKER: Unpacked = Unpacked {
+    package: "docker.io",
+    dir: DOCKER_DIR,
+    files: &["usr/sbin/dockerd", "usr/sbin/docker-proxy", "usr/bin/docker"],
+};
 
 /// Downloads a Debian package and unpacks it into its directory; a stamp with its version,
 /// written last, says the unpacking completed.

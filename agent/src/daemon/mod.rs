@@ -117,6 +117,10 @@ pub fn run_service(args: AgentArgs, socket: PathBuf) -> Result<()> {
 }
 
 async fn run(options: HostOptions, args: AgentArgs, socket: PathBuf) -> Result<()> {
+    // A spec file dockerd could not use stops the agent before it changes anything.
+    if let (Some(spec), Some(plugin_socket)) = (&args.docker_plugin_spec, &args.docker_plugin_socket) {
+        crate::docker::SpecFile::check(spec, plugin_socket)?;
+    }
     // A wrong --host-cgroup stops the agent before it changes anything.
     options.open_host_cgroup()?;
     let mut host = crate::host::Host::open(&options).await?;
@@ -158,6 +162,11 @@ async fn run(options: HostOptions, args: AgentArgs, socket: PathBuf) -> Result<(
             (Some((listener, path.clone())), Some(file))
         }
         None => (None, None),
+    };
+    // After the socket it names: dockerd that reads the spec finds the socket bound.
+    let _plugin_spec_file = match (&args.docker_plugin_spec, &args.docker_plugin_socket) {
+        (Some(spec), Some(socket)) => Some(crate::docker::SpecFile::write(spec, socket)?),
+        _ => None,
     };
     let (listener, _socket_file) = server::bind(&socket).await?;
     let metrics_listener = match args.metrics_listen {

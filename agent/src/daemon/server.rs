@@ -25,6 +25,7 @@ use crate::{
         routes, Attach, Call, CreateContainer, CreateNetwork, MonitorEvent, MonitorFilter, PortSpecs, MAX_BODY_BYTES,
     },
     daemon::{metrics, service, Agent},
+    sys::dirs::MadeDirs,
 };
 
 /// The API on the agent's socket.
@@ -186,9 +187,10 @@ async fn count_requests(State(agent): State<Agent>, request: Request, next: Next
 /// Binds the API socket, root-only (mode 0600). A socket another agent answers on is refused;
 /// one left by an agent that died is replaced.
 pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile)> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    let made = match path.parent() {
+        Some(dir) => MadeDirs::create(dir)?,
+        None => MadeDirs::default(),
+    };
     match tokio::net::UnixStream::connect(path).await {
         Ok(_) => bail!(
             "another bpfnet agent is already listening on {}; stop it first, or give this one its own --socket",
@@ -202,14 +204,15 @@ pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile)> {
     let listener = UnixListener::bind(path).with_context(|| format!("binding the API socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("making {} root-only", path.display()))?;
-    Ok((listener, SocketFile(path.to_owned())))
+    Ok((listener, SocketFile(path.to_owned(), made)))
 }
 
-/// Removes the socket file when the agent stops.
-pub struct SocketFile(PathBuf);
+/// Removes the socket file when the agent stops, and the directories made for it if empty.
+pub struct SocketFile(PathBuf, MadeDirs);
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+        self.1.remove_empty();
     }
 }

@@ -39,6 +39,11 @@ pub struct AgentArgs {
     /// -d NAME`); see docs/docker.md.
     #[arg(long, env = "BPFNET_DOCKER_PLUGIN_SOCKET", value_name = "PATH")]
     pub docker_plugin_socket: Option<PathBuf>,
+    /// Also write a plugin spec file here naming --docker-plugin-socket's URL, for a socket
+    /// outside /run/docker/plugins: dockerd also finds `/etc/docker/plugins/NAME.spec` as the
+    /// driver NAME. Written once the socket is bound, removed when the agent stops.
+    #[arg(long, env = "BPFNET_DOCKER_PLUGIN_SPEC", value_name = "FILE", requires = "docker_plugin_socket")]
+    pub docker_plugin_spec: Option<PathBuf>,
 }
 
 /// The settings of the host the agent serves ([`HostOptions`]).

@@ -5,13 +5,14 @@
 //! Docker's IPAM chose. Everything lives in the agent's state: dockerd restarting, or the
 //! agent being killed, loses nothing. Deletes of what is already gone succeed (dockerd
 //! retries them, and forgets what it deleted with `force` even when the driver failed).
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Mutex};
 
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 
 use crate::{
+    docker::port_allocator::PortAllocator,
     docker::protocol::{
         CapabilitiesAnswer, CreateEndpointAnswer, CreateEndpointRequest, CreateNetworkRequest, EndpointInfoAnswer,
         EndpointInterface, EndpointRequest, ExternalConnectivityRequest, InterfaceName, JoinAnswer, JoinRequest,
@@ -144,7 +145,10 @@ pub fn join(host: &Host, request: &JoinRequest) -> Result<JoinAnswer> {
     })
 }
 
-/// What `docker inspect` shows of the endpoint.
+/// The endpoint's operational data. Its published ports are also under Docker's own key, in
+/// the shape of Docker's bridge driver (`com.docker.network.portmap`, with the host ports
+/// chosen for `-p 80` and `-P`). dockerd 20.10 (and later) does not show them in `docker
+/// port`: it reads that key only as its own Go type, which a remote driver's JSON never is.
 pub fn endpoint_info(host: &Host, request: &EndpointRequest) -> Result<EndpointInfoAnswer> {
     let spec = endpoint(host, &request.endpoint_id)?;
     let mut value = BTreeMap::new();
@@ -152,12 +156,35 @@ pub fn endpoint_info(host: &Host, request: &EndpointRequest) -> Result<EndpointI
     value.insert("bpfnet.host_interface".to_owned(), json!(spec.host_interface));
     value.insert("bpfnet.mac".to_owned(), json!(format_mac(&spec.mac)));
     value.insert("bpfnet.ports".to_owned(), json!(spec.publish.iter().map(ToString::to_string).collect::<Vec<_>>()));
+    let bindings: Vec<PortBinding> = spec.publish.iter().map(|m| port_binding(m, spec.ip)).collect();
+    value.insert(PORT_MAP.to_owned(), json!(bindings));
     Ok(EndpointInfoAnswer { value })
 }
 
+/// A published port as Docker's bridge driver reports it: the container's address, the host
+/// port in both `HostPort` and `HostPortEnd`, `0.0.0.0` for every address.
+fn port_binding(mapping: &PortMapping, container_ip: Ipv4Addr) -> PortBinding {
+    PortBinding {
+        proto: match mapping.protocol {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        },
+        ip: container_ip.to_string(),
+        port: mapping.container_port,
+        host_ip: mapping.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).to_string(),
+        host_port: mapping.host_port,
+        host_port_end: mapping.host_port,
+    }
+}
+
 /// Publishes the container's `-p` bindings, replacing those it had (dockerd programs the
-/// endpoint that gives the container its gateway, and moves them when that changes).
-pub async fn program_external_connectivity(host: &mut Host, request: &ExternalConnectivityRequest) -> Result<()> {
+/// endpoint that gives the container its gateway, and moves them when that changes). A
+/// binding without a host port (`-p 80`, `-P`) takes one from `ports`.
+pub async fn program_external_connectivity(
+    host: &mut Host,
+    ports: &Mutex<PortAllocator>,
+    request: &ExternalConnectivityRequest,
+) -> Result<()> {
     let name = endpoint_name(&request.endpoint_id)?;
     let bindings: Vec<PortBinding> = match request.options.get(PORT_MAP) {
         None | Some(Value::Null) => vec![],
@@ -166,8 +193,12 @@ pub async fn program_external_connectivity(host: &mut Host, request: &ExternalCo
     };
     revoke_external_connectivity(host, &request.endpoint_id).await?;
     let spec = endpoint(host, &request.endpoint_id)?;
-    let mappings = port_mappings(&bindings, |chosen| host.state().published().check_free(chosen).is_ok())
-        .with_context(|| format!("publishing the ports of {}", spec.name))?;
+    // Held for the choice only (no await): the host's lock orders the calls anyway.
+    let mappings = {
+        let mut ports = ports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        port_mappings(&bindings, &mut ports, |chosen| host.state().published().check_free(chosen).is_ok())
+            .with_context(|| format!("publishing the ports of {}", spec.name))?
+    };
     if !mappings.is_empty() {
         container::publish(host, &name, mappings).await?;
     }
@@ -195,8 +226,13 @@ fn endpoint<'h>(host: &'h Host, endpoint_id: &str) -> Result<&'h ContainerSpec> 
 
 /// Docker's bindings as published ports. A host port range (`-p 8000-8010:80`) takes its first
 /// port that `is_free` accepts (together with the ones chosen before it), as Docker's own
-/// port allocator does.
-pub fn port_mappings(bindings: &[PortBinding], is_free: impl Fn(&[PortMapping]) -> bool) -> Result<Vec<PortMapping>> {
+/// port allocator does; no host port at all (`-p 80`, `-P`) takes the next free one of
+/// `dynamic`.
+pub fn port_mappings(
+    bindings: &[PortBinding],
+    dynamic: &mut PortAllocator,
+    is_free: impl Fn(&[PortMapping]) -> bool,
+) -> Result<Vec<PortMapping>> {
     let mut chosen: Vec<PortMapping> = Vec::new();
     for binding in bindings {
         let protocol = match binding.proto {
@@ -215,29 +251,35 @@ pub fn port_mappings(bindings: &[PortBinding], is_free: impl Fn(&[PortMapping]) 
                 Err(_) => bail!("the host address {text:?} of port {} is not an IP address", binding.port),
             },
         };
-        if binding.host_port == 0 {
-            bail!(
-                "-p {}: bpfnet needs the host port (it picks none itself); write -p HOST_PORT:{}",
-                binding.port,
-                binding.port
-            );
-        }
-        let end = binding.host_port_end.max(binding.host_port);
-        let mapping = (binding.host_port..=end)
-            .map(|host_port| PortMapping { host_ip, host_port, container_port: binding.port, protocol })
-            .find(|candidate| {
-                let mut with = chosen.clone();
-                with.push(*candidate);
-                let inside = chosen.iter().all(|c| !(c.host_port == candidate.host_port && c.protocol == protocol));
-                inside && is_free(&with)
-            })
-            .with_context(|| {
+        let mapping = |host_port| PortMapping { host_ip, host_port, container_port: binding.port, protocol };
+        let fits = |candidate: PortMapping| {
+            let inside = chosen.iter().all(|c| !(c.host_port == candidate.host_port && c.protocol == protocol));
+            let mut with = chosen.clone();
+            with.push(candidate);
+            inside && is_free(&with)
+        };
+        let found = if binding.host_port == 0 {
+            let range = dynamic.range();
+            dynamic.next(protocol, |port| fits(mapping(port))).map(mapping).with_context(|| {
+                format!(
+                    "no free host port in {}-{}/{protocol} (the host's ephemeral ports, where Docker picks one) \
+                     for container port {}; give one with -p HOST_PORT:{}",
+                    range.start(),
+                    range.end(),
+                    binding.port,
+                    binding.port
+                )
+            })?
+        } else {
+            let end = binding.host_port_end.max(binding.host_port);
+            (binding.host_port..=end).map(mapping).find(|candidate| fits(*candidate)).with_context(|| {
                 format!(
                     "no free host port in {}-{end}/{protocol} for container port {}",
                     binding.host_port, binding.port
                 )
-            })?;
-        chosen.push(mapping);
+            })?
+        };
+        chosen.push(found);
     }
     Ok(chosen)
 }
@@ -268,6 +310,10 @@ mod tests {
         PortBinding { proto, ip: String::new(), port, host_ip: host_ip.into(), host_port, host_port_end }
     }
 
+    fn dynamic() -> PortAllocator {
+        PortAllocator::new(32768..=60999)
+    }
+
     #[test]
     fn bindings_become_published_ports() {
         let all_free = |_: &[PortMapping]| true;
@@ -277,6 +323,7 @@ mod tests {
                 binding(17, "0.0.0.0", 53, 5353, 0),
                 binding(6, "10.0.0.1", 22, 2222, 2222),
             ],
+            &mut dynamic(),
             all_free,
         )
         .unwrap();
@@ -288,9 +335,11 @@ mod tests {
     fn a_range_takes_its_first_free_port() {
         // 8000 is taken by someone else; two bindings share the range.
         let free = |m: &[PortMapping]| m.iter().all(|m| m.host_port != 8000);
-        let got = port_mappings(&[binding(6, "", 80, 8000, 8002), binding(6, "", 81, 8000, 8002)], free).unwrap();
+        let got =
+            port_mappings(&[binding(6, "", 80, 8000, 8002), binding(6, "", 81, 8000, 8002)], &mut dynamic(), free)
+                .unwrap();
         assert_eq!(got.iter().map(|m| m.host_port).collect::<Vec<_>>(), [8001, 8002]);
-        let err = port_mappings(&[binding(6, "", 80, 8000, 8000)], free).unwrap_err();
+        let err = port_mappings(&[binding(6, "", 80, 8000, 8000)], &mut dynamic(), free).unwrap_err();
         assert!(format!("{err:#}").contains("no free host port in 8000-8000/tcp"), "{err:#}");
     }
 
@@ -300,12 +349,44 @@ mod tests {
         for (b, says) in [
             (binding(132, "", 80, 8080, 8080), "protocol number 132"),
             (binding(6, "::", 80, 8080, 8080), "IPv4 addresses only"),
-            (binding(6, "", 80, 0, 0), "needs the host port"),
             (binding(6, "nope", 80, 8080, 8080), "not an IP address"),
         ] {
-            let err = format!("{:#}", port_mappings(&[b], all_free).unwrap_err());
+            let err = format!("{:#}", port_mappings(&[b], &mut dynamic(), all_free).unwrap_err());
             assert!(err.contains(says), "{err}");
         }
+    }
+
+    /// `-p 80`, `-P`: host port 0, a free one of the ephemeral range is taken, next to the
+    /// last one chosen; what another container publishes is skipped.
+    #[test]
+    fn bindings_without_a_host_port_take_a_free_ephemeral_one() {
+        let mut ports = PortAllocator::new(32768..=32771);
+        let taken = |m: &[PortMapping]| m.iter().all(|m| !(m.host_port == 32769 && m.protocol == Protocol::Tcp));
+        // -P of a container exposing 80/tcp, 81/tcp and 53/udp.
+        let got = port_mappings(
+            &[binding(6, "", 80, 0, 0), binding(6, "", 81, 0, 0), binding(17, "", 53, 0, 0)],
+            &mut ports,
+            taken,
+        )
+        .unwrap();
+        let shown: Vec<String> = got.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["0.0.0.0:32768->80/tcp", "0.0.0.0:32770->81/tcp", "0.0.0.0:32768->53/udp"]);
+        // The next container goes on from there, on the address it names.
+        let got = port_mappings(&[binding(6, "10.0.0.1", 80, 0, 0)], &mut ports, taken).unwrap();
+        assert_eq!(got[0].to_string(), "10.0.0.1:32771->80/tcp");
+        let full = port_mappings(&[binding(6, "", 80, 0, 0)], &mut ports, |_| false).unwrap_err();
+        assert!(format!("{full:#}").contains("no free host port in 32768-32771/tcp"), "{full:#}");
+    }
+
+    #[test]
+    fn published_ports_are_reported_as_dockers_bridge_does() {
+        let mapping = PortMapping { host_ip: None, host_port: 32768, container_port: 80, protocol: Protocol::Tcp };
+        let reported = serde_json::to_value(port_binding(&mapping, Ipv4Addr::new(10, 246, 0, 2))).unwrap();
+        assert_eq!(
+            reported,
+            json!({"Proto": 6, "IP": "10.246.0.2", "Port": 80, "HostIP": "0.0.0.0", "HostPort": 32768,
+                   "HostPortEnd": 32768})
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! networks or containers.
 pub mod bpf;
 pub mod cgroup;
+pub mod dirs;
 pub mod ethtool;
 pub mod netlink;
 pub mod netns;

@@ -1,11 +1,18 @@
 //! dockerd (Debian 12's docker.io 20.10, unpacked by `cargo xtask setup`, never installed as a
 //! service) on a private containerd, in the sandbox's host namespace (`nsenter --net`): a
-//! private data root, exec root, API socket, pid file, config file and cgroup parent, no bridge,
-//! no iptables, no forwarding or masquerading of its own, and `--live-restore` (containers
-//! outlive a dockerd restart). Its network driver is the sandbox agent's: dockerd finds plugins
-//! only in the machine-wide `/run/docker/plugins`, so the agent's socket there has a per-run
-//! name ([`driver_socket`]), removed at cleanup. Images come from `docker import` of the
-//! busybox layer (no registry is reachable).
+//! private data root, exec root, API socket, pid file, key file, config file and cgroup
+//! parent, no default bridge, and `--live-restore` (containers outlive a dockerd restart).
+//!
+//! Its networks ([`Networking`]) are either the sandbox agent's driver, with no iptables,
+//! forwarding or masquerading of dockerd's own (the tests), or dockerd's own bridge driver
+//! with its iptables rules and docker-proxy, all inside the sandbox's host namespace (the
+//! bench's baseline; a `modprobe` that refuses comes first on its PATH, so that it never loads
+//! a kernel module for the whole machine).
+//!
+//! dockerd finds plugins only in machine-wide places: sockets in `/run/docker/plugins`, spec
+//! files in `/etc/docker/plugins` (dockerd 20.10 cannot be pointed elsewhere). The agent's
+//! socket or spec file there has a per-run name ([`driver_socket`], [`driver_spec`]), removed
+//! at cleanup. Images come from `docker import` of the busybox layer (no registry is reachable).
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -33,6 +40,8 @@ use crate::{
 pub const DEFAULT_DOCKER_DIR: &str = "/opt/bpfnet-engines/docker";
 /// Where dockerd looks for plugin sockets, whatever its other settings.
 pub const PLUGIN_DIR: &str = "/run/docker/plugins";
+/// Where dockerd 20.10 looks for plugin spec files first, whatever its other settings.
+pub const SPEC_DIR: &str = "/etc/docker/plugins";
 const START_LIMIT: Duration = Duration::from_secs(30);
 const STOP_LIMIT: Duration = Duration::from_secs(20);
 
@@ -42,6 +51,25 @@ pub fn driver_socket(sb: &Sandbox) -> PathBuf {
     Path::new(PLUGIN_DIR).join(format!("{}.sock", sb.prefix()))
 }
 
+/// A spec file naming the sandbox agent's socket elsewhere (its BPFNET_DOCKER_PLUGIN_SPEC):
+/// the driver is again known by the sandbox's prefix.
+pub fn driver_spec(sb: &Sandbox) -> PathBuf {
+    Path::new(SPEC_DIR).join(format!("{}.spec", sb.prefix()))
+}
+
+/// Whose networks dockerd runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Networking {
+    /// The sandbox agent's driver; dockerd sets up no iptables rules, forwarding or
+    /// masquerading of its own.
+    Driver,
+    /// dockerd's own bridge driver, as dockerd is installed by default: iptables rules,
+    /// forwarding, masquerading, docker-proxy (all in the sandbox's host namespace).
+    OwnBridge,
+}
+
+/// What the refusing `modprobe` says (dockerd logs it).
+const MODPROBE_SHIM: &str = "#!/bin/sh\necho \"modprobe $*: refused: this sandbox's dockerd loads no kernel module (it would change the whole machine)\" >&2\nexit 1\n";
 pub struct Docker {
     /// Data root, exec root, sockets, config, containerd's directories, logs.
     dir: PathBuf,
@@ -51,7 +79,9 @@ pub struct Docker {
     host_netns: String,
     /// The driver's name for `docker network create -d`.
     pub driver: String,
+    networking: Networking,
     plugin_socket: PathBuf,
+    plugin_spec: PathBuf,
     /// The cgroup parent of the containers (`/{prefix}-docker`).
     cgroup_parent: String,
     containerd: Option<Child>,
@@ -60,8 +90,14 @@ pub struct Docker {
 }
 
 impl Docker {
-    /// Starts containerd and dockerd and imports the busybox image as [`BUSYBOX_IMAGE`].
+    /// Starts containerd and dockerd on the sandbox agent's driver and imports the busybox
+    /// image as [`BUSYBOX_IMAGE`].
     pub fn start(sb: &Sandbox) -> Result<Docker> {
+        Docker::start_with(sb, Networking::Driver)
+    }
+
+    /// Starts containerd and dockerd with `networking` and imports the busybox image.
+    pub fn start_with(sb: &Sandbox, networking: Networking) -> Result<Docker> {
         let root =
             std::env::var_os("BPFNET_DOCKER_DIR").map_or_else(|| PathBuf::from(DEFAULT_DOCKER_DIR), PathBuf::from);
         let containerd_root = std::env::var_os("BPFNET_CONTAINERD_DIR")
@@ -82,8 +118,13 @@ impl Docker {
             dockerd_bin,
             containerd_bin,
             host_netns: sb.host_netns().to_owned(),
-            driver: sb.prefix().to_owned(),
+            driver: match networking {
+                Networking::Driver => sb.prefix().to_owned(),
+                Networking::OwnBridge => "bridge".to_owned(),
+            },
+            networking,
             plugin_socket: driver_socket(sb),
+            plugin_spec: driver_spec(sb),
             cgroup_parent: sb.name("docker"),
             containerd: None,
             dockerd: None,
@@ -92,8 +133,16 @@ impl Docker {
         // From here on the guard exists: whatever fails, Drop removes what was made.
         fs::create_dir_all(&engine.dir).with_context(|| format!("creating {}", engine.dir.display()))?;
         fs::write(engine.dir.join("containerd.toml"), engine.containerd_config())?;
-        // An empty configuration: never the machine's /etc/docker/daemon.json.
-        fs::write(engine.dir.join("daemon.json"), "{}")?;
+        // A configuration of its own, never the machine's /etc/docker/daemon.json; with the
+        // identity key dockerd 20.10 would otherwise write to /etc/docker/key.json.
+        let config = serde_json::json!({"deprecated-key-path": engine.dir.join("key.json")});
+        fs::write(engine.dir.join("daemon.json"), config.to_string())?;
+        if networking == Networking::OwnBridge {
+            let shim = engine.dir.join("shim");
+            fs::create_dir_all(&shim)?;
+            fs::write(shim.join("modprobe"), MODPROBE_SHIM)?;
+            fs::set_permissions(shim.join("modprobe"), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        }
         engine.spawn_containerd()?;
         engine.start_dockerd()?;
         let layer = engine.dir.join("busybox.tar");
@@ -123,10 +172,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         )
     }
 
-    /// The daemons find runc and the shim on PATH.
+    /// The daemons find runc and containerd's shim on PATH; with its own bridge, dockerd also
+    /// docker-proxy, and the refusing `modprobe` before any other.
     fn path_env(&self) -> String {
         let shim_dir = self.containerd_bin.parent().expect("a file in a directory");
-        format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", shim_dir.display())
+        let common = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", shim_dir.display());
+        match self.networking {
+            Networking::Driver => common,
+            Networking::OwnBridge => {
+                let proxy_dir = self.dockerd_bin.parent().expect("a file in a directory");
+                format!("{}:{}:{common}", self.dir.join("shim").display(), proxy_dir.display())
+            }
+        }
     }
 
     fn spawn_containerd(&mut self) -> Result<()> {
@@ -156,17 +213,23 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         cmd.arg(format!("--net=/run/netns/{}", self.host_netns))
             .arg(&self.dockerd_bin)
             .arg(format!("--config-file={}", d.join("daemon.json").display()))
-            .args([
-                "--bridge=none",
-                "--iptables=false",
-                "--ip6tables=false",
-                "--ip-forward=false",
-                "--ip-masq=false",
-                "--userland-proxy=false",
-                "--oom-score-adjust=0",
-                "--live-restore",
-            ])
-            .arg(format!("--data-root={}", d.join("data").display()))
+            .args(["--bridge=none", "--oom-score-adjust=0", "--live-restore"]);
+        match self.networking {
+            Networking::Driver => {
+                cmd.args([
+                    "--iptables=false",
+                    "--ip6tables=false",
+                    "--ip-forward=false",
+                    "--ip-masq=false",
+                    "--userland-proxy=false",
+                ]);
+            }
+            // dockerd's defaults: iptables, forwarding, masquerading, docker-proxy.
+            Networking::OwnBridge => {
+                cmd.args(["--iptables=true", "--ip-forward=true", "--ip-masq=true"]);
+            }
+        }
+        cmd.arg(format!("--data-root={}", d.join("data").display()))
             .arg(format!("--exec-root={}", d.join("exec").display()))
             .arg(format!("--host=unix://{}", self.socket().display()))
             .arg(format!("--pidfile={}", d.join("dockerd.pid").display()))
@@ -239,6 +302,16 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         self.run(&["exec", name, "sh", "-c", script])
     }
 
+    /// The process id of a running container's first process (its namespaces are those of
+    /// `/proc/PID/ns`).
+    pub fn pid(&self, name: &str) -> Result<u32> {
+        let pid = self.inspect(name, "{{.State.Pid}}")?;
+        match pid.parse::<u32>() {
+            Ok(pid) if pid > 0 => Ok(pid),
+            _ => bail!("container {name} has no process (State.Pid {pid:?}): is it running?"),
+        }
+    }
+
     /// `docker inspect` of one field (a Go template) of a container.
     pub fn inspect(&self, name: &str, format: &str) -> Result<String> {
         Ok(self.run(&["inspect", "--format", format, name])?.trim().to_owned())
@@ -265,15 +338,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         if self.dockerd.is_some() {
             match self.run(&["ps", "-aq"]) {
                 Ok(ids) => {
-                    for id in ids.split_whitespace() {
-                        if let Err(e) = self.run(&["rm", "-f", id]) {
+                    // A few per command: one command for hundreds could outlast its bound.
+                    let ids: Vec<&str> = ids.split_whitespace().collect();
+                    for some in ids.chunks(10) {
+                        let mut args = vec!["rm", "-f"];
+                        args.extend(some);
+                        if let Err(e) = self.run(&args) {
                             errors.push(e);
                         }
                     }
                 }
                 Err(e) => errors.push(e),
             }
-            match self.run(&["network", "ls", "-q", "--filter", &format!("driver={}", self.driver)]) {
+            match self.run(&["network", "ls", "-q", "--filter", "type=custom"]) {
                 Ok(ids) => {
                     for id in ids.split_whitespace() {
                         if let Err(e) = self.run(&["network", "rm", id]) {
@@ -299,13 +376,16 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         errors.extend(kill_cgroup_members(&self.cgroup_parent));
         errors.extend(remove_cgroup_tree(&self.cgroup_parent));
         errors.extend(remove_engine_dir(&self.dir));
-        // The agent removes its socket when it stops; one killed leaves it behind.
-        match fs::remove_file(&self.plugin_socket) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => errors.push(anyhow::anyhow!("removing {}: {e}", self.plugin_socket.display())),
+        // The agent removes its socket and spec file when it stops; one killed leaves them.
+        for file in [&self.plugin_socket, &self.plugin_spec] {
+            match fs::remove_file(file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(anyhow::anyhow!("removing {}: {e}", file.display())),
+            }
         }
         errors.extend(remove_dir_if_empty(Path::new(PLUGIN_DIR)));
+        errors.extend(remove_dir_if_empty(Path::new(SPEC_DIR)));
         errors.extend(remove_dir_if_empty(Path::new("/run/docker")));
         errors.extend(remove_dir_if_empty(Path::new("/run/containerd/s")));
         errors.extend(remove_dir_if_empty(Path::new("/run/containerd")));

@@ -12,6 +12,7 @@
 //! - [`program_cost`]: each eBPF program's own ns per packet (`bpfnet-devkit program-cost`);
 //! - [`profile`]: with `--perf`, where a packet's time goes (perf samples by part of the path);
 //! - [`cni`]: with `--cni N`, CNI ADD and DEL of bpfnet-cni against bridge+portmap instead (cni.json);
+//! - [`docker`]: with `--docker`, real dockerds on their own bridge and on bpfnet's driver instead (docker.json);
 //! - [`scale`]: with `--scale N`, the control plane at N containers instead (scale.json);
 //! - [`report`]: summaries, intervals, ratios, the targets, the table, results.json (schema
 //!   there); [`charts`]: headline.svg and ratios.svg;
@@ -30,6 +31,7 @@
 mod api_request;
 mod charts;
 mod cni;
+mod docker;
 mod docker_nft_rules;
 mod docker_rules;
 pub mod loadgen;
@@ -85,6 +87,12 @@ pub struct BenchArgs {
     /// pods each publishing a port (p50, p99 at 1 and at N pods attached); cni.json.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(50..=2000))]
     cni: Option<u32>,
+    /// Instead of the traffic benchmark: the same docker commands against a real dockerd on its
+    /// own bridge driver (iptables, docker-proxy) and on bpfnet's driver: `docker run -p` to
+    /// first answer at 1, 50 and 200 containers, container-to-container UDP rate, published
+    /// port connection rate; docker.json.
+    #[arg(long, conflicts_with_all = ["cni", "scale", "control_plane"])]
+    docker: bool,
     /// Instead of the traffic benchmark: only the control-plane section of the full run
     /// (`--scale 1000` and `--cni 200`, about 4 minutes), into one report.
     #[arg(long)]
@@ -113,6 +121,7 @@ impl BenchArgs {
             perf: false,
             scale: None,
             cni: None,
+            docker: false,
             control_plane: false,
             budget_minutes: None,
         }
@@ -224,6 +233,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         section(&format!("CNI ADD and DEL, {pods} pods"));
         cni::run(&bpfnet_bin, &cni_bin, pods as usize, &out)?;
         println!("==> {}", out.join("cni.json").display());
+        return Ok(());
+    }
+    if args.docker {
+        let out = out_for("docker")?;
+        section("build the load generator (xtask, release)");
+        cargo_cmd::build(Profile::Release, &["xtask"])?;
+        let loadgen_bin = cargo_cmd::xtask_bin(Profile::Release)?;
+        interrupt::catch_interrupts()?;
+        docker::run(&bpfnet_bin, &loadgen_bin, args.quick, &out)?;
+        println!("==> {}", out.join("docker.json").display());
         return Ok(());
     }
     if args.control_plane {
