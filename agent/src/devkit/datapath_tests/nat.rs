@@ -933,6 +933,33 @@ fn exhausted_nat_ports_refuse_the_flow() {
     assert_eq!(u16::from_be(entry(&fx, &key(A_IP, SERVER_IP, l4.key_ports(), IPPROTO_UDP)).to.sport), 30000);
 }
 
+/// The container's own source port is kept when the translated tuple is free, as nf_nat
+/// keeps it: a client cycling through its ephemeral ports to one server then never needs
+/// more NAT ports than it has. Another container on the same port to the same server gets
+/// another one; a port outside the NAT range is never kept.
+#[test]
+fn snat_keeps_the_containers_port_when_it_is_free() {
+    if !is_root() {
+        return;
+    }
+    let (fx, t, _uplink) = Fixture::with_uplink();
+    let inside = NAT_PORT_MIN + 7;
+    let l4 = L4::Udp { sport: inside, dport: 53, payload: b"q" };
+    let out = fx.run_from_endpoint(t.a.host_ifindex, &from_container(&t.a, SERVER_IP, &l4));
+    out.assert_moved(TC_ACT_REDIRECT, &[], &[Counter::SnatNewFlow, Counter::TranslatedOut]);
+    assert_eq!(u16::from_be(entry(&fx, &key(A_IP, SERVER_IP, l4.key_ports(), IPPROTO_UDP)).to.sport), inside);
+    // B on the same port to the same server: the tuple is taken, another port of the range.
+    let out = fx.run_from_endpoint(t.b.host_ifindex, &from_container(&t.b, SERVER_IP, &l4));
+    out.assert_moved(TC_ACT_REDIRECT, &[], &[Counter::SnatNewFlow, Counter::TranslatedOut]);
+    let b_port = u16::from_be(entry(&fx, &key(B_IP, SERVER_IP, l4.key_ports(), IPPROTO_UDP)).to.sport);
+    assert!(b_port != inside && (NAT_PORT_MIN..=NAT_PORT_MAX).contains(&b_port), "B got {b_port}");
+    // A port outside the range is translated into it.
+    let outside = L4::Udp { sport: 40000, dport: 53, payload: b"q" };
+    fx.run_from_endpoint(t.a.host_ifindex, &from_container(&t.a, SERVER_IP, &outside));
+    let port = u16::from_be(entry(&fx, &key(A_IP, SERVER_IP, outside.key_ports(), IPPROTO_UDP)).to.sport);
+    assert!((NAT_PORT_MIN..=NAT_PORT_MAX).contains(&port), "got {port}");
+}
+
 /// A TCP or UDP packet cut off inside its header, after the ports but before the end of the
 /// checksum field: the datapath reads the ports, tracks a new flow (two entries, a NAT port,
 /// `snat_new_flow`), starts rewriting (the IP checksum), then fails on the L4 checksum and
