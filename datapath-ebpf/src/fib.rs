@@ -9,31 +9,10 @@ use aya_ebpf::{
 };
 use datapath_common::{CtKey, DropReason};
 
-use crate::packet::{redirect, store, Packet};
-
-const AF_INET: u8 = 2;
-
-/// `struct bpf_fib_lookup` (uapi/linux/bpf.h) for IPv4, with its unions laid out flat.
-#[repr(C)]
-#[derive(Default)]
-struct FibParams {
-    family: u8,
-    l4_protocol: u8,
-    sport: u16,
-    dport: u16,
-    /// Input: packet length for the MTU check; 0 skips it (GSO packets exceed any MTU).
-    tot_len: u16,
-    ifindex: u32,
-    tos: u32,
-    ipv4_src: u32,
-    _ipv6_src_rest: [u32; 3],
-    ipv4_dst: u32,
-    _ipv6_dst_rest: [u32; 3],
-    vlan_or_tbid: u32,
-    /// Input: the first 4 bytes are the mark; output: source and destination MACs.
-    smac: [u8; 6],
-    dmac: [u8; 6],
-}
+use crate::{
+    fib_params::{FibParams, AF_INET},
+    packet::{redirect, store, Packet},
+};
 
 /// Where the routing table sends a packet.
 pub struct NextHop {

@@ -10,6 +10,7 @@ mod counters;
 mod csum;
 mod events;
 mod fib;
+mod fib_params;
 mod forward;
 mod fragment;
 mod icmp;

@@ -31,29 +31,10 @@ use network_types::{
     ip::Ipv4Hdr,
 };
 
-const AF_INET: u8 = 2;
+#[path = "../fib_params.rs"]
+mod fib_params;
 
-/// `struct bpf_fib_lookup` (uapi/linux/bpf.h) for IPv4, its unions laid out flat (as in the
-/// datapath's fib.rs).
-#[repr(C)]
-#[derive(Default)]
-struct FibParams {
-    family: u8,
-    l4_protocol: u8,
-    sport: u16,
-    dport: u16,
-    /// 0: no MTU check (GSO packets exceed any MTU).
-    tot_len: u16,
-    ifindex: u32,
-    tos: u32,
-    ipv4_src: u32,
-    _ipv6_src_rest: [u32; 3],
-    ipv4_dst: u32,
-    _ipv6_dst_rest: [u32; 3],
-    vlan_or_tbid: u32,
-    smac: [u8; 6],
-    dmac: [u8; 6],
-}
+use fib_params::{FibParams, AF_INET};
 
 /// Container address -> where to deliver it. Filled by `bpfnet-devkit floor-attach`.
 #[map]

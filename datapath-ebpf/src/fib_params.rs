@@ -1,0 +1,26 @@
+//! `struct bpf_fib_lookup` as the programs pass it to the kernel: shared by the datapath's
+//! `fib` and the bench's structural floor (`bench_floor`), which is an object of its own.
+
+pub const AF_INET: u8 = 2;
+
+/// `struct bpf_fib_lookup` (uapi/linux/bpf.h) for IPv4, with its unions laid out flat.
+#[repr(C)]
+#[derive(Default)]
+pub struct FibParams {
+    pub family: u8,
+    pub l4_protocol: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// Input: packet length for the MTU check; 0 skips it (GSO packets exceed any MTU).
+    pub tot_len: u16,
+    pub ifindex: u32,
+    pub tos: u32,
+    pub ipv4_src: u32,
+    pub _ipv6_src_rest: [u32; 3],
+    pub ipv4_dst: u32,
+    pub _ipv6_dst_rest: [u32; 3],
+    pub vlan_or_tbid: u32,
+    /// Input: the first 4 bytes are the mark; output: source and destination MACs.
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
