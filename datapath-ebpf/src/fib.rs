@@ -1,12 +1,6 @@
 //! The kernel's routing table and neighbours, asked from the datapath (bpf_fib_lookup), and the
 //! redirect out of the interface it names.
-use aya_ebpf::{
-    bindings::{
-        bpf_fib_lookup as bpf_fib_lookup_params, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS,
-    },
-    helpers::generated::bpf_fib_lookup,
-};
+use aya_ebpf::bindings::{BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS};
 use datapath_common::{CtKey, DropReason};
 
 use crate::{
@@ -52,16 +46,8 @@ pub fn route_between<P: Packet>(ctx: &P, saddr: u32, daddr: u32, proto: u8, spor
         ipv4_dst: daddr,
         ..Default::default()
     };
-    // SAFETY: `params` is a valid, writable struct bpf_fib_lookup of the size passed.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &mut params as *mut FibParams as *mut bpf_fib_lookup_params,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
-    match rc as u32 {
+    let rc = params.lookup(ctx);
+    match rc {
         BPF_FIB_LKUP_RET_SUCCESS => FibResult::Forward(NextHop {
             ifindex: params.ifindex,
             smac: params.smac,

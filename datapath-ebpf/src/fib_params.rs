@@ -1,6 +1,8 @@
 //! `struct bpf_fib_lookup` as the programs pass it to the kernel: shared by the datapath's
 //! `fib` and the bench's structural floor (`bench_floor`), which is an object of its own.
 
+use aya_ebpf::{bindings::bpf_fib_lookup as bpf_fib_lookup_params, helpers::generated::bpf_fib_lookup, EbpfContext};
+
 pub const AF_INET: u8 = 2;
 
 /// `struct bpf_fib_lookup` (uapi/linux/bpf.h) for IPv4, with its unions laid out flat.
@@ -23,4 +25,21 @@ pub struct FibParams {
     /// Input: the first 4 bytes are the mark; output: source and destination MACs.
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
+}
+
+impl FibParams {
+    /// Asks the kernel's routing table (`bpf_fib_lookup`, no flags): one of the
+    /// `BPF_FIB_LKUP_RET_*` codes, with the answer written into `self`.
+    #[inline(always)]
+    pub fn lookup<C: EbpfContext>(&mut self, ctx: &C) -> u32 {
+        // SAFETY: `self` is a valid, writable struct bpf_fib_lookup of the size passed.
+        unsafe {
+            bpf_fib_lookup(
+                ctx.as_ptr(),
+                self as *mut FibParams as *mut bpf_fib_lookup_params,
+                core::mem::size_of::<FibParams>() as i32,
+                0,
+            ) as u32
+        }
+    }
 }

@@ -16,10 +16,8 @@
 #![feature(asm_experimental_arch)]
 
 use aya_ebpf::{
-    bindings::{
-        bpf_fib_lookup as bpf_fib_lookup_params, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK,
-    },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
+    helpers::generated::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     macros::{classifier, map},
     maps::HashMap,
     programs::TcContext,
@@ -79,15 +77,7 @@ fn try_bench_floor(ctx: &TcContext) -> Result<i32, ()> {
         ipv4_dst: daddr,
         ..Default::default()
     };
-    // SAFETY: `params` is a valid, writable struct bpf_fib_lookup of the size passed.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &mut params as *mut FibParams as *mut bpf_fib_lookup_params,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    } as u32;
+    let rc = params.lookup(ctx);
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
             // SAFETY: as above; the lookup wrote both MACs.
