@@ -4,6 +4,9 @@
 //! datapath never converts them.
 #![no_std]
 
+mod ipv6;
+pub use ipv6::*;
+
 /// Names of the maps, as declared in the eBPF object and pinned under `<bpffs>/maps/`.
 /// The kernel keeps at most 15 bytes of a map name.
 pub mod map_names {
@@ -72,6 +75,16 @@ pub mod map_names {
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     /// Per-CPU u64 indexed by [`EventLoss`](super::EventLoss): events not written, by cause.
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
+    /// IPv6 address -> [`Endpoint6`](super::Endpoint6): where a container's IPv6 address lives.
+    pub const ENDPOINTS6: &str = "ENDPOINTS6";
+    /// Host-side interface index -> [`Endpoint6`](super::Endpoint6): the IPv6 side of the
+    /// container behind it. No entry: the container has no IPv6, and its IPv6 is dropped.
+    pub const IFACES6: &str = "IFACES6";
+    /// One [`HostConfig6`](super::HostConfig6): the uplink's IPv6 address.
+    pub const CONFIG6: &str = "CONFIG6";
+    /// Published ports reached over IPv6: [`PublishedPortKey6`](super::PublishedPortKey6) ->
+    /// [`PublishedPortTarget6`](super::PublishedPortTarget6).
+    pub const PUBLISHED_PORTS6: &str = "PUBLISHED6";
 }
 
 /// Names of the programs in the eBPF object.

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use datapath_common::{
     ct_fill, ct_stats, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, EventBudget,
-    EventLoss, FragKey, FragPorts, HostConfig, Ipv4Be, Network, PublishedPortKey, PublishedPortTarget, SockRevNat,
+    EventLoss, Endpoint6, FragKey, HostConfig6, Ipv6Be, PublishedPortKey6, PublishedPortTarget6, FragPorts, HostConfig, Ipv4Be, Network, PublishedPortKey, PublishedPortTarget, SockRevNat,
     SockRevNatKey, MAX_ENDPOINTS,
 };
 
@@ -94,6 +94,19 @@ pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
 
 #[map]
 pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::pinned(EventLoss::COUNT, 0);
+
+#[map]
+pub static ENDPOINTS6: HashMap<Ipv6Be, Endpoint6> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map]
+pub static IFACES6: HashMap<u32, Endpoint6> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map]
+pub static CONFIG6: Array<HostConfig6> = Array::pinned(1, 0);
+
+#[map(name = "PUBLISHED6")]
+pub static PUBLISHED_PORTS6: HashMap<PublishedPortKey6, PublishedPortTarget6> =
+    HashMap::pinned(MAX_PUBLISHED_PORTS, 0);
 
 /// The host's settings (all zero, i.e. no uplink, until the agent writes them).
 #[inline(always)]

@@ -34,8 +34,9 @@ use aya::{
     EbpfLoader,
 };
 use datapath_common::{
-    map_names, program_names, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, EventLoss,
-    HostConfig, Ipv4Be, Network, PublishedPortKey, PublishedPortTarget,
+    map_names, program_names, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, Endpoint6, EndpointStats,
+    EventLoss, HostConfig, HostConfig6, Ipv4Be, Ipv6Be, Network, PublishedPortKey, PublishedPortKey6,
+    PublishedPortTarget, PublishedPortTarget6,
 };
 
 use crate::{sys::bpf, sys::cgroup::HostCgroup};
@@ -128,6 +129,12 @@ pub struct Datapath {
     /// FRAGS and SOCK_REV_NAT, only counted (map pressure).
     pub(crate) frags: HashMap<MapData, datapath_common::FragKey, datapath_common::FragPorts>,
     pub(crate) sock_rev_nat: HashMap<MapData, datapath_common::SockRevNatKey, datapath_common::SockRevNat>,
+    /// The IPv6 side of dual-stack containers and published ports (see datapath_common's
+    /// `ipv6`).
+    pub(crate) endpoints6: HashMap<MapData, Ipv6Be, Endpoint6>,
+    pub(crate) ifaces6: HashMap<MapData, u32, Endpoint6>,
+    pub(crate) config6: Array<MapData, HostConfig6>,
+    pub(crate) published_ports6: HashMap<MapData, PublishedPortKey6, PublishedPortTarget6>,
 }
 
 /// See [`Datapath::contents`].
@@ -210,6 +217,10 @@ impl Datapath {
             events_lost: open_map(&maps, map_names::EVENTS_LOST)?,
             frags: open_map(&maps, map_names::FRAGS)?,
             sock_rev_nat: open_map(&maps, map_names::SOCK_REV_NAT)?,
+            endpoints6: open_map(&maps, map_names::ENDPOINTS6)?,
+            ifaces6: open_map(&maps, map_names::IFACES6)?,
+            config6: open_map(&maps, map_names::CONFIG6)?,
+            published_ports6: open_map(&maps, map_names::PUBLISHED_PORTS6)?,
         })
     }
 
@@ -219,6 +230,14 @@ impl Datapath {
 
     pub fn set_config(&mut self, config: &HostConfig) -> Result<()> {
         self.config.set(0, config, 0).context("writing CONFIG")
+    }
+
+    pub fn config6(&self) -> Result<HostConfig6> {
+        self.config6.get(&0, 0).context("reading CONFIG6")
+    }
+
+    pub fn set_config6(&mut self, config: &HostConfig6) -> Result<()> {
+        self.config6.set(0, config, 0).context("writing CONFIG6")
     }
 
     pub fn upsert_network(&mut self, id: u32, network: &Network) -> Result<()> {
@@ -247,6 +266,29 @@ impl Datapath {
             ignore_missing_key(self.ifaces.remove(&ifindex)).context("removing endpoint from IFACES")?;
         }
         ignore_missing_key(self.endpoints.remove(&ip)).context("removing endpoint from ENDPOINTS")
+    }
+
+    /// Writes a container's IPv6 side (after its IPv4 side: a packet finds its interface's
+    /// IPv6 entry only once the container is fully there).
+    pub fn upsert_endpoint6(&mut self, endpoint: &Endpoint6) -> Result<()> {
+        self.ifaces6.insert(endpoint.host_ifindex, endpoint, 0).context("writing endpoint to IFACES6")?;
+        self.endpoints6.insert(endpoint.ip, endpoint, 0).context("writing endpoint to ENDPOINTS6")
+    }
+
+    /// Removes a container's IPv6 side, whichever interface it was last attached to.
+    /// Idempotent.
+    pub fn remove_endpoint6(&mut self, ip: Ipv6Be) -> Result<()> {
+        let stale: Vec<u32> = self
+            .ifaces6
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(_, endpoint)| endpoint.ip == ip)
+            .map(|(ifindex, _)| ifindex)
+            .collect();
+        for ifindex in stale {
+            ignore_missing_key(self.ifaces6.remove(&ifindex)).context("removing endpoint from IFACES6")?;
+        }
+        ignore_missing_key(self.endpoints6.remove(&ip)).context("removing endpoint from ENDPOINTS6")
     }
 
     /// What the maps hold, for reconciliation with the state: endpoint addresses, network
@@ -323,6 +365,16 @@ impl Datapath {
     /// Unpublishes a port; new flows to it are no longer translated. Idempotent.
     pub fn unpublish(&mut self, key: &PublishedPortKey) -> Result<()> {
         ignore_missing_key(self.published_ports.remove(key)).context("removing a published port from SERVICES")
+    }
+
+    /// Publishes a port on IPv6.
+    pub fn publish6(&mut self, key: &PublishedPortKey6, target: &PublishedPortTarget6) -> Result<()> {
+        self.published_ports6.insert(key, target, 0).context("writing a published port to PUBLISHED6")
+    }
+
+    /// Unpublishes a port on IPv6. Idempotent.
+    pub fn unpublish6(&mut self, key: &PublishedPortKey6) -> Result<()> {
+        ignore_missing_key(self.published_ports6.remove(key)).context("removing a published port from PUBLISHED6")
     }
 
     pub fn snapshot(&self) -> Result<CounterSnapshot> {
