@@ -2,12 +2,13 @@
 //! directory, so they outlive both the programs' loader and the agent process.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use datapath_common::{
-    ct_fill, ct_stats, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, EventBudget,
-    EventLoss, Endpoint6, FragKey, HostConfig6, Ipv6Be, PublishedPortKey6, PublishedPortTarget6, FragPorts, HostConfig, Ipv4Be, Network, PublishedPortKey, PublishedPortTarget, SockRevNat,
-    SockRevNatKey, MAX_ENDPOINTS,
+    ct_fill, ct_stats, tail_call_slots, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, Endpoint6,
+    EndpointStats, EventBudget, EventLoss, FragKey, FragPorts, HostConfig, HostConfig6, Ipv4Be, Ipv6Be, Network,
+    PublishedPortKey, PublishedPortKey6, PublishedPortTarget, PublishedPortTarget6, SockRevNat, SockRevNatKey,
+    MAX_ENDPOINTS,
 };
 
 const MAX_NETWORKS: u32 = 4_096;
@@ -105,8 +106,16 @@ pub static IFACES6: HashMap<u32, Endpoint6> = HashMap::pinned(MAX_ENDPOINTS, 0);
 pub static CONFIG6: Array<HostConfig6> = Array::pinned(1, 0);
 
 #[map(name = "PUBLISHED6")]
-pub static PUBLISHED_PORTS6: HashMap<PublishedPortKey6, PublishedPortTarget6> =
-    HashMap::pinned(MAX_PUBLISHED_PORTS, 0);
+pub static PUBLISHED_PORTS6: HashMap<PublishedPortKey6, PublishedPortTarget6> = HashMap::pinned(MAX_PUBLISHED_PORTS, 0);
+
+/// `tail_call_slots` -> TC program: IPv6's programs. Filled by the agent (an empty slot makes
+/// the tail call fall through).
+#[map]
+pub static TAIL_CALLS: ProgramArray = ProgramArray::pinned(tail_call_slots::SLOTS, 0);
+
+/// The same for XDP programs (a program array holds programs of one type).
+#[map]
+pub static TAIL_CALLS_XDP: ProgramArray = ProgramArray::pinned(tail_call_slots::SLOTS, 0);
 
 /// The host's settings (all zero, i.e. no uplink, until the agent writes them).
 #[inline(always)]
