@@ -497,6 +497,37 @@ fn docker_ip_on(docker: &Docker, name: &str, network: &str) -> Ipv4Addr {
     ip.parse().unwrap_or_else(|e| panic!("{name}'s address on {network} {ip:?}: {e}"))
 }
 
+/// `docker network create --ipv6` with an IPv6 subnet, under a real dockerd: the containers
+/// get the IPv6 addresses Docker's IPAM chose, bpfnet's state has them, and the containers
+/// reach each other over IPv6.
+#[test]
+fn dockerd_makes_a_dual_stack_network() {
+    let mut sb = Sandbox::with_uplink();
+    sb.set_agent_env("BPFNET_DOCKER_PLUGIN_SOCKET", driver_socket(&sb).to_str().unwrap());
+    sb.ensure_agent();
+    let docker = Docker::start(&sb).unwrap_or_else(|e| panic!("{e:#}"));
+    let driver = docker.driver.clone();
+    let net = sb.name("dual");
+    let create = ["network", "create", "-d", &driver, "--ipv6", "--subnet", "10.236.0.0/24"];
+    docker.run(&[&create[..], &["--subnet", "fd00:236::/64", &net]].concat()).unwrap();
+    let network = sb.json(&["network", "ls", "--json"])[0].clone();
+    assert_eq!(network["subnet6"], "fd00:236::/64", "{network}");
+    for name in ["a6", "b6"] {
+        docker.run(&["run", "-d", "--network", &net, "--name", name, BUSYBOX_IMAGE, "sleep", "600"]).unwrap();
+    }
+    let ip6 = |name: &str| docker.inspect(name, "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}");
+    let a6 = ip6("a6").unwrap();
+    assert!(a6.starts_with("fd00:236::"), "Docker gave a6 {a6:?}");
+    let listed = sb.json(&["container", "ls", "--json"]);
+    assert!(listed.as_array().unwrap().iter().any(|c| c["ip6"] == a6.as_str()), "{listed}");
+    docker.exec("b6", &format!("ping -6 -c 1 -W 2 {a6}")).unwrap_or_else(|e| panic!("b6 pings a6 over IPv6: {e:#}"));
+    docker.run(&["rm", "-f", "a6", "b6"]).unwrap();
+    docker.run(&["network", "rm", &net]).unwrap();
+    assert_eq!(sb.json(&["container", "ls", "--json"]), json!([]));
+    docker.teardown().unwrap();
+    sb.teardown().unwrap();
+}
+
 #[test]
 fn dockerd_connects_a_running_container_and_hears_refusals_in_its_own_words() {
     let mut sb = Sandbox::with_uplink();
