@@ -12,6 +12,11 @@ pub struct NetworkInfo {
     pub id: u32,
     pub subnet: String,
     pub gateway: String,
+    /// A dual-stack network's IPv6 subnet and gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
     /// Names of its containers.
     pub containers: Vec<String>,
 }
@@ -22,6 +27,9 @@ pub struct ContainerInfo {
     pub name: String,
     pub network: String,
     pub ip: String,
+    /// Its IPv6 address, on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
     pub mac: String,
     /// Its network namespace: a name under /run/netns, or the path an attached one was given by.
     pub netns: String,
@@ -43,6 +51,12 @@ pub struct AttachmentInfo {
     /// Its address with the network's prefix length (`10.88.0.2/24`).
     pub address: String,
     pub gateway: String,
+    /// On a dual-stack network: its IPv6 address with the prefix length (`fd00:88::2/64`) and
+    /// the IPv6 gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
     /// Of `ifname`.
     pub mac: String,
     /// The host side of its veth, and that end's MAC.
@@ -110,6 +124,10 @@ pub struct NetworkSummary {
     pub name: String,
     pub subnet: String,
     pub gateway: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
 }
 
 /// The datapath as the kernel reports it; only `loaded` before the first network exists.
@@ -154,6 +172,10 @@ pub struct UplinkStatus {
     /// 0: no uplink set yet.
     pub ifindex: u32,
     pub masquerade_address: Option<String>,
+    /// The uplink's global IPv6 address that IPv6 flows are masqueraded to (CONFIG6); none
+    /// when the uplink has none.
+    #[serde(default)]
+    pub masquerade_address6: Option<String>,
     pub nat_ports: [u16; 2],
     /// `--cluster-cidr` as the datapath has it: routed untranslated (native routing). None:
     /// everything leaving the host is masqueraded.
@@ -352,6 +374,7 @@ mod tests {
                 uplink: UplinkStatus {
                     ifindex: 2,
                     masquerade_address: Some("10.0.0.1".into()),
+                    masquerade_address6: Some("2001:db8::1".into()),
                     nat_ports: [1, 2],
                     cluster_cidr: Some("10.128.0.0/14".into()),
                 },

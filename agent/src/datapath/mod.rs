@@ -144,8 +144,10 @@ pub struct Datapath {
 /// See [`Datapath::contents`].
 pub struct DatapathContents {
     pub endpoint_ips: Vec<Ipv4Be>,
+    pub endpoint6_ips: Vec<Ipv6Be>,
     pub networks: Vec<u32>,
     pub published_ports: Vec<PublishedPortKey>,
+    pub published_ports6: Vec<PublishedPortKey6>,
     pub linked_interfaces: Vec<String>,
 }
 
@@ -301,13 +303,16 @@ impl Datapath {
         ignore_missing_key(self.endpoints6.remove(&ip)).context("removing endpoint from ENDPOINTS6")
     }
 
-    /// What the maps hold, for reconciliation with the state: endpoint addresses, network
-    /// ids, published ports, and the interfaces with a pinned endpoint link.
+    /// What the maps hold, for reconciliation with the state: endpoint addresses (of both
+    /// families), network ids, published ports (of both), and the interfaces with a pinned
+    /// endpoint link.
     pub fn contents(&self) -> Result<DatapathContents> {
         Ok(DatapathContents {
             endpoint_ips: self.endpoints.keys().collect::<Result<_, _>>().context("listing ENDPOINTS")?,
+            endpoint6_ips: self.endpoints6.keys().collect::<Result<_, _>>().context("listing ENDPOINTS6")?,
             networks: self.networks.keys().collect::<Result<_, _>>().context("listing NETWORKS")?,
             published_ports: self.published_ports.keys().collect::<Result<_, _>>().context("listing SERVICES")?,
+            published_ports6: self.published_ports6.keys().collect::<Result<_, _>>().context("listing PUBLISHED6")?,
             linked_interfaces: std::fs::read_dir(self.pin_dir.join("links"))?
                 .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
                 .filter(|name: &Result<String>| {
