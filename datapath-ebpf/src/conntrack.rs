@@ -31,12 +31,12 @@ use datapath_common::{
 use network_types::{icmp::Icmpv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    fragment,
+    ip::Header,
     maps::{
         config, CT, CT6, CT6_FILL, CT6_OVERFLOW, CT6_UNASSURED, CT_FILL, CT_OVERFLOW, CT_QUOTA, CT_QUOTA_HITS,
         CT_STATS, CT_UNASSURED, ENDPOINTS6,
     },
-    packet::{ptr_at, Ipv4, Packet},
+    packet::{ptr_at, Packet},
 };
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
@@ -126,54 +126,6 @@ impl Family for Ipv6Be {
     #[inline(always)]
     fn event_tuple(_key: &Key<Self>) -> Option<&CtKey> {
         None
-    }
-}
-
-/// What conntrack needs of a parsed IP header, of either family.
-pub trait Header {
-    type Addr: Family;
-    fn saddr(&self) -> Self::Addr;
-    fn daddr(&self) -> Self::Addr;
-    /// The L4 protocol (IPv6: the upper-layer header after any extension headers).
-    fn proto(&self) -> u8;
-    fn l4_off(&self) -> usize;
-    /// A fragment other than the first: no L4 header in it.
-    fn later_fragment(&self) -> bool;
-    /// A later fragment's ports, from its datagram's first fragment.
-    fn ports_of_later(&self) -> Option<FragPorts>;
-}
-
-impl Header for Ipv4 {
-    type Addr = Ipv4Be;
-
-    #[inline(always)]
-    fn saddr(&self) -> Ipv4Be {
-        self.saddr
-    }
-
-    #[inline(always)]
-    fn daddr(&self) -> Ipv4Be {
-        self.daddr
-    }
-
-    #[inline(always)]
-    fn proto(&self) -> u8 {
-        self.proto
-    }
-
-    #[inline(always)]
-    fn l4_off(&self) -> usize {
-        self.l4_off
-    }
-
-    #[inline(always)]
-    fn later_fragment(&self) -> bool {
-        self.later_fragment
-    }
-
-    #[inline(always)]
-    fn ports_of_later(&self) -> Option<FragPorts> {
-        fragment::ports_of_later(self)
     }
 }
 

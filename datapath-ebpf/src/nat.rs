@@ -17,9 +17,9 @@ use crate::{
     csum::{L4Offsets, Rewrite},
     events, fib,
     forward::deliver_to_ifindex,
-    fragment,
+    ip::Header,
     maps::{config, config_ref},
-    packet::{Ipv4, Packet, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IP_OFF},
+    packet::{Ipv4, Packet},
     published_ports,
 };
 
@@ -203,17 +203,17 @@ fn new_flow<P: Packet, A: Family>(
     Err(if allocate { DropReason::NatPortsExhausted } else { DropReason::ConntrackInsertFailed })
 }
 
-/// Rewrites a packet of a tracked flow to its entry's tuple and sends it on.
+/// Rewrites a packet of a tracked flow (of either family) to its entry's tuple and sends it on.
 #[inline(always)]
-pub fn forward_tracked<P: Packet>(
+pub fn forward_tracked<P: Packet, H: Header>(
     ctx: &P,
-    ip: &Ipv4,
-    key: &CtKey,
-    found: Tracked<Ipv4Be>,
+    ip: &H,
+    key: &Key<H::Addr>,
+    found: Tracked<H::Addr>,
     tcp_flags: u8,
 ) -> Result<i32, DropReason> {
     let entry = conntrack::account(key, found, ctx.len(), tcp_flags);
-    fragment::remember_ports(ip, key);
+    ip.remember_ports(key);
     rewrite(ctx, ip, key, &entry.to)?;
     if entry.ifindex != 0 {
         count(Counter::TranslatedIn);
@@ -231,22 +231,24 @@ pub fn forward_tracked<P: Packet>(
     }
 }
 
-/// Rewrites addresses and ports from `from` to `to` and decrements the TTL (unless it is 1:
-/// then the packet is not forwarded by the host anyway), with their checksums. A later
-/// fragment has only addresses: its datagram's ports and L4 checksum (which covers the whole
-/// datagram) were rewritten in the first fragment.
+/// Rewrites addresses and ports from `from` to `to` and decrements the TTL or hop limit
+/// (unless it is 1: then the packet is not forwarded by the host anyway), with their
+/// checksums. A later fragment has only addresses: its datagram's ports and L4 checksum
+/// (which covers the whole datagram) were rewritten in the first fragment.
 #[inline(always)]
-fn rewrite<P: Packet>(ctx: &P, ip: &Ipv4, from: &CtKey, to: &CtKey) -> Result<(), DropReason> {
-    let l4 = if ip.later_fragment { L4Offsets::ABSENT } else { L4Offsets::of(from.proto)? };
-    let mut rewrite = Rewrite::new(ip.l4_off, l4);
-    rewrite.addr(ctx, IP_OFF + IPV4_SADDR_OFF, from.saddr, to.saddr)?;
-    rewrite.addr(ctx, IP_OFF + IPV4_DADDR_OFF, from.daddr, to.daddr)?;
-    if !ip.later_fragment {
-        rewrite.l4_u16(ctx, ip.l4_off + l4.sport, from.sport, to.sport)?;
-        rewrite.l4_u16(ctx, ip.l4_off + l4.dport, from.dport, to.dport)?;
+fn rewrite<P: Packet, H: Header>(ctx: &P, ip: &H, from: &Key<H::Addr>, to: &Key<H::Addr>) -> Result<(), DropReason> {
+    let later_fragment = ip.later_fragment();
+    let l4 = if later_fragment { L4Offsets::ABSENT } else { L4Offsets::of(from.proto)? };
+    let mut rewrite = ip.rewrite(l4);
+    rewrite.addr(ctx, H::SADDR_OFF, from.saddr, to.saddr)?;
+    rewrite.addr(ctx, H::DADDR_OFF, from.daddr, to.daddr)?;
+    if !later_fragment {
+        let l4_off = ip.l4_off();
+        rewrite.l4_u16(ctx, l4_off + l4.sport, from.sport, to.sport)?;
+        rewrite.l4_u16(ctx, l4_off + l4.dport, from.dport, to.dport)?;
     }
-    if ip.ttl > 1 {
-        rewrite.decrement_ttl(ctx, ip)?;
+    if ip.hop_limit() > 1 {
+        ip.decrement_hop_limit(ctx, &mut rewrite)?;
     }
     rewrite.commit(ctx)
 }
