@@ -10,7 +10,7 @@
 pub mod packets;
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
     sync::Arc,
@@ -19,8 +19,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{ProgramInfo, ProgramType};
 use datapath_common::{
-    ct_fill, ct_stats, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtQuotaKey, DropReason, Endpoint, HostConfig, Ipv4Be,
-    Ipv6Be, Network,
+    ct_fill, ct_stats, ipv6_be, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtQuotaKey, DropReason, Endpoint, Endpoint6,
+    HostConfig, Ipv4Be, Ipv6Be, Network,
 };
 
 use crate::{
@@ -115,6 +115,38 @@ fn endpoint(network_id: u32, ip: Ipv4Addr, host_ifindex: u32) -> Endpoint {
         // Interface indexes are small and unique in the namespace.
         stats_slot: host_ifindex,
         gateway: be(gateway),
+    }
+}
+
+/// The IPv6 side of [`Topology`]'s containers (dual stack): `web` is 2001:db8:88::/64, `db`
+/// 2001:db8:99::/64.
+pub struct Topology6 {
+    pub a: Endpoint6,
+    pub b: Endpoint6,
+    pub c: Endpoint6,
+}
+
+pub const WEB_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x88, 0, 0, 0, 0, 1);
+pub const DB_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 1);
+pub const A_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x88, 0, 0, 0, 0, 0x10);
+pub const B_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x88, 0, 0, 0, 0, 0x11);
+pub const C_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 0x10);
+
+pub fn be6(ip: Ipv6Addr) -> Ipv6Be {
+    ipv6_be(ip.octets())
+}
+
+/// The IPv6 side of an IPv4 endpoint, as the control plane pairs them.
+fn endpoint6(v4: &Endpoint, ip: Ipv6Addr) -> Endpoint6 {
+    Endpoint6 {
+        host_ifindex: v4.host_ifindex,
+        network_id: v4.network_id,
+        ip: be6(ip),
+        gateway: be6(if v4.network_id == WEB { WEB_GATEWAY6 } else { DB_GATEWAY6 }),
+        mac: v4.mac,
+        gateway_mac: v4.gateway_mac,
+        stats_slot: v4.stats_slot,
+        ip4: v4.ip,
     }
 }
 
@@ -266,6 +298,19 @@ impl Testbed {
         }
     }
 
+    /// The IPv6 side of `t`'s containers.
+    pub fn topology6(&self, t: &Topology) -> Topology6 {
+        Topology6 { a: endpoint6(&t.a, A_IP6), b: endpoint6(&t.b, B_IP6), c: endpoint6(&t.c, C_IP6) }
+    }
+
+    /// Writes the IPv6 side as the agent does (`Datapath::upsert_endpoint6`).
+    pub fn try_seed6(&mut self, t: &Topology6) -> Result<()> {
+        for ep in [&t.a, &t.b, &t.c] {
+            self.datapath.upsert_endpoint6(ep)?;
+        }
+        Ok(())
+    }
+
     /// Writes the topology as the agent does (`Datapath::upsert_*`).
     pub fn try_seed(&mut self, t: &Topology) -> Result<()> {
         self.datapath.upsert_network(WEB, &t.web)?;
@@ -413,6 +458,37 @@ impl Testbed {
             Ok(())
         })?;
         Ok(Uplink { ifindex, peer_ifindex, ip: UPLINK_IP, mac: UPLINK_MAC, router: ROUTER_IP, router_mac: ROUTER_MAC })
+    }
+}
+
+/// The uplink's IPv6 side (dual stack): an address on `up0`, a default route via the
+/// router, a permanent neighbour entry for it.
+pub const UPLINK_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xee, 0, 0, 0, 0, 2);
+pub const ROUTER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xee, 0, 0, 0, 0, 1);
+/// A server out in the world, reached via the router.
+#[cfg_attr(not(test), allow(dead_code))]
+pub const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x51, 0, 0, 0, 0, 7);
+
+impl Testbed {
+    /// Gives the uplink (made by `make_uplink`) its IPv6 side and enables IPv6 forwarding on
+    /// every host-side veth (as the control plane does for real ones), all inside the testbed's
+    /// namespace. CONFIG6 is left to the caller.
+    pub fn make_uplink6(&self) -> Result<()> {
+        let ns = self.netns().to_owned();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(netns::netlink_in(&ns, |nl| async move {
+            nl.add_address("up0", ipnet::IpNet::V6(ipnet::Ipv6Net::new(UPLINK_IP6, 64)?)).await?;
+            nl.replace_neighbour("up0", ROUTER_IP6, ROUTER_MAC).await?;
+            nl.replace_default_route(ROUTER_IP6, "up0").await?;
+            Ok(())
+        }))?;
+        netns::run_in(&ns, || {
+            for i in 0..VETHS {
+                let path = format!("/proc/sys/net/ipv6/conf/h{i}/forwarding");
+                std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
+            }
+            Ok(())
+        })
     }
 }
 
