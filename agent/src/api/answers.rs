@@ -239,11 +239,24 @@ pub struct ConntrackStatus {
     /// garbage collection. Nobody sees the kernel's LRU evict, so the collection derives it:
     /// entries made, less those moved to the assured table, expired, and still there.
     pub early_drops: u64,
+    /// IPv6's assured table (`CT6`): entries in use and its size (its unassured and overflow
+    /// tables are sized as IPv4's; the limit is the same).
+    #[serde(default)]
+    pub ipv6_entries: u64,
+    #[serde(default)]
+    pub ipv6_capacity: u32,
+}
+
+fn ipv4() -> String {
+    "ipv4".to_owned()
 }
 
 /// Both directions of one tracked flow (`conntrack ls`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flow {
+    /// ipv4 or ipv6 (answers of agents from before IPv6 had only IPv4 flows).
+    #[serde(default = "ipv4")]
+    pub family: String,
     pub protocol: String,
     /// snat, dnat or hairpin.
     pub kind: String,
@@ -321,6 +334,16 @@ pub struct GcReport {
     /// Flows removed because a container they were of is gone, whatever their timeout.
     #[serde(default)]
     pub flows_of_removed_containers: usize,
+    /// IPv6's tables: the assured one's entries in use and size, and the unassured ones'
+    /// entries (the fields above are IPv4's, as before IPv6).
+    #[serde(default)]
+    pub ipv6_entries_in_use: u64,
+    #[serde(default)]
+    pub ipv6_capacity: u32,
+    #[serde(default)]
+    pub ipv6_unassured_entries: u64,
+    #[serde(default)]
+    pub ipv6_overflow_entries: u64,
 }
 
 #[cfg(test)]
@@ -367,6 +390,8 @@ mod tests {
                     promotion_refused: 8,
                     quota_hits: 9,
                     early_drops: 10,
+                    ipv6_entries: 11,
+                    ipv6_capacity: 12,
                 },
                 counters: BTreeMap::from([("forwarded".to_owned(), 1)]),
                 drops: BTreeMap::new(),

@@ -34,9 +34,9 @@ use aya::{
     EbpfLoader,
 };
 use datapath_common::{
-    map_names, program_names, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, Endpoint6, EndpointStats,
-    EventLoss, HostConfig, HostConfig6, Ipv4Be, Ipv6Be, Network, PublishedPortKey, PublishedPortKey6,
-    PublishedPortTarget, PublishedPortTarget6,
+    map_names, program_names, Counter, CtEntry, CtEntry6, CtEntryOf, CtKey, CtKey6, CtKeyOf, CtQuotaKey, DropReason,
+    Endpoint, Endpoint6, EndpointStats, EventLoss, HostConfig, HostConfig6, Ipv4Be, Ipv6Be, Network, PublishedPortKey,
+    PublishedPortKey6, PublishedPortTarget, PublishedPortTarget6,
 };
 
 use crate::{sys::bpf, sys::cgroup::HostCgroup};
@@ -124,6 +124,10 @@ pub struct Datapath {
     /// `conntrack`), in the order `CtTable::ALL` names them.
     pub(crate) ct_tables: [HashMap<MapData, CtKey, CtEntry>; 3],
     pub(crate) ct_fill: Array<MapData, u64>,
+    /// IPv6's conntrack, the same three tables and fill count (`CT_QUOTA`, `CT_STATS` and
+    /// `CT_QUOTA_HITS` are both families').
+    pub(crate) ct6_tables: [HashMap<MapData, CtKey6, CtEntry6>; 3],
+    pub(crate) ct6_fill: Array<MapData, u64>,
     pub(crate) ct_quota: HashMap<MapData, CtQuotaKey, u64>,
     pub(crate) ct_stats: Array<MapData, u64>,
     pub(crate) ct_quota_hits: PerCpuArray<MapData, u64>,
@@ -222,6 +226,12 @@ impl Datapath {
                 open_map(&maps, map_names::CT_OVERFLOW)?,
             ],
             ct_fill: open_map(&maps, map_names::CT_FILL)?,
+            ct6_tables: [
+                open_map(&maps, map_names::CT6)?,
+                open_map(&maps, map_names::CT6_UNASSURED)?,
+                open_map(&maps, map_names::CT6_OVERFLOW)?,
+            ],
+            ct6_fill: open_map(&maps, map_names::CT6_FILL)?,
             ct_quota: open_map(&maps, map_names::CT_QUOTA)?,
             ct_stats: open_map(&maps, map_names::CT_STATS)?,
             ct_quota_hits: open_map(&maps, map_names::CT_QUOTA_HITS)?,
