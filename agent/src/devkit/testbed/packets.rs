@@ -483,4 +483,28 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn ipv6_addresses_and_checksums_are_built_as_the_rfcs_say() {
+        let mac = [0x00, 0x11, 0x22, 0x33, 0x44, 0x55];
+        // RFC 4291 appendix A: the universal/local bit flipped, ff:fe in the middle.
+        assert_eq!(link_local(mac), "fe80::211:22ff:fe33:4455".parse::<Ipv6Addr>().unwrap());
+        let addr: Ipv6Addr = "2001:db8::1:abcd:ef12".parse().unwrap();
+        assert_eq!(solicited_node(addr), "ff02::1:ffcd:ef12".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(multicast_mac(solicited_node(addr)), [0x33, 0x33, 0xff, 0xcd, 0xef, 0x12]);
+        let (a, b): (Ipv6Addr, Ipv6Addr) = ("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap());
+        let frames = [
+            eth([2; 6], mac, ETHERTYPE_IPV6, &ipv6(a, b, IPPROTO_UDP, 64, &udp6(a, b, 1000, 53, b"odd"))),
+            eth([2; 6], mac, ETHERTYPE_IPV6, &neighbor_solicitation(a, solicited_node(b), b, Some(mac))),
+        ];
+        for frame in frames {
+            verify_ipv6_checksums(&frame).unwrap();
+            let mut bad = frame.clone();
+            *bad.last_mut().unwrap() ^= 0x40;
+            assert!(verify_ipv6_checksums(&bad).is_err());
+            let mut bad = frame;
+            bad[ETH_HLEN + 39] ^= 1; // the destination address, in the pseudo-header
+            assert!(verify_ipv6_checksums(&bad).is_err());
+        }
+    }
 }
