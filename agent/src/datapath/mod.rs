@@ -279,17 +279,7 @@ impl Datapath {
 
     /// Removes an endpoint's entries, whichever interface it was last attached to. Idempotent.
     pub fn remove_endpoint(&mut self, ip: Ipv4Be) -> Result<()> {
-        let stale: Vec<u32> = self
-            .ifaces
-            .iter()
-            .filter_map(|entry| entry.ok())
-            .filter(|(_, endpoint)| endpoint.ip == ip)
-            .map(|(ifindex, _)| ifindex)
-            .collect();
-        for ifindex in stale {
-            ignore_missing_key(self.ifaces.remove(&ifindex)).context("removing endpoint from IFACES")?;
-        }
-        ignore_missing_key(self.endpoints.remove(&ip)).context("removing endpoint from ENDPOINTS")
+        remove_endpoint_entries(&mut self.ifaces, &mut self.endpoints, ip, |e| e.ip, ("IFACES", "ENDPOINTS"))
     }
 
     /// Writes a container's IPv6 side (after its IPv4 side: a packet finds its interface's
@@ -302,17 +292,7 @@ impl Datapath {
     /// Removes a container's IPv6 side, whichever interface it was last attached to.
     /// Idempotent.
     pub fn remove_endpoint6(&mut self, ip: Ipv6Be) -> Result<()> {
-        let stale: Vec<u32> = self
-            .ifaces6
-            .iter()
-            .filter_map(|entry| entry.ok())
-            .filter(|(_, endpoint)| endpoint.ip == ip)
-            .map(|(ifindex, _)| ifindex)
-            .collect();
-        for ifindex in stale {
-            ignore_missing_key(self.ifaces6.remove(&ifindex)).context("removing endpoint from IFACES6")?;
-        }
-        ignore_missing_key(self.endpoints6.remove(&ip)).context("removing endpoint from ENDPOINTS6")
+        remove_endpoint_entries(&mut self.ifaces6, &mut self.endpoints6, ip, |e| e.ip, ("IFACES6", "ENDPOINTS6"))
     }
 
     /// What the maps hold, for reconciliation with the state: endpoint addresses (of both
@@ -435,6 +415,28 @@ impl Datapath {
         }
         Ok(ids)
     }
+}
+
+/// Removes an address's entries from one family's endpoint maps: by address, and by every
+/// interface whose entry has that address (a container re-attached to another veth leaves
+/// its old one behind). Idempotent.
+fn remove_endpoint_entries<A: aya::Pod + PartialEq, E: aya::Pod>(
+    by_iface: &mut HashMap<MapData, u32, E>,
+    by_ip: &mut HashMap<MapData, A, E>,
+    ip: A,
+    ip_of: impl Fn(&E) -> A,
+    (iface_map, ip_map): (&str, &str),
+) -> Result<()> {
+    let stale: Vec<u32> = by_iface
+        .iter()
+        .filter_map(|entry| entry.ok())
+        .filter(|(_, endpoint)| ip_of(endpoint) == ip)
+        .map(|(ifindex, _)| ifindex)
+        .collect();
+    for ifindex in stale {
+        ignore_missing_key(by_iface.remove(&ifindex)).with_context(|| format!("removing endpoint from {iface_map}"))?;
+    }
+    ignore_missing_key(by_ip.remove(&ip)).with_context(|| format!("removing endpoint from {ip_map}"))
 }
 
 impl Datapath {
