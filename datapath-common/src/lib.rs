@@ -114,8 +114,11 @@ pub mod tail_call_slots {
     /// `from_uplink6` (TC) in `TAIL_CALLS`, `from_uplink6xdp` in `TAIL_CALLS_XDP`: IPv6 on
     /// the uplink.
     pub const FROM_UPLINK6: u32 = 1;
+    /// `icmp6_err_up` (TC) in `TAIL_CALLS`, `icmp6_err_upxdp` in `TAIL_CALLS_XDP`: an ICMPv6
+    /// error on the uplink, from `from_uplink6` (whose stack has no room for its translation).
+    pub const ICMP6_ERROR_FROM_UPLINK: u32 = 2;
     /// Slots of each array.
-    pub const SLOTS: u32 = 2;
+    pub const SLOTS: u32 = 3;
 }
 
 /// Names of the programs in the eBPF object.
@@ -151,11 +154,21 @@ pub mod program_names {
     pub const FROM_UPLINK6: &str = "from_uplink6";
     /// IPv6 on the uplink at XDP: `from_uplink_xdp`'s tail call (15 bytes, the kernel's limit).
     pub const FROM_UPLINK6_XDP: &str = "from_uplink6xdp";
+    /// An ICMPv6 error on the uplink: `from_uplink6`'s tail call.
+    pub const ICMP6_ERROR_FROM_UPLINK: &str = "icmp6_err_up";
+    /// The same at XDP: `from_uplink6xdp`'s tail call (15 bytes).
+    pub const ICMP6_ERROR_FROM_UPLINK_XDP: &str = "icmp6_err_upxdp";
     /// The tail-call targets, with the program array and slot each is reached through.
-    pub const TAIL_CALLED: [(&str, &str, u32); 3] = [
+    pub const TAIL_CALLED: [(&str, &str, u32); 5] = [
         (FROM_ENDPOINT6, super::map_names::TAIL_CALLS, super::tail_call_slots::FROM_ENDPOINT6),
         (FROM_UPLINK6, super::map_names::TAIL_CALLS, super::tail_call_slots::FROM_UPLINK6),
         (FROM_UPLINK6_XDP, super::map_names::TAIL_CALLS_XDP, super::tail_call_slots::FROM_UPLINK6),
+        (ICMP6_ERROR_FROM_UPLINK, super::map_names::TAIL_CALLS, super::tail_call_slots::ICMP6_ERROR_FROM_UPLINK),
+        (
+            ICMP6_ERROR_FROM_UPLINK_XDP,
+            super::map_names::TAIL_CALLS_XDP,
+            super::tail_call_slots::ICMP6_ERROR_FROM_UPLINK,
+        ),
     ];
 }
 

@@ -1,17 +1,27 @@
 //! ICMP errors (destination unreachable, including fragmentation needed, and time exceeded)
 //! about a translated flow, in either direction: they quote the packet as their sender got it,
 //! translated, so the quote and the outer header are translated back (see [`translate`]).
-use datapath_common::{Counter, CtKey, DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
-use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, udp::UdpHdr};
+use datapath_common::{
+    Counter, CtKey, CtKey6, DropReason, Ipv6Be, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+};
+use network_types::{
+    icmp::Icmpv4Hdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+};
 
 use crate::{
-    conntrack::{self, ICMP_ECHO_REQUEST},
+    conntrack::{self, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST},
     counters::count,
-    csum::{self, L4Offsets, Rewrite},
+    csum::{self, Address, Delta, L4Offsets, Rewrite},
     fib,
     forward::deliver_to_ifindex,
+    ipv6::{self, Ipv6, IP6_OFF},
     nat::to_host,
-    packet::{ipv4_header_len, ptr_at, Ipv4, Packet, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IP_OFF},
+    packet::{
+        ipv4_header_len, ptr_at, Ipv4, Packet, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV6_DADDR_OFF,
+        IPV6_SADDR_OFF, IP_OFF,
+    },
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -204,4 +214,121 @@ fn fix_quoted_l4_csum<P: Packet>(ctx: &P, q: &Quoted, quote: &CtKey, rewrite: &m
         new = 0xffff;
     }
     rewrite.l4_u16(ctx, csum_off, old, new)
+}
+
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+const ICMPV6_TIME_EXCEEDED: u8 = 3;
+/// The ICMPv6 error header: type, code, checksum, and a word (Packet Too Big's MTU, left as
+/// it is: path MTU discovery depends on it).
+const ICMPV6_ERROR_LEN: usize = 8;
+
+/// Whether the ICMPv6 message at the packet's L4 offset is an error this module translates
+/// (destination unreachable, packet too big, time exceeded).
+#[inline(always)]
+pub fn is_error6<P: Packet>(ctx: &P, ip: &Ipv6) -> bool {
+    if ip.next_header != IPPROTO_ICMPV6 || ip.later_fragment {
+        return false;
+    }
+    match ptr_at::<P, Icmpv4Hdr>(ctx, ip.l4_off) {
+        // SAFETY: bounds-checked by `ptr_at` (ICMPv6's header starts as ICMP's).
+        Ok(header) => {
+            matches!(unsafe { (*header).type_ }, ICMPV6_DEST_UNREACH | ICMPV6_PACKET_TOO_BIG | ICMPV6_TIME_EXCEEDED)
+        }
+        Err(_) => false,
+    }
+}
+
+/// An ICMPv6 error on the uplink about a translated flow, translated back and delivered into
+/// its container, as [`translate`] does for IPv4: the outer destination (and the source, when
+/// the error comes from the quoted destination itself) and the quoted packet's source address
+/// and port become the container's, the quoted L4 checksum and the ICMPv6 checksum (over the
+/// pseudo-header and the whole message) follow. Errors about no known flow are the host's.
+/// The quoted packet must have no extension headers.
+///
+/// It runs in a program of its own (`icmp6_err_up`, a tail call of `from_uplink6`): its locals
+/// and those of the translation of flows do not fit one 512-byte stack together. Within that
+/// program it is a function of its own too (a BPF-to-BPF call, with a frame of its own): with
+/// the parsing of the outer header beside it, one frame is still too large.
+#[inline(never)]
+pub fn error6_to_container<P: Packet>(ctx: &P, ip: &Ipv6) -> Result<i32, DropReason> {
+    let q_off = ip.l4_off + ICMPV6_ERROR_LEN;
+    let Ok(hdr) = ptr_at::<P, Ipv6Hdr>(ctx, q_off) else {
+        return Ok(to_host::<P>());
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let (saddr, daddr, proto) =
+        unsafe { (ipv6::address(&(*hdr).src_addr), ipv6::address(&(*hdr).dst_addr), (*hdr).next_hdr) };
+    let q_l4 = q_off + Ipv6Hdr::LEN;
+    let Ok(l4) = L4Offsets::of(proto) else {
+        return Ok(to_host::<P>());
+    };
+    let Ok(ports) = ptr_at::<P, [u16; 2]>(ctx, q_l4) else {
+        return Ok(to_host::<P>());
+    };
+    // SAFETY: bounds-checked by `ptr_at`; packet fields need not be aligned.
+    let [first, second] = unsafe { ports.read_unaligned() };
+    // TCP's and UDP's ports; a quoted echo request's identifier is its source port.
+    let (sport, dport) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => (first, second),
+        IPPROTO_ICMPV6 => {
+            let icmp: *const Icmpv4Hdr = ptr_at(ctx, q_l4)?;
+            // SAFETY: bounds-checked by `ptr_at`.
+            let icmp = unsafe { &*icmp };
+            if icmp.type_ != ICMPV6_ECHO_REQUEST {
+                return Ok(to_host::<P>());
+            }
+            (conntrack::echo_id(icmp), 0)
+        }
+        _ => return Ok(to_host::<P>()),
+    };
+    // The error goes back to whoever sent the quoted packet.
+    if ip.daddr != saddr {
+        return Ok(to_host::<P>());
+    }
+    let key = CtKey6 { saddr: daddr, daddr: saddr, sport: dport, dport: sport, proto, _pad: [0; 3] };
+    let Some(found) = conntrack::lookup(&key) else {
+        return Ok(to_host::<P>());
+    };
+    // SAFETY: a live map value, read in place rather than copied: the stack is short here.
+    let (to, ifindex) = unsafe { (&(*found.entry).to, (*found.entry).ifindex) };
+    if ifindex == 0 {
+        return Ok(to_host::<P>());
+    }
+    // The quote as the container sent it: `to` reversed.
+    let outer_saddr = if ip.saddr == daddr { to.saddr } else { ip.saddr };
+    let mut rewrite = Rewrite::new6(ip.l4_off, L4Offsets::ICMPV6);
+    rewrite.addr(ctx, IP6_OFF + IPV6_SADDR_OFF, ip.saddr, outer_saddr)?;
+    rewrite.addr(ctx, IP6_OFF + IPV6_DADDR_OFF, ip.daddr, to.daddr)?;
+    rewrite.l4_addr(ctx, q_off + IPV6_SADDR_OFF, saddr, to.daddr)?;
+    rewrite.l4_addr(ctx, q_off + IPV6_DADDR_OFF, daddr, to.saddr)?;
+    rewrite.l4_u16(ctx, q_l4 + l4.sport, sport, to.dport)?;
+    if proto != IPPROTO_ICMPV6 {
+        rewrite.l4_u16(ctx, q_l4 + l4.dport, dport, to.sport)?;
+    }
+    // The quoted L4 checksum covers the quoted pseudo-header (all three protocols over IPv6)
+    // and the ports; fixed when it was quoted.
+    if let Ok(field) = ptr_at::<P, [u8; 2]>(ctx, q_l4 + l4.csum) {
+        // SAFETY: bounds-checked by `ptr_at`.
+        let old = u16::from_ne_bytes(unsafe { *field });
+        let mut delta = Delta::default();
+        <Ipv6Be as Address>::add_change(&mut delta, saddr, to.daddr);
+        <Ipv6Be as Address>::add_change(&mut delta, daddr, to.saddr);
+        delta.u16(sport, to.dport);
+        if proto != IPPROTO_ICMPV6 {
+            delta.u16(dport, to.sport);
+        }
+        let mut new = delta.apply(old);
+        // A UDP checksum that computes to 0 is sent as 0xffff: 0 means "no checksum".
+        if proto == IPPROTO_UDP && new == 0 {
+            new = 0xffff;
+        }
+        rewrite.l4_u16(ctx, q_l4 + l4.csum, old, new)?;
+    }
+    if ip.hop_limit > 1 {
+        rewrite.decrement_hop_limit(ctx, ip.hop_limit)?;
+    }
+    rewrite.commit(ctx)?;
+    count(Counter::IcmpErrorTranslated);
+    deliver_to_ifindex(ctx, ifindex)
 }

@@ -203,24 +203,53 @@ fn try_from_uplink<P: Packet>(ctx: &P) -> Result<i32, DropReason> {
 /// `from_uplink`'s tail call for IPv6 on the uplink.
 #[classifier]
 pub fn from_uplink6(ctx: TcContext) -> i32 {
-    verdict(&ctx, try_from_uplink6(&ctx))
+    let Ok(ip) = ipv6::ipv6(&ctx) else {
+        return nat::to_host::<TcContext>(); // not ours to judge: the host stack drops what is broken
+    };
+    icmp6_error_tail_call(&ctx, &ip);
+    verdict(&ctx, nat::from_uplink(&ctx, &ip))
 }
 
 /// `from_uplink_xdp`'s tail call for IPv6 on the uplink.
 #[xdp]
 pub fn from_uplink6xdp(ctx: XdpContext) -> u32 {
-    verdict(&ctx, try_from_uplink6(&ctx)) as u32
+    let Ok(ip) = ipv6::ipv6(&ctx) else {
+        return nat::to_host::<XdpContext>() as u32;
+    };
+    icmp6_error_tail_call(&ctx, &ip);
+    verdict(&ctx, nat::from_uplink(&ctx, &ip)) as u32
 }
 
-/// IPv6 on the uplink: replies to masqueraded flows and new flows to published ports go
-/// straight into their container (as IPv4's, `nat::from_uplink`); everything else (neighbour
-/// discovery, the host's own traffic) is the host's.
+/// An ICMPv6 error on the uplink continues in a program of its own (the translation of flows
+/// and of errors do not fit one stack together). Only an empty slot returns: the error then
+/// goes on as any packet of no flow does, to the host.
 #[inline(always)]
-fn try_from_uplink6<P: Packet>(ctx: &P) -> Result<i32, DropReason> {
+fn icmp6_error_tail_call<P: Packet>(ctx: &P, ip: &ipv6::Ipv6) {
+    if icmp::is_error6(ctx, ip) {
+        ctx.tail_call(tail_call_slots::ICMP6_ERROR_FROM_UPLINK);
+    }
+}
+
+/// `from_uplink6`'s tail call for an ICMPv6 error: one about a translated flow is translated
+/// back, with the packet it quotes, and delivered into the flow's container; any other is the
+/// host's.
+#[classifier]
+pub fn icmp6_err_up(ctx: TcContext) -> i32 {
+    verdict(&ctx, try_icmp6_error_from_uplink(&ctx))
+}
+
+/// The same for `from_uplink6xdp`.
+#[xdp]
+pub fn icmp6_err_upxdp(ctx: XdpContext) -> u32 {
+    verdict(&ctx, try_icmp6_error_from_uplink(&ctx)) as u32
+}
+
+#[inline(always)]
+fn try_icmp6_error_from_uplink<P: Packet>(ctx: &P) -> Result<i32, DropReason> {
     let Ok(ip) = ipv6::ipv6(ctx) else {
-        return Ok(nat::to_host::<P>()); // not ours to judge: the host stack drops what is broken
+        return Ok(nat::to_host::<P>());
     };
-    nat::from_uplink(ctx, &ip)
+    icmp::error6_to_container(ctx, &ip)
 }
 
 /// cgroup connect4 of the host cgroup (`--host-cgroup`): a host process connecting (TCP, or

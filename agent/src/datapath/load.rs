@@ -9,7 +9,7 @@ pub(crate) static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(e
 pub(super) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Programs in the object, all pinned under `progs/`.
-pub(super) const PROGRAMS: [&str; 13] = [
+pub(super) const PROGRAMS: [&str; 15] = [
     program_names::FROM_ENDPOINT,
     program_names::FROM_UPLINK,
     program_names::FROM_UPLINK_XDP,
@@ -23,6 +23,8 @@ pub(super) const PROGRAMS: [&str; 13] = [
     program_names::FROM_ENDPOINT6,
     program_names::FROM_UPLINK6,
     program_names::FROM_UPLINK6_XDP,
+    program_names::ICMP6_ERROR_FROM_UPLINK,
+    program_names::ICMP6_ERROR_FROM_UPLINK_XDP,
 ];
 
 /// Removes every pin under `pin_dir` (links first, so programs detach) and the directory.
@@ -79,6 +81,12 @@ pub(super) fn open_program(pin_dir: &Path, name: &str) -> Result<SchedClassifier
             pin.display()
         )
     })
+}
+
+pub(super) fn open_xdp_program(pin_dir: &Path, name: &str) -> Result<Xdp> {
+    let pin = pin_dir.join("progs").join(name);
+    Xdp::from_pin(&pin, aya_obj::programs::XdpAttachType::Interface)
+        .with_context(|| format!("opening pinned program {}", pin.display()))
 }
 
 /// The loader of the embedded object: maps pinned by name under `maps/` (an existing pin is

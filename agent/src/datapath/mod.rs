@@ -112,6 +112,9 @@ pub struct Datapath {
     from_endpoint6: SchedClassifier,
     from_uplink6: SchedClassifier,
     from_uplink6_xdp: Xdp,
+    /// ICMPv6 errors on the uplink, reached by tail call from the two above.
+    icmp6_error_from_uplink: SchedClassifier,
+    icmp6_error_from_uplink_xdp: Xdp,
     /// HOST_SOCKET_PROGRAMS, in that order.
     host_sockets: Vec<(&'static str, CgroupSockAddr)>,
     pub(crate) endpoints: HashMap<MapData, Ipv4Be, Endpoint>,
@@ -193,18 +196,12 @@ impl Datapath {
             pin_dir: pin_dir.to_owned(),
             from_endpoint: open_program(pin_dir, program_names::FROM_ENDPOINT)?,
             from_uplink: open_program(pin_dir, program_names::FROM_UPLINK)?,
-            from_uplink_xdp: Xdp::from_pin(
-                pin_dir.join("progs").join(program_names::FROM_UPLINK_XDP),
-                aya_obj::programs::XdpAttachType::Interface,
-            )
-            .with_context(|| format!("opening pinned program {}", program_names::FROM_UPLINK_XDP))?,
+            from_uplink_xdp: open_xdp_program(pin_dir, program_names::FROM_UPLINK_XDP)?,
             from_endpoint6: open_program(pin_dir, program_names::FROM_ENDPOINT6)?,
             from_uplink6: open_program(pin_dir, program_names::FROM_UPLINK6)?,
-            from_uplink6_xdp: Xdp::from_pin(
-                pin_dir.join("progs").join(program_names::FROM_UPLINK6_XDP),
-                aya_obj::programs::XdpAttachType::Interface,
-            )
-            .with_context(|| format!("opening pinned program {}", program_names::FROM_UPLINK6_XDP))?,
+            from_uplink6_xdp: open_xdp_program(pin_dir, program_names::FROM_UPLINK6_XDP)?,
+            icmp6_error_from_uplink: open_program(pin_dir, program_names::ICMP6_ERROR_FROM_UPLINK)?,
+            icmp6_error_from_uplink_xdp: open_xdp_program(pin_dir, program_names::ICMP6_ERROR_FROM_UPLINK_XDP)?,
             host_sockets: HOST_SOCKET_PROGRAMS
                 .into_iter()
                 .map(|(name, attach_type)| {
@@ -409,6 +406,8 @@ impl Datapath {
             (program_names::FROM_ENDPOINT6, self.from_endpoint6.info()?.id()),
             (program_names::FROM_UPLINK6, self.from_uplink6.info()?.id()),
             (program_names::FROM_UPLINK6_XDP, self.from_uplink6_xdp.info()?.id()),
+            (program_names::ICMP6_ERROR_FROM_UPLINK, self.icmp6_error_from_uplink.info()?.id()),
+            (program_names::ICMP6_ERROR_FROM_UPLINK_XDP, self.icmp6_error_from_uplink_xdp.info()?.id()),
         ];
         for (name, program) in &self.host_sockets {
             ids.push((*name, program.info()?.id()));

@@ -825,7 +825,7 @@ mod tests {
         addr.header.index = 7;
         addr.header.family = AddressFamily::Inet6;
         let v6 = message(NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(addr.clone())));
-        assert_eq!(event_of(v6), None, "IPv6 addresses are not followed");
+        assert_eq!(event_of(v6), Some(LinkEvent::Ipv6Address { index: 7 }), "IPv6 addresses are followed (CONFIG6)");
         addr.header.family = AddressFamily::Inet;
         let v4 = message(NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(addr)));
         assert_eq!(event_of(v4), Some(LinkEvent::Ipv4Address { index: 7, label: None }));

@@ -271,10 +271,10 @@ fn every_ipv6_program_is_loaded_and_in_its_slot() {
         let program = fx.program(name).unwrap();
         let pinned = aya::programs::ProgramInfo::from_pin(fx.pin_dir().join("progs").join(name)).unwrap().id();
         assert_eq!(id, Some(pinned), "{name}: slot {slot} of {array} holds the pinned program");
-        assert_eq!(program.kind == ProgramKind::Xdp, name == program_names::FROM_UPLINK6_XDP, "{name}'s type");
+        assert_eq!(program.kind == ProgramKind::Xdp, array == map_names::TAIL_CALLS_XDP, "{name}'s type");
     }
     let ids = fx.datapath.program_ids().unwrap();
-    for name in [program_names::FROM_ENDPOINT6, program_names::FROM_UPLINK6, program_names::FROM_UPLINK6_XDP] {
+    for (name, _, _) in program_names::TAIL_CALLED {
         assert!(ids.iter().any(|(n, id)| *n == name && *id != 0), "{name} listed with its id: {ids:?}");
     }
 }

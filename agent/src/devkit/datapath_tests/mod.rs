@@ -21,6 +21,7 @@ mod forward6;
 mod fragment;
 mod fuzz;
 mod icmp;
+mod icmp6;
 mod nat;
 mod nat6;
 mod native_routing;
