@@ -7,8 +7,8 @@ use aya_ebpf::{
 use datapath_common::{
     ct_fill, ct_stats, tail_call_slots, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, Endpoint6,
     EndpointStats, EventBudget, EventLoss, FragKey, FragPorts, HostConfig, HostConfig6, Ipv4Be, Ipv6Be, Network,
-    PublishedPortKey, PublishedPortKey6, PublishedPortTarget, PublishedPortTarget6, SockRevNat, SockRevNatKey,
-    MAX_ENDPOINTS,
+    PublishedPortKey, PublishedPortKey6, PublishedPortTarget, PublishedPortTarget6, SockRevNat, SockRevNat6,
+    SockRevNatKey, SockRevNatKey6, MAX_ENDPOINTS,
 };
 
 const MAX_NETWORKS: u32 = 4_096;
@@ -108,6 +108,9 @@ pub static CONFIG6: Array<HostConfig6> = Array::pinned(1, 0);
 #[map(name = "PUBLISHED6")]
 pub static PUBLISHED_PORTS6: HashMap<PublishedPortKey6, PublishedPortTarget6> = HashMap::pinned(MAX_PUBLISHED_PORTS, 0);
 
+#[map]
+pub static SOCK_REV_NAT6: LruHashMap<SockRevNatKey6, SockRevNat6> = LruHashMap::pinned(SOCK_REV_NAT_ENTRIES, 0);
+
 /// `tail_call_slots` -> TC program: IPv6's programs. Filled by the agent (an empty slot makes
 /// the tail call fall through).
 #[map]
@@ -121,6 +124,12 @@ pub static TAIL_CALLS_XDP: ProgramArray = ProgramArray::pinned(tail_call_slots::
 #[inline(always)]
 pub fn config() -> HostConfig {
     CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// The host's IPv6 settings (all zero, i.e. no IPv6 uplink address, until the agent writes them).
+#[inline(always)]
+pub fn config6() -> HostConfig6 {
+    CONFIG6.get(0).copied().unwrap_or_default()
 }
 
 /// The host's settings in place, without a copy on the stack (the container's path is close

@@ -1,47 +1,94 @@
 //! Published ports (`--publish HOST_IP:HOST_PORT:PORT/PROTO`): one hash lookup, whatever the
 //! number of ports published.
-use datapath_common::{CtKey, HostConfig, Ipv4Be, PublishedPortKey, PublishedPortTarget, IPPROTO_TCP, IPPROTO_UDP};
+use datapath_common::{
+    CtKey, HostConfig, Ipv4Be, Ipv6Be, PublishedPortKey, PublishedPortKey6, PublishedPortTarget, IPPROTO_TCP,
+    IPPROTO_UDP,
+};
 
-use crate::maps::{ENDPOINTS, PUBLISHED_PORTS};
+use crate::maps::{ENDPOINTS, ENDPOINTS6, PUBLISHED_PORTS, PUBLISHED_PORTS6};
 
 /// The container a published port leads to: its address and port (the port's
-/// `PublishedPortTarget`), and where to deliver to it.
-pub struct Container {
-    pub ip: u32,
+/// `PublishedPortTarget`, or `PublishedPortTarget6` for `A` = `Ipv6Be`), and where to deliver
+/// to it.
+pub struct Container<A = Ipv4Be> {
+    pub ip: A,
     pub port: u16,
     pub host_ifindex: u32,
     /// The container's `Endpoint::stats_slot`.
     pub stats_slot: u32,
 }
 
+/// An address family's published ports (`PUBLISHED_PORTS`/`PUBLISHED6`) and containers
+/// (`ENDPOINTS`/`ENDPOINTS6`): what [`container`] looks up.
+pub trait Family {
+    type Addr: Copy;
+    /// The all-zero address: a port published without an address (all host addresses).
+    const ALL_ADDRESSES: Self::Addr;
+    /// The container's address and port published at (addr, port, proto).
+    fn target(addr: Self::Addr, port: u16, proto: u8) -> Option<(Self::Addr, u16)>;
+    /// The container's host-side veth and statistics slot.
+    fn endpoint(ip: Self::Addr) -> Option<(u32, u32)>;
+}
+
+pub struct Ipv4;
+pub struct Ipv6;
+
+impl Family for Ipv4 {
+    type Addr = Ipv4Be;
+    const ALL_ADDRESSES: Ipv4Be = 0;
+
+    #[inline(always)]
+    fn target(addr: Ipv4Be, port: u16, proto: u8) -> Option<(Ipv4Be, u16)> {
+        let key = PublishedPortKey { addr, port, proto, _pad: 0 };
+        // SAFETY: map values are plain data; copied out at once.
+        unsafe { PUBLISHED_PORTS.get(key) }.map(|t: &PublishedPortTarget| (t.ip, t.port))
+    }
+
+    #[inline(always)]
+    fn endpoint(ip: Ipv4Be) -> Option<(u32, u32)> {
+        // SAFETY: as above.
+        unsafe { ENDPOINTS.get(ip) }.map(|e| (e.host_ifindex, e.stats_slot))
+    }
+}
+
+impl Family for Ipv6 {
+    type Addr = Ipv6Be;
+    const ALL_ADDRESSES: Ipv6Be = [0; 4];
+
+    #[inline(always)]
+    fn target(addr: Ipv6Be, port: u16, proto: u8) -> Option<(Ipv6Be, u16)> {
+        let key = PublishedPortKey6 { addr, port, proto, _pad: 0 };
+        // SAFETY: map values are plain data; copied out at once.
+        unsafe { PUBLISHED_PORTS6.get(key) }.map(|t| (t.ip, t.port))
+    }
+
+    #[inline(always)]
+    fn endpoint(ip: Ipv6Be) -> Option<(u32, u32)> {
+        // SAFETY: as above.
+        unsafe { ENDPOINTS6.get(ip) }.map(|e| (e.host_ifindex, e.stats_slot))
+    }
+}
+
 /// The container a flow to (daddr, dport) is published to, if any: a port published on that
 /// very address, else one published on all host addresses (when daddr is the uplink's).
 #[inline(always)]
 pub fn lookup(cfg: &HostConfig, key: &CtKey) -> Option<Container> {
-    container(key.daddr, key.dport, key.proto, key.daddr == cfg.uplink_ip)
+    container::<Ipv4>(key.daddr, key.dport, key.proto, key.daddr == cfg.uplink_ip)
 }
 
-/// The container (daddr, dport, proto) is published to: a port published on that very
-/// address, else, when `all_addresses` says daddr is one of the host's "all addresses", a
-/// port published without an address. Ports in network byte order.
+/// The container (daddr, dport, proto) is published to, in family `F`: a port published on
+/// that very address, else, when `all_addresses` says daddr is one of the host's "all
+/// addresses", a port published without an address. Ports in network byte order.
 #[inline(always)]
-pub fn container(daddr: Ipv4Be, dport: u16, proto: u8, all_addresses: bool) -> Option<Container> {
+pub fn container<F: Family>(daddr: F::Addr, dport: u16, proto: u8, all_addresses: bool) -> Option<Container<F::Addr>> {
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return None;
     }
-    let exact = PublishedPortKey { addr: daddr, port: dport, proto, _pad: 0 };
-    // SAFETY: map values are plain data; copied out at once.
-    let target: PublishedPortTarget = match unsafe { PUBLISHED_PORTS.get(exact) } {
-        Some(target) => *target,
-        None if all_addresses => *unsafe { PUBLISHED_PORTS.get(PublishedPortKey { addr: 0, ..exact }) }?,
+    let (ip, port) = match F::target(daddr, dport, proto) {
+        Some(target) => target,
+        None if all_addresses => F::target(F::ALL_ADDRESSES, dport, proto)?,
         None => return None,
     };
-    // SAFETY: as above.
-    let endpoint = unsafe { ENDPOINTS.get(target.ip) }?;
-    Some(Container {
-        ip: target.ip,
-        port: target.port,
-        host_ifindex: endpoint.host_ifindex,
-        stats_slot: endpoint.stats_slot,
-    })
+    let (host_ifindex, stats_slot) = F::endpoint(ip)?;
+    Some(Container { ip, port, host_ifindex, stats_slot })
 }
