@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use datapath_common::{
-    ct_fill, ct_stats, tail_call_slots, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, Endpoint6,
-    EndpointStats, EventBudget, EventLoss, FragKey, FragPorts, HostConfig, HostConfig6, Ipv4Be, Ipv6Be, Network,
-    PublishedPortKey, PublishedPortKey6, PublishedPortTarget, PublishedPortTarget6, SockRevNat, SockRevNat6,
+    ct_fill, ct_stats, tail_call_slots, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtQuotaKey, DropReason, Endpoint,
+    Endpoint6, EndpointStats, EventBudget, EventLoss, FragKey, FragPorts, HostConfig, HostConfig6, Ipv4Be, Ipv6Be,
+    Network, PublishedPortKey, PublishedPortKey6, PublishedPortTarget, PublishedPortTarget6, SockRevNat, SockRevNat6,
     SockRevNatKey, SockRevNatKey6, MAX_ENDPOINTS,
 };
 
@@ -108,6 +108,25 @@ pub static CONFIG6: Array<HostConfig6> = Array::pinned(1, 0);
 #[map(name = "PUBLISHED6")]
 pub static PUBLISHED_PORTS6: HashMap<PublishedPortKey6, PublishedPortTarget6> = HashMap::pinned(MAX_PUBLISHED_PORTS, 0);
 
+// IPv6's conntrack: IPv4's three tables and fill count again, for its wider keys (sized by the
+// agent as IPv4's are). Quotas and statistics are shared with IPv4 (see `conntrack`).
+#[map]
+pub static CT6: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(DEFAULT_CT_ENTRIES, 0);
+
+#[map]
+pub static CT6_UNASSURED: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(DEFAULT_CT_UNASSURED_ENTRIES, 0);
+
+#[map]
+pub static CT6_OVERFLOW: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(DEFAULT_CT_OVERFLOW_ENTRIES, 0);
+
+#[map]
+pub static CT6_FILL: Array<u64> = Array::pinned(ct_fill::SLOTS, 0);
+
+/// A new IPv6 flow's entry is built here before it is inserted (see `conntrack::Family`).
+/// Scratch space only, so not pinned: each load of the programs has its own.
+#[map]
+pub static CT6_SCRATCH: PerCpuArray<CtEntry6> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 pub static SOCK_REV_NAT6: LruHashMap<SockRevNatKey6, SockRevNat6> = LruHashMap::pinned(SOCK_REV_NAT_ENTRIES, 0);
 
@@ -126,10 +145,11 @@ pub fn config() -> HostConfig {
     CONFIG.get(0).copied().unwrap_or_default()
 }
 
-/// The host's IPv6 settings (all zero, i.e. no IPv6 uplink address, until the agent writes them).
+/// The host's IPv6 settings in place (all zero, i.e. no IPv6 uplink address, until the agent
+/// writes them).
 #[inline(always)]
-pub fn config6() -> HostConfig6 {
-    CONFIG6.get(0).copied().unwrap_or_default()
+pub fn config6_ref() -> Option<&'static HostConfig6> {
+    CONFIG6.get(0)
 }
 
 /// The host's settings in place, without a copy on the stack (the container's path is close

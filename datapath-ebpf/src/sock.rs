@@ -240,7 +240,7 @@ fn to_published_port_ipv4(
 /// there.
 #[inline(always)]
 fn to_published_port_ipv6(ctx: &SockAddrContext, cfg: &HostConfig, ip: Ipv6Be, port: u16) -> Option<(Ipv6Be, u16)> {
-    let uplink_ip = maps::config6().uplink_ip;
+    let uplink_ip = maps::config6_ref().map_or(Ipv6::ALL_ADDRESSES, |cfg6| cfg6.uplink_ip);
     let all_addresses = ip == IPV6_LOOPBACK || (uplink_ip != Ipv6::ALL_ADDRESSES && ip == uplink_ip);
     let published = SockRevNat6 { addr: ip, port, _pad: 0 };
     to_published_port::<Ipv6>(ctx, cfg, ip, port, all_addresses, &published)

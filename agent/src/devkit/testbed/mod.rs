@@ -19,12 +19,12 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{ProgramInfo, ProgramType};
 use datapath_common::{
-    ct_fill, ct_stats, ipv6_be, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, Endpoint6, HostConfig,
-    Ipv6Be, Network,
+    ct_fill, ct_stats, ipv6_be, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtQuotaKey, DropReason, Endpoint, Endpoint6,
+    HostConfig, Ipv4Be, Ipv6Be, Network,
 };
 
 use crate::{
-    datapath::{self, CtTable, Datapath},
+    datapath::{self, CtFamily, CtTable, Datapath},
     devkit::netns::ThrowawayNamespaces,
     devkit::testrun::{self, SkbContext, TestRunOutput, XdpContext},
     host::ipam,
@@ -67,6 +67,16 @@ impl Drop for PinDir {
             eprintln!("cleanup: removing pins under {}: {e:#}", self.0.display());
         }
     }
+}
+
+/// Empties one family's conntrack tables (an entry may be gone already: LRU).
+fn clear_ct_family<A: CtFamily>(dp: &mut Datapath) -> Result<()> {
+    for table in CtTable::ALL {
+        for key in A::entries(dp, table)?.into_keys() {
+            A::remove(dp, table, &key)?;
+        }
+    }
+    Ok(())
 }
 
 /// Two networks: `web` with members A and B, `db` with member C.
@@ -326,26 +336,26 @@ impl Testbed {
             .find_map(|table| self.datapath.ct_tables[table as usize].get(key, 0).ok().map(|entry| (table, entry)))
     }
 
+    /// Where an IPv6 conntrack key is, and its entry.
+    pub fn ct6_get(&self, key: &CtKey6) -> Option<(CtTable, CtEntry6)> {
+        CtTable::ALL
+            .into_iter()
+            .find_map(|table| self.datapath.ct6_tables[table as usize].get(key, 0).ok().map(|entry| (table, entry)))
+    }
+
     /// Empties the conntrack tables and CT_QUOTA and zeroes CT_FILL and CT_STATS, leaving the
     /// other maps as they are.
     pub fn try_clear_ct(&mut self) -> Result<()> {
         let dp = &mut self.datapath;
-        for table in &mut dp.ct_tables {
-            let keys: Vec<CtKey> = table.keys().collect::<Result<_, _>>()?;
-            for key in keys {
-                // An entry may be gone already (LRU); only "not there" is fine.
-                match table.remove(&key) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(e).context("deleting a conntrack entry"),
-                }
-            }
-        }
+        clear_ct_family::<Ipv4Be>(dp)?;
+        clear_ct_family::<Ipv6Be>(dp)?;
         let keys: Vec<CtQuotaKey> = dp.ct_quota.keys().collect::<Result<_, _>>()?;
         for key in keys {
             dp.ct_quota.remove(&key).context("deleting a CT_QUOTA entry")?;
         }
         for slot in 0..ct_fill::SLOTS {
             dp.ct_fill.set(slot, 0, 0)?;
+            dp.ct6_fill.set(slot, 0, 0)?;
         }
         for slot in 0..ct_stats::SLOTS {
             dp.ct_stats.set(slot, 0, 0)?;
@@ -448,6 +458,37 @@ impl Testbed {
             Ok(())
         })?;
         Ok(Uplink { ifindex, peer_ifindex, ip: UPLINK_IP, mac: UPLINK_MAC, router: ROUTER_IP, router_mac: ROUTER_MAC })
+    }
+}
+
+/// The uplink's IPv6 side (dual stack): an address on `up0`, a default route via the
+/// router, a permanent neighbour entry for it.
+pub const UPLINK_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xee, 0, 0, 0, 0, 2);
+pub const ROUTER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xee, 0, 0, 0, 0, 1);
+/// A server out in the world, reached via the router.
+#[cfg_attr(not(test), allow(dead_code))]
+pub const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x51, 0, 0, 0, 0, 7);
+
+impl Testbed {
+    /// Gives the uplink (made by `make_uplink`) its IPv6 side and enables IPv6 forwarding on
+    /// every host-side veth (as the control plane does for real ones), all inside the testbed's
+    /// namespace. CONFIG6 is left to the caller.
+    pub fn make_uplink6(&self) -> Result<()> {
+        let ns = self.netns().to_owned();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(netns::netlink_in(&ns, |nl| async move {
+            nl.add_address("up0", ipnet::IpNet::V6(ipnet::Ipv6Net::new(UPLINK_IP6, 64)?)).await?;
+            nl.replace_neighbour("up0", ROUTER_IP6, ROUTER_MAC).await?;
+            nl.replace_default_route(ROUTER_IP6, "up0").await?;
+            Ok(())
+        }))?;
+        netns::run_in(&ns, || {
+            for i in 0..VETHS {
+                let path = format!("/proc/sys/net/ipv6/conf/h{i}/forwarding");
+                std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
+            }
+            Ok(())
+        })
     }
 }
 
