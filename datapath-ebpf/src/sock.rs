@@ -19,6 +19,7 @@
 //! ip6_datagram_connect). The decision itself is the same code for both families
 //! ([`SockFamily`]), on the address of the family the port was published on.
 use aya_ebpf::{
+    bindings::bpf_sock_addr,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
@@ -82,28 +83,45 @@ fn protocol(ctx: &SockAddrContext) -> u8 {
     unsafe { core::ptr::read_volatile(&raw const (*ctx.sock_addr).protocol) as u8 }
 }
 
+/// Stores `value` at the context field `OFFSET` of `bpf_sock_addr`, as one instruction on the
+/// context pointer itself. The verifier refuses a store through a context pointer that the
+/// compiler moved to the field beforehand (and may have kept on the stack): "dereference of
+/// modified ctx ptr". Inline assembly keeps the offset in the store, as Cilium's ctx_store does.
+#[inline(always)]
+fn store_field<const OFFSET: usize>(ctx: &SockAddrContext, value: u32) {
+    // SAFETY: a 4-byte store to a writable field of the kernel's valid context (each caller
+    // names one: user_port, user_ip4 or a word of user_ip6).
+    unsafe {
+        core::arch::asm!(
+            "*(u32 *)({ctx} + {offset}) = {value}",
+            ctx = in(reg) ctx.sock_addr,
+            offset = const OFFSET,
+            value = in(reg) value,
+            options(nostack),
+        )
+    }
+}
+
+const USER_PORT: usize = core::mem::offset_of!(bpf_sock_addr, user_port);
+const USER_IP4: usize = core::mem::offset_of!(bpf_sock_addr, user_ip4);
+const USER_IP6: usize = core::mem::offset_of!(bpf_sock_addr, user_ip6);
+
 #[inline(always)]
 fn set_user_port(ctx: &SockAddrContext, port: u16) {
-    // SAFETY: as in user_port; user_port is writable in every hook used here.
-    unsafe { core::ptr::write_volatile(&raw mut (*ctx.sock_addr).user_port, u32::from(port)) }
+    store_field::<USER_PORT>(ctx, u32::from(port));
 }
 
 #[inline(always)]
 fn set_user_ip4(ctx: &SockAddrContext, ip: Ipv4Be) {
-    // SAFETY: as in user_port; writable in every IPv4 hook used here.
-    unsafe { core::ptr::write_volatile(&raw mut (*ctx.sock_addr).user_ip4, ip) }
+    store_field::<USER_IP4>(ctx, ip);
 }
 
 #[inline(always)]
 fn set_user_ip6(ctx: &SockAddrContext, ip: Ipv6Words) {
-    let sa = ctx.sock_addr;
-    // SAFETY: as in user_ip6; writable in every IPv6 hook used here, 4 bytes at a time.
-    unsafe {
-        core::ptr::write_volatile(&raw mut (*sa).user_ip6[0], ip[0]);
-        core::ptr::write_volatile(&raw mut (*sa).user_ip6[1], ip[1]);
-        core::ptr::write_volatile(&raw mut (*sa).user_ip6[2], ip[2]);
-        core::ptr::write_volatile(&raw mut (*sa).user_ip6[3], ip[3]);
-    }
+    store_field::<USER_IP6>(ctx, ip[0]);
+    store_field::<{ USER_IP6 + 4 }>(ctx, ip[1]);
+    store_field::<{ USER_IP6 + 8 }>(ctx, ip[2]);
+    store_field::<{ USER_IP6 + 12 }>(ctx, ip[3]);
 }
 
 /// `::ffff:a.b.c.d`.
