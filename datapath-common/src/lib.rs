@@ -57,7 +57,8 @@ pub mod map_names {
     pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
     /// Host processes' sockets sent to a published port: [`SockRevNatKey`](super::SockRevNatKey)
     /// -> [`SockRevNat`](super::SockRevNat), the published address to show for the container's.
-    /// LRU, filled by the connect4/sendmsg4/connect6 hooks, read by recvmsg4/getpeername4 and
+    /// LRU, filled by the connect4/sendmsg4/connect6 hooks (connect6 for IPv4-mapped
+    /// addresses and `::1` of ports published on IPv4 only), read by recvmsg4/getpeername4 and
     /// recvmsg6/getpeername6.
     pub const SOCK_REV_NAT: &str = "SOCK_REV_NAT";
     /// The same for AF_INET6 sockets sent to a container's IPv6 address:

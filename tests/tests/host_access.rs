@@ -306,7 +306,7 @@ fn ipv6_sockets_reach_ports_published_on_ipv6_at_the_container_ipv6_address() {
     // The dual-stack container's servers listen on its IPv6 address only: an answer proves
     // that the connection went there, not to its IPv4 address.
     let ip6 = sb.container_ip6(&web);
-    let tcp_peers = sb.tcp_echo_server(&web, SocketAddr::new(IpAddr::V6(ip6), 80), 2);
+    let tcp_peers = sb.tcp_echo_server(&web, SocketAddr::new(IpAddr::V6(ip6), 80), 3);
     let exact_peers = sb.tcp_echo_server(&web, SocketAddr::new(IpAddr::V6(ip6), 82), 1);
     let udp_peers = sb.udp_echo_server(&web, SocketAddr::new(IpAddr::V6(ip6), 53), 4);
     let old_peers = sb.tcp_echo_server(&old, SocketAddrV4::new(sb.container_ip(&old), 81), 1);
@@ -335,6 +335,9 @@ fn ipv6_sockets_reach_ports_published_on_ipv6_at_the_container_ipv6_address() {
             assert_eq!(seen["peer"], addr.to_string(), "{seen}");
         }
     }
+    // An IPV6_V6ONLY socket too: it stays IPv6 (unlike a port published on IPv4 only).
+    let seen = echoed(v6only_client(&host, cg, "tcp", published6(Ipv6Addr::LOCALHOST, 8080), "v6only"), "v6only");
+    assert_eq!(seen["peer"], "[::1]:8080", "{seen}");
     // A port published on one IPv6 address is there only, not at ::1.
     refused(client(&host, cg, "tcp", published6(Ipv6Addr::LOCALHOST, 8082), "not at localhost"));
     // Outside the cgroup: the host's own ::1, where nothing listens.
@@ -347,7 +350,7 @@ fn ipv6_sockets_reach_ports_published_on_ipv6_at_the_container_ipv6_address() {
     // The containers saw the host over IPv6, from a non-mapped address: the sockets were
     // connected (or sent) to the container's IPv6 address, and nothing was tracked.
     let peers: Vec<SocketAddr> = tcp_peers.get().into_iter().chain(exact_peers.get()).chain(udp_peers.get()).collect();
-    assert_eq!(peers.len(), 2 + 1 + 4, "{peers:?}");
+    assert_eq!(peers.len(), 3 + 1 + 4, "{peers:?}");
     for peer in &peers {
         assert!(matches!(peer.ip(), IpAddr::V6(ip) if ip.to_ipv4_mapped().is_none()), "{peer}");
     }
