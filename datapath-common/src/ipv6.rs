@@ -87,6 +87,32 @@ pub struct PublishedPortTarget6 {
     pub _pad: u16,
 }
 
+/// A host process's AF_INET6 socket sent to a container's IPv6 address through a published
+/// port (`--host-cgroup`): the socket and the container's address and port, as
+/// [`SockRevNatKey`](crate::SockRevNatKey) for IPv4. A map of its own (`SOCK_REV_NAT6`), so
+/// that the pinned `SOCK_REV_NAT` keeps its layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockRevNatKey6 {
+    pub socket_cookie: u64,
+    /// The published port's [`PublishedPortTarget6`].
+    pub target_ip: Ipv6Be,
+    /// Network byte order.
+    pub target_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// The published IPv6 address and port the process addressed (`::1`, the uplink's address or
+/// the one the port was published on), shown to it in place of the container's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRevNat6 {
+    pub addr: Ipv6Be,
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` data with explicit padding fields, valid for any bit pattern.
@@ -94,6 +120,8 @@ mod pod {
     unsafe impl aya::Pod for super::HostConfig6 {}
     unsafe impl aya::Pod for super::PublishedPortKey6 {}
     unsafe impl aya::Pod for super::PublishedPortTarget6 {}
+    unsafe impl aya::Pod for super::SockRevNatKey6 {}
+    unsafe impl aya::Pod for super::SockRevNat6 {}
 }
 
 // No implicit padding anywhere (every byte is a named field).
@@ -102,4 +130,6 @@ const _: () = {
     assert!(core::mem::size_of::<HostConfig6>() == 16);
     assert!(core::mem::size_of::<PublishedPortKey6>() == 20);
     assert!(core::mem::size_of::<PublishedPortTarget6>() == 20);
+    assert!(core::mem::size_of::<SockRevNatKey6>() == 32);
+    assert!(core::mem::size_of::<SockRevNat6>() == 20);
 };

@@ -57,9 +57,14 @@ pub mod map_names {
     pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
     /// Host processes' sockets sent to a published port: [`SockRevNatKey`](super::SockRevNatKey)
     /// -> [`SockRevNat`](super::SockRevNat), the published address to show for the container's.
-    /// LRU, filled by the connect4/sendmsg4/connect6 hooks, read by recvmsg4/getpeername4 and
+    /// LRU, filled by the connect4/sendmsg4/connect6 hooks (connect6 for IPv4-mapped
+    /// addresses and `::1` of ports published on IPv4 only), read by recvmsg4/getpeername4 and
     /// recvmsg6/getpeername6.
     pub const SOCK_REV_NAT: &str = "SOCK_REV_NAT";
+    /// The same for AF_INET6 sockets sent to a container's IPv6 address:
+    /// [`SockRevNatKey6`](super::SockRevNatKey6) -> [`SockRevNat6`](super::SockRevNat6). LRU,
+    /// filled by the connect6/sendmsg6 hooks, read by recvmsg6/getpeername6.
+    pub const SOCK_REV_NAT6: &str = "SOCK_REV_NAT6";
     /// Fragmented datagrams of tracked flows: [`FragKey`](super::FragKey) ->
     /// [`FragPorts`](super::FragPorts), the ports of the first fragment for the later ones.
     /// LRU, written and read by the datapath only.
@@ -140,10 +145,15 @@ pub mod program_names {
     pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
     /// cgroup getpeername4: a connected socket's peer is the published address.
     pub const SOCK_GETPEER4: &str = "sock_getpeer4";
-    /// cgroup connect6: an AF_INET6 socket's connect to a published port, named by its
-    /// IPv4-mapped address (`::ffff:a.b.c.d`) or by `::1`, goes to the container's address
-    /// (IPv4-mapped) and port instead.
+    /// cgroup connect6: an AF_INET6 socket's connect to a published port goes to the
+    /// container's address and port instead: named by `::1`, the uplink's IPv6 address or the
+    /// address it was published on, to the container's IPv6 address (`PUBLISHED6`); named by
+    /// its IPv4-mapped address (`::ffff:a.b.c.d`), or by `::1` when the port is published on
+    /// IPv4 only, to the container's IPv4-mapped address.
     pub const SOCK_CONNECT6: &str = "sock_connect6";
+    /// cgroup sendmsg6: the same for an AF_INET6 socket's datagram sent with an IPv6 address
+    /// (unconnected UDP), to the container's IPv6 address only (`PUBLISHED6`).
+    pub const SOCK_SENDMSG6: &str = "sock_sendmsg6";
     /// cgroup recvmsg6: a reply from the container shows the address the socket sent to.
     pub const SOCK_RECVMSG6: &str = "sock_recvmsg6";
     /// cgroup getpeername6: a connected AF_INET6 socket's peer is the address it connected to.

@@ -283,14 +283,21 @@ pub fn sock_getpeer4(ctx: SockAddrContext) -> i32 {
 }
 
 /// cgroup connect6: an AF_INET6 socket (dual-stack, as Java's) connecting to a published port
-/// by its IPv4-mapped address, or by `::1`, is connected to its container instead.
-///
-/// There is no sendmsg6 hook: udpv6_sendmsg hands a datagram to an IPv4-mapped address to the
-/// IPv4 path (and its sendmsg4 hook) before its own hook runs, and refuses a sendmsg6 hook's
-/// rewrite to an IPv4-mapped address (ENOTSUPP), so one could only break `sendto([::1])`.
+/// (by `::1`, the uplink's IPv6 address or the address it was published on; or by an
+/// IPv4-mapped address) is connected to its container instead.
 #[cgroup_sock_addr(connect6)]
 pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
     sock::to_published_port6(&ctx, &maps::config());
+    sock::ALLOW
+}
+
+/// cgroup sendmsg6: the same for an AF_INET6 socket's datagram sent with an IPv6 address, to a
+/// port published on IPv6. A datagram to an IPv4-mapped address stays on the IPv4 path:
+/// udpv6_sendmsg hands it to udp_sendmsg (and sendmsg4) before this hook runs, and refuses a
+/// rewrite of this hook to an IPv4-mapped address (ENOTSUPP), so none is made.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::to_published_port6_datagram(&ctx, &maps::config());
     sock::ALLOW
 }
 

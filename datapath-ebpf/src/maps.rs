@@ -7,8 +7,8 @@ use aya_ebpf::{
 use datapath_common::{
     ct_fill, ct_stats, tail_call_slots, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtQuotaKey, DropReason, Endpoint,
     Endpoint6, EndpointStats, EventBudget, EventLoss, FragKey, FragPorts, HostConfig, HostConfig6, Ipv4Be, Ipv6Be,
-    Network, PublishedPortKey, PublishedPortKey6, PublishedPortTarget, PublishedPortTarget6, SockRevNat, SockRevNatKey,
-    MAX_ENDPOINTS,
+    Network, PublishedPortKey, PublishedPortKey6, PublishedPortTarget, PublishedPortTarget6, SockRevNat, SockRevNat6,
+    SockRevNatKey, SockRevNatKey6, MAX_ENDPOINTS,
 };
 
 const MAX_NETWORKS: u32 = 4_096;
@@ -126,6 +126,9 @@ pub static CT6_FILL: Array<u64> = Array::pinned(ct_fill::SLOTS, 0);
 /// Scratch space only, so not pinned: each load of the programs has its own.
 #[map]
 pub static CT6_SCRATCH: PerCpuArray<CtEntry6> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static SOCK_REV_NAT6: LruHashMap<SockRevNatKey6, SockRevNat6> = LruHashMap::pinned(SOCK_REV_NAT_ENTRIES, 0);
 
 /// `tail_call_slots` -> TC program: IPv6's programs. Filled by the agent (an empty slot makes
 /// the tail call fall through).

@@ -11,7 +11,7 @@ use std::{
     process::Command,
 };
 
-use bpfnet_tests::{run, Sandbox, UPLINK_HOST_IP};
+use bpfnet_tests::{run, Sandbox, UPLINK_HOST_IP, UPLINK_HOST_IP6};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -25,6 +25,17 @@ fn sandbox() -> (Sandbox, String, PathBuf) {
     sb.set_agent_env("BPFNET_HOST_CGROUP", cgroup.to_str().unwrap());
     let net = sb.name("net");
     sb.ok(&["network", "create", &net, "--subnet", "10.241.0.0/24"]);
+    (sb, net, cgroup)
+}
+
+/// [`sandbox`] with IPv6 on the uplink ([`UPLINK_HOST_IP6`]) and a dual-stack network.
+fn dual_stack_sandbox() -> (Sandbox, String, PathBuf) {
+    let mut sb = Sandbox::with_uplink();
+    sb.add_uplink_ipv6().unwrap_or_else(|e| panic!("{e:#}"));
+    let cgroup = sb.cgroup().unwrap();
+    sb.set_agent_env("BPFNET_HOST_CGROUP", cgroup.to_str().unwrap());
+    let net = sb.name("net");
+    sb.ok(&["network", "create", &net, "--subnet", "10.241.0.0/24", "--subnet", "fd00:241::/64"]);
     (sb, net, cgroup)
 }
 
@@ -131,7 +142,7 @@ fn cgroup_programs_settled(cgroup: &Path, want: &[&str]) -> Vec<String> {
     }
 }
 
-const HOOKS: [&str; 7] = [
+const HOOKS: [&str; 8] = [
     "sock_connect4",
     "sock_connect6",
     "sock_getpeer4",
@@ -139,6 +150,7 @@ const HOOKS: [&str; 7] = [
     "sock_recvmsg4",
     "sock_recvmsg6",
     "sock_sendmsg4",
+    "sock_sendmsg6",
 ];
 
 fn host_cgroup_pins(sb: &Sandbox) -> usize {
@@ -194,7 +206,8 @@ fn host_processes_in_the_cgroup_reach_published_ports_over_tcp_and_udp() {
     let mut hook_names: Vec<&str> =
         hooks["hooks"].as_array().unwrap().iter().map(|h| h["hook"].as_str().unwrap()).collect();
     hook_names.sort();
-    let expected = ["connect4", "connect6", "getpeername4", "getpeername6", "recvmsg4", "recvmsg6", "sendmsg4"];
+    let expected =
+        ["connect4", "connect6", "getpeername4", "getpeername6", "recvmsg4", "recvmsg6", "sendmsg4", "sendmsg6"];
     assert_eq!(hook_names, expected, "{hooks}");
     assert!(hooks["hooks"].as_array().unwrap().iter().all(|h| h["attached"] == true && h["pinned"] == true), "{hooks}");
     let text = sb.ok(&["status"]);
@@ -277,6 +290,70 @@ fn ipv6_sockets_reach_published_ports_by_ipv4_mapped_address_and_at_ipv6_localho
         assert_eq!(peer.ip(), IpAddr::V4(GATEWAY), "{peer}");
     }
     assert_eq!((tcp_peers.get().len(), udp_peers.get().len()), (3, 4));
+    assert_eq!(sb.json(&["conntrack", "ls", "--json"]), serde_json::json!([]));
+}
+
+#[test]
+fn ipv6_sockets_reach_ports_published_on_ipv6_at_the_container_ipv6_address() {
+    let (mut sb, net, cgroup) = dual_stack_sandbox();
+    let (web, old) = (sb.name("web"), sb.name("old"));
+    let exact = format!("[{UPLINK_HOST_IP6}]:8082:82");
+    sb.ok(&["container", "create", &web, "--network", &net, "-p", "8080:80", "-p", "5353:53/udp", "-p", &exact]);
+    // A container without IPv6 (on an IPv4-only network): its port is published on IPv4 only.
+    let net4 = sb.name("net4");
+    sb.ok(&["network", "create", &net4, "--subnet", "10.242.0.0/24"]);
+    sb.ok(&["container", "create", &old, "--network", &net4, "-p", "8081:81"]);
+    // The dual-stack container's servers listen on its IPv6 address only: an answer proves
+    // that the connection went there, not to its IPv4 address.
+    let ip6 = sb.container_ip6(&web);
+    let tcp_peers = sb.tcp_echo_server(&web, SocketAddr::new(IpAddr::V6(ip6), 80), 3);
+    let exact_peers = sb.tcp_echo_server(&web, SocketAddr::new(IpAddr::V6(ip6), 82), 1);
+    let udp_peers = sb.udp_echo_server(&web, SocketAddr::new(IpAddr::V6(ip6), 53), 4);
+    let old_peers = sb.tcp_echo_server(&old, SocketAddrV4::new(sb.container_ip(&old), 81), 1);
+    let host = sb.host_netns().to_owned();
+    let cg = Some(cgroup.as_path());
+
+    // TCP at ::1 and at the uplink's IPv6 address (the port published without an address), and
+    // at the address a port was published on: getpeername names the address the process used.
+    for addr in
+        [published6(Ipv6Addr::LOCALHOST, 8080), published6(UPLINK_HOST_IP6, 8080), published6(UPLINK_HOST_IP6, 8082)]
+    {
+        let seen = echoed(client(&host, cg, "tcp", addr, "over tcp6"), "over tcp6");
+        assert_eq!(seen["peer"], addr.to_string(), "{seen}");
+    }
+    // UDP, unconnected (the sendmsg6 hook) and connected: the answer comes from the address
+    // the datagram went to.
+    for (mode, addr) in [
+        ("udp", published6(Ipv6Addr::LOCALHOST, 5353)),
+        ("udp", published6(UPLINK_HOST_IP6, 5353)),
+        ("udp-connected", published6(Ipv6Addr::LOCALHOST, 5353)),
+        ("udp-connected", published6(UPLINK_HOST_IP6, 5353)),
+    ] {
+        let seen = echoed(client(&host, cg, mode, addr, "over udp6"), "over udp6");
+        assert_eq!(seen["from"], addr.to_string(), "{mode}: {seen}");
+        if mode == "udp-connected" {
+            assert_eq!(seen["peer"], addr.to_string(), "{seen}");
+        }
+    }
+    // An IPV6_V6ONLY socket too: it stays IPv6 (unlike a port published on IPv4 only).
+    let seen = echoed(v6only_client(&host, cg, "tcp", published6(Ipv6Addr::LOCALHOST, 8080), "v6only"), "v6only");
+    assert_eq!(seen["peer"], "[::1]:8080", "{seen}");
+    // A port published on one IPv6 address is there only, not at ::1.
+    refused(client(&host, cg, "tcp", published6(Ipv6Addr::LOCALHOST, 8082), "not at localhost"));
+    // Outside the cgroup: the host's own ::1, where nothing listens.
+    refused(client(&host, None, "tcp", published6(Ipv6Addr::LOCALHOST, 8080), "outside the cgroup"));
+    // ::1 of a port published on IPv4 only reaches the container's IPv4 address, as before.
+    let seen = echoed(client(&host, cg, "tcp", published6(Ipv6Addr::LOCALHOST, 8081), "ipv4 only"), "ipv4 only");
+    assert_eq!(seen["peer"], "[::1]:8081", "{seen}");
+    assert_eq!(old_peers.get().len(), 1);
+
+    // The containers saw the host over IPv6, from a non-mapped address: the sockets were
+    // connected (or sent) to the container's IPv6 address, and nothing was tracked.
+    let peers: Vec<SocketAddr> = tcp_peers.get().into_iter().chain(exact_peers.get()).chain(udp_peers.get()).collect();
+    assert_eq!(peers.len(), 3 + 1 + 4, "{peers:?}");
+    for peer in &peers {
+        assert!(matches!(peer.ip(), IpAddr::V6(ip) if ip.to_ipv4_mapped().is_none()), "{peer}");
+    }
     assert_eq!(sb.json(&["conntrack", "ls", "--json"]), serde_json::json!([]));
 }
 
@@ -402,7 +479,9 @@ fn a_datapath_pinned_before_the_ipv6_hooks_gets_them_when_the_agent_starts() {
     // The pins as a bpfnet without the IPv6 hooks left them: its programs, and the IPv4 hooks
     // on the cgroup.
     sb.stop_agent(Signal::SIGTERM);
-    let ipv6_hook = |name: &str| ["sock_connect6", "sock_recvmsg6", "sock_getpeer6"].iter().any(|p| name.ends_with(p));
+    let ipv6_hook = |name: &str| {
+        ["sock_connect6", "sock_sendmsg6", "sock_recvmsg6", "sock_getpeer6"].iter().any(|p| name.ends_with(p))
+    };
     for dir in ["progs", "links"] {
         for entry in std::fs::read_dir(sb.bpffs_dir().join(dir)).unwrap().flatten() {
             if ipv6_hook(&entry.file_name().to_string_lossy()) {

@@ -301,14 +301,12 @@ fn a_packet_too_big_reaches_the_container() {
     let far = SocketAddrV6::new(BEHIND_IP6, 7001, 0, 0);
     let mtu = || ip_json(&c[0], &["-6", "route", "get", &BEHIND_IP6.to_string()])[0]["mtu"].as_u64();
     assert_eq!(mtu(), None, "no path MTU known before");
+    // The socket stays open while the error comes back: the kernel learns a path MTU from a
+    // Packet Too Big about UDP only through the socket that sent the datagram.
+    let socket = in_netns(&c[0], || Ok(UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     while mtu().is_none() && Instant::now() < deadline {
-        in_netns(&c[0], move || {
-            let socket = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?;
-            socket.send_to(&[0x5a; 1400], far)?;
-            Ok(())
-        })
-        .unwrap();
+        socket.send_to(&[0x5a; 1400], far).unwrap();
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(mtu(), Some(1280), "the container learned the path MTU from the Packet Too Big");

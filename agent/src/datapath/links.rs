@@ -3,15 +3,15 @@
 use super::*;
 
 /// The socket hooks of host processes (`--host-cgroup`), each with its cgroup attach point.
-/// AF_INET6 sockets have no sendmsg6 hook: their datagrams to IPv4-mapped addresses go
-/// through sendmsg4, and the kernel refuses the one rewrite it could make (see the datapath's
-/// `sock_connect6`).
-pub const HOST_SOCKET_PROGRAMS: [(&str, CgroupSockAddrAttachType); 7] = [
+/// AF_INET6 sockets' datagrams to IPv4-mapped addresses go through sendmsg4; sendmsg6 sees
+/// only their datagrams to IPv6 addresses (see the datapath's `sock_sendmsg6`).
+pub const HOST_SOCKET_PROGRAMS: [(&str, CgroupSockAddrAttachType); 8] = [
     (program_names::SOCK_CONNECT4, CgroupSockAddrAttachType::Connect4),
     (program_names::SOCK_SENDMSG4, CgroupSockAddrAttachType::UDPSendMsg4),
     (program_names::SOCK_RECVMSG4, CgroupSockAddrAttachType::UDPRecvMsg4),
     (program_names::SOCK_GETPEER4, CgroupSockAddrAttachType::GetPeerName4),
     (program_names::SOCK_CONNECT6, CgroupSockAddrAttachType::Connect6),
+    (program_names::SOCK_SENDMSG6, CgroupSockAddrAttachType::UDPSendMsg6),
     (program_names::SOCK_RECVMSG6, CgroupSockAddrAttachType::UDPRecvMsg6),
     (program_names::SOCK_GETPEER6, CgroupSockAddrAttachType::GetPeerName6),
 ];
@@ -24,6 +24,7 @@ pub fn hook_name(attach_type: CgroupSockAddrAttachType) -> &'static str {
         CgroupSockAddrAttachType::UDPRecvMsg4 => "recvmsg4",
         CgroupSockAddrAttachType::GetPeerName4 => "getpeername4",
         CgroupSockAddrAttachType::Connect6 => "connect6",
+        CgroupSockAddrAttachType::UDPSendMsg6 => "sendmsg6",
         CgroupSockAddrAttachType::UDPRecvMsg6 => "recvmsg6",
         CgroupSockAddrAttachType::GetPeerName6 => "getpeername6",
         _ => "other",

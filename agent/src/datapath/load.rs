@@ -9,7 +9,7 @@ pub(crate) static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(e
 pub(super) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Programs in the object, all pinned under `progs/`.
-pub(super) const PROGRAMS: [&str; 15] = [
+pub(super) const PROGRAMS: [&str; 16] = [
     program_names::FROM_ENDPOINT,
     program_names::FROM_UPLINK,
     program_names::FROM_UPLINK_XDP,
@@ -18,6 +18,7 @@ pub(super) const PROGRAMS: [&str; 15] = [
     program_names::SOCK_RECVMSG4,
     program_names::SOCK_GETPEER4,
     program_names::SOCK_CONNECT6,
+    program_names::SOCK_SENDMSG6,
     program_names::SOCK_RECVMSG6,
     program_names::SOCK_GETPEER6,
     program_names::FROM_ENDPOINT6,
