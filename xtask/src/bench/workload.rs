@@ -10,7 +10,9 @@ use bpfnet_tests::sandbox::{netns_exec, BackgroundId, Sandbox};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::loadgen::{TransactionReport, UdpFloodReport, UdpSinkReport, UDP_PAYLOAD_64B_FRAME};
+use super::loadgen::{
+    TransactionReport, UdpFloodReport, UdpSinkReport, UDP_PAYLOAD_64B_FRAME, UDP_PAYLOAD_64B_FRAME_V6,
+};
 use super::topology::{socket, Endpoints, MEASURED_PORTS, OUTSIDE_LINK};
 use crate::command;
 
@@ -211,21 +213,17 @@ impl Runner<'_> {
                 Ok(vec![(Metric::TcpGbps, gbps)])
             }
             Workload::UdpRate => {
+                // The smallest frames each family has: 64 bytes, or 66 over IPv6 (see loadgen).
+                let payload = match ends.target {
+                    std::net::IpAddr::V4(_) => UDP_PAYLOAD_64B_FRAME,
+                    std::net::IpAddr::V6(_) => UDP_PAYLOAD_64B_FRAME_V6,
+                };
                 let server =
                     self.server(sandbox, ends, loadgen, &["loadgen", "udp-sink", "--bind", &bind, "--max-secs", &max])?;
                 let flood = self.client(
                     ends,
                     loadgen,
-                    &[
-                        "loadgen",
-                        "udp-flood",
-                        "--to",
-                        &target,
-                        "--secs",
-                        &short,
-                        "--payload",
-                        &UDP_PAYLOAD_64B_FRAME.to_string(),
-                    ],
+                    &["loadgen", "udp-flood", "--to", &target, "--secs", &short, "--payload", &payload.to_string()],
                     self.durations.short_secs,
                 );
                 let sink = sandbox.finish(server, SERVER_LIMIT);
