@@ -255,6 +255,8 @@ pub enum Support<T> {
     Yes(T),
     /// Meaningless for this datapath (the floor has no NAT and no ports to publish).
     NotApplicable,
+    /// Meant to run, but the datapath could not be built for it (why): a failed figure.
+    Unavailable(String),
 }
 
 /// The ports the workloads use, published on the server container (host port = container
@@ -279,6 +281,9 @@ pub struct Topologies {
     devkit_bin: PathBuf,
     /// Whether the floor, bridge and bpfnet carry IPv6 too (the run has IPv6 rows).
     ipv6: bool,
+    /// Why bpfnet carries no IPv6, when it was asked to and refused: its IPv6 rows fail with
+    /// this, and everything else still runs.
+    bpfnet_ipv6_error: Option<String>,
 }
 
 struct BridgeNames {
@@ -302,6 +307,7 @@ impl Topologies {
         Topologies {
             devkit_bin,
             ipv6,
+            bpfnet_ipv6_error: None,
             floor: [sandbox.name("fl-a"), sandbox.name("fl-b")],
             topology_floor: BridgeNames {
                 host: sandbox.name("tf-host"),
@@ -449,7 +455,7 @@ impl Topologies {
         command::run_bounded(&mut attach, STEP_LIMIT)
     }
 
-    fn create_bpfnet(&self, sandbox: &mut Sandbox) -> Result<()> {
+    fn create_bpfnet(&mut self, sandbox: &mut Sandbox) -> Result<()> {
         let n = &self.bpfnet;
         // The uplink first: BPFNET_UPLINK makes the agent read its addresses (to masquerade to).
         add_netns(&n.outside, self.ipv6)?;
@@ -457,12 +463,35 @@ impl Topologies {
         sandbox.set_agent_env("BPFNET_UPLINK", UPLINK);
         sandbox.set_agent_env("BPFNET_UPLINK_MODE", self.uplink_mode.get());
         sandbox.start_agent()?;
-        // Dual stack as Docker's `--ipv6`: a second `--subnet`, each container a second address.
-        // The IPv6 gateway is the subnet's first address, as the IPv4 one is given.
-        let mut network = vec!["network", "create", &n.network, "--subnet", SUBNET];
-        let gateway = GATEWAY.to_string();
-        network.extend(["--gateway", &gateway]);
         if self.ipv6 {
+            match self.create_bpfnet_containers(sandbox, true) {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    // A bpfnet without IPv6 still runs every IPv4 row; its IPv6 rows fail.
+                    let why = format!("bpfnet refused the dual-stack network or its containers: {err:#}");
+                    println!("==> {why}; bpfnet runs IPv4 only");
+                    self.bpfnet_ipv6_error = Some(why);
+                    let n = &self.bpfnet;
+                    for (kind, name) in [("container", &n.client), ("container", &n.server), ("network", &n.network)] {
+                        // Whatever was made; what was not is no error here.
+                        if let Err(err) = bpfnet(sandbox, &[kind, "rm", name]) {
+                            println!("    ({kind} {name} not removed: {err:#})");
+                        }
+                    }
+                }
+            }
+        }
+        self.create_bpfnet_containers(sandbox, false)
+    }
+
+    /// bpfnet's network and its two containers, the server publishing the measured ports;
+    /// with `ipv6`, dual stack as Docker's `--ipv6`: a second `--subnet`, each container a
+    /// second address (`--ip6`). The IPv6 gateway is bpfnet's choice: the rows do not use it.
+    fn create_bpfnet_containers(&self, sandbox: &Sandbox, ipv6: bool) -> Result<()> {
+        let n = &self.bpfnet;
+        let gateway = GATEWAY.to_string();
+        let mut network = vec!["network", "create", &n.network, "--subnet", SUBNET, "--gateway", &gateway];
+        if ipv6 {
             network.extend(["--subnet", IPV6.subnet]);
         }
         bpfnet(sandbox, &network)?;
@@ -470,7 +499,7 @@ impl Topologies {
         let mut client = vec!["container", "create", &n.client, "--network", &n.network, "--ip", &client_ip];
         let (server_ip, server_ip6) = (SERVER_IP.to_string(), IPV6.server.to_string());
         let mut server = vec!["container", "create", &n.server, "--network", &n.network, "--ip", &server_ip];
-        if self.ipv6 {
+        if ipv6 {
             client.extend(["--ip6", &client_ip6]);
             server.extend(["--ip6", &server_ip6]);
         }
@@ -641,6 +670,9 @@ impl Topologies {
         };
         if family == Family::V6 && !Self::has_ipv6_rows(datapath, scenario) {
             return Support::NotApplicable;
+        }
+        if let (Family::V6, true, Some(why)) = (family, datapath.is_bpfnet(), &self.bpfnet_ipv6_error) {
+            return Support::Unavailable(why.clone());
         }
         match datapath {
             Datapath::Floor => match (scenario, first_n) {
@@ -905,12 +937,16 @@ fn add_netns(netns: &str, ipv6: bool) -> Result<()> {
         sysctl(netns, "net.ipv6.conf.all.disable_ipv6=1")?;
         return sysctl(netns, "net.ipv6.conf.default.disable_ipv6=1");
     }
-    for conf in ["all", "default"] {
-        for setting in ["accept_dad=0", "dad_transmits=0", "accept_ra=0", "router_solicitations=0"] {
-            sysctl(netns, &format!("net.ipv6.conf.{conf}.{setting}"))?;
-        }
-    }
-    Ok(())
+    let quiet: Vec<String> = ["all", "default"]
+        .into_iter()
+        .flat_map(|conf| {
+            ["accept_dad=0", "dad_transmits=0", "accept_ra=0", "router_solicitations=0"]
+                .map(|setting| format!("net.ipv6.conf.{conf}.{setting}"))
+        })
+        .collect();
+    let mut args = vec!["-qw".to_string()];
+    args.extend(quiet);
+    command::run_bounded(&mut netns_exec(netns, "sysctl", args), STEP_LIMIT)
 }
 
 /// The uplink veth: `up0` in the host namespace, `eth0` in the outside one, which sends
