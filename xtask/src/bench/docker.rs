@@ -271,12 +271,14 @@ fn measure_on(
         target: server_ip.into(),
         server_netns: server_netns.clone(),
         server_bind: server_ip.into(),
+        source: None,
     };
     let published = Endpoints {
         client_netns: sandbox.outside_netns().to_owned(),
         target: UPLINK_HOST_IP.into(),
         server_netns,
         server_bind: server_ip.into(),
+        source: None,
     };
     for rep in 0..plan.traffic_repetitions {
         interrupt::check_interrupted()?;

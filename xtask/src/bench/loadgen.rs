@@ -102,6 +102,10 @@ pub struct UdpFloodReport {
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 pub struct UdpSinkReport {
     pub received: u64,
+    /// Where the first datagram came from, as the sink saw it (after any translation): the
+    /// bench checks that a masquerade row was masqueraded.
+    #[serde(default)]
+    pub first_from: Option<String>,
     /// From the first datagram received to the last.
     pub secs: f64,
     /// Datagrams received per second (those after the first batch, over `secs`).
@@ -318,6 +322,22 @@ fn udp_sink(bind: SocketAddr, max_secs: f64, idle_ms: u64) -> Result<UdpSinkRepo
     let mut received = 0u64;
     let mut first: Option<(Instant, u64)> = None;
     let mut last = Instant::now();
+    // The first datagram alone, for its sender's address; then batches, whose senders are
+    // not looked at.
+    socket.set_nonblocking(true).context("making the UDP socket non-blocking")?;
+    let (mut first_from, mut one) = (None, [0u8; 2048]);
+    while first_from.is_none() && Instant::now() < deadline {
+        match socket.recv_from(&mut one) {
+            Ok((_, from)) => {
+                let now = Instant::now();
+                (received, first, last, first_from) = (1, Some((now, 1)), now, Some(from.to_string()));
+            }
+            Err(err) if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                std::hint::spin_loop();
+            }
+            Err(err) => return Err(err).context("recvfrom"),
+        }
+    }
     while Instant::now() < deadline {
         // MSG_DONTWAIT: never sleep. A veth runs the whole receive path on the sender's CPU,
         // up to waking this process; a sink that never waits spares it that wake-up (a
@@ -349,7 +369,7 @@ fn udp_sink(bind: SocketAddr, max_secs: f64, idle_ms: u64) -> Result<UdpSinkRepo
         }
         _ => (0.0, 0.0),
     };
-    Ok(UdpSinkReport { received, secs, pps })
+    Ok(UdpSinkReport { received, first_from, secs, pps })
 }
 
 fn tcp_server(bind: SocketAddr, max_secs: f64, idle_ms: u64) -> Result<TcpServerReport> {
@@ -613,6 +633,8 @@ mod tests {
         assert!(flood.sent > 0);
         assert!(sunk.received > 0 && sunk.received <= flood.sent, "{sunk:?} {flood:?}");
         assert!(sunk.pps > 0.0);
+        let from: SocketAddr = sunk.first_from.as_deref().expect("the first sender").parse().unwrap();
+        assert_eq!(from.ip(), ip);
     }
 
     #[test]

@@ -248,6 +248,9 @@ pub struct Endpoints {
     pub target: IpAddr,
     pub server_netns: String,
     pub server_bind: IpAddr,
+    /// The client's address as the server must see it (the uplink's where the datapath
+    /// masquerades), checked on the UDP rate's first datagram; None: not checked.
+    pub source: Option<IpAddr>,
 }
 
 /// Whether a datapath runs something.
@@ -662,11 +665,12 @@ impl Topologies {
     ) -> Support<Endpoints> {
         use Scenario::*;
         let addrs = family.addresses();
-        let ends = |client: &String, target, server: &String, bind| Endpoints {
+        let ends = |client: &String, target, server: &String, bind, source| Endpoints {
             client_netns: client.clone(),
             target,
             server_netns: server.clone(),
             server_bind: bind,
+            source: Some(source),
         };
         if family == Family::V6 && !Self::has_ipv6_rows(datapath, scenario) {
             return Support::NotApplicable;
@@ -677,7 +681,7 @@ impl Topologies {
         match datapath {
             Datapath::Floor => match (scenario, first_n) {
                 (ContainerToContainer, true) => {
-                    Support::Yes(ends(&self.floor[0], addrs.server, &self.floor[1], addrs.server))
+                    Support::Yes(ends(&self.floor[0], addrs.server, &self.floor[1], addrs.server, addrs.client))
                 }
                 // The floor has no ports to publish and no outside: it is measured once, and
                 // its figures are the reference of every row.
@@ -689,9 +693,10 @@ impl Topologies {
             Datapath::TopologyFloor => {
                 let n = &self.topology_floor;
                 Support::Yes(match scenario {
-                    ContainerToContainer => ends(&n.client, addrs.server, &n.server, addrs.server),
-                    Snat => ends(&n.client, addrs.outside, &n.outside, addrs.outside),
-                    Dnat => ends(&n.outside, addrs.server, &n.server, addrs.server),
+                    ContainerToContainer => ends(&n.client, addrs.server, &n.server, addrs.server, addrs.client),
+                    // Routed: the outside sees the container itself.
+                    Snat => ends(&n.client, addrs.outside, &n.outside, addrs.outside, addrs.client),
+                    Dnat => ends(&n.outside, addrs.server, &n.server, addrs.server, addrs.outside),
                 })
             }
             // The uplink's program does not see container-to-container traffic.
@@ -716,9 +721,10 @@ impl Topologies {
                     }
                 };
                 Support::Yes(match scenario {
-                    ContainerToContainer => ends(client, addrs.server, server, addrs.server),
-                    Snat => ends(client, addrs.outside, outside, addrs.outside),
-                    Dnat => ends(outside, addrs.uplink_host, server, addrs.server),
+                    ContainerToContainer => ends(client, addrs.server, server, addrs.server, addrs.client),
+                    // Masqueraded to the uplink's address.
+                    Snat => ends(client, addrs.outside, outside, addrs.outside, addrs.uplink_host),
+                    Dnat => ends(outside, addrs.uplink_host, server, addrs.server, addrs.outside),
                 })
             }
         }
