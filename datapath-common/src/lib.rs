@@ -64,6 +64,15 @@ pub mod map_names {
     /// [`FragPorts`](super::FragPorts), the ports of the first fragment for the later ones.
     /// LRU, written and read by the datapath only.
     pub const FRAGS: &str = "FRAGS";
+    /// IPv6's conntrack, beside IPv4's: the same three tables (`CT6`: assured, `CT6_UNASSURED`,
+    /// `CT6_OVERFLOW`) with [`CtKey6`](super::CtKey6) -> [`CtEntry6`](super::CtEntry6), sized
+    /// as IPv4's are (`--ct-size`), and `CT6`'s fill count (`CT6_FILL`, as `CT_FILL`). Both
+    /// families share `CT_QUOTA` (an IPv6 flow counts against its container's IPv4 address:
+    /// one share per container), `CT_QUOTA_HITS` and `CT_STATS`.
+    pub const CT6: &str = "CT6";
+    pub const CT6_UNASSURED: &str = "CT6_UNASSURED";
+    pub const CT6_OVERFLOW: &str = "CT6_OVERFLOW";
+    pub const CT6_FILL: &str = "CT6_FILL";
     /// Per-CPU u64, indexed by `Endpoint::stats_slot`: packets the container sent that the
     /// datapath dropped (any reason).
     pub const ENDPOINT_DROPS: &str = "ENDPOINT_DROPS";
@@ -390,19 +399,28 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
-/// A conntrack key: one direction of a flow, as the packets of that direction carry it.
-/// Ports in network byte order; for ICMP echo the identifier stands in as a port (the
-/// source port of requests, the destination port of replies).
+/// ICMPv6's protocol number (IPv6's next header).
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// A conntrack key: one direction of a flow, as the packets of that direction carry it, for
+/// either address family (`A`: [`Ipv4Be`] or [`Ipv6Be`]). Ports in network byte order; for
+/// ICMP and ICMPv6 echo the identifier stands in as a port (the source port of requests, the
+/// destination port of replies).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct CtKey {
-    pub saddr: Ipv4Be,
-    pub daddr: Ipv4Be,
+pub struct CtKeyOf<A> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
 }
+
+/// IPv4's conntrack key (the layout of the pinned `CT` maps).
+pub type CtKey = CtKeyOf<Ipv4Be>;
+/// IPv6's conntrack key, in `CT6`, `CT6_UNASSURED` and `CT6_OVERFLOW`.
+pub type CtKey6 = CtKeyOf<Ipv6Be>;
 
 /// Which direction of its flow a [`CtEntry`] describes.
 pub mod ct_direction {
@@ -452,16 +470,17 @@ pub mod ct_kind {
     }
 }
 
-/// One direction of a tracked flow: how its packets are translated and where they go.
+/// One direction of a tracked flow: how its packets are translated and where they go. `K` is
+/// the family's key ([`CtKey`] or [`CtKey6`]); everything else is the same for both.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct CtEntry {
+pub struct CtEntryOf<K> {
     /// bpf_ktime_get_ns() of the last packet.
     pub last_seen_ns: u64,
     pub packets: u64,
     pub bytes: u64,
     /// The packet's tuple after translation (equal to the key where nothing changes).
-    pub to: CtKey,
+    pub to: K,
     /// Deliver into the container behind this host-side veth; 0: route (out of the uplink).
     pub ifindex: u32,
     pub direction: u8,
@@ -470,10 +489,16 @@ pub struct CtEntry {
     pub _pad: u8,
 }
 
-impl CtKey {
+/// IPv4's conntrack entry (the layout of the pinned `CT` maps).
+pub type CtEntry = CtEntryOf<CtKey>;
+/// IPv6's conntrack entry.
+pub type CtEntry6 = CtEntryOf<CtKey6>;
+
+impl<A: Copy> CtKeyOf<A> {
     /// The same flow seen from the other side: addresses and ports swapped.
-    pub const fn reversed(&self) -> CtKey {
-        CtKey {
+    #[inline(always)]
+    pub const fn reversed(&self) -> Self {
+        CtKeyOf {
             saddr: self.daddr,
             daddr: self.saddr,
             sport: self.dport,
@@ -486,7 +511,8 @@ impl CtKey {
     /// The key of the other direction of the flow this key's `entry` belongs to: that
     /// direction's packets carry the translated tuple, reversed. For ICMP echo the identifier
     /// moves from the source-port slot (request) to the destination-port slot (reply).
-    pub const fn counterpart(entry: &CtEntry) -> CtKey {
+    #[inline(always)]
+    pub const fn counterpart(entry: &CtEntryOf<Self>) -> Self {
         entry.to.reversed()
     }
 }
@@ -584,12 +610,21 @@ pub struct CtQuotaKey {
 }
 
 impl CtQuotaKey {
-    /// The quota key of a flow, from its ORIGINAL key and entry.
+    /// The quota key of an IPv4 flow, from its ORIGINAL key and entry.
     pub const fn of_flow(original: &CtKey, entry: &CtEntry) -> CtQuotaKey {
+        let (addr, port, proto) = CtQuotaKey::owner(original, entry);
+        CtQuotaKey { addr, port, proto, _pad: 0 }
+    }
+
+    /// Whose share a flow counts against, in the flow's own family: the container that opened
+    /// it (port and protocol 0), or the container (address, port, protocol) a flow to a
+    /// published port was sent to. An IPv6 flow's quota key has that container's IPv4 address
+    /// (`Endpoint6::ip4`) instead of its IPv6 one: one container, one share.
+    pub const fn owner<A: Copy>(original: &CtKeyOf<A>, entry: &CtEntryOf<CtKeyOf<A>>) -> (A, u16, u8) {
         if entry.kind == ct_kind::DNAT {
-            CtQuotaKey { addr: entry.to.daddr, port: entry.to.dport, proto: original.proto, _pad: 0 }
+            (entry.to.daddr, entry.to.dport, original.proto)
         } else {
-            CtQuotaKey { addr: original.saddr, port: 0, proto: 0, _pad: 0 }
+            (original.saddr, 0, 0)
         }
     }
 }
@@ -654,6 +689,8 @@ mod pod {
     unsafe impl aya::Pod for super::HostConfig {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::CtKey6 {}
+    unsafe impl aya::Pod for super::CtEntry6 {}
     unsafe impl aya::Pod for super::PublishedPortKey {}
     unsafe impl aya::Pod for super::PublishedPortTarget {}
     unsafe impl aya::Pod for super::EndpointStats {}
@@ -680,6 +717,13 @@ const _: () = {
     assert!(core::mem::size_of::<FragKey>() == 12);
     assert!(core::mem::size_of::<FragPorts>() == 4);
     assert!(core::mem::size_of::<CtQuotaKey>() == 8);
+    // IPv4's conntrack maps are pinned on running hosts: the generic types keep their layout.
+    assert!(core::mem::size_of::<CtKey>() == 16);
     assert!(core::mem::size_of::<CtEntry>() == 48);
+    assert!(core::mem::offset_of!(CtEntry, to) == 24);
+    assert!(core::mem::offset_of!(CtEntry, ifindex) == 40);
+    assert!(core::mem::size_of::<CtKey6>() == 40);
+    assert!(core::mem::size_of::<CtEntry6>() == 72);
+    assert!(core::mem::offset_of!(CtEntry6, ifindex) == 64);
     assert!(core::mem::size_of::<DatapathEvent>() == 48);
 };

@@ -14,40 +14,139 @@
 //!
 //! The established path looks up `CT` and finds its flow; the rest is for the first packets
 //! of a flow and its close. Expiry by nf_conntrack's state timeouts is the agent's job.
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::LruHashMap};
+//!
+//! IPv6 has the same three tables for its wider keys (`CT6`, `CT6_UNASSURED`, `CT6_OVERFLOW`),
+//! and the logic here is written once for both: a [`Family`] (the address type, `Ipv4Be` or
+//! `Ipv6Be`) names its tables, and everything else is generic over it. Quotas are shared: an
+//! IPv6 flow counts against its container's IPv4 address, so a container has one share.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_ktime_get_ns,
+    maps::{Array, LruHashMap},
+};
 use datapath_common::{
-    ct_direction, ct_fill, ct_stats, ct_tcp_flags, CtEntry, CtKey, CtQuotaKey, DropReason, HostConfig, IPPROTO_ICMP,
-    IPPROTO_TCP, IPPROTO_UDP,
+    ct_direction, ct_fill, ct_stats, ct_tcp_flags, CtEntryOf, CtKey, CtKeyOf, CtQuotaKey, DropReason, FragPorts,
+    HostConfig, Ipv4Be, Ipv6Be, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 use network_types::{icmp::Icmpv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    fragment,
-    maps::{config, CT, CT_FILL, CT_OVERFLOW, CT_QUOTA, CT_QUOTA_HITS, CT_STATS, CT_UNASSURED},
-    packet::{ptr_at, Ipv4, Packet},
+    ip::Header,
+    maps::{
+        config, CT, CT6, CT6_FILL, CT6_OVERFLOW, CT6_UNASSURED, CT_FILL, CT_OVERFLOW, CT_QUOTA, CT_QUOTA_HITS,
+        CT_STATS, CT_UNASSURED, ENDPOINTS6,
+    },
+    packet::{ptr_at, Packet},
 };
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// A family's conntrack key and entry.
+pub type Key<A> = CtKeyOf<A>;
+pub type Entry<A> = CtEntryOf<CtKeyOf<A>>;
+
+/// An address family as conntrack sees it: its address type, its tables and its ICMP.
+pub trait Family: Copy + Default + PartialEq + 'static {
+    /// ICMP's protocol number in this family, and its echo request and reply types.
+    const ICMP: u8;
+    const ECHO_REQUEST: u8;
+    const ECHO_REPLY: u8;
+
+    fn map(table: Table) -> &'static LruHashMap<Key<Self>, Entry<Self>>;
+    /// The assured table's fill count (`ct_fill`).
+    fn fill() -> &'static Array<u64>;
+    /// The quota key a flow counts against (always an IPv4 address: one share per container
+    /// whichever family it uses); `None` when its container is gone (the agent's recount then
+    /// fixes the count).
+    fn quota_key(original: &Key<Self>, entry: &Entry<Self>) -> Option<CtQuotaKey>;
+    /// A key as `bpfnet monitor`'s events carry it (IPv4's; IPv6 flows are not reported yet).
+    fn event_tuple(key: &Key<Self>) -> Option<&CtKey>;
+}
+
+impl Family for Ipv4Be {
+    const ICMP: u8 = IPPROTO_ICMP;
+    const ECHO_REQUEST: u8 = ICMP_ECHO_REQUEST;
+    const ECHO_REPLY: u8 = ICMP_ECHO_REPLY;
+
+    #[inline(always)]
+    fn map(table: Table) -> &'static LruHashMap<Key<Self>, Entry<Self>> {
+        match table {
+            Table::Assured => &CT,
+            Table::Unassured => &CT_UNASSURED,
+            Table::Overflow => &CT_OVERFLOW,
+        }
+    }
+
+    #[inline(always)]
+    fn fill() -> &'static Array<u64> {
+        &CT_FILL
+    }
+
+    #[inline(always)]
+    fn quota_key(original: &Key<Self>, entry: &Entry<Self>) -> Option<CtQuotaKey> {
+        Some(CtQuotaKey::of_flow(original, entry))
+    }
+
+    #[inline(always)]
+    fn event_tuple(key: &Key<Self>) -> Option<&CtKey> {
+        Some(key)
+    }
+}
+
+impl Family for Ipv6Be {
+    const ICMP: u8 = IPPROTO_ICMPV6;
+    const ECHO_REQUEST: u8 = ICMPV6_ECHO_REQUEST;
+    const ECHO_REPLY: u8 = ICMPV6_ECHO_REPLY;
+
+    #[inline(always)]
+    fn map(table: Table) -> &'static LruHashMap<Key<Self>, Entry<Self>> {
+        match table {
+            Table::Assured => &CT6,
+            Table::Unassured => &CT6_UNASSURED,
+            Table::Overflow => &CT6_OVERFLOW,
+        }
+    }
+
+    #[inline(always)]
+    fn fill() -> &'static Array<u64> {
+        &CT6_FILL
+    }
+
+    #[inline(always)]
+    fn quota_key(original: &Key<Self>, entry: &Entry<Self>) -> Option<CtQuotaKey> {
+        let (container, port, proto) = CtQuotaKey::owner(original, entry);
+        // SAFETY: map values are plain data; copied out at once.
+        let ip4 = unsafe { ENDPOINTS6.get(&container) }?.ip4;
+        Some(CtQuotaKey { addr: ip4, port, proto, _pad: 0 })
+    }
+
+    #[inline(always)]
+    fn event_tuple(_key: &Key<Self>) -> Option<&CtKey> {
+        None
+    }
+}
 
 /// The conntrack key of a packet, as it travels, and the TCP flags it carries (as
 /// `ct_tcp_flags`). ICMP echo uses its identifier as the requester's port. A later fragment
 /// has the ports its first fragment had (see `fragment`).
 #[inline(always)]
-pub fn key_of<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<(CtKey, u8), DropReason> {
-    let mut key = CtKey { saddr: ip.saddr, daddr: ip.daddr, proto: ip.proto, ..Default::default() };
-    if ip.later_fragment {
-        let ports = fragment::ports_of_later(ip).ok_or(DropReason::FragmentWithoutFirst)?;
+pub fn key_of<P: Packet, H: Header>(ctx: &P, ip: &H) -> Result<(Key<H::Addr>, u8), DropReason> {
+    let mut key = Key::<H::Addr> { saddr: ip.saddr(), daddr: ip.daddr(), proto: ip.proto(), ..Default::default() };
+    if ip.later_fragment() {
+        let ports = ip.ports_of_later().ok_or(DropReason::FragmentWithoutFirst)?;
         key.sport = ports.sport;
         key.dport = ports.dport;
         return Ok((key, 0));
     }
     let mut flags = 0;
-    match ip.proto {
+    match key.proto {
         // Whole headers (through the checksum fields) are checked here, before any flow is
         // tracked: a cut-short header must not take a NAT port and then fail half-rewritten.
         IPPROTO_TCP => {
-            let tcp: *const TcpHdr = ptr_at(ctx, ip.l4_off)?;
+            let tcp: *const TcpHdr = ptr_at(ctx, ip.l4_off())?;
             // SAFETY: bounds-checked by `ptr_at`.
             let tcp = unsafe { &*tcp };
             key.sport = u16::from_ne_bytes(tcp.source);
@@ -55,19 +154,20 @@ pub fn key_of<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<(CtKey, u8), DropReason> 
             flags = tcp_flags(tcp);
         }
         IPPROTO_UDP => {
-            let udp: *const UdpHdr = ptr_at(ctx, ip.l4_off)?;
+            let udp: *const UdpHdr = ptr_at(ctx, ip.l4_off())?;
             // SAFETY: bounds-checked by `ptr_at`.
             let udp = unsafe { &*udp };
             key.sport = u16::from_ne_bytes(udp.src);
             key.dport = u16::from_ne_bytes(udp.dst);
         }
-        IPPROTO_ICMP => {
-            let icmp: *const Icmpv4Hdr = ptr_at(ctx, ip.l4_off)?;
+        // ICMPv6's echo header is laid out as ICMP's: type, code, checksum, identifier.
+        proto if proto == H::Addr::ICMP => {
+            let icmp: *const Icmpv4Hdr = ptr_at(ctx, ip.l4_off())?;
             // SAFETY: bounds-checked by `ptr_at`.
             let icmp = unsafe { &*icmp };
             match icmp.type_ {
-                ICMP_ECHO_REQUEST => key.sport = echo_id(icmp),
-                ICMP_ECHO_REPLY => key.dport = echo_id(icmp),
+                t if t == H::Addr::ECHO_REQUEST => key.sport = echo_id(icmp),
+                t if t == H::Addr::ECHO_REPLY => key.dport = echo_id(icmp),
                 _ => return Err(DropReason::UnsupportedL4),
             }
         }
@@ -114,39 +214,35 @@ pub enum Table {
 
 impl Table {
     #[inline(always)]
-    fn map(self) -> &'static LruHashMap<CtKey, CtEntry> {
-        match self {
-            Table::Assured => &CT,
-            Table::Unassured => &CT_UNASSURED,
-            Table::Overflow => &CT_OVERFLOW,
-        }
+    fn map<A: Family>(self) -> &'static LruHashMap<Key<A>, Entry<A>> {
+        A::map(self)
     }
 }
 
 /// A flow's entry for one direction, and where it lives.
 #[derive(Clone, Copy)]
-pub struct Tracked {
-    pub entry: *mut CtEntry,
+pub struct Tracked<A: Family> {
+    pub entry: *mut Entry<A>,
     pub table: Table,
 }
 
 /// The entry of a packet's direction, assured flows first.
 #[inline(always)]
-pub fn lookup(key: &CtKey) -> Option<Tracked> {
-    if let Some(entry) = CT.get_ptr_mut(key) {
+pub fn lookup<A: Family>(key: &Key<A>) -> Option<Tracked<A>> {
+    if let Some(entry) = A::map(Table::Assured).get_ptr_mut(key) {
         return Some(Tracked { entry, table: Table::Assured });
     }
-    if let Some(entry) = CT_UNASSURED.get_ptr_mut(key) {
+    if let Some(entry) = A::map(Table::Unassured).get_ptr_mut(key) {
         return Some(Tracked { entry, table: Table::Unassured });
     }
-    CT_OVERFLOW.get_ptr_mut(key).map(|entry| Tracked { entry, table: Table::Overflow })
+    A::map(Table::Overflow).get_ptr_mut(key).map(|entry| Tracked { entry, table: Table::Overflow })
 }
 
 /// The entry of `key` in `table`: a new flow's, just inserted there (no need to ask the
 /// tables before it).
 #[inline(always)]
-pub fn lookup_in(table: Table, key: &CtKey) -> Option<Tracked> {
-    table.map().get_ptr_mut(key).map(|entry| Tracked { entry, table })
+pub fn lookup_in<A: Family>(table: Table, key: &Key<A>) -> Option<Tracked<A>> {
+    table.map::<A>().get_ptr_mut(key).map(|entry| Tracked { entry, table })
 }
 
 /// Whether a TCP segment may start a flow. A SYN-ACK or RST without a flow answers nothing
@@ -161,7 +257,7 @@ pub fn may_start(proto: u8, tcp_flags: u8) -> bool {
 /// Accounts one packet of `len` bytes to its entry and moves the flow along (its TCP close,
 /// assurance and the move to `CT`). Returns the entry as it was found, for the translation.
 #[inline(always)]
-pub fn account(key: &CtKey, found: Tracked, len: u32, tcp_flags: u8) -> CtEntry {
+pub fn account<A: Family>(key: &Key<A>, found: Tracked<A>, len: u32, tcp_flags: u8) -> Entry<A> {
     let entry = found.entry;
     // SAFETY: a live map value; concurrent updates from other CPUs may lose an increment,
     // which only makes the counters approximate.
@@ -186,15 +282,15 @@ pub fn account(key: &CtKey, found: Tracked, len: u32, tcp_flags: u8) -> CtEntry 
 /// Records what a packet says about its flow: its TCP flags, the acknowledgement of the other
 /// side's FIN, the other side's PEER_FIN, assurance, and then the move to `CT`.
 #[inline(always)]
-fn progress(key: &CtKey, found: Tracked, entry: &CtEntry, tcp_flags: u8) {
-    let map = found.table.map();
+fn progress<A: Family>(key: &Key<A>, found: Tracked<A>, entry: &Entry<A>, tcp_flags: u8) {
+    let map = found.table.map::<A>();
     let peer_key = entry.to.reversed();
     let mut flags = entry.tcp_flags | tcp_flags;
     if entry.tcp_flags & ct_tcp_flags::PEER_FIN != 0 && tcp_flags & ct_tcp_flags::ACK != 0 {
         flags |= ct_tcp_flags::FIN_ACKED;
     }
     let needs_peer = tcp_flags & ct_tcp_flags::FIN != 0 && entry.tcp_flags & ct_tcp_flags::FIN == 0
-        || found.table != Table::Assured && entry.direction == ct_direction::ORIGINAL && key.proto != IPPROTO_ICMP;
+        || found.table != Table::Assured && entry.direction == ct_direction::ORIGINAL && key.proto != A::ICMP;
     let peer = if needs_peer { map.get_ptr_mut(&peer_key) } else { None };
     if let Some(peer) = peer {
         if tcp_flags & ct_tcp_flags::FIN != 0 {
@@ -205,7 +301,7 @@ fn progress(key: &CtKey, found: Tracked, entry: &CtEntry, tcp_flags: u8) {
         let peer_entry = unsafe { *peer };
         if found.table != Table::Assured
             && entry.direction == ct_direction::ORIGINAL
-            && becomes_assured(key.proto, tcp_flags, &peer_entry)
+            && becomes_assured::<A>(key.proto, tcp_flags, &peer_entry)
         {
             flags |= ct_tcp_flags::ASSURED;
         }
@@ -215,7 +311,7 @@ fn progress(key: &CtKey, found: Tracked, entry: &CtEntry, tcp_flags: u8) {
         }
         if found.table != Table::Assured && flags & ct_tcp_flags::ASSURED != 0 {
             let newly = entry.tcp_flags & ct_tcp_flags::ASSURED == 0;
-            promote(key, &CtEntry { tcp_flags: flags, ..*entry }, &peer_key, &peer_entry, found.table, newly);
+            promote(key, &Entry::<A> { tcp_flags: flags, ..*entry }, &peer_key, &peer_entry, found.table, newly);
         }
         return;
     }
@@ -229,7 +325,7 @@ fn progress(key: &CtKey, found: Tracked, entry: &CtEntry, tcp_flags: u8) {
 /// other side's (the handshake's third packet, or a flow picked up under way); for UDP, the
 /// originator sending again after an answer. ICMP echo never is, as in nf_conntrack.
 #[inline(always)]
-fn becomes_assured(proto: u8, tcp_flags: u8, reply: &CtEntry) -> bool {
+fn becomes_assured<A: Family>(proto: u8, tcp_flags: u8, reply: &Entry<A>) -> bool {
     match proto {
         IPPROTO_TCP => {
             tcp_flags & ct_tcp_flags::ACK != 0
@@ -246,26 +342,29 @@ fn becomes_assured(proto: u8, tcp_flags: u8, reply: &CtEntry) -> bool {
 /// Another CPU moving it at the same time makes one of the NOEXIST inserts fail: that one
 /// leaves it to the other.
 #[inline(always)]
-fn promote(key: &CtKey, entry: &CtEntry, peer_key: &CtKey, peer: &CtEntry, from: Table, newly: bool) {
-    if reserve(&config()).is_err() {
+fn promote<A: Family>(key: &Key<A>, entry: &Entry<A>, peer_key: &Key<A>, peer: &Entry<A>, from: Table, newly: bool) {
+    if reserve::<A>(&config()).is_err() {
         if newly {
             add_stat(ct_stats::PROMOTION_REFUSED, 1);
         }
         return;
     }
-    if CT.insert(peer_key, peer, BPF_NOEXIST as u64).is_err() {
+    let assured = A::map(Table::Assured);
+    if assured.insert(peer_key, peer, BPF_NOEXIST as u64).is_err() {
         return;
     }
-    if CT.insert(key, entry, BPF_NOEXIST as u64).is_err() {
-        let _ = CT.remove(peer_key);
+    if assured.insert(key, entry, BPF_NOEXIST as u64).is_err() {
+        let _ = assured.remove(peer_key);
         return;
     }
-    account_inserted(2);
-    let map = from.map();
+    account_inserted::<A>(2);
+    let map = from.map::<A>();
     let _ = map.remove(key);
     let _ = map.remove(peer_key);
     if from == Table::Unassured {
-        quota_release(&CtQuotaKey::of_flow(key, entry));
+        if let Some(quota) = A::quota_key(key, entry) {
+            quota_release(&quota);
+        }
     }
     add_stat(ct_stats::PROMOTED, 1);
 }
@@ -301,21 +400,27 @@ pub fn table_for_new(cfg: &HostConfig, quota: &Quota) -> Table {
 /// tracked anywhere already. The NOEXIST insert makes the claim atomic within the table; the
 /// lookups keep the other tables' flows' tuples theirs.
 #[inline(always)]
-pub fn claim(table: Table, key: &CtKey, entry: &CtEntry) -> bool {
+pub fn claim<A: Family>(table: Table, key: &Key<A>, entry: &Entry<A>) -> bool {
     let elsewhere = match table {
-        Table::Assured => CT_UNASSURED.get_ptr(key).is_some() || CT_OVERFLOW.get_ptr(key).is_some(),
-        Table::Unassured => CT.get_ptr(key).is_some() || CT_OVERFLOW.get_ptr(key).is_some(),
-        Table::Overflow => CT.get_ptr(key).is_some() || CT_UNASSURED.get_ptr(key).is_some(),
+        Table::Assured => in_table(Table::Unassured, key) || in_table(Table::Overflow, key),
+        Table::Unassured => in_table(Table::Assured, key) || in_table(Table::Overflow, key),
+        Table::Overflow => in_table(Table::Assured, key) || in_table(Table::Unassured, key),
     };
-    !elsewhere && table.map().insert(key, entry, BPF_NOEXIST as u64).is_ok()
+    !elsewhere && table.map::<A>().insert(key, entry, BPF_NOEXIST as u64).is_ok()
+}
+
+#[inline(always)]
+fn in_table<A: Family>(table: Table, key: &Key<A>) -> bool {
+    A::map(table).get_ptr(key).is_some()
 }
 
 /// Inserts the other direction of a flow whose reply tuple was claimed; on failure (another
 /// CPU tracked the same flow meanwhile) gives the claimed tuple back.
 #[inline(always)]
-pub fn complete(table: Table, key: &CtKey, entry: &CtEntry, claimed: &CtKey) -> bool {
-    if table.map().insert(key, entry, BPF_NOEXIST as u64).is_err() {
-        let _ = table.map().remove(claimed);
+pub fn complete<A: Family>(table: Table, key: &Key<A>, entry: &Entry<A>, claimed: &Key<A>) -> bool {
+    let map = table.map::<A>();
+    if map.insert(key, entry, BPF_NOEXIST as u64).is_err() {
+        let _ = map.remove(claimed);
         return false;
     }
     add_stat(if table == Table::Overflow { ct_stats::OVERFLOW_INSERTED } else { ct_stats::UNASSURED_INSERTED }, 2);
@@ -374,19 +479,20 @@ pub fn now() -> u64 {
 
 /// Refuses a flow the assured table has no room for, by the agent's fill limit.
 #[inline(always)]
-fn reserve(cfg: &HostConfig) -> Result<(), DropReason> {
-    let inserted = CT_FILL.get(ct_fill::INSERTED).copied().unwrap_or(0);
-    let removed = CT_FILL.get(ct_fill::REMOVED).copied().unwrap_or(0);
+fn reserve<A: Family>(cfg: &HostConfig) -> Result<(), DropReason> {
+    let fill = A::fill();
+    let inserted = fill.get(ct_fill::INSERTED).copied().unwrap_or(0);
+    let removed = fill.get(ct_fill::REMOVED).copied().unwrap_or(0);
     if inserted.saturating_sub(removed) + 2 > cfg.ct_limit as u64 {
         return Err(DropReason::ConntrackFull);
     }
     Ok(())
 }
 
-/// Records `n` new entries in `CT`.
+/// Records `n` new entries in the family's assured table.
 #[inline(always)]
-fn account_inserted(n: u64) {
-    if let Some(slot) = CT_FILL.get_ptr_mut(ct_fill::INSERTED) {
+fn account_inserted<A: Family>(n: u64) {
+    if let Some(slot) = A::fill().get_ptr_mut(ct_fill::INSERTED) {
         atomic_add(slot, n);
     }
 }

@@ -13,14 +13,14 @@
 use core::mem::offset_of;
 
 use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
-use datapath_common::{DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use datapath_common::{DropReason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 use network_types::{
     icmp::{IcmpIdSequence, Icmpv4Hdr},
     tcp::TcpHdr,
     udp::UdpHdr,
 };
 
-use crate::packet::{ptr_at, store, Ipv4, Packet, IPV4_CSUM_OFF, IPV4_TTL_OFF, IP_OFF};
+use crate::packet::{ptr_at, store, Ipv4, Packet, IPV4_CSUM_OFF, IPV4_TTL_OFF, IPV6_HOP_LIMIT_OFF, IP_OFF};
 
 /// Where a transport protocol's header keeps the fields a translation rewrites, from the start
 /// of the header (network-types' layouts), and how its checksum is updated: the one table of
@@ -68,6 +68,9 @@ impl L4Offsets {
         csum_flags: 0,
         pseudo_header: false,
     };
+    /// ICMPv6's checksum, which (unlike ICMP's) covers the IPv6 pseudo-header; echo's
+    /// identifier lies where ICMP's does.
+    pub const ICMPV6: L4Offsets = L4Offsets { pseudo_header: true, ..Self::ICMP };
     /// No L4 header in the packet (a later fragment): nothing but the IP header to update.
     pub const ABSENT: L4Offsets = L4Offsets { sport: 0, dport: 0, csum: 0, csum_flags: 0, pseudo_header: false };
 
@@ -77,7 +80,30 @@ impl L4Offsets {
             IPPROTO_TCP => Ok(Self::TCP),
             IPPROTO_UDP => Ok(Self::UDP),
             IPPROTO_ICMP => Ok(Self::ICMP),
+            IPPROTO_ICMPV6 => Ok(Self::ICMPV6),
             _ => Err(DropReason::UnsupportedL4),
+        }
+    }
+}
+
+/// An address of either family as a rewrite sees it: 1 or 4 words, each a change of two
+/// 16-bit words to the sums that cover it.
+pub trait Address: Copy + PartialEq {
+    fn add_change(delta: &mut Delta, old: Self, new: Self);
+}
+
+impl Address for u32 {
+    #[inline(always)]
+    fn add_change(delta: &mut Delta, old: u32, new: u32) {
+        delta.u32(old, new);
+    }
+}
+
+impl Address for [u32; 4] {
+    #[inline(always)]
+    fn add_change(delta: &mut Delta, old: [u32; 4], new: [u32; 4]) {
+        for i in 0..4 {
+            delta.u32(old[i], new[i]);
         }
     }
 }
@@ -86,6 +112,9 @@ impl L4Offsets {
 /// as stored.
 #[derive(Clone, Copy, Default)]
 pub struct Delta(u32);
+
+// A sum of changes stays below 2^32: at most 8 address words (an IPv6 rewrite's two addresses),
+// each adding less than 2^18.
 
 impl Delta {
     #[inline(always)]
@@ -184,7 +213,10 @@ pub struct Rewrite {
     /// The packet's L4 header: its offset in the frame, and its protocol's offsets.
     l4_off: usize,
     l4: L4Offsets,
-    /// The IPv4 addresses: in the IP header checksum and, for TCP/UDP, the pseudo-header.
+    /// Whether the IP header has a checksum (IPv4's does, IPv6's has none).
+    ip_header_csum: bool,
+    /// The IP addresses: in the IPv4 header checksum and, for TCP/UDP (and ICMPv6), the
+    /// pseudo-header.
     addresses: Delta,
     /// The TTL: in the IP header checksum only.
     ttl: Delta,
@@ -194,17 +226,42 @@ pub struct Rewrite {
 }
 
 impl Rewrite {
+    /// A rewrite of an IPv4 packet.
     #[inline(always)]
     pub fn new(l4_off: usize, l4: L4Offsets) -> Self {
-        Rewrite { l4_off, l4, addresses: Delta::default(), ttl: Delta::default(), l4_fields: Delta::default() }
+        Rewrite {
+            l4_off,
+            l4,
+            ip_header_csum: true,
+            addresses: Delta::default(),
+            ttl: Delta::default(),
+            l4_fields: Delta::default(),
+        }
     }
 
-    /// The IPv4 source or destination address at `offset`.
+    /// A rewrite of an IPv6 packet: no header checksum, so only the L4 checksum follows.
     #[inline(always)]
-    pub fn addr<P: Packet>(&mut self, ctx: &P, offset: usize, old: u32, new: u32) -> Result<(), DropReason> {
+    pub fn new6(l4_off: usize, l4: L4Offsets) -> Self {
+        Rewrite { ip_header_csum: false, ..Self::new(l4_off, l4) }
+    }
+
+    /// The source or destination address at `offset` (of either family).
+    #[inline(always)]
+    pub fn addr<P: Packet, A: Address>(&mut self, ctx: &P, offset: usize, old: A, new: A) -> Result<(), DropReason> {
         if old != new {
             store(ctx, offset, &new)?;
-            self.addresses.u32(old, new);
+            A::add_change(&mut self.addresses, old, new);
+        }
+        Ok(())
+    }
+
+    /// An address the L4 checksum covers but not as the pseudo-header (an ICMPv6 error's
+    /// quoted address).
+    #[inline(always)]
+    pub fn l4_addr<P: Packet, A: Address>(&mut self, ctx: &P, offset: usize, old: A, new: A) -> Result<(), DropReason> {
+        if old != new {
+            store(ctx, offset, &new)?;
+            A::add_change(&mut self.l4_fields, old, new);
         }
         Ok(())
     }
@@ -240,12 +297,19 @@ impl Rewrite {
         Ok(())
     }
 
+    /// Decrements the hop limit of a forwarded IPv6 packet (the caller checked it is above 1):
+    /// no checksum covers it.
+    #[inline(always)]
+    pub fn decrement_hop_limit<P: Packet>(&mut self, ctx: &P, hop_limit: u8) -> Result<(), DropReason> {
+        store(ctx, IP_OFF + IPV6_HOP_LIMIT_OFF, &(hop_limit - 1))
+    }
+
     /// Updates the checksums for everything written. The L4 update comes last: at TC it is a
     /// helper call, after which packet pointers must be derived again.
     #[inline(always)]
     pub fn commit<P: Packet>(self, ctx: &P) -> Result<(), DropReason> {
         let header = self.addresses.plus(self.ttl);
-        if !header.is_empty() {
+        if self.ip_header_csum && !header.is_empty() {
             apply_at(ctx, IP_OFF + IPV4_CSUM_OFF, header, false)?;
         }
         let csum_off = self.l4_off + self.l4.csum;

@@ -1,10 +1,10 @@
 //! The kernel's routing table and neighbours, asked from the datapath (bpf_fib_lookup), and the
 //! redirect out of the interface it names.
 use aya_ebpf::bindings::{BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS};
-use datapath_common::{CtKey, DropReason};
+use datapath_common::{CtKeyOf, DropReason};
 
 use crate::{
-    fib_params::{FibParams, AF_INET},
+    fib_params::{FibAddress, FibParams},
     packet::{redirect, store, Packet},
 };
 
@@ -26,24 +26,34 @@ pub enum FibResult {
     Other,
 }
 
-/// Looks up the route for a packet that came in on this interface.
+/// Looks up the route for a packet (of either family) that came in on this interface.
 #[inline(always)]
-pub fn route<P: Packet>(ctx: &P, key: &CtKey) -> FibResult {
+pub fn route<P: Packet, A: FibAddress>(ctx: &P, key: &CtKeyOf<A>) -> FibResult {
     route_between(ctx, key.saddr, key.daddr, key.proto, key.sport, key.dport)
 }
 
 /// The same by the packet's fields (the ports, network order, only pick among equal-cost
 /// routes): no tuple is built on the stack.
 #[inline(always)]
-pub fn route_between<P: Packet>(ctx: &P, saddr: u32, daddr: u32, proto: u8, sport: u16, dport: u16) -> FibResult {
+pub fn route_between<P: Packet, A: FibAddress>(
+    ctx: &P,
+    saddr: A,
+    daddr: A,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+) -> FibResult {
+    let (src, dst) = (saddr.words(), daddr.words());
     let mut params = FibParams {
-        family: AF_INET,
+        family: A::FAMILY,
         l4_protocol: proto,
         sport,
         dport,
         ifindex: ctx.ingress_ifindex(),
-        ipv4_src: saddr,
-        ipv4_dst: daddr,
+        ipv4_src: src[0],
+        ipv6_src_rest: [src[1], src[2], src[3]],
+        ipv4_dst: dst[0],
+        ipv6_dst_rest: [dst[1], dst[2], dst[3]],
         ..Default::default()
     };
     let rc = params.lookup(ctx);
@@ -64,7 +74,7 @@ pub fn route_between<P: Packet>(ctx: &P, saddr: u32, daddr: u32, proto: u8, spor
 
 /// The next hop, when the packet is to be forwarded.
 #[inline(always)]
-pub fn lookup<P: Packet>(ctx: &P, key: &CtKey) -> Option<NextHop> {
+pub fn lookup<P: Packet, A: FibAddress>(ctx: &P, key: &CtKeyOf<A>) -> Option<NextHop> {
     match route(ctx, key) {
         FibResult::Forward(hop) => Some(hop),
         FibResult::Local | FibResult::Other => None,

@@ -4,8 +4,34 @@
 use aya_ebpf::{bindings::bpf_fib_lookup as bpf_fib_lookup_params, helpers::generated::bpf_fib_lookup, EbpfContext};
 
 pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
 
-/// `struct bpf_fib_lookup` (uapi/linux/bpf.h) for IPv4, with its unions laid out flat.
+/// An address as `bpf_fib_lookup` takes it: 16 bytes, IPv4's in the first 4.
+pub trait FibAddress: Copy {
+    const FAMILY: u8;
+    fn words(self) -> [u32; 4];
+}
+
+impl FibAddress for u32 {
+    const FAMILY: u8 = AF_INET;
+
+    #[inline(always)]
+    fn words(self) -> [u32; 4] {
+        [self, 0, 0, 0]
+    }
+}
+
+impl FibAddress for [u32; 4] {
+    const FAMILY: u8 = AF_INET6;
+
+    #[inline(always)]
+    fn words(self) -> [u32; 4] {
+        self
+    }
+}
+
+/// `struct bpf_fib_lookup` (uapi/linux/bpf.h), with its unions laid out flat: IPv4's addresses
+/// are the first word of IPv6's (`ipv6_*_rest` the other three).
 #[repr(C)]
 #[derive(Default)]
 pub struct FibParams {
@@ -18,9 +44,9 @@ pub struct FibParams {
     pub ifindex: u32,
     pub tos: u32,
     pub ipv4_src: u32,
-    pub _ipv6_src_rest: [u32; 3],
+    pub ipv6_src_rest: [u32; 3],
     pub ipv4_dst: u32,
-    pub _ipv6_dst_rest: [u32; 3],
+    pub ipv6_dst_rest: [u32; 3],
     pub vlan_or_tbid: u32,
     /// Input: the first 4 bytes are the mark; output: source and destination MACs.
     pub smac: [u8; 6],

@@ -14,6 +14,7 @@ mod fib_params;
 mod forward;
 mod fragment;
 mod icmp;
+mod ip;
 mod maps;
 mod nat;
 mod native_routing;

@@ -5,9 +5,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use datapath_common::{
-    ct_fill, ct_stats, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, EndpointStats, EventBudget,
-    EventLoss, Endpoint6, FragKey, HostConfig6, Ipv6Be, PublishedPortKey6, PublishedPortTarget6, FragPorts, HostConfig, Ipv4Be, Network, PublishedPortKey, PublishedPortTarget, SockRevNat,
-    SockRevNatKey, MAX_ENDPOINTS,
+    ct_fill, ct_stats, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtQuotaKey, DropReason, Endpoint, Endpoint6,
+    EndpointStats, EventBudget, EventLoss, FragKey, FragPorts, HostConfig, HostConfig6, Ipv4Be, Ipv6Be, Network,
+    PublishedPortKey, PublishedPortKey6, PublishedPortTarget, PublishedPortTarget6, SockRevNat, SockRevNatKey,
+    MAX_ENDPOINTS,
 };
 
 const MAX_NETWORKS: u32 = 4_096;
@@ -105,8 +106,21 @@ pub static IFACES6: HashMap<u32, Endpoint6> = HashMap::pinned(MAX_ENDPOINTS, 0);
 pub static CONFIG6: Array<HostConfig6> = Array::pinned(1, 0);
 
 #[map(name = "PUBLISHED6")]
-pub static PUBLISHED_PORTS6: HashMap<PublishedPortKey6, PublishedPortTarget6> =
-    HashMap::pinned(MAX_PUBLISHED_PORTS, 0);
+pub static PUBLISHED_PORTS6: HashMap<PublishedPortKey6, PublishedPortTarget6> = HashMap::pinned(MAX_PUBLISHED_PORTS, 0);
+
+// IPv6's conntrack: IPv4's three tables and fill count again, for its wider keys (sized by the
+// agent as IPv4's are). Quotas and statistics are shared with IPv4 (see `conntrack`).
+#[map]
+pub static CT6: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(DEFAULT_CT_ENTRIES, 0);
+
+#[map]
+pub static CT6_UNASSURED: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(DEFAULT_CT_UNASSURED_ENTRIES, 0);
+
+#[map]
+pub static CT6_OVERFLOW: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(DEFAULT_CT_OVERFLOW_ENTRIES, 0);
+
+#[map]
+pub static CT6_FILL: Array<u64> = Array::pinned(ct_fill::SLOTS, 0);
 
 /// The host's settings (all zero, i.e. no uplink, until the agent writes them).
 #[inline(always)]

@@ -7,19 +7,19 @@
 //!   come back through the datapath rather than straight from the other container.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use datapath_common::{
-    ct_direction, ct_kind, host_config_flags, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, HostConfig,
+    ct_direction, ct_kind, host_config_flags, Counter, CtKey, CtQuotaKey, DropReason, Endpoint, HostConfig, Ipv4Be,
     IPPROTO_ICMP,
 };
 
 use crate::{
-    conntrack::{self, key_of, Quota, Tracked},
+    conntrack::{self, key_of, Entry, Family, Key, Quota, Tracked},
     counters::count,
     csum::{L4Offsets, Rewrite},
     events, fib,
     forward::deliver_to_ifindex,
-    fragment,
-    maps::config,
-    packet::{Ipv4, Packet, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IP_OFF},
+    ip::Header,
+    maps::{config, config_ref},
+    packet::{Ipv4, Packet},
     published_ports,
 };
 
@@ -31,13 +31,16 @@ const NAT_PORT_PROBES: u32 = 32;
 /// network's members were handled before).
 #[inline(always)]
 pub fn from_container<P: Packet>(ctx: &P, ip: &Ipv4, source: &Endpoint) -> Result<i32, DropReason> {
-    let cfg = config();
-    // TTL 1 must not be forwarded: the host stack answers with ICMP time exceeded. Without an
-    // uplink, bpfnet translates nothing and the host decides.
-    if cfg.uplink_ifindex == 0 || ip.ttl <= 1 {
-        count(Counter::ToHost);
-        return Ok(P::PASS);
-    }
+    // The settings in place, not copied: this path is close to the verifier's stack limit.
+    let cfg = match config_ref() {
+        // TTL 1 must not be forwarded: the host stack answers with ICMP time exceeded. Without
+        // an uplink, bpfnet translates nothing and the host decides.
+        Some(cfg) if cfg.uplink_ifindex != 0 && ip.ttl > 1 => cfg,
+        _ => {
+            count(Counter::ToHost);
+            return Ok(P::PASS);
+        }
+    };
     let (key, tcp_flags) = key_of(ctx, ip)?;
     if let Some(found) = conntrack::lookup(&key) {
         return forward_tracked(ctx, ip, &key, found, tcp_flags);
@@ -58,9 +61,9 @@ pub fn from_container<P: Packet>(ctx: &P, ip: &Ipv4, source: &Endpoint) -> Resul
     }
     // A container's new flows count against its own share of the unassured table.
     let quota = Quota { key: CtQuotaKey { addr: source.ip, ..Default::default() }, stats_slot: source.stats_slot };
-    let found = if let Some(container) = published_ports::lookup(&cfg, &key) {
+    let found = if let Some(container) = published_ports::lookup(cfg, &key) {
         let to = CtKey { saddr: cfg.uplink_ip, daddr: container.ip, dport: container.port, ..key };
-        new_flow(ctx, &cfg, &key, to, container.host_ifindex, source.host_ifindex, ct_kind::HAIRPIN, &quota)?
+        new_flow(ctx, cfg, &key, to, container.host_ifindex, source.host_ifindex, ct_kind::HAIRPIN, &quota)?
     } else {
         match fib::route(ctx, &key) {
             fib::FibResult::Forward(hop) if hop.ifindex == cfg.uplink_ifindex => {}
@@ -76,7 +79,7 @@ pub fn from_container<P: Packet>(ctx: &P, ip: &Ipv4, source: &Endpoint) -> Resul
             }
         }
         let to = CtKey { saddr: cfg.uplink_ip, ..key };
-        new_flow(ctx, &cfg, &key, to, 0, source.host_ifindex, ct_kind::SNAT, &quota)?
+        new_flow(ctx, cfg, &key, to, 0, source.host_ifindex, ct_kind::SNAT, &quota)?
     };
     forward_tracked(ctx, ip, &key, found, tcp_flags)
 }
@@ -132,16 +135,16 @@ pub fn to_host<P: Packet>() -> i32 {
 /// the same port.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn new_flow<P: Packet>(
+fn new_flow<P: Packet, A: Family>(
     ctx: &P,
     cfg: &HostConfig,
-    key: &CtKey,
-    to: CtKey,
+    key: &Key<A>,
+    to: Key<A>,
     ifindex: u32,
     reply_ifindex: u32,
     kind: u8,
     quota: &Quota,
-) -> Result<Tracked, DropReason> {
+) -> Result<Tracked<A>, DropReason> {
     let table = conntrack::table_for_new(cfg, quota);
     let now = conntrack::now();
     let allocate = to.saddr != key.saddr;
@@ -163,7 +166,7 @@ fn new_flow<P: Packet>(
             to.sport = (port as u16).to_be();
         }
         let reply_key = to.reversed();
-        let reply = CtEntry {
+        let reply = Entry::<A> {
             last_seen_ns: now,
             to: key.reversed(),
             ifindex: reply_ifindex,
@@ -174,14 +177,22 @@ fn new_flow<P: Packet>(
         if !conntrack::claim(table, &reply_key, &reply) {
             continue;
         }
-        let entry =
-            CtEntry { last_seen_ns: now, to, ifindex, direction: ct_direction::ORIGINAL, kind, ..Default::default() };
+        let entry = Entry::<A> {
+            last_seen_ns: now,
+            to,
+            ifindex,
+            direction: ct_direction::ORIGINAL,
+            kind,
+            ..Default::default()
+        };
         if !conntrack::complete(table, key, &entry, &reply_key) {
             // Another CPU tracked this flow meanwhile: use its entry.
             return conntrack::lookup(key).ok_or(DropReason::ConntrackInsertFailed);
         }
         conntrack::quota_take(table, &quota.key);
-        events::new_flow(ctx, kind, key, &to);
+        if let (Some(tuple), Some(translated)) = (A::event_tuple(key), A::event_tuple(&to)) {
+            events::new_flow(ctx, kind, tuple, translated);
+        }
         count(match kind {
             ct_kind::SNAT => Counter::SnatNewFlow,
             ct_kind::DNAT => Counter::DnatNewFlow,
@@ -192,17 +203,17 @@ fn new_flow<P: Packet>(
     Err(if allocate { DropReason::NatPortsExhausted } else { DropReason::ConntrackInsertFailed })
 }
 
-/// Rewrites a packet of a tracked flow to its entry's tuple and sends it on.
+/// Rewrites a packet of a tracked flow (of either family) to its entry's tuple and sends it on.
 #[inline(always)]
-pub fn forward_tracked<P: Packet>(
+pub fn forward_tracked<P: Packet, H: Header>(
     ctx: &P,
-    ip: &Ipv4,
-    key: &CtKey,
-    found: Tracked,
+    ip: &H,
+    key: &Key<H::Addr>,
+    found: Tracked<H::Addr>,
     tcp_flags: u8,
 ) -> Result<i32, DropReason> {
     let entry = conntrack::account(key, found, ctx.len(), tcp_flags);
-    fragment::remember_ports(ip, key);
+    ip.remember_ports(key);
     rewrite(ctx, ip, key, &entry.to)?;
     if entry.ifindex != 0 {
         count(Counter::TranslatedIn);
@@ -220,22 +231,24 @@ pub fn forward_tracked<P: Packet>(
     }
 }
 
-/// Rewrites addresses and ports from `from` to `to` and decrements the TTL (unless it is 1:
-/// then the packet is not forwarded by the host anyway), with their checksums. A later
-/// fragment has only addresses: its datagram's ports and L4 checksum (which covers the whole
-/// datagram) were rewritten in the first fragment.
+/// Rewrites addresses and ports from `from` to `to` and decrements the TTL or hop limit
+/// (unless it is 1: then the packet is not forwarded by the host anyway), with their
+/// checksums. A later fragment has only addresses: its datagram's ports and L4 checksum
+/// (which covers the whole datagram) were rewritten in the first fragment.
 #[inline(always)]
-fn rewrite<P: Packet>(ctx: &P, ip: &Ipv4, from: &CtKey, to: &CtKey) -> Result<(), DropReason> {
-    let l4 = if ip.later_fragment { L4Offsets::ABSENT } else { L4Offsets::of(from.proto)? };
-    let mut rewrite = Rewrite::new(ip.l4_off, l4);
-    rewrite.addr(ctx, IP_OFF + IPV4_SADDR_OFF, from.saddr, to.saddr)?;
-    rewrite.addr(ctx, IP_OFF + IPV4_DADDR_OFF, from.daddr, to.daddr)?;
-    if !ip.later_fragment {
-        rewrite.l4_u16(ctx, ip.l4_off + l4.sport, from.sport, to.sport)?;
-        rewrite.l4_u16(ctx, ip.l4_off + l4.dport, from.dport, to.dport)?;
+fn rewrite<P: Packet, H: Header>(ctx: &P, ip: &H, from: &Key<H::Addr>, to: &Key<H::Addr>) -> Result<(), DropReason> {
+    let later_fragment = ip.later_fragment();
+    let l4 = if later_fragment { L4Offsets::ABSENT } else { L4Offsets::of(from.proto)? };
+    let mut rewrite = ip.rewrite(l4);
+    rewrite.addr(ctx, H::SADDR_OFF, from.saddr, to.saddr)?;
+    rewrite.addr(ctx, H::DADDR_OFF, from.daddr, to.daddr)?;
+    if !later_fragment {
+        let l4_off = ip.l4_off();
+        rewrite.l4_u16(ctx, l4_off + l4.sport, from.sport, to.sport)?;
+        rewrite.l4_u16(ctx, l4_off + l4.dport, from.dport, to.dport)?;
     }
-    if ip.ttl > 1 {
-        rewrite.decrement_ttl(ctx, ip)?;
+    if ip.hop_limit() > 1 {
+        ip.decrement_hop_limit(ctx, &mut rewrite)?;
     }
     rewrite.commit(ctx)
 }

@@ -14,7 +14,10 @@ use aya_ebpf::{
     EbpfContext,
 };
 use datapath_common::{DropReason, Ipv4Be};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 
 /// Offset of the IPv4 header in the frame.
 pub const IP_OFF: usize = EthHdr::LEN;
@@ -25,6 +28,10 @@ pub const IPV4_TTL_OFF: usize = offset_of!(Ipv4Hdr, ttl);
 pub const IPV4_CSUM_OFF: usize = offset_of!(Ipv4Hdr, check);
 pub const IPV4_SADDR_OFF: usize = offset_of!(Ipv4Hdr, src_addr);
 pub const IPV4_DADDR_OFF: usize = offset_of!(Ipv4Hdr, dst_addr);
+/// The same for the IPv6 header (which has no checksum).
+pub const IPV6_HOP_LIMIT_OFF: usize = offset_of!(Ipv6Hdr, hop_limit);
+pub const IPV6_SADDR_OFF: usize = offset_of!(Ipv6Hdr, src_addr);
+pub const IPV6_DADDR_OFF: usize = offset_of!(Ipv6Hdr, dst_addr);
 
 /// What a hook gives its program: the bytes, where they came from, and the primitives that
 /// differ between an skb and an XDP buffer.

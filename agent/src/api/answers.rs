@@ -12,6 +12,11 @@ pub struct NetworkInfo {
     pub id: u32,
     pub subnet: String,
     pub gateway: String,
+    /// A dual-stack network's IPv6 subnet and gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
     /// Names of its containers.
     pub containers: Vec<String>,
 }
@@ -22,6 +27,9 @@ pub struct ContainerInfo {
     pub name: String,
     pub network: String,
     pub ip: String,
+    /// Its IPv6 address, on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
     pub mac: String,
     /// Its network namespace: a name under /run/netns, or the path an attached one was given by.
     pub netns: String,
@@ -43,6 +51,12 @@ pub struct AttachmentInfo {
     /// Its address with the network's prefix length (`10.88.0.2/24`).
     pub address: String,
     pub gateway: String,
+    /// On a dual-stack network: its IPv6 address with the prefix length (`fd00:88::2/64`) and
+    /// the IPv6 gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
     /// Of `ifname`.
     pub mac: String,
     /// The host side of its veth, and that end's MAC.
@@ -110,6 +124,10 @@ pub struct NetworkSummary {
     pub name: String,
     pub subnet: String,
     pub gateway: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
 }
 
 /// The datapath as the kernel reports it; only `loaded` before the first network exists.
@@ -154,6 +172,10 @@ pub struct UplinkStatus {
     /// 0: no uplink set yet.
     pub ifindex: u32,
     pub masquerade_address: Option<String>,
+    /// The uplink's global IPv6 address that IPv6 flows are masqueraded to (CONFIG6); none
+    /// when the uplink has none.
+    #[serde(default)]
+    pub masquerade_address6: Option<String>,
     pub nat_ports: [u16; 2],
     /// `--cluster-cidr` as the datapath has it: routed untranslated (native routing). None:
     /// everything leaving the host is masqueraded.
@@ -217,11 +239,24 @@ pub struct ConntrackStatus {
     /// garbage collection. Nobody sees the kernel's LRU evict, so the collection derives it:
     /// entries made, less those moved to the assured table, expired, and still there.
     pub early_drops: u64,
+    /// IPv6's assured table (`CT6`): entries in use and its size (its unassured and overflow
+    /// tables are sized as IPv4's; the limit is the same).
+    #[serde(default)]
+    pub ipv6_entries: u64,
+    #[serde(default)]
+    pub ipv6_capacity: u32,
+}
+
+fn ipv4() -> String {
+    "ipv4".to_owned()
 }
 
 /// Both directions of one tracked flow (`conntrack ls`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flow {
+    /// ipv4 or ipv6 (answers of agents from before IPv6 had only IPv4 flows).
+    #[serde(default = "ipv4")]
+    pub family: String,
     pub protocol: String,
     /// snat, dnat or hairpin.
     pub kind: String,
@@ -299,6 +334,16 @@ pub struct GcReport {
     /// Flows removed because a container they were of is gone, whatever their timeout.
     #[serde(default)]
     pub flows_of_removed_containers: usize,
+    /// IPv6's tables: the assured one's entries in use and size, and the unassured ones'
+    /// entries (the fields above are IPv4's, as before IPv6).
+    #[serde(default)]
+    pub ipv6_entries_in_use: u64,
+    #[serde(default)]
+    pub ipv6_capacity: u32,
+    #[serde(default)]
+    pub ipv6_unassured_entries: u64,
+    #[serde(default)]
+    pub ipv6_overflow_entries: u64,
 }
 
 #[cfg(test)]
@@ -329,6 +374,7 @@ mod tests {
                 uplink: UplinkStatus {
                     ifindex: 2,
                     masquerade_address: Some("10.0.0.1".into()),
+                    masquerade_address6: Some("2001:db8::1".into()),
                     nat_ports: [1, 2],
                     cluster_cidr: Some("10.128.0.0/14".into()),
                 },
@@ -344,6 +390,8 @@ mod tests {
                     promotion_refused: 8,
                     quota_hits: 9,
                     early_drops: 10,
+                    ipv6_entries: 11,
+                    ipv6_capacity: 12,
                 },
                 counters: BTreeMap::from([("forwarded".to_owned(), 1)]),
                 drops: BTreeMap::new(),

@@ -10,6 +10,7 @@
 //! | remove a network | `DELETE /v1/networks/{name}` | |
 //! | create a container | `POST /v1/containers` | [`CreateContainer`] |
 //! | list containers | `GET /v1/containers` | |
+//! | inspect a container | `GET /v1/containers/{name}` | |
 //! | remove a container | `DELETE /v1/containers/{name}` | |
 //! | attach a namespace someone else made | `POST /v1/attachments` | [`Attach`] |
 //! | list attachments | `GET /v1/attachments` | |
@@ -28,7 +29,7 @@
 mod answers;
 mod monitor;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use answers::*;
 pub use monitor::*;
@@ -43,9 +44,35 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 #[serde(deny_unknown_fields)]
 pub struct CreateNetwork {
     pub name: String,
-    pub subnet: String,
+    /// `--subnet`, at most one per family (an IPv4 one is required). Older clients send one
+    /// string as `subnet`.
+    #[serde(alias = "subnet", deserialize_with = "one_or_many")]
+    pub subnets: Vec<String>,
+    /// `--gateway`, at most one per family; older clients send one or null as `gateway`.
+    #[serde(default, alias = "gateway", deserialize_with = "one_or_many")]
+    pub gateways: Vec<IpAddr>,
+    /// `--ipv6`: dual stack, with a unique local /64 unless `subnets` holds an IPv6 one.
     #[serde(default)]
-    pub gateway: Option<Ipv4Addr>,
+    pub ipv6: bool,
+}
+
+/// A value that was one item (or null) in an older version of the API and is a list now.
+fn one_or_many<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        Many(Vec<T>),
+        One(T),
+    }
+    Ok(match Option::<OneOrMany<T>>::deserialize(deserializer)? {
+        None => vec![],
+        Some(OneOrMany::One(one)) => vec![one],
+        Some(OneOrMany::Many(many)) => many,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +82,9 @@ pub struct CreateContainer {
     pub network: String,
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// A fixed IPv6 address on a dual-stack network; default: the lowest free one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// `--publish` values, Docker's syntax.
     #[serde(default)]
     pub publish: Vec<String>,
@@ -73,6 +103,8 @@ pub struct Attach {
     pub network: String,
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// `--publish` values, Docker's syntax.
     #[serde(default)]
     pub publish: Vec<String>,
@@ -93,6 +125,7 @@ pub enum Call {
     RemoveNetwork(String),
     CreateContainer(CreateContainer),
     ListContainers,
+    InspectContainer(String),
     RemoveContainer(String),
     Attach(Attach),
     ListAttachments,
@@ -151,6 +184,7 @@ impl Call {
             Call::RemoveNetwork(n) => (Method::Delete, named(routes::NETWORK, n), None),
             Call::CreateContainer(c) => (Method::Post, routes::CONTAINERS.into(), body(c)),
             Call::ListContainers => (Method::Get, routes::CONTAINERS.into(), None),
+            Call::InspectContainer(n) => (Method::Get, named(routes::CONTAINER, n), None),
             Call::RemoveContainer(n) => (Method::Delete, named(routes::CONTAINER, n), None),
             Call::Attach(a) => (Method::Post, routes::ATTACHMENTS.into(), body(a)),
             Call::ListAttachments => (Method::Get, routes::ATTACHMENTS.into(), None),
@@ -197,5 +231,24 @@ mod tests {
         assert_eq!(Call::RemoveNetwork("a b/c".into()).request().1, "/v1/networks/a%20b%2Fc");
         let (method, path, _) = Call::Detach("abc".into(), "eth0".into()).request();
         assert_eq!((method, path.as_str()), (Method::Delete, "/v1/attachments/abc/eth0"));
+    }
+
+    /// An older client's request (one subnet, one gateway or null) still reads.
+    #[test]
+    fn an_older_clients_network_request_reads() {
+        let old: CreateNetwork =
+            serde_json::from_value(serde_json::json!({"name": "n", "subnet": "10.1.0.0/24", "gateway": null})).unwrap();
+        assert_eq!((old.subnets, old.gateways, old.ipv6), (vec!["10.1.0.0/24".to_owned()], vec![], false));
+        let old: CreateNetwork =
+            serde_json::from_value(serde_json::json!({"name": "n", "subnet": "10.1.0.0/24", "gateway": "10.1.0.9"}))
+                .unwrap();
+        assert_eq!(old.gateways, vec!["10.1.0.9".parse::<IpAddr>().unwrap()]);
+        let new = CreateNetwork {
+            name: "n".into(),
+            subnets: vec!["10.1.0.0/24".into(), "fd00:1::/64".into()],
+            gateways: vec!["fd00:1::9".parse().unwrap()],
+            ipv6: true,
+        };
+        assert_eq!(serde_json::from_value::<CreateNetwork>(serde_json::to_value(&new).unwrap()).unwrap(), new);
     }
 }

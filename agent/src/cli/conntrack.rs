@@ -37,7 +37,7 @@ impl ConntrackCommand {
                     return super::print_json(&flows);
                 }
                 println!(
-                    "{:<5} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:<9} {:>6} {:>9} {:>9}",
+                    "{:<6} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:<9} {:>6} {:>9} {:>9}",
                     "PROTO",
                     "KIND",
                     "SOURCE",
@@ -52,7 +52,7 @@ impl ConntrackCommand {
                 );
                 for f in &flows {
                     println!(
-                        "{:<5} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:<9} {:>5}s {:>9} {:>9}",
+                        "{:<6} {:<7} {:<22} {:<22} {:<22} {:<22} {:<11} {:<9} {:>5}s {:>9} {:>9}",
                         f.protocol,
                         f.kind,
                         f.source,
@@ -74,14 +74,18 @@ impl ConntrackCommand {
                 }
                 println!(
                     "expired {} flows and {} of removed containers ({} entries); {} of {} assured entries in use, \
-                     {} unassured, {} in overflow",
+                     {} unassured, {} in overflow; IPv6: {} of {} assured entries in use, {} unassured, {} in overflow",
                     report.flows_expired,
                     report.flows_of_removed_containers,
                     report.entries_removed,
                     report.entries_in_use,
                     report.capacity,
                     report.unassured_entries,
-                    report.overflow_entries
+                    report.overflow_entries,
+                    report.ipv6_entries_in_use,
+                    report.ipv6_capacity,
+                    report.ipv6_unassured_entries,
+                    report.ipv6_overflow_entries
                 );
             }
         }

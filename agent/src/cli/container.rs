@@ -1,5 +1,5 @@
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -19,8 +19,13 @@ pub enum ContainerCommand {
         /// Address in the network's subnet; default: the lowest free one.
         #[arg(long)]
         ip: Option<Ipv4Addr>,
+        /// IPv6 address in a dual-stack network's IPv6 subnet; default: the lowest free one.
+        #[arg(long)]
+        ip6: Option<Ipv6Addr>,
         /// Publish a port on the host: [HOST_IP:]HOST_PORT:PORT[/tcp|/udp], ranges as
-        /// 8000-8010:8000-8010 (repeatable; Docker's syntax and defaults).
+        /// 8000-8010:8000-8010, IPv6 host addresses in brackets ([2001:db8::1]:8080:80)
+        /// (repeatable; Docker's syntax and defaults: without a host address, on IPv4 and,
+        /// when the container has an IPv6 address, on IPv6).
         #[arg(long, short = 'p', value_name = "SPEC")]
         publish: Vec<String>,
     },
@@ -41,6 +46,9 @@ pub enum ContainerCommand {
         /// Address in the network's subnet; default: the lowest free one.
         #[arg(long)]
         ip: Option<Ipv4Addr>,
+        /// IPv6 address on a dual-stack network; default: the lowest free one.
+        #[arg(long)]
+        ip6: Option<Ipv6Addr>,
         /// Publish a port on the host, as for `create`.
         #[arg(long, short = 'p', value_name = "SPEC")]
         publish: Vec<String>,
@@ -58,6 +66,8 @@ pub enum ContainerCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show one container as JSON: its addresses, ports and traffic.
+    Inspect { name: String },
     /// Remove a container and its namespace.
     #[command(alias = "remove")]
     Rm { name: String },
@@ -66,12 +76,13 @@ pub enum ContainerCommand {
 impl ContainerCommand {
     pub fn call(&self) -> Call {
         match self.clone() {
-            ContainerCommand::Create { name, network, ip, publish } => {
-                Call::CreateContainer(CreateContainer { name, network, ip, publish })
+            ContainerCommand::Create { name, network, ip, ip6, publish } => {
+                Call::CreateContainer(CreateContainer { name, network, ip, ip6, publish })
             }
-            ContainerCommand::Attach { netns, network, id, ifname, ip, publish } => {
-                Call::Attach(Attach { netns, container_id: id, ifname, network, ip, publish })
+            ContainerCommand::Attach { netns, network, id, ifname, ip, ip6, publish } => {
+                Call::Attach(Attach { netns, container_id: id, ifname, network, ip, ip6, publish })
             }
+            ContainerCommand::Inspect { name } => Call::InspectContainer(name),
             ContainerCommand::Detach { id, ifname } => Call::Detach(id, ifname),
             ContainerCommand::Ls { .. } => Call::ListContainers,
             ContainerCommand::Rm { name } => Call::RemoveContainer(name),
@@ -83,11 +94,21 @@ impl ContainerCommand {
         match self {
             ContainerCommand::Create { .. } => {
                 let container: ContainerInfo = client::call(socket, &self.call()).await?;
-                println!("{} {}", container.name, container.ip);
+                match &container.ip6 {
+                    Some(ip6) => println!("{} {} {ip6}", container.name, container.ip),
+                    None => println!("{} {}", container.name, container.ip),
+                }
+            }
+            ContainerCommand::Inspect { .. } => {
+                let container: ContainerInfo = client::call(socket, &self.call()).await?;
+                super::print_json(&container)?;
             }
             ContainerCommand::Attach { .. } => {
                 let attached: AttachmentInfo = client::call(socket, &self.call()).await?;
-                println!("{}/{} {}", attached.container_id, attached.ifname, attached.address);
+                match &attached.address6 {
+                    Some(a6) => println!("{}/{} {} {a6}", attached.container_id, attached.ifname, attached.address),
+                    None => println!("{}/{} {}", attached.container_id, attached.ifname, attached.address),
+                }
             }
             ContainerCommand::Detach { id, ifname } => {
                 let answer: Detached = client::call(socket, &self.call()).await?;
@@ -105,13 +126,17 @@ impl ContainerCommand {
                 if *json {
                     return super::print_json(&containers);
                 }
-                println!("{:<24} {:<20} {:<16} {:<18} {:<11} PORTS", "NAME", "NETWORK", "IP", "MAC", "HOST IFACE");
+                println!(
+                    "{:<24} {:<20} {:<16} {:<26} {:<18} {:<11} PORTS",
+                    "NAME", "NETWORK", "IP", "IPV6", "MAC", "HOST IFACE"
+                );
                 for c in &containers {
                     println!(
-                        "{:<24} {:<20} {:<16} {:<18} {:<11} {}",
+                        "{:<24} {:<20} {:<16} {:<26} {:<18} {:<11} {}",
                         c.name,
                         c.network,
                         c.ip,
+                        c.ip6.as_deref().unwrap_or("-"),
                         c.mac,
                         c.host_interface,
                         ports_summary(&c.ports)

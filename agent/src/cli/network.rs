@@ -1,4 +1,4 @@
-use std::{net::Ipv4Addr, path::Path};
+use std::{net::IpAddr, path::Path};
 
 use clap::Subcommand;
 
@@ -7,15 +7,22 @@ use crate::api::{Call, CreateNetwork, NetworkInfo, Removed};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum NetworkCommand {
-    /// Create a network: a subnet whose containers reach each other and their gateway.
+    /// Create a network: a subnet whose containers reach each other and their gateway. IPv4
+    /// only unless an IPv6 subnet or --ipv6 is given (dual stack).
     Create {
         name: String,
-        /// IPv4 subnet in CIDR notation, e.g. 10.88.0.0/24.
+        /// Subnet in CIDR notation: an IPv4 one (required), e.g. 10.88.0.0/24, and for dual
+        /// stack an IPv6 one (a /64 or larger), e.g. fd00:88::/64. Repeatable, once per family.
+        #[arg(long, required = true)]
+        subnet: Vec<String>,
+        /// Gateway address of its subnet's family; default: the subnet's first host address.
+        /// Repeatable, once per family.
         #[arg(long)]
-        subnet: String,
-        /// Gateway address; default: the subnet's first host address.
+        gateway: Vec<IpAddr>,
+        /// Dual stack: without an IPv6 --subnet, a unique local /64 (fdXX:XXXX:XXXX::/64,
+        /// random) is chosen, as Docker 27 does.
         #[arg(long)]
-        gateway: Option<Ipv4Addr>,
+        ipv6: bool,
     },
     /// List networks.
     #[command(alias = "list")]
@@ -33,8 +40,8 @@ pub enum NetworkCommand {
 impl NetworkCommand {
     pub fn call(&self) -> Call {
         match self.clone() {
-            NetworkCommand::Create { name, subnet, gateway } => {
-                Call::CreateNetwork(CreateNetwork { name, subnet, gateway })
+            NetworkCommand::Create { name, subnet, gateway, ipv6 } => {
+                Call::CreateNetwork(CreateNetwork { name, subnets: subnet, gateways: gateway, ipv6 })
             }
             NetworkCommand::Ls { .. } => Call::ListNetworks,
             NetworkCommand::Inspect { name } => Call::InspectNetwork(name),
@@ -62,9 +69,22 @@ impl NetworkCommand {
                 if *json {
                     return super::print_json(&networks);
                 }
-                println!("{:<24} {:<20} {:<16} CONTAINERS", "NAME", "SUBNET", "GATEWAY");
+                println!(
+                    "{:<24} {:<20} {:<16} {:<26} {:<22} CONTAINERS",
+                    "NAME", "SUBNET", "GATEWAY", "IPV6 SUBNET", "IPV6 GATEWAY"
+                );
                 for n in &networks {
-                    println!("{:<24} {:<20} {:<16} {}", n.name, n.subnet, n.gateway, n.containers.len());
+                    let (subnet6, gateway6) =
+                        (n.subnet6.as_deref().unwrap_or("-"), n.gateway6.as_deref().unwrap_or("-"));
+                    println!(
+                        "{:<24} {:<20} {:<16} {:<26} {:<22} {}",
+                        n.name,
+                        n.subnet,
+                        n.gateway,
+                        subnet6,
+                        gateway6,
+                        n.containers.len()
+                    );
                 }
             }
         }

@@ -4,6 +4,10 @@ use crate::api::{ConntrackStatus, HostCgroupStatus, RunningDatapath, Status};
 pub fn print_text(status: &Status) {
     println!("host namespace: {}", status.host_netns.as_deref().unwrap_or("(the one bpfnet runs in)"));
     println!("networks: {}   containers: {}", status.networks.len(), status.containers.len());
+    for n in &status.networks {
+        let v6 = n.subnet6.as_ref().zip(n.gateway6.as_ref()).map(|(s, g)| format!(", {s} gateway {g}"));
+        println!("  {:<24} {} gateway {}{}", n.name, n.subnet, n.gateway, v6.unwrap_or_default());
+    }
     for c in &status.containers {
         if let Some(t) = &c.traffic {
             println!(
@@ -39,6 +43,10 @@ fn print_datapath(dp: &RunningDatapath) {
     match &dp.uplink.masquerade_address {
         Some(addr) => println!("masquerade: to {addr}, ports {}-{}", dp.uplink.nat_ports[0], dp.uplink.nat_ports[1]),
         None => println!("masquerade: off (no --uplink given yet)"),
+    }
+    match &dp.uplink.masquerade_address6 {
+        Some(addr) => println!("IPv6 masquerade: to {addr}"),
+        None => println!("IPv6 masquerade: off (the uplink has no usable global IPv6 address)"),
     }
     if let Some(cidr) = &dp.uplink.cluster_cidr {
         println!("native routing: to {cidr} (other nodes' pods), untranslated");

@@ -6,8 +6,10 @@
 //! runs one operation at a time.
 //!
 //! Network configuration keys: `type` (`bpfnet-cni`), `network` (the bpfnet network; default
-//! the configuration's `name`), `subnet` (creates the network if it does not exist), `socket`
-//! (the agent's API socket), and the `portMappings` capability. Unknown keys are ignored.
+//! the configuration's `name`), `subnet` (creates the network if it does not exist) and
+//! `subnet6` (with `subnet`: creates it dual stack), `socket` (the agent's API socket), and the
+//! `portMappings` capability. Unknown keys are ignored. On a dual-stack network the result
+//! holds both addresses and a default route per family.
 pub mod result;
 pub mod spec;
 
@@ -107,13 +109,14 @@ impl Plugin {
             }
         }
         let mut result = CniResult::previous(conf.prev_result.as_ref())?;
-        self.ensure_network(network, conf.subnet.as_deref()).await?;
+        self.ensure_network(network, conf.subnet.as_deref(), conf.subnet6.as_deref()).await?;
         let attach = Attach {
             netns: PathBuf::from(netns),
             container_id: container_id.to_owned(),
             ifname: ifname.to_owned(),
             network: network.to_owned(),
             ip: None,
+            ip6: None,
             publish,
         };
         let attached: AttachmentInfo = self.call(&Call::Attach(attach)).await?;
@@ -125,7 +128,7 @@ impl Plugin {
 
     /// The network exists, or is made when the configuration gives its subnet. Two ADDs that
     /// both make it: the second finds it made.
-    async fn ensure_network(&self, network: &str, subnet: Option<&str>) -> Result<(), CniError> {
+    async fn ensure_network(&self, network: &str, subnet: Option<&str>, subnet6: Option<&str>) -> Result<(), CniError> {
         let networks: Vec<NetworkInfo> = self.call(&Call::ListNetworks).await?;
         if networks.iter().any(|n| n.name == network) {
             return Ok(());
@@ -139,8 +142,9 @@ impl Plugin {
                 ),
             ));
         };
+        let subnets = std::iter::once(subnet).chain(subnet6).map(str::to_owned).collect();
         let create =
-            Call::CreateNetwork(CreateNetwork { name: network.to_owned(), subnet: subnet.to_owned(), gateway: None });
+            Call::CreateNetwork(CreateNetwork { name: network.to_owned(), subnets, gateways: vec![], ipv6: false });
         match self.call::<NetworkInfo>(&create).await {
             Ok(_) => Ok(()),
             Err(refused) => {

@@ -84,7 +84,8 @@ impl CniResult {
     }
 
     /// Adds an attachment: the host-side veth and the interface inside, its address (naming the
-    /// inside interface by its index) and the default route through the gateway.
+    /// inside interface by its index) and the default route through the gateway, for each
+    /// family it has.
     pub fn add_attachment(&mut self, attached: &AttachmentInfo) {
         self.interfaces.push(Interface {
             name: attached.host_interface.clone(),
@@ -97,13 +98,17 @@ impl CniResult {
             sandbox: Some(attached.netns.clone()),
             ..Interface::default()
         });
-        self.ips.push(IpConfig {
-            address: attached.address.clone(),
-            gateway: Some(attached.gateway.clone()),
-            interface: Some(self.interfaces.len() - 1),
-            ..IpConfig::default()
-        });
-        self.routes.push(Route { dst: "0.0.0.0/0".into(), gw: Some(attached.gateway.clone()), ..Route::default() });
+        let v4 = Some((&attached.address, &attached.gateway, "0.0.0.0/0"));
+        let v6 = attached.address6.as_ref().zip(attached.gateway6.as_ref()).map(|(a, g)| (a, g, "::/0"));
+        for (address, gateway, default) in v4.into_iter().chain(v6) {
+            self.ips.push(IpConfig {
+                address: address.clone(),
+                gateway: Some(gateway.clone()),
+                interface: Some(self.interfaces.len() - 1),
+                ..IpConfig::default()
+            });
+            self.routes.push(Route { dst: default.into(), gw: Some(gateway.clone()), ..Route::default() });
+        }
     }
 
     /// The result as `version` writes it.

@@ -130,6 +130,9 @@ pub struct NetConf {
     /// With it, a network that does not exist yet is created with this subnet.
     #[serde(default)]
     pub subnet: Option<String>,
+    /// With `subnet`, the network is created dual stack with this IPv6 subnet.
+    #[serde(default)]
+    pub subnet6: Option<String>,
     /// The agent's API socket.
     #[serde(default)]
     pub socket: Option<PathBuf>,
@@ -216,7 +219,8 @@ impl PortMapping {
             "" => String::new(),
             text => match text.parse::<std::net::IpAddr>() {
                 Ok(std::net::IpAddr::V4(ip)) => format!("{ip}:"),
-                _ => return Err(invalid(format!("hostIP {text:?} is not an IPv4 address (bpfnet networks are IPv4)"))),
+                Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:"),
+                Err(_) => return Err(invalid(format!("hostIP {text:?} is not an IP address"))),
             },
         };
         Ok(format!("{ip}{}:{}/{protocol}", self.host_port, self.container_port))

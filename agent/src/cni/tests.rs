@@ -24,6 +24,8 @@ fn attached() -> AttachmentInfo {
         network: "web".into(),
         address: "10.88.0.2/24".into(),
         gateway: "10.88.0.1".into(),
+        address6: None,
+        gateway6: None,
         mac: "02:42:0a:58:00:02".into(),
         host_interface: "bn0000abcd".into(),
         host_mac: "02:bf:00:00:00:01".into(),
@@ -61,9 +63,11 @@ fn podman_and_containerd_spell_port_mappings_differently() {
 fn bad_port_mappings_and_configs_are_invalid_configuration() {
     let sctp = PortMapping { host_port: 1, container_port: 1, protocol: "sctp".into(), host_ip: String::new() };
     assert_eq!(sctp.publish_spec().unwrap_err().code, code::INVALID_CONFIG);
-    let v6 = PortMapping { host_port: 1, container_port: 1, protocol: "tcp".into(), host_ip: "::1".into() };
-    let err = v6.publish_spec().unwrap_err();
-    assert!(err.code == code::INVALID_CONFIG && err.msg.contains("IPv4"), "{err:?}");
+    let v6 = PortMapping { host_port: 1, container_port: 2, protocol: "tcp".into(), host_ip: "2001:db8::1".into() };
+    assert_eq!(v6.publish_spec().unwrap(), "[2001:db8::1]:1:2/tcp", "bracketed, as the agent parses it");
+    let bad = PortMapping { host_port: 1, container_port: 1, protocol: "tcp".into(), host_ip: "nope".into() };
+    let err = bad.publish_spec().unwrap_err();
+    assert!(err.code == code::INVALID_CONFIG && err.msg.contains("\"nope\" is not an IP address"), "{err:?}");
     let unnamed = NetConf::decode(br#"{"cniVersion": "1.0.0", "type": "bpfnet-cni"}"#).unwrap();
     assert_eq!(unnamed.network().unwrap_err().code, code::INVALID_CONFIG);
 }
@@ -130,6 +134,29 @@ fn results_are_shaped_for_the_version_asked() {
     let v110 = serde_json::to_value(result.shaped_for("1.1.0", (1, 1, 0))).unwrap();
     assert_eq!(v110["cniVersion"], "1.1.0");
     assert_eq!(v110["ips"], json!([{"address": "10.88.0.2/24", "gateway": "10.88.0.1", "interface": 1}]));
+}
+
+/// On a dual-stack network: both addresses on the one interface inside, a default route per
+/// family; before 1.0.0 each address names its version.
+#[test]
+fn a_dual_stack_result_has_both_addresses_and_routes() {
+    let mut result = CniResult::default();
+    result.add_attachment(&AttachmentInfo {
+        address6: Some("fd00:88::2/64".into()),
+        gateway6: Some("fd00:88::1".into()),
+        ..attached()
+    });
+    let v040 = serde_json::to_value(result.clone().shaped_for("0.4.0", (0, 4, 0))).unwrap();
+    assert_eq!(
+        v040["ips"],
+        json!([
+            {"version": "4", "address": "10.88.0.2/24", "gateway": "10.88.0.1", "interface": 1},
+            {"version": "6", "address": "fd00:88::2/64", "gateway": "fd00:88::1", "interface": 1}
+        ])
+    );
+    assert_eq!(v040["routes"], json!([{"dst": "0.0.0.0/0", "gw": "10.88.0.1"}, {"dst": "::/0", "gw": "fd00:88::1"}]));
+    let v110 = serde_json::to_value(result.shaped_for("1.1.0", (1, 1, 0))).unwrap();
+    assert_eq!(v110["ips"][1], json!({"address": "fd00:88::2/64", "gateway": "fd00:88::1", "interface": 1}));
 }
 
 #[test]

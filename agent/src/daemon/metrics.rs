@@ -160,6 +160,7 @@ impl Reading {
             ("conntrack", ct.entries, ct.capacity),
             ("conntrack_unassured", gc.map_or(0, |g| g.unassured_entries), ct.unassured_capacity),
             ("conntrack_overflow", gc.map_or(0, |g| g.overflow_entries), ct.overflow_capacity),
+            ("conntrack_ipv6", ct.ipv6_entries, ct.ipv6_capacity),
             ("endpoints", containers.len() as u64, MAX_ENDPOINTS),
             ("published_ports", published as u64, dp.map_capacity(map_names::PUBLISHED_PORTS)?),
         ];
@@ -280,6 +281,10 @@ impl Collector for Reading {
             (table("assured"), gauge(ct.entries as f64)),
             (table("unassured"), gauge(gc.map_or(0, |g| g.unassured_entries) as f64)),
             (table("overflow"), gauge(gc.map_or(0, |g| g.overflow_entries) as f64)),
+            // IPv6's tables (CT6, ...) by table names of their own: IPv4's series stay as they were.
+            (table("ipv6_assured"), gauge(ct.ipv6_entries as f64)),
+            (table("ipv6_unassured"), gauge(gc.map_or(0, |g| g.ipv6_unassured_entries) as f64)),
+            (table("ipv6_overflow"), gauge(gc.map_or(0, |g| g.ipv6_overflow_entries) as f64)),
         ];
         let help = "Conntrack entries in use, two a flow (unassured tables: as of the last garbage collection)";
         family(&mut enc, "conntrack_entries", help, G, ct_entries)?;
@@ -289,6 +294,10 @@ impl Collector for Reading {
             (table("assured"), gauge(f64::from(ct.capacity))),
             (table("unassured"), gauge(f64::from(ct.unassured_capacity))),
             (table("overflow"), gauge(f64::from(ct.overflow_capacity))),
+            // IPv6's unassured tables are sized as IPv4's (datapath/load.rs).
+            (table("ipv6_assured"), gauge(f64::from(ct.ipv6_capacity))),
+            (table("ipv6_unassured"), gauge(f64::from(ct.unassured_capacity))),
+            (table("ipv6_overflow"), gauge(f64::from(ct.overflow_capacity))),
         ];
         family(&mut enc, "conntrack_capacity", "Size of each conntrack table", G, ct_capacity)?;
         let ct_events: [(&str, &str, u64); 4] = [

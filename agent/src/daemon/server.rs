@@ -40,7 +40,8 @@ pub fn router(agent: Agent) -> Router {
         .route(routes::CONTAINERS, post(create_container).get(|s: State<Agent>| run(s, Ok(Call::ListContainers))))
         .route(
             routes::CONTAINER,
-            axum::routing::delete(|s: State<Agent>, UrlPath(n): UrlPath<String>| run(s, Ok(Call::RemoveContainer(n)))),
+            get(|s: State<Agent>, UrlPath(n): UrlPath<String>| run(s, Ok(Call::InspectContainer(n))))
+                .delete(|s: State<Agent>, UrlPath(n): UrlPath<String>| run(s, Ok(Call::RemoveContainer(n)))),
         )
         .route(routes::ATTACHMENTS, post(attach).get(|s: State<Agent>| run(s, Ok(Call::ListAttachments))))
         .route(

@@ -1,6 +1,10 @@
 //! What the agent does for each API call: the operations of network.rs, container.rs and
 //! conntrack.rs on the host it owns, answered as JSON.
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Instant,
+};
 
 use anyhow::{Context, Result};
 use aya::programs::{SchedClassifier, TcAttachType};
@@ -34,7 +38,7 @@ use crate::{
 pub async fn execute(host: &mut Host, call: Call, monitor: &Monitor, metrics: &Metrics) -> Result<Value> {
     let answer = match call {
         Call::CreateNetwork(c) => {
-            let spec = network::create(host, &c.name, &c.subnet, c.gateway).await?;
+            let spec = network::create(host, &c.name, &c.subnets, &c.gateways, c.ipv6).await?;
             to_json(describe_network(host, &spec))
         }
         Call::ListNetworks => {
@@ -47,8 +51,13 @@ pub async fn execute(host: &mut Host, call: Call, monitor: &Monitor, metrics: &M
         }
         Call::CreateContainer(c) => {
             let mappings = parse_specs(&c.publish)?;
-            let spec = container::create(host, &c.name, &c.network, c.ip, mappings).await?;
+            let fixed = container::Fixed { ip: c.ip, ip6: c.ip6 };
+            let spec = container::create(host, &c.name, &c.network, fixed, mappings).await?;
             to_json(describe_container(&spec))
+        }
+        Call::InspectContainer(name) => {
+            let spec = host.state().container(&name)?.clone();
+            to_json(container_status(host, &spec))
         }
         Call::ListContainers => {
             let specs: Vec<ContainerSpec> = host.state().containers.values().cloned().collect();
@@ -64,7 +73,7 @@ pub async fn execute(host: &mut Host, call: Call, monitor: &Monitor, metrics: &M
                 container_id: &a.container_id,
                 ifname: &a.ifname,
                 network: &a.network,
-                ip: a.ip,
+                fixed: container::Fixed { ip: a.ip, ip6: a.ip6 },
                 publish: parse_specs(&a.publish)?,
             };
             let spec = attachment::attach(host, request).await?;
@@ -144,6 +153,8 @@ fn describe_network(host: &Host, spec: &NetworkSpec) -> NetworkInfo {
         id: spec.id,
         subnet: spec.subnet.to_string(),
         gateway: spec.gateway.to_string(),
+        subnet6: spec.ipv6.map(|v6| v6.subnet.to_string()),
+        gateway6: spec.ipv6.map(|v6| v6.gateway.to_string()),
         containers: host.state().containers_of(&spec.name).map(|c| c.name.clone()).collect(),
     }
 }
@@ -158,6 +169,8 @@ fn describe_attachment(host: &Host, spec: &ContainerSpec) -> Result<AttachmentIn
         network: spec.network.clone(),
         address: format!("{}/{}", spec.ip, net.subnet.prefix_len()),
         gateway: net.gateway.to_string(),
+        address6: spec.ip6.zip(net.ipv6).map(|(ip6, v6)| format!("{ip6}/{}", v6.subnet.prefix_len())),
+        gateway6: spec.ip6.and(net.ipv6).map(|v6| v6.gateway.to_string()),
         mac: format_mac(&spec.mac),
         host_interface: spec.host_interface.clone(),
         host_mac: format_mac(&crate::host::ipam::gateway_mac(net.id)),
@@ -170,6 +183,7 @@ fn describe_container(spec: &ContainerSpec) -> ContainerInfo {
         name: spec.name.clone(),
         network: spec.network.clone(),
         ip: spec.ip.to_string(),
+        ip6: spec.ip6.map(|ip6| ip6.to_string()),
         mac: format_mac(&spec.mac),
         netns: match &spec.handed_over {
             Some(h) => format!("{}'s (endpoint {})", h.engine, h.endpoint_id),
@@ -282,12 +296,15 @@ pub(super) fn datapath_status(
     let snapshot = dp.snapshot()?;
     let as_map = |pairs: &[(&str, u64)]| pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     let config = dp.config()?;
+    let config6 = dp.config6()?;
     Ok(RunningDatapath {
         attachments,
         uplink: UplinkStatus {
             ifindex: config.uplink_ifindex,
             masquerade_address: (config.uplink_ifindex != 0)
                 .then(|| Ipv4Addr::from(config.uplink_ip.to_ne_bytes()).to_string()),
+            masquerade_address6: (config6.uplink_ip != [0; 4])
+                .then(|| Ipv6Addr::from(datapath_common::ipv6_octets(config6.uplink_ip)).to_string()),
             nat_ports: [config.nat_port_min, config.nat_port_max],
             cluster_cidr: (config.cluster_mask != 0).then(|| {
                 let prefix = u32::from_be(config.cluster_mask).leading_ones();
@@ -341,6 +358,8 @@ fn status(host: &mut Host) -> Result<Status> {
                 name: n.name.clone(),
                 subnet: n.subnet.to_string(),
                 gateway: n.gateway.to_string(),
+                subnet6: n.ipv6.map(|v6| v6.subnet.to_string()),
+                gateway6: n.ipv6.map(|v6| v6.gateway.to_string()),
             })
             .collect(),
         containers: containers.iter().map(|c| container_status(host, c)).collect(),

@@ -1,8 +1,9 @@
 //! Follows the uplink while the agent runs. Its IPv4 address is the masquerade (and published
-//! port) address and its ifindex is where the uplink program runs, so the datapath must follow
-//! the interface as it changes: a DHCP client renumbering it, an administrator making it again.
+//! port) address, its global IPv6 address IPv6's, and its ifindex is where the uplink program
+//! runs, so the datapath must follow the interface as it changes: a DHCP client renumbering
+//! it, SLAAC or DAD settling an IPv6 address, an administrator making it again.
 //!
-//! The kernel notifies every link and IPv4 address change of the host namespace (rtnetlink
+//! The kernel notifies every link and address change of the host namespace (rtnetlink
 //! multicast, see [`LinkEvents`]); those about the uplink, by name or ifindex, trigger
 //! [`Host::sync_uplink`](crate::host::Host::sync_uplink), once per burst. A slow periodic
 //! resync covers whatever the notifications could still miss; notifications the kernel had to
@@ -171,6 +172,7 @@ fn concerns_uplink(event: &LinkEvent, uplink: &str, uplink_index: Option<u32>) -
                     .as_deref()
                     .is_some_and(|l| l == uplink || l.strip_prefix(uplink).is_some_and(|alias| alias.starts_with(':')))
         }
+        LinkEvent::Ipv6Address { index } => Some(*index) == uplink_index,
         LinkEvent::Lost => true,
     }
 }
@@ -196,6 +198,9 @@ mod tests {
         assert!(concerns_uplink(&addr(9, Some("eth0:1")), "eth0", None));
         assert!(!concerns_uplink(&addr(9, Some("eth01")), "eth0", Some(3)));
         assert!(!concerns_uplink(&addr(12, Some("lo")), "eth0", Some(3)));
+        // The uplink's IPv6 address (say, DAD completed), and a container veth's link-local one.
+        assert!(concerns_uplink(&LinkEvent::Ipv6Address { index: 3 }, "eth0", Some(3)));
+        assert!(!concerns_uplink(&LinkEvent::Ipv6Address { index: 12 }, "eth0", Some(3)));
         // Whatever was lost may have been about the uplink.
         assert!(concerns_uplink(&LinkEvent::Lost, "eth0", Some(3)));
     }

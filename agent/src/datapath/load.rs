@@ -83,8 +83,16 @@ pub(super) fn open_program(pin_dir: &Path, name: &str) -> Result<SchedClassifier
 pub(super) fn loader<'a>(pin_dir: &Path, ct_entries: u32) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(pin_dir.join("maps"));
+    let maps = pin_dir.join("maps");
     for table in CtTable::ALL {
-        loader.map_max_entries(table.map_name(), table.entries_for(ct_entries));
+        let entries = table.entries_for(ct_entries);
+        loader.map_max_entries(table.map_name(), entries);
+        // IPv6's tables take the size of IPv4's as pinned (a datapath pinned before IPv6 was
+        // made with another --ct-size, perhaps): the fill limit, derived from `CT`'s size,
+        // then fits `CT6` as well.
+        let pinned = MapData::from_pin(maps.join(table.map_name())).ok().and_then(|map| map.info().ok());
+        let ipv6 = pinned.map_or(entries, |info| info.max_entries());
+        loader.map_max_entries(<Ipv6Be as CtFamily>::map_name(table), ipv6);
     }
     loader
 }

@@ -34,9 +34,9 @@ use aya::{
     EbpfLoader,
 };
 use datapath_common::{
-    map_names, program_names, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, Endpoint6, EndpointStats,
-    EventLoss, HostConfig, HostConfig6, Ipv4Be, Ipv6Be, Network, PublishedPortKey, PublishedPortKey6,
-    PublishedPortTarget, PublishedPortTarget6,
+    map_names, program_names, Counter, CtEntry, CtEntry6, CtEntryOf, CtKey, CtKey6, CtKeyOf, CtQuotaKey, DropReason,
+    Endpoint, Endpoint6, EndpointStats, EventLoss, HostConfig, HostConfig6, Ipv4Be, Ipv6Be, Network, PublishedPortKey,
+    PublishedPortKey6, PublishedPortTarget, PublishedPortTarget6,
 };
 
 use crate::{sys::bpf, sys::cgroup::HostCgroup};
@@ -119,6 +119,10 @@ pub struct Datapath {
     /// `conntrack`), in the order `CtTable::ALL` names them.
     pub(crate) ct_tables: [HashMap<MapData, CtKey, CtEntry>; 3],
     pub(crate) ct_fill: Array<MapData, u64>,
+    /// IPv6's conntrack, the same three tables and fill count (`CT_QUOTA`, `CT_STATS` and
+    /// `CT_QUOTA_HITS` are both families').
+    pub(crate) ct6_tables: [HashMap<MapData, CtKey6, CtEntry6>; 3],
+    pub(crate) ct6_fill: Array<MapData, u64>,
     pub(crate) ct_quota: HashMap<MapData, CtQuotaKey, u64>,
     pub(crate) ct_stats: Array<MapData, u64>,
     pub(crate) ct_quota_hits: PerCpuArray<MapData, u64>,
@@ -140,8 +144,10 @@ pub struct Datapath {
 /// See [`Datapath::contents`].
 pub struct DatapathContents {
     pub endpoint_ips: Vec<Ipv4Be>,
+    pub endpoint6_ips: Vec<Ipv6Be>,
     pub networks: Vec<u32>,
     pub published_ports: Vec<PublishedPortKey>,
+    pub published_ports6: Vec<PublishedPortKey6>,
     pub linked_interfaces: Vec<String>,
 }
 
@@ -208,6 +214,12 @@ impl Datapath {
                 open_map(&maps, map_names::CT_OVERFLOW)?,
             ],
             ct_fill: open_map(&maps, map_names::CT_FILL)?,
+            ct6_tables: [
+                open_map(&maps, map_names::CT6)?,
+                open_map(&maps, map_names::CT6_UNASSURED)?,
+                open_map(&maps, map_names::CT6_OVERFLOW)?,
+            ],
+            ct6_fill: open_map(&maps, map_names::CT6_FILL)?,
             ct_quota: open_map(&maps, map_names::CT_QUOTA)?,
             ct_stats: open_map(&maps, map_names::CT_STATS)?,
             ct_quota_hits: open_map(&maps, map_names::CT_QUOTA_HITS)?,
@@ -291,13 +303,16 @@ impl Datapath {
         ignore_missing_key(self.endpoints6.remove(&ip)).context("removing endpoint from ENDPOINTS6")
     }
 
-    /// What the maps hold, for reconciliation with the state: endpoint addresses, network
-    /// ids, published ports, and the interfaces with a pinned endpoint link.
+    /// What the maps hold, for reconciliation with the state: endpoint addresses (of both
+    /// families), network ids, published ports (of both), and the interfaces with a pinned
+    /// endpoint link.
     pub fn contents(&self) -> Result<DatapathContents> {
         Ok(DatapathContents {
             endpoint_ips: self.endpoints.keys().collect::<Result<_, _>>().context("listing ENDPOINTS")?,
+            endpoint6_ips: self.endpoints6.keys().collect::<Result<_, _>>().context("listing ENDPOINTS6")?,
             networks: self.networks.keys().collect::<Result<_, _>>().context("listing NETWORKS")?,
             published_ports: self.published_ports.keys().collect::<Result<_, _>>().context("listing SERVICES")?,
+            published_ports6: self.published_ports6.keys().collect::<Result<_, _>>().context("listing PUBLISHED6")?,
             linked_interfaces: std::fs::read_dir(self.pin_dir.join("links"))?
                 .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
                 .filter(|name: &Result<String>| {

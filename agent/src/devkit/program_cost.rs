@@ -575,11 +575,11 @@ fn measure(args: &ProgramCostArgs) -> Result<Report> {
         cluster_mask: be(CLUSTER_CIDR.1),
         ..Default::default()
     })?;
-    bed.published_ports.insert(PUBLISHED.map_key(), PUBLISHED.map_target(B_IP), 0)?;
+    bed.published_ports.insert(PUBLISHED.map_key().expect("an IPv4 mapping"), PUBLISHED.map_target(B_IP), 0)?;
     for host_port in 1..=args.other_ports {
         let other =
             PortMapping { host_ip: None, host_port: host_port as u16, container_port: 80, protocol: Protocol::Tcp };
-        bed.published_ports.insert(other.map_key(), other.map_target(A_IP), 0)?;
+        bed.published_ports.insert(other.map_key().expect("an IPv4 mapping"), other.map_target(A_IP), 0)?;
     }
     let mut meter = Meter {
         bed,

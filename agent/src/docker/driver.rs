@@ -5,10 +5,14 @@
 //! Docker's IPAM chose. Everything lives in the agent's state: dockerd restarting, or the
 //! agent being killed, loses nothing. Deletes of what is already gone succeed (dockerd
 //! retries them, and forgets what it deleted with `force` even when the driver failed).
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Mutex};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    sync::Mutex,
+};
 
 use anyhow::{bail, Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde_json::{json, Value};
 
 use crate::{
@@ -18,7 +22,7 @@ use crate::{
         EndpointInterface, EndpointRequest, ExternalConnectivityRequest, InterfaceName, JoinAnswer, JoinRequest,
         PortBinding, Scope, ENABLE_IPV6, GENERIC_OPTIONS, INTERNAL, PORT_MAP,
     },
-    host::container::{self, Placement},
+    host::container::{self, Fixed, Placement},
     host::ipam::format_mac,
     host::network,
     host::publish::{PortMapping, Protocol},
@@ -56,12 +60,17 @@ pub fn capabilities() -> CapabilitiesAnswer {
     CapabilitiesAnswer { scope: Scope::Local, connectivity_scope: Scope::Local }
 }
 
-/// A network with Docker's one IPv4 pool and its gateway. IPv6, `--internal` and `-o`
-/// options are refused, naming what to leave out.
+/// A network with Docker's one IPv4 pool and its gateway, and with `--ipv6` its one IPv6 pool
+/// and gateway (dual stack). `--internal` and `-o` options are refused, naming what to leave
+/// out.
 pub async fn create_network(host: &mut Host, request: &CreateNetworkRequest) -> Result<()> {
     let name = network_name(&request.network_id)?;
-    if !request.ipv6_data.is_empty() || request.options.get(ENABLE_IPV6).is_some_and(|v| v == &json!(true)) {
-        bail!("bpfnet networks are IPv4 only; create the network without --ipv6");
+    let ipv6 = request.options.get(ENABLE_IPV6).is_some_and(|v| v == &json!(true));
+    if ipv6 && request.ipv6_data.is_empty() {
+        bail!(
+            "Docker gave this --ipv6 network no IPv6 pool; create it with an IPv6 subnet \
+             (docker network create --ipv6 --subnet fd00:88::/64 ...)"
+        );
     }
     if request.options.get(INTERNAL).is_some_and(|v| v == &json!(true)) {
         bail!(
@@ -80,11 +89,22 @@ pub async fn create_network(host: &mut Host, request: &CreateNetworkRequest) -> 
             request.ipv4_data.len()
         );
     };
-    let gateway = match pool.gateway.as_str() {
-        "" => None,
-        text => Some(address_of("the gateway", text)?),
+    let pool6 = match request.ipv6_data.as_slice() {
+        [] => None,
+        [pool6] => Some(pool6),
+        more => bail!(
+            "a bpfnet network has at most one IPv6 subnet, Docker gave {}; create it with one IPv6 --subnet",
+            more.len()
+        ),
     };
-    network::create(host, &name, &pool.pool, gateway).await?;
+    let pools: Vec<_> = std::iter::once(pool).chain(pool6).collect();
+    let subnets: Vec<String> = pools.iter().map(|p| p.pool.clone()).collect();
+    let gateways = pools
+        .iter()
+        .filter(|p| !p.gateway.is_empty())
+        .map(|p| address_of("the gateway", &p.gateway))
+        .collect::<Result<Vec<_>>>()?;
+    network::create(host, &name, &subnets, &gateways, false).await?;
     Ok(())
 }
 
@@ -106,21 +126,28 @@ pub async fn create_endpoint(host: &mut Host, request: &CreateEndpointRequest) -
         bail!("endpoint {} exists already", request.endpoint_id);
     }
     let iface = request.interface.clone().unwrap_or_default();
-    if !iface.address_ipv6.is_empty() {
-        bail!("bpfnet networks are IPv4 only; the endpoint got the IPv6 address {}", iface.address_ipv6);
-    }
     if iface.address.is_empty() {
         bail!("Docker gave the endpoint no IPv4 address; use Docker's default IPAM driver for bpfnet networks");
     }
-    let ip = address_of("the endpoint's address", &iface.address)?;
+    let ip = match address_of("the endpoint's address", &iface.address)? {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(ip) => bail!("the endpoint's IPv4 address {ip} is an IPv6 address"),
+    };
+    let ip6 = match iface.address_ipv6.as_str() {
+        "" => None,
+        text => match address_of("the endpoint's IPv6 address", text)? {
+            IpAddr::V6(ip6) => Some(ip6),
+            IpAddr::V4(ip) => bail!("the endpoint's IPv6 address {ip} is an IPv4 address"),
+        },
+    };
     let mac = match iface.mac_address.as_str() {
         "" => None,
         text => Some(parse_mac(text)?),
     };
     let handed_over = HandedOver { engine: ENGINE.to_owned(), endpoint_id: request.endpoint_id.clone() };
+    let placement = Placement::HandedOver(handed_over, mac);
     let spec =
-        container::create_endpoint(host, &name, &network, Some(ip), vec![], Placement::HandedOver(handed_over, mac))
-            .await?;
+        container::create_endpoint(host, &name, &network, Fixed { ip: Some(ip), ip6 }, vec![], placement).await?;
     let interface =
         mac.is_none().then(|| EndpointInterface { mac_address: format_mac(&spec.mac), ..Default::default() });
     Ok(CreateEndpointAnswer { interface })
@@ -141,6 +168,7 @@ pub fn join(host: &Host, request: &JoinRequest) -> Result<JoinAnswer> {
     Ok(JoinAnswer {
         interface_name: InterfaceName { src_name: container::peer_interface(spec), dst_prefix: "eth".to_owned() },
         gateway: net.gateway.to_string(),
+        gateway_ipv6: spec.ip6.and(net.ipv6).map(|v6| v6.gateway.to_string()).unwrap_or_default(),
         disable_gateway_service: true,
     })
 }
@@ -171,7 +199,7 @@ fn port_binding(mapping: &PortMapping, container_ip: Ipv4Addr) -> PortBinding {
         },
         ip: container_ip.to_string(),
         port: mapping.container_port,
-        host_ip: mapping.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).to_string(),
+        host_ip: mapping.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)).to_string(),
         host_port: mapping.host_port,
         host_port_end: mapping.host_port,
     }
@@ -227,14 +255,25 @@ fn endpoint<'h>(host: &'h Host, endpoint_id: &str) -> Result<&'h ContainerSpec> 
 /// Docker's bindings as published ports. A host port range (`-p 8000-8010:80`) takes its first
 /// port that `is_free` accepts (together with the ones chosen before it), as Docker's own
 /// port allocator does; no host port at all (`-p 80`, `-P`) takes the next free one of
-/// `dynamic`.
+/// `dynamic`. A binding on every IPv6 address (`::`) beside the same one on every address
+/// (dockerd sends both when it has IPv6 on) is the same published port here: without a host
+/// address bpfnet publishes on both families.
 pub fn port_mappings(
     bindings: &[PortBinding],
     dynamic: &mut PortAllocator,
     is_free: impl Fn(&[PortMapping]) -> bool,
 ) -> Result<Vec<PortMapping>> {
+    let all_addresses = |b: &PortBinding| b.host_ip.is_empty() || b.host_ip == "0.0.0.0";
+    let covered = |b: &PortBinding| {
+        b.host_ip.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv6() && ip.is_unspecified())
+            && bindings.iter().any(|o| {
+                all_addresses(o)
+                    && (o.proto, o.port, o.host_port, o.host_port_end)
+                        == (b.proto, b.port, b.host_port, b.host_port_end)
+            })
+    };
     let mut chosen: Vec<PortMapping> = Vec::new();
-    for binding in bindings {
+    for binding in bindings.iter().filter(|b| !covered(b)) {
         let protocol = match binding.proto {
             6 => Protocol::Tcp,
             17 => Protocol::Udp,
@@ -242,18 +281,15 @@ pub fn port_mappings(
         };
         let host_ip = match binding.host_ip.as_str() {
             "" => None,
-            text => match text.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(ip)) if ip.is_unspecified() => None,
-                Ok(std::net::IpAddr::V4(ip)) => Some(ip),
-                Ok(std::net::IpAddr::V6(_)) => {
-                    bail!("-p {text}:...: bpfnet publishes on IPv4 addresses only; give an IPv4 host address or none")
-                }
+            text => match text.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) if ip.is_unspecified() => None,
+                Ok(ip) => Some(ip),
                 Err(_) => bail!("the host address {text:?} of port {} is not an IP address", binding.port),
             },
         };
         let mapping = |host_port| PortMapping { host_ip, host_port, container_port: binding.port, protocol };
         let fits = |candidate: PortMapping| {
-            let inside = chosen.iter().all(|c| !(c.host_port == candidate.host_port && c.protocol == protocol));
+            let inside = chosen.iter().all(|c| !c.overlaps(&candidate));
             let mut with = chosen.clone();
             with.push(candidate);
             inside && is_free(&with)
@@ -284,10 +320,9 @@ pub fn port_mappings(
     Ok(chosen)
 }
 
-/// The address of a CIDR as Docker writes them (`172.18.0.2/16`).
-fn address_of(what: &str, text: &str) -> Result<Ipv4Addr> {
-    let net: Ipv4Net =
-        text.parse().with_context(|| format!("{what} {text:?} is not an IPv4 address with a prefix length"))?;
+/// The address of a CIDR as Docker writes them (`172.18.0.2/16`, `fd00:88::2/64`).
+fn address_of(what: &str, text: &str) -> Result<IpAddr> {
+    let net: IpNet = text.parse().with_context(|| format!("{what} {text:?} is not an address with a prefix length"))?;
     Ok(net.addr())
 }
 
@@ -331,6 +366,27 @@ mod tests {
         assert_eq!(shown, ["0.0.0.0:8080->80/tcp", "0.0.0.0:5353->53/udp", "10.0.0.1:2222->22/tcp"]);
     }
 
+    /// dockerd with IPv6 on sends `-p 8080:80` as two bindings, on 0.0.0.0 and on `::`: one
+    /// published port (both families). A binding on one IPv6 address stays on that one.
+    #[test]
+    fn ipv6_bindings() {
+        let all_free = |_: &[PortMapping]| true;
+        let got = port_mappings(
+            &[
+                binding(6, "0.0.0.0", 80, 8080, 8080),
+                binding(6, "::", 80, 8080, 8080),
+                binding(6, "::", 81, 8081, 8081),
+            ],
+            &mut dynamic(),
+            all_free,
+        )
+        .unwrap();
+        let shown: Vec<String> = got.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["0.0.0.0:8080->80/tcp", "[::]:8081->81/tcp"]);
+        let got = port_mappings(&[binding(17, "2001:db8::1", 53, 53, 53)], &mut dynamic(), all_free).unwrap();
+        assert_eq!(got[0].to_string(), "[2001:db8::1]:53->53/udp");
+    }
+
     #[test]
     fn a_range_takes_its_first_free_port() {
         // 8000 is taken by someone else; two bindings share the range.
@@ -348,7 +404,6 @@ mod tests {
         let all_free = |_: &[PortMapping]| true;
         for (b, says) in [
             (binding(132, "", 80, 8080, 8080), "protocol number 132"),
-            (binding(6, "::", 80, 8080, 8080), "IPv4 addresses only"),
             (binding(6, "nope", 80, 8080, 8080), "not an IP address"),
         ] {
             let err = format!("{:#}", port_mappings(&[b], &mut dynamic(), all_free).unwrap_err());
@@ -395,7 +450,8 @@ mod tests {
         assert_eq!(network_name(id).unwrap(), "docker-4d1a5e0c9b7f");
         assert_eq!(endpoint_name(id).unwrap(), format!("docker:{id}"));
         assert!(network_name("../etc").is_err() && endpoint_name("").is_err());
-        assert_eq!(address_of("x", "172.18.0.2/16").unwrap(), Ipv4Addr::new(172, 18, 0, 2));
+        assert_eq!(address_of("x", "172.18.0.2/16").unwrap(), IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2)));
+        assert_eq!(address_of("x", "fd00:88::2/64").unwrap(), "fd00:88::2".parse::<IpAddr>().unwrap());
         assert!(address_of("x", "172.18.0.2").is_err());
         assert_eq!(parse_mac("02:42:ac:12:00:02").unwrap(), [2, 0x42, 0xac, 0x12, 0, 2]);
         assert!(parse_mac("02:42:ac").is_err() && parse_mac("zz:42:ac:12:00:02").is_err());

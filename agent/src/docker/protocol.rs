@@ -172,12 +172,16 @@ pub struct InterfaceName {
     pub dst_prefix: String,
 }
 
-/// Join's answer. Docker gives the interface its address and a default route via `Gateway`.
+/// Join's answer. Docker gives the interface its addresses and a default route via `Gateway`
+/// (and one via `GatewayIPv6`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct JoinAnswer {
     pub interface_name: InterfaceName,
     pub gateway: String,
+    /// On a dual-stack network: the IPv6 gateway, for Docker's IPv6 default route.
+    #[serde(rename = "GatewayIPv6", default, skip_serializing_if = "String::is_empty")]
+    pub gateway_ipv6: String,
     /// Whether Docker should connect the container to its gateway bridge for the outside
     /// world: never, bpfnet's datapath takes the container there itself.
     pub disable_gateway_service: bool,
@@ -308,6 +312,7 @@ mod tests {
         let join = JoinAnswer {
             interface_name: InterfaceName { src_name: "bp0badcafe".into(), dst_prefix: "eth".into() },
             gateway: "172.18.0.1".into(),
+            gateway_ipv6: String::new(),
             disable_gateway_service: true,
         };
         assert_eq!(
@@ -326,6 +331,7 @@ mod tests {
         let answer = JoinAnswer {
             interface_name: InterfaceName { src_name: "bp1".into(), dst_prefix: "eth".into() },
             gateway: "10.1.0.1".into(),
+            gateway_ipv6: "fd00:1::1".into(),
             disable_gateway_service: true,
         };
         let text = serde_json::to_string(&answer).unwrap();

@@ -4,7 +4,7 @@
 //! is the engine's. bpfnet never creates or deletes it; detaching removes only what bpfnet
 //! made. An attachment is identified by the engine's container id and the interface name, and
 //! lives in the state as a container named `CONTAINER_ID/IFNAME`.
-use std::{net::Ipv4Addr, path::Path};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
@@ -29,12 +29,12 @@ pub struct Request<'a> {
     pub container_id: &'a str,
     pub ifname: &'a str,
     pub network: &'a str,
-    pub ip: Option<Ipv4Addr>,
+    pub fixed: container::Fixed,
     pub publish: Vec<PortMapping>,
 }
 
 pub async fn attach(host: &mut Host, request: Request<'_>) -> Result<ContainerSpec> {
-    let Request { netns: path, container_id, ifname, network, ip, publish } = request;
+    let Request { netns: path, container_id, ifname, network, fixed, publish } = request;
     names::validate("container id", container_id)?;
     validate_ifname(ifname)?;
     if !path.is_absolute() {
@@ -63,7 +63,7 @@ pub async fn attach(host: &mut Host, request: Request<'_>) -> Result<ContainerSp
     }
     let attached =
         Attached { netns: path.to_owned(), identity, container_id: container_id.to_owned(), ifname: ifname.to_owned() };
-    container::create_endpoint(host, &name, network, ip, publish, container::Placement::Attached(attached)).await
+    container::create_endpoint(host, &name, network, fixed, publish, container::Placement::Attached(attached)).await
 }
 
 /// Removes what bpfnet made for the attachment (veth, entries, published ports); the
@@ -103,8 +103,9 @@ pub async fn check(host: &mut Host, container_id: &str, ifname: &str) -> Result<
         })
         .await?
         .with_context(|| format!("{ifname} is gone from the namespace {}", attached.netns.display()))?;
-    if !addresses.iter().any(|a| a.addr() == std::net::IpAddr::V4(spec.ip)) {
-        bail!("{ifname} in {} no longer has its address {}", attached.netns.display(), spec.ip);
+    let own: Vec<std::net::IpAddr> = std::iter::once(spec.ip.into()).chain(spec.ip6.map(Into::into)).collect();
+    if let Some(missing) = own.iter().find(|ip| !addresses.iter().any(|a| a.addr() == **ip)) {
+        bail!("{ifname} in {} no longer has its address {missing}", attached.netns.display());
     }
     Ok(spec)
 }

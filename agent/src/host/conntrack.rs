@@ -3,20 +3,19 @@
 //! nf_conntrack's state, listed, and expired by its timeouts, freeing their NAT ports, and the
 //! datapath's counts (assured fill, unassured flows per quota key) are resynchronised.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    net::Ipv4Addr,
+    collections::{BTreeMap, HashMap},
     time::Duration,
 };
 
 use anyhow::{Context, Result};
 use datapath_common::{
-    ct_direction, ct_fill, ct_kind, ct_stats, ct_tcp_flags, CtEntry, CtKey, CtQuotaKey, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP,
+    ct_direction, ct_fill, ct_kind, ct_stats, ct_tcp_flags, CtEntry, CtEntryOf, CtKey, CtKeyOf, CtQuotaKey, Ipv4Be,
+    Ipv6Be, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
     api::{ConntrackStatus, Flow, FlowState, GcReport},
-    datapath::{CtTable, Datapath},
+    datapath::{CtFamily, CtTable, Datapath},
 };
 
 /// Timeouts by flow state, in seconds; the defaults are nf_conntrack's.
@@ -49,11 +48,11 @@ pub struct Timeouts {
     pub icmp: u64,
 }
 
-/// A tracked flow: its API form, and the entries it was made of.
-pub struct TrackedFlow {
+/// A tracked flow of family `A`: its API form, and the entries it was made of.
+pub struct TrackedFlow<A> {
     pub flow: Flow,
-    original: Option<(CtKey, CtEntry)>,
-    reply_key: Option<CtKey>,
+    original: Option<(CtKeyOf<A>, CtEntryOf<CtKeyOf<A>>)>,
+    reply_key: Option<CtKeyOf<A>>,
     last_seen_ns: u64,
 }
 
@@ -62,23 +61,26 @@ fn protocol_name(proto: u8) -> &'static str {
         IPPROTO_TCP => "tcp",
         IPPROTO_UDP => "udp",
         IPPROTO_ICMP => "icmp",
+        IPPROTO_ICMPV6 => "icmpv6",
         _ => "other",
     }
 }
 
-fn endpoint(addr: u32, port: u16, proto: u8) -> String {
-    let ip = Ipv4Addr::from(addr.to_ne_bytes());
-    if proto == IPPROTO_ICMP {
+/// An address and port as `conntrack ls` shows them: `10.0.0.1:80`, `[2001:db8::1]:80`, or
+/// for ICMP echo the address and its identifier.
+fn endpoint<A: CtFamily>(addr: A, port: u16, proto: u8) -> String {
+    let ip = A::ip(addr);
+    if proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6 {
         format!("{ip} id {}", u16::from_be(port))
     } else {
-        format!("{ip}:{}", u16::from_be(port))
+        std::net::SocketAddr::new(ip, u16::from_be(port)).to_string()
     }
 }
 
 /// nf_conntrack's state of a flow from the flags each direction's entry has accumulated
 /// (see `ct_tcp_flags`). Sequence numbers are not tracked: an ACK after a FIN counts as its
 /// acknowledgement.
-fn state(proto: u8, table: CtTable, out: Option<&CtEntry>, back: Option<&CtEntry>) -> FlowState {
+fn state<K>(proto: u8, table: CtTable, out: Option<&CtEntryOf<K>>, back: Option<&CtEntryOf<K>>) -> FlowState {
     use ct_tcp_flags::{ACK, ASSURED, FIN, FIN_ACKED, RST, SYN};
     let o = out.map_or(0, |e| e.tcp_flags);
     let r = back.map_or(0, |e| e.tcp_flags);
@@ -134,33 +136,19 @@ fn monotonic_ns() -> Result<u64> {
     Ok(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
 }
 
-/// The entries of one conntrack table.
-fn entries_of(datapath: &Datapath, table: CtTable) -> Result<HashMap<CtKey, CtEntry>> {
-    let mut entries = HashMap::new();
-    for item in datapath.ct_tables[table as usize].iter() {
-        match item {
-            Ok((key, entry)) => {
-                entries.insert(key, entry);
-            }
-            // An entry deleted by the datapath (LRU, or a flow moved to CT) while we walk.
-            Err(aya::maps::MapError::KeyNotFound) => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading the conntrack table {}", table.map_name())),
-        }
-    }
-    Ok(entries)
-}
-
-/// All tracked flows, as `conntrack ls` lists them.
+/// All tracked flows, as `conntrack ls` lists them: IPv4's, then IPv6's.
 pub fn list(datapath: &Datapath) -> Result<Vec<Flow>> {
-    Ok(flows(datapath)?.into_iter().map(|tracked| tracked.flow).collect())
+    let ipv4 = flows::<Ipv4Be>(datapath)?.into_iter().map(|tracked| tracked.flow);
+    let ipv6 = flows::<Ipv6Be>(datapath)?.into_iter().map(|tracked| tracked.flow);
+    Ok(ipv4.chain(ipv6).collect())
 }
 
-/// All tracked flows, each direction paired with the other, assured ones first.
-fn flows(datapath: &Datapath) -> Result<Vec<TrackedFlow>> {
+/// All tracked flows of family `A`, each direction paired with the other, assured ones first.
+fn flows<A: CtFamily>(datapath: &Datapath) -> Result<Vec<TrackedFlow<A>>> {
     let now = monotonic_ns()?;
     let mut flows = Vec::new();
     for table in CtTable::ALL {
-        let entries = entries_of(datapath, table)?;
+        let entries = A::entries(datapath, table)?;
         let first = flows.len();
         flows.extend(entries.iter().filter_map(|(key, entry)| flow(&entries, table, key, entry, now)));
         flows[first..].sort_by(|a, b| {
@@ -172,17 +160,17 @@ fn flows(datapath: &Datapath) -> Result<Vec<TrackedFlow>> {
 }
 
 /// The flow of one entry of `table`, unless it is a REPLY entry listed with its ORIGINAL one.
-fn flow(
-    entries: &HashMap<CtKey, CtEntry>,
+fn flow<A: CtFamily>(
+    entries: &HashMap<CtKeyOf<A>, CtEntryOf<CtKeyOf<A>>>,
     table: CtTable,
-    key: &CtKey,
-    entry: &CtEntry,
+    key: &CtKeyOf<A>,
+    entry: &CtEntryOf<CtKeyOf<A>>,
     now: u64,
-) -> Option<TrackedFlow> {
+) -> Option<TrackedFlow<A>> {
     let (original_key, reply_key) = if entry.direction == ct_direction::ORIGINAL {
-        (*key, CtKey::counterpart(entry))
+        (*key, CtKeyOf::counterpart(entry))
     } else {
-        let original_key = CtKey::counterpart(entry);
+        let original_key = CtKeyOf::counterpart(entry);
         if entries.contains_key(&original_key) {
             return None;
         }
@@ -194,6 +182,7 @@ fn flow(
     let translated = reply_key.reversed();
     let proto = key.proto;
     let flow = Flow {
+        family: A::NAME.to_owned(),
         protocol: protocol_name(proto).to_owned(),
         kind: ct_kind::name(entry.kind).to_owned(),
         source: endpoint(original_key.saddr, original_key.sport, proto),
@@ -218,30 +207,76 @@ fn flow(
 }
 
 /// Removes the flows idle for longer than their state's timeout (both directions, which frees
-/// the NAT port), then resynchronises what the datapath counts: the assured table's fill, on
-/// which its limit is based, and each quota key's unassured flows.
+/// the NAT port), then resynchronises what the datapath counts: the assured tables' fill, on
+/// which their limit is based, and each quota key's unassured flows. Both families' tables.
 ///
-/// `expired` is told of each expired flow that had its ORIGINAL entry (its first packet's
-/// tuple and the translated one), for `bpfnet monitor`.
+/// `expired` is told of each expired IPv4 flow that had its ORIGINAL entry (its first
+/// packet's tuple and the translated one), for `bpfnet monitor` (whose events are IPv4's).
 pub fn collect_garbage(
     datapath: &mut Datapath,
     timeouts: &Timeouts,
     expired: &mut dyn FnMut(&CtKey, &CtEntry),
 ) -> Result<GcReport> {
+    let mut quota_held: BTreeMap<CtQuotaKey, u64> = BTreeMap::new();
+    let ipv4 = collect_family::<Ipv4Be>(datapath, timeouts, &mut quota_held, expired)?;
+    let ipv6 = collect_family::<Ipv6Be>(datapath, timeouts, &mut quota_held, &mut |_, _| {})?;
+    let pools = [CtTable::Unassured as usize, CtTable::Overflow as usize];
+    let (removed, present) = [&ipv4, &ipv6]
+        .iter()
+        .flat_map(|family| pools.iter().map(|&t| (family.removed[t], family.in_use[t])))
+        .fold((0, 0), |(r, p), (removed, in_use)| (r + removed, p + in_use));
+    count_early_drops(datapath, removed, present)?;
+    recount_quota(datapath, &quota_held)?;
+    let [assured, unassured, overflow] = [CtTable::Assured, CtTable::Unassured, CtTable::Overflow].map(|t| t as usize);
+    Ok(GcReport {
+        flows_expired: ipv4.flows_expired + ipv6.flows_expired,
+        entries_removed: ipv4.removed.iter().chain(&ipv6.removed).sum(),
+        entries_in_use: ipv4.in_use[assured],
+        capacity: datapath.ct_capacity(CtTable::Assured)?,
+        unassured_entries: ipv4.in_use[unassured],
+        overflow_entries: ipv4.in_use[overflow],
+        busiest_destination_nat_ports: ipv4.busiest_destination_nat_ports.max(ipv6.busiest_destination_nat_ports),
+        flows_of_removed_containers: ipv4.flows_of_removed_containers + ipv6.flows_of_removed_containers,
+        ipv6_entries_in_use: ipv6.in_use[assured],
+        ipv6_capacity: datapath.ct_capacity_of::<Ipv6Be>(CtTable::Assured)?,
+        ipv6_unassured_entries: ipv6.in_use[unassured],
+        ipv6_overflow_entries: ipv6.in_use[overflow],
+    })
+}
+
+/// What a collection did to one family's tables, by table (`CtTable as usize`).
+struct FamilyCollection {
+    flows_expired: usize,
+    flows_of_removed_containers: usize,
+    removed: [u64; 3],
+    in_use: [u64; 3],
+    busiest_destination_nat_ports: u64,
+}
+
+/// The collection of one family's tables: expiry, its assured fill resynchronised, and its
+/// unassured flows added to `quota_held` (both families count against one quota key).
+fn collect_family<A: CtFamily>(
+    datapath: &mut Datapath,
+    timeouts: &Timeouts,
+    quota_held: &mut BTreeMap<CtQuotaKey, u64>,
+    expired: &mut dyn FnMut(&CtKeyOf<A>, &CtEntryOf<CtKeyOf<A>>),
+) -> Result<FamilyCollection> {
     let now = monotonic_ns()?;
-    let flows = flows(datapath)?;
+    let flows = flows::<A>(datapath)?;
     // The containers' addresses now: a flow of a container that is gone (removed, rolled
     // back) goes whatever its timeout, so that a container made later with the address does
     // not inherit it (an established TCP flow would otherwise stay for days).
-    let endpoints: HashSet<u32> = datapath.endpoints.keys().collect::<Result<_, _>>().context("listing ENDPOINTS")?;
-    let mut flows_expired = 0;
-    let mut flows_of_removed_containers = 0;
+    let containers = A::containers(datapath)?;
+    let mut done = FamilyCollection {
+        flows_expired: 0,
+        flows_of_removed_containers: 0,
+        removed: [0; 3],
+        in_use: [0; 3],
+        busiest_destination_nat_ports: 0,
+    };
     // NAT ports in use per destination (address, port, protocol) that sources are
     // translated towards: the busiest one runs out of ports first.
-    let mut nat_ports_to: HashMap<(u32, u16, u8), u64> = HashMap::new();
-    let mut removed = [0u64; 3];
-    let mut in_use = [0u64; 3];
-    let mut quota_held: BTreeMap<CtQuotaKey, u64> = BTreeMap::new();
+    let mut nat_ports_to: HashMap<(A, u16, u8), u64> = HashMap::new();
     for tracked in &flows {
         let proto = tracked.original.map(|(k, _)| k).or(tracked.reply_key).map_or(0, |k| k.proto);
         let idle = Duration::from_nanos(now.saturating_sub(tracked.last_seen_ns));
@@ -251,11 +286,14 @@ pub fn collect_garbage(
         let orphaned = tracked
             .original
             .as_ref()
-            .is_some_and(|(key, entry)| !containers_of(key, entry).all(|ip| endpoints.contains(&ip)));
+            .is_some_and(|(key, entry)| !containers_of(key, entry).all(|ip| containers.contains_key(&ip)));
         if !orphaned && idle <= timeouts.timeout(tracked.flow.state, proto) {
-            in_use[table_index] += keys.iter().flatten().count() as u64;
+            done.in_use[table_index] += keys.iter().flatten().count() as u64;
             if let (CtTable::Unassured, Some((key, entry))) = (table, &tracked.original) {
-                *quota_held.entry(CtQuotaKey::of_flow(key, entry)).or_default() += 1;
+                let (container, port, proto) = CtQuotaKey::owner(key, entry);
+                if let Some(&addr) = containers.get(&container) {
+                    *quota_held.entry(CtQuotaKey { addr, port, proto, _pad: 0 }).or_default() += 1;
+                }
             }
             if let Some((key, entry)) = &tracked.original {
                 if entry.kind != ct_kind::DNAT {
@@ -265,45 +303,33 @@ pub fn collect_garbage(
             continue;
         }
         if orphaned {
-            flows_of_removed_containers += 1;
+            done.flows_of_removed_containers += 1;
         } else {
-            flows_expired += 1;
+            done.flows_expired += 1;
         }
         if let Some((key, entry)) = &tracked.original {
             expired(key, entry);
         }
         for key in keys.iter().flatten() {
-            match datapath.ct_tables[table_index].remove(key) {
-                Ok(()) => removed[table_index] += 1,
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(aya::maps::MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).context("removing an expired conntrack entry"),
+            if A::remove(datapath, table, key).context("removing an expired conntrack entry")? {
+                done.removed[table_index] += 1;
             }
         }
     }
     // REMOVED is set so that INSERTED - REMOVED is the real count: this also corrects for any
     // entry the LRU evicted on its own. Racing inserts are counted by the next collection.
-    let assured = CtTable::Assured as usize;
-    let inserted = datapath.ct_fill.get(&ct_fill::INSERTED, 0).context("reading CT_FILL")?;
-    datapath.ct_fill.set(ct_fill::REMOVED, inserted.saturating_sub(in_use[assured]), 0).context("writing CT_FILL")?;
-    let pools = [CtTable::Unassured as usize, CtTable::Overflow as usize];
-    count_early_drops(datapath, pools.iter().map(|&t| removed[t]).sum(), pools.iter().map(|&t| in_use[t]).sum())?;
-    recount_quota(datapath, &quota_held)?;
-    Ok(GcReport {
-        flows_expired,
-        entries_removed: removed.iter().sum(),
-        entries_in_use: in_use[assured],
-        capacity: datapath.ct_capacity(CtTable::Assured)?,
-        unassured_entries: in_use[CtTable::Unassured as usize],
-        overflow_entries: in_use[CtTable::Overflow as usize],
-        busiest_destination_nat_ports: nat_ports_to.values().copied().max().unwrap_or(0),
-        flows_of_removed_containers,
-    })
+    let assured = done.in_use[CtTable::Assured as usize];
+    let fill = A::fill_mut(datapath);
+    let inserted = fill.get(&ct_fill::INSERTED, 0).with_context(|| format!("reading {}", A::fill_map_name()))?;
+    fill.set(ct_fill::REMOVED, inserted.saturating_sub(assured), 0)
+        .with_context(|| format!("writing {}", A::fill_map_name()))?;
+    done.busiest_destination_nat_ports = nat_ports_to.values().copied().max().unwrap_or(0);
+    Ok(done)
 }
 
 /// The addresses of the containers a flow is of, from its ORIGINAL entry: the one that opened
 /// it (snat, hairpin) and the one it was translated to (dnat, hairpin).
-fn containers_of(original: &CtKey, entry: &CtEntry) -> impl Iterator<Item = u32> {
+fn containers_of<A: Copy>(original: &CtKeyOf<A>, entry: &CtEntryOf<CtKeyOf<A>>) -> impl Iterator<Item = A> {
     let opener = (entry.kind != ct_kind::DNAT).then_some(original.saddr);
     let target = (entry.kind != ct_kind::SNAT).then_some(entry.to.daddr);
     opener.into_iter().chain(target)
@@ -349,6 +375,8 @@ pub fn status(datapath: &Datapath) -> Result<ConntrackStatus> {
     let promoted = stat(ct_stats::PROMOTED)?;
     Ok(ConntrackStatus {
         entries: fill(datapath)?,
+        ipv6_entries: fill_of::<Ipv6Be>(datapath)?,
+        ipv6_capacity: datapath.ct_capacity_of::<Ipv6Be>(CtTable::Assured)?,
         limit: config.ct_limit,
         capacity: datapath.ct_capacity(CtTable::Assured)?,
         unassured_capacity: datapath.ct_capacity(CtTable::Unassured)?,
@@ -380,10 +408,16 @@ pub fn fill_limit(capacity: u32) -> Result<u32> {
     })
 }
 
-/// Entries in use as the datapath counts them (INSERTED - REMOVED).
+/// Entries of IPv4's assured table in use as the datapath counts them (INSERTED - REMOVED).
 pub fn fill(datapath: &Datapath) -> Result<u64> {
-    let inserted = datapath.ct_fill.get(&ct_fill::INSERTED, 0)?;
-    let removed = datapath.ct_fill.get(&ct_fill::REMOVED, 0)?;
+    fill_of::<Ipv4Be>(datapath)
+}
+
+/// The same for family `A`.
+pub fn fill_of<A: CtFamily>(datapath: &Datapath) -> Result<u64> {
+    let map = A::fill(datapath);
+    let inserted = map.get(&ct_fill::INSERTED, 0)?;
+    let removed = map.get(&ct_fill::REMOVED, 0)?;
     Ok(inserted.saturating_sub(removed))
 }
 
@@ -438,6 +472,129 @@ mod tests {
         assert_eq!(state(IPPROTO_UDP, CtTable::Unassured, Some(&out), Some(&with(0, 0))), FlowState::Unreplied);
         assert_eq!(state(IPPROTO_UDP, CtTable::Assured, Some(&out), Some(&with(0, 1))), FlowState::Replied);
         assert_eq!(state(IPPROTO_ICMP, CtTable::Unassured, Some(&out), Some(&with(0, 1))), FlowState::Replied);
+    }
+
+    fn v6(s: &str) -> Ipv6Be {
+        datapath_common::ipv6_be(s.parse::<std::net::Ipv6Addr>().unwrap().octets())
+    }
+
+    /// Both entries of a flow from `original` translated to `to`, as the datapath makes them.
+    fn insert_flow6(
+        dp: &mut Datapath,
+        table: CtTable,
+        original: CtKeyOf<Ipv6Be>,
+        to: CtKeyOf<Ipv6Be>,
+        kind: u8,
+        last_seen_ns: u64,
+        tcp_flags: (u8, u8),
+    ) {
+        let out =
+            CtEntryOf { last_seen_ns, packets: 1, bytes: 80, to, kind, tcp_flags: tcp_flags.0, ..Default::default() };
+        let back = CtEntryOf {
+            last_seen_ns,
+            packets: 1,
+            bytes: 90,
+            to: original.reversed(),
+            ifindex: 5,
+            direction: ct_direction::REPLY,
+            kind,
+            tcp_flags: tcp_flags.1,
+            ..Default::default()
+        };
+        dp.ct6_tables[table as usize].insert(original, out, 0).unwrap();
+        dp.ct6_tables[table as usize].insert(to.reversed(), back, 0).unwrap();
+    }
+
+    /// IPv6 flows in the real CT6 maps: `conntrack ls` shows them with their family and IPv6
+    /// addresses, and a collection expires the idle ones and those of a removed container,
+    /// resynchronises CT6_FILL, and counts the unassured ones against their container's IPv4
+    /// address in the quota both families share.
+    #[test]
+    fn ipv6_flows_are_listed_expired_and_counted_against_the_containers_ipv4_quota() {
+        if !crate::devkit::netns::is_root() {
+            return;
+        }
+        let mut bed = crate::devkit::testbed::Testbed::create("bnct", 4096).unwrap();
+        let dp = &mut bed.datapath;
+        let (container, uplink, server) = (v6("2001:db8:1::10"), v6("2001:db8::1"), v6("2001:db8:ff::53"));
+        let ip4 = datapath_common::ipv4_be([10, 88, 0, 10]);
+        dp.upsert_endpoint6(&datapath_common::Endpoint6 { host_ifindex: 5, ip: container, ip4, ..Default::default() })
+            .unwrap();
+        let udp = |saddr, sport: u16| CtKeyOf {
+            saddr,
+            daddr: server,
+            sport: sport.to_be(),
+            dport: 53u16.to_be(),
+            proto: IPPROTO_UDP,
+            _pad: [0; 3],
+        };
+        let now = monotonic_ns().unwrap();
+        let snat = |key: CtKeyOf<Ipv6Be>| CtKeyOf { saddr: uplink, ..key };
+        // Fresh, idle beyond the UDP timeout, and of a container that is gone.
+        insert_flow6(
+            dp,
+            CtTable::Unassured,
+            udp(container, 40000),
+            snat(udp(container, 40000)),
+            ct_kind::SNAT,
+            now,
+            (0, 0),
+        );
+        insert_flow6(
+            dp,
+            CtTable::Unassured,
+            udp(container, 40001),
+            snat(udp(container, 40001)),
+            ct_kind::SNAT,
+            1,
+            (0, 0),
+        );
+        let gone = v6("2001:db8:1::99");
+        insert_flow6(dp, CtTable::Unassured, udp(gone, 40002), snat(udp(gone, 40002)), ct_kind::SNAT, now, (0, 0));
+        // An established TCP flow in the assured table, and a fill count that drifted.
+        let tcp = CtKeyOf { proto: IPPROTO_TCP, dport: 443u16.to_be(), ..udp(container, 40003) };
+        let est =
+            (ct_tcp_flags::SYN | ct_tcp_flags::ACK | ct_tcp_flags::ASSURED, ct_tcp_flags::SYN | ct_tcp_flags::ACK);
+        insert_flow6(dp, CtTable::Assured, tcp, snat(tcp), ct_kind::SNAT, now, est);
+        dp.ct6_fill.set(ct_fill::INSERTED, 10, 0).unwrap();
+
+        let flows = list(dp).unwrap();
+        assert_eq!(flows.len(), 4, "{flows:#?}");
+        let established = &flows[0];
+        assert_eq!(established.family, "ipv6");
+        assert_eq!((established.protocol.as_str(), established.table), ("tcp", CtTable::Assured));
+        assert_eq!(established.source, "[2001:db8:1::10]:40003");
+        assert_eq!(established.destination, "[2001:db8:ff::53]:443");
+        assert_eq!(established.translated_source, "[2001:db8::1]:40003");
+        assert_eq!(established.state, FlowState::Established);
+        assert!(flows[1..].iter().all(|f| f.family == "ipv6" && f.table == CtTable::Unassured && f.protocol == "udp"));
+
+        let timeouts = Timeouts {
+            tcp_syn_sent: 120,
+            tcp_syn_recv: 60,
+            tcp_established: 432_000,
+            tcp_fin_wait: 120,
+            tcp_close_wait: 60,
+            tcp_last_ack: 30,
+            tcp_time_wait: 120,
+            tcp_close: 10,
+            udp: 30,
+            udp_stream: 120,
+            icmp: 30,
+        };
+        let mut reported = 0;
+        let report = collect_garbage(dp, &timeouts, &mut |_, _| reported += 1).unwrap();
+        assert_eq!((report.flows_expired, report.flows_of_removed_containers), (1, 1));
+        assert_eq!(report.entries_removed, 4);
+        assert_eq!((report.ipv6_entries_in_use, report.ipv6_unassured_entries), (2, 2));
+        assert_eq!((report.entries_in_use, report.unassured_entries), (0, 0), "IPv4's tables are empty");
+        assert_eq!(reported, 0, "monitor events are IPv4's");
+        assert_eq!(fill_of::<Ipv6Be>(dp).unwrap(), 2, "CT6_FILL resynchronised with what CT6 holds");
+        assert_eq!(fill(dp).unwrap(), 0, "CT_FILL untouched");
+        let quota: Vec<(CtQuotaKey, u64)> = dp.ct_quota.iter().map(Result::unwrap).collect();
+        assert_eq!(quota, vec![(CtQuotaKey { addr: ip4, port: 0, proto: 0, _pad: 0 }, 1)]);
+        let left: Vec<String> = list(dp).unwrap().into_iter().map(|f| f.source).collect();
+        assert_eq!(left, ["[2001:db8:1::10]:40003", "[2001:db8:1::10]:40000"]);
     }
 
     #[test]

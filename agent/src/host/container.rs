@@ -1,11 +1,14 @@
 //! Containers: a named network namespace with eth0, one end of a veth pair whose host-side end
 //! carries the from_endpoint program. Creating one either completes or is rolled back by
 //! `teardown`, which removes whatever part of it exists and is safe to run at any point.
-use std::{io::Read, net::Ipv4Addr};
+use std::{
+    io::Read,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{bail, Context, Result};
-use datapath_common::{ipv4_be, Endpoint};
-use ipnet::{IpNet, Ipv4Net};
+use datapath_common::{ipv4_be, ipv6_be, Endpoint, Endpoint6};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::{
     host::ipam,
@@ -19,11 +22,18 @@ use crate::{
 /// The container's interface, as Docker names it.
 pub const CONTAINER_IFNAME: &str = "eth0";
 
+/// Addresses asked for (`--ip`, `--ip6`); none: the lowest free ones.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fixed {
+    pub ip: Option<Ipv4Addr>,
+    pub ip6: Option<Ipv6Addr>,
+}
+
 pub async fn create(
     host: &mut Host,
     name: &str,
     network: &str,
-    ip: Option<Ipv4Addr>,
+    fixed: Fixed,
     publish: Vec<PortMapping>,
 ) -> Result<ContainerSpec> {
     names::validate("container", name)?;
@@ -33,7 +43,7 @@ pub async fn create(
     if netns::exists(name) {
         bail!("a network namespace named {name:?} already exists on this machine (not made by this bpfnet host); choose another name");
     }
-    create_endpoint(host, name, network, ip, publish, Placement::OwnNamespace).await
+    create_endpoint(host, name, network, fixed, publish, Placement::OwnNamespace).await
 }
 
 /// Where the container end of an endpoint goes.
@@ -55,25 +65,33 @@ pub(crate) async fn create_endpoint(
     host: &mut Host,
     name: &str,
     network: &str,
-    ip: Option<Ipv4Addr>,
+    fixed: Fixed,
     publish: Vec<PortMapping>,
     placement: Placement,
 ) -> Result<ContainerSpec> {
     let net = host.state().network(network)?.clone();
-    let used: Vec<Ipv4Addr> = host.state().containers_of(network).map(|c| c.ip).collect();
-    let ip = match ip {
-        Some(ip) => {
-            ipam::check_host_address("--ip", ip, net.subnet)?;
-            if ip == net.gateway {
-                bail!("--ip {ip} is the gateway of network {network:?}; choose another address");
-            }
-            if let Some(owner) = host.state().containers_of(network).find(|c| c.ip == ip) {
-                bail!("--ip {ip} is already in use by container {:?}; choose another address", owner.name);
-            }
-            ip
-        }
-        None => ipam::allocate(net.subnet, net.gateway, &used)?,
+    let members: Vec<&ContainerSpec> = host.state().containers_of(network).collect();
+    let ip = match fixed.ip {
+        Some(ip) => ipam::check_fixed("--ip", ip, net.subnet, net.gateway, network, |ip| {
+            members.iter().find(|c| c.ip == *ip).map(|c| c.name.clone())
+        })?,
+        None => ipam::allocate(net.subnet, net.gateway, &members.iter().map(|c| c.ip).collect::<Vec<_>>())?,
     };
+    let ip6 = match (net.ipv6, fixed.ip6) {
+        (None, None) => None,
+        (None, Some(ip6)) => bail!(
+            "--ip6 {ip6}: network {network:?} has no IPv6 subnet; leave --ip6 out, or use a dual-stack \
+             network (bpfnet network create NAME --subnet 10.88.0.0/24 --subnet fd00:88::/64)"
+        ),
+        (Some(v6), Some(ip6)) => Some(ipam::check_fixed("--ip6", ip6, v6.subnet, v6.gateway, network, |ip6| {
+            members.iter().find(|c| c.ip6 == Some(*ip6)).map(|c| c.name.clone())
+        })?),
+        (Some(v6), None) => {
+            let used: Vec<Ipv6Addr> = members.iter().filter_map(|c| c.ip6).collect();
+            Some(ipam::allocate(v6.subnet, v6.gateway, &used)?)
+        }
+    };
+    check_families(name, ip6, &publish)?;
     host.state().published().check_free(&publish)?;
     host.sync_uplink().await?;
     let (host_interface, _) = names::host_interface(unused_seed(host).await?);
@@ -89,6 +107,7 @@ pub(crate) async fn create_endpoint(
         name: name.to_owned(),
         network: network.to_owned(),
         ip,
+        ip6,
         mac: mac.unwrap_or_else(|| ipam::container_mac(ip)),
         host_interface,
         stats_slot,
@@ -112,6 +131,22 @@ pub(crate) async fn create_endpoint(
     crate::host::failpoint::hit("container-create:applied");
     host.commit(Change::SetContainerPending { name: name.to_owned(), pending: None })?;
     Ok(ContainerSpec { pending: None, ..spec })
+}
+
+/// A port published on an IPv6 host address needs a container with an IPv6 address.
+fn check_families(name: &str, ip6: Option<Ipv6Addr>, mappings: &[PortMapping]) -> Result<()> {
+    if ip6.is_some() {
+        return Ok(());
+    }
+    if let Some(mapping) = mappings.iter().find(|m| m.host_ip.is_some_and(|ip| ip.is_ipv6())) {
+        bail!(
+            "{mapping}: {name:?} has no IPv6 address (its network is IPv4 only); publish it on an IPv4 \
+             address or on all (-p {}:{})",
+            mapping.host_port,
+            mapping.container_port
+        );
+    }
+    Ok(())
 }
 
 /// A random veth suffix not used by any interface of the host.
@@ -152,15 +187,17 @@ pub async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> 
     match &spec.attached {
         None => {
             netns::create(&spec.name)?;
-            // bpfnet networks are IPv4 only; as Docker does for such networks, no IPv6 inside
-            // (no router solicitations or MLD reports that the datapath would only drop).
-            netns::run_in(&spec.name, || {
-                for conf in ["all", "default"] {
-                    let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
-                    std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
-                }
-                Ok(())
-            })?;
+            // On an IPv4-only network, as Docker does for such networks, no IPv6 inside (no
+            // router solicitations or MLD reports that the datapath would only drop). On a
+            // dual-stack one IPv6 stays on, and its interface is configured below.
+            if spec.ip6.is_none() {
+                netns::run_in(&spec.name, || {
+                    for conf in ["all", "default"] {
+                        write_sysctl(&format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1")?;
+                    }
+                    Ok(())
+                })?;
+            }
         }
         Some(attached) => crate::host::attachment::check_identity(attached)?,
     }
@@ -174,6 +211,11 @@ pub async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> 
 
     let address = IpNet::V4(Ipv4Net::new(spec.ip, net.subnet.prefix_len())?);
     let gateway = net.gateway;
+    // The IPv6 address with its subnet's prefix (on-link, as the IPv4 one), and the gateway.
+    let v6 = match (spec.ip6, net.ipv6) {
+        (Some(ip6), Some(v6)) => Some((IpNet::V6(Ipv6Net::new(ip6, v6.subnet.prefix_len())?), v6.gateway)),
+        _ => None,
+    };
     let own_netns = spec.attached.is_none();
     let inside = ifname.clone();
     netns
@@ -181,17 +223,27 @@ pub async fn apply(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> 
             nl.rename(&peer, &inside).await?;
             if own_netns {
                 nl.set_up("lo").await?;
-            } else {
-                // The rest of an engine's namespace is the engine's: IPv6 off on this
-                // interface only.
-                let path = format!("/proc/sys/net/ipv6/conf/{inside}/disable_ipv6");
-                if std::path::Path::new(&path).exists() {
-                    std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
+            }
+            // The rest of an engine's namespace is the engine's: only this interface is set.
+            // IPv6 on it is off on an IPv4-only network; on a dual-stack one it is on, without
+            // router advertisements (the routes are bpfnet's; nobody on the link sends any).
+            let conf = format!("/proc/sys/net/ipv6/conf/{inside}");
+            if std::path::Path::new(&conf).exists() {
+                write_sysctl(&format!("{conf}/disable_ipv6"), if v6.is_some() { "0" } else { "1" })?;
+                if v6.is_some() {
+                    write_sysctl(&format!("{conf}/accept_ra"), "0")?;
                 }
             }
             nl.add_address(&inside, address).await?;
+            if let Some((address6, _)) = v6 {
+                nl.add_address(&inside, address6).await?;
+            }
             nl.set_up(&inside).await?;
-            nl.replace_default_route(gateway, &inside).await
+            nl.replace_default_route(gateway, &inside).await?;
+            match v6 {
+                Some((_, gateway6)) => nl.replace_default_route(gateway6, &inside).await,
+                None => Ok(()),
+            }
         })
         .await
         .with_context(|| format!("configuring {ifname} in namespace {netns}"))?;
@@ -207,25 +259,46 @@ async fn apply_handed_over(host: &mut Host, spec: &ContainerSpec, net: &NetworkS
     host.netlink.create_veth(&spec.host_interface, ipam::gateway_mac(net.id), peer, spec.mac, None).await?;
     crate::host::failpoint::hit("container-create:veth");
     host.datapath()?.reset_endpoint_stats(spec.stats_slot)?;
-    // bpfnet networks are IPv4 only: no router solicitations or MLD reports from it.
+    // On an IPv4-only network: no router solicitations or MLD reports from it. On a dual-stack
+    // one the engine configures its IPv6 address and routes.
     let path = format!("/proc/sys/net/ipv6/conf/{peer}/disable_ipv6");
-    if std::path::Path::new(&path).exists() {
-        std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
+    if spec.ip6.is_none() && std::path::Path::new(&path).exists() {
+        write_sysctl(&path, "1")?;
     }
     host_side(host, spec, net).await?;
     register(host, spec, net).await
 }
 
-/// The host end of the pair: forwarding on, up, and the route and neighbour to the container.
+/// Writes a sysctl under /proc/sys (of the calling thread's network namespace).
+fn write_sysctl(path: &str, value: &str) -> Result<()> {
+    std::fs::write(path, value).with_context(|| format!("writing {value} to {path}"))
+}
+
+/// The host end of the pair: forwarding on, up, and the route and neighbour to the container,
+/// for each of its addresses.
 async fn host_side(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) -> Result<()> {
-    // bpf_fib_lookup answers for packets from this interface only if it may forward; the host
-    // stack itself never forwards them (the datapath redirects or hands over only the gateway's).
-    let forwarding = format!("/proc/sys/net/ipv4/conf/{}/forwarding", spec.host_interface);
-    std::fs::write(&forwarding, "1").with_context(|| format!("writing {forwarding}"))?;
-    // The host reaches the container over its veth, from the gateway address, with no ARP.
+    // bpf_fib_lookup answers for packets from this interface only if it may forward (for each
+    // family); the host stack itself never forwards them (the datapath redirects or hands over
+    // only the gateway's).
+    let mut families = vec!["ipv4"];
+    if spec.ip6.is_some() {
+        families.push("ipv6");
+    }
+    for family in families {
+        write_sysctl(&format!("/proc/sys/net/{family}/conf/{}/forwarding", spec.host_interface), "1")?;
+    }
+    // The host reaches the container over its veth, from the gateway address, with no ARP (or
+    // neighbour discovery).
     host.netlink.set_up(&spec.host_interface).await?;
-    host.netlink.replace_neighbour(&spec.host_interface, spec.ip, spec.mac).await?;
-    host.netlink.replace_route(Ipv4Net::new(spec.ip, 32)?, &spec.host_interface, Some(net.gateway)).await
+    let mut routes = vec![(IpNet::V4(Ipv4Net::new(spec.ip, 32)?), IpAddr::V4(net.gateway))];
+    if let (Some(ip6), Some(v6)) = (spec.ip6, net.ipv6) {
+        routes.push((IpNet::V6(Ipv6Net::new(ip6, 128)?), IpAddr::V6(v6.gateway)));
+    }
+    for (address, gateway) in routes {
+        host.netlink.replace_neighbour(&spec.host_interface, address.addr(), spec.mac).await?;
+        host.netlink.replace_route(address, &spec.host_interface, Some(gateway)).await?;
+    }
+    Ok(())
 }
 
 /// Puts a container into the datapath: its endpoint entries, its published ports, and the
@@ -247,8 +320,22 @@ pub async fn register(host: &mut Host, spec: &ContainerSpec, net: &NetworkSpec) 
         stats_slot: spec.stats_slot,
         gateway: ipv4_be(net.gateway.octets()),
     })?;
+    // The IPv6 side after the IPv4 one: a packet finds its interface's IPv6 entry only once
+    // the rest of the container is there.
+    if let (Some(ip6), Some(v6)) = (spec.ip6, net.ipv6) {
+        datapath.upsert_endpoint6(&Endpoint6 {
+            host_ifindex: ifindex,
+            network_id: net.id,
+            ip: ipv6_be(ip6.octets()),
+            gateway: ipv6_be(v6.gateway.octets()),
+            mac: spec.mac,
+            gateway_mac: ipam::gateway_mac(net.id),
+            stats_slot: spec.stats_slot,
+            ip4: ipv4_be(spec.ip.octets()),
+        })?;
+    }
     for mapping in &spec.publish {
-        datapath.publish(&mapping.map_key(), &mapping.map_target(spec.ip))?;
+        mapping.publish(datapath, spec.ip, spec.ip6)?;
     }
     datapath.attach_endpoint(&spec.host_interface)?;
     // The XDP uplink program can deliver into the container only if its end runs NAPI (see
@@ -276,9 +363,12 @@ pub async fn teardown(host: &mut Host, spec: &ContainerSpec) -> Result<()> {
     if let Some(datapath) = host.existing_datapath()? {
         // Unpublished first: no new flow may be sent to a container that is going away.
         for mapping in &spec.publish {
-            datapath.unpublish(&mapping.map_key())?;
+            mapping.unpublish(datapath)?;
         }
         datapath.detach_endpoint(&spec.host_interface)?;
+        if let Some(ip6) = spec.ip6 {
+            datapath.remove_endpoint6(ipv6_be(ip6.octets()))?;
+        }
         datapath.remove_endpoint(ipv4_be(spec.ip.octets()))?;
     }
     host.netlink.delete_link(&spec.host_interface).await?;
@@ -304,13 +394,15 @@ pub async fn remove(host: &mut Host, name: &str) -> Result<()> {
 pub async fn publish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) -> Result<()> {
     let change = Change::Publish { container: name.to_owned(), ports: mappings.clone() };
     host.state().check(&change)?;
-    let ip = host.state().container(name)?.ip;
+    let (ip, ip6) = host.state().container(name).map(|c| (c.ip, c.ip6))?;
+    check_families(name, ip6, &mappings)?;
     host.ensure_uplink().await?;
     let datapath = host.datapath()?;
     for (done, mapping) in mappings.iter().enumerate() {
-        if let Err(err) = datapath.publish(&mapping.map_key(), &mapping.map_target(ip)) {
-            for undo in &mappings[..done] {
-                datapath.unpublish(&undo.map_key())?;
+        if let Err(err) = mapping.publish(datapath, ip, ip6) {
+            // Both families of the one that failed too: what it wrote before failing.
+            for undo in &mappings[..=done] {
+                undo.unpublish(datapath)?;
             }
             return Err(err.context(format!("publishing {mapping} for {name}")));
         }
@@ -321,7 +413,7 @@ pub async fn publish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) ->
     if let Err(err) = host.commit(change) {
         let datapath = host.datapath()?;
         for undo in &mappings {
-            datapath.unpublish(&undo.map_key())?;
+            undo.unpublish(datapath)?;
         }
         return Err(err.context(format!("publishing ports of {name}")));
     }
@@ -335,17 +427,17 @@ pub async fn publish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) ->
 pub async fn unpublish(host: &mut Host, name: &str, mappings: Vec<PortMapping>) -> Result<()> {
     let change = Change::Unpublish { container: name.to_owned(), ports: mappings.clone() };
     host.state().check(&change)?;
-    let ip = host.state().container(name)?.ip;
+    let (ip, ip6) = host.state().container(name).map(|c| (c.ip, c.ip6))?;
     let datapath = host.datapath()?;
     for mapping in &mappings {
-        datapath.unpublish(&mapping.map_key())?;
+        mapping.unpublish(datapath)?;
     }
     // Killed before the record is written, the restarted agent publishes them again.
     crate::host::failpoint::hit("unpublish:unmapped");
     if let Err(err) = host.commit(change) {
         let datapath = host.datapath()?;
         for undo in &mappings {
-            datapath.publish(&undo.map_key(), &undo.map_target(ip))?;
+            undo.publish(datapath, ip, ip6)?;
         }
         return Err(err.context(format!("unpublishing ports of {name}")));
     }

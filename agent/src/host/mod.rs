@@ -166,7 +166,8 @@ impl Host {
 
     /// Brings the uplink settings of the datapath in line with the options: the program on the
     /// uplink, and the masquerade address (the uplink's current primary IPv4 address), port
-    /// range and conntrack limit in CONFIG. Without `--uplink`, what was set before stays.
+    /// range and conntrack limit in CONFIG, and the IPv6 masquerade address (its first global
+    /// IPv6 address that is neither tentative nor deprecated; none: all zero) in CONFIG6. Without `--uplink`, what was set before stays.
     pub async fn sync_uplink(&mut self) -> Result<()> {
         let Some(uplink) = self.options.uplink.clone() else {
             return Ok(());
@@ -180,6 +181,7 @@ impl Host {
             .first()
             .map(|net| net.addr())
             .with_context(|| format!("the uplink {uplink} has no IPv4 address to masquerade to; add one first"))?;
+        let address6 = self.netlink.usable_global_ipv6(&uplink).await?.into_iter().next();
         check_cluster_cidr(self.options.cluster_cidr, Some((&uplink, &uplink_subnets)))?;
         let (cluster_net, cluster_mask) = match self.options.cluster_cidr {
             Some(cidr) => {
@@ -223,6 +225,10 @@ impl Host {
             ..current
         };
         datapath.set_config(&config)?;
+        // IPv6 is masqueraded to the uplink's first usable global address; all zero (none)
+        // leaves IPv6 from the networks untranslated, to the host stack.
+        let uplink_ip = address6.map_or([0; 4], |ip| datapath_common::ipv6_be(ip.octets()));
+        datapath.set_config6(&datapath_common::HostConfig6 { uplink_ip })?;
         datapath.attach_uplink(&uplink, mode)
     }
 

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use anyhow::Result;
-use datapath_common::ipv4_be;
+use datapath_common::{ipv4_be, ipv6_be};
 
 use crate::{
     host::attachment,
@@ -92,8 +92,16 @@ pub async fn reconcile(host: &mut Host) -> Result<Report> {
     // 3. Nothing else: entries, links and veths that no container or network of the state owns.
     let state = host.state().clone();
     let ips: HashSet<u32> = state.containers.values().map(|c| ipv4_be(c.ip.octets())).collect();
+    let ips6: HashSet<_> = state.containers.values().filter_map(|c| c.ip6).map(|ip| ipv6_be(ip.octets())).collect();
     let ids: HashSet<u32> = state.networks.values().map(|n| n.id).collect();
-    let published: HashSet<_> = state.containers.values().flat_map(|c| c.publish.iter().map(|m| m.map_key())).collect();
+    let published: HashSet<_> =
+        state.containers.values().flat_map(|c| c.publish.iter().filter_map(|m| m.map_key())).collect();
+    let published6: HashSet<_> = state
+        .containers
+        .values()
+        .filter(|c| c.ip6.is_some())
+        .flat_map(|c| c.publish.iter().filter_map(|m| m.map_key6()))
+        .collect();
     // A handed-over endpoint's container end is in the host namespace until its engine moves it.
     let peers: Vec<String> =
         state.containers.values().filter(|c| c.handed_over.is_some()).map(container::peer_interface).collect();
@@ -105,6 +113,11 @@ pub async fn reconcile(host: &mut Host) -> Result<Report> {
         datapath.remove_endpoint(ip)?;
         report.removed_leftovers.push(format!("endpoint {}", std::net::Ipv4Addr::from(ip.to_ne_bytes())));
     }
+    for ip in contents.endpoint6_ips.into_iter().filter(|ip| !ips6.contains(ip)) {
+        datapath.remove_endpoint6(ip)?;
+        let address = std::net::Ipv6Addr::from(datapath_common::ipv6_octets(ip));
+        report.removed_leftovers.push(format!("endpoint {address}"));
+    }
     for id in contents.networks.into_iter().filter(|id| !ids.contains(id)) {
         datapath.remove_network(id)?;
         report.removed_leftovers.push(format!("network id {id}"));
@@ -112,6 +125,10 @@ pub async fn reconcile(host: &mut Host) -> Result<Report> {
     for key in contents.published_ports.into_iter().filter(|k| !published.contains(k)) {
         datapath.unpublish(&key)?;
         report.removed_leftovers.push(format!("published port {}", u16::from_be(key.port)));
+    }
+    for key in contents.published_ports6.into_iter().filter(|k| !published6.contains(k)) {
+        datapath.unpublish6(&key)?;
+        report.removed_leftovers.push(format!("published port {} (IPv6)", u16::from_be(key.port)));
     }
     for ifname in contents.linked_interfaces.into_iter().filter(|i| !veths.contains(i.as_str())) {
         datapath.detach_endpoint(&ifname)?;

@@ -21,12 +21,12 @@ use std::{
     collections::{BTreeMap, HashSet},
     fs::{File, OpenOptions},
     io::Write,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
@@ -87,8 +87,19 @@ pub struct NetworkSpec {
     pub id: u32,
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
+    /// The IPv6 side of a dual-stack network; none (IPv4 only) in the state of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<NetworkV6>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
+}
+
+/// A network's IPv6 subnet and gateway (on the host's `lo`, as the IPv4 gateway).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkV6 {
+    pub subnet: Ipv6Net,
+    pub gateway: Ipv6Addr,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -98,6 +109,9 @@ pub struct ContainerSpec {
     pub name: String,
     pub network: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub mac: [u8; 6],
     /// The host-side veth end, where from_endpoint is attached.
     pub host_interface: String,
@@ -656,6 +670,7 @@ mod tests {
             id,
             subnet: format!("10.{id}.0.0/24").parse().unwrap(),
             gateway: format!("10.{id}.0.1").parse().unwrap(),
+            ipv6: None,
             pending: None,
         }
     }
@@ -665,6 +680,7 @@ mod tests {
             name: name.into(),
             network: network.into(),
             ip: "10.1.0.2".parse().unwrap(),
+            ip6: None,
             mac: [2, 0x42, 10, 1, 0, 2],
             host_interface: format!("bn{name}"),
             stats_slot: 0,
@@ -907,6 +923,34 @@ mod tests {
             (saved["version"].as_u64(), saved["generation"].as_u64()),
             (Some(u64::from(STATE_VERSION)), Some(1))
         );
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A dual-stack network and container survive the journal and the snapshot; the IPv4-only
+    /// ones of older versions are written as before (no `ipv6`/`ip6` key), so an older agent
+    /// still reads a state with no dual-stack network in it.
+    #[test]
+    fn dual_stack_round_trips_and_ipv4_only_stays_as_it_was() {
+        let dir = temp_dir("dual");
+        let mut store = StateStore::open(&dir).unwrap();
+        let v6 = NetworkV6 { subnet: "fd00:1::/64".parse().unwrap(), gateway: "fd00:1::1".parse().unwrap() };
+        store.commit(Change::AddNetwork(NetworkSpec { ipv6: Some(v6), ..network("n", 1) })).unwrap();
+        store.commit(Change::AddNetwork(network("old", 2))).unwrap();
+        let dual = ContainerSpec { ip6: Some("fd00:1::2".parse().unwrap()), ..container("a", "n", "8080:80") };
+        store.commit(Change::AddContainer(dual)).unwrap();
+        let expected = store.state().clone();
+        drop(store);
+        let store = StateStore::open(&dir).unwrap();
+        assert_eq!(*store.state(), expected, "replayed from the journal");
+        drop(store);
+        let store = StateStore::open(&dir).unwrap();
+        assert_eq!(*store.state(), expected, "read from the snapshot");
+        assert_eq!(store.state().container("a").unwrap().ip6, Some("fd00:1::2".parse().unwrap()));
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE)).unwrap()).unwrap();
+        assert!(saved["networks"]["old"].get("ipv6").is_none(), "{saved}");
+        assert_eq!(saved["networks"]["n"]["ipv6"]["subnet"], "fd00:1::/64");
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -15,9 +15,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{StreamExt, TryStreamExt};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope};
 use rtnetlink::packet_route::link::LinkInfo as NlLinkInfo;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::neighbour::NeighbourState;
@@ -253,11 +253,19 @@ impl Netlink {
         }
     }
 
-    /// Adds an address; already present = Ok (idempotent).
+    /// Adds an address; already present = Ok (idempotent). An IPv6 address is added without
+    /// duplicate address detection (IFA_F_NODAD): bpfnet's IPAM made it unique, and DAD would
+    /// keep it tentative, unusable, for a second or more.
     pub async fn add_address(&self, name: &str, addr: IpNet) -> Result<()> {
         let what = || format!("adding address {addr} to link {name}{}", self.place());
         let index = self.index_of(name).await.with_context(what)?;
-        match self.handle.address().add(index, addr.addr(), addr.prefix_len()).execute().await {
+        let mut request = self.handle.address().add(index, addr.addr(), addr.prefix_len());
+        if addr.addr().is_ipv6() {
+            let message = request.message_mut();
+            message.header.flags |= AddressHeaderFlags::Nodad;
+            message.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match request.execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
             Err(e) => Err(e).with_context(what),
@@ -313,27 +321,72 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `ip route replace default via GW dev NAME`
-    pub async fn replace_default_route(&self, gateway: Ipv4Addr, name: &str) -> Result<()> {
+    /// The link's global IPv6 addresses that may be used as a source now, in the kernel's
+    /// order: not link-local (or of host scope), not tentative (DAD still running), failed or
+    /// deprecated.
+    pub async fn usable_global_ipv6(&self, name: &str) -> Result<Vec<Ipv6Addr>> {
+        let what = || format!("listing IPv6 addresses of link {name}{}", self.place());
+        let index = self.index_of(name).await.with_context(what)?;
+        let mut replies = self.handle.address().get().set_link_index_filter(index).execute();
+        let unusable = AddressFlags::Tentative | AddressFlags::Dadfailed | AddressFlags::Deprecated;
+        let mut out = Vec::new();
+        while let Some(msg) = replies.try_next().await.with_context(what)? {
+            if msg.header.family != AddressFamily::Inet6 || msg.header.scope != AddressScope::Universe {
+                continue;
+            }
+            // IFA_FLAGS holds all 32 bits when present; the header's 8 otherwise.
+            let flags = msg.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Flags(flags) => Some(*flags),
+                _ => None,
+            });
+            let flags = flags.unwrap_or_else(|| AddressFlags::from_bits_retain(u32::from(msg.header.flags.bits())));
+            if flags.intersects(unusable) {
+                continue;
+            }
+            out.extend(msg.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// `ip route replace default via GW dev NAME`, for either family.
+    pub async fn replace_default_route(&self, gateway: impl Into<IpAddr>, name: &str) -> Result<()> {
+        let gateway = gateway.into();
         let what = || format!("replacing the default route via {gateway} dev {name}{}", self.place());
         let index = self.index_of(name).await.with_context(what)?;
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(index).build();
+        let any = match gateway {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(any, 0)
+            .and_then(|route| route.gateway(gateway))
+            .with_context(what)?
+            .output_interface(index)
+            .build();
         self.handle.route().add(msg).replace().execute().await.with_context(what)
     }
 
-    /// `ip route replace DEST dev NAME scope link [src SRC]`
-    pub async fn replace_route(&self, dest: Ipv4Net, name: &str, src: Option<Ipv4Addr>) -> Result<()> {
+    /// `ip route replace DEST dev NAME [scope link] [src SRC]`, for either family (IPv4's
+    /// route is of link scope; IPv6 has none).
+    pub async fn replace_route(&self, dest: impl Into<IpNet>, name: &str, src: Option<IpAddr>) -> Result<()> {
+        let dest = dest.into();
         let what = || format!("replacing route {dest} dev {name}{}", self.place());
         if dest != dest.trunc() {
             bail!("{}: destination has host bits set (did you mean {}?)", what(), dest.trunc());
         }
         let index = self.index_of(name).await.with_context(what)?;
-        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+        let mut builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dest.network(), dest.prefix_len())
-            .output_interface(index)
-            .scope(RouteScope::Link);
+            .with_context(what)?
+            .output_interface(index);
+        if dest.addr().is_ipv4() {
+            builder = builder.scope(RouteScope::Link);
+        }
         if let Some(src) = src {
-            builder = builder.pref_source(src);
+            builder = builder.pref_source(src).with_context(what)?;
         }
         self.handle.route().add(builder.build()).replace().execute().await.with_context(what)
     }
@@ -341,7 +394,7 @@ impl Netlink {
     #[cfg(test)] // only the tests need it so far
     /// `ip route del DEST dev NAME` in the main table; Ok(false) when there is
     /// no such route (or no such link).
-    pub async fn del_route(&self, dest: Ipv4Net, name: &str) -> Result<bool> {
+    pub async fn del_route(&self, dest: ipnet::Ipv4Net, name: &str) -> Result<bool> {
         let what = || format!("deleting route {dest} dev {name}{}", self.place());
         let Some(link) = self.link_by_name(name).await.with_context(what)? else {
             return Ok(false);
@@ -362,13 +415,14 @@ impl Netlink {
         }
     }
 
-    /// `ip neigh replace IP lladdr MAC dev NAME nud permanent`
-    pub async fn replace_neighbour(&self, name: &str, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+    /// `ip neigh replace IP lladdr MAC dev NAME nud permanent`, for either family.
+    pub async fn replace_neighbour(&self, name: &str, ip: impl Into<IpAddr>, mac: [u8; 6]) -> Result<()> {
+        let ip = ip.into();
         let what = || format!("replacing neighbour {ip} lladdr {} dev {name}{}", mac_string(&mac), self.place());
         let index = self.index_of(name).await.with_context(what)?;
         self.handle
             .neighbours()
-            .add(index, IpAddr::V4(ip))
+            .add(index, ip)
             .link_layer_address(&mac)
             .state(NeighbourState::Permanent)
             .replace()
@@ -387,13 +441,16 @@ pub enum LinkEvent {
     /// An IPv4 address was added to or removed from link `index`. `label` is the address's
     /// label: the interface's name, or an alias such as `eth0:1`.
     Ipv4Address { index: u32, label: Option<String> },
+    /// An IPv6 address was added to, changed on (DAD done, deprecated) or removed from link
+    /// `index`. IPv6 addresses carry no label.
+    Ipv6Address { index: u32 },
     /// The kernel dropped notifications because the socket's receive buffer was full
     /// (ENOBUFS): anything may have changed since the last one received.
     Lost,
 }
 
-/// The notifications of link and IPv4 address changes in one network namespace (the
-/// rtnetlink multicast groups RTNLGRP_LINK and RTNLGRP_IPV4_IFADDR), on a socket of their own:
+/// The notifications of link and address changes in one network namespace (the rtnetlink
+/// multicast groups RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR and RTNLGRP_IPV6_IFADDR), on a socket of their own:
 /// a burst of notifications that overflows it must not cost a request's reply, nor a reply
 /// a notification.
 ///
@@ -417,7 +474,7 @@ impl LinkEvents {
         let label = place(netns);
         require_runtime(&label)?;
         let what = || format!("subscribing to link and IPv4 address notifications{label}");
-        let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr];
+        let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr];
         let (mut connection, _, messages) = rtnetlink::new_multicast_connection(&groups).with_context(what)?;
         if let Some(bytes) = receive_buffer {
             let bytes = libc::c_int::try_from(bytes).with_context(what)?;
@@ -463,6 +520,11 @@ fn event_of(message: NetlinkMessage<RouteNetlinkMessage>) -> Option<LinkEvent> {
             });
             Some(LinkEvent::Ipv4Address { index: addr.header.index, label })
         }
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(addr) | RouteNetlinkMessage::DelAddress(addr))
+            if addr.header.family == AddressFamily::Inet6 =>
+        {
+            Some(LinkEvent::Ipv6Address { index: addr.header.index })
+        }
         NetlinkPayload::Overrun(_) => Some(LinkEvent::Lost),
         _ => None,
     }
@@ -473,6 +535,8 @@ mod tests {
     use std::process::Command;
 
     use serde_json::Value;
+
+    use ipnet::Ipv4Net;
 
     use super::*;
     use crate::{
@@ -497,6 +561,62 @@ mod tests {
 
     const MAC_A: [u8; 6] = [0x02, 0xb0, 0, 0, 0, 0x0a];
     const MAC_B: [u8; 6] = [0x02, 0xb0, 0, 0, 0, 0x0b];
+
+    /// IPv6 as the agent configures it: an address usable at once (no DAD), a host route with
+    /// a preferred source, a permanent neighbour, a default route; and which addresses count
+    /// as the uplink's usable global one.
+    #[tokio::test]
+    async fn ipv6_addresses_routes_and_neighbours() {
+        if !is_root() {
+            return;
+        }
+        let ns = TestNamespaces::create(1);
+        let name = ns.names[0].clone();
+        let global: IpNet = "2001:db8:5::1/64".parse().unwrap();
+        netns::netlink_in(&name, move |nl| async move {
+            nl.create_veth("bnt6a", MAC_A, "bnt6b", MAC_B, None).await?;
+            nl.set_up("bnt6a").await?;
+            nl.set_up("bnt6b").await?;
+            nl.set_up("lo").await?;
+            nl.add_address("bnt6a", global).await?;
+            nl.add_address("bnt6a", global).await?; // idempotent
+            nl.add_address("lo", "2001:db8:5::fe/128".parse()?).await?;
+            nl.replace_neighbour("bnt6a", "2001:db8:6::2".parse::<Ipv6Addr>()?, MAC_B).await?;
+            let host: IpNet = "2001:db8:6::2/128".parse()?;
+            nl.replace_route(host, "bnt6a", Some("2001:db8:5::fe".parse()?)).await?;
+            nl.replace_route(host, "bnt6a", Some("2001:db8:5::fe".parse()?)).await?; // replace
+            nl.replace_default_route("2001:db8:5::9".parse::<Ipv6Addr>()?, "bnt6a").await?;
+            // Added without DAD: usable at once, where a plain add would be tentative.
+            assert_eq!(nl.usable_global_ipv6("bnt6a").await?, ["2001:db8:5::1".parse::<Ipv6Addr>()?]);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        // A tentative address (DAD still running: the peer is up, so it lasts a second or
+        // more) and a deprecated one are not usable; neither is a link-local one.
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(["-n", &name]).args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ip(&["addr", "add", "2001:db8:7::1/64", "dev", "bnt6b"]);
+        ip(&["addr", "add", "2001:db8:8::1/64", "dev", "bnt6b", "nodad", "preferred_lft", "0"]);
+        ip(&["addr", "add", "2001:db8:9::1/64", "dev", "bnt6b", "nodad"]);
+        let usable = netns::netlink_in(&name, |nl| async move { nl.usable_global_ipv6("bnt6b").await }).await.unwrap();
+        assert_eq!(usable, ["2001:db8:9::1".parse::<Ipv6Addr>().unwrap()]);
+
+        let addrs = ip_json(&name, &["-6", "addr", "show", "bnt6a"]);
+        let info = addrs[0]["addr_info"].as_array().unwrap();
+        let global = info.iter().find(|a| a["local"] == "2001:db8:5::1").expect("the address");
+        assert_eq!((global["prefixlen"].as_u64(), global.get("tentative")), (Some(64), None), "{global}");
+        let routes = ip_json(&name, &["-6", "route", "show", "2001:db8:6::2"]);
+        assert_eq!(routes.as_array().unwrap().len(), 1, "{routes}");
+        assert_eq!((routes[0]["dev"].as_str(), routes[0]["prefsrc"].as_str()), (Some("bnt6a"), Some("2001:db8:5::fe")));
+        let default = ip_json(&name, &["-6", "route", "show", "default"]);
+        assert_eq!(default[0]["gateway"], "2001:db8:5::9");
+        let neigh = ip_json(&name, &["-6", "neigh", "show", "2001:db8:6::2", "dev", "bnt6a"]);
+        assert_eq!(neigh[0]["lladdr"], "02:b0:00:00:00:0b");
+        assert!(neigh[0]["state"].as_array().unwrap().iter().any(|s| s == "PERMANENT"), "{neigh}");
+    }
 
     #[tokio::test]
     async fn veth_between_two_namespaces() {
@@ -529,9 +649,9 @@ mod tests {
             nl.set_up("bnta").await?;
             nl.replace_neighbour("bnta", addr_b.addr(), MAC_B).await?;
             let host: Ipv4Net = "10.213.9.0/24".parse().unwrap();
-            nl.replace_route(host, "bnta", Some(addr_a.addr())).await?;
+            nl.replace_route(host, "bnta", Some(addr_a.addr().into())).await?;
             nl.replace_route(host, "bnta", None).await?; // replace, not duplicate
-            assert!(nl.replace_route("10.213.9.1/24".parse()?, "bnta", None).await.is_err());
+            assert!(nl.replace_route("10.213.9.1/24".parse::<IpNet>()?, "bnta", None).await.is_err());
             assert!(nl.set_mtu("missing0", 1500).await.is_err());
             Ok(())
         })

@@ -19,11 +19,12 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{ProgramInfo, ProgramType};
 use datapath_common::{
-    ct_fill, ct_stats, Counter, CtEntry, CtKey, CtQuotaKey, DropReason, Endpoint, HostConfig, Network,
+    ct_fill, ct_stats, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtQuotaKey, DropReason, Endpoint, HostConfig, Ipv4Be,
+    Ipv6Be, Network,
 };
 
 use crate::{
-    datapath::{self, CtTable, Datapath},
+    datapath::{self, CtFamily, CtTable, Datapath},
     devkit::netns::ThrowawayNamespaces,
     devkit::testrun::{self, SkbContext, TestRunOutput, XdpContext},
     host::ipam,
@@ -66,6 +67,16 @@ impl Drop for PinDir {
             eprintln!("cleanup: removing pins under {}: {e:#}", self.0.display());
         }
     }
+}
+
+/// Empties one family's conntrack tables (an entry may be gone already: LRU).
+fn clear_ct_family<A: CtFamily>(dp: &mut Datapath) -> Result<()> {
+    for table in CtTable::ALL {
+        for key in A::entries(dp, table)?.into_keys() {
+            A::remove(dp, table, &key)?;
+        }
+    }
+    Ok(())
 }
 
 /// Two networks: `web` with members A and B, `db` with member C.
@@ -280,26 +291,26 @@ impl Testbed {
             .find_map(|table| self.datapath.ct_tables[table as usize].get(key, 0).ok().map(|entry| (table, entry)))
     }
 
+    /// Where an IPv6 conntrack key is, and its entry.
+    pub fn ct6_get(&self, key: &CtKey6) -> Option<(CtTable, CtEntry6)> {
+        CtTable::ALL
+            .into_iter()
+            .find_map(|table| self.datapath.ct6_tables[table as usize].get(key, 0).ok().map(|entry| (table, entry)))
+    }
+
     /// Empties the conntrack tables and CT_QUOTA and zeroes CT_FILL and CT_STATS, leaving the
     /// other maps as they are.
     pub fn try_clear_ct(&mut self) -> Result<()> {
         let dp = &mut self.datapath;
-        for table in &mut dp.ct_tables {
-            let keys: Vec<CtKey> = table.keys().collect::<Result<_, _>>()?;
-            for key in keys {
-                // An entry may be gone already (LRU); only "not there" is fine.
-                match table.remove(&key) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(e).context("deleting a conntrack entry"),
-                }
-            }
-        }
+        clear_ct_family::<Ipv4Be>(dp)?;
+        clear_ct_family::<Ipv6Be>(dp)?;
         let keys: Vec<CtQuotaKey> = dp.ct_quota.keys().collect::<Result<_, _>>()?;
         for key in keys {
             dp.ct_quota.remove(&key).context("deleting a CT_QUOTA entry")?;
         }
         for slot in 0..ct_fill::SLOTS {
             dp.ct_fill.set(slot, 0, 0)?;
+            dp.ct6_fill.set(slot, 0, 0)?;
         }
         for slot in 0..ct_stats::SLOTS {
             dp.ct_stats.set(slot, 0, 0)?;
