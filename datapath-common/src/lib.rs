@@ -94,6 +94,28 @@ pub mod map_names {
     /// Published ports reached over IPv6: [`PublishedPortKey6`](super::PublishedPortKey6) ->
     /// [`PublishedPortTarget6`](super::PublishedPortTarget6).
     pub const PUBLISHED_PORTS6: &str = "PUBLISHED6";
+    /// The tail calls of the TC programs (a program array): slot [`tail_call_slots`]
+    /// -> program. `from_endpoint` and `from_uplink` hand IPv6 to programs of their own, as
+    /// Cilium does, because their own stack is nearly full. The agent fills it when it loads
+    /// the datapath and on every upgrade.
+    ///
+    /// [`tail_call_slots`]: super::tail_call_slots
+    pub const TAIL_CALLS: &str = "TAIL_CALLS";
+    /// The same for the XDP uplink program: a program array holds programs of one type only.
+    pub const TAIL_CALLS_XDP: &str = "TAIL_CALLS_XDP";
+}
+
+/// Slots of the program arrays `TAIL_CALLS` (TC) and `TAIL_CALLS_XDP` (XDP). An empty slot
+/// (an older agent filled the arrays) makes the tail call fail: the caller then treats IPv6 as
+/// an IPv4-only datapath did (from a container: dropped, `UnsupportedL3`; on the uplink: passed).
+pub mod tail_call_slots {
+    /// `from_endpoint6` (TC): IPv6 from a container.
+    pub const FROM_ENDPOINT6: u32 = 0;
+    /// `from_uplink6` (TC) in `TAIL_CALLS`, `from_uplink6xdp` in `TAIL_CALLS_XDP`: IPv6 on
+    /// the uplink.
+    pub const FROM_UPLINK6: u32 = 1;
+    /// Slots of each array.
+    pub const SLOTS: u32 = 2;
 }
 
 /// Names of the programs in the eBPF object.
@@ -123,6 +145,18 @@ pub mod program_names {
     pub const SOCK_RECVMSG6: &str = "sock_recvmsg6";
     /// cgroup getpeername6: a connected AF_INET6 socket's peer is the address it connected to.
     pub const SOCK_GETPEER6: &str = "sock_getpeer6";
+    /// IPv6 from a container: `from_endpoint`'s tail call for EtherType IPv6.
+    pub const FROM_ENDPOINT6: &str = "from_endpoint6";
+    /// IPv6 on the uplink: `from_uplink`'s tail call.
+    pub const FROM_UPLINK6: &str = "from_uplink6";
+    /// IPv6 on the uplink at XDP: `from_uplink_xdp`'s tail call (15 bytes, the kernel's limit).
+    pub const FROM_UPLINK6_XDP: &str = "from_uplink6xdp";
+    /// The tail-call targets, with the program array and slot each is reached through.
+    pub const TAIL_CALLED: [(&str, &str, u32); 3] = [
+        (FROM_ENDPOINT6, super::map_names::TAIL_CALLS, super::tail_call_slots::FROM_ENDPOINT6),
+        (FROM_UPLINK6, super::map_names::TAIL_CALLS, super::tail_call_slots::FROM_UPLINK6),
+        (FROM_UPLINK6_XDP, super::map_names::TAIL_CALLS_XDP, super::tail_call_slots::FROM_UPLINK6),
+    ];
 }
 
 /// An IPv4 address in network byte order, as read from a packet (`u32::from_ne_bytes(octets)`).
@@ -207,7 +241,8 @@ indexed_enum! {
     DropReason {
         /// A header was cut short or inconsistent.
         Malformed = 0 => "malformed",
-        /// Neither IPv4 nor ARP (IPv6, VLAN tags, ...): bpfnet networks are IPv4 only.
+        /// Neither IPv4, IPv6 nor ARP (VLAN tags, ...), or IPv6 from a container without an
+        /// IPv6 address (its network has no IPv6 subnet).
         UnsupportedL3 = 1 => "unsupported_l3",
         /// The packet came in on an interface that is not (or no longer) a bpfnet endpoint.
         UnknownInterface = 2 => "unknown_interface",
@@ -246,6 +281,17 @@ indexed_enum! {
         /// A packet on the uplink for a container of this host (native routing) whose source is
         /// a container of this host too: such a packet never comes from outside.
         UplinkSpoofedPod = 17 => "uplink_spoofed_pod",
+        /// A neighbour discovery message from a container that is no valid solicitation or
+        /// advertisement (RFC 4861: hop limit 255, code 0, the whole message present), or one
+        /// only routers send (router advertisement, redirect).
+        NdpInvalid = 18 => "ndp_invalid",
+        /// A neighbour solicitation for an address that is neither the gateway's nor a member's
+        /// of the network.
+        NdpUnknownTarget = 19 => "ndp_unknown_target",
+        /// An IPv6 packet with more extension headers than the datapath walks
+        /// (`MAX_EXTENSION_HEADERS`), or one it cannot walk (an unknown one before the L4 header
+        /// is taken as that header; a second fragment header is refused here).
+        Ipv6ExtensionHeaders = 20 => "ipv6_extension_headers",
     }
 }
 
@@ -281,6 +327,17 @@ indexed_enum! {
         /// belong to no tracked flow (another node's pod, or a reply to one), delivered
         /// untranslated (native routing).
         DeliveredNative = 12 => "delivered_native",
+        /// Neighbour solicitations answered from the maps.
+        NdpReplied = 13 => "ndp_replied",
+        /// Neighbour advertisements from a container passed to the host (answers to the host's
+        /// own solicitations).
+        NdpToHost = 14 => "ndp_to_host",
+        /// Neighbour discovery and MLD messages from a container that need no answer, dropped
+        /// without one: duplicate address detection (containers' addresses are configured with
+        /// `nodad`), router solicitations (containers are configured statically: no router
+        /// advertisement may reconfigure them) and multicast listener reports (nothing
+        /// forwards multicast between containers).
+        NdpIgnored = 15 => "ndp_ignored",
     }
 }
 

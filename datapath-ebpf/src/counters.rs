@@ -1,8 +1,9 @@
 //! Drop reasons and event counters: every verdict other than "pass" is counted.
-use datapath_common::{Counter, DropReason, Endpoint};
+use datapath_common::{Counter, DropReason};
 
 use crate::{
-    events, forward,
+    events,
+    forward::{self, Veth},
     maps::{COUNTERS, DROPS, ENDPOINT_DROPS, ENDPOINT_STATS},
     packet::Packet,
 };
@@ -38,8 +39,8 @@ pub fn count_endpoint_drop<P: Packet>(ctx: &P) {
 
 /// Accounts a packet the endpoint sent.
 #[inline(always)]
-pub fn count_sent<P: Packet>(ctx: &P, endpoint: &Endpoint) {
-    if let Some(stats) = ENDPOINT_STATS.get_ptr_mut(endpoint.stats_slot) {
+pub fn count_sent<P: Packet>(ctx: &P, endpoint: &impl Veth) {
+    if let Some(stats) = ENDPOINT_STATS.get_ptr_mut(endpoint.stats_slot()) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe {
             (*stats).sent_packets += 1;
@@ -50,8 +51,8 @@ pub fn count_sent<P: Packet>(ctx: &P, endpoint: &Endpoint) {
 
 /// Accounts a packet delivered into the endpoint.
 #[inline(always)]
-pub fn count_received<P: Packet>(ctx: &P, endpoint: &Endpoint) {
-    if let Some(stats) = ENDPOINT_STATS.get_ptr_mut(endpoint.stats_slot) {
+pub fn count_received<P: Packet>(ctx: &P, endpoint: &impl Veth) {
+    if let Some(stats) = ENDPOINT_STATS.get_ptr_mut(endpoint.stats_slot()) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe {
             (*stats).received_packets += 1;

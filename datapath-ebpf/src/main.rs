@@ -15,9 +15,11 @@ mod forward;
 mod fragment;
 mod icmp;
 mod ip;
+mod ipv6;
 mod maps;
 mod nat;
 mod native_routing;
+mod ndp;
 mod packet;
 mod published_ports;
 mod sock;
@@ -27,18 +29,29 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use datapath_common::{Counter, DropReason};
+use datapath_common::{tail_call_slots, Counter, DropReason};
 use network_types::eth::{EthHdr, EtherType};
 
-use crate::{forward::Destination, packet::Packet};
+use crate::{
+    forward::{Destination, Destination6},
+    packet::Packet,
+};
 
 /// TC ingress on a container's host-side veth: every packet the container sends.
 ///
 /// ARP is answered from the maps; IPv4 to another container of the same network is delivered
 /// straight into it; the gateway goes to the host stack; what leaves through the uplink is
-/// source-translated; the rest is dropped with a counted reason.
+/// source-translated; IPv6 continues in `from_endpoint6` (a tail call); the rest is dropped
+/// with a counted reason.
 #[classifier]
 pub fn from_endpoint(ctx: TcContext) -> i32 {
+    // IPv6 has a program of its own: this one's stack is nearly full. The kernel allows a tail
+    // call only in a function that returns an int, so it is made here. It returns only when the
+    // slot is empty (an agent that knows no IPv6 filled the array): IPv6 is then unsupported,
+    // as before dual stack.
+    if is_ipv6(&ctx) {
+        ctx.tail_call(tail_call_slots::FROM_ENDPOINT6);
+    }
     let result = try_from_endpoint(&ctx);
     if result.is_err() {
         counters::count_endpoint_drop(&ctx);
@@ -83,12 +96,56 @@ fn try_from_endpoint(ctx: &TcContext) -> Result<i32, DropReason> {
     }
 }
 
+/// `from_endpoint`'s tail call for IPv6 from a container (already counted as sent there).
+///
+/// Neighbour discovery is answered from the maps; IPv6 to another container of the same
+/// network is delivered straight into it; the gateway, link-local and multicast destinations
+/// go to the host stack; a member of another network is dropped; the rest goes to the host
+/// stack for now. A container without IPv6 is dropped (`UnsupportedL3`).
+#[classifier]
+pub fn from_endpoint6(ctx: TcContext) -> i32 {
+    let result = try_from_endpoint6(&ctx);
+    if result.is_err() {
+        counters::count_endpoint_drop(&ctx);
+    }
+    verdict(&ctx, result)
+}
+
+fn try_from_endpoint6(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Some(source) = forward::endpoint6_on(ctx.ingress_ifindex()) else {
+        // A container without IPv6 (or no container): counted as sent, as from_endpoint
+        // counts every packet of a container.
+        counters::count_sent(ctx, &forward::source_endpoint(ctx)?);
+        return Err(DropReason::UnsupportedL3);
+    };
+    counters::count_sent(ctx, &source);
+    let eth: *const EthHdr = packet::ptr_at(ctx, 0)?;
+    let ip = ipv6::ipv6(ctx)?;
+    let link_scoped = ndp::link_scoped_message(ctx, &ip);
+    forward::check_source6(eth, &ip, &source, link_scoped.is_some())?;
+    if let Some(type_) = link_scoped {
+        return ndp::answer(ctx, &ip, type_, &source);
+    }
+    match forward::destination6(&ip, &source)? {
+        Destination6::Host | Destination6::Outside => {
+            counters::count(Counter::ToHost);
+            Ok(TC_ACT_OK)
+        }
+        Destination6::Member(dest) => {
+            let action = forward::deliver(ctx, &dest)?;
+            counters::count(Counter::Forwarded);
+            Ok(action)
+        }
+    }
+}
+
 /// TC ingress on the host's uplink: replies to translated flows (and ICMP errors about them),
 /// flows to published ports, and (with a cluster CIDR) other nodes' pods' packets for a pod of
 /// this host go straight into their container; everything else is the host's and passes
 /// untouched.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
+    uplink_tail_call(&ctx);
     verdict(&ctx, try_from_uplink(&ctx))
 }
 
@@ -96,7 +153,28 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 /// allocates an skb. Delivery into a container is an XDP redirect to its host-side veth.
 #[xdp]
 pub fn from_uplink_xdp(ctx: XdpContext) -> u32 {
+    uplink_tail_call(&ctx);
     verdict(&ctx, try_from_uplink(&ctx)) as u32
+}
+
+/// IPv6 on the uplink continues in the uplink's IPv6 program (a tail call, made in the entry
+/// function as the kernel demands). Only an empty slot returns: the IPv6 then passes to the
+/// host (`try_from_uplink` passes what is not IPv4), as before dual stack.
+#[inline(always)]
+fn uplink_tail_call<P: Packet>(ctx: &P) {
+    if is_ipv6(ctx) {
+        ctx.tail_call(tail_call_slots::FROM_UPLINK6);
+    }
+}
+
+/// Whether the frame is IPv6 (by its EtherType).
+#[inline(always)]
+fn is_ipv6<P: Packet>(ctx: &P) -> bool {
+    match packet::ptr_at::<P, EthHdr>(ctx, 0) {
+        // SAFETY: `ptr_at` checked that the header lies inside the packet.
+        Ok(eth) => (unsafe { (*eth).ether_type }) == EtherType::Ipv6 as u16,
+        Err(_) => false,
+    }
 }
 
 #[inline(always)]
@@ -119,6 +197,25 @@ fn try_from_uplink<P: Packet>(ctx: &P) -> Result<i32, DropReason> {
         return icmp::error_to_container(ctx, &ip);
     }
     nat::from_uplink(ctx, &ip)
+}
+
+/// `from_uplink`'s tail call for IPv6 on the uplink.
+#[classifier]
+pub fn from_uplink6(ctx: TcContext) -> i32 {
+    verdict(&ctx, try_from_uplink6(&ctx))
+}
+
+/// `from_uplink_xdp`'s tail call for IPv6 on the uplink.
+#[xdp]
+pub fn from_uplink6xdp(ctx: XdpContext) -> u32 {
+    verdict(&ctx, try_from_uplink6(&ctx)) as u32
+}
+
+/// IPv6 on the uplink: nothing is translated back yet, so all of it is the host's.
+#[inline(always)]
+fn try_from_uplink6<P: Packet>(_ctx: &P) -> Result<i32, DropReason> {
+    counters::count(Counter::UplinkToHost);
+    Ok(P::PASS)
 }
 
 /// cgroup connect4 of the host cgroup (`--host-cgroup`): a host process connecting (TCP, or

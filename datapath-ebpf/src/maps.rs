@@ -2,10 +2,11 @@
 //! directory, so they outlive both the programs' loader and the agent process.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use datapath_common::{
-    ct_fill, ct_stats, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtQuotaKey, DropReason, Endpoint, Endpoint6,
+    ct_fill, ct_stats, tail_call_slots, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtQuotaKey, DropReason, Endpoint,
+    Endpoint6,
     EndpointStats, EventBudget, EventLoss, FragKey, FragPorts, HostConfig, HostConfig6, Ipv4Be, Ipv6Be, Network,
     PublishedPortKey, PublishedPortKey6, PublishedPortTarget, PublishedPortTarget6, SockRevNat, SockRevNatKey,
     MAX_ENDPOINTS,
@@ -121,6 +122,15 @@ pub static CT6_OVERFLOW: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(DEFAU
 
 #[map]
 pub static CT6_FILL: Array<u64> = Array::pinned(ct_fill::SLOTS, 0);
+
+/// `tail_call_slots` -> TC program: IPv6's programs. Filled by the agent (an empty slot makes
+/// the tail call fall through).
+#[map]
+pub static TAIL_CALLS: ProgramArray = ProgramArray::pinned(tail_call_slots::SLOTS, 0);
+
+/// The same for XDP programs (a program array holds programs of one type).
+#[map]
+pub static TAIL_CALLS_XDP: ProgramArray = ProgramArray::pinned(tail_call_slots::SLOTS, 0);
 
 /// The host's settings (all zero, i.e. no uplink, until the agent writes them).
 #[inline(always)]

@@ -19,6 +19,8 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
+use crate::maps::{TAIL_CALLS, TAIL_CALLS_XDP};
+
 /// Offset of the IPv4 header in the frame.
 pub const IP_OFF: usize = EthHdr::LEN;
 /// Offsets of the IPv4 header fields the datapath rewrites, from the start of an IPv4 header:
@@ -56,6 +58,9 @@ pub trait Packet: EbpfContext {
     fn redirect_into_container(&self, host_ifindex: u32) -> Result<i32, DropReason>;
     /// Sends the packet out of `ifindex` to a neighbour whose MAC is not known yet.
     fn redirect_to_unresolved(&self, ifindex: u32) -> Result<i32, DropReason>;
+    /// Continues in the program in `slot` (`tail_call_slots`) of this hook's program array;
+    /// returns only if that fails (an empty slot).
+    fn tail_call(&self, slot: u32);
 }
 
 /// Maps a redirect helper's return value to the verdict, or to a counted drop.
@@ -121,6 +126,12 @@ impl Packet for TcContext {
         // SAFETY: helper call with plain arguments; a null neighbour makes the kernel resolve it.
         redirected::<Self>(unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) })
     }
+
+    #[inline(always)]
+    fn tail_call(&self, slot: u32) {
+        // SAFETY: the array holds TC programs only (the kernel refuses others in it).
+        unsafe { TAIL_CALLS.tail_call(self, slot) }
+    }
 }
 
 impl Packet for XdpContext {
@@ -167,6 +178,12 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn redirect_to_unresolved(&self, _ifindex: u32) -> Result<i32, DropReason> {
         Ok(Self::PASS)
+    }
+
+    #[inline(always)]
+    fn tail_call(&self, slot: u32) {
+        // SAFETY: the array holds XDP programs only (the kernel refuses others in it).
+        unsafe { TAIL_CALLS_XDP.tail_call(self, slot) }
     }
 }
 

@@ -9,7 +9,7 @@ pub(crate) static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(e
 pub(super) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Programs in the object, all pinned under `progs/`.
-pub(super) const PROGRAMS: [&str; 10] = [
+pub(super) const PROGRAMS: [&str; 13] = [
     program_names::FROM_ENDPOINT,
     program_names::FROM_UPLINK,
     program_names::FROM_UPLINK_XDP,
@@ -20,6 +20,9 @@ pub(super) const PROGRAMS: [&str; 10] = [
     program_names::SOCK_CONNECT6,
     program_names::SOCK_RECVMSG6,
     program_names::SOCK_GETPEER6,
+    program_names::FROM_ENDPOINT6,
+    program_names::FROM_UPLINK6,
+    program_names::FROM_UPLINK6_XDP,
 ];
 
 /// Removes every pin under `pin_dir` (links first, so programs detach) and the directory.
@@ -110,8 +113,23 @@ pub(super) fn load_object(pin_dir: &Path, ct_entries: u32) -> Result<aya::Ebpf> 
     Ok(ebpf)
 }
 
+/// Points the program arrays' slots at the loaded object's programs (`TAIL_CALLED`), replacing
+/// whatever programs an earlier load put there: from then on every entry program that tail
+/// calls (old or new) continues in this object's.
+pub(super) fn fill_tail_calls(ebpf: &mut aya::Ebpf) -> Result<()> {
+    for (name, array_name, slot) in program_names::TAIL_CALLED {
+        let program = ebpf.program(name).with_context(|| format!("the eBPF object has no {name} program"))?;
+        let fd = program.fd().and_then(|fd| Ok(fd.try_clone()?)).with_context(|| format!("{name} is not loaded"))?;
+        let map = ebpf.map_mut(array_name).with_context(|| format!("the eBPF object has no {array_name} map"))?;
+        let mut array: ProgramArray<&mut MapData> = ProgramArray::try_from(map)?;
+        array.set(slot, &fd, 0).with_context(|| format!("putting {name} into slot {slot} of {array_name}"))?;
+    }
+    Ok(())
+}
+
 pub(super) fn load_and_pin(pin_dir: &Path, ct_entries: u32) -> Result<()> {
     let mut ebpf = load_object(pin_dir, ct_entries)?;
+    fill_tail_calls(&mut ebpf)?;
     // The from_endpoint pin is written last: its presence means the whole datapath is pinned.
     for name in PROGRAMS.iter().rev() {
         let program = ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?;

@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{
         links::{CgroupAttachMode, FdLink, PinnedLink},
         tc::SchedClassifierLink,
@@ -107,6 +107,11 @@ pub struct Datapath {
     from_endpoint: SchedClassifier,
     from_uplink: SchedClassifier,
     from_uplink_xdp: Xdp,
+    /// The IPv6 programs, reached by tail call from the three above (`TAIL_CALLS`,
+    /// `TAIL_CALLS_XDP`).
+    from_endpoint6: SchedClassifier,
+    from_uplink6: SchedClassifier,
+    from_uplink6_xdp: Xdp,
     /// HOST_SOCKET_PROGRAMS, in that order.
     host_sockets: Vec<(&'static str, CgroupSockAddr)>,
     pub(crate) endpoints: HashMap<MapData, Ipv4Be, Endpoint>,
@@ -193,6 +198,13 @@ impl Datapath {
                 aya_obj::programs::XdpAttachType::Interface,
             )
             .with_context(|| format!("opening pinned program {}", program_names::FROM_UPLINK_XDP))?,
+            from_endpoint6: open_program(pin_dir, program_names::FROM_ENDPOINT6)?,
+            from_uplink6: open_program(pin_dir, program_names::FROM_UPLINK6)?,
+            from_uplink6_xdp: Xdp::from_pin(
+                pin_dir.join("progs").join(program_names::FROM_UPLINK6_XDP),
+                aya_obj::programs::XdpAttachType::Interface,
+            )
+            .with_context(|| format!("opening pinned program {}", program_names::FROM_UPLINK6_XDP))?,
             host_sockets: HOST_SOCKET_PROGRAMS
                 .into_iter()
                 .map(|(name, attach_type)| {
@@ -414,6 +426,9 @@ impl Datapath {
             (program_names::FROM_ENDPOINT, self.from_endpoint.info()?.id()),
             (program_names::FROM_UPLINK, self.from_uplink.info()?.id()),
             (program_names::FROM_UPLINK_XDP, self.from_uplink_xdp.info()?.id()),
+            (program_names::FROM_ENDPOINT6, self.from_endpoint6.info()?.id()),
+            (program_names::FROM_UPLINK6, self.from_uplink6.info()?.id()),
+            (program_names::FROM_UPLINK6_XDP, self.from_uplink6_xdp.info()?.id()),
         ];
         for (name, program) in &self.host_sockets {
             ids.push((*name, program.info()?.id()));

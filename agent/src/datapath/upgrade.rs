@@ -214,6 +214,9 @@ impl Datapath {
                 old.slots
             );
         }
+        // Before any link runs a new program: the new entry programs find their IPv6
+        // programs in place at once (and the old ones, until replaced, reach the new ones).
+        fill_tail_calls(&mut ebpf)?;
         // The old programs use the old maps: all of them move to the new ones.
         let always = always || outgrown.is_some() || !outgrown_counters.is_empty();
         let mut replaced = Vec::new();

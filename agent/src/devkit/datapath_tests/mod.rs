@@ -17,11 +17,13 @@ mod arp;
 mod conntrack;
 mod events;
 mod forward;
+mod forward6;
 mod fragment;
 mod fuzz;
 mod icmp;
 mod nat;
 mod native_routing;
+mod ndp;
 
 use std::{
     collections::BTreeMap,
@@ -37,8 +39,9 @@ use aya::maps::{MapData, MapType};
 use datapath_common::{ct_fill, ct_stats, program_names, Counter, CtEntry, CtKey, DropReason, HostConfig};
 
 pub use crate::devkit::testbed::{
-    be, packets, Counts, Topology, Uplink, A_IP, B_IP, C_IP, DB, DB_GATEWAY, ROUTER_IP, ROUTER_MAC, SERVER_IP,
-    TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UNRESOLVED_IP, UPLINK_IP, UPLINK_MAC, WEB, WEB_GATEWAY,
+    be, be6, packets, Counts, Topology, Topology6, Uplink, A_IP, A_IP6, B_IP, B_IP6, C_IP, C_IP6, DB, DB_GATEWAY,
+    ROUTER_IP, ROUTER_MAC, SERVER_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UNRESOLVED_IP, UPLINK_IP, UPLINK_MAC,
+    WEB, WEB_GATEWAY, WEB_GATEWAY6,
 };
 use crate::{
     devkit::testbed::{Program, ProgramKind, Testbed, XDP_DROP, XDP_PASS, XDP_REDIRECT},
@@ -151,6 +154,14 @@ impl Fixture {
         let topology = fx.topology();
         fx.seed(&topology);
         (fx, topology)
+    }
+
+    /// The standard topology, dual stack: every container has its IPv6 side too.
+    pub fn with_topology6() -> (Self, Topology, Topology6) {
+        let (mut fx, t) = Self::with_topology();
+        let t6 = fx.topology6(&t);
+        fx.try_seed6(&t6).unwrap_or_else(|e| panic!("seeding the IPv6 topology: {e:#}"));
+        (fx, t, t6)
     }
 
     pub fn seed(&mut self, t: &Topology) {

@@ -10,7 +10,7 @@
 pub mod packets;
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
     sync::Arc,
@@ -19,8 +19,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{ProgramInfo, ProgramType};
 use datapath_common::{
-    ct_fill, ct_stats, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtQuotaKey, DropReason, Endpoint, HostConfig, Ipv4Be,
-    Ipv6Be, Network,
+    ct_fill, ct_stats, ipv6_be, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtQuotaKey, DropReason, Endpoint, Endpoint6,
+    HostConfig, Ipv4Be, Ipv6Be, Network,
 };
 
 use crate::{
@@ -115,6 +115,38 @@ fn endpoint(network_id: u32, ip: Ipv4Addr, host_ifindex: u32) -> Endpoint {
         // Interface indexes are small and unique in the namespace.
         stats_slot: host_ifindex,
         gateway: be(gateway),
+    }
+}
+
+/// The IPv6 side of [`Topology`]'s containers (dual stack): `web` is 2001:db8:88::/64, `db`
+/// 2001:db8:99::/64.
+pub struct Topology6 {
+    pub a: Endpoint6,
+    pub b: Endpoint6,
+    pub c: Endpoint6,
+}
+
+pub const WEB_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x88, 0, 0, 0, 0, 1);
+pub const DB_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 1);
+pub const A_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x88, 0, 0, 0, 0, 0x10);
+pub const B_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x88, 0, 0, 0, 0, 0x11);
+pub const C_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 0x10);
+
+pub fn be6(ip: Ipv6Addr) -> Ipv6Be {
+    ipv6_be(ip.octets())
+}
+
+/// The IPv6 side of an IPv4 endpoint, as the control plane pairs them.
+fn endpoint6(v4: &Endpoint, ip: Ipv6Addr) -> Endpoint6 {
+    Endpoint6 {
+        host_ifindex: v4.host_ifindex,
+        network_id: v4.network_id,
+        ip: be6(ip),
+        gateway: be6(if v4.network_id == WEB { WEB_GATEWAY6 } else { DB_GATEWAY6 }),
+        mac: v4.mac,
+        gateway_mac: v4.gateway_mac,
+        stats_slot: v4.stats_slot,
+        ip4: v4.ip,
     }
 }
 
@@ -264,6 +296,19 @@ impl Testbed {
             b: endpoint(WEB, B_IP, self.host_ifindex[1]),
             c: endpoint(DB, C_IP, self.host_ifindex[2]),
         }
+    }
+
+    /// The IPv6 side of `t`'s containers.
+    pub fn topology6(&self, t: &Topology) -> Topology6 {
+        Topology6 { a: endpoint6(&t.a, A_IP6), b: endpoint6(&t.b, B_IP6), c: endpoint6(&t.c, C_IP6) }
+    }
+
+    /// Writes the IPv6 side as the agent does (`Datapath::upsert_endpoint6`).
+    pub fn try_seed6(&mut self, t: &Topology6) -> Result<()> {
+        for ep in [&t.a, &t.b, &t.c] {
+            self.datapath.upsert_endpoint6(ep)?;
+        }
+        Ok(())
     }
 
     /// Writes the topology as the agent does (`Datapath::upsert_*`).

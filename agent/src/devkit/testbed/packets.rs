@@ -1,10 +1,10 @@
 //! A tiny packet builder for the datapath tests and `bpfnet-devkit program-cost`: Ethernet,
-//! ARP, IPv4 (with options), UDP, TCP and ICMP echo, with correct checksums, and a checker for
-//! those checksums. Crafting packets by hand keeps every byte visible to the test that asserts
+//! ARP, IPv4 (with options), IPv6 (with extension headers), UDP, TCP, ICMP echo and ICMPv6
+//! neighbour discovery, with correct checksums, and a checker for those checksums. Crafting packets by hand keeps every byte visible to the test that asserts
 //! on it; `bytes`' `BufMut` writes each field in network order.
 // The tests use all of it, the program-cost command only a part.
 #![cfg_attr(not(test), allow(dead_code))]
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use bytes::{BufMut, BytesMut};
 
@@ -21,6 +21,27 @@ pub const ARP_REPLY: u16 = 2;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// IPv6 next-header values of the extension headers (RFC 8200).
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_DESTINATION_OPTIONS: u8 = 60;
+pub const IPV6_HLEN: usize = 40;
+
+/// ICMPv6 types of neighbour discovery (RFC 4861) and MLD (RFC 2710, 3810).
+pub const MLD_REPORT: u8 = 131;
+pub const ROUTER_SOLICITATION: u8 = 133;
+pub const ROUTER_ADVERTISEMENT: u8 = 134;
+pub const NEIGHBOR_SOLICITATION: u8 = 135;
+pub const NEIGHBOR_ADVERTISEMENT: u8 = 136;
+pub const MLD2_REPORT: u8 = 143;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+/// Neighbour advertisement flags.
+pub const NA_ROUTER: u8 = 0x80;
+pub const NA_SOLICITED: u8 = 0x40;
+pub const NA_OVERRIDE: u8 = 0x20;
 
 pub fn eth(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u8> {
     let mut frame = BytesMut::with_capacity(ETH_HLEN + payload.len());
@@ -319,4 +340,147 @@ mod tests {
             }
         }
     }
+}
+
+/// An IPv6 header followed by `payload` (which starts with the header `next_header` names).
+pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, hop_limit: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = BytesMut::with_capacity(IPV6_HLEN + payload.len());
+    p.put_u32(6 << 28);
+    p.put_u16(u16::try_from(payload.len()).unwrap());
+    p.put_u8(next_header);
+    p.put_u8(hop_limit);
+    p.put_slice(&src.octets());
+    p.put_slice(&dst.octets());
+    p.put_slice(payload);
+    p.to_vec()
+}
+
+/// A hop-by-hop or destination options header of `units` 8-byte units in all (at least 1),
+/// padded with PadN, followed by `next_header`'s header.
+pub fn options_header(next_header: u8, units: u8) -> Vec<u8> {
+    assert!(units >= 1);
+    let len = usize::from(units) * 8;
+    let mut h = vec![next_header, units - 1];
+    // One PadN option fills the rest (RFC 8200 section 4.2).
+    h.push(1);
+    h.push(u8::try_from(len - 4).unwrap());
+    h.resize(len, 0);
+    h
+}
+
+/// A fragment header: offset in 8-byte units, M flag, identification.
+pub fn fragment_header(next_header: u8, offset: u16, more: bool, id: u32) -> Vec<u8> {
+    let mut h = vec![next_header, 0];
+    h.extend((offset << 3 | u16::from(more)).to_be_bytes());
+    h.extend(id.to_be_bytes());
+    h
+}
+
+/// The IPv6 pseudo-header of an upper-layer checksum (RFC 8200 section 8.1).
+fn pseudo_header6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, len: usize) -> [u8; 40] {
+    let mut ph = [0u8; 40];
+    ph[..16].copy_from_slice(&src.octets());
+    ph[16..32].copy_from_slice(&dst.octets());
+    ph[32..36].copy_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+    ph[39] = next_header;
+    ph
+}
+
+pub fn l4_checksum6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, segment: &[u8]) -> u16 {
+    checksum(&[&pseudo_header6(src, dst, next_header, segment.len()), segment])
+}
+
+/// An ICMPv6 message (type, code, then `body`) with its checksum over the pseudo-header.
+pub fn icmpv6(src: Ipv6Addr, dst: Ipv6Addr, icmp_type: u8, code: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![icmp_type, code, 0, 0];
+    m.extend_from_slice(body);
+    let sum = l4_checksum6(src, dst, IPPROTO_ICMPV6, &m);
+    m[2..4].copy_from_slice(&sum.to_be_bytes());
+    m
+}
+
+/// A UDP datagram over IPv6 (the checksum is mandatory there).
+pub fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let len = 8 + payload.len();
+    let mut d = BytesMut::with_capacity(len);
+    d.put_u16(sport);
+    d.put_u16(dport);
+    d.put_u16(u16::try_from(len).unwrap());
+    d.put_u16(0);
+    d.put_slice(payload);
+    let mut d = d.to_vec();
+    let sum = l4_checksum6(src, dst, IPPROTO_UDP, &d);
+    d[6..8].copy_from_slice(&sum.to_be_bytes());
+    d
+}
+
+/// Neighbour discovery's link-layer address option: 1 source, 2 target.
+pub fn link_layer_option(option_type: u8, mac: [u8; 6]) -> Vec<u8> {
+    let mut o = vec![option_type, 1];
+    o.extend(mac);
+    o
+}
+
+/// A neighbour solicitation (an IPv6 packet, hop limit 255) for `target`, with the source
+/// link-layer address option when `slla` is given.
+pub fn neighbor_solicitation(src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr, slla: Option<[u8; 6]>) -> Vec<u8> {
+    let mut body = vec![0u8; 4];
+    body.extend(target.octets());
+    if let Some(mac) = slla {
+        body.extend(link_layer_option(1, mac));
+    }
+    ipv6(src, dst, IPPROTO_ICMPV6, 255, &icmpv6(src, dst, NEIGHBOR_SOLICITATION, 0, &body))
+}
+
+/// A neighbour advertisement (an IPv6 packet, hop limit 255) for `target`, with `flags` and
+/// the target link-layer address option when `tlla` is given.
+pub fn neighbor_advertisement(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    target: Ipv6Addr,
+    flags: u8,
+    tlla: Option<[u8; 6]>,
+) -> Vec<u8> {
+    let mut body = vec![flags, 0, 0, 0];
+    body.extend(target.octets());
+    if let Some(mac) = tlla {
+        body.extend(link_layer_option(2, mac));
+    }
+    ipv6(src, dst, IPPROTO_ICMPV6, 255, &icmpv6(src, dst, NEIGHBOR_ADVERTISEMENT, 0, &body))
+}
+
+/// The solicited-node multicast address of `addr` (RFC 4291 section 2.7.1).
+pub fn solicited_node(addr: Ipv6Addr) -> Ipv6Addr {
+    let o = addr.octets();
+    Ipv6Addr::from([0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, o[13], o[14], o[15]])
+}
+
+/// The Ethernet address of an IPv6 multicast address (RFC 2464 section 7).
+pub fn multicast_mac(addr: Ipv6Addr) -> [u8; 6] {
+    let o = addr.octets();
+    [0x33, 0x33, o[12], o[13], o[14], o[15]]
+}
+
+/// The link-local address of an interface with this MAC (modified EUI-64, RFC 4291 appendix A).
+pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
+    Ipv6Addr::from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, mac[0] ^ 2, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]])
+}
+
+/// Checks an Ethernet/IPv6 frame: the payload length matches the frame and, for an ICMPv6
+/// or UDP packet without extension headers, the checksum is valid. Never panics.
+pub fn verify_ipv6_checksums(frame: &[u8]) -> Result<(), String> {
+    if frame.len() < ETH_HLEN + IPV6_HLEN {
+        return Err(format!("{}-byte frame", frame.len()));
+    }
+    let ip = &frame[ETH_HLEN..];
+    let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    if ip[0] >> 4 != 6 || IPV6_HLEN + payload_len != ip.len() {
+        return Err(format!("inconsistent IPv6 header: payload length {payload_len}, {} bytes", ip.len()));
+    }
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
+    if matches!(ip[6], IPPROTO_ICMPV6 | IPPROTO_UDP) && l4_checksum6(src, dst, ip[6], &ip[IPV6_HLEN..]) != 0 {
+        return Err(format!("the {} checksum is wrong", if ip[6] == IPPROTO_UDP { "UDP" } else { "ICMPv6" }));
+    }
+    Ok(())
 }
