@@ -229,7 +229,14 @@ impl Runner<'_> {
                 );
                 let sink = sandbox.finish(server, SERVER_LIMIT);
                 let flood: UdpFloodReport = parse_report(&flood?, "udp-flood")?;
-                let sink: UdpSinkReport = parse_report(&sink?, "udp-sink")?;
+                // A sink that never got a datagram waits for one until it is killed.
+                let sink = sink.with_context(|| {
+                    format!(
+                        "udp-sink: none of the {} datagrams sent to {target} arrived, or it did not end",
+                        flood.sent
+                    )
+                })?;
+                let sink: UdpSinkReport = parse_report(&sink, "udp-sink")?;
                 if sink.received == 0 {
                     bail!("udp-sink received none of the {} datagrams sent to {target}", flood.sent);
                 }
