@@ -184,7 +184,7 @@ impl Plan {
 
     fn new(quick: bool, perf: bool, ipv6_only: bool, budget_minutes: Option<f64>) -> Plan {
         let budget = |default: f64| Duration::from_secs_f64(budget_minutes.unwrap_or(default) * 60.0);
-        let plan = Plan::for_families(quick, perf, budget_minutes);
+        let plan = Plan::both_families(quick, perf, budget_minutes);
         if !ipv6_only {
             return plan;
         }
@@ -199,7 +199,8 @@ impl Plan {
         }
     }
 
-    fn for_families(quick: bool, perf: bool, budget_minutes: Option<f64>) -> Plan {
+    /// The plan of a run with both families' rows.
+    fn both_families(quick: bool, perf: bool, budget_minutes: Option<f64>) -> Plan {
         let budget = |default: f64| Duration::from_secs_f64(budget_minutes.unwrap_or(default) * 60.0);
         if quick {
             Plan {
