@@ -13,7 +13,7 @@ pub mod sandbox;
 use std::{
     fs::File,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsFd, AsRawFd, FromRawFd},
     path::PathBuf,
     process::{Command, Output, Stdio},
@@ -24,8 +24,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use nix::sched::{setns, CloneFlags};
 pub use sandbox::{
-    cgroup2_mount, namespaces_with_prefix, netns_exec, BackgroundId, Sandbox, Underlay, OUTSIDE_IP, UPLINK,
-    UPLINK_HOST_IP, UPLINK_PEER,
+    cgroup2_mount, namespaces_with_prefix, netns_exec, BackgroundId, Sandbox, Underlay, BEHIND_IP6, OUTSIDE_IP,
+    OUTSIDE_IP6, ROUTER_IP6, UPLINK, UPLINK_HOST_IP, UPLINK_HOST_IP6, UPLINK_PEER,
 };
 use serde_json::Value;
 
@@ -139,6 +139,15 @@ impl Sandbox {
     #[track_caller]
     pub fn json(&self, args: &[&str]) -> Value {
         serde_json::from_str(&self.ok(args)).expect("bpfnet printed invalid JSON")
+    }
+
+    /// The IPv6 address bpfnet gave a container (on a dual-stack network).
+    #[track_caller]
+    pub fn container_ip6(&self, name: &str) -> Ipv6Addr {
+        let containers = self.json(&["container", "ls", "--json"]);
+        let found = containers.as_array().unwrap().iter().find(|c| c["name"] == name).cloned();
+        let ip6 = found.and_then(|c| c["ip6"].as_str().map(str::to_owned));
+        ip6.unwrap_or_else(|| panic!("container {name} has no IPv6 address in `container ls`")).parse().unwrap()
     }
 
     /// The address bpfnet gave a container.
@@ -261,13 +270,14 @@ pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> Result<T> + 
     .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
 }
 
-/// One ICMP echo from `netns` to `ip` with the real ping; true if answered.
-pub fn ping(netns: &str, ip: Ipv4Addr) -> bool {
+/// One ICMP (or ICMPv6) echo from `netns` to `ip` with the real ping; true if answered.
+pub fn ping(netns: &str, ip: impl Into<IpAddr>) -> bool {
     ping_with_size(netns, ip, 56)
 }
 
 /// The same with `size` bytes of echo data (ping's `-s`; above the MTU it is fragmented).
-pub fn ping_with_size(netns: &str, ip: Ipv4Addr, size: usize) -> bool {
+pub fn ping_with_size(netns: &str, ip: impl Into<IpAddr>, size: usize) -> bool {
+    let ip = ip.into();
     Command::new("ip")
         .args(["netns", "exec", netns, "ping", "-c", "1", "-W", "1", "-s", &size.to_string(), &ip.to_string()])
         .output()
@@ -275,11 +285,13 @@ pub fn ping_with_size(netns: &str, ip: Ipv4Addr, size: usize) -> bool {
         .unwrap_or(false)
 }
 
-/// Sends `payload` over a new TCP connection from `netns` to `addr` and returns the answer.
-pub fn tcp_exchange(netns: &str, addr: SocketAddrV4, payload: &'static [u8]) -> Result<Vec<u8>> {
+/// Sends `payload` over a new TCP connection from `netns` to `addr` (either family) and
+/// returns the answer.
+pub fn tcp_exchange(netns: &str, addr: impl Into<SocketAddr>, payload: &'static [u8]) -> Result<Vec<u8>> {
+    let addr = addr.into();
     in_netns(netns, move || {
         let mut stream =
-            TcpStream::connect_timeout(&addr.into(), IO_TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
+            TcpStream::connect_timeout(&addr, IO_TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.write_all(payload)?;
         let mut answer = vec![0u8; payload.len()];
@@ -288,18 +300,47 @@ pub fn tcp_exchange(netns: &str, addr: SocketAddrV4, payload: &'static [u8]) -> 
     })
 }
 
-/// Sends one datagram from `netns` to `addr` and returns the answer.
-pub fn udp_exchange(netns: &str, addr: SocketAddrV4, payload: &'static [u8]) -> Result<Vec<u8>> {
+/// Sends one datagram from `netns` to `addr` (either family) and returns the answer.
+pub fn udp_exchange(netns: &str, addr: impl Into<SocketAddr>, payload: &'static [u8]) -> Result<Vec<u8>> {
+    let addr = addr.into();
     in_netns(netns, move || {
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let socket = UdpSocket::bind(unspecified_of(&addr))?;
         socket.set_read_timeout(Some(IO_TIMEOUT))?;
         socket.send_to(payload, addr)?;
         let mut buf = vec![0u8; 65_536];
         let (n, from) = socket.recv_from(&mut buf).with_context(|| format!("waiting for the answer from {addr}"))?;
-        if from != addr.into() {
+        if from != addr {
             bail!("answer came from {from}, not {addr}");
         }
         Ok(buf[..n].to_vec())
+    })
+}
+
+/// Any local address of `addr`'s family, port 0: what a client binds.
+fn unspecified_of(addr: &SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    }
+}
+
+/// Sends one datagram from `netns` to `addr` on a connected socket and waits for what comes
+/// back: `Ok(true)` when the socket reports the port unreachable (ECONNREFUSED: the ICMP or
+/// ICMPv6 error reached it), `Ok(false)` when nothing came within [`IO_TIMEOUT`].
+pub fn udp_refused(netns: &str, addr: impl Into<SocketAddr>) -> Result<bool> {
+    let addr = addr.into();
+    in_netns(netns, move || {
+        let socket = UdpSocket::bind(unspecified_of(&addr))?;
+        socket.connect(addr)?;
+        socket.set_read_timeout(Some(IO_TIMEOUT))?;
+        socket.send(b"anyone there?")?;
+        let mut buf = [0u8; 64];
+        match socket.recv(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(true),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("waiting for an answer from {addr}")),
+            Ok(n) => bail!("{addr} answered {n} bytes: the port is open"),
+        }
     })
 }
 
@@ -619,7 +660,7 @@ pub fn api_request(
 /// What the kernel holds that the agent's state does not account for, and the reverse: each
 /// line names one leaked or missing object. Compares `container ls` with the namespaces
 /// bpfnet made, the host-side veths (their addresses, routes and neighbours go with them), the
-/// pinned endpoint links, the ENDPOINTS, IFACES and published-port maps, and, after a
+/// pinned endpoint links, the endpoint and published-port maps of both families, and, after a
 /// garbage collection, the conntrack entries (none of a container that is gone). Empty when
 /// state and kernel agree.
 pub fn leaks(sb: &Sandbox) -> Vec<String> {
@@ -661,8 +702,24 @@ pub fn leaks(sb: &Sandbox) -> Vec<String> {
                 found.push(format!("conntrack flow of no container in the state: {flow}"));
             }
         }
-        let ports: usize = containers.iter().map(|c| c["ports"].as_array().map_or(0, Vec::len)).sum();
-        for (map, want) in [("ENDPOINTS", names.len()), ("IFACES", names.len()), ("SERVICES", ports)] {
+        // Ports are shown `0.0.0.0:P->...` (every address: on IPv4, and on IPv6 for a container
+        // with an IPv6 address), `IPV4:P->...` (IPv4 only) or `[IPV6]:P->...` (IPv6 only).
+        let ports_of = |c: &Value| -> Vec<String> {
+            let ports = c["ports"].as_array().cloned().unwrap_or_default();
+            ports.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect()
+        };
+        let ports: usize = containers.iter().flat_map(ports_of).filter(|p| !p.starts_with('[')).count();
+        let dual: Vec<&Value> = containers.iter().filter(|c| c["ip6"].is_string()).collect();
+        let on_ipv6 = |p: &String| p.starts_with('[') || p.starts_with("0.0.0.0:");
+        let ports6: usize = dual.iter().flat_map(|c| ports_of(c)).filter(on_ipv6).count();
+        for (map, want) in [
+            ("ENDPOINTS", names.len()),
+            ("IFACES", names.len()),
+            ("SERVICES", ports),
+            ("ENDPOINTS6", dual.len()),
+            ("IFACES6", dual.len()),
+            ("PUBLISHED6", ports6),
+        ] {
             let have = pinned_map_len(sb.bpffs_dir(), map);
             if have != want {
                 found.push(format!("map {map}: {have} entries, the state accounts for {want}"));

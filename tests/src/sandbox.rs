@@ -12,7 +12,7 @@
 use std::cell::{Cell, RefCell};
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -32,6 +32,14 @@ pub const UPLINK_PEER: &str = "up0o";
 /// Addresses of the uplink between the sandbox host and its outside namespace (/24).
 pub const UPLINK_HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
+/// The same link's IPv6 addresses (/64, documentation prefix), once
+/// [`Sandbox::add_uplink_ipv6`] gave it them.
+pub const UPLINK_HOST_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x250, 0, 0, 0, 0, 1);
+pub const OUTSIDE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x250, 0, 0, 0, 0, 2);
+/// The link between the outside namespace and one behind it ([`Sandbox::add_behind_outside`]):
+/// the outside's address on it, and the one behind's (/64).
+pub const ROUTER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x251, 0, 0, 0, 0, 1);
+pub const BEHIND_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x251, 0, 0, 0, 0, 2);
 
 const NETNS_DIR: &str = "/run/netns";
 const BPFFS: &str = "/sys/fs/bpf";
@@ -253,6 +261,66 @@ impl Sandbox {
         }
         self.set_agent_env("BPFNET_UPLINK", UPLINK);
         Ok(uplink)
+    }
+
+    /// Gives the uplink that [`Sandbox::add_uplink`] made IPv6 too: [`UPLINK_HOST_IP6`] on the
+    /// host's end, [`OUTSIDE_IP6`] on the outside's (both /64, without duplicate address
+    /// detection, so that they are usable at once), and the host's IPv6 default route via the
+    /// outside. Made before the agent starts, its address is the IPv6 masquerade address
+    /// from the start; made later, the agent's uplink follower picks it up.
+    pub fn add_uplink_ipv6(&mut self) -> Result<()> {
+        let (host, out) = (self.host_netns.clone(), self.outside_netns.clone());
+        let host_cidr = format!("{UPLINK_HOST_IP6}/64");
+        let out_cidr = format!("{OUTSIDE_IP6}/64");
+        let gateway = OUTSIDE_IP6.to_string();
+        let steps: [(&str, &[&str]); 3] = [
+            (&out, &["-6", "addr", "add", &out_cidr, "dev", UPLINK_PEER, "nodad"]),
+            (&host, &["-6", "addr", "add", &host_cidr, "dev", UPLINK, "nodad"]),
+            (&host, &["-6", "route", "add", "default", "via", &gateway, "dev", UPLINK]),
+        ];
+        for (netns, args) in steps {
+            self.ip(netns, args).context("giving the sandbox's uplink IPv6")?;
+        }
+        Ok(())
+    }
+
+    /// Makes a namespace `{prefix}-{suffix}` behind the outside one, as a server further away
+    /// on the internet: a veth link of `mtu` bytes between them ([`ROUTER_IP6`] on the
+    /// outside's end, [`BEHIND_IP6`] on its own, /64), its default route via the outside, and
+    /// the outside forwarding IPv6 between that link and the uplink's. A small `mtu` makes the
+    /// outside send Packet Too Big for larger packets towards it. Returns the namespace's name.
+    pub fn add_behind_outside(&mut self, suffix: &str, mtu: u32) -> Result<String> {
+        let (out, behind) = (self.outside_netns.clone(), self.name(suffix));
+        if Path::new(NETNS_DIR).join(&behind).exists() {
+            bail!("network namespace {behind} exists already: is another run using it? (if not: `ip netns delete {behind}`)");
+        }
+        self.step(Command::new("ip").args(["netns", "add", &behind]))?;
+        self.own_netns.push(behind.clone());
+        let mtu = mtu.to_string();
+        let (router_cidr, behind_cidr) = (format!("{ROUTER_IP6}/64"), format!("{BEHIND_IP6}/64"));
+        let router = ROUTER_IP6.to_string();
+        let steps: [(&str, &[&str]); 7] = [
+            (&behind, &["link", "set", "lo", "up"]),
+            (
+                &out,
+                &[
+                    "link", "add", "far0", "mtu", &mtu, "type", "veth", "peer", "name", "far0b", "mtu", &mtu, "netns",
+                    &behind,
+                ],
+            ),
+            (&out, &["-6", "addr", "add", &router_cidr, "dev", "far0", "nodad"]),
+            (&out, &["link", "set", "far0", "up"]),
+            (&behind, &["-6", "addr", "add", &behind_cidr, "dev", "far0b", "nodad"]),
+            (&behind, &["link", "set", "far0b", "up"]),
+            (&behind, &["-6", "route", "add", "default", "via", &router, "dev", "far0b"]),
+        ];
+        for (netns, args) in steps {
+            self.ip(netns, args).context("making the namespace behind the outside")?;
+        }
+        // The outside namespace is the sandbox's own: a router there, never in the root one.
+        self.step(Command::new("ip").args(["netns", "exec", &out, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]))
+            .context("letting the outside namespace forward IPv6")?;
+        Ok(behind)
     }
 
     /// Makes a shared underlay (see [`Underlay`]): a namespace `{prefix}-under` with a bridge.

@@ -36,7 +36,8 @@ fn three_containers_talk_pairwise_over_ping_tcp_and_udp() {
     assert!(sb.counter("counters", "arp_replied") > 0, "ARP was answered from the maps");
 
     // The gateway answers (the host stack behind the datapath).
-    let gateway = sb.json(&["network", "inspect", &net])["gateway"].as_str().unwrap().parse().unwrap();
+    let gateway: std::net::Ipv4Addr =
+        sb.json(&["network", "inspect", &net])["gateway"].as_str().unwrap().parse().unwrap();
     assert!(ping(&names[0], gateway), "ping the gateway");
 
     // No bridge, no netfilter rules in the host namespace.

@@ -19,7 +19,7 @@ fn rm_removes_namespace_veth_link_and_map_entries() {
         .to_owned();
     assert_eq!(pinned_map_len(sb.bpffs_dir(), "ENDPOINTS"), 2);
     assert_eq!(pinned_map_len(sb.bpffs_dir(), "IFACES"), 2);
-    assert!(ping(&c1, "10.213.0.50".parse().unwrap()));
+    assert!(ping(&c1, "10.213.0.50".parse::<std::net::Ipv4Addr>().unwrap()));
 
     // A network with containers cannot be removed.
     let err = sb.fails(&["network", "rm", &net]);
@@ -32,13 +32,13 @@ fn rm_removes_namespace_veth_link_and_map_entries() {
     assert!(!sb.bpffs_dir().join("links").join(&c2_veth).exists(), "link pin removed");
     assert_eq!(pinned_map_len(sb.bpffs_dir(), "ENDPOINTS"), 1);
     assert_eq!(pinned_map_len(sb.bpffs_dir(), "IFACES"), 1);
-    assert!(!ping(&c1, "10.213.0.50".parse().unwrap()));
+    assert!(!ping(&c1, "10.213.0.50".parse::<std::net::Ipv4Addr>().unwrap()));
     let err = sb.fails(&["container", "rm", &c2]);
     assert!(err.contains("no container named"), "{err}");
 
     // The address is free again.
     sb.ok(&["container", "create", &c2, "--network", &net, "--ip", "10.213.0.50"]);
-    assert!(ping(&c1, "10.213.0.50".parse().unwrap()));
+    assert!(ping(&c1, "10.213.0.50".parse::<std::net::Ipv4Addr>().unwrap()));
 
     sb.ok(&["container", "rm", &c1]);
     sb.ok(&["container", "rm", &c2]);
