@@ -7,24 +7,35 @@
 //!   (shorter than Ethernet, or than Ethernet + an IPv4/IPv6 header: see forward.rs);
 //! - the verdict is TC_ACT_OK, TC_ACT_SHOT or TC_ACT_REDIRECT;
 //! - every SHOT is counted by exactly one drop reason (total SHOTs = growth of the DROPS sum),
-//!   and a dropped packet is not rewritten;
-//! - a packet whose checksums were valid leaves with valid checksums;
+//!   or as `ndp_ignored` (a neighbour discovery or MLD message that needs no answer), and a
+//!   dropped packet is not rewritten;
+//! - a packet whose checksums were valid leaves with valid checksums (IPv4 and IPv6: the
+//!   neighbour advertisements the datapath builds, too);
 //! - conntrack entries come only from packets that may start a flow: none at all without an
 //!   uplink and published ports; with an uplink, only from well-formed TCP/UDP/ICMP echo of
-//!   a container to a non-member (and, once ports are published, from flows to them).
-use std::{collections::HashSet, time::Instant};
+//!   a container to a non-member (and, once ports are published, from flows to them); none
+//!   from IPv6, which is not tracked yet.
+//!
+//! The containers are dual stack: a fifth of what they send is IPv6 (neighbour discovery,
+//! MLD, UDP and ICMPv6 behind extension headers), mutated in IPv6's fields as well.
+use std::{collections::HashSet, net::Ipv6Addr, time::Instant};
 
-use datapath_common::{ct_direction, ct_kind, program_names, Counter, CtKey, DropReason, Endpoint, HostConfig};
+use datapath_common::{
+    ct_direction, ct_kind, ipv6_octets, program_names, Counter, CtKey, DropReason, Endpoint, Endpoint6, HostConfig,
+};
 
 use super::{
     be,
     nat::{frame, publish_b, ACK, FIN, L4, RST, SYN},
     packets::{
-        eth, icmp_error, ipv4_with, verify_ipv4_checksums, Arp, BROADCAST, ETHERTYPE_IPV4, ETH_HLEN, IPPROTO_ICMP,
-        IPPROTO_TCP, IPPROTO_UDP,
+        eth, fragment_header, icmp_error, icmpv6, ipv4_with, ipv6, link_local, multicast_mac, neighbor_advertisement,
+        neighbor_solicitation, options_header, solicited_node, udp6, verify_ipv4_checksums, verify_ipv6_checksums, Arp,
+        BROADCAST, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HLEN, ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_TCP, IPPROTO_UDP, IPV6_DESTINATION_OPTIONS, IPV6_FRAGMENT, IPV6_HLEN, IPV6_HOP_BY_HOP, MLD2_REPORT,
+        NA_OVERRIDE, NA_SOLICITED, ROUTER_SOLICITATION,
     },
-    Fixture, Topology, A_IP, B_IP, C_IP, ROUTER_MAC, SERVER_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UNRESOLVED_IP,
-    UPLINK_IP, UPLINK_MAC,
+    Fixture, Topology, Topology6, A_IP, A_IP6, B_IP, B_IP6, C_IP, C_IP6, ROUTER_MAC, SERVER_IP, TC_ACT_OK,
+    TC_ACT_REDIRECT, TC_ACT_SHOT, UNRESOLVED_IP, UPLINK_IP, UPLINK_MAC, WEB_GATEWAY6,
 };
 use crate::devkit::netns::is_root;
 
@@ -112,6 +123,111 @@ fn endpoint_packet(rng: &mut Rng, ep: &Endpoint, gateway_mac: [u8; 6], t: &Topol
     eth(eth_dst, ep.mac, ETHERTYPE_IPV4, &ip)
 }
 
+fn destinations6(sender: &Endpoint6) -> [Ipv6Addr; 9] {
+    [
+        A_IP6,
+        B_IP6,
+        C_IP6,
+        WEB_GATEWAY6,
+        Ipv6Addr::from(ipv6_octets(sender.gateway)),
+        link_local(sender.gateway_mac),
+        "2001:db8:88::99".parse().unwrap(),
+        "2001:db8:ffff::1".parse().unwrap(),
+        "ff02::1".parse().unwrap(),
+    ]
+}
+
+/// A valid IPv6 packet of some kind a container sends: neighbour discovery (answered,
+/// unanswered, DAD, advertisements), router solicitations, MLD, UDP and ICMPv6 echo, the last
+/// two behind extension headers now and then.
+fn endpoint_packet6(rng: &mut Rng, ep: &Endpoint6) -> Vec<u8> {
+    let own = Ipv6Addr::from(ipv6_octets(ep.ip));
+    let src = rng.pick(&[own, own, own, link_local(ep.mac), Ipv6Addr::UNSPECIFIED]);
+    let dst = rng.pick(&destinations6(ep));
+    let gateway_mac = ep.gateway_mac;
+    let ip = match rng.below(8) {
+        0 | 1 => {
+            let group = solicited_node(dst);
+            let (to, eth_dst) = if rng.chance(70) { (group, multicast_mac(group)) } else { (dst, gateway_mac) };
+            let slla = (rng.chance(70) && !src.is_unspecified()).then_some(ep.mac);
+            return eth(eth_dst, ep.mac, ETHERTYPE_IPV6, &neighbor_solicitation(src, to, dst, slla));
+        }
+        2 => {
+            let target = rng.pick(&[own, link_local(ep.mac), dst]);
+            let na =
+                neighbor_advertisement(src, link_local(gateway_mac), target, NA_SOLICITED | NA_OVERRIDE, Some(ep.mac));
+            return eth(gateway_mac, ep.mac, ETHERTYPE_IPV6, &na);
+        }
+        3 => {
+            let group: Ipv6Addr = rng.pick(&["ff02::2", "ff02::16"]).parse().unwrap();
+            let icmp_type = rng.pick(&[ROUTER_SOLICITATION, MLD2_REPORT]);
+            let ip = ipv6(src, group, IPPROTO_ICMPV6, 255, &icmpv6(src, group, icmp_type, 0, &[0; 4]));
+            return eth(multicast_mac(group), ep.mac, ETHERTYPE_IPV6, &ip);
+        }
+        4 => ipv6(src, dst, IPPROTO_ICMPV6, 64, &icmpv6(src, dst, ICMPV6_ECHO_REQUEST, 0, &[0, 7, 0, 1, 0xa5, 0xa5])),
+        _ => {
+            let datagram = udp6(src, dst, 40000, rng.pick(&PORTS), b"bpfnet fuzz over IPv6");
+            let mut payload = Vec::new();
+            let first = match rng.below(5) {
+                0 => {
+                    payload.extend(options_header(IPV6_DESTINATION_OPTIONS, 1));
+                    payload.extend(options_header(IPPROTO_UDP, 1 + rng.below(3) as u8));
+                    IPV6_HOP_BY_HOP
+                }
+                1 => {
+                    payload.extend(fragment_header(IPPROTO_UDP, rng.pick(&[0, 0, 185]), rng.chance(50), 0x5eed));
+                    IPV6_FRAGMENT
+                }
+                // At the bound of extension headers walked (four), or over it (five).
+                2 => {
+                    for _ in 0..3 + rng.below(2) {
+                        payload.extend(options_header(IPV6_DESTINATION_OPTIONS, 1));
+                    }
+                    payload.extend(options_header(IPPROTO_UDP, 1));
+                    IPV6_DESTINATION_OPTIONS
+                }
+                _ => IPPROTO_UDP,
+            };
+            payload.extend(datagram);
+            ipv6(src, dst, first, rng.pick(&[64, 64, 1]), &payload)
+        }
+    };
+    let eth_dst = if rng.chance(80) { gateway_mac } else { rng.pick(&[ep.mac, [0x33, 0x33, 0, 0, 0, 1]]) };
+    eth(eth_dst, ep.mac, ETHERTYPE_IPV6, &ip)
+}
+
+/// Breaks a valid IPv6 packet in IPv6's fields (version, payload length, next header, hop
+/// limit, the first extension header's length, the ICMPv6 type), then as any packet.
+fn mutate6(rng: &mut Rng, mut p: Vec<u8>) -> Vec<u8> {
+    let ip = ETH_HLEN;
+    if rng.chance(50) && p.len() > ip + IPV6_HLEN + 1 {
+        let r = rng.byte();
+        match rng.below(6) {
+            0 => p[ip] = rng.pick(&[0x60, 0x40, 0x6f, r]),
+            1 => {
+                let len = rng.pick(&[0, 8, 0xffff, u16::from_be_bytes([r, r ^ 0x5a])]);
+                p[ip + 4..ip + 6].copy_from_slice(&len.to_be_bytes());
+            }
+            2 => {
+                p[ip + 6] = rng.pick(&[
+                    IPV6_HOP_BY_HOP,
+                    IPV6_FRAGMENT,
+                    IPV6_DESTINATION_OPTIONS,
+                    43,
+                    59,
+                    IPPROTO_ICMPV6,
+                    IPPROTO_UDP,
+                    r,
+                ])
+            }
+            3 => p[ip + 7] = rng.pick(&[255, 254, 1, 0]),
+            4 => p[ip + IPV6_HLEN + 1] = rng.pick(&[0, 1, 255, r]),
+            _ => p[ip + IPV6_HLEN] = rng.pick(&[128, 133, 134, 135, 136, 137, 143, r]),
+        }
+    }
+    mutate(rng, p)
+}
+
 /// A valid packet of some kind that arrives on the uplink: replies to NAT ports, flows to
 /// published ports, ICMP errors quoting translated packets.
 fn uplink_packet(rng: &mut Rng) -> Vec<u8> {
@@ -142,6 +258,14 @@ fn uplink_packet(rng: &mut Rng) -> Vec<u8> {
             eth(UPLINK_MAC, ROUTER_MAC, ETHERTYPE_IPV4, &ip)
         }
     }
+}
+
+/// IPv6 on the uplink: nothing the datapath translates yet.
+fn uplink_packet6(rng: &mut Rng) -> Vec<u8> {
+    let remote: Ipv6Addr = "2001:db8:ffff::1".parse().unwrap();
+    let dst = rng.pick(&[A_IP6, "2001:db8:1::1".parse().unwrap()]);
+    let datagram = udp6(remote, dst, 53, 40000, b"reply");
+    eth(UPLINK_MAC, ROUTER_MAC, ETHERTYPE_IPV6, &ipv6(remote, dst, IPPROTO_UDP, 64, &datagram))
 }
 
 /// Breaks a valid packet in one or more ways (or not at all).
@@ -316,6 +440,7 @@ fn l4_checksum_cut_off(p: &[u8]) -> bool {
 fn phase(
     fx: &mut Fixture,
     t: &Topology,
+    t6: &Topology6,
     uplink_ifindex: u32,
     rng: &mut Rng,
     packets: usize,
@@ -337,7 +462,14 @@ fn phase(
         let mut runs = Vec::with_capacity(n);
         let mut allowed: HashSet<(CtKey, u8)> = HashSet::new();
         for _ in 0..n {
-            if rng.chance(60) {
+            if rng.chance(12) {
+                // IPv6 from a dual-stack container (or from an interface that is none).
+                let (ifindex, ep) = rng.pick(&eps);
+                let sender = if ep.is_some_and(|ep| ep.ip == t.b.ip) { t6.b } else { t6.a };
+                let valid = endpoint_packet6(rng, &sender);
+                let p = mutate6(rng, valid);
+                runs.push((program_names::FROM_ENDPOINT, ifindex, p));
+            } else if rng.chance(55) {
                 let (ifindex, ep) = rng.pick(&eps);
                 let sender = ep.unwrap_or(t.a);
                 let gw = if sender.network_id == super::WEB { t.web.gateway_mac } else { t.db.gateway_mac };
@@ -348,7 +480,7 @@ fn phase(
                 }
                 runs.push((program_names::FROM_ENDPOINT, ifindex, p));
             } else {
-                let valid = uplink_packet(rng);
+                let valid = if rng.chance(10) { uplink_packet6(rng) } else { uplink_packet(rng) };
                 let p = mutate(rng, valid);
                 if let Some(k) = may_start_flow(&p, None, t, published) {
                     allowed.insert(k);
@@ -402,6 +534,15 @@ fn phase(
                     "{program}: passed to the host rewritten, with nothing to translate by"
                 );
             }
+            if verify_ipv6_checksums(input).is_ok() && out.retval != TC_ACT_SHOT {
+                tally.valid_in += 1;
+                if let Err(e) = verify_ipv6_checksums(&out.packet_out) {
+                    panic!(
+                        "{program}: valid IPv6 in, {e} out (verdict {}):\n in {input:02x?}\nout {:02x?}",
+                        out.retval, out.packet_out
+                    );
+                }
+            }
             if verify_ipv4_checksums(input).is_ok() {
                 tally.valid_in += 1;
                 if let Err(e) = verify_ipv4_checksums(&out.packet_out) {
@@ -413,7 +554,14 @@ fn phase(
             }
         }
         let dropped: u64 = DropReason::ALL.iter().map(|r| drops_after[*r as usize] - drops_before[*r as usize]).sum();
-        assert_eq!(shot, dropped, "SHOT verdicts vs drop counts: {:?} -> {:?}", drops_before, drops_after);
+        let ignored = counters_after[Counter::NdpIgnored as usize] - counters_before[Counter::NdpIgnored as usize];
+        assert_eq!(
+            shot,
+            dropped + ignored,
+            "SHOT verdicts vs drop counts and NDP ignored: {:?} -> {:?}",
+            drops_before,
+            drops_after
+        );
 
         // Conntrack: only allowed flows, both directions, each counted once.
         let entries = fx.ct_entries();
@@ -452,22 +600,32 @@ fn a_million_random_and_mutated_packets_through_both_programs() {
     eprintln!("seed {seed:#x} (BPFNET_FUZZ_SEED), {total} packets (BPFNET_FUZZ_PACKETS)");
     let started = Instant::now();
     let (mut fx, t, uplink) = Fixture::with_uplink();
+    let t6 = fx.topology6(&t);
+    fx.try_seed6(&t6).unwrap();
     let mut rng = Rng(seed | 1);
     let cfg = HostConfig { nat_port_min: NAT_MIN, nat_port_max: NAT_MAX, ct_limit: 200_000, ..fx.host_config(&uplink) };
 
     // 1: no uplink, nothing published: nothing may be tracked.
     fx.set_config(&HostConfig::default());
     let mut tally = Tally::default();
-    phase(&mut fx, &t, uplink.ifindex, &mut rng, total * 3 / 10, false, false, &mut tally);
+    phase(&mut fx, &t, &t6, uplink.ifindex, &mut rng, total * 3 / 10, false, false, &mut tally);
     eprintln!("no uplink: {tally:?}, {:?}", started.elapsed());
     // 2: uplink, nothing published: container flows to the outside only.
     fx.set_config(&cfg);
     let mut tally = Tally::default();
-    phase(&mut fx, &t, uplink.ifindex, &mut rng, total * 4 / 10, true, false, &mut tally);
+    phase(&mut fx, &t, &t6, uplink.ifindex, &mut rng, total * 4 / 10, true, false, &mut tally);
     eprintln!("uplink: {tally:?}, {:?}", started.elapsed());
     // 3: and B's port published: flows to it from outside and hairpinned from containers too.
     publish_b(&mut fx);
     let mut tally = Tally::default();
-    phase(&mut fx, &t, uplink.ifindex, &mut rng, total - total * 7 / 10, true, true, &mut tally);
+    phase(&mut fx, &t, &t6, uplink.ifindex, &mut rng, total - total * 7 / 10, true, true, &mut tally);
     eprintln!("uplink and published port: {tally:?}, {:?}", started.elapsed());
+    // The IPv6 packets reached each of IPv6's outcomes, not only its drops.
+    let (drops, counters) = fx.totals();
+    for counter in [Counter::NdpReplied, Counter::NdpToHost, Counter::NdpIgnored, Counter::Forwarded] {
+        assert!(counters[counter as usize] > 0, "no packet was counted {}", counter.name());
+    }
+    for reason in [DropReason::NdpInvalid, DropReason::NdpUnknownTarget, DropReason::Ipv6ExtensionHeaders] {
+        assert!(drops[reason as usize] > 0, "no packet was dropped {}", reason.name());
+    }
 }
