@@ -292,6 +292,10 @@ indexed_enum! {
         /// (`MAX_EXTENSION_HEADERS`), or one it cannot walk (an unknown one before the L4 header
         /// is taken as that header; a second fragment header is refused here).
         Ipv6ExtensionHeaders = 20 => "ipv6_extension_headers",
+        /// An IPv6 fragment other than the first, from a container to the outside (or of a
+        /// translated flow): bpfnet keeps no IPv6 first fragment's ports yet, so it cannot
+        /// tell the flow it belongs to, and would send it untranslated.
+        Ipv6LaterFragment = 21 => "ipv6_later_fragment",
     }
 }
 

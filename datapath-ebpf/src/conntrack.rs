@@ -25,16 +25,16 @@ use aya_ebpf::{
     maps::{Array, LruHashMap},
 };
 use datapath_common::{
-    ct_direction, ct_fill, ct_stats, ct_tcp_flags, CtEntryOf, CtKey, CtKeyOf, CtQuotaKey, DropReason, FragPorts,
-    HostConfig, Ipv4Be, Ipv6Be, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    ct_direction, ct_fill, ct_stats, ct_tcp_flags, CtEntryOf, CtKey, CtKeyOf, CtQuotaKey, DropReason, HostConfig,
+    Ipv4Be, Ipv6Be, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 use network_types::{icmp::Icmpv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
     ip::Header,
     maps::{
-        config, CT, CT6, CT6_FILL, CT6_OVERFLOW, CT6_UNASSURED, CT_FILL, CT_OVERFLOW, CT_QUOTA, CT_QUOTA_HITS,
-        CT_STATS, CT_UNASSURED, ENDPOINTS6,
+        config_ref, CT, CT6, CT6_FILL, CT6_OVERFLOW, CT6_SCRATCH, CT6_UNASSURED, CT_FILL, CT_OVERFLOW, CT_QUOTA,
+        CT_QUOTA_HITS, CT_STATS, CT_UNASSURED, ENDPOINTS6,
     },
     packet::{ptr_at, Packet},
 };
@@ -54,6 +54,10 @@ pub trait Family: Copy + Default + PartialEq + 'static {
     const ICMP: u8;
     const ECHO_REQUEST: u8;
     const ECHO_REPLY: u8;
+    /// How many NAT ports a new flow tries (its own, then from a random start) before it is
+    /// refused. IPv6's program walks extension headers before it gets here, which multiplies
+    /// the paths the verifier follows through the probes: it has fewer.
+    const NAT_PORT_PROBES: u32;
 
     fn map(table: Table) -> &'static LruHashMap<Key<Self>, Entry<Self>>;
     /// The assured table's fill count (`ct_fill`).
@@ -64,12 +68,17 @@ pub trait Family: Copy + Default + PartialEq + 'static {
     fn quota_key(original: &Key<Self>, entry: &Entry<Self>) -> Option<CtQuotaKey>;
     /// A key as `bpfnet monitor`'s events carry it (IPv4's; IPv6 flows are not reported yet).
     fn event_tuple(key: &Key<Self>) -> Option<&CtKey>;
+    /// Runs `f` on a zeroed entry to be inserted: on the stack for IPv4, in a per-CPU scratch
+    /// slot for IPv6 (`None` if that could not be had), whose 72-byte entries the programs'
+    /// 512-byte stack has no room for beside its wide keys.
+    fn with_new_entry<R>(f: impl FnOnce(&mut Entry<Self>) -> R) -> Option<R>;
 }
 
 impl Family for Ipv4Be {
     const ICMP: u8 = IPPROTO_ICMP;
     const ECHO_REQUEST: u8 = ICMP_ECHO_REQUEST;
     const ECHO_REPLY: u8 = ICMP_ECHO_REPLY;
+    const NAT_PORT_PROBES: u32 = 32;
 
     #[inline(always)]
     fn map(table: Table) -> &'static LruHashMap<Key<Self>, Entry<Self>> {
@@ -94,12 +103,19 @@ impl Family for Ipv4Be {
     fn event_tuple(key: &Key<Self>) -> Option<&CtKey> {
         Some(key)
     }
+
+    #[inline(always)]
+    fn with_new_entry<R>(f: impl FnOnce(&mut Entry<Self>) -> R) -> Option<R> {
+        let mut entry = Entry::<Self>::default();
+        Some(f(&mut entry))
+    }
 }
 
 impl Family for Ipv6Be {
     const ICMP: u8 = IPPROTO_ICMPV6;
     const ECHO_REQUEST: u8 = ICMPV6_ECHO_REQUEST;
     const ECHO_REPLY: u8 = ICMPV6_ECHO_REPLY;
+    const NAT_PORT_PROBES: u32 = 8;
 
     #[inline(always)]
     fn map(table: Table) -> &'static LruHashMap<Key<Self>, Entry<Self>> {
@@ -127,6 +143,15 @@ impl Family for Ipv6Be {
     fn event_tuple(_key: &Key<Self>) -> Option<&CtKey> {
         None
     }
+
+    #[inline(always)]
+    fn with_new_entry<R>(f: impl FnOnce(&mut Entry<Self>) -> R) -> Option<R> {
+        let slot = CT6_SCRATCH.get_ptr_mut(0)?;
+        // SAFETY: this CPU's slot, which nothing else uses while the program runs.
+        let entry = unsafe { &mut *slot };
+        *entry = Entry::<Self>::default();
+        Some(f(entry))
+    }
 }
 
 /// The conntrack key of a packet, as it travels, and the TCP flags it carries (as
@@ -136,7 +161,7 @@ impl Family for Ipv6Be {
 pub fn key_of<P: Packet, H: Header>(ctx: &P, ip: &H) -> Result<(Key<H::Addr>, u8), DropReason> {
     let mut key = Key::<H::Addr> { saddr: ip.saddr(), daddr: ip.daddr(), proto: ip.proto(), ..Default::default() };
     if ip.later_fragment() {
-        let ports = ip.ports_of_later().ok_or(DropReason::FragmentWithoutFirst)?;
+        let ports = ip.ports_of_later()?;
         key.sport = ports.sport;
         key.dport = ports.dport;
         return Ok((key, 0));
@@ -254,70 +279,81 @@ pub fn may_start(proto: u8, tcp_flags: u8) -> bool {
     proto != IPPROTO_TCP || (tcp_flags & ct_tcp_flags::RST == 0 && tcp_flags & SYN_ACK != SYN_ACK)
 }
 
+/// Where a tracked packet goes: its entry's translated tuple and the container's veth (0: out
+/// of the uplink).
+pub struct Forward<A: Family> {
+    pub to: Key<A>,
+    pub ifindex: u32,
+}
+
 /// Accounts one packet of `len` bytes to its entry and moves the flow along (its TCP close,
-/// assurance and the move to `CT`). Returns the entry as it was found, for the translation.
+/// assurance and the move to `CT`). Returns where the packet goes, for the translation.
+///
+/// Entries are read and written in place (never copied whole): an IPv6 entry is 72 bytes, and
+/// the programs' stack is 512.
 #[inline(always)]
-pub fn account<A: Family>(key: &Key<A>, found: Tracked<A>, len: u32, tcp_flags: u8) -> Entry<A> {
+pub fn account<A: Family>(key: &Key<A>, found: Tracked<A>, len: u32, tcp_flags: u8) -> Forward<A> {
     let entry = found.entry;
     // SAFETY: a live map value; concurrent updates from other CPUs may lose an increment,
     // which only makes the counters approximate.
-    let copy = unsafe {
+    let (seen, forward) = unsafe {
         (*entry).packets += 1;
         (*entry).bytes += len as u64;
         (*entry).last_seen_ns = bpf_ktime_get_ns();
-        *entry
+        ((*entry).tcp_flags, Forward { to: (*entry).to, ifindex: (*entry).ifindex })
     };
-    let seen = copy.tcp_flags;
     // An established flow's packet ends here: nothing it says is new.
     if found.table != Table::Assured
         || seen | tcp_flags != seen
         || tcp_flags & ct_tcp_flags::FIN != 0
         || seen & ct_tcp_flags::PEER_FIN != 0
     {
-        progress(key, found, &copy, tcp_flags);
+        progress(key, found, seen, tcp_flags);
     }
-    copy
+    forward
 }
 
-/// Records what a packet says about its flow: its TCP flags, the acknowledgement of the other
-/// side's FIN, the other side's PEER_FIN, assurance, and then the move to `CT`.
+/// Records what a packet says about its flow (whose entry had the flags `seen`): its TCP
+/// flags, the acknowledgement of the other side's FIN, the other side's PEER_FIN, assurance,
+/// and then the move to `CT`.
 #[inline(always)]
-fn progress<A: Family>(key: &Key<A>, found: Tracked<A>, entry: &Entry<A>, tcp_flags: u8) {
+fn progress<A: Family>(key: &Key<A>, found: Tracked<A>, seen: u8, tcp_flags: u8) {
     let map = found.table.map::<A>();
-    let peer_key = entry.to.reversed();
-    let mut flags = entry.tcp_flags | tcp_flags;
-    if entry.tcp_flags & ct_tcp_flags::PEER_FIN != 0 && tcp_flags & ct_tcp_flags::ACK != 0 {
+    let entry = found.entry;
+    // SAFETY: a live map value, its fields read once.
+    let (direction, peer_key) = unsafe { ((*entry).direction, (*entry).to.reversed()) };
+    let mut flags = seen | tcp_flags;
+    if seen & ct_tcp_flags::PEER_FIN != 0 && tcp_flags & ct_tcp_flags::ACK != 0 {
         flags |= ct_tcp_flags::FIN_ACKED;
     }
-    let needs_peer = tcp_flags & ct_tcp_flags::FIN != 0 && entry.tcp_flags & ct_tcp_flags::FIN == 0
-        || found.table != Table::Assured && entry.direction == ct_direction::ORIGINAL && key.proto != A::ICMP;
+    // `!= REPLY` rather than `== ORIGINAL` (0): LLVM would fold "no CT entry and direction 0"
+    // into one OR of the lookup's pointer with the direction, which the verifier refuses.
+    let unassured_original = found.table != Table::Assured && direction != ct_direction::REPLY;
+    let needs_peer = tcp_flags & ct_tcp_flags::FIN != 0 && seen & ct_tcp_flags::FIN == 0
+        || unassured_original && key.proto != A::ICMP;
     let peer = if needs_peer { map.get_ptr_mut(&peer_key) } else { None };
     if let Some(peer) = peer {
         if tcp_flags & ct_tcp_flags::FIN != 0 {
             // SAFETY: a live map value.
             unsafe { (*peer).tcp_flags |= ct_tcp_flags::PEER_FIN };
         }
-        // SAFETY: as above, copied out.
-        let peer_entry = unsafe { *peer };
-        if found.table != Table::Assured
-            && entry.direction == ct_direction::ORIGINAL
-            && becomes_assured::<A>(key.proto, tcp_flags, &peer_entry)
-        {
+        // SAFETY: as above.
+        if unassured_original && becomes_assured::<A>(key.proto, tcp_flags, unsafe { &*peer }) {
             flags |= ct_tcp_flags::ASSURED;
         }
-        if flags != entry.tcp_flags {
+        if flags != seen {
             // SAFETY: a live map value.
-            unsafe { (*found.entry).tcp_flags = flags };
+            unsafe { (*entry).tcp_flags = flags };
         }
         if found.table != Table::Assured && flags & ct_tcp_flags::ASSURED != 0 {
-            let newly = entry.tcp_flags & ct_tcp_flags::ASSURED == 0;
-            promote(key, &Entry::<A> { tcp_flags: flags, ..*entry }, &peer_key, &peer_entry, found.table, newly);
+            let newly = seen & ct_tcp_flags::ASSURED == 0;
+            promote(key, entry, &peer_key, peer, found.table, newly);
         }
         return;
     }
-    if flags != entry.tcp_flags {
+    if flags != seen {
         // SAFETY: a live map value.
-        unsafe { (*found.entry).tcp_flags = flags };
+        unsafe { (*entry).tcp_flags = flags };
     }
 }
 
@@ -342,8 +378,18 @@ fn becomes_assured<A: Family>(proto: u8, tcp_flags: u8, reply: &Entry<A>) -> boo
 /// Another CPU moving it at the same time makes one of the NOEXIST inserts fail: that one
 /// leaves it to the other.
 #[inline(always)]
-fn promote<A: Family>(key: &Key<A>, entry: &Entry<A>, peer_key: &Key<A>, peer: &Entry<A>, from: Table, newly: bool) {
-    if reserve::<A>(&config()).is_err() {
+fn promote<A: Family>(
+    key: &Key<A>,
+    entry: *const Entry<A>,
+    peer_key: &Key<A>,
+    peer: *const Entry<A>,
+    from: Table,
+    newly: bool,
+) {
+    // SAFETY: live map values of `from` (its flags up to date), inserted into `CT` from where
+    // they are, before they are removed from `from`.
+    let (entry, peer) = unsafe { (&*entry, &*peer) };
+    if reserve::<A>(config_ref().map_or(0, |cfg| cfg.ct_limit)).is_err() {
         if newly {
             add_stat(ct_stats::PROMOTION_REFUSED, 1);
         }
@@ -358,13 +404,13 @@ fn promote<A: Family>(key: &Key<A>, entry: &Entry<A>, peer_key: &Key<A>, peer: &
         return;
     }
     account_inserted::<A>(2);
+    // Read before the entry goes from `from`.
+    let quota = if from == Table::Unassured { A::quota_key(key, entry) } else { None };
     let map = from.map::<A>();
     let _ = map.remove(key);
     let _ = map.remove(peer_key);
-    if from == Table::Unassured {
-        if let Some(quota) = A::quota_key(key, entry) {
-            quota_release(&quota);
-        }
+    if let Some(quota) = quota {
+        quota_release(&quota);
     }
     add_stat(ct_stats::PROMOTED, 1);
 }
@@ -479,11 +525,11 @@ pub fn now() -> u64 {
 
 /// Refuses a flow the assured table has no room for, by the agent's fill limit.
 #[inline(always)]
-fn reserve<A: Family>(cfg: &HostConfig) -> Result<(), DropReason> {
+fn reserve<A: Family>(ct_limit: u32) -> Result<(), DropReason> {
     let fill = A::fill();
     let inserted = fill.get(ct_fill::INSERTED).copied().unwrap_or(0);
     let removed = fill.get(ct_fill::REMOVED).copied().unwrap_or(0);
-    if inserted.saturating_sub(removed) + 2 > cfg.ct_limit as u64 {
+    if inserted.saturating_sub(removed) + 2 > ct_limit as u64 {
         return Err(DropReason::ConntrackFull);
     }
     Ok(())

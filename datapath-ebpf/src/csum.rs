@@ -255,17 +255,6 @@ impl Rewrite {
         Ok(())
     }
 
-    /// An address the L4 checksum covers but not as the pseudo-header (an ICMPv6 error's
-    /// quoted address).
-    #[inline(always)]
-    pub fn l4_addr<P: Packet, A: Address>(&mut self, ctx: &P, offset: usize, old: A, new: A) -> Result<(), DropReason> {
-        if old != new {
-            store(ctx, offset, &new)?;
-            A::add_change(&mut self.l4_fields, old, new);
-        }
-        Ok(())
-    }
-
     /// A 16-bit field the L4 checksum covers (a port, the echo identifier, a quoted field).
     #[inline(always)]
     pub fn l4_u16<P: Packet>(&mut self, ctx: &P, offset: usize, old: u16, new: u16) -> Result<(), DropReason> {

@@ -132,11 +132,12 @@ pub fn check_source6(eth: *const EthHdr, ip: &Ipv6, source: &Endpoint6, link_sco
 }
 
 /// The IPv6 side of the container behind the host-side veth with this index; none: no
-/// container, or one without IPv6 (its network has no IPv6 subnet).
+/// container, or one without IPv6 (its network has no IPv6 subnet). In place, not copied: the
+/// IPv6 program's stack is tight.
 #[inline(always)]
-pub fn endpoint6_on(ifindex: u32) -> Option<Endpoint6> {
-    // SAFETY: map values are plain data; copied out at once.
-    unsafe { IFACES6.get(ifindex) }.copied()
+pub fn endpoint6_on(ifindex: u32) -> Option<&'static Endpoint6> {
+    // SAFETY: map values are plain data, read in place.
+    unsafe { IFACES6.get(ifindex) }
 }
 
 /// Where an IPv4 packet from a container goes.

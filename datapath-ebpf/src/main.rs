@@ -118,19 +118,20 @@ fn try_from_endpoint6(ctx: &TcContext) -> Result<i32, DropReason> {
         counters::count_sent(ctx, &forward::source_endpoint(ctx)?);
         return Err(DropReason::UnsupportedL3);
     };
-    counters::count_sent(ctx, &source);
+    counters::count_sent(ctx, source);
     let eth: *const EthHdr = packet::ptr_at(ctx, 0)?;
     let ip = ipv6::ipv6(ctx)?;
     let link_scoped = ndp::link_scoped_message(ctx, &ip);
-    forward::check_source6(eth, &ip, &source, link_scoped.is_some())?;
+    forward::check_source6(eth, &ip, source, link_scoped.is_some())?;
     if let Some(type_) = link_scoped {
-        return ndp::answer(ctx, &ip, type_, &source);
+        return ndp::answer(ctx, &ip, type_, source);
     }
-    match forward::destination6(&ip, &source)? {
-        Destination6::Host | Destination6::Outside => {
+    match forward::destination6(&ip, source)? {
+        Destination6::Host => {
             counters::count(Counter::ToHost);
             Ok(TC_ACT_OK)
         }
+        Destination6::Outside => nat::from_container6(ctx, &ip, source),
         Destination6::Member(dest) => {
             let action = forward::deliver(ctx, &dest)?;
             counters::count(Counter::Forwarded);
@@ -211,11 +212,15 @@ pub fn from_uplink6xdp(ctx: XdpContext) -> u32 {
     verdict(&ctx, try_from_uplink6(&ctx)) as u32
 }
 
-/// IPv6 on the uplink: nothing is translated back yet, so all of it is the host's.
+/// IPv6 on the uplink: replies to masqueraded flows and new flows to published ports go
+/// straight into their container (as IPv4's, `nat::from_uplink`); everything else (neighbour
+/// discovery, the host's own traffic) is the host's.
 #[inline(always)]
-fn try_from_uplink6<P: Packet>(_ctx: &P) -> Result<i32, DropReason> {
-    counters::count(Counter::UplinkToHost);
-    Ok(P::PASS)
+fn try_from_uplink6<P: Packet>(ctx: &P) -> Result<i32, DropReason> {
+    let Ok(ip) = ipv6::ipv6(ctx) else {
+        return Ok(nat::to_host::<P>()); // not ours to judge: the host stack drops what is broken
+    };
+    nat::from_uplink(ctx, &ip)
 }
 
 /// cgroup connect4 of the host cgroup (`--host-cgroup`): a host process connecting (TCP, or

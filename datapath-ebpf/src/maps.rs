@@ -6,9 +6,8 @@ use aya_ebpf::{
 };
 use datapath_common::{
     ct_fill, ct_stats, tail_call_slots, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtQuotaKey, DropReason, Endpoint,
-    Endpoint6,
-    EndpointStats, EventBudget, EventLoss, FragKey, FragPorts, HostConfig, HostConfig6, Ipv4Be, Ipv6Be, Network,
-    PublishedPortKey, PublishedPortKey6, PublishedPortTarget, PublishedPortTarget6, SockRevNat, SockRevNatKey,
+    Endpoint6, EndpointStats, EventBudget, EventLoss, FragKey, FragPorts, HostConfig, HostConfig6, Ipv4Be, Ipv6Be,
+    Network, PublishedPortKey, PublishedPortKey6, PublishedPortTarget, PublishedPortTarget6, SockRevNat, SockRevNatKey,
     MAX_ENDPOINTS,
 };
 
@@ -123,6 +122,11 @@ pub static CT6_OVERFLOW: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(DEFAU
 #[map]
 pub static CT6_FILL: Array<u64> = Array::pinned(ct_fill::SLOTS, 0);
 
+/// A new IPv6 flow's entry is built here before it is inserted (see `conntrack::Family`).
+/// Scratch space only, so not pinned: each load of the programs has its own.
+#[map]
+pub static CT6_SCRATCH: PerCpuArray<CtEntry6> = PerCpuArray::with_max_entries(1, 0);
+
 /// `tail_call_slots` -> TC program: IPv6's programs. Filled by the agent (an empty slot makes
 /// the tail call fall through).
 #[map]
@@ -136,6 +140,13 @@ pub static TAIL_CALLS_XDP: ProgramArray = ProgramArray::pinned(tail_call_slots::
 #[inline(always)]
 pub fn config() -> HostConfig {
     CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// The host's IPv6 settings in place (all zero, i.e. no IPv6 uplink address, until the agent
+/// writes them).
+#[inline(always)]
+pub fn config6_ref() -> Option<&'static HostConfig6> {
+    CONFIG6.get(0)
 }
 
 /// The host's settings in place, without a copy on the stack (the container's path is close

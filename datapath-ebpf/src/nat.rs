@@ -7,25 +7,24 @@
 //!   come back through the datapath rather than straight from the other container.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use datapath_common::{
-    ct_direction, ct_kind, host_config_flags, Counter, CtKey, CtQuotaKey, DropReason, Endpoint, HostConfig, Ipv4Be,
-    IPPROTO_ICMP,
+    ct_direction, ct_kind, host_config_flags, Counter, CtKey, CtKey6, CtQuotaKey, DropReason, Endpoint, Endpoint6,
+    HostConfig, Ipv4Be, Ipv6Be, IPPROTO_ICMP, IPPROTO_ICMPV6,
 };
 
 use crate::{
-    conntrack::{self, key_of, Entry, Family, Key, Quota, Tracked},
+    conntrack::{self, key_of, Family, Key, Quota, Tracked},
     counters::count,
-    csum::{L4Offsets, Rewrite},
+    csum::Address,
+    csum::L4Offsets,
     events, fib,
+    fib_params::FibAddress,
     forward::deliver_to_ifindex,
     ip::Header,
-    maps::{config, config_ref},
+    ipv6::{self, Ipv6},
+    maps::{self, config, config_ref},
     packet::{Ipv4, Packet},
-    published_ports,
+    published_ports::{self, Container},
 };
-
-/// How many ports are tried (the original one, then from a random start) before a new flow is
-/// refused.
-const NAT_PORT_PROBES: u32 = 32;
 
 /// A container's packet for a destination outside its network (the gateway and its own
 /// network's members were handled before).
@@ -87,8 +86,14 @@ pub fn from_container<P: Packet>(ctx: &P, ip: &Ipv4, source: &Endpoint) -> Resul
 /// A packet on the uplink: a packet of a tracked flow (a reply to a container's flow, or more
 /// of a flow to a published port) is translated and delivered; a new flow to a published port
 /// is tracked first; anything else is the host's and passes untouched.
+///
+/// The same for both families: IPv4's published ports are `SERVICES`' and its uplink address
+/// CONFIG's, IPv6's `PUBLISHED6`'s and CONFIG6's.
 #[inline(always)]
-pub fn from_uplink<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<i32, DropReason> {
+pub fn from_uplink<P: Packet, H: Header>(ctx: &P, ip: &H) -> Result<i32, DropReason>
+where
+    H::Addr: Published,
+{
     let Ok((key, tcp_flags)) = key_of(ctx, ip) else {
         return Ok(to_host::<P>());
     };
@@ -96,22 +101,110 @@ pub fn from_uplink<P: Packet>(ctx: &P, ip: &Ipv4) -> Result<i32, DropReason> {
         return forward_tracked(ctx, ip, &key, found, tcp_flags);
     }
     // A SYN-ACK or RST that answers no tracked flow is the host's, as is a later fragment.
-    if ip.later_fragment || !conntrack::may_start(key.proto, tcp_flags) {
+    if ip.later_fragment() || !conntrack::may_start(key.proto, tcp_flags) {
         return Ok(to_host::<P>());
     }
     let cfg = config();
-    let Some(container) = published_ports::lookup(&cfg, &key) else {
+    let Some((container, quota_addr)) = H::Addr::published(&cfg, &key) else {
         return Ok(to_host::<P>());
     };
     // The client's address is kept: the container sees who is calling. New flows to one
-    // published port count against that port's share of the unassured table.
-    let to = CtKey { daddr: container.ip, dport: container.port, ..key };
+    // published port count against that port's share of the unassured table (by the
+    // container's IPv4 address, whichever family the flow uses).
+    let to = Key::<H::Addr> { daddr: container.ip, dport: container.port, ..key };
     let quota = Quota {
-        key: CtQuotaKey { addr: container.ip, port: container.port, proto: key.proto, _pad: 0 },
+        key: CtQuotaKey { addr: quota_addr, port: container.port, proto: key.proto, _pad: 0 },
         stats_slot: container.stats_slot,
     };
     let found = new_flow(ctx, &cfg, &key, to, container.host_ifindex, 0, ct_kind::DNAT, &quota)?;
     forward_tracked(ctx, ip, &key, found, tcp_flags)
+}
+
+/// A family's published ports.
+pub trait Published: Family + Address + FibAddress {
+    /// The container a new flow to (daddr, dport, proto) is published to, and the IPv4
+    /// address its quota key has.
+    fn published(cfg: &HostConfig, key: &Key<Self>) -> Option<(Container<Self>, Ipv4Be)>;
+}
+
+impl Published for Ipv4Be {
+    #[inline(always)]
+    fn published(cfg: &HostConfig, key: &CtKey) -> Option<(Container, Ipv4Be)> {
+        published_ports::lookup(cfg, key).map(|container| {
+            let ip = container.ip;
+            (container, ip)
+        })
+    }
+}
+
+impl Published for Ipv6Be {
+    #[inline(always)]
+    fn published(_cfg: &HostConfig, key: &CtKey6) -> Option<(Container<Ipv6Be>, Ipv4Be)> {
+        published_ports::lookup6(&maps::config6_ref()?.uplink_ip, key)
+    }
+}
+
+/// A container's IPv6 packet for a destination outside its network (NAT66 masquerade, as
+/// Docker's ip6tables MASQUERADE): what leaves through the uplink is source-translated to
+/// CONFIG6's uplink address and a port chosen as IPv4's are, and tracked; a published port
+/// of the uplink's IPv6 address is a hairpin. Without an IPv6 uplink address nothing is
+/// translated (the host stack decides), nor is a hop limit of 1 forwarded (the host stack
+/// answers with Time Exceeded).
+#[inline(always)]
+pub fn from_container6<P: Packet>(ctx: &P, ip: &Ipv6, source: &Endpoint6) -> Result<i32, DropReason> {
+    // The settings in place, not copied: the stack is tight with IPv6's wide keys.
+    let (cfg, uplink_ip) = match (config_ref(), maps::config6_ref()) {
+        (Some(cfg), Some(cfg6))
+            if cfg.uplink_ifindex != 0 && !ipv6::is_unspecified(&cfg6.uplink_ip) && ip.hop_limit > 1 =>
+        {
+            (cfg, &cfg6.uplink_ip)
+        }
+        _ => {
+            count(Counter::ToHost);
+            return Ok(P::PASS);
+        }
+    };
+    let (key, tcp_flags) = key_of(ctx, ip)?;
+    if let Some(found) = conntrack::lookup(&key) {
+        return forward_tracked(ctx, ip, &key, found, tcp_flags);
+    }
+    if !conntrack::may_start(key.proto, tcp_flags) {
+        return Err(DropReason::ConntrackInvalid);
+    }
+    // Link-local, multicast, loopback and unspecified destinations never leave through the
+    // uplink, nor does an echo reply with no flow.
+    if !routable6(&key.daddr) || (key.proto == IPPROTO_ICMPV6 && key.sport == 0) {
+        count(Counter::ToHost);
+        return Ok(P::PASS);
+    }
+    // One share of the unassured table per container, whichever family: its IPv4 address.
+    let quota = Quota { key: CtQuotaKey { addr: source.ip4, ..Default::default() }, stats_slot: source.stats_slot };
+    let found = if let Some((container, _)) = published_ports::lookup6(uplink_ip, &key) {
+        let to = CtKey6 { saddr: *uplink_ip, daddr: container.ip, dport: container.port, ..key };
+        new_flow(ctx, cfg, &key, to, container.host_ifindex, source.host_ifindex, ct_kind::HAIRPIN, &quota)?
+    } else {
+        match fib::route(ctx, &key) {
+            fib::FibResult::Forward(hop) if hop.ifindex == cfg.uplink_ifindex => {}
+            fib::FibResult::Local if cfg.flags & host_config_flags::ALLOW_HOST_ACCESS == 0 => {
+                return Err(DropReason::HostAccessDenied);
+            }
+            _ => {
+                count(Counter::ToHost);
+                return Ok(P::PASS);
+            }
+        }
+        let to = CtKey6 { saddr: *uplink_ip, ..key };
+        new_flow(ctx, cfg, &key, to, 0, source.host_ifindex, ct_kind::SNAT, &quota)?
+    };
+    forward_tracked(ctx, ip, &key, found, tcp_flags)
+}
+
+/// Whether an IPv6 destination can be routed to another host: not link-local (fe80::/10),
+/// multicast (ff00::/8), loopback (::1) or unspecified (::).
+#[inline(always)]
+fn routable6(daddr: &Ipv6Be) -> bool {
+    const LOOPBACK: Ipv6Be = datapath_common::ipv6_be([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    !(ipv6::is_link_local(daddr) || ipv6::is_multicast(daddr) || ipv6::is_unspecified(daddr) || *daddr == LOOPBACK)
 }
 
 /// Whether a destination can be routed to another host: not 0.0.0.0/8, loopback, link-local,
@@ -139,7 +232,7 @@ fn new_flow<P: Packet, A: Family>(
     ctx: &P,
     cfg: &HostConfig,
     key: &Key<A>,
-    to: Key<A>,
+    mut to: Key<A>,
     ifindex: u32,
     reply_ifindex: u32,
     kind: u8,
@@ -151,7 +244,7 @@ fn new_flow<P: Packet, A: Family>(
     let span = (cfg.nat_port_max as u32).saturating_sub(cfg.nat_port_min as u32) + 1;
     // SAFETY: helper without arguments.
     let start = unsafe { bpf_get_prandom_u32() } % span;
-    let probes = if allocate { NAT_PORT_PROBES } else { 1 };
+    let probes = if allocate { A::NAT_PORT_PROBES } else { 1 };
     // The container's own port first, as nf_nat keeps it when the translated tuple is free:
     // a client cycling through its ephemeral range to one destination then needs no more
     // ports than it has, where random picks alone run out once most of the range is held
@@ -159,33 +252,32 @@ fn new_flow<P: Packet, A: Family>(
     let original = u16::from_be(key.sport) as u32;
     let keep_original = original >= cfg.nat_port_min as u32 && original <= cfg.nat_port_max as u32;
     for probe in 0..probes {
-        let mut to = to;
         if allocate {
             let port =
                 if probe == 0 && keep_original { original } else { cfg.nat_port_min as u32 + (start + probe) % span };
             to.sport = (port as u16).to_be();
         }
         let reply_key = to.reversed();
-        let reply = Entry::<A> {
-            last_seen_ns: now,
-            to: key.reversed(),
-            ifindex: reply_ifindex,
-            direction: ct_direction::REPLY,
-            kind,
-            ..Default::default()
-        };
-        if !conntrack::claim(table, &reply_key, &reply) {
+        let claimed = A::with_new_entry(|reply| {
+            reply.last_seen_ns = now;
+            reply.to = key.reversed();
+            reply.ifindex = reply_ifindex;
+            reply.direction = ct_direction::REPLY;
+            reply.kind = kind;
+            conntrack::claim(table, &reply_key, reply)
+        });
+        if !claimed.ok_or(DropReason::ConntrackInsertFailed)? {
             continue;
         }
-        let entry = Entry::<A> {
-            last_seen_ns: now,
-            to,
-            ifindex,
-            direction: ct_direction::ORIGINAL,
-            kind,
-            ..Default::default()
-        };
-        if !conntrack::complete(table, key, &entry, &reply_key) {
+        let completed = A::with_new_entry(|entry| {
+            entry.last_seen_ns = now;
+            entry.to = to;
+            entry.ifindex = ifindex;
+            entry.direction = ct_direction::ORIGINAL;
+            entry.kind = kind;
+            conntrack::complete(table, key, entry, &reply_key)
+        });
+        if !completed.ok_or(DropReason::ConntrackInsertFailed)? {
             // Another CPU tracked this flow meanwhile: use its entry.
             return conntrack::lookup(key).ok_or(DropReason::ConntrackInsertFailed);
         }

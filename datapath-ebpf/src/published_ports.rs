@@ -55,7 +55,7 @@ pub fn container(daddr: Ipv4Be, dport: u16, proto: u8, all_addresses: bool) -> O
 /// (the all-zero key) when daddr is the uplink's IPv6 address. With the container's IPv4
 /// address, its flows' quota key.
 #[inline(always)]
-pub fn lookup6(uplink_ip: Ipv6Be, key: &CtKey6) -> Option<(Container<Ipv6Be>, Ipv4Be)> {
+pub fn lookup6(uplink_ip: &Ipv6Be, key: &CtKey6) -> Option<(Container<Ipv6Be>, Ipv4Be)> {
     if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
         return None;
     }
@@ -63,7 +63,7 @@ pub fn lookup6(uplink_ip: Ipv6Be, key: &CtKey6) -> Option<(Container<Ipv6Be>, Ip
     // SAFETY: map values are plain data; copied out at once.
     let target: PublishedPortTarget6 = match unsafe { PUBLISHED_PORTS6.get(exact) } {
         Some(target) => *target,
-        None if key.daddr == uplink_ip => {
+        None if key.daddr == *uplink_ip => {
             *unsafe { PUBLISHED_PORTS6.get(PublishedPortKey6 { addr: [0; 4], ..exact }) }?
         }
         None => return None,

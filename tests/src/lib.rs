@@ -690,8 +690,14 @@ pub fn leaks(sb: &Sandbox) -> Vec<String> {
     own("endpoint link pin", link_pins.into_iter().filter(|l| l.starts_with("bn")).collect(), &veths, &mut found);
     if sb.bpffs_dir().join("maps").exists() {
         sb.ok(&["conntrack", "gc"]);
-        let addresses: Vec<&str> = containers.iter().filter_map(|c| c["ip"].as_str()).collect();
-        let address = |end: &Value| end.as_str().map(|e| e.split(':').next().unwrap_or(e).to_owned());
+        let addresses: Vec<&str> =
+            containers.iter().flat_map(|c| [c["ip"].as_str(), c["ip6"].as_str()]).flatten().collect();
+        // An end is `IP:PORT` or `[IPV6]:PORT` (or an address alone).
+        let address = |end: &Value| {
+            let end = end.as_str()?;
+            let ip = end.parse::<SocketAddr>().map(|a| a.ip()).or_else(|_| end.parse::<IpAddr>());
+            Some(ip.map_or_else(|_| end.split(':').next().unwrap_or(end).to_owned(), |ip| ip.to_string()))
+        };
         for flow in sb.json(&["conntrack", "ls", "--json"]).as_array().into_iter().flatten() {
             let ends = match flow["kind"].as_str() {
                 Some("snat") => vec![&flow["source"]],

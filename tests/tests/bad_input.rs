@@ -18,7 +18,7 @@ fn bad_network_input_is_refused_and_creates_nothing() {
         (vec!["--subnet", "10.220.0.0/33"], "invalid --subnet"),
         (vec!["--subnet", "not-a-cidr"], "invalid --subnet"),
         (vec!["--subnet", "10.220.0.7/24"], "did you mean 10.220.0.0/24"),
-        (vec!["--subnet", "fd00::/64"], "invalid --subnet"),
+        (vec!["--subnet", "fd00::/64"], "IPv6-only network"),
         (vec!["--subnet", "10.220.0.0/24", "--gateway", "10.221.0.1"], "outside the subnet"),
         (vec!["--subnet", "10.220.0.0/24", "--gateway", "10.220.0.255"], "broadcast"),
     ] {

@@ -11,7 +11,7 @@ use std::{
 };
 
 use bpfnet_tests::{
-    cni_bin, links_in, namespaces_with_prefix, ping, process::wait_bounded, tcp_exchange, Sandbox, OUTSIDE_IP,
+    cni_bin, links_in, namespaces_with_prefix, ping, process::wait_bounded, run, tcp_exchange, Sandbox, OUTSIDE_IP,
     UPLINK_HOST_IP,
 };
 use nix::sys::signal::Signal;
@@ -93,6 +93,47 @@ fn netns_path(netns: &str) -> String {
 fn attachment_names(sb: &Sandbox) -> Vec<String> {
     let all = sb.json(&["container", "ls", "--json"]);
     all.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_owned()).collect()
+}
+
+/// A configuration with `subnet6` makes a dual-stack network: ADD's result holds both
+/// addresses on the interface inside and a default route per family (before 1.0.0 each address
+/// names its version), the engine's namespace has both, CHECK passes with that result, and a
+/// bad IPv6 subnet is the configuration's error (7), leaving nothing.
+#[test]
+fn a_dual_stack_network_gives_both_addresses_and_routes() {
+    let mut sb = Sandbox::with_uplink();
+    let net = sb.name("net");
+    let engine = sb.add_engine_netns("eng").unwrap();
+    let path = netns_path(&engine);
+    sb.ensure_agent();
+    let bad = conf(&sb, "0.4.0", &net, json!({"subnet": "10.242.0.0/24", "subnet6": "fd00:242::/96"}));
+    let err = fails_with(plugin("ADD", "c0ffee09", Some(&path), "eth0", &bad), 7);
+    assert!(err.contains("smaller than a /64"), "{err}");
+    assert!(sb.json(&["network", "ls", "--json"]).as_array().unwrap().is_empty(), "nothing was made");
+
+    let add = conf(&sb, "0.4.0", &net, json!({"subnet": "10.242.0.0/24", "subnet6": "fd00:242::/64"}));
+    let result = succeeds(plugin("ADD", "c0ffee09", Some(&path), "eth0", &add));
+    assert_eq!(
+        result["ips"],
+        json!([
+            {"version": "4", "address": "10.242.0.2/24", "gateway": "10.242.0.1", "interface": 1},
+            {"version": "6", "address": "fd00:242::2/64", "gateway": "fd00:242::1", "interface": 1}
+        ])
+    );
+    assert_eq!(
+        result["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": "10.242.0.1"}, {"dst": "::/0", "gw": "fd00:242::1"}])
+    );
+    let inside = run("ip", &["-n", &engine, "-6", "addr", "show", "dev", "eth0"]).unwrap();
+    let global = inside.lines().find(|l| l.contains("fd00:242::2/64")).unwrap_or_else(|| panic!("{inside}"));
+    assert!(!global.contains("tentative"), "usable at once: {inside}");
+    let routes = run("ip", &["-n", &engine, "-6", "route", "show", "default"]).unwrap();
+    assert!(routes.contains("via fd00:242::1 dev eth0"), "{routes}");
+    let check = conf(&sb, "0.4.0", &net, json!({"prevResult": result}));
+    succeeds(plugin("CHECK", "c0ffee09", Some(&path), "eth0", &check));
+    succeeds(plugin("DEL", "c0ffee09", Some(&path), "eth0", &conf(&sb, "0.4.0", &net, json!({}))));
+    assert_eq!(links_in(&engine), ["lo"]);
+    sb.teardown().unwrap();
 }
 
 #[test]

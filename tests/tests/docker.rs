@@ -21,7 +21,8 @@ use bpfnet_tests::{
         docker::{driver_socket, driver_spec, Docker},
         peer_in, peer_seen, BUSYBOX_IMAGE, PEER_SERVER,
     },
-    leaks, links_in, namespaces_with_prefix, ping, run, tcp_exchange, Sandbox, OUTSIDE_IP, UPLINK_HOST_IP,
+    leaks, links_in, namespaces_with_prefix, ping, pinned_map_len, run, tcp_exchange, Sandbox, OUTSIDE_IP,
+    UPLINK_HOST_IP,
 };
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -278,14 +279,72 @@ fn networks_endpoints_joins_and_ports_as_dockerd_asks_for_them() {
     sb.teardown().unwrap();
 }
 
+/// `docker network create --ipv6 --subnet V4 --subnet V6`, as dockerd asks for it: the network
+/// is dual stack, an endpoint takes the IPv6 address Docker's IPAM chose, Join names the IPv6
+/// gateway, and `-p` bindings on `0.0.0.0` and `::` are one published port on both families.
+#[test]
+fn a_dual_stack_network_as_dockerd_asks_for_it() {
+    let (sb, socket) = sandbox();
+    let pools = |v4: &str, v6: &str| {
+        (
+            json!([{"AddressSpace": "LocalDefault", "Pool": "10.246.0.0/24", "Gateway": v4}]),
+            json!([{"AddressSpace": "LocalDefault", "Pool": "fd00:246::/64", "Gateway": v6}]),
+        )
+    };
+    let (v4, v6) = pools("10.246.0.1/24", "fd00:246::1/64");
+    let options = json!({"com.docker.network.enable_ipv6": true, "com.docker.network.generic": {}});
+    succeeds(
+        &socket,
+        "NetworkDriver.CreateNetwork",
+        json!({"NetworkID": NETWORK_ID, "Options": options, "IPv4Data": v4, "IPv6Data": v6}),
+    );
+    let network = sb.json(&["network", "ls", "--json"])[0].clone();
+    assert_eq!(
+        (network["subnet6"].as_str(), network["gateway6"].as_str()),
+        (Some("fd00:246::/64"), Some("fd00:246::1"))
+    );
+    let iface = json!({"Address": "10.246.0.2/24", "AddressIPv6": "fd00:246::2/64", "MacAddress": ""});
+    succeeds(
+        &socket,
+        "NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NETWORK_ID, "EndpointID": ENDPOINT_A, "Interface": iface}),
+    );
+    let join = succeeds(
+        &socket,
+        "NetworkDriver.Join",
+        json!({"NetworkID": NETWORK_ID, "EndpointID": ENDPOINT_A, "SandboxKey": "/var/run/docker/netns/x"}),
+    );
+    assert_eq!((join["Gateway"].as_str(), join["GatewayIPv6"].as_str()), (Some("10.246.0.1"), Some("fd00:246::1")));
+    let ports = json!([
+        {"Proto": 6, "IP": "", "Port": 80, "HostIP": "0.0.0.0", "HostPort": 8080, "HostPortEnd": 8080},
+        {"Proto": 6, "IP": "", "Port": 80, "HostIP": "::", "HostPort": 8080, "HostPortEnd": 8080}
+    ]);
+    succeeds(
+        &socket,
+        "NetworkDriver.ProgramExternalConnectivity",
+        json!({"NetworkID": NETWORK_ID, "EndpointID": ENDPOINT_A, "Options": {"com.docker.network.portmap": ports}}),
+    );
+    let listed = sb.json(&["container", "ls", "--json"])[0].clone();
+    assert_eq!(listed["ip6"], "fd00:246::2");
+    assert_eq!(listed["ports"], json!(["0.0.0.0:8080->80/tcp"]), "one port, on both families");
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "PUBLISHED6"), 1);
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "ENDPOINTS6"), 1);
+    succeeds(&socket, "NetworkDriver.DeleteEndpoint", endpoint(ENDPOINT_A));
+    assert_eq!(pinned_map_len(sb.bpffs_dir(), "ENDPOINTS6"), 0);
+    sb.teardown().unwrap();
+}
+
 #[test]
 fn what_bpfnet_cannot_do_is_refused_in_the_protocols_form() {
     let (sb, socket) = sandbox();
     let network = |options: Value, v4: Value, v6: Value| json!({"NetworkID": NETWORK_ID, "Options": options, "IPv4Data": v4, "IPv6Data": v6});
     let pool = json!([{"AddressSpace": "LocalDefault", "Pool": "10.246.0.0/24", "Gateway": "10.246.0.1/24"}]);
-    let v6 = json!([{"AddressSpace": "LocalDefault", "Pool": "fd00::/64", "Gateway": "fd00::1/64"}]);
+    let v6 = json!({"AddressSpace": "LocalDefault", "Pool": "fd00::/64", "Gateway": "fd00::1/64"});
+    let ipv6_on = json!({"com.docker.network.enable_ipv6": true});
     for (request, says) in [
-        (network(json!({}), pool.clone(), v6), "IPv4 only"),
+        (network(json!({}), pool.clone(), json!([v6.clone(), v6.clone()])), "at most one IPv6 subnet"),
+        (network(ipv6_on, pool.clone(), json!(null)), "no IPv6 pool"),
+        (network(json!({}), pool.clone(), json!([{"Pool": "fd00::/80"}])), "smaller than a /64"),
         (network(json!({"com.docker.network.internal": true}), pool.clone(), json!(null)), "--internal"),
         (network(json!({"com.docker.network.generic": {"mtu": "9000"}}), pool.clone(), json!(null)), "\"mtu\""),
         (network(json!({}), json!(null), json!(null)), "exactly one IPv4 subnet"),
@@ -313,7 +372,7 @@ fn what_bpfnet_cannot_do_is_refused_in_the_protocols_form() {
         )
     };
     assert!(create(json!({"Address": ""})).contains("no IPv4 address"));
-    assert!(create(json!({"Address": "10.246.0.2/24", "AddressIPv6": "fd00::2/64"})).contains("IPv4 only"));
+    assert!(create(json!({"Address": "10.246.0.2/24", "AddressIPv6": "fd00::2/64"})).contains("no IPv6 subnet"));
     assert!(create(json!({"Address": "10.9.0.2/24"})).contains("10.9.0.2"));
     assert!(create(json!({"Address": "10.246.0.2/24", "MacAddress": "nope"})).contains("\"nope\""));
     assert!(sb.json(&["container", "ls", "--json"]).as_array().unwrap().is_empty(), "nothing was made");
@@ -438,6 +497,37 @@ fn docker_ip_on(docker: &Docker, name: &str, network: &str) -> Ipv4Addr {
     ip.parse().unwrap_or_else(|e| panic!("{name}'s address on {network} {ip:?}: {e}"))
 }
 
+/// `docker network create --ipv6` with an IPv6 subnet, under a real dockerd: the containers
+/// get the IPv6 addresses Docker's IPAM chose, bpfnet's state has them, and the containers
+/// reach each other over IPv6.
+#[test]
+fn dockerd_makes_a_dual_stack_network() {
+    let mut sb = Sandbox::with_uplink();
+    sb.set_agent_env("BPFNET_DOCKER_PLUGIN_SOCKET", driver_socket(&sb).to_str().unwrap());
+    sb.ensure_agent();
+    let docker = Docker::start(&sb).unwrap_or_else(|e| panic!("{e:#}"));
+    let driver = docker.driver.clone();
+    let net = sb.name("dual");
+    let create = ["network", "create", "-d", &driver, "--ipv6", "--subnet", "10.236.0.0/24"];
+    docker.run(&[&create[..], &["--subnet", "fd00:236::/64", &net]].concat()).unwrap();
+    let network = sb.json(&["network", "ls", "--json"])[0].clone();
+    assert_eq!(network["subnet6"], "fd00:236::/64", "{network}");
+    for name in ["a6", "b6"] {
+        docker.run(&["run", "-d", "--network", &net, "--name", name, BUSYBOX_IMAGE, "sleep", "600"]).unwrap();
+    }
+    let ip6 = |name: &str| docker.inspect(name, "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}");
+    let a6 = ip6("a6").unwrap();
+    assert!(a6.starts_with("fd00:236::"), "Docker gave a6 {a6:?}");
+    let listed = sb.json(&["container", "ls", "--json"]);
+    assert!(listed.as_array().unwrap().iter().any(|c| c["ip6"] == a6.as_str()), "{listed}");
+    docker.exec("b6", &format!("ping -6 -c 1 -W 2 {a6}")).unwrap_or_else(|e| panic!("b6 pings a6 over IPv6: {e:#}"));
+    docker.run(&["rm", "-f", "a6", "b6"]).unwrap();
+    docker.run(&["network", "rm", &net]).unwrap();
+    assert_eq!(sb.json(&["container", "ls", "--json"]), json!([]));
+    docker.teardown().unwrap();
+    sb.teardown().unwrap();
+}
+
 #[test]
 fn dockerd_connects_a_running_container_and_hears_refusals_in_its_own_words() {
     let mut sb = Sandbox::with_uplink();
@@ -453,7 +543,8 @@ fn dockerd_connects_a_running_container_and_hears_refusals_in_its_own_words() {
     };
     let bad = sb.name("bad");
     refused(&["network", "create", "-d", &driver, "--internal", &bad], "--internal");
-    refused(&["network", "create", "-d", &driver, "--ipv6", "--subnet", "fd00:1::/64", &bad], "IPv4 only");
+    let two_v6 = ["--subnet", "10.247.0.0/24", "--subnet", "fd00:1::/64", "--subnet", "fd00:2::/64"];
+    refused(&[&["network", "create", "-d", &driver, "--ipv6"][..], &two_v6, &[&bad]].concat(), "at most one IPv6");
     refused(&["network", "create", "-d", &driver, "-o", "mtu=9000", &bad], "\"mtu\"");
     assert_eq!(sb.json(&["network", "ls", "--json"]), json!([]), "refusals leave nothing");
 
@@ -462,7 +553,7 @@ fn dockerd_connects_a_running_container_and_hears_refusals_in_its_own_words() {
     docker.run(&["network", "create", "-d", &driver, "--subnet", "10.249.0.0/24", &two]).unwrap();
     refused(
         &["run", "-d", "--network", &one, "-p", "[::]:8080:80", "--name", "v6", BUSYBOX_IMAGE, "sleep", "600"],
-        "IPv4 addresses only",
+        "has no IPv6 address",
     );
     docker.run(&["rm", "-f", "v6"]).unwrap();
     assert_eq!(sb.json(&["container", "ls", "--json"]), json!([]), "the refused container left no endpoint");

@@ -438,6 +438,21 @@ impl Datapath {
 }
 
 impl Datapath {
+    /// The programs the tail-call slots hold now (`program_names::TAIL_CALLED`), by the name of
+    /// the program each slot is for: the id of the program in it, `None` for an empty slot.
+    pub fn tail_call_targets(pin_dir: &Path) -> Result<Vec<(&'static str, Option<u32>)>> {
+        program_names::TAIL_CALLED
+            .into_iter()
+            .map(|(name, array, slot)| {
+                let path = pin_dir.join("maps").join(array);
+                let map = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+                let id = bpf::program_array_slot(map.fd().as_fd(), slot)
+                    .with_context(|| format!("reading slot {slot} of {}", path.display()))?;
+                Ok((name, id))
+            })
+            .collect()
+    }
+
     /// Whether a datapath is pinned under `pin_dir`.
     pub fn is_pinned(pin_dir: &Path) -> bool {
         pin_dir.join("progs").join(program_names::FROM_ENDPOINT).exists()
@@ -548,6 +563,41 @@ mod tests {
         pin_old_config::<12>(bed.pin_dir(), &settings);
         let err = format!("{:#}", Datapath::replace_programs(bed.pin_dir(), false).unwrap_err());
         assert!(err.contains("12-byte values") && err.contains("bpfnet down"), "{err}");
+    }
+
+    /// The ids of the programs pinned as the tail-call targets.
+    fn pinned_targets(pin_dir: &Path) -> Vec<(&'static str, Option<u32>)> {
+        program_names::TAIL_CALLED
+            .into_iter()
+            .map(|(name, _, _)| (name, Some(ProgramInfo::from_pin(pin_dir.join("progs").join(name)).unwrap().id())))
+            .collect()
+    }
+
+    /// The tail-call slots hold the pinned programs after a load, and the new ones after an
+    /// upgrade; an older datapath, without the arrays and the IPv6 programs, gets both.
+    #[test]
+    fn an_upgrade_points_the_tail_calls_at_the_new_programs() {
+        if !crate::devkit::netns::is_root() {
+            return;
+        }
+        let bed = crate::devkit::testbed::Testbed::create("bnup", 4096).unwrap();
+        let pin_dir = bed.pin_dir();
+        let loaded = Datapath::tail_call_targets(pin_dir).unwrap();
+        assert_eq!(loaded, pinned_targets(pin_dir), "after the first load");
+        let replaced = Datapath::replace_programs(pin_dir, true).unwrap();
+        assert_eq!(replaced.len(), PROGRAMS.len());
+        let upgraded = Datapath::tail_call_targets(pin_dir).unwrap();
+        assert_eq!(upgraded, pinned_targets(pin_dir), "after the upgrade");
+        for ((name, old), (_, new)) in loaded.iter().zip(&upgraded) {
+            assert_ne!(old, new, "{name}: the slot still holds the old program");
+        }
+        // A datapath an older bpfnet pinned: no program arrays, no IPv6 programs.
+        for (name, array, _) in program_names::TAIL_CALLED {
+            remove_pin(&pin_dir.join("progs").join(name)).unwrap();
+            remove_pin(&pin_dir.join("maps").join(array)).unwrap();
+        }
+        Datapath::replace_programs(pin_dir, true).unwrap();
+        assert_eq!(Datapath::tail_call_targets(pin_dir).unwrap(), pinned_targets(pin_dir), "after adopting it");
     }
 
     #[test]

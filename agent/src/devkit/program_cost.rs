@@ -4,7 +4,7 @@
 //!
 //! Everything happens on a [`Testbed`]: a namespace of its own with veths and an uplink, a
 //! datapath loaded and pinned into a bpffs directory of its own, maps seeded as the agent
-//! seeds them (a network with two containers, the uplink's CONFIG with the agent's default
+//! seeds them (a network with two dual-stack containers, the uplink's CONFIG with the agent's default
 //! NAT ports and conntrack limit and a cluster CIDR, one published UDP port). All of it is removed on return,
 //! error, panic, Ctrl-C or SIGTERM.
 //!
@@ -39,8 +39,9 @@ use crate::{
     devkit::testbed::{
         be,
         packets::{self, Arp, BROADCAST, ETHERTYPE_IPV4},
-        Counts, Program, ProgramKind, Testbed, Topology, A_IP, B_IP, ROUTER_MAC, SERVER_IP, TC_ACT_OK, TC_ACT_REDIRECT,
-        TC_ACT_SHOT, UPLINK_IP, UPLINK_MAC, WEB_GATEWAY, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+        Counts, Program, ProgramKind, Testbed, Topology, A_IP, A_IP6, B_IP, B_IP6, ROUTER_MAC, SERVER_IP, TC_ACT_OK,
+        TC_ACT_REDIRECT, TC_ACT_SHOT, UPLINK_IP, UPLINK_MAC, WEB_GATEWAY, WEB_GATEWAY6, XDP_DROP, XDP_PASS,
+        XDP_REDIRECT,
     },
     devkit::testrun::{self, TestRunOutput},
     host::conntrack,
@@ -282,6 +283,41 @@ fn plain_paths() -> Vec<PathSpec> {
             packet: |s, _| Arp::request(s.t.a.mac, A_IP, WEB_GATEWAY).frame(BROADCAST, s.t.a.mac),
             verdict: Verdict::Redirect,
             counters: &[ArpReplied],
+            drops: &[],
+            events: false,
+        },
+        PathSpec {
+            name: "c2c6-forward",
+            program: endpoint,
+            what: "UDP over IPv6 from A to B on the same network: from_endpoint's tail call to \
+                   from_endpoint6, redirected into B (an 80-byte frame: IPv6's header is 20 \
+                   bytes longer)",
+            ingress: Ingress::A,
+            state: State::None,
+            packet: |s, _| {
+                let datagram = packets::udp6(A_IP6, B_IP6, 40000, 5201, &PAYLOAD);
+                let ip = packets::ipv6(A_IP6, B_IP6, IPPROTO_UDP, 64, &datagram);
+                packets::eth(s.t.b.mac, s.t.a.mac, packets::ETHERTYPE_IPV6, &ip)
+            },
+            verdict: Verdict::Redirect,
+            counters: &[Forwarded],
+            drops: &[],
+            events: false,
+        },
+        PathSpec {
+            name: "ndp-reply",
+            program: endpoint,
+            what: "Neighbour solicitation for the gateway: from_endpoint's tail call to \
+                   from_endpoint6, answered from the maps, back into A",
+            ingress: Ingress::A,
+            state: State::None,
+            packet: |s, _| {
+                let group = packets::solicited_node(WEB_GATEWAY6);
+                let ns = packets::neighbor_solicitation(A_IP6, group, WEB_GATEWAY6, Some(s.t.a.mac));
+                packets::eth(packets::multicast_mac(group), s.t.a.mac, packets::ETHERTYPE_IPV6, &ns)
+            },
+            verdict: Verdict::Redirect,
+            counters: &[NdpReplied],
             drops: &[],
             events: false,
         },
@@ -562,6 +598,8 @@ fn measure(args: &ProgramCostArgs) -> Result<Report> {
     let (netns, bpffs) = (bed.netns().to_owned(), bed.pin_dir().display().to_string());
     let t = bed.topology();
     bed.try_seed(&t)?;
+    let t6 = bed.topology6(&t);
+    bed.try_seed6(&t6)?;
     let uplink = bed.make_uplink()?;
     bed.try_set_config(&HostConfig {
         uplink_ifindex: uplink.ifindex,
@@ -589,8 +627,12 @@ fn measure(args: &ProgramCostArgs) -> Result<Report> {
         limit: Duration::from_secs(args.max_secs_per_path),
     };
     let mut costs = vec![meter.empty()?];
-    let uplinks: Vec<String> =
-        meter.bed.program_names()?.into_iter().filter(|name| name.starts_with(program_names::FROM_UPLINK)).collect();
+    // The uplink's entry programs (tcx and XDP), not the IPv6 programs they tail-call.
+    let uplink_entry = |name: &String| {
+        name.starts_with(program_names::FROM_UPLINK)
+            && !program_names::TAIL_CALLED.iter().any(|(target, _, _)| target == name)
+    };
+    let uplinks: Vec<String> = meter.bed.program_names()?.into_iter().filter(uplink_entry).collect();
     for path in paths() {
         let programs =
             if path.program == program_names::FROM_UPLINK { uplinks.clone() } else { vec![path.program.to_owned()] };
@@ -953,6 +995,8 @@ mod tests {
         }
         let find = |name: &str| report.paths.iter().find(|p| p.path == name).unwrap();
         assert_eq!(find("c2c-forward").verdict, "TC_ACT_REDIRECT");
+        assert_eq!(find("c2c6-forward").verdict, "TC_ACT_REDIRECT");
+        assert_eq!(find("ndp-reply").verdict, "TC_ACT_REDIRECT");
         assert_eq!(find("spoofed-drop").verdict, "TC_ACT_SHOT");
         assert_eq!(find("not-ours-to-host").verdict, "TC_ACT_OK");
         assert!(!crate::sys::netns::exists(&report.netns), "{} left behind", report.netns);

@@ -244,6 +244,9 @@ pub fn collect_garbage(
     })
 }
 
+/// Told of each expired flow of family `A` that had its ORIGINAL entry.
+type Expired<'a, A> = dyn FnMut(&CtKeyOf<A>, &CtEntryOf<CtKeyOf<A>>) + 'a;
+
 /// What a collection did to one family's tables, by table (`CtTable as usize`).
 struct FamilyCollection {
     flows_expired: usize,
@@ -259,7 +262,7 @@ fn collect_family<A: CtFamily>(
     datapath: &mut Datapath,
     timeouts: &Timeouts,
     quota_held: &mut BTreeMap<CtQuotaKey, u64>,
-    expired: &mut dyn FnMut(&CtKeyOf<A>, &CtEntryOf<CtKeyOf<A>>),
+    expired: &mut Expired<'_, A>,
 ) -> Result<FamilyCollection> {
     let now = monotonic_ns()?;
     let flows = flows::<A>(datapath)?;

@@ -1,6 +1,7 @@
 //! The bpf(2) commands bpfnet needs and aya 0.14 has no API for: updating the program behind
-//! a pinned cgroup link, asking the kernel which programs a cgroup runs (BPF_PROG_QUERY), and
-//! which interface a tcx or XDP link is on (aya's `LinkInfo` hides it). Thin wrappers over one
+//! a pinned cgroup link, asking the kernel which programs a cgroup runs (BPF_PROG_QUERY),
+//! which interface a tcx or XDP link is on (aya's `LinkInfo` hides it), and which program a
+//! program array's slot holds (aya's `ProgramArray` only sets and clears). Thin wrappers over one
 //! syscall function, [`bpf`], which the developer kit's BPF_PROG_TEST_RUN and BPF_PROG_LOAD
 //! use too.
 use std::{
@@ -15,6 +16,7 @@ use std::{
 };
 
 /// `enum bpf_cmd` values (uapi linux/bpf.h).
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
@@ -50,6 +52,34 @@ pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The `BPF_MAP_*_ELEM` member of `union bpf_attr`.
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// The id of the program in `slot` of a program array (the kernel answers a lookup in one from
+/// user space with the program's id); `None` for an empty slot.
+pub fn program_array_slot(array: BorrowedFd<'_>, slot: u32) -> io::Result<Option<u32>> {
+    let mut id = 0u32;
+    let mut attr = MapElemAttr {
+        map_fd: array.as_raw_fd() as u32,
+        _pad: 0,
+        key: &slot as *const u32 as u64,
+        value: &mut id as *mut u32 as u64,
+        flags: 0,
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(Some(id)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The `link_update` member of `union bpf_attr`.

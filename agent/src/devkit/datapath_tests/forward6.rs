@@ -266,13 +266,11 @@ fn every_ipv6_program_is_loaded_and_in_its_slot() {
         return;
     }
     let (fx, _, _) = Fixture::with_topology6();
-    for (name, array_name, slot) in program_names::TAIL_CALLED {
+    let targets = crate::datapath::Datapath::tail_call_targets(fx.pin_dir()).unwrap();
+    for ((name, array, slot), (_, id)) in program_names::TAIL_CALLED.into_iter().zip(targets) {
         let program = fx.program(name).unwrap();
-        let path = fx.pin_dir().join("maps").join(array_name);
-        let map = aya::maps::Map::ProgramArray(MapData::from_pin(&path).unwrap());
-        let array: ProgramArray<MapData> = ProgramArray::try_from(map).unwrap();
-        let slots: Vec<u32> = array.indices().collect::<Result<_, _>>().unwrap();
-        assert!(slots.contains(&slot), "{name}: slot {slot} of {array_name} is empty");
+        let pinned = aya::programs::ProgramInfo::from_pin(fx.pin_dir().join("progs").join(name)).unwrap().id();
+        assert_eq!(id, Some(pinned), "{name}: slot {slot} of {array} holds the pinned program");
         assert_eq!(program.kind == ProgramKind::Xdp, name == program_names::FROM_UPLINK6_XDP, "{name}'s type");
     }
     let ids = fx.datapath.program_ids().unwrap();

@@ -22,6 +22,7 @@ mod fragment;
 mod fuzz;
 mod icmp;
 mod nat;
+mod nat6;
 mod native_routing;
 mod ndp;
 
@@ -36,7 +37,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, MapType};
-use datapath_common::{ct_fill, ct_stats, program_names, Counter, CtEntry, CtKey, DropReason, HostConfig};
+use datapath_common::{ct_fill, ct_stats, program_names, Counter, CtEntry, CtKey, DropReason, HostConfig, HostConfig6};
 
 pub use crate::devkit::testbed::{
     be, be6, packets, Counts, Topology, Topology6, Uplink, A_IP, A_IP6, B_IP, B_IP6, C_IP, C_IP6, DB, DB_GATEWAY,
@@ -154,6 +155,19 @@ impl Fixture {
         let topology = fx.topology();
         fx.seed(&topology);
         (fx, topology)
+    }
+
+    /// Dual stack with an uplink of both families: the standard topology's IPv6 side, the
+    /// uplink's IPv6 address, route and router, and CONFIG6 naming that address; uplink
+    /// packets run through `program`.
+    pub fn with_uplink6_program(program: &'static str) -> (Self, Topology, Topology6, u32) {
+        let (mut fx, t, uplink) = Self::with_uplink_program(program);
+        let t6 = fx.topology6(&t);
+        fx.try_seed6(&t6).unwrap_or_else(|e| panic!("seeding the IPv6 topology: {e:#}"));
+        fx.make_uplink6().unwrap_or_else(|e| panic!("setting up the uplink's IPv6: {e:#}"));
+        let config6 = HostConfig6 { uplink_ip: be6(crate::devkit::testbed::UPLINK_IP6) };
+        fx.set_config6(&config6).unwrap_or_else(|e| panic!("{e:#}"));
+        (fx, t, t6, uplink.ifindex)
     }
 
     /// The standard topology, dual stack: every container has its IPv6 side too.

@@ -461,6 +461,37 @@ impl Testbed {
     }
 }
 
+/// The uplink's IPv6 side (dual stack): an address on `up0`, a default route via the
+/// router, a permanent neighbour entry for it.
+pub const UPLINK_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xee, 0, 0, 0, 0, 2);
+pub const ROUTER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xee, 0, 0, 0, 0, 1);
+/// A server out in the world, reached via the router.
+#[cfg_attr(not(test), allow(dead_code))]
+pub const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x51, 0, 0, 0, 0, 7);
+
+impl Testbed {
+    /// Gives the uplink (made by `make_uplink`) its IPv6 side and enables IPv6 forwarding on
+    /// every host-side veth (as the control plane does for real ones), all inside the testbed's
+    /// namespace. CONFIG6 is left to the caller.
+    pub fn make_uplink6(&self) -> Result<()> {
+        let ns = self.netns().to_owned();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(netns::netlink_in(&ns, |nl| async move {
+            nl.add_address("up0", ipnet::IpNet::V6(ipnet::Ipv6Net::new(UPLINK_IP6, 64)?)).await?;
+            nl.replace_neighbour("up0", ROUTER_IP6, ROUTER_MAC).await?;
+            nl.replace_default_route(ROUTER_IP6, "up0").await?;
+            Ok(())
+        }))?;
+        netns::run_in(&ns, || {
+            for i in 0..VETHS {
+                let path = format!("/proc/sys/net/ipv6/conf/h{i}/forwarding");
+                std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
+            }
+            Ok(())
+        })
+    }
+}
+
 fn make_veths(ns: &str) -> Result<([u32; VETHS], [u32; VETHS])> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(netns::netlink_in(ns, |nl| async move {

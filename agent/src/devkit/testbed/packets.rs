@@ -302,46 +302,6 @@ pub fn verify_ipv4_packet(ip: &[u8]) -> Result<(), String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checksum_matches_a_known_ipv4_header() {
-        // The usual worked example (Wikipedia, "IPv4 header checksum"): 0xb861.
-        let header = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8,
-            0x00, 0xc7,
-        ];
-        assert_eq!(checksum(&[&header]), 0xb861);
-        let built = ipv4(Ipv4Addr::new(192, 168, 0, 1), Ipv4Addr::new(192, 168, 0, 199), IPPROTO_UDP, &[], &[0; 95]);
-        assert_eq!(&built[..4], &header[..4]);
-        assert_eq!(checksum(&[&built[..20]]), 0);
-    }
-
-    #[test]
-    fn built_packets_verify_and_corruption_is_caught() {
-        let (a, b) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
-        let l4s = [
-            (IPPROTO_UDP, udp(a, b, 1000, 53, b"hello")),
-            (IPPROTO_TCP, tcp(a, b, 40000, 80, 0x02, b"odd")),
-            (IPPROTO_ICMP, icmp_echo_request(7, 1, b"ping")),
-        ];
-        for (proto, l4) in l4s {
-            for options in [&[][..], &[1, 1, 1, 0][..]] {
-                let frame = eth([2; 6], [4; 6], ETHERTYPE_IPV4, &ipv4(a, b, proto, options, &l4));
-                verify_ipv4_checksums(&frame).unwrap();
-                let mut bad = frame.clone();
-                *bad.last_mut().unwrap() ^= 0x40;
-                assert!(verify_ipv4_checksums(&bad).is_err(), "protocol {proto}");
-                let mut bad = frame;
-                bad[ETH_HLEN + 8] -= 1; // TTL
-                assert!(verify_ipv4_checksums(&bad).is_err(), "protocol {proto}");
-            }
-        }
-    }
-}
-
 /// An IPv6 header followed by `payload` (which starts with the header `next_header` names).
 pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, hop_limit: u8, payload: &[u8]) -> Vec<u8> {
     let mut p = BytesMut::with_capacity(IPV6_HLEN + payload.len());
@@ -483,4 +443,68 @@ pub fn verify_ipv6_checksums(frame: &[u8]) -> Result<(), String> {
         return Err(format!("the {} checksum is wrong", if ip[6] == IPPROTO_UDP { "UDP" } else { "ICMPv6" }));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_matches_a_known_ipv4_header() {
+        // The usual worked example (Wikipedia, "IPv4 header checksum"): 0xb861.
+        let header = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8,
+            0x00, 0xc7,
+        ];
+        assert_eq!(checksum(&[&header]), 0xb861);
+        let built = ipv4(Ipv4Addr::new(192, 168, 0, 1), Ipv4Addr::new(192, 168, 0, 199), IPPROTO_UDP, &[], &[0; 95]);
+        assert_eq!(&built[..4], &header[..4]);
+        assert_eq!(checksum(&[&built[..20]]), 0);
+    }
+
+    #[test]
+    fn built_packets_verify_and_corruption_is_caught() {
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        let l4s = [
+            (IPPROTO_UDP, udp(a, b, 1000, 53, b"hello")),
+            (IPPROTO_TCP, tcp(a, b, 40000, 80, 0x02, b"odd")),
+            (IPPROTO_ICMP, icmp_echo_request(7, 1, b"ping")),
+        ];
+        for (proto, l4) in l4s {
+            for options in [&[][..], &[1, 1, 1, 0][..]] {
+                let frame = eth([2; 6], [4; 6], ETHERTYPE_IPV4, &ipv4(a, b, proto, options, &l4));
+                verify_ipv4_checksums(&frame).unwrap();
+                let mut bad = frame.clone();
+                *bad.last_mut().unwrap() ^= 0x40;
+                assert!(verify_ipv4_checksums(&bad).is_err(), "protocol {proto}");
+                let mut bad = frame;
+                bad[ETH_HLEN + 8] -= 1; // TTL
+                assert!(verify_ipv4_checksums(&bad).is_err(), "protocol {proto}");
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_addresses_and_checksums_are_built_as_the_rfcs_say() {
+        let mac = [0x00, 0x11, 0x22, 0x33, 0x44, 0x55];
+        // RFC 4291 appendix A: the universal/local bit flipped, ff:fe in the middle.
+        assert_eq!(link_local(mac), "fe80::211:22ff:fe33:4455".parse::<Ipv6Addr>().unwrap());
+        let addr: Ipv6Addr = "2001:db8::1:abcd:ef12".parse().unwrap();
+        assert_eq!(solicited_node(addr), "ff02::1:ffcd:ef12".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(multicast_mac(solicited_node(addr)), [0x33, 0x33, 0xff, 0xcd, 0xef, 0x12]);
+        let (a, b): (Ipv6Addr, Ipv6Addr) = ("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap());
+        let frames = [
+            eth([2; 6], mac, ETHERTYPE_IPV6, &ipv6(a, b, IPPROTO_UDP, 64, &udp6(a, b, 1000, 53, b"odd"))),
+            eth([2; 6], mac, ETHERTYPE_IPV6, &neighbor_solicitation(a, solicited_node(b), b, Some(mac))),
+        ];
+        for frame in frames {
+            verify_ipv6_checksums(&frame).unwrap();
+            let mut bad = frame.clone();
+            *bad.last_mut().unwrap() ^= 0x40;
+            assert!(verify_ipv6_checksums(&bad).is_err());
+            let mut bad = frame;
+            bad[ETH_HLEN + 39] ^= 1; // the destination address, in the pseudo-header
+            assert!(verify_ipv6_checksums(&bad).is_err());
+        }
+    }
 }
