@@ -9,8 +9,9 @@ use datapath_common::{Counter, DropReason, Endpoint6};
 use super::{
     packets::{
         checksum, eth, icmpv6, ipv6, link_local, multicast_mac, neighbor_advertisement, neighbor_solicitation,
-        options_header, solicited_node, verify_ipv6_checksums, ETHERTYPE_IPV6, IPPROTO_ICMPV6, IPV6_HOP_BY_HOP,
-        MLD2_REPORT, MLD_REPORT, NA_OVERRIDE, NA_ROUTER, NA_SOLICITED, ROUTER_ADVERTISEMENT, ROUTER_SOLICITATION,
+        options_header, solicited_node, verify_ipv6_checksums, ETHERTYPE_IPV6, IPPROTO_ICMPV6,
+        IPV6_DESTINATION_OPTIONS, IPV6_HOP_BY_HOP, MLD2_REPORT, MLD_REPORT, NA_OVERRIDE, NA_ROUTER, NA_SOLICITED,
+        ROUTER_ADVERTISEMENT, ROUTER_SOLICITATION,
     },
     Fixture, A_IP6, B_IP6, C_IP6, TC_ACT_SHOT, WEB_GATEWAY6,
 };
@@ -224,10 +225,18 @@ fn invalid_or_router_only_messages_are_dropped() {
     hop_limit_64[14 + 7] = 64;
     let mut code_1 = solicitation(&t.a, A_IP6, WEB_GATEWAY6, false, true);
     code_1[54 + 1] = 1;
+    // A solicitation behind a destination options header: valid IPv6, but the answer is built
+    // in place, which needs the message right after the IPv6 header.
+    let group = solicited_node(WEB_GATEWAY6);
+    let ns = neighbor_solicitation(A_IP6, group, WEB_GATEWAY6, Some(t.a.mac));
+    let mut behind = options_header(IPPROTO_ICMPV6, 1);
+    behind.extend(&ns[40..]);
+    let behind = ipv6(A_IP6, group, IPV6_DESTINATION_OPTIONS, 255, &behind);
     let cases = [
         ("router advertisement", eth(multicast_mac(all_nodes), t.a.mac, ETHERTYPE_IPV6, &ra)),
         ("hop limit 64", hop_limit_64),
         ("code 1", code_1),
+        ("behind an extension header", eth(multicast_mac(group), t.a.mac, ETHERTYPE_IPV6, &behind)),
     ];
     for (what, frame) in cases {
         eprintln!("case: {what}");
