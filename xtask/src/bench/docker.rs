@@ -268,15 +268,17 @@ fn measure_on(
     let client_netns = sandbox.attach_engine_netns("client", docker.pid("client")?)?;
     let c2c = Endpoints {
         client_netns: client_netns.clone(),
-        target: server_ip,
+        target: server_ip.into(),
         server_netns: server_netns.clone(),
-        server_bind: server_ip,
+        server_bind: server_ip.into(),
+        source: None,
     };
     let published = Endpoints {
         client_netns: sandbox.outside_netns().to_owned(),
-        target: UPLINK_HOST_IP,
+        target: UPLINK_HOST_IP.into(),
         server_netns,
-        server_bind: server_ip,
+        server_bind: server_ip.into(),
+        source: None,
     };
     for rep in 0..plan.traffic_repetitions {
         interrupt::check_interrupted()?;

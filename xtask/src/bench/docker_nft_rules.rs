@@ -131,13 +131,19 @@ mod tests {
 
     use super::*;
     use crate::bench::docker_rules::Proto;
+    use crate::bench::topology::Family;
 
     fn net() -> Network {
-        Network { bridge: "br-dummy".into(), subnet: "192.168.0.0/24".into() }
+        Network { bridge: "br-dummy".into(), subnet: "192.168.0.0/24".into(), family: Family::V4 }
     }
 
     fn web() -> PortMapping {
-        PortMapping { proto: Proto::Tcp, host_port: 8080, container: Ipv4Addr::new(192, 168, 0, 2), container_port: 80 }
+        PortMapping {
+            proto: Proto::Tcp,
+            host_port: 8080,
+            container: Ipv4Addr::new(192, 168, 0, 2).into(),
+            container_port: 80,
+        }
     }
 
     #[test]

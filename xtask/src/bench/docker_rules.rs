@@ -39,16 +39,41 @@
 //! ACCEPT in filter/DOCKER and the hairpin MASQUERADE in nat/POSTROUTING. Docker also sets
 //! `net.ipv4.ip_forward=1` and (via br_netfilter) `net.bridge.bridge-nf-call-iptables=1`, so
 //! traffic between two containers of the bridge walks filter/FORWARD too.
+//!
+//! IPv6 (`dockerd --ipv6 --ip6tables`, a network with an IPv6 subnet): Docker programs the same
+//! rules with `ip6tables`, from the same functions called with `iptables.IPv6` (moby
+//! libnetwork/drivers/bridge/setup_ip_tables_linux.go: `setupIP6Tables` calls the
+//! `setupIPTables` that IPv4 uses, with the bridge's IPv6 subnet; `setupIPChains` makes the
+//! same chains; `loopbackAddress` gives `::1/128` for the OUTPUT rule's `! -d`; read at
+//! commit 01d8303167e5, where 28.0 moved the FORWARD rules into DOCKER-FORWARD chains, and
+//! in 20.10-27's `setupIPTablesInternal(ipVer, ...)`, which IPv4's shapes above reproduce).
+//! So the ip6tables rules are IPv4's with the IPv6 subnet, `/128` hosts, `::1/128` and
+//! `--to-destination [ADDR]:PORT`, and `net.ipv6.conf.all.forwarding=1` and
+//! `bridge-nf-call-ip6tables=1` in place of IPv4's sysctls:
+//!
+//! ```text
+//! *nat
+//! -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+//! -A OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -j DOCKER
+//! -A POSTROUTING -s fd00:202::/64 ! -o docker0 -j MASQUERADE
+//! -A POSTROUTING -s fd00:202::3/128 -d fd00:202::3/128 -p tcp -m tcp --dport 80 -j MASQUERADE
+//! -A DOCKER -i docker0 -j RETURN
+//! -A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:202::3]:80
+//! *filter
+//! (IPv4's chains and rules, with -d fd00:202::3/128 in the per-port ACCEPT)
+//! ```
 
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
+
+use super::topology::Family;
 
 /// One published port: host port `host_port` -> `container`:`container_port`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortMapping {
     pub proto: Proto,
     pub host_port: u16,
-    pub container: Ipv4Addr,
+    pub container: IpAddr,
     pub container_port: u16,
 }
 
@@ -67,34 +92,36 @@ impl Proto {
     }
 }
 
-/// The bridge network the rules are for.
+/// The bridge network the rules are for, in one family (Docker writes each family's rules
+/// with its own tool: `iptables` or `ip6tables`).
 #[derive(Clone, Debug)]
 pub struct Network {
     pub bridge: String,
-    /// The subnet as `a.b.c.d/len`.
+    /// The subnet as `a.b.c.d/len` or `x:y::/len`.
     pub subnet: String,
+    pub family: Family,
 }
 
 impl PortMapping {
     /// nat/DOCKER: the DNAT for traffic that did not come from the bridge.
     pub fn dnat_rule(&self, net: &Network) -> String {
         format!(
-            "DOCKER ! -i {br} -p {p} -m {p} --dport {hp} -j DNAT --to-destination {ip}:{cp}",
+            "DOCKER ! -i {br} -p {p} -m {p} --dport {hp} -j DNAT --to-destination {to}",
             br = net.bridge,
             p = self.proto.as_str(),
             hp = self.host_port,
-            ip = self.container,
-            cp = self.container_port,
+            to = SocketAddr::new(self.container, self.container_port),
         )
     }
 
     /// filter/DOCKER: let the DNATed traffic into the bridge.
     pub fn accept_rule(&self, net: &Network) -> String {
         format!(
-            "DOCKER -d {ip}/32 ! -i {br} -o {br} -p {p} -m {p} --dport {cp} -j ACCEPT",
+            "DOCKER -d {ip}/{host} ! -i {br} -o {br} -p {p} -m {p} --dport {cp} -j ACCEPT",
             br = net.bridge,
             p = self.proto.as_str(),
             ip = self.container,
+            host = self.host_prefix(),
             cp = self.container_port,
         )
     }
@@ -102,11 +129,17 @@ impl PortMapping {
     /// nat/POSTROUTING: hairpin, a container reaching itself through its published port.
     pub fn hairpin_rule(&self) -> String {
         format!(
-            "POSTROUTING -s {ip}/32 -d {ip}/32 -p {p} -m {p} --dport {cp} -j MASQUERADE",
+            "POSTROUTING -s {ip}/{host} -d {ip}/{host} -p {p} -m {p} --dport {cp} -j MASQUERADE",
             p = self.proto.as_str(),
             ip = self.container,
+            host = self.host_prefix(),
             cp = self.container_port,
         )
+    }
+
+    /// The container as a one-address prefix: /32 or /128.
+    fn host_prefix(&self) -> u8 {
+        Family::of(self.container).host_prefix()
     }
 
     /// What Docker runs to publish this port, one `iptables` invocation per rule:
@@ -116,7 +149,8 @@ impl PortMapping {
     }
 }
 
-/// The full `iptables-restore` input: the network's rules, then every mapping in order
+/// The full `iptables-restore` (or `ip6tables-restore`, for an IPv6 network) input: the
+/// network's rules, then every mapping in order
 /// (Docker appends, so a later `docker run -p` lands at the end of each chain).
 /// The tables are replaced as a whole: reloading with another mapping list starts afresh.
 pub fn restore_input(net: &Network, mappings: &[PortMapping]) -> String {
@@ -130,7 +164,7 @@ pub fn restore_input(net: &Network, mappings: &[PortMapping]) -> String {
     }
     let _ = writeln!(nat, ":DOCKER - [0:0]");
     let _ = writeln!(nat, "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER");
-    let _ = writeln!(nat, "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER");
+    let _ = writeln!(nat, "-A OUTPUT ! -d {} -m addrtype --dst-type LOCAL -j DOCKER", net.family.loopback());
     let _ = writeln!(nat, "-A POSTROUTING -s {} ! -o {br} -j MASQUERADE", net.subnet);
     for mapping in mappings {
         let _ = writeln!(nat, "-A {}", mapping.hairpin_rule());
@@ -178,12 +212,40 @@ pub fn restore_input(net: &Network, mappings: &[PortMapping]) -> String {
 mod tests {
     use super::*;
 
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     fn net() -> Network {
-        Network { bridge: "docker0".into(), subnet: "172.17.0.0/16".into() }
+        Network { bridge: "docker0".into(), subnet: "172.17.0.0/16".into(), family: Family::V4 }
     }
 
     fn web() -> PortMapping {
-        PortMapping { proto: Proto::Tcp, host_port: 8080, container: Ipv4Addr::new(172, 17, 0, 2), container_port: 80 }
+        PortMapping {
+            proto: Proto::Tcp,
+            host_port: 8080,
+            container: Ipv4Addr::new(172, 17, 0, 2).into(),
+            container_port: 80,
+        }
+    }
+
+    #[test]
+    fn ipv6_rules_are_ipv4s_with_ipv6_addresses() {
+        let net = Network { bridge: "docker0".into(), subnet: "fd00:202::/64".into(), family: Family::V6 };
+        let container: Ipv6Addr = "fd00:202::3".parse().unwrap();
+        let web = PortMapping { container: container.into(), ..web() };
+        let text = restore_input(&net, &[web]);
+        for line in [
+            "-A OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -j DOCKER",
+            "-A POSTROUTING -s fd00:202::/64 ! -o docker0 -j MASQUERADE",
+            "-A POSTROUTING -s fd00:202::3/128 -d fd00:202::3/128 -p tcp -m tcp --dport 80 -j MASQUERADE",
+            "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:202::3]:80",
+            "-A DOCKER -d fd00:202::3/128 ! -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT",
+            "-A FORWARD -i docker0 -o docker0 -j ACCEPT",
+            "-A DOCKER-ISOLATION-STAGE-2 -o docker0 -j DROP",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        // The same rules as IPv4's, line for line.
+        assert_eq!(text.lines().count(), restore_input(&self::net(), &[self::web()]).lines().count());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::io::{self, Read, Write};
 use std::mem;
-use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,10 @@ use super::stats::percentile;
 /// A "64-byte packet" is a 64-byte Ethernet frame counted with its FCS:
 /// 14 (Ethernet) + 20 (IPv4) + 8 (UDP) + 18 (payload) + 4 (FCS) = 64.
 pub const UDP_PAYLOAD_64B_FRAME: usize = 18;
+/// IPv6's header is 20 bytes longer than IPv4's: 14 + 40 + 8 + 0 + 4 = 66 is the smallest
+/// frame of a UDP datagram over IPv6, so its "64-byte" rows send empty datagrams (66-byte
+/// frames: the same work per packet as IPv4's, whose 64 are padded, with 2 bytes more).
+pub const UDP_PAYLOAD_64B_FRAME_V6: usize = 0;
 /// Datagrams per sendmmsg/recvmmsg call.
 const BATCH: usize = 64;
 /// RR transactions dropped at the start (connection warm-up, first wake-ups).
@@ -33,7 +37,7 @@ pub enum LoadgenCommand {
     /// Send UDP datagrams to --to as fast as possible (sendmmsg) for --secs seconds.
     UdpFlood {
         #[arg(long)]
-        to: SocketAddrV4,
+        to: SocketAddr,
         #[arg(long)]
         secs: f64,
         /// UDP payload bytes; 18 makes 64-byte Ethernet frames (with FCS).
@@ -44,7 +48,7 @@ pub enum LoadgenCommand {
     /// the last one. Ends --idle-ms after the last datagram, or at --max-secs.
     UdpSink {
         #[arg(long)]
-        bind: SocketAddrV4,
+        bind: SocketAddr,
         #[arg(long)]
         max_secs: f64,
         #[arg(long, default_value_t = 300)]
@@ -55,7 +59,7 @@ pub enum LoadgenCommand {
     /// or at --max-secs.
     TcpServer {
         #[arg(long)]
-        bind: SocketAddrV4,
+        bind: SocketAddr,
         #[arg(long)]
         max_secs: f64,
         #[arg(long, default_value_t = 300)]
@@ -64,7 +68,7 @@ pub enum LoadgenCommand {
     /// 1-byte request/response over one TCP connection (TCP_NODELAY) for --secs seconds.
     TcpRr {
         #[arg(long)]
-        to: SocketAddrV4,
+        to: SocketAddr,
         #[arg(long)]
         secs: f64,
     },
@@ -72,7 +76,7 @@ pub enum LoadgenCommand {
     /// The client closes with RST (SO_LINGER 0) so that no TIME_WAIT piles up.
     TcpCrr {
         #[arg(long)]
-        to: SocketAddrV4,
+        to: SocketAddr,
         #[arg(long)]
         secs: f64,
     },
@@ -98,6 +102,10 @@ pub struct UdpFloodReport {
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 pub struct UdpSinkReport {
     pub received: u64,
+    /// Where the first datagram came from, as the sink saw it (after any translation): the
+    /// bench checks that a masquerade row was masqueraded.
+    #[serde(default)]
+    pub first_from: Option<String>,
     /// From the first datagram received to the last.
     pub secs: f64,
     /// Datagrams received per second (those after the first batch, over `secs`).
@@ -207,13 +215,17 @@ fn set_linger_zero(stream: &TcpStream) -> Result<()> {
     Ok(())
 }
 
-fn announce_listening(addr: SocketAddrV4) -> Result<()> {
+fn announce_listening(addr: SocketAddr) -> Result<()> {
     print(&Listening { listening: addr.to_string() })
 }
 
-fn udp_flood(to: SocketAddrV4, secs: f64, payload_len: usize) -> Result<UdpFloodReport> {
+fn udp_flood(to: SocketAddr, secs: f64, payload_len: usize) -> Result<UdpFloodReport> {
     let duration = seconds(secs, "--secs")?;
-    let socket = UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket")?;
+    let any = match to {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    };
+    let socket = UdpSocket::bind(any).context("binding a UDP socket")?;
     socket.connect(to).with_context(|| format!("connecting the UDP socket to {to}"))?;
     let payload = vec![0x5au8; payload_len];
     // Every message of the batch points at the same payload.
@@ -287,7 +299,7 @@ impl CpuTime {
     }
 }
 
-fn udp_sink(bind: SocketAddrV4, max_secs: f64, idle_ms: u64) -> Result<UdpSinkReport> {
+fn udp_sink(bind: SocketAddr, max_secs: f64, idle_ms: u64) -> Result<UdpSinkReport> {
     let limit = seconds(max_secs, "--max-secs")?;
     let idle = Duration::from_millis(idle_ms);
     let socket = UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
@@ -310,6 +322,22 @@ fn udp_sink(bind: SocketAddrV4, max_secs: f64, idle_ms: u64) -> Result<UdpSinkRe
     let mut received = 0u64;
     let mut first: Option<(Instant, u64)> = None;
     let mut last = Instant::now();
+    // The first datagram alone, for its sender's address; then batches, whose senders are
+    // not looked at.
+    socket.set_nonblocking(true).context("making the UDP socket non-blocking")?;
+    let (mut first_from, mut one) = (None, [0u8; 2048]);
+    while first_from.is_none() && Instant::now() < deadline {
+        match socket.recv_from(&mut one) {
+            Ok((_, from)) => {
+                let now = Instant::now();
+                (received, first, last, first_from) = (1, Some((now, 1)), now, Some(from.to_string()));
+            }
+            Err(err) if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                std::hint::spin_loop();
+            }
+            Err(err) => return Err(err).context("recvfrom"),
+        }
+    }
     while Instant::now() < deadline {
         // MSG_DONTWAIT: never sleep. A veth runs the whole receive path on the sender's CPU,
         // up to waking this process; a sink that never waits spares it that wake-up (a
@@ -341,10 +369,10 @@ fn udp_sink(bind: SocketAddrV4, max_secs: f64, idle_ms: u64) -> Result<UdpSinkRe
         }
         _ => (0.0, 0.0),
     };
-    Ok(UdpSinkReport { received, secs, pps })
+    Ok(UdpSinkReport { received, first_from, secs, pps })
 }
 
-fn tcp_server(bind: SocketAddrV4, max_secs: f64, idle_ms: u64) -> Result<TcpServerReport> {
+fn tcp_server(bind: SocketAddr, max_secs: f64, idle_ms: u64) -> Result<TcpServerReport> {
     let limit = seconds(max_secs, "--max-secs")?;
     let idle = Duration::from_millis(idle_ms);
     let listener = TcpListener::bind(bind).with_context(|| format!("listening on TCP {bind}"))?;
@@ -407,8 +435,8 @@ fn echo(mut stream: TcpStream, deadline: Instant) -> u64 {
     bytes
 }
 
-fn connect(to: SocketAddrV4) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(2))?;
+fn connect(to: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
@@ -422,7 +450,7 @@ fn transact(stream: &mut TcpStream) -> io::Result<()> {
     stream.read_exact(&mut reply)
 }
 
-fn tcp_rr(to: SocketAddrV4, secs: f64) -> Result<TransactionReport> {
+fn tcp_rr(to: SocketAddr, secs: f64) -> Result<TransactionReport> {
     let duration = seconds(secs, "--secs")?;
     let mut stream = connect(to).with_context(|| format!("connecting to {to}"))?;
     for _ in 0..RR_WARMUP {
@@ -440,7 +468,7 @@ fn tcp_rr(to: SocketAddrV4, secs: f64) -> Result<TransactionReport> {
     transaction_report(latencies_ns, 0, secs)
 }
 
-fn tcp_crr(to: SocketAddrV4, secs: f64) -> Result<TransactionReport> {
+fn tcp_crr(to: SocketAddr, secs: f64) -> Result<TransactionReport> {
     let duration = seconds(secs, "--secs")?;
     let mut latencies_ns: Vec<u32> = Vec::with_capacity(1 << 18);
     let mut errors = 0u64;
@@ -493,14 +521,17 @@ fn transaction_report(mut latencies_ns: Vec<u32>, errors: u64, secs: f64) -> Res
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
     use std::thread;
+
+    use std::net::IpAddr;
 
     use super::*;
 
     #[test]
     fn a_64_byte_frame_carries_18_bytes_of_udp_payload() {
         assert_eq!(14 + 20 + 8 + UDP_PAYLOAD_64B_FRAME + 4, 64);
+        // IPv6's smallest: an empty datagram.
+        assert_eq!(14 + 40 + 8 + UDP_PAYLOAD_64B_FRAME_V6 + 4, 66);
     }
 
     #[test]
@@ -558,7 +589,7 @@ mod tests {
             let probe = TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap().port()
         };
-        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let server = thread::spawn(move || tcp_server(addr, 10.0, 300).unwrap());
         // The server binds right away; retry the first connect for a moment.
         let mut rr = None;
@@ -581,22 +612,29 @@ mod tests {
 
     #[test]
     fn flood_into_sink() {
-        in_private_netns(flood_and_sink);
+        in_private_netns(|| flood_and_sink(IpAddr::V4(Ipv4Addr::LOCALHOST), UDP_PAYLOAD_64B_FRAME));
     }
 
-    fn flood_and_sink() {
+    #[test]
+    fn flood_into_sink_over_ipv6() {
+        in_private_netns(|| flood_and_sink(IpAddr::V6(Ipv6Addr::LOCALHOST), UDP_PAYLOAD_64B_FRAME_V6));
+    }
+
+    fn flood_and_sink(ip: IpAddr, payload: usize) {
         let port = {
-            let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let probe = UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap();
             probe.local_addr().unwrap().port()
         };
-        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let addr = SocketAddr::new(ip, port);
         let sink = thread::spawn(move || udp_sink(addr, 10.0, 200).unwrap());
         thread::sleep(Duration::from_millis(100));
-        let flood = udp_flood(addr, 0.2, UDP_PAYLOAD_64B_FRAME).unwrap();
+        let flood = udp_flood(addr, 0.2, payload).unwrap();
         let sunk = sink.join().unwrap();
         assert!(flood.sent > 0);
         assert!(sunk.received > 0 && sunk.received <= flood.sent, "{sunk:?} {flood:?}");
         assert!(sunk.pps > 0.0);
+        let from: SocketAddr = sunk.first_from.as_deref().expect("the first sender").parse().unwrap();
+        assert_eq!(from.ip(), ip);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `cargo xtask bench [--quick] [--out DIR]`: bpfnet against Docker's bridge+iptables path
 //! and against the bare veth floor, on identical sandbox topologies, in one run.
 //!
-//! - [`topology`]: the three datapaths' namespaces and which scenario each supports;
+//! - [`topology`]: the datapaths' namespaces and which scenario (and address family) each
+//!   supports;
 //! - [`docker_rules`]: the iptables rule shapes Docker installs, with their source;
 //! - [`docker_nft_rules`]: the rules of Docker 29's own nftables backend, with their source;
 //! - [`nft_rules`]: the same topology's rules as one nftables table with maps (the strongest
@@ -27,6 +28,11 @@
 //! wider than +-5 % of its median, until that N's share of the time budget ends (half of it
 //! for the first N, where the targets are). Figures are medians with a 95 % bootstrap interval, and
 //! bpfnet's are also ratios (with intervals) to every reference datapath of the same run.
+//!
+//! IPv6 (issue #15): the same loop runs each scenario over each address family of the plan;
+//! over IPv6 only the 64-byte UDP rate of c2c and SNAT, on the floor, the bridge (Docker's
+//! ip6tables rules) and bpfnet ([`topology::Topologies::endpoints`]). Same repetitions,
+//! order, intervals and ratios; a figure is compared only with its own family's.
 
 mod api_request;
 mod charts;
@@ -54,7 +60,7 @@ use bpfnet_tests::sandbox::{Output, Sandbox};
 use serde_json::json;
 
 use self::report::{Collected, Key};
-use self::topology::{Datapath, Scenario, Support, Topologies, MEASURED_PORTS};
+use self::topology::{Datapath, Family, Scenario, Support, Topologies, MEASURED_PORTS};
 use self::workload::{Durations, Metric, Pinning, Runner, Workload};
 use crate::cargo_cmd::{self, Profile};
 use crate::interrupt;
@@ -65,6 +71,11 @@ pub struct BenchArgs {
     /// About a minute: one repetition, short runs, N=1 only (what `cargo xtask demo` uses).
     #[arg(long)]
     quick: bool,
+    /// Only the IPv6 rows (c2c and SNAT 64-byte UDP rate on the floor, bridge+ip6tables and
+    /// bpfnet), at N=1, with the full run's repetitions: a few minutes. No per-program cost
+    /// and no control plane.
+    #[arg(long, conflicts_with_all = ["cni", "scale", "control_plane", "docker", "perf"])]
+    ipv6_only: bool,
     /// Where results.json, table.txt, headline.svg and ratios.svg go [default: bench-results/<UTC time>/
     /// in the workspace].
     #[arg(long, value_name = "DIR")]
@@ -99,7 +110,7 @@ pub struct BenchArgs {
     control_plane: bool,
     /// Time for the traffic measurements, in minutes: repetitions beyond the minimum stop
     /// when it ends [default: 28 for the full run (about 40 minutes in all on 2 vCPUs),
-    /// 1.5 with --quick].
+    /// 1.5 with --quick, 3 with --ipv6-only].
     #[arg(long, value_name = "M", value_parser = positive_minutes)]
     budget_minutes: Option<f64>,
 }
@@ -116,6 +127,7 @@ impl BenchArgs {
     pub fn quick(bpfnet: Option<PathBuf>) -> BenchArgs {
         BenchArgs {
             quick: true,
+            ipv6_only: false,
             out: None,
             bpfnet,
             perf: false,
@@ -154,6 +166,9 @@ struct Plan {
     other_ports: Vec<u32>,
     /// The control plane at host scale (full run only).
     control_plane: bool,
+    /// The address families of the traffic rows (IPv6's rows are fewer, see
+    /// [`Topologies::endpoints`]).
+    families: Vec<Family>,
 }
 
 impl Plan {
@@ -167,7 +182,25 @@ impl Plan {
         0.5 + 0.5 * i as f64 / rest as f64
     }
 
-    fn new(quick: bool, perf: bool, budget_minutes: Option<f64>) -> Plan {
+    fn new(quick: bool, perf: bool, ipv6_only: bool, budget_minutes: Option<f64>) -> Plan {
+        let budget = |default: f64| Duration::from_secs_f64(budget_minutes.unwrap_or(default) * 60.0);
+        let plan = Plan::both_families(quick, perf, budget_minutes);
+        if !ipv6_only {
+            return plan;
+        }
+        // The IPv6 rows alone, at the first N, where the ratios are read; as many repetitions
+        // as the full run (or as --quick) gives them.
+        Plan {
+            budget: if quick { plan.budget } else { budget(3.0) },
+            other_ports: vec![plan.other_ports[0]],
+            control_plane: false,
+            families: vec![Family::V6],
+            ..plan
+        }
+    }
+
+    /// The plan of a run with both families' rows.
+    fn both_families(quick: bool, perf: bool, budget_minutes: Option<f64>) -> Plan {
         let budget = |default: f64| Duration::from_secs_f64(budget_minutes.unwrap_or(default) * 60.0);
         if quick {
             Plan {
@@ -180,6 +213,7 @@ impl Plan {
                 durations: Durations { stream_secs: 2, short_secs: 1.5 },
                 other_ports: vec![1],
                 control_plane: false,
+                families: Family::ALL.to_vec(),
             }
         } else {
             Plan {
@@ -192,6 +226,7 @@ impl Plan {
                 durations: Durations { stream_secs: 4, short_secs: 2.5 },
                 other_ports: vec![1, 100, 1_000, 10_000],
                 control_plane: true,
+                families: Family::ALL.to_vec(),
             }
         }
     }
@@ -276,7 +311,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None => cargo_cmd::workspace_root().join("bench-results").join(report::utc_stamp(started)),
     };
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let plan = Plan::new(args.quick, args.perf, args.budget_minutes);
+    let plan = Plan::new(args.quick, args.perf, args.ipv6_only, args.budget_minutes);
     let pinning = Pinning::for_this_machine();
 
     interrupt::catch_interrupts()?;
@@ -287,7 +322,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     fs::copy(&loadgen_bin, &loadgen)
         .with_context(|| format!("copying {} to {}", loadgen_bin.display(), loadgen.display()))?;
 
-    let mut topologies = Topologies::new(&sandbox, devkit_bin.clone());
+    let mut topologies = Topologies::new(&sandbox, devkit_bin.clone(), plan.families.contains(&Family::V6));
     let outcome = measure(&mut sandbox, &mut topologies, &plan, pinning, &loadgen, &out);
     section("teardown");
     let removed = topologies.remove();
@@ -304,11 +339,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 .context("bench failed (the sandbox was cleaned up)"));
         }
     };
-    section("per-program cost (BPF_PROG_TEST_RUN, bpfnet-devkit program-cost)");
-    // At the smallest and the largest N: a path's cost must not depend on N.
-    let mut cost_ns: Vec<u32> = vec![plan.other_ports[0], *plan.other_ports.iter().max().expect("at least one N")];
-    cost_ns.dedup();
-    let program_cost = program_cost::measure(&devkit_bin, &cost_ns, plan.repetitions);
+    // The programs' IPv4 paths: not part of the IPv6 rows alone.
+    let program_cost = plan.families.contains(&Family::V4).then(|| {
+        section("per-program cost (BPF_PROG_TEST_RUN, bpfnet-devkit program-cost)");
+        // At the smallest and the largest N: a path's cost must not depend on N.
+        let mut cost_ns: Vec<u32> = vec![plan.other_ports[0], *plan.other_ports.iter().max().expect("at least one N")];
+        cost_ns.dedup();
+        program_cost::measure(&devkit_bin, &cost_ns, plan.repetitions)
+    });
     let control = plan.control_plane.then(|| control_plane(&bpfnet_bin, &out));
     let measured = Measured { collected, program_cost, profiles, control };
     write_results(&out, &plan, pinning, started, &measured)
@@ -317,7 +355,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// What a run measured, for the report.
 struct Measured {
     collected: Collected,
-    program_cost: Result<Vec<program_cost::ProgramCost>>,
+    /// None when the run has no IPv4 rows (`--ipv6-only`).
+    program_cost: Option<Result<Vec<program_cost::ProgramCost>>>,
     profiles: Vec<serde_json::Value>,
     control: Option<ControlPlane>,
 }
@@ -371,7 +410,11 @@ fn measure(
     loadgen: &Path,
     out: &Path,
 ) -> Result<(Collected, Vec<serde_json::Value>)> {
-    section("topologies: floor, topology floor, bridge+iptables (Docker's rules), Docker's nftables rules, nftables (maps), bpfnet (tc and XDP uplink)");
+    section(if plan.families.contains(&Family::V6) {
+        "topologies: floor, topology floor, bridge+iptables (Docker's rules), Docker's nftables rules, nftables (maps), bpfnet (tc and XDP uplink); floor, bridge+ip6tables and bpfnet dual stack"
+    } else {
+        "topologies: floor, topology floor, bridge+iptables (Docker's rules), Docker's nftables rules, nftables (maps), bpfnet (tc and XDP uplink)"
+    });
     topologies.create(sandbox)?;
     let runner = Runner { loadgen, pinning, durations: plan.durations };
     match (pinning.client_cpu, pinning.server_cpu) {
@@ -402,24 +445,28 @@ fn measure(
                 break;
             }
             let mut planned = Vec::new();
-            for scenario in Scenario::ALL {
-                for workload in Workload::ALL {
-                    let headline = is_headline_workload(workload);
-                    let runs = if fixed {
-                        headline || every_workload
-                    } else if fixed_headline {
-                        headline
-                    } else {
-                        headline
-                            && (rep < plan.min_headline_repetitions || !all_tight(&collected, scenario, workload, n))
-                    };
-                    if runs {
-                        planned.push((scenario, workload));
+            for &family in &plan.families {
+                for scenario in Scenario::ALL {
+                    for workload in Workload::ALL {
+                        let headline = is_headline_workload(workload);
+                        let runs = if fixed {
+                            headline || every_workload
+                        } else if fixed_headline {
+                            headline
+                        } else {
+                            headline
+                                && (rep < plan.min_headline_repetitions
+                                    || !all_tight(&collected, scenario, family, workload, n))
+                        };
+                        if runs {
+                            planned.push((scenario, family, workload));
+                        }
                     }
                 }
             }
-            // The targets' figures first, so that a budget ending mid-repetition cuts the others.
-            planned.sort_by_key(|(scenario, workload)| !is_target_figure(*scenario, *workload));
+            // The targets' figures first, so that a budget ending mid-repetition cuts the others
+            // (a stable sort: IPv4's before IPv6's otherwise).
+            planned.sort_by_key(|(scenario, family, workload)| !is_target_figure(*scenario, *family, *workload));
             if planned.is_empty() {
                 progress(&format!(
                     "N={n}: every headline interval is within +-{}% after {rep} repetitions",
@@ -428,28 +475,36 @@ fn measure(
                 break;
             }
             let order = datapath_order(rep);
-            for (scenario, workload) in planned {
+            for (scenario, family, workload) in planned {
                 if !fixed_headline && Instant::now() >= deadline {
                     progress(&format!("N={n}: the time budget ends repetition {}", rep + 1));
                     break;
                 }
                 for &datapath in &order {
-                    let ends = match topologies.endpoints(datapath, scenario, n == first_n) {
-                        Support::Yes(ends) => ends,
-                        Support::NotApplicable => continue,
-                    };
-                    if !Topologies::runs(workload, scenario, datapath) {
+                    if !Topologies::runs(workload, scenario, datapath, family) {
                         continue;
                     }
+                    let ends = match topologies.endpoints(datapath, scenario, family, n == first_n) {
+                        Support::Yes(ends) => ends,
+                        Support::NotApplicable => continue,
+                        Support::Unavailable(why) => {
+                            // A failed figure, once per repetition, as a failed run would be.
+                            for metric in metrics(workload) {
+                                collected.fail(key(scenario.name(), family, n, metric, datapath), why.clone());
+                            }
+                            continue;
+                        }
+                    };
                     interrupt::check_interrupted()?;
                     topologies.prepare(sandbox, datapath)?;
                     done += 1;
                     let what = format!(
-                        "[{done:>4}, {:>4.1}/{:.1} min] N={n} rep {} {} {} {}",
+                        "[{done:>4}, {:>4.1}/{:.1} min] N={n} rep {} {}{} {} {}",
                         started.elapsed().as_secs_f64() / 60.0,
                         plan.budget.as_secs_f64() / 60.0,
                         rep + 1,
                         scenario.name(),
+                        if family == Family::V6 { " ipv6" } else { "" },
                         workload.name(),
                         datapath.name()
                     );
@@ -459,20 +514,21 @@ fn measure(
                                 figures.iter().map(|(m, v)| format!("{} {}", m.label(), report::figure(*v))).collect();
                             progress(&format!("{what}: {}", shown.join(", ")));
                             for (metric, value) in figures {
-                                collected.sample(key(scenario.name(), n, metric, datapath), value);
+                                collected.sample(key(scenario.name(), family, n, metric, datapath), value);
                             }
                         }
                         Err(err) => {
                             interrupt::check_interrupted()?;
                             progress(&format!("{what}: FAILED: {err:#}"));
                             for metric in metrics(workload) {
-                                collected.fail(key(scenario.name(), n, metric, datapath), format!("{err:#}"));
+                                collected.fail(key(scenario.name(), family, n, metric, datapath), format!("{err:#}"));
                             }
                         }
                     }
                 }
             }
-            if !fixed {
+            // The control plane's figure is IPv4's (publishing is one call for both families).
+            if !fixed || !plan.families.contains(&Family::V4) {
                 continue;
             }
             for &datapath in &order {
@@ -488,13 +544,14 @@ fn measure(
                             shown.join(", ")
                         ));
                         for (metric, value) in figures {
-                            collected.sample(key("control-plane", n, metric, datapath), value);
+                            collected.sample(key("control-plane", Family::V4, n, metric, datapath), value);
                         }
                     }
-                    Ok(Support::NotApplicable) => {}
+                    Ok(Support::NotApplicable | Support::Unavailable(_)) => {}
                     Err(err) => {
                         interrupt::check_interrupted()?;
-                        collected.fail(key("control-plane", n, Metric::PublishMs, datapath), format!("{err:#}"));
+                        collected
+                            .fail(key("control-plane", Family::V4, n, Metric::PublishMs, datapath), format!("{err:#}"));
                     }
                 }
             }
@@ -527,7 +584,8 @@ fn profile_udp(
     };
     let mut profiles = Vec::new();
     for datapath in Datapath::ALL {
-        let Support::Yes(ends) = topologies.endpoints(datapath, Scenario::ContainerToContainer, true) else {
+        let Support::Yes(ends) = topologies.endpoints(datapath, Scenario::ContainerToContainer, Family::V4, true)
+        else {
             continue;
         };
         interrupt::check_interrupted()?;
@@ -585,23 +643,25 @@ fn metrics(workload: Workload) -> Vec<Metric> {
     }
 }
 
-fn key(scenario: &'static str, other_ports: u32, metric: Metric, datapath: Datapath) -> Key {
-    Key { scenario, other_ports, metric, datapath }
+fn key(scenario: &'static str, family: Family, other_ports: u32, metric: Metric, datapath: Datapath) -> Key {
+    Key { scenario, family, other_ports, metric, datapath }
 }
 
-/// Whether a figure of `workload` in `scenario` is one of issue #18's targets.
-fn is_target_figure(scenario: Scenario, workload: Workload) -> bool {
-    report::TARGETS.iter().any(|t| t.scenario == scenario.name() && metrics(workload).contains(&t.metric))
+/// Whether a figure of `workload` in `scenario` over `family` is one of issue #18's targets
+/// (all of them IPv4's).
+fn is_target_figure(scenario: Scenario, family: Family, workload: Workload) -> bool {
+    family == Family::V4
+        && report::TARGETS.iter().any(|t| t.scenario == scenario.name() && metrics(workload).contains(&t.metric))
 }
 
-/// Whether every headline figure of `workload` in `scenario` at `n` has a tight interval
-/// (on every datapath that has samples).
-fn all_tight(collected: &Collected, scenario: Scenario, workload: Workload, n: u32) -> bool {
+/// Whether every headline figure of `workload` in `scenario` over `family` at `n` has a
+/// tight interval (on every datapath that has samples).
+fn all_tight(collected: &Collected, scenario: Scenario, family: Family, workload: Workload, n: u32) -> bool {
     metrics(workload).into_iter().filter(|m| report::is_headline(*m)).all(|metric| {
         Datapath::ALL.into_iter().all(|datapath| {
             collected
                 .samples
-                .get(&key(scenario.name(), n, metric, datapath))
+                .get(&key(scenario.name(), family, n, metric, datapath))
                 .is_none_or(|samples| report::is_tight(samples))
         })
     })
@@ -613,11 +673,17 @@ fn write_results(out: &Path, plan: &Plan, pinning: Pinning, started: u64, measur
     let first_n = plan.other_ports[0];
     let last_n = *plan.other_ports.last().expect("at least one N");
     let rows = report::rows(collected, first_n);
-    let verdicts = report::verdicts(&rows, first_n, last_n);
-    let targets = report::verdict_table(&verdicts);
+    // Issue #18's targets are IPv4's: a run of the IPv6 rows alone has none to judge.
+    let verdicts =
+        if plan.families.contains(&Family::V4) { report::verdicts(&rows, first_n, last_n) } else { Vec::new() };
+    let targets = if verdicts.is_empty() { String::new() } else { report::verdict_table(&verdicts) };
     let table = report::table(&rows);
     let (cost_table, cost_json) = match program_cost {
-        Ok(runs) => {
+        None => (
+            "per-program cost (BPF_PROG_TEST_RUN, ns/packet): not measured (IPv6 rows only)\n".to_string(),
+            json!({ "status": "not measured", "error": null, "combined": [], "reports": [] }),
+        ),
+        Some(Ok(runs)) => {
             let combined = program_cost::combine(runs);
             (
                 program_cost::table(&combined),
@@ -630,16 +696,18 @@ fn write_results(out: &Path, plan: &Plan, pinning: Pinning, started: u64, measur
                 }),
             )
         }
-        Err(err) => (
+        Some(Err(err)) => (
             format!("per-program cost (BPF_PROG_TEST_RUN, ns/packet): FAILED: {err:#}\n"),
             json!({ "status": "failed", "error": format!("{err:#}"), "combined": [], "reports": [] }),
         ),
     };
     let control_table = control.map_or_else(String::new, |c| format!("\n{}", c.table));
     let table = format!("{table}\n{cost_table}{control_table}\n{targets}");
+    let ipv6_only = !plan.families.contains(&Family::V4);
     let command_line = format!(
-        "cargo xtask bench{}{} --budget-minutes {}",
+        "cargo xtask bench{}{}{} --budget-minutes {}",
         if plan.quick { " --quick" } else { "" },
+        if ipv6_only { " --ipv6-only" } else { "" },
         if plan.perf { " --perf" } else { "" },
         plan.budget.as_secs_f64() / 60.0
     );
@@ -654,7 +722,8 @@ fn write_results(out: &Path, plan: &Plan, pinning: Pinning, started: u64, measur
          packet and connection rates (more until their 95 % interval is within +-{}% or the budget ends); \
          iperf3 {} s, udp/rr/crr {} s each; {pinned}.\n\
          N = published ports of another container ahead of the 3 measured ones in every Docker chain.\n\
-         UDP: 64-byte frames (18-byte payload), datagrams received per second.\n\
+         UDP: 64-byte frames (18-byte payload), datagrams received per second; over IPv6 (\"ipv6\" rows) the \
+         smallest frames, 66 bytes (an empty datagram).\n\
          n = repetitions; 95 % interval: percentile bootstrap of the median over the repetitions (fixed seed).\n\
          x<reference>: bpfnet's median / the reference's (same scenario and N; the floor's c2c at the first N), \
          interval from resampling both sides independently.\n\
@@ -688,6 +757,9 @@ fn write_results(out: &Path, plan: &Plan, pinning: Pinning, started: u64, measur
             "pinning": pinning,
             "udp_payload_bytes": loadgen::UDP_PAYLOAD_64B_FRAME,
             "udp_frame_bytes_with_fcs": 64,
+            "families": plan.families.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            "udp_payload_bytes_ipv6": loadgen::UDP_PAYLOAD_64B_FRAME_V6,
+            "udp_frame_bytes_with_fcs_ipv6": 66,
             "order": format!(
                 "per N, repetition, scenario and workload the datapaths run back to back: {}; reversed in odd repetitions",
                 Datapath::ALL.map(Datapath::name).join(", ")
@@ -699,28 +771,37 @@ fn write_results(out: &Path, plan: &Plan, pinning: Pinning, started: u64, measur
         "program_cost": cost_json,
         "perf_profiles": profiles,
     });
-    let files = [
+    // The charts are IPv4's (the IPv6 rows are in the table and results.json).
+    let v4_rows: Vec<report::Row> = rows.iter().filter(|r| r.family == Family::V4).cloned().collect();
+    let mut files = vec![
         ("results.json", serde_json::to_string_pretty(&results)? + "\n"),
         ("table.txt", format!("{header}\n{table}")),
-        ("headline.svg", charts::headline_svg(&rows, &format!("{command_line}: rates against N"), first_n)),
-        ("ratios.svg", charts::ratios_svg(&rows, &format!("{command_line}: bpfnet over each reference"), first_n)),
         ("docker-rules-n1.iptables", Topologies::docker_rules_text(1)),
         ("docker-rules-n1.nft", Topologies::docker_nft_rules_text(1)),
         ("nftables-n1.nft", Topologies::nft_rules_text(1)),
     ];
-    for (name, text) in files {
+    if !v4_rows.is_empty() {
+        files.push((
+            "headline.svg",
+            charts::headline_svg(&v4_rows, &format!("{command_line}: rates against N"), first_n),
+        ));
+        files.push((
+            "ratios.svg",
+            charts::ratios_svg(&v4_rows, &format!("{command_line}: bpfnet over each reference"), first_n),
+        ));
+    }
+    if plan.families.contains(&Family::V6) {
+        files.push(("docker-rules-n1.ip6tables", Topologies::docker_rules_text_of(1, Family::V6)));
+    }
+    for (name, text) in &files {
         let path = out.join(name);
         fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    let perf_files: Vec<&str> = profiles.iter().filter_map(|p| p["file"].as_str()).collect();
-    println!(
-        "\nresults in {}: results.json, table.txt, headline.svg, ratios.svg, docker-rules-n1.iptables, docker-rules-n1.nft, nftables-n1.nft{}{}",
-        out.display(),
-        if perf_files.is_empty() { "" } else { ", " },
-        perf_files.join(", ")
-    );
+    let written: Vec<&str> =
+        files.iter().map(|(name, _)| *name).chain(profiles.iter().filter_map(|p| p["file"].as_str())).collect();
+    println!("\nresults in {}: {}", out.display(), written.join(", "));
     let failed = rows.iter().filter(|r| r.status == "failed" || (r.status == "measured" && r.note.is_some())).count();
-    if let Err(err) = program_cost {
+    if let Some(Err(err)) = program_cost {
         bail!("the per-program cost was not measured: {err:#}");
     }
     if let Some(Err(err)) = control.map(|c| &c.result) {
@@ -769,10 +850,10 @@ mod tests {
 
     #[test]
     fn plans() {
-        let quick = Plan::new(true, false, None);
+        let quick = Plan::new(true, false, false, None);
         assert_eq!((quick.repetitions, quick.other_ports.as_slice()), (1, &[1][..]));
         assert!(quick.max_repetitions <= 2 && !quick.control_plane);
-        let full = Plan::new(false, true, Some(45.0));
+        let full = Plan::new(false, true, false, Some(45.0));
         assert!(full.perf && !quick.perf && full.control_plane);
         assert_eq!(full.other_ports, [1, 100, 1_000, 10_000]);
         assert!(full.repetitions >= 3 && full.min_headline_repetitions >= 5);
@@ -784,5 +865,11 @@ mod tests {
         assert_eq!(quick.budget_share_until(0), 1.0);
         assert!(positive_minutes("0").is_err() && positive_minutes("x").is_err());
         assert_eq!(positive_minutes("1.5"), Ok(1.5));
+        assert_eq!(full.families, Family::ALL);
+        // The IPv6 rows alone: the full run's repetitions at its first N, a short budget.
+        let v6 = Plan::new(false, false, true, None);
+        assert_eq!((v6.families.as_slice(), v6.other_ports.as_slice()), (&[Family::V6][..], &[1][..]));
+        assert_eq!((v6.repetitions, v6.min_headline_repetitions), (full.repetitions, full.min_headline_repetitions));
+        assert!(v6.budget <= Duration::from_secs(5 * 60) && !v6.control_plane);
     }
 }

@@ -107,13 +107,14 @@ mod tests {
 
     use super::*;
     use crate::bench::docker_rules::Proto;
+    use crate::bench::topology::Family;
 
     fn net() -> Network {
-        Network { bridge: "docker0".into(), subnet: "172.17.0.0/16".into() }
+        Network { bridge: "docker0".into(), subnet: "172.17.0.0/16".into(), family: Family::V4 }
     }
 
     fn mapping(proto: Proto, host_port: u16, container_port: u16) -> PortMapping {
-        PortMapping { proto, host_port, container: Ipv4Addr::new(172, 17, 0, 2), container_port }
+        PortMapping { proto, host_port, container: Ipv4Addr::new(172, 17, 0, 2).into(), container_port }
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The results: summaries with intervals and ratios, the targets, the terminal table and
 //! results.json (the pictures are in [`super::charts`]).
 //!
-//! # results.json (schema `bpfnet-bench/6`)
+//! # results.json (schema `bpfnet-bench/7`)
 //!
 //! ```text
 //! {
-//!   "schema": "bpfnet-bench/6",
+//!   "schema": "bpfnet-bench/7",
 //!   "command": "cargo xtask bench --quick --budget-minutes 1.5",
 //!   "started_unix": 1700000000, "finished_unix": 1700000060,    // seconds since the epoch
 //!   "host": { "kernel": "6.18.44", "cpus": 2, "iptables": "iptables v1.8.9 (nf_tables)" },
@@ -29,6 +29,8 @@
 //!   },
 //!   "rows": [ {
 //!     "scenario": "c2c" | "snat" | "dnat" | "control-plane",
+//!     "family": "ipv4" | "ipv6",           // the rows of issue #15: c2c and snat, udp_pps
+//!                                          // and udp_cpu_ns_per_pkt, on floor, bridge, bpfnet
 //!     "other_published_ports": 1,          // N
 //!     "metric": "tcp_gbps" | "udp_pps" | "rr_p50_us" | "rr_p99_us" | "crr_per_sec"
 //!             | "tcp_offload_gbps" // dnat: the stream with the outside sender's tx offloads on
@@ -122,7 +124,8 @@
 //! run, at two N, each with `other_ports`) and `program_cost.combined` for
 //! `program_cost.report`; 6: `n`, `ci`, `ratios` (to every reference datapath, with
 //! intervals) instead of `ratio_to_floor` and `ratio_to_bridge`, `targets`, `control_plane`,
-//! and the adaptive repetitions' settings.
+//! and the adaptive repetitions' settings; 7: `family` (IPv6 rows; ratios and targets never
+//! cross families), `settings.families` and `settings.udp_payload_bytes_ipv6`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -130,15 +133,17 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::stats::{median_interval, ratio_interval, Interval, Summary};
-use super::topology::Datapath;
+use super::topology::{Datapath, Family};
 use super::workload::Metric;
 
-pub const SCHEMA: &str = "bpfnet-bench/6";
+pub const SCHEMA: &str = "bpfnet-bench/7";
 
 /// Which figure a sample belongs to: a row of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
     pub scenario: &'static str,
+    /// A figure is compared only with figures of its own family.
+    pub family: Family,
     pub other_ports: u32,
     pub metric: Metric,
     pub datapath: Datapath,
@@ -166,13 +171,20 @@ impl Collected {
 
     /// The samples of the figure `key` is compared with on `reference`: the same scenario and
     /// N; for a reference that does not run the scenario there or at all (the floor runs c2c
-    /// once), the same scenario at the first N, else c2c at the first N. A reference that
+    /// once), the same scenario at the first N, else c2c at the first N; always in the same
+    /// family. A reference that
     /// runs the figure but failed every repetition has none.
     fn reference(&self, key: &Key, reference: Datapath, first_n: u32) -> Option<(Key, &[f64])> {
         let candidates = [
             Key { datapath: reference, ..*key },
             Key { datapath: reference, other_ports: first_n, ..*key },
-            Key { datapath: reference, other_ports: first_n, scenario: "c2c", metric: key.metric.floor_metric() },
+            Key {
+                datapath: reference,
+                other_ports: first_n,
+                scenario: "c2c",
+                metric: key.metric.floor_metric(),
+                ..*key
+            },
         ];
         for candidate in candidates {
             if self.failures.contains_key(&candidate) && !self.samples.contains_key(&candidate) {
@@ -204,6 +216,7 @@ pub struct Ratio {
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
     pub scenario: &'static str,
+    pub family: Family,
     pub other_published_ports: u32,
     pub metric: Metric,
     pub unit: &'static str,
@@ -227,6 +240,7 @@ impl Row {
     pub fn key(&self) -> Key {
         Key {
             scenario: self.scenario,
+            family: self.family,
             other_ports: self.other_published_ports,
             metric: self.metric,
             datapath: self.datapath,
@@ -236,13 +250,21 @@ impl Row {
     pub fn ratio_to(&self, reference: Datapath) -> Option<&Ratio> {
         self.ratios.iter().find(|r| r.to == reference)
     }
+
+    /// The scenario as the table names it: `c2c`, or `c2c ipv6` for an IPv6 row.
+    pub fn scenario_label(&self) -> String {
+        match self.family {
+            Family::V4 => self.scenario.to_string(),
+            Family::V6 => format!("{} {}", self.scenario, self.family.name()),
+        }
+    }
 }
 
 /// One row per key (measured or failed), with intervals, and for bpfnet's rows the ratios to
 /// every reference datapath of the same run. `first_n`: the first N (where the floor runs).
 pub fn rows(collected: &Collected, first_n: u32) -> Vec<Row> {
     let mut keys: Vec<Key> = collected.samples.keys().chain(collected.failures.keys()).copied().collect();
-    keys.sort_by_key(|k| (scenario_rank(k.scenario), k.other_ports, k.metric, k.datapath));
+    keys.sort_by_key(|k| (k.family, scenario_rank(k.scenario), k.other_ports, k.metric, k.datapath));
     keys.dedup();
     keys.into_iter()
         .map(|key| {
@@ -279,6 +301,7 @@ pub fn rows(collected: &Collected, first_n: u32) -> Vec<Row> {
             };
             Row {
                 scenario: key.scenario,
+                family: key.family,
                 other_published_ports: key.other_ports,
                 metric: key.metric,
                 unit: key.metric.unit(),
@@ -356,14 +379,14 @@ pub fn table(rows: &[Row]) -> String {
     );
     let mut last_group = None;
     for row in rows {
-        let group = (row.scenario, row.other_published_ports);
+        let group = (row.family, row.scenario, row.other_published_ports);
         if last_group.is_some() && last_group != Some(group) {
             out.push('\n');
         }
         last_group = Some(group);
         let lead = format!(
             "{:<14} {:>6}  {:<19} {:<16} {:>3}",
-            row.scenario,
+            row.scenario_label(),
             row.other_published_ports,
             row.metric.label(),
             row.datapath.name(),
@@ -482,6 +505,7 @@ pub fn verdicts(rows: &[Row], first_n: u32, last_n: u32) -> Vec<Verdict> {
             .iter()
             .filter(|r| {
                 r.datapath.is_bpfnet()
+                    && r.family == Family::V4
                     && r.scenario == target.scenario
                     && r.metric == target.metric
                     && r.other_published_ports == first_n
@@ -563,7 +587,7 @@ fn flatness(rows: &[Row], datapath: Datapath, first_n: u32, last_n: u32) -> Verd
             continue;
         };
         compared += 1;
-        let what = format!("{} {}", last.scenario, last.metric.label());
+        let what = format!("{} {}", last.scenario_label(), last.metric.label());
         let goodness = if last.higher_is_better { b / a } else { a / b };
         if worst.as_ref().is_none_or(|(w, _)| goodness < *w) {
             worst = Some((goodness, what.clone()));
@@ -656,7 +680,31 @@ mod tests {
     use super::*;
 
     fn key(scenario: &'static str, datapath: Datapath, metric: Metric) -> Key {
-        Key { scenario, other_ports: 1, metric, datapath }
+        Key { scenario, family: Family::V4, other_ports: 1, metric, datapath }
+    }
+
+    #[test]
+    fn ipv6_figures_are_compared_within_their_family() {
+        let v6 = |scenario, datapath| Key { family: Family::V6, ..key(scenario, datapath, Metric::UdpPps) };
+        let mut c = Collected::default();
+        c.sample(key("c2c", Datapath::Floor, Metric::UdpPps), 10.0);
+        c.sample(key("snat", Datapath::Bridge, Metric::UdpPps), 1.0);
+        c.sample(v6("c2c", Datapath::Floor), 8.0);
+        c.sample(v6("snat", Datapath::Bridge), 2.0);
+        c.sample(v6("snat", Datapath::Bpfnet), 4.0);
+        c.sample(key("snat", Datapath::Bpfnet, Metric::UdpPps), 5.0);
+        let rows = rows(&c, 1);
+        let ours = rows.iter().find(|r| r.family == Family::V6 && r.datapath == Datapath::Bpfnet).unwrap();
+        // The IPv6 floor's c2c, not IPv4's; IPv6's bridge, not IPv4's.
+        assert_eq!(ours.ratio_to(Datapath::Floor).map(|r| (r.ratio, r.reference_scenario)), Some((0.5, "c2c")));
+        assert_eq!(ours.ratio_to(Datapath::Bridge).map(|r| r.ratio), Some(2.0));
+        assert!(ours.ratio_to(Datapath::TopologyFloor).is_none());
+        // IPv6's rows come after IPv4's and are named so; no target judges them.
+        assert_eq!(rows.last().map(|r| r.family), Some(Family::V6));
+        assert!(table(&rows).lines().any(|l| l.starts_with("snat ipv6") && l.contains("xbridge 2.00")));
+        let snat_targets: Vec<Verdict> =
+            verdicts(&rows, 1, 1).into_iter().filter(|v| v.scenario == "snat" && v.measured.is_some()).collect();
+        assert!(snat_targets.iter().all(|v| v.measured == Some(5.0)), "{snat_targets:?}");
     }
 
     #[test]
@@ -731,7 +779,7 @@ mod tests {
         let mut c = Collected::default();
         let mut put = |scenario, n, datapath, metric, samples: Vec<f64>| {
             for v in samples {
-                c.sample(Key { scenario, other_ports: n, metric, datapath }, v);
+                c.sample(Key { scenario, family: Family::V4, other_ports: n, metric, datapath }, v);
             }
         };
         put("c2c", 1, Datapath::Floor, Metric::UdpPps, around(0.20, 8));

@@ -20,12 +20,19 @@
 //! checksum offload off), as frames a NIC receives always have: XDP cannot handle the partial
 //! checksums of a local veth sender (docs/xdp-uplink.md), and all datapaths get the same.
 //!
+//! IPv6 (when the run has IPv6 rows): the floor, bridge and bpfnet carry the same topology in
+//! IPv6 too, dual stack, with [`IPV6`]'s addresses (fd00:202::/64 for the containers,
+//! fd00:203::/64 on the uplink) beside IPv4's; the bridge gets Docker's ip6tables rules
+//! (`dockerd --ipv6 --ip6tables`, [`super::docker_rules`]), bpfnet a network with both subnets.
+//! The other datapaths stay IPv4 only. Namespaces with IPv6 on send nothing by themselves:
+//! no DAD, no router solicitations, no router advertisements accepted.
+//!
 //! The outside namespace has no route to the container subnet: container -> outside works
 //! only through SNAT. Published ports use the same port on the host as in the container.
 //! Nothing here touches the root namespace: links are created with `ip -n NS`, sysctls and
 //! iptables run under `ip netns exec NS`.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -48,6 +55,36 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 202, 0, 2);
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 202, 0, 3);
 pub const UPLINK_HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 1);
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 2);
+/// One family's addresses of the topology (the picture above).
+pub struct Addresses {
+    pub subnet: &'static str,
+    /// The prefix length of the container subnet and of the uplink's.
+    pub prefix_len: u8,
+    pub gateway: IpAddr,
+    pub client: IpAddr,
+    pub server: IpAddr,
+    pub uplink_host: IpAddr,
+    pub outside: IpAddr,
+}
+pub const IPV4: Addresses = Addresses {
+    subnet: SUBNET,
+    prefix_len: 24,
+    gateway: IpAddr::V4(GATEWAY),
+    client: IpAddr::V4(CLIENT_IP),
+    server: IpAddr::V4(SERVER_IP),
+    uplink_host: IpAddr::V4(UPLINK_HOST_IP),
+    outside: IpAddr::V4(OUTSIDE_IP),
+};
+/// Unique local addresses (fd00::/8): nothing here can leave the sandbox.
+pub const IPV6: Addresses = Addresses {
+    subnet: "fd00:202::/64",
+    prefix_len: 64,
+    gateway: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x202, 0, 0, 0, 0, 0, 1)),
+    client: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x202, 0, 0, 0, 0, 0, 2)),
+    server: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x202, 0, 0, 0, 0, 0, 3)),
+    uplink_host: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x203, 0, 0, 0, 0, 0, 1)),
+    outside: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x203, 0, 0, 0, 0, 0, 2)),
+};
 /// The topology floor's MACs: host-side veths (the gateway, as bpfnet gives them one MAC per
 /// network), client and server.
 const FLOOR_GATEWAY_MAC: &str = "02:00:0a:ca:00:01";
@@ -57,7 +94,6 @@ const FLOOR_SERVER_MAC: &str = "02:00:0a:ca:00:03";
 const BPFFS: &str = "/sys/fs/bpf";
 /// The outside namespace's end of every uplink.
 pub const OUTSIDE_LINK: &str = "eth0";
-const LEN: &str = "24";
 const BRIDGE: &str = "docker0";
 const UPLINK: &str = "up0";
 /// The other published ports (see [`Topologies::publish`]) start here.
@@ -121,6 +157,65 @@ impl Datapath {
     }
 }
 
+/// The address family of a figure: every scenario runs over IPv4, and some (issue #15's rows)
+/// over IPv6 as well, on the same topologies and through the same code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Family {
+    #[serde(rename = "ipv4")]
+    V4,
+    #[serde(rename = "ipv6")]
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    pub fn of(addr: IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+
+    pub fn addresses(self) -> &'static Addresses {
+        match self {
+            Family::V4 => &IPV4,
+            Family::V6 => &IPV6,
+        }
+    }
+
+    /// What Docker's OUTPUT rule leaves out (moby's `loopbackAddress`).
+    pub fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.0/8",
+            Family::V6 => "::1/128",
+        }
+    }
+
+    /// The prefix length of one address.
+    pub fn host_prefix(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    /// The tool that loads Docker's rules of this family.
+    fn iptables_restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
@@ -150,9 +245,12 @@ impl Scenario {
 #[derive(Clone, Debug)]
 pub struct Endpoints {
     pub client_netns: String,
-    pub target: Ipv4Addr,
+    pub target: IpAddr,
     pub server_netns: String,
-    pub server_bind: Ipv4Addr,
+    pub server_bind: IpAddr,
+    /// The client's address as the server must see it (the uplink's where the datapath
+    /// masquerades), checked on the UDP rate's first datagram; None: not checked.
+    pub source: Option<IpAddr>,
 }
 
 /// Whether a datapath runs something.
@@ -160,6 +258,8 @@ pub enum Support<T> {
     Yes(T),
     /// Meaningless for this datapath (the floor has no NAT and no ports to publish).
     NotApplicable,
+    /// Meant to run, but the datapath could not be built for it (why): a failed figure.
+    Unavailable(String),
 }
 
 /// The ports the workloads use, published on the server container (host port = container
@@ -182,6 +282,11 @@ pub struct Topologies {
     /// The `--uplink-mode` the agent runs with now.
     uplink_mode: std::cell::Cell<&'static str>,
     devkit_bin: PathBuf,
+    /// Whether the floor, bridge and bpfnet carry IPv6 too (the run has IPv6 rows).
+    ipv6: bool,
+    /// Why bpfnet carries no IPv6, when it was asked to and refused: its IPv6 rows fail with
+    /// this, and everything else still runs.
+    bpfnet_ipv6_error: Option<String>,
 }
 
 struct BridgeNames {
@@ -199,10 +304,13 @@ struct BpfnetNames {
 }
 
 impl Topologies {
-    /// `devkit_bin` is `bpfnet-devkit`, which times bpfnet's map updates.
-    pub fn new(sandbox: &Sandbox, devkit_bin: PathBuf) -> Topologies {
+    /// `devkit_bin` is `bpfnet-devkit`, which times bpfnet's map updates. With `ipv6`, the
+    /// datapaths that have IPv6 rows (see [`Self::endpoints`]) are built dual stack.
+    pub fn new(sandbox: &Sandbox, devkit_bin: PathBuf, ipv6: bool) -> Topologies {
         Topologies {
             devkit_bin,
+            ipv6,
+            bpfnet_ipv6_error: None,
             floor: [sandbox.name("fl-a"), sandbox.name("fl-b")],
             topology_floor: BridgeNames {
                 host: sandbox.name("tf-host"),
@@ -254,23 +362,35 @@ impl Topologies {
     pub fn create(&mut self, sandbox: &mut Sandbox) -> Result<()> {
         self.create_floor()?;
         self.create_topology_floor()?;
-        create_bridge(&self.bridge)?;
+        create_bridge(&self.bridge, self.ipv6)?;
         self.load_docker_rules(sandbox, 0)?;
-        create_bridge(&self.docker_nft)?;
+        create_bridge(&self.docker_nft, false)?;
         self.load_docker_nft_rules(sandbox, 0)?;
-        create_bridge(&self.nftables)?;
+        create_bridge(&self.nftables, false)?;
         self.load_nft_rules(sandbox, 0)?;
         self.create_bpfnet(sandbox)?;
         Ok(())
     }
 
+    /// The families the floor, bridge and bpfnet carry.
+    fn families(&self) -> &'static [Family] {
+        if self.ipv6 {
+            &Family::ALL
+        } else {
+            &Family::ALL[..1]
+        }
+    }
+
     fn create_floor(&self) -> Result<()> {
         let [a, b] = &self.floor;
-        add_netns(a)?;
-        add_netns(b)?;
+        add_netns(a, self.ipv6)?;
+        add_netns(b, self.ipv6)?;
         ip(a, &["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b])?;
-        for (netns, addr) in [(a, CLIENT_IP), (b, SERVER_IP)] {
-            address_up(netns, "eth0", addr)?;
+        for family in self.families() {
+            let addrs = family.addresses();
+            for (netns, addr) in [(a, addrs.client), (b, addrs.server)] {
+                address_up(netns, "eth0", addr, addrs.prefix_len)?;
+            }
         }
         Ok(())
     }
@@ -284,7 +404,7 @@ impl Topologies {
     fn create_topology_floor(&self) -> Result<()> {
         let n = &self.topology_floor;
         for netns in [&n.host, &n.client, &n.server, &n.outside] {
-            add_netns(netns)?;
+            add_netns(netns, false)?;
         }
         let containers =
             [("bnc1", &n.client, CLIENT_IP, FLOOR_CLIENT_MAC), ("bnc2", &n.server, SERVER_IP, FLOOR_SERVER_MAC)];
@@ -312,7 +432,7 @@ impl Topologies {
             ip(&n.host, &["link", "set", veth, "up"])?;
             ip(&n.host, &["neigh", "replace", &addr.to_string(), "lladdr", mac, "dev", veth, "nud", "permanent"])?;
             ip(&n.host, &["route", "replace", &format!("{addr}/32"), "dev", veth])?;
-            address_up(container, "eth0", addr)?;
+            address_up(container, "eth0", addr.into(), IPV4.prefix_len)?;
             ip(container, &["route", "add", "default", "via", &GATEWAY.to_string()])?;
         }
         for (container, peer_addr, peer_mac) in
@@ -325,7 +445,7 @@ impl Topologies {
                 )?;
             }
         }
-        add_uplink(&n.host, &n.outside)?;
+        add_uplink(&n.host, &n.outside, &Family::ALL[..1])?;
         ip(&n.outside, &["route", "add", SUBNET, "via", &UPLINK_HOST_IP.to_string()])?;
         let dest = |addr: Ipv4Addr, veth: &str, mac: &str| format!("{addr}={veth},{mac}");
         let mut attach = Command::new(&self.devkit_bin);
@@ -338,19 +458,55 @@ impl Topologies {
         command::run_bounded(&mut attach, STEP_LIMIT)
     }
 
-    fn create_bpfnet(&self, sandbox: &mut Sandbox) -> Result<()> {
+    fn create_bpfnet(&mut self, sandbox: &mut Sandbox) -> Result<()> {
         let n = &self.bpfnet;
-        // The uplink first: BPFNET_UPLINK makes the agent read its address (to masquerade to).
-        add_netns(&n.outside)?;
-        add_uplink(sandbox.host_netns(), &n.outside)?;
+        // The uplink first: BPFNET_UPLINK makes the agent read its addresses (to masquerade to).
+        add_netns(&n.outside, self.ipv6)?;
+        add_uplink(sandbox.host_netns(), &n.outside, self.families())?;
         sandbox.set_agent_env("BPFNET_UPLINK", UPLINK);
         sandbox.set_agent_env("BPFNET_UPLINK_MODE", self.uplink_mode.get());
         sandbox.start_agent()?;
-        bpfnet(sandbox, &["network", "create", &n.network, "--subnet", SUBNET, "--gateway", &GATEWAY.to_string()])?;
-        let client_ip = CLIENT_IP.to_string();
-        bpfnet(sandbox, &["container", "create", &n.client, "--network", &n.network, "--ip", &client_ip])?;
-        let server_ip = SERVER_IP.to_string();
+        if self.ipv6 {
+            match self.create_bpfnet_containers(sandbox, true) {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    // A bpfnet without IPv6 still runs every IPv4 row; its IPv6 rows fail.
+                    let why = format!("bpfnet refused the dual-stack network or its containers: {err:#}");
+                    println!("==> {why}; bpfnet runs IPv4 only");
+                    self.bpfnet_ipv6_error = Some(why);
+                    let n = &self.bpfnet;
+                    for (kind, name) in [("container", &n.client), ("container", &n.server), ("network", &n.network)] {
+                        // Whatever was made; what was not is no error here.
+                        if let Err(err) = bpfnet(sandbox, &[kind, "rm", name]) {
+                            println!("    ({kind} {name} not removed: {err:#})");
+                        }
+                    }
+                }
+            }
+        }
+        self.create_bpfnet_containers(sandbox, false)
+    }
+
+    /// bpfnet's network and its two containers, the server publishing the measured ports;
+    /// with `ipv6`, dual stack as Docker's `--ipv6`: a second `--subnet`, each container a
+    /// second address (`--ip6`). The IPv6 gateway is bpfnet's choice: the rows do not use it.
+    fn create_bpfnet_containers(&self, sandbox: &Sandbox, ipv6: bool) -> Result<()> {
+        let n = &self.bpfnet;
+        let gateway = GATEWAY.to_string();
+        let mut network = vec!["network", "create", &n.network, "--subnet", SUBNET, "--gateway", &gateway];
+        if ipv6 {
+            network.extend(["--subnet", IPV6.subnet]);
+        }
+        bpfnet(sandbox, &network)?;
+        let (client_ip, client_ip6) = (CLIENT_IP.to_string(), IPV6.client.to_string());
+        let mut client = vec!["container", "create", &n.client, "--network", &n.network, "--ip", &client_ip];
+        let (server_ip, server_ip6) = (SERVER_IP.to_string(), IPV6.server.to_string());
         let mut server = vec!["container", "create", &n.server, "--network", &n.network, "--ip", &server_ip];
+        if ipv6 {
+            client.extend(["--ip6", &client_ip6]);
+            server.extend(["--ip6", &server_ip6]);
+        }
+        bpfnet(sandbox, &client)?;
         let measured: Vec<String> =
             MEASURED_PORTS.iter().map(|&(proto, port)| publish_spec(proto, port, 1).expect("one port")).collect();
         for spec in &measured {
@@ -378,31 +534,47 @@ impl Topologies {
         Ok(())
     }
 
-    /// The port mappings for `other` other published ports followed by the measured ones.
+    /// The port mappings for `other` other published ports followed by the measured ones, to
+    /// the containers' IPv4 addresses.
     pub fn mappings(other: u32) -> Vec<PortMapping> {
+        Self::family_mappings(other, Family::V4)
+    }
+
+    /// The same to the containers' addresses of `family` (Docker publishes a port on both
+    /// families of a dual-stack network).
+    fn family_mappings(other: u32, family: Family) -> Vec<PortMapping> {
+        let addrs = family.addresses();
         let others = (0..other).map(|i| PortMapping {
             proto: Proto::Tcp,
             host_port: OTHER_PORTS_BASE + i as u16,
-            container: CLIENT_IP,
+            container: addrs.client,
             container_port: OTHER_PORTS_BASE + i as u16,
         });
         let measured = MEASURED_PORTS.iter().map(|&(proto, port)| PortMapping {
             proto,
             host_port: port,
-            container: SERVER_IP,
+            container: addrs.server,
             container_port: port,
         });
         others.chain(measured).collect()
     }
 
     fn docker_network() -> docker_rules::Network {
-        docker_rules::Network { bridge: BRIDGE.into(), subnet: SUBNET.into() }
+        Self::family_network(Family::V4)
     }
 
+    fn family_network(family: Family) -> docker_rules::Network {
+        docker_rules::Network { bridge: BRIDGE.into(), subnet: family.addresses().subnet.into(), family }
+    }
+
+    /// Docker's rules of every family the bridge carries, each with its own tool.
     fn load_docker_rules(&self, sandbox: &Sandbox, other: u32) -> Result<()> {
-        let text = docker_rules::restore_input(&Self::docker_network(), &Self::mappings(other));
-        let file = sandbox.write_scratch("docker-rules.iptables", &text)?;
-        command::run_bounded(&mut netns_exec(&self.bridge.host, "iptables-restore", [&file]), STEP_LIMIT)
+        for &family in self.families() {
+            let text = Self::docker_rules_text_of(other, family);
+            let file = sandbox.write_scratch(&format!("docker-rules.{}", family.iptables_restore()), &text)?;
+            command::run_bounded(&mut netns_exec(&self.bridge.host, family.iptables_restore(), [&file]), STEP_LIMIT)?;
+        }
+        Ok(())
     }
 
     /// The nftables datapath's ruleset at `other` other published ports, in one `nft -f`.
@@ -439,7 +611,12 @@ impl Topologies {
     /// The Docker rules for the bridge topology at N other published ports (the full rule
     /// text, to keep with the results).
     pub fn docker_rules_text(other: u32) -> String {
-        docker_rules::restore_input(&Self::docker_network(), &Self::mappings(other))
+        Self::docker_rules_text_of(other, Family::V4)
+    }
+
+    /// The same for `family` (`ip6tables-restore` input for IPv6).
+    pub fn docker_rules_text_of(other: u32, family: Family) -> String {
+        docker_rules::restore_input(&Self::family_network(family), &Self::family_mappings(other, family))
     }
 
     /// Publish `other` ports of the client container ahead of the measured ones: Docker's
@@ -476,20 +653,35 @@ impl Topologies {
         bpfnet(sandbox, &["conntrack", "gc"])
     }
 
-    /// Where a workload of `scenario` runs on `datapath` with N other ports published.
-    /// Adding a scenario to a datapath is a change here (and in [`Self::publish_one_more`]).
-    pub fn endpoints(&self, datapath: Datapath, scenario: Scenario, first_n: bool) -> Support<Endpoints> {
+    /// Where a workload of `scenario` runs on `datapath` over `family` with N other ports
+    /// published. Adding a scenario to a datapath is a change here (and in
+    /// [`Self::publish_one_more`]).
+    pub fn endpoints(
+        &self,
+        datapath: Datapath,
+        scenario: Scenario,
+        family: Family,
+        first_n: bool,
+    ) -> Support<Endpoints> {
         use Scenario::*;
-        let ends = |client: &String, target, server: &String, bind| Endpoints {
+        let addrs = family.addresses();
+        let ends = |client: &String, target, server: &String, bind, source| Endpoints {
             client_netns: client.clone(),
             target,
             server_netns: server.clone(),
             server_bind: bind,
+            source: Some(source),
         };
+        if family == Family::V6 && !Self::has_ipv6_rows(datapath, scenario) {
+            return Support::NotApplicable;
+        }
+        if let (Family::V6, true, Some(why)) = (family, datapath.is_bpfnet(), &self.bpfnet_ipv6_error) {
+            return Support::Unavailable(why.clone());
+        }
         match datapath {
             Datapath::Floor => match (scenario, first_n) {
                 (ContainerToContainer, true) => {
-                    Support::Yes(ends(&self.floor[0], SERVER_IP, &self.floor[1], SERVER_IP))
+                    Support::Yes(ends(&self.floor[0], addrs.server, &self.floor[1], addrs.server, addrs.client))
                 }
                 // The floor has no ports to publish and no outside: it is measured once, and
                 // its figures are the reference of every row.
@@ -501,9 +693,10 @@ impl Topologies {
             Datapath::TopologyFloor => {
                 let n = &self.topology_floor;
                 Support::Yes(match scenario {
-                    ContainerToContainer => ends(&n.client, SERVER_IP, &n.server, SERVER_IP),
-                    Snat => ends(&n.client, OUTSIDE_IP, &n.outside, OUTSIDE_IP),
-                    Dnat => ends(&n.outside, SERVER_IP, &n.server, SERVER_IP),
+                    ContainerToContainer => ends(&n.client, addrs.server, &n.server, addrs.server, addrs.client),
+                    // Routed: the outside sees the container itself.
+                    Snat => ends(&n.client, addrs.outside, &n.outside, addrs.outside, addrs.client),
+                    Dnat => ends(&n.outside, addrs.server, &n.server, addrs.server, addrs.outside),
                 })
             }
             // The uplink's program does not see container-to-container traffic.
@@ -528,22 +721,33 @@ impl Topologies {
                     }
                 };
                 Support::Yes(match scenario {
-                    ContainerToContainer => ends(client, SERVER_IP, server, SERVER_IP),
-                    Snat => ends(client, OUTSIDE_IP, outside, OUTSIDE_IP),
-                    Dnat => ends(outside, UPLINK_HOST_IP, server, SERVER_IP),
+                    ContainerToContainer => ends(client, addrs.server, server, addrs.server, addrs.client),
+                    // Masqueraded to the uplink's address.
+                    Snat => ends(client, addrs.outside, outside, addrs.outside, addrs.uplink_host),
+                    Dnat => ends(outside, addrs.uplink_host, server, addrs.server, addrs.outside),
                 })
             }
         }
     }
 
-    /// Whether `workload` runs on `datapath` in `scenario` (where [`Self::endpoints`] has
-    /// endpoints): the stream with the sender's offloads on only where the sender is the
-    /// outside (DNAT), and not on the XDP uplink (which cannot take a local veth sender's
-    /// partial checksums, docs/xdp-uplink.md).
-    pub fn runs(workload: Workload, scenario: Scenario, datapath: Datapath) -> bool {
-        match workload {
-            Workload::TcpStreamOffload => scenario == Scenario::Dnat && datapath != Datapath::BpfnetXdp,
-            _ => true,
+    /// Issue #15's IPv6 rows: container to container and masquerade, on the bare veth floor,
+    /// Docker's bridge with its ip6tables rules, and bpfnet at tcx. The topology floor's
+    /// program, Docker's nftables backend's and the nftables datapath's rules, and the XDP
+    /// uplink are IPv4 only here; DNAT over IPv6 has no row yet.
+    fn has_ipv6_rows(datapath: Datapath, scenario: Scenario) -> bool {
+        matches!(datapath, Datapath::Floor | Datapath::Bridge | Datapath::Bpfnet)
+            && matches!(scenario, Scenario::ContainerToContainer | Scenario::Snat)
+    }
+
+    /// Whether `workload` runs on `datapath` in `scenario` over `family` (where
+    /// [`Self::endpoints`] has endpoints): over IPv6 the packet rate only; the stream with the
+    /// sender's offloads on only where the sender is the outside (DNAT), and not on the XDP
+    /// uplink (which cannot take a local veth sender's partial checksums, docs/xdp-uplink.md).
+    pub fn runs(workload: Workload, scenario: Scenario, datapath: Datapath, family: Family) -> bool {
+        match (family, workload) {
+            (Family::V6, workload) => workload == Workload::UdpRate,
+            (Family::V4, Workload::TcpStreamOffload) => scenario == Scenario::Dnat && datapath != Datapath::BpfnetXdp,
+            (Family::V4, _) => true,
         }
     }
 
@@ -589,8 +793,12 @@ impl Topologies {
                 ]))
             }
             Datapath::Bridge => {
-                let mapping =
-                    PortMapping { proto: Proto::Tcp, host_port: port, container: CLIENT_IP, container_port: port };
+                let mapping = PortMapping {
+                    proto: Proto::Tcp,
+                    host_port: port,
+                    container: CLIENT_IP.into(),
+                    container_port: port,
+                };
                 let commands = mapping.append_commands(&Self::docker_network());
                 // Docker runs one `iptables` process per rule (after an `-C` check per rule,
                 // which is left out here: this is a lower bound). nsenter instead of
@@ -605,8 +813,12 @@ impl Topologies {
                 Ok(Support::Yes(vec![(Metric::PublishMs, took.as_secs_f64() * 1e3)]))
             }
             Datapath::Nftables => {
-                let mapping =
-                    PortMapping { proto: Proto::Tcp, host_port: port, container: CLIENT_IP, container_port: port };
+                let mapping = PortMapping {
+                    proto: Proto::Tcp,
+                    host_port: port,
+                    container: CLIENT_IP.into(),
+                    container_port: port,
+                };
                 // One `nft` process adds both elements in one transaction.
                 let host = &self.nftables.host;
                 let took = command::run_timed(&mut nft(host, &nft_rules::add_elements(&mapping)), STEP_LIMIT)?;
@@ -614,8 +826,12 @@ impl Topologies {
                 Ok(Support::Yes(vec![(Metric::PublishMs, took.as_secs_f64() * 1e3)]))
             }
             Datapath::DockerNft => {
-                let mapping =
-                    PortMapping { proto: Proto::Tcp, host_port: port, container: CLIENT_IP, container_port: port };
+                let mapping = PortMapping {
+                    proto: Proto::Tcp,
+                    host_port: port,
+                    container: CLIENT_IP.into(),
+                    container_port: port,
+                };
                 // Docker applies a port's rules in one nftables transaction: one `nft`.
                 let published = self.other_ports as usize + MEASURED_PORTS.len();
                 let add = docker_nft_rules::add_rules(&Self::docker_network(), &mapping, published);
@@ -638,26 +854,40 @@ impl Topologies {
 
 /// Docker's bridge topology (for the `bridge` and `nftables` datapaths; rules not loaded): a
 /// bridge holding the gateway, a veth per container enslaved to it, the uplink, forwarding and
-/// br_netfilter on.
-fn create_bridge(n: &BridgeNames) -> Result<()> {
+/// br_netfilter on; with `ipv6`, dual stack as `dockerd --ipv6` makes it.
+fn create_bridge(n: &BridgeNames, ipv6: bool) -> Result<()> {
+    let families = if ipv6 { &Family::ALL[..] } else { &Family::ALL[..1] };
     for netns in [&n.host, &n.client, &n.server, &n.outside] {
-        add_netns(netns)?;
+        add_netns(netns, ipv6)?;
     }
     ip(&n.host, &["link", "add", BRIDGE, "type", "bridge"])?;
-    address_up(&n.host, BRIDGE, GATEWAY)?;
-    for (veth, container, addr) in [("vethc1", &n.client, CLIENT_IP), ("vethc2", &n.server, SERVER_IP)] {
+    for family in families {
+        address_up(&n.host, BRIDGE, family.addresses().gateway, family.addresses().prefix_len)?;
+    }
+    for (veth, container, client) in [("vethc1", &n.client, true), ("vethc2", &n.server, false)] {
         ip(&n.host, &["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", container])?;
         ip(&n.host, &["link", "set", veth, "master", BRIDGE, "up"])?;
-        address_up(container, "eth0", addr)?;
-        ip(container, &["route", "add", "default", "via", &GATEWAY.to_string()])?;
+        for family in families {
+            let addrs = family.addresses();
+            let addr = if client { addrs.client } else { addrs.server };
+            address_up(container, "eth0", addr, addrs.prefix_len)?;
+            ip(container, &["route", "add", "default", "via", &addrs.gateway.to_string()])?;
+        }
     }
-    add_uplink(&n.host, &n.outside)?;
-    sysctl(&n.host, "net.ipv4.ip_forward=1")?;
-    // Docker needs br_netfilter: bridged traffic then walks filter/FORWARD. The sysctl is
-    // per namespace (it exists once the module is loaded; this tool loads no modules).
-    sysctl(&n.host, "net.bridge.bridge-nf-call-iptables=1").context(
-        "br_netfilter is not loaded (Docker loads it): `modprobe br_netfilter` on this machine, then run again",
-    )?;
+    add_uplink(&n.host, &n.outside, families)?;
+    for family in families {
+        // Docker sets both; br_netfilter then sends bridged traffic through filter/FORWARD.
+        // The sysctls are per namespace (the bridge ones exist once the module is loaded;
+        // this tool loads no modules).
+        let (forwarding, bridge_nf) = match family {
+            Family::V4 => ("net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1"),
+            Family::V6 => ("net.ipv6.conf.all.forwarding=1", "net.bridge.bridge-nf-call-ip6tables=1"),
+        };
+        sysctl(&n.host, forwarding)?;
+        sysctl(&n.host, bridge_nf).context(
+            "br_netfilter is not loaded (Docker loads it): `modprobe br_netfilter` on this machine, then run again",
+        )?;
+    }
     Ok(())
 }
 
@@ -688,8 +918,13 @@ fn ip(netns: &str, args: &[&str]) -> Result<()> {
     command::run_bounded(Command::new("ip").arg("-n").arg(netns).args(args), STEP_LIMIT)
 }
 
-fn address_up(netns: &str, link: &str, addr: Ipv4Addr) -> Result<()> {
-    ip(netns, &["addr", "add", &format!("{addr}/{LEN}"), "dev", link])?;
+/// An address (IPv6's without DAD: usable at once, and nothing sent for it) and the link up.
+fn address_up(netns: &str, link: &str, addr: IpAddr, prefix_len: u8) -> Result<()> {
+    let cidr = format!("{addr}/{prefix_len}");
+    match addr {
+        IpAddr::V4(_) => ip(netns, &["addr", "add", &cidr, "dev", link])?,
+        IpAddr::V6(_) => ip(netns, &["addr", "add", &cidr, "dev", link, "nodad"])?,
+    }
     ip(netns, &["link", "set", link, "up"])
 }
 
@@ -697,21 +932,38 @@ fn sysctl(netns: &str, setting: &str) -> Result<()> {
     command::run_bounded(&mut netns_exec(netns, "sysctl", ["-qw", setting]), STEP_LIMIT)
 }
 
-/// A namespace with lo up and IPv6 off (no router solicitations or DAD during a run; bpfnet
-/// turns IPv6 off in its containers too).
-fn add_netns(netns: &str) -> Result<()> {
+/// A namespace with lo up. Without `ipv6`, IPv6 off (no router solicitations or DAD during
+/// a run; bpfnet turns IPv6 off in the containers of an IPv4 network too). With it, IPv6 on
+/// but silent on every link made in it afterwards: no DAD, no router solicitations, and
+/// router advertisements ignored (a namespace that forwards sends none by itself).
+fn add_netns(netns: &str, ipv6: bool) -> Result<()> {
     command::run_bounded(Command::new("ip").args(["netns", "add", netns]), STEP_LIMIT)?;
     ip(netns, &["link", "set", "lo", "up"])?;
-    sysctl(netns, "net.ipv6.conf.all.disable_ipv6=1")?;
-    sysctl(netns, "net.ipv6.conf.default.disable_ipv6=1")
+    if !ipv6 {
+        sysctl(netns, "net.ipv6.conf.all.disable_ipv6=1")?;
+        return sysctl(netns, "net.ipv6.conf.default.disable_ipv6=1");
+    }
+    let quiet: Vec<String> = ["all", "default"]
+        .into_iter()
+        .flat_map(|conf| {
+            ["accept_dad=0", "dad_transmits=0", "accept_ra=0", "router_solicitations=0"]
+                .map(|setting| format!("net.ipv6.conf.{conf}.{setting}"))
+        })
+        .collect();
+    let mut args = vec!["-qw".to_string()];
+    args.extend(quiet);
+    command::run_bounded(&mut netns_exec(netns, "sysctl", args), STEP_LIMIT)
 }
 
 /// The uplink veth: `up0` in the host namespace, `eth0` in the outside one, which sends
-/// complete checksums (see the module documentation).
-fn add_uplink(host: &str, outside: &str) -> Result<()> {
+/// complete checksums (see the module documentation), with an address of each of `families`.
+fn add_uplink(host: &str, outside: &str, families: &[Family]) -> Result<()> {
     ip(host, &["link", "add", UPLINK, "type", "veth", "peer", "name", OUTSIDE_LINK, "netns", outside])?;
-    address_up(host, UPLINK, UPLINK_HOST_IP)?;
-    address_up(outside, OUTSIDE_LINK, OUTSIDE_IP)?;
+    for family in families {
+        let addrs = family.addresses();
+        address_up(host, UPLINK, addrs.uplink_host, addrs.prefix_len)?;
+        address_up(outside, OUTSIDE_LINK, addrs.outside, addrs.prefix_len)?;
+    }
     command::run_bounded(
         Command::new("ip").args(["netns", "exec", outside, "ethtool", "-K", OUTSIDE_LINK, "tx", "off"]),
         STEP_LIMIT,
@@ -756,9 +1008,9 @@ pub fn publish_spec(proto: Proto, first: u16, count: u32) -> Option<String> {
     }
 }
 
-/// A target address and port as the tools take it.
-pub fn socket(addr: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(addr, port)
+/// A target address and port as the tools take it (`[ADDR]:PORT` for IPv6).
+pub fn socket(addr: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(addr, port)
 }
 
 #[cfg(test)]
@@ -770,10 +1022,16 @@ mod tests {
         let mappings = Topologies::mappings(100);
         assert_eq!(mappings.len(), 103);
         assert_eq!(mappings[0].host_port, OTHER_PORTS_BASE);
-        assert_eq!(mappings[99].container, CLIENT_IP);
+        assert_eq!(mappings[99].container, IpAddr::V4(CLIENT_IP));
         let measured: Vec<u16> = mappings[100..].iter().map(|m| m.host_port).collect();
         assert_eq!(measured, [5201, 5301, 5401]);
-        assert!(mappings[100..].iter().all(|m| m.container == SERVER_IP && m.host_port == m.container_port));
+        assert!(mappings[100..].iter().all(|m| m.container == IPV4.server && m.host_port == m.container_port));
+        let v6 = Topologies::family_mappings(100, Family::V6);
+        assert_eq!((v6[99].container, v6[100].container), (IPV6.client, IPV6.server));
+        assert_eq!(
+            v6.iter().map(|m| m.host_port).collect::<Vec<_>>(),
+            mappings.iter().map(|m| m.host_port).collect::<Vec<_>>()
+        );
         // 10,000 others stay below the highest port and clear of the measured ones.
         let last = Topologies::mappings(10_000)[9_999].host_port;
         assert!(last > 5401 && last == OTHER_PORTS_BASE + 9_999);

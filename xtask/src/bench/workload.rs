@@ -1,6 +1,7 @@
 //! The workloads: a server in one namespace, a client in another, each pinned to its own CPU
 //! when there are two, each bounded in time; and the figures parsed from their JSON.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -10,7 +11,9 @@ use bpfnet_tests::sandbox::{netns_exec, BackgroundId, Sandbox};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::loadgen::{TransactionReport, UdpFloodReport, UdpSinkReport, UDP_PAYLOAD_64B_FRAME};
+use super::loadgen::{
+    TransactionReport, UdpFloodReport, UdpSinkReport, UDP_PAYLOAD_64B_FRAME, UDP_PAYLOAD_64B_FRAME_V6,
+};
 use super::topology::{socket, Endpoints, MEASURED_PORTS, OUTSIDE_LINK};
 use crate::command;
 
@@ -211,29 +214,33 @@ impl Runner<'_> {
                 Ok(vec![(Metric::TcpGbps, gbps)])
             }
             Workload::UdpRate => {
+                // The smallest frames each family has: 64 bytes, or 66 over IPv6 (see loadgen).
+                let payload = match ends.target {
+                    IpAddr::V4(_) => UDP_PAYLOAD_64B_FRAME,
+                    IpAddr::V6(_) => UDP_PAYLOAD_64B_FRAME_V6,
+                };
                 let server =
                     self.server(sandbox, ends, loadgen, &["loadgen", "udp-sink", "--bind", &bind, "--max-secs", &max])?;
                 let flood = self.client(
                     ends,
                     loadgen,
-                    &[
-                        "loadgen",
-                        "udp-flood",
-                        "--to",
-                        &target,
-                        "--secs",
-                        &short,
-                        "--payload",
-                        &UDP_PAYLOAD_64B_FRAME.to_string(),
-                    ],
+                    &["loadgen", "udp-flood", "--to", &target, "--secs", &short, "--payload", &payload.to_string()],
                     self.durations.short_secs,
                 );
                 let sink = sandbox.finish(server, SERVER_LIMIT);
                 let flood: UdpFloodReport = parse_report(&flood?, "udp-flood")?;
-                let sink: UdpSinkReport = parse_report(&sink?, "udp-sink")?;
+                // A sink that never got a datagram waits for one until it is killed.
+                let sink = sink.with_context(|| {
+                    format!(
+                        "udp-sink: none of the {} datagrams sent to {target} arrived, or it did not end",
+                        flood.sent
+                    )
+                })?;
+                let sink: UdpSinkReport = parse_report(&sink, "udp-sink")?;
                 if sink.received == 0 {
                     bail!("udp-sink received none of the {} datagrams sent to {target}", flood.sent);
                 }
+                check_source(&sink, ends.source)?;
                 // Both CPUs are busy by design (a flooding sender, a sink that never sleeps):
                 // per packet, this is what the datapath leaves room for, drops included.
                 let cpu_ns = flood.busy_cpu_secs * 1e9 / sink.received as f64;
@@ -306,6 +313,23 @@ impl Runner<'_> {
     }
 }
 
+/// That the sink saw the client from the address it must (a masquerade row that was not
+/// masqueraded would still count its datagrams).
+fn check_source(sink: &UdpSinkReport, expected: Option<IpAddr>) -> Result<()> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let from = sink.first_from.as_deref().context("udp-sink did not report where its first datagram came from")?;
+    let seen: SocketAddr = from.parse().with_context(|| format!("udp-sink reported the sender {from:?}"))?;
+    if seen.ip() != expected {
+        bail!(
+            "the server saw the client as {}, not as {expected}: the datapath did not translate as it should",
+            seen.ip()
+        );
+    }
+    Ok(())
+}
+
 /// `ethtool -K OUTSIDE_LINK tx on|off` in `netns` (with tx checksumming off the kernel drops
 /// scatter-gather and so TSO/GSO: TCP then sends MTU-sized segments, checksummed in software).
 fn set_tx_offload(netns: &str, on: bool) -> Result<()> {
@@ -352,6 +376,18 @@ mod tests {
         assert!(format!("{err}").contains("Connection refused"));
         assert!(parse_iperf3(r#"{"end":{}}"#).is_err());
         assert!(parse_iperf3("Connecting to host").is_err());
+    }
+
+    #[test]
+    fn a_masquerade_row_must_be_masqueraded() {
+        let sink = |from: &str| UdpSinkReport { received: 1, first_from: Some(from.into()), secs: 1.0, pps: 1.0 };
+        let uplink: IpAddr = "fd00:203::1".parse().unwrap();
+        assert!(check_source(&sink("[fd00:203::1]:40000"), Some(uplink)).is_ok());
+        let err = check_source(&sink("[fd00:202::2]:40000"), Some(uplink)).unwrap_err();
+        assert!(format!("{err}").contains("as fd00:202::2, not as fd00:203::1"), "{err}");
+        assert!(check_source(&sink("10.203.0.1:5"), None).is_ok());
+        let unreported = UdpSinkReport { first_from: None, ..sink("10.203.0.1:5") };
+        assert!(check_source(&unreported, Some(uplink)).is_err());
     }
 
     #[test]
