@@ -299,7 +299,11 @@ fn a_packet_too_big_reaches_the_container() {
     let (mut sb, _, c) = dual_stack(&["c1"]);
     sb.add_behind_outside("far", 1280).unwrap_or_else(|e| panic!("{e:#}"));
     let far = SocketAddrV6::new(BEHIND_IP6, 7001, 0, 0);
-    let mtu = || ip_json(&c[0], &["-6", "route", "get", &BEHIND_IP6.to_string()])[0]["mtu"].as_u64();
+    // A learned path MTU is a cached route's metric: `"metrics": [{"mtu": 1280}]`.
+    let mtu = || {
+        let route = ip_json(&c[0], &["-6", "route", "get", &BEHIND_IP6.to_string()]);
+        route[0]["metrics"].as_array()?.iter().find_map(|metric| metric["mtu"].as_u64())
+    };
     assert_eq!(mtu(), None, "no path MTU known before");
     // The socket stays open while the error comes back: the kernel learns a path MTU from a
     // Packet Too Big about UDP only through the socket that sent the datagram.
