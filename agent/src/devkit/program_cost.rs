@@ -24,24 +24,27 @@
 //! - A program pinned as XDP (`from_uplink_xdp`, when there is one) is run with an XDP
 //!   context and its verdicts are `XDP_*`; it gets the paths of `from_uplink`.
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use datapath_common::{host_config_flags, program_names, Counter, CtKey, DropReason, HostConfig, IPPROTO_UDP};
+use datapath_common::{
+    host_config_flags, program_names, Counter, CtKey, DropReason, HostConfig, HostConfig6, PublishedPortKey6,
+    PublishedPortTarget6, IPPROTO_UDP,
+};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use serde::Serialize;
 
 use crate::{
     datapath::{CtTable, DEFAULT_CT_ENTRIES},
     devkit::testbed::{
-        be,
-        packets::{self, Arp, BROADCAST, ETHERTYPE_IPV4},
-        Counts, Program, ProgramKind, Testbed, Topology, A_IP, A_IP6, B_IP, B_IP6, ROUTER_MAC, SERVER_IP, TC_ACT_OK,
-        TC_ACT_REDIRECT, TC_ACT_SHOT, UPLINK_IP, UPLINK_MAC, WEB_GATEWAY, WEB_GATEWAY6, XDP_DROP, XDP_PASS,
-        XDP_REDIRECT,
+        be, be6,
+        packets::{self, Arp, BROADCAST, ETHERTYPE_IPV4, ETHERTYPE_IPV6},
+        Counts, Program, ProgramKind, Testbed, Topology, A_IP, A_IP6, B_IP, B_IP6, ROUTER_MAC, SERVER_IP, SERVER_IP6,
+        TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UPLINK_IP, UPLINK_IP6, UPLINK_MAC, WEB_GATEWAY, WEB_GATEWAY6,
+        XDP_DROP, XDP_PASS, XDP_REDIRECT,
     },
     devkit::testrun::{self, TestRunOutput},
     host::conntrack,
@@ -92,6 +95,8 @@ const REMOTE_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 5);
 const PUBLISHED: PortMapping =
     PortMapping { host_ip: None, host_port: 8080, container_port: 80, protocol: Protocol::Udp };
 /// Source ports of the long-lived flows; new flows take ports from NEW_FLOW_PORTS on.
+/// The outside client of the IPv6 published port (documentation prefix).
+const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc1, 0, 0, 0, 0, 9);
 const SNAT_PORT: u16 = 40000;
 const HAIRPIN_PORT: u16 = 40001;
 const DNAT_CLIENT_PORT: u16 = 5555;
@@ -237,6 +242,18 @@ fn from_a(s: &Scene, sport: u16, to: (Ipv4Addr, u16)) -> Vec<u8> {
 /// What the router sends to the uplink.
 fn from_outside(from: (Ipv4Addr, u16), dport: u16) -> Vec<u8> {
     udp_frame(UPLINK_MAC, ROUTER_MAC, from, (UPLINK_IP, dport))
+}
+
+/// An 80-byte UDP frame over IPv6 (its header is 20 bytes longer than IPv4's).
+fn udp6_frame(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    (src, sport): (Ipv6Addr, u16),
+    (dst, dport): (Ipv6Addr, u16),
+) -> Vec<u8> {
+    let datagram = packets::udp6(src, dst, sport, dport, &PAYLOAD);
+    let ip = packets::ipv6(src, dst, IPPROTO_UDP, 64, &datagram);
+    packets::eth(eth_dst, eth_src, ETHERTYPE_IPV6, &ip)
 }
 
 fn new_flow_port(i: u32) -> u16 {
@@ -419,6 +436,36 @@ fn plain_paths() -> Vec<PathSpec> {
             packet: |s, i| from_a(s, new_flow_port(i), (UPLINK_IP, PUBLISHED.host_port)),
             verdict: Verdict::Redirect,
             counters: &[HairpinNewFlow, TranslatedIn],
+            drops: &[],
+            events: false,
+        },
+        PathSpec {
+            name: "snat6-new-flow",
+            program: endpoint,
+            what: "UDP over IPv6 from A to a server outside, a new flow each run: from_endpoint's \
+                   tail call to from_endpoint6, tracked (CT6), NAT port chosen, source-translated \
+                   to the uplink's IPv6 address (NAT66), routed out of the uplink",
+            ingress: Ingress::A,
+            state: State::NewFlows,
+            packet: |s, i| udp6_frame(s.t.a.gateway_mac, s.t.a.mac, (A_IP6, new_flow_port(i)), (SERVER_IP6, 53)),
+            verdict: Verdict::Redirect,
+            counters: &[SnatNewFlow, TranslatedOut],
+            drops: &[],
+            events: false,
+        },
+        PathSpec {
+            name: "dnat6-new-flow",
+            program: uplink,
+            what: "UDP over IPv6 from outside to a published port, a new flow each run: the \
+                   uplink program's tail call to its IPv6 one, tracked (CT6), \
+                   destination-translated, redirected into B",
+            ingress: Ingress::Uplink,
+            state: State::NewFlows,
+            packet: |_, i| {
+                udp6_frame(UPLINK_MAC, ROUTER_MAC, (CLIENT_IP6, new_flow_port(i)), (UPLINK_IP6, PUBLISHED.host_port))
+            },
+            verdict: Verdict::Redirect,
+            counters: &[DnatNewFlow, TranslatedIn],
             drops: &[],
             events: false,
         },
@@ -614,6 +661,13 @@ fn measure(args: &ProgramCostArgs) -> Result<Report> {
         ..Default::default()
     })?;
     bed.published_ports.insert(PUBLISHED.map_key().expect("an IPv4 mapping"), PUBLISHED.map_target(B_IP), 0)?;
+    bed.make_uplink6()?;
+    bed.set_config6(&HostConfig6 { uplink_ip: be6(UPLINK_IP6) })?;
+    // PUBLISHED on IPv6 too, at the uplink's address (the all-zero key), as `-p` publishes it.
+    bed.publish6(
+        &PublishedPortKey6 { addr: [0; 4], port: PUBLISHED.host_port.to_be(), proto: IPPROTO_UDP, _pad: 0 },
+        &PublishedPortTarget6 { ip: be6(B_IP6), port: PUBLISHED.container_port.to_be(), _pad: 0 },
+    )?;
     for host_port in 1..=args.other_ports {
         let other =
             PortMapping { host_ip: None, host_port: host_port as u16, container_port: 80, protocol: Protocol::Tcp };
@@ -996,6 +1050,8 @@ mod tests {
         let find = |name: &str| report.paths.iter().find(|p| p.path == name).unwrap();
         assert_eq!(find("c2c-forward").verdict, "TC_ACT_REDIRECT");
         assert_eq!(find("c2c6-forward").verdict, "TC_ACT_REDIRECT");
+        assert_eq!(find("snat6-new-flow").verdict, "TC_ACT_REDIRECT");
+        assert!(report.paths.iter().any(|p| p.path == "dnat6-new-flow" && p.verdict == "XDP_REDIRECT"));
         assert_eq!(find("ndp-reply").verdict, "TC_ACT_REDIRECT");
         assert_eq!(find("spoofed-drop").verdict, "TC_ACT_SHOT");
         assert_eq!(find("not-ours-to-host").verdict, "TC_ACT_OK");
