@@ -113,6 +113,20 @@ pub struct SockRevNat6 {
     pub _pad: u16,
 }
 
+/// A fragmented IPv6 datagram, as its fragments travel: addresses, the fragment header's
+/// identification (network byte order) and the protocol after the extension headers, which all
+/// its fragments share (RFC 8200 section 4.5). The key of `FRAGS6`, as
+/// [`FragKey`](crate::FragKey) is of `FRAGS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragKey6 {
+    pub saddr: Ipv6Be,
+    pub daddr: Ipv6Be,
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` data with explicit padding fields, valid for any bit pattern.
@@ -120,6 +134,7 @@ mod pod {
     unsafe impl aya::Pod for super::HostConfig6 {}
     unsafe impl aya::Pod for super::PublishedPortKey6 {}
     unsafe impl aya::Pod for super::PublishedPortTarget6 {}
+    unsafe impl aya::Pod for super::FragKey6 {}
     unsafe impl aya::Pod for super::SockRevNatKey6 {}
     unsafe impl aya::Pod for super::SockRevNat6 {}
 }
@@ -130,6 +145,7 @@ const _: () = {
     assert!(core::mem::size_of::<HostConfig6>() == 16);
     assert!(core::mem::size_of::<PublishedPortKey6>() == 20);
     assert!(core::mem::size_of::<PublishedPortTarget6>() == 20);
+    assert!(core::mem::size_of::<FragKey6>() == 40);
     assert!(core::mem::size_of::<SockRevNatKey6>() == 32);
     assert!(core::mem::size_of::<SockRevNat6>() == 20);
 };

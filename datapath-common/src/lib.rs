@@ -99,6 +99,9 @@ pub mod map_names {
     /// Published ports reached over IPv6: [`PublishedPortKey6`](super::PublishedPortKey6) ->
     /// [`PublishedPortTarget6`](super::PublishedPortTarget6).
     pub const PUBLISHED_PORTS6: &str = "PUBLISHED6";
+    /// Fragmented IPv6 datagrams of tracked flows: [`FragKey6`](super::FragKey6) ->
+    /// [`FragPorts`](super::FragPorts), as `FRAGS` for IPv4.
+    pub const FRAGS6: &str = "FRAGS6";
     /// The tail calls of the TC programs (a program array): slot [`tail_call_slots`]
     /// -> program. `from_endpoint` and `from_uplink` hand IPv6 to programs of their own, as
     /// Cilium does, because their own stack is nearly full. The agent fills it when it loads
@@ -315,9 +318,9 @@ indexed_enum! {
         /// (`MAX_EXTENSION_HEADERS`), or one it cannot walk (an unknown one before the L4 header
         /// is taken as that header; a second fragment header is refused here).
         Ipv6ExtensionHeaders = 20 => "ipv6_extension_headers",
-        /// An IPv6 fragment other than the first, from a container to the outside (or of a
-        /// translated flow): bpfnet keeps no IPv6 first fragment's ports yet, so it cannot
-        /// tell the flow it belongs to, and would send it untranslated.
+        /// An IPv6 fragment other than the first, from a container to the outside, whose first
+        /// fragment was not seen (it came later, or not at all): without it there are no ports
+        /// to find the flow by (IPv6's `fragment_without_first`).
         Ipv6LaterFragment = 21 => "ipv6_later_fragment",
     }
 }

@@ -129,15 +129,15 @@ impl Header for Ipv6 {
         self.later_fragment
     }
 
-    /// IPv6 keeps no first fragment's ports (there is no `FRAGS` for it yet): a later fragment
-    /// cannot be told which flow it belongs to.
     #[inline(always)]
     fn ports_of_later(&self) -> Result<FragPorts, DropReason> {
-        Err(DropReason::Ipv6LaterFragment)
+        fragment::ports_of_later(self).ok_or(DropReason::Ipv6LaterFragment)
     }
 
     #[inline(always)]
-    fn remember_ports(&self, _key: &CtKeyOf<Ipv6Be>) {}
+    fn remember_ports(&self, key: &CtKeyOf<Ipv6Be>) {
+        fragment::remember_ports(self, key)
+    }
 
     #[inline(always)]
     fn rewrite(&self, l4: L4Offsets) -> Rewrite {

@@ -6,9 +6,9 @@ use aya_ebpf::{
 };
 use datapath_common::{
     ct_fill, ct_stats, tail_call_slots, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtQuotaKey, DropReason, Endpoint,
-    Endpoint6, EndpointStats, EventBudget, EventLoss, FragKey, FragPorts, HostConfig, HostConfig6, Ipv4Be, Ipv6Be,
-    Network, PublishedPortKey, PublishedPortKey6, PublishedPortTarget, PublishedPortTarget6, SockRevNat, SockRevNat6,
-    SockRevNatKey, SockRevNatKey6, MAX_ENDPOINTS,
+    Endpoint6, EndpointStats, EventBudget, EventLoss, FragKey, FragKey6, FragPorts, HostConfig, HostConfig6, Ipv4Be,
+    Ipv6Be, Network, PublishedPortKey, PublishedPortKey6, PublishedPortTarget, PublishedPortTarget6, SockRevNat,
+    SockRevNat6, SockRevNatKey, SockRevNatKey6, MAX_ENDPOINTS,
 };
 
 const MAX_NETWORKS: u32 = 4_096;
@@ -65,6 +65,9 @@ pub static SOCK_REV_NAT: LruHashMap<SockRevNatKey, SockRevNat> = LruHashMap::pin
 
 #[map]
 pub static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(FRAG_ENTRIES, 0);
+
+#[map]
+pub static FRAGS6: LruHashMap<FragKey6, FragPorts> = LruHashMap::pinned(FRAG_ENTRIES, 0);
 
 #[map]
 pub static CT_FILL: Array<u64> = Array::pinned(ct_fill::SLOTS, 0);

@@ -297,7 +297,11 @@ fn a_port_unreachable_reaches_the_containers_socket() {
 #[test]
 fn a_packet_too_big_reaches_the_container() {
     let (mut sb, _, c) = dual_stack(&["c1"]);
-    sb.add_behind_outside("far", 1280).unwrap_or_else(|e| panic!("{e:#}"));
+    let behind = sb.add_behind_outside("far", 1280).unwrap_or_else(|e| panic!("{e:#}"));
+    // The far end listens: once the container knows the path MTU, it fragments, and the
+    // datagram must arrive whole (its later fragment found by its first's ports, FRAGS6).
+    let sink = in_netns(&behind, || Ok(UdpSocket::bind((BEHIND_IP6, 7001))?)).unwrap();
+    sink.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let far = SocketAddrV6::new(BEHIND_IP6, 7001, 0, 0);
     // A learned path MTU is a cached route's metric: `"metrics": [{"mtu": 1280}]`.
     let mtu = || {
@@ -314,5 +318,15 @@ fn a_packet_too_big_reaches_the_container() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(mtu(), Some(1280), "the container learned the path MTU from the Packet Too Big");
+    socket.send_to(&[0xa5; 1400], far).unwrap();
+    // Earlier datagrams sent after the Packet Too Big (0x5a) may come first: skip them.
+    let mut buf = [0u8; 2048];
+    let (len, from) = (0..8)
+        .map(|_| sink.recv_from(&mut buf).map(|(len, from)| (len, from, buf[0])).expect("the datagram arrives"))
+        .find(|&(_, _, first_byte)| first_byte == 0xa5)
+        .map(|(len, from, _)| (len, from))
+        .expect("the last datagram among the first eight");
+    assert_eq!(len, 1400, "the whole datagram, reassembled at the far end");
+    assert_eq!(from.ip(), IpAddr::V6(UPLINK_HOST_IP6), "masqueraded");
     sb.teardown().unwrap();
 }

@@ -296,3 +296,41 @@ fn hairpin6_from_a_container_to_a_published_port() {
     let to_b = L4::Tcp { sport: 8080, dport: 40000, flags: SYN | ACK };
     assert_bytes(&out.packet, &delivered(&t6.b, UPLINK_IP6, &to_b), "the answer back to B");
 }
+
+/// A fragmented datagram from a container: its first fragment starts the flow and leaves its
+/// ports in FRAGS6; the later fragment (no UDP header) is found by them and translated too
+/// (addresses only: the UDP checksum, which covers the whole datagram, was updated in the
+/// first). Both compared byte for byte with the translated datagram cut the same way.
+#[test]
+fn fragments6_of_a_masqueraded_datagram_follow_their_first() {
+    if !is_root() {
+        return;
+    }
+    let (fx, _, t6, _) = Fixture::with_uplink6_program(program_names::FROM_UPLINK);
+    let a = addr(&t6.a);
+    let payload = [0x5a; 24];
+    let whole = udp6(a, SERVER_IP6, 40000, 53, &payload);
+    // 16 bytes in each fragment: offsets 0 and 2 (in 8-byte units), identification 7.
+    let fragment = |src: Ipv6Addr, hop_limit: u8, datagram: &[u8], first: bool| {
+        let (offset, part) = if first { (0, &datagram[..16]) } else { (2, &datagram[16..]) };
+        let mut body = fragment_header(IPPROTO_UDP, offset, first, 7);
+        body.extend_from_slice(part);
+        ipv6(src, SERVER_IP6, 44, hop_limit, &body)
+    };
+    let sent_first = eth(t6.a.gateway_mac, t6.a.mac, ETHERTYPE_IPV6, &fragment(a, 64, &whole, true));
+    let out = fx.run_from_endpoint(t6.a.host_ifindex, &sent_first);
+    assert_eq!(out.retval, TC_ACT_REDIRECT, "the first fragment is masqueraded");
+    // The NAT port, from the first fragment's UDP header (after the 8-byte fragment header).
+    let port = u16::from_be_bytes([out.packet[14 + 48], out.packet[14 + 49]]);
+    let translated = udp6(UPLINK_IP6, SERVER_IP6, port, 53, &payload);
+    assert_bytes(&out.packet[14..], &fragment(UPLINK_IP6, 63, &translated, true), "first fragment");
+    let sent_later = eth(t6.a.gateway_mac, t6.a.mac, ETHERTYPE_IPV6, &fragment(a, 64, &whole, false));
+    let out = fx.run_from_endpoint(t6.a.host_ifindex, &sent_later);
+    assert_eq!(out.retval, TC_ACT_REDIRECT, "the later fragment follows its first");
+    assert_bytes(&out.packet[14..], &fragment(UPLINK_IP6, 63, &translated, false), "later fragment");
+    // Another datagram's later fragment (identification 8) has no first: dropped.
+    let mut body = fragment_header(IPPROTO_UDP, 2, false, 8);
+    body.extend_from_slice(&whole[16..]);
+    let stray = eth(t6.a.gateway_mac, t6.a.mac, ETHERTYPE_IPV6, &ipv6(a, SERVER_IP6, 44, 64, &body));
+    fx.run_from_endpoint(t6.a.host_ifindex, &stray).assert_dropped(DropReason::Ipv6LaterFragment);
+}
