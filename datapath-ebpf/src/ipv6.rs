@@ -15,7 +15,6 @@ pub const IP6_OFF: usize = EthHdr::LEN;
 /// alert, a fragment header); the bound keeps the verifier's unrolled walk short.
 pub const MAX_EXTENSION_HEADERS: usize = 4;
 
-pub const IPPROTO_ICMPV6: u8 = 58;
 const NEXT_HOP_BY_HOP: u8 = 0;
 const NEXT_ROUTING: u8 = 43;
 const NEXT_FRAGMENT: u8 = 44;

@@ -8,14 +8,14 @@ use aya_ebpf::{
     helpers::generated::bpf_skb_change_tail,
     programs::TcContext,
 };
-use datapath_common::{Counter, DropReason, Endpoint6, Ipv6Be};
+use datapath_common::{Counter, DropReason, Endpoint6, Ipv6Be, IPPROTO_ICMPV6};
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
     counters::count,
     csum::fold,
     forward::member6,
-    ipv6::{self, Ipv6, IP6_OFF, IPPROTO_ICMPV6},
+    ipv6::{self, Ipv6, IP6_OFF},
     packet::{ptr_at, redirect, Packet},
 };
 
